@@ -1,0 +1,63 @@
+# The handful of verbs a newcomer needs. `make run` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEBS   := prometheus prometheus-alertmanager socat
+APT_STAMP := $(VENV)/.apt-ok
+PYTEST_ARGS ?=
+
+.PHONY: run test lint proto bench bench-full setup setup-test clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -q --upgrade pip
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[embedded,test,dev]'
+	touch $@
+
+# Debian packages the tests use (a real Prometheus, promtool, Alertmanager, socat);
+# `apt-get update` once, only when something is missing.
+$(APT_STAMP): | $(PY)
+	@missing=""; for b in prometheus promtool prometheus-alertmanager socat; do \
+	  command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages ($$missing missing): $(DEBS)"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBS) >/dev/null; \
+	fi
+	touch $@
+
+setup: $(STAMP)
+
+setup-test: $(STAMP) $(APT_STAMP)
+
+## The main job: embedded broker + ingest + aggregator + simulated JP/US fleet + /metrics.
+run: setup
+	$(VENV)/bin/collector run
+
+## Install everything the tests need, then run them. Exit code 5 (no tests ran) fails.
+test: setup-test
+	$(PY) scripts/gen_proto.py --check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check collector tests bench || true
+	$(VENV)/bin/mypy
+
+proto: setup
+	$(PY) scripts/gen_proto.py
+
+bench: setup
+	$(PY) bench/ingest.py --quick
+
+bench-full: setup
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,119 @@
+"""The metric catalogue: raw metric names agents send and the aggregator understands.
+
+This is the semantic half of the wire contract (the .proto is the syntactic half). An agent
+may send other metrics (they pass validation and are stored in Kafka) but the aggregator
+only derives outputs from the ones listed here. Units are the unit *after* `Series.scale`.
+
+Entity labels say which labels identify the thing a series measures; the aggregator keys
+its state by (site, metric, entity labels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Kind(Enum):
+    COUNTER = 1
+    GAUGE = 2
+
+
+class Domain(Enum):
+    LINK = "link"
+    CELL = "cell"
+    SERVER = "server"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    name: str
+    domain: Domain
+    kind: Kind
+    unit: str
+    labels: tuple[str, ...]
+    help: str
+
+
+def _m(name: str, domain: Domain, kind: Kind, unit: str, labels: tuple[str, ...], help: str):
+    return MetricSpec(name, domain, kind, unit, labels, help)
+
+
+C, G = Kind.COUNTER, Kind.GAUGE
+LINK, CELL, SERVER = Domain.LINK, Domain.CELL, Domain.SERVER
+# Entity labels per domain. `link`: interface or port name; `media`: "optical" | "copper".
+LINK_LABELS = ("link", "media")
+# `cell`: NR cell identity (NCI or operator id), `gnb`: gNB id.
+CELL_LABELS = ("cell", "gnb")
+HOST = ("host",)
+
+METRICS: tuple[MetricSpec, ...] = (
+    # --- link: network and optical-fiber links -------------------------------------------
+    _m("link_in_octets", LINK, C, "bytes", LINK_LABELS, "Octets received (ifHCInOctets)."),
+    _m("link_out_octets", LINK, C, "bytes", LINK_LABELS, "Octets sent (ifHCOutOctets)."),
+    _m("link_in_packets", LINK, C, "packets", LINK_LABELS, "Packets received."),
+    _m("link_out_packets", LINK, C, "packets", LINK_LABELS, "Packets sent."),
+    _m("link_in_errors", LINK, C, "packets", LINK_LABELS, "Inbound packets with errors."),
+    _m("link_out_errors", LINK, C, "packets", LINK_LABELS, "Outbound packets with errors."),
+    _m("link_in_discards", LINK, C, "packets", LINK_LABELS, "Inbound packets discarded."),
+    _m("link_out_discards", LINK, C, "packets", LINK_LABELS, "Outbound packets discarded."),
+    _m("link_oper_up", LINK, G, "bool", LINK_LABELS, "1 when ifOperStatus is up, else 0."),
+    _m("link_speed_bytes", LINK, G, "bytes_per_second", LINK_LABELS,
+       "Nominal link speed in bytes per second (ifHighSpeed * 125000)."),
+    _m("link_optical_rx_power_dbm", LINK, G, "dBm", LINK_LABELS, "Optical receive power."),
+    _m("link_optical_tx_power_dbm", LINK, G, "dBm", LINK_LABELS, "Optical transmit power."),
+    _m("link_optical_laser_bias_amperes", LINK, G, "amperes", LINK_LABELS, "Laser bias current."),
+    _m("link_optical_prefec_ber", LINK, G, "ratio", LINK_LABELS, "Pre-FEC bit error ratio."),
+    _m("link_optical_osnr_db", LINK, G, "dB", LINK_LABELS, "Optical signal-to-noise ratio."),
+    # --- cell: 5G NR cell KPIs, 3GPP TS 28.552 measurement names ---------------------------
+    _m("RRU.PrbTotDl", CELL, G, "ratio", CELL_LABELS, "DL PRB utilisation (0..1)."),
+    _m("RRU.PrbTotUl", CELL, G, "ratio", CELL_LABELS, "UL PRB utilisation (0..1)."),
+    _m("DRB.UEThpDl", CELL, G, "bytes_per_second", CELL_LABELS, "Average DL UE throughput."),
+    _m("DRB.UEThpUl", CELL, G, "bytes_per_second", CELL_LABELS, "Average UL UE throughput."),
+    _m("DRB.PdcpSduVolumeDL", CELL, C, "bytes", CELL_LABELS, "DL PDCP SDU data volume."),
+    _m("DRB.PdcpSduVolumeUL", CELL, C, "bytes", CELL_LABELS, "UL PDCP SDU data volume."),
+    _m("RRC.ConnMean", CELL, G, "users", CELL_LABELS, "Mean number of RRC-connected users."),
+    _m("RRC.ConnMax", CELL, G, "users", CELL_LABELS, "Max number of RRC-connected users."),
+    _m("MM.HoExeIntraReq", CELL, C, "attempts", CELL_LABELS, "Handover executions attempted."),
+    _m("MM.HoExeIntraSucc", CELL, C, "attempts", CELL_LABELS, "Handover executions succeeded."),
+    _m("CELL.Availability", CELL, G, "ratio", CELL_LABELS, "Cell availability (0..1)."),
+    _m("CELL.CoverageRatio", CELL, G, "ratio", CELL_LABELS,
+       "Share of the cell's target area with usable 5G coverage (0..1)."),
+    _m("L1M.SS-RSRP", CELL, G, "dBm", CELL_LABELS, "Mean SS reference signal received power."),
+    _m("L1M.SS-RSRQ", CELL, G, "dB", CELL_LABELS, "Mean SS reference signal received quality."),
+    _m("L1M.SS-SINR", CELL, G, "dB", CELL_LABELS, "Mean SS signal to interference+noise ratio."),
+    # --- server: host health, node_exporter names ----------------------------------------
+    _m("node_cpu_seconds_total", SERVER, C, "seconds", ("host", "cpu", "mode"),
+       "CPU time per mode (raw value in USER_HZ ticks or ns, see Series.scale)."),
+    _m("node_memory_MemTotal_bytes", SERVER, G, "bytes", HOST, "Total memory."),
+    _m("node_memory_MemAvailable_bytes", SERVER, G, "bytes", HOST, "Available memory."),
+    _m("node_load1", SERVER, G, "1", HOST, "1-minute load average."),
+    _m("node_load5", SERVER, G, "1", HOST, "5-minute load average."),
+    _m("node_load15", SERVER, G, "1", HOST, "15-minute load average."),
+    _m("node_disk_read_bytes_total", SERVER, C, "bytes", ("host", "device"), "Bytes read."),
+    _m("node_disk_written_bytes_total", SERVER, C, "bytes", ("host", "device"), "Bytes written."),
+    _m("node_filesystem_size_bytes", SERVER, G, "bytes", ("host", "mountpoint"), "FS size."),
+    _m("node_filesystem_avail_bytes", SERVER, G, "bytes", ("host", "mountpoint"), "FS free."),
+    _m("node_network_receive_bytes_total", SERVER, C, "bytes", ("host", "device"), "NIC rx bytes."),
+    _m("node_network_transmit_bytes_total", SERVER, C, "bytes", ("host", "device"),
+       "NIC tx bytes."),
+    _m("node_network_receive_packets_total", SERVER, C, "packets", ("host", "device"),
+       "NIC rx packets."),
+    _m("node_network_transmit_packets_total", SERVER, C, "packets", ("host", "device"),
+       "NIC tx packets."),
+    _m("node_network_receive_errs_total", SERVER, C, "packets", ("host", "device"),
+       "NIC rx errors."),
+    _m("node_network_transmit_errs_total", SERVER, C, "packets", ("host", "device"),
+       "NIC tx errors."),
+    _m("node_network_receive_drop_total", SERVER, C, "packets", ("host", "device"),
+       "NIC rx drops."),
+    _m("node_network_transmit_drop_total", SERVER, C, "packets", ("host", "device"),
+       "NIC tx drops."),
+)
+
+BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}
+
+# ISO 3166-1 alpha-2 codes the ingest accepts (the full list, so a new market is not a release).
+COUNTRIES: frozenset[str] = frozenset(
+    ["AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AQ", "AR", "AS", "AT", "AU", "AW", "AX", "AZ", "BA", "BB", "BD", "BE", "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS", "BT", "BV", "BW", "BY", "BZ", "CA", "CC", "CD", "CF", "CG", "CH", "CI", "CK", "CL", "CM", "CN", "CO", "CR", "CU", "CV", "CW", "CX", "CY", "CZ", "DE", "DJ", "DK", "DM", "DO", "DZ", "EC", "EE", "EG", "EH", "ER", "ES", "ET", "FI", "FJ", "FK", "FM", "FO", "FR", "GA", "GB", "GD", "GE", "GF", "GG", "GH", "GI", "GL", "GM", "GN", "GP", "GQ", "GR", "GS", "GT", "GU", "GW", "GY", "HK", "HM", "HN", "HR", "HT", "HU", "ID", "IE", "IL", "IM", "IN", "IO", "IQ", "IR", "IS", "IT", "JE", "JM", "JO", "JP", "KE", "KG", "KH", "KI", "KM", "KN", "KP", "KR", "KW", "KY", "KZ", "LA", "LB", "LC", "LI", "LK", "LR", "LS", "LT", "LU", "LV", "LY", "MA", "MC", "MD", "ME", "MF", "MG", "MH", "MK", "ML", "MM", "MN", "MO", "MP", "MQ", "MR", "MS", "MT", "MU", "MV", "MW", "MX", "MY", "MZ", "NA", "NC", "NE", "NF", "NG", "NI", "NL", "NO", "NP", "NR", "NU", "NZ", "OM", "PA", "PE", "PF", "PG", "PH", "PK", "PL", "PM", "PN", "PR", "PS", "PT", "PW", "PY", "QA", "RE", "RO", "RS", "RU", "RW", "SA", "SB", "SC", "SD", "SE", "SG", "SH", "SI", "SJ", "SK", "SL", "SM", "SN", "SO", "SR", "SS", "ST", "SV", "SX", "SY", "SZ", "TC", "TD", "TF", "TG", "TH", "TJ", "TK", "TL", "TM", "TN", "TO", "TR", "TT", "TV", "TW", "TZ", "UA", "UG", "UM", "US", "UY", "UZ", "VA", "VC", "VE", "VG", "VI", "VN", "VU", "WF", "WS", "YE", "YT", "ZA", "ZM", "ZW"]
+)

@@ -1,0 +1,94 @@
+"""The entrypoint: the only place that parses argv, sets up logging and handles signals.
+
+Each subcommand lives in its own module exposing
+    add_arguments(parser: argparse.ArgumentParser) -> None
+    async main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event) -> int
+`stop` is set on SIGINT/SIGTERM; `main` then shuts down within its grace period and returns
+an exit code. Modules are imported lazily so `collector agent` does not import Polars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from typing import Any
+
+from collector.errors import CollectorError, ConfigError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("collector.run", "whole pipeline on the embedded broker with a simulated JP/US fleet"),
+    "broker": ("collector.broker_cmd", "run the embedded Kafka-protocol broker (Tansu)"),
+    "ingest": ("collector.ingest.main", "gRPC ingest service: agents -> Kafka"),
+    "agent": ("collector.agent.main", "edge agent: collect, spool, stream to ingest"),
+    "simulate": ("collector.simulate.main", "deterministic Japan/US fleet of simulated agents"),
+    "aggregate": ("collector.aggregate.main", "Kafka consumer group -> windows -> /metrics"),
+    "config": ("collector.config_cmd", "validate a config file or print the defaults"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="collector", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", "-c", help="YAML settings file (env COLLECTOR_* overrides)")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        # --config is accepted after the subcommand too: `collector agent --config agent.yaml`
+        p.add_argument("--config", "-c", dest="sub_config", help=argparse.SUPPRESS)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            # A component whose optional dependency is missing still lists, and says why.
+            p.set_defaults(_import_error=exc)
+            continue
+        if hasattr(mod, "add_arguments"):
+            mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+async def _run(mod: Any, settings: Any, args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return int(await mod.main(settings, args, stop) or 0)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if err := getattr(args, "_import_error", None):
+        print(f"collector {args.command}: unavailable: {err}", file=sys.stderr)
+        return 2
+    from collector.config import load_settings
+
+    path = args.sub_config or args.config
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        print(f"collector: config error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level or settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return asyncio.run(_run(args._module, settings, args))
+    except ConfigError as exc:
+        print(f"collector: config error: {exc}", file=sys.stderr)
+        return 2
+    except CollectorError as exc:
+        logging.getLogger("collector").error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130

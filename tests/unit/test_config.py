@@ -1,0 +1,50 @@
+"""Settings: file + environment, errors that name the key and the source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collector.config import load_settings
+from collector.errors import ConfigError
+
+
+def test_defaults_load_without_a_file() -> None:
+    s = load_settings()
+    assert s.kafka.topic == "telemetry.v1"
+    assert s.ingest.plaintext is False
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("kafka:\n  topic: from-file\n  client_id: file-client\n")
+    monkeypatch.setenv("COLLECTOR_KAFKA__TOPIC", "from-env")
+    s = load_settings(f)
+    assert s.kafka.topic == "from-env"
+    assert s.kafka.client_id == "file-client"
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("ingest:\n  max_seriess: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown setting.*c\.yaml.*ingest\.max_seriess"):
+        load_settings(f)
+
+
+def test_bad_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLLECTOR_INGEST__MAX_SERIES", "lots")
+    with pytest.raises(ConfigError, match=r"COLLECTOR_INGEST__MAX_SERIES.*ingest\.max_series"):
+        load_settings()
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("kafka:\n  topic: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:\d+:\d+"):
+        load_settings(f)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "nope.yaml")
