@@ -101,3 +101,33 @@ def parse_batch(data: bytes) -> pb.Batch:
     except Exception as exc:  # protobuf raises DecodeError, but upb may raise others
         raise ProtocolError(f"not a telemetry.v1.Batch: {exc}") from exc
     return batch
+
+
+def _varint_bytes(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def encode_columns(series_index: npt.ArrayLike, time_unix_nano: npt.ArrayLike,
+                   value: npt.ArrayLike, *, gauge: bool) -> bytes:
+    """Encode a *Columns message from arrays without a Python object per sample.
+
+    The result can be merged into a batch: `batch.counters.MergeFromString(raw)`.
+    """
+    arrays = (
+        np.ascontiguousarray(series_index, dtype=_U32),
+        np.ascontiguousarray(time_unix_nano, dtype=_I64),
+        np.ascontiguousarray(value, dtype=_F64 if gauge else _U64),
+    )
+    out = bytearray()
+    for number, arr in enumerate(arrays, start=1):
+        if len(arr):
+            out += bytes([(number << 3) | 2]) + _varint_bytes(arr.nbytes) + arr.tobytes()
+    return bytes(out)
