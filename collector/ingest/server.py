@@ -1,0 +1,448 @@
+"""The ingest gRPC service: agent streams in, one Kafka record per valid batch out.
+
+    agent --Stream(Batch)--> [auth] -> [parse, validate] -> KafkaWriter (acks=all) --Ack--> agent
+
+Delivery rule: an OK Ack for a seq is sent only after Kafka acknowledged the record holding
+that batch. Acks go out in the order batches arrived on the stream; consecutive OK seqs
+already stored are coalesced into one ranged Ack.
+
+Flow control: a stream has at most `max_inflight_per_stream` batches between "read" and
+"acked"; all streams together at most `max_inflight_total` batches and `max_inflight_bytes`
+bytes. When a bound is reached the service stops reading, so HTTP/2 flow control pushes
+back on the agent instead of memory growing. Nothing is buffered without limit and nothing
+Kafka did not take is acknowledged.
+
+Requests are received as raw bytes (no deserializer) so the Kafka record value is exactly
+the bytes the agent sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from collector import wire
+from collector.config import IngestSettings, Settings
+from collector.errors import BrokerError, ConfigError, ValidationError
+from collector.ingest.auth import TokenStore
+from collector.ingest.metrics import IngestMetrics
+from collector.ingest.producer import KafkaWriter
+from collector.ingest.validate import Limits, validate
+from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+SERVICE = "telemetry.v1.IngestService"
+METHOD = f"/{SERVICE}/Stream"
+RETRY_AFTER_MS = 1000
+
+
+def limits_from(s: IngestSettings) -> Limits:
+    return Limits(
+        max_message_bytes=s.max_message_bytes, max_series=s.max_series,
+        max_samples=s.max_samples, max_labels=s.max_labels, max_name_length=s.max_name_length,
+        max_label_value_length=s.max_label_value_length, max_future_skew_s=s.max_future_skew_s,
+        max_past_age_s=s.max_past_age_s,
+    )
+
+
+def server_options(s: IngestSettings) -> list[tuple[str, int]]:
+    ms = lambda sec: int(sec * 1000)  # noqa: E731
+    return [
+        ("grpc.max_receive_message_length", s.max_message_bytes),
+        ("grpc.max_send_message_length", 1024 * 1024),
+        ("grpc.keepalive_time_ms", ms(s.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(s.keepalive_timeout_s)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", ms(s.min_client_ping_interval_s)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_connection_age_ms", ms(s.max_connection_age_s)),
+        ("grpc.max_connection_age_grace_ms", ms(s.max_connection_age_grace_s)),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class ByteBudget:
+    """A counting limit on bytes in flight, shared by all streams."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        n = min(n, self.limit)  # one oversized batch may still pass, alone
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used + n <= self.limit)
+            self.used += n
+
+    async def release(self, n: int) -> None:
+        n = min(n, self.limit)
+        async with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+@dataclass(slots=True)
+class _Pending:
+    seq: int
+    nbytes: int
+    samples: int
+    task: asyncio.Task[tuple[int, str, str]] | None = None  # produce: (code, reason, rule)
+    result: tuple[int, str, str] | None = None  # known at once (rejected before Kafka)
+    budgeted: bool = False
+    release: Callable[[], None] | None = None  # returns the stream's in-flight slot
+
+
+@dataclass(slots=True, eq=False)
+class _StreamState:
+    site: str | None
+    peer: str
+    pending: deque[_Pending] = field(default_factory=deque)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    reader_done: bool = False
+    reader: asyncio.Task[None] | None = None
+    last_table: object | None = None
+
+
+class IngestServer:
+    """The ingest service as a component: `async with IngestServer(settings) as s: ...`."""
+
+    def __init__(self, settings: Settings, *, bootstrap: str | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.cfg = settings.ingest
+        self.bootstrap = bootstrap or settings.kafka.bootstrap_servers
+        if not self.bootstrap:
+            raise ConfigError("no Kafka to write to: set kafka.bootstrap_servers "
+                              "(or use `collector run` for the embedded broker)",
+                              key="kafka.bootstrap_servers")
+        self.registry = registry or CollectorRegistry()
+        self.metrics = IngestMetrics(self.registry)
+        self.limits = limits_from(self.cfg)
+        self.port = 0
+        self.metrics_port = 0
+        self.tokens: TokenStore | None = None
+        self._server: aio.Server | None = None
+        self._writer: KafkaWriter | None = None
+        self._health = health.aio.HealthServicer()
+        self._health_task: asyncio.Task[None] | None = None
+        self._http: tuple[object, object] | None = None
+        self._streams: set[_StreamState] = set()
+        self._draining = False
+        self._no_streams = asyncio.Event()
+        self._inflight = asyncio.Semaphore(self.cfg.max_inflight_total)
+        self._bytes = ByteBudget(self.cfg.max_inflight_bytes)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        c = self.cfg
+        if c.plaintext:
+            return None
+        if not c.tls_cert or not c.tls_key:
+            raise ConfigError("TLS needs ingest.tls_cert and ingest.tls_key "
+                              "(or ingest.plaintext: true, explicitly)", key="ingest.tls_cert")
+        try:
+            cert, key = Path(c.tls_cert).read_bytes(), Path(c.tls_key).read_bytes()
+            ca = Path(c.client_ca).read_bytes() if c.client_ca else None
+        except OSError as exc:
+            raise ConfigError(f"cannot read TLS file {exc.filename}: {exc.strerror}",
+                              key="ingest.tls_cert/tls_key/client_ca") from exc
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                           require_client_auth=ca is not None)
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        if not self.cfg.allow_unauthenticated:
+            if not self.cfg.tokens_file:
+                raise ConfigError("ingest.tokens_file is required (or allow_unauthenticated: true)",
+                                  key="ingest.tokens_file")
+            self.tokens = TokenStore(Path(self.cfg.tokens_file))
+        creds = self._credentials()
+        self._writer = KafkaWriter(
+            self.settings.kafka, self.bootstrap,
+            on_latency=self.metrics.produce_seconds.observe,
+            on_rebuild=self.metrics.producer_rebuilds.inc,
+            on_health=lambda up: self.metrics.kafka_up.set(1 if up else 0),
+        )
+        await self._writer.start()
+        try:
+            server = aio.server(options=server_options(self.cfg),
+                                maximum_concurrent_rpcs=self.cfg.max_concurrent_streams)
+            handler = grpc.method_handlers_generic_handler(SERVICE, {
+                "Stream": grpc.stream_stream_rpc_method_handler(
+                    self._stream, request_deserializer=None,
+                    response_serializer=pb.Ack.SerializeToString),
+            })
+            server.add_generic_rpc_handlers((handler,))
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            reflection.enable_server_reflection(
+                (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+            if creds is None:
+                self.port = server.add_insecure_port(self.cfg.listen)
+            else:
+                self.port = server.add_secure_port(self.cfg.listen, creds)
+            if not self.port:
+                raise ConfigError(f"cannot listen on {self.cfg.listen}", key="ingest.listen")
+            await server.start()
+            self._server = server
+            await self._set_health(True)
+            self._health_task = asyncio.create_task(self._health_loop(), name="ingest-health")
+            if self.cfg.metrics_listen:
+                host, port = self.cfg.metrics_listen.rsplit(":", 1)
+                httpd, thread = start_http_server(int(port), addr=host, registry=self.registry)
+                self._http = (httpd, thread)
+                self.metrics_port = httpd.server_port
+        except BaseException:
+            await self._writer.stop()
+            raise
+        log.info("ingest listening on %s (port %d, %s), writing to %s topic %s", self.cfg.listen,
+                 self.port, "plaintext" if creds is None else
+                 ("mTLS" if self.cfg.client_ca else "TLS"), self.bootstrap, self._writer.topic)
+
+    async def _set_health(self, up: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if up
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", SERVICE):
+            await self._health.set(name, status)
+
+    async def _health_loop(self) -> None:
+        last: bool | None = True
+        while True:
+            await asyncio.sleep(0.5)
+            up = bool(self._writer and self._writer.healthy) and not self._draining
+            if up != last:
+                await self._set_health(up)
+                last = up
+            if self.tokens is not None:
+                self._sync_token_metrics()
+
+    def _sync_token_metrics(self) -> None:
+        assert self.tokens is not None
+        for result, n in (("ok", self.tokens.reloads_ok), ("failed", self.tokens.reloads_failed)):
+            c = self.metrics.token_reloads.labels(result)
+            if n > c._value.get():
+                c.inc(n - c._value.get())
+
+    async def stop(self) -> None:
+        """Stop accepting, answer what is in flight within the grace period, then close."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._draining = True
+        await self._set_health(False)
+        for st in list(self._streams):
+            if st.reader is not None:
+                st.reader.cancel()
+        deadline = time.monotonic() + self.cfg.grace_period_s
+        if self._streams:
+            self._no_streams.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._no_streams.wait(), self.cfg.grace_period_s)
+        await server.stop(grace=max(0.1, deadline - time.monotonic()))
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        if self._writer is not None:
+            await self._writer.stop()
+        if self._http is not None:
+            httpd = self._http[0]
+            httpd.shutdown()  # type: ignore[attr-defined]
+            httpd.server_close()  # type: ignore[attr-defined]
+            self._http = None
+        self._draining = False
+        log.info("ingest stopped")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    @property
+    def kafka_healthy(self) -> bool:
+        return bool(self._writer and self._writer.healthy)
+
+    # ---- the RPC -----------------------------------------------------------------------
+
+    async def _authenticate(self, context: aio.ServicerContext) -> str | None:
+        if self._draining:
+            self.metrics.streams.labels("shutting_down").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down, reconnect")
+        if self.tokens is None:
+            self.metrics.streams.labels("unauthenticated_allowed").inc()
+            return None
+        md = dict(context.invocation_metadata() or ())
+        header = md.get("authorization", "")
+        if isinstance(header, bytes):
+            header = header.decode(errors="replace")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            self.metrics.streams.labels("unauthenticated").inc()
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing 'authorization: Bearer <token>' metadata")
+        site = self.tokens.site_for(token.strip())
+        if site is None:
+            self.metrics.streams.labels("unauthenticated").inc()
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
+        self.metrics.streams.labels("ok").inc()
+        return site
+
+    async def _stream(self, requests: AsyncIterator[bytes],
+                      context: aio.ServicerContext) -> AsyncIterator[pb.Ack]:
+        site = await self._authenticate(context)
+        st = _StreamState(site=site, peer=context.peer())
+        st.reader = asyncio.create_task(self._read(requests, st), name=f"read {st.peer}")
+        self._streams.add(st)
+        self.metrics.streams_open.inc()
+        try:
+            async for ack in self._acks(st):
+                yield ack
+        finally:
+            self.metrics.streams_open.dec()
+            self._streams.discard(st)
+            if not self._streams:
+                self._no_streams.set()
+            if st.reader is not None and not st.reader.done():
+                st.reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await st.reader
+            while st.pending:  # the client went away: still release budgets when Kafka answers
+                await self._finish(st.pending.popleft())
+
+    async def _read(self, requests: AsyncIterator[bytes], st: _StreamState) -> None:
+        per_stream = asyncio.Semaphore(self.cfg.max_inflight_per_stream)
+        st.changed.set()
+        try:
+            async for raw in requests:
+                self.metrics.batches_received.inc()
+                self.metrics.received_bytes.inc(len(raw))
+                await per_stream.acquire()
+                item = await self._admit(raw, st)
+                item.release = per_stream.release  # the slot returns when the ack is decided
+                if item.task is not None:
+                    item.task.add_done_callback(lambda _t: st.changed.set())
+                st.pending.append(item)
+                st.changed.set()
+        finally:
+            st.reader_done = True
+            st.changed.set()
+
+    async def _admit(self, raw: bytes, st: _StreamState) -> _Pending:
+        """Parse, validate, authorise and start producing one batch."""
+        try:
+            batch = wire.parse_batch(raw)
+        except Exception as exc:  # ProtocolError; anything else from the parser is still bad input
+            self.metrics.batches_rejected.labels("decode").inc()
+            return _Pending(seq=0, nbytes=len(raw), samples=0,
+                            result=(pb.INVALID_ARGUMENT, f"not a telemetry.v1.Batch: {exc}", "decode"))
+        seq = batch.seq
+        try:
+            same_table = st.last_table is not None and batch.series == st.last_table
+            checked = validate(batch, self.limits, time.time_ns(), table_checked=same_table)
+        except ValidationError as exc:
+            self.metrics.batches_rejected.labels(exc.rule).inc()
+            return _Pending(seq=seq, nbytes=len(raw), samples=0,
+                            result=(pb.Code.Value(exc.code), exc.reason, exc.rule))
+        st.last_table = batch.series
+        if st.site is not None and batch.site.site_id != st.site:
+            self.metrics.batches_rejected.labels("permission_denied").inc()
+            return _Pending(seq=seq, nbytes=len(raw), samples=0, result=(
+                pb.PERMISSION_DENIED,
+                f"site.site_id {batch.site.site_id!r} is not the token's site {st.site!r}",
+                "permission_denied"))
+        self.metrics.samples_received.inc(checked.samples)
+        item = _Pending(seq=seq, nbytes=len(raw), samples=checked.samples)
+        await self._inflight.acquire()
+        await self._bytes.acquire(len(raw))
+        item.budgeted = True
+        self.metrics.inflight_batches.inc()
+        self.metrics.inflight_bytes.inc(len(raw))
+        item.task = asyncio.create_task(
+            self._produce(batch.site.site_id.encode(), raw, batch.agent_id, seq))
+        return item
+
+    async def _produce(self, key: bytes, raw: bytes, agent_id: str, seq: int) -> tuple[int, str, str]:
+        assert self._writer is not None
+        try:
+            await self._writer.write(key, raw, agent_id, seq)
+        except BrokerError as exc:
+            timeout = "acknowledge within" in str(exc)
+            return (pb.DEADLINE_EXCEEDED if timeout else pb.UNAVAILABLE,
+                    f"not stored: {exc}", "kafka_timeout" if timeout else "kafka_error")
+        return (pb.OK, "", "")
+
+    async def _finish(self, item: _Pending) -> tuple[int, str, str]:
+        """Wait for an item's outcome, release its budgets, count it."""
+        release, item.release = item.release, None
+        try:
+            if item.task is not None:
+                result = await item.task
+            else:
+                assert item.result is not None
+                result = item.result
+        finally:
+            if release is not None:
+                release()
+            if item.budgeted:
+                item.budgeted = False
+                self._inflight.release()
+                await self._bytes.release(item.nbytes)
+                self.metrics.inflight_batches.dec()
+                self.metrics.inflight_bytes.dec(item.nbytes)
+        code, _reason, rule = result
+        if item.task is not None:
+            if code == pb.OK:
+                self.metrics.batches_accepted.inc()
+                self.metrics.samples_accepted.inc(item.samples)
+            else:
+                self.metrics.batches_rejected.labels(rule).inc()
+                self.metrics.samples_rejected.labels(rule).inc(item.samples)
+        return result
+
+    async def _acks(self, st: _StreamState) -> AsyncIterator[pb.Ack]:
+        while True:
+            while not st.pending:
+                if st.reader_done:
+                    return
+                st.changed.clear()
+                await st.changed.wait()
+            head = st.pending.popleft()
+            code, reason, _rule = await self._finish(head)
+            if code != pb.OK:
+                yield pb.Ack(seq=head.seq, seq_last=head.seq, code=code, reason=reason,  # type: ignore[arg-type]
+                             retry_after_ms=RETRY_AFTER_MS if code in _RETRIABLE else 0)
+                continue
+            last = head.seq
+            # Coalesce following batches that are already stored and carry the next seqs.
+            while st.pending:
+                nxt = st.pending[0]
+                if (nxt.seq != last + 1 or nxt.task is None or not nxt.task.done()
+                        or nxt.task.result()[0] != pb.OK):
+                    break
+                st.pending.popleft()
+                await self._finish(nxt)
+                last = nxt.seq
+            yield pb.Ack(seq=head.seq, seq_last=last, code=pb.OK)
+
+
+_RETRIABLE = {pb.UNAVAILABLE, pb.DEADLINE_EXCEEDED, pb.RESOURCE_EXHAUSTED}

@@ -1,0 +1,211 @@
+"""Batch validation: every rule a batch must pass before it may touch Kafka.
+
+Sits in the ingest service between parsing and producing. Pure functions of the batch,
+the limits and the clock, so every rule is unit-testable. A failure raises
+`ValidationError` carrying the gRPC code name, a short rule name (a metric label) and a
+human reason naming the offending field, e.g. ``series[3].labels[0].name: invalid characters``.
+
+Column checks run on NumPy views of the packed columns (no Python object per sample);
+the series table is checked per entry, and a table identical to the one of the previous
+batch of the same stream is not checked again (agents resend the same table every batch).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zoneinfo
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from collector import wire
+from collector.catalog import COUNTRIES
+from collector.errors import ValidationError
+from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+
+METRIC_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]*\Z")
+LABEL_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
+UNIT_RE = re.compile(r"[A-Za-z0-9_/%.-]*\Z")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+MAX_ID_LENGTH = 64
+MAX_UNIT_LENGTH = 32
+MAX_U32 = np.uint64(2**32 - 1)
+NS = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_series: int = 20_000
+    max_samples: int = 200_000
+    max_labels: int = 16
+    max_name_length: int = 128
+    max_label_value_length: int = 256
+    max_future_skew_s: float = 300.0
+    max_past_age_s: float = 7 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What validation learned about an accepted batch."""
+
+    samples: int
+    series: int
+
+
+@lru_cache(maxsize=1)
+def _timezones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones()) | {"UTC"}
+
+
+def _fail(reason: str, rule: str) -> ValidationError:
+    return ValidationError(reason, code="INVALID_ARGUMENT", rule=rule)
+
+
+def _check_id(value: str, field: str, rule: str) -> None:
+    if not value:
+        raise _fail(f"{field}: required", rule)
+    if len(value) > MAX_ID_LENGTH:
+        raise _fail(f"{field}: longer than {MAX_ID_LENGTH} characters", rule)
+    if not ID_RE.match(value):
+        raise _fail(f"{field}: invalid characters in {value[:MAX_ID_LENGTH]!r}", rule)
+
+
+def check_header(batch: pb.Batch) -> None:
+    """Identity and site fields."""
+    _check_id(batch.agent_id, "agent_id", "agent_id")
+    if batch.seq == 0:
+        raise _fail("seq: must be >= 1", "seq")
+    _check_id(batch.boot_id, "boot_id", "boot_id")
+    if not batch.HasField("site"):
+        raise _fail("site: required", "site")
+    site = batch.site
+    _check_id(site.site_id, "site.site_id", "site")
+    if site.country not in COUNTRIES:
+        raise _fail(f"site.country: {site.country[:8]!r} is not an ISO 3166-1 alpha-2 code", "country")
+    if len(site.region) > MAX_ID_LENGTH or CONTROL_RE.search(site.region):
+        raise _fail("site.region: longer than 64 characters or has control characters", "site")
+    if site.timezone not in _timezones():
+        raise _fail(f"site.timezone: {site.timezone[:64]!r} is not an IANA time zone", "site")
+
+
+def check_series_table(batch: pb.Batch, limits: Limits) -> None:
+    """Every entry of the series table, and no two entries for the same series."""
+    n = len(batch.series)
+    if n > limits.max_series:
+        raise _fail(f"series: {n} entries, limit {limits.max_series}", "too_many_series")
+    seen: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+    for i, s in enumerate(batch.series):
+        where = f"series[{i}]"
+        if not s.metric:
+            raise _fail(f"{where}.metric: required", "name")
+        if len(s.metric) > limits.max_name_length:
+            raise _fail(f"{where}.metric: longer than {limits.max_name_length}", "name")
+        if not METRIC_RE.match(s.metric):
+            raise _fail(f"{where}.metric: invalid characters in {s.metric!r}", "name")
+        if len(s.unit) > MAX_UNIT_LENGTH or not UNIT_RE.match(s.unit):
+            raise _fail(f"{where}.unit: invalid unit {s.unit[:MAX_UNIT_LENGTH]!r}", "unit")
+        if len(s.labels) > limits.max_labels:
+            raise _fail(f"{where}.labels: {len(s.labels)} labels, limit {limits.max_labels}",
+                        "too_many_labels")
+        names: set[str] = set()
+        for j, lb in enumerate(s.labels):
+            lw = f"{where}.labels[{j}]"
+            if not lb.name or len(lb.name) > limits.max_name_length or not LABEL_NAME_RE.match(lb.name):
+                raise _fail(f"{lw}.name: invalid characters or length in {lb.name[:128]!r}", "label")
+            if lb.name.startswith("__"):
+                raise _fail(f"{lw}.name: names starting with __ are reserved", "label")
+            if lb.name in names:
+                raise _fail(f"{lw}.name: duplicate label {lb.name!r}", "label")
+            names.add(lb.name)
+            if len(lb.value) > limits.max_label_value_length:
+                raise _fail(f"{lw}.value: longer than {limits.max_label_value_length}", "label_value")
+            if CONTROL_RE.search(lb.value):
+                raise _fail(f"{lw}.value: control characters", "label_value")
+        if s.kind == pb.COUNTER:
+            if s.counter_bits not in (32, 64):
+                raise _fail(f"{where}.counter_bits: {s.counter_bits}, must be 32 or 64",
+                            "counter_bits")
+        elif s.kind == pb.GAUGE:
+            if s.counter_bits or s.start_time_unix_nano:
+                raise _fail(f"{where}: counter_bits/start_time set on a gauge", "counter_bits")
+        else:
+            raise _fail(f"{where}.kind: must be COUNTER or GAUGE", "kind")
+        if not math.isfinite(s.scale) or s.scale < 0:
+            raise _fail(f"{where}.scale: must be finite and >= 0", "scale")
+        key = (s.metric, tuple(sorted((lb.name, lb.value) for lb in s.labels)))
+        if (first := seen.setdefault(key, i)) != i:
+            raise _fail(f"{where}: same metric and labels as series[{first}]", "duplicate_series")
+
+
+def check_columns(batch: pb.Batch, limits: Limits, now_ns: int) -> int:
+    """Equal lengths, indexes in range and of the right kind, times, values. Returns samples."""
+    counters = wire.counter_columns(batch)
+    gauges = wire.gauge_columns(batch)
+    for name, cols in (("counters", counters), ("gauges", gauges)):
+        n = len(cols.series_index)
+        if not (n == len(cols.time_unix_nano) == len(cols.value)):
+            raise _fail(
+                f"{name}: columns of unequal length (series_index {n}, "
+                f"time_unix_nano {len(cols.time_unix_nano)}, value {len(cols.value)})",
+                "columns",
+            )
+    samples = len(counters) + len(gauges)
+    if samples > limits.max_samples:
+        raise _fail(f"samples: {samples}, limit {limits.max_samples}", "too_many_samples")
+    if samples == 0:
+        return 0
+    kinds = np.fromiter((s.kind for s in batch.series), dtype=np.int8, count=len(batch.series))
+    earliest = now_ns - int(limits.max_past_age_s * NS)
+    latest = now_ns + int(limits.max_future_skew_s * NS)
+    for name, cols, kind in (("counters", counters, pb.COUNTER), ("gauges", gauges, pb.GAUGE)):
+        if not len(cols):
+            continue
+        idx = cols.series_index
+        top = int(idx.max())
+        if top >= len(kinds):
+            at = int(np.argmax(idx >= len(kinds)))
+            raise _fail(f"{name}.series_index[{at}]: {top} out of range "
+                        f"({len(kinds)} series)", "series_index")
+        wrong = kinds[idx] != kind
+        if wrong.any():
+            at = int(np.argmax(wrong))
+            raise _fail(f"{name}.series_index[{at}]: series[{int(idx[at])}] is not a "
+                        f"{'counter' if kind == pb.COUNTER else 'gauge'}", "kind")
+        ts = cols.time_unix_nano
+        lo, hi = int(ts.min()), int(ts.max())
+        if lo < earliest:
+            at = int(np.argmin(ts))
+            raise _fail(f"{name}.time_unix_nano[{at}]: older than max_past_age "
+                        f"({(now_ns - lo) / NS:.0f}s before now)", "too_old")
+        if hi > latest:
+            at = int(np.argmax(ts))
+            raise _fail(f"{name}.time_unix_nano[{at}]: {(hi - now_ns) / NS:.0f}s ahead of the "
+                        f"collector clock (max_future_skew {limits.max_future_skew_s:g}s)",
+                        "clock_skew")
+        if kind == pb.GAUGE:
+            bad = ~np.isfinite(cols.value)
+            if bad.any():
+                raise _fail(f"gauges.value[{int(np.argmax(bad))}]: not a finite number", "value")
+        else:
+            narrow = np.fromiter((s.counter_bits == 32 for s in batch.series), dtype=bool,
+                                 count=len(batch.series))
+            if narrow.any():
+                over = narrow[idx] & (cols.value > MAX_U32)
+                if over.any():
+                    at = int(np.argmax(over))
+                    raise _fail(f"counters.value[{at}]: exceeds the declared 32-bit width",
+                                "counter_bits")
+    return samples
+
+
+def validate(batch: pb.Batch, limits: Limits, now_ns: int, *, table_checked: bool = False) -> Checked:
+    """Raise ValidationError for the first broken rule; return sample/series counts."""
+    check_header(batch)
+    if not table_checked:
+        check_series_table(batch, limits)
+    samples = check_columns(batch, limits, now_ns)
+    return Checked(samples=samples, series=len(batch.series))

@@ -1,0 +1,163 @@
+"""Helpers for ingest tests: batch factories, a TLS client, a server factory, Kafka read-back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from grpc import aio
+
+from collector.agent.batch import BatchBuilder, SiteInfo, counter_def, gauge_def
+from collector.config import Settings, load_settings
+from collector.devcerts import DevCerts
+from collector.ingest.server import IngestServer
+from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+
+METHOD = "/telemetry.v1.IngestService/Stream"
+SITES = {
+    "jp-tokyo-01": SiteInfo("jp-tokyo-01", "JP", "Kanto", "Asia/Tokyo"),
+    "jp-osaka-01": SiteInfo("jp-osaka-01", "JP", "Kansai", "Asia/Tokyo"),
+    "us-dallas-01": SiteInfo("us-dallas-01", "US", "us-south", "America/Chicago"),
+    "us-seattle-01": SiteInfo("us-seattle-01", "US", "us-west", "America/Los_Angeles"),
+}
+TOKENS = {f"token-{site}-0123456789": site for site in SITES}
+
+
+def token_for(site: str) -> str:
+    return f"token-{site}-0123456789"
+
+
+def make_batch(site: str = "jp-tokyo-01", seq: int = 1, *, agent_id: str | None = None,
+               series: int = 10, points: int = 10, t0_ns: int | None = None) -> pb.Batch:
+    """A valid batch: `series` link counters/gauges with `points` samples each."""
+    info = SITES[site]
+    b = BatchBuilder(agent_id or f"agent-{site}", info, "boot-1")
+    t0 = t0_ns if t0_ns is not None else time.time_ns() - 60 * 10**9
+    for p in range(points):
+        ts = t0 + p * 10**9
+        for s in range(series):
+            labels = {"link": f"et-0/0/{s}", "media": "optical"}
+            if s % 2 == 0:
+                b.counter(counter_def("link_in_octets", labels, unit="bytes"), ts,
+                          seq * 10**12 + p * 10**9 + s)
+            else:
+                b.gauge(gauge_def("link_optical_rx_power_dbm", labels, unit="dBm"), ts, -3.5)
+    return b.build(seq, time.time_ns())
+
+
+def write_tokens(path: Path, tokens: dict[str, str] | None = None) -> Path:
+    path.write_text(yaml.safe_dump(tokens or TOKENS))
+    return path
+
+
+def ingest_settings(tmp: Path, certs: DevCerts | None, bootstrap: str, topic: str,
+                    **ingest: Any) -> Settings:
+    ing: dict[str, Any] = {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
+                           "tokens_file": str(write_tokens(tmp / "tokens.yaml"))}
+    if certs is None:
+        ing["plaintext"] = True
+    else:
+        ing.update(tls_cert=str(certs.server_cert), tls_key=str(certs.server_key))
+    ing.update(ingest)
+    return load_settings(kafka={"bootstrap_servers": bootstrap, "topic": topic},
+                         ingest=ing)
+
+
+def channel(port: int, certs: DevCerts | None, *, client_cert: bool = False) -> aio.Channel:
+    target = f"127.0.0.1:{port}"
+    if certs is None:
+        return aio.insecure_channel(target)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=certs.ca.read_bytes(),
+        private_key=certs.client_key.read_bytes() if client_cert else None,
+        certificate_chain=certs.client_cert.read_bytes() if client_cert else None,
+    )
+    return aio.secure_channel(target, creds)
+
+
+def stream_call(ch: aio.Channel, token: str | None) -> aio.StreamStreamCall:
+    md = (("authorization", f"Bearer {token}"),) if token else None
+    method = ch.stream_stream(METHOD, request_serializer=lambda b: b,
+                              response_deserializer=pb.Ack.FromString)
+    return method(metadata=md)
+
+
+def covered(ack: pb.Ack) -> range:
+    return range(ack.seq, max(ack.seq, ack.seq_last) + 1)
+
+
+@dataclass
+class StreamResult:
+    acks: list[pb.Ack] = field(default_factory=list)
+
+    def ok_seqs(self) -> list[int]:
+        return [s for a in self.acks if a.code == pb.OK for s in covered(a)]
+
+    def by_seq(self) -> dict[int, pb.Ack]:
+        return {s: a for a in self.acks for s in covered(a)}
+
+
+async def send_all(ch: aio.Channel, token: str | None, payloads: Iterable[bytes],
+                   timeout_s: float = 60.0) -> StreamResult:
+    """Write every payload on one stream, half-close, collect every ack."""
+    call = stream_call(ch, token)
+    result = StreamResult()
+
+    async def reader() -> None:
+        async for ack in call:
+            result.acks.append(ack)
+
+    async with asyncio.timeout(timeout_s):
+        rtask = asyncio.create_task(reader())
+        for p in payloads:
+            await call.write(p)
+        await call.done_writing()
+        await rtask
+    return result
+
+
+async def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 30.0
+                     ) -> list[Any]:
+    """Read records from all partitions of `topic` until `expect` or the timeout."""
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                         enable_auto_commit=False)
+    await c.start()
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        if not parts:
+            await c._client.force_metadata_update()
+            parts = c.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < expect and time.monotonic() < deadline:
+            got = await c.getmany(*tps, timeout_ms=500, max_records=5000)
+            for recs in got.values():
+                out.extend(recs)
+        # one more short poll: catch records beyond `expect` (duplicates)
+        got = await c.getmany(*tps, timeout_ms=300)
+        for recs in got.values():
+            out.extend(recs)
+        return out
+    finally:
+        await c.stop()
+
+
+async def started(settings: Settings) -> IngestServer:
+    s = IngestServer(settings)
+    await s.start()
+    return s
+
+
+async def aiter_list(xs: Iterable[Any]) -> AsyncIterator[Any]:
+    for x in xs:
+        yield x
