@@ -1,9 +1,166 @@
-"""Settings of the `agent` section (see collector/config.py for loading rules)."""
+"""Settings of the `agent` section (see collector/config.py for loading rules).
+
+Every knob is a `Field(default, description=...)`: the description is the documentation
+(`collector config --defaults` prints it, docs/agent.md explains the operations side).
+Environment overrides nest with `__`, e.g. `COLLECTOR_AGENT__SPOOL__MAX_BYTES=1073741824`.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class AgentSettings(BaseModel):
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteSettings(_Section):
+    site_id: str = Field("", description="Stable site identifier, e.g. 'jp-tokyo-01'. Kafka "
+                         "records are keyed by it; the ingest checks it against the token.")
+    country: str = Field("", description="ISO 3166-1 alpha-2 country code, upper case ('JP', 'US').")
+    region: str = Field("", description="Free-form region within the country, e.g. 'Kanto'.")
+    timezone: str = Field("UTC", description="IANA time zone of the site, e.g. 'Asia/Tokyo'.")
+
+
+class IngestTargetSettings(_Section):
+    target: str = Field("127.0.0.1:4317", description="HOST:PORT of the ingest service (or its "
+                        "load balancer).")
+    plaintext: bool = Field(False, description="Connect without TLS. Only for loopback tests; "
+                            "never in production.")
+    ca_file: Path | None = Field(None, description="PEM CA bundle that signs the ingest server "
+                                 "certificate; empty uses the system trust store.")
+    client_cert: Path | None = Field(None, description="PEM client certificate for mTLS (with "
+                                     "client_key).")
+    client_key: Path | None = Field(None, description="PEM private key of client_cert.")
+    server_name: str = Field("", description="TLS server name to verify instead of the host of "
+                             "`target` (e.g. when connecting by IP address).")
+    token: str = Field("", description="Bearer token of this site, sent as metadata "
+                       "`authorization: Bearer <token>`. Prefer token_file.")
+    token_file: Path | None = Field(None, description="File holding the bearer token (first "
+                                    "line); read at start-up. Overrides `token`.")
+    window: int = Field(16, ge=1, le=1024, description="Batches sent on the stream and not yet "
+                        "acknowledged. Bigger hides more round-trip latency.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="How long one connection attempt "
+                                     "may take before it counts as failed.")
+    ack_timeout_s: float = Field(60.0, gt=0, description="A stream with batches in flight and no "
+                                 "ack for this long is considered broken and reopened.")
+    backoff_initial_s: float = Field(0.5, gt=0, description="First retry delay cap after a failed "
+                                     "stream or a retriable ack; doubles per consecutive failure "
+                                     "(full jitter: the wait is uniform in [0, cap]).")
+    backoff_max_s: float = Field(30.0, gt=0, description="Upper bound of the retry delay cap.")
+    keepalive_s: float = Field(30.0, ge=10, description="HTTP/2 keepalive ping interval; must not "
+                               "be below the ingest's min_client_ping_interval_s.")
+
+
+class SpoolSettings(_Section):
+    dir: Path = Field(Path("/var/lib/collector-agent/spool"), description="Directory of the "
+                      "on-disk spool (segments, ack journal, persisted seq, rejected/).")
+    max_bytes: int = Field(256 * 1024 * 1024, ge=64 * 1024, description="Upper bound of the "
+                           "segment files' total size. When a new batch does not fit, whole "
+                           "oldest segments of the lowest priority are dropped (reason "
+                           "spool_full).")
+    max_age_s: float = Field(2 * 86400.0, gt=0, description="Batches older than this are dropped "
+                             "unsent (reason max_age). Keep it below the ingest's "
+                             "max_past_age_s, which rejects older samples.")
+    segment_bytes: int = Field(4 * 1024 * 1024, ge=4096, description="A segment file is closed "
+                               "and a new one started past this size. Also the unit in which "
+                               "disk space is reclaimed when the spool is full.")
+    fsync: Literal["always", "interval", "never"] = Field("interval", description="'always': "
+                                                          "fsync every batch before submit "
+                                                          "returns (survives power loss); "
+                                                          "'interval': at most every "
+                                                          "fsync_interval_s; 'never': leave it "
+                                                          "to the OS. A killed process loses "
+                                                          "nothing in any mode.")
+    fsync_interval_s: float = Field(1.0, gt=0, description="Flush period for fsync: interval.")
+    seq_block: int = Field(1024, ge=1, description="Sequence numbers reserved (and persisted "
+                           "with fsync) at a time. A crash skips at most this many; a seq is "
+                           "never reused.")
+    keep_rejected: int = Field(1000, ge=0, description="Rejected batches kept in rejected/ for "
+                               "inspection; the oldest are deleted beyond it.")
+
+
+class ServerSourceSettings(_Section):
+    enabled: bool = Field(True, description="Collect this host's health (node_exporter names).")
+    interval_s: float = Field(15.0, gt=0, description="Collection interval.")
+    priority: int = Field(0, ge=0, le=9, description="Spool priority of these batches: when the "
+                          "spool is full, the lowest priority is dropped first.")
+    host: str = Field("", description="Value of the `host` label; empty uses the host name.")
+    nic_exclude: list[str] = Field(["lo"], description="NIC names (fnmatch patterns) not reported.")
+    fs_types: list[str] = Field(["ext4", "xfs", "btrfs", "zfs", "vfat", "ext3", "f2fs"],
+                                description="File system types whose space is reported.")
+    disk_exclude: list[str] = Field(["loop*", "ram*", "sr*", "dm-*"], description="Block devices "
+                                    "(fnmatch patterns) not reported.")
+
+
+class LinkSourceSettings(_Section):
+    enabled: bool = Field(True, description="Collect link/optical telemetry.")
+    interval_s: float = Field(10.0, gt=0, description="Collection interval.")
+    priority: int = Field(1, ge=0, le=9, description="Spool priority of these batches.")
+    adapter: str = Field("linux", description="Where links are read: 'linux' (/sys/class/net), "
+                         "'synthetic' (deterministic test links) or 'package.module:Class' "
+                         "implementing collector.agent.sources.link.LinkAdapter.")
+    include: list[str] = Field(["*"], description="Link names (fnmatch patterns) reported.")
+    exclude: list[str] = Field(["lo"], description="Link names (fnmatch patterns) not reported.")
+    media: dict[str, Literal["optical", "copper"]] = Field(
+        {}, description="Media per link name pattern; links without a match are 'copper' unless "
+        "the adapter knows better.")
+    options: dict[str, Any] = Field({}, description="Adapter-specific options (e.g. "
+                                    "synthetic: {links: 100, optical_every: 2}).")
+
+
+class CellSourceSettings(_Section):
+    enabled: bool = Field(False, description="Read 5G NR cell KPIs from 3GPP TS 32.435 PM XML "
+                          "files (measCollecFile) dropped into pm_dir by the gNB/OSS.")
+    interval_s: float = Field(30.0, gt=0, description="How often pm_dir is scanned.")
+    priority: int = Field(2, ge=0, le=9, description="Spool priority of these batches.")
+    pm_dir: Path = Field(Path("/var/spool/collector-agent/pm"), description="Directory the PM "
+                         "files arrive in.")
+    pattern: str = Field("*.xml", description="File name pattern of PM files (also matches .gz "
+                         "when it ends in .gz).")
+    settle_s: float = Field(2.0, ge=0, description="Files modified less than this long ago are "
+                            "left for the next scan (the writer may not be done).")
+    after: Literal["move", "delete"] = Field("move", description="What happens to a processed "
+                                             "file: moved to pm_dir/done/ or deleted. Malformed "
+                                             "files always go to pm_dir/failed/.")
+    max_files_per_scan: int = Field(200, ge=1, description="Bound on files read per scan.")
+
+
+class SourcesSettings(_Section):
+    server: ServerSourceSettings = Field(ServerSourceSettings(), description="Host health source.")
+    link: LinkSourceSettings = Field(LinkSourceSettings(), description="Link/optical source.")
+    cell: CellSourceSettings = Field(CellSourceSettings(), description="5G cell PM file source.")
+
+
+class AgentSettings(_Section):
+    agent_id: str = Field("", description="Stable identifier of this agent; empty uses "
+                          "'<site_id>-<host name>'. Never reuse one agent_id on two machines.")
+    site: SiteSettings = Field(SiteSettings(), description="The site this agent reports for.")
+    ingest: IngestTargetSettings = Field(IngestTargetSettings(), description="Where and how "
+                                         "batches are sent.")
+    spool: SpoolSettings = Field(SpoolSettings(), description="The durable on-disk spool.")
+    sources: SourcesSettings = Field(SourcesSettings(), description="What is collected.")
+    metrics_listen: str = Field("127.0.0.1:9465", description="HOST:PORT of the agent's own "
+                                "/metrics; empty disables it.")
+    shutdown_grace_s: float = Field(5.0, ge=0, description="On shutdown, how long to keep "
+                                    "sending so in-flight batches get acked. Unsent batches stay "
+                                    "in the spool either way.")
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        if v and (":" not in v or not v.rsplit(":", 1)[1].isdigit()):
+            raise ValueError(f"expected HOST:PORT, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _client_pair(self) -> AgentSettings:
+        i = self.ingest
+        if (i.client_cert is None) != (i.client_key is None):
+            raise ValueError("ingest.client_cert and ingest.client_key go together (mTLS)")
+        if i.backoff_max_s < i.backoff_initial_s:
+            raise ValueError("ingest.backoff_max_s must be >= ingest.backoff_initial_s")
+        return self

@@ -1,0 +1,130 @@
+"""The agent's self-metrics: one prometheus_client Collector per registry.
+
+Every AgentPipeline (one per agent identity; the simulator runs many in one process) adds
+itself; at scrape time `collect()` reads each pipeline's stats, so nothing is updated per
+batch. Sources add their own collection timings through `SourceStats`.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from collector.agent.pipeline import AgentPipeline
+
+PREFIX = "collector_agent_"
+
+
+@dataclass(slots=True)
+class SourceStats:
+    """Per source (server, link, cell): collections, samples, errors, time spent."""
+
+    collections: int = 0
+    samples: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    skipped_files: dict[str, int] = field(default_factory=dict)
+
+
+class AgentCollector(Collector):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pipelines: dict[int, AgentPipeline] = {}
+        self._sources: dict[tuple[str, str], SourceStats] = {}
+
+    def add(self, p: AgentPipeline) -> None:
+        with self._lock:
+            self._pipelines[id(p)] = p
+
+    def remove(self, p: AgentPipeline) -> None:
+        with self._lock:
+            self._pipelines.pop(id(p), None)
+
+    def add_source(self, agent_id: str, source: str, stats: SourceStats) -> None:
+        with self._lock:
+            self._sources[(agent_id, source)] = stats
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            pipelines = list(self._pipelines.values())
+            sources = list(self._sources.items())
+        a = ["agent_id"]
+        spool_bytes = GaugeMetricFamily(PREFIX + "spool_bytes", "Bytes of spool segment files.", labels=a)
+        spool_batches = GaugeMetricFamily(PREFIX + "spool_batches",
+                                          "Batches in the spool not yet acknowledged.", labels=a)
+        oldest = GaugeMetricFamily(PREFIX + "spool_oldest_unacked_age_seconds",
+                                   "Age of the oldest batch not yet acknowledged (0 if none).",
+                                   labels=a)
+        inflight = GaugeMetricFamily(PREFIX + "batches_in_flight",
+                                     "Batches sent and awaiting an ack.", labels=a)
+        connected = GaugeMetricFamily(PREFIX + "stream_connected",
+                                      "1 while a stream to the ingest service is open.", labels=a)
+        sent = CounterMetricFamily(PREFIX + "batches_sent", "Batch sends (a resend counts again).",
+                                   labels=a)
+        acked = CounterMetricFamily(PREFIX + "batches_acked", "Batches acknowledged OK.", labels=a)
+        rejected = CounterMetricFamily(PREFIX + "batches_rejected",
+                                       "Batches refused by the ingest and moved aside.", labels=a)
+        dropped = CounterMetricFamily(PREFIX + "batches_dropped",
+                                      "Batches (or damaged spool regions) dropped unsent, by reason.",
+                                      labels=[*a, "reason"])
+        retries = CounterMetricFamily(PREFIX + "send_retries",
+                                      "Retriable acks and broken streams, by kind.",
+                                      labels=[*a, "kind"])
+        last_seq = GaugeMetricFamily(PREFIX + "last_seq", "Last seq assigned.", labels=a)
+        for p in pipelines:
+            st = p.stats
+            lv = [p.agent_id]
+            spool_bytes.add_metric(lv, st.spool_bytes)
+            spool_batches.add_metric(lv, st.spool_batches)
+            oldest.add_metric(lv, st.oldest_unacked_age_s)
+            inflight.add_metric(lv, st.in_flight)
+            connected.add_metric(lv, 1.0 if st.connected else 0.0)
+            sent.add_metric(lv, st.sent)
+            acked.add_metric(lv, st.acked)
+            rejected.add_metric(lv, st.rejected)
+            for reason, n in sorted(st.dropped.items()):
+                dropped.add_metric([*lv, reason], n)
+            retries.add_metric([*lv, "ack"], st.retriable_acks)
+            retries.add_metric([*lv, "stream"], st.stream_failures)
+            last_seq.add_metric(lv, st.last_seq)
+        yield from (spool_bytes, spool_batches, oldest, inflight, connected, sent, acked,
+                    rejected, dropped, retries, last_seq)
+        s = ["agent_id", "source"]
+        runs = CounterMetricFamily(PREFIX + "source_collections", "Collections run.", labels=s)
+        samples = CounterMetricFamily(PREFIX + "source_samples", "Samples collected.", labels=s)
+        errors = CounterMetricFamily(PREFIX + "source_errors", "Collections or files that failed.",
+                                     labels=s)
+        secs = CounterMetricFamily(PREFIX + "source_seconds",
+                                   "Wall time spent collecting.", labels=s)
+        for (agent_id, source), ss in sources:
+            lv = [agent_id, source]
+            runs.add_metric(lv, ss.collections)
+            samples.add_metric(lv, ss.samples)
+            errors.add_metric(lv, ss.errors)
+            secs.add_metric(lv, ss.seconds)
+        yield from (runs, samples, errors, secs)
+
+
+_collectors: weakref.WeakKeyDictionary[CollectorRegistry, AgentCollector] = weakref.WeakKeyDictionary()
+_collectors_lock = threading.Lock()
+
+
+def collector_for(registry: CollectorRegistry) -> AgentCollector:
+    """The one AgentCollector registered in `registry` (created on first use)."""
+    with _collectors_lock:
+        c = _collectors.get(registry)
+        if c is None:
+            c = _collectors[registry] = AgentCollector()
+            registry.register(c)
+        return c

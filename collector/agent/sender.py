@@ -1,0 +1,317 @@
+"""The agent's sender: streams spooled batches to the ingest service and applies the acks.
+
+Sits between the spool and the network. One bidi `IngestService.Stream` at a time carries a
+window of in-flight batches, lowest seq first. Acks (in the order the batches arrived):
+
+* OK (possibly covering a seq range): the batches are deleted from the spool;
+* INVALID_ARGUMENT / PERMISSION_DENIED: the batch is moved aside to the spool's rejected/
+  directory and counted, never retried;
+* anything else (RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED, ...): the batch goes
+  back to the spool and sending pauses for a backoff (at least the ack's retry_after_ms).
+
+A broken stream (disconnect, server restart, no ack within ack_timeout_s) puts every in-flight
+batch back and reconnects after an exponential backoff with full jitter and a cap. Every wait
+ends at once when shutdown begins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from collector.agent.config import IngestTargetSettings
+from collector.agent.spool import Spool
+from collector.errors import ConfigError
+from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+METHOD = "/telemetry.v1.IngestService/Stream"
+REJECT_CODES = frozenset({pb.INVALID_ARGUMENT, pb.PERMISSION_DENIED})
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float,
+                  rand: Callable[[], float] = random.random) -> float:
+    """Full jitter: uniform in [0, min(max_s, initial_s * 2**attempt)]."""
+    cap = min(max_s, initial_s * (2 ** min(attempt, 62)))
+    return cap * rand()
+
+
+def read_token(settings: IngestTargetSettings) -> str:
+    if settings.token_file is not None:
+        try:
+            lines = settings.token_file.read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read token file {settings.token_file}: {exc.strerror}",
+                              key="agent.ingest.token_file") from exc
+        return lines[0].strip() if lines else ""
+    return settings.token
+
+
+def channel_credentials(settings: IngestTargetSettings) -> grpc.ChannelCredentials | None:
+    """TLS (and mTLS) credentials from the settings; None for plaintext."""
+    if settings.plaintext:
+        return None
+
+    def _read(path: Any, key: str) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return bytes(path.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}", key=f"agent.ingest.{key}") from exc
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(settings.ca_file, "ca_file"),
+        private_key=_read(settings.client_key, "client_key"),
+        certificate_chain=_read(settings.client_cert, "client_cert"),
+    )
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+class _StreamBroken(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class SenderCounters:
+    sent: int = 0  # batch writes on a stream (a resend counts again)
+    retriable_acks: int = 0
+    stream_failures: int = 0
+    sessions: int = 0
+
+
+class Sender:
+    """Owns the connection to the ingest service for one agent identity."""
+
+    def __init__(self, settings: IngestTargetSettings, spool: Spool, *, token: str | None = None,
+                 rand: Callable[[], float] = random.random) -> None:
+        self.settings = settings
+        self.spool = spool
+        self._token = read_token(settings) if token is None else token
+        self._creds = channel_credentials(settings)
+        self._rand = rand
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: dict[int, float] = {}
+        self._retry_at = 0.0
+        self._ack_failures = 0
+        self.connected = False
+        self.last_error = ""
+        self.counters = SenderCounters()
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is None:
+            self._stopping.clear()
+            self._task = asyncio.create_task(self._run(), name="agent-sender")
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Keep sending for up to grace_s while connected, then close the stream."""
+        task = self._task
+        if task is None:
+            return
+        if grace_s > 0 and self.connected:
+            deadline = time.monotonic() + grace_s
+            while self.connected and (len(self.spool) or self._inflight):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                await self.wait_progress(min(left, 0.1))
+        self._stopping.set()
+        self._wake.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self._task = None
+
+    async def wait_progress(self, timeout_s: float) -> None:
+        """Return after the next ack (or stream state change), or after timeout_s."""
+        self._progress.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._progress.wait(), timeout_s)
+
+    def wake(self) -> None:
+        """New batches are in the spool."""
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    # --- connection loop ---------------------------------------------------------------
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            acked_before = self.spool.counters.acked
+            try:
+                await self._session()
+            except _StreamBroken as exc:
+                self._note_failure(str(exc))
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                msg = f"{code.name}: {exc.details()}"
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    log.error("ingest refused the stream (%s): check agent.ingest.token / certs",
+                              msg)
+                self._note_failure(msg)
+            except grpc.aio.UsageError as exc:  # writing on a call the server just closed
+                self._note_failure(f"stream closed: {exc}")
+            finally:
+                self.connected = False
+                self._progress.set()
+            if self.spool.counters.acked > acked_before:
+                attempt = 0
+            delay = backoff_delay(attempt, self.settings.backoff_initial_s,
+                                  self.settings.backoff_max_s, self._rand)
+            attempt += 1
+            await self._sleep(delay)
+
+    def _note_failure(self, msg: str) -> None:
+        self.counters.stream_failures += 1
+        if msg != self.last_error:
+            log.warning("ingest stream to %s failed: %s", self.settings.target, msg)
+        self.last_error = msg
+
+    async def _sleep(self, delay: float) -> None:
+        """Sleep that ends at once when shutdown begins."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+
+    def _channel(self) -> grpc.aio.Channel:
+        s = self.settings
+        options: list[tuple[str, Any]] = [
+            ("grpc.keepalive_time_ms", int(s.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.enable_retries", 0),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.initial_reconnect_backoff_ms", int(s.backoff_initial_s * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(s.backoff_max_s * 1000)),
+        ]
+        if s.server_name:
+            options.append(("grpc.ssl_target_name_override", s.server_name))
+        if self._creds is None:
+            return grpc.aio.insecure_channel(s.target, options=options)
+        return grpc.aio.secure_channel(s.target, self._creds, options=options)
+
+    async def _session(self) -> None:
+        channel = self._channel()
+        try:
+            ready = asyncio.ensure_future(channel.channel_ready())
+            stop = asyncio.ensure_future(self._stopping.wait())
+            done, _ = await asyncio.wait({ready, stop}, timeout=self.settings.connect_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if ready not in done:
+                ready.cancel()
+                if self._stopping.is_set():
+                    return
+                raise _StreamBroken(f"no connection within {self.settings.connect_timeout_s}s")
+            metadata = (("authorization", f"Bearer {self._token}"),) if self._token else None
+            stream = channel.stream_stream(METHOD, request_serializer=_identity,
+                                           response_deserializer=pb.Ack.FromString)
+            call = stream(metadata=metadata)
+            self.counters.sessions += 1
+            self.connected = True
+            self._retry_at = 0.0
+            tasks = [asyncio.create_task(self._write_loop(call)),
+                     asyncio.create_task(self._watchdog(call))]
+            try:
+                await self._read_loop(call)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                call.cancel()
+                self.spool.requeue(list(self._inflight))
+                self._inflight.clear()
+                for r in results:
+                    if isinstance(r, grpc.aio.AioRpcError | grpc.aio.UsageError):
+                        log.debug("writer ended: %s", r)
+        finally:
+            await channel.close()
+
+    async def _write_loop(self, call: Any) -> None:
+        loop = asyncio.get_running_loop()
+        window = self.settings.window
+        while True:
+            now = loop.time()
+            if self._retry_at > now:
+                await self._sleep(self._retry_at - now)
+                continue
+            if len(self._inflight) < window:
+                item = self.spool.take_next()
+                if item is not None:
+                    seq, payload = item
+                    self._inflight[seq] = time.monotonic()
+                    await call.write(payload)
+                    self.counters.sent += 1
+                    continue
+            self._wake.clear()
+            if len(self._inflight) < window and self.spool.has_waiting():
+                continue
+            await self._wake.wait()
+
+    async def _watchdog(self, call: Any) -> None:
+        timeout = self.settings.ack_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            if self._inflight:
+                oldest = min(self._inflight.values())
+                if time.monotonic() - oldest > timeout:
+                    log.warning("no ack for %.0fs: reopening the stream", timeout)
+                    call.cancel()
+                    return
+
+    async def _read_loop(self, call: Any) -> None:
+        while True:
+            ack = await call.read()
+            if ack is grpc.aio.EOF:
+                raise _StreamBroken("server closed the stream")
+            self._apply(ack)
+            self._progress.set()
+
+    def _apply(self, ack: pb.Ack) -> None:
+        first = ack.seq
+        if ack.code == pb.OK:
+            last = ack.seq_last or first
+            done = [s for s in self._inflight if first <= s <= last]
+            for s in done:
+                del self._inflight[s]
+            self.spool.ack(done)
+            self._ack_failures = 0
+        elif first not in self._inflight:
+            log.debug("ack for seq %d not in flight: ignored", first)
+            return
+        elif ack.code in REJECT_CODES:
+            del self._inflight[first]
+            name = pb.Code.Name(ack.code)
+            log.error("batch seq %d rejected (%s: %s): moved to %s", first, name, ack.reason,
+                      self.spool.rejected_dir)
+            self.spool.reject(first, name, ack.reason)
+        else:
+            del self._inflight[first]
+            self.spool.requeue([first])
+            self.counters.retriable_acks += 1
+            delay = max(ack.retry_after_ms / 1000.0,
+                        backoff_delay(self._ack_failures, self.settings.backoff_initial_s,
+                                      self.settings.backoff_max_s, self._rand))
+            self._ack_failures += 1
+            loop = asyncio.get_running_loop()
+            self._retry_at = max(self._retry_at, loop.time() + delay)
+            self.last_error = f"{pb.Code.Name(ack.code)}: {ack.reason}"
+        self._wake.set()
