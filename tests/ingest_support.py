@@ -161,3 +161,82 @@ async def started(settings: Settings) -> IngestServer:
 async def aiter_list(xs: Iterable[Any]) -> AsyncIterator[Any]:
     for x in xs:
         yield x
+
+
+RETRIABLE = {pb.UNAVAILABLE, pb.DEADLINE_EXCEEDED, pb.RESOURCE_EXHAUSTED}
+
+
+@dataclass
+class MiniAgent:
+    """A minimal agent for fault tests: a window of in-flight batches, retry on nacks and
+    on broken streams, record when each seq was acked. (The real agent is collector.agent.)"""
+
+    port: int
+    certs: DevCerts | None
+    site: str
+    agent_id: str
+    total: int
+    window: int = 32
+    rate_per_s: float = 200.0
+    acked_at: dict[int, float] = field(default_factory=dict)
+    nacks: dict[int, int] = field(default_factory=dict)
+    payload: dict[int, bytes] = field(default_factory=dict)
+    reconnects: int = 0
+
+    def batch(self, seq: int) -> bytes:
+        if seq not in self.payload:
+            self.payload[seq] = make_batch(self.site, seq, agent_id=self.agent_id,
+                                           series=6, points=4).SerializeToString()
+        return self.payload[seq]
+
+    async def _read_acks(self, call: aio.StreamStreamCall, inflight: dict[int, None],
+                         todo: list[int]) -> None:
+        while (ack := await call.read()) is not aio.EOF:
+            for s in covered(ack):
+                inflight.pop(s, None)
+                if ack.code == pb.OK:
+                    self.acked_at.setdefault(s, time.monotonic())
+                else:
+                    self.nacks[s] = ack.code
+                    if ack.code in RETRIABLE:
+                        todo.append(s)
+
+    async def run(self, deadline_s: float) -> None:
+        end = time.monotonic() + deadline_s
+        next_seq = 1
+        todo: list[int] = []  # seqs to (re)send, in order
+        while len(self.acked_at) < self.total and time.monotonic() < end:
+            inflight: dict[int, None] = {}
+            try:
+                async with channel(self.port, self.certs) as ch:
+                    call = stream_call(ch, token_for(self.site))
+
+                    rtask = asyncio.create_task(self._read_acks(call, inflight, todo))
+                    while len(self.acked_at) < self.total and time.monotonic() < end:
+                        if rtask.done():
+                            rtask.result()
+                            break
+                        if len(inflight) >= self.window:
+                            await asyncio.sleep(0.01)
+                            continue
+                        if todo:
+                            todo.sort()
+                            seq = todo.pop(0)
+                        elif next_seq <= self.total:
+                            seq, next_seq = next_seq, next_seq + 1
+                        else:
+                            await asyncio.sleep(0.02)
+                            continue
+                        inflight[seq] = None
+                        async with asyncio.timeout(max(0.1, end - time.monotonic())):
+                            await call.write(self.batch(seq))
+                        await asyncio.sleep(1 / self.rate_per_s)
+                    call.cancel()
+                    rtask.cancel()
+            except (grpc.aio.AioRpcError, TimeoutError, asyncio.CancelledError):
+                pass
+            # whatever was in flight on a broken stream is resent
+            todo.extend(s for s in inflight if s not in self.acked_at)
+            if len(self.acked_at) < self.total:
+                self.reconnects += 1
+                await asyncio.sleep(0.2)
