@@ -1,0 +1,233 @@
+"""Ingest throughput against its ceilings, all measured in the same run.
+
+    python bench/ingest.py [--quick]
+
+Starts a Tansu broker, then measures, with the same client (this process) and TLS on
+loopback:
+  1. bare grpc.aio: a stream service that answers every message with an Ack and does
+     nothing else (ceiling for the transport), 100-sample-sized messages;
+  2. bare aiokafka: acks=all produce of 1000-sample batch records (ceiling for Kafka);
+  3. the ingest service (`python -m collector ingest`, its own process) with 100- and
+     1000-sample batches: parse, validate, produce, wait for acks=all, ack.
+Servers run in their own processes, like in production; the machine's cores are shared
+by the broker, the server and this client, so read the ratios, not the absolute numbers.
+
+Last line: RESULT ingest_samples_per_s=<1000-sample batches> vs_bare_grpc_100=<ratio>
+vs_bare_produce=<ratio>
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import yaml
+from aiokafka import AIOKafkaProducer
+from grpc import aio
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from collector.broker import EmbeddedBroker, TopicSpec, free_port  # noqa: E402
+from collector.devcerts import DevCerts, make_dev_certs  # noqa: E402
+from collector.ingest.producer import record_headers  # noqa: E402
+from collector.proto.telemetry.v1 import telemetry_pb2 as pb  # noqa: E402
+from tests.ingest_support import SITES, TOKENS, make_batch, token_for  # noqa: E402
+
+METHOD = "/telemetry.v1.IngestService/Stream"
+STREAMS = 4
+
+
+# ---- bare grpc.aio server (subprocess mode) ---------------------------------------------
+
+async def _bare_server(port: int, cert: Path, key: Path) -> None:
+    ack = pb.Ack(seq=1, seq_last=1, code=pb.OK).SerializeToString()
+
+    async def stream(requests, context):  # type: ignore[no-untyped-def]
+        async for _ in requests:
+            yield ack
+
+    server = aio.server(options=[("grpc.max_receive_message_length", 8 << 20)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "telemetry.v1.IngestService",
+        {"Stream": grpc.stream_stream_rpc_method_handler(stream)}),))
+    creds = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+    server.add_secure_port(f"127.0.0.1:{port}", creds)
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+
+
+# ---- client -------------------------------------------------------------------------------
+
+async def _drive(port: int, certs: DevCerts, payloads: dict[str, list[bytes]],
+                 timeout_s: float) -> tuple[float, int]:
+    """Stream every site's payloads on its own stream; return (seconds, acked batches)."""
+    creds = grpc.ssl_channel_credentials(root_certificates=certs.ca.read_bytes())
+    acked = 0
+
+    async def one(ch: aio.Channel, site: str, items: list[bytes]) -> None:
+        nonlocal acked
+        call = ch.stream_stream(METHOD, request_serializer=None,
+                                response_deserializer=pb.Ack.FromString)(
+            metadata=(("authorization", f"Bearer {token_for(site)}"),))
+
+        async def writer() -> None:
+            for p in items:
+                await call.write(p)
+            await call.done_writing()
+
+        w = asyncio.create_task(writer())
+        while (ack := await call.read()) is not aio.EOF:
+            if ack.code != pb.OK:
+                raise RuntimeError(f"nack: {pb.Code.Name(ack.code)} {ack.reason}")
+            acked += max(ack.seq, ack.seq_last) - ack.seq + 1
+        await w
+
+    async with aio.secure_channel(f"127.0.0.1:{port}", creds,
+                                  options=[("grpc.max_send_message_length", 8 << 20)]) as ch:
+        await ch.channel_ready()
+        t0 = time.perf_counter()
+        async with asyncio.timeout(timeout_s):
+            await asyncio.gather(*(one(ch, s, p) for s, p in payloads.items()))
+        return time.perf_counter() - t0, acked
+
+
+def _payloads(n_batches: int, series: int, points: int) -> dict[str, list[bytes]]:
+    sites = list(SITES)[:STREAMS]
+    per = n_batches // len(sites)
+    base = time.time_ns() - 120 * 10**9
+    out = {}
+    for site in sites:
+        proto = make_batch(site, 1, series=series, points=points, t0_ns=base)
+        items = []
+        for seq in range(1, per + 1):
+            proto.seq = seq
+            items.append(proto.SerializeToString())
+        out[site] = items
+    return out
+
+
+def _wait_line(proc: subprocess.Popen[str], needle: str, timeout_s: float = 30) -> str:
+    end = time.monotonic() + timeout_s
+    assert proc.stdout is not None
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if needle in line:
+            return line
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+    raise RuntimeError(f"server did not print {needle!r}")
+
+
+async def bench_bare_grpc(certs: DevCerts, payloads: dict[str, list[bytes]]) -> float:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--bare-server", str(port),
+                             str(certs.server_cert), str(certs.server_key)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        _wait_line(proc, "ready")
+        secs, acked = await _drive(port, certs, payloads, 300)
+        return acked / secs
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def bench_bare_produce(bootstrap: str, topic: str, payloads: dict[str, list[bytes]]) -> float:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2,
+                         max_batch_size=1 << 20, max_request_size=8 << 20)
+    await p.start()
+    try:
+        t0 = time.perf_counter()
+        n = 0
+
+        async def one(site: str, items: list[bytes]) -> None:
+            nonlocal n
+            futs = []
+            for seq, value in enumerate(items, 1):
+                futs.append(await p.send(topic, value=value, key=site.encode(),
+                                          headers=record_headers(f"agent-{site}", seq)))
+                if len(futs) >= 64:
+                    await asyncio.gather(*futs)
+                    n += len(futs)
+                    futs = []
+            await asyncio.gather(*futs)
+            n += len(futs)
+
+        await asyncio.gather(*(one(s, i) for s, i in payloads.items()))
+        return n / (time.perf_counter() - t0)
+    finally:
+        await p.stop()
+
+
+async def bench_ingest(certs: DevCerts, bootstrap: str, topic: str, work: Path,
+                       runs: list[tuple[str, dict[str, list[bytes]]]]) -> dict[str, float]:
+    port = free_port()
+    cfg = work / "ingest.yaml"
+    (work / "tokens.yaml").write_text(yaml.safe_dump(TOKENS))
+    cfg.write_text(yaml.safe_dump({
+        "log_level": "WARNING",
+        "kafka": {"bootstrap_servers": bootstrap, "topic": topic},
+        "ingest": {"listen": f"127.0.0.1:{port}", "metrics_listen": "",
+                   "tls_cert": str(certs.server_cert), "tls_key": str(certs.server_key),
+                   "tokens_file": str(work / "tokens.yaml"), "max_past_age_s": 86400},
+    }))
+    proc = subprocess.Popen([sys.executable, "-m", "collector", "--config", str(cfg), "ingest"],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    out = {}
+    try:
+        _wait_line(proc, "ingest ready")
+        for name, payloads in runs:
+            secs, acked = await _drive(port, certs, payloads, 600)
+            expected = sum(len(v) for v in payloads.values())
+            if acked != expected:
+                raise RuntimeError(f"{name}: {acked} of {expected} acked")
+            out[name] = acked / secs
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    return out
+
+
+async def main(quick: bool) -> None:
+    n100, n1000 = (2000, 800) if quick else (20_000, 6000)
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    certs = make_dev_certs(work / "tls")
+    p100 = _payloads(n100, series=10, points=10)
+    p1000 = _payloads(n1000, series=100, points=10)
+    size100 = len(next(iter(p100.values()))[0])
+    size1000 = len(next(iter(p1000.values()))[0])
+    print(f"payloads: 100-sample batch {size100} B, 1000-sample batch {size1000} B, "
+          f"{STREAMS} streams, cpus={os.cpu_count()}")
+    async with EmbeddedBroker(topics=(TopicSpec("bench-bare", 4, 3_600_000),
+                                      TopicSpec("bench-ingest", 4, 3_600_000))) as broker:
+        bare_grpc = await bench_bare_grpc(certs, p100)
+        print(f"bare grpc.aio:            {bare_grpc:12,.0f} msgs/s (100-sample-sized messages)")
+        bare_produce = await bench_bare_produce(broker.bootstrap, "bench-bare", p1000)
+        print(f"bare aiokafka produce:    {bare_produce:12,.0f} records/s "
+              f"= {bare_produce * 1000:,.0f} samples/s (1000-sample records, acks=all)")
+        rates = await bench_ingest(certs, broker.bootstrap, "bench-ingest", work,
+                                   [("b100", p100), ("b1000", p1000)])
+    i100, i1000 = rates["b100"], rates["b1000"]
+    print(f"ingest, 100-sample:       {i100:12,.0f} batches/s = {i100 * 100:,.0f} samples/s")
+    print(f"ingest, 1000-sample:      {i1000:12,.0f} batches/s = {i1000 * 1000:,.0f} samples/s")
+    print("targets: >= 2,000,000 samples/s (1000-sample), >= 0.6 of bare grpc (100-sample)")
+    print(f"RESULT ingest_samples_per_s={i1000 * 1000:.0f} vs_bare_grpc_100={i100 / bare_grpc:.3f} "
+          f"vs_bare_produce={i1000 / bare_produce:.3f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--bare-server":
+        asyncio.run(_bare_server(int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])))
+        sys.exit(0)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="CI-sized run (seconds)")
+    asyncio.run(main(ap.parse_args().quick))
