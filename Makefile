@@ -7,7 +7,7 @@ DEBS   := prometheus prometheus-alertmanager socat
 APT_STAMP := $(VENV)/.apt-ok
 PYTEST_ARGS ?=
 
-.PHONY: run test lint proto bench bench-full setup setup-test clean
+.PHONY: run test lint proto docs bench bench-full setup setup-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ lint: setup
 
 proto: setup
 	$(PY) scripts/gen_proto.py
+
+## Regenerate docs/configuration.md from the settings models.
+docs: setup
+	$(PY) scripts/gen_config_doc.py
 
 bench: setup
 	$(PY) bench/ingest.py --quick
