@@ -1,0 +1,110 @@
+"""`collector agent --config agent.yaml`: collect this site's telemetry, spool it, stream it.
+
+Wires the enabled sources (server, link, cell) to one AgentPipeline (spool + sender) and
+serves the agent's own /metrics. Runs until SIGINT/SIGTERM; then stops collecting, keeps
+sending for `shutdown_grace_s`, and leaves whatever is unacked in the spool for next time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import uuid
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from collector.agent.batch import SiteInfo
+from collector.agent.config import AgentSettings
+from collector.agent.metrics import collector_for
+from collector.agent.pipeline import AgentPipeline
+from collector.agent.sources import Source, collect_once, run_source
+from collector.catalog import COUNTRIES
+from collector.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--once", action="store_true",
+                        help="collect every enabled source once, deliver, and exit")
+
+
+def build_sources(a: AgentSettings) -> list[Source]:
+    sources: list[Source] = []
+    src = a.sources
+    if src.server.enabled:
+        from collector.agent.sources.server import ServerSource
+
+        sources.append(ServerSource(src.server))
+    if src.link.enabled:
+        from collector.agent.sources.link import LinkSource
+
+        sources.append(LinkSource(src.link))
+    if src.cell.enabled:
+        from collector.agent.sources.cell import CellSource
+
+        sources.append(CellSource(src.cell))
+    return sources
+
+
+def site_of(a: AgentSettings) -> SiteInfo:
+    s = a.site
+    if not s.site_id:
+        raise ConfigError("the agent needs a site", key="agent.site.site_id")
+    if s.country not in COUNTRIES:
+        raise ConfigError(f"not an ISO 3166-1 alpha-2 code: {s.country!r}", key="agent.site.country")
+    return SiteInfo(s.site_id, s.country, s.region, s.timezone)
+
+
+def _listen(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def main(settings: Any, args: argparse.Namespace, stop: asyncio.Event) -> int:
+    a: AgentSettings = settings.agent
+    site = site_of(a)
+    agent_id = a.agent_id or f"{site.site_id}-{socket.gethostname()}"
+    registry = CollectorRegistry()
+    pipeline = AgentPipeline(a, agent_id=agent_id, site=site, boot_id=uuid.uuid4().hex,
+                             spool_dir=a.spool.dir, registry=registry)
+    sources = build_sources(a)
+    coll = collector_for(registry)
+    for s in sources:
+        coll.add_source(agent_id, s.name, s.stats)
+    http: Any = None
+    metrics_port = 0
+    if a.metrics_listen:
+        host, port = _listen(a.metrics_listen)
+        try:
+            http, _thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {a.metrics_listen}: {exc.strerror}",
+                              key="agent.metrics_listen") from exc
+        metrics_port = http.server_port
+    try:
+        async with pipeline:
+            print(f"agent ready: agent_id={agent_id} last_seq={pipeline.spool.last_seq} "
+                  f"spooled={len(pipeline.spool)} metrics port={metrics_port}", flush=True)
+            if args.once:
+                for s in sources:
+                    await collect_once(s, pipeline)
+                drained = await pipeline.wait_drained(a.shutdown_grace_s)
+                return 0 if drained else 3
+            tasks = [asyncio.create_task(run_source(s, pipeline, stop), name=f"source-{s.name}")
+                     for s in sources]
+            await stop.wait()
+            await asyncio.gather(*tasks)
+            st = pipeline.stats
+            log.info("stopping: %d batches still spooled, %d sent, %d acked", st.spool_batches,
+                     st.sent, st.acked)
+    finally:
+        for s in sources:
+            await s.close()
+        if http is not None:
+            http.shutdown()
+            http.server_close()
+    return 0

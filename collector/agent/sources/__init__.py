@@ -1,0 +1,74 @@
+"""Sources of the agent: what is collected, each on its own interval.
+
+    server (host health, node_exporter names)   link (interfaces, optical)   cell (3GPP PM files)
+                       \\                            |                            /
+                        Source.collect(builder, now) -> AgentPipeline.submit -> spool -> sender
+
+A source fills a BatchBuilder with samples; the scheduler (`run_source`) submits one batch
+per collection with the source's spool priority. A failing collection is logged and counted,
+never fatal: the next tick tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from abc import ABC, abstractmethod
+
+from collector.agent.batch import BatchBuilder
+from collector.agent.metrics import SourceStats
+from collector.agent.pipeline import AgentPipeline
+from collector.errors import CollectorError
+
+log = logging.getLogger(__name__)
+
+
+class Source(ABC):
+    """One kind of telemetry. Subclasses set `name`, `interval_s` and `priority`."""
+
+    name: str = "source"
+    interval_s: float = 10.0
+    priority: int = 0
+
+    def __init__(self) -> None:
+        self.stats = SourceStats()
+
+    @abstractmethod
+    async def collect(self, builder: BatchBuilder, now_unix_nano: int) -> None:
+        """Add this tick's samples to `builder`. Raise CollectorError for a failed tick."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (files, sessions)."""
+
+
+async def collect_once(source: Source, pipeline: AgentPipeline) -> int | None:
+    """Run one collection and submit its batch; the seq, or None when nothing was collected."""
+    builder = pipeline.new_builder()
+    t0 = time.perf_counter()
+    try:
+        await source.collect(builder, time.time_ns())
+    except (CollectorError, OSError, ValueError) as exc:
+        source.stats.errors += 1
+        log.error("source %s: collection failed: %s", source.name, exc)
+        return None
+    finally:
+        source.stats.collections += 1
+        source.stats.seconds += time.perf_counter() - t0
+    n = len(builder)
+    if not n:
+        return None
+    source.stats.samples += n
+    return await pipeline.submit(builder, priority=source.priority)
+
+
+async def run_source(source: Source, pipeline: AgentPipeline, stop: asyncio.Event) -> None:
+    """Collect on ticks aligned to the interval until `stop` is set."""
+    interval = source.interval_s
+    while not stop.is_set():
+        await collect_once(source, pipeline)
+        now = time.time()
+        delay = interval - (now % interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)

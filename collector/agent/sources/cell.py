@@ -1,0 +1,407 @@
+"""Cell source: 5G NR cell KPIs from 3GPP TS 32.435 PM XML files (`measCollecFile`).
+
+A gNB or its OSS drops one XML file per granularity period (typically 15 min) into a
+directory; this source reads new files, turns the measurements it knows (TS 28.552 names,
+see PM_MEASUREMENTS) into samples at the period's end time, and moves each file to done/
+(or deletes it). A malformed file is moved to failed/ with an error that names it; it never
+stops the agent.
+
+Both encodings of TS 32.435 are read: `<measTypes>a b</measTypes>` + `<measResults>1 2
+</measResults>` and `<measType p="1">a</measType>` + `<r p="1">1</r>`. PM counters in these
+files are per-period values (the volume *within* the period); the catalogue's counters are
+cumulative, so the source keeps a running sum per cell and measurement from the first period
+it saw (its `start_time_unix_nano`). Gauges keep the raw value and a `Series.scale` that turns
+it into the catalogue unit (percent -> ratio 0.01, kbit/s -> bytes/s 125, Mbit -> bytes 125000).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import logging
+import math
+import re
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, gauge_def
+from collector.agent.config import CellSourceSettings
+from collector.agent.sources import Source
+from collector.errors import CollectorError
+
+log = logging.getLogger(__name__)
+
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+class PmFileError(CollectorError):
+    """A PM file that cannot be read as a TS 32.435 measCollecFile; names the file."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"PM file {self.path}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class PmSpec:
+    metric: str
+    counter: bool
+    unit: str
+    scale: float  # raw value * scale = value in `unit`
+
+
+# TS 28.552 measurement -> catalogue series. Percentages become ratios by scale 0.01.
+PM_MEASUREMENTS: dict[str, PmSpec] = {
+    "RRU.PrbTotDl": PmSpec("RRU.PrbTotDl", False, "ratio", 0.01),
+    "RRU.PrbTotUl": PmSpec("RRU.PrbTotUl", False, "ratio", 0.01),
+    "DRB.UEThpDl": PmSpec("DRB.UEThpDl", False, "bytes_per_second", 125.0),  # kbit/s
+    "DRB.UEThpUl": PmSpec("DRB.UEThpUl", False, "bytes_per_second", 125.0),
+    "DRB.PdcpSduVolumeDL": PmSpec("DRB.PdcpSduVolumeDL", True, "bytes", 125_000.0),  # Mbit
+    "DRB.PdcpSduVolumeUL": PmSpec("DRB.PdcpSduVolumeUL", True, "bytes", 125_000.0),
+    "RRC.ConnMean": PmSpec("RRC.ConnMean", False, "users", 0.0),
+    "RRC.ConnMax": PmSpec("RRC.ConnMax", False, "users", 0.0),
+    "MM.HoExeIntraReq": PmSpec("MM.HoExeIntraReq", True, "attempts", 0.0),
+    "MM.HoExeIntraSucc": PmSpec("MM.HoExeIntraSucc", True, "attempts", 0.0),
+    "CELL.Availability": PmSpec("CELL.Availability", False, "ratio", 0.01),  # percent
+    "CELL.CoverageRatio": PmSpec("CELL.CoverageRatio", False, "ratio", 0.01),  # percent
+    "L1M.SS-RSRP": PmSpec("L1M.SS-RSRP", False, "dBm", 0.0),
+    "L1M.SS-RSRQ": PmSpec("L1M.SS-RSRQ", False, "dB", 0.0),
+    "L1M.SS-SINR": PmSpec("L1M.SS-SINR", False, "dB", 0.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PmValue:
+    gnb: str
+    cell: str
+    meas_type: str
+    value: float | int
+    suspect: bool
+
+
+@dataclass(slots=True)
+class PmPeriod:
+    begin_unix_nano: int
+    end_unix_nano: int
+    values: list[PmValue] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class PmFile:
+    name: str
+    begin_unix_nano: int
+    periods: list[PmPeriod] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[tuple[PmPeriod, PmValue]]:
+        for p in self.periods:
+            for v in p.values:
+                yield p, v
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _children(el: ET.Element, name: str) -> list[ET.Element]:
+    return [c for c in el if isinstance(c.tag, str) and _local(c.tag) == name]
+
+
+def _child(el: ET.Element, name: str) -> ET.Element | None:
+    for c in el:
+        if isinstance(c.tag, str) and _local(c.tag) == name:
+            return c
+    return None
+
+
+def _time_ns(text: str | None, what: str, name: str) -> int:
+    if not text:
+        raise PmFileError(name, f"{what} missing")
+    try:
+        t = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise PmFileError(name, f"{what} {text!r} is not an xs:dateTime") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)  # TS 32.435 requires an offset; assume UTC without one
+    return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
+
+
+_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
+
+
+def _duration_s(text: str | None, name: str) -> float:
+    m = _DURATION.match((text or "").strip())
+    if not m or not any(m.groups()):
+        raise PmFileError(name, f"granPeriod duration {text!r} is not an xs:duration")
+    d, h, mi, s = m.groups()
+    return int(d or 0) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 + float(s or 0)
+
+
+def _number(text: str, name: str, where: str) -> float | int | None:
+    t = text.strip()
+    if t in ("", "NIL", "nil", "-"):
+        return None  # the measurement was not available in this period
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        v = float(t)
+    except ValueError:
+        raise PmFileError(name, f"{where}: value {t!r} is not a number") from None
+    if not math.isfinite(v):
+        raise PmFileError(name, f"{where}: value {t!r} is not finite")
+    return v
+
+
+def _rdns(dn: str) -> list[tuple[str, str]]:
+    out = []
+    for part in dn.split(","):
+        k, sep, v = part.partition("=")
+        if sep:
+            out.append((k.strip(), v.strip()))
+    return out
+
+
+def _entity(obj_ldn: str, element_dn: str, name: str) -> tuple[str, str]:
+    """(gnb, cell) from a measured object's LDN like
+    'ManagedElement=gNB-1,GNBDUFunction=1,NRCellDU=17'."""
+    rdns = _rdns(obj_ldn)
+    cell = next((v for k, v in reversed(rdns) if k.startswith("NRCell")), None)
+    if cell is None:
+        cell = rdns[-1][1] if rdns else obj_ldn.strip()
+    gnb = next((v for k, v in _rdns(element_dn) if k == "ManagedElement"), "")
+    if not gnb:
+        gnb = next((v for k, v in rdns if k == "ManagedElement"), "")
+    if not gnb:
+        gnb = element_dn.rsplit("=", 1)[-1].strip() if element_dn else ""
+    if not cell:
+        raise PmFileError(name, f"measObjLdn {obj_ldn!r} names no cell")
+    return gnb or "unknown", cell
+
+
+def parse_pm_bytes(data: bytes, name: str) -> PmFile:
+    """Parse a measCollecFile; raise PmFileError naming `name` when it is not one."""
+    if b"<!DOCTYPE" in data[:4096] or b"<!ENTITY" in data:
+        raise PmFileError(name, "DTDs and entities are not allowed")
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise PmFileError(name, f"not well-formed XML ({exc})") from None
+    if _local(root.tag) != "measCollecFile":
+        raise PmFileError(name, f"root element is <{_local(root.tag)}>, not <measCollecFile>")
+    header = _child(root, "fileHeader")
+    if header is None:
+        raise PmFileError(name, "no <fileHeader>")
+    collec = _child(header, "measCollec")
+    begin = _time_ns(collec.get("beginTime") if collec is not None else None,
+                     "fileHeader/measCollec@beginTime", name)
+    sender = _child(header, "fileSender")
+    sender_dn = (sender.get("localDn") or "") if sender is not None else ""
+    out = PmFile(name, begin)
+    for md in _children(root, "measData"):
+        me = _child(md, "managedElement")
+        element_dn = (me.get("localDn") or "") if me is not None else ""
+        element_dn = element_dn or sender_dn
+        for mi in _children(md, "measInfo"):
+            out.periods.append(_meas_info(mi, element_dn, name))
+    return out
+
+
+def _meas_info(mi: ET.Element, element_dn: str, name: str) -> PmPeriod:
+    info_id = mi.get("measInfoId", "?")
+    gp = _child(mi, "granPeriod")
+    if gp is None:
+        raise PmFileError(name, f"measInfo {info_id!r}: no <granPeriod>")
+    end = _time_ns(gp.get("endTime"), f"measInfo {info_id!r} granPeriod@endTime", name)
+    begin = end - int(_duration_s(gp.get("duration"), name) * 1e9)
+    period = PmPeriod(begin, end)
+    # measurement types: positional list or p-indexed elements
+    types: dict[str, str] = {}
+    mt = _child(mi, "measTypes")
+    if mt is not None:
+        for i, t in enumerate((mt.text or "").split(), start=1):
+            types[str(i)] = t
+    for el in _children(mi, "measType"):
+        p = el.get("p")
+        if p is None or not (el.text or "").strip():
+            raise PmFileError(name, f"measInfo {info_id!r}: <measType> without p or name")
+        types[p] = (el.text or "").strip()
+    for mv in _children(mi, "measValue"):
+        obj = mv.get("measObjLdn")
+        if not obj:
+            raise PmFileError(name, f"measInfo {info_id!r}: <measValue> without measObjLdn")
+        gnb, cell = _entity(obj, element_dn, name)
+        suspect_el = _child(mv, "suspect")
+        suspect = suspect_el is not None and (suspect_el.text or "").strip() == "true"
+        where = f"measInfo {info_id!r} measObjLdn {obj!r}"
+        results: list[tuple[str, str]] = []
+        mr = _child(mv, "measResults")
+        if mr is not None:
+            raw = (mr.text or "").split()
+            if len(raw) != len(types):
+                raise PmFileError(name, f"{where}: {len(raw)} results for {len(types)} "
+                                        "measurement types")
+            results.extend((str(i), r) for i, r in enumerate(raw, start=1))
+        for r in _children(mv, "r"):
+            p = r.get("p")
+            if p is None or p not in types:
+                raise PmFileError(name, f"{where}: <r p={p!r}> has no measType")
+            results.append((p, r.text or ""))
+        for p, text in results:
+            meas = types[p]
+            value = _number(text, name, f"{where} {meas}")
+            if value is not None:
+                period.values.append(PmValue(gnb, cell, meas, value, suspect))
+    return period
+
+
+def read_pm_file(path: Path) -> PmFile:
+    """Read (and gunzip) a PM file; PmFileError names the file on any problem."""
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                data = f.read(MAX_FILE_BYTES + 1)
+        else:
+            with path.open("rb") as f:
+                data = f.read(MAX_FILE_BYTES + 1)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise PmFileError(path, f"cannot read: {exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise PmFileError(path, f"larger than {MAX_FILE_BYTES} bytes")
+    return parse_pm_bytes(data, str(path))
+
+
+class CellSource(Source):
+    name = "cell"
+
+    def __init__(self, settings: CellSourceSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.interval_s = settings.interval_s
+        self.priority = settings.priority
+        self.dir = settings.pm_dir
+        # running sums of per-period counters: key -> (start ns, sum, last time)
+        self._acc: dict[tuple[str, str, str], tuple[int, int, int]] = {}
+        self._defs: dict[tuple[str, str, str, int], SeriesDef] = {}
+        self.files_done = 0
+        self.files_failed = 0
+        self.unknown_measurements = 0
+
+    def _ready_files(self) -> list[Path]:
+        if not self.dir.is_dir():
+            return []
+        limit = time.time() - self.settings.settle_s
+        pattern = self.settings.pattern
+        found: list[tuple[float, str, Path]] = []
+        for p in self.dir.iterdir():
+            if not (p.match(pattern) or p.match(pattern + ".gz")):
+                continue
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            if st.st_mtime <= limit and p.is_file():
+                found.append((st.st_mtime, p.name, p))
+        found.sort()
+        return [p for _, _, p in found[: self.settings.max_files_per_scan]]
+
+    def _move(self, path: Path, sub: str) -> None:
+        try:
+            if sub == "done" and self.settings.after == "delete":
+                path.unlink()
+                return
+            dest = self.dir / sub
+            dest.mkdir(exist_ok=True)
+            path.replace(dest / path.name)
+        except OSError as exc:
+            log.error("cannot move PM file %s to %s/: %s", path, sub, exc.strerror)
+
+    async def collect(self, builder: BatchBuilder, now_unix_nano: int) -> None:
+        for path in self._ready_files():
+            try:
+                pm = read_pm_file(path)
+            except PmFileError as exc:
+                log.error("%s (moved to failed/)", exc)
+                self.stats.errors += 1
+                self.files_failed += 1
+                self._move(path, "failed")
+                continue
+            self.add_file(builder, pm)
+            self.files_done += 1
+            self._move(path, "done")
+
+    def add_file(self, builder: BatchBuilder, pm: PmFile) -> None:
+        """Turn one parsed file into samples."""
+        for period, v in sorted(pm, key=lambda pv: pv[0].end_unix_nano):
+            spec = PM_MEASUREMENTS.get(v.meas_type)
+            if spec is None:
+                self.unknown_measurements += 1
+                continue
+            labels = {"cell": v.cell, "gnb": v.gnb}
+            if not spec.counter:
+                d = self._defs.get((spec.metric, v.gnb, v.cell, 0))
+                if d is None:
+                    d = self._defs[(spec.metric, v.gnb, v.cell, 0)] = gauge_def(
+                        spec.metric, labels, unit=spec.unit, scale=spec.scale)
+                builder.gauge(d, period.end_unix_nano, float(v.value))
+                continue
+            if (isinstance(v.value, float) and not v.value.is_integer()) or v.value < 0:
+                log.warning("%s: counter %s of cell %s is %r, not a non-negative integer: skipped",
+                            pm.name, v.meas_type, v.cell, v.value)
+                continue
+            key = (spec.metric, v.gnb, v.cell)
+            start, total, last = self._acc.get(key, (period.begin_unix_nano, 0, 0))
+            total = (total + int(v.value)) % (1 << 64)
+            # A file older than one already read is folded in at the newest time seen,
+            # keeping the running sum monotonic in event time.
+            t = max(period.end_unix_nano, last)
+            self._acc[key] = (start, total, t)
+            dkey = (spec.metric, v.gnb, v.cell, start)
+            d = self._defs.get(dkey)
+            if d is None:
+                d = self._defs[dkey] = counter_def(spec.metric, labels, unit=spec.unit, bits=64,
+                                                   start_time_unix_nano=start, scale=spec.scale)
+            builder.counter(d, t, total)
+
+
+def render_meas_collec(*, begin: dt.datetime, duration_s: int, element: str,
+                       cells: dict[str, dict[str, float | int]], positional: bool = False,
+                       info_id: str = "NRCell") -> bytes:
+    """A TS 32.435 measCollecFile with one measInfo: `cells` maps a cell id to its
+    measurement values. For tests, the benchmark and the simulator (what a gNB would write).
+    `positional` picks the <measTypes>/<measResults> encoding instead of p-indexed elements.
+    """
+    from xml.sax.saxutils import quoteattr
+
+    end = begin + dt.timedelta(seconds=duration_s)
+    types = sorted({m for vals in cells.values() for m in vals})
+    out = ['<?xml version="1.0" encoding="UTF-8"?>',
+           '<measCollecFile xmlns="http://www.3gpp.org/ftp/specs/archive/32_series/32.435#measCollec">',
+           f'<fileHeader fileFormatVersion="32.435 V10.0" vendorName="edge"><fileSender '
+           f'localDn={quoteattr("ManagedElement=" + element)}/>'
+           f'<measCollec beginTime="{begin.isoformat()}"/></fileHeader>',
+           f'<measData><managedElement localDn={quoteattr("ManagedElement=" + element)}/>',
+           f'<measInfo measInfoId={quoteattr(info_id)}><job jobId="1"/>'
+           f'<granPeriod duration="PT{duration_s}S" endTime="{end.isoformat()}"/>'
+           f'<repPeriod duration="PT{duration_s}S"/>']
+    if positional:
+        out.append(f"<measTypes>{' '.join(types)}</measTypes>")
+    else:
+        out.extend(f'<measType p="{i}">{t}</measType>' for i, t in enumerate(types, start=1))
+    for cell, vals in cells.items():
+        ldn = quoteattr(f"ManagedElement={element},GNBDUFunction=1,NRCellDU={cell}")
+        out.append(f"<measValue measObjLdn={ldn}>")
+        if positional:
+            out.append("<measResults>" + " ".join(
+                repr(vals[t]) if t in vals else "NIL" for t in types) + "</measResults>")
+        else:
+            out.extend(f'<r p="{i}">{vals[t]!r}</r>' for i, t in enumerate(types, start=1)
+                       if t in vals)
+        out.append("<suspect>false</suspect></measValue>")
+    out.append(f'</measInfo></measData><fileFooter><measCollec endTime="{end.isoformat()}"/>'
+               "</fileFooter></measCollecFile>")
+    return "\n".join(out).encode()

@@ -1,0 +1,292 @@
+"""Link source: per-link counters, status, speed and optical readings from an adapter.
+
+The source turns `LinkReading`s into the catalogue's `link_*` series; *where* readings come
+from is an adapter:
+
+    class MyGnmiAdapter(LinkAdapter):
+        def __init__(self, **options): ...          # agent.sources.link.options
+        async def read(self) -> Sequence[LinkReading]: ...
+        async def close(self) -> None: ...
+
+and `agent.sources.link.adapter: "mypkg.gnmi:MyGnmiAdapter"`. Built in: `linux`
+(/sys/class/net of this host) and `synthetic` (deterministic links with optical readings,
+for tests and benchmarks). An adapter fills what it knows and leaves the rest None; it
+reports each counter's width (e.g. 32 for SNMP ifInOctets, 64 for ifHCInOctets) and when the
+counters last started (a device's ifCounterDiscontinuityTime, or 0 when unknown), so a reset
+is never mistaken for a wrap downstream.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import math
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, gauge_def
+from collector.agent.config import LinkSourceSettings
+from collector.agent.sources import Source
+from collector.errors import ConfigError
+
+COUNTERS = ("in_octets", "out_octets", "in_packets", "out_packets", "in_errors", "out_errors",
+            "in_discards", "out_discards")
+_UNITS = {"in_octets": "bytes", "out_octets": "bytes"}
+OPTICAL = (
+    ("rx_power_dbm", "link_optical_rx_power_dbm", "dBm"),
+    ("tx_power_dbm", "link_optical_tx_power_dbm", "dBm"),
+    ("laser_bias_amperes", "link_optical_laser_bias_amperes", "amperes"),
+    ("prefec_ber", "link_optical_prefec_ber", "ratio"),
+    ("osnr_db", "link_optical_osnr_db", "dB"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkReading:
+    """One link at one moment. None means: this adapter does not know it."""
+
+    name: str
+    media: str | None = None  # "optical" | "copper"; None lets the settings decide
+    in_octets: int | None = None
+    out_octets: int | None = None
+    in_packets: int | None = None
+    out_packets: int | None = None
+    in_errors: int | None = None
+    out_errors: int | None = None
+    in_discards: int | None = None
+    out_discards: int | None = None
+    counter_bits: int = 64
+    # Discontinuity marker: when the counters (re)started, ns since the epoch; 0 = unknown.
+    counter_start_unix_nano: int = 0
+    oper_up: bool | None = None
+    speed_bytes_per_second: int | None = None
+    rx_power_dbm: float | None = None
+    tx_power_dbm: float | None = None
+    laser_bias_amperes: float | None = None
+    prefec_ber: float | None = None
+    osnr_db: float | None = None
+    time_unix_nano: int = 0  # 0: the collection time
+
+
+class LinkAdapter(ABC):
+    """Reads links from somewhere: this host, a device over gNMI/SNMP, a simulator."""
+
+    @abstractmethod
+    async def read(self) -> Sequence[LinkReading]:
+        """Current readings of every link; raise CollectorError/OSError when unreachable."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release sessions."""
+
+
+# --- linux ----------------------------------------------------------------------------
+_SYS_STATS = {
+    "in_octets": "rx_bytes", "out_octets": "tx_bytes", "in_packets": "rx_packets",
+    "out_packets": "tx_packets", "in_errors": "rx_errors", "out_errors": "tx_errors",
+    "in_discards": "rx_dropped", "out_discards": "tx_dropped",
+}
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None  # e.g. speed of a down link reads EINVAL
+
+
+class LinuxLinkAdapter(LinkAdapter):
+    """This host's interfaces from /sys/class/net (64-bit kernel counters).
+
+    Discontinuity: counters start at host boot; when an interface is re-created (new
+    ifindex) or a counter goes backwards (driver reset) the start moves to that moment.
+    No optical readings: reading SFP DOM needs ethtool ioctls; use a device adapter.
+    """
+
+    def __init__(self, sysfs: str = "/sys/class/net", boot_time_unix_nano: int | None = None
+                 ) -> None:
+        self.root = Path(sysfs)
+        self.boot_ns = (boot_time_unix_nano if boot_time_unix_nano is not None
+                        else int(psutil.boot_time() * 1e9))
+        self._state: dict[str, tuple[int | None, int, tuple[int | None, ...]]] = {}
+        self.bits = 64 if sys.maxsize > 2**32 else 32
+
+    async def read(self) -> Sequence[LinkReading]:
+        now = time.time_ns()
+        out: list[LinkReading] = []
+        for d in sorted(self.root.iterdir()):
+            stats = d / "statistics"
+            if not stats.is_dir():
+                continue
+            counters = {k: _read_int(stats / f) for k, f in _SYS_STATS.items()}
+            ifindex = _read_int(d / "ifindex")
+            values = tuple(counters.values())
+            prev = self._state.get(d.name)
+            start = self.boot_ns
+            if prev is not None:
+                p_ifindex, start, p_values = prev
+                went_back = any(a is not None and b is not None and a < b
+                                for a, b in zip(values, p_values, strict=True))
+                if p_ifindex != ifindex or went_back:
+                    start = now
+            self._state[d.name] = (ifindex, start, values)
+            try:
+                oper = (d / "operstate").read_text().strip()
+            except OSError:
+                oper = "unknown"
+            speed = _read_int(d / "speed")
+            c = counters
+            out.append(LinkReading(
+                name=d.name, in_octets=c["in_octets"], out_octets=c["out_octets"],
+                in_packets=c["in_packets"], out_packets=c["out_packets"],
+                in_errors=c["in_errors"], out_errors=c["out_errors"],
+                in_discards=c["in_discards"], out_discards=c["out_discards"],
+                counter_bits=self.bits, counter_start_unix_nano=start,
+                oper_up=None if oper == "unknown" else oper == "up",
+                speed_bytes_per_second=speed * 125_000 if speed and speed > 0 else None,
+            ))
+        return out
+
+
+# --- synthetic ------------------------------------------------------------------------
+class SyntheticLinkAdapter(LinkAdapter):
+    """Deterministic links: counters grow at a fixed rate per link; every
+    `optical_every`-th link is optical with plausible DOM readings. For tests and benches."""
+
+    def __init__(self, links: int = 8, optical_every: int = 2, speed_gbps: int = 100,
+                 load: float = 0.3, counter_bits: int = 64, prefix: str = "et-0/0/",
+                 start_unix_nano: int = 1) -> None:
+        self.links = links
+        self.optical_every = max(1, optical_every)
+        self.speed = speed_gbps * 125_000_000
+        self.load = load
+        self.bits = counter_bits
+        self.prefix = prefix
+        self.start_ns = start_unix_nano
+
+    async def read(self) -> Sequence[LinkReading]:
+        now = time.time_ns()
+        elapsed = (now - self.start_ns) / 1e9
+        mask = (1 << self.bits) - 1
+        out = []
+        for i in range(self.links):
+            rate = self.speed * self.load * (1 + (i % 7) / 10)
+            octets = int(rate * elapsed)
+            optical = i % self.optical_every == 0
+            out.append(LinkReading(
+                name=f"{self.prefix}{i}", media="optical" if optical else "copper",
+                in_octets=octets & mask, out_octets=(octets // 2) & mask,
+                in_packets=(octets // 800) & mask, out_packets=(octets // 1600) & mask,
+                in_errors=0, out_errors=0, in_discards=i, out_discards=0,
+                counter_bits=self.bits, counter_start_unix_nano=self.start_ns,
+                oper_up=True, speed_bytes_per_second=self.speed,
+                rx_power_dbm=-2.5 - (i % 5) * 0.3 if optical else None,
+                tx_power_dbm=1.0 if optical else None,
+                laser_bias_amperes=0.0065 if optical else None,
+                prefec_ber=1e-9 * (1 + i % 3) if optical else None,
+                osnr_db=32.0 - (i % 4) if optical else None,
+            ))
+        return out
+
+
+BUILTIN_ADAPTERS: dict[str, type[LinkAdapter]] = {
+    "linux": LinuxLinkAdapter,
+    "synthetic": SyntheticLinkAdapter,
+}
+
+
+def make_adapter(spec: str, options: dict[str, Any]) -> LinkAdapter:
+    """'linux', 'synthetic' or 'package.module:Class' (a LinkAdapter taking **options)."""
+    cls: Any = BUILTIN_ADAPTERS.get(spec)
+    if cls is None:
+        module, _, attr = spec.partition(":")
+        if not attr:
+            raise ConfigError(f"unknown link adapter {spec!r} (linux, synthetic or module:Class)",
+                              key="agent.sources.link.adapter")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"cannot load link adapter {spec!r}: {exc}",
+                              key="agent.sources.link.adapter") from exc
+    try:
+        adapter = cls(**options)
+    except TypeError as exc:
+        raise ConfigError(f"bad options for link adapter {spec!r}: {exc}",
+                          key="agent.sources.link.options") from exc
+    if not isinstance(adapter, LinkAdapter):
+        raise ConfigError(f"{spec!r} is not a LinkAdapter", key="agent.sources.link.adapter")
+    return adapter
+
+
+# --- the source -----------------------------------------------------------------------
+class LinkSource(Source):
+    name = "link"
+
+    def __init__(self, settings: LinkSourceSettings, adapter: LinkAdapter | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.interval_s = settings.interval_s
+        self.priority = settings.priority
+        self.adapter = adapter or make_adapter(settings.adapter, dict(settings.options))
+        self._defs: dict[tuple[str, str, str, int, int], SeriesDef] = {}
+        self._wanted: dict[str, bool] = {}
+
+    def _want(self, name: str) -> bool:
+        w = self._wanted.get(name)
+        if w is None:
+            s = self.settings
+            w = self._wanted[name] = (
+                any(fnmatch.fnmatchcase(name, p) for p in s.include)
+                and not any(fnmatch.fnmatchcase(name, p) for p in s.exclude))
+        return w
+
+    def _media(self, r: LinkReading) -> str:
+        for pattern, media in self.settings.media.items():
+            if fnmatch.fnmatchcase(r.name, pattern):
+                return media
+        return r.media or "copper"
+
+    def _def(self, metric: str, r: LinkReading, media: str, unit: str, counter: bool) -> SeriesDef:
+        key = (metric, r.name, media, r.counter_bits if counter else 0,
+               r.counter_start_unix_nano if counter else 0)
+        d = self._defs.get(key)
+        if d is None:
+            labels = {"link": r.name, "media": media}
+            d = (counter_def(metric, labels, unit=unit, bits=r.counter_bits,
+                             start_time_unix_nano=r.counter_start_unix_nano) if counter
+                 else gauge_def(metric, labels, unit=unit))
+            if len(self._defs) > 100_000:  # links come and go; do not grow forever
+                self._defs.clear()
+            self._defs[key] = d
+        return d
+
+    async def collect(self, builder: BatchBuilder, now_unix_nano: int) -> None:
+        for r in await self.adapter.read():
+            if not self._want(r.name):
+                continue
+            t = r.time_unix_nano or now_unix_nano
+            media = self._media(r)
+            for field_ in COUNTERS:
+                v = getattr(r, field_)
+                if v is not None:
+                    builder.counter(self._def("link_" + field_, r, media,
+                                              _UNITS.get(field_, "packets"), True), t, v)
+            if r.oper_up is not None:
+                builder.gauge(self._def("link_oper_up", r, media, "bool", False), t,
+                              1.0 if r.oper_up else 0.0)
+            if r.speed_bytes_per_second is not None:
+                builder.gauge(self._def("link_speed_bytes", r, media, "bytes_per_second", False),
+                              t, float(r.speed_bytes_per_second))
+            for attr, metric, unit in OPTICAL:
+                v = getattr(r, attr)
+                if v is not None and math.isfinite(v):
+                    builder.gauge(self._def(metric, r, media, unit, False), t, v)
+
+    async def close(self) -> None:
+        await self.adapter.close()

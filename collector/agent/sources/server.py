@@ -1,0 +1,165 @@
+"""Server source: this host's health under node_exporter metric names.
+
+CPU time comes from /proc/stat as integer USER_HZ ticks (Series.scale = 1/USER_HZ turns them
+into seconds), so counters stay integers end to end; other counters come from psutil with
+`nowrap=False` (psutil's own wrap "correction" would hide resets the aggregator must see).
+Every counter declares its width (64 bit on a 64-bit kernel) and the host boot time as its
+discontinuity marker: these kernel counters restart when the host boots.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, gauge_def
+from collector.agent.config import ServerSourceSettings
+from collector.agent.sources import Source
+
+# /proc counters are `unsigned long` in the kernel: 64 bit on 64-bit kernels.
+KERNEL_COUNTER_BITS = 64 if sys.maxsize > 2**32 else 32
+CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+_NIC_FIELDS = (
+    ("node_network_receive_bytes_total", "bytes_recv", "bytes"),
+    ("node_network_transmit_bytes_total", "bytes_sent", "bytes"),
+    ("node_network_receive_packets_total", "packets_recv", "packets"),
+    ("node_network_transmit_packets_total", "packets_sent", "packets"),
+    ("node_network_receive_errs_total", "errin", "packets"),
+    ("node_network_transmit_errs_total", "errout", "packets"),
+    ("node_network_receive_drop_total", "dropin", "packets"),
+    ("node_network_transmit_drop_total", "dropout", "packets"),
+)
+
+
+def read_proc_stat(path: Path = Path("/proc/stat")) -> dict[str, tuple[int, ...]]:
+    """Per-CPU tick counters from /proc/stat: {"0": (user, nice, system, idle, ...)}."""
+    out: dict[str, tuple[int, ...]] = {}
+    with path.open() as f:
+        for line in f:
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                if out:
+                    break  # the cpuN lines are contiguous
+                continue
+            parts = line.split()
+            out[parts[0][3:]] = tuple(int(x) for x in parts[1:1 + len(CPU_MODES)])
+    return out
+
+
+class ServerSource(Source):
+    name = "server"
+
+    def __init__(self, settings: ServerSourceSettings, *, host: str | None = None,
+                 boot_time_unix_nano: int | None = None,
+                 proc_stat: Path = Path("/proc/stat")) -> None:
+        super().__init__()
+        self.settings = settings
+        self.interval_s = settings.interval_s
+        self.priority = settings.priority
+        self.host = host or settings.host or socket.gethostname()
+        self.start_ns = (boot_time_unix_nano if boot_time_unix_nano is not None
+                         else int(psutil.boot_time() * 1e9))
+        self.proc_stat = proc_stat
+        self._defs: dict[tuple[str, str, str], SeriesDef] = {}
+        self._user_hz = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+
+    def _counter(self, metric: str, label: str, value: str, unit: str, scale: float = 0.0,
+                 extra: tuple[tuple[str, str], ...] = ()) -> SeriesDef:
+        key = (metric, value, extra[0][1] if extra else "")
+        d = self._defs.get(key)
+        if d is None:
+            labels = {"host": self.host, **dict(extra)}
+            if label:
+                labels[label] = value
+            d = self._defs[key] = counter_def(metric, labels, unit=unit, bits=KERNEL_COUNTER_BITS,
+                                              start_time_unix_nano=self.start_ns, scale=scale)
+        return d
+
+    def _gauge(self, metric: str, label: str, value: str, unit: str) -> SeriesDef:
+        key = (metric, value, "g")
+        d = self._defs.get(key)
+        if d is None:
+            labels = {"host": self.host}
+            if label:
+                labels[label] = value
+            d = self._defs[key] = gauge_def(metric, labels, unit=unit)
+        return d
+
+    async def collect(self, builder: BatchBuilder, now_unix_nano: int) -> None:
+        t = now_unix_nano
+        self._cpu(builder, t)
+        mem = psutil.virtual_memory()
+        builder.gauge(self._gauge("node_memory_MemTotal_bytes", "", "", "bytes"), t, float(mem.total))
+        builder.gauge(self._gauge("node_memory_MemAvailable_bytes", "", "", "bytes"), t,
+                      float(mem.available))
+        for name, v in zip(("node_load1", "node_load5", "node_load15"), os.getloadavg(),
+                           strict=True):
+            builder.gauge(self._gauge(name, "", "", "1"), t, v)
+        self._disks(builder, t)
+        self._filesystems(builder, t)
+        self._nics(builder, t)
+
+    def _cpu(self, builder: BatchBuilder, t: int) -> None:
+        try:
+            ticks = read_proc_stat(self.proc_stat)
+        except OSError:
+            ticks = {}
+        if ticks:
+            scale = 1.0 / self._user_hz
+            for cpu, values in ticks.items():
+                for mode, v in zip(CPU_MODES, values, strict=False):
+                    builder.counter(self._counter("node_cpu_seconds_total", "cpu", cpu, "seconds",
+                                                  scale, (("mode", mode),)), t, v)
+            return
+        # Not Linux: psutil's float seconds as integer nanoseconds (scale 1e-9).
+        for i, ct in enumerate(psutil.cpu_times(percpu=True)):
+            for mode in CPU_MODES:
+                secs: float | None = getattr(ct, mode, None)
+                if secs is not None:
+                    builder.counter(self._counter("node_cpu_seconds_total", "cpu", str(i),
+                                                  "seconds", 1e-9, (("mode", mode),)),
+                                    t, round(secs * 1e9))
+
+    def _excluded(self, name: str, patterns: list[str]) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    def _disks(self, builder: BatchBuilder, t: int) -> None:
+        disks = psutil.disk_io_counters(perdisk=True, nowrap=False) or {}
+        for dev, io in disks.items():
+            if self._excluded(dev, self.settings.disk_exclude):
+                continue
+            builder.counter(self._counter("node_disk_read_bytes_total", "device", dev, "bytes"),
+                            t, io.read_bytes)
+            builder.counter(self._counter("node_disk_written_bytes_total", "device", dev, "bytes"),
+                            t, io.write_bytes)
+
+    def _filesystems(self, builder: BatchBuilder, t: int) -> None:
+        types = set(self.settings.fs_types)
+        seen: set[str] = set()
+        for part in psutil.disk_partitions(all=False):
+            if part.fstype not in types or part.mountpoint in seen:
+                continue
+            seen.add(part.mountpoint)
+            try:
+                u = psutil.disk_usage(part.mountpoint)
+            except OSError:
+                continue  # unmounted between listing and stat, or no permission
+            mp = part.mountpoint
+            builder.gauge(self._gauge("node_filesystem_size_bytes", "mountpoint", mp, "bytes"), t,
+                          float(u.total))
+            builder.gauge(self._gauge("node_filesystem_avail_bytes", "mountpoint", mp, "bytes"), t,
+                          float(u.free))
+
+    def _nics(self, builder: BatchBuilder, t: int) -> None:
+        nics = psutil.net_io_counters(pernic=True, nowrap=False) or {}
+        get: Callable[[object, str], int] = getattr
+        for nic, io in nics.items():
+            if self._excluded(nic, self.settings.nic_exclude):
+                continue
+            for metric, attr, unit in _NIC_FIELDS:
+                builder.counter(self._counter(metric, "device", nic, unit), t, get(io, attr))

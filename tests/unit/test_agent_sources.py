@@ -1,0 +1,182 @@
+"""Server and link sources: catalogue names, integer counters, widths, discontinuity markers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from collector import catalog, wire
+from collector.agent.batch import BatchBuilder
+from collector.agent.config import AgentSettings, LinkSourceSettings, ServerSourceSettings
+from collector.agent.sources.link import (
+    LinkAdapter,
+    LinkReading,
+    LinkSource,
+    LinuxLinkAdapter,
+    SyntheticLinkAdapter,
+    make_adapter,
+)
+from collector.agent.sources.server import ServerSource, read_proc_stat
+from collector.errors import ConfigError
+from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+from tests.agent_support import SITE
+
+
+def _batch(b: BatchBuilder) -> pb.Batch:
+    return wire.parse_batch(b.build(1, time.time_ns()).SerializeToString())
+
+
+def _samples(batch: pb.Batch) -> dict[tuple[str, tuple[tuple[str, str], ...]], float | int]:
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float | int] = {}
+    for cols in (wire.counter_columns(batch), wire.gauge_columns(batch)):
+        for i, v in zip(cols.series_index, cols.value, strict=True):
+            s = batch.series[i]
+            out[(s.metric, tuple((lab.name, lab.value) for lab in s.labels))] = v.item()
+    return out
+
+
+async def test_server_source_uses_catalogue_names_and_integer_counters() -> None:
+    src = ServerSource(ServerSourceSettings(host="edge-1"), boot_time_unix_nano=123)
+    b = BatchBuilder("a", SITE, "boot")
+    await src.collect(b, time.time_ns())
+    batch = _batch(b)
+    metrics = {s.metric for s in batch.series}
+    assert {"node_cpu_seconds_total", "node_memory_MemAvailable_bytes", "node_load1"} <= metrics
+    assert metrics <= set(catalog.BY_NAME)
+    for s in batch.series:
+        spec = catalog.BY_NAME[s.metric]
+        assert {lab.name for lab in s.labels} == set(spec.labels), s.metric
+        if s.kind == pb.COUNTER:
+            assert spec.kind is catalog.Kind.COUNTER
+            assert s.counter_bits in (32, 64)
+            assert s.start_time_unix_nano == 123
+    cols = wire.counter_columns(batch)
+    assert cols.value.dtype.kind == "u"  # uint64 on the wire, never floats
+    cpu = [s for s in batch.series if s.metric == "node_cpu_seconds_total"]
+    assert {lab.value for s in cpu for lab in s.labels if lab.name == "mode"} >= {"user", "idle"}
+    assert all(0 < s.scale < 1 for s in cpu)  # ticks -> seconds
+
+
+def test_proc_stat_parser_reads_per_cpu_ticks(tmp_path: Path) -> None:
+    p = tmp_path / "stat"
+    p.write_text("cpu  10 0 5 100 1 0 0 0 0 0\ncpu0 6 0 3 50 1 0 0 0 0 0\n"
+                 "cpu1 4 0 2 50 0 0 0 0 0 0\nintr 1 2\n")
+    assert read_proc_stat(p) == {"0": (6, 0, 3, 50, 1, 0, 0, 0), "1": (4, 0, 2, 50, 0, 0, 0, 0)}
+
+
+def _fake_net(root: Path, name: str, ifindex: int, rx: int, oper: str = "up",
+              speed: str = "10000") -> None:
+    d = root / name
+    (d / "statistics").mkdir(parents=True, exist_ok=True)
+    for f in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_errors", "tx_errors",
+              "rx_dropped", "tx_dropped"):
+        (d / "statistics" / f).write_text(f"{rx if f == 'rx_bytes' else 7}\n")
+    (d / "ifindex").write_text(f"{ifindex}\n")
+    (d / "operstate").write_text(oper + "\n")
+    (d / "speed").write_text(speed + "\n")
+
+
+async def test_linux_adapter_marks_counter_restarts(tmp_path: Path) -> None:
+    _fake_net(tmp_path, "eth0", 2, 1000)
+    _fake_net(tmp_path, "eth1", 3, 2**40, oper="down", speed="-1")
+    ad = LinuxLinkAdapter(str(tmp_path), boot_time_unix_nano=555)
+    first = {r.name: r for r in await ad.read()}
+    assert first["eth0"].counter_start_unix_nano == 555
+    assert first["eth0"].speed_bytes_per_second == 10_000 * 125_000
+    assert first["eth1"].oper_up is False
+    assert first["eth1"].speed_bytes_per_second is None
+    assert first["eth1"].in_octets == 2**40
+    _fake_net(tmp_path, "eth0", 2, 500)  # went backwards: driver reset
+    _fake_net(tmp_path, "eth1", 9, 2**40 + 1)  # re-created interface
+    second = {r.name: r for r in await ad.read()}
+    assert second["eth0"].counter_start_unix_nano > 555
+    assert second["eth1"].counter_start_unix_nano > 555
+
+
+async def test_link_source_filters_and_maps_media(tmp_path: Path) -> None:
+    _fake_net(tmp_path, "lo", 1, 1)
+    _fake_net(tmp_path, "eth0", 2, 1000)
+    _fake_net(tmp_path, "xe-0", 3, 2000)
+    s = LinkSourceSettings(adapter="linux", options={"sysfs": str(tmp_path)}, exclude=["lo"],
+                           media={"xe-*": "optical"})
+    src = LinkSource(s)
+    b = BatchBuilder("a", SITE, "boot")
+    await src.collect(b, time.time_ns())
+    got = _samples(_batch(b))
+    assert got[("link_in_octets", (("link", "xe-0"), ("media", "optical")))] == 2000
+    assert got[("link_in_octets", (("link", "eth0"), ("media", "copper")))] == 1000
+    assert got[("link_oper_up", (("link", "eth0"), ("media", "copper")))] == 1.0
+    assert not any(dict(k[1])["link"] == "lo" for k in got)
+
+
+async def test_synthetic_optical_links_carry_dom_readings() -> None:
+    src = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 4}, exclude=[]))
+    b = BatchBuilder("a", SITE, "boot")
+    await src.collect(b, time.time_ns())
+    batch = _batch(b)
+    got = _samples(batch)
+    opt = (("link", "et-0/0/0"), ("media", "optical"))
+    for m in ("link_optical_rx_power_dbm", "link_optical_tx_power_dbm",
+              "link_optical_laser_bias_amperes", "link_optical_prefec_ber",
+              "link_optical_osnr_db"):
+        assert (m, opt) in got
+    assert ("link_optical_rx_power_dbm", (("link", "et-0/0/1"), ("media", "copper"))) not in got
+    assert {s.metric for s in batch.series} <= set(catalog.BY_NAME)
+    octets = next(s for s in batch.series if s.metric == "link_in_octets")
+    assert octets.counter_bits == 64
+    assert octets.start_time_unix_nano == 1
+
+
+class EchoAdapter(LinkAdapter):
+    """A device adapter as a third party would write one (used via module:Class)."""
+
+    def __init__(self, name: str = "ge-1/0/0", bits: int = 32) -> None:
+        self.name = name
+        self.bits = bits
+
+    async def read(self) -> Sequence[LinkReading]:
+        return [LinkReading(self.name, media="optical", in_octets=2**32 - 1, counter_bits=self.bits,
+                            counter_start_unix_nano=42, rx_power_dbm=float("nan"))]
+
+
+async def test_pluggable_adapter_by_import_path_declares_32_bit_counters() -> None:
+    src = LinkSource(LinkSourceSettings(adapter="tests.unit.test_agent_sources:EchoAdapter",
+                                        options={"name": "ge-9"}, exclude=[]))
+    b = BatchBuilder("a", SITE, "boot")
+    await src.collect(b, time.time_ns())
+    batch = _batch(b)
+    (s,) = batch.series  # the NaN optical reading is not sent
+    assert (s.metric, s.counter_bits, s.start_time_unix_nano) == ("link_in_octets", 32, 42)
+
+
+@pytest.mark.parametrize("spec", ["nope", "os:path", "tests.unit.test_agent_sources:Missing"])
+def test_bad_adapter_is_a_config_error_naming_the_key(spec: str) -> None:
+    with pytest.raises(ConfigError, match=r"agent\.sources\.link"):
+        make_adapter(spec, {})
+
+
+def test_synthetic_adapter_rejects_unknown_option() -> None:
+    with pytest.raises(ConfigError, match="options"):
+        make_adapter("synthetic", {"bogus": 1})
+    assert isinstance(make_adapter("synthetic", {"links": 2}), SyntheticLinkAdapter)
+
+
+def _fields(model: type[BaseModel], prefix: str = "agent") -> list[tuple[str, str | None]]:
+    out: list[tuple[str, str | None]] = []
+    for name, f in model.model_fields.items():
+        out.append((f"{prefix}.{name}", f.description))
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(_fields(ann, f"{prefix}.{name}"))
+    return out
+
+
+def test_every_agent_setting_is_documented() -> None:
+    fields = _fields(AgentSettings)
+    assert len(fields) > 40
+    missing = [k for k, d in fields if not d or len(d) < 10]
+    assert not missing, missing
