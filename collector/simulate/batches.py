@@ -1,0 +1,277 @@
+"""From generated blocks to telemetry.v1 batches, in delivery order with injected faults.
+
+Part of `collector simulate`: the model (model.py) says what every sample is; this module
+cuts a block into batches of about `batch_samples` samples (whole ticks of a site, or a slice
+of its series for one tick when a site has more series than that), decides which batches are
+sent twice (duplicates, same agent_id and seq) or held back (late), and encodes them.
+
+The fast path (`encode`) writes the Batch bytes directly: the per-site series tables are
+serialised once per boot epoch and reused, sample columns go through `wire.encode_columns`,
+and the pieces are concatenated as protobuf fields (concatenated fields parse as one
+message). `fill_builder` puts the same samples into an agent `BatchBuilder` for mode 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from collector import wire
+from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, gauge_def
+from collector.simulate.model import _SITE, Block, FleetGenerator, FleetModel, SimSite
+
+SCHEMA_HEADER = wire.SCHEMA.encode()
+
+
+def record_headers(agent_id: str, seq: int) -> list[tuple[str, bytes]]:
+    """Kafka record headers exactly as the ingest service writes them."""
+    return [("schema", SCHEMA_HEADER), ("agent_id", agent_id.encode()), ("seq", str(seq).encode())]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _ld(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A slice of a site's series that travels together: counter and gauge row ranges."""
+
+    index: int
+    c_lo: int
+    c_hi: int
+    g_lo: int
+    g_hi: int
+
+    @property
+    def n_series(self) -> int:
+        return self.c_hi - self.c_lo + self.g_hi - self.g_lo
+
+
+@dataclass(slots=True)
+class PlannedBatch:
+    """One batch to deliver: which samples, and how (normal, duplicate, late)."""
+
+    site: SimSite
+    chunk: Chunk
+    epoch: int
+    seq: int
+    block: Block
+    ticks: npt.NDArray[np.int64]  # block-local tick indices
+    kind: str = "normal"
+    value: bytes | None = None
+    original: PlannedBatch | None = None  # for a duplicate: the batch it repeats
+
+    @property
+    def samples(self) -> int:
+        return self.chunk.n_series * len(self.ticks)
+
+    @property
+    def t_min(self) -> int:
+        return int(self.block.t[self.site.index, self.ticks[0]])
+
+    @property
+    def t_max(self) -> int:
+        return int(self.block.t[self.site.index, self.ticks[-1]])
+
+
+@dataclass
+class _Held:
+    batch: PlannedBatch
+    release_ns: int
+
+
+@dataclass
+class Planner:
+    """Cuts blocks into batches and injects duplicates and late deliveries."""
+
+    model: FleetModel
+    gen: FleetGenerator
+    ticks_per_batch: int
+    chunks: list[list[Chunk]] = field(default_factory=list)
+    _held: list[list[_Held]] = field(default_factory=list)
+    _tables: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
+    _defs: dict[tuple[int, int, int], list[SeriesDef]] = field(default_factory=dict)
+    _prefix: list[bytes] = field(default_factory=list)
+    _site_field: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        m = self.model
+        # A batch carries `limit` series for `ticks_per_batch` ticks: about `batch_samples`
+        # samples with a series table of `limit` entries.
+        limit = max(1, m.settings.batch_samples // self.ticks_per_batch)
+        for st in m.sites:
+            # Split the concatenation [counters..., gauges...] into runs of `limit` series.
+            out = []
+            nc = st.c_hi - st.c_lo
+            for j, lo in enumerate(range(0, st.n_series, limit)):
+                hi = min(lo + limit, st.n_series)
+                out.append(Chunk(j, st.c_lo + min(lo, nc), st.c_lo + min(hi, nc),
+                                 st.g_lo + max(lo - nc, 0), st.g_lo + max(hi - nc, 0)))
+            self.chunks.append(out)
+            self._held.append([])
+            self._prefix.append(_ld(1, st.agent_id.encode()))
+            self._site_field.append(_ld(3, st.info.to_pb().SerializeToString()))
+
+    @staticmethod
+    def ticks_per_batch_for(model: FleetModel, paced: bool) -> int:
+        """Ticks per batch: `batch_ticks`, and when the run is paced in wall time at most
+        about one wall second of simulated time."""
+        s = model.settings
+        tpb = s.batch_ticks
+        if paced:
+            tpb = min(tpb, max(1, int(s.acceleration / model.interval_s)))
+        return tpb
+
+    # --- planning ------------------------------------------------------------------------
+
+    def plan(self, block: Block) -> Iterator[PlannedBatch]:
+        """Batches of a block in delivery order. Block boundaries must fall on multiples of
+        `ticks_per_batch` so the cut does not depend on the block size."""
+        m = self.model
+        tpb = self.ticks_per_batch
+        n = block.n_ticks
+        for g0 in range(0, n, tpb):
+            for st in m.sites:
+                i = st.index
+                local = np.arange(g0, min(g0 + tpb, n))
+                local = local[block.present[i, local]]
+                if len(local):
+                    # A batch carries one boot_id: cut at restarts.
+                    ep = block.epoch[i, local]
+                    cuts = np.flatnonzero(np.diff(ep)) + 1
+                    for part in np.split(local, cuts):
+                        epoch = int(block.epoch[i, part[0]])
+                        for ch in self.chunks[i]:
+                            yield from self._deliver(st, ch, epoch, block, part)
+                # Late batches come out once the site's event time has moved far enough.
+                held = self._held[i]
+                if held:
+                    now = int(block.t[i, min(g0 + tpb, n) - 1])
+                    due = [h for h in held if h.release_ns <= now]
+                    if due:
+                        self._held[i] = [h for h in held if h.release_ns > now]
+                        for h in due:
+                            yield h.batch
+
+    def _deliver(self, st: SimSite, ch: Chunk, epoch: int, block: Block,
+                 ticks: npt.NDArray[np.int64]) -> Iterator[PlannedBatch]:
+        m = self.model
+        s = m.settings
+        state = self.gen.sites[st.index]
+        state.seq += 1
+        b = PlannedBatch(st, ch, epoch, state.seq, block, ticks)
+        key = _SITE + st.index * 16
+        tick = int(block.ticks[ticks[0]]) * 4096 + ch.index % 4096
+        u_late, u_dup = (float(x) for x in m.noise.u([key + 6, key + 7], [tick])[:, 0])
+        if u_late < s.late_probability:
+            b.kind = "late"
+            self._held[st.index].append(_Held(b, b.t_max + round(s.late_delay_s * 1e9)))
+            return
+        yield b
+        if u_dup < s.duplicate_probability:
+            yield PlannedBatch(st, ch, epoch, b.seq, block, ticks, "duplicate", original=b)
+
+    def flush(self) -> Iterator[PlannedBatch]:
+        """Everything still held back (end of the run)."""
+        for i, held in enumerate(self._held):
+            self._held[i] = []
+            for h in held:
+                yield h.batch
+
+    # --- encoding ------------------------------------------------------------------------
+
+    def series_defs(self, site: int, chunk: Chunk, epoch: int) -> list[SeriesDef]:
+        """SeriesDefs of a chunk in table order (counters, then gauges) for a boot epoch."""
+        key = (site, chunk.index, epoch)
+        defs = self._defs.get(key)
+        if defs is None:
+            start = self.gen.sites[site].start_ns[epoch]
+            m = self.model
+            defs = [counter_def(c.metric, c.labels, unit=c.unit, bits=c.bits,
+                                start_time_unix_nano=start, scale=c.scale)
+                    for c in m.counters[chunk.c_lo:chunk.c_hi]]
+            defs += [gauge_def(g.metric, g.labels, unit=g.unit, scale=g.scale)
+                     for g in m.gauges[chunk.g_lo:chunk.g_hi]]
+            self._defs[key] = defs
+        return defs
+
+    def _table(self, site: int, chunk: Chunk, epoch: int) -> bytes:
+        key = (site, chunk.index, epoch)
+        raw = self._tables.get(key)
+        if raw is None:
+            raw = b"".join(_ld(6, d.to_pb().SerializeToString())
+                           for d in self.series_defs(site, chunk, epoch))
+            self._tables[key] = raw
+            # Tables of finished epochs are no longer needed.
+            for old in [k for k in self._tables if k[0] == site and k[2] < epoch - 1]:
+                del self._tables[old]
+                self._defs.pop(old, None)
+        return raw
+
+    def columns(self, b: PlannedBatch) -> tuple[tuple[npt.NDArray, npt.NDArray, npt.NDArray],
+                                                tuple[npt.NDArray, npt.NDArray, npt.NDArray]]:
+        """(series index, time, value) of the counter and gauge samples, tick-major."""
+        ch = b.chunk
+        nc = ch.c_hi - ch.c_lo
+        ng = ch.g_hi - ch.g_lo
+        nt = len(b.ticks)
+        t = b.block.t[b.site.index, b.ticks]
+        c_idx = np.tile(np.arange(nc, dtype=np.uint32), nt)
+        g_idx = np.tile(np.arange(nc, nc + ng, dtype=np.uint32), nt)
+        if nt == 1:
+            k = int(b.ticks[0])
+            cv = b.block.values[ch.c_lo:ch.c_hi, k]
+            gv = b.block.gauges[ch.g_lo:ch.g_hi, k]
+        else:
+            cv = b.block.values[ch.c_lo:ch.c_hi][:, b.ticks].T.ravel()
+            gv = b.block.gauges[ch.g_lo:ch.g_hi][:, b.ticks].T.ravel()
+        return ((c_idx, np.repeat(t, nc), cv), (g_idx, np.repeat(t, ng), gv))
+
+    def encode(self, b: PlannedBatch) -> bytes:
+        """The Batch bytes (what an agent would send), cached on the batch for resends."""
+        if b.value is not None:
+            return b.value
+        if b.original is not None:
+            b.value = self.encode(b.original)
+            return b.value
+        i = b.site.index
+        (ci, ct, cv), (gi, gt, gv) = self.columns(b)
+        out = [
+            self._prefix[i],
+            b"\x10", _varint(b.seq),
+            self._site_field[i],
+            _ld(4, self.gen.sites[i].boot_ids[b.epoch].encode()),
+            b"\x29", int(b.t_max).to_bytes(8, "little", signed=True),
+            self._table(i, b.chunk, b.epoch),
+        ]
+        if len(cv):
+            out.append(_ld(7, wire.encode_columns(ci, ct, cv, gauge=False)))
+        if len(gv):
+            out.append(_ld(8, wire.encode_columns(gi, gt, gv, gauge=True)))
+        b.value = b"".join(out)
+        return b.value
+
+    def fill_builder(self, b: PlannedBatch, builder: BatchBuilder) -> None:
+        """Put the batch's samples into an agent BatchBuilder (mode 1)."""
+        defs = self.series_defs(b.site.index, b.chunk, b.epoch)
+        (ci, ct, cv), (gi, gt, gv) = self.columns(b)
+        if len(cv):
+            builder.counter_columns(defs, ci, ct, cv)
+        if len(gv):
+            builder.gauge_columns(defs, gi, gt, gv)
