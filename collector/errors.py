@@ -49,6 +49,10 @@ class BrokerError(CollectorError):
 
     retriable = True
 
+    def __init__(self, message: str, *, timeout: bool = False):
+        self.timeout = timeout
+        super().__init__(message)
+
 
 class BrokerLaunchError(CollectorError):
     """The embedded broker could not be started."""

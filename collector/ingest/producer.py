@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -67,6 +68,20 @@ def record_headers(agent_id: str, seq: int) -> list[tuple[str, bytes]]:
             ("seq", str(seq).encode())]
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.debug("late Kafka failure after the deadline: %r", fut.exception())
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A record handed to the producer: its delivery future and its deadline."""
+
+    future: asyncio.Future[Any]
+    started: float
+    deadline: float
+
+
 class KafkaWriter:
     def __init__(self, settings: KafkaSettings, bootstrap: str, *,
                  on_latency: Callable[[float], None] | None = None,
@@ -110,31 +125,52 @@ class KafkaWriter:
         self.healthy = healthy
         self._on_health(healthy)
 
-    async def write(self, key: bytes, value: bytes, agent_id: str, seq: int) -> None:
-        """Produce one record and wait for acks=all, at most produce_timeout_s."""
+    async def send(self, key: bytes, value: bytes, agent_id: str, seq: int) -> Delivery:
+        """Queue one record; return its Delivery. Raises BrokerError when even queueing
+        misses the deadline (metadata unavailable, producer buffer full)."""
         producer = self._producer
         if producer is None:
             raise BrokerError("producer is not running")
         started = time.monotonic()
-        deadline = self.settings.produce_timeout_s
         try:
-            async with asyncio.timeout(deadline):
+            async with asyncio.timeout(self.settings.produce_timeout_s):
                 fut = await producer.send(self.topic, value=value, key=key,
                                           headers=record_headers(agent_id, seq))
-                await fut
         except TimeoutError as exc:
-            self._timeouts += 1
-            self._set_health(False)
-            if self._timeouts >= self.settings.producer_rebuild_after:
-                self._schedule_rebuild()
-            raise BrokerError(f"Kafka did not acknowledge within {deadline:g}s") from exc
+            self._timed_out()
+            raise BrokerError(f"Kafka did not take the record within "
+                              f"{self.settings.produce_timeout_s:g}s", timeout=True) from exc
         except KafkaError as exc:
             self._set_health(False)
             raise BrokerError(f"Kafka refused the record: {exc!r}") from exc
+        return Delivery(fut, started, started + self.settings.produce_timeout_s)
+
+    async def wait(self, d: Delivery) -> None:
+        """Wait for the broker's acks=all answer until the delivery's deadline."""
+        if not d.future.done():
+            await asyncio.wait((d.future,), timeout=max(0.0, d.deadline - time.monotonic()))
+        if not d.future.done():
+            d.future.add_done_callback(_retrieve)  # a late answer is dropped, not acked
+            self._timed_out()
+            raise BrokerError(f"Kafka did not acknowledge within "
+                              f"{self.settings.produce_timeout_s:g}s", timeout=True)
+        if (exc := d.future.exception()) is not None:
+            self._set_health(False)
+            raise BrokerError(f"Kafka refused the record: {exc!r}")
         self._timeouts = 0
-        self._on_latency(time.monotonic() - started)
+        self._on_latency(time.monotonic() - d.started)
         if not self.healthy:
             self._set_health(True)
+
+    async def write(self, key: bytes, value: bytes, agent_id: str, seq: int) -> None:
+        """Produce one record and wait for acks=all, at most produce_timeout_s."""
+        await self.wait(await self.send(key, value, agent_id, seq))
+
+    def _timed_out(self) -> None:
+        self._timeouts += 1
+        self._set_health(False)
+        if self._timeouts >= self.settings.producer_rebuild_after:
+            self._schedule_rebuild()
 
     def _schedule_rebuild(self) -> None:
         if self._rebuilding is None or self._rebuilding.done():

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import grpc
 from grpc import aio
@@ -40,8 +40,8 @@ from collector.config import IngestSettings, Settings
 from collector.errors import BrokerError, ConfigError, ValidationError
 from collector.ingest.auth import TokenStore
 from collector.ingest.metrics import IngestMetrics
-from collector.ingest.producer import KafkaWriter
-from collector.ingest.validate import Limits, validate
+from collector.ingest.producer import Delivery, KafkaWriter
+from collector.ingest.validate import Limits, TableInfo, validate
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -102,9 +102,10 @@ class _Pending:
     seq: int
     nbytes: int
     samples: int
-    task: asyncio.Task[tuple[int, str, str]] | None = None  # produce: (code, reason, rule)
-    result: tuple[int, str, str] | None = None  # known at once (rejected before Kafka)
+    delivery: Delivery | None = None  # handed to Kafka, outcome pending
+    result: tuple[int, str, str] | None = None  # (code, reason, rule) once known
     budgeted: bool = False
+    kafka: bool = False  # went to the Kafka stage
     release: Callable[[], None] | None = None  # returns the stream's in-flight slot
 
 
@@ -116,7 +117,7 @@ class _StreamState:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     reader_done: bool = False
     reader: asyncio.Task[None] | None = None
-    last_table: object | None = None
+    table: tuple[Any, TableInfo] | None = None  # last validated series table
 
 
 class IngestServer:
@@ -339,8 +340,8 @@ class IngestServer:
                 await per_stream.acquire()
                 item = await self._admit(raw, st)
                 item.release = per_stream.release  # the slot returns when the ack is decided
-                if item.task is not None:
-                    item.task.add_done_callback(lambda _t: st.changed.set())
+                if item.delivery is not None:
+                    item.delivery.future.add_done_callback(lambda _f: st.changed.set())
                 st.pending.append(item)
                 st.changed.set()
         finally:
@@ -357,13 +358,15 @@ class IngestServer:
                             result=(pb.INVALID_ARGUMENT, f"not a telemetry.v1.Batch: {exc}", "decode"))
         seq = batch.seq
         try:
-            same_table = st.last_table is not None and batch.series == st.last_table
-            checked = validate(batch, self.limits, time.time_ns(), table_checked=same_table)
+            known = st.table if st.table is not None and batch.series == st.table[0] else None
+            checked, info = validate(batch, self.limits, time.time_ns(),
+                                     known[1] if known else None)
         except ValidationError as exc:
             self.metrics.batches_rejected.labels(exc.rule).inc()
             return _Pending(seq=seq, nbytes=len(raw), samples=0,
                             result=(pb.Code.Value(exc.code), exc.reason, exc.rule))
-        st.last_table = batch.series
+        if known is None:
+            st.table = (batch.series, info)
         if st.site is not None and batch.site.site_id != st.site:
             self.metrics.batches_rejected.labels("permission_denied").inc()
             return _Pending(seq=seq, nbytes=len(raw), samples=0, result=(
@@ -374,32 +377,30 @@ class IngestServer:
         item = _Pending(seq=seq, nbytes=len(raw), samples=checked.samples)
         await self._inflight.acquire()
         await self._bytes.acquire(len(raw))
-        item.budgeted = True
+        item.budgeted = item.kafka = True
         self.metrics.inflight_batches.inc()
         self.metrics.inflight_bytes.inc(len(raw))
-        item.task = asyncio.create_task(
-            self._produce(batch.site.site_id.encode(), raw, batch.agent_id, seq))
-        return item
-
-    async def _produce(self, key: bytes, raw: bytes, agent_id: str, seq: int) -> tuple[int, str, str]:
         assert self._writer is not None
         try:
-            await self._writer.write(key, raw, agent_id, seq)
+            item.delivery = await self._writer.send(batch.site.site_id.encode(), raw,
+                                                    batch.agent_id, seq)
         except BrokerError as exc:
-            timeout = "acknowledge within" in str(exc)
-            return (pb.DEADLINE_EXCEEDED if timeout else pb.UNAVAILABLE,
-                    f"not stored: {exc}", "kafka_timeout" if timeout else "kafka_error")
-        return (pb.OK, "", "")
+            item.result = _broker_failure(exc)
+        return item
 
     async def _finish(self, item: _Pending) -> tuple[int, str, str]:
         """Wait for an item's outcome, release its budgets, count it."""
         release, item.release = item.release, None
         try:
-            if item.task is not None:
-                result = await item.task
-            else:
-                assert item.result is not None
-                result = item.result
+            if item.delivery is not None:
+                assert self._writer is not None
+                try:
+                    await self._writer.wait(item.delivery)
+                    item.result = (pb.OK, "", "")
+                except BrokerError as exc:
+                    item.result = _broker_failure(exc)
+            assert item.result is not None
+            result = item.result
         finally:
             if release is not None:
                 release()
@@ -410,7 +411,7 @@ class IngestServer:
                 self.metrics.inflight_batches.dec()
                 self.metrics.inflight_bytes.dec(item.nbytes)
         code, _reason, rule = result
-        if item.task is not None:
+        if item.kafka:  # rejections before Kafka were counted in _admit
             if code == pb.OK:
                 self.metrics.batches_accepted.inc()
                 self.metrics.samples_accepted.inc(item.samples)
@@ -436,13 +437,19 @@ class IngestServer:
             # Coalesce following batches that are already stored and carry the next seqs.
             while st.pending:
                 nxt = st.pending[0]
-                if (nxt.seq != last + 1 or nxt.task is None or not nxt.task.done()
-                        or nxt.task.result()[0] != pb.OK):
+                if (nxt.seq != last + 1 or nxt.delivery is None or not nxt.delivery.future.done()
+                        or nxt.delivery.future.exception() is not None):
                     break
                 st.pending.popleft()
                 await self._finish(nxt)
                 last = nxt.seq
             yield pb.Ack(seq=head.seq, seq_last=last, code=pb.OK)
+
+
+def _broker_failure(exc: BrokerError) -> tuple[int, str, str]:
+    if exc.timeout:
+        return (pb.DEADLINE_EXCEEDED, f"not stored: {exc}", "kafka_timeout")
+    return (pb.UNAVAILABLE, f"not stored: {exc}", "kafka_error")
 
 
 _RETRIABLE = {pb.UNAVAILABLE, pb.DEADLINE_EXCEEDED, pb.RESOURCE_EXHAUSTED}

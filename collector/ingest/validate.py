@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import numpy.typing as npt
 
 from collector import wire
 from collector.catalog import COUNTRIES
@@ -54,6 +55,21 @@ class Checked:
 
     samples: int
     series: int
+
+
+@dataclass(frozen=True, slots=True)
+class TableInfo:
+    """A validated series table and the per-series arrays the column checks need."""
+
+    kinds: npt.NDArray[np.int8]
+    narrow: npt.NDArray[np.bool_]  # 32-bit counters
+
+    @classmethod
+    def of(cls, batch: pb.Batch) -> TableInfo:
+        n = len(batch.series)
+        kinds = np.fromiter((s.kind for s in batch.series), dtype=np.int8, count=n)
+        narrow = np.fromiter((s.counter_bits == 32 for s in batch.series), dtype=bool, count=n)
+        return cls(kinds, narrow)
 
 
 @lru_cache(maxsize=1)
@@ -141,7 +157,7 @@ def check_series_table(batch: pb.Batch, limits: Limits) -> None:
             raise _fail(f"{where}: same metric and labels as series[{first}]", "duplicate_series")
 
 
-def check_columns(batch: pb.Batch, limits: Limits, now_ns: int) -> int:
+def check_columns(batch: pb.Batch, limits: Limits, now_ns: int, table: TableInfo) -> int:
     """Equal lengths, indexes in range and of the right kind, times, values. Returns samples."""
     counters = wire.counter_columns(batch)
     gauges = wire.gauge_columns(batch)
@@ -158,7 +174,7 @@ def check_columns(batch: pb.Batch, limits: Limits, now_ns: int) -> int:
         raise _fail(f"samples: {samples}, limit {limits.max_samples}", "too_many_samples")
     if samples == 0:
         return 0
-    kinds = np.fromiter((s.kind for s in batch.series), dtype=np.int8, count=len(batch.series))
+    kinds = table.kinds
     earliest = now_ns - int(limits.max_past_age_s * NS)
     latest = now_ns + int(limits.max_future_skew_s * NS)
     for name, cols, kind in (("counters", counters, pb.COUNTER), ("gauges", gauges, pb.GAUGE)):
@@ -191,8 +207,7 @@ def check_columns(batch: pb.Batch, limits: Limits, now_ns: int) -> int:
             if bad.any():
                 raise _fail(f"gauges.value[{int(np.argmax(bad))}]: not a finite number", "value")
         else:
-            narrow = np.fromiter((s.counter_bits == 32 for s in batch.series), dtype=bool,
-                                 count=len(batch.series))
+            narrow = table.narrow
             if narrow.any():
                 over = narrow[idx] & (cols.value > MAX_U32)
                 if over.any():
@@ -202,10 +217,16 @@ def check_columns(batch: pb.Batch, limits: Limits, now_ns: int) -> int:
     return samples
 
 
-def validate(batch: pb.Batch, limits: Limits, now_ns: int, *, table_checked: bool = False) -> Checked:
-    """Raise ValidationError for the first broken rule; return sample/series counts."""
+def validate(batch: pb.Batch, limits: Limits, now_ns: int,
+             table: TableInfo | None = None) -> tuple[Checked, TableInfo]:
+    """Raise ValidationError for the first broken rule; return counts and the table info.
+
+    Pass the `TableInfo` of a previous batch whose series table is equal to this one's to
+    skip re-checking the table (agents send the same table in every batch).
+    """
     check_header(batch)
-    if not table_checked:
+    if table is None:
         check_series_table(batch, limits)
-    samples = check_columns(batch, limits, now_ns)
-    return Checked(samples=samples, series=len(batch.series))
+        table = TableInfo.of(batch)
+    samples = check_columns(batch, limits, now_ns, table)
+    return Checked(samples=samples, series=len(batch.series)), table
