@@ -143,8 +143,15 @@ class KafkaSink:
 
         kwargs = producer_kwargs(self.settings.kafka, self.bootstrap)
         kwargs["enable_idempotence"] = False  # duplicates are injected on purpose
-        self._producer = AIOKafkaProducer(**kwargs)
-        await self._producer.start()
+        from aiokafka.errors import KafkaError
+
+        producer = AIOKafkaProducer(**kwargs)
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await producer.stop()
+            raise BrokerError(f"simulator cannot reach Kafka at {self.bootstrap}: {exc}") from exc
+        self._producer = producer
 
     async def send(self, b: PlannedBatch) -> bool:
         assert self._producer is not None

@@ -1,0 +1,136 @@
+"""Simulator fleet model: determinism, block-size independence, wire encoding, geography."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from collector import wire
+from collector.agent.batch import BatchBuilder
+from collector.simulate.fleet import Simulation, site_tokens, write_tokens_file
+from collector.simulate.geo import CITIES, HOURLY_LOAD, diurnal_load, utc_offsets_s
+from collector.simulate.model import FleetGenerator, FleetModel
+from tests.simulate_support import NS, START_S, small
+
+
+def _run(seed: int, ticks: int = 40) -> list[tuple[str, int, str, bytes]]:
+    sim = Simulation(small(seed=seed, duplicate_probability=0.2, late_probability=0.2,
+                           reset_every_s=100))
+    return [(b.site.info.site_id, b.seq, b.kind, sim.encode(b)) for b in sim.run(ticks)]
+
+
+def test_same_seed_gives_the_same_batch_bytes() -> None:
+    a = _run(7)
+    b = _run(7)
+    assert a == b
+    kinds = {k for _, _, k, _ in a}
+    assert kinds == {"normal", "duplicate", "late"}
+    c = _run(8)
+    assert [r[3] for r in a] != [r[3] for r in c]
+
+
+def test_values_do_not_depend_on_block_size() -> None:
+    m = FleetModel(small(reset_every_s=60, gap_probability=0.1))
+    one = FleetGenerator(m, START_S * NS).block(30)
+    g = FleetGenerator(m, START_S * NS)
+    parts = [g.block(n) for n in (7, 7, 7, 9)]
+    for name in ("values", "increment", "gauges", "t", "present", "epoch", "counted"):
+        joined = np.concatenate([getattr(p, name) for p in parts], axis=1)
+        np.testing.assert_array_equal(joined, getattr(one, name), err_msg=name)
+    assert one.reset_sample.any()  # the restarts happened inside the compared range
+
+
+def test_encoded_batch_equals_the_agent_batch_builder() -> None:
+    sim = Simulation(small(reset_every_s=50))
+    batches = [b for b in sim.run(30) if b.kind == "normal"]
+    assert any(b.epoch > 0 for b in batches)
+    for b in batches[:: max(1, len(batches) // 15)]:
+        builder = BatchBuilder(b.site.agent_id, b.site.info,
+                               sim.gen.sites[b.site.index].boot_ids[b.epoch])
+        sim.planner.fill_builder(b, builder)
+        expected = builder.build(b.seq, b.t_max)
+        for f in ("counters", "gauges"):  # the builder marks an empty column set present
+            if not len(getattr(expected, f).series_index):
+                expected.ClearField(f)  # type: ignore[arg-type]
+        got = wire.parse_batch(sim.encode(b))
+        assert got == expected
+        assert sim.encode(b) == expected.SerializeToString()
+
+
+def test_batches_hold_at_most_batch_samples_of_one_boot() -> None:
+    sim = Simulation(small(batch_samples=300, batch_ticks=3, links_per_site=20, reset_every_s=40))
+    batches = sim.run(24)
+    assert all(b.samples <= 300 for b in batches)
+    assert max(b.samples for b in batches) >= 250
+    for b in batches:
+        state = sim.gen.sites[b.site.index]
+        got = wire.parse_batch(sim.encode(b))
+        assert got.boot_id == state.boot_ids[b.epoch]
+        starts = {s.start_time_unix_nano for s in got.series if s.counter_bits}
+        assert starts <= {state.start_ns[b.epoch]}
+    assert any(b.epoch > 0 and b.chunk.c_hi > b.chunk.c_lo for b in batches)
+
+
+def test_32_bit_counters_wrap_and_never_move_2_32_between_delivered_samples() -> None:
+    m = FleetModel(small(interval_s=60, gap_probability=0.2, gap_ticks=3))
+    blk = FleetGenerator(m, START_S * NS).block(200)
+    rows = np.flatnonzero(m.c_mask == 2**32 - 1)
+    assert len(rows)
+    assert (blk.values[rows] < 2**32).all()
+    delivered = blk.counted[m.c_site[rows]]
+    assert (blk.increment[rows][delivered] < 2**32).all()
+    # at least one 32-bit series wrapped: its emitted value decreased without a restart
+    v = blk.values[rows].astype(object)
+    same_epoch = blk.epoch[m.c_site[rows]][:, 1:] == blk.epoch[m.c_site[rows]][:, :-1]
+    assert ((v[:, 1:] < v[:, :-1]) & same_epoch).any()
+
+
+def test_sites_are_real_cities_with_iana_timezones_and_tokens() -> None:
+    m = FleetModel(small(sites_per_country=14, countries=("JP", "US", "AE")))
+    ids = [s.info.site_id for s in m.sites]
+    assert ids[:2] == ["jp-tokyo-01", "jp-osaka-01"]
+    assert "jp-tokyo-02" in ids  # names repeat with a higher number past the list
+    assert {s.info.timezone for s in m.sites if s.info.country == "US"} >= {
+        "America/New_York", "America/Chicago", "America/Los_Angeles", "America/Denver"}
+    assert all(s.info.timezone == "Asia/Dubai" for s in m.sites if s.info.country == "AE")
+    assert len(set(ids)) == len(ids)
+    assert all(c.name for cs in CITIES.values() for c in cs)
+    tokens = site_tokens(small(sites_per_country=14, countries=("JP", "US", "AE")))
+    assert set(tokens) == set(ids)
+    assert len(set(tokens.values())) == len(ids)
+
+
+def test_tokens_file_maps_token_to_site(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    tokens = site_tokens(small())
+    data = yaml.safe_load(write_tokens_file(tmp_path / "t.yaml", tokens).read_text())
+    assert {v: k for k, v in data.items()} == tokens
+
+
+def _ns(y: int, mo: int, d: int, h: int) -> int:
+    return int(datetime(y, mo, d, h, tzinfo=UTC).timestamp()) * NS
+
+
+def test_diurnal_load_follows_each_sites_local_time_and_dst() -> None:
+    # 12:00 UTC is 21:00 in Tokyo (evening peak) and 08:00 (EDT) / 07:00 (EST) in New York.
+    noon = np.array([_ns(2026, 7, 1, 12), _ns(2026, 7, 1, 19)], dtype=np.int64)
+    tokyo = diurnal_load("Asia/Tokyo", noon)
+    assert tokyo.tolist() == [HOURLY_LOAD[21], HOURLY_LOAD[4]]  # 21:00 and 04:00 JST
+    assert tokyo[0] > 4 * tokyo[1]
+    jan_jul = np.array([_ns(2026, 1, 15, 12), _ns(2026, 7, 15, 12)], dtype=np.int64)
+    assert utc_offsets_s("America/New_York", jan_jul).tolist() == [-5 * 3600, -4 * 3600]
+    assert utc_offsets_s("America/Phoenix", jan_jul).tolist() == [-7 * 3600, -7 * 3600]
+    ny = diurnal_load("America/New_York", jan_jul)
+    assert ny[0] != pytest.approx(ny[1])  # same UTC hour, different local hour
+
+
+def test_settings_reject_bad_values() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="jitter_s"):
+        small(interval_s=1.0, jitter_s=0.6)
+    with pytest.raises(ValidationError, match="coverage_5g"):
+        small(coverage_5g={"JP": 1.5, "US": 0.9})
