@@ -80,16 +80,27 @@ async def _kafka(settings: Settings, workdir: Path) -> AsyncIterator[tuple[str, 
         yield broker.bootstrap, f"embedded Tansu, pid {broker.pid}"
 
 
-def _value(registry: object, name: str) -> float:
-    get = getattr(registry, "get_sample_value", None)
-    return float(get(name) or 0.0) if get else 0.0
+def _fresh_dir(path: Path) -> Path:
+    path = path.resolve()
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def _status(ingest: IngestServer, elapsed: float) -> str:
+    reg = ingest.registry
+    value = lambda name: reg.get_sample_value(name) or 0.0  # noqa: E731
+    rejected = sum(s.value for m in reg.collect() if m.name == "collector_ingest_batches_rejected"
+                   for s in m.samples if s.name.endswith("_total"))
+    return (f"[{elapsed:6.0f}s] ingest accepted "
+            f"{value('collector_ingest_batches_accepted_total'):,.0f} batches / "
+            f"{value('collector_ingest_samples_accepted_total'):,.0f} samples, "
+            f"rejected {rejected:,.0f}")
 
 
 async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event) -> int:
-    workdir: Path = args.workdir.resolve()
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    workdir = _fresh_dir(args.workdir)
     settings = _settings_for_run(settings, args, workdir)
     sim = settings.simulate
     async with contextlib.AsyncExitStack() as stack:
@@ -103,10 +114,11 @@ async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event
                             work_dir=workdir / "agents")
         await stack.enter_async_context(fleet)
         countries = "/".join(sim.countries)
+        tls = workdir / "tls"
         print(f"""
 edge telemetry pipeline running - Ctrl-C to stop{f' (or after {args.duration:g}s)' if args.duration else ''}
   Kafka               {bootstrap}  ({kafka_kind}), topic {settings.kafka.topic}
-  ingest gRPC (TLS)   127.0.0.1:{ingest.port}  CA {workdir / 'tls' / 'ca.pem'}, tokens {workdir / 'tokens.yaml'}
+  ingest gRPC (TLS)   127.0.0.1:{ingest.port}  CA {tls / 'ca.pem'}, tokens {workdir / 'tokens.yaml'}
   ingest /metrics     http://127.0.0.1:{ingest.metrics_port}/metrics
   aggregate /metrics  http://127.0.0.1:{aggregator.metrics_port}/metrics
   simulated fleet     {sim.sites_per_country} sites per country ({countries}), \
@@ -126,12 +138,7 @@ every {sim.interval_s:g}s at {sim.acceleration:g}x
                 await asyncio.wait_for(stop.wait(), max(0.05, wake - now))
             if time.monotonic() >= next_status:
                 next_status += STATUS_EVERY_S
-                reg = ingest.registry
-                print(f"[{time.monotonic() - started:6.0f}s] ingest accepted "
-                      f"{_value(reg, 'collector_ingest_batches_accepted_total'):,.0f} batches / "
-                      f"{_value(reg, 'collector_ingest_samples_accepted_total'):,.0f} samples, "
-                      f"rejected {sum(s.value for m in reg.collect() if m.name == 'collector_ingest_batches_rejected' for s in m.samples if s.name.endswith('_total')):,.0f}",
-                      flush=True)
+                print(_status(ingest, time.monotonic() - started), flush=True)
         print("stopping: fleet drains its spools, ingest answers in-flight batches, "
               "aggregator commits ...", flush=True)
     print("stopped", flush=True)
