@@ -94,3 +94,211 @@ async def eventually(pred: Callable[[], bool], within: float = 10.0, step: float
             return True
         await asyncio.sleep(step)
     return pred()
+
+
+# --- integration: real processes -------------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Proc:
+    """`python -m collector <args>` as a child process we can SIGKILL by pid.
+
+    Waits for its "... ready: ..." line on stdout; stderr goes to a log file for failures.
+    """
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log_path = log_path
+        self.env = env
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready_line = ""
+
+    async def start(self, ready_within: float = 30.0) -> str:
+        import os
+        import sys
+
+        env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
+        log = self.log_path.open("ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "collector", *self.args, cwd=str(REPO), env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=log)
+        finally:
+            log.close()
+        assert self.proc.stdout is not None
+        try:
+            async with asyncio.timeout(ready_within):
+                while True:
+                    line = (await self.proc.stdout.readline()).decode()
+                    if not line:
+                        raise AssertionError(f"{self.args[0]} exited before ready:\n{self.log()}")
+                    if " ready: " in line:
+                        self.ready_line = line.strip()
+                        return self.ready_line
+        except BaseException:
+            await self.kill()
+            raise
+
+    def field(self, name: str) -> str:
+        import re
+
+        m = re.search(rf"{name}=(\S+)", self.ready_line)
+        assert m, self.ready_line
+        return m[1]
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def kill(self) -> None:
+        """SIGKILL (by pid) and reap."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def terminate(self, within: float = 20.0) -> int:
+        """SIGTERM and wait; SIGKILL when it does not exit in time."""
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                async with asyncio.timeout(within):
+                    await self.proc.wait()
+            except TimeoutError:
+                await self.kill()
+        rc = self.proc.returncode
+        assert rc is not None
+        return rc
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()[-4000:]
+        except OSError:
+            return ""
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def ingest_config(tmp: Path, certs: Any, bootstrap: str, topic: str, port: int,
+                  tokens: dict[str, str], **ingest: Any) -> Path:
+    tokens_file = write_yaml(tmp / "tokens.yaml", tokens)
+    return write_yaml(tmp / "ingest.yaml", {
+        "kafka": {"bootstrap_servers": bootstrap, "topic": topic},
+        "ingest": {"listen": f"127.0.0.1:{port}", "metrics_listen": "127.0.0.1:0",
+                   "tls_cert": str(certs.server_cert), "tls_key": str(certs.server_key),
+                   "tokens_file": str(tokens_file), "grace_period_s": 1.0, **ingest},
+    })
+
+
+def agent_tls(certs: Any, target: str, token: str, **more: Any) -> dict[str, Any]:
+    return {"target": target, "ca_file": str(certs.ca), "token": token,
+            "backoff_initial_s": 0.05, "backoff_max_s": 0.5, "connect_timeout_s": 2.0,
+            "ack_timeout_s": 3.0, **more}
+
+
+@dataclass(frozen=True)
+class TopicBatch:
+    agent_id: str
+    seq: int
+    boot_id: str
+    value: bytes
+    key: bytes
+
+
+async def topic_batches(bootstrap: str, topic: str, expect: int,
+                        within: float = 30.0) -> list[TopicBatch]:
+    from tests.ingest_support import read_topic
+
+    out = []
+    for r in await read_topic(bootstrap, topic, expect, timeout_s=within):
+        b = pb.Batch.FromString(r.value)
+        out.append(TopicBatch(b.agent_id, b.seq, b.boot_id, r.value, r.key))
+    return out
+
+
+def spooled_seqs(spool_dir: Path) -> set[int]:
+    """Seqs of complete records in the spool's segments, minus those journalled as done."""
+    import struct
+    import zlib
+
+    from collector.agent.spool import scan
+
+    done: list[tuple[int, int]] = []
+    j = spool_dir / "acks.log"
+    if j.exists():
+        data = j.read_bytes()
+        for pos in range(0, len(data) - 19, 20):
+            lo, hi, crc = struct.unpack_from("<QQI", data, pos)
+            if zlib.crc32(data[pos:pos + 16]) == crc:
+                done.append((lo, hi))
+    seqs = set()
+    for seg in spool_dir.glob("*.seg"):
+        for r in scan(seg.read_bytes()).records:
+            if not any(lo <= r.seq <= hi for lo, hi in done):
+                seqs.add(r.seq)
+    return seqs
+
+
+async def scrape(port: int) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    await writer.drain()
+    body = await reader.read()
+    writer.close()
+    return body.decode().split("\r\n\r\n", 1)[1]
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def settled_topic(bootstrap: str, topic: str, *, at_least: int = 0, idle_s: float = 1.5,
+                        within: float = 30.0) -> list[TopicBatch]:
+    """Every batch in `topic`: reads until at least `at_least` and nothing new for idle_s."""
+    import time
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                         enable_auto_commit=False)
+    await c.start()
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        if not parts:
+            await c._client.force_metadata_update()
+            parts = c.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        out: list[TopicBatch] = []
+        end = time.monotonic() + within
+        last_new = time.monotonic()
+        while time.monotonic() < end:
+            got = await c.getmany(*tps, timeout_ms=300, max_records=5000)
+            n = sum(len(v) for v in got.values())
+            for recs in got.values():
+                for r in recs:
+                    b = pb.Batch.FromString(r.value)
+                    out.append(TopicBatch(b.agent_id, b.seq, b.boot_id, r.value, r.key))
+            now = time.monotonic()
+            if n:
+                last_new = now
+            elif len(out) >= at_least and now - last_new >= idle_s:
+                break
+        return out
+    finally:
+        await c.stop()

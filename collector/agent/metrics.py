@@ -81,7 +81,9 @@ class AgentCollector(Collector):
         retries = CounterMetricFamily(PREFIX + "send_retries",
                                       "Retriable acks and broken streams, by kind.",
                                       labels=[*a, "kind"])
-        last_seq = GaugeMetricFamily(PREFIX + "last_seq", "Last seq assigned.", labels=a)
+        last_seq = GaugeMetricFamily(
+            PREFIX + "last_seq",
+            "Last seq assigned (after a restart: the last one reserved before it).", labels=a)
         for p in pipelines:
             st = p.stats
             lv = [p.agent_id]

@@ -1,0 +1,112 @@
+"""Agent -> real ingest (TLS / mTLS, bearer token) -> real Tansu broker: every batch once."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from collector.agent.config import (
+    AgentSettings,
+    CellSourceSettings,
+    LinkSourceSettings,
+    ServerSourceSettings,
+)
+from collector.agent.pipeline import AgentPipeline
+from collector.agent.sources import collect_once
+from collector.agent.sources.link import LinkSource
+from collector.agent.sources.server import ServerSource
+from collector.broker import EmbeddedBroker
+from collector.devcerts import DevCerts
+from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+from tests.agent_support import SITE, agent_tls, topic_batches
+from tests.ingest_support import ingest_settings, started, token_for
+
+ROUNDS = 60  # x 2 sources = 120 batches
+
+
+@pytest.mark.parametrize("mtls", [False, True], ids=["tls", "mtls"])
+async def test_agent_batches_land_in_topic_exactly_once_and_spool_empties(
+    broker: EmbeddedBroker, topic: str, certs: DevCerts, tmp_path: Path, mtls: bool
+) -> None:
+    extra = {"client_ca": str(certs.ca)} if mtls else {}
+    server = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic, **extra))
+    client = ({"client_cert": str(certs.client_cert), "client_key": str(certs.client_key)}
+              if mtls else {})
+    spool = tmp_path / "spool"
+    settings = AgentSettings.model_validate({
+        "ingest": agent_tls(certs, f"127.0.0.1:{server.port}", token_for(SITE.site_id),
+                            server_name="localhost", **client),
+        "spool": {"dir": str(spool)},
+    })
+    reg = CollectorRegistry()
+    agent_id = f"agent-{uuid.uuid4().hex[:8]}"
+    link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 20}, exclude=[]))
+    host = ServerSource(ServerSourceSettings(host="edge-1"))
+    try:
+        async with AgentPipeline(settings, agent_id=agent_id, site=SITE, boot_id="boot-1",
+                                 spool_dir=spool, registry=reg) as p:
+            seqs = []
+            for _ in range(ROUNDS):
+                for src in (link, host):
+                    seq = await collect_once(src, p)
+                    assert seq is not None
+                    seqs.append(seq)
+            assert await p.wait_drained(30.0), p.stats
+            st = p.stats
+            assert (st.acked, st.rejected, st.dropped_total) == (len(seqs), 0, 0)
+            assert st.oldest_unacked_age_s == 0.0
+            text = generate_latest(reg).decode()
+            assert f'collector_agent_spool_bytes{{agent_id="{agent_id}"}} 0.0' in text
+    finally:
+        await server.stop()
+    got = await topic_batches(broker.bootstrap, topic, len(seqs))
+    mine = [b for b in got if b.agent_id == agent_id]
+    per_seq = Counter(b.seq for b in mine)
+    assert sorted(per_seq) == seqs == list(range(1, len(seqs) + 1))
+    assert set(per_seq.values()) == {1}  # each exactly once
+    assert {b.key for b in mine} == {SITE.site_id.encode()}
+    assert not list(spool.glob("*.seg"))
+    # the link batches carry optical readings and declared counter widths end to end
+    sample = pb.Batch.FromString(next(b.value for b in mine if b.seq == 1))
+    assert any(s.metric == "link_optical_rx_power_dbm" for s in sample.series)
+    assert all(s.counter_bits == 64 for s in sample.series if s.kind == pb.COUNTER)
+
+
+async def test_wrong_token_keeps_batches_spooled_until_fixed(
+    broker: EmbeddedBroker, topic: str, certs: DevCerts, tmp_path: Path
+) -> None:
+    server = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic))
+    spool = tmp_path / "spool"
+    try:
+        bad = AgentSettings.model_validate({
+            "ingest": agent_tls(certs, f"127.0.0.1:{server.port}", "not-a-token",
+                                server_name="localhost"),
+            "spool": {"dir": str(spool)}})
+        async with AgentPipeline(bad, agent_id="agent-tok", site=SITE, boot_id="b",
+                                 spool_dir=spool) as p:
+            b = p.new_builder()
+            link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 2}))
+            await link.collect(b, time.time_ns())
+            seq = await p.submit(b)
+            assert not await p.wait_drained(1.5)
+            assert p.stats.stream_failures >= 1
+            assert p.stats.rejected == 0  # a bad token is not a bad batch: nothing discarded
+        good = bad.model_copy(update={"ingest": bad.ingest.model_copy(
+            update={"token": token_for(SITE.site_id)})})
+        async with AgentPipeline(good, agent_id="agent-tok", site=SITE, boot_id="b2",
+                                 spool_dir=spool) as p2:
+            assert await p2.wait_drained(20.0)
+            assert p2.stats.acked == 1
+    finally:
+        await server.stop()
+    got = await topic_batches(broker.bootstrap, topic, 1)
+    assert [(b.agent_id, b.seq) for b in got] == [("agent-tok", seq)]
+
+
+def test_cell_settings_default_off() -> None:
+    assert CellSourceSettings().enabled is False

@@ -1,0 +1,253 @@
+"""Agent under faults, against the real ingest service and the real Tansu broker over TLS.
+
+* the ingest process is SIGKILLed and restarted, and the network (a TCP proxy) hangs and
+  resets, while the agent streams: nothing is missing, duplicates carry the same bytes;
+* the agent process is SIGKILLed mid-stream and restarted: every spooled batch is
+  delivered and no seq is ever reused;
+* a full spool and a corrupt segment: drops are counted by reason and the agent keeps going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from collector.agent.batch import BatchBuilder
+from collector.agent.config import AgentSettings, LinkSourceSettings
+from collector.agent.pipeline import AgentPipeline
+from collector.agent.sources import collect_once
+from collector.agent.sources.link import LinkSource
+from collector.agent.spool import encode_record
+from collector.broker import EmbeddedBroker, free_port
+from collector.devcerts import DevCerts
+from tests.agent_support import (
+    SITE,
+    Proc,
+    TopicBatch,
+    agent_tls,
+    eventually,
+    fill,
+    ingest_config,
+    metric_value,
+    scrape,
+    settled_topic,
+    spooled_seqs,
+    write_yaml,
+)
+from tests.ingest_support import TOKENS, ingest_settings, started, token_for
+from tests.tcpproxy import TcpProxy
+
+WINDOW = 8
+
+
+def _one_payload_per_seq(batches: list[TopicBatch], agent_id: str) -> dict[int, int]:
+    """seq -> copies in the topic; asserts every copy of a seq is the same batch (bytes)."""
+    by_seq: dict[int, set[bytes]] = defaultdict(set)
+    copies: dict[int, int] = defaultdict(int)
+    for b in batches:
+        if b.agent_id == agent_id:
+            by_seq[b.seq].add(b.value)
+            copies[b.seq] += 1
+    reused = [s for s, v in by_seq.items() if len(v) > 1]
+    assert not reused, f"seq reused for different batches: {reused[:5]}"
+    return dict(copies)
+
+
+async def test_ingest_killed_and_network_cut_nothing_missing(
+    broker: EmbeddedBroker, topic: str, certs: DevCerts, tmp_path: Path
+) -> None:
+    ingest_port = free_port()
+    cfg = ingest_config(tmp_path, certs, broker.bootstrap, topic, ingest_port, TOKENS)
+    ingest = Proc(["ingest", "--config", str(cfg)], tmp_path / "ingest.log")
+    await ingest.start()
+    proxy = TcpProxy("127.0.0.1", ingest_port)
+    await proxy.start()
+    spool = tmp_path / "spool"
+    settings = AgentSettings.model_validate({
+        "ingest": agent_tls(certs, f"127.0.0.1:{proxy.port}", token_for(SITE.site_id),
+                            server_name="localhost", window=WINDOW),
+        "spool": {"dir": str(spool)}})
+    agent_id = "agent-faults"
+    link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 10}))
+    total = 0
+
+    async def produce(n: int, p: AgentPipeline) -> None:
+        nonlocal total
+        for _ in range(n):
+            assert await collect_once(link, p) is not None
+            total += 1
+            await asyncio.sleep(0.01)
+
+    try:
+        async with AgentPipeline(settings, agent_id=agent_id, site=SITE, boot_id="boot-1",
+                                 spool_dir=spool) as p:
+            def streaming() -> bool:
+                return p.stats.connected and p.stats.acked >= total - WINDOW
+
+            await produce(40, p)
+            assert await eventually(streaming)
+            ingest_kill = asyncio.create_task(ingest.kill())  # SIGKILL while batches fly
+            await produce(20, p)  # the agent keeps spooling while the ingest is away
+            await ingest_kill
+            ingest = Proc(["ingest", "--config", str(cfg)], tmp_path / "ingest.log")
+            await ingest.start()
+            await produce(30, p)
+            assert await eventually(streaming, 20.0), p.stats
+            proxy.pause()  # the network hangs: bytes stop, connections stay open
+            await produce(20, p)
+            await asyncio.sleep(0.5)
+            assert p.stats.in_flight > 0  # sent into the hang, not acked
+            sent_before_reset = p.stats.sent
+            await proxy.reset()  # ... then the connection is reset
+            proxy.resume()
+            await produce(30, p)
+            assert await eventually(streaming, 20.0), p.stats
+            await proxy.reset()  # a reset while flowing
+            await produce(20, p)
+            assert await p.wait_drained(45.0), p.stats
+            st = p.stats
+            assert st.stream_failures >= 3
+            assert st.sent > sent_before_reset + 50  # the hung batches were sent again
+            assert (st.rejected, st.dropped_total) == (0, 0)
+    finally:
+        await proxy.stop()
+        await ingest.kill()
+    got = await settled_topic(broker.bootstrap, topic, at_least=total)
+    copies = _one_payload_per_seq(got, agent_id)
+    assert sorted(copies) == list(range(1, total + 1)), "a batch is missing from the topic"
+    dups = sum(n - 1 for n in copies.values())
+    # only batches in flight when a fault struck can be resent: at most a window per fault
+    assert dups <= 4 * WINDOW + 2 * WINDOW
+    assert not spooled_seqs(spool)
+
+
+def _agent_yaml(tmp: Path, certs: DevCerts, target: str, spool: Path, *,
+                link: dict[str, Any], spool_over: dict[str, Any] | None = None) -> Path:
+    return write_yaml(tmp / "agent.yaml", {"agent": {
+        "agent_id": "agent-proc",
+        "site": {"site_id": SITE.site_id, "country": SITE.country, "region": SITE.region,
+                 "timezone": SITE.timezone},
+        "ingest": agent_tls(certs, target, token_for(SITE.site_id), server_name="localhost",
+                            window=WINDOW),
+        "spool": {"dir": str(spool), **(spool_over or {})},
+        "metrics_listen": "127.0.0.1:0",
+        "shutdown_grace_s": 8.0,
+        "sources": {"server": {"enabled": False}, "cell": {"enabled": False},
+                    "link": {"adapter": "synthetic", **link}},
+    }})
+
+
+async def test_agent_killed_mid_stream_delivers_spool_and_never_reuses_seq(
+    broker: EmbeddedBroker, topic: str, certs: DevCerts, tmp_path: Path
+) -> None:
+    server = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic))
+    proxy = TcpProxy("127.0.0.1", server.port)
+    await proxy.start()
+    spool = tmp_path / "spool"
+    cfg = _agent_yaml(tmp_path, certs, f"127.0.0.1:{proxy.port}", spool,
+                      link={"interval_s": 0.05, "options": {"links": 5}})
+    agent = Proc(["agent", "--config", str(cfg)], tmp_path / "agent.log")
+    try:
+        await agent.start()
+        await asyncio.sleep(1.0)  # streaming normally
+        proxy.pause()  # acks stop: batches pile up in the spool
+        await asyncio.sleep(1.0)
+        await agent.kill()  # SIGKILL mid-stream
+        spooled = spooled_seqs(spool)
+        assert len(spooled) >= 5, "the pause should have left batches in the spool"
+        await proxy.reset()
+        proxy.resume()
+        agent = Proc(["agent", "--config", str(cfg)], tmp_path / "agent.log")
+        await agent.start()
+        assert int(agent.field("spooled")) >= len(spooled) - 1  # (one may have been acked)
+        await asyncio.sleep(1.0)
+        assert await agent.terminate() == 0, agent.log()
+    finally:
+        await agent.kill()
+        await proxy.stop()
+        await server.stop()
+    got = await settled_topic(broker.bootstrap, topic, at_least=len(spooled))
+    copies = _one_payload_per_seq(got, "agent-proc")
+    boots: dict[str, set[int]] = defaultdict(set)
+    for b in got:
+        boots[b.boot_id].add(b.seq)
+    assert len(boots) == 2
+    first, second = sorted(boots.values(), key=min)
+    assert spooled <= first, f"spooled but never delivered: {sorted(spooled - first)[:5]}"
+    top = max(first | spooled)
+    assert first == set(range(1, top + 1))  # every batch written before the kill arrived
+    assert min(second) > top  # the restarted agent never reuses a seq
+    assert sum(copies.values()) - len(copies) <= 2 * WINDOW
+    assert not spooled_seqs(spool)  # the clean stop drained everything
+
+
+async def test_full_spool_and_corrupt_segment_are_counted_and_agent_keeps_running(
+    broker: EmbeddedBroker, topic: str, certs: DevCerts, tmp_path: Path
+) -> None:
+    server = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic))
+    proxy = TcpProxy("127.0.0.1", server.port)
+    proxy.refuse = True  # the collector is unreachable at first
+    await proxy.start()
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    # A segment from a previous run: a valid high-priority batch, garbage, another valid
+    # batch and a torn tail; plus a segment that is garbage from start to end.
+    now = time.time_ns()
+    recs = []
+    for seq in (1, 2):
+        b = fill(BatchBuilder("agent-proc", SITE, "old-boot"), now)
+        recs.append(encode_record(seq, 9, now, b.build(seq, now).SerializeToString()))
+    (spool / f"9-{1:020d}.seg").write_bytes(recs[0] + b"\x00garbage" * 12 + recs[1] + recs[1][:30])
+    (spool / f"0-{3:020d}.seg").write_bytes(b"\xa7S" + bytes(range(256)) * 2)
+    cfg = _agent_yaml(tmp_path, certs, f"127.0.0.1:{proxy.port}", spool,
+                      link={"interval_s": 0.05, "options": {"links": 20}},
+                      spool_over={"max_bytes": 65536, "segment_bytes": 8192})
+    agent = Proc(["agent", "--config", str(cfg)], tmp_path / "agent.log")
+    try:
+        await agent.start()
+        port = int(agent.field("port"))
+        lab = {"agent_id": "agent-proc"}
+
+        async def dropped(reason: str) -> float:
+            return metric_value(await scrape(port), "collector_agent_batches_dropped_total",
+                                reason=reason, **lab) or 0.0
+
+        full = 0.0
+        for _ in range(100):  # bounded: up to ~10 s
+            full = await dropped("spool_full")
+            if full > 0:
+                break
+            await asyncio.sleep(0.1)
+        assert full > 0, agent.log()
+        assert await dropped("corrupt") >= 1
+        assert await dropped("torn") >= 2  # the torn tail and the all-garbage segment
+        text = await scrape(port)
+        assert (metric_value(text, "collector_agent_spool_bytes", **lab) or 1e9) <= 65536
+        assert agent.alive()
+        proxy.refuse = False  # the collector is back
+        ok = False
+        for _ in range(150):
+            text = await scrape(port)
+            acked = metric_value(text, "collector_agent_batches_acked_total", **lab) or 0
+            if acked >= 5:
+                ok = True
+                break
+            await asyncio.sleep(0.1)
+        assert ok, agent.log()
+        assert agent.alive()
+        assert await agent.terminate() == 0, agent.log()
+    finally:
+        await agent.kill()
+        await proxy.stop()
+        await server.stop()
+    got = await settled_topic(broker.bootstrap, topic, at_least=5)
+    old = sorted(b.seq for b in got if b.boot_id == "old-boot")
+    assert old == [1, 2]  # the valid records around the damage survived (priority 9)
+    _one_payload_per_seq(got, "agent-proc")
+
+
+async def test_eventually_helper_times_out() -> None:
+    assert not await eventually(lambda: False, within=0.05)
