@@ -1,9 +1,126 @@
-"""Settings of the `aggregate` section (see collector/config.py for loading rules)."""
+"""Settings of the `aggregate` section (see collector/config.py for loading rules).
+
+Every field's description is its documentation: `collector config --defaults` prints it and
+docs/aggregator.md explains how the knobs interact.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class AggregateSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group_id: str = Field(
+        "edge-collector-aggregate",
+        description="Kafka consumer group of the aggregators; members split the topic's partitions.",
+    )
+    state_topic: str = Field(
+        "telemetry.v1.aggregate-state",
+        description=(
+            "Topic holding checkpoints of per-partition aggregator state (carry values, open panes, "
+            "dedup memory). Created with as many partitions as the telemetry topic when missing."
+        ),
+    )
+    windows_s: tuple[int, ...] = Field(
+        (10, 60, 300),
+        description=(
+            "Sliding event-time window lengths in seconds. The shortest is the pane length; every "
+            "other window must be a multiple of it. Windows slide by one pane."
+        ),
+    )
+    allowed_lateness_s: float = Field(
+        10.0, ge=0,
+        description=(
+            "How far behind the newest event time of a partition a sample may arrive and still "
+            "count. Watermark = max event time seen - allowed lateness; older samples are dropped "
+            "and counted as late."
+        ),
+    )
+    idle_timeout_s: float = Field(
+        30.0, gt=0,
+        description=(
+            "A partition that delivers no record for this long (wall clock) lets its event time "
+            "advance with the wall clock, so windows of silent sites close and stale series expire."
+        ),
+    )
+    stale_ttl_s: float = Field(
+        600.0, gt=0,
+        description=(
+            "A series with no sample for this long (event time of its partition) disappears from "
+            "/metrics and from state."
+        ),
+    )
+    max_series_per_site: int = Field(
+        20_000, ge=1,
+        description="Cardinality cap: new series of a site beyond this are dropped and counted.",
+    )
+    dedup_window: int = Field(
+        65_536, ge=64,
+        description=(
+            "Per agent, how many seqs below the highest seen are remembered for duplicate "
+            "detection. A batch older than that is dropped as too old to be told apart from a "
+            "duplicate (counted as `dedup_expired`)."
+        ),
+    )
+    max_poll_records: int = Field(
+        2000, ge=1,
+        description="Records fetched and processed together (one micro-batch) per poll.",
+    )
+    poll_timeout_ms: int = Field(200, ge=1, description="Longest wait of one poll for new records.")
+    checkpoint_interval_s: float = Field(
+        5.0, gt=0,
+        description=(
+            "How often partition state is checkpointed to the state topic and offsets committed. "
+            "A restart replays at most this much (deterministically)."
+        ),
+    )
+    checkpoint_chunk_bytes: int = Field(
+        512 * 1024, ge=16 * 1024,
+        description="Checkpoints larger than this are split into several state-topic records.",
+    )
+    metrics_listen: str = Field(
+        "127.0.0.1:9465",
+        description="HOST:PORT of the /metrics endpoint (port 0 picks a free port); empty disables it.",
+    )
+    stop_grace_s: float = Field(
+        10.0, ge=0,
+        description="On stop: how long to wait for the final checkpoint before giving up.",
+    )
+    session_timeout_ms: int = Field(
+        10_000, ge=1000,
+        description="Consumer group session timeout; a dead member's partitions move after this.",
+    )
+    heartbeat_interval_ms: int = Field(
+        1_000, ge=100, description="Consumer group heartbeat interval."
+    )
+
+    @field_validator("windows_s")
+    @classmethod
+    def _windows(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v:
+            raise ValueError("at least one window")
+        w = tuple(sorted(set(v)))
+        if w[0] <= 0:
+            raise ValueError("windows must be positive")
+        if any(x % w[0] for x in w):
+            raise ValueError(f"every window must be a multiple of the shortest ({w[0]} s)")
+        return w
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        if v and (":" not in v or not v.rsplit(":", 1)[1].isdigit()):
+            raise ValueError(f"expected HOST:PORT, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _heartbeat(self) -> AggregateSettings:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        return self
+
+    @property
+    def pane_s(self) -> int:
+        return self.windows_s[0]

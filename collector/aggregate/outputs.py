@@ -1,0 +1,381 @@
+"""What the aggregator publishes: output metric families and how they derive from state.
+
+The last stage before exposition. Raw catalogue metrics (collector/catalog.py) map to
+output families in Prometheus base units (bytes, seconds, ratios 0..1); counters become
+rates over each window, gauges become avg/min/max over each window, and a few families
+are derived by joining series of one entity (utilisation = throughput / speed). Every
+output carries `site`, `country` and `region`, so country roll-ups are PromQL recording
+rules and aggregators scale out by partition.
+
+`FAMILIES` is the single list docs/metrics.md is generated from (scripts/gen_metrics_doc.py).
+`build_frames()` turns the Polars state of the partitions this instance owns into one
+DataFrame per family (label columns + `value`), computed at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import polars as pl
+
+from collector.aggregate.state import LABEL_NAMES, METRIC_INDEX, NS, PartitionView, SiteLedger
+
+SITE = ("site", "country", "region")
+Put = Callable[[str, pl.DataFrame], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    name: str
+    type: str  # "gauge" | "counter"
+    unit: str
+    labels: tuple[str, ...]
+    help: str
+    source: str = ""  # raw metrics it is computed from, for the docs
+
+
+def window_label(w: int) -> str:
+    return f"{w // 3600}h" if w % 3600 == 0 else f"{w // 60}m" if w % 60 == 0 else f"{w}s"
+
+
+LINK = ("link", "media")
+CELL = ("cell", "gnb")
+
+# family name -> (entity labels, unit, help); rows of RATES / GAUGES feed them.
+_RATE_FAMILIES: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "edge_link_throughput_bytes_per_second": (LINK, "bytes/s", "Link throughput over the window."),
+    "edge_link_packets_per_second": (LINK, "packets/s", "Link packet rate over the window."),
+    "edge_link_errors_per_second": (LINK, "packets/s", "Link error rate over the window."),
+    "edge_link_discards_per_second": (LINK, "packets/s", "Link discard rate over the window."),
+    "edge_cell_throughput_bytes_per_second": (
+        CELL, "bytes/s", "Cell PDCP SDU throughput (DRB.PdcpSduVolume*) over the window."),
+    "edge_cell_handover_attempts_per_second": (
+        CELL, "1/s", "Intra-frequency handover executions attempted per second."),
+    "edge_host_network_throughput_bytes_per_second": (
+        ("host", "device"), "bytes/s", "Host NIC throughput over the window."),
+    "edge_host_network_packets_per_second": (("host", "device"), "packets/s", "Host NIC packet rate."),
+    "edge_host_network_errors_per_second": (("host", "device"), "packets/s", "Host NIC error rate."),
+    "edge_host_network_drops_per_second": (("host", "device"), "packets/s", "Host NIC drop rate."),
+    "edge_host_disk_throughput_bytes_per_second": (("host", "device"), "bytes/s", "Disk throughput."),
+}
+# raw counter -> (family, direction or "")
+RATES: dict[str, tuple[str, str]] = {
+    "link_in_octets": ("edge_link_throughput_bytes_per_second", "in"),
+    "link_out_octets": ("edge_link_throughput_bytes_per_second", "out"),
+    "link_in_packets": ("edge_link_packets_per_second", "in"),
+    "link_out_packets": ("edge_link_packets_per_second", "out"),
+    "link_in_errors": ("edge_link_errors_per_second", "in"),
+    "link_out_errors": ("edge_link_errors_per_second", "out"),
+    "link_in_discards": ("edge_link_discards_per_second", "in"),
+    "link_out_discards": ("edge_link_discards_per_second", "out"),
+    "DRB.PdcpSduVolumeDL": ("edge_cell_throughput_bytes_per_second", "dl"),
+    "DRB.PdcpSduVolumeUL": ("edge_cell_throughput_bytes_per_second", "ul"),
+    "MM.HoExeIntraReq": ("edge_cell_handover_attempts_per_second", ""),
+    "node_network_receive_bytes_total": ("edge_host_network_throughput_bytes_per_second", "receive"),
+    "node_network_transmit_bytes_total": ("edge_host_network_throughput_bytes_per_second", "transmit"),
+    "node_network_receive_packets_total": ("edge_host_network_packets_per_second", "receive"),
+    "node_network_transmit_packets_total": ("edge_host_network_packets_per_second", "transmit"),
+    "node_network_receive_errs_total": ("edge_host_network_errors_per_second", "receive"),
+    "node_network_transmit_errs_total": ("edge_host_network_errors_per_second", "transmit"),
+    "node_network_receive_drop_total": ("edge_host_network_drops_per_second", "receive"),
+    "node_network_transmit_drop_total": ("edge_host_network_drops_per_second", "transmit"),
+    "node_disk_read_bytes_total": ("edge_host_disk_throughput_bytes_per_second", "read"),
+    "node_disk_written_bytes_total": ("edge_host_disk_throughput_bytes_per_second", "write"),
+}
+_GAUGE_FAMILIES: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "edge_link_oper_up_ratio": (LINK, "ratio", "Share of samples with the link operationally up."),
+    "edge_link_speed_bytes_per_second": (LINK, "bytes/s", "Nominal link speed."),
+    "edge_link_optical_rx_power_dbm": (LINK, "dBm", "Optical receive power."),
+    "edge_link_optical_tx_power_dbm": (LINK, "dBm", "Optical transmit power."),
+    "edge_link_optical_laser_bias_amperes": (LINK, "amperes", "Laser bias current."),
+    "edge_link_optical_prefec_ber_ratio": (LINK, "ratio", "Pre-FEC bit error ratio."),
+    "edge_link_optical_osnr_db": (LINK, "dB", "Optical signal-to-noise ratio."),
+    "edge_cell_prb_utilization_ratio": (CELL, "ratio", "PRB utilisation (RRU.PrbTot*)."),
+    "edge_cell_user_throughput_bytes_per_second": (
+        CELL, "bytes/s", "Average per-user throughput (DRB.UEThp*)."),
+    "edge_cell_connected_users": (CELL, "users", "Mean RRC-connected users (RRC.ConnMean)."),
+    "edge_cell_connected_users_peak": (CELL, "users", "Peak RRC-connected users (RRC.ConnMax)."),
+    "edge_cell_availability_ratio": (CELL, "ratio", "Cell availability."),
+    "edge_cell_coverage_ratio": (CELL, "ratio", "Share of the target area with usable 5G coverage."),
+    "edge_cell_ss_rsrp_dbm": (CELL, "dBm", "SS reference signal received power."),
+    "edge_cell_ss_rsrq_db": (CELL, "dB", "SS reference signal received quality."),
+    "edge_cell_ss_sinr_db": (CELL, "dB", "SS signal to interference and noise ratio."),
+    "edge_host_memory_total_bytes": (("host",), "bytes", "Total memory."),
+    "edge_host_memory_available_bytes": (("host",), "bytes", "Available memory."),
+    "edge_host_load1": (("host",), "1", "1-minute load average."),
+    "edge_host_load5": (("host",), "1", "5-minute load average."),
+    "edge_host_load15": (("host",), "1", "15-minute load average."),
+    "edge_host_filesystem_size_bytes": (("host", "mountpoint"), "bytes", "Filesystem size."),
+    "edge_host_filesystem_avail_bytes": (("host", "mountpoint"), "bytes", "Filesystem free space."),
+}
+GAUGES: dict[str, tuple[str, str]] = {
+    "link_oper_up": ("edge_link_oper_up_ratio", ""),
+    "link_speed_bytes": ("edge_link_speed_bytes_per_second", ""),
+    "link_optical_rx_power_dbm": ("edge_link_optical_rx_power_dbm", ""),
+    "link_optical_tx_power_dbm": ("edge_link_optical_tx_power_dbm", ""),
+    "link_optical_laser_bias_amperes": ("edge_link_optical_laser_bias_amperes", ""),
+    "link_optical_prefec_ber": ("edge_link_optical_prefec_ber_ratio", ""),
+    "link_optical_osnr_db": ("edge_link_optical_osnr_db", ""),
+    "RRU.PrbTotDl": ("edge_cell_prb_utilization_ratio", "dl"),
+    "RRU.PrbTotUl": ("edge_cell_prb_utilization_ratio", "ul"),
+    "DRB.UEThpDl": ("edge_cell_user_throughput_bytes_per_second", "dl"),
+    "DRB.UEThpUl": ("edge_cell_user_throughput_bytes_per_second", "ul"),
+    "RRC.ConnMean": ("edge_cell_connected_users", ""),
+    "RRC.ConnMax": ("edge_cell_connected_users_peak", ""),
+    "CELL.Availability": ("edge_cell_availability_ratio", ""),
+    "CELL.CoverageRatio": ("edge_cell_coverage_ratio", ""),
+    "L1M.SS-RSRP": ("edge_cell_ss_rsrp_dbm", ""),
+    "L1M.SS-RSRQ": ("edge_cell_ss_rsrq_db", ""),
+    "L1M.SS-SINR": ("edge_cell_ss_sinr_db", ""),
+    "node_memory_MemTotal_bytes": ("edge_host_memory_total_bytes", ""),
+    "node_memory_MemAvailable_bytes": ("edge_host_memory_available_bytes", ""),
+    "node_load1": ("edge_host_load1", ""),
+    "node_load5": ("edge_host_load5", ""),
+    "node_load15": ("edge_host_load15", ""),
+    "node_filesystem_size_bytes": ("edge_host_filesystem_size_bytes", ""),
+    "node_filesystem_avail_bytes": ("edge_host_filesystem_avail_bytes", ""),
+}
+
+
+def _sources(table: dict[str, tuple[str, str]], fam: str) -> str:
+    return ", ".join(f"`{m}`" for m, (f, _) in table.items() if f == fam)
+
+
+def _has_direction(table: dict[str, tuple[str, str]], fam: str) -> bool:
+    return any(d for f, d in table.values() if f == fam)
+
+
+def _families() -> list[Family]:
+    out: list[Family] = []
+    for name, (ent, unit, help_) in _RATE_FAMILIES.items():
+        d = ("direction",) if _has_direction(RATES, name) else ()
+        out.append(Family(name, "gauge", unit, (*SITE, *ent, *d, "window"),
+                          help_ + " Exact integer counter deltas / elapsed time; resets and wraps "
+                          "never go negative.", _sources(RATES, name)))
+    for name, (ent, unit, help_) in _GAUGE_FAMILIES.items():
+        d = ("direction",) if _has_direction(GAUGES, name) else ()
+        out.append(Family(name, "gauge", unit, (*SITE, *ent, *d, "window", "stat"),
+                          help_ + " stat=avg|min|max over the window.", _sources(GAUGES, name)))
+    out += [
+        Family("edge_link_utilization_ratio", "gauge", "ratio", (*SITE, *LINK, "direction", "window"),
+               "Link throughput divided by its nominal speed (average over the window).",
+               "`link_*_octets`, `link_speed_bytes`"),
+        Family("edge_cell_handover_success_ratio", "gauge", "ratio", (*SITE, *CELL, "window"),
+               "Handover executions succeeded / attempted in the window (absent without attempts).",
+               "`MM.HoExeIntraSucc`, `MM.HoExeIntraReq`"),
+        Family("edge_host_cpu_utilization_ratio", "gauge", "ratio", (*SITE, "host", "window"),
+               "Share of CPU time not idle, over all CPUs of the host.", "`node_cpu_seconds_total`"),
+        Family("edge_host_memory_used_ratio", "gauge", "ratio", (*SITE, "host", "window"),
+               "1 - available / total memory (window averages).",
+               "`node_memory_MemAvailable_bytes`, `node_memory_MemTotal_bytes`"),
+        Family("edge_site_link_throughput_bytes_per_second", "gauge", "bytes/s",
+               (*SITE, "direction", "window"), "Sum of the site's link throughputs.",
+               "`link_*_octets`"),
+        Family("edge_site_cell_throughput_bytes_per_second", "gauge", "bytes/s",
+               (*SITE, "direction", "window"), "Sum of the site's cell PDCP throughputs.",
+               "`DRB.PdcpSduVolume*`"),
+        Family("edge_site_host_network_throughput_bytes_per_second", "gauge", "bytes/s",
+               (*SITE, "direction", "window"), "Sum of the site's host NIC throughputs.",
+               "`node_network_*_bytes_total`"),
+        Family("edge_site_cell_connected_users", "gauge", "users", (*SITE, "window"),
+               "Sum over the site's cells of mean RRC-connected users.", "`RRC.ConnMean`"),
+        Family("edge_site_cell_availability_ratio", "gauge", "ratio", (*SITE, "window"),
+               "Mean availability of the site's cells.", "`CELL.Availability`"),
+        # completeness ledger
+        Family("collector_site_batches_received_total", "counter", "batches", SITE,
+               "Distinct batches (agent_id, seq) accepted from the site.", "ledger"),
+        Family("collector_site_batches_duplicate_total", "counter", "batches", SITE,
+               "Batches dropped because their (agent_id, seq) was already counted.", "ledger"),
+        Family("collector_site_batches_missing", "gauge", "batches", SITE,
+               "Seqs between an agent's first and highest seen that never arrived (gaps).", "ledger"),
+        Family("collector_site_completeness_ratio", "gauge", "ratio", SITE,
+               "Batches received / batches expected from the seq range of the site's agents.",
+               "ledger"),
+        Family("collector_site_samples_received_total", "counter", "samples", SITE,
+               "Samples accepted into windows.", "ledger"),
+        Family("collector_site_samples_dropped_total", "counter", "samples", (*SITE, "reason"),
+               "Samples not counted, by reason: late, duplicate, dedup_expired, rejected, "
+               "unknown_metric, cardinality.", "ledger"),
+        Family("collector_site_series", "gauge", "series", SITE,
+               "Active (not stale) series of the site.", "ledger"),
+    ]
+    return out
+
+
+FAMILIES: tuple[Family, ...] = tuple(_families())
+BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES}
+
+_RATE_MAP = pl.DataFrame({
+    "metric_i": [METRIC_INDEX[m] for m in RATES],
+    "family": [f for f, _ in RATES.values()],
+    "direction": [d for _, d in RATES.values()],
+}, schema={"metric_i": pl.Int16, "family": pl.String, "direction": pl.String})
+_GAUGE_MAP = pl.DataFrame({
+    "metric_i": [METRIC_INDEX[m] for m in GAUGES],
+    "family": [f for f, _ in GAUGES.values()],
+    "direction": [d for _, d in GAUGES.values()],
+}, schema={"metric_i": pl.Int16, "family": pl.String, "direction": pl.String})
+_M = METRIC_INDEX
+
+
+def _window_frames(st: PartitionView) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Latest closed windows of every series, joined with its labels, all window lengths."""
+    meta = st.meta
+    cs, gs = [], []
+    for w in st.windows_s:
+        wl = pl.lit(window_label(w))
+        c = st.latest_c[w]
+        if len(c):
+            cs.append(c.join(meta, on="sid").with_columns(window=wl, window_s=pl.lit(w)))
+        g = st.latest_g[w]
+        if len(g):
+            gs.append(g.join(meta, on="sid").with_columns(window=wl, window_s=pl.lit(w)))
+    c = pl.concat(cs) if cs else pl.DataFrame()
+    g = pl.concat(gs) if gs else pl.DataFrame()
+    if len(c):
+        c = c.with_columns(
+            rate=pl.when(pl.col("dt") > 0)
+            .then(pl.col("inc").cast(pl.Float64) * pl.col("scale") * NS / pl.col("dt").cast(pl.Float64))
+            .otherwise(None)
+        )
+    if len(g):
+        g = g.with_columns(avg=pl.col("sum") / pl.col("cnt").cast(pl.Float64))
+    return c, g
+
+
+def build_frames(states: Iterable[PartitionView]) -> dict[str, pl.DataFrame]:
+    """family name -> DataFrame of its label columns (strings) and `value` (Float64)."""
+    cs, gs, ledgers = [], [], []
+    for st in states:
+        c, g = _window_frames(st)
+        if len(c):
+            cs.append(c)
+        if len(g):
+            gs.append(g)
+        ledgers.append(_ledger(st))
+    out: dict[str, list[pl.DataFrame]] = {}
+
+    def put(name: str, frame: pl.DataFrame) -> None:
+        fam = BY_NAME[name]
+        if len(frame):
+            out.setdefault(name, []).append(
+                frame.select(*[pl.col(lb).cast(pl.String) for lb in fam.labels],
+                             pl.col("value").cast(pl.Float64)))
+
+    if cs:
+        c = pl.concat(cs, how="diagonal_relaxed")
+        rated = c.filter(pl.col("rate").is_not_null())
+        r = rated.join(_RATE_MAP, on="metric_i")
+        for (fam,), part in r.partition_by("family", as_dict=True).items():
+            put(str(fam), part.rename({"rate": "value"}))
+        _site_sums(r, put)
+        _derived_counters(c, put)
+    if gs:
+        g = pl.concat(gs, how="diagonal_relaxed")
+        gm = g.join(_GAUGE_MAP, on="metric_i")
+        stats = pl.concat([
+            gm.with_columns(stat=pl.lit(s), value=pl.col(col))
+            for s, col in (("avg", "avg"), ("min", "min"), ("max", "max"))
+        ])
+        for (fam,), part in stats.partition_by("family", as_dict=True).items():
+            put(str(fam), part)
+        _derived_gauges(g, put)
+        if cs:
+            _utilization(c, g, put)
+    led = pl.concat([x for x in ledgers if len(x)]) if any(len(x) for x in ledgers) else None
+    if led is not None:
+        for (fam,), part in led.partition_by("family", as_dict=True).items():
+            put(str(fam), part)
+    return {k: pl.concat(v) for k, v in out.items()}
+
+
+def _site_sums(r: pl.DataFrame, put: Put) -> None:
+    sums = {
+        "edge_link_throughput_bytes_per_second": "edge_site_link_throughput_bytes_per_second",
+        "edge_cell_throughput_bytes_per_second": "edge_site_cell_throughput_bytes_per_second",
+        "edge_host_network_throughput_bytes_per_second":
+            "edge_site_host_network_throughput_bytes_per_second",
+    }
+    part = r.filter(pl.col("family").is_in(list(sums)))
+    if not len(part):
+        return
+    # Roll-ups are sums of rates (float64): a sum of byte counts over many 402 Tb/s links
+    # would pass 2^64, rates of even 10^6 such links stay far inside float64's range.
+    agg = (part.group_by("family", "site", "country", "region", "direction", "window")
+           .agg(pl.col("rate").sum().alias("value")))
+    for (fam,), p in agg.partition_by("family", as_dict=True).items():
+        put(sums[str(fam)], p)
+
+
+def _derived_counters(c: pl.DataFrame, put: Put) -> None:
+    keys = ["site_i", "site", "country", "region", "cell", "gnb", "window"]
+    req = c.filter(pl.col("metric_i") == _M["MM.HoExeIntraReq"]).select(*keys, req=pl.col("inc"))
+    succ = c.filter(pl.col("metric_i") == _M["MM.HoExeIntraSucc"]).select(*keys, succ=pl.col("inc"))
+    ho = req.join(succ, on=keys).filter(pl.col("req") > 0)
+    put("edge_cell_handover_success_ratio", ho.with_columns(
+        value=(pl.col("succ").cast(pl.Float64) / pl.col("req").cast(pl.Float64)).clip(0.0, 1.0)))
+    cpu = c.filter((pl.col("metric_i") == _M["node_cpu_seconds_total"]) & (pl.col("dt") > 0))
+    if len(cpu):
+        hk = ["site_i", "site", "country", "region", "host", "window"]
+        secs = pl.col("inc").cast(pl.Float64) * pl.col("scale")
+        agg = cpu.group_by(hk).agg(
+            total=secs.sum(), idle=secs.filter(pl.col("mode") == "idle").sum())
+        put("edge_host_cpu_utilization_ratio", agg.filter(pl.col("total") > 0).with_columns(
+            value=(1.0 - pl.col("idle") / pl.col("total")).clip(0.0, 1.0)))
+
+
+def _derived_gauges(g: pl.DataFrame, put: Put) -> None:
+    hk = ["site_i", "site", "country", "region", "host", "window"]
+    tot = g.filter(pl.col("metric_i") == _M["node_memory_MemTotal_bytes"]).select(*hk, tot=pl.col("avg"))
+    av = g.filter(pl.col("metric_i") == _M["node_memory_MemAvailable_bytes"]).select(*hk, av=pl.col("avg"))
+    mem = tot.join(av, on=hk).filter(pl.col("tot") > 0)
+    put("edge_host_memory_used_ratio", mem.with_columns(
+        value=(1.0 - pl.col("av") / pl.col("tot")).clip(0.0, 1.0)))
+    cells = g.filter(pl.col("metric_i") == _M["RRC.ConnMean"])
+    put("edge_site_cell_connected_users",
+        cells.group_by("site", "country", "region", "window").agg(value=pl.col("avg").sum()))
+    avail = g.filter(pl.col("metric_i") == _M["CELL.Availability"])
+    put("edge_site_cell_availability_ratio",
+        avail.group_by("site", "country", "region", "window").agg(value=pl.col("avg").mean()))
+
+
+def _utilization(c: pl.DataFrame, g: pl.DataFrame, put: Put) -> None:
+    keys = ["site_i", "site", "country", "region", "link", "media", "window"]
+    speed = g.filter(pl.col("metric_i") == _M["link_speed_bytes"]).select(*keys, speed=pl.col("avg"))
+    thr = c.filter(pl.col("metric_i").is_in([_M["link_in_octets"], _M["link_out_octets"]])
+                   & pl.col("rate").is_not_null())
+    thr = thr.with_columns(direction=pl.when(pl.col("metric_i") == _M["link_in_octets"])
+                           .then(pl.lit("in")).otherwise(pl.lit("out")))
+    u = thr.join(speed, on=keys).filter(pl.col("speed") > 0)
+    put("edge_link_utilization_ratio", u.with_columns(value=pl.col("rate") / pl.col("speed")))
+
+
+def _ledger(st: PartitionView) -> pl.DataFrame:
+    rows: dict[str, list] = {"family": [], "site": [], "country": [], "region": [], "reason": [],
+                             "value": []}
+
+    def add(fam: str, s: SiteLedger, value: float, reason: str = "") -> None:
+        rows["family"].append(fam)
+        rows["site"].append(s.site_id)
+        rows["country"].append(s.country)
+        rows["region"].append(s.region)
+        rows["reason"].append(reason)
+        rows["value"].append(float(value))
+
+    for s in st.sites:
+        add("collector_site_batches_received_total", s, s.batches)
+        add("collector_site_batches_duplicate_total", s, s.dup_batches)
+        add("collector_site_batches_missing", s, max(0, s.expected - s.received))
+        if s.expected:
+            add("collector_site_completeness_ratio", s, min(1.0, s.received / s.expected))
+        add("collector_site_samples_received_total", s, s.samples)
+        for reason, n in s.dropped.items():
+            add("collector_site_samples_dropped_total", s, n, reason)
+        add("collector_site_series", s, s.series)
+    return pl.DataFrame(rows, schema={"family": pl.String, "site": pl.String, "country": pl.String,
+                                      "region": pl.String, "reason": pl.String, "value": pl.Float64})
+
+
+assert set(LABEL_NAMES) >= {lb for f in FAMILIES for lb in f.labels} - {
+    "site", "country", "region", "window", "stat", "direction", "reason"}

@@ -1,0 +1,474 @@
+"""The aggregator component: Kafka consumer group -> partition states -> /metrics.
+
+Where the pieces meet. One asyncio task polls the telemetry topic in micro-batches
+(`getmany`), feeds each partition's records to its `PartitionState`, advances watermarks,
+dead-letters records that are not valid batches, and every `checkpoint_interval_s`
+checkpoints each owned partition:
+
+  1. the partition's whole state (carry values, open panes and buffer, dedup memory,
+     latest windows, ledger) is written to the state topic (partition p for source
+     partition p, split in chunks), acks=all;
+  2. the next source offset is committed in the consumer group (fenced by the group
+     generation, so a member that lost the partition cannot commit);
+  3. the state-topic offset of the checkpoint is committed under `<group_id>.checkpoints`.
+
+A new owner (restart after kill -9, or a rebalance) reads the pointer, restores the state
+and seeks to the offset recorded *inside* the checkpoint, then replays deterministically:
+closed windows come out identical and none is lost. Nothing here relies on timestamp
+lookups, high watermarks or log compaction, which the embedded broker lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from collector.aggregate.outputs import FAMILIES, build_frames
+from collector.aggregate.state import NS, PartitionState, WindowSink
+from collector.errors import BrokerError, ProtocolError
+from collector.exposition.http import MetricsServer
+from collector.exposition.render import FamilyText, render
+
+if TYPE_CHECKING:
+    from collector.config import Settings
+
+log = logging.getLogger(__name__)
+
+_FAMILY_TEXT = tuple(FamilyText(f.name, f.type, f.help, f.labels) for f in FAMILIES)
+_CLOSE_BUCKETS = (0.5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120, 300, 900)
+
+
+class SelfMetrics:
+    """The aggregator's own metrics, on the injected registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        p = "collector_aggregate_"
+        self.records = Counter(p + "records", "Kafka records consumed.", ["partition"], registry=registry)
+        self.samples = Counter(p + "samples", "Samples accepted into windows.", registry=registry)
+        self.decode_errors = Counter(p + "decode_errors", "Records that are not a valid batch, by reason.",
+                                     ["reason"], registry=registry)
+        self.dead_letters = Counter(p + "dead_letter_records",
+                                    "Records copied to the dead-letter topic.", registry=registry)
+        self.dead_letter_failures = Counter(p + "dead_letter_failures",
+                                            "Dead-letter produces that failed (record still skipped).",
+                                            registry=registry)
+        self.lag = Gauge(p + "consumer_lag_records",
+                         "Records between the consumed position and the partition's high watermark, "
+                         "when the broker reports one.", ["partition"], registry=registry)
+        self.event_lag = Gauge(p + "event_time_lag_seconds",
+                               "Wall clock minus the newest event time seen in the partition.",
+                               ["partition"], registry=registry)
+        self.watermark = Gauge(p + "watermark_seconds",
+                               "Event-time watermark of the partition (Unix seconds).", ["partition"],
+                               registry=registry)
+        self.close_latency = Histogram(p + "window_close_latency_seconds",
+                                       "Wall time between a window's end and its close.",
+                                       buckets=_CLOSE_BUCKETS, registry=registry)
+        self.close_duration = Histogram(p + "window_close_duration_seconds",
+                                        "Processing time of one close step (all windows).",
+                                        registry=registry)
+        self.checkpoints = Counter(p + "checkpoints", "Partition checkpoints written.", registry=registry)
+        self.checkpoint_errors = Counter(p + "checkpoint_errors", "Checkpoints that failed.",
+                                         registry=registry)
+        self.checkpoint_bytes = Gauge(p + "checkpoint_bytes", "Size of the last checkpoint.",
+                                      ["partition"], registry=registry)
+        self.restores = Counter(p + "restores", "Partitions restored from a checkpoint.", registry=registry)
+        self.rebalances = Counter(p + "rebalances", "Partition assignments received.", registry=registry)
+        self.partitions = Gauge(p + "partitions_assigned", "Partitions this member owns.",
+                                registry=registry)
+        self.series = Gauge(p + "series", "Active series in state.", registry=registry)
+        self.state_bytes = Gauge(p + "state_bytes", "Approximate bytes of aggregation state.",
+                                 registry=registry)
+        self.render_seconds = Histogram(p + "render_seconds", "Time to render the aggregated /metrics.",
+                                        registry=registry)
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, agg: Aggregator) -> None:
+        self.agg = agg
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.agg._on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.agg._on_assigned(list(assigned))
+
+
+class Aggregator:
+    """`async with Aggregator(settings, bootstrap=...) as agg:` consumes until stopped."""
+
+    def __init__(self, settings: Settings, *, bootstrap: str, registry: CollectorRegistry | None = None,
+                 on_window: WindowSink | None = None) -> None:
+        self.settings = settings
+        self.cfg = settings.aggregate
+        self.bootstrap = bootstrap
+        self.topic = settings.kafka.topic
+        self.dlq_topic = settings.kafka.dead_letter_topic
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = SelfMetrics(self.registry)
+        self.on_window = on_window
+        self.states: dict[int, PartitionState] = {}
+        self._ckpt_version: dict[int, tuple[int | None, int]] = {}
+        self._last_record_wall: dict[int, float] = {}
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._pointer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._server: MetricsServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._started = False
+        self._render_cache: tuple[tuple[int, ...], bytes] | None = None
+        self._state_partitions = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def metrics_port(self) -> int:
+        return self._server.bound_port if self._server else 0
+
+    def _kafka_kwargs(self) -> dict[str, object]:
+        k = self.settings.kafka
+        kw: dict[str, object] = {"bootstrap_servers": self.bootstrap, "client_id": k.client_id,
+                                 "security_protocol": k.security_protocol,
+                                 "request_timeout_ms": k.request_timeout_ms}
+        if k.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kw["ssl_context"] = create_ssl_context(
+                cafile=str(k.ssl_cafile) if k.ssl_cafile else None,
+                certfile=str(k.ssl_certfile) if k.ssl_certfile else None,
+                keyfile=str(k.ssl_keyfile) if k.ssl_keyfile else None)
+        if k.sasl_mechanism:
+            kw.update(sasl_mechanism=k.sasl_mechanism, sasl_plain_username=k.sasl_username,
+                      sasl_plain_password=k.sasl_password)
+        return kw
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._stopping.clear()
+        try:
+            await self._ensure_state_topic()
+            kw = self._kafka_kwargs()
+            self._producer = AIOKafkaProducer(
+                acks="all", enable_idempotence=self.settings.kafka.enable_idempotence,
+                max_request_size=max(self.settings.kafka.max_request_size,
+                                     self.cfg.checkpoint_chunk_bytes * 2), linger_ms=0, **kw)
+            await self._producer.start()
+            self._pointer = AIOKafkaConsumer(
+                group_id=self.cfg.group_id + ".checkpoints", enable_auto_commit=False,
+                auto_offset_reset="earliest", **kw)
+            await self._pointer.start()
+            self._pointer.assign([TopicPartition(self.cfg.state_topic, p)
+                                  for p in range(self._state_partitions)])
+            self._consumer = AIOKafkaConsumer(
+                group_id=self.cfg.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+                session_timeout_ms=self.cfg.session_timeout_ms,
+                heartbeat_interval_ms=self.cfg.heartbeat_interval_ms,
+                max_poll_interval_ms=max(60_000, self.cfg.session_timeout_ms * 3),
+                rebalance_timeout_ms=max(60_000, self.cfg.session_timeout_ms * 3),
+                max_partition_fetch_bytes=8 * 1024 * 1024, **kw)
+            await self._consumer.start()
+            self._consumer.subscribe([self.topic], listener=_Listener(self))
+            if self.cfg.metrics_listen:
+                host, port = self.cfg.metrics_listen.rsplit(":", 1)
+                self._server = MetricsServer(host, int(port), self.render_metrics)
+                await self._server.start()
+            self._task = asyncio.create_task(self._run(), name="aggregator")
+        except BaseException:
+            await self._close_clients()
+            self._started = False
+            raise
+        log.info("aggregator started: topic %s group %s, /metrics on port %s", self.topic,
+                 self.cfg.group_id, self.metrics_port or "-")
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(task, self.cfg.stop_grace_s + 5)
+            except TimeoutError:
+                log.warning("aggregator loop did not stop in time")
+            except Exception:
+                log.exception("aggregator loop failed")
+        try:
+            async with self._lock:
+                await asyncio.wait_for(self._checkpoint(list(self.states)), self.cfg.stop_grace_s)
+        except (TimeoutError, KafkaError, BrokerError) as exc:
+            log.warning("final checkpoint failed (a restart replays from the previous one): %s", exc)
+        await self._close_clients()
+        self._started = False
+
+    async def _close_clients(self) -> None:
+        # Leaving the group runs on_partitions_revoked: keep states until then.
+        for client in (self._consumer, self._pointer):
+            if client is not None:
+                with contextlib.suppress(KafkaError, OSError):
+                    await asyncio.wait_for(client.stop(), 10)
+        self._consumer = self._pointer = None
+        if self._producer is not None:
+            with contextlib.suppress(KafkaError, OSError, TimeoutError):
+                await asyncio.wait_for(self._producer.stop(), 10)
+            self._producer = None
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+        self.states.clear()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def _ensure_state_topic(self) -> None:
+        admin = AIOKafkaAdminClient(**self._kafka_kwargs())
+        await admin.start()
+        try:
+            topics = await admin.describe_topics([self.topic])
+            parts = len(topics[0].get("partitions", [])) if topics else 0
+            if parts == 0:
+                raise BrokerError(f"topic {self.topic!r} does not exist")
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(self.cfg.state_topic, num_partitions=parts,
+                                                    replication_factor=1)])
+            st = await admin.describe_topics([self.cfg.state_topic])
+            self._state_partitions = len(st[0].get("partitions", [])) if st else 0
+            if self._state_partitions < parts:
+                raise BrokerError(f"state topic {self.cfg.state_topic!r} has {self._state_partitions} "
+                                  f"partitions, fewer than {self.topic!r} ({parts})")
+        finally:
+            await admin.close()
+
+    # ------------------------------------------------------------------ rebalance
+    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        parts = [tp.partition for tp in revoked if tp.topic == self.topic]
+        async with self._lock:
+            try:
+                await asyncio.wait_for(self._checkpoint(parts), self.cfg.stop_grace_s)
+            except (TimeoutError, KafkaError, BrokerError) as exc:
+                log.warning("checkpoint on revoke failed, the next owner replays more: %s", exc)
+            for p in parts:
+                self.states.pop(p, None)
+                self._ckpt_version.pop(p, None)
+                for g in (self.metrics.lag, self.metrics.event_lag, self.metrics.watermark,
+                          self.metrics.checkpoint_bytes, self.metrics.records):
+                    with contextlib.suppress(KeyError):
+                        g.remove(str(p))
+            self.metrics.partitions.set(len(self.states))
+            self._render_cache = None
+
+    async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.metrics.rebalances.inc()
+        async with self._lock:
+            for tp in assigned:
+                if tp.topic != self.topic or tp.partition in self.states:
+                    continue
+                st = await self._restore(tp.partition)
+                if st is None:
+                    st = PartitionState(tp.partition, self.cfg)
+                else:
+                    assert self._consumer is not None
+                    assert st.next_offset is not None
+                    self._consumer.seek(tp, st.next_offset)
+                    self.metrics.restores.inc()
+                st.on_window = self.on_window
+                self.states[tp.partition] = st
+                self._ckpt_version[tp.partition] = (st.next_offset, st.version)
+                self._last_record_wall[tp.partition] = time.monotonic()
+            self.metrics.partitions.set(len(self.states))
+            self._render_cache = None
+        log.info("assigned partitions %s", sorted(self.states))
+
+    async def _restore(self, partition: int) -> PartitionState | None:
+        assert self._pointer is not None
+        stp = TopicPartition(self.cfg.state_topic, partition)
+        ptr = await self._pointer.committed(stp)
+        if ptr is None:
+            return None
+        self._pointer.seek(stp, ptr)
+        chunks: dict[int, bytes] = {}
+        want: tuple[str, int] | None = None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            got = await self._pointer.getmany(stp, timeout_ms=1000, max_records=64)
+            for r in got.get(stp, []):
+                h = dict(r.headers or ())
+                snap = h.get("snapshot", b"").decode()
+                idx, _, total = h.get("chunk", b"0/0").decode().partition("/")
+                if want is None:
+                    if r.offset != ptr:
+                        continue
+                    want = (snap, int(total))
+                if snap == want[0] and r.value is not None:
+                    chunks[int(idx)] = r.value
+            if want is not None and len(chunks) >= want[1]:
+                blob = b"".join(chunks[i] for i in range(want[1]))
+                st = PartitionState.restore(blob, self.cfg)
+                log.info("partition %d restored from checkpoint at state offset %d (next offset %s)",
+                         partition, ptr, st.next_offset)
+                return st
+        raise BrokerError(f"checkpoint of partition {partition} at {self.cfg.state_topic}:{ptr} unreadable")
+
+    # ------------------------------------------------------------------ checkpoint
+    async def _checkpoint(self, partitions: list[int]) -> None:
+        """Write state of `partitions` (caller holds the lock), then commit offsets."""
+        if self._producer is None or self._consumer is None or self._pointer is None:
+            return
+        offsets: dict[TopicPartition, int] = {}
+        pointers: dict[TopicPartition, int] = {}
+        for p in partitions:
+            st = self.states.get(p)
+            if st is None or st.next_offset is None:
+                continue
+            if self._ckpt_version.get(p) == (st.next_offset, st.version):
+                continue
+            blob = st.snapshot()
+            size = self.cfg.checkpoint_chunk_bytes
+            pieces = [blob[i:i + size] for i in range(0, len(blob), size)] or [b""]
+            snap = uuid.uuid4().hex
+            futs = []
+            for i, piece in enumerate(pieces):
+                futs.append(await self._producer.send(
+                    self.cfg.state_topic, piece, key=f"{self.topic}/{p}".encode(), partition=p,
+                    headers=[("snapshot", snap.encode()), ("chunk", f"{i}/{len(pieces)}".encode()),
+                             ("next_offset", str(st.next_offset).encode())]))
+            mds = await asyncio.gather(*futs)
+            pointers[TopicPartition(self.cfg.state_topic, p)] = mds[0].offset
+            offsets[TopicPartition(self.topic, p)] = st.next_offset
+            self._ckpt_version[p] = (st.next_offset, st.version)
+            self.metrics.checkpoint_bytes.labels(str(p)).set(len(blob))
+            self.metrics.checkpoints.inc()
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:
+            # Not the owner any more (rebalance): the new owner restores the older checkpoint.
+            self.metrics.checkpoint_errors.inc()
+            for tp in offsets:
+                self._ckpt_version.pop(tp.partition, None)
+            log.warning("offset commit refused, checkpoint not published: %s", exc)
+            return
+        await self._pointer.commit(pointers)
+
+    # ------------------------------------------------------------------ main loop
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        last_ckpt = time.monotonic()
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                batch = await self._consumer.getmany(timeout_ms=self.cfg.poll_timeout_ms,
+                                                     max_records=self.cfg.max_poll_records)
+                async with self._lock:
+                    dead = self._process(batch)
+                    if dead:
+                        await self._dead_letter(dead)
+                    if time.monotonic() - last_ckpt >= self.cfg.checkpoint_interval_s:
+                        await self._checkpoint(list(self.states))
+                        last_ckpt = time.monotonic()
+                backoff = 0.1
+            except KafkaError as exc:
+                log.warning("consumer error, retrying in %.1fs: %s", backoff, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _process(self, batch: dict[TopicPartition, list]) -> list[tuple[object, str]]:
+        dead: list[tuple[object, str]] = []
+        now = time.monotonic()
+        for tp, records in batch.items():
+            st = self.states.get(tp.partition)
+            if st is None or tp.topic != self.topic:
+                continue
+            n_ok = 0
+            for r in records:
+                if st.next_offset is not None and r.offset < st.next_offset:
+                    continue  # already in the restored state
+                try:
+                    n_ok += st.add(r.offset, r.value, dict(r.headers) if r.headers else None)
+                except ProtocolError as exc:
+                    reason = str(exc).split(":", 1)[0] if str(exc) else "invalid"
+                    if reason.startswith("not a telemetry"):
+                        reason = "not_a_batch"
+                    self.metrics.decode_errors.labels(reason).inc()
+                    dead.append((r, reason))
+            self.metrics.records.labels(str(tp.partition)).inc(len(records))
+            self.metrics.samples.inc(n_ok)
+            if records:
+                self._last_record_wall[tp.partition] = now
+        wall_ns = time.time_ns()
+        for p, st in self.states.items():
+            idle = now - self._last_record_wall.get(p, now) - self.cfg.idle_timeout_s
+            t0 = time.perf_counter()
+            stats = st.advance(int(idle * NS) if idle > 0 else 0)
+            if stats is not None:
+                self.metrics.close_duration.observe(time.perf_counter() - t0)
+                if st.closed_ns is not None:
+                    self.metrics.close_latency.observe(max(0.0, (wall_ns - st.closed_ns) / NS))
+            if st.max_event_ns is not None:
+                self.metrics.event_lag.labels(str(p)).set((wall_ns - st.max_event_ns) / NS)
+                wm = st.watermark_ns()
+                if wm is not None:
+                    self.metrics.watermark.labels(str(p)).set(wm / NS)
+            assert self._consumer is not None
+            tp = TopicPartition(self.topic, p)
+            hw = self._consumer.highwater(tp)
+            if hw is not None and st.next_offset is not None and hw >= st.next_offset:
+                self.metrics.lag.labels(str(p)).set(hw - st.next_offset)
+        return dead
+
+    async def _dead_letter(self, dead: list[tuple[object, str]]) -> None:
+        assert self._producer is not None
+        futs = []
+        for r, reason in dead:
+            headers = list(getattr(r, "headers", None) or ())
+            headers += [("dlq_reason", reason.encode()),
+                        ("dlq_source", f"{self.topic}/{r.partition}/{r.offset}".encode())]  # type: ignore[attr-defined]
+            try:
+                futs.append(await self._producer.send(self.dlq_topic, r.value, key=r.key,  # type: ignore[attr-defined]
+                                                      headers=headers))
+            except KafkaError as exc:
+                self.metrics.dead_letter_failures.inc()
+                log.warning("dead-letter produce failed: %s", exc)
+        for res in await asyncio.gather(*futs, return_exceptions=True):
+            if isinstance(res, BaseException):
+                self.metrics.dead_letter_failures.inc()
+                log.warning("dead-letter produce failed: %s", res)
+            else:
+                self.metrics.dead_letters.inc()
+
+    # ------------------------------------------------------------------ exposition
+    async def render_metrics(self) -> bytes:
+        """Self-metrics (prometheus-client) + aggregated state (vectorised), one body."""
+        self.metrics.series.set(sum(st.live_series() for st in self.states.values()))
+        key = tuple(x for p, st in sorted(self.states.items()) for x in (p, st.version))
+        cached = self._render_cache
+        if cached is not None and cached[0] == key:
+            body = cached[1]
+        else:
+            views = [st.view() for st in self.states.values()]
+            t0 = time.perf_counter()
+            body = await asyncio.to_thread(lambda: render(_FAMILY_TEXT, build_frames(views)))
+            self.metrics.render_seconds.observe(time.perf_counter() - t0)
+            self._render_cache = (key, body)
+        self.metrics.state_bytes.set(sum(st.state_bytes() for st in self.states.values()))
+        return generate_latest(self.registry) + body

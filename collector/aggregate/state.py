@@ -1,0 +1,729 @@
+"""Per-partition aggregation state: dedup, series registry, event-time panes and windows.
+
+The middle of the aggregator. One `PartitionState` owns everything derived from one Kafka
+partition (a partition holds whole sites, so nothing here is shared between partitions):
+
+  record -> decode -> dedup (agent_id, seq) -> series ids -> late filter -> open buffer
+  watermark passes a pane end -> sort by (series, time) -> exact counter deltas -> panes
+  -> sliding windows (every window length built from the same panes) -> latest windows
+
+Everything a published number depends on is a deterministic function of the partition's
+record sequence, and the whole state round-trips through `snapshot()` / `restore()`.
+The service checkpoints it to the state topic together with the next offset, so a restart
+or a rebalance resumes from exactly the state the previous owner had.
+
+Samples are buffered until the watermark (max event time - allowed lateness) passes their
+pane, then processed once in event-time order: out-of-order batches inside the lateness
+are counted exactly, and a closed window is final.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from collector.aggregate.config import AggregateSettings
+from collector.aggregate.counters import Carry, counter_deltas, split_sum_arrays
+from collector.aggregate.decode import Decoded, decode, table_is_series_only
+from collector.catalog import METRICS, Kind
+from collector.errors import ProtocolError
+from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+
+NS = 1_000_000_000
+LABEL_NAMES: tuple[str, ...] = tuple(sorted({n for m in METRICS for n in m.labels}))
+METRIC_INDEX: dict[str, int] = {m.name: i for i, m in enumerate(METRICS)}
+_SPEC_LABEL_POS = [tuple(LABEL_NAMES.index(n) for n in m.labels) for m in METRICS]
+_IS_COUNTER = np.array([m.kind is Kind.COUNTER for m in METRICS])
+
+_TWO32 = pl.Series([1 << 32], dtype=pl.Int128)
+# Per-series code in a series table.
+OK_COUNTER, OK_GAUGE, UNKNOWN, MISMATCH, CAPPED = 0, 1, 2, 3, 4
+DROP_REASONS = ("late", "duplicate", "dedup_expired", "rejected", "unknown_metric", "cardinality")
+
+COUNTER_PANE_SCHEMA = {
+    "sid": pl.UInt32, "pane": pl.Int64, "inc": pl.Int128, "dt": pl.Int64,
+    "n": pl.UInt32, "resets": pl.UInt32, "wraps": pl.UInt32,
+}
+GAUGE_PANE_SCHEMA = {
+    "sid": pl.UInt32, "pane": pl.Int64, "sum": pl.Float64, "cnt": pl.UInt32,
+    "min": pl.Float64, "max": pl.Float64,
+}
+COUNTER_WIN_SCHEMA = {"sid": pl.UInt32, "end": pl.Int64, "inc": pl.Int128, "dt": pl.Int64,
+                      "n": pl.UInt32, "resets": pl.UInt32, "wraps": pl.UInt32}
+GAUGE_WIN_SCHEMA = {"sid": pl.UInt32, "end": pl.Int64, "sum": pl.Float64, "cnt": pl.UInt32,
+                    "min": pl.Float64, "max": pl.Float64}
+
+# on_window(partition, window_s, end_ns, counter_windows, gauge_windows): every closed window.
+WindowSink = Callable[[int, int, int, pl.DataFrame, pl.DataFrame], None]
+
+
+def stable_hash(*parts: object) -> int:
+    """64-bit hash that is the same in every process (Python's hash() is salted)."""
+    d = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(d, "little", signed=True)
+
+
+def _empty(schema: Mapping[str, Any]) -> pl.DataFrame:
+    return pl.DataFrame(schema=schema)
+
+
+@dataclass(slots=True)
+class Table:
+    """A batch's series table resolved against this partition's registry."""
+
+    code: npt.NDArray[np.int8]
+    sid: npt.NDArray[np.uint32]
+    epoch: npt.NDArray[np.int64]
+    bits: npt.NDArray[np.uint8]
+
+
+@dataclass(slots=True)
+class Agent:
+    site: int
+    lo: int  # lowest seq seen
+    hi: int  # highest seq seen
+    mask: int  # bit i set: seq hi - i was seen (i < dedup_window)
+    received: int  # distinct seqs accepted
+
+
+@dataclass(slots=True)
+class Site:
+    site_id: str
+    country: str
+    region: str
+    series: int = 0
+    batches: int = 0
+    dup_batches: int = 0
+    samples: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+
+
+@dataclass(frozen=True, slots=True)
+class SiteLedger:
+    site_id: str
+    country: str
+    region: str
+    series: int
+    batches: int
+    dup_batches: int
+    samples: int
+    dropped: dict[str, int]
+    expected: int  # batches expected from the seq range of the site's agents
+    received: int  # distinct batches received in that range
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionView:
+    partition: int
+    windows_s: tuple[int, ...]
+    meta: pl.DataFrame
+    latest_c: dict[int, pl.DataFrame]
+    latest_g: dict[int, pl.DataFrame]
+    sites: tuple[SiteLedger, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseStats:
+    boundaries: int
+    samples: int
+    expired_series: int
+
+
+class PartitionState:
+    def __init__(self, partition: int, settings: AggregateSettings) -> None:
+        self.partition = partition
+        self.settings = settings
+        self.pane_ns = settings.pane_s * NS
+        self.windows_s = settings.windows_s
+        self.n_panes = {w: w // settings.pane_s for w in settings.windows_s}
+        self.max_panes = max(self.n_panes.values())
+        self.lateness_ns = int(settings.allowed_lateness_s * NS)
+        self.ttl_ns = int(settings.stale_ttl_s * NS)
+        self.on_window: WindowSink | None = None
+
+        self.next_offset: int | None = None
+        self.max_event_ns: int | None = None
+        self.closed_ns: int | None = None
+        self.version = 0  # bumped whenever published state changes
+        self.records = 0
+        self.samples = 0
+
+        self.sites: list[Site] = []
+        self.site_index: dict[str, int] = {}
+        self.agents: dict[str, Agent] = {}
+        self.boot_hash: dict[str, int] = {}
+
+        self.series_key: dict[tuple[int, int, tuple[str, ...]], int] = {}
+        self.keys: list[tuple[int, int, tuple[str, ...]] | None] = []
+        self.free: list[int] = []
+        self.s_site = np.zeros(0, np.int32)
+        self.s_metric = np.zeros(0, np.int16)
+        self.s_last = np.zeros(0, np.int64)
+        self.s_live = np.zeros(0, bool)
+        self.s_scale = np.zeros(0, np.float64)
+        self.carry = Carry.empty(0)
+        self._meta: pl.DataFrame | None = None
+        self._tables: dict[tuple[int, str, bytes], Table] = {}
+
+        self._cbuf: list[tuple[np.ndarray, ...]] = []
+        self._gbuf: list[tuple[np.ndarray, ...]] = []
+        self.cpanes = _empty(COUNTER_PANE_SCHEMA)
+        self.gpanes = _empty(GAUGE_PANE_SCHEMA)
+        self.latest_c = {w: _empty(COUNTER_WIN_SCHEMA) for w in self.windows_s}
+        self.latest_g = {w: _empty(GAUGE_WIN_SCHEMA) for w in self.windows_s}
+
+    # ------------------------------------------------------------------ registry
+    def _site(self, batch: pb.Batch) -> int:
+        sid = batch.site.site_id
+        i = self.site_index.get(sid)
+        if i is None:
+            i = len(self.sites)
+            self.sites.append(Site(sid, batch.site.country, batch.site.region))
+            self.site_index[sid] = i
+            self._meta = None
+        else:
+            s = self.sites[i]
+            if (s.country, s.region) != (batch.site.country, batch.site.region) and batch.site.country:
+                s.country, s.region = batch.site.country, batch.site.region
+                self._meta = None
+        return i
+
+    def _grow(self, n: int) -> None:
+        cap = len(self.s_site)
+        if n <= cap:
+            return
+        new = max(n, cap * 2, 64)
+        extra = new - cap
+        self.s_site = np.concatenate([self.s_site, np.zeros(extra, np.int32)])
+        self.s_metric = np.concatenate([self.s_metric, np.zeros(extra, np.int16)])
+        self.s_last = np.concatenate([self.s_last, np.zeros(extra, np.int64)])
+        self.s_live = np.concatenate([self.s_live, np.zeros(extra, bool)])
+        self.s_scale = np.concatenate([self.s_scale, np.ones(extra, np.float64)])
+        self.carry.grow(new)
+
+    def _alloc(self, key: tuple[int, int, tuple[str, ...]]) -> int:
+        if self.free:
+            sid = self.free.pop()
+            self.keys[sid] = key
+        else:
+            sid = len(self.keys)
+            self.keys.append(key)
+            self._grow(sid + 1)
+        self.series_key[key] = sid
+        self.s_site[sid] = key[0]
+        self.s_metric[sid] = key[1]
+        self.s_last[sid] = np.iinfo(np.int64).min
+        self.s_live[sid] = True
+        self.carry.has[sid] = False
+        self.sites[key[0]].series += 1
+        self._meta = None
+        return sid
+
+    def _build_table(self, site: int, series: Sequence[pb.Series]) -> Table:
+        n = len(series)
+        code = np.empty(n, np.int8)
+        sids = np.zeros(n, np.uint32)
+        epoch = np.zeros(n, np.int64)
+        bits = np.full(n, 64, np.uint8)
+        cap = self.settings.max_series_per_site
+        for i, s in enumerate(series):
+            m = METRIC_INDEX.get(s.metric)
+            if m is None:
+                code[i] = UNKNOWN
+                continue
+            spec = METRICS[m]
+            want = pb.COUNTER if spec.kind is Kind.COUNTER else pb.GAUGE
+            if s.kind != want:
+                code[i] = MISMATCH
+                continue
+            labels = {lb.name: lb.value for lb in s.labels}
+            key = (site, m, tuple(labels.get(n, "") for n in spec.labels))
+            sid = self.series_key.get(key)
+            if sid is None:
+                if self.sites[site].series >= cap:
+                    code[i] = CAPPED
+                    continue
+                sid = self._alloc(key)
+            sids[i] = sid
+            self.s_scale[sid] = s.scale or 1.0
+            code[i] = OK_COUNTER if want == pb.COUNTER else OK_GAUGE
+            if want == pb.COUNTER:
+                bits[i] = 32 if s.counter_bits == 32 else 64
+                epoch[i] = stable_hash(s.start_time_unix_nano, s.scale or 1.0, s.counter_bits)
+        return Table(code, sids, epoch, bits)
+
+    def _table(self, site: int, d: Decoded) -> Table:
+        key = d.table_key
+        if key is not None:
+            ck = (site, d.boot_id, key)
+            t = self._tables.get(ck)
+            if t is not None:
+                return t
+        t = self._build_table(site, d.batch.series)
+        if key is not None and table_is_series_only(key):
+            if len(self._tables) > 4096:
+                self._tables.clear()
+            self._tables[(site, d.boot_id, key)] = t
+        return t
+
+    # ------------------------------------------------------------------ dedup
+    def _dedup(self, agent_id: str, seq: int, site: int) -> str:
+        a = self.agents.get(agent_id)
+        if a is None:
+            self.agents[agent_id] = Agent(site, seq, seq, 1, 1)
+            return "new"
+        a.site = site
+        w = self.settings.dedup_window
+        if seq > a.hi:
+            shift = seq - a.hi
+            a.mask = ((a.mask << shift) | 1) & ((1 << w) - 1) if shift < w else 1
+            a.hi = seq
+        else:
+            back = a.hi - seq
+            if back >= w:
+                return "dedup_expired"
+            bit = 1 << back
+            if a.mask & bit:
+                return "duplicate"
+            a.mask |= bit
+        a.lo = min(a.lo, seq)
+        a.received += 1
+        return "new"
+
+    # ------------------------------------------------------------------ ingest
+    def add(self, offset: int, value: bytes | None, headers: dict[str, bytes] | None = None) -> int:
+        """Process one record. Returns samples accepted; raises ProtocolError for the DLQ.
+
+        The offset advances even for a record that raises: the caller dead-letters it.
+        """
+        self.next_offset = offset + 1
+        self.records += 1
+        d = decode(value, headers)
+        site_i = self._site(d.batch)
+        site = self.sites[site_i]
+        verdict = self._dedup(d.agent_id, d.seq, site_i)
+        if verdict != "new":
+            site.dropped[verdict] += d.n_samples
+            site.dup_batches += 1
+            return 0
+        site.batches += 1
+        table = self._table(site_i, d)
+        boot = self.boot_hash.get(d.boot_id)
+        if boot is None:
+            if len(self.boot_hash) > 65536:
+                self.boot_hash.clear()
+            boot = self.boot_hash[d.boot_id] = stable_hash("boot", d.boot_id)
+        accepted = 0
+        closed = self.closed_ns
+        tmax: int | None = None
+        for is_counter, cols in ((True, d.counters), (False, d.gauges)):
+            if not len(cols):
+                continue
+            idx = cols.series_index
+            code = table.code[idx]
+            want = OK_COUNTER if is_counter else OK_GAUGE
+            ok = code == want
+            if not ok.all():
+                counts = np.bincount(code[~ok], minlength=5)
+                site.dropped["unknown_metric"] += int(counts[UNKNOWN])
+                site.dropped["cardinality"] += int(counts[CAPPED])
+                site.dropped["rejected"] += int(counts[MISMATCH] + counts[OK_COUNTER + OK_GAUGE - want])
+                idx = idx[ok]
+                t = cols.time_unix_nano[ok]
+                v = cols.value[ok]
+            else:
+                t = cols.time_unix_nano
+                v = cols.value
+            if not len(t):
+                continue
+            hi = int(t.max())
+            tmax = hi if tmax is None else max(tmax, hi)
+            if closed is None:
+                closed = self.closed_ns = (int(t.min()) // self.pane_ns) * self.pane_ns
+            if int(t.min()) < closed:
+                fresh = t >= closed
+                site.dropped["late"] += int(len(t) - np.count_nonzero(fresh))
+                idx, t, v = idx[fresh], t[fresh], v[fresh]
+            if not len(t):
+                continue
+            sid = table.sid[idx]
+            if is_counter:
+                self._cbuf.append((sid, t, v, table.epoch[idx] ^ boot, table.bits[idx]))
+            else:
+                self._gbuf.append((sid, t, v))
+            accepted += len(t)
+        site.samples += accepted
+        self.samples += accepted
+        if tmax is not None and (self.max_event_ns is None or tmax > self.max_event_ns):
+            self.max_event_ns = tmax
+        return accepted
+
+    # ------------------------------------------------------------------ event time
+    def watermark_ns(self) -> int | None:
+        return None if self.max_event_ns is None else self.max_event_ns - self.lateness_ns
+
+    def advance(self, idle_ns: int = 0, *, emit_all: bool | None = None) -> CloseStats | None:
+        """Close every pane the watermark has passed. `idle_ns`: wall time without records
+        beyond the idle timeout, by which event time is advanced (silent partitions)."""
+        if self.max_event_ns is None or self.closed_ns is None:
+            return None
+        # A silent partition's event time flows with the wall clock from its newest sample,
+        # and the lateness no longer holds its windows open.
+        wm = self.max_event_ns + idle_ns if idle_ns > 0 else self.max_event_ns - self.lateness_ns
+        target = (wm // self.pane_ns) * self.pane_ns
+        if target <= self.closed_ns:
+            return None
+        return self._close(target, self.on_window is not None if emit_all is None else emit_all)
+
+    def _take_buffer(
+        self, bufs: list[tuple[np.ndarray, ...]], upto: int
+    ) -> tuple[list[tuple[np.ndarray, ...]], tuple[np.ndarray, ...] | None]:
+        if not bufs:
+            return bufs, None
+        cols = [np.concatenate(c) if len(bufs) > 1 else c[0] for c in zip(*bufs, strict=True)]
+        t = cols[1]
+        due = t < upto
+        if due.all():
+            return [], tuple(cols)
+        keep = tuple(c[~due] for c in cols)
+        return ([keep] if len(keep[0]) else []), tuple(c[due] for c in cols)
+
+    def _close(self, target: int, emit_all: bool) -> CloseStats:
+        assert self.closed_ns is not None
+        start = self.closed_ns
+        self._cbuf, cdue = self._take_buffer(self._cbuf, target)
+        self._gbuf, gdue = self._take_buffer(self._gbuf, target)
+        n = 0
+        if cdue is not None and len(cdue[0]):
+            n += len(cdue[0])
+            self._counter_panes(*cdue)
+        if gdue is not None and len(gdue[0]):
+            n += len(gdue[0])
+            self._gauge_panes(*gdue)
+        ends = list(range(start + self.pane_ns, target + 1, self.pane_ns))
+        if not emit_all:
+            ends = ends[-1:]
+        for end in ends:
+            self._windows(end)
+        # Panes no future window needs: the next window ends at target + pane.
+        keep_from = (target // self.pane_ns) + 1 - self.max_panes
+        if len(self.cpanes):
+            self.cpanes = self.cpanes.filter(pl.col("pane") >= keep_from)
+        if len(self.gpanes):
+            self.gpanes = self.gpanes.filter(pl.col("pane") >= keep_from)
+        self.closed_ns = target
+        expired = self._expire(target - self.ttl_ns)
+        self.version += 1
+        return CloseStats(len(ends), n, expired)
+
+    def _group_starts(self, sid: np.ndarray, pane: np.ndarray) -> np.ndarray:
+        change = np.ones(len(sid), bool)
+        change[1:] = (sid[1:] != sid[:-1]) | (pane[1:] != pane[:-1])
+        return np.flatnonzero(change)
+
+    def _counter_panes(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray, epoch: np.ndarray,
+                       bits: np.ndarray) -> None:
+        order = np.lexsort((t, sid))
+        sid, t, v, epoch, bits = sid[order], t[order], v[order], epoch[order], bits[order]
+        d = counter_deltas(sid, t, v, epoch, bits, self.carry)
+        pane = t // self.pane_ns
+        starts = self._group_starts(sid, pane)
+        hi, lo = split_sum_arrays(d.delta, starts)
+        inc = pl.Series(hi).cast(pl.Int128) * _TWO32 + pl.Series(lo).cast(pl.Int128)
+        frame = pl.DataFrame({
+            "sid": sid[starts].astype(np.uint32),
+            "pane": pane[starts],
+            "inc": inc,
+            "dt": np.add.reduceat(d.dt, starts),
+            "n": np.add.reduceat(d.valid.astype(np.uint32), starts),
+            "resets": np.add.reduceat(d.reset.astype(np.uint32), starts),
+            "wraps": np.add.reduceat(d.wrap.astype(np.uint32), starts),
+        }, schema=COUNTER_PANE_SCHEMA)
+        self.cpanes = pl.concat([self.cpanes, frame]) if len(self.cpanes) else frame
+        self._touch(sid, t)
+
+    def _gauge_panes(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray) -> None:
+        order = np.lexsort((t, sid))
+        sid, t, v = sid[order], t[order], v[order]
+        pane = t // self.pane_ns
+        starts = self._group_starts(sid, pane)
+        counts = np.diff(np.append(starts, len(sid)))
+        frame = pl.DataFrame({
+            "sid": sid[starts].astype(np.uint32),
+            "pane": pane[starts],
+            "sum": np.add.reduceat(v, starts),
+            "cnt": counts.astype(np.uint32),
+            "min": np.minimum.reduceat(v, starts),
+            "max": np.maximum.reduceat(v, starts),
+        }, schema=GAUGE_PANE_SCHEMA)
+        self.gpanes = pl.concat([self.gpanes, frame]) if len(self.gpanes) else frame
+        self._touch(sid, t)
+
+    def _touch(self, sid: np.ndarray, t: np.ndarray) -> None:
+        last = np.ones(len(sid), bool)
+        last[:-1] = sid[:-1] != sid[1:]
+        s = sid[last]
+        self.s_last[s] = np.maximum(self.s_last[s], t[last])
+
+    def _windows(self, end: int) -> None:
+        end_pane = end // self.pane_ns
+        for w in self.windows_s:
+            lo = end_pane - self.n_panes[w]
+            cw = (
+                self.cpanes.lazy()
+                .filter((pl.col("pane") >= lo) & (pl.col("pane") < end_pane))
+                .group_by("sid")
+                .agg(pl.lit(end, pl.Int64).alias("end"), pl.col("inc").sum(), pl.col("dt").sum(),
+                     pl.col("n").sum(), pl.col("resets").sum(), pl.col("wraps").sum())
+                .sort("sid")
+                .collect()
+            ) if len(self.cpanes) else _empty(COUNTER_WIN_SCHEMA)
+            gw = (
+                self.gpanes.lazy()
+                .filter((pl.col("pane") >= lo) & (pl.col("pane") < end_pane))
+                .group_by("sid")
+                .agg(pl.lit(end, pl.Int64).alias("end"), pl.col("sum").sum(), pl.col("cnt").sum(),
+                     pl.col("min").min(), pl.col("max").max())
+                .sort("sid")
+                .collect()
+            ) if len(self.gpanes) else _empty(GAUGE_WIN_SCHEMA)
+            cw = cw.cast(COUNTER_WIN_SCHEMA)  # type: ignore[arg-type]
+            gw = gw.cast(GAUGE_WIN_SCHEMA)  # type: ignore[arg-type]
+            if len(cw):
+                old = self.latest_c[w]
+                self.latest_c[w] = pl.concat([old.filter(~pl.col("sid").is_in(cw["sid"].implode())), cw])
+            if len(gw):
+                old = self.latest_g[w]
+                self.latest_g[w] = pl.concat([old.filter(~pl.col("sid").is_in(gw["sid"].implode())), gw])
+            if self.on_window is not None and (len(cw) or len(gw)):
+                self.on_window(self.partition, w, end, cw, gw)
+
+    def _expire(self, before: int) -> int:
+        live = np.flatnonzero(self.s_live[: len(self.keys)])
+        if not len(live):
+            return 0
+        stale = live[self.s_last[live] < before]
+        if not len(stale):
+            return 0
+        # A series with samples still in the open buffer is not stale.
+        pending = [c[0] for c in self._cbuf] + [g[0] for g in self._gbuf]
+        if pending:
+            stale = np.setdiff1d(stale, np.concatenate(pending))
+        if not len(stale):
+            return 0
+        for s in stale.tolist():
+            key = self.keys[s]
+            assert key is not None
+            del self.series_key[key]
+            self.keys[s] = None
+            self.free.append(s)
+            self.sites[key[0]].series -= 1
+        self.s_live[stale] = False
+        self.carry.has[stale] = False
+        gone = pl.Series(stale.astype(np.uint32)).implode()
+        for w in self.windows_s:
+            self.latest_c[w] = self.latest_c[w].filter(~pl.col("sid").is_in(gone))
+            self.latest_g[w] = self.latest_g[w].filter(~pl.col("sid").is_in(gone))
+        self.cpanes = self.cpanes.filter(~pl.col("sid").is_in(gone))
+        self.gpanes = self.gpanes.filter(~pl.col("sid").is_in(gone))
+        self._tables.clear()  # cached tables may map to freed ids
+        self._meta = None
+        return len(stale)
+
+    # ------------------------------------------------------------------ views
+    def view(self) -> PartitionView:
+        """A consistent, immutable picture of what is published (safe to render in a thread)."""
+        expected = [0] * len(self.sites)
+        received = [0] * len(self.sites)
+        for a in self.agents.values():
+            expected[a.site] += a.hi - a.lo + 1
+            received[a.site] += a.received
+        sites = tuple(
+            SiteLedger(s.site_id, s.country, s.region, s.series, s.batches, s.dup_batches, s.samples,
+                       dict(s.dropped), expected[i], received[i])
+            for i, s in enumerate(self.sites)
+        )
+        return PartitionView(self.partition, self.windows_s, self.series_meta(), dict(self.latest_c),
+                             dict(self.latest_g), sites)
+
+    def series_meta(self) -> pl.DataFrame:
+        """sid -> site index, metric index and entity label values (live series only)."""
+        if self._meta is None:
+            sids = [i for i, k in enumerate(self.keys) if k is not None]
+            cols: dict[str, list[str]] = {n: [] for n in LABEL_NAMES}
+            for i in sids:
+                key = self.keys[i]
+                assert key is not None
+                pos = _SPEC_LABEL_POS[key[1]]
+                vals = [""] * len(LABEL_NAMES)
+                for p, val in zip(pos, key[2], strict=True):
+                    vals[p] = val
+                for n, val in zip(LABEL_NAMES, vals, strict=True):
+                    cols[n].append(val)
+            sid_arr = np.array(sids, np.uint32)
+            site = self.s_site[sid_arr] if len(sid_arr) else np.zeros(0, np.int32)
+            self._meta = pl.DataFrame({
+                "sid": sid_arr,
+                "site_i": site.astype(np.int32),
+                "metric_i": self.s_metric[sid_arr].astype(np.int16),
+                "scale": self.s_scale[sid_arr] if len(sid_arr) else np.zeros(0, np.float64),
+                "site": [self.sites[i].site_id for i in site.tolist()],
+                "country": [self.sites[i].country for i in site.tolist()],
+                "region": [self.sites[i].region for i in site.tolist()],
+                **cols,
+            }, schema={"sid": pl.UInt32, "site_i": pl.Int32, "metric_i": pl.Int16, "scale": pl.Float64,
+                       "site": pl.String,
+                       "country": pl.String, "region": pl.String, **dict.fromkeys(LABEL_NAMES, pl.String)})
+        return self._meta
+
+    def live_series(self) -> int:
+        return len(self.series_key)
+
+    def buffered_samples(self) -> int:
+        return sum(len(c[0]) for c in self._cbuf) + sum(len(g[0]) for g in self._gbuf)
+
+    def state_bytes(self) -> int:
+        """Approximate resident bytes of this state (arrays, frames, registry)."""
+        n = sum(a.nbytes for a in (self.s_site, self.s_metric, self.s_last, self.s_live,
+                                   self.carry.has, self.carry.value, self.carry.time, self.carry.epoch))
+        n += int(self.cpanes.estimated_size() + self.gpanes.estimated_size())
+        n += sum(int(f.estimated_size()) for f in (*self.latest_c.values(), *self.latest_g.values()))
+        n += sum(sum(a.nbytes for a in c) for c in (*self._cbuf, *self._gbuf))
+        # registry: dict entry + key tuple + label strings, ~ 64 + 56 + 8 per label + text
+        for k in self.series_key:
+            n += 150 + sum(len(s) + 49 for s in k[2])
+        return n
+
+    # ------------------------------------------------------------------ checkpoint
+    def snapshot(self) -> bytes:
+        """Everything needed to continue exactly where this state is, as bytes.
+
+        Format: JSON header line, then length-prefixed Arrow IPC frames. No pickle: the state
+        topic is readable by anything that can write to Kafka.
+        """
+        frames: dict[str, pl.DataFrame] = {}
+        n = len(self.keys)
+        frames["series"] = pl.DataFrame({
+            "site": self.s_site[:n], "metric": self.s_metric[:n], "last": self.s_last[:n],
+            "live": self.s_live[:n], "scale": self.s_scale[:n], "c_has": self.carry.has[:n],
+            "c_value": self.carry.value[:n],
+            "c_time": self.carry.time[:n], "c_epoch": self.carry.epoch[:n],
+            "labels": [list(k[2]) if k is not None else None for k in self.keys],
+        }, schema_overrides={"labels": pl.List(pl.String)})
+        frames["cpanes"] = self.cpanes
+        frames["gpanes"] = self.gpanes
+        for w in self.windows_s:
+            frames[f"latest_c_{w}"] = self.latest_c[w]
+            frames[f"latest_g_{w}"] = self.latest_g[w]
+        cb = self._take_all(self._cbuf, 5)
+        frames["cbuf"] = pl.DataFrame({"sid": cb[0], "t": cb[1], "v": cb[2], "epoch": cb[3],
+                                       "bits": cb[4]})
+        gb = self._take_all(self._gbuf, 3)
+        frames["gbuf"] = pl.DataFrame({"sid": gb[0], "t": gb[1], "v": gb[2]})
+        frames["agents"] = pl.DataFrame({
+            "agent": list(self.agents),
+            "site": [a.site for a in self.agents.values()],
+            "lo": [a.lo for a in self.agents.values()],
+            "hi": [a.hi for a in self.agents.values()],
+            "mask": [a.mask.to_bytes((a.mask.bit_length() + 7) // 8 or 1, "little")
+                     for a in self.agents.values()],
+            "received": [a.received for a in self.agents.values()],
+        }, schema={"agent": pl.String, "site": pl.Int64, "lo": pl.UInt64, "hi": pl.UInt64,
+                   "mask": pl.Binary, "received": pl.UInt64})
+        header = {
+            "v": 1, "partition": self.partition, "next_offset": self.next_offset,
+            "max_event_ns": self.max_event_ns, "closed_ns": self.closed_ns,
+            "pane_ns": self.pane_ns, "windows_s": list(self.windows_s),
+            "records": self.records, "samples": self.samples,
+            "sites": [[s.site_id, s.country, s.region, s.series, s.batches, s.dup_batches, s.samples,
+                       s.dropped]
+                      for s in self.sites],
+            "free": self.free, "frames": list(frames),
+        }
+        out = io.BytesIO()
+        h = json.dumps(header).encode()
+        out.write(struct.pack("<I", len(h)))
+        out.write(h)
+        for f in frames.values():
+            buf = io.BytesIO()
+            f.write_ipc(buf, compression="lz4")
+            data = buf.getvalue()
+            out.write(struct.pack("<Q", len(data)))
+            out.write(data)
+        return out.getvalue()
+
+    def _take_all(self, bufs: list[tuple[np.ndarray, ...]], k: int) -> list[np.ndarray]:
+        if not bufs:
+            dt = [np.uint32, np.int64, np.uint64, np.int64, np.uint8] if k == 5 else [np.uint32, np.int64,
+                                                                                      np.float64]
+            return [np.zeros(0, d) for d in dt]
+        return [np.concatenate(c) for c in zip(*bufs, strict=True)]
+
+    @classmethod
+    def restore(cls, data: bytes, settings: AggregateSettings) -> PartitionState:
+        view = memoryview(data)
+        (hl,) = struct.unpack_from("<I", view, 0)
+        header = json.loads(bytes(view[4:4 + hl]))
+        pos = 4 + hl
+        frames: dict[str, pl.DataFrame] = {}
+        for name in header["frames"]:
+            (fl,) = struct.unpack_from("<Q", view, pos)
+            pos += 8
+            frames[name] = pl.read_ipc(io.BytesIO(bytes(view[pos:pos + fl])))
+            pos += fl
+        st = cls(header["partition"], settings)
+        if header["pane_ns"] != st.pane_ns or tuple(header["windows_s"]) != st.windows_s:
+            raise ProtocolError("checkpoint was taken with other window settings")
+        st.next_offset = header["next_offset"]
+        st.max_event_ns = header["max_event_ns"]
+        st.closed_ns = header["closed_ns"]
+        st.records = header["records"]
+        st.samples = header["samples"]
+        for sid_, country, region, series, batches, dups, samples, dropped in header["sites"]:
+            st.site_index[sid_] = len(st.sites)
+            st.sites.append(Site(sid_, country, region, series, batches, dups, samples,
+                                 {**dict.fromkeys(DROP_REASONS, 0), **dropped}))
+        s = frames["series"]
+        n = len(s)
+        st._grow(n)
+        st.s_site[:n] = s["site"].to_numpy()
+        st.s_metric[:n] = s["metric"].to_numpy()
+        st.s_last[:n] = s["last"].to_numpy()
+        st.s_live[:n] = s["live"].to_numpy()
+        st.s_scale[:n] = s["scale"].to_numpy()
+        st.carry.has[:n] = s["c_has"].to_numpy()
+        st.carry.value[:n] = s["c_value"].to_numpy()
+        st.carry.time[:n] = s["c_time"].to_numpy()
+        st.carry.epoch[:n] = s["c_epoch"].to_numpy()
+        for i, labels in enumerate(s["labels"].to_list()):
+            if labels is None:
+                st.keys.append(None)
+            else:
+                key = (int(st.s_site[i]), int(st.s_metric[i]), tuple(labels))
+                st.keys.append(key)
+                st.series_key[key] = i
+        st.free = list(header["free"])
+        st.cpanes = frames["cpanes"]
+        st.gpanes = frames["gpanes"]
+        for w in st.windows_s:
+            st.latest_c[w] = frames[f"latest_c_{w}"]
+            st.latest_g[w] = frames[f"latest_g_{w}"]
+        cb = frames["cbuf"]
+        if len(cb):
+            st._cbuf = [tuple(cb[c].to_numpy() for c in ("sid", "t", "v", "epoch", "bits"))]
+        gb = frames["gbuf"]
+        if len(gb):
+            st._gbuf = [tuple(gb[c].to_numpy() for c in ("sid", "t", "v"))]
+        for row in frames["agents"].iter_rows():
+            agent, site, lo, hi, mask, received = row
+            st.agents[agent] = Agent(site, lo, hi, int.from_bytes(mask, "little"), received)
+        return st
