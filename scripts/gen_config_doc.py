@@ -17,6 +17,8 @@ from pydantic import BaseModel
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "docs" / "configuration.md"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- config:begin -->", "<!-- config:end -->"
 
 HEADER = """# Configuration reference
 
@@ -69,23 +71,23 @@ def _rows(model: type[BaseModel], prefix: str, out: list[str], sections: list[tu
         out.append(f"| `{prefix}{name}` | {_type(ann)} | {_default(info)} | {desc} | `{env}` |")
 
 
-def render() -> str:
+def render(header: str = HEADER, level: str = "##") -> str:
     from collector.config import Settings
 
-    lines = [HEADER]
+    lines = [header] if header else []
     sections: list[tuple[str, type]] = []
     top: list[str] = []
     _rows(Settings, "", top, sections)
     table_head = ["| key | type | default | meaning | environment |", "|---|---|---|---|---|"]
     if top:
-        lines += ["## Top level", "", *table_head, *top, ""]
+        lines += [f"{level} Top level", "", *table_head, *top, ""]
     while sections:
         path, model = sections.pop(0)
         rows: list[str] = []
         nested: list[tuple[str, type]] = []
         _rows(model, path + ".", rows, nested)
         doc = (model.__doc__ or "").strip().split("\n")[0]
-        lines += [f"## `{path}`", ""]
+        lines += [f"{level} `{path}`", ""]
         if doc and not doc.startswith(("Usage docs", "!!!")):
             lines += [doc, ""]
         lines += [*table_head, *rows, ""]
@@ -93,18 +95,26 @@ def render() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def readme_with_tables(readme: str) -> str:
+    if BEGIN not in readme or END not in readme:
+        raise SystemExit(f"README.md lacks the {BEGIN} / {END} markers")
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{render(header='', level='####')}{END}{tail}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
-    text = render()
+    outputs = {OUT: render(), README: readme_with_tables(README.read_text())}
+    stale = [p for p, text in outputs.items() if not p.exists() or p.read_text() != text]
     if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT.relative_to(ROOT)} is stale: run `make docs`", file=sys.stderr)
-            return 1
-        return 0
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(text)
+        for p in stale:
+            print(f"{p.relative_to(ROOT)} is stale: run `make docs`", file=sys.stderr)
+        return 1 if stale else 0
+    for p in stale:
+        p.write_text(outputs[p])
     return 0
 
 
