@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 # Samples generated per block in fast-forward (bounds memory and event-loop stalls).
 _BLOCK_SAMPLES = 200_000
+# Agents mode faster than real time and no fixed start: how far in the past the run starts
+# (below the ingest's default max_past_age_s of 7 days).
+AGENT_BACKFILL_S = 6 * 86400
 
 
 def site_tokens(settings: Settings | SimulateSettings) -> dict[str, str]:
@@ -280,6 +283,10 @@ class FleetRunner:
         self.settings = settings
         s = settings.simulate
         self.paced = s.acceleration > 0
+        if target and s.acceleration != 1 and start_ns is None and s.start_unix_s is None:
+            # The ingest rejects samples from the future: an accelerated agent fleet replays
+            # the recent past and continues in real time once it has caught up with now.
+            start_ns = start_ns_for(s, time.time() - AGENT_BACKFILL_S)
         self.sim = Simulation(s, start_ns=start_ns, paced=self.paced,
                               truth=truth_dir is not None, truth_samples=truth_samples)
         self.truth_dir = truth_dir
@@ -329,15 +336,18 @@ class FleetRunner:
             left = None if self.max_ticks is None else self.max_ticks - sim.next_tick
             if left is not None and left <= 0:
                 break
+            n = sim.block_ticks if left is None else min(sim.block_ticks, left)
+            last = sim.next_tick + n - 1
+            delay = 0.0
             if self.paced:
-                n = sim.block_ticks if left is None else min(sim.block_ticks, left)
-                last = sim.next_tick + n - 1
                 delay = wall0 + last * sim.model.interval_s / s.acceleration - loop.time()
-                if delay > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), delay)
-                    if self._stop.is_set():
-                        break
+            if self.mode == "agents":  # never ahead of the wall clock (see __init__)
+                delay = max(delay, (sim.tick_time_ns(last) - time.time_ns()) / 1e9)
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                if self._stop.is_set():
+                    break
             for b in sim.step(left):
                 if await self.sink.send(b):
                     sim.record(b)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -96,3 +97,44 @@ def test_cli_simulate_writes_tokens_and_truth(broker: EmbeddedBroker, tmp_path: 
     assert meta["ticks"] == 30
     assert meta["settings"]["seed"] == 5
     assert meta["calibration"]["JP"]["speed_mbps_mean"] == pytest.approx(217.11)
+
+
+async def test_paced_run_follows_acceleration_and_stops_promptly(
+        broker: EmbeddedBroker, tmp_path: Path) -> None:
+    topic = await make_topic(broker)
+    paced = Settings(simulate=small(interval_s=1.0, jitter_s=0.01, acceleration=20.0))
+    runner = FleetRunner(paced, bootstrap=broker.bootstrap, topic=topic, work_dir=tmp_path,
+                         duration_s=20)
+    t0 = time.monotonic()
+    async with runner:
+        await asyncio.wait_for(runner.wait(), 30)
+    elapsed = time.monotonic() - t0
+    assert 19 / 20 <= elapsed < 10  # 20 simulated seconds at 20x: about one wall second
+    assert runner.sim.next_tick == 20
+    assert runner.drained is True
+    # batches of a paced run span at most about one wall second of simulated time
+    assert runner.sim.planner.ticks_per_batch == 4  # batch_ticks 4 < 20 ticks per wall second
+
+    # real time, no duration: stop() interrupts the wait for the next tick at once
+    live = Settings(simulate=small(acceleration=1.0, start_unix_s=None))
+    runner = FleetRunner(live, bootstrap=broker.bootstrap, topic=topic, work_dir=tmp_path)
+    await runner.start()
+    await asyncio.sleep(0.3)
+    t0 = time.monotonic()
+    await runner.stop()
+    assert time.monotonic() - t0 < 2
+    assert runner.sim.next_tick == 1  # tick 0 (now) only; tick 1 is 10 s away
+    assert runner.records >= 1
+    assert runner.drained is True
+
+
+def test_agent_mode_faster_than_real_time_replays_the_recent_past(tmp_path: Path) -> None:
+    from collector.simulate.fleet import AGENT_BACKFILL_S
+
+    s = Settings(simulate=small(acceleration=0.0, start_unix_s=None))
+    runner = FleetRunner(s, target="127.0.0.1:1", tokens={}, ca_file=None, work_dir=tmp_path)
+    lag = time.time() - runner.sim.start_ns / NS
+    assert AGENT_BACKFILL_S <= lag < AGENT_BACKFILL_S + 60
+    real_time = Settings(simulate=small(acceleration=1.0, start_unix_s=None))
+    runner = FleetRunner(real_time, target="127.0.0.1:1", work_dir=tmp_path)
+    assert abs(time.time() - runner.sim.start_ns / NS) < 60
