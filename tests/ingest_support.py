@@ -114,12 +114,20 @@ async def send_all(ch: aio.Channel, token: str | None, payloads: Iterable[bytes]
         async for ack in call:
             result.acks.append(ack)
 
-    async with asyncio.timeout(timeout_s):
-        rtask = asyncio.create_task(reader())
-        for p in payloads:
-            await call.write(p)
-        await call.done_writing()
-        await rtask
+    rtask = asyncio.create_task(reader())
+    try:
+        async with asyncio.timeout(timeout_s):
+            for p in payloads:
+                await call.write(p)
+            await call.done_writing()
+            await rtask
+    finally:
+        if not rtask.done():
+            call.cancel()
+        # the reader holds the RPC's real status: surface it rather than a write error
+        await asyncio.wait((rtask,), timeout=5)
+        if rtask.done() and not rtask.cancelled() and rtask.exception() is not None:
+            raise rtask.exception()  # type: ignore[misc]
     return result
 
 

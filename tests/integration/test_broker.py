@@ -30,3 +30,30 @@ async def test_broker_starts_creates_topics_and_round_trips() -> None:
         pid = b.pid
     assert pid is not None
     assert b.proc is None
+
+
+def test_broker_command_runs_until_sigterm() -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "collector", "broker", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"bootstrap=127\.0\.0\.1:(\d+) pid=(\d+)", line)
+        assert m, line
+        import socket
+
+        with socket.create_connection(("127.0.0.1", int(m.group(1))), timeout=5):
+            pass
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -158,3 +158,42 @@ def _http_get(port: int) -> str:
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         return r.read().decode()
+
+
+async def test_streams_beyond_the_limit_get_resource_exhausted(
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path
+) -> None:
+    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker),
+                                      max_concurrent_streams=2))
+    from tests.ingest_support import stream_call
+
+    try:
+        async with channel(s.port, certs) as ch:
+            open_calls = [stream_call(ch, token_for("jp-tokyo-01")) for _ in range(2)]
+            for i, call in enumerate(open_calls, 1):  # two streams open and working
+                await call.write(make_batch(seq=i).SerializeToString())
+                assert (await call.read()).code == pb.OK
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await send_all(ch, token_for("jp-tokyo-01"), [make_batch(seq=9).SerializeToString()],
+                               timeout_s=10)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for call in open_calls:
+                await call.done_writing()
+                assert await call.code() == grpc.StatusCode.OK
+            res = await send_all(ch, token_for("jp-tokyo-01"), [make_batch(seq=10).SerializeToString()])
+            assert res.ok_seqs() == [10]  # capacity is back once streams end
+    finally:
+        await s.stop()
+
+
+def test_cli_config_error_names_key_and_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "ingest.yaml"
+    cfg.write_text("ingest:\n  max_inflight_total: -3\n")
+    proc = subprocess.run([sys.executable, "-m", "collector", "--config", str(cfg), "ingest"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "ingest.max_inflight_total" in proc.stderr
+    assert str(cfg) in proc.stderr

@@ -70,6 +70,7 @@ async def test_broker_paused_nothing_acked_is_lost_and_memory_stays_bounded(
     for a in agents:
         assert sorted(a.acked_at) == list(range(1, a.total + 1)), a.agent_id
     assert any(a.nacks for a in agents), "the pause produced no retriable nack: test did not bite"
+    assert server.metrics.producer_rebuilds._value.get() >= 1  # the wedged producer was replaced
     records = await read_topic(own_broker.bootstrap, topic, sum(a.total for a in agents), 60)
     stored = {(dict(r.headers)["agent_id"].decode(), int(dict(r.headers)["seq"])) for r in records}
     missing = [(a.agent_id, s) for a in agents for s in a.acked_at if (a.agent_id, s) not in stored]
