@@ -89,6 +89,7 @@ class TruthRecorder:
         self._g_parts: list[pl.DataFrame] = []
         self._samples: list[pl.DataFrame] = []
         self._deliveries: list[tuple[Any, ...]] = []
+        self._newest: dict[str, int] = {}  # site -> newest event time delivered so far
         self._calib = {c: _Calib() for c in model.settings.countries}
         self.ticks = 0
 
@@ -179,8 +180,12 @@ class TruthRecorder:
 
     def delivered(self, order: int, b: Any) -> None:
         """Record one delivered batch (a `PlannedBatch`) and its seq as sent."""
-        self._deliveries.append((order, b.site.info.site_id, b.site.agent_id, b.seq, b.kind,
-                                 b.samples, b.t_min, b.t_max, b.epoch, b.chunk.index))
+        site = b.site.info.site_id
+        newest = self._newest.get(site)
+        behind = max(0, newest - b.t_min) if newest is not None else 0
+        self._newest[site] = max(b.t_max, newest if newest is not None else b.t_max)
+        self._deliveries.append((order, site, b.site.agent_id, b.seq, b.kind, b.samples,
+                                 b.t_min, b.t_max, behind, b.epoch, b.chunk.index))
 
     # --- results -------------------------------------------------------------------------
 
@@ -263,7 +268,8 @@ class TruthRecorder:
         return pl.DataFrame(self._deliveries, schema={
             "order": pl.UInt64, "site_id": pl.String, "agent_id": pl.String, "seq": pl.UInt64,
             "kind": pl.String, "samples": pl.UInt32, "t_min_unix_nano": pl.Int64,
-            "t_max_unix_nano": pl.Int64, "epoch": pl.UInt32, "chunk": pl.UInt32}, orient="row")
+            "t_max_unix_nano": pl.Int64, "behind_ns": pl.Int64, "epoch": pl.UInt32,
+            "chunk": pl.UInt32}, orient="row")
 
     def meta(self) -> dict[str, Any]:
         m = self.model

@@ -181,3 +181,20 @@ def test_record_link_402_tbps_for_30_days_passes_2_53_and_2_64_exactly(tmp_path:
         & (pl.col("window_s") == 864_000))
     assert {("jp-tokyo-01", "link_in_octets", r[0]): r[1]
             for r in site.select("window_start_unix_nano", "delta").iter_rows()} == ref_site
+
+
+def test_deliveries_say_how_late_each_late_batch_arrives(tmp_path: Path) -> None:
+    s = small(late_probability=0.3, late_delay_s=30, duplicate_probability=0.0)
+    sim = Simulation(s, truth=True)
+    sim.run(100)
+    assert sim.truth is not None
+    d = sim.truth.deliveries()
+    late = d.filter(pl.col("kind") == "late")
+    assert len(late) > 3
+    bound = (30 + 2 * s.batch_ticks * s.interval_s) * NS
+    # at least late_delay_s behind, unless newer batches were late too or the run ended first
+    assert (late["behind_ns"] >= 30 * NS).mean() > 0.5
+    assert (late["behind_ns"] <= bound).all()
+    normal = d.filter(pl.col("kind") == "normal")
+    # in-order batches are behind only by their own span (several chunks of one tick range)
+    assert (normal["behind_ns"] <= s.batch_ticks * s.interval_s * NS).all()
