@@ -3,13 +3,16 @@
 Used by every source of the agent and by the simulator. Scalar samples (`counter`,
 `gauge`) suit an agent polling a few hundred series; `counter_columns` / `gauge_columns`
 take NumPy arrays for high-rate generators (the simulator) without a Python object per
-sample.
+sample. `build()` returns a protobuf Batch; `build_bytes()` returns the same batch already
+serialised, without creating protobuf objects per series or sample (the agent's hot path:
+each series' table entry is encoded once and reused by every later batch).
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +46,16 @@ class SeriesDef:
     counter_bits: int = 0
     start_time_unix_nano: int = 0
     scale: float = 0.0
+    # Cached: a def is hashed at every sample (series_index), labels make that costly.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.metric, self.kind, self.unit, self.labels,
+                                                self.counter_bits, self.start_time_unix_nano,
+                                                self.scale)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def to_pb(self) -> pb.Series:
         return pb.Series(
@@ -51,6 +64,33 @@ class SeriesDef:
             counter_bits=self.counter_bits, start_time_unix_nano=self.start_time_unix_nano,
             scale=self.scale,
         )
+
+
+_SERIES_BYTES: dict[SeriesDef, bytes] = {}
+_SERIES_CACHE_MAX = 1 << 18
+
+
+def _series_field(d: SeriesDef) -> bytes:
+    """Batch field 6 (one series table entry) for `d`, encoded once."""
+    raw = _SERIES_BYTES.get(d)
+    if raw is None:
+        if len(_SERIES_BYTES) >= _SERIES_CACHE_MAX:
+            _SERIES_BYTES.clear()
+        raw = _SERIES_BYTES[d] = _len_field(6, d.to_pb().SerializeToString())
+    return raw
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _len_field(number: int, data: bytes) -> bytes:
+    return _varint((number << 3) | 2) + _varint(len(data)) + data
 
 
 def _labels(labels: LabelsT) -> tuple[tuple[str, str], ...]:
@@ -123,6 +163,34 @@ class BatchBuilder:
     @property
     def series_count(self) -> int:
         return len(self._index)
+
+    def build_bytes(self, seq: int, created_unix_nano: int) -> bytes:
+        """The serialised Batch (what `build(...).SerializeToString()` means), and reset."""
+        out = bytearray()
+        if self.agent_id:
+            out += _len_field(1, self.agent_id.encode())
+        out += b"\x10" + _varint(seq)  # field 2, varint
+        out += _len_field(3, self._site_bytes())
+        if self.boot_id:
+            out += _len_field(4, self.boot_id.encode())
+        out += b"\x29" + struct.pack("<q", created_unix_nano)  # field 5, sfixed64
+        for d in self._index:
+            out += _series_field(d)
+        for number, cols, raws, gauge in ((7, self._c, self._c_raw, False),
+                                          (8, self._g, self._g_raw, True)):
+            body = wire.encode_columns(*cols, gauge=gauge) if cols[0] else b""
+            if raws:
+                body += b"".join(raws)
+            out += _len_field(number, body)  # present even when empty, as build() does
+        self._reset()
+        return bytes(out)
+
+    def _site_bytes(self) -> bytes:
+        cached = getattr(self, "_site_raw", None)
+        if cached is None or cached[0] is not self.site:
+            cached = (self.site, self.site.to_pb().SerializeToString())
+            self._site_raw = cached
+        return cached[1]
 
     def build(self, seq: int, created_unix_nano: int) -> pb.Batch:
         b = pb.Batch(agent_id=self.agent_id, seq=seq, site=self.site.to_pb(),

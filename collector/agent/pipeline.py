@@ -140,7 +140,7 @@ class AgentPipeline:
             raise RuntimeError("AgentPipeline.submit before start()")
         seq = self.spool.next_seq()
         now = time.time_ns()
-        payload = builder.build(seq, now).SerializeToString()
+        payload = builder.build_bytes(seq, now)
         self.spool.append(seq, priority, now, payload)
         if self.settings.spool.fsync == "always":
             self.spool.sync()

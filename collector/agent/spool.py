@@ -19,7 +19,8 @@ the payload. A segment is never appended to after a restart, so a torn tail can 
 last record of a segment; at start-up torn and corrupt records are skipped and counted, and
 scanning resynchronises on the next record whose checksum holds.
 
-Deletion is by segment: a segment file is removed once none of its records is live. When a
+Deletion is by segment: a segment file is removed once none of its records is live and it is
+no longer written to (full, or at close); the segment being written is kept until then. When a
 new batch does not fit in `max_bytes`, whole segments are dropped, lowest priority first and
 oldest first within a priority, each live record counted as dropped (reason `spool_full`).
 Segments are per priority so that dropping low-priority data really frees disk space.
@@ -224,6 +225,8 @@ class Spool:
     def close(self) -> None:
         if not self.opened:
             return
+        for seg in [s for s in self._segments if not s.live]:
+            self._remove_segment(seg)
         self.sync()
         for seg in self._segments:
             os.close(seg.fd)
@@ -481,7 +484,9 @@ class Spool:
             self._taken.discard(s)
             seg = self._by_seq.pop(s)
             seg.live.discard(s)
-            if not seg.live:
+            # The segment being written stays until it is full (rotated): deleting and
+            # re-creating a file per batch would cost two fsyncs per batch.
+            if not seg.live and not seg.writable:
                 self._remove_segment(seg)
         if not gone:
             return 0

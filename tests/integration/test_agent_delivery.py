@@ -61,7 +61,7 @@ async def test_agent_batches_land_in_topic_exactly_once_and_spool_empties(
             assert (st.acked, st.rejected, st.dropped_total) == (len(seqs), 0, 0)
             assert st.oldest_unacked_age_s == 0.0
             text = generate_latest(reg).decode()
-            assert f'collector_agent_spool_bytes{{agent_id="{agent_id}"}} 0.0' in text
+            assert f'collector_agent_spool_batches{{agent_id="{agent_id}"}} 0.0' in text
     finally:
         await server.stop()
     got = await topic_batches(broker.bootstrap, topic, len(seqs))
