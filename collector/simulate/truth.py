@@ -30,6 +30,8 @@ from collector.simulate.config import REFERENCE_SPEED_MBPS
 from collector.simulate.model import NS, Block, FleetGenerator, FleetModel
 
 DEC = pl.Decimal(38, 0)
+# Partial aggregates kept before they are merged (see TruthRecorder._compact).
+_MAX_PARTS = 64
 
 SERIES_FILE = "series.parquet"
 WINDOWS_FILE = "windows.parquet"
@@ -141,6 +143,7 @@ class TruthRecorder:
                 pl.col("gauge").max().alias("gauge_max"),
                 pl.len().cast(pl.UInt32).alias("samples"),
             ))
+        self._compact(_MAX_PARTS)
         if self.keep_samples:
             self._samples.append(pl.concat([
                 c.drop("counted").with_columns(pl.lit(None, pl.Float64).alias("gauge")),
@@ -150,6 +153,19 @@ class TruthRecorder:
                                pl.lit(None, pl.UInt32).alias("epoch")),
             ], how="diagonal"))
         self._calibrate(block)
+
+    def _compact(self, limit: int) -> None:
+        """Merge the per-block partial aggregates once there are more than `limit` of them
+        (bounded memory for long runs; `limit` 0 merges everything into one frame)."""
+        keys = ["series_id", "window_s", "window_start_unix_nano"]
+        if len(self._c_parts) > max(limit, 1):
+            self._c_parts = [pl.concat(self._c_parts, how="diagonal").group_by(keys).agg(
+                pl.col("delta").sum(), pl.col("reset_delta").sum(), pl.col("samples").sum(),
+                pl.col("increments").sum(), pl.col("resets").sum())]
+        if len(self._g_parts) > max(limit, 1):
+            self._g_parts = [pl.concat(self._g_parts, how="diagonal").group_by(keys).agg(
+                pl.col("gauge_sum").sum(), pl.col("gauge_min").min(), pl.col("gauge_max").max(),
+                pl.col("samples").sum())]
 
     def _calibrate(self, block: Block) -> None:
         m = self.model
@@ -205,21 +221,11 @@ class TruthRecorder:
     def windows(self) -> pl.DataFrame:
         """Per series and per site window truth (see docs/simulator.md)."""
         series = series_frame(self.model)
-        keys = ["series_id", "window_s", "window_start_unix_nano"]
-        if self._c_parts:
-            c = pl.concat(self._c_parts).group_by(keys).agg(
-                pl.col("delta").sum(), pl.col("reset_delta").sum(), pl.col("samples").sum(),
-                pl.col("increments").sum(), pl.col("resets").sum())
-        else:
-            c = pl.DataFrame(schema={"series_id": pl.UInt32, "window_s": pl.UInt32,
+        self._compact(0)
+        empty = pl.DataFrame(schema={"series_id": pl.UInt32, "window_s": pl.UInt32,
                                      "window_start_unix_nano": pl.Int64})
-        if self._g_parts:
-            g = pl.concat(self._g_parts).group_by(keys).agg(
-                pl.col("gauge_sum").sum(), pl.col("gauge_min").min(), pl.col("gauge_max").max(),
-                pl.col("samples").sum())
-        else:
-            g = pl.DataFrame(schema={"series_id": pl.UInt32, "window_s": pl.UInt32,
-                                     "window_start_unix_nano": pl.Int64})
+        c = self._c_parts[0] if self._c_parts else empty
+        g = self._g_parts[0] if self._g_parts else empty
         per_series = pl.concat([c, g], how="diagonal_relaxed").join(series, on="series_id")
         site_keys = ["site_id", "country", "region", "metric", "kind", "unit", "window_s",
                      "window_start_unix_nano"]

@@ -198,3 +198,25 @@ def test_deliveries_say_how_late_each_late_batch_arrives(tmp_path: Path) -> None
     normal = d.filter(pl.col("kind") == "normal")
     # in-order batches are behind only by their own span (several chunks of one tick range)
     assert (normal["behind_ns"] <= s.batch_ticks * s.interval_s * NS).all()
+
+
+def test_truth_does_not_depend_on_block_size_or_partial_merging(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import collector.simulate.truth as truth_mod
+
+    s = small(reset_every_s=60, gap_probability=0.05)
+    one = Simulation(s, truth=True)
+    one.run(96)
+    monkeypatch.setattr(truth_mod, "_MAX_PARTS", 2)
+    many = Simulation(s, truth=True)
+    many.block_ticks = s.batch_ticks  # one batch group per block: many partial aggregates
+    many.run(96)
+    assert one.truth is not None
+    assert many.truth is not None
+    a = one.truth.windows()
+    b = many.truth.windows()
+    assert a.select(pl.exclude("gauge_sum", "gauge_avg")).equals(
+        b.select(pl.exclude("gauge_sum", "gauge_avg")))
+    rel = ((a["gauge_avg"] - b["gauge_avg"]).abs() / a["gauge_avg"].abs().clip(1e-300)).max()
+    assert rel is None or rel < 1e-12  # float summation order only
+    assert one.truth.deliveries().equals(many.truth.deliveries())
