@@ -88,3 +88,151 @@ def window_truth(deltas: list[tuple[int, int, int]], window_ns: int, pane_ns: in
         if n:
             out[end] = (inc, dts, n)
     return out
+
+
+LINK0 = {"link": "et-0/0/0", "media": "optical"}
+FLEET_SERIES = [
+    # 402 Tb/s optical link: a 64-bit octet counter starting close enough to 2^64 to wrap
+    SeriesDef("link_in_octets", LINK0, bits=64),
+    # a 32-bit counter moving 1e9 per second wraps every ~4 s
+    SeriesDef("link_out_octets", LINK0, bits=32),
+    SeriesDef("node_cpu_seconds_total", {"host": "h1", "cpu": "0", "mode": "idle"}, scale=0.01,
+              unit="seconds"),
+    SeriesDef("node_cpu_seconds_total", {"host": "h1", "cpu": "0", "mode": "user"}, scale=0.01,
+              unit="seconds"),
+    SeriesDef("RRU.PrbTotDl", {"cell": "c1", "gnb": "g1"}, kind=pb.GAUGE, unit="ratio"),
+    SeriesDef("link_speed_bytes", LINK0, kind=pb.GAUGE, unit="bytes_per_second"),
+]
+_STEP = [50_250_000_000_000, 1_000_000_000, 80, 20]
+T0 = 1_764_000_000 * NS  # pane-aligned
+
+
+def label_key(labels: dict[str, str]) -> str:
+    from collector.aggregate.state import LABEL_NAMES
+
+    return ",".join(f"{n}={labels.get(n, '')}" for n in LABEL_NAMES)
+
+
+@dataclass
+class Fleet:
+    """Batches of a few sites in the order they reach Kafka, with the samples that must count.
+
+    The send order has duplicates (re-sent batches), a gap (a batch never sent), a swap
+    (out of order within the lateness), a late batch (far beyond the lateness), and an agent
+    restart (new boot_id, counters start over)."""
+
+    records: list[tuple[str, bytes]]
+    counted: dict[tuple[str, str, str], list[tuple[int, int | float, object]]]
+    bits: dict[tuple[str, str, str], int]
+    sent: int = 0
+
+
+def make_fleet(n_batches: int = 60, per_batch_s: int = 5,
+               sites: tuple[tuple[str, str, str], ...] = (("jp-tokyo-01", "JP", "Kanto"),
+                                                        ("us-nyc-01", "US", "us-east")),
+               swap: tuple[int, ...] = (10,), late: tuple[int, ...] = (15,),
+               gap: tuple[int, ...] = (20,), dup_every: int = 7, reset_at: int | None = 25,
+               late_delay: int = 12) -> Fleet:
+    counted: dict[tuple[str, str, str], list[tuple[int, int | float, object]]] = defaultdict(list)
+    bits: dict[tuple[str, str, str], int] = {}
+    records: list[tuple[str, bytes]] = []
+    for si, (site, country, region) in enumerate(sites):
+        values = [(1 << 64) - 3 * 10**14 + si, 7 + si, 10**6, 10**5]
+        boot = "boot-a"
+        batches: list[bytes] = []
+        included: list[list[tuple[tuple[str, str, str], int, int | float, object]]] = []
+        for b in range(n_batches):
+            if reset_at is not None and b == reset_at:
+                boot = "boot-b"
+                values = [5, 5, 5, 5]
+            counters, gauges, inc = [], [], []
+            for k in range(per_batch_s):
+                i = b * per_batch_s + k
+                t = T0 + i * NS + 1000 * si
+                for c in range(4):
+                    mod = 1 << FLEET_SERIES[c].bits
+                    values[c] = (values[c] + _STEP[c] + (i * 7919 + c) % 1000) % mod
+                    counters.append((c, t, values[c]))
+                    key = (site, FLEET_SERIES[c].metric, label_key(FLEET_SERIES[c].labels))
+                    bits[key] = FLEET_SERIES[c].bits
+                    inc.append((key, t, values[c], boot))
+                g = [float((i % 7) / 8), 50_250_000_000_000.0]
+                for c, val in enumerate(g, start=4):
+                    gauges.append((c, t, val))
+                    inc.append(((site, FLEET_SERIES[c].metric, label_key(FLEET_SERIES[c].labels)),
+                                t, val, None))
+            batches.append(make_batch(agent=f"agent-{site}", seq=b + 1, site=site, country=country,
+                                      region=region, boot=boot, series=FLEET_SERIES,
+                                      counters=counters, gauges=gauges))
+            included.append(inc)
+        order = [b for b in range(n_batches) if b not in gap]
+        for k in swap:
+            i = order.index(k)
+            order[i], order[i + 1] = order[i + 1], order[i]
+        for k in late:
+            order.remove(k)
+            order.insert(min(len(order), order.index(k + 1) + late_delay), k)
+        sends: list[int] = []
+        for pos, b in enumerate(order):
+            sends.append(b)
+            if dup_every and pos % dup_every == dup_every - 1 and pos >= 2:
+                sends.append(order[pos - 2])
+        for b in range(n_batches):
+            if b in gap or b in late:
+                continue
+            for key, t, val, epoch in included[b]:
+                counted[key].append((t, val, epoch))
+        site_records = [(site, batches[b]) for b in sends]
+        records.append(site_records)  # type: ignore[arg-type]
+    # interleave the sites record by record (one partition holds both)
+    merged: list[tuple[str, bytes]] = []
+    for group in zip(*records, strict=False):
+        merged.extend(group)  # type: ignore[arg-type]
+    for k in counted:
+        counted[k].sort(key=lambda x: x[0])
+    return Fleet(merged, dict(counted), bits)
+
+
+def truth_windows(fleet: Fleet, windows_s: tuple[int, ...], pane_s: int, upto_ns: int
+                  ) -> dict[tuple[str, str, str, int, int], tuple]:
+    """(site, metric, labels, window_s, end_ns) -> exact aggregate the aggregator must publish.
+
+    Counters: (increase, dt_ns, n). Gauges: (sum, count, min, max). Only windows ending at or
+    before `upto_ns` and containing at least one countable value."""
+    pane = pane_s * NS
+    out: dict[tuple[str, str, str, int, int], tuple] = {}
+    first = min(s[0][0] for s in fleet.counted.values())
+    ends = list(range((first // pane + 1) * pane, upto_ns + 1, pane))
+    for key, samples in fleet.counted.items():
+        if key in fleet.bits:
+            tc = TruthCounter(bits=fleet.bits[key])
+            for t, v, e in samples:
+                tc.add(t, int(v), e)
+            for w in windows_s:
+                for end, val in window_truth(tc.deltas, w * NS, pane, ends).items():
+                    out[(*key, w, end)] = val
+        else:
+            for w in windows_s:
+                for end in ends:
+                    vals = [v for t, v, _ in samples if end - w * NS <= t < end]
+                    if vals:
+                        out[(*key, w, end)] = (sum(vals), len(vals), min(vals), max(vals))
+    return out
+
+
+def published(records: list[dict]) -> dict[tuple[str, str, str, int, int], tuple]:
+    """window_records() rows -> the same shape as truth_windows(); a key published twice
+    with different values fails (closed windows are final)."""
+    out: dict[tuple[str, str, str, int, int], tuple] = {}
+    for r in records:
+        key = (r["site"], r["metric"], r["labels"], r["window_s"], r["end_ns"])
+        if r["kind"] == "counter":
+            if not r["n"]:
+                continue
+            val: tuple = (int(r["increase"]), r["dt_ns"], r["n"])
+        else:
+            val = (r["sum"], r["count"], r["min"], r["max"])
+        if key in out:
+            assert out[key] == val, f"window {key} published twice with different values"
+        out[key] = val
+    return out

@@ -6,6 +6,8 @@ docs/aggregator.md explains how the knobs interact.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
@@ -83,6 +85,14 @@ class AggregateSettings(BaseModel):
     metrics_listen: str = Field(
         "127.0.0.1:9465",
         description="HOST:PORT of the /metrics endpoint (port 0 picks a free port); empty disables it.",
+    )
+    window_log: Path | None = Field(
+        None,
+        description=(
+            "Append every closed window (all lengths, per series) to this file as JSON lines: "
+            "an audit trail of published values. Off by default; costs one row per series, "
+            "window and pane."
+        ),
     )
     stop_grace_s: float = Field(
         10.0, ge=0,

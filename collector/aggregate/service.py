@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Self, TextIO
 
+import polars as pl
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -47,6 +50,43 @@ log = logging.getLogger(__name__)
 
 _FAMILY_TEXT = tuple(FamilyText(f.name, f.type, f.help, f.labels) for f in FAMILIES)
 _CLOSE_BUCKETS = (0.5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120, 300, 900)
+
+
+def window_records(partition: int, window_s: int, cw: pl.DataFrame,
+                   gw: pl.DataFrame) -> list[dict[str, object]]:
+    """Closed windows as plain records (the window log's lines); integers stay exact."""
+    out: list[dict[str, object]] = []
+    for r in cw.iter_rows(named=True):
+        out.append({"partition": partition, "window_s": window_s, "end_ns": r["end"], "kind": "counter",
+                    "site": r["site"], "metric": r["metric"], "labels": r["labels"],
+                    "increase": str(r["inc"]), "dt_ns": r["dt"], "n": r["n"], "resets": r["resets"],
+                    "wraps": r["wraps"]})
+    for r in gw.iter_rows(named=True):
+        out.append({"partition": partition, "window_s": window_s, "end_ns": r["end"], "kind": "gauge",
+                    "site": r["site"], "metric": r["metric"], "labels": r["labels"],
+                    "sum": r["sum"], "count": r["cnt"], "min": r["min"], "max": r["max"]})
+    return out
+
+
+class WindowLog:
+    """Appends every closed window to a JSON-lines file (aggregate.window_log)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._file: TextIO | None = None
+
+    def __call__(self, partition: int, window_s: int, cw: pl.DataFrame, gw: pl.DataFrame) -> None:
+        rows = window_records(partition, window_s, cw, gw)
+        if rows:
+            if self._file is None:
+                self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 - see close()
+            self._file.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class SelfMetrics:
@@ -117,6 +157,10 @@ class Aggregator:
         self.dlq_topic = settings.kafka.dead_letter_topic
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = SelfMetrics(self.registry)
+        self._window_log: WindowLog | None = None
+        if on_window is None and self.cfg.window_log is not None:
+            self._window_log = WindowLog(self.cfg.window_log)
+            on_window = self._window_log
         self.on_window = on_window
         self.states: dict[int, PartitionState] = {}
         self._ckpt_version: dict[int, tuple[int | None, int]] = {}
@@ -212,6 +256,8 @@ class Aggregator:
         except (TimeoutError, KafkaError, BrokerError) as exc:
             log.warning("final checkpoint failed (a restart replays from the previous one): %s", exc)
         await self._close_clients()
+        if self._window_log is not None:
+            self._window_log.close()
         self._started = False
 
     async def _close_clients(self) -> None:

@@ -62,8 +62,10 @@ COUNTER_WIN_SCHEMA = {"sid": pl.UInt32, "end": pl.Int64, "inc": pl.Int128, "dt":
 GAUGE_WIN_SCHEMA = {"sid": pl.UInt32, "end": pl.Int64, "sum": pl.Float64, "cnt": pl.UInt32,
                     "min": pl.Float64, "max": pl.Float64}
 
-# on_window(partition, window_s, end_ns, counter_windows, gauge_windows): every closed window.
-WindowSink = Callable[[int, int, int, pl.DataFrame, pl.DataFrame], None]
+# on_window(partition, window_s, counter_windows, gauge_windows): every closed window, one row
+# per (series, end); frames labelled with `site`, `metric` (catalogue name) and `labels`
+# ("k=v,k=v") besides `sid` and `end`.
+WindowSink = Callable[[int, int, pl.DataFrame, pl.DataFrame], None]
 
 
 def stable_hash(*parts: object) -> int:
@@ -323,7 +325,13 @@ class PartitionState:
                 self.boot_hash.clear()
             boot = self.boot_hash[d.boot_id] = stable_hash("boot", d.boot_id)
         accepted = 0
+        # Late means: behind the pane boundary the watermark had reached *before* this record
+        # (or behind what is already closed). A function of the record sequence only, so it
+        # does not depend on how records were grouped into polls or when panes were closed.
         closed = self.closed_ns
+        if closed is not None and self.max_event_ns is not None:
+            wm_cut = ((self.max_event_ns - self.lateness_ns) // self.pane_ns) * self.pane_ns
+            closed = max(closed, wm_cut)
         tmax: int | None = None
         for is_counter, cols in ((True, d.counters), (False, d.gauges)):
             if not len(cols):
@@ -409,11 +417,9 @@ class PartitionState:
         if gdue is not None and len(gdue[0]):
             n += len(gdue[0])
             self._gauge_panes(*gdue)
-        ends = list(range(start + self.pane_ns, target + 1, self.pane_ns))
-        if not emit_all:
-            ends = ends[-1:]
-        for end in ends:
-            self._windows(end)
+        first_end = start + self.pane_ns if emit_all else target
+        self._windows(first_end, target)
+        n_ends = (target - first_end) // self.pane_ns + 1
         # Panes no future window needs: the next window ends at target + pane.
         keep_from = (target // self.pane_ns) + 1 - self.max_panes
         if len(self.cpanes):
@@ -423,7 +429,7 @@ class PartitionState:
         self.closed_ns = target
         expired = self._expire(target - self.ttl_ns)
         self.version += 1
-        return CloseStats(len(ends), n, expired)
+        return CloseStats(n_ends, n, expired)
 
     def _group_starts(self, sid: np.ndarray, pane: np.ndarray) -> np.ndarray:
         change = np.ones(len(sid), bool)
@@ -474,38 +480,62 @@ class PartitionState:
         s = sid[last]
         self.s_last[s] = np.maximum(self.s_last[s], t[last])
 
-    def _windows(self, end: int) -> None:
-        end_pane = end // self.pane_ns
+    def _windows(self, first_end: int, last_end: int) -> None:
+        """Windows of every length ending at each pane boundary in [first_end, last_end].
+
+        One vectorised pass per window length: each pane row is repeated for the window
+        ends it falls into (at most the window's pane count), then grouped by (series, end).
+        Per-sample work happened once, when the panes were built.
+        """
+        e_lo, e_hi = first_end // self.pane_ns, last_end // self.pane_ns
         for w in self.windows_s:
-            lo = end_pane - self.n_panes[w]
-            cw = (
-                self.cpanes.lazy()
-                .filter((pl.col("pane") >= lo) & (pl.col("pane") < end_pane))
-                .group_by("sid")
-                .agg(pl.lit(end, pl.Int64).alias("end"), pl.col("inc").sum(), pl.col("dt").sum(),
-                     pl.col("n").sum(), pl.col("resets").sum(), pl.col("wraps").sum())
-                .sort("sid")
-                .collect()
-            ) if len(self.cpanes) else _empty(COUNTER_WIN_SCHEMA)
-            gw = (
-                self.gpanes.lazy()
-                .filter((pl.col("pane") >= lo) & (pl.col("pane") < end_pane))
-                .group_by("sid")
-                .agg(pl.lit(end, pl.Int64).alias("end"), pl.col("sum").sum(), pl.col("cnt").sum(),
-                     pl.col("min").min(), pl.col("max").max())
-                .sort("sid")
-                .collect()
-            ) if len(self.gpanes) else _empty(GAUGE_WIN_SCHEMA)
-            cw = cw.cast(COUNTER_WIN_SCHEMA)  # type: ignore[arg-type]
-            gw = gw.cast(GAUGE_WIN_SCHEMA)  # type: ignore[arg-type]
-            if len(cw):
-                old = self.latest_c[w]
-                self.latest_c[w] = pl.concat([old.filter(~pl.col("sid").is_in(cw["sid"].implode())), cw])
-            if len(gw):
-                old = self.latest_g[w]
-                self.latest_g[w] = pl.concat([old.filter(~pl.col("sid").is_in(gw["sid"].implode())), gw])
+            n = self.n_panes[w]
+            cw = self._window_agg(self.cpanes, n, e_lo, e_hi, COUNTER_WIN_SCHEMA, (
+                pl.col("inc").sum(), pl.col("dt").sum(), pl.col("n").sum(), pl.col("resets").sum(),
+                pl.col("wraps").sum()))
+            gw = self._window_agg(self.gpanes, n, e_lo, e_hi, GAUGE_WIN_SCHEMA, (
+                pl.col("sum").sum(), pl.col("cnt").sum(), pl.col("min").min(), pl.col("max").max()))
+            for frame, latest in ((cw, self.latest_c), (gw, self.latest_g)):
+                if len(frame):
+                    newest = frame.filter(pl.col("end") == pl.col("end").max().over("sid"))
+                    old = latest[w]
+                    latest[w] = pl.concat([old.filter(~pl.col("sid").is_in(newest["sid"].implode())),
+                                           newest])
             if self.on_window is not None and (len(cw) or len(gw)):
-                self.on_window(self.partition, w, end, cw, gw)
+                self.on_window(self.partition, w, self._labelled(cw), self._labelled(gw))
+
+    def _window_agg(self, panes: pl.DataFrame, n: int, e_lo: int, e_hi: int,
+                    schema: Mapping[str, Any], aggs: tuple[pl.Expr, ...]) -> pl.DataFrame:
+        if not len(panes):
+            return _empty(schema)
+        # a pane p belongs to the windows ending at pane index e with p < e <= p + n
+        lo = pl.max_horizontal(pl.col("pane") + 1, pl.lit(e_lo))
+        hi = pl.min_horizontal(pl.col("pane") + n, pl.lit(e_hi))
+        return (
+            panes.lazy()
+            .filter((pl.col("pane") >= e_lo - n) & (pl.col("pane") < e_hi))
+            .with_columns(e=pl.int_ranges(lo, hi + 1))
+            .explode("e")
+            .group_by("sid", "e")
+            .agg(*aggs)
+            .with_columns(end=pl.col("e") * self.pane_ns)
+            .drop("e")
+            .sort("end", "sid")
+            .select(list(schema))
+            .collect()
+            .cast(schema)  # type: ignore[arg-type]
+        )
+
+    def _labelled(self, frame: pl.DataFrame) -> pl.DataFrame:
+        meta = self.series_meta()
+        keyed = meta.select(
+            "sid", "site",
+            pl.col("metric_i").cast(pl.Int64)
+            .replace_strict(list(range(len(METRICS))), [m.name for m in METRICS], return_dtype=pl.String)
+            .alias("metric"),
+            pl.concat_str([pl.lit(n + "=") + pl.col(n) for n in LABEL_NAMES], separator=",").alias("labels"),
+        )
+        return frame.join(keyed, on="sid", how="left")
 
     def _expire(self, before: int) -> int:
         live = np.flatnonzero(self.s_live[: len(self.keys)])
