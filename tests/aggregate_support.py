@@ -236,3 +236,38 @@ def published(records: list[dict]) -> dict[tuple[str, str, str, int, int], tuple
             assert out[key] == val, f"window {key} published twice with different values"
         out[key] = val
     return out
+
+
+def catalog_batches(site: str, country: str, region: str, *, n_batches: int = 8, per_batch_s: int = 10,
+                    nasty: bool = False, entities: int = 1) -> list[bytes]:
+    """Batches carrying every catalogue metric (so every output family has rows)."""
+    from collector.catalog import METRICS, Kind
+
+    series: list[SeriesDef] = []
+    for e in range(entities):
+        for m in METRICS:
+            labels = {}
+            for n in m.labels:
+                val = f"{n}{e}"
+                if n == "mode":
+                    val = "idle" if e % 2 == 0 else "user"
+                if nasty and n in ("link", "host", "cell"):
+                    val = f'{n} "{e}" \\ back\nslash ü'
+                labels[n] = val
+            kind = pb.COUNTER if m.kind is Kind.COUNTER else pb.GAUGE
+            series.append(SeriesDef(m.name, labels, kind=kind, unit=m.unit,
+                                    scale=0.01 if m.name == "node_cpu_seconds_total" else 0.0))
+    out = []
+    for b in range(n_batches):
+        counters, gauges = [], []
+        for k in range(per_batch_s):
+            i = b * per_batch_s + k
+            t = T0 + i * NS
+            for j, s in enumerate(series):
+                if s.kind == pb.COUNTER:
+                    counters.append((j, t, 1000 + i * (j + 1) * 12345))
+                else:
+                    gauges.append((j, t, float((i + j) % 10) / 10 + (j % 3)))
+        out.append(make_batch(agent=f"agent-{site}", seq=b + 1, site=site, country=country,
+                              region=region, series=series, counters=counters, gauges=gauges))
+    return out
