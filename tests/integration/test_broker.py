@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from collector.broker import EmbeddedBroker, TopicSpec
 
@@ -27,6 +29,14 @@ async def test_broker_starts_creates_topics_and_round_trips() -> None:
             assert [r.value for r in got[tp]] == [b"hello"]
         finally:
             await c.stop()
+        admin = AIOKafkaAdminClient(bootstrap_servers=b.bootstrap)
+        await admin.start()
+        try:
+            [resp] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "rt")])
+            entries = {e[0]: e[1] for res in resp.resources for e in res[4]}
+        finally:
+            await admin.close()
+        assert entries["retention.ms"] == "600000"
         pid = b.pid
     assert pid is not None
     assert b.proc is None

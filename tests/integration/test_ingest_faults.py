@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from collector.broker import EmbeddedBroker
@@ -43,11 +44,13 @@ async def test_broker_paused_nothing_acked_is_lost_and_memory_stays_bounded(
         runs = asyncio.gather(*(a.run(deadline_s=90) for a in agents))
         await asyncio.sleep(1.0)
         acked_before = sum(len(a.acked_at) for a in agents)
+        rss_before = psutil.Process().memory_info().rss
         own_broker.pause()
         paused_at = time.monotonic()
         while time.monotonic() - paused_at < PAUSE_S:
             peak_bytes = max(peak_bytes, server.metrics.inflight_bytes._value.get())
             await asyncio.sleep(0.05)
+        rss_growth = psutil.Process().memory_info().rss - rss_before
         status_paused = await _health(server.port, certs)
         own_broker.resume()
         resumed_at = time.monotonic()
@@ -66,6 +69,8 @@ async def test_broker_paused_nothing_acked_is_lost_and_memory_stays_bounded(
     assert status_after == health_pb2.HealthCheckResponse.SERVING
     # Memory stayed bounded: in-flight bytes never passed the budget (+ one batch).
     assert peak_bytes <= MAX_INFLIGHT_BYTES + max(len(p) for a in agents for p in a.payload.values())
+    # ... and the process (ingest and the agents) did not grow while the agents kept sending
+    assert rss_growth < 64 * 1024 * 1024, rss_growth
     # Everything was acked in the end, and every acked seq is in Kafka.
     for a in agents:
         assert sorted(a.acked_at) == list(range(1, a.total + 1)), a.agent_id
