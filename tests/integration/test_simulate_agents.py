@@ -81,3 +81,35 @@ async def test_agent_mode_streams_every_site_through_ingest_and_matches_truth(
             for r in w.iter_rows(named=True)} == ref_site
     for site_dir in (tmp_path / "spools").iterdir():
         assert not list(site_dir.glob("*.seg")), site_dir
+
+
+async def test_cli_agents_mode_plaintext_with_tokens_file(
+        broker: EmbeddedBroker, tmp_path: Path) -> None:
+    from collector.cli import build_parser
+    from collector.simulate import main as simulate_main
+
+    topic = await make_topic(broker)
+    tokens_file = tmp_path / "tokens.yaml"
+    sim = small(countries=("US",), duplicate_probability=0.0, late_probability=0.0)
+    settings = load_settings(
+        kafka={"bootstrap_servers": broker.bootstrap, "topic": topic},
+        ingest={"listen": "127.0.0.1:0", "metrics_listen": "", "plaintext": True,
+                "tokens_file": str(write_tokens_file(tokens_file, site_tokens(sim)))},
+        simulate=sim.model_dump())
+    server = IngestServer(settings)
+    await server.start()
+    try:
+        start = time.time() // 10 * 10 - 100
+        args = build_parser().parse_args([
+            "simulate", "--target", f"127.0.0.1:{server.port}", "--tokens-file", str(tokens_file),
+            "--fast-forward", "--duration", "100", "--start", str(start),
+            "--work-dir", str(tmp_path / "spools"), "--truth", str(tmp_path / "truth")])
+        rc = await asyncio.wait_for(simulate_main.main(settings, args, asyncio.Event()), 60)
+    finally:
+        await server.stop()
+    assert rc == 0
+    deliveries = pl.read_parquet(tmp_path / "truth" / DELIVERIES_FILE)
+    records = await read_topic(broker.bootstrap, topic, expect=len(deliveries))
+    assert {r.key for r in records} == {b"us-new-york-01"}
+    heads = [dict(r.headers) for r in records]
+    assert len({(h["agent_id"], h["seq"]) for h in heads}) == len(deliveries)
