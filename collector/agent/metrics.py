@@ -11,7 +11,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -85,7 +85,9 @@ class AgentCollector(Collector):
             PREFIX + "last_seq",
             "Last seq assigned (after a restart: the last one reserved before it).", labels=a)
         for p in pipelines:
-            st = p.stats
+            st = _stats(p)
+            if st is None:
+                continue
             lv = [p.agent_id]
             spool_bytes.add_metric(lv, st.spool_bytes)
             spool_batches.add_metric(lv, st.spool_batches)
@@ -116,6 +118,17 @@ class AgentCollector(Collector):
             errors.add_metric(lv, ss.errors)
             secs.add_metric(lv, ss.seconds)
         yield from (runs, samples, errors, secs)
+
+
+def _stats(p: AgentPipeline) -> Any:
+    """A pipeline's stats read from the scrape thread while its event loop runs: a dict
+    resized mid-copy raises RuntimeError, so try again (the next scrape has it anyway)."""
+    for _ in range(3):
+        try:
+            return p.stats
+        except RuntimeError:
+            continue
+    return None
 
 
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, AgentCollector] = weakref.WeakKeyDictionary()
