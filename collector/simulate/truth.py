@@ -320,3 +320,32 @@ def window_truth(samples: pl.DataFrame, window_s: int) -> pl.DataFrame:
             .group_by("series_id", (pl.col("time_unix_nano") // w * w).alias("window_start_unix_nano"))
             .agg(pl.col("increment").cast(DEC).sum().alias("delta"))
             .sort("series_id", "window_start_unix_nano"))
+
+
+@dataclass(frozen=True)
+class Truth:
+    """A ground-truth directory loaded back (see docs/simulator.md for the columns)."""
+
+    series: pl.DataFrame
+    windows: pl.DataFrame
+    deliveries: pl.DataFrame
+    epochs: pl.DataFrame
+    samples: pl.DataFrame | None
+    meta: dict[str, Any]
+
+    def expected(self, *, level: str, window_s: int, metric: str) -> pl.DataFrame:
+        """Window rows of one metric at one level ("series" or "site") and window length."""
+        return self.windows.filter((pl.col("level") == level) & (pl.col("window_s") == window_s)
+                                   & (pl.col("metric") == metric))
+
+
+def load_truth(path: Path) -> Truth:
+    samples = path / SAMPLES_FILE
+    return Truth(
+        series=pl.read_parquet(path / SERIES_FILE),
+        windows=pl.read_parquet(path / WINDOWS_FILE),
+        deliveries=pl.read_parquet(path / DELIVERIES_FILE),
+        epochs=pl.read_parquet(path / EPOCHS_FILE),
+        samples=pl.read_parquet(samples) if samples.exists() else None,
+        meta=json.loads((path / META_FILE).read_text()),
+    )

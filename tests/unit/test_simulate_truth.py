@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector.simulate.fleet import Simulation
-from collector.simulate.truth import SAMPLES_FILE, WINDOWS_FILE, window_truth
+from collector.simulate.truth import SAMPLES_FILE, WINDOWS_FILE, load_truth, window_truth
 from tests.simulate_support import NS, decode, increments, small, window_deltas
 
 
@@ -81,6 +81,11 @@ def test_reset_delta_and_recomputation_from_samples(tmp_path: Path) -> None:
                      truth_samples=True)
     sim.run(120)
     windows, samples = _truth(sim, tmp_path)
+    loaded = load_truth(tmp_path)
+    assert loaded.samples is not None
+    assert loaded.windows.equals(windows)
+    assert loaded.meta["ticks"] == 120
+    assert len(loaded.expected(level="site", window_s=60, metric="link_in_octets")) == 2 * 21
     series_w = windows.filter((pl.col("level") == "series") & (pl.col("kind") == "counter"))
     assert series_w["resets"].sum() > 0
     assert (series_w["reset_delta"] <= series_w["delta"]).all()
