@@ -58,29 +58,30 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 def _columns(raw: bytes, fields: dict[int, np.dtype[Any]]) -> Columns:
     # `raw` is the canonical re-serialisation of a *Columns message by the protobuf runtime:
-    # each repeated field appears once, packed (proto3 default). Unpacked or split encodings
-    # from an agent were already normalised by parsing.
-    parts: dict[int, list[npt.NDArray[Any]]] = {n: [] for n in fields}
+    # each repeated field appears once, packed (proto3 default), in field order. Unpacked or
+    # split encodings from an agent were already normalised by parsing; the loop still
+    # accepts repeats so a different runtime cannot make it wrong.
+    got: list[npt.NDArray[Any] | None] = [None, None, None]
     pos = 0
     end = len(raw)
     while pos < end:
-        key, pos = _varint(raw, pos)
+        key = raw[pos]
+        if key & 0x80:  # field numbers 1..3 always fit one byte
+            raise ProtocolError(f"unexpected field key {key} in columns")
         number, wire_type = key >> 3, key & 7
-        if wire_type != 2 or number not in fields:
+        dtype = fields.get(number)
+        if wire_type != 2 or dtype is None:
             raise ProtocolError(f"unexpected field {number} (wire type {wire_type}) in columns")
-        length, pos = _varint(raw, pos)
+        length, pos = _varint(raw, pos + 1)
         if pos + length > end:
             raise ProtocolError("truncated packed column")
-        dtype = fields[number]
         if length % dtype.itemsize:
             raise ProtocolError(f"packed column {number} length {length} not a multiple")
-        parts[number].append(np.frombuffer(raw, dtype=dtype, count=length // dtype.itemsize,
-                                           offset=pos))
+        arr = np.frombuffer(raw, dtype=dtype, count=length // dtype.itemsize, offset=pos)
+        prev = got[number - 1]
+        got[number - 1] = arr if prev is None else np.concatenate((prev, arr))
         pos += length
-    arrays = [
-        (np.concatenate(p) if len(p) > 1 else p[0]) if p else np.empty(0, dtype=fields[n])
-        for n, p in parts.items()
-    ]
+    arrays = [a if a is not None else np.empty(0, dtype=fields[i + 1]) for i, a in enumerate(got)]
     return Columns(arrays[0], arrays[1], arrays[2])
 
 

@@ -83,18 +83,26 @@ class ByteBudget:
         self.limit = limit
         self.used = 0
         self._cond = asyncio.Condition()
+        self._waiting = 0
 
     async def acquire(self, n: int) -> None:
         n = min(n, self.limit)  # one oversized batch may still pass, alone
+        if not self._waiting and self.used + n <= self.limit:
+            self.used += n  # fast path: no lock, the loop is single-threaded
+            return
         async with self._cond:
-            await self._cond.wait_for(lambda: self.used + n <= self.limit)
+            self._waiting += 1
+            try:
+                await self._cond.wait_for(lambda: self.used + n <= self.limit)
+            finally:
+                self._waiting -= 1
             self.used += n
 
     async def release(self, n: int) -> None:
-        n = min(n, self.limit)
-        async with self._cond:
-            self.used -= n
-            self._cond.notify_all()
+        self.used -= min(n, self.limit)
+        if self._waiting:
+            async with self._cond:
+                self._cond.notify_all()
 
 
 @dataclass(slots=True)

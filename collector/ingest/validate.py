@@ -92,20 +92,29 @@ def _check_id(value: str, field: str, rule: str) -> None:
 
 def check_header(batch: pb.Batch) -> None:
     """Identity and site fields."""
-    _check_id(batch.agent_id, "agent_id", "agent_id")
     if batch.seq == 0:
         raise _fail("seq: must be >= 1", "seq")
-    _check_id(batch.boot_id, "boot_id", "boot_id")
     if not batch.HasField("site"):
         raise _fail("site: required", "site")
     site = batch.site
-    _check_id(site.site_id, "site.site_id", "site")
-    if site.country not in COUNTRIES:
-        raise _fail(f"site.country: {site.country[:8]!r} is not an ISO 3166-1 alpha-2 code", "country")
-    if len(site.region) > MAX_ID_LENGTH or CONTROL_RE.search(site.region):
+    _check_identity(batch.agent_id, batch.boot_id, site.site_id, site.country, site.region,
+                    site.timezone)
+
+
+@lru_cache(maxsize=4096)
+def _check_identity(agent_id: str, boot_id: str, site_id: str, country: str, region: str,
+                    timezone: str) -> None:
+    # Cached: an agent sends the same identity in every batch. Failures raise, so only
+    # valid identities are remembered.
+    _check_id(agent_id, "agent_id", "agent_id")
+    _check_id(boot_id, "boot_id", "boot_id")
+    _check_id(site_id, "site.site_id", "site")
+    if country not in COUNTRIES:
+        raise _fail(f"site.country: {country[:8]!r} is not an ISO 3166-1 alpha-2 code", "country")
+    if len(region) > MAX_ID_LENGTH or CONTROL_RE.search(region):
         raise _fail("site.region: longer than 64 characters or has control characters", "site")
-    if site.timezone not in _timezones():
-        raise _fail(f"site.timezone: {site.timezone[:64]!r} is not an IANA time zone", "site")
+    if timezone not in _timezones():
+        raise _fail(f"site.timezone: {timezone[:64]!r} is not an IANA time zone", "site")
 
 
 def check_series_table(batch: pb.Batch, limits: Limits) -> None:
