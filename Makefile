@@ -48,7 +48,6 @@ test: setup-test
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check collector tests bench || true
 	$(VENV)/bin/mypy
 
 proto: setup
