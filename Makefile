@@ -43,6 +43,7 @@ test: setup-test
 	$(PY) scripts/gen_proto.py --check
 	$(PY) scripts/gen_config_doc.py --check
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
