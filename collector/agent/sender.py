@@ -168,8 +168,8 @@ class Sender:
                     log.error("ingest refused the stream (%s): check agent.ingest.token / certs",
                               msg)
                 self._note_failure(msg)
-            except grpc.aio.UsageError as exc:  # writing on a call the server just closed
-                self._note_failure(f"stream closed: {exc}")
+            except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+                self._note_failure(f"stream closed: {exc}")  # a write on a finished call
             finally:
                 self.connected = False
                 self._progress.set()
@@ -228,20 +228,26 @@ class Sender:
             self.counters.sessions += 1
             self.connected = True
             self._retry_at = 0.0
-            tasks = [asyncio.create_task(self._write_loop(call)),
-                     asyncio.create_task(self._watchdog(call))]
+            reader = asyncio.create_task(self._read_loop(call))
+            writer = asyncio.create_task(self._write_loop(call))
+            watchdog = asyncio.create_task(self._watchdog(call))
             try:
-                await self._read_loop(call)
+                # Whichever ends first ends the session: the reader on a status or EOF, the
+                # writer when a write fails, the watchdog when acks stop coming.
+                await asyncio.wait({reader, writer, watchdog},
+                                   return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for t in tasks:
-                    t.cancel()
-                results = await asyncio.gather(*tasks, return_exceptions=True)
                 call.cancel()
+                for t in (reader, writer, watchdog):
+                    t.cancel()
+                results = await asyncio.gather(reader, writer, watchdog, return_exceptions=True)
                 self.spool.requeue(list(self._inflight))
                 self._inflight.clear()
-                for r in results:
-                    if isinstance(r, grpc.aio.AioRpcError | grpc.aio.UsageError):
-                        log.debug("writer ended: %s", r)
+            # The reader's status says most about what happened; then the writer's error.
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+            raise _StreamBroken("stream ended")
         finally:
             await channel.close()
 
@@ -273,9 +279,7 @@ class Sender:
             if self._inflight:
                 oldest = min(self._inflight.values())
                 if time.monotonic() - oldest > timeout:
-                    log.warning("no ack for %.0fs: reopening the stream", timeout)
-                    call.cancel()
-                    return
+                    raise _StreamBroken(f"no ack for {timeout:.0f}s: reopening the stream")
 
     async def _read_loop(self, call: Any) -> None:
         while True:

@@ -162,3 +162,23 @@ async def test_stop_during_backoff_returns_at_once(tmp_path: Path) -> None:
     await p.stop()
     assert time.monotonic() - t0 < 1.0
     assert len(list(tmp_path.glob("*.seg"))) == 1  # unsent batch kept for the next start
+
+
+async def test_missing_acks_reopen_the_stream_and_resend(tmp_path: Path) -> None:
+    def policy(b: pb.Batch, attempt: int) -> pb.Ack | None:
+        return pb.Ack(seq=b.seq, code=pb.OK) if attempt >= 2 else None  # first ack "lost"
+
+    ing = ScriptedIngest(policy=policy)
+    await ing.start()
+    try:
+        s = agent_settings(tmp_path, f"127.0.0.1:{ing.port}", ingest={"ack_timeout_s": 0.5})
+        async with AgentPipeline(s, agent_id="a1", site=SITE, boot_id="b", spool_dir=tmp_path) as p:
+            for _ in range(3):
+                await p.submit(fill(p.new_builder(), time.time_ns()))
+            assert await p.wait_drained(10.0)
+            assert p.stats.stream_failures >= 1
+            assert p.stats.sent >= 6
+        assert all(n == 2 for n in ing.attempts.values())
+        assert len(ing.metadata) >= 2  # a second stream
+    finally:
+        await ing.stop()
