@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 import yaml
+from prometheus_client import CollectorRegistry
 
 from collector.agent.batch import BatchBuilder
 from collector.config import Settings
@@ -201,7 +202,7 @@ class AgentSink:
 
     def __init__(self, sim: Simulation, settings: Settings, target: str, *,
                  tokens: dict[str, str] | None, ca_file: Path | None, work_dir: Path,
-                 restart_grace_s: float = 0.0) -> None:
+                 restart_grace_s: float = 0.0, registry: CollectorRegistry | None = None) -> None:
         from collector.agent.pipeline import AgentPipeline
 
         self._cls = AgentPipeline
@@ -213,6 +214,7 @@ class AgentSink:
         self.tokens = tokens or {}
         self.work_dir = work_dir
         self.restart_grace_s = restart_grace_s
+        self.registry = registry
         self.pipelines: dict[int, Any] = {}
         self._epoch: dict[int, int] = {}
         self.skipped_duplicates = 0
@@ -224,7 +226,7 @@ class AgentSink:
         return self._cls(self.agent_settings, agent_id=st.agent_id, site=st.info,
                          boot_id=self.sim.gen.sites[site].boot_ids[epoch],
                          spool_dir=self.work_dir / st.info.site_id,
-                         token=self.tokens.get(st.info.site_id))
+                         token=self.tokens.get(st.info.site_id), registry=self.registry)
 
     async def start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -270,8 +272,9 @@ class FleetRunner:
     `target` (ingest HOST:PORT) selects agent mode; otherwise `bootstrap` (or
     kafka.bootstrap_servers) selects direct-to-Kafka mode. `tokens` maps site_id -> bearer
     token (see `site_tokens`), `ca_file` is the CA of the ingest's TLS certificate (None means
-    plaintext), `work_dir` holds the agents' spools. With `duration_s` (simulated seconds) the
-    run ends by itself (`wait()`); `truth_dir` receives the ground truth at stop.
+    plaintext), `work_dir` holds the agents' spools, `registry` receives the agents' self-metrics
+    (agents mode). With `duration_s` (simulated seconds) the run ends by itself (`wait()`);
+    `truth_dir` receives the ground truth at stop.
     """
 
     def __init__(self, settings: Settings, *, target: str | None = None,
@@ -279,7 +282,7 @@ class FleetRunner:
                  ca_file: Path | None = None, work_dir: Path, topic: str | None = None,
                  duration_s: float | None = None, truth_dir: Path | None = None,
                  truth_samples: bool = False, start_ns: int | None = None,
-                 drain_timeout_s: float = 30.0) -> None:
+                 drain_timeout_s: float = 30.0, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         s = settings.simulate
         self.paced = s.acceleration > 0
@@ -297,7 +300,7 @@ class FleetRunner:
         if target:
             self.mode = "agents"
             self.sink = AgentSink(self.sim, settings, target, tokens=tokens, ca_file=ca_file,
-                                  work_dir=work_dir)
+                                  work_dir=work_dir, registry=registry)
         else:
             bs = bootstrap or settings.kafka.bootstrap_servers
             if not bs:

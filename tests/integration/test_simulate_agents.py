@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import polars as pl
+from prometheus_client import CollectorRegistry, generate_latest
 
 from collector import wire
 from collector.broker import EmbeddedBroker
@@ -40,13 +41,18 @@ async def test_agent_mode_streams_every_site_through_ingest_and_matches_truth(
     server = IngestServer(settings, bootstrap=broker.bootstrap)
     await server.start()
     try:
+        reg = CollectorRegistry()
         runner = FleetRunner(settings, target=f"127.0.0.1:{server.port}", tokens=tokens,
                              ca_file=certs.ca, work_dir=tmp_path / "spools",
                              duration_s=duration, truth_dir=tmp_path / "truth",
-                             start_ns=start_ns)
+                             start_ns=start_ns, registry=reg)
         async with runner:
             await asyncio.wait_for(runner.wait(), 90)
+            metrics = generate_latest(reg).decode()
         assert runner.drained is True
+        for site in tokens:  # every simulated agent reports its self-metrics
+            assert f'collector_agent_batches_in_flight{{agent_id="sim-{site}"}} 0.0' in metrics
+            assert f'collector_agent_batches_rejected_total{{agent_id="sim-{site}"}} 0.0' in metrics
     finally:
         await server.stop()
 
