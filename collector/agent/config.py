@@ -51,6 +51,11 @@ class IngestTargetSettings(_Section):
                                      "stream or a retriable ack; doubles per consecutive failure "
                                      "(full jitter: the wait is uniform in [0, cap]).")
     backoff_max_s: float = Field(30.0, gt=0, description="Upper bound of the retry delay cap.")
+    max_batch_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, description="Largest batch "
+                                 "sent; keep it at or below the ingest's max_message_bytes. A "
+                                 "bigger batch (too many series in one collection) is dropped "
+                                 "and counted (reason too_large) instead of being retried "
+                                 "forever.")
     keepalive_s: float = Field(30.0, ge=10, description="HTTP/2 keepalive ping interval; must not "
                                "be below the ingest's min_client_ping_interval_s.")
 

@@ -32,7 +32,7 @@ from collector.agent.batch import BatchBuilder, SiteInfo
 from collector.agent.config import AgentSettings
 from collector.agent.metrics import collector_for
 from collector.agent.sender import Sender
-from collector.agent.spool import Spool
+from collector.agent.spool import DROP_TOO_LARGE, Spool
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,12 @@ class AgentPipeline:
         seq = self.spool.next_seq()
         now = time.time_ns()
         payload = builder.build_bytes(seq, now)
+        if len(payload) > self.settings.ingest.max_batch_bytes:
+            log.error("batch seq %d is %d bytes, over agent.ingest.max_batch_bytes (%d): dropped;"
+                      " split the source (fewer links per adapter)", seq, len(payload),
+                      self.settings.ingest.max_batch_bytes)
+            self.spool.discard(seq, DROP_TOO_LARGE)
+            return seq
         self.spool.append(seq, priority, now, payload)
         if self.settings.spool.fsync == "always":
             self.spool.sync()

@@ -198,7 +198,7 @@ class Sender:
             ("grpc.keepalive_timeout_ms", 20_000),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.enable_retries", 0),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", s.max_batch_bytes),
             ("grpc.initial_reconnect_backoff_ms", int(s.backoff_initial_s * 1000)),
             ("grpc.max_reconnect_backoff_ms", int(s.backoff_max_s * 1000)),
         ]

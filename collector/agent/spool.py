@@ -359,6 +359,11 @@ class Spool:
             del self._active[priority]
         return True
 
+    def discard(self, seq: int, reason: str) -> None:
+        """Count a batch that is never written (e.g. too large to send) as dropped."""
+        self._done_journal([seq])
+        self.counters.dropped[reason] += 1
+
     def _new_segment(self, priority: int, first_seq: int) -> _Segment:
         path = self.dir / f"{priority}-{first_seq:020d}.seg"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)

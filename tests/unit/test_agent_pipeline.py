@@ -182,3 +182,28 @@ async def test_missing_acks_reopen_the_stream_and_resend(tmp_path: Path) -> None
         assert len(ing.metadata) >= 2  # a second stream
     finally:
         await ing.stop()
+
+
+async def test_batch_over_max_batch_bytes_is_dropped_not_retried(tmp_path: Path) -> None:
+    from collector.agent.batch import counter_def
+
+    s = agent_settings(tmp_path, "127.0.0.1:9", ingest={"max_batch_bytes": 65536})
+    async with AgentPipeline(s, agent_id="a1", site=SITE, boot_id="b", spool_dir=tmp_path) as p:
+        b = p.new_builder()
+        for i in range(2000):
+            b.counter(counter_def("link_in_octets", {"link": f"et-{i}", "media": "copper"},
+                                  unit="bytes"), time.time_ns(), i)
+        seq = await p.submit(b)
+        assert p.stats.dropped == {"too_large": 1}
+        assert len(p.spool) == 0
+        assert await p.submit(fill(p.new_builder(), time.time_ns())) == seq + 1
+
+
+def test_backoff_is_full_jitter_with_a_cap() -> None:
+    from collector.agent.sender import backoff_delay
+
+    assert backoff_delay(0, 0.5, 30.0, lambda: 1.0) == 0.5
+    assert backoff_delay(3, 0.5, 30.0, lambda: 1.0) == 4.0
+    assert backoff_delay(10, 0.5, 30.0, lambda: 1.0) == 30.0  # capped
+    assert backoff_delay(500, 0.5, 30.0, lambda: 1.0) == 30.0  # no overflow
+    assert backoff_delay(10, 0.5, 30.0, lambda: 0.0) == 0.0  # full jitter reaches 0

@@ -290,10 +290,15 @@ class CellSource(Source):
         self.files_done = 0
         self.files_failed = 0
         self.unknown_measurements = 0
+        self._warned_missing = False
 
     def _ready_files(self) -> list[Path]:
         if not self.dir.is_dir():
+            if not self._warned_missing:
+                log.warning("PM directory %s does not exist (yet): no cell data", self.dir)
+                self._warned_missing = True
             return []
+        self._warned_missing = False
         limit = time.time() - self.settings.settle_s
         pattern = self.settings.pattern
         found: list[tuple[float, str, Path]] = []
