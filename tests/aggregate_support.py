@@ -271,3 +271,31 @@ def catalog_batches(site: str, country: str, region: str, *, n_batches: int = 8,
         out.append(make_batch(agent=f"agent-{site}", seq=b + 1, site=site, country=country,
                               region=region, series=series, counters=counters, gauges=gauges))
     return out
+
+
+HEADERS = [("schema", b"telemetry.v1.Batch")]
+
+
+async def produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]],
+                  partition_of: dict[str, int]) -> dict[int, int]:
+    """Produce (site, value) records keyed by site to explicit partitions; returns the next
+    offset per partition (from the produce acknowledgements, not from high watermarks)."""
+    from aiokafka import AIOKafkaProducer
+
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await p.start()
+    ends: dict[int, int] = {}
+    try:
+        futs = [await p.send(topic, value, key=site.encode(), partition=partition_of[site],
+                             headers=HEADERS) for site, value in records]
+        for f in futs:
+            md = await f
+            ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
+    finally:
+        await p.stop()
+    return ends
+
+
+def final_boundary(fleet: Fleet, lateness_s: int = 10, pane_s: int = 10) -> int:
+    last = max(t for s in fleet.counted.values() for t, _, _ in s)
+    return ((last - lateness_s * NS) // (pane_s * NS)) * pane_s * NS

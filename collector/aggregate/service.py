@@ -288,10 +288,11 @@ class Aggregator:
         admin = AIOKafkaAdminClient(**self._kafka_kwargs())
         await admin.start()
         try:
+            # list first: describing a missing topic makes some brokers (Tansu) create it
+            if self.topic not in await admin.list_topics():
+                raise BrokerError(f"topic {self.topic!r} does not exist")
             topics = await admin.describe_topics([self.topic])
             parts = len(topics[0].get("partitions", [])) if topics else 0
-            if parts == 0:
-                raise BrokerError(f"topic {self.topic!r} does not exist")
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([NewTopic(self.cfg.state_topic, num_partitions=parts,
                                                     replication_factor=1)])

@@ -1,0 +1,168 @@
+"""The aggregator against the real broker: windows equal ground truth, poison records go to
+the dead-letter topic, /metrics passes promtool, and a real Prometheus sees JP and US."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from prometheus_client import CollectorRegistry
+
+from collector.aggregate.service import Aggregator, window_records
+from collector.broker import EmbeddedBroker, TopicSpec, free_port
+from collector.config import load_settings
+from collector.errors import BrokerError
+from tests.aggregate_support import (
+    final_boundary,
+    make_fleet,
+    produce,
+    published,
+    truth_windows,
+)
+from tests.conftest import make_topic
+
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+SITES = (("jp-tokyo-01", "JP", "Kanto"), ("us-nyc-01", "US", "us-east"))
+
+
+async def _http_get(port: int, path: str = "/metrics") -> tuple[str, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return head.decode(), body
+
+
+async def _wait(cond, limit_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + limit_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def _settings(topic: str, dlq: str, **agg: object):  # type: ignore[no-untyped-def]
+    return load_settings(
+        kafka={"topic": topic, "dead_letter_topic": dlq},
+        aggregate={"metrics_listen": "127.0.0.1:0", "group_id": f"g-{topic}",
+                   "state_topic": f"{topic}.state", "idle_timeout_s": 3600.0,
+                   "checkpoint_interval_s": 0.5, "session_timeout_ms": 3000,
+                   "heartbeat_interval_ms": 500, **agg})
+
+
+async def test_windows_equal_truth_poison_to_dlq_and_promtool_passes(broker: EmbeddedBroker) -> None:
+    topic = await make_topic(broker, 3)
+    dlq = await make_topic(broker, 1, prefix="dlq")
+    fleet = make_fleet(n_batches=40, sites=SITES)
+    part = {"jp-tokyo-01": 0, "us-nyc-01": 2}
+    truncated = fleet.records[3][1][:-9]
+    rng = random.Random(7)
+    poison = [("jp-tokyo-01", bytes(rng.getrandbits(8) for _ in range(200))),
+              ("jp-tokyo-01", truncated)]
+    records = fleet.records[:20] + poison + fleet.records[20:]
+    ends = await produce(broker.bootstrap, topic, records, part)
+    rows: list[dict] = []
+    settings = _settings(topic, dlq)
+    async with Aggregator(settings, bootstrap=broker.bootstrap, registry=CollectorRegistry(),
+                          on_window=lambda p, w, c, g: rows.extend(window_records(p, w, c, g))) as agg:
+        assert agg.metrics_port > 0
+        await _wait(lambda: all(p in agg.states and agg.states[p].next_offset == end
+                                for p, end in ends.items()), 60, "all records consumed")
+        upto = final_boundary(fleet)
+        await _wait(lambda: all(agg.states[p].closed_ns == upto for p in ends), 30, "final close")
+        head, body = await _http_get(agg.metrics_port)
+        assert "200 OK" in head
+        assert "text/plain; version=0.0.4" in head
+    got = published(rows)
+    want = truth_windows(fleet, settings.aggregate.windows_s, settings.aggregate.pane_s, upto)
+    assert got == want
+    res = await asyncio.to_thread(subprocess.run, [PROMTOOL, "check", "metrics"], input=body,
+                                  capture_output=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+    text = body.decode()
+    assert 'collector_aggregate_decode_errors_total{reason="not_a_batch"}' in text or \
+        'collector_aggregate_decode_errors_total{reason="columns"}' in text
+    assert "collector_aggregate_dead_letter_records_total 2.0" in text
+    assert 'edge_site_link_throughput_bytes_per_second{site="us-nyc-01",country="US"' in text
+    assert 'collector_site_samples_dropped_total{site="jp-tokyo-01",country="JP",region="Kanto",' \
+        'reason="duplicate"}' in text
+    # the dead-letter topic holds the two poison records, unchanged, with a reason
+    c = AIOKafkaConsumer(dlq, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest")
+    await c.start()
+    try:
+        got_dlq: list = []
+        deadline = time.monotonic() + 20
+        while len(got_dlq) < 2 and time.monotonic() < deadline:
+            for recs in (await c.getmany(timeout_ms=500)).values():
+                got_dlq.extend(recs)
+    finally:
+        await c.stop()
+    assert sorted(r.value for r in got_dlq) == sorted(v for _, v in poison)
+    assert all(dict(r.headers).get("dlq_reason") for r in got_dlq)
+
+
+async def test_real_prometheus_scrapes_and_queries_by_country(broker: EmbeddedBroker,
+                                                              tmp_path: Path) -> None:
+    topic = await make_topic(broker, 2)
+    dlq = await make_topic(broker, 1, prefix="dlq")
+    fleet = make_fleet(n_batches=20, sites=SITES, late=(), swap=(), gap=(), reset_at=None)
+    await produce(broker.bootstrap, topic, fleet.records, {"jp-tokyo-01": 0, "us-nyc-01": 1})
+    async with Aggregator(_settings(topic, dlq), bootstrap=broker.bootstrap) as agg:
+        await _wait(lambda: len(agg.states) == 2 and all(
+            len(s.latest_c[10]) for s in agg.states.values()), 60, "windows")
+        port = free_port()
+        cfg = tmp_path / "prometheus.yml"
+        cfg.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            "scrape_configs:\n"
+            f"  - job_name: aggregate\n    static_configs: [{{targets: ['127.0.0.1:{agg.metrics_port}']}}]\n")
+        log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen([PROMETHEUS, f"--config.file={cfg}",
+                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                 f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=log, stderr=log, start_new_session=True)
+        try:
+            q = 'sum by (country) (edge_site_link_throughput_bytes_per_second{window="10s"})'
+            url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
+            countries: set[str] = set()
+            deadline = time.monotonic() + 60
+            while countries != {"JP", "US"} and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(OSError):
+                    data = await asyncio.to_thread(
+                        lambda: json.loads(urllib.request.urlopen(url, timeout=5).read()))
+                    countries = {r["metric"].get("country") for r in data["data"]["result"]
+                                 if float(r["value"][1]) > 0}
+            assert countries == {"JP", "US"}, (tmp_path / "prometheus.log").read_text()[-2000:]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+            log.close()
+
+
+async def test_missing_topic_is_a_clear_error_at_start() -> None:
+    async with EmbeddedBroker(topics=(TopicSpec("other", 1, 600_000),)) as b:
+        agg = Aggregator(_settings("missing-topic", "dlq"), bootstrap=b.bootstrap)
+        with pytest.raises(BrokerError, match="missing-topic"):
+            await agg.start()
+        await agg.stop()
