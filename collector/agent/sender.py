@@ -204,9 +204,10 @@ class Sender:
         ]
         if s.server_name:
             options.append(("grpc.ssl_target_name_override", s.server_name))
+        comp = grpc.Compression.Gzip if s.compression == "gzip" else grpc.Compression.NoCompression
         if self._creds is None:
-            return grpc.aio.insecure_channel(s.target, options=options)
-        return grpc.aio.secure_channel(s.target, self._creds, options=options)
+            return grpc.aio.insecure_channel(s.target, options=options, compression=comp)
+        return grpc.aio.secure_channel(s.target, self._creds, options=options, compression=comp)
 
     async def _session(self) -> None:
         channel = self._channel()

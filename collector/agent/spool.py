@@ -11,11 +11,13 @@ ingest service). Layout of the spool directory:
 
 Record format (little-endian), repeated until the end of a segment:
 
-    magic "\\xa7S" | version u8 = 1 | priority u8 | length u32 | crc32 u32 | seq u64 |
-    created_unix_nano i64 | payload (length bytes, a serialised telemetry.v1.Batch)
+    magic "\\xa7S" | format u8 | priority u8 | length u32 | crc32 u32 | seq u64 |
+    created_unix_nano i64 | payload (length bytes)
 
-`crc32` is zlib.crc32 over the header fields after it and the version/priority/length, then
-the payload. A segment is never appended to after a restart, so a torn tail can only be the
+format 1: the payload is a serialised telemetry.v1.Batch; format 2: the same, zlib-compressed
+(`spool.compression: zlib`; a batch repeats its series table, so this shrinks it ~10x).
+`crc32` is zlib.crc32 over the header fields after it and the format/priority/length, then
+the stored payload. A segment is never appended to after a restart, so a torn tail can only be the
 last record of a segment; at start-up torn and corrupt records are skipped and counted, and
 scanning resynchronises on the next record whose checksum holds.
 
@@ -48,7 +50,8 @@ from collector.errors import CollectorError
 log = logging.getLogger(__name__)
 
 MAGIC = b"\xa7S"
-VERSION = 1
+RAW, ZLIB = 1, 2  # record formats
+FORMATS = (RAW, ZLIB)
 HEADER = struct.Struct("<2sBBIIQq")
 _CRC_FIELDS = struct.Struct("<BBIQq")
 HEADER_SIZE = HEADER.size
@@ -75,24 +78,31 @@ class Record:
     priority: int
     created_unix_nano: int
     offset: int  # of the header within the segment
-    length: int  # of the payload
+    length: int  # of the stored payload
+    fmt: int = RAW
 
     @property
     def size(self) -> int:
         return HEADER_SIZE + self.length
 
 
-def _crc(priority: int, length: int, seq: int, created: int, payload: bytes) -> int:
-    head = _CRC_FIELDS.pack(VERSION, priority, length, seq, created)
+def _crc(fmt: int, priority: int, length: int, seq: int, created: int, payload: bytes) -> int:
+    head = _CRC_FIELDS.pack(fmt, priority, length, seq, created)
     return zlib.crc32(payload, zlib.crc32(head))
 
 
-def encode_record(seq: int, priority: int, created_unix_nano: int, payload: bytes) -> bytes:
-    """One spool record: header plus payload."""
+def encode_record(seq: int, priority: int, created_unix_nano: int, payload: bytes, *,
+                  fmt: int = RAW) -> bytes:
+    """One spool record: header plus the payload as stored (compress first for ZLIB)."""
     n = len(payload)
-    return HEADER.pack(MAGIC, VERSION, priority, n,
-                       _crc(priority, n, seq, created_unix_nano, payload),
+    return HEADER.pack(MAGIC, fmt, priority, n,
+                       _crc(fmt, priority, n, seq, created_unix_nano, payload),
                        seq, created_unix_nano) + payload
+
+
+def decode_payload(rec: Record, stored: bytes) -> bytes:
+    """The batch bytes of a record (raises zlib.error if a ZLIB payload does not inflate)."""
+    return zlib.decompress(stored) if rec.fmt == ZLIB else stored
 
 
 @dataclass(slots=True)
@@ -105,16 +115,16 @@ class ScanResult:
 def _valid_at(data: bytes | memoryview, pos: int) -> Record | None:
     if pos + HEADER_SIZE > len(data):
         return None
-    magic, version, prio, length, crc, seq, created = HEADER.unpack_from(data, pos)
-    if magic != MAGIC or version != VERSION or length > MAX_PAYLOAD:
+    magic, fmt, prio, length, crc, seq, created = HEADER.unpack_from(data, pos)
+    if magic != MAGIC or fmt not in FORMATS or length > MAX_PAYLOAD:
         return None
     end = pos + HEADER_SIZE + length
     if end > len(data):
         return None
     payload = bytes(data[pos + HEADER_SIZE:end])
-    if _crc(prio, length, seq, created, payload) != crc:
+    if _crc(fmt, prio, length, seq, created, payload) != crc:
         return None
-    return Record(seq, prio, created, pos, length)
+    return Record(seq, prio, created, pos, length, fmt)
 
 
 def scan(data: bytes) -> ScanResult:
@@ -317,8 +327,10 @@ class Spool:
         """Write one batch; False when it was dropped instead (counted by reason)."""
         if not 0 <= priority <= 9:
             raise ValueError(f"priority must be 0..9, got {priority}")
-        rec_bytes = encode_record(seq, priority, created_unix_nano, payload)
-        if len(rec_bytes) > self.settings.max_bytes or len(payload) > MAX_PAYLOAD:
+        fmt = ZLIB if self.settings.compression == "zlib" else RAW
+        stored = zlib.compress(payload, 1) if fmt == ZLIB else payload
+        rec_bytes = encode_record(seq, priority, created_unix_nano, stored, fmt=fmt)
+        if len(rec_bytes) > self.settings.max_bytes or len(stored) > MAX_PAYLOAD:
             log.error("batch seq %d of %d bytes exceeds the spool size: dropped", seq, len(payload))
             self._done_journal([seq])
             self.counters.dropped[DROP_TOO_LARGE] += 1
@@ -344,7 +356,7 @@ class Spool:
             self._done_journal([seq])
             self.counters.dropped[DROP_IO_ERROR] += 1
             return False
-        rec = Record(seq, priority, created_unix_nano, seg.size, len(payload))
+        rec = Record(seq, priority, created_unix_nano, seg.size, len(stored), fmt)
         seg.records.append(rec)
         seg.live.add(seq)
         seg.size += rec.size
@@ -426,14 +438,18 @@ class Spool:
                 continue
             seg = self._by_seq[seq]
             try:
-                payload = os.pread(seg.fd, rec.length, rec.offset + HEADER_SIZE)
-            except OSError as exc:
-                log.error("spool read of seq %d failed (%s): dropped", seq, exc.strerror)
+                payload = self._payload(seg, rec)
+            except (OSError, zlib.error) as exc:
+                log.error("spool read of seq %d failed (%s): dropped", seq, exc)
                 self._finish([seq], DROP_IO_ERROR)
                 continue
             self._taken.add(seq)
             return seq, payload
         return None
+
+    @staticmethod
+    def _payload(seg: _Segment, rec: Record) -> bytes:
+        return decode_payload(rec, os.pread(seg.fd, rec.length, rec.offset + HEADER_SIZE))
 
     def has_waiting(self) -> bool:
         while self._pending and (self._pending[0] not in self._records
@@ -460,15 +476,14 @@ class Spool:
             return False
         seg = self._by_seq[seq]
         try:
-            payload = os.pread(seg.fd, rec.length, rec.offset + HEADER_SIZE)
+            payload = self._payload(seg, rec)
             (self.rejected_dir / f"{seq:020d}.batch").write_bytes(payload)
             (self.rejected_dir / f"{seq:020d}.json").write_text(json.dumps(
                 {"seq": seq, "code": code, "reason": reason,
                  "rejected_unix_nano": self._clock_ns()}) + "\n")
             self._trim_rejected()
-        except OSError as exc:
-            log.error("cannot keep rejected batch %d in %s: %s", seq, self.rejected_dir,
-                      exc.strerror)
+        except (OSError, zlib.error) as exc:
+            log.error("cannot keep rejected batch %d in %s: %s", seq, self.rejected_dir, exc)
         self._finish([seq], "rejected")
         return True
 

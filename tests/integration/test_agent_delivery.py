@@ -29,7 +29,7 @@ from tests.ingest_support import ingest_settings, started, token_for
 ROUNDS = 60  # x 2 sources = 120 batches
 
 
-@pytest.mark.parametrize("mtls", [False, True], ids=["tls", "mtls"])
+@pytest.mark.parametrize("mtls", [False, True], ids=["tls", "mtls-gzip"])
 async def test_agent_batches_land_in_topic_exactly_once_and_spool_empties(
     broker: EmbeddedBroker, topic: str, certs: DevCerts, tmp_path: Path, mtls: bool
 ) -> None:
@@ -40,7 +40,8 @@ async def test_agent_batches_land_in_topic_exactly_once_and_spool_empties(
     spool = tmp_path / "spool"
     settings = AgentSettings.model_validate({
         "ingest": agent_tls(certs, f"127.0.0.1:{server.port}", token_for(SITE.site_id),
-                            server_name="localhost", **client),
+                            server_name="localhost", compression="gzip" if mtls else "none",
+                            **client),
         "spool": {"dir": str(spool)},
     })
     reg = CollectorRegistry()

@@ -191,6 +191,8 @@ def parse_pm_bytes(data: bytes, name: str) -> PmFile:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
         raise PmFileError(name, f"not well-formed XML ({exc})") from None
+    except (LookupError, ValueError) as exc:  # e.g. an unknown encoding in the declaration
+        raise PmFileError(name, f"unreadable XML ({exc})") from None
     if _local(root.tag) != "measCollecFile":
         raise PmFileError(name, f"root element is <{_local(root.tag)}>, not <measCollecFile>")
     header = _child(root, "fileHeader")
