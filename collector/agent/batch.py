@@ -130,17 +130,24 @@ class BatchBuilder:
             idx = self._index[d] = len(self._index)
         return idx
 
+    # counter() and gauge() run once per sample: series_index is inlined on purpose.
     def counter(self, d: SeriesDef, time_unix_nano: int, value: int) -> None:
-        i, t, v = self._c
-        i.append(self.series_index(d))
-        t.append(time_unix_nano)
-        v.append(value)
+        idx = self._index.get(d)
+        if idx is None:
+            idx = self._index[d] = len(self._index)
+        c = self._c
+        c[0].append(idx)
+        c[1].append(time_unix_nano)
+        c[2].append(value)
 
     def gauge(self, d: SeriesDef, time_unix_nano: int, value: float) -> None:
-        i, t, v = self._g
-        i.append(self.series_index(d))
-        t.append(time_unix_nano)
-        v.append(value)
+        idx = self._index.get(d)
+        if idx is None:
+            idx = self._index[d] = len(self._index)
+        g = self._g
+        g[0].append(idx)
+        g[1].append(time_unix_nano)
+        g[2].append(value)
 
     def counter_columns(self, defs: list[SeriesDef], series: npt.NDArray[np.integer],
                         time_unix_nano: npt.NDArray[np.int64],

@@ -48,7 +48,7 @@ OPTICAL = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LinkReading:
     """One link at one moment. None means: this adapter does not know it."""
 
@@ -225,6 +225,14 @@ def make_adapter(spec: str, options: dict[str, Any]) -> LinkAdapter:
 
 
 # --- the source -----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    counters: tuple[tuple[str, SeriesDef], ...]
+    oper: SeriesDef
+    speed: SeriesDef
+    optical: tuple[tuple[str, SeriesDef], ...]
+
+
 class LinkSource(Source):
     name = "link"
 
@@ -234,17 +242,13 @@ class LinkSource(Source):
         self.interval_s = settings.interval_s
         self.priority = settings.priority
         self.adapter = adapter or make_adapter(settings.adapter, dict(settings.options))
-        self._defs: dict[tuple[str, str, str, int, int], SeriesDef] = {}
-        self._wanted: dict[str, bool] = {}
+        # Per (link, adapter media, width, counter start): the series defs, built once.
+        self._plans: dict[tuple[str, str | None, int, int], _Plan | None] = {}
 
     def _want(self, name: str) -> bool:
-        w = self._wanted.get(name)
-        if w is None:
-            s = self.settings
-            w = self._wanted[name] = (
-                any(fnmatch.fnmatchcase(name, p) for p in s.include)
+        s = self.settings
+        return (any(fnmatch.fnmatchcase(name, p) for p in s.include)
                 and not any(fnmatch.fnmatchcase(name, p) for p in s.exclude))
-        return w
 
     def _media(self, r: LinkReading) -> str:
         for pattern, media in self.settings.media.items():
@@ -252,41 +256,47 @@ class LinkSource(Source):
                 return media
         return r.media or "copper"
 
-    def _def(self, metric: str, r: LinkReading, media: str, unit: str, counter: bool) -> SeriesDef:
-        key = (metric, r.name, media, r.counter_bits if counter else 0,
-               r.counter_start_unix_nano if counter else 0)
-        d = self._defs.get(key)
-        if d is None:
-            labels = {"link": r.name, "media": media}
-            d = (counter_def(metric, labels, unit=unit, bits=r.counter_bits,
-                             start_time_unix_nano=r.counter_start_unix_nano) if counter
-                 else gauge_def(metric, labels, unit=unit))
-            if len(self._defs) > 100_000:  # links come and go; do not grow forever
-                self._defs.clear()
-            self._defs[key] = d
-        return d
+    def _plan(self, r: LinkReading) -> _Plan | None:
+        if not self._want(r.name):
+            return None
+        labels = {"link": r.name, "media": self._media(r)}
+        return _Plan(
+            counters=tuple((f, counter_def("link_" + f, labels, unit=_UNITS.get(f, "packets"),
+                                           bits=r.counter_bits,
+                                           start_time_unix_nano=r.counter_start_unix_nano))
+                           for f in COUNTERS),
+            oper=gauge_def("link_oper_up", labels, unit="bool"),
+            speed=gauge_def("link_speed_bytes", labels, unit="bytes_per_second"),
+            optical=tuple((attr, gauge_def(metric, labels, unit=unit))
+                          for attr, metric, unit in OPTICAL),
+        )
 
     async def collect(self, builder: BatchBuilder, now_unix_nano: int) -> None:
+        counter, gauge, plans = builder.counter, builder.gauge, self._plans
+        isfinite = math.isfinite
         for r in await self.adapter.read():
-            if not self._want(r.name):
+            key = (r.name, r.media, r.counter_bits, r.counter_start_unix_nano)
+            if key in plans:
+                plan = plans[key]
+            else:
+                if len(plans) > 100_000:  # links come and go; do not grow forever
+                    plans.clear()
+                plan = plans[key] = self._plan(r)
+            if plan is None:
                 continue
             t = r.time_unix_nano or now_unix_nano
-            media = self._media(r)
-            for field_ in COUNTERS:
-                v = getattr(r, field_)
-                if v is not None:
-                    builder.counter(self._def("link_" + field_, r, media,
-                                              _UNITS.get(field_, "packets"), True), t, v)
-            if r.oper_up is not None:
-                builder.gauge(self._def("link_oper_up", r, media, "bool", False), t,
-                              1.0 if r.oper_up else 0.0)
-            if r.speed_bytes_per_second is not None:
-                builder.gauge(self._def("link_speed_bytes", r, media, "bytes_per_second", False),
-                              t, float(r.speed_bytes_per_second))
-            for attr, metric, unit in OPTICAL:
+            for attr, d in plan.counters:
                 v = getattr(r, attr)
-                if v is not None and math.isfinite(v):
-                    builder.gauge(self._def(metric, r, media, unit, False), t, v)
+                if v is not None:
+                    counter(d, t, v)
+            if r.oper_up is not None:
+                gauge(plan.oper, t, 1.0 if r.oper_up else 0.0)
+            if r.speed_bytes_per_second is not None:
+                gauge(plan.speed, t, float(r.speed_bytes_per_second))
+            for attr, d in plan.optical:
+                v = getattr(r, attr)
+                if v is not None and isfinite(v):
+                    gauge(d, t, v)
 
     async def close(self) -> None:
         await self.adapter.close()
