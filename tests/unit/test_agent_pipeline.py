@@ -207,3 +207,29 @@ def test_backoff_is_full_jitter_with_a_cap() -> None:
     assert backoff_delay(10, 0.5, 30.0, lambda: 1.0) == 30.0  # capped
     assert backoff_delay(500, 0.5, 30.0, lambda: 1.0) == 30.0  # no overflow
     assert backoff_delay(10, 0.5, 30.0, lambda: 0.0) == 0.0  # full jitter reaches 0
+
+
+async def test_self_metrics_pass_promtool_check_metrics(tmp_path: Path) -> None:
+    import asyncio
+    import shutil
+
+    from collector.agent.metrics import SourceStats, collector_for
+
+    reg = CollectorRegistry()
+    s = agent_settings(tmp_path, "127.0.0.1:9")
+    async with AgentPipeline(s, agent_id="a1", site=SITE, boot_id="b", spool_dir=tmp_path,
+                             registry=reg) as p:
+        collector_for(reg).add_source("a1", "link", SourceStats(collections=1, samples=5))
+        p.spool.counters.dropped["spool_full"] += 1
+        await p.submit(fill(p.new_builder(), time.time_ns()))
+        text = generate_latest(reg)
+    assert b'collector_agent_batches_dropped_total{agent_id="a1",reason="spool_full"} 1.0' in text
+    assert b'collector_agent_source_samples_total{agent_id="a1",source="link"} 5.0' in text
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool (Debian package prometheus) is needed for this check"
+    proc = await asyncio.create_subprocess_exec(promtool, "check", "metrics",
+                                                stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(text), 60)
+    assert proc.returncode == 0, out
