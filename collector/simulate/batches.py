@@ -78,6 +78,11 @@ class PlannedBatch:
     original: PlannedBatch | None = None  # for a duplicate: the batch it repeats
 
     @property
+    def version(self) -> int:
+        """Discontinuities of the site so far (keys the series table: start times)."""
+        return int(self.block.version[self.site.index, self.ticks[0]])
+
+    @property
     def samples(self) -> int:
         return self.chunk.n_series * len(self.ticks)
 
@@ -152,9 +157,10 @@ class Planner:
                 local = np.arange(g0, min(g0 + tpb, n))
                 local = local[block.present[i, local]]
                 if len(local):
-                    # A batch carries one boot_id: cut at restarts.
-                    ep = block.epoch[i, local]
-                    cuts = np.flatnonzero(np.diff(ep)) + 1
+                    # A batch carries one boot_id and one start time per series: cut at
+                    # restarts and counter clears.
+                    ver = block.version[i, local]
+                    cuts = np.flatnonzero(np.diff(ver)) + 1
                     for part in np.split(local, cuts):
                         epoch = int(block.epoch[i, part[0]])
                         for ch in self.chunks[i]:
@@ -196,32 +202,32 @@ class Planner:
 
     # --- encoding ------------------------------------------------------------------------
 
-    def series_defs(self, site: int, chunk: Chunk, epoch: int) -> list[SeriesDef]:
-        """SeriesDefs of a chunk in table order (counters, then gauges) for a boot epoch."""
-        key = (site, chunk.index, epoch)
+    def series_defs(self, b: PlannedBatch) -> list[SeriesDef]:
+        """SeriesDefs of a batch's chunk in table order (counters, then gauges)."""
+        ch = b.chunk
+        key = (b.site.index, ch.index, b.version)
         defs = self._defs.get(key)
         if defs is None:
-            start = self.gen.sites[site].start_ns[epoch]
             m = self.model
+            starts = b.block.start[ch.c_lo:ch.c_hi, b.ticks[0]].tolist()
             defs = [counter_def(c.metric, c.labels, unit=c.unit, bits=c.bits,
-                                start_time_unix_nano=start, scale=c.scale)
-                    for c in m.counters[chunk.c_lo:chunk.c_hi]]
+                                start_time_unix_nano=st, scale=c.scale)
+                    for c, st in zip(m.counters[ch.c_lo:ch.c_hi], starts, strict=True)]
             defs += [gauge_def(g.metric, g.labels, unit=g.unit, scale=g.scale)
-                     for g in m.gauges[chunk.g_lo:chunk.g_hi]]
+                     for g in m.gauges[ch.g_lo:ch.g_hi]]
             self._defs[key] = defs
+            # Definitions of older versions are no longer needed (a late batch rebuilds its own).
+            for old in [k for k in self._defs if k[0] == key[0] and k[2] < key[2] - 2]:
+                del self._defs[old]
+                self._tables.pop(old, None)
         return defs
 
-    def _table(self, site: int, chunk: Chunk, epoch: int) -> bytes:
-        key = (site, chunk.index, epoch)
+    def _table(self, b: PlannedBatch) -> bytes:
+        key = (b.site.index, b.chunk.index, b.version)
         raw = self._tables.get(key)
         if raw is None:
-            raw = b"".join(_ld(6, d.to_pb().SerializeToString())
-                           for d in self.series_defs(site, chunk, epoch))
+            raw = b"".join(_ld(6, d.to_pb().SerializeToString()) for d in self.series_defs(b))
             self._tables[key] = raw
-            # Tables of finished epochs are no longer needed.
-            for old in [k for k in self._tables if k[0] == site and k[2] < epoch - 1]:
-                del self._tables[old]
-                self._defs.pop(old, None)
         return raw
 
     def columns(self, b: PlannedBatch) -> tuple[tuple[npt.NDArray, npt.NDArray, npt.NDArray],
@@ -258,7 +264,7 @@ class Planner:
             self._site_field[i],
             _ld(4, self.gen.sites[i].boot_ids[b.epoch].encode()),
             b"\x29", int(b.t_max).to_bytes(8, "little", signed=True),
-            self._table(i, b.chunk, b.epoch),
+            self._table(b),
         ]
         if len(cv):
             out.append(_ld(7, wire.encode_columns(ci, ct, cv, gauge=False)))
@@ -269,7 +275,7 @@ class Planner:
 
     def fill_builder(self, b: PlannedBatch, builder: BatchBuilder) -> None:
         """Put the batch's samples into an agent BatchBuilder (mode 1)."""
-        defs = self.series_defs(b.site.index, b.chunk, b.epoch)
+        defs = self.series_defs(b)
         (ci, ct, cv), (gi, gt, gv) = self.columns(b)
         if len(cv):
             builder.counter_columns(defs, ci, ct, cv)

@@ -65,10 +65,15 @@ class SimulateSettings(BaseModel):
     reset_every_s: float = Field(21_600.0, ge=0, description="Mean simulated time between agent "
                                  "restarts per site (new boot_id, counters restart from 0 with a new "
                                  "start_time_unix_nano); 0 disables.")
+    clear_every_s: float = Field(43_200.0, ge=0, description="Mean simulated time between link "
+                                 "counter clears per site: one link's counters restart from 0 "
+                                 "with a new start_time_unix_nano and the same boot_id; 0 "
+                                 "disables.")
     wrap32: bool = Field(True, description="Copper links declare 32-bit octet/packet counters that "
                          "start just below 2^32, so they wrap during the run.")
-    gap_probability: float = Field(0.002, ge=0, le=0.5, description="Per site and tick, probability "
-                                   "that a gap (missed polls) starts there.")
+    gap_probability: float = Field(0.005, ge=0, le=1, description="Per site, probability that a "
+                                   "gap (gap_ticks missed polls) takes each run of gap_ticks + 1 "
+                                   "ticks; gaps never touch, a delivered tick follows every gap.")
     gap_ticks: int = Field(2, ge=1, le=100, description="Length of a gap in ticks.")
     duplicate_probability: float = Field(0.01, ge=0, le=1, description="Per batch, probability that "
                                          "it is sent twice (same agent_id and seq).")
@@ -99,4 +104,7 @@ class SimulateSettings(BaseModel):
             raise ValueError("countries must not repeat")
         if any(w <= 0 for w in self.truth_windows_s):
             raise ValueError("truth_windows_s must be positive")
+        if self.record_link_bps / 8 * self.interval_s * (self.gap_ticks + 1) >= 2**64:
+            raise ValueError("record_link_bps: the record link would count 2^64 bytes between "
+                             "two delivered samples; lower it, interval_s or gap_ticks")
         return self

@@ -17,7 +17,7 @@ import hashlib
 import math
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -257,6 +257,11 @@ class FleetModel:
         self.cells = {k: np.array(v) for k, v in cells.items()}
         self.hosts = {k: np.array(v) for k, v in hosts.items()}
         self.site_country = np.array([st.info.country for st in self.sites])
+        # First counter row of each link, per site (counter clears pick one of them; never the
+        # record link, whose counters are meant to run for weeks).
+        self.site_links = [
+            self.links["c0"][(self.links["site"] == i) & ~self.links["record"].astype(bool)]
+            if len(self.links["site"]) else np.zeros(0, np.int64) for i in range(self.n_sites)]
         self.silent_site = self.n_sites - 1 if s.silent_after_s > 0 and self.n_sites > 1 else -1
         self.silent_tick = math.ceil(s.silent_after_s / self.interval_s) if self.silent_site >= 0 else 0
         self._init_cells()
@@ -322,16 +327,34 @@ class FleetModel:
         g = s.gap_ticks
         out = np.ones((self.n_sites, len(ticks)), dtype=bool)
         if s.gap_probability > 0 and len(ticks):
-            ext = np.arange(ticks[0] - g + 1, ticks[-1] + 1)
-            starts = self.noise.u(_SITE + np.arange(self.n_sites) * 16 + 3, ext) < s.gap_probability
-            starts[:, ext < 1] = False
-            csum = np.concatenate([np.zeros((self.n_sites, 1), np.int64), np.cumsum(starts, axis=1)],
-                                  axis=1)
-            in_gap = (csum[:, g:] - csum[:, :-g]) > 0
-            out &= ~in_gap[:, -len(ticks):]
+            # Ticks are grouped in runs of g + 1; a gap takes the first g ticks of a run, so
+            # gaps never touch and at most g ticks in a row are missed (the 32-bit counters
+            # rely on it). The first run of the run never has a gap.
+            period = ticks // (g + 1)
+            first = np.unique(period)
+            hit = self.noise.u(_SITE + np.arange(self.n_sites) * 16 + 3, first) < s.gap_probability
+            hit[:, first == 0] = False
+            in_gap = hit[:, np.searchsorted(first, period)] & ((ticks % (g + 1)) < g)[None, :]
+            out &= ~in_gap
         if self.silent_site >= 0:
             out[self.silent_site, ticks >= self.silent_tick] = False
         return out
+
+    def clears(self, ticks: npt.NDArray[np.int64]
+               ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(sites x ticks) link counter clears: flag, which link of the site (index into
+        `site_links`), and the clear point q/1024 of the interval before the tick."""
+        s = self.settings
+        shape = (self.n_sites, len(ticks))
+        if s.clear_every_s <= 0 or not len(ticks):
+            return np.zeros(shape, bool), np.zeros(shape, np.int64), np.ones(shape, np.int64)
+        p = self.interval_s / s.clear_every_s
+        keys = _SITE + np.arange(self.n_sites) * 16 + 8
+        n_links = np.array([len(x) for x in self.site_links])
+        flag = (self.noise.u(keys, ticks) < p) & (ticks >= 1)[None, :] & (n_links > 0)[:, None]
+        which = (self.noise.u(keys + 1, ticks) * np.maximum(n_links, 1)[:, None]).astype(np.int64)
+        q = 1 + (self.noise.u(keys + 2, ticks) * 1023).astype(np.int64)
+        return flag, which, q
 
     def resets(self, ticks: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
         """(sites x ticks) restart flags and the restart point q/1024 of the interval before the
@@ -352,10 +375,12 @@ class SiteState:
     """What the generator carries from one block to the next for one site."""
 
     epoch: int
-    start_ns: list[int]  # counter start time per epoch
+    start_ns: list[int]  # counter start time per epoch (the restart time)
     boot_ids: list[str]
     last_present_epoch: int | None = None  # None: no sample delivered yet
     seq: int = 0
+    version: int = 0  # discontinuities so far (restarts and counter clears)
+    clears: int = 0
 
 
 @dataclass
@@ -367,13 +392,14 @@ class Block:
     t: npt.NDArray[np.int64]  # sites x T, ns
     present: npt.NDArray[np.bool_]  # sites x T
     epoch: npt.NDArray[np.int64]  # sites x T, boot epoch of the site at the tick
-    reset_sample: npt.NDArray[np.bool_]  # sites x T: first delivered sample after a restart
+    version: npt.NDArray[np.int64]  # sites x T, discontinuities (restarts + clears) so far
+    reset_sample: npt.NDArray[np.bool_]  # counters x T: first delivered sample of a new segment
+    start: npt.NDArray[np.int64]  # counters x T: start_time_unix_nano of the counter
     counted: npt.NDArray[np.bool_]  # sites x T: delivered and not the series' first sample ever
     values: npt.NDArray[np.uint64]  # counters x T, as sent (masked to the declared width)
     increment: npt.NDArray[np.uint64]  # counters x T, true increment (valid where counted)
     raw_increment: npt.NDArray[np.uint64]  # counters x T, the model's per-tick increment
     gauges: npt.NDArray[np.float64]  # gauges x T
-    epochs_started: dict[int, list[int]] = field(default_factory=dict)  # site -> new epochs
 
     @property
     def n_ticks(self) -> int:
@@ -389,10 +415,17 @@ class FleetGenerator:
         self.next_tick = 0
         self._v64 = m.initial_values()  # value at the last generated tick (64-bit sum)
         self._v_present = np.zeros(m.nc, dtype=U64)  # 64-bit value at the last delivered tick
+        # Per counter row: segment (restarts and clears so far), segment of the last
+        # delivered sample, current start time.
+        self._seg = np.zeros(m.nc, dtype=np.int64)
+        self._seg_present = np.zeros(m.nc, dtype=np.int64)
         self.sites = [
             SiteState(0, [m.initial_start_ns(i, start_ns)], [m.boot_id(i, 0)])
             for i in range(m.n_sites)
         ]
+        self._start = np.concatenate([
+            np.full(st.c_hi - st.c_lo, self.sites[st.index].start_ns[0], dtype=np.int64)
+            for st in m.sites]) if m.nc else np.zeros(0, np.int64)
 
     def block(self, n: int) -> Block:
         m = self.model
@@ -403,6 +436,8 @@ class FleetGenerator:
         t = t_ext[:, 1:]
         present = m.present(ticks)
         reset, q = m.resets(ticks)
+        clear, which, cq = m.clears(ticks)
+        clear &= ~reset  # a restart clears everything anyway
         load = np.empty((m.n_sites, n))
         for st in m.sites:
             load[st.index] = diurnal_load(st.info.timezone, t[st.index])
@@ -415,58 +450,83 @@ class FleetGenerator:
         values = np.empty_like(inc)
         increment = np.zeros_like(inc)
         epoch = np.empty((m.n_sites, n), dtype=np.int64)
-        reset_sample = np.zeros((m.n_sites, n), dtype=bool)
+        version = np.empty((m.n_sites, n), dtype=np.int64)
+        reset_sample = np.zeros((m.nc, n), dtype=bool)
+        start = np.empty((m.nc, n), dtype=np.int64)
         counted = np.zeros((m.n_sites, n), dtype=bool)
-        started: dict[int, list[int]] = {}
         for st in m.sites:
             i = st.index
             state = self.sites[i]
-            rows = slice(st.c_lo, st.c_hi)
-            r_ticks = np.flatnonzero(reset[i])
+            lo, hi = st.c_lo, st.c_hi
+            rows = slice(lo, hi)
+            # Discontinuities in tick order: (tick, first row, last row + 1, q, restart?)
+            events = [(r, lo, hi, int(q[i, r]), True) for r in np.flatnonzero(reset[i]).tolist()]
+            for r in np.flatnonzero(clear[i]).tolist():
+                c0 = int(m.site_links[i][which[i, r]])
+                events.append((r, c0, c0 + len(LINK_COUNTERS), int(cq[i, r]), False))
+            events.sort()
             seg_inc = inc[rows]
-            # The first increment after a restart only covers the part of the interval after it.
-            for r in r_ticks.tolist():
-                qq = int(q[i, r])
-                seg_inc[:, r] = (seg_inc[:, r] // 1024) * qq + (seg_inc[:, r] % 1024) * qq // 1024
+            # The first increment after a restart/clear only covers the part of the interval
+            # after it.
+            for r, a, b, qq, _ in events:
+                col = seg_inc[a - lo:b - lo, r]
+                seg_inc[a - lo:b - lo, r] = (col // 1024) * qq + (col % 1024) * qq // 1024
             csum = np.cumsum(seg_inc, axis=1, dtype=U64)
             v = csum + self._v64[rows][:, None]
+            seg = np.repeat(self._seg[rows][:, None], n, axis=1)
+            stt = np.repeat(self._start[rows][:, None], n, axis=1)
             ep = np.full(n, state.epoch, dtype=np.int64)
-            for r in r_ticks.tolist():
-                # value = increments since the restart (counter restarted from 0)
-                v[:, r:] = csum[:, r:] - (csum[:, r - 1][:, None] if r > 0 else 0)
-                state.epoch += 1
-                ep[r:] = state.epoch
-                tr = int(t_ext[i, r + 1]) - (int(t_ext[i, r + 1]) - int(t_ext[i, r])) * int(q[i, r]) // 1024
-                state.start_ns.append(tr)
-                state.boot_ids.append(m.boot_id(i, state.epoch))
-                started.setdefault(i, []).append(state.epoch)
+            ver = np.full(n, state.version, dtype=np.int64)
+            for r, a, b, qq, restart in events:
+                ra, rb = a - lo, b - lo
+                # value = increments since the discontinuity (the counter started from 0)
+                v[ra:rb, r:] = csum[ra:rb, r:] - (csum[ra:rb, r - 1][:, None] if r > 0 else 0)
+                seg[ra:rb, r:] += 1
+                tk, tk1 = int(t_ext[i, r + 1]), int(t_ext[i, r])
+                tr = tk - (tk - tk1) * qq // 1024
+                stt[ra:rb, r:] = tr
+                state.version += 1
+                ver[r:] = state.version
+                if restart:
+                    state.epoch += 1
+                    ep[r:] = state.epoch
+                    state.start_ns.append(tr)
+                    state.boot_ids.append(m.boot_id(i, state.epoch))
+                else:
+                    state.clears += 1
             epoch[i] = ep
+            version[i] = ver
+            start[rows] = stt
             values[rows] = v & m.c_mask[rows][:, None]
-            # True increments of delivered samples, against the previous delivered sample.
+            # True increments of delivered samples, against the previous delivered sample of
+            # the same segment (a new segment counts from 0).
             p_ticks = np.flatnonzero(present[i])
             if len(p_ticks):
-                prev_epoch = np.concatenate([[-1 if state.last_present_epoch is None
-                                              else state.last_present_epoch], ep[p_ticks[:-1]]])
-                same = prev_epoch == ep[p_ticks]
-                base = np.empty((st.c_hi - st.c_lo, len(p_ticks)), dtype=U64)
+                first_ever = state.last_present_epoch is None
+                prev_seg = np.empty((hi - lo, len(p_ticks)), dtype=np.int64)
+                prev_seg[:, 0] = self._seg_present[rows]
+                prev_seg[:, 1:] = seg[:, p_ticks[:-1]]
+                same = prev_seg == seg[:, p_ticks]
+                base = np.empty((hi - lo, len(p_ticks)), dtype=U64)
                 base[:, 0] = self._v_present[rows]
                 base[:, 1:] = v[:, p_ticks[:-1]]
-                base[:, ~same] = 0
+                base[~same] = 0
                 increment[rows, p_ticks] = v[:, p_ticks] - base
-                first_ever = state.last_present_epoch is None
                 cnt = np.ones(len(p_ticks), dtype=bool)
-                if first_ever:
-                    cnt[0] = False
-                counted[i, p_ticks] = cnt
                 rs = ~same
                 if first_ever:
-                    rs[0] = False
-                reset_sample[i, p_ticks] = rs
+                    cnt[0] = False
+                    rs[:, 0] = False
+                counted[i, p_ticks] = cnt
+                reset_sample[rows, p_ticks] = rs
                 state.last_present_epoch = int(ep[p_ticks[-1]])
                 self._v_present[rows] = v[:, p_ticks[-1]]
+                self._seg_present[rows] = seg[:, p_ticks[-1]]
             self._v64[rows] = v[:, -1]
-        return Block(k0, ticks, t, present, epoch, reset_sample, counted, values, increment,
-                     inc, gauges, started)
+            self._seg[rows] = seg[:, -1]
+            self._start[rows] = stt[:, -1]
+        return Block(k0, ticks, t, present, epoch, version, reset_sample, start, counted, values,
+                     increment, inc, gauges)
 
     # --- entity models -------------------------------------------------------------------
 

@@ -106,7 +106,7 @@ class TruthRecorder:
         site = m.c_site[rows]
         t = block.t[site, ks]
         counted = block.counted[site, ks]
-        reset = block.reset_sample[site, ks]
+        reset = block.reset_sample[rows, ks]
         c = pl.DataFrame({
             "series_id": rows.astype(np.uint32),
             "time_unix_nano": t,
@@ -115,6 +115,7 @@ class TruthRecorder:
             "counted": counted,
             "reset": reset,
             "epoch": block.epoch[site, ks].astype(np.uint32),
+            "start_time_unix_nano": block.start[rows, ks],
         }).with_columns(
             pl.when(pl.col("counted")).then(pl.col("increment")).otherwise(None).alias("increment"))
         # gauges
@@ -150,7 +151,8 @@ class TruthRecorder:
                 g.with_columns(pl.lit(None, pl.UInt64).alias("value"),
                                pl.lit(None, pl.UInt64).alias("increment"),
                                pl.lit(False).alias("reset"),
-                               pl.lit(None, pl.UInt32).alias("epoch")),
+                               pl.lit(None, pl.UInt32).alias("epoch"),
+                               pl.lit(None, pl.Int64).alias("start_time_unix_nano")),
             ], how="diagonal"))
         self._calibrate(block)
 
@@ -260,7 +262,7 @@ class TruthRecorder:
         if not self._samples:
             return series.clear()
         return pl.concat(self._samples).join(series, on="series_id").join(
-            self.epochs().select("site_id", "epoch", "boot_id", "start_time_unix_nano"),
+            self.epochs().select("site_id", "epoch", "boot_id"),
             on=["site_id", "epoch"], how="left").sort("series_id", "time_unix_nano")
 
     def epochs(self) -> pl.DataFrame:

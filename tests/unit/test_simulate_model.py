@@ -32,11 +32,12 @@ def test_same_seed_gives_the_same_batch_bytes() -> None:
 
 
 def test_values_do_not_depend_on_block_size() -> None:
-    m = FleetModel(small(reset_every_s=60, gap_probability=0.1))
+    m = FleetModel(small(reset_every_s=60, clear_every_s=60, gap_probability=0.1))
     one = FleetGenerator(m, START_S * NS).block(30)
     g = FleetGenerator(m, START_S * NS)
     parts = [g.block(n) for n in (7, 7, 7, 9)]
-    for name in ("values", "increment", "gauges", "t", "present", "epoch", "counted"):
+    for name in ("values", "increment", "gauges", "t", "present", "epoch", "counted", "start",
+                 "reset_sample", "version"):
         joined = np.concatenate([getattr(p, name) for p in parts], axis=1)
         np.testing.assert_array_equal(joined, getattr(one, name), err_msg=name)
     assert one.reset_sample.any()  # the restarts happened inside the compared range
@@ -60,7 +61,8 @@ def test_encoded_batch_equals_the_agent_batch_builder() -> None:
 
 
 def test_batches_hold_at_most_batch_samples_of_one_boot() -> None:
-    sim = Simulation(small(batch_samples=300, batch_ticks=3, links_per_site=20, reset_every_s=40))
+    sim = Simulation(small(batch_samples=300, batch_ticks=3, links_per_site=20, reset_every_s=40,
+                           clear_every_s=40))
     batches = sim.run(24)
     assert all(b.samples <= 300 for b in batches)
     assert max(b.samples for b in batches) >= 250
@@ -68,9 +70,28 @@ def test_batches_hold_at_most_batch_samples_of_one_boot() -> None:
         state = sim.gen.sites[b.site.index]
         got = wire.parse_batch(sim.encode(b))
         assert got.boot_id == state.boot_ids[b.epoch]
-        starts = {s.start_time_unix_nano for s in got.series if s.counter_bits}
-        assert starts <= {state.start_ns[b.epoch]}
+        starts = [s.start_time_unix_nano for s in got.series if s.counter_bits]
+        for k in b.ticks:  # one start time per series for every tick of the batch
+            assert starts == b.block.start[b.chunk.c_lo:b.chunk.c_hi, k].tolist()
     assert any(b.epoch > 0 and b.chunk.c_hi > b.chunk.c_lo for b in batches)
+
+
+def test_counter_clear_changes_start_time_of_one_link_and_keeps_the_boot_id() -> None:
+    m = FleetModel(small(reset_every_s=0, clear_every_s=100, gap_probability=0))
+    g = FleetGenerator(m, START_S * NS)
+    blk = g.block(60)
+    site = m.sites[0]
+    rows = slice(site.c_lo, site.c_hi)
+    changed = np.flatnonzero((np.diff(blk.start[rows], axis=1) != 0).any(axis=1))
+    assert len(changed)
+    assert len(changed) % 8 == 0
+    assert (blk.epoch == 0).all()  # no restart: same boot_id
+    assert g.sites[0].clears >= 1
+    r = site.c_lo + int(changed[0])
+    k = int(np.flatnonzero(np.diff(blk.start[r]))[0]) + 1
+    assert blk.reset_sample[r, k]
+    assert blk.increment[r, k] == blk.values[r, k]  # counted from 0 at the clear
+    assert blk.start[r, k - 1] < blk.start[r, k] <= blk.t[0, k]
 
 
 def test_32_bit_counters_wrap_and_never_move_2_32_between_delivered_samples() -> None:
@@ -134,3 +155,16 @@ def test_settings_reject_bad_values() -> None:
         small(interval_s=1.0, jitter_s=0.6)
     with pytest.raises(ValidationError, match="coverage_5g"):
         small(coverage_5g={"JP": 1.5, "US": 0.9})
+
+
+def test_gaps_never_exceed_gap_ticks_in_a_row() -> None:
+    m = FleetModel(small(gap_probability=0.6, gap_ticks=3, sites_per_country=3, silent_after_s=0))
+    present = FleetGenerator(m, START_S * NS).block(400).present
+    assert 0.2 < 1 - present.mean() < 0.6
+    for row in present:
+        missing = 0
+        for p in row.tolist():
+            missing = 0 if p else missing + 1
+            assert missing <= 3
+    with pytest.raises(ValueError, match="record_link_bps"):
+        small(record_link_bps=1e18, interval_s=3600, gap_ticks=100)

@@ -25,12 +25,14 @@ def _truth(sim: Simulation, tmp: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**62), reset_every=st.sampled_from([0.0, 90.0, 600.0]),
+       clear_every=st.sampled_from([0.0, 60.0, 600.0]),
        gap=st.sampled_from([0.0, 0.05, 0.2]), interval=st.sampled_from([1.0, 10.0, 60.0]),
        wrap32=st.booleans(), ticks=st.integers(1, 70))
 def test_truth_equals_reference_decoding_of_the_sent_batches(
-        tmp_path_factory: pytest.TempPathFactory, seed: int, reset_every: float, gap: float,
-        interval: float, wrap32: bool, ticks: int) -> None:
-    s = small(seed=seed, reset_every_s=reset_every, gap_probability=gap, interval_s=interval,
+        tmp_path_factory: pytest.TempPathFactory, seed: int, reset_every: float,
+        clear_every: float, gap: float, interval: float, wrap32: bool, ticks: int) -> None:
+    s = small(seed=seed, reset_every_s=reset_every, clear_every_s=clear_every,
+              gap_probability=gap, interval_s=interval,
               jitter_s=interval / 4, wrap32=wrap32, duplicate_probability=0.2,
               late_probability=0.2, late_delay_s=interval * 3, silent_after_s=interval * 40,
               truth_windows_s=(10, 60))
@@ -143,7 +145,8 @@ def test_japan_5g_coverage_is_98_percent(tmp_path: Path) -> None:
 def test_record_link_402_tbps_for_30_days_passes_2_53_and_2_64_exactly(tmp_path: Path) -> None:
     days = 30
     s = small(countries=("JP",), links_per_site=0, cells_per_site=0, hosts_per_site=0,
-              interval_s=60, reset_every_s=0, gap_probability=0, duplicate_probability=0,
+              interval_s=60, reset_every_s=0, clear_every_s=0, gap_probability=0,
+              duplicate_probability=0,
               late_probability=0, silent_after_s=0, batch_samples=1500, batch_ticks=100,
               truth_windows_s=(300, 864_000))
     sim = Simulation(s, truth=True)
