@@ -202,18 +202,21 @@ def truth_windows(fleet: Fleet, windows_s: tuple[int, ...], pane_s: int, upto_ns
     pane = pane_s * NS
     out: dict[tuple[str, str, str, int, int], tuple] = {}
     first = min(s[0][0] for s in fleet.counted.values())
-    ends = list(range((first // pane + 1) * pane, upto_ns + 1, pane))
+    all_ends = list(range((first // pane + 1) * pane, upto_ns + 1, pane))
+    # window j slides by the next shorter window (the shortest by itself)
+    slides = {w: windows_s[max(0, j - 1)] * NS for j, w in enumerate(windows_s)}
     for key, samples in fleet.counted.items():
         if key in fleet.bits:
             tc = TruthCounter(bits=fleet.bits[key])
             for t, v, e in samples:
                 tc.add(t, int(v), e)
             for w in windows_s:
+                ends = [e for e in all_ends if e % slides[w] == 0]
                 for end, val in window_truth(tc.deltas, w * NS, pane, ends).items():
                     out[(*key, w, end)] = val
         else:
             for w in windows_s:
-                for end in ends:
+                for end in (e for e in all_ends if e % slides[w] == 0):
                     vals = [v for t, v, _ in samples if end - w * NS <= t < end]
                     if vals:
                         out[(*key, w, end)] = (sum(vals), len(vals), min(vals), max(vals))

@@ -6,6 +6,7 @@ docs/aggregator.md explains how the knobs interact.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -28,8 +29,10 @@ class AggregateSettings(BaseModel):
     windows_s: tuple[int, ...] = Field(
         (10, 60, 300),
         description=(
-            "Sliding event-time window lengths in seconds. The shortest is the pane length; every "
-            "other window must be a multiple of it. Windows slide by one pane."
+            "Sliding event-time window lengths in seconds, each a multiple of the next shorter one. "
+            "The shortest is the pane and slides by itself; every longer window is built from the "
+            "next shorter one's partial aggregates and slides by that length (default: 10 s and "
+            "1 min slide by 10 s, 5 min slides by 1 min)."
         ),
     )
     allowed_lateness_s: float = Field(
@@ -114,8 +117,9 @@ class AggregateSettings(BaseModel):
         w = tuple(sorted(set(v)))
         if w[0] <= 0:
             raise ValueError("windows must be positive")
-        if any(x % w[0] for x in w):
-            raise ValueError(f"every window must be a multiple of the shortest ({w[0]} s)")
+        for a, b in itertools.pairwise(w):
+            if b % a:
+                raise ValueError(f"window {b} s is not a multiple of the next shorter one ({a} s)")
         return w
 
     @field_validator("metrics_listen")

@@ -71,11 +71,12 @@ def _skip(buf: bytes, pos: int, wire_type: int) -> int:
 
 
 def _len_field(tag: int, size: int) -> int:
-    n = 1
-    while size >= 0x80:
-        size >>= 7
+    """Bytes a length-delimited field of `size` payload bytes takes: tag, varint length, payload."""
+    n, rest = 1, size
+    while rest >= 0x80:
+        rest >>= 7
         n += 1
-    return 1 + n + size if tag else 0
+    return 1 + n + size
 
 
 def series_table_bytes(data: bytes, batch: pb.Batch) -> bytes | None:

@@ -146,8 +146,18 @@ class PartitionState:
         self.settings = settings
         self.pane_ns = settings.pane_s * NS
         self.windows_s = settings.windows_s
-        self.n_panes = {w: w // settings.pane_s for w in settings.windows_s}
-        self.max_panes = max(self.n_panes.values())
+        # Window j is built from the partial aggregates of tier src(j) = max(0, j - 1): tier 0
+        # holds panes of the shortest window, tier k >= 1 holds the closed windows of length
+        # windows_s[k]. So (10 s, 1 min, 5 min) = 10 s panes; 1 min from six of them sliding
+        # by 10 s; 5 min from five 1-min aggregates sliding by 1 min. Per-sample work happens
+        # once, and a series keeps 6 + 5 small rows instead of 30.
+        w = settings.windows_s
+        self.n_tiers = max(1, len(w) - 1)
+        self.src = [max(0, j - 1) for j in range(len(w))]
+        self.tier_ns = [x * NS for x in w[: self.n_tiers]]
+        self.n_src = [w[j] // w[self.src[j]] for j in range(len(w))]
+        self.keep_panes = [max([self.n_src[j] for j in range(len(w)) if self.src[j] == k], default=1)
+                           for k in range(self.n_tiers)]
         self.lateness_ns = int(settings.allowed_lateness_s * NS)
         self.ttl_ns = int(settings.stale_ttl_s * NS)
         self.on_window: WindowSink | None = None
@@ -178,8 +188,8 @@ class PartitionState:
 
         self._cbuf: list[tuple[np.ndarray, ...]] = []
         self._gbuf: list[tuple[np.ndarray, ...]] = []
-        self.cpanes = _empty(COUNTER_PANE_SCHEMA)
-        self.gpanes = _empty(GAUGE_PANE_SCHEMA)
+        self.cpanes = [_empty(COUNTER_PANE_SCHEMA) for _ in range(self.n_tiers)]
+        self.gpanes = [_empty(GAUGE_PANE_SCHEMA) for _ in range(self.n_tiers)]
         self.latest_c = {w: _empty(COUNTER_WIN_SCHEMA) for w in self.windows_s}
         self.latest_g = {w: _empty(GAUGE_WIN_SCHEMA) for w in self.windows_s}
 
@@ -417,15 +427,14 @@ class PartitionState:
         if gdue is not None and len(gdue[0]):
             n += len(gdue[0])
             self._gauge_panes(*gdue)
-        first_end = start + self.pane_ns if emit_all else target
-        self._windows(first_end, target)
-        n_ends = (target - first_end) // self.pane_ns + 1
-        # Panes no future window needs: the next window ends at target + pane.
-        keep_from = (target // self.pane_ns) + 1 - self.max_panes
-        if len(self.cpanes):
-            self.cpanes = self.cpanes.filter(pl.col("pane") >= keep_from)
-        if len(self.gpanes):
-            self.gpanes = self.gpanes.filter(pl.col("pane") >= keep_from)
+        n_ends = self._windows(start, target, emit_all)
+        # Drop what no future window needs: the next one of each tier ends after target.
+        for k in range(self.n_tiers):
+            keep_from = (target // self.tier_ns[k]) + 1 - self.keep_panes[k]
+            if len(self.cpanes[k]):
+                self.cpanes[k] = self.cpanes[k].filter(pl.col("pane") >= keep_from)
+            if len(self.gpanes[k]):
+                self.gpanes[k] = self.gpanes[k].filter(pl.col("pane") >= keep_from)
         self.closed_ns = target
         expired = self._expire(target - self.ttl_ns)
         self.version += 1
@@ -454,7 +463,7 @@ class PartitionState:
             "resets": np.add.reduceat(d.reset.astype(np.uint32), starts),
             "wraps": np.add.reduceat(d.wrap.astype(np.uint32), starts),
         }, schema=COUNTER_PANE_SCHEMA)
-        self.cpanes = pl.concat([self.cpanes, frame]) if len(self.cpanes) else frame
+        self.cpanes[0] = pl.concat([self.cpanes[0], frame]) if len(self.cpanes[0]) else frame
         self._touch(sid, t)
 
     def _gauge_panes(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray) -> None:
@@ -471,7 +480,7 @@ class PartitionState:
             "min": np.minimum.reduceat(v, starts),
             "max": np.maximum.reduceat(v, starts),
         }, schema=GAUGE_PANE_SCHEMA)
-        self.gpanes = pl.concat([self.gpanes, frame]) if len(self.gpanes) else frame
+        self.gpanes[0] = pl.concat([self.gpanes[0], frame]) if len(self.gpanes[0]) else frame
         self._touch(sid, t)
 
     def _touch(self, sid: np.ndarray, t: np.ndarray) -> None:
@@ -480,21 +489,43 @@ class PartitionState:
         s = sid[last]
         self.s_last[s] = np.maximum(self.s_last[s], t[last])
 
-    def _windows(self, first_end: int, last_end: int) -> None:
-        """Windows of every length ending at each pane boundary in [first_end, last_end].
+    def _windows(self, start: int, target: int, emit_all: bool) -> int:
+        """Close the windows ending in (start, target]; returns how many ends were computed.
 
-        One vectorised pass per window length: each pane row is repeated for the window
-        ends it falls into (at most the window's pane count), then grouped by (series, end).
-        Per-sample work happened once, when the panes were built.
+        Each window length slides by its source tier's pane. Ends that complete a tier
+        pane are always computed (the next tier is built from them); the others only when
+        every closed window is wanted (`emit_all`), else just the newest.
         """
-        e_lo, e_hi = first_end // self.pane_ns, last_end // self.pane_ns
-        for w in self.windows_s:
-            n = self.n_panes[w]
-            cw = self._window_agg(self.cpanes, n, e_lo, e_hi, COUNTER_WIN_SCHEMA, (
-                pl.col("inc").sum(), pl.col("dt").sum(), pl.col("n").sum(), pl.col("resets").sum(),
-                pl.col("wraps").sum()))
-            gw = self._window_agg(self.gpanes, n, e_lo, e_hi, GAUGE_WIN_SCHEMA, (
-                pl.col("sum").sum(), pl.col("cnt").sum(), pl.col("min").min(), pl.col("max").max()))
+        count = 0
+        for j, w in enumerate(self.windows_s):
+            k = self.src[j]
+            size = self.tier_ns[k]
+            n = self.n_src[j]
+            lo, hi = start // size + 1, target // size  # end indices in tier-k panes
+            if hi < lo:
+                continue
+            c_aggs = (pl.col("inc").sum(), pl.col("dt").sum(), pl.col("n").sum(),
+                      pl.col("resets").sum(), pl.col("wraps").sum())
+            g_aggs = (pl.col("sum").sum(), pl.col("cnt").sum(), pl.col("min").min(),
+                      pl.col("max").max())
+            produces = 1 <= j < self.n_tiers
+            if emit_all:
+                cw = self._window_agg(self.cpanes[k], n, lo, hi, 1, size, COUNTER_WIN_SCHEMA, c_aggs)
+                gw = self._window_agg(self.gpanes[k], n, lo, hi, 1, size, GAUGE_WIN_SCHEMA, g_aggs)
+                count += hi - lo + 1
+            else:
+                cw = self._window_agg(self.cpanes[k], n, hi, hi, 1, size, COUNTER_WIN_SCHEMA, c_aggs)
+                gw = self._window_agg(self.gpanes[k], n, hi, hi, 1, size, GAUGE_WIN_SCHEMA, g_aggs)
+                count += 1
+            if produces:
+                # tier j panes: windows of length w ending on multiples of w
+                if emit_all:
+                    tc = cw.filter(pl.col("end") % (w * NS) == 0)
+                    tg = gw.filter(pl.col("end") % (w * NS) == 0)
+                else:
+                    tc = self._window_agg(self.cpanes[k], n, lo, hi, n, size, COUNTER_WIN_SCHEMA, c_aggs)
+                    tg = self._window_agg(self.gpanes[k], n, lo, hi, n, size, GAUGE_WIN_SCHEMA, g_aggs)
+                self._add_tier(j, tc, tg)
             for frame, latest in ((cw, self.latest_c), (gw, self.latest_g)):
                 if len(frame):
                     newest = frame.filter(pl.col("end") == pl.col("end").max().over("sid"))
@@ -503,22 +534,42 @@ class PartitionState:
                                            newest])
             if self.on_window is not None and (len(cw) or len(gw)):
                 self.on_window(self.partition, w, self._labelled(cw), self._labelled(gw))
+        return count
 
-    def _window_agg(self, panes: pl.DataFrame, n: int, e_lo: int, e_hi: int,
+    def _add_tier(self, k: int, cw: pl.DataFrame, gw: pl.DataFrame) -> None:
+        size = self.tier_ns[k]
+        if len(cw):
+            rows = cw.select("sid", pane=pl.col("end") // size - 1, inc=pl.col("inc"), dt=pl.col("dt"),
+                             n=pl.col("n"), resets=pl.col("resets"), wraps=pl.col("wraps"))
+            rows = rows.cast(COUNTER_PANE_SCHEMA)  # type: ignore[arg-type]
+            self.cpanes[k] = pl.concat([self.cpanes[k], rows]) if len(self.cpanes[k]) else rows
+        if len(gw):
+            rows = gw.select("sid", pane=pl.col("end") // size - 1, sum=pl.col("sum"), cnt=pl.col("cnt"),
+                             min=pl.col("min"), max=pl.col("max"))
+            rows = rows.cast(GAUGE_PANE_SCHEMA)  # type: ignore[arg-type]
+            self.gpanes[k] = pl.concat([self.gpanes[k], rows]) if len(self.gpanes[k]) else rows
+
+    def _window_agg(self, panes: pl.DataFrame, n: int, e_lo: int, e_hi: int, step: int, size: int,
                     schema: Mapping[str, Any], aggs: tuple[pl.Expr, ...]) -> pl.DataFrame:
+        """Windows of n panes ending at pane indices e in [e_lo, e_hi] with e % step == 0."""
         if not len(panes):
             return _empty(schema)
+        e_lo = -(-e_lo // step) * step
+        if e_lo > e_hi:
+            return _empty(schema)
         # a pane p belongs to the windows ending at pane index e with p < e <= p + n
-        lo = pl.max_horizontal(pl.col("pane") + 1, pl.lit(e_lo))
+        first = pl.max_horizontal(pl.col("pane") + 1, pl.lit(e_lo))
+        lo = ((first + (step - 1)) // step) * step
         hi = pl.min_horizontal(pl.col("pane") + n, pl.lit(e_hi))
         return (
             panes.lazy()
             .filter((pl.col("pane") >= e_lo - n) & (pl.col("pane") < e_hi))
-            .with_columns(e=pl.int_ranges(lo, hi + 1))
+            .with_columns(e=pl.int_ranges(lo, pl.max_horizontal(lo, hi + 1), step))
             .explode("e")
+            .drop_nulls("e")
             .group_by("sid", "e")
             .agg(*aggs)
-            .with_columns(end=pl.col("e") * self.pane_ns)
+            .with_columns(end=pl.col("e") * size)
             .drop("e")
             .sort("end", "sid")
             .select(list(schema))
@@ -563,8 +614,8 @@ class PartitionState:
         for w in self.windows_s:
             self.latest_c[w] = self.latest_c[w].filter(~pl.col("sid").is_in(gone))
             self.latest_g[w] = self.latest_g[w].filter(~pl.col("sid").is_in(gone))
-        self.cpanes = self.cpanes.filter(~pl.col("sid").is_in(gone))
-        self.gpanes = self.gpanes.filter(~pl.col("sid").is_in(gone))
+        self.cpanes = [f.filter(~pl.col("sid").is_in(gone)) for f in self.cpanes]
+        self.gpanes = [f.filter(~pl.col("sid").is_in(gone)) for f in self.gpanes]
         self._tables.clear()  # cached tables may map to freed ids
         self._meta = None
         return len(stale)
@@ -625,7 +676,7 @@ class PartitionState:
         """Approximate resident bytes of this state (arrays, frames, registry)."""
         n = sum(a.nbytes for a in (self.s_site, self.s_metric, self.s_last, self.s_live,
                                    self.carry.has, self.carry.value, self.carry.time, self.carry.epoch))
-        n += int(self.cpanes.estimated_size() + self.gpanes.estimated_size())
+        n += sum(int(f.estimated_size()) for f in (*self.cpanes, *self.gpanes))
         n += sum(int(f.estimated_size()) for f in (*self.latest_c.values(), *self.latest_g.values()))
         n += sum(sum(a.nbytes for a in c) for c in (*self._cbuf, *self._gbuf))
         # registry: dict entry + key tuple + label strings, ~ 64 + 56 + 8 per label + text
@@ -649,8 +700,9 @@ class PartitionState:
             "c_time": self.carry.time[:n], "c_epoch": self.carry.epoch[:n],
             "labels": [list(k[2]) if k is not None else None for k in self.keys],
         }, schema_overrides={"labels": pl.List(pl.String)})
-        frames["cpanes"] = self.cpanes
-        frames["gpanes"] = self.gpanes
+        for k in range(self.n_tiers):
+            frames[f"cpanes_{k}"] = self.cpanes[k]
+            frames[f"gpanes_{k}"] = self.gpanes[k]
         for w in self.windows_s:
             frames[f"latest_c_{w}"] = self.latest_c[w]
             frames[f"latest_g_{w}"] = self.latest_g[w]
@@ -742,8 +794,8 @@ class PartitionState:
                 st.keys.append(key)
                 st.series_key[key] = i
         st.free = list(header["free"])
-        st.cpanes = frames["cpanes"]
-        st.gpanes = frames["gpanes"]
+        st.cpanes = [frames[f"cpanes_{k}"] for k in range(st.n_tiers)]
+        st.gpanes = [frames[f"gpanes_{k}"] for k in range(st.n_tiers)]
         for w in st.windows_s:
             st.latest_c[w] = frames[f"latest_c_{w}"]
             st.latest_g[w] = frames[f"latest_g_{w}"]
