@@ -31,6 +31,7 @@ Segments are per priority so that dropping low-priority data really frees disk s
 from __future__ import annotations
 
 import bisect
+import fcntl
 import heapq
 import json
 import logging
@@ -196,6 +197,7 @@ class Spool:
         self._pending: list[int] = []  # heap of live seqs not handed to the sender
         self._taken: set[int] = set()
         self._journal_fd = -1
+        self._lock_fd = -1
         self._journal_size = 0
         self._journal_dirty = False
         self._next_seq = 1
@@ -207,14 +209,44 @@ class Spool:
 
     # --- lifecycle ---------------------------------------------------------------------
     def open(self) -> None:
-        """Create or recover the spool. Damaged records are skipped and counted."""
+        """Create or recover the spool. Damaged records are skipped and counted.
+
+        Raises SpoolError when the directory cannot be used or another agent holds it.
+        """
         if self.opened:
             return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self.rejected_dir.mkdir(exist_ok=True)
+            self._lock()
+            self._recover()
         except OSError as exc:
-            raise SpoolError(f"cannot use spool directory {self.dir}: {exc.strerror}") from exc
+            self._unlock()
+            raise SpoolError(f"cannot use spool directory {self.dir}: {exc}") from exc
+        except SpoolError:
+            self._unlock()
+            raise
+        self.opened = True
+        log.info("spool %s: %d batches (%d bytes) to deliver, next seq %d", self.dir,
+                 len(self._records), self._bytes, self._next_seq)
+
+    def _lock(self) -> None:
+        # Two agents on one spool would interleave records and reuse seqs: refuse. The
+        # kernel drops the lock when the process dies, so a crash never leaves it stale.
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolError(f"spool directory {self.dir} is in use by another agent") from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def _recover(self) -> None:
         done = self._read_journal()
         max_seen = max((hi for _, hi in done), default=0)
         for path in sorted(self.dir.iterdir()):
@@ -228,9 +260,6 @@ class Spool:
         self._reserved_upto = max(self._read_seq_file(), max_seen)
         self._next_seq = self._reserved_upto + 1
         self._open_journal(rewrite=True)
-        self.opened = True
-        log.info("spool %s: %d batches (%d bytes) to deliver, next seq %d", self.dir,
-                 len(self._records), self._bytes, self._next_seq)
 
     def close(self) -> None:
         if not self.opened:
@@ -245,6 +274,7 @@ class Spool:
         if self._journal_fd >= 0:
             os.close(self._journal_fd)
             self._journal_fd = -1
+        self._unlock()
         self.opened = False
 
     def _recover_segment(self, path: Path, prio: int, first: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
 from collections import Counter
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from collector import wire
 from collector.agent.config import (
     AgentSettings,
     CellSourceSettings,
@@ -18,6 +20,7 @@ from collector.agent.config import (
 )
 from collector.agent.pipeline import AgentPipeline
 from collector.agent.sources import collect_once
+from collector.agent.sources.cell import CellSource, render_meas_collec
 from collector.agent.sources.link import LinkSource
 from collector.agent.sources.server import ServerSource
 from collector.broker import EmbeddedBroker
@@ -26,7 +29,7 @@ from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from tests.agent_support import SITE, agent_tls, topic_batches
 from tests.ingest_support import ingest_settings, started, token_for
 
-ROUNDS = 60  # x 2 sources = 120 batches
+ROUNDS = 60  # x 2 sources = 120 batches, plus one of cell KPIs
 
 
 @pytest.mark.parametrize("mtls", [False, True], ids=["tls", "mtls-gzip"])
@@ -48,10 +51,17 @@ async def test_agent_batches_land_in_topic_exactly_once_and_spool_empties(
     agent_id = f"agent-{uuid.uuid4().hex[:8]}"
     link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 20}, exclude=[]))
     host = ServerSource(ServerSourceSettings(host="edge-1"))
+    pm = tmp_path / "pm"
+    pm.mkdir()
+    begin = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=20)
+    (pm / "A1.xml").write_bytes(render_meas_collec(
+        begin=begin, duration_s=900, element="gNB-Tokyo-1",
+        cells={str(c): {"DRB.PdcpSduVolumeDL": 1000 + c, "RRU.PrbTotDl": 40} for c in range(3)}))
+    cell = CellSource(CellSourceSettings(enabled=True, pm_dir=pm, settle_s=0))
     try:
         async with AgentPipeline(settings, agent_id=agent_id, site=SITE, boot_id="boot-1",
                                  spool_dir=spool, registry=reg) as p:
-            seqs = []
+            seqs = [await collect_once(cell, p)]
             for _ in range(ROUNDS):
                 for src in (link, host):
                     seq = await collect_once(src, p)
@@ -72,8 +82,11 @@ async def test_agent_batches_land_in_topic_exactly_once_and_spool_empties(
     assert set(per_seq.values()) == {1}  # each exactly once
     assert {b.key for b in mine} == {SITE.site_id.encode()}
     assert not list(spool.glob("*.seg"))
-    # the link batches carry optical readings and declared counter widths end to end
-    sample = pb.Batch.FromString(next(b.value for b in mine if b.seq == 1))
+    # cell KPIs from the PM file, link optical readings and declared counter widths end to end
+    cells = pb.Batch.FromString(next(b.value for b in mine if b.seq == 1))
+    assert {s.metric for s in cells.series} == {"DRB.PdcpSduVolumeDL", "RRU.PrbTotDl"}
+    assert sorted(wire.counter_columns(cells).value.tolist()) == [1000, 1001, 1002]
+    sample = pb.Batch.FromString(next(b.value for b in mine if b.seq == 2))
     assert any(s.metric == "link_optical_rx_power_dbm" for s in sample.series)
     assert all(s.counter_bits == 64 for s in sample.series if s.kind == pb.COUNTER)
 

@@ -111,7 +111,9 @@ def test_ack_deletes_and_restart_sees_only_unacked(tmp_path: Path) -> None:
 def test_seq_never_repeats_without_clean_close(tmp_path: Path) -> None:
     sp = _spool(tmp_path, seq_block=3)
     used = [sp.next_seq() for _ in range(5)]
-    # no close(): like SIGKILL. Nothing was appended, so only the seq file remembers.
+    # no close(): like SIGKILL, where the kernel releases the lock and nothing else happens.
+    # Nothing was appended, so only the seq file remembers.
+    sp._unlock()
     sp2 = _spool(tmp_path, seq_block=3)
     assert sp2.next_seq() > max(used)
 
@@ -236,3 +238,18 @@ def test_compressed_spool_stores_less_and_returns_the_same_bytes(tmp_path: Path)
             got.append(item[1])
         assert got == [batch] * 5
     assert sizes["zlib"] * 10 < sizes["none"]
+
+
+def test_second_agent_on_the_same_spool_is_refused(tmp_path: Path) -> None:
+    sp = _spool(tmp_path)
+    with pytest.raises(SpoolError, match="in use by another agent"):
+        _spool(tmp_path)
+    sp.close()
+    _spool(tmp_path).close()  # free again after close
+
+
+def test_unusable_directory_is_a_spool_error(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("not a directory")
+    with pytest.raises(SpoolError, match="cannot use spool directory"):
+        _spool(f / "spool")
