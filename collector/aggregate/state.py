@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import struct
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -258,7 +259,8 @@ class PartitionState:
                 code[i] = MISMATCH
                 continue
             labels = {lb.name: lb.value for lb in s.labels}
-            key = (site, m, tuple(labels.get(n, "") for n in spec.labels))
+            # interned: a label value shared by many series ("optical", a host name) is stored once
+            key = (site, m, tuple(sys.intern(labels.get(n, "")) for n in spec.labels))
             sid = self.series_key.get(key)
             if sid is None:
                 if self.sites[site].series >= cap:
@@ -672,17 +674,25 @@ class PartitionState:
     def buffered_samples(self) -> int:
         return sum(len(c[0]) for c in self._cbuf) + sum(len(g[0]) for g in self._gbuf)
 
+    def buffered_bytes(self) -> int:
+        """Bytes of samples held until the watermark passes their pane."""
+        return sum(sum(a.nbytes for a in c) for c in (*self._cbuf, *self._gbuf))
+
     def state_bytes(self) -> int:
         """Approximate resident bytes of this state (arrays, frames, registry)."""
-        n = sum(a.nbytes for a in (self.s_site, self.s_metric, self.s_last, self.s_live,
+        n = sum(a.nbytes for a in (self.s_site, self.s_metric, self.s_last, self.s_live, self.s_scale,
                                    self.carry.has, self.carry.value, self.carry.time, self.carry.epoch))
         n += sum(int(f.estimated_size()) for f in (*self.cpanes, *self.gpanes))
         n += sum(int(f.estimated_size()) for f in (*self.latest_c.values(), *self.latest_g.values()))
-        n += sum(sum(a.nbytes for a in c) for c in (*self._cbuf, *self._gbuf))
-        # registry: dict entry + key tuple + label strings, ~ 64 + 56 + 8 per label + text
+        n += self.buffered_bytes()
+        # registry: the dict, the key list, key tuples and each distinct label string once
+        n += sys.getsizeof(self.series_key) + sys.getsizeof(self.keys)
+        strings: dict[int, int] = {}
         for k in self.series_key:
-            n += 150 + sum(len(s) + 49 for s in k[2])
-        return n
+            n += sys.getsizeof(k) + sys.getsizeof(k[2])
+            for s in k[2]:
+                strings[id(s)] = sys.getsizeof(s)
+        return n + sum(strings.values())
 
     # ------------------------------------------------------------------ checkpoint
     def snapshot(self) -> bytes:
