@@ -180,3 +180,27 @@ def test_every_agent_setting_is_documented() -> None:
     assert len(fields) > 40
     missing = [k for k, d in fields if not d or len(d) < 10]
     assert not missing, missing
+
+
+class BrokenAdapter(LinkAdapter):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def read(self) -> Sequence[LinkReading]:
+        self.calls += 1
+        if self.calls == 1:
+            raise KeyError("bug in a third-party adapter")
+        return [LinkReading("ge-0", in_octets=5)]
+
+
+async def test_a_failing_collection_is_counted_and_the_next_tick_works(tmp_path: Path) -> None:
+    from collector.agent.pipeline import AgentPipeline
+    from collector.agent.sources import collect_once
+    from tests.agent_support import agent_settings
+
+    src = LinkSource(LinkSourceSettings(exclude=[]), adapter=BrokenAdapter())
+    s = agent_settings(tmp_path, "127.0.0.1:9")
+    async with AgentPipeline(s, agent_id="a", site=SITE, boot_id="b", spool_dir=tmp_path) as p:
+        assert await collect_once(src, p) is None
+        assert await collect_once(src, p) == 1
+    assert (src.stats.errors, src.stats.collections, src.stats.samples) == (1, 2, 1)

@@ -53,6 +53,12 @@ async def collect_once(source: Source, pipeline: AgentPipeline) -> int | None:
         source.stats.errors += 1
         log.error("source %s: collection failed: %s", source.name, exc)
         return None
+    except Exception:
+        # A third-party adapter's bug must not stop the other sources or the sender: log it
+        # with its traceback, count it, try again next tick.
+        source.stats.errors += 1
+        log.exception("source %s: unexpected error in collection", source.name)
+        return None
     finally:
         source.stats.collections += 1
         source.stats.seconds += time.perf_counter() - t0
