@@ -168,9 +168,10 @@ class FleetModel:
                                                     "bits", "key", "record")}
         cells: dict[str, list] = {k: [] for k in ("site", "c0", "g0", "key", "country")}
         hosts: dict[str, list] = {k: [] for k in ("site", "c0", "g0", "key")}
-        # 32-bit octet counters must not move 2^32 between two delivered samples (a gap of
-        # `gap_ticks` ticks included), or no reader could resolve the wrap.
-        copper_cap = 0.9 * 2**32 / ((s.gap_ticks + 1) * self.interval_s)
+        # 32-bit octet counters must move less than half their range (2^31) between two
+        # delivered samples (a gap of `gap_ticks` ticks included): then a decrease can only be
+        # a wrap, also for a reader that takes a bigger wrapped distance for a reset.
+        copper_cap = 0.9 * 2**31 / ((s.gap_ticks + 1) * self.interval_s)
         record_done = not s.record_link
         for country in s.countries:
             for i in range(s.sites_per_country):

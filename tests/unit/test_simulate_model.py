@@ -94,14 +94,14 @@ def test_counter_clear_changes_start_time_of_one_link_and_keeps_the_boot_id() ->
     assert blk.start[r, k - 1] < blk.start[r, k] <= blk.t[0, k]
 
 
-def test_32_bit_counters_wrap_and_never_move_2_32_between_delivered_samples() -> None:
+def test_32_bit_counters_wrap_and_move_less_than_2_31_between_delivered_samples() -> None:
     m = FleetModel(small(interval_s=60, gap_probability=0.2, gap_ticks=3))
     blk = FleetGenerator(m, START_S * NS).block(200)
     rows = np.flatnonzero(m.c_mask == 2**32 - 1)
     assert len(rows)
     assert (blk.values[rows] < 2**32).all()
     delivered = blk.counted[m.c_site[rows]]
-    assert (blk.increment[rows][delivered] < 2**32).all()
+    assert (blk.increment[rows][delivered] < 2**31).all()  # below half the range
     # at least one 32-bit series wrapped: its emitted value decreased without a restart
     v = blk.values[rows].astype(object)
     same_epoch = blk.epoch[m.c_site[rows]][:, 1:] == blk.epoch[m.c_site[rows]][:, :-1]
