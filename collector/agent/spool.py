@@ -221,10 +221,10 @@ class Spool:
             self._lock()
             self._recover()
         except OSError as exc:
-            self._unlock()
+            self._abandon()
             raise SpoolError(f"cannot use spool directory {self.dir}: {exc}") from exc
         except SpoolError:
-            self._unlock()
+            self._abandon()
             raise
         self.opened = True
         log.info("spool %s: %d batches (%d bytes) to deliver, next seq %d", self.dir,
@@ -240,6 +240,20 @@ class Spool:
             os.close(fd)
             raise SpoolError(f"spool directory {self.dir} is in use by another agent") from None
         self._lock_fd = fd
+
+    def _abandon(self) -> None:
+        """Undo a failed open: close what was opened, forget what was read."""
+        for seg in self._segments:
+            os.close(seg.fd)
+        self._segments.clear()
+        self._by_seq.clear()
+        self._records.clear()
+        self._pending.clear()
+        self._bytes = 0
+        if self._journal_fd >= 0:
+            os.close(self._journal_fd)
+            self._journal_fd = -1
+        self._unlock()
 
     def _unlock(self) -> None:
         if self._lock_fd >= 0:
@@ -292,7 +306,9 @@ class Spool:
             self.counters.dropped[DROP_CORRUPT] += res.corrupt
             self.counters.dropped[DROP_TORN] += res.torn
         max_seq = max((r.seq for r in res.records), default=0)
-        live = {r.seq for r in res.records if not _covered(done, r.seq)}
+        # A seq already recovered from another segment (a copy) is live only once.
+        live = {r.seq for r in res.records
+                if not _covered(done, r.seq) and r.seq not in self._records}
         if not live:
             path.unlink(missing_ok=True)
             return max_seq

@@ -253,3 +253,16 @@ def test_unusable_directory_is_a_spool_error(tmp_path: Path) -> None:
     f.write_text("not a directory")
     with pytest.raises(SpoolError, match="cannot use spool directory"):
         _spool(f / "spool")
+
+
+def test_failed_open_releases_the_lock_and_files(tmp_path: Path) -> None:
+    sp = _spool(tmp_path)
+    sp.append(sp.next_seq(), 0, 1, b"a")
+    sp.close()
+    (tmp_path / "seq").write_text("garbage\n")
+    with pytest.raises(SpoolError, match="damaged"):
+        _spool(tmp_path)
+    (tmp_path / "seq").unlink()  # the operator restores it (here: the segments still hold seq 1)
+    sp2 = _spool(tmp_path)  # not refused as "in use": the failed open let go of the lock
+    assert sp2.live_seqs() == [1]
+    assert sp2.next_seq() == 2
