@@ -330,7 +330,11 @@ class Aggregator:
                     continue
                 st = await self._restore(tp.partition)
                 if st is None:
+                    # No checkpoint: start from the oldest retained record rather than a
+                    # committed offset, so no series starts mid-stream without its carry.
                     st = PartitionState(tp.partition, self.cfg)
+                    assert self._consumer is not None
+                    await self._consumer.seek_to_beginning(tp)
                 else:
                     assert self._consumer is not None
                     assert st.next_offset is not None
@@ -517,5 +521,5 @@ class Aggregator:
             body = await asyncio.to_thread(lambda: render(_FAMILY_TEXT, build_frames(views)))
             self.metrics.render_seconds.observe(time.perf_counter() - t0)
             self._render_cache = (key, body)
-        self.metrics.state_bytes.set(sum(st.state_bytes() for st in self.states.values()))
+            self.metrics.state_bytes.set(sum(st.state_bytes() for st in self.states.values()))
         return generate_latest(self.registry) + body
