@@ -271,7 +271,15 @@ class Spool:
             if not m:
                 continue
             max_seen = max(max_seen, self._recover_segment(path, int(m[1]), int(m[2]), done))
-        self._reserved_upto = max(self._read_seq_file(), max_seen)
+        reserved = self._read_seq_file()
+        if reserved is None:
+            if max_seen:
+                # The seq file is written before the first record: data without it means it
+                # was deleted, and seqs acked long ago could be handed out again.
+                raise SpoolError(f"{self.dir / 'seq'} is missing but the spool holds batches; "
+                                 "restore it or set a new agent_id (and move the spool aside)")
+            reserved = 0
+        self._reserved_upto = max(reserved, max_seen)
         self._next_seq = self._reserved_upto + 1
         self._open_journal(rewrite=True)
 
@@ -327,12 +335,12 @@ class Spool:
         self._bytes += seg.size
 
     # --- seq ---------------------------------------------------------------------------
-    def _read_seq_file(self) -> int:
+    def _read_seq_file(self) -> int | None:
         path = self.dir / "seq"
         try:
             text = path.read_text()
         except FileNotFoundError:
-            return 0
+            return None
         except OSError as exc:
             raise SpoolError(f"cannot read {path}: {exc.strerror}") from exc
         m = re.fullmatch(r"(\d+) ([0-9a-f]{8})\n", text)
@@ -344,7 +352,7 @@ class Spool:
     def _write_seq_file(self, upto: int) -> None:
         path = self.dir / "seq"
         tmp = path.with_suffix(".tmp")
-        body = f"{upto} {zlib.crc32(str(upto).encode()):08x}\n".encode()
+        body = seq_file_body(upto)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, body)
@@ -668,6 +676,11 @@ class Spool:
     @property
     def segment_count(self) -> int:
         return len(self._segments)
+
+
+def seq_file_body(upto: int) -> bytes:
+    """Contents of the `seq` file: the highest reserved seq and its CRC32."""
+    return f"{upto} {zlib.crc32(str(upto).encode()):08x}\n".encode()
 
 
 def _covered(ranges: list[tuple[int, int]], seq: int) -> bool:

@@ -20,7 +20,7 @@ from collector.agent.config import AgentSettings, LinkSourceSettings
 from collector.agent.pipeline import AgentPipeline
 from collector.agent.sources import collect_once
 from collector.agent.sources.link import LinkSource
-from collector.agent.spool import encode_record
+from collector.agent.spool import encode_record, seq_file_body
 from collector.broker import EmbeddedBroker, free_port
 from collector.devcerts import DevCerts
 from tests.agent_support import (
@@ -202,6 +202,7 @@ async def test_full_spool_and_corrupt_segment_are_counted_and_agent_keeps_runnin
         recs.append(encode_record(seq, 9, now, b.build(seq, now).SerializeToString()))
     (spool / f"9-{1:020d}.seg").write_bytes(recs[0] + b"\x00garbage" * 12 + recs[1] + recs[1][:30])
     (spool / f"0-{3:020d}.seg").write_bytes(b"\xa7S" + bytes(range(256)) * 2)
+    (spool / "seq").write_bytes(seq_file_body(2))  # that run had reserved seqs up to 2
     cfg = _agent_yaml(tmp_path, certs, f"127.0.0.1:{proxy.port}", spool,
                       link={"interval_s": 0.05, "options": {"links": 20}},
                       spool_over={"max_bytes": 65536, "segment_bytes": 8192})

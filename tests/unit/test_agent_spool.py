@@ -20,6 +20,7 @@ from collector.agent.spool import (
     decode_payload,
     encode_record,
     scan,
+    seq_file_body,
 )
 
 records_st = st.lists(
@@ -262,7 +263,10 @@ def test_failed_open_releases_the_lock_and_files(tmp_path: Path) -> None:
     (tmp_path / "seq").write_text("garbage\n")
     with pytest.raises(SpoolError, match="damaged"):
         _spool(tmp_path)
-    (tmp_path / "seq").unlink()  # the operator restores it (here: the segments still hold seq 1)
-    sp2 = _spool(tmp_path)  # not refused as "in use": the failed open let go of the lock
+    (tmp_path / "seq").unlink()
+    with pytest.raises(SpoolError, match="missing but the spool holds batches"):
+        _spool(tmp_path)  # not refused as "in use": each failed open let go of the lock
+    (tmp_path / "seq").write_bytes(seq_file_body(1024))  # the operator restores it
+    sp2 = _spool(tmp_path)
     assert sp2.live_seqs() == [1]
-    assert sp2.next_seq() == 2
+    assert sp2.next_seq() == 1025
