@@ -158,10 +158,15 @@ class KafkaSink:
         self._producer = producer
 
     async def send(self, b: PlannedBatch) -> bool:
+        from aiokafka.errors import KafkaError
+
         assert self._producer is not None
         value = self.sim.encode(b)
-        fut = await self._producer.send(self.topic, value, key=b.site.info.site_id.encode(),
-                                        headers=record_headers(b.site.agent_id, b.seq))
+        try:
+            fut = await self._producer.send(self.topic, value, key=b.site.info.site_id.encode(),
+                                            headers=record_headers(b.site.agent_id, b.seq))
+        except KafkaError as exc:
+            raise BrokerError(f"simulator produce failed: {exc}") from exc
         self._pending.append(fut)
         self.records += 1
         self.samples += b.samples
