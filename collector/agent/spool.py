@@ -273,12 +273,13 @@ class Spool:
             max_seen = max(max_seen, self._recover_segment(path, int(m[1]), int(m[2]), done))
         reserved = self._read_seq_file()
         if reserved is None:
-            if max_seen:
-                # The seq file is written before the first record: data without it means it
-                # was deleted, and seqs acked long ago could be handed out again.
-                raise SpoolError(f"{self.dir / 'seq'} is missing but the spool holds batches; "
+            if max_seen or (self.dir / "acks.log").exists():
+                # The seq file is written when a spool is first opened: a used spool without
+                # it means it was deleted, and seqs used before could be handed out again.
+                raise SpoolError(f"{self.dir / 'seq'} is missing in a spool that was used; "
                                  "restore it or set a new agent_id (and move the spool aside)")
             reserved = 0
+            self._write_seq_file(0)
         self._reserved_upto = max(reserved, max_seen)
         self._next_seq = self._reserved_upto + 1
         self._open_journal(rewrite=True)

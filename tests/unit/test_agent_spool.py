@@ -264,9 +264,28 @@ def test_failed_open_releases_the_lock_and_files(tmp_path: Path) -> None:
     with pytest.raises(SpoolError, match="damaged"):
         _spool(tmp_path)
     (tmp_path / "seq").unlink()
-    with pytest.raises(SpoolError, match="missing but the spool holds batches"):
+    with pytest.raises(SpoolError, match="missing in a spool that was used"):
         _spool(tmp_path)  # not refused as "in use": each failed open let go of the lock
     (tmp_path / "seq").write_bytes(seq_file_body(1024))  # the operator restores it
     sp2 = _spool(tmp_path)
     assert sp2.live_seqs() == [1]
     assert sp2.next_seq() == 1025
+
+
+def test_missing_seq_file_in_a_drained_spool_is_an_error(tmp_path: Path) -> None:
+    sp = _spool(tmp_path)
+    for _ in range(3):
+        sp.append(sp.next_seq(), 0, 1, b"a")
+    sp.ack([1, 2, 3])
+    sp.close()
+    assert not list(tmp_path.glob("*.seg"))  # nothing left but the seq file remembers
+    (tmp_path / "seq").unlink()
+    with pytest.raises(SpoolError, match="missing"):
+        _spool(tmp_path)
+
+
+def test_fresh_spool_writes_its_seq_file_at_open(tmp_path: Path) -> None:
+    _spool(tmp_path).close()
+    assert (tmp_path / "seq").read_bytes() == seq_file_body(0)
+    sp = _spool(tmp_path)  # opened and closed without a batch: still fine
+    assert sp.next_seq() == 1
