@@ -170,6 +170,11 @@ class Sender:
                 self._note_failure(msg)
             except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
                 self._note_failure(f"stream closed: {exc}")  # a write on a finished call
+            except Exception as exc:
+                # Whatever it was, the spool keeps the batches: log it and reconnect rather
+                # than leaving the agent collecting with nobody sending.
+                log.exception("sender: unexpected error")
+                self._note_failure(f"unexpected {type(exc).__name__}: {exc}")
             finally:
                 self.connected = False
                 self._progress.set()
