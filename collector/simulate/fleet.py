@@ -25,11 +25,14 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 import yaml
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from collector.agent.batch import BatchBuilder
 from collector.config import Settings
 from collector.errors import BrokerError, ConfigError
+from collector.ingest.producer import producer_kwargs
 from collector.simulate.batches import PlannedBatch, Planner, record_headers
 from collector.simulate.config import SimulateSettings
 from collector.simulate.model import FleetGenerator, FleetModel, start_ns_for
@@ -141,14 +144,8 @@ class KafkaSink:
         self.samples = 0
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaProducer
-
-        from collector.ingest.producer import producer_kwargs
-
         kwargs = producer_kwargs(self.settings.kafka, self.bootstrap)
         kwargs["enable_idempotence"] = False  # duplicates are injected on purpose
-        from aiokafka.errors import KafkaError
-
         producer = AIOKafkaProducer(**kwargs)
         try:
             await producer.start()
@@ -158,8 +155,6 @@ class KafkaSink:
         self._producer = producer
 
     async def send(self, b: PlannedBatch) -> bool:
-        from aiokafka.errors import KafkaError
-
         assert self._producer is not None
         value = self.sim.encode(b)
         try:
@@ -175,8 +170,6 @@ class KafkaSink:
         return True
 
     async def _drain(self, keep: int) -> None:
-        from aiokafka.errors import KafkaError
-
         try:
             while len(self._pending) > keep:
                 await self._pending.popleft()
