@@ -93,6 +93,12 @@ class TruthRecorder:
         self._deliveries: list[tuple[Any, ...]] = []
         self._newest: dict[str, int] = {}  # site -> newest event time delivered so far
         self._calib = {c: _Calib() for c in model.settings.countries}
+        rec = [i for i, c in enumerate(model.counters) if c.metric == "link_in_octets"
+               and dict(c.labels).get("link", "").startswith("nict")]
+        self._record_row: int | None = rec[0] if rec else None
+        self._record_max = 0
+        self._record_wraps = 0
+        self._record_last = (0, -1)  # (value, start time) of the last delivered sample
         self.ticks = 0
 
     # --- accumulation --------------------------------------------------------------------
@@ -100,6 +106,7 @@ class TruthRecorder:
     def add(self, block: Block) -> None:
         m = self.model
         self.ticks = block.k0 + block.n_ticks
+        self._watch_record_link(block)
         # counters
         pres = block.present[m.c_site]
         rows, ks = np.nonzero(pres)
@@ -155,6 +162,23 @@ class TruthRecorder:
                                pl.lit(None, pl.Int64).alias("start_time_unix_nano")),
             ], how="diagonal"))
         self._calibrate(block)
+
+    def _watch_record_link(self, block: Block) -> None:
+        """Largest value and 2^64 wraps of the record link's delivered in-octets counter."""
+        if self._record_row is None:
+            return
+        r = self._record_row
+        site = int(self.model.c_site[r])
+        p = np.flatnonzero(block.present[site])
+        if not len(p):
+            return
+        v = block.values[r, p]
+        seg = block.start[r, p]
+        self._record_max = max(self._record_max, int(v.max()))
+        prev_v = np.concatenate([[self._record_last[0]], v[:-1]])
+        prev_s = np.concatenate([[self._record_last[1]], seg[:-1]])
+        self._record_wraps += int(np.count_nonzero((v < prev_v) & (seg == prev_s)))
+        self._record_last = (int(v[-1]), int(seg[-1]))
 
     def _compact(self, limit: int) -> None:
         """Merge the per-block partial aggregates once there are more than `limit` of them
@@ -281,8 +305,6 @@ class TruthRecorder:
 
     def meta(self) -> dict[str, Any]:
         m = self.model
-        rec = [i for i, c in enumerate(m.counters) if c.metric == "link_in_octets"
-               and dict(c.labels).get("link", "").startswith("nict")]
         return {
             "settings": m.settings.model_dump(mode="json"),
             "start_unix_nano": self.gen.start_ns,
@@ -298,8 +320,11 @@ class TruthRecorder:
                       for st in m.sites],
             "calibration": self.calibration(),
             "reference_speed_mbps": REFERENCE_SPEED_MBPS,
-            "record_link_series_id": rec[0] if rec else None,
-            "record_link_bps": m.settings.record_link_bps if rec else None,
+            "record_link_series_id": self._record_row,
+            "record_link_bps": m.settings.record_link_bps if self._record_row is not None else None,
+            # of its link_in_octets counter as delivered: largest value, 2^64 wraps
+            "record_link_max_value": self._record_max if self._record_row is not None else None,
+            "record_link_wraps": self._record_wraps if self._record_row is not None else None,
         }
 
     def write(self, path: Path) -> Path:

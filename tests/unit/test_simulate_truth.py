@@ -171,6 +171,9 @@ def test_record_link_402_tbps_for_30_days_passes_2_53_and_2_64_exactly(tmp_path:
 
     assert sim.truth is not None
     sim.truth.write(tmp_path)
+    meta = load_truth(tmp_path).meta
+    assert meta["record_link_max_value"] == max(values)
+    assert meta["record_link_wraps"] == sum(v2 < v1 for v1, v2 in itertools.pairwise(values))
     w = pl.read_parquet(tmp_path / WINDOWS_FILE).filter(
         (pl.col("level") == "series") & (pl.col("metric") == "link_in_octets")
         & (pl.col("labels") == key[2]))
