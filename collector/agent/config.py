@@ -17,8 +17,15 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The wire contract's identifier rule (agent_id, site_id): checked here so a bad value is a
+# config error at start, not a rejected batch later.
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"
+_ID_OR_EMPTY = rf"^(?:{ID_PATTERN})?$"
+
+
 class SiteSettings(_Section):
-    site_id: str = Field("", description="Stable site identifier, e.g. 'jp-tokyo-01'. Kafka "
+    site_id: str = Field("", pattern=_ID_OR_EMPTY,
+                         description="Stable site identifier, e.g. 'jp-tokyo-01'. Kafka "
                          "records are keyed by it; the ingest checks it against the token.")
     country: str = Field("", description="ISO 3166-1 alpha-2 country code, upper case ('JP', 'US').")
     region: str = Field("", description="Free-form region within the country, e.g. 'Kanto'.")
@@ -142,6 +149,12 @@ class CellSourceSettings(_Section):
                                              "file: moved to pm_dir/done/ or deleted. Malformed "
                                              "files always go to pm_dir/failed/.")
     max_files_per_scan: int = Field(200, ge=1, description="Bound on files read per scan.")
+    max_age_s: float = Field(6 * 86400.0, gt=0, description="A file whose periods all ended "
+                             "longer ago than this goes to failed/ unsent (the ingest refuses "
+                             "samples older than its max_past_age_s, 7 days by default).")
+    max_future_s: float = Field(300.0, ge=0, description="A file with a period ending further "
+                                "in the future than this (a gNB clock ahead) goes to failed/ "
+                                "(the ingest refuses samples beyond its max_future_skew_s).")
 
 
 class SourcesSettings(_Section):
@@ -151,7 +164,8 @@ class SourcesSettings(_Section):
 
 
 class AgentSettings(_Section):
-    agent_id: str = Field("", description="Stable identifier of this agent; empty uses "
+    agent_id: str = Field("", pattern=_ID_OR_EMPTY,
+                          description="Stable identifier of this agent; empty uses "
                           "'<site_id>-<host name>'. Never reuse one agent_id on two machines.")
     site: SiteSettings = Field(SiteSettings(), description="The site this agent reports for.")
     ingest: IngestTargetSettings = Field(IngestTargetSettings(), description="Where and how "

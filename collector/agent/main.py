@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import socket
 import uuid
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 
 from collector.agent.batch import SiteInfo
-from collector.agent.config import AgentSettings
+from collector.agent.config import ID_PATTERN, AgentSettings
 from collector.agent.metrics import collector_for
 from collector.agent.pipeline import AgentPipeline
 from collector.agent.sources import Source, collect_once, run_source
@@ -68,6 +69,10 @@ async def main(settings: Any, args: argparse.Namespace, stop: asyncio.Event) -> 
     a: AgentSettings = settings.agent
     site = site_of(a)
     agent_id = a.agent_id or f"{site.site_id}-{socket.gethostname()}"
+    if not re.fullmatch(ID_PATTERN, agent_id):
+        raise ConfigError(f"{agent_id!r} (site_id-hostname) is not a valid agent id: set one "
+                          "([A-Za-z0-9][A-Za-z0-9._:-]*, at most 64 characters)",
+                          key="agent.agent_id")
     registry = CollectorRegistry()
     pipeline = AgentPipeline(a, agent_id=agent_id, site=site, boot_id=uuid.uuid4().hex,
                              spool_dir=a.spool.dir, registry=registry)

@@ -95,8 +95,9 @@ def test_result_count_mismatch_is_an_error() -> None:
 async def test_cell_source_accumulates_counters_and_moves_files(tmp_path: Path) -> None:
     pm = tmp_path / "pm"
     pm.mkdir()
+    t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
     for k in range(2):
-        begin = T0 + dt.timedelta(minutes=15 * k)
+        begin = t0 + dt.timedelta(minutes=15 * k)
         (pm / f"A{k}.xml").write_bytes(render_meas_collec(
             begin=begin, duration_s=900, element="gNB-Tokyo-1",
             cells={"101": {"DRB.PdcpSduVolumeDL": 1000 + k, "RRU.PrbTotDl": 40 + k,
@@ -114,11 +115,11 @@ async def test_cell_source_accumulates_counters_and_moves_files(tmp_path: Path) 
     vol = [(int(t), int(v)) for i, t, v in zip(cols.series_index, cols.time_unix_nano, cols.value,
                                                 strict=True)
            if series[i].metric == "DRB.PdcpSduVolumeDL"]
-    end0 = int((T0 + dt.timedelta(minutes=15)).timestamp()) * 10**9
+    end0 = int((t0 + dt.timedelta(minutes=15)).timestamp()) * 10**9
     assert vol == [(end0, 1000), (end0 + 900 * 10**9, 2001)]  # running sum, integers
     vdef = next(s for s in series if s.metric == "DRB.PdcpSduVolumeDL")
     assert vdef.counter_bits == 64
-    assert vdef.start_time_unix_nano == int(T0.timestamp()) * 10**9
+    assert vdef.start_time_unix_nano == int(t0.timestamp()) * 10**9
     assert vdef.scale == 125_000.0
     assert {lab.name: lab.value for lab in vdef.labels} == {"cell": "101", "gnb": "gNB-Tokyo-1"}
     prb = next(s for s in series if s.metric == "RRU.PrbTotDl")
@@ -138,3 +139,20 @@ def test_gzip_file_is_read(tmp_path: Path) -> None:
     (tmp_path / "b.xml.gz").write_bytes(b"not gzip")
     with pytest.raises(PmFileError, match=r"b\.xml\.gz"):
         read_pm_file(tmp_path / "b.xml.gz")
+
+
+async def test_files_the_ingest_would_refuse_for_their_times_go_to_failed(tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    cells = {"1": {"RRC.ConnMax": 3}}
+    (tmp_path / "old.xml").write_bytes(render_meas_collec(
+        begin=now - dt.timedelta(days=8), duration_s=900, element="g", cells=cells))
+    (tmp_path / "future.xml").write_bytes(render_meas_collec(
+        begin=now + dt.timedelta(hours=2), duration_s=900, element="g", cells=cells))
+    (tmp_path / "ok.xml").write_bytes(render_meas_collec(
+        begin=now - dt.timedelta(minutes=30), duration_s=900, element="g", cells=cells))
+    src = CellSource(CellSourceSettings(enabled=True, pm_dir=tmp_path, settle_s=0))
+    b = BatchBuilder("a", SITE, "boot")
+    await src.collect(b, time.time_ns())
+    assert len(b) == 1
+    assert sorted(p.name for p in (tmp_path / "failed").iterdir()) == ["future.xml", "old.xml"]
+    assert [p.name for p in (tmp_path / "done").iterdir()] == ["ok.xml"]

@@ -204,3 +204,29 @@ async def test_a_failing_collection_is_counted_and_the_next_tick_works(tmp_path:
         assert await collect_once(src, p) is None
         assert await collect_once(src, p) == 1
     assert (src.stats.errors, src.stats.collections, src.stats.samples) == (1, 2, 1)
+
+
+class OddAdapter(LinkAdapter):
+    async def read(self) -> Sequence[LinkReading]:
+        return [LinkReading("a", in_octets=2**32, out_octets=7, counter_bits=32),
+                LinkReading("b", in_octets=1, counter_bits=16)]
+
+
+async def test_values_the_ingest_would_refuse_are_skipped_not_sent() -> None:
+    src = LinkSource(LinkSourceSettings(exclude=[]), adapter=OddAdapter())
+    b = BatchBuilder("x", SITE, "boot")
+    await src.collect(b, time.time_ns())
+    got = _samples(_batch(b))
+    assert got == {("link_out_octets", (("link", "a"), ("media", "copper"))): 7}
+    assert src.stats.errors == 1
+
+
+@pytest.mark.parametrize("bad", ["-lead", "has space", "x" * 65, "é"])
+def test_agent_and_site_ids_follow_the_wire_rule(bad: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        AgentSettings.model_validate({"agent_id": bad})
+    with pytest.raises(ValidationError):
+        AgentSettings.model_validate({"site": {"site_id": bad}})
+    assert AgentSettings.model_validate({"agent_id": "jp-tokyo-01.edge:1"}).agent_id

@@ -327,10 +327,26 @@ class CellSource(Source):
         except OSError as exc:
             log.error("cannot move PM file %s to %s/: %s", path, sub, exc.strerror)
 
+    def _check_times(self, pm: PmFile, now_unix_nano: int) -> None:
+        ends = [p.end_unix_nano for p in pm.periods if p.values]
+        if not ends:
+            return
+        oldest_ok = now_unix_nano - int(self.settings.max_age_s * 1e9)
+        if max(ends) < oldest_ok:
+            raise PmFileError(pm.name, f"every period ended more than {self.settings.max_age_s:.0f}"
+                                       " s ago (agent.sources.cell.max_age_s)")
+        if max(ends) > now_unix_nano + int(self.settings.max_future_s * 1e9):
+            raise PmFileError(pm.name, "a period ends in the future (gNB clock ahead of the "
+                                       "agent's by more than agent.sources.cell.max_future_s)")
+        if min(ends) < oldest_ok:
+            pm.periods = [p for p in pm.periods if p.end_unix_nano >= oldest_ok]
+            log.warning("%s: periods older than max_age_s skipped", pm.name)
+
     async def collect(self, builder: BatchBuilder, now_unix_nano: int) -> None:
         for path in self._ready_files():
             try:
                 pm = read_pm_file(path)
+                self._check_times(pm, now_unix_nano)
             except PmFileError as exc:
                 log.error("%s (moved to failed/)", exc)
                 self.stats.errors += 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import logging
 import math
 import sys
 import time
@@ -35,6 +36,8 @@ from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, gauge_de
 from collector.agent.config import LinkSourceSettings
 from collector.agent.sources import Source
 from collector.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 COUNTERS = ("in_octets", "out_octets", "in_packets", "out_packets", "in_errors", "out_errors",
             "in_discards", "out_discards")
@@ -259,6 +262,10 @@ class LinkSource(Source):
     def _plan(self, r: LinkReading) -> _Plan | None:
         if not self._want(r.name):
             return None
+        if r.counter_bits not in (32, 64):
+            log.error("link %s: adapter declares %d-bit counters; only 32 or 64 exist on the "
+                      "wire: link skipped", r.name, r.counter_bits)
+            return None
         labels = {"link": r.name, "media": self._media(r)}
         return _Plan(
             counters=tuple((f, counter_def("link_" + f, labels, unit=_UNITS.get(f, "packets"),
@@ -285,10 +292,16 @@ class LinkSource(Source):
             if plan is None:
                 continue
             t = r.time_unix_nano or now_unix_nano
+            limit = 1 << r.counter_bits
             for attr, d in plan.counters:
                 v = getattr(r, attr)
                 if v is not None:
-                    counter(d, t, v)
+                    if 0 <= v < limit:
+                        counter(d, t, v)
+                    else:  # the ingest would refuse the whole batch for it
+                        self.stats.errors += 1
+                        log.warning("link %s: %s=%r does not fit %d bits: sample skipped",
+                                    r.name, attr, v, r.counter_bits)
             if r.oper_up is not None:
                 gauge(plan.oper, t, 1.0 if r.oper_up else 0.0)
             if r.speed_bytes_per_second is not None:
