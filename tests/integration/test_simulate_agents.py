@@ -119,3 +119,39 @@ async def test_cli_agents_mode_plaintext_with_tokens_file(
     assert {r.key for r in records} == {b"us-new-york-01"}
     heads = [dict(r.headers) for r in records]
     assert len({(h["agent_id"], h["seq"]) for h in heads}) == len(deliveries)
+
+
+async def test_agent_mode_faster_than_real_time_is_accepted_by_ingest(
+        broker: EmbeddedBroker, tmp_path: Path) -> None:
+    from collector.simulate.fleet import AGENT_BACKFILL_S
+
+    topic = await make_topic(broker)
+    sim = small(countries=("JP",), acceleration=7200.0, start_unix_s=None,
+                duplicate_probability=0.0, late_probability=0.0)
+    tokens = site_tokens(sim)
+    settings = load_settings(
+        kafka={"bootstrap_servers": broker.bootstrap, "topic": topic},
+        ingest={"listen": "127.0.0.1:0", "metrics_listen": "", "plaintext": True,
+                "tokens_file": str(write_tokens_file(tmp_path / "tokens.yaml", tokens))},
+        simulate=sim.model_dump())
+    server = IngestServer(settings)
+    await server.start()
+    try:
+        reg = CollectorRegistry()
+        runner = FleetRunner(settings, target=f"127.0.0.1:{server.port}", tokens=tokens,
+                             work_dir=tmp_path / "spools", duration_s=3600, registry=reg)
+        async with runner:
+            await asyncio.wait_for(runner.wait(), 30)
+            metrics = generate_latest(reg).decode()
+        assert runner.drained is True
+    finally:
+        await server.stop()
+    assert 'collector_agent_batches_rejected_total{agent_id="sim-jp-tokyo-01"} 0.0' in metrics
+    records = await read_topic(broker.bootstrap, topic, expect=runner.records)
+    assert len({(dict(r.headers)["seq"]) for r in records}) == runner.records
+    t = [int(wire.gauge_columns(wire.parse_batch(r.value)).time_unix_nano.min()) for r in records
+         if wire.parse_batch(r.value).gauges.time_unix_nano]
+    assert t
+    # replayed 6 days back: far older than the ingest's future skew allows to be ahead
+    assert time.time() - AGENT_BACKFILL_S - 60 < min(t) / NS < time.time() - AGENT_BACKFILL_S + 60
+    assert max(t) / NS < time.time() - AGENT_BACKFILL_S + 3600 + 60
