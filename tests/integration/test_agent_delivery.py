@@ -124,3 +124,47 @@ async def test_wrong_token_keeps_batches_spooled_until_fixed(
 
 def test_cell_settings_default_off() -> None:
     assert CellSourceSettings().enabled is False
+
+
+async def test_batch_refused_by_real_ingest_is_moved_aside_and_the_rest_flows(
+    broker: EmbeddedBroker, topic: str, certs: DevCerts, tmp_path: Path
+) -> None:
+    from collector.agent.batch import SiteInfo, counter_def, gauge_def
+
+    server = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic))
+    spool = tmp_path / "spool"
+    settings = AgentSettings.model_validate({
+        "ingest": agent_tls(certs, f"127.0.0.1:{server.port}", token_for(SITE.site_id),
+                            server_name="localhost"),
+        "spool": {"dir": str(spool)}})
+    try:
+        async with AgentPipeline(settings, agent_id="agent-rej", site=SITE, boot_id="b",
+                                 spool_dir=spool) as p:
+            good1 = p.new_builder()
+            good1.counter(counter_def("link_in_octets", {"link": "a", "media": "copper"},
+                                      unit="bytes"), time.time_ns(), 1)
+            bad = p.new_builder()
+            bad.counter(counter_def("link in octets!", {"link": "a"}, unit="bytes"),
+                        time.time_ns(), 1)
+            seqs = [await p.submit(good1), await p.submit(bad)]
+            # a batch claiming another site than the token's
+            other = p.new_builder()
+            other.site = SiteInfo("us-dallas-01", "US", "us-south", "America/Chicago")
+            other.gauge(gauge_def("link_oper_up", {"link": "a", "media": "copper"}, unit="bool"),
+                        time.time_ns(), 1.0)
+            seqs.append(await p.submit(other))
+            good2 = p.new_builder()
+            good2.counter(counter_def("link_in_octets", {"link": "a", "media": "copper"},
+                                      unit="bytes"), time.time_ns(), 2)
+            seqs.append(await p.submit(good2))
+            assert await p.wait_drained(20.0), p.stats
+            assert (p.stats.acked, p.stats.rejected) == (2, 2)
+    finally:
+        await server.stop()
+    rejected = {f.name: f.read_text() for f in (spool / "rejected").glob("*.json")}
+    assert sorted(rejected) == [f"{seqs[1]:020d}.json", f"{seqs[2]:020d}.json"]
+    assert "INVALID_ARGUMENT" in rejected[f"{seqs[1]:020d}.json"]
+    assert "metric" in rejected[f"{seqs[1]:020d}.json"]
+    assert "PERMISSION_DENIED" in rejected[f"{seqs[2]:020d}.json"]
+    got = await topic_batches(broker.bootstrap, topic, 2)
+    assert sorted(b.seq for b in got if b.agent_id == "agent-rej") == [seqs[0], seqs[3]]
