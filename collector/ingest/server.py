@@ -203,10 +203,14 @@ class IngestServer:
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
             reflection.enable_server_reflection(
                 (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-            if creds is None:
-                self.port = server.add_insecure_port(self.cfg.listen)
-            else:
-                self.port = server.add_secure_port(self.cfg.listen, creds)
+            try:
+                if creds is None:
+                    self.port = server.add_insecure_port(self.cfg.listen)
+                else:
+                    self.port = server.add_secure_port(self.cfg.listen, creds)
+            except RuntimeError as exc:  # grpc's way of saying "bind failed"
+                raise ConfigError(f"cannot listen on {self.cfg.listen} (address in use?)",
+                                  key="ingest.listen") from exc
             if not self.port:
                 raise ConfigError(f"cannot listen on {self.cfg.listen}", key="ingest.listen")
             await server.start()
@@ -215,10 +219,19 @@ class IngestServer:
             self._health_task = asyncio.create_task(self._health_loop(), name="ingest-health")
             if self.cfg.metrics_listen:
                 host, port = self.cfg.metrics_listen.rsplit(":", 1)
-                httpd, thread = start_http_server(int(port), addr=host, registry=self.registry)
+                try:
+                    httpd, thread = start_http_server(int(port), addr=host, registry=self.registry)
+                except OSError as exc:
+                    raise ConfigError(f"cannot serve /metrics on {self.cfg.metrics_listen}: "
+                                      f"{exc.strerror}", key="ingest.metrics_listen") from exc
                 self._http = (httpd, thread)
                 self.metrics_port = httpd.server_port
         except BaseException:
+            if self._server is not None:
+                await self._server.stop(grace=None)
+                self._server = None
+            if self._health_task is not None:
+                self._health_task.cancel()
             await self._writer.stop()
             raise
         log.info("ingest listening on %s (port %d, %s), writing to %s topic %s", self.cfg.listen,

@@ -197,3 +197,18 @@ def test_cli_config_error_names_key_and_file(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "ingest.max_inflight_total" in proc.stderr
     assert str(cfg) in proc.stderr
+
+
+async def test_ports_in_use_are_config_errors_naming_the_key(
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        addr = f"127.0.0.1:{busy.getsockname()[1]}"
+        for key in ("listen", "metrics_listen"):
+            settings = ingest_settings(tmp_path, certs, broker.bootstrap, "t", **{key: addr})
+            with pytest.raises(ConfigError, match=rf"ingest\.{key}"):
+                await IngestServer(settings).start()
