@@ -4,7 +4,8 @@
   resets, while the agent streams: nothing is missing, duplicates carry the same bytes;
 * the agent process is SIGKILLed mid-stream and restarted: every spooled batch is
   delivered and no seq is ever reused;
-* a full spool and a corrupt segment: drops are counted by reason and the agent keeps going.
+* a full spool and a corrupt segment: drops are counted by reason and the agent keeps going;
+* Kafka paused behind the ingest: retriable acks are retried until everything is delivered.
 """
 
 from __future__ import annotations
@@ -252,3 +253,47 @@ async def test_full_spool_and_corrupt_segment_are_counted_and_agent_keeps_runnin
 
 async def test_eventually_helper_times_out() -> None:
     assert not await eventually(lambda: False, within=0.05)
+
+
+async def test_kafka_paused_retriable_acks_are_retried_until_delivered(
+    own_broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path
+) -> None:
+    from tests.conftest import make_topic
+
+    topic = await make_topic(own_broker, partitions=2)
+    settings = ingest_settings(tmp_path, certs, own_broker.bootstrap, topic)
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+        update={"produce_timeout_s": 1.0, "producer_rebuild_after": 2, "request_timeout_ms": 3000})})
+    server = await started(settings)
+    spool = tmp_path / "spool"
+    agent = AgentSettings.model_validate({
+        "ingest": agent_tls(certs, f"127.0.0.1:{server.port}", token_for(SITE.site_id),
+                            server_name="localhost", window=4, backoff_max_s=1.0),
+        "spool": {"dir": str(spool)}})
+    link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 5}))
+    try:
+        async with AgentPipeline(agent, agent_id="agent-kpause", site=SITE, boot_id="b",
+                                 spool_dir=spool) as p:
+            for _ in range(5):
+                await collect_once(link, p)
+            assert await p.wait_drained(20.0)
+            own_broker.pause()  # Kafka stops answering: the ingest cannot store, so no OK
+            try:
+                for _ in range(5):
+                    await collect_once(link, p)
+                    await asyncio.sleep(0.2)
+                assert await eventually(lambda: p.stats.retriable_acks > 0
+                                        or p.stats.stream_failures > 0, 15.0), p.stats
+                assert p.stats.acked == 5  # nothing acknowledged while Kafka was away
+                assert len(p.spool) == 5
+            finally:
+                own_broker.resume()
+            assert await p.wait_drained(45.0), p.stats
+            assert p.stats.sent > 10  # what was refused while Kafka was away went again
+            assert p.stats.rejected == 0
+    finally:
+        own_broker.resume()
+        await server.stop()
+    got = await settled_topic(own_broker.bootstrap, topic, at_least=10)
+    copies = _one_payload_per_seq(got, "agent-kpause")
+    assert sorted(copies) == list(range(1, 11))
