@@ -243,7 +243,8 @@ async def main() -> int:
     ap.add_argument("--sites", type=int, default=20)
     ap.add_argument("--links", type=int, default=25, help="links per site (4 series each)")
     ap.add_argument("--partitions", type=int, default=1)
-    ap.add_argument("--interval-s", type=int, default=1, help="sampling interval of every series")
+    ap.add_argument("--interval-s", type=int, default=10,
+                    help="sampling interval of every series (the simulator default is 10 s)")
     ap.add_argument("--series-exposed", type=int, default=100_000)
     args = ap.parse_args()
 

@@ -43,6 +43,15 @@ class AggregateSettings(BaseModel):
             "and counted as late."
         ),
     )
+    site_idle_s: float = Field(
+        300.0, gt=0,
+        description=(
+            "A partition's windows close as its slowest site's event time advances (agents batch "
+            "and deliver at their own pace). A site whose newest event time is more than this "
+            "behind the partition's newest (silent, or replaying a backlog) stops holding them "
+            "open; its older samples then count as late."
+        ),
+    )
     idle_timeout_s: float = Field(
         30.0, gt=0,
         description=(

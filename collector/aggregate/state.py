@@ -46,6 +46,9 @@ _SPEC_LABEL_POS = [tuple(LABEL_NAMES.index(n) for n in m.labels) for m in METRIC
 _IS_COUNTER = np.array([m.kind is Kind.COUNTER for m in METRICS])
 
 _TWO32 = pl.Series([1 << 32], dtype=pl.Int128)
+# Grouping by one Int64 key (series id * 2^40 + pane index) is about twice as fast as by two
+# columns; pane indices of any tier stay far below 2^40 for the next thousands of years.
+_KEY_MUL = 1 << 40
 # Per-series code in a series table.
 OK_COUNTER, OK_GAUGE, UNKNOWN, MISMATCH, CAPPED = 0, 1, 2, 3, 4
 DROP_REASONS = ("late", "duplicate", "dedup_expired", "rejected", "unknown_metric", "cardinality")
@@ -107,6 +110,7 @@ class Site:
     batches: int = 0
     dup_batches: int = 0
     samples: int = 0
+    max_event: int | None = None
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
 
 
@@ -164,8 +168,10 @@ class PartitionState:
         self.on_window: WindowSink | None = None
 
         self.next_offset: int | None = None
-        self.max_event_ns: int | None = None
+        self.max_event_ns: int | None = None  # newest event time of the partition
+        self.wm_ns: int | None = None  # watermark: monotonic, see _update_watermark
         self.closed_ns: int | None = None
+        self.site_idle_ns = int(settings.site_idle_s * NS)
         self.version = 0  # bumped whenever published state changes
         self.records = 0
         self.samples = 0
@@ -341,9 +347,9 @@ class PartitionState:
         # (or behind what is already closed). A function of the record sequence only, so it
         # does not depend on how records were grouped into polls or when panes were closed.
         closed = self.closed_ns
-        if closed is not None and self.max_event_ns is not None:
-            wm_cut = ((self.max_event_ns - self.lateness_ns) // self.pane_ns) * self.pane_ns
-            closed = max(closed, wm_cut)
+        if self.wm_ns is not None:
+            wm_cut = (self.wm_ns // self.pane_ns) * self.pane_ns
+            closed = wm_cut if closed is None else max(closed, wm_cut)
         tmax: int | None = None
         for is_counter, cols in ((True, d.counters), (False, d.gauges)):
             if not len(cols):
@@ -367,9 +373,7 @@ class PartitionState:
                 continue
             hi = int(t.max())
             tmax = hi if tmax is None else max(tmax, hi)
-            if closed is None:
-                closed = self.closed_ns = (int(t.min()) // self.pane_ns) * self.pane_ns
-            if int(t.min()) < closed:
+            if closed is not None and int(t.min()) < closed:
                 fresh = t >= closed
                 site.dropped["late"] += int(len(t) - np.count_nonzero(fresh))
                 idx, t, v = idx[fresh], t[fresh], v[fresh]
@@ -383,26 +387,56 @@ class PartitionState:
             accepted += len(t)
         site.samples += accepted
         self.samples += accepted
-        if tmax is not None and (self.max_event_ns is None or tmax > self.max_event_ns):
-            self.max_event_ns = tmax
+        if tmax is not None:
+            if site.max_event is None or tmax > site.max_event:
+                site.max_event = tmax
+            if self.max_event_ns is None or tmax > self.max_event_ns:
+                self.max_event_ns = tmax
+            self._update_watermark()
         return accepted
 
     # ------------------------------------------------------------------ event time
+    def _update_watermark(self) -> None:
+        """Watermark = oldest newest-event-time among the partition's active sites - lateness.
+
+        Sites batch and deliver at their own pace (a batch may span 100 s of samples), so the
+        partition only moves as fast as its slowest site - unless that site is more than
+        `site_idle_s` behind the newest one (silent or far behind): then it stops holding
+        windows open. Event time only, so it is a function of the record sequence; kept
+        monotonic so nothing closed ever reopens.
+        """
+        assert self.max_event_ns is not None
+        floor = self.max_event_ns - self.site_idle_ns
+        oldest = min(s.max_event for s in self.sites
+                     if s.max_event is not None and s.max_event >= floor)
+        wm = oldest - self.lateness_ns
+        if self.wm_ns is None or wm > self.wm_ns:
+            self.wm_ns = wm
+
     def watermark_ns(self) -> int | None:
-        return None if self.max_event_ns is None else self.max_event_ns - self.lateness_ns
+        return self.wm_ns
 
     def advance(self, idle_ns: int = 0, *, emit_all: bool | None = None) -> CloseStats | None:
         """Close every pane the watermark has passed. `idle_ns`: wall time without records
         beyond the idle timeout, by which event time is advanced (silent partitions)."""
-        if self.max_event_ns is None or self.closed_ns is None:
+        if self.max_event_ns is None or self.wm_ns is None:
             return None
         # A silent partition's event time flows with the wall clock from its newest sample,
-        # and the lateness no longer holds its windows open.
-        wm = self.max_event_ns + idle_ns if idle_ns > 0 else self.max_event_ns - self.lateness_ns
+        # and neither the lateness nor a lagging site holds its windows open.
+        wm = self.max_event_ns + idle_ns if idle_ns > 0 else self.wm_ns
         target = (wm // self.pane_ns) * self.pane_ns
+        if self.closed_ns is None:
+            first = self._oldest_buffered()
+            if first is None:
+                return None
+            self.closed_ns = (first // self.pane_ns) * self.pane_ns
         if target <= self.closed_ns:
             return None
         return self._close(target, self.on_window is not None if emit_all is None else emit_all)
+
+    def _oldest_buffered(self) -> int | None:
+        ts = [int(c[1].min()) for c in (*self._cbuf, *self._gbuf) if len(c[1])]
+        return min(ts) if ts else None
 
     def _take_buffer(
         self, bufs: list[tuple[np.ndarray, ...]], upto: int
@@ -525,8 +559,8 @@ class PartitionState:
                     tc = cw.filter(pl.col("end") % (w * NS) == 0)
                     tg = gw.filter(pl.col("end") % (w * NS) == 0)
                 else:
-                    tc = self._window_agg(self.cpanes[k], n, lo, hi, n, size, COUNTER_WIN_SCHEMA, c_aggs)
-                    tg = self._window_agg(self.gpanes[k], n, lo, hi, n, size, GAUGE_WIN_SCHEMA, g_aggs)
+                    tc = self._tumble(self.cpanes[k], n, lo, hi, size, COUNTER_WIN_SCHEMA, c_aggs)
+                    tg = self._tumble(self.gpanes[k], n, lo, hi, size, GAUGE_WIN_SCHEMA, g_aggs)
                 self._add_tier(j, tc, tg)
             for frame, latest in ((cw, self.latest_c), (gw, self.latest_g)):
                 if len(frame):
@@ -551,6 +585,26 @@ class PartitionState:
             rows = rows.cast(GAUGE_PANE_SCHEMA)  # type: ignore[arg-type]
             self.gpanes[k] = pl.concat([self.gpanes[k], rows]) if len(self.gpanes[k]) else rows
 
+    def _tumble(self, panes: pl.DataFrame, n: int, e_lo: int, e_hi: int, size: int,
+                schema: Mapping[str, Any], aggs: tuple[pl.Expr, ...]) -> pl.DataFrame:
+        """Windows of n panes ending at the multiples of n in [e_lo, e_hi]: they do not
+        overlap, so each pane is grouped once (no repetition as in _window_agg)."""
+        first = -(-e_lo // n) * n
+        if not len(panes) or first > e_hi:
+            return _empty(schema)
+        return (
+            panes.lazy()
+            .filter((pl.col("pane") >= first - n) & (pl.col("pane") < (e_hi // n) * n))
+            .group_by(k=(pl.col("sid").cast(pl.Int64) * _KEY_MUL) + pl.col("pane") // n)
+            .agg(*aggs)
+            .with_columns(sid=pl.col("k") // _KEY_MUL,
+                          end=((pl.col("k") % _KEY_MUL) + 1) * (n * size))
+            .sort("end", "sid")
+            .select(list(schema))
+            .collect()
+            .cast(schema)  # type: ignore[arg-type]
+        )
+
     def _window_agg(self, panes: pl.DataFrame, n: int, e_lo: int, e_hi: int, step: int, size: int,
                     schema: Mapping[str, Any], aggs: tuple[pl.Expr, ...]) -> pl.DataFrame:
         """Windows of n panes ending at pane indices e in [e_lo, e_hi] with e % step == 0."""
@@ -569,10 +623,9 @@ class PartitionState:
             .with_columns(e=pl.int_ranges(lo, pl.max_horizontal(lo, hi + 1), step))
             .explode("e")
             .drop_nulls("e")
-            .group_by("sid", "e")
+            .group_by(k=(pl.col("sid").cast(pl.Int64) * _KEY_MUL) + pl.col("e"))
             .agg(*aggs)
-            .with_columns(end=pl.col("e") * size)
-            .drop("e")
+            .with_columns(sid=pl.col("k") // _KEY_MUL, end=(pl.col("k") % _KEY_MUL) * size)
             .sort("end", "sid")
             .select(list(schema))
             .collect()
@@ -733,11 +786,11 @@ class PartitionState:
                    "mask": pl.Binary, "received": pl.UInt64})
         header = {
             "v": 1, "partition": self.partition, "next_offset": self.next_offset,
-            "max_event_ns": self.max_event_ns, "closed_ns": self.closed_ns,
+            "max_event_ns": self.max_event_ns, "closed_ns": self.closed_ns, "wm_ns": self.wm_ns,
             "pane_ns": self.pane_ns, "windows_s": list(self.windows_s),
             "records": self.records, "samples": self.samples,
             "sites": [[s.site_id, s.country, s.region, s.series, s.batches, s.dup_batches, s.samples,
-                       s.dropped]
+                       s.max_event, s.dropped]
                       for s in self.sites],
             "free": self.free, "frames": list(frames),
         }
@@ -777,12 +830,13 @@ class PartitionState:
             raise ProtocolError("checkpoint was taken with other window settings")
         st.next_offset = header["next_offset"]
         st.max_event_ns = header["max_event_ns"]
+        st.wm_ns = header["wm_ns"]
         st.closed_ns = header["closed_ns"]
         st.records = header["records"]
         st.samples = header["samples"]
-        for sid_, country, region, series, batches, dups, samples, dropped in header["sites"]:
+        for sid_, country, region, series, batches, dups, samples, max_event, dropped in header["sites"]:
             st.site_index[sid_] = len(st.sites)
-            st.sites.append(Site(sid_, country, region, series, batches, dups, samples,
+            st.sites.append(Site(sid_, country, region, series, batches, dups, samples, max_event,
                                  {**dict.fromkeys(DROP_REASONS, 0), **dropped}))
         s = frames["series"]
         n = len(s)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -106,6 +108,19 @@ def _read_log(log: Path) -> list[dict]:
     return rows
 
 
+async def _checkpoints(out: Path) -> float:
+    """collector_aggregate_checkpoints_total of the newest process (its /metrics URL is in `out`)."""
+    urls = re.findall(r"aggregator /metrics: (http://\S+)", out.read_text())
+    if not urls:
+        return 0.0
+    try:
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(urls[-1], timeout=5).read())
+    except OSError:
+        return 0.0
+    m = re.search(rb"^collector_aggregate_checkpoints_total (\S+)$", body, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 async def _kill(proc: subprocess.Popen[bytes], sig: int) -> None:
     os.kill(proc.pid, sig)
     try:
@@ -127,9 +142,15 @@ async def _run_killed(broker: EmbeddedBroker, fleet: Fleet, tmp: Path) -> dict:
             procs.append(_spawn(broker.bootstrap, topic, dlq, log, out))
             await produce(broker.bootstrap, topic, chunk, PART)
             if i < 2:
-                # let it publish something, then kill it without warning
+                # let it publish and checkpoint, then kill it without warning
                 await _wait(lambda b=before: len(_read_log(log)) > b + 20, 60,
                             f"progress before kill {i + 1}: {out.read_text()[-1500:]}")
+                for _ in range(300):
+                    if await _checkpoints(out) >= i + 1:
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError(f"no checkpoint before kill {i + 1}")
                 await _kill(procs[-1], signal.SIGKILL)
         await _wait(lambda: _complete(_read_log(log), upto), 90, f"run 2: {out.read_text()[-1500:]}")
         await _kill(procs[-1], signal.SIGTERM)
