@@ -74,7 +74,7 @@ PM_MEASUREMENTS: dict[str, PmSpec] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PmValue:
     gnb: str
     cell: str
@@ -102,19 +102,21 @@ class PmFile:
                 yield p, v
 
 
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
+# Tags are made namespace-free once after parsing (vendors differ in namespace use), so
+# these are plain C-level lookups.
 def _children(el: ET.Element, name: str) -> list[ET.Element]:
-    return [c for c in el if isinstance(c.tag, str) and _local(c.tag) == name]
+    return el.findall(name)
 
 
 def _child(el: ET.Element, name: str) -> ET.Element | None:
-    for c in el:
-        if isinstance(c.tag, str) and _local(c.tag) == name:
-            return c
-    return None
+    return el.find(name)
+
+
+def _strip_namespaces(root: ET.Element) -> None:
+    for el in root.iter():
+        tag = el.tag
+        if isinstance(tag, str) and tag[:1] == "{":
+            el.tag = tag[tag.index("}") + 1:]
 
 
 def _time_ns(text: str | None, what: str, name: str) -> int:
@@ -193,8 +195,9 @@ def parse_pm_bytes(data: bytes, name: str) -> PmFile:
         raise PmFileError(name, f"not well-formed XML ({exc})") from None
     except (LookupError, ValueError) as exc:  # e.g. an unknown encoding in the declaration
         raise PmFileError(name, f"unreadable XML ({exc})") from None
-    if _local(root.tag) != "measCollecFile":
-        raise PmFileError(name, f"root element is <{_local(root.tag)}>, not <measCollecFile>")
+    _strip_namespaces(root)
+    if root.tag != "measCollecFile":
+        raise PmFileError(name, f"root element is <{root.tag}>, not <measCollecFile>")
     header = _child(root, "fileHeader")
     if header is None:
         raise PmFileError(name, "no <fileHeader>")
