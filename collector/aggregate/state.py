@@ -464,13 +464,7 @@ class PartitionState:
             n += len(gdue[0])
             self._gauge_panes(*gdue)
         n_ends = self._windows(start, target, emit_all)
-        # Drop what no future window needs: the next one of each tier ends after target.
-        for k in range(self.n_tiers):
-            keep_from = (target // self.tier_ns[k]) + 1 - self.keep_panes[k]
-            if len(self.cpanes[k]):
-                self.cpanes[k] = self.cpanes[k].filter(pl.col("pane") >= keep_from)
-            if len(self.gpanes[k]):
-                self.gpanes[k] = self.gpanes[k].filter(pl.col("pane") >= keep_from)
+        self._prune(target)  # the next window of each tier ends after target
         self.closed_ns = target
         expired = self._expire(target - self.ttl_ns)
         self.version += 1
@@ -532,6 +526,20 @@ class PartitionState:
         pane are always computed (the next tier is built from them); the others only when
         every closed window is wanted (`emit_all`), else just the newest.
         """
+        c_aggs = (pl.col("inc").sum(), pl.col("dt").sum(), pl.col("n").sum(),
+                  pl.col("resets").sum(), pl.col("wraps").sum())
+        g_aggs = (pl.col("sum").sum(), pl.col("cnt").sum(), pl.col("min").min(), pl.col("max").max())
+        if not emit_all:
+            # Tier panes first (tumbling: each lower pane grouped once), then drop what the
+            # newest windows do not need, so they are computed from a few rows per series.
+            for j in range(1, self.n_tiers):
+                k, n, size = self.src[j], self.n_src[j], self.tier_ns[self.src[j]]
+                lo, hi = start // size + 1, target // size
+                if hi >= lo:
+                    self._add_tier(j, self._tumble(self.cpanes[k], n, lo, hi, size, COUNTER_WIN_SCHEMA,
+                                                   c_aggs),
+                                   self._tumble(self.gpanes[k], n, lo, hi, size, GAUGE_WIN_SCHEMA, g_aggs))
+            self._prune(target, extra=1)
         count = 0
         for j, w in enumerate(self.windows_s):
             k = self.src[j]
@@ -540,28 +548,18 @@ class PartitionState:
             lo, hi = start // size + 1, target // size  # end indices in tier-k panes
             if hi < lo:
                 continue
-            c_aggs = (pl.col("inc").sum(), pl.col("dt").sum(), pl.col("n").sum(),
-                      pl.col("resets").sum(), pl.col("wraps").sum())
-            g_aggs = (pl.col("sum").sum(), pl.col("cnt").sum(), pl.col("min").min(),
-                      pl.col("max").max())
-            produces = 1 <= j < self.n_tiers
             if emit_all:
                 cw = self._window_agg(self.cpanes[k], n, lo, hi, 1, size, COUNTER_WIN_SCHEMA, c_aggs)
                 gw = self._window_agg(self.gpanes[k], n, lo, hi, 1, size, GAUGE_WIN_SCHEMA, g_aggs)
                 count += hi - lo + 1
+                if 1 <= j < self.n_tiers:
+                    # tier j panes: windows of length w ending on multiples of w
+                    self._add_tier(j, cw.filter(pl.col("end") % (w * NS) == 0),
+                                   gw.filter(pl.col("end") % (w * NS) == 0))
             else:
                 cw = self._window_agg(self.cpanes[k], n, hi, hi, 1, size, COUNTER_WIN_SCHEMA, c_aggs)
                 gw = self._window_agg(self.gpanes[k], n, hi, hi, 1, size, GAUGE_WIN_SCHEMA, g_aggs)
                 count += 1
-            if produces:
-                # tier j panes: windows of length w ending on multiples of w
-                if emit_all:
-                    tc = cw.filter(pl.col("end") % (w * NS) == 0)
-                    tg = gw.filter(pl.col("end") % (w * NS) == 0)
-                else:
-                    tc = self._tumble(self.cpanes[k], n, lo, hi, size, COUNTER_WIN_SCHEMA, c_aggs)
-                    tg = self._tumble(self.gpanes[k], n, lo, hi, size, GAUGE_WIN_SCHEMA, g_aggs)
-                self._add_tier(j, tc, tg)
             for frame, latest in ((cw, self.latest_c), (gw, self.latest_g)):
                 if len(frame):
                     newest = frame.filter(pl.col("end") == pl.col("end").max().over("sid"))
@@ -571,6 +569,16 @@ class PartitionState:
             if self.on_window is not None and (len(cw) or len(gw)):
                 self.on_window(self.partition, w, self._labelled(cw), self._labelled(gw))
         return count
+
+    def _prune(self, target: int, extra: int = 0) -> None:
+        """Drop panes no window ending after `target` needs (`extra`: also keep that many
+        more, for windows ending at `target` itself)."""
+        for k in range(self.n_tiers):
+            keep_from = (target // self.tier_ns[k]) + 1 - self.keep_panes[k] - extra
+            if len(self.cpanes[k]) and self.cpanes[k]["pane"].min() < keep_from:  # type: ignore[operator]
+                self.cpanes[k] = self.cpanes[k].filter(pl.col("pane") >= keep_from)
+            if len(self.gpanes[k]) and self.gpanes[k]["pane"].min() < keep_from:  # type: ignore[operator]
+                self.gpanes[k] = self.gpanes[k].filter(pl.col("pane") >= keep_from)
 
     def _add_tier(self, k: int, cw: pl.DataFrame, gw: pl.DataFrame) -> None:
         size = self.tier_ns[k]

@@ -98,6 +98,12 @@ async def test_windows_equal_truth_poison_to_dlq_and_promtool_passes(broker: Emb
     assert 'collector_aggregate_decode_errors_total{reason="not_a_batch"}' in text or \
         'collector_aggregate_decode_errors_total{reason="columns"}' in text
     assert "collector_aggregate_dead_letter_records_total 2.0" in text
+    for self_metric in ('collector_aggregate_records_total{partition="0"}',
+                        'collector_aggregate_event_time_lag_seconds{partition="2"}',
+                        "collector_aggregate_window_close_latency_seconds_count",
+                        "collector_aggregate_partitions_assigned 3.0",
+                        'collector_site_completeness_ratio{site="us-nyc-01"'):
+        assert self_metric in text, self_metric
     assert 'edge_site_link_throughput_bytes_per_second{site="us-nyc-01",country="US"' in text
     assert 'collector_site_samples_dropped_total{site="jp-tokyo-01",country="JP",region="Kanto",' \
         'reason="duplicate"}' in text
@@ -166,3 +172,17 @@ async def test_missing_topic_is_a_clear_error_at_start() -> None:
         with pytest.raises(BrokerError, match="missing-topic"):
             await agg.start()
         await agg.stop()
+
+
+async def test_start_and_stop_are_idempotent(broker: EmbeddedBroker) -> None:
+    topic = await make_topic(broker, 1)
+    agg = Aggregator(_settings(topic, "dlq-unused"), bootstrap=broker.bootstrap)
+    await agg.start()
+    port = agg.metrics_port
+    await agg.start()
+    assert agg.metrics_port == port > 0
+    await agg.stop()
+    await agg.stop()
+    assert agg.metrics_port == 0
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
