@@ -224,6 +224,8 @@ class Sender:
             stop.cancel()
             if ready not in done:
                 ready.cancel()
+            await asyncio.gather(ready, stop, return_exceptions=True)  # never leave them pending
+            if ready not in done:
                 if self._stopping.is_set():
                     return
                 raise _StreamBroken(f"no connection within {self.settings.connect_timeout_s}s")
