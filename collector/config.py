@@ -69,6 +69,7 @@ class KafkaSettings(Section):
     linger_ms: int = Field(
         2,
         ge=0,
+        le=1000,
         description="Producer linger: wait this long to fill a produce request (latency vs throughput).",
     )
     max_batch_size: int = Field(

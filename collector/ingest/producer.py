@@ -7,6 +7,13 @@ send can wait forever (aio-libs/aiokafka#1101), so every produce runs under our 
 after `producer_rebuild_after` consecutive timeouts the producer is considered wedged,
 closed (bounded) and rebuilt.
 
+Records are gathered per partition into aiokafka `BatchBuilder`s and handed over with
+`send_batch()`: one future and one accumulator call per produce batch instead of per record
+(`send()` costs more than parsing and validating a small batch). The partition is the one
+`send()` would pick (Kafka's murmur2 of the key, so a site keeps its partition), order per
+partition is kept (one flusher per partition hands batches over in order), and
+`kafka.linger_ms` is how long a partition's first record waits for company.
+
 A background probe keeps `healthy` current (metadata request with a short timeout) so the
 gRPC health service can report NOT_SERVING while Kafka is unreachable.
 """
@@ -14,6 +21,7 @@ gRPC health service can report NOT_SERVING while Kafka is unreachable.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -23,6 +31,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 
 from collector.config import KafkaSettings
 from collector.errors import BrokerError
@@ -31,6 +40,9 @@ from collector.wire import SCHEMA
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL_S = 2.0
+# Bytes a record adds to its value and key in a v2 batch (headers, varints, batch header):
+# a generous bound for the size check against max_request_size.
+RECORD_OVERHEAD = 512
 PROBE_TIMEOUT_S = 3.0
 CLOSE_TIMEOUT_S = 5.0
 
@@ -68,6 +80,24 @@ def record_headers(agent_id: str, seq: int) -> list[tuple[str, bytes]]:
             ("seq", str(seq).encode())]
 
 
+def _settle(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+        fut.add_done_callback(_retrieve)  # nobody may be waiting any more
+
+
+def _follow(fut: asyncio.Future[Any], answer: asyncio.Future[Any]) -> None:
+    """Resolve our batch future from aiokafka's."""
+    if fut.done():
+        return
+    if answer.cancelled():
+        _settle(fut, BrokerError("produce cancelled"))
+    elif (exc := answer.exception()) is not None:
+        _settle(fut, exc)
+    else:
+        fut.set_result(answer.result())
+
+
 def _retrieve(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.debug("late Kafka failure after the deadline: %r", fut.exception())
@@ -80,6 +110,15 @@ class Delivery:
     future: asyncio.Future[Any]
     started: float
     deadline: float
+
+
+@dataclass(slots=True)
+class _OpenBatch:
+    """Records gathered for one partition, not yet handed to the producer."""
+
+    builder: Any  # aiokafka BatchBuilder
+    future: asyncio.Future[Any]  # resolved by the broker's answer for the whole batch
+    producer: AIOKafkaProducer
 
 
 class KafkaWriter:
@@ -100,6 +139,11 @@ class KafkaWriter:
         self._on_rebuild = on_rebuild or (lambda: None)
         self._on_health = on_health or (lambda h: None)
         self._stopped = asyncio.Event()
+        self._partitions: list[int] = []
+        self._partition_of: dict[bytes, int] = {}
+        # per partition: batches waiting for their flusher, oldest first; the last one is open
+        self._open: dict[int, collections.deque[_OpenBatch]] = {}
+        self._flushers: dict[int, asyncio.Task[None]] = {}
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(**producer_kwargs(self.settings, self.bootstrap))
@@ -126,24 +170,98 @@ class KafkaWriter:
         self._on_health(healthy)
 
     async def send(self, key: bytes, value: bytes, agent_id: str, seq: int) -> Delivery:
-        """Queue one record; return its Delivery. Raises BrokerError when even queueing
-        misses the deadline (metadata unavailable, producer buffer full)."""
+        """Queue one record; return its Delivery. Raises BrokerError when the partition
+        cannot be known within the deadline (metadata unavailable) or the record can never fit
+        a produce request."""
         producer = self._producer
         if producer is None:
             raise BrokerError("producer is not running")
         started = time.monotonic()
+        if len(value) + len(key) + RECORD_OVERHEAD > self.settings.max_request_size:
+            raise BrokerError(f"record of {len(value)} bytes exceeds kafka.max_request_size "
+                              f"({self.settings.max_request_size})")
+        partition = self._partition_of.get(key)
+        if partition is None:
+            partition = await self._partition(producer, key)
+        headers = record_headers(agent_id, seq)
+        queue = self._open.get(partition)
+        ob = queue[-1] if queue and queue[-1].producer is producer else None
+        if ob is None:
+            ob = self._open_batch(producer, partition)
+        if ob.builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            # Full: it goes as it is; the record opens the next batch (a record larger than
+            # max_batch_size goes alone: the first record of a batch always fits).
+            ob = self._open_batch(producer, partition)
+            ob.builder.append(timestamp=None, key=key, value=value, headers=headers)
+        return Delivery(ob.future, started, started + self.settings.produce_timeout_s)
+
+    async def _partition(self, producer: AIOKafkaProducer, key: bytes) -> int:
+        """The partition `send()` would choose for `key`; metadata is fetched when unknown."""
         try:
             async with asyncio.timeout(self.settings.produce_timeout_s):
-                fut = await producer.send(self.topic, value=value, key=key,
-                                          headers=record_headers(agent_id, seq))
+                parts = sorted(await producer.partitions_for(self.topic))
         except TimeoutError as exc:
             self._timed_out()
-            raise BrokerError(f"Kafka did not take the record within "
+            raise BrokerError(f"no metadata for topic {self.topic!r} within "
                               f"{self.settings.produce_timeout_s:g}s", timeout=True) from exc
         except KafkaError as exc:
             self._set_health(False)
-            raise BrokerError(f"Kafka refused the record: {exc!r}") from exc
-        return Delivery(fut, started, started + self.settings.produce_timeout_s)
+            raise BrokerError(f"no metadata for topic {self.topic!r}: {exc!r}") from exc
+        if parts != self._partitions:  # first time, or partitions were added
+            self._partitions = parts
+            self._partition_of.clear()
+        partition = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
+        self._partition_of[key] = partition
+        return partition
+
+    def _open_batch(self, producer: AIOKafkaProducer, partition: int) -> _OpenBatch:
+        ob = _OpenBatch(producer.create_batch(), asyncio.get_running_loop().create_future(), producer)
+        self._open.setdefault(partition, collections.deque()).append(ob)
+        if partition not in self._flushers:
+            task = asyncio.create_task(self._flush(partition), name=f"kafka-flush-{partition}")
+            self._flushers[partition] = task
+        return ob
+
+    async def _flush(self, partition: int) -> None:
+        """Hand the partition's gathered records over, batch after batch, in order, until
+        none are left. Each batch's future follows the broker's answer."""
+        try:
+            if self.settings.linger_ms:
+                await asyncio.sleep(self.settings.linger_ms / 1000)
+            queue = self._open[partition]
+            while queue:
+                ob = queue.popleft()
+                ob.builder.close()
+                producer = self._producer
+                if producer is None or ob.producer is not producer:
+                    # gathered for a producer rebuilt since: never handed over, not stored
+                    _settle(ob.future, BrokerError("producer rebuilt before the batch was sent"))
+                    continue
+                try:
+                    async with asyncio.timeout(self.settings.produce_timeout_s):
+                        answer = await producer.send_batch(ob.builder, self.topic,
+                                                              partition=partition)
+                except TimeoutError:
+                    self._timed_out()
+                    _settle(ob.future, BrokerError(
+                        f"Kafka did not take the batch within {self.settings.produce_timeout_s:g}s",
+                        timeout=True))
+                except (KafkaError, OSError) as exc:
+                    self._set_health(False)
+                    _settle(ob.future, BrokerError(f"Kafka refused the batch: {exc!r}"))
+                except asyncio.CancelledError:
+                    _settle(ob.future, BrokerError("ingest is stopping"))
+                    raise
+                except Exception as exc:  # e.g. the partition vanished from the metadata
+                    log.warning("produce to partition %d failed: %r", partition, exc)
+                    self._partition_of.clear()
+                    _settle(ob.future, BrokerError(f"produce failed: {exc!r}"))
+                else:
+                    answer.add_done_callback(lambda a, f=ob.future: _follow(f, a))
+        finally:
+            del self._flushers[partition]
+            for ob in self._open.pop(partition, ()):  # cancelled (stop): nobody sends these
+                _settle(ob.future, BrokerError("ingest is stopping"))
 
     async def wait(self, d: Delivery) -> None:
         """Wait for the broker's acks=all answer until the delivery's deadline."""
@@ -155,8 +273,10 @@ class KafkaWriter:
             raise BrokerError(f"Kafka did not acknowledge within "
                               f"{self.settings.produce_timeout_s:g}s", timeout=True)
         if (exc := d.future.exception()) is not None:
+            if isinstance(exc, BrokerError):  # the batch failed before Kafka had it
+                raise BrokerError(str(exc), timeout=exc.timeout) from exc
             self._set_health(False)
-            raise BrokerError(f"Kafka refused the record: {exc!r}")
+            raise BrokerError(f"Kafka refused the record: {exc!r}") from exc
         self._timeouts = 0
         self._on_latency(time.monotonic() - d.started)
         if not self.healthy:
@@ -226,6 +346,11 @@ class KafkaWriter:
 
     async def stop(self) -> None:
         self._stopped.set()
+        if self._flushers:  # hand over what was gathered; the producer's stop() flushes it
+            _done, late = await asyncio.wait(set(self._flushers.values()), timeout=CLOSE_TIMEOUT_S)
+            for flusher in late:
+                flusher.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         for task in (self._probe, self._rebuilding):
             if task is not None and not task.done():
                 task.cancel()

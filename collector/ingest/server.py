@@ -156,6 +156,10 @@ class IngestServer:
         self._no_streams = asyncio.Event()
         self._inflight = asyncio.Semaphore(self.cfg.max_inflight_total)
         self._bytes = ByteBudget(self.cfg.max_inflight_bytes)
+        # read at scrape time: cheaper than a gauge update per batch
+        self._inflight_count = self._inflight_nbytes = 0
+        self.metrics.inflight_batches.set_function(lambda: self._inflight_count)
+        self.metrics.inflight_bytes.set_function(lambda: self._inflight_nbytes)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -399,8 +403,8 @@ class IngestServer:
         await self._inflight.acquire()
         await self._bytes.acquire(len(raw))
         item.budgeted = item.kafka = True
-        self.metrics.inflight_batches.inc()
-        self.metrics.inflight_bytes.inc(len(raw))
+        self._inflight_count += 1
+        self._inflight_nbytes += len(raw)
         assert self._writer is not None
         try:
             item.delivery = await self._writer.send(batch.site.site_id.encode(), raw,
@@ -429,8 +433,8 @@ class IngestServer:
                 item.budgeted = False
                 self._inflight.release()
                 await self._bytes.release(item.nbytes)
-                self.metrics.inflight_batches.dec()
-                self.metrics.inflight_bytes.dec(item.nbytes)
+                self._inflight_count -= 1
+                self._inflight_nbytes -= item.nbytes
         code, _reason, rule = result
         if item.kafka:  # rejections before Kafka were counted in _admit
             if code == pb.OK:
