@@ -32,3 +32,21 @@ def test_every_setting_has_a_description() -> None:
 
     walk(Settings, "")
     assert missing == []
+
+
+def test_grafana_provisioning_is_valid_and_points_at_the_dashboards() -> None:
+    import yaml
+
+    ds = yaml.safe_load((ROOT / "grafana/provisioning/datasources/prometheus.yaml").read_text())
+    (prom,) = ds["datasources"]
+    assert prom["type"] == "prometheus"
+    assert prom["uid"] == "edge-prometheus"
+    dash = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/collector.yaml").read_text())
+    (provider,) = dash["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"].endswith("/dashboards")
+    for f in (ROOT / "grafana/dashboards").glob("*.json"):  # every dashboard uses that datasource
+        import json
+
+        text = json.dumps(json.loads(f.read_text()))
+        assert "edge-prometheus" in text, f.name
