@@ -54,15 +54,22 @@ lint: setup
 proto: setup
 	$(PY) scripts/gen_proto.py
 
-## Regenerate docs/configuration.md from the settings models.
+## Regenerate docs/configuration.md (settings models) and docs/metrics.md (aggregator outputs).
 docs: setup
 	$(PY) scripts/gen_config_doc.py
+	$(PY) scripts/gen_metrics_doc.py
 
 bench: setup
 	$(PY) bench/ingest.py --quick
+	$(PY) bench/aggregate.py --batches 1000
+	$(PY) bench/agent.py --quick
+	$(PY) bench/simulate.py --quick
 
 bench-full: setup
 	$(PY) bench/ingest.py
+	$(PY) bench/aggregate.py
+	$(PY) bench/agent.py
+	$(PY) bench/simulate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
