@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from pydantic import BaseModel
@@ -59,6 +60,49 @@ async def test_server_source_uses_catalogue_names_and_integer_counters() -> None
     cpu = [s for s in batch.series if s.metric == "node_cpu_seconds_total"]
     assert {lab.value for s in cpu for lab in s.labels if lab.name == "mode"} >= {"user", "idle"}
     assert all(0 < s.scale < 1 for s in cpu)  # ticks -> seconds
+
+
+async def test_server_source_covers_every_server_metric_of_the_catalogue(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """CPU per mode, memory, load, disk I/O and space, per-NIC bytes/packets/errors/drops:
+    every `server` metric of the catalogue, counters as exact integers beyond 2^53."""
+    from collector.agent.sources import server as server_mod
+
+    big = 2**63 + 7  # a float64 would round it
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\nintr 1\n")
+    io = SimpleNamespace(read_bytes=big, write_bytes=big + 1)
+    nic = SimpleNamespace(bytes_recv=big, bytes_sent=big + 1, packets_recv=3, packets_sent=4,
+                          errin=5, errout=6, dropin=7, dropout=8)
+    part = SimpleNamespace(mountpoint="/data", fstype="ext4")
+    monkeypatch.setattr(server_mod.psutil, "disk_io_counters",
+                        lambda **_: {"sda": io, "loop0": io})
+    monkeypatch.setattr(server_mod.psutil, "net_io_counters", lambda **_: {"eth0": nic, "lo": nic})
+    monkeypatch.setattr(server_mod.psutil, "disk_partitions", lambda **_: [part])
+    monkeypatch.setattr(server_mod.psutil, "disk_usage",
+                        lambda _: SimpleNamespace(total=1000, free=600))
+    src = ServerSource(ServerSourceSettings(host="edge-1"), boot_time_unix_nano=123,
+                       proc_stat=stat)
+    b = BatchBuilder("a", SITE, "boot")
+    await src.collect(b, time.time_ns())
+    batch = _batch(b)
+    wanted = {m.name for m in catalog.METRICS if m.domain is catalog.Domain.SERVER}
+    assert {s.metric for s in batch.series} == wanted
+    got = {(m, frozenset(labels)): v for (m, labels), v in _samples(batch).items()}
+
+    def value(metric: str, **labels: str) -> float | int:
+        return got[(metric, frozenset({"host": "edge-1", **labels}.items()))]
+
+    assert value("node_disk_read_bytes_total", device="sda") == big
+    assert value("node_network_transmit_bytes_total", device="eth0") == big + 1
+    assert value("node_network_receive_drop_total", device="eth0") == 7
+    assert value("node_filesystem_avail_bytes", mountpoint="/data") == 600
+    modes = {lab.value for s in batch.series if s.metric == "node_cpu_seconds_total"
+             for lab in s.labels if lab.name == "mode"}
+    assert modes == set(server_mod.CPU_MODES)
+    assert value("node_cpu_seconds_total", cpu="0", mode="steal") == 8
+    devices = {lab.value for s in batch.series for lab in s.labels if lab.name == "device"}
+    assert devices == {"sda", "eth0"}  # loop* and lo are excluded by default
 
 
 def test_proc_stat_parser_reads_per_cpu_ticks(tmp_path: Path) -> None:
