@@ -168,3 +168,46 @@ def test_gaps_never_exceed_gap_ticks_in_a_row() -> None:
             assert missing <= 3
     with pytest.raises(ValueError, match="record_link_bps"):
         small(record_link_bps=1e18, interval_s=3600, gap_ticks=100)
+
+
+def test_injected_faults_duplicates_late_batches_and_a_silent_site() -> None:
+    """Duplicates repeat a delivered batch exactly (same agent_id, seq and bytes); a late
+    batch arrives after newer batches of its site; the last site sends nothing from
+    ceil(silent_after_s / interval) on, the others go on."""
+    s = small(sites_per_country=2, interval_s=10.0, jitter_s=1.0, duplicate_probability=0.2,
+              late_probability=0.2, late_delay_s=30.0, silent_after_s=200.0, gap_probability=0)
+    sim = Simulation(s)
+    batches = sim.run(60)
+    decoded = [(b, wire.parse_batch(sim.encode(b))) for b in batches]
+    first: dict[tuple[str, int], bytes] = {}
+    dups = late = 0
+    for b, pbb in decoded:
+        key = (pbb.agent_id, pbb.seq)
+        raw = sim.encode(b)
+        if b.kind == "duplicate":
+            dups += 1
+            assert first[key] == raw  # the original went first, and this is the same batch
+        else:
+            assert key not in first  # apart from duplicates, no (agent_id, seq) repeats
+            first[key] = raw
+    for i, (b, _) in enumerate(decoded):
+        if b.kind == "late":
+            late += 1
+            newer = [o for o, _ in decoded[:i] if o.site.index == b.site.index
+                     and o.kind == "normal" and o.seq > b.seq]
+            assert newer, "a late batch is delivered after newer batches of its site"
+    assert dups > 0
+    assert late > 0
+
+    silent = sim.model.silent_site
+    assert silent == sim.model.n_sites - 1
+    silent_from = START_S * NS + 20 * 10 * NS  # tick ceil(200 / 10)
+    for b, pbb in decoded:
+        times = wire.counter_columns(pbb).time_unix_nano.tolist() + \
+            wire.gauge_columns(pbb).time_unix_nano.tolist()
+        if b.site.index == silent:
+            assert max(times) < silent_from
+    assert any(b.site.index == silent for b in batches)  # it did send until then
+    others_last = max(max(wire.counter_columns(p).time_unix_nano.tolist())
+                      for b, p in decoded if b.site.index != silent and len(p.counters.value))
+    assert others_last >= START_S * NS + 59 * 10 * NS  # the others run to the end
