@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ async def test_ingest_killed_and_network_cut_nothing_missing(
     agent_id = "agent-faults"
     link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 10}))
     total = 0
+    sends: Counter[int] = Counter()  # seq -> times the sender wrote it on a stream
 
     async def produce(n: int, p: AgentPipeline) -> None:
         nonlocal total
@@ -85,6 +86,16 @@ async def test_ingest_killed_and_network_cut_nothing_missing(
     try:
         async with AgentPipeline(settings, agent_id=agent_id, site=SITE, boot_id="boot-1",
                                  spool_dir=spool) as p:
+            take_next = p.spool.take_next
+
+            def counting_take_next() -> tuple[int, bytes] | None:
+                item = take_next()
+                if item is not None:
+                    sends[item[0]] += 1
+                return item
+
+            p.spool.take_next = counting_take_next  # type: ignore[method-assign]
+
             def streaming() -> bool:
                 return p.stats.connected and p.stats.acked >= total - WINDOW
 
@@ -122,6 +133,11 @@ async def test_ingest_killed_and_network_cut_nothing_missing(
     dups = sum(n - 1 for n in copies.values())
     # only batches in flight when a fault struck can be resent: at most a window per fault
     assert dups <= 4 * WINDOW + 2 * WINDOW
+    # A repeat in the topic is a batch whose ack was lost: the agent sent it again (same
+    # agent_id, seq and bytes, checked above), never a batch it sent once.
+    for seq, n in copies.items():
+        assert n <= sends[seq], f"seq {seq}: {n} copies in the topic, sent {sends[seq]} times"
+    assert any(n > 1 for n in sends.values())  # the faults did force resends
     assert not spooled_seqs(spool)
 
 
