@@ -175,6 +175,60 @@ async def test_synthetic_optical_links_carry_dom_readings() -> None:
     assert octets.start_time_unix_nano == 1
 
 
+async def test_simulated_adapter_reads_the_simulator_links_at_the_due_tick() -> None:
+    from collector.simulate.config import SimulateSettings
+    from collector.simulate.model import FleetGenerator, FleetModel
+
+    start = time.time() // 1 - 50  # a run that started 50 one-second ticks ago
+    opts = {"seed": 7, "country": "US", "site": 1, "links": 4, "interval_s": 1.0,
+            "start_unix_s": start, "clear_every_s": 0.0}
+    src = LinkSource(LinkSourceSettings(adapter="simulated", options=opts, exclude=[]))
+    adapter = src.adapter
+    b = BatchBuilder("a", SITE, "boot")
+    await src.collect(b, time.time_ns())
+    due = adapter.gen.next_tick - 1  # type: ignore[attr-defined]
+    assert 50 <= due <= 55
+    batch = _batch(b)
+    assert {s.metric for s in batch.series} <= set(catalog.BY_NAME)
+    widths = {dict((lab.name, lab.value) for lab in s.labels)["media"]: s.counter_bits
+              for s in batch.series if s.metric == "link_in_octets"}
+    assert widths == {"optical": 64, "copper": 32}  # copper counters wrap at 2^32
+    # the same values as the simulator's own generator at that tick, optical readings too
+    m = FleetModel(SimulateSettings.model_validate(dict(
+        seed=7, countries=("US",), sites_per_country=2, links_per_site=4, cells_per_site=0,
+        hosts_per_site=0, interval_s=1.0, jitter_s=0.0, start_unix_s=start, clear_every_s=0.0,
+        reset_every_s=0.0, gap_probability=0.0, silent_after_s=0.0)))
+    block = FleetGenerator(m, round(start * 1e9)).block(due + 1)
+    got = _samples(batch)
+    site_rows = [i for i, si in enumerate(m.links["site"].tolist()) if si == 1]
+    assert len(site_rows) == 4
+    for i in site_rows:
+        c0, g0 = int(m.links["c0"][i]), int(m.links["g0"][i])
+        labels = m.counters[c0].labels
+        assert got[("link_in_octets", labels)] == int(block.values[c0, due])
+        assert got[("link_out_discards", labels)] == int(block.values[c0 + 7, due])
+        if m.links["optical"][i]:
+            assert got[("link_optical_rx_power_dbm", labels)] == block.gauges[g0 + 2, due]
+    times = wire.counter_columns(batch).time_unix_nano
+    assert set(times.tolist()) == {int(block.t[1, due])}
+    # nothing new before the next tick is due; then the counters move on
+    gen = adapter.gen  # type: ignore[attr-defined]
+    gen.start_ns += 5 * 10**9  # the clock 5 ticks earlier: no new tick is due
+    assert await adapter.read() == []
+    gen.start_ns -= 15 * 10**9  # 10 ticks later than the first read
+    later = {r.name: r for r in await adapter.read()}
+    first = {dict(lab)["link"]: v for (met, lab), v in got.items() if met == "link_in_octets"}
+    moved = [later[n].in_octets != v for n, v in first.items()]
+    assert all(moved)
+
+
+def test_simulated_adapter_bad_options_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"agent\.sources\.link\.options"):
+        make_adapter("simulated", {"country": "FR"})
+    with pytest.raises(ConfigError, match=r"agent\.sources\.link\.options"):
+        make_adapter("simulated", {"color": "red"})
+
+
 class EchoAdapter(LinkAdapter):
     """A device adapter as a third party would write one (used via module:Class)."""
 

@@ -9,11 +9,12 @@ from is an adapter:
         async def close(self) -> None: ...
 
 and `agent.sources.link.adapter: "mypkg.gnmi:MyGnmiAdapter"`. Built in: `linux`
-(/sys/class/net of this host) and `synthetic` (deterministic links with optical readings,
-for tests and benchmarks). An adapter fills what it knows and leaves the rest None; it
-reports each counter's width (e.g. 32 for SNMP ifInOctets, 64 for ifHCInOctets) and when the
-counters last started (a device's ifCounterDiscontinuityTime, or 0 when unknown), so a reset
-is never mistaken for a wrap downstream.
+(/sys/class/net of this host), `simulated` (one site's links of the simulator's model) and
+`synthetic` (deterministic links with optical readings, for tests and benchmarks). An
+adapter fills what it knows and leaves the rest None; it reports each counter's width (e.g.
+32 for SNMP ifInOctets, 64 for ifHCInOctets) and when the counters last started (a device's
+ifCounterDiscontinuityTime, or 0 when unknown), so a reset is never mistaken for a wrap
+downstream.
 """
 
 from __future__ import annotations
@@ -198,9 +199,82 @@ class SyntheticLinkAdapter(LinkAdapter):
         return out
 
 
+# --- simulated ------------------------------------------------------------------------
+class SimulatedLinkAdapter(LinkAdapter):
+    """Links of one simulated site, from `collector simulate`'s model (collector/simulate/):
+    its link generator (diurnal load in the site's local time, optical DOM readings, 32-bit
+    copper counters that wrap, counter clears with a new start time), deterministic for a
+    seed, read at wall-clock time. Lets a real `collector agent` stream simulated links.
+
+    The model is a fleet of `site + 1` sites of `country` with links only; the readings are
+    those of the last one (a real city). Agent restarts, gaps and the silent site are the
+    fleet runner's faults and stay off (a real agent's restart is real). A read returns the
+    latest tick due, generating the ticks missed since the last read, or nothing when no new
+    tick is due.
+    """
+
+    _MAX_BLOCK = 4096  # ticks generated at once when catching up
+
+    def __init__(self, seed: int = 20260401, country: str = "JP", site: int = 0,
+                 links: int = 8, interval_s: float = 10.0, record_link: bool = False,
+                 wrap32: bool = True, clear_every_s: float = 43_200.0,
+                 start_unix_s: float | None = None) -> None:
+        from collector.simulate.config import SimulateSettings
+        from collector.simulate.model import FleetGenerator, FleetModel, start_ns_for
+
+        try:
+            settings = SimulateSettings.model_validate(dict(
+                seed=seed, countries=(country,), sites_per_country=site + 1,
+                links_per_site=links, cells_per_site=0, hosts_per_site=0,
+                interval_s=interval_s, jitter_s=0.0, start_unix_s=start_unix_s,
+                record_link=record_link, wrap32=wrap32, clear_every_s=clear_every_s,
+                reset_every_s=0.0, gap_probability=0.0, silent_after_s=0.0))
+        except ValueError as exc:
+            raise ConfigError(f"simulated link adapter: {exc}",
+                              key="agent.sources.link.options") from exc
+        self.model = m = FleetModel(settings)
+        self.gen = FleetGenerator(m, start_ns_for(settings))
+        self.site = m.n_sites - 1
+        rows = [i for i, si in enumerate(m.links["site"].tolist()) if si == self.site]
+        self._c0 = [int(m.links["c0"][i]) for i in rows]
+        self._g0 = [int(m.links["g0"][i]) for i in rows]
+        self._names = [dict(m.counters[c].labels)["link"] for c in self._c0]
+        self._optical = [bool(m.links["optical"][i]) for i in rows]
+        self._bits = [int(m.links["bits"][i]) for i in rows]
+
+    def _due_tick(self) -> int:
+        return (time.time_ns() - self.gen.start_ns) // self.model.interval_ns
+
+    async def read(self) -> Sequence[LinkReading]:
+        due = self._due_tick()
+        if due < self.gen.next_tick:
+            return []  # no new tick yet: never the same samples twice
+        block = None
+        while self.gen.next_tick <= due:
+            block = self.gen.block(min(self._MAX_BLOCK, due + 1 - self.gen.next_tick))
+        assert block is not None
+        k = block.n_ticks - 1
+        t = int(block.t[self.site, k])
+        out = []
+        for name, c0, g0, optical, bits in zip(self._names, self._c0, self._g0, self._optical,
+                                               self._bits, strict=True):
+            v = block.values[c0:c0 + len(COUNTERS), k].tolist()
+            g = block.gauges[g0:g0 + (7 if optical else 2), k].tolist()
+            out.append(LinkReading(
+                name=name, media="optical" if optical else "copper",
+                **dict(zip(COUNTERS, v, strict=True)),
+                counter_bits=bits, counter_start_unix_nano=int(block.start[c0, k]),
+                oper_up=g[0] > 0.5, speed_bytes_per_second=int(g[1]),
+                **(dict(zip((o[0] for o in OPTICAL), g[2:], strict=True)) if optical else {}),
+                time_unix_nano=t,
+            ))
+        return out
+
+
 BUILTIN_ADAPTERS: dict[str, type[LinkAdapter]] = {
     "linux": LinuxLinkAdapter,
     "synthetic": SyntheticLinkAdapter,
+    "simulated": SimulatedLinkAdapter,
 }
 
 
@@ -210,7 +284,8 @@ def make_adapter(spec: str, options: dict[str, Any]) -> LinkAdapter:
     if cls is None:
         module, _, attr = spec.partition(":")
         if not attr:
-            raise ConfigError(f"unknown link adapter {spec!r} (linux, synthetic or module:Class)",
+            raise ConfigError(f"unknown link adapter {spec!r} (linux, simulated, synthetic or "
+                              "module:Class)",
                               key="agent.sources.link.adapter")
         try:
             cls = getattr(importlib.import_module(module), attr)
