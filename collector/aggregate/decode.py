@@ -155,6 +155,10 @@ def decode(value: bytes | None, headers: dict[str, bytes] | None = None) -> Deco
             raise ProtocolError("column_lengths")
         if len(cols) and int(cols.series_index.max()) >= n_series:
             raise ProtocolError("series_index")
+        if len(cols) and int(cols.time_unix_nano.min()) < 0:
+            # Event time before 1970: the ingest refuses it; from elsewhere it would land in
+            # a negative pane, which the (series, pane) grouping key cannot represent.
+            raise ProtocolError("time_range")
     if len(gc) and not np.isfinite(gc.value).all():
         # A gauge must be a number; NaN/Inf would poison min/max/avg of a whole window.
         raise ProtocolError("gauge_not_finite")

@@ -240,7 +240,13 @@ def _window_frames(st: PartitionView) -> tuple[pl.DataFrame, pl.DataFrame]:
             .otherwise(None)
         )
     if len(g):
-        g = g.with_columns(avg=pl.col("sum") / pl.col("cnt").cast(pl.Float64))
+        # State keeps raw values; `Series.scale` turns them into the catalogue unit (the cell
+        # PM source sends PRB use and availability in percent with scale 0.01, UE throughput
+        # in kbit/s with scale 125). Scale is >= 0 (the decoder rejects other values), so
+        # min and max keep their order.
+        s = pl.col("scale")
+        g = g.with_columns(avg=pl.col("sum") * s / pl.col("cnt").cast(pl.Float64),
+                           min=pl.col("min") * s, max=pl.col("max") * s)
     return c, g
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -261,7 +262,9 @@ class PartitionState:
                 continue
             spec = METRICS[m]
             want = pb.COUNTER if spec.kind is Kind.COUNTER else pb.GAUGE
-            if s.kind != want:
+            if s.kind != want or not math.isfinite(s.scale) or s.scale < 0:
+                # wrong kind, or a scale no unit conversion has (the ingest refuses both;
+                # records may come from elsewhere): the series' samples count as rejected
                 code[i] = MISMATCH
                 continue
             labels = {lb.name: lb.value for lb in s.labels}

@@ -132,3 +132,56 @@ def test_metrics_doc_is_fresh() -> None:
     doc = (ROOT / "docs/metrics.md").read_text()
     for f in FAMILIES:
         assert f"`{f.name}`" in doc
+
+
+def test_series_scale_turns_raw_values_into_published_units() -> None:
+    """The cell PM source sends PRB use in percent (scale 0.01), UE throughput in kbit/s
+    (scale 125) and PDCP volume in Mbit (scale 125000): /metrics must show ratios and bytes/s."""
+    from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+    from tests.aggregate_support import NS, T0, SeriesDef, make_batch
+
+    cell = {"cell": "c1", "gnb": "g1"}
+    series = [SeriesDef("RRU.PrbTotDl", cell, kind=pb.GAUGE, unit="ratio", scale=0.01),
+              SeriesDef("DRB.UEThpDl", cell, kind=pb.GAUGE, unit="bytes_per_second", scale=125.0),
+              SeriesDef("DRB.PdcpSduVolumeDL", cell, unit="bytes", scale=125_000.0)]
+    st = PartitionState(0, AggregateSettings(allowed_lateness_s=0))
+    for b in range(4):
+        ts = [T0 + (b * 10 + k) * NS for k in range(10)]
+        st.add(b, make_batch(agent="a", seq=b + 1, site="s", series=series,
+                             gauges=[(0, t, 73.0) for t in ts] + [(1, t, 8000.0) for t in ts],
+                             counters=[(2, t, 2 * (t - T0) // NS) for t in ts]))  # 2 Mbit/s
+        st.advance()
+    frames = build_frames([st.view()])
+
+    def value(fam: str, **labels: str) -> float:
+        f = frames[fam].filter(**labels)  # type: ignore[arg-type]
+        assert len(f) == 1, f
+        return float(f["value"][0])
+
+    for stat in ("avg", "min", "max"):
+        assert value("edge_cell_prb_utilization_ratio", window="10s", stat=stat) == pytest.approx(0.73)
+        assert value("edge_cell_user_throughput_bytes_per_second", window="10s", stat=stat) == 1_000_000
+    assert value("edge_cell_throughput_bytes_per_second", window="10s") == 250_000
+
+
+async def test_ledger_on_metrics_follows_records_between_closes() -> None:
+    """Rendering is cached until state changes; a duplicate batch changes the ledger even when
+    no window closes, so it must show on the next scrape."""
+    from collector.aggregate.service import Aggregator
+    from collector.config import load_settings
+
+    agg = Aggregator(load_settings(aggregate={"metrics_listen": ""}), bootstrap="127.0.0.1:1",
+                     registry=CollectorRegistry())
+    st = PartitionState(0, AggregateSettings())
+    batches = catalog_batches("jp-tokyo-01", "JP", "Kanto", n_batches=4)
+    for i, b in enumerate(batches):
+        st.add(i, b)
+        st.advance()
+    agg.states[0] = st
+    dup = 'collector_site_batches_duplicate_total{site="jp-tokyo-01",country="JP",region="Kanto"}'
+    assert f"{dup} 0.0" in (await agg.render_metrics()).decode()
+    version = st.version
+    st.add(len(batches), batches[1])
+    st.advance()
+    assert st.version == version  # nothing closed
+    assert f"{dup} 1.0" in (await agg.render_metrics()).decode()

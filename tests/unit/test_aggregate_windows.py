@@ -266,3 +266,21 @@ def test_latest_windows_without_a_sink_equal_the_emitted_ones() -> None:
         assert len(a) > 0
         assert a.equals(b), w
         assert lean.latest_g[w].sort("sid").equals(full.latest_g[w].sort("sid")), w
+
+
+def test_negative_event_time_is_a_protocol_error() -> None:
+    series = [SeriesDef("link_in_octets", {"link": "a", "media": "copper"})]
+    st = PartitionState(0, AggregateSettings())
+    with pytest.raises(ProtocolError, match="time_range"):
+        st.add(0, make_batch(agent="x", seq=1, site="s", series=series, counters=[(0, -NS, 1)]))
+
+
+@pytest.mark.parametrize("scale", [-1.0, float("nan"), float("inf")])
+def test_series_with_an_impossible_scale_is_rejected(scale: float) -> None:
+    series = [SeriesDef("RRU.PrbTotDl", {"cell": "c", "gnb": "g"}, kind=pb.GAUGE, scale=scale),
+              SeriesDef("RRU.PrbTotUl", {"cell": "c", "gnb": "g"}, kind=pb.GAUGE, scale=0.01)]
+    st = PartitionState(0, AggregateSettings())
+    assert st.add(0, make_batch(agent="x", seq=1, site="s", series=series,
+                                gauges=[(0, T0, 50.0), (1, T0, 50.0)])) == 1
+    assert st.sites[0].dropped["rejected"] == 1
+    assert st.live_series() == 1
