@@ -511,7 +511,8 @@ class Aggregator:
     async def render_metrics(self) -> bytes:
         """Self-metrics (prometheus-client) + aggregated state (vectorised), one body."""
         self.metrics.series.set(sum(st.live_series() for st in self.states.values()))
-        key = tuple(x for p, st in sorted(self.states.items()) for x in (p, st.version))
+        # Windows change only at a close (version), the completeness ledger with every record.
+        key = tuple(x for p, st in sorted(self.states.items()) for x in (p, st.version, st.records))
         cached = self._render_cache
         if cached is not None and cached[0] == key:
             body = cached[1]
