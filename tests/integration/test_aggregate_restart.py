@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SITES = (("jp-tokyo-01", "JP", "Kanto"), ("jp-osaka-01", "JP", "Kansai"),
          ("us-nyc-01", "US", "us-east"), ("us-sfo-01", "US", "us-west"))
 PART = {"jp-tokyo-01": 0, "jp-osaka-01": 1, "us-nyc-01": 2, "us-sfo-01": 0}
-AGG = {"idle_timeout_s": 3600.0, "checkpoint_interval_s": 0.3, "session_timeout_ms": 3000,
+AGG = {"idle_timeout_s": 3600.0, "checkpoint_interval_s": 0.3, "session_timeout_ms": 1500,
        "heartbeat_interval_ms": 500, "metrics_listen": "127.0.0.1:0"}
 
 
