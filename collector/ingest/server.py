@@ -357,11 +357,12 @@ class IngestServer:
 
     async def _read(self, requests: AsyncIterator[bytes], st: _StreamState) -> None:
         per_stream = asyncio.Semaphore(self.cfg.max_inflight_per_stream)
+        totals = self.metrics.totals
         st.changed.set()
         try:
             async for raw in requests:
-                self.metrics.batches_received.inc()
-                self.metrics.received_bytes.inc(len(raw))
+                totals.batches_received += 1
+                totals.received_bytes += len(raw)
                 await per_stream.acquire()
                 item = await self._admit(raw, st)
                 item.release = per_stream.release  # the slot returns when the ack is decided
@@ -398,7 +399,7 @@ class IngestServer:
                 pb.PERMISSION_DENIED,
                 f"site.site_id {batch.site.site_id!r} is not the token's site {st.site!r}",
                 "permission_denied"))
-        self.metrics.samples_received.inc(checked.samples)
+        self.metrics.totals.samples_received += checked.samples
         item = _Pending(seq=seq, nbytes=len(raw), samples=checked.samples)
         await self._inflight.acquire()
         await self._bytes.acquire(len(raw))
@@ -438,8 +439,8 @@ class IngestServer:
         code, _reason, rule = result
         if item.kafka:  # rejections before Kafka were counted in _admit
             if code == pb.OK:
-                self.metrics.batches_accepted.inc()
-                self.metrics.samples_accepted.inc(item.samples)
+                self.metrics.totals.batches_accepted += 1
+                self.metrics.totals.samples_accepted += item.samples
             else:
                 self.metrics.batches_rejected.labels(rule).inc()
                 self.metrics.samples_rejected.labels(rule).inc(item.samples)
