@@ -30,8 +30,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="collector", description=__doc__.split("\n")[0])
+def command_of(argv: list[str]) -> str | None:
+    """The subcommand named in `argv` (skipping the global options and their values)."""
+    it = iter(argv)
+    for tok in it:
+        if tok in ("--config", "-c", "--log-level"):
+            next(it, None)
+        elif not tok.startswith("-"):
+            return tok if tok in COMMANDS else None
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only `command`'s module is imported (for its arguments)."""
+    parser = argparse.ArgumentParser(
+        prog="collector",
+        description="Edge telemetry collector: agents -> gRPC ingest -> Kafka -> aggregator -> /metrics.",
+        epilog="`collector COMMAND --help` for a command's options; settings: docs/configuration.md")
     parser.add_argument("--config", "-c", help="YAML settings file (env COLLECTOR_* overrides)")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -39,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         # --config is accepted after the subcommand too: `collector agent --config agent.yaml`
         p.add_argument("--config", "-c", dest="sub_config", help=argparse.SUPPRESS)
+        if name != command:
+            continue
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:
@@ -64,7 +81,9 @@ async def _run(mod: Any, settings: Any, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     if err := getattr(args, "_import_error", None):
         print(f"collector {args.command}: unavailable: {err}", file=sys.stderr)

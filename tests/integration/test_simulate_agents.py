@@ -106,7 +106,7 @@ async def test_cli_agents_mode_plaintext_with_tokens_file(
     await server.start()
     try:
         start = time.time() // 10 * 10 - 100
-        args = build_parser().parse_args([
+        args = build_parser("simulate").parse_args([
             "simulate", "--target", f"127.0.0.1:{server.port}", "--tokens-file", str(tokens_file),
             "--fast-forward", "--duration", "100", "--start", str(start),
             "--work-dir", str(tmp_path / "spools"), "--truth", str(tmp_path / "truth")])
