@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import struct
 import time
 import uuid
 from collections.abc import Iterable
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _FAMILY_TEXT = tuple(FamilyText(f.name, f.type, f.help, f.labels) for f in FAMILIES)
+_RESTORE_RETRY_S = 10.0
+_RESTORE_RETRY_MAX_S = 300.0
 _CLOSE_BUCKETS = (0.5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120, 300, 900)
 
 
@@ -127,6 +130,9 @@ class SelfMetrics:
         self.rebalances = Counter(p + "rebalances", "Partition assignments received.", registry=registry)
         self.partitions = Gauge(p + "partitions_assigned", "Partitions this member owns.",
                                 registry=registry)
+        self.partitions_paused = Gauge(p + "partitions_paused",
+                                       "Assigned partitions whose checkpoint could not be restored "
+                                       "yet: paused (nothing consumed) and retried.", registry=registry)
         self.series = Gauge(p + "series", "Active series in state.", registry=registry)
         self.state_bytes = Gauge(p + "state_bytes", "Approximate bytes of aggregation state.",
                                  registry=registry)
@@ -165,6 +171,8 @@ class Aggregator:
         self.states: dict[int, PartitionState] = {}
         self._ckpt_version: dict[int, tuple[int | None, int]] = {}
         self._last_record_wall: dict[int, float] = {}
+        # assigned partitions whose state could not be restored: paused, retried from the loop
+        self._pending: dict[TopicPartition, tuple[float, float]] = {}  # -> (due, delay)
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._pointer: AIOKafkaConsumer | None = None
@@ -312,6 +320,9 @@ class Aggregator:
                 await asyncio.wait_for(self._checkpoint(parts), self.cfg.stop_grace_s)
             except (TimeoutError, KafkaError, BrokerError) as exc:
                 log.warning("checkpoint on revoke failed, the next owner replays more: %s", exc)
+            for tp in revoked:
+                self._pending.pop(tp, None)
+            self.metrics.partitions_paused.set(len(self._pending))
             for p in parts:
                 self.states.pop(p, None)
                 self._ckpt_version.pop(p, None)
@@ -328,25 +339,58 @@ class Aggregator:
             for tp in assigned:
                 if tp.topic != self.topic or tp.partition in self.states:
                     continue
-                st = await self._restore(tp.partition)
-                if st is None:
-                    # No checkpoint: start from the oldest retained record rather than a
-                    # committed offset, so no series starts mid-stream without its carry.
-                    st = PartitionState(tp.partition, self.cfg)
-                    assert self._consumer is not None
-                    await self._consumer.seek_to_beginning(tp)
-                else:
-                    assert self._consumer is not None
-                    assert st.next_offset is not None
-                    self._consumer.seek(tp, st.next_offset)
-                    self.metrics.restores.inc()
-                st.on_window = self.on_window
-                self.states[tp.partition] = st
-                self._ckpt_version[tp.partition] = (st.next_offset, st.version)
-                self._last_record_wall[tp.partition] = time.monotonic()
+                await self._adopt(tp)
             self.metrics.partitions.set(len(self.states))
             self._render_cache = None
         log.info("assigned partitions %s", sorted(self.states))
+
+    async def _adopt(self, tp: TopicPartition) -> None:
+        """Restore `tp`'s state and seek to it (caller holds the lock). When the checkpoint
+        cannot be read, the partition is paused - consuming it without its state would
+        publish wrong windows and commit past them - and retried from the main loop."""
+        assert self._consumer is not None
+        try:
+            st = await self._restore(tp.partition)
+        except (BrokerError, KafkaError, ProtocolError) as exc:
+            prev = self._pending.get(tp)
+            delay = _RESTORE_RETRY_S if prev is None else min(prev[1] * 2, _RESTORE_RETRY_MAX_S)
+            self._consumer.pause(tp)
+            self._pending[tp] = (time.monotonic() + delay, delay)
+            self.metrics.partitions_paused.set(len(self._pending))
+            log.error("partition %d: checkpoint not restored (%s); paused, retrying in %.0fs",
+                      tp.partition, exc, delay)
+            return
+        if st is None:
+            # No checkpoint: start from the oldest retained record rather than a
+            # committed offset, so no series starts mid-stream without its carry.
+            st = PartitionState(tp.partition, self.cfg)
+            await self._consumer.seek_to_beginning(tp)
+        else:
+            assert st.next_offset is not None
+            self._consumer.seek(tp, st.next_offset)
+            self.metrics.restores.inc()
+        if self._pending.pop(tp, None) is not None:
+            self._consumer.resume(tp)
+            self.metrics.partitions_paused.set(len(self._pending))
+            log.info("partition %d: checkpoint restored on retry, resumed", tp.partition)
+        st.on_window = self.on_window
+        self.states[tp.partition] = st
+        self._ckpt_version[tp.partition] = (st.next_offset, st.version)
+        self._last_record_wall[tp.partition] = time.monotonic()
+
+    async def _retry_pending(self) -> None:
+        assert self._consumer is not None
+        now = time.monotonic()
+        assigned = self._consumer.assignment()
+        async with self._lock:
+            for tp, (due, _) in list(self._pending.items()):
+                if tp not in assigned:
+                    self._pending.pop(tp, None)
+                elif due <= now and tp.partition not in self.states:
+                    await self._adopt(tp)
+            self.metrics.partitions_paused.set(len(self._pending))
+            self.metrics.partitions.set(len(self.states))
+            self._render_cache = None
 
     async def _restore(self, partition: int) -> PartitionState | None:
         assert self._pointer is not None
@@ -371,8 +415,12 @@ class Aggregator:
                 if snap == want[0] and r.value is not None:
                     chunks[int(idx)] = r.value
             if want is not None and len(chunks) >= want[1]:
-                blob = b"".join(chunks[i] for i in range(want[1]))
-                st = PartitionState.restore(blob, self.cfg)
+                try:
+                    blob = b"".join(chunks[i] for i in range(want[1]))
+                    st = PartitionState.restore(blob, self.cfg)
+                except (KeyError, ValueError, struct.error, pl.exceptions.PolarsError) as exc:
+                    raise ProtocolError(f"checkpoint of partition {partition} at "
+                                        f"{self.cfg.state_topic}:{ptr} is corrupt: {exc!r}") from exc
                 log.info("partition %d restored from checkpoint at state offset %d (next offset %s)",
                          partition, ptr, st.next_offset)
                 return st
@@ -427,6 +475,8 @@ class Aggregator:
         backoff = 0.1
         while not self._stopping.is_set():
             try:
+                if self._pending:
+                    await self._retry_pending()
                 batch = await self._consumer.getmany(timeout_ms=self.cfg.poll_timeout_ms,
                                                      max_records=self.cfg.max_poll_records)
                 async with self._lock:

@@ -186,3 +186,59 @@ async def test_start_and_stop_are_idempotent(broker: EmbeddedBroker) -> None:
     assert agg.metrics_port == 0
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def _put_checkpoint(bootstrap: str, state_topic: str, group: str, value: bytes) -> None:
+    """Write one checkpoint record to partition 0 of the state topic and point the
+    `<group>.checkpoints` offsets at it, as a previous owner would have."""
+    from aiokafka import AIOKafkaProducer, TopicPartition
+
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await p.start()
+    try:
+        md = await p.send_and_wait(state_topic, value, partition=0,
+                                   headers=[("snapshot", b"s1"), ("chunk", b"0/1")])
+    finally:
+        await p.stop()
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group + ".checkpoints",
+                         enable_auto_commit=False)
+    await c.start()
+    try:
+        stp = TopicPartition(state_topic, 0)
+        c.assign([stp])
+        await c.commit({stp: md.offset})
+    finally:
+        await c.stop()
+
+
+async def test_unreadable_checkpoint_pauses_the_partition_until_restored(
+        broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Consuming a partition without its state would publish wrong windows and commit past
+    them: it stays paused (and counted) until its checkpoint can be read."""
+    import collector.aggregate.service as service
+    from collector.aggregate.state import PartitionState
+
+    monkeypatch.setattr(service, "_RESTORE_RETRY_S", 0.5)
+    topic = await make_topic(broker, 1)
+    dlq = await make_topic(broker, 1, prefix="dlq")
+    settings = _settings(topic, dlq)
+    state_topic, group = settings.aggregate.state_topic, settings.aggregate.group_id
+    await broker.create_topics([TopicSpec(state_topic, 1, 3_600_000)])
+    await _put_checkpoint(broker.bootstrap, state_topic, group, b"\x07not a checkpoint")
+    fleet = make_fleet(n_batches=10, sites=SITES[:1], late=(), swap=(), gap=(), reset_at=None)
+    ends = await produce(broker.bootstrap, topic, fleet.records, {SITES[0][0]: 0})
+    async with Aggregator(settings, bootstrap=broker.bootstrap, registry=CollectorRegistry()) as agg:
+        paused = agg.registry.get_sample_value
+        await _wait(lambda: paused("collector_aggregate_partitions_paused") == 1, 30, "paused")
+        await asyncio.sleep(1.5)  # several failed retries
+        assert not agg.states
+        assert paused("collector_aggregate_records_total", {"partition": "0"}) is None
+        # a readable checkpoint (an empty state at offset 0) appears: the partition resumes
+        empty = PartitionState(0, settings.aggregate)
+        empty.next_offset = 0
+        await _put_checkpoint(broker.bootstrap, state_topic, group, empty.snapshot())
+        await _wait(lambda: 0 in agg.states and agg.states[0].next_offset == ends[0], 30,
+                    "resumed and consumed")
+        assert paused("collector_aggregate_partitions_paused") == 0
+        assert paused("collector_aggregate_restores_total") == 1
+        assert paused("collector_aggregate_samples_total") == sum(len(v) for v in fleet.counted.values())
