@@ -138,10 +138,19 @@ class LinkSourceSettings(_Section):
 
 
 class CellSourceSettings(_Section):
-    enabled: bool = Field(False, description="Read 5G NR cell KPIs from 3GPP TS 32.435 PM XML "
-                          "files (measCollecFile) dropped into pm_dir by the gNB/OSS.")
-    interval_s: float = Field(30.0, gt=0, description="How often pm_dir is scanned.")
+    enabled: bool = Field(False, description="Collect 5G NR cell KPIs (3GPP TS 28.552 names), "
+                          "by default from TS 32.435 PM XML files (measCollecFile) dropped "
+                          "into pm_dir by the gNB/OSS.")
+    interval_s: float = Field(30.0, gt=0, description="How often pm_dir is scanned (or the "
+                              "adapter read).")
     priority: int = Field(2, ge=0, le=9, description="Spool priority of these batches.")
+    adapter: str = Field("pm_xml", description="Where cells are read: 'pm_xml' (PM files in "
+                         "pm_dir, set by the keys below), 'simulated' (one site's cells of the "
+                         "simulator's model) or 'package.module:Class' implementing "
+                         "collector.agent.sources.cell.CellAdapter.")
+    options: dict[str, Any] = Field({}, description="Adapter-specific options (none for "
+                                    "pm_xml; simulated: {seed: 1, country: JP, site: 0, "
+                                    "cells: 12, interval_s: 30}).")
     pm_dir: Path = Field(Path("/var/spool/collector-agent/pm"), description="Directory the PM "
                          "files arrive in.")
     pattern: str = Field("*.xml", description="File name pattern of PM files (also matches .gz "
@@ -163,7 +172,7 @@ class CellSourceSettings(_Section):
 class SourcesSettings(_Section):
     server: ServerSourceSettings = Field(ServerSourceSettings(), description="Host health source.")
     link: LinkSourceSettings = Field(LinkSourceSettings(), description="Link/optical source.")
-    cell: CellSourceSettings = Field(CellSourceSettings(), description="5G cell PM file source.")
+    cell: CellSourceSettings = Field(CellSourceSettings(), description="5G NR cell KPI source.")
 
 
 class AgentSettings(_Section):

@@ -1,10 +1,10 @@
-"""Cell source: 5G NR cell KPIs from 3GPP TS 32.435 PM XML files (`measCollecFile`).
+"""Cell source: 5G NR cell KPIs (3GPP TS 28.552 names) from an adapter.
 
-A gNB or its OSS drops one XML file per granularity period (typically 15 min) into a
-directory; this source reads new files, turns the measurements it knows (TS 28.552 names,
-see PM_MEASUREMENTS) into samples at the period's end time, and moves each file to done/
-(or deletes it). A malformed file is moved to failed/ with an error that names it; it never
-stops the agent.
+PM XML files (TS 32.435 `measCollecFile`, the default adapter `pm_xml`): a gNB or its OSS
+drops one XML file per granularity period (typically 15 min) into a directory; this source
+reads new files, turns the measurements it knows (see PM_MEASUREMENTS) into samples at the
+period's end time, and moves each file to done/ (or deletes it). A malformed file is moved
+to failed/ with an error that names it; it never stops the agent.
 
 Both encodings of TS 32.435 are read: `<measTypes>a b</measTypes>` + `<measResults>1 2
 </measResults>` and `<measType p="1">a</measType>` + `<r p="1">1</r>`. PM counters in these
@@ -12,25 +12,43 @@ files are per-period values (the volume *within* the period); the catalogue's co
 cumulative, so the source keeps a running sum per cell and measurement from the first period
 it saw (its `start_time_unix_nano`). Gauges keep the raw value and a `Series.scale` that turns
 it into the catalogue unit (percent -> ratio 0.01, kbit/s -> bytes/s 125, Mbit -> bytes 125000).
+
+Where cells are read from is an adapter (`agent.sources.cell.adapter`): `pm_xml` (default)
+is the PM file reader above; `simulated` reads one site's cells from `collector simulate`'s
+model; a device source (an OSS northbound API, O1/VES, a vendor REST API) is a class
+
+    class MyOssAdapter(CellAdapter):
+        def __init__(self, **options): ...          # agent.sources.cell.options
+        async def read(self) -> Sequence[CellReading]: ...
+        async def close(self) -> None: ...
+
+named `agent.sources.cell.adapter: "mypkg.oss:MyOssAdapter"`. A `CellReading` carries a
+cell's cumulative counters as integers and its gauges in the catalogue's unit (ratio,
+bytes/s, users, dBm, dB; scale 1), by TS 28.552 name, with the counters' width (32 or 64
+bit) and when they last started (0 when unknown), so a reset is never mistaken for a wrap.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import gzip
+import importlib
 import logging
 import math
+import numbers
 import re
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, gauge_def
 from collector.agent.config import CellSourceSettings
 from collector.agent.sources import Source
-from collector.errors import CollectorError
+from collector.errors import CollectorError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -280,15 +298,140 @@ def read_pm_file(path: Path) -> PmFile:
     return parse_pm_bytes(data, str(path))
 
 
+# --- adapters -------------------------------------------------------------------------
+@dataclass(slots=True)
+class CellReading:
+    """One cell at one moment, by TS 28.552 name (the names of PM_MEASUREMENTS).
+
+    `counters` are cumulative integers that fit `counter_bits`; `gauges` are in the
+    catalogue's unit (ratio 0..1, bytes/s, users, dBm, dB). A measurement the adapter does
+    not know is left out.
+    """
+
+    cell: str
+    gnb: str
+    counters: dict[str, int] = field(default_factory=dict)
+    gauges: dict[str, float] = field(default_factory=dict)
+    counter_bits: int = 64
+    # Discontinuity marker: when the counters (re)started, ns since the epoch; 0 = unknown.
+    counter_start_unix_nano: int = 0
+    time_unix_nano: int = 0  # 0: the collection time
+
+
+class CellAdapter(ABC):
+    """Reads cells from somewhere other than PM files: an OSS/O1 API, a simulator."""
+
+    @abstractmethod
+    async def read(self) -> Sequence[CellReading]:
+        """New readings of every cell (none when nothing new); raise CollectorError/OSError
+        when unreachable."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release sessions."""
+
+
+class SimulatedCellAdapter(CellAdapter):
+    """5G NR cells of one simulated site, from `collector simulate`'s model: its cell
+    generator (diurnal load in the site's local time, per-subscriber DL speed calibrated to
+    the country's figure, coverage, handovers), deterministic for a seed, read at wall-clock
+    time. Lets a real `collector agent` stream simulated cells.
+
+    The model is a fleet of `site + 1` sites of `country` with `cells` cells each (cells
+    only); the readings are those of the last site (a real city). The DL speed calibration
+    holds over that fleet's cells. A read returns the latest tick due, generating the ticks
+    missed since the last read, or nothing when no new tick is due.
+    """
+
+    def __init__(self, seed: int = 20260401, country: str = "JP", site: int = 0,
+                 cells: int = 12, interval_s: float = 30.0,
+                 start_unix_s: float | None = None) -> None:
+        from collector.agent.sources.simulated import SimulatedSite
+        from collector.simulate.model import CELL_COUNTERS, CELL_GAUGES
+
+        key = "agent.sources.cell.options"
+        if isinstance(cells, bool) or not isinstance(cells, int) or cells < 1:
+            raise ConfigError(f"simulated cell adapter: cells must be an integer >= 1, got "
+                              f"{cells!r}", key=key)
+        self.sim = SimulatedSite(key, seed=seed, country=country, site=site,
+                                 interval_s=interval_s, start_unix_s=start_unix_s,
+                                 cells_per_site=cells)
+        m = self.sim.model
+        rows = self.sim.rows(m.cells)
+        self._c0 = [int(m.cells["c0"][i]) for i in rows]
+        self._g0 = [int(m.cells["g0"][i]) for i in rows]
+        self._labels = [dict(m.counters[c].labels) for c in self._c0]
+        self._bits = [m.counters[c].bits for c in self._c0]
+        self._counters = CELL_COUNTERS
+        self._gauges = CELL_GAUGES
+
+    async def read(self) -> Sequence[CellReading]:
+        got = self.sim.due()
+        if got is None:
+            return []  # no new tick yet: never the same samples twice
+        block, k = got
+        t = int(block.t[self.sim.index, k])
+        nc, ng = len(self._counters), len(self._gauges)
+        out = []
+        for labels, c0, g0, bits in zip(self._labels, self._c0, self._g0, self._bits,
+                                        strict=True):
+            out.append(CellReading(
+                cell=labels["cell"], gnb=labels["gnb"],
+                counters=dict(zip(self._counters, block.values[c0:c0 + nc, k].tolist(),
+                                  strict=True)),
+                gauges=dict(zip(self._gauges, block.gauges[g0:g0 + ng, k].tolist(),
+                                strict=True)),
+                counter_bits=bits, counter_start_unix_nano=int(block.start[c0, k]),
+                time_unix_nano=t))
+        return out
+
+
+PM_XML = "pm_xml"
+BUILTIN_ADAPTERS: dict[str, type[CellAdapter]] = {
+    "simulated": SimulatedCellAdapter,
+}
+
+
+def make_adapter(spec: str, options: dict[str, Any]) -> CellAdapter:
+    """'simulated' or 'package.module:Class' (a CellAdapter taking **options); the PM file
+    reader (`pm_xml`) is built into CellSource."""
+    cls: Any = BUILTIN_ADAPTERS.get(spec)
+    if cls is None:
+        module, _, attr = spec.partition(":")
+        if not attr:
+            raise ConfigError(f"unknown cell adapter {spec!r} ({PM_XML}, simulated or "
+                              "module:Class)", key="agent.sources.cell.adapter")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"cannot load cell adapter {spec!r}: {exc}",
+                              key="agent.sources.cell.adapter") from exc
+    try:
+        adapter = cls(**options)
+    except TypeError as exc:
+        raise ConfigError(f"bad options for cell adapter {spec!r}: {exc}",
+                          key="agent.sources.cell.options") from exc
+    if not isinstance(adapter, CellAdapter):
+        raise ConfigError(f"{spec!r} is not a CellAdapter", key="agent.sources.cell.adapter")
+    return adapter
+
+
 class CellSource(Source):
     name = "cell"
 
-    def __init__(self, settings: CellSourceSettings) -> None:
+    def __init__(self, settings: CellSourceSettings, adapter: CellAdapter | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.interval_s = settings.interval_s
         self.priority = settings.priority
         self.dir = settings.pm_dir
+        # None: PM files from pm_dir (the `pm_xml` adapter, configured by the pm_* keys)
+        self.adapter = adapter
+        if adapter is None and settings.adapter != PM_XML:
+            self.adapter = make_adapter(settings.adapter, dict(settings.options))
+        elif adapter is None and settings.options:
+            raise ConfigError(f"the {PM_XML} adapter takes no options (it is configured by "
+                              "pm_dir, pattern, settle_s, ...)", key="agent.sources.cell.options")
+        self._reading_defs: dict[tuple[str, str, str, int, int], SeriesDef | None] = {}
         # running sums of per-period counters: key -> (start ns, sum, last time)
         self._acc: dict[tuple[str, str, str], tuple[int, int, int]] = {}
         self._defs: dict[tuple[str, str, str, int], SeriesDef] = {}
@@ -346,6 +489,9 @@ class CellSource(Source):
             log.warning("%s: periods older than max_age_s skipped", pm.name)
 
     async def collect(self, builder: BatchBuilder, now_unix_nano: int) -> None:
+        if self.adapter is not None:
+            self.add_readings(builder, await self.adapter.read(), now_unix_nano)
+            return
         for path in self._ready_files():
             try:
                 pm = read_pm_file(path)
@@ -392,6 +538,59 @@ class CellSource(Source):
                 d = self._defs[dkey] = counter_def(spec.metric, labels, unit=spec.unit, bits=64,
                                                    start_time_unix_nano=start, scale=spec.scale)
             builder.counter(d, t, total)
+
+
+    def _reading_def(self, r: CellReading, meas: str, counter: bool) -> SeriesDef | None:
+        key = (meas, r.gnb, r.cell, r.counter_bits if counter else 0,
+               r.counter_start_unix_nano if counter else 0)
+        if key in self._reading_defs:
+            return self._reading_defs[key]
+        if len(self._reading_defs) > 100_000:  # cells come and go; do not grow forever
+            self._reading_defs.clear()
+        spec = PM_MEASUREMENTS.get(meas)
+        d: SeriesDef | None = None
+        if spec is None or spec.counter != counter:
+            log.warning("cell adapter: %s %r is not a known TS 28.552 %s: skipped",
+                        "counter" if counter else "gauge", meas,
+                        "counter" if counter else "gauge")
+        elif counter and r.counter_bits not in (32, 64):
+            log.error("cell %s: adapter declares %d-bit counters; only 32 or 64 exist on the "
+                      "wire: counters skipped", r.cell, r.counter_bits)
+        else:
+            labels = {"cell": r.cell, "gnb": r.gnb}
+            d = (counter_def(meas, labels, unit=spec.unit, bits=r.counter_bits,
+                             start_time_unix_nano=r.counter_start_unix_nano) if counter
+                 else gauge_def(meas, labels, unit=spec.unit))  # catalogue unit: scale 1
+        self._reading_defs[key] = d
+        return d
+
+    def add_readings(self, builder: BatchBuilder, readings: Sequence[CellReading],
+                     now_unix_nano: int) -> None:
+        """Turn an adapter's readings into samples."""
+        counter, gauge, isfinite = builder.counter, builder.gauge, math.isfinite
+        for r in readings:
+            t = r.time_unix_nano or now_unix_nano
+            limit = 1 << r.counter_bits
+            for meas, v in r.counters.items():
+                d = self._reading_def(r, meas, True)
+                if d is None:
+                    self.unknown_measurements += 1
+                elif isinstance(v, numbers.Integral) and 0 <= v < limit:
+                    counter(d, t, int(v))
+                else:  # the ingest would refuse the whole batch for it
+                    self.stats.errors += 1
+                    log.warning("cell %s: %s=%r is not an integer that fits %d bits: sample "
+                                "skipped", r.cell, meas, v, r.counter_bits)
+            for meas, g in r.gauges.items():
+                d = self._reading_def(r, meas, False)
+                if d is None:
+                    self.unknown_measurements += 1
+                elif isfinite(g):
+                    gauge(d, t, float(g))
+
+    async def close(self) -> None:
+        if self.adapter is not None:
+            await self.adapter.close()
 
 
 def render_meas_collec(*, begin: dt.datetime, duration_s: int, element: str,

@@ -213,47 +213,31 @@ class SimulatedLinkAdapter(LinkAdapter):
     tick is due.
     """
 
-    _MAX_BLOCK = 4096  # ticks generated at once when catching up
-
     def __init__(self, seed: int = 20260401, country: str = "JP", site: int = 0,
                  links: int = 8, interval_s: float = 10.0, record_link: bool = False,
                  wrap32: bool = True, clear_every_s: float = 43_200.0,
                  start_unix_s: float | None = None) -> None:
-        from collector.simulate.config import SimulateSettings
-        from collector.simulate.model import FleetGenerator, FleetModel, start_ns_for
+        from collector.agent.sources.simulated import SimulatedSite
 
-        try:
-            settings = SimulateSettings.model_validate(dict(
-                seed=seed, countries=(country,), sites_per_country=site + 1,
-                links_per_site=links, cells_per_site=0, hosts_per_site=0,
-                interval_s=interval_s, jitter_s=0.0, start_unix_s=start_unix_s,
-                record_link=record_link, wrap32=wrap32, clear_every_s=clear_every_s,
-                reset_every_s=0.0, gap_probability=0.0, silent_after_s=0.0))
-        except ValueError as exc:
-            raise ConfigError(f"simulated link adapter: {exc}",
-                              key="agent.sources.link.options") from exc
-        self.model = m = FleetModel(settings)
-        self.gen = FleetGenerator(m, start_ns_for(settings))
-        self.site = m.n_sites - 1
-        rows = [i for i, si in enumerate(m.links["site"].tolist()) if si == self.site]
+        self.sim = SimulatedSite(
+            "agent.sources.link.options", seed=seed, country=country, site=site,
+            interval_s=interval_s, start_unix_s=start_unix_s, links_per_site=links,
+            record_link=record_link, wrap32=wrap32, clear_every_s=clear_every_s)
+        self.model = m = self.sim.model
+        self.gen = self.sim.gen
+        self.site = self.sim.index
+        rows = self.sim.rows(m.links)
         self._c0 = [int(m.links["c0"][i]) for i in rows]
         self._g0 = [int(m.links["g0"][i]) for i in rows]
         self._names = [dict(m.counters[c].labels)["link"] for c in self._c0]
         self._optical = [bool(m.links["optical"][i]) for i in rows]
         self._bits = [int(m.links["bits"][i]) for i in rows]
 
-    def _due_tick(self) -> int:
-        return (time.time_ns() - self.gen.start_ns) // self.model.interval_ns
-
     async def read(self) -> Sequence[LinkReading]:
-        due = self._due_tick()
-        if due < self.gen.next_tick:
+        got = self.sim.due()
+        if got is None:
             return []  # no new tick yet: never the same samples twice
-        block = None
-        while self.gen.next_tick <= due:
-            block = self.gen.block(min(self._MAX_BLOCK, due + 1 - self.gen.next_tick))
-        assert block is not None
-        k = block.n_ticks - 1
+        block, k = got
         t = int(block.t[self.site, k])
         out = []
         for name, c0, g0, optical, bits in zip(self._names, self._c0, self._g0, self._optical,
