@@ -127,6 +127,7 @@ every {sim.interval_s:g}s at {sim.acceleration:g}x
   look at             curl -s http://127.0.0.1:{aggregator.metrics_port}/metrics | grep 'country="JP"' | head
 """, flush=True)
         started = time.monotonic()
+        failed = False
         deadline = started + args.duration if args.duration else None
         next_status = started + STATUS_EVERY_S
         while not stop.is_set():
@@ -136,10 +137,14 @@ every {sim.interval_s:g}s at {sim.acceleration:g}x
             wake = min(next_status, deadline) if deadline else next_status
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.05, wake - now))
+            if aggregator.failed.is_set():
+                print(f"aggregator failed: {aggregator.failure!r}; stopping", flush=True)
+                failed = True
+                break
             if time.monotonic() >= next_status:
                 next_status += STATUS_EVERY_S
                 print(_status(ingest, time.monotonic() - started), flush=True)
         print("stopping: fleet drains its spools, ingest answers in-flight batches, "
               "aggregator commits ...", flush=True)
     print("stopped", flush=True)
-    return 0
+    return 1 if failed else 0

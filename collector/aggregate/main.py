@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 
 from collector.aggregate.service import Aggregator
@@ -38,9 +37,13 @@ async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event
     async with Aggregator(settings, bootstrap=bootstrap) as agg:
         if agg.metrics_port:
             print(f"aggregator /metrics: http://127.0.0.1:{agg.metrics_port}/metrics", flush=True)
-        if args.duration > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.duration)
-        else:
-            await stop.wait()
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(agg.failed.wait())]
+        await asyncio.wait(waits, timeout=args.duration if args.duration > 0 else None,
+                          return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+    if agg.failed.is_set():
+        log.error("aggregator failed: %r; exiting with status 1", agg.failure)
+        return 1
     return 0

@@ -181,6 +181,10 @@ class Aggregator:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._started = False
+        # set when the consume loop died of an unexpected error: the member is useless then,
+        # and the process should exit so its supervisor restarts it from the checkpoints
+        self.failed = asyncio.Event()
+        self.failure: BaseException | None = None
         self._render_cache: tuple[tuple[int, ...], bytes] | None = None
         self._state_partitions = 0
 
@@ -239,12 +243,21 @@ class Aggregator:
                 self._server = MetricsServer(host, int(port), self.render_metrics)
                 await self._server.start()
             self._task = asyncio.create_task(self._run(), name="aggregator")
+            self._task.add_done_callback(self._loop_ended)
         except BaseException:
             await self._close_clients()
             self._started = False
             raise
         log.info("aggregator started: topic %s group %s, /metrics on port %s", self.topic,
                  self.cfg.group_id, self.metrics_port or "-")
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        self.failure = exc
+        log.error("aggregator loop died; stop and restart this member (its partitions resume "
+                  "from their checkpoints)", exc_info=exc)
+        self.failed.set()
 
     async def stop(self) -> None:
         if not self._started:
@@ -484,8 +497,16 @@ class Aggregator:
                     if dead:
                         await self._dead_letter(dead)
                     if time.monotonic() - last_ckpt >= self.cfg.checkpoint_interval_s:
-                        await self._checkpoint(list(self.states))
                         last_ckpt = time.monotonic()
+                        try:  # aiokafka sends can wait forever (aio-libs/aiokafka#1101)
+                            async with asyncio.timeout(self.settings.kafka.produce_timeout_s):
+                                await self._checkpoint(list(self.states))
+                        except TimeoutError:
+                            # nothing committed: the previous checkpoint stays the restart point
+                            self.metrics.checkpoint_errors.inc()
+                            log.warning("checkpoint not written within %gs; next try in %gs",
+                                        self.settings.kafka.produce_timeout_s,
+                                        self.cfg.checkpoint_interval_s)
                 backoff = 0.1
             except KafkaError as exc:
                 log.warning("consumer error, retrying in %.1fs: %s", backoff, exc)
@@ -538,6 +559,16 @@ class Aggregator:
         return dead
 
     async def _dead_letter(self, dead: list[tuple[object, str]]) -> None:
+        try:  # aiokafka sends can wait forever (aio-libs/aiokafka#1101)
+            async with asyncio.timeout(self.settings.kafka.produce_timeout_s):
+                await self._dead_letter_send(dead)
+        except TimeoutError:
+            self.metrics.dead_letter_failures.inc(len(dead))
+            log.warning("dead-letter topic did not take %d record(s) within %gs (counted, "
+                        "decode errors stay counted by reason)", len(dead),
+                        self.settings.kafka.produce_timeout_s)
+
+    async def _dead_letter_send(self, dead: list[tuple[object, str]]) -> None:
         assert self._producer is not None
         futs = []
         for r, reason in dead:

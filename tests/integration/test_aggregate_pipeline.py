@@ -242,3 +242,32 @@ async def test_unreadable_checkpoint_pauses_the_partition_until_restored(
         assert paused("collector_aggregate_partitions_paused") == 0
         assert paused("collector_aggregate_restores_total") == 1
         assert paused("collector_aggregate_samples_total") == sum(len(v) for v in fleet.counted.values())
+
+
+async def test_unexpected_error_in_the_loop_fails_the_member_loudly(
+        broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A bug (here injected into record processing) must not leave a live /metrics over a
+    # dead consume loop: the member reports failure and `collector aggregate` exits 1 so
+    # its supervisor restarts it from the checkpoints.
+    from argparse import Namespace
+
+    from collector.aggregate import main as aggregate_main
+
+    topic = await make_topic(broker, 1)
+    settings = _settings(topic, "dlq-unused")
+    fleet = make_fleet(n_batches=30, sites=SITES[:1])
+
+    def broken(self: Aggregator, batch: dict) -> list:  # type: ignore[type-arg]
+        if any(batch.values()):
+            raise RuntimeError("injected bug")
+        return []
+
+    monkeypatch.setattr(Aggregator, "_process", broken)
+    args = Namespace(bootstrap=broker.bootstrap, metrics_listen=None, duration=60.0)
+    run = asyncio.create_task(aggregate_main.main(settings, args, asyncio.Event()))
+    await asyncio.sleep(1.0)
+    await produce(broker.bootstrap, topic, fleet.records, {"jp-tokyo-01": 0})
+    started = time.monotonic()
+    rc = await asyncio.wait_for(run, 45)
+    assert rc == 1
+    assert time.monotonic() - started < 40, "exited on failure, not at the end of --duration"
