@@ -192,6 +192,9 @@ def _families() -> list[Family]:
         Family("collector_site_completeness_ratio", "gauge", "ratio", SITE,
                "Batches received / batches expected from the seq range of the site's agents.",
                "ledger"),
+        Family("collector_site_last_event_timestamp_seconds", "gauge", "seconds", SITE,
+               "Event time of the newest sample from the site; `time() - this` is how long "
+               "the site has been silent (or its clock behind).", "ledger"),
         Family("collector_site_samples_received_total", "counter", "samples", SITE,
                "Samples accepted into windows.", "ledger"),
         Family("collector_site_samples_dropped_total", "counter", "samples", (*SITE, "reason"),
@@ -375,6 +378,8 @@ def _ledger(st: PartitionView) -> pl.DataFrame:
         add("collector_site_batches_missing", s, max(0, s.expected - s.received))
         if s.expected:
             add("collector_site_completeness_ratio", s, min(1.0, s.received / s.expected))
+        if s.last_event_ns is not None:
+            add("collector_site_last_event_timestamp_seconds", s, s.last_event_ns / 1e9)
         add("collector_site_samples_received_total", s, s.samples)
         for reason, n in s.dropped.items():
             add("collector_site_samples_dropped_total", s, n, reason)

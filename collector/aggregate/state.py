@@ -127,6 +127,7 @@ class SiteLedger:
     dropped: dict[str, int]
     expected: int  # batches expected from the seq range of the site's agents
     received: int  # distinct batches received in that range
+    last_event_ns: int | None = None  # newest event time seen from the site
 
 
 @dataclass(frozen=True, slots=True)
@@ -696,7 +697,7 @@ class PartitionState:
             received[a.site] += a.received
         sites = tuple(
             SiteLedger(s.site_id, s.country, s.region, s.series, s.batches, s.dup_batches, s.samples,
-                       dict(s.dropped), expected[i], received[i])
+                       dict(s.dropped), expected[i], received[i], s.max_event)
             for i, s in enumerate(self.sites)
         )
         return PartitionView(self.partition, self.windows_s, self.series_meta(), dict(self.latest_c),

@@ -185,3 +185,30 @@ async def test_ledger_on_metrics_follows_records_between_closes() -> None:
     st.advance()
     assert st.version == version  # nothing closed
     assert f"{dup} 1.0" in (await agg.render_metrics()).decode()
+
+
+def test_site_last_event_time_is_the_newest_sample_and_survives_a_checkpoint() -> None:
+    from collector import wire
+
+    st = PartitionState(0, AggregateSettings())
+    batches = catalog_batches("jp-tokyo-01", "JP", "Kanto", n_batches=4)
+    newest = 0
+    for i, raw in enumerate(batches):
+        st.add(i, raw)
+        b = wire.parse_batch(raw)
+        for cols in (wire.counter_columns(b), wire.gauge_columns(b)):
+            if len(cols):
+                newest = max(newest, int(cols.time_unix_nano.max()))
+    st.add(len(batches), batches[0])  # an old duplicate does not move it back
+
+    def last(state: PartitionState) -> float:
+        (site,) = state.view().sites
+        assert site.last_event_ns is not None
+        return site.last_event_ns / 1e9
+
+    assert last(st) == newest / 1e9
+    restored = PartitionState.restore(st.snapshot(), AggregateSettings())
+    assert last(restored) == newest / 1e9
+    text = render(TEXT, build_frames([restored.view()])).decode()
+    assert ('collector_site_last_event_timestamp_seconds{site="jp-tokyo-01",country="JP",'
+            f'region="Kanto"}} {newest / 1e9!r}') in text
