@@ -20,6 +20,7 @@ are counted exactly, and a closed window is final.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import io
 import json
 import math
@@ -115,6 +116,32 @@ class Site:
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
 
 
+class NewestEventIndex:
+    """The smallest per-site newest event time among sites at or above a rising floor.
+
+    The partition watermark needs it after every record; a scan over all sites would cost
+    O(sites) per record. Sites' values only rise and the floor only rises, so a min-heap with
+    lazy deletion answers in amortised O(log sites): an entry is stale when its site has
+    moved on (a newer entry exists) or fell below the floor (a site that moves again gets a
+    new entry).
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int]] = []  # (value, site)
+        self._value: dict[int, int] = {}
+
+    def update(self, site: int, value: int) -> None:
+        if self._value.get(site, value - 1) < value:
+            self._value[site] = value
+            heapq.heappush(self._heap, (value, site))
+
+    def min_at_least(self, floor: int) -> int | None:
+        heap = self._heap
+        while heap and (heap[0][0] < floor or self._value[heap[0][1]] != heap[0][0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+
 @dataclass(frozen=True, slots=True)
 class SiteLedger:
     site_id: str
@@ -180,6 +207,7 @@ class PartitionState:
 
         self.sites: list[Site] = []
         self.site_index: dict[str, int] = {}
+        self._newest = NewestEventIndex()  # sites' max_event, for the watermark
         self.agents: dict[str, Agent] = {}
         self.boot_hash: dict[str, int] = {}
 
@@ -394,6 +422,7 @@ class PartitionState:
         if tmax is not None:
             if site.max_event is None or tmax > site.max_event:
                 site.max_event = tmax
+                self._newest.update(site_i, tmax)
             if self.max_event_ns is None or tmax > self.max_event_ns:
                 self.max_event_ns = tmax
             self._update_watermark()
@@ -410,9 +439,8 @@ class PartitionState:
         monotonic so nothing closed ever reopens.
         """
         assert self.max_event_ns is not None
-        floor = self.max_event_ns - self.site_idle_ns
-        oldest = min(s.max_event for s in self.sites
-                     if s.max_event is not None and s.max_event >= floor)
+        oldest = self._newest.min_at_least(self.max_event_ns - self.site_idle_ns)
+        assert oldest is not None  # the newest site is always at or above the floor
         wm = oldest - self.lateness_ns
         if self.wm_ns is None or wm > self.wm_ns:
             self.wm_ns = wm
@@ -848,6 +876,8 @@ class PartitionState:
         st.samples = header["samples"]
         for sid_, country, region, series, batches, dups, samples, max_event, dropped in header["sites"]:
             st.site_index[sid_] = len(st.sites)
+            if max_event is not None:
+                st._newest.update(len(st.sites), max_event)
             st.sites.append(Site(sid_, country, region, series, batches, dups, samples, max_event,
                                  {**dict.fromkeys(DROP_REASONS, 0), **dropped}))
         s = frames["series"]

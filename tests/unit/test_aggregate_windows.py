@@ -284,3 +284,24 @@ def test_series_with_an_impossible_scale_is_rejected(scale: float) -> None:
                                 gauges=[(0, T0, 50.0), (1, T0, 50.0)])) == 1
     assert st.sites[0].dropped["rejected"] == 1
     assert st.live_series() == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 1000), st.integers(0, 300)),
+                min_size=1, max_size=60))
+def test_newest_event_index_equals_a_scan_over_sites(steps: list[tuple[int, int, int]]) -> None:
+    # each step: a site's newest event time moves to `value` (if higher), the floor is the
+    # running maximum minus `idle` - exactly how the partition watermark uses it
+    from collector.aggregate.state import NewestEventIndex
+
+    index = NewestEventIndex()
+    newest: dict[int, int] = {}
+    top = floor = -(10**9)
+    for site, value, idle in steps:
+        if value > newest.get(site, -1):
+            newest[site] = value
+            index.update(site, value)
+        top = max(top, value)
+        floor = max(floor, top - idle)  # the floor never goes down
+        scan = [v for v in newest.values() if v >= floor]
+        assert index.min_at_least(floor) == (min(scan) if scan else None)
