@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # aiokafka narrates every group join and assignment at INFO; our own services log
+        # what an operator needs (assigned partitions, Kafka reachable/unreachable).
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
     try:
         return asyncio.run(_run(args._module, settings, args))
     except ConfigError as exc:

@@ -243,7 +243,8 @@ class Settings(BaseSettings):
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Log level of every component."
+        "INFO", description="Log level of every component (the aiokafka client logs only warnings "
+        "and errors unless this is DEBUG)."
     )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
