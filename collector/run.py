@@ -88,7 +88,7 @@ def _fresh_dir(path: Path) -> Path:
     return path
 
 
-def _status(ingest: IngestServer, elapsed: float) -> str:
+def _status(ingest: IngestServer, aggregator: Aggregator, elapsed: float) -> str:
     reg = ingest.registry
     value = lambda name: reg.get_sample_value(name) or 0.0  # noqa: E731
     rejected = sum(s.value for m in reg.collect() if m.name == "collector_ingest_batches_rejected"
@@ -96,7 +96,16 @@ def _status(ingest: IngestServer, elapsed: float) -> str:
     return (f"[{elapsed:6.0f}s] ingest accepted "
             f"{value('collector_ingest_batches_accepted_total'):,.0f} batches / "
             f"{value('collector_ingest_samples_accepted_total'):,.0f} samples, "
-            f"rejected {rejected:,.0f}")
+            f"rejected {rejected:,.0f}; aggregator {_aggregator_status(aggregator)}")
+
+
+def _aggregator_status(agg: Aggregator) -> str:
+    states = list(agg.states.values())
+    samples = agg.registry.get_sample_value("collector_aggregate_samples_total") or 0.0
+    closed = [st.closed_ns for st in states if st.closed_ns is not None]
+    until = (time.strftime("%H:%M:%S", time.localtime(min(closed) / 1e9)) if closed
+             else "none yet")
+    return f"{samples:,.0f} samples in windows, windows closed to {until}"
 
 
 async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event) -> int:
@@ -143,7 +152,7 @@ every {sim.interval_s:g}s at {sim.acceleration:g}x
                 break
             if time.monotonic() >= next_status:
                 next_status += STATUS_EVERY_S
-                print(_status(ingest, time.monotonic() - started), flush=True)
+                print(_status(ingest, aggregator, time.monotonic() - started), flush=True)
         print("stopping: fleet drains its spools, ingest answers in-flight batches, "
               "aggregator commits ...", flush=True)
     print("stopped", flush=True)
