@@ -79,8 +79,8 @@ class KafkaSettings(Section):
         8_388_608,
         ge=1_048_576,
         description=(
-            "Largest produce request in bytes; must exceed ingest.max_message_bytes and stay below the "
-            "broker's message.max.bytes."
+            "Largest produce request in bytes; at least ingest.max_message_bytes + 1024 (checked at "
+            "start) and below the broker's message.max.bytes."
         ),
     )
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = Field(
@@ -302,7 +302,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             data[section] = values
     source = str(path) if path else "defaults"
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
@@ -323,3 +323,23 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         if more:
             msg += f"; and {more} more error(s)"
         raise ConfigError(msg, key=key, source=where if env_hit or path else f"{where} ({env})") from exc
+    _check_across_sections(settings, source)
+    return settings
+
+
+# Bytes a Kafka record adds to the batch it carries (headers, key, varints, batch header):
+# a generous bound.
+RECORD_OVERHEAD = 1024
+
+
+def _check_across_sections(s: Settings, source: str) -> None:
+    """Rules that tie two settings together; each error names the key to change."""
+    need = s.ingest.max_message_bytes + RECORD_OVERHEAD
+    if s.kafka.max_request_size < need:
+        key = "kafka.max_request_size"
+        env = _env_name(("kafka", "max_request_size"))
+        raise ConfigError(
+            f"{s.kafka.max_request_size} is too small for ingest.max_message_bytes "
+            f"({s.ingest.max_message_bytes}): a batch the ingest accepts could never be stored; "
+            f"set it to at least {need}", key=key,
+            source=f"environment variable {env}" if env in os.environ else source)

@@ -33,16 +33,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
-from collector.config import KafkaSettings
+from collector.config import RECORD_OVERHEAD, KafkaSettings
 from collector.errors import BrokerError
 from collector.wire import SCHEMA
 
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL_S = 2.0
-# Bytes a record adds to its value and key in a v2 batch (headers, varints, batch header):
-# a generous bound for the size check against max_request_size.
-RECORD_OVERHEAD = 512
+
 PROBE_TIMEOUT_S = 3.0
 CLOSE_TIMEOUT_S = 5.0
 

@@ -48,3 +48,19 @@ def test_invalid_yaml_names_file_and_line(tmp_path: Path) -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(tmp_path / "nope.yaml")
+
+
+def test_kafka_request_smaller_than_an_ingest_message_names_the_key_and_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Otherwise every large batch would be answered UNAVAILABLE and retried forever.
+    f = tmp_path / "c.yaml"
+    f.write_text("ingest:\n  max_message_bytes: 4194304\nkafka:\n  max_request_size: 4194304\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f)
+    assert "kafka.max_request_size" in str(err.value)
+    assert str(f) in str(err.value)
+    monkeypatch.setenv("COLLECTOR_KAFKA__MAX_REQUEST_SIZE", "2000000")
+    with pytest.raises(ConfigError, match="COLLECTOR_KAFKA__MAX_REQUEST_SIZE"):
+        load_settings(tmp_path / "c.yaml")
+    monkeypatch.setenv("COLLECTOR_KAFKA__MAX_REQUEST_SIZE", str(4194304 + 1024))
+    assert load_settings(f).kafka.max_request_size == 4194304 + 1024
