@@ -192,6 +192,15 @@ def _families() -> list[Family]:
         Family("collector_site_completeness_ratio", "gauge", "ratio", SITE,
                "Batches received / batches expected from the seq range of the site's agents.",
                "ledger"),
+        Family("collector_site_samples_expected", "gauge", "samples", SITE,
+               "Samples the site's live series should have delivered up to the partition's closed "
+               "event time (capped at its newest sample): per series (end - first) // step + 1, "
+               "step = the smallest gap seen between two of its samples; keeps growing while a "
+               "series or its site is silent, until the series expires. Series with fewer than two "
+               "samples are left out.", "ledger"),
+        Family("collector_site_samples_completeness_ratio", "gauge", "ratio", SITE,
+               "Distinct samples received / collector_site_samples_expected, over the same series "
+               "and event time (absent while nothing is expected).", "ledger"),
         Family("collector_site_last_event_timestamp_seconds", "gauge", "seconds", SITE,
                "Event time of the newest sample from the site; `time() - this` is how long "
                "the site has been silent (or its clock behind).", "ledger"),
@@ -378,6 +387,10 @@ def _ledger(st: PartitionView) -> pl.DataFrame:
         add("collector_site_batches_missing", s, max(0, s.expected - s.received))
         if s.expected:
             add("collector_site_completeness_ratio", s, min(1.0, s.received / s.expected))
+        add("collector_site_samples_expected", s, s.samples_expected)
+        if s.samples_expected:
+            add("collector_site_samples_completeness_ratio", s,
+                min(1.0, s.samples_counted / s.samples_expected))
         if s.last_event_ns is not None:
             add("collector_site_last_event_timestamp_seconds", s, s.last_event_ns / 1e9)
         add("collector_site_samples_received_total", s, s.samples)

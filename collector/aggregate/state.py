@@ -54,6 +54,10 @@ _KEY_MUL = 1 << 40
 # Per-series code in a series table.
 OK_COUNTER, OK_GAUGE, UNKNOWN, MISMATCH, CAPPED = 0, 1, 2, 3, 4
 DROP_REASONS = ("late", "duplicate", "dedup_expired", "rejected", "unknown_metric", "cardinality")
+_NO_SAMPLE = np.iinfo(np.int64).min  # s_last of a series that has no processed sample yet
+_NO_STEP = np.iinfo(np.int64).max
+# Checkpoint format: 2 added the per-series sample ledger (series frame: first, step, count).
+CHECKPOINT_VERSION = 2
 
 COUNTER_PANE_SCHEMA = {
     "sid": pl.UInt32, "pane": pl.Int64, "inc": pl.Int128, "dt": pl.Int64,
@@ -155,6 +159,11 @@ class SiteLedger:
     expected: int  # batches expected from the seq range of the site's agents
     received: int  # distinct batches received in that range
     last_event_ns: int | None = None  # newest event time seen from the site
+    # Sample ledger over the series that have a sampling step (>= 2 distinct samples), up to
+    # the ledger end (see PartitionState.ledger_end_ns): grid points first + k * step, and
+    # distinct samples accepted.
+    samples_expected: int = 0
+    samples_counted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +228,12 @@ class PartitionState:
         self.s_last = np.zeros(0, np.int64)
         self.s_live = np.zeros(0, bool)
         self.s_scale = np.zeros(0, np.float64)
+        # Sample ledger per series (filled when panes are built): first sample time, sampling
+        # step = smallest positive gap between two consecutive samples (0 = not known yet),
+        # distinct samples processed.
+        self.s_first = np.zeros(0, np.int64)
+        self.s_step = np.zeros(0, np.int64)
+        self.s_count = np.zeros(0, np.int64)
         self.carry = Carry.empty(0)
         self._meta: pl.DataFrame | None = None
         self._tables: dict[tuple[int, str, bytes], Table] = {}
@@ -257,6 +272,9 @@ class PartitionState:
         self.s_last = np.concatenate([self.s_last, np.zeros(extra, np.int64)])
         self.s_live = np.concatenate([self.s_live, np.zeros(extra, bool)])
         self.s_scale = np.concatenate([self.s_scale, np.ones(extra, np.float64)])
+        self.s_first = np.concatenate([self.s_first, np.zeros(extra, np.int64)])
+        self.s_step = np.concatenate([self.s_step, np.zeros(extra, np.int64)])
+        self.s_count = np.concatenate([self.s_count, np.zeros(extra, np.int64)])
         self.carry.grow(new)
 
     def _alloc(self, key: tuple[int, int, tuple[str, ...]]) -> int:
@@ -270,8 +288,11 @@ class PartitionState:
         self.series_key[key] = sid
         self.s_site[sid] = key[0]
         self.s_metric[sid] = key[1]
-        self.s_last[sid] = np.iinfo(np.int64).min
+        self.s_last[sid] = _NO_SAMPLE
         self.s_live[sid] = True
+        self.s_first[sid] = 0
+        self.s_step[sid] = 0
+        self.s_count[sid] = 0
         self.carry.has[sid] = False
         self.sites[key[0]].series += 1
         self._meta = None
@@ -546,10 +567,33 @@ class PartitionState:
         self._touch(sid, t)
 
     def _touch(self, sid: np.ndarray, t: np.ndarray) -> None:
-        last = np.ones(len(sid), bool)
-        last[:-1] = sid[:-1] != sid[1:]
-        s = sid[last]
-        self.s_last[s] = np.maximum(self.s_last[s], t[last])
+        """Samples sorted by (sid, t) have been processed: sample ledger and last sample time.
+
+        Vectorised over the groups of one series. Every sample processed now is newer than
+        every one processed before (older ones were late), so the gap to a series' previous
+        sample is t - s_last, and a repeated timestamp can only occur inside this call.
+        """
+        n = len(sid)
+        start = np.ones(n, bool)
+        start[1:] = sid[1:] != sid[:-1]
+        starts = np.flatnonzero(start)
+        gsid = sid[starts]
+        before = self.s_last[gsid]
+        new = before == _NO_SAMPLE
+        prev = np.empty(n, np.int64)
+        prev[1:] = t[:-1]
+        prev[starts] = np.where(new, t[starts], before)
+        gap = t - prev
+        step = np.minimum.reduceat(np.where(gap > 0, gap, _NO_STEP), starts)
+        distinct = gap > 0
+        distinct[starts[new]] = True  # a series' very first sample
+        self.s_count[gsid] += np.add.reduceat(distinct.astype(np.int64), starts)
+        old = self.s_step[gsid]
+        step = np.minimum(step, np.where(old > 0, old, _NO_STEP))
+        self.s_step[gsid] = np.where(step == _NO_STEP, 0, step)
+        self.s_first[gsid[new]] = t[starts[new]]
+        ends = np.append(starts[1:], n) - 1
+        self.s_last[gsid] = np.maximum(before, t[ends])
 
     def _windows(self, start: int, target: int, emit_all: bool) -> int:
         """Close the windows ending in (start, target]; returns how many ends were computed.
@@ -704,6 +748,8 @@ class PartitionState:
             self.free.append(s)
             self.sites[key[0]].series -= 1
         self.s_live[stale] = False
+        self.s_step[stale] = 0
+        self.s_count[stale] = 0
         self.carry.has[stale] = False
         gone = pl.Series(stale.astype(np.uint32)).implode()
         for w in self.windows_s:
@@ -723,13 +769,45 @@ class PartitionState:
         for a in self.agents.values():
             expected[a.site] += a.hi - a.lo + 1
             received[a.site] += a.received
+        s_expected, s_counted = self._sample_ledger()
         sites = tuple(
             SiteLedger(s.site_id, s.country, s.region, s.series, s.batches, s.dup_batches, s.samples,
-                       dict(s.dropped), expected[i], received[i], s.max_event)
+                       dict(s.dropped), expected[i], received[i], s.max_event,
+                       int(s_expected[i]), int(s_counted[i]))
             for i, s in enumerate(self.sites)
         )
         return PartitionView(self.partition, self.windows_s, self.series_meta(), dict(self.latest_c),
                              dict(self.latest_g), sites)
+
+    def ledger_end_ns(self) -> int | None:
+        """Last event time (inclusive) the sample ledger expects samples up to.
+
+        The pane boundary the partition has closed - everything before it is processed,
+        nothing after it is - capped at the partition's newest event time, so a silent
+        partition whose idle timeout closed its panes by the wall clock does not keep
+        expecting samples. Without the idle timeout the closed boundary is the watermark
+        rounded down to a pane after the last advance(), a function of the record sequence.
+        """
+        if self.closed_ns is None or self.max_event_ns is None:
+            return None
+        return min(self.closed_ns - 1, self.max_event_ns)
+
+    def _sample_ledger(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Per site: samples expected and distinct samples processed, over live series with
+        a known step. A series expects (end - first) // step + 1 samples: it keeps expecting
+        while it (or its site) is silent, until it expires after stale_ttl_s."""
+        expected = np.zeros(len(self.sites), np.int64)
+        counted = np.zeros(len(self.sites), np.int64)
+        end = self.ledger_end_ns()
+        n = len(self.keys)
+        if end is None or not n:
+            return expected, counted
+        sel = np.flatnonzero(self.s_live[:n] & (self.s_step[:n] > 0))
+        per = np.maximum((end - self.s_first[sel]) // self.s_step[sel] + 1, 0)
+        site = self.s_site[sel]
+        np.add.at(expected, site, per)
+        np.add.at(counted, site, self.s_count[sel])
+        return expected, counted
 
     def series_meta(self) -> pl.DataFrame:
         """sid -> site index, metric index and entity label values (live series only)."""
@@ -774,7 +852,8 @@ class PartitionState:
     def state_bytes(self) -> int:
         """Approximate resident bytes of this state (arrays, frames, registry)."""
         n = sum(a.nbytes for a in (self.s_site, self.s_metric, self.s_last, self.s_live, self.s_scale,
-                                   self.carry.has, self.carry.value, self.carry.time, self.carry.epoch))
+                                   self.s_first, self.s_step, self.s_count, self.carry.has,
+                                   self.carry.value, self.carry.time, self.carry.epoch))
         n += sum(int(f.estimated_size()) for f in (*self.cpanes, *self.gpanes))
         n += sum(int(f.estimated_size()) for f in (*self.latest_c.values(), *self.latest_g.values()))
         n += self.buffered_bytes()
@@ -801,6 +880,7 @@ class PartitionState:
             "live": self.s_live[:n], "scale": self.s_scale[:n], "c_has": self.carry.has[:n],
             "c_value": self.carry.value[:n],
             "c_time": self.carry.time[:n], "c_epoch": self.carry.epoch[:n],
+            "first": self.s_first[:n], "step": self.s_step[:n], "count": self.s_count[:n],
             "labels": [list(k[2]) if k is not None else None for k in self.keys],
         }, schema_overrides={"labels": pl.List(pl.String)})
         for k in range(self.n_tiers):
@@ -825,7 +905,7 @@ class PartitionState:
         }, schema={"agent": pl.String, "site": pl.Int64, "lo": pl.UInt64, "hi": pl.UInt64,
                    "mask": pl.Binary, "received": pl.UInt64})
         header = {
-            "v": 1, "partition": self.partition, "next_offset": self.next_offset,
+            "v": CHECKPOINT_VERSION, "partition": self.partition, "next_offset": self.next_offset,
             "max_event_ns": self.max_event_ns, "closed_ns": self.closed_ns, "wm_ns": self.wm_ns,
             "pane_ns": self.pane_ns, "windows_s": list(self.windows_s),
             "records": self.records, "samples": self.samples,
@@ -858,6 +938,9 @@ class PartitionState:
         view = memoryview(data)
         (hl,) = struct.unpack_from("<I", view, 0)
         header = json.loads(bytes(view[4:4 + hl]))
+        if header.get("v") not in (1, CHECKPOINT_VERSION):
+            raise ProtocolError(f"checkpoint format v{header.get('v')} is not readable by this "
+                                f"aggregator (reads v1..v{CHECKPOINT_VERSION})")
         pos = 4 + hl
         frames: dict[str, pl.DataFrame] = {}
         for name in header["frames"]:
@@ -892,6 +975,15 @@ class PartitionState:
         st.carry.value[:n] = s["c_value"].to_numpy()
         st.carry.time[:n] = s["c_time"].to_numpy()
         st.carry.epoch[:n] = s["c_epoch"].to_numpy()
+        if "step" in s.columns:
+            st.s_first[:n] = s["first"].to_numpy()
+            st.s_step[:n] = s["step"].to_numpy()
+            st.s_count[:n] = s["count"].to_numpy()
+        else:
+            # A v1 checkpoint has no sample ledger: it starts at each series' last sample.
+            seen = st.s_live[:n] & (st.s_last[:n] != _NO_SAMPLE)
+            st.s_first[:n] = np.where(seen, st.s_last[:n], 0)
+            st.s_count[:n] = seen
         for i, labels in enumerate(s["labels"].to_list()):
             if labels is None:
                 st.keys.append(None)
