@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
-import importlib
 import logging
 import math
 import numbers
@@ -47,7 +46,7 @@ from typing import Any
 
 from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, gauge_def
 from collector.agent.config import CellSourceSettings
-from collector.agent.sources import Source
+from collector.agent.sources import Source, load_adapter
 from collector.errors import CollectorError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -394,25 +393,8 @@ BUILTIN_ADAPTERS: dict[str, type[CellAdapter]] = {
 def make_adapter(spec: str, options: dict[str, Any]) -> CellAdapter:
     """'simulated' or 'package.module:Class' (a CellAdapter taking **options); the PM file
     reader (`pm_xml`) is built into CellSource."""
-    cls: Any = BUILTIN_ADAPTERS.get(spec)
-    if cls is None:
-        module, _, attr = spec.partition(":")
-        if not attr:
-            raise ConfigError(f"unknown cell adapter {spec!r} ({PM_XML}, simulated or "
-                              "module:Class)", key="agent.sources.cell.adapter")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"cannot load cell adapter {spec!r}: {exc}",
-                              key="agent.sources.cell.adapter") from exc
-    try:
-        adapter = cls(**options)
-    except TypeError as exc:
-        raise ConfigError(f"bad options for cell adapter {spec!r}: {exc}",
-                          key="agent.sources.cell.options") from exc
-    if not isinstance(adapter, CellAdapter):
-        raise ConfigError(f"{spec!r} is not a CellAdapter", key="agent.sources.cell.adapter")
-    return adapter
+    return load_adapter("cell", spec, options, BUILTIN_ADAPTERS, CellAdapter,
+                        f"{PM_XML}, simulated")
 
 
 class CellSource(Source):

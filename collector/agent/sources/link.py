@@ -20,7 +20,6 @@ downstream.
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import logging
 import math
 import sys
@@ -35,8 +34,7 @@ import psutil
 
 from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, gauge_def
 from collector.agent.config import LinkSourceSettings
-from collector.agent.sources import Source
-from collector.errors import ConfigError
+from collector.agent.sources import Source, load_adapter
 
 log = logging.getLogger(__name__)
 
@@ -263,27 +261,10 @@ BUILTIN_ADAPTERS: dict[str, type[LinkAdapter]] = {
 
 
 def make_adapter(spec: str, options: dict[str, Any]) -> LinkAdapter:
-    """'linux', 'synthetic' or 'package.module:Class' (a LinkAdapter taking **options)."""
-    cls: Any = BUILTIN_ADAPTERS.get(spec)
-    if cls is None:
-        module, _, attr = spec.partition(":")
-        if not attr:
-            raise ConfigError(f"unknown link adapter {spec!r} (linux, simulated, synthetic or "
-                              "module:Class)",
-                              key="agent.sources.link.adapter")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"cannot load link adapter {spec!r}: {exc}",
-                              key="agent.sources.link.adapter") from exc
-    try:
-        adapter = cls(**options)
-    except TypeError as exc:
-        raise ConfigError(f"bad options for link adapter {spec!r}: {exc}",
-                          key="agent.sources.link.options") from exc
-    if not isinstance(adapter, LinkAdapter):
-        raise ConfigError(f"{spec!r} is not a LinkAdapter", key="agent.sources.link.adapter")
-    return adapter
+    """'linux', 'simulated', 'synthetic' or 'package.module:Class' (a LinkAdapter taking
+    **options)."""
+    return load_adapter("link", spec, options, BUILTIN_ADAPTERS, LinkAdapter,
+                        "linux, simulated, synthetic")
 
 
 # --- the source -----------------------------------------------------------------------
