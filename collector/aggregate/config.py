@@ -66,6 +66,15 @@ class AggregateSettings(BaseModel):
             "/metrics and from state."
         ),
     )
+    max_counter_rate: float = Field(
+        1e15, gt=0,
+        description=(
+            "Largest plausible increase per second of any counter (default 1e15: 8 Pb/s of "
+            "octets, 20x the 402 Tb/s record link). A decrease is read as a wrap only when the "
+            "wrapped distance fits under this rate over the sample interval; otherwise it is a "
+            "reset, never a spike."
+        ),
+    )
     max_series_per_site: int = Field(
         20_000, ge=1,
         description="Cardinality cap: new series of a site beyond this are dropped and counted.",

@@ -8,7 +8,9 @@ The integer traps this module guards against (checked with NumPy 2 and Polars 2.
 - uint64 subtraction wraps modulo 2^64 silently. That is the right answer for a real
   wrap of a 64-bit counter and a giant spike for a reset, so a decrease is a wrap only when
   the declared width explains it: the wrapped distance (cur - prev) mod 2^bits must be less
-  than half the counter's range. Anything else is a reset.
+  than half the counter's range and, when a plausible rate is given, no more than that
+  rate times the interval (a 64-bit counter cleared from above 2^63 without a marker would
+  otherwise read as a wrap worth up to 2^63). Anything else is a reset.
 - Polars `diff()` on UInt64 gives Int64 and null at and above 2^63, so it is not used.
 - Summing uint64 deltas overflows silently; pane sums are built from 32-bit halves
   (`split_sum`) so they are exact up to 2^96.
@@ -72,11 +74,13 @@ def counter_deltas(
     epoch: npt.NDArray[np.int64],
     bits: npt.NDArray[np.uint8],
     carry: Carry,
+    max_rate: float | None = None,
 ) -> Deltas:
     """Deltas of samples sorted by (sid, t); updates `carry` with each series' last sample.
 
     `epoch` identifies a counter's life (boot_id, start time, scale): a change is a reset.
-    `bits` is the declared width per sample (32 or 64).
+    `bits` is the declared width per sample (32 or 64). `max_rate`: the largest plausible
+    increase per second; a wrap that implies more is a reset.
     """
     n = len(sid)
     if n == 0:
@@ -106,6 +110,9 @@ def counter_deltas(
     raw = (v - prev_v) & mask  # modular on purpose: exact for real wraps
     decrease = v < prev_v
     wrap = decrease & (raw < half)
+    if max_rate is not None and wrap.any():
+        # float64 is only a threshold here; the delta itself stays an exact uint64
+        wrap &= raw.astype(np.float64) <= max_rate * ((t - prev_t) / 1e9)
     reset = has_prev & ((epoch != prev_e) | (decrease & ~wrap) | over | prev_over)
     valid = has_prev & ~reset
     delta = np.where(valid, raw, U64(0))

@@ -532,7 +532,7 @@ class PartitionState:
                        bits: np.ndarray) -> None:
         order = np.lexsort((t, sid))
         sid, t, v, epoch, bits = sid[order], t[order], v[order], epoch[order], bits[order]
-        d = counter_deltas(sid, t, v, epoch, bits, self.carry)
+        d = counter_deltas(sid, t, v, epoch, bits, self.carry, self.settings.max_counter_rate)
         pane = t // self.pane_ns
         starts = self._group_starts(sid, pane)
         hi, lo = split_sum_arrays(d.delta, starts)

@@ -130,3 +130,48 @@ def test_polars_integer_traps_still_exist() -> None:
     assert pl.Series([1 << 63, 1 << 63], dtype=pl.UInt64).cast(pl.Int128).sum() == TWO64
     # float64 is not exact above 2^53: a 402 Tb/s octet counter passes it within 3 minutes
     assert float((1 << 53) + 1) == float(1 << 53)
+
+
+def _two(v0: int, v1: int, dt_ns: int, bits: int = 64, max_rate: float | None = 1e15):
+    return counter_deltas(np.zeros(2, np.uint32), np.array([0, dt_ns], np.int64),
+                          np.array([v0, v1], np.uint64), np.zeros(2, np.int64),
+                          np.full(2, bits, np.uint8), Carry.empty(1), max_rate)
+
+
+def test_64bit_clear_from_above_2_63_is_a_reset_under_the_rate_bound_not_a_spike() -> None:
+    # Without a marker, the wrapped distance from 2^63 + 2^62 to 100 is below 2^63: the
+    # width alone calls it a wrap worth ~4.6e18 bytes in 10 s.
+    prev = (1 << 63) + (1 << 62)
+    spike = _two(prev, 100, 10**10, max_rate=None)
+    assert spike.wrap[1]
+    assert int(spike.delta[1]) == TWO64 - prev + 100
+    d = _two(prev, 100, 10**10)
+    assert d.reset[1]
+    assert not d.valid[1]
+    assert int(d.delta[1]) == 0
+
+
+def test_record_link_wrap_stays_exact_under_the_rate_bound() -> None:
+    # 402 Tb/s = 5.025e13 B/s: a 10 s interval across 2^64 moves 5.025e14 bytes.
+    step = 402 * 10**12 // 8 * 10
+    d = _two(TWO64 - step // 2, step - step // 2, 10**10)
+    assert d.wrap[1]
+    assert int(d.delta[1]) == step
+
+
+@settings(max_examples=300, deadline=None)
+@given(prev=st.integers(0, TWO64 - 1), inc=st.integers(0, TWO64 - 1),
+       dt_s=st.integers(1, 86_400), rate=st.sampled_from([1e9, 1e12, 1e15]))
+def test_rate_bound_keeps_plausible_wraps_and_turns_the_rest_into_resets(
+        prev: int, inc: int, dt_s: int, rate: float) -> None:
+    cur = (prev + inc) % TWO64
+    d = _two(prev, cur, dt_s * 10**9, max_rate=rate)
+    if cur >= prev:  # an increase is never touched by the bound
+        assert d.valid[1]
+        assert int(d.delta[1]) == inc
+    elif inc < (1 << 63) and inc <= rate * dt_s:  # a wrap the width and the rate explain
+        assert d.wrap[1]
+        assert int(d.delta[1]) == inc
+    else:
+        assert d.reset[1]
+        assert int(d.delta[1]) == 0
