@@ -240,7 +240,7 @@ class Aggregator:
             self._consumer.subscribe([self.topic], listener=_Listener(self))
             if self.cfg.metrics_listen:
                 host, port = self.cfg.metrics_listen.rsplit(":", 1)
-                self._server = MetricsServer(host, int(port), self.render_metrics)
+                self._server = MetricsServer(host, int(port), self.render_metrics, self._health)
                 await self._server.start()
             self._task = asyncio.create_task(self._run(), name="aggregator")
             self._task.add_done_callback(self._loop_ended)
@@ -250,6 +250,12 @@ class Aggregator:
             raise
         log.info("aggregator started: topic %s group %s, /metrics on port %s", self.topic,
                  self.cfg.group_id, self.metrics_port or "-")
+
+    def _health(self) -> str | None:
+        """For /healthz: None while the consume loop runs, else what went wrong."""
+        if self.failed.is_set():
+            return f"aggregator consume loop failed: {self.failure!r}"
+        return None
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or (exc := task.exception()) is None:

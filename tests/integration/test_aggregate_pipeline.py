@@ -40,7 +40,7 @@ SITES = (("jp-tokyo-01", "JP", "Kanto"), ("us-nyc-01", "US", "us-east"))
 
 async def _http_get(port: int, path: str = "/metrics") -> tuple[str, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
     await writer.drain()
     raw = await asyncio.wait_for(reader.read(), 30)
     writer.close()
