@@ -58,6 +58,10 @@ _RATE_FAMILIES: dict[str, tuple[tuple[str, ...], str, str]] = {
     "edge_host_network_errors_per_second": (("host", "device"), "packets/s", "Host NIC error rate."),
     "edge_host_network_drops_per_second": (("host", "device"), "packets/s", "Host NIC drop rate."),
     "edge_host_disk_throughput_bytes_per_second": (("host", "device"), "bytes/s", "Disk throughput."),
+    "edge_host_disk_operations_per_second": (("host", "device"), "operations/s",
+                                             "Disk reads/writes completed per second."),
+    "edge_host_disk_io_utilization_ratio": (("host", "device"), "ratio",
+                                            "Share of the window the disk was busy with I/O."),
 }
 # raw counter -> (family, direction or "")
 RATES: dict[str, tuple[str, str]] = {
@@ -82,6 +86,9 @@ RATES: dict[str, tuple[str, str]] = {
     "node_network_transmit_drop_total": ("edge_host_network_drops_per_second", "transmit"),
     "node_disk_read_bytes_total": ("edge_host_disk_throughput_bytes_per_second", "read"),
     "node_disk_written_bytes_total": ("edge_host_disk_throughput_bytes_per_second", "write"),
+    "node_disk_reads_completed_total": ("edge_host_disk_operations_per_second", "read"),
+    "node_disk_writes_completed_total": ("edge_host_disk_operations_per_second", "write"),
+    "node_disk_io_time_seconds_total": ("edge_host_disk_io_utilization_ratio", ""),
 }
 _GAUGE_FAMILIES: dict[str, tuple[tuple[str, ...], str, str]] = {
     "edge_link_oper_up_ratio": (LINK, "ratio", "Share of samples with the link operationally up."),

@@ -71,7 +71,8 @@ async def test_server_source_covers_every_server_metric_of_the_catalogue(
     big = 2**63 + 7  # a float64 would round it
     stat = tmp_path / "stat"
     stat.write_text("cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\nintr 1\n")
-    io = SimpleNamespace(read_bytes=big, write_bytes=big + 1)
+    io = SimpleNamespace(read_bytes=big, write_bytes=big + 1, read_count=11, write_count=12,
+                         busy_time=13)
     nic = SimpleNamespace(bytes_recv=big, bytes_sent=big + 1, packets_recv=3, packets_sent=4,
                           errin=5, errout=6, dropin=7, dropout=8)
     part = SimpleNamespace(mountpoint="/data", fstype="ext4")
@@ -94,6 +95,10 @@ async def test_server_source_covers_every_server_metric_of_the_catalogue(
         return got[(metric, frozenset({"host": "edge-1", **labels}.items()))]
 
     assert value("node_disk_read_bytes_total", device="sda") == big
+    assert value("node_disk_writes_completed_total", device="sda") == 12
+    assert value("node_disk_io_time_seconds_total", device="sda") == 13  # ms, scale 1e-3
+    (busy,) = {s.scale for s in batch.series if s.metric == "node_disk_io_time_seconds_total"}
+    assert busy == pytest.approx(1e-3)
     assert value("node_network_transmit_bytes_total", device="eth0") == big + 1
     assert value("node_network_receive_drop_total", device="eth0") == 7
     assert value("node_filesystem_avail_bytes", mountpoint="/data") == 600

@@ -137,6 +137,14 @@ class ServerSource(Source):
                             t, io.read_bytes)
             builder.counter(self._counter("node_disk_written_bytes_total", "device", dev, "bytes"),
                             t, io.write_bytes)
+            builder.counter(self._counter("node_disk_reads_completed_total", "device", dev,
+                                          "operations"), t, io.read_count)
+            builder.counter(self._counter("node_disk_writes_completed_total", "device", dev,
+                                          "operations"), t, io.write_count)
+            busy_ms = getattr(io, "busy_time", None)  # Linux and FreeBSD only
+            if busy_ms is not None:
+                builder.counter(self._counter("node_disk_io_time_seconds_total", "device", dev,
+                                              "seconds", 1e-3), t, busy_ms)
 
     def _filesystems(self, builder: BatchBuilder, t: int) -> None:
         types = set(self.settings.fs_types)
