@@ -302,3 +302,19 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]],
 def final_boundary(fleet: Fleet, lateness_s: int = 10, pane_s: int = 10) -> int:
     last = max(t for s in fleet.counted.values() for t, _, _ in s)
     return ((last - lateness_s * NS) // (pane_s * NS)) * pane_s * NS
+
+
+async def http_request(port: int, line: str = "GET /metrics HTTP/1.1", timeout_s: float = 30
+                       ) -> tuple[int, dict[str, str], bytes]:
+    """One raw HTTP/1.1 request on loopback (Connection: close): status, headers, body."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"{line}\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), timeout_s)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), headers, body

@@ -26,6 +26,7 @@ from collector.config import load_settings
 from collector.errors import BrokerError
 from tests.aggregate_support import (
     final_boundary,
+    http_request,
     make_fleet,
     produce,
     published,
@@ -36,16 +37,6 @@ from tests.conftest import make_topic
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 SITES = (("jp-tokyo-01", "JP", "Kanto"), ("us-nyc-01", "US", "us-east"))
-
-
-async def _http_get(port: int, path: str = "/metrics") -> tuple[str, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-    await writer.drain()
-    raw = await asyncio.wait_for(reader.read(), 30)
-    writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return head.decode(), body
 
 
 async def _wait(cond, limit_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -85,9 +76,9 @@ async def test_windows_equal_truth_poison_to_dlq_and_promtool_passes(broker: Emb
                                 for p, end in ends.items()), 60, "all records consumed")
         upto = final_boundary(fleet)
         await _wait(lambda: all(agg.states[p].closed_ns == upto for p in ends), 30, "final close")
-        head, body = await _http_get(agg.metrics_port)
-        assert "200 OK" in head
-        assert "text/plain; version=0.0.4" in head
+        status, headers, body = await http_request(agg.metrics_port)
+        assert status == 200
+        assert headers["content-type"].startswith("text/plain; version=0.0.4")
     got = published(rows)
     want = truth_windows(fleet, settings.aggregate.windows_s, settings.aggregate.pane_s, upto)
     assert got == want

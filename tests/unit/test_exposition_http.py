@@ -9,18 +9,7 @@ import pytest
 
 from collector.exposition.http import MetricsServer
 from collector.exposition.render import CONTENT_TYPE
-
-
-async def _request(port: int, line: str) -> tuple[int, dict[str, str], bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"{line}\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-    await writer.drain()
-    raw = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
-    return int(status_line.split()[1]), headers, body
+from tests.aggregate_support import http_request
 
 
 async def test_metrics_healthz_and_errors() -> None:
@@ -37,19 +26,19 @@ async def test_metrics_healthz_and_errors() -> None:
     port = server.bound_port
     assert port > 0
     try:
-        status, headers, body = await _request(port, "GET /metrics HTTP/1.1")
+        status, headers, body = await http_request(port, "GET /metrics HTTP/1.1")
         assert (status, headers["content-type"]) == (200, CONTENT_TYPE)
         assert body == b'# TYPE x gauge\nx{a="1"} 1.0\n'
-        status, headers, body = await _request(port, "HEAD /metrics HTTP/1.1")
+        status, headers, body = await http_request(port, "HEAD /metrics HTTP/1.1")
         assert status == 200
         assert body == b""
-        assert (await _request(port, "GET /healthz HTTP/1.1"))[0] == 200
+        assert (await http_request(port, "GET /healthz HTTP/1.1"))[0] == 200
         problem.append("consume loop failed: RuntimeError('x')")
-        status, _, body = await _request(port, "GET /healthz HTTP/1.1")
+        status, _, body = await http_request(port, "GET /healthz HTTP/1.1")
         assert status == 503
         assert b"consume loop failed" in body
-        assert (await _request(port, "GET /nope HTTP/1.1"))[0] == 404
-        assert (await _request(port, "POST /metrics HTTP/1.1"))[0] == 405
+        assert (await http_request(port, "GET /nope HTTP/1.1"))[0] == 404
+        assert (await http_request(port, "POST /metrics HTTP/1.1"))[0] == 405
         assert scrapes == 2
     finally:
         await server.stop()
