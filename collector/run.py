@@ -100,9 +100,8 @@ def _status(ingest: IngestServer, aggregator: Aggregator, elapsed: float) -> str
 
 
 def _aggregator_status(agg: Aggregator) -> str:
-    states = list(agg.states.values())
     samples = agg.registry.get_sample_value("collector_aggregate_samples_total") or 0.0
-    closed = [st.closed_ns for st in states if st.closed_ns is not None]
+    closed = [st.closed_ns for st in agg.states.values() if st.closed_ns is not None]
     until = (time.strftime("%H:%M:%S", time.localtime(min(closed) / 1e9)) if closed
              else "none yet")
     return f"{samples:,.0f} samples in windows, windows closed to {until}"
@@ -136,7 +135,6 @@ every {sim.interval_s:g}s at {sim.acceleration:g}x
   look at             curl -s http://127.0.0.1:{aggregator.metrics_port}/metrics | grep 'country="JP"' | head
 """, flush=True)
         started = time.monotonic()
-        failed = False
         deadline = started + args.duration if args.duration else None
         next_status = started + STATUS_EVERY_S
         while not stop.is_set():
@@ -148,7 +146,6 @@ every {sim.interval_s:g}s at {sim.acceleration:g}x
                 await asyncio.wait_for(stop.wait(), max(0.05, wake - now))
             if aggregator.failed.is_set():
                 print(f"aggregator failed: {aggregator.failure!r}; stopping", flush=True)
-                failed = True
                 break
             if time.monotonic() >= next_status:
                 next_status += STATUS_EVERY_S
@@ -156,4 +153,4 @@ every {sim.interval_s:g}s at {sim.acceleration:g}x
         print("stopping: fleet drains its spools, ingest answers in-flight batches, "
               "aggregator commits ...", flush=True)
     print("stopped", flush=True)
-    return 1 if failed else 0
+    return 1 if aggregator.failed.is_set() else 0

@@ -173,6 +173,7 @@ class Aggregator:
         self._last_record_wall: dict[int, float] = {}
         # assigned partitions whose state could not be restored: paused, retried from the loop
         self._pending: dict[TopicPartition, tuple[float, float]] = {}  # -> (due, delay)
+        self.metrics.partitions_paused.set_function(lambda: len(self._pending))
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._pointer: AIOKafkaConsumer | None = None
@@ -341,7 +342,6 @@ class Aggregator:
                 log.warning("checkpoint on revoke failed, the next owner replays more: %s", exc)
             for tp in revoked:
                 self._pending.pop(tp, None)
-            self.metrics.partitions_paused.set(len(self._pending))
             for p in parts:
                 self.states.pop(p, None)
                 self._ckpt_version.pop(p, None)
@@ -375,7 +375,6 @@ class Aggregator:
             delay = _RESTORE_RETRY_S if prev is None else min(prev[1] * 2, _RESTORE_RETRY_MAX_S)
             self._consumer.pause(tp)
             self._pending[tp] = (time.monotonic() + delay, delay)
-            self.metrics.partitions_paused.set(len(self._pending))
             log.error("partition %d: checkpoint not restored (%s); paused, retrying in %.0fs",
                       tp.partition, exc, delay)
             return
@@ -390,7 +389,6 @@ class Aggregator:
             self.metrics.restores.inc()
         if self._pending.pop(tp, None) is not None:
             self._consumer.resume(tp)
-            self.metrics.partitions_paused.set(len(self._pending))
             log.info("partition %d: checkpoint restored on retry, resumed", tp.partition)
         st.on_window = self.on_window
         self.states[tp.partition] = st
@@ -407,7 +405,6 @@ class Aggregator:
                     self._pending.pop(tp, None)
                 elif due <= now and tp.partition not in self.states:
                     await self._adopt(tp)
-            self.metrics.partitions_paused.set(len(self._pending))
             self.metrics.partitions.set(len(self.states))
             self._render_cache = None
 

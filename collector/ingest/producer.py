@@ -40,7 +40,6 @@ from collector.wire import SCHEMA
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL_S = 2.0
-
 PROBE_TIMEOUT_S = 3.0
 CLOSE_TIMEOUT_S = 5.0
 
