@@ -7,14 +7,16 @@ DEBS   := prometheus prometheus-alertmanager socat
 APT_STAMP := $(VENV)/.apt-ok
 PYTEST_ARGS ?=
 
-.PHONY: run test lint proto docs bench bench-full setup setup-test clean
+.PHONY: run test lint lock proto docs bench bench-full setup setup-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+# Installs the exact versions of constraints.txt (a dependency missing from it, e.g. one
+# just added to pyproject.toml, installs unpinned until `make lock` records it).
+$(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install --disable-pip-version-check -q --upgrade pip
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[embedded,test,dev]'
+	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[embedded,test,dev]'
 	touch $@
 
 # Debian packages the tests use (a real Prometheus, promtool, Alertmanager, socat);
@@ -50,6 +52,12 @@ test: setup-test
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+## Refresh constraints.txt: the newest versions pyproject.toml allows, for Python 3.11 on x86-64 Linux.
+lock: setup
+	$(VENV)/bin/uv pip compile pyproject.toml --extra embedded --extra test --extra dev \
+	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu --no-header \
+	  --annotation-style line -o constraints.txt
 
 proto: setup
 	$(PY) scripts/gen_proto.py
