@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DEBS   := prometheus prometheus-alertmanager socat
+DEBS   := prometheus prometheus-alertmanager socat snmpd snmp
 APT_STAMP := $(VENV)/.apt-ok
 PYTEST_ARGS ?=
 
@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[embedded,test,dev]'
 	touch $@
 
-# Debian packages the tests use (a real Prometheus, promtool, Alertmanager, socat);
+# Debian packages the tests use (a real Prometheus, promtool, Alertmanager, socat, net-snmp's
+# snmpd and snmpget/snmpbulkwalk);
 # `apt-get update` once, only when something is missing.
 $(APT_STAMP): | $(PY)
-	@missing=""; for b in prometheus promtool prometheus-alertmanager socat; do \
+	@missing=""; for b in prometheus promtool prometheus-alertmanager socat snmpd snmpbulkwalk; do \
 	  command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages ($$missing missing): $(DEBS)"; \

@@ -24,6 +24,19 @@ PREFIX = "collector_agent_"
 
 
 @dataclass(slots=True)
+class TargetStats:
+    """Per device target of an adapter (an SNMP agent, a gNMI target)."""
+
+    up: bool = False
+    polls: int = 0  # successful polls (SNMP) or notifications received (gNMI)
+    reconnects: int = 0  # streams re-opened after a failure (gNMI)
+    errors: dict[str, int] = field(default_factory=dict)  # by reason
+
+    def error(self, reason: str) -> None:
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+
+@dataclass(slots=True)
 class SourceStats:
     """Per source (server, link, cell): collections, samples, errors, time spent."""
 
@@ -32,6 +45,7 @@ class SourceStats:
     errors: int = 0
     seconds: float = 0.0
     skipped_files: dict[str, int] = field(default_factory=dict)
+    targets: dict[str, TargetStats] = field(default_factory=dict)
 
 
 class AgentCollector(Collector):
@@ -118,6 +132,24 @@ class AgentCollector(Collector):
             errors.add_metric(lv, ss.errors)
             secs.add_metric(lv, ss.seconds)
         yield from (runs, samples, errors, secs)
+        t = [*s, "target"]
+        t_up = GaugeMetricFamily(PREFIX + "target_up", "1 while the device target answers "
+                                 "(last SNMP poll succeeded, gNMI stream open).", labels=t)
+        t_polls = CounterMetricFamily(PREFIX + "target_polls", "Successful SNMP polls or gNMI "
+                                      "notifications received, per device target.", labels=t)
+        t_reconn = CounterMetricFamily(PREFIX + "target_reconnects", "gNMI streams re-opened "
+                                       "after a failure, per device target.", labels=t)
+        t_err = CounterMetricFamily(PREFIX + "target_errors", "Failed polls / streams per "
+                                    "device target, by reason.", labels=[*t, "reason"])
+        for (agent_id, source), ss in sources:
+            for name, ts in list(ss.targets.items()):
+                lv = [agent_id, source, name]
+                t_up.add_metric(lv, 1.0 if ts.up else 0.0)
+                t_polls.add_metric(lv, ts.polls)
+                t_reconn.add_metric(lv, ts.reconnects)
+                for reason, n in sorted(ts.errors.items()):
+                    t_err.add_metric([*lv, reason], n)
+        yield from (t_up, t_polls, t_reconn, t_err)
 
 
 def _stats(p: AgentPipeline) -> Any:

@@ -25,7 +25,7 @@ import math
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,9 @@ class LinkReading:
     in_discards: int | None = None
     out_discards: int | None = None
     counter_bits: int = 64
+    # Per-counter widths where they differ from counter_bits, e.g. SNMP's Counter32
+    # ifInErrors next to Counter64 ifHCInOctets: (("in_errors", 32), ...).
+    counter_bits_of: tuple[tuple[str, int], ...] = ()
     # Discontinuity marker: when the counters (re)started, ns since the epoch; 0 = unknown.
     counter_start_unix_nano: int = 0
     oper_up: bool | None = None
@@ -253,18 +256,33 @@ class SimulatedLinkAdapter(LinkAdapter):
         return out
 
 
-BUILTIN_ADAPTERS: dict[str, type[LinkAdapter]] = {
+def _snmp(**options: Any) -> LinkAdapter:
+    # Device adapters import their protocol library only when configured.
+    from collector.agent.sources.snmp import SnmpLinkAdapter
+
+    return SnmpLinkAdapter(**options)
+
+
+def _gnmi(**options: Any) -> LinkAdapter:
+    from collector.agent.sources.gnmi import GnmiLinkAdapter
+
+    return GnmiLinkAdapter(**options)
+
+
+BUILTIN_ADAPTERS: dict[str, Callable[..., LinkAdapter]] = {
     "linux": LinuxLinkAdapter,
     "synthetic": SyntheticLinkAdapter,
     "simulated": SimulatedLinkAdapter,
+    "snmp": _snmp,
+    "gnmi": _gnmi,
 }
 
 
 def make_adapter(spec: str, options: dict[str, Any]) -> LinkAdapter:
-    """'linux', 'simulated', 'synthetic' or 'package.module:Class' (a LinkAdapter taking
-    **options)."""
+    """'linux', 'simulated', 'synthetic', 'snmp', 'gnmi' or 'package.module:Class' (a
+    LinkAdapter taking **options)."""
     return load_adapter("link", spec, options, BUILTIN_ADAPTERS, LinkAdapter,
-                        "linux, simulated, synthetic")
+                        "linux, simulated, synthetic, snmp, gnmi")
 
 
 # --- the source -----------------------------------------------------------------------
@@ -285,8 +303,11 @@ class LinkSource(Source):
         self.interval_s = settings.interval_s
         self.priority = settings.priority
         self.adapter = adapter or make_adapter(settings.adapter, dict(settings.options))
-        # Per (link, adapter media, width, counter start): the series defs, built once.
-        self._plans: dict[tuple[str, str | None, int, int], _Plan | None] = {}
+        # Per (link, adapter media, widths, counter start): the series defs, built once.
+        self._plans: dict[tuple[str, str | None, int, tuple[tuple[str, int], ...], int],
+                          _Plan | None] = {}
+        # Device adapters (snmp, gnmi) report per-target health: shared with the metrics.
+        self.stats.targets = getattr(self.adapter, "targets", {})
 
     def _want(self, name: str) -> bool:
         s = self.settings
@@ -302,14 +323,15 @@ class LinkSource(Source):
     def _plan(self, r: LinkReading) -> _Plan | None:
         if not self._want(r.name):
             return None
-        if r.counter_bits not in (32, 64):
-            log.error("link %s: adapter declares %d-bit counters; only 32 or 64 exist on the "
-                      "wire: link skipped", r.name, r.counter_bits)
+        widths = {f: r.counter_bits for f in COUNTERS} | dict(r.counter_bits_of)
+        if any(b not in (32, 64) for b in widths.values()):
+            log.error("link %s: adapter declares counter widths %s; only 32 or 64 exist on the "
+                      "wire: link skipped", r.name, sorted(set(widths.values())))
             return None
         labels = {"link": r.name, "media": self._media(r)}
         return _Plan(
             counters=tuple((f, counter_def("link_" + f, labels, unit=_UNITS.get(f, "packets"),
-                                           bits=r.counter_bits,
+                                           bits=widths[f],
                                            start_time_unix_nano=r.counter_start_unix_nano))
                            for f in COUNTERS),
             oper=gauge_def("link_oper_up", labels, unit="bool"),
@@ -322,7 +344,7 @@ class LinkSource(Source):
         counter, gauge, plans = builder.counter, builder.gauge, self._plans
         isfinite = math.isfinite
         for r in await self.adapter.read():
-            key = (r.name, r.media, r.counter_bits, r.counter_start_unix_nano)
+            key = (r.name, r.media, r.counter_bits, r.counter_bits_of, r.counter_start_unix_nano)
             if key in plans:
                 plan = plans[key]
             else:
@@ -332,16 +354,15 @@ class LinkSource(Source):
             if plan is None:
                 continue
             t = r.time_unix_nano or now_unix_nano
-            limit = 1 << r.counter_bits
             for attr, d in plan.counters:
                 v = getattr(r, attr)
                 if v is not None:
-                    if 0 <= v < limit:
+                    if 0 <= v < 1 << d.counter_bits:
                         counter(d, t, v)
                     else:  # the ingest would refuse the whole batch for it
                         self.stats.errors += 1
                         log.warning("link %s: %s=%r does not fit %d bits: sample skipped",
-                                    r.name, attr, v, r.counter_bits)
+                                    r.name, attr, v, d.counter_bits)
             if r.oper_up is not None:
                 gauge(plan.oper, t, 1.0 if r.oper_up else 0.0)
             if r.speed_bytes_per_second is not None:

@@ -1,0 +1,252 @@
+"""SNMP link adapter against Debian's snmpd (net-snmp) on a loopback port.
+
+The adapter's readings are compared with an independent snmpbulkwalk of the same OIDs
+taken just before and just after the poll (this host's interface counters move, so a
+counter must lie between the two walks; everything else must be equal).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from collector.agent.batch import BatchBuilder
+from collector.agent.config import LinkSourceSettings
+from collector.agent.sources.link import LinkReading, LinkSource
+from collector.agent.sources.snmp import COLUMNS, SnmpLinkAdapter
+from collector.errors import ConfigError
+from tests.agent_support import SITE, eventually
+from tests.snmp_support import (
+    COMMUNITY,
+    COMMUNITY32,
+    V3_AUTH,
+    V3_PRIV,
+    V3_USER,
+    Snmpd,
+    bulkwalk,
+    v3_args,
+)
+
+IF_TABLE = "1.3.6.1.2.1.2.2.1"
+IF_X_TABLE = "1.3.6.1.2.1.31.1.1.1"
+
+
+@pytest_asyncio.fixture
+async def snmpd(tmp_path: Path) -> AsyncIterator[Snmpd]:
+    d = Snmpd(tmp_path / "snmpd")
+    await d.start()
+    try:
+        yield d
+    finally:
+        await d.stop()
+
+
+def col(walk: dict[str, str], name: str, index: int) -> str | None:
+    return walk.get(".".join(map(str, COLUMNS[name])) + f".{index}")
+
+
+async def walk_all(address: str, *auth: str) -> dict[str, str]:
+    return {**await bulkwalk(address, IF_TABLE, *auth),
+            **await bulkwalk(address, IF_X_TABLE, *auth)}
+
+
+def between(v: int | None, lo: str | None, hi: str | None, bits: int) -> bool:
+    """lo <= v <= hi on a counter of `bits` (modular, in case it wrapped in between)."""
+    assert v is not None
+    assert lo is not None
+    assert hi is not None
+    m = 1 << bits
+    return (v - int(lo)) % m <= (int(hi) - int(lo)) % m
+
+
+def by_index(readings: list[LinkReading], walk: dict[str, str], prefix: str) -> dict[int, LinkReading]:
+    names = {v: int(k.rsplit(".", 1)[1]) for k, v in walk.items()
+             if k.startswith(".".join(map(str, COLUMNS["ifName"])) + ".")}
+    return {names[r.name.removeprefix(prefix)]: r for r in readings}
+
+
+def sum_of(walk: dict[str, str], cols: tuple[str, ...], i: int) -> int:
+    return sum(int(col(walk, c, i) or 0) for c in cols)
+
+
+async def test_v2c_readings_equal_an_independent_bulkwalk(snmpd: Snmpd) -> None:
+    a = SnmpLinkAdapter(targets=[{"name": "sw1", "address": snmpd.address,
+                                  "community": COMMUNITY}])
+    try:
+        before = await walk_all(snmpd.address)
+        readings = list(await a.poll(a._targets[0]))
+        after = await walk_all(snmpd.address)
+    finally:
+        await a.close()
+    rows = by_index(readings, before, "sw1:")
+    assert rows
+    assert len(rows) == len(readings)
+    for i, r in rows.items():
+        assert r.counter_bits == 64
+        assert dict(r.counter_bits_of) == {"in_errors": 32, "out_errors": 32, "in_discards": 32,
+                                           "out_discards": 32}
+        assert between(r.in_octets, col(before, "ifHCInOctets", i), col(after, "ifHCInOctets", i), 64)
+        assert between(r.out_octets, col(before, "ifHCOutOctets", i),
+                       col(after, "ifHCOutOctets", i), 64)
+        hc_in = ("ifHCInUcastPkts", "ifHCInMulticastPkts", "ifHCInBroadcastPkts")
+        assert between(r.in_packets, str(sum_of(before, hc_in, i)), str(sum_of(after, hc_in, i)), 64)
+        for field, c in (("in_errors", "ifInErrors"), ("out_errors", "ifOutErrors"),
+                         ("in_discards", "ifInDiscards"), ("out_discards", "ifOutDiscards")):
+            assert between(getattr(r, field), col(before, c, i), col(after, c, i), 32)
+        assert r.oper_up == (col(before, "ifOperStatus", i) == "1")
+        high = int(col(before, "ifHighSpeed", i) or 0)
+        assert r.speed_bytes_per_second == (high * 125_000 if high else None)
+        disc = int(col(before, "ifCounterDiscontinuityTime", i) or 0)
+        assert r.counter_start_unix_nano > 0
+        assert r.time_unix_nano - r.counter_start_unix_nano >= disc * 10_000_000
+
+
+async def test_v3_authpriv_readings_and_the_link_source_batch(snmpd: Snmpd, monkeypatch: Any) -> None:
+    monkeypatch.setenv("TEST_SNMP_AUTH", V3_AUTH)
+    monkeypatch.setenv("TEST_SNMP_PRIV", V3_PRIV)
+    a = SnmpLinkAdapter(interval_s=0.2, targets=[{
+        "name": "r1", "address": snmpd.address, "version": "3", "user": V3_USER,
+        "auth_protocol": "SHA", "auth_key_env": "TEST_SNMP_AUTH", "priv_protocol": "AES",
+        "priv_key_env": "TEST_SNMP_PRIV"}])
+    src = LinkSource(LinkSourceSettings(exclude=[]), adapter=a)
+    try:
+        before = await walk_all(snmpd.address, *v3_args())
+        b = BatchBuilder("agent-1", SITE, "boot-1")
+        await src.collect(b, 1)  # the first read starts the target's polling task
+        assert await eventually(lambda: a.targets["r1"].polls >= 1, within=30)
+        await src.collect(b, 1)
+        batch = b.build(1, 1)
+    finally:
+        await src.close()
+    names = {int(k.rsplit(".", 1)[1]): v for k, v in before.items()
+             if k.startswith(".".join(map(str, COLUMNS["ifName"])) + ".")}
+    series = {(s.metric, dict((lab.name, lab.value) for lab in s.labels)["link"]): s
+              for s in batch.series}
+    for name in names.values():
+        octets = series[("link_in_octets", f"r1:{name}")]
+        assert octets.counter_bits == 64
+        assert octets.start_time_unix_nano > 0
+        assert series[("link_in_errors", f"r1:{name}")].counter_bits == 32
+        assert ("link_oper_up", f"r1:{name}") in series
+    assert src.stats.targets["r1"].up
+
+
+async def test_32_bit_device_is_declared_32_bit(snmpd: Snmpd) -> None:
+    a = SnmpLinkAdapter(targets=[{"name": "old", "address": snmpd.address,
+                                  "community": COMMUNITY32}])
+    try:
+        hidden = await bulkwalk(snmpd.address, ".".join(map(str, COLUMNS["ifHCInOctets"])),
+                                "-v2c", "-c", COMMUNITY32)
+        # the view really hides the 64-bit counters (snmpbulkwalk then GETs the base OID)
+        assert all("No Such" in v for v in hidden.values())
+        before = await walk_all(snmpd.address, "-v2c", "-c", COMMUNITY32)
+        readings = list(await a.poll(a._targets[0]))
+        after = await walk_all(snmpd.address, "-v2c", "-c", COMMUNITY32)
+        src = LinkSource(LinkSourceSettings(exclude=[]), adapter=a)
+        a._pending["old"] = readings
+        b = BatchBuilder("agent-1", SITE, "boot-1")
+        await src.collect(b, 1)
+        batch = b.build(1, 1)
+    finally:
+        await a.close()
+    rows = by_index(readings, before, "old:")
+    assert rows
+    for i, r in rows.items():
+        assert r.counter_bits == 32
+        assert r.counter_bits_of == ()
+        assert between(r.in_octets, col(before, "ifInOctets", i), col(after, "ifInOctets", i), 32)
+        assert between(r.out_octets, col(before, "ifOutOctets", i), col(after, "ifOutOctets", i), 32)
+        c32 = ("ifInUcastPkts", "ifInMulticastPkts", "ifInBroadcastPkts")
+        lo, hi = sum_of(before, c32, i) % 2**32, sum_of(after, c32, i) % 2**32
+        assert between(r.in_packets, str(lo), str(hi), 32)
+    octet_series = [s for s in batch.series if s.metric in ("link_in_octets", "link_out_octets",
+                                                            "link_in_packets")]
+    assert octet_series
+    assert all(s.counter_bits == 32 for s in octet_series)
+
+
+async def test_v3_wrong_credentials_are_a_clear_counted_error(snmpd: Snmpd,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    wrong = "not-the-auth-key-42"
+    a = SnmpLinkAdapter(interval_s=0.2, timeout_s=0.5, retries=0, targets=[{
+        "name": "r1", "address": snmpd.address, "version": "3", "user": V3_USER,
+        "auth_key": wrong, "priv_key": V3_PRIV}])
+    caplog.set_level(logging.DEBUG, logger="collector")
+    try:
+        assert await a.read() == []
+        assert await eventually(lambda: a.targets["r1"].errors.get("auth", 0) >= 2, within=30)
+        assert await a.read() == []
+    finally:
+        await a.close()
+    st = a.targets["r1"]
+    assert not st.up
+    assert st.polls == 0
+    text = caplog.text
+    assert "snmp target r1" in text
+    assert "(auth)" in text
+    assert wrong not in text
+    assert V3_PRIV not in text
+
+
+async def test_a_stopped_snmpd_does_not_stall_the_other_target(tmp_path: Path) -> None:
+    live, dead = Snmpd(tmp_path / "live"), Snmpd(tmp_path / "dead")
+    await live.start()
+    await dead.start()
+    a = SnmpLinkAdapter(interval_s=0.2, targets=[
+        {"name": "live", "address": live.address, "community": COMMUNITY},
+        # a long timeout on purpose: its polls hang for seconds while the other one goes on
+        {"name": "dead", "address": dead.address, "community": COMMUNITY, "timeout_s": 3.0,
+         "retries": 1}])
+    got: dict[str, int] = {"live": 0, "dead": 0}
+
+    async def drain() -> None:
+        for r in await a.read():
+            got[r.name.split(":", 1)[0]] += 1
+
+    try:
+        await drain()
+        assert await eventually(lambda: a.targets["dead"].polls >= 1, within=30)
+        dead.pause()  # SIGSTOP: the device stops answering mid-run
+        polls_at_pause = a.targets["live"].polls
+        got["live"] = 0
+
+        async def live_goes_on() -> bool:
+            await drain()
+            return a.targets["live"].polls >= polls_at_pause + 5 and got["live"] > 0
+
+        for _ in range(300):
+            if await live_goes_on():
+                break
+            await eventually(lambda: False, within=0.1)
+        assert await live_goes_on()
+        assert await eventually(lambda: a.targets["dead"].errors.get("timeout", 0) >= 1, within=30)
+        assert not a.targets["dead"].up
+        assert a.targets["live"].up
+        dead.resume()
+        dead_polls = a.targets["dead"].polls
+        assert await eventually(lambda: a.targets["dead"].polls > dead_polls, within=30)
+        assert a.targets["dead"].up
+        await dead.stop()  # gone for good: still only counted
+        errors = a.targets["dead"].errors.get("timeout", 0)
+        assert await eventually(lambda: a.targets["dead"].errors.get("timeout", 0) > errors,
+                                within=30)
+    finally:
+        await a.close()
+        await live.stop()
+        await dead.stop()
+
+
+async def test_missing_secret_is_a_config_error_naming_the_key(monkeypatch: Any) -> None:
+    monkeypatch.delenv("NO_SUCH_COMMUNITY", raising=False)
+    with pytest.raises(ConfigError, match=r"targets\[0\]\.community_env"):
+        SnmpLinkAdapter(targets=[{"address": "127.0.0.1:161", "community_env": "NO_SUCH_COMMUNITY"}])
+    with pytest.raises(ConfigError, match=r"targets\[1\]\.address"):
+        SnmpLinkAdapter(targets=[{"address": "127.0.0.1", "community": "x"},
+                                 {"address": "127.0.0.1:notaport", "community": "x"}])
+    with pytest.raises(ConfigError, match=r"targets\[0\]"):
+        SnmpLinkAdapter(targets=[{"address": "127.0.0.1", "version": "3"}])
