@@ -26,6 +26,9 @@ _F64: np.dtype[Any] = np.dtype("<f8")
 # field number -> element dtype, for CounterColumns and GaugeColumns
 _COUNTER_FIELDS: dict[int, np.dtype[Any]] = {1: _U32, 2: _I64, 3: _U64}
 _GAUGE_FIELDS: dict[int, np.dtype[Any]] = {1: _U32, 2: _I64, 3: _F64}
+# DeltaColumns and PeriodGaugeColumns: series index, period start, period end, value
+_DELTA_FIELDS: dict[int, np.dtype[Any]] = {1: _U32, 2: _I64, 3: _I64, 4: _U64}
+_PERIOD_GAUGE_FIELDS: dict[int, np.dtype[Any]] = {1: _U32, 2: _I64, 3: _I64, 4: _F64}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,23 @@ class Columns:
 
     def __len__(self) -> int:
         return len(self.series_index)
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodColumns:
+    """The four columns of DeltaColumns / PeriodGaugeColumns: a value over [start, end)."""
+
+    series_index: npt.NDArray[np.uint32]
+    start_unix_nano: npt.NDArray[np.int64]
+    time_unix_nano: npt.NDArray[np.int64]
+    value: npt.NDArray[np.uint64] | npt.NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.series_index)
+
+    def lengths_equal(self) -> bool:
+        n = len(self.series_index)
+        return n == len(self.start_unix_nano) == len(self.time_unix_nano) == len(self.value)
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -57,16 +77,21 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 def _columns(raw: bytes, fields: dict[int, np.dtype[Any]]) -> Columns:
+    a = _arrays(raw, fields)
+    return Columns(a[0], a[1], a[2])
+
+
+def _arrays(raw: bytes, fields: dict[int, np.dtype[Any]]) -> list[npt.NDArray[Any]]:
     # `raw` is the canonical re-serialisation of a *Columns message by the protobuf runtime:
     # each repeated field appears once, packed (proto3 default), in field order. Unpacked or
     # split encodings from an agent were already normalised by parsing; the loop still
     # accepts repeats so a different runtime cannot make it wrong.
-    got: list[npt.NDArray[Any] | None] = [None, None, None]
+    got: list[npt.NDArray[Any] | None] = [None] * len(fields)
     pos = 0
     end = len(raw)
     while pos < end:
         key = raw[pos]
-        if key & 0x80:  # field numbers 1..3 always fit one byte
+        if key & 0x80:  # field numbers 1..4 always fit one byte
             raise ProtocolError(f"unexpected field key {key} in columns")
         number, wire_type = key >> 3, key & 7
         dtype = fields.get(number)
@@ -81,8 +106,7 @@ def _columns(raw: bytes, fields: dict[int, np.dtype[Any]]) -> Columns:
         prev = got[number - 1]
         got[number - 1] = arr if prev is None else np.concatenate((prev, arr))
         pos += length
-    arrays = [a if a is not None else np.empty(0, dtype=fields[i + 1]) for i, a in enumerate(got)]
-    return Columns(arrays[0], arrays[1], arrays[2])
+    return [a if a is not None else np.empty(0, dtype=fields[i + 1]) for i, a in enumerate(got)]
 
 
 def counter_columns(batch: pb.Batch) -> Columns:
@@ -93,6 +117,26 @@ def counter_columns(batch: pb.Batch) -> Columns:
 def gauge_columns(batch: pb.Batch) -> Columns:
     """Gauge columns of a parsed batch as read-only NumPy arrays (float64 values)."""
     return _columns(batch.gauges.SerializeToString(), _GAUGE_FIELDS)
+
+
+def delta_columns(batch: pb.Batch) -> PeriodColumns:
+    """DeltaColumns of a parsed batch (uint64 counts over [start, end))."""
+    if not batch.HasField("deltas"):
+        return EMPTY_DELTAS
+    a = _arrays(batch.deltas.SerializeToString(), _DELTA_FIELDS)
+    return PeriodColumns(a[0], a[1], a[2], a[3])
+
+
+def period_gauge_columns(batch: pb.Batch) -> PeriodColumns:
+    """PeriodGaugeColumns of a parsed batch (float64 statistics over [start, end))."""
+    if not batch.HasField("period_gauges"):
+        return EMPTY_PERIOD_GAUGES
+    a = _arrays(batch.period_gauges.SerializeToString(), _PERIOD_GAUGE_FIELDS)
+    return PeriodColumns(a[0], a[1], a[2], a[3])
+
+
+EMPTY_DELTAS = PeriodColumns(*(np.empty(0, dtype=d) for d in _DELTA_FIELDS.values()))
+EMPTY_PERIOD_GAUGES = PeriodColumns(*(np.empty(0, dtype=d) for d in _PERIOD_GAUGE_FIELDS.values()))
 
 
 def parse_batch(data: bytes) -> pb.Batch:
@@ -125,6 +169,23 @@ def encode_columns(series_index: npt.ArrayLike, time_unix_nano: npt.ArrayLike,
     """
     arrays: tuple[npt.NDArray[Any], ...] = (
         np.ascontiguousarray(series_index, dtype=_U32),
+        np.ascontiguousarray(time_unix_nano, dtype=_I64),
+        np.ascontiguousarray(value, dtype=_F64 if gauge else _U64),
+    )
+    out = bytearray()
+    for number, arr in enumerate(arrays, start=1):
+        if len(arr):
+            out += bytes([(number << 3) | 2]) + _varint_bytes(arr.nbytes) + arr.tobytes()
+    return bytes(out)
+
+
+def encode_period_columns(series_index: npt.ArrayLike, start_unix_nano: npt.ArrayLike,
+                          time_unix_nano: npt.ArrayLike, value: npt.ArrayLike, *,
+                          gauge: bool) -> bytes:
+    """Encode a DeltaColumns (gauge=False) or PeriodGaugeColumns message from arrays."""
+    arrays: tuple[npt.NDArray[Any], ...] = (
+        np.ascontiguousarray(series_index, dtype=_U32),
+        np.ascontiguousarray(start_unix_nano, dtype=_I64),
         np.ascontiguousarray(time_unix_nano, dtype=_I64),
         np.ascontiguousarray(value, dtype=_F64 if gauge else _U64),
     )

@@ -103,6 +103,11 @@ def counter_def(metric: str, labels: LabelsT, *, unit: str, bits: int = 64,
     return SeriesDef(metric, pb.COUNTER, unit, _labels(labels), bits, start_time_unix_nano, scale)
 
 
+def delta_def(metric: str, labels: LabelsT, *, unit: str, scale: float = 0.0) -> SeriesDef:
+    """A DELTA series: each sample is a count over its own period (see `BatchBuilder.delta`)."""
+    return SeriesDef(metric, pb.DELTA, unit, _labels(labels), 0, 0, scale)
+
+
 def gauge_def(metric: str, labels: LabelsT, *, unit: str, scale: float = 0.0) -> SeriesDef:
     return SeriesDef(metric, pb.GAUGE, unit, _labels(labels), 0, 0, scale)
 
@@ -120,6 +125,8 @@ class BatchBuilder:
         self._index: dict[SeriesDef, int] = {}
         self._c: tuple[list[int], list[int], list[int]] = ([], [], [])
         self._g: tuple[list[int], list[int], list[float]] = ([], [], [])
+        self._d: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
+        self._pg: tuple[list[int], list[int], list[int], list[float]] = ([], [], [], [])
         self._c_raw: list[bytes] = []
         self._g_raw: list[bytes] = []
         self._n_raw = 0
@@ -149,6 +156,23 @@ class BatchBuilder:
         g[1].append(time_unix_nano)
         g[2].append(value)
 
+    def delta(self, d: SeriesDef, start_unix_nano: int, end_unix_nano: int, value: int) -> None:
+        """A count over the period [start, end) of a DELTA series (not a running total)."""
+        cols = self._d
+        cols[0].append(self.series_index(d))
+        cols[1].append(start_unix_nano)
+        cols[2].append(end_unix_nano)
+        cols[3].append(value)
+
+    def period_gauge(self, d: SeriesDef, start_unix_nano: int, end_unix_nano: int,
+                     value: float) -> None:
+        """A statistic (mean, max) over the period [start, end) of a GAUGE series."""
+        cols = self._pg
+        cols[0].append(self.series_index(d))
+        cols[1].append(start_unix_nano)
+        cols[2].append(end_unix_nano)
+        cols[3].append(value)
+
     def counter_columns(self, defs: list[SeriesDef], series: npt.NDArray[np.integer],
                         time_unix_nano: npt.NDArray[np.int64],
                         value: npt.NDArray[np.uint64]) -> None:
@@ -165,7 +189,7 @@ class BatchBuilder:
         self._n_raw += len(series)
 
     def __len__(self) -> int:
-        return len(self._c[0]) + len(self._g[0]) + self._n_raw
+        return len(self._c[0]) + len(self._g[0]) + len(self._d[0]) + len(self._pg[0]) + self._n_raw
 
     @property
     def series_count(self) -> int:
@@ -189,6 +213,9 @@ class BatchBuilder:
             if raws:
                 body += b"".join(raws)
             out += _len_field(number, body)  # present even when empty, as build() does
+        for number, pcols, gauge in ((9, self._d, False), (10, self._pg, True)):
+            if pcols[0]:  # absent when empty: a batch without periods is as before
+                out += _len_field(number, wire.encode_period_columns(*pcols, gauge=gauge))
         self._reset()
         return bytes(out)
 
@@ -211,6 +238,10 @@ class BatchBuilder:
         b.gauges.series_index.extend(gi)
         b.gauges.time_unix_nano.extend(gt)
         b.gauges.value.extend(gv)
+        if self._d[0]:
+            b.deltas.MergeFromString(wire.encode_period_columns(*self._d, gauge=False))
+        if self._pg[0]:
+            b.period_gauges.MergeFromString(wire.encode_period_columns(*self._pg, gauge=True))
         # Merging appends to repeated fields, after the scalar samples above.
         for raw in self._c_raw:
             b.counters.MergeFromString(raw)

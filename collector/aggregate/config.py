@@ -52,6 +52,15 @@ class AggregateSettings(BaseModel):
             "open; its older samples then count as late."
         ),
     )
+    period_horizon_s: float = Field(
+        21_600.0, gt=0,
+        description=(
+            "Period samples (PM file counts and statistics over [start, end), which bypass the "
+            "watermark): a period that ended more than this before the newest period of the same "
+            "series is dropped as `too_old`; newer ones are counted once at their own period "
+            "(repeats dropped as `duplicate`). Memory: one row per series and period inside it."
+        ),
+    )
     idle_timeout_s: float = Field(
         30.0, gt=0,
         description=(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from collector import wire
+from collector.aggregate.periods import decode_periods
 from collector.errors import ProtocolError
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 
@@ -24,6 +25,11 @@ SCHEMA_HEADER = wire.SCHEMA.encode()
 _SERIES_TAG = 0x32  # field 6, wire type 2
 _COUNTERS_TAG = 0x3A  # field 7, wire type 2
 _GAUGES_TAG = 0x42  # field 8, wire type 2
+_DELTAS_TAG = 0x4A  # field 9, wire type 2
+_PERIOD_GAUGES_TAG = 0x52  # field 10, wire type 2
+# The column fields after the series table, in field order (canonical serialisation).
+_TAIL = (("counters", _COUNTERS_TAG), ("gauges", _GAUGES_TAG), ("deltas", _DELTAS_TAG),
+         ("period_gauges", _PERIOD_GAUGES_TAG))
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +42,13 @@ class Decoded:
     table_key: bytes | None
     counters: wire.Columns
     gauges: wire.Columns
+    # Period samples (collector/aggregate/periods.py): DELTA counts and period statistics.
+    deltas: wire.PeriodColumns = wire.EMPTY_DELTAS
+    period_gauges: wire.PeriodColumns = wire.EMPTY_PERIOD_GAUGES
 
     @property
     def n_samples(self) -> int:
-        return len(self.counters) + len(self.gauges)
+        return len(self.counters) + len(self.gauges) + len(self.deltas) + len(self.period_gauges)
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -95,18 +104,17 @@ def series_table_bytes(data: bytes, batch: pb.Batch) -> bytes | None:
                 break
             pos = _skip(data, p, key & 7)
         tail = 0
-        if batch.HasField("counters"):
-            tail += _len_field(_COUNTERS_TAG, batch.counters.ByteSize())
-        if batch.HasField("gauges"):
-            tail += _len_field(_GAUGES_TAG, batch.gauges.ByteSize())
+        first = None
+        for name, tag in _TAIL:
+            if batch.HasField(name):
+                tail += _len_field(tag, getattr(batch, name).ByteSize())
+                first = tag if first is None else first
         stop = end - tail
         if stop < pos:
             return None
-        if stop < end:
-            # The tail must start with the counters (or gauges) field exactly there.
-            first = _COUNTERS_TAG if batch.HasField("counters") else _GAUGES_TAG
-            if data[stop] != first:
-                return None
+        if stop < end and data[stop] != first:
+            # The tail must start with the first column field present exactly there.
+            return None
         if stop > pos and data[pos] != _SERIES_TAG:
             return None
         return data[pos:stop]
@@ -162,6 +170,7 @@ def decode(value: bytes | None, headers: dict[str, bytes] | None = None) -> Deco
     if len(gc) and not np.isfinite(gc.value).all():
         # A gauge must be a number; NaN/Inf would poison min/max/avg of a whole window.
         raise ProtocolError("gauge_not_finite")
+    deltas, period_gauges = decode_periods(batch, n_series)
     return Decoded(
         batch=batch,
         agent_id=batch.agent_id,
@@ -171,4 +180,6 @@ def decode(value: bytes | None, headers: dict[str, bytes] | None = None) -> Deco
         table_key=series_table_bytes(value, batch),
         counters=cc,
         gauges=gc,
+        deltas=deltas,
+        period_gauges=period_gauges,
     )

@@ -215,7 +215,8 @@ def _families() -> list[Family]:
                "Samples accepted into windows.", "ledger"),
         Family("collector_site_samples_dropped_total", "counter", "samples", (*SITE, "reason"),
                "Samples not counted, by reason: late, duplicate, dedup_expired, rejected, "
-               "unknown_metric, cardinality.", "ledger"),
+               "unknown_metric, cardinality, too_old, overlap (the last two: period samples, "
+               "see docs/aggregator.md).", "ledger"),
         Family("collector_site_series", "gauge", "series", SITE,
                "Active (not stale) series of the site.", "ledger"),
     ]
@@ -250,8 +251,13 @@ def _window_frames(st: PartitionView) -> tuple[pl.DataFrame, pl.DataFrame]:
         g = st.latest_g[w]
         if len(g):
             gs.append(g.join(meta, on="sid").with_columns(window=wl, window_s=pl.lit(w)))
-    c = pl.concat(cs) if cs else pl.DataFrame()
-    g = pl.concat(gs) if gs else pl.DataFrame()
+    # Period series (PM files): their newest period, window = the period's length.
+    if st.period_c is not None and len(st.period_c):
+        cs.append(st.period_c.join(meta, on="sid"))
+    if st.period_g is not None and len(st.period_g):
+        gs.append(st.period_g.join(meta, on="sid"))
+    c = pl.concat(cs, how="diagonal_relaxed") if cs else pl.DataFrame()
+    g = pl.concat(gs, how="diagonal_relaxed") if gs else pl.DataFrame()
     if len(c):
         c = c.with_columns(
             rate=pl.when(pl.col("dt") > 0)

@@ -37,6 +37,7 @@ import polars as pl
 from collector.aggregate.config import AggregateSettings
 from collector.aggregate.counters import Carry, counter_deltas, split_sum_arrays
 from collector.aggregate.decode import Decoded, decode, table_is_series_only
+from collector.aggregate.periods import PeriodStore
 from collector.catalog import METRICS, Kind
 from collector.errors import ProtocolError
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
@@ -52,8 +53,9 @@ _TWO32 = pl.Series([1 << 32], dtype=pl.Int128)
 # columns; pane indices of any tier stay far below 2^40 for the next thousands of years.
 _KEY_MUL = 1 << 40
 # Per-series code in a series table.
-OK_COUNTER, OK_GAUGE, UNKNOWN, MISMATCH, CAPPED = 0, 1, 2, 3, 4
-DROP_REASONS = ("late", "duplicate", "dedup_expired", "rejected", "unknown_metric", "cardinality")
+OK_COUNTER, OK_GAUGE, UNKNOWN, MISMATCH, CAPPED, OK_DELTA = 0, 1, 2, 3, 4, 5
+DROP_REASONS = ("late", "duplicate", "dedup_expired", "rejected", "unknown_metric", "cardinality",
+                "too_old", "overlap")
 _NO_SAMPLE = np.iinfo(np.int64).min  # s_last of a series that has no processed sample yet
 _NO_STEP = np.iinfo(np.int64).max
 # Checkpoint format: 2 added the per-series sample ledger (series frame: first, step, count).
@@ -174,6 +176,10 @@ class PartitionView:
     latest_c: dict[int, pl.DataFrame]
     latest_g: dict[int, pl.DataFrame]
     sites: tuple[SiteLedger, ...]
+    # Newest period of every period series (collector/aggregate/periods.py), shaped like
+    # latest_c / latest_g plus `window` and `window_s` columns.
+    period_c: pl.DataFrame | None = None
+    period_g: pl.DataFrame | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +210,8 @@ class PartitionState:
         self.lateness_ns = int(settings.allowed_lateness_s * NS)
         self.ttl_ns = int(settings.stale_ttl_s * NS)
         self.on_window: WindowSink | None = None
+        # Counts and statistics over periods (PM files): their own path, no watermark.
+        self.periods = PeriodStore(int(settings.period_horizon_s * NS), self.ttl_ns)
 
         self.next_offset: int | None = None
         self.max_event_ns: int | None = None  # newest event time of the partition
@@ -312,7 +320,9 @@ class PartitionState:
                 continue
             spec = METRICS[m]
             want = pb.COUNTER if spec.kind is Kind.COUNTER else pb.GAUGE
-            if s.kind != want or not math.isfinite(s.scale) or s.scale < 0:
+            # A catalogue counter may come as a cumulative COUNTER or as per-period DELTA counts.
+            delta = s.kind == pb.DELTA and want == pb.COUNTER
+            if (s.kind != want and not delta) or not math.isfinite(s.scale) or s.scale < 0:
                 # wrong kind, or a scale no unit conversion has (the ingest refuses both;
                 # records may come from elsewhere): the series' samples count as rejected
                 code[i] = MISMATCH
@@ -328,8 +338,8 @@ class PartitionState:
                 sid = self._alloc(key)
             sids[i] = sid
             self.s_scale[sid] = s.scale or 1.0
-            code[i] = OK_COUNTER if want == pb.COUNTER else OK_GAUGE
-            if want == pb.COUNTER:
+            code[i] = OK_DELTA if delta else OK_COUNTER if want == pb.COUNTER else OK_GAUGE
+            if want == pb.COUNTER and not delta:
                 bits[i] = 32 if s.counter_bits == 32 else 64
                 epoch[i] = stable_hash(s.start_time_unix_nano, s.scale or 1.0, s.counter_bits)
         return Table(code, sids, epoch, bits)
@@ -412,10 +422,11 @@ class PartitionState:
             want = OK_COUNTER if is_counter else OK_GAUGE
             ok = code == want
             if not ok.all():
-                counts = np.bincount(code[~ok], minlength=5)
+                counts = np.bincount(code[~ok], minlength=6)
                 site.dropped["unknown_metric"] += int(counts[UNKNOWN])
                 site.dropped["cardinality"] += int(counts[CAPPED])
-                site.dropped["rejected"] += int(counts[MISMATCH] + counts[OK_COUNTER + OK_GAUGE - want])
+                site.dropped["rejected"] += int(len(code) - np.count_nonzero(ok) - counts[UNKNOWN]
+                                                - counts[CAPPED])
                 idx = idx[ok]
                 t = cols.time_unix_nano[ok]
                 v = cols.value[ok]
@@ -438,6 +449,8 @@ class PartitionState:
             else:
                 self._gbuf.append((sid, t, v))
             accepted += len(t)
+        if len(d.deltas) or len(d.period_gauges):
+            accepted += self._add_periods(d, table, site)
         site.samples += accepted
         self.samples += accepted
         if tmax is not None:
@@ -448,6 +461,46 @@ class PartitionState:
                 self.max_event_ns = tmax
             self._update_watermark()
         return accepted
+
+    def _add_periods(self, d: Decoded, table: Table, site: Site) -> int:
+        """Period samples go to the period store (collector/aggregate/periods.py), never
+        through the watermark: a period is complete when it arrives, however late."""
+        accepted = 0
+        self.periods.note_clock(self.max_event_ns)
+        for gauge, cols, want in ((False, d.deltas, OK_DELTA), (True, d.period_gauges, OK_GAUGE)):
+            if not len(cols):
+                continue
+            code = table.code[cols.series_index]
+            ok = code == want
+            site.dropped["unknown_metric"] += int(np.count_nonzero(code == UNKNOWN))
+            site.dropped["cardinality"] += int(np.count_nonzero(code == CAPPED))
+            site.dropped["rejected"] += int(np.count_nonzero(~ok & (code != UNKNOWN) & (code != CAPPED)))
+            verdict, rows = self.periods.add(table.sid[cols.series_index[ok]], cols.start_unix_nano[ok],
+                                             cols.time_unix_nano[ok], cols.value[ok], gauge=gauge)
+            site.dropped["duplicate"] += verdict.duplicate
+            site.dropped["too_old"] += verdict.too_old
+            site.dropped["overlap"] += verdict.overlap
+            accepted += verdict.accepted
+            if self.on_window is not None and len(rows):
+                self._emit_periods(rows, gauge)
+        self.periods.expire()
+        self.version += 1
+        return accepted
+
+    def _emit_periods(self, rows: pl.DataFrame, gauge: bool) -> None:
+        """Accepted periods to the window log, each at its own period (window = its length)."""
+        assert self.on_window is not None
+        rows = rows.with_columns(window_s=(pl.col("end") - pl.col("start")) // NS)
+        for (length,), part in rows.partition_by("window_s", as_dict=True).items():
+            if gauge:
+                g = part.select("sid", "end", sum="value", cnt=pl.lit(1, pl.UInt32), min="value",
+                                max="value")
+                self.on_window(self.partition, int(length), _empty(COUNTER_WIN_SCHEMA), self._labelled(g))
+            else:
+                c = part.select("sid", "end", inc=pl.col("value").cast(pl.Int128),
+                                dt=pl.col("end") - pl.col("start"), n=pl.lit(1, pl.UInt32),
+                                resets=pl.lit(0, pl.UInt32), wraps=pl.lit(0, pl.UInt32))
+                self.on_window(self.partition, int(length), self._labelled(c), _empty(GAUGE_WIN_SCHEMA))
 
     # ------------------------------------------------------------------ event time
     def _update_watermark(self) -> None:
@@ -519,6 +572,8 @@ class PartitionState:
         n_ends = self._windows(start, target, emit_all)
         self._prune(target)  # the next window of each tier ends after target
         self.closed_ns = target
+        self.periods.note_clock(self.max_event_ns)
+        self.periods.expire()
         expired = self._expire(target - self.ttl_ns)
         self.version += 1
         return CloseStats(n_ends, n, expired)
@@ -735,7 +790,7 @@ class PartitionState:
         if not len(stale):
             return 0
         # A series with samples still in the open buffer is not stale.
-        pending = [c[0] for c in self._cbuf] + [g[0] for g in self._gbuf]
+        pending = [c[0] for c in self._cbuf] + [g[0] for g in self._gbuf] + [self.periods.sids()]
         if pending:
             stale = np.setdiff1d(stale, np.concatenate(pending))
         if not len(stale):
@@ -776,8 +831,9 @@ class PartitionState:
                        int(s_expected[i]), int(s_counted[i]))
             for i, s in enumerate(self.sites)
         )
+        pc, pg = self.periods.latest()
         return PartitionView(self.partition, self.windows_s, self.series_meta(), dict(self.latest_c),
-                             dict(self.latest_g), sites)
+                             dict(self.latest_g), sites, pc, pg)
 
     def ledger_end_ns(self) -> int | None:
         """Last event time (inclusive) the sample ledger expects samples up to.
@@ -856,7 +912,7 @@ class PartitionState:
                                    self.carry.value, self.carry.time, self.carry.epoch))
         n += sum(int(f.estimated_size()) for f in (*self.cpanes, *self.gpanes))
         n += sum(int(f.estimated_size()) for f in (*self.latest_c.values(), *self.latest_g.values()))
-        n += self.buffered_bytes()
+        n += self.buffered_bytes() + self.periods.state_bytes()
         # registry: the dict, the key list, key tuples and each distinct label string once
         n += sys.getsizeof(self.series_key) + sys.getsizeof(self.keys)
         strings: dict[int, int] = {}
@@ -894,6 +950,7 @@ class PartitionState:
                                        "bits": cb[4]})
         gb = self._take_all(self._gbuf, 3)
         frames["gbuf"] = pl.DataFrame({"sid": gb[0], "t": gb[1], "v": gb[2]})
+        frames.update(self.periods.frames())
         frames["agents"] = pl.DataFrame({
             "agent": list(self.agents),
             "site": [a.site for a in self.agents.values()],
@@ -912,7 +969,7 @@ class PartitionState:
             "sites": [[s.site_id, s.country, s.region, s.series, s.batches, s.dup_batches, s.samples,
                        s.max_event, s.dropped]
                       for s in self.sites],
-            "free": self.free, "frames": list(frames),
+            "free": self.free, "frames": list(frames), "period_clock": self.periods.clock_ns,
         }
         out = io.BytesIO()
         h = json.dumps(header).encode()
@@ -1003,6 +1060,7 @@ class PartitionState:
         gb = frames["gbuf"]
         if len(gb):
             st._gbuf = [tuple(gb[c].to_numpy() for c in ("sid", "t", "v"))]
+        st.periods.restore(frames, header.get("period_clock"))  # absent before periods existed
         for row in frames["agents"].iter_rows():
             agent, site, lo, hi, mask, received = row
             st.agents[agent] = Agent(site, lo, hi, int.from_bytes(mask, "little"), received)

@@ -65,13 +65,15 @@ class TableInfo:
     is_gauge: npt.NDArray[np.bool_]
     narrow: npt.NDArray[np.bool_]  # 32-bit counters
     any_narrow: bool
+    is_delta: npt.NDArray[np.bool_] | None = None
 
     @classmethod
     def of(cls, batch: pb.Batch) -> TableInfo:
         n = len(batch.series)
         kinds = np.fromiter((s.kind for s in batch.series), dtype=np.int8, count=n)
         narrow = np.fromiter((s.counter_bits == 32 for s in batch.series), dtype=bool, count=n)
-        return cls(kinds == pb.COUNTER, kinds == pb.GAUGE, narrow, bool(narrow.any()))
+        return cls(kinds == pb.COUNTER, kinds == pb.GAUGE, narrow, bool(narrow.any()),
+                   kinds == pb.DELTA)
 
 
 # Plain ufunc reductions: the ndarray methods add a Python wrapper per call, which is most
@@ -163,11 +165,12 @@ def check_series_table(batch: pb.Batch, limits: Limits) -> None:
             if s.counter_bits not in (32, 64):
                 raise _fail(f"{where}.counter_bits: {s.counter_bits}, must be 32 or 64",
                             "counter_bits")
-        elif s.kind == pb.GAUGE:
+        elif s.kind in (pb.GAUGE, pb.DELTA):
             if s.counter_bits or s.start_time_unix_nano:
-                raise _fail(f"{where}: counter_bits/start_time set on a gauge", "counter_bits")
+                raise _fail(f"{where}: counter_bits/start_time set on a "
+                            f"{'gauge' if s.kind == pb.GAUGE else 'delta'}", "counter_bits")
         else:
-            raise _fail(f"{where}.kind: must be COUNTER or GAUGE", "kind")
+            raise _fail(f"{where}.kind: must be COUNTER, GAUGE or DELTA", "kind")
         if not math.isfinite(s.scale) or s.scale < 0:
             raise _fail(f"{where}.scale: must be finite and >= 0", "scale")
         key = (s.metric, tuple(sorted((lb.name, lb.value) for lb in s.labels)))
@@ -187,7 +190,8 @@ def check_columns(batch: pb.Batch, limits: Limits, now_ns: int, table: TableInfo
                 f"time_unix_nano {len(cols.time_unix_nano)}, value {len(cols.value)})",
                 "columns",
             )
-    samples = len(counters) + len(gauges)
+    periods = _period_columns(batch)
+    samples = len(counters) + len(gauges) + sum(len(c) for _, c in periods)
     if samples > limits.max_samples:
         raise _fail(f"samples: {samples}, limit {limits.max_samples}", "too_many_samples")
     if samples == 0:
@@ -231,7 +235,58 @@ def check_columns(batch: pb.Batch, limits: Limits, now_ns: int, table: TableInfo
                 at = int(np.argmax(over))
                 raise _fail(f"counters.value[{at}]: exceeds the declared 32-bit width",
                             "counter_bits")
+    _check_period_columns(periods, table, earliest, latest, now_ns)
     return samples
+
+
+def _period_columns(batch: pb.Batch) -> list[tuple[str, wire.PeriodColumns]]:
+    out = []
+    for name, cols in (("deltas", wire.delta_columns(batch)),
+                       ("period_gauges", wire.period_gauge_columns(batch))):
+        if not cols.lengths_equal():
+            raise _fail(f"{name}: columns of unequal length (series_index {len(cols)}, "
+                        f"start_time_unix_nano {len(cols.start_unix_nano)}, time_unix_nano "
+                        f"{len(cols.time_unix_nano)}, value {len(cols.value)})", "columns")
+        if len(cols):
+            out.append((name, cols))
+    return out
+
+
+def _check_period_columns(periods: list[tuple[str, wire.PeriodColumns]], table: TableInfo,
+                          earliest: int, latest: int, now_ns: int) -> None:
+    """Deltas refer to DELTA series, period gauges to GAUGE series; start < end, both in the
+    accepted time range; period gauge values finite."""
+    for name, cols in periods:
+        wanted = table.is_gauge if name == "period_gauges" else table.is_delta
+        assert wanted is not None
+        idx = cols.series_index
+        if int(_max(idx)) >= len(wanted):
+            at = int(np.argmax(idx >= len(wanted)))
+            raise _fail(f"{name}.series_index[{at}]: {int(idx[at])} out of range "
+                        f"({len(wanted)} series)", "series_index")
+        right_kind = wanted[idx]
+        if _nonzero(right_kind) != len(idx):
+            at = int(np.argmin(right_kind))
+            raise _fail(f"{name}.series_index[{at}]: series[{int(idx[at])}] is not a "
+                        f"{'gauge' if name == 'period_gauges' else 'delta'}", "kind")
+        start, end = cols.start_unix_nano, cols.time_unix_nano
+        ordered = start < end
+        if _nonzero(ordered) != len(idx):
+            at = int(np.argmin(ordered))
+            raise _fail(f"{name}[{at}]: period start is not before its end", "period")
+        if int(_min(start)) < earliest:
+            at = int(np.argmin(start))
+            raise _fail(f"{name}.start_time_unix_nano[{at}]: older than max_past_age "
+                        f"({(now_ns - int(start[at])) / NS:.0f}s before now)", "too_old")
+        if int(_max(end)) > latest:
+            at = int(np.argmax(end))
+            raise _fail(f"{name}.time_unix_nano[{at}]: {(int(end[at]) - now_ns) / NS:.0f}s "
+                        "ahead of the collector clock", "clock_skew")
+        if name == "period_gauges":
+            finite = np.isfinite(cols.value)
+            if _nonzero(finite) != len(idx):
+                raise _fail(f"period_gauges.value[{int(np.argmin(finite))}]: not a finite "
+                            "number", "value")
 
 
 def validate(batch: pb.Batch, limits: Limits, now_ns: int,

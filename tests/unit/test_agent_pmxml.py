@@ -22,6 +22,7 @@ from collector.agent.sources.cell import (
     read_pm_file,
     render_meas_collec,
 )
+from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from tests.agent_support import SITE
 
 ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.",
@@ -92,7 +93,7 @@ def test_result_count_mismatch_is_an_error() -> None:
         parse_pm_bytes(bad, "f.xml")
 
 
-async def test_cell_source_accumulates_counters_and_moves_files(tmp_path: Path) -> None:
+async def test_cell_source_sends_per_period_deltas_not_a_running_sum_and_moves_files(tmp_path: Path) -> None:
     pm = tmp_path / "pm"
     pm.mkdir()
     t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
@@ -111,15 +112,17 @@ async def test_cell_source_accumulates_counters_and_moves_files(tmp_path: Path) 
     await src.collect(b, time.time_ns())
     batch = wire.parse_batch(b.build(1, 1).SerializeToString())
     series = list(batch.series)
-    cols = wire.counter_columns(batch)
-    vol = [(int(t), int(v)) for i, t, v in zip(cols.series_index, cols.time_unix_nano, cols.value,
-                                                strict=True)
-           if series[i].metric == "DRB.PdcpSduVolumeDL"]
-    end0 = int((t0 + dt.timedelta(minutes=15)).timestamp()) * 10**9
-    assert vol == [(end0, 1000), (end0 + 900 * 10**9, 2001)]  # running sum, integers
+    assert not len(wire.counter_columns(batch))
+    cols = wire.delta_columns(batch)
+    vol = sorted((int(s), int(t), int(v)) for i, s, t, v in zip(
+        cols.series_index, cols.start_unix_nano, cols.time_unix_nano, cols.value, strict=True)
+        if series[i].metric == "DRB.PdcpSduVolumeDL")
+    begin0 = int(t0.timestamp()) * 10**9
+    p = 900 * 10**9
+    assert vol == [(begin0, begin0 + p, 1000), (begin0 + p, begin0 + 2 * p, 1001)]  # own periods
     vdef = next(s for s in series if s.metric == "DRB.PdcpSduVolumeDL")
-    assert vdef.counter_bits == 64
-    assert vdef.start_time_unix_nano == int(t0.timestamp()) * 10**9
+    assert vdef.kind == pb.DELTA
+    assert (vdef.counter_bits, vdef.start_time_unix_nano) == (0, 0)
     assert vdef.scale == 125_000.0
     assert {lab.name: lab.value for lab in vdef.labels} == {"cell": "101", "gnb": "gNB-Tokyo-1"}
     prb = next(s for s in series if s.metric == "RRU.PrbTotDl")

@@ -8,10 +8,12 @@ to failed/ with an error that names it; it never stops the agent.
 
 Both encodings of TS 32.435 are read: `<measTypes>a b</measTypes>` + `<measResults>1 2
 </measResults>` and `<measType p="1">a</measType>` + `<r p="1">1</r>`. PM counters in these
-files are per-period values (the volume *within* the period); the catalogue's counters are
-cumulative, so the source keeps a running sum per cell and measurement from the first period
-it saw (its `start_time_unix_nano`). Gauges keep the raw value and a `Series.scale` that turns
-it into the catalogue unit (percent -> ratio 0.01, kbit/s -> bytes/s 125, Mbit -> bytes 125000).
+files are per-period values (the volume *within* the period): they travel as DELTA samples
+over the period [begin, end) (telemetry.v1 DeltaColumns), never summed into a fake running
+counter; the other values as period gauges (PeriodGaugeColumns). Both bypass the
+aggregator's watermark (collector/aggregate/periods.py), so a file arriving minutes after its
+period is not late. Values keep their raw unit and a `Series.scale` that turns them into the
+catalogue unit (percent -> ratio 0.01, kbit/s -> bytes/s 125, Mbit -> bytes 125000).
 
 Where cells are read from is an adapter (`agent.sources.cell.adapter`): `pm_xml` (default)
 is the PM file reader above; `simulated` reads one site's cells from `collector simulate`'s
@@ -44,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, gauge_def
+from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, delta_def, gauge_def
 from collector.agent.config import CellSourceSettings
 from collector.agent.sources import Source, load_adapter
 from collector.errors import CollectorError, ConfigError
@@ -414,8 +416,6 @@ class CellSource(Source):
             raise ConfigError(f"the {PM_XML} adapter takes no options (it is configured by "
                               "pm_dir, pattern, settle_s, ...)", key="agent.sources.cell.options")
         self._reading_defs: dict[tuple[str, str, str, int, int], SeriesDef | None] = {}
-        # running sums of per-period counters: key -> (start ns, sum, last time)
-        self._acc: dict[tuple[str, str, str], tuple[int, int, int]] = {}
         self._defs: dict[tuple[str, str, str, int], SeriesDef] = {}
         self.files_done = 0
         self.files_failed = 0
@@ -489,38 +489,32 @@ class CellSource(Source):
             self._move(path, "done")
 
     def add_file(self, builder: BatchBuilder, pm: PmFile) -> None:
-        """Turn one parsed file into samples."""
-        for period, v in sorted(pm, key=lambda pv: pv[0].end_unix_nano):
+        """Turn one parsed file into period samples: counts as DELTA over [begin, end) (no
+        running sum: a repeated or older file is the same or its own period, which the
+        aggregator counts once), other values as period gauges."""
+        for period, v in pm:
             spec = PM_MEASUREMENTS.get(v.meas_type)
             if spec is None:
                 self.unknown_measurements += 1
                 continue
             labels = {"cell": v.cell, "gnb": v.gnb}
-            if not spec.counter:
-                d = self._defs.get((spec.metric, v.gnb, v.cell, 0))
-                if d is None:
-                    d = self._defs[(spec.metric, v.gnb, v.cell, 0)] = gauge_def(
-                        spec.metric, labels, unit=spec.unit, scale=spec.scale)
-                builder.gauge(d, period.end_unix_nano, float(v.value))
-                continue
-            if (isinstance(v.value, float) and not v.value.is_integer()) or v.value < 0:
-                log.warning("%s: counter %s of cell %s is %r, not a non-negative integer: skipped",
-                            pm.name, v.meas_type, v.cell, v.value)
-                continue
-            key = (spec.metric, v.gnb, v.cell)
-            start, total, last = self._acc.get(key, (period.begin_unix_nano, 0, 0))
-            total = (total + int(v.value)) % (1 << 64)
-            # A file older than one already read is folded in at the newest time seen,
-            # keeping the running sum monotonic in event time.
-            t = max(period.end_unix_nano, last)
-            self._acc[key] = (start, total, t)
-            dkey = (spec.metric, v.gnb, v.cell, start)
-            d = self._defs.get(dkey)
+            key = (spec.metric, v.gnb, v.cell, 1 if spec.counter else 0)
+            d = self._defs.get(key)
             if d is None:
-                d = self._defs[dkey] = counter_def(spec.metric, labels, unit=spec.unit, bits=64,
-                                                   start_time_unix_nano=start, scale=spec.scale)
-            builder.counter(d, t, total)
-
+                d = self._defs[key] = (
+                    delta_def(spec.metric, labels, unit=spec.unit, scale=spec.scale)
+                    if spec.counter else gauge_def(spec.metric, labels, unit=spec.unit,
+                                                   scale=spec.scale))
+            if not spec.counter:
+                builder.period_gauge(d, period.begin_unix_nano, period.end_unix_nano,
+                                     float(v.value))
+                continue
+            if (isinstance(v.value, float) and not v.value.is_integer()) or not \
+                    0 <= v.value < 1 << 64:
+                log.warning("%s: counter %s of cell %s is %r, not an integer in 0..2^64-1: "
+                            "skipped", pm.name, v.meas_type, v.cell, v.value)
+                continue
+            builder.delta(d, period.begin_unix_nano, period.end_unix_nano, int(v.value))
 
     def _reading_def(self, r: CellReading, meas: str, counter: bool) -> SeriesDef | None:
         key = (meas, r.gnb, r.cell, r.counter_bits if counter else 0,

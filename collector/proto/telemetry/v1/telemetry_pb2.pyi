@@ -32,6 +32,7 @@ class MetricKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     METRIC_KIND_UNSPECIFIED: _ClassVar[MetricKind]
     COUNTER: _ClassVar[MetricKind]
     GAUGE: _ClassVar[MetricKind]
+    DELTA: _ClassVar[MetricKind]
 OK: Code
 CANCELLED: Code
 UNKNOWN: Code
@@ -52,6 +53,7 @@ UNAUTHENTICATED: Code
 METRIC_KIND_UNSPECIFIED: MetricKind
 COUNTER: MetricKind
 GAUGE: MetricKind
+DELTA: MetricKind
 
 class Label(_message.Message):
     __slots__ = ("name", "value")
@@ -111,8 +113,32 @@ class GaugeColumns(_message.Message):
     value: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, series_index: _Optional[_Iterable[int]] = ..., time_unix_nano: _Optional[_Iterable[int]] = ..., value: _Optional[_Iterable[float]] = ...) -> None: ...
 
+class DeltaColumns(_message.Message):
+    __slots__ = ("series_index", "start_time_unix_nano", "time_unix_nano", "value")
+    SERIES_INDEX_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    series_index: _containers.RepeatedScalarFieldContainer[int]
+    start_time_unix_nano: _containers.RepeatedScalarFieldContainer[int]
+    time_unix_nano: _containers.RepeatedScalarFieldContainer[int]
+    value: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, series_index: _Optional[_Iterable[int]] = ..., start_time_unix_nano: _Optional[_Iterable[int]] = ..., time_unix_nano: _Optional[_Iterable[int]] = ..., value: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PeriodGaugeColumns(_message.Message):
+    __slots__ = ("series_index", "start_time_unix_nano", "time_unix_nano", "value")
+    SERIES_INDEX_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    series_index: _containers.RepeatedScalarFieldContainer[int]
+    start_time_unix_nano: _containers.RepeatedScalarFieldContainer[int]
+    time_unix_nano: _containers.RepeatedScalarFieldContainer[int]
+    value: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, series_index: _Optional[_Iterable[int]] = ..., start_time_unix_nano: _Optional[_Iterable[int]] = ..., time_unix_nano: _Optional[_Iterable[int]] = ..., value: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class Batch(_message.Message):
-    __slots__ = ("agent_id", "seq", "site", "boot_id", "created_unix_nano", "series", "counters", "gauges")
+    __slots__ = ("agent_id", "seq", "site", "boot_id", "created_unix_nano", "series", "counters", "gauges", "deltas", "period_gauges")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +147,8 @@ class Batch(_message.Message):
     SERIES_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     GAUGES_FIELD_NUMBER: _ClassVar[int]
+    DELTAS_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_GAUGES_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     seq: int
     site: Site
@@ -129,7 +157,9 @@ class Batch(_message.Message):
     series: _containers.RepeatedCompositeFieldContainer[Series]
     counters: CounterColumns
     gauges: GaugeColumns
-    def __init__(self, agent_id: _Optional[str] = ..., seq: _Optional[int] = ..., site: _Optional[_Union[Site, _Mapping]] = ..., boot_id: _Optional[str] = ..., created_unix_nano: _Optional[int] = ..., series: _Optional[_Iterable[_Union[Series, _Mapping]]] = ..., counters: _Optional[_Union[CounterColumns, _Mapping]] = ..., gauges: _Optional[_Union[GaugeColumns, _Mapping]] = ...) -> None: ...
+    deltas: DeltaColumns
+    period_gauges: PeriodGaugeColumns
+    def __init__(self, agent_id: _Optional[str] = ..., seq: _Optional[int] = ..., site: _Optional[_Union[Site, _Mapping]] = ..., boot_id: _Optional[str] = ..., created_unix_nano: _Optional[int] = ..., series: _Optional[_Iterable[_Union[Series, _Mapping]]] = ..., counters: _Optional[_Union[CounterColumns, _Mapping]] = ..., gauges: _Optional[_Union[GaugeColumns, _Mapping]] = ..., deltas: _Optional[_Union[DeltaColumns, _Mapping]] = ..., period_gauges: _Optional[_Union[PeriodGaugeColumns, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("seq", "seq_last", "code", "reason", "retry_after_ms")
