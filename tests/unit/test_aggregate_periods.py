@@ -94,7 +94,8 @@ def test_pm_period_is_published_as_its_own_window_while_live_data_is_far_ahead()
     assert _value(site, direction="dl", window="15m") == 7200 * 125_000 / 900
     # the audit trail has the period at its own end
     logged = [(w, c) for w, c, _ in feed.rows if w == 900 and len(c)]
-    assert logged and int(logged[0][1]["end"][0]) == T0 + P
+    assert logged
+    assert int(logged[0][1]["end"][0]) == T0 + P
 
 
 def test_repeated_period_counts_once_and_older_period_keeps_the_newest_published() -> None:
