@@ -85,7 +85,7 @@ async def test_agent_batches_land_in_topic_exactly_once_and_spool_empties(
     # cell KPIs from the PM file, link optical readings and declared counter widths end to end
     cells = pb.Batch.FromString(next(b.value for b in mine if b.seq == 1))
     assert {s.metric for s in cells.series} == {"DRB.PdcpSduVolumeDL", "RRU.PrbTotDl"}
-    assert sorted(wire.counter_columns(cells).value.tolist()) == [1000, 1001, 1002]
+    assert sorted(wire.delta_columns(cells).value.tolist()) == [1000, 1001, 1002]  # per period
     sample = pb.Batch.FromString(next(b.value for b in mine if b.seq == 2))
     assert any(s.metric == "link_optical_rx_power_dbm" for s in sample.series)
     assert all(s.counter_bits == 64 for s in sample.series if s.kind == pb.COUNTER)
