@@ -72,11 +72,14 @@ async def test_stream_readings_equal_the_device_model(target: GnmiTarget, certs:
         if r.in_octets is None:  # a reading of gauges only (an update between two samples)
             continue
         o = dev.octets(port, k)
-        assert r.in_octets == o and r.in_octets > 2**53 and r.out_octets == o // 2
+        assert r.in_octets == o
+        assert r.in_octets > 2**53
+        assert r.out_octets == o // 2
         assert r.in_packets == o // 1000 + o // 100_000 + 7  # unicast + multicast + broadcast
         assert r.out_packets == o // 2000  # out-pkts as sent
         assert (r.in_errors, r.in_discards) == (k, 2 * k)
-        assert r.counter_bits == 64 and r.counter_start_unix_nano == dev.last_clear(k) == 0
+        assert r.counter_bits == 64
+        assert r.counter_start_unix_nano == dev.last_clear(k) == 0
         assert r.oper_up is True
     r1 = next(r for r in got if r.name == "r1:et-0/0/1" and r.rx_power_dbm is not None)
     assert r1.media == "optical"
@@ -85,7 +88,8 @@ async def test_stream_readings_equal_the_device_model(target: GnmiTarget, certs:
     assert r1.laser_bias_amperes == pytest.approx(0.007)
     assert (r1.prefec_ber, r1.osnr_db) == (1.5e-9, 31.5)
     r2 = next(r for r in got if r.name == "r1:et-0/0/2" and r.speed_bytes_per_second)
-    assert r2.speed_bytes_per_second == 10 * 10**9 // 8 and r2.rx_power_dbm is None
+    assert r2.speed_bytes_per_second == 10 * 10**9 // 8
+    assert r2.rx_power_dbm is None
     # what the target was asked for: SAMPLE at the interval, ON_CHANGE for oper-status
     req = target.requests[0].subscribe
     assert req.mode == g.SubscriptionList.STREAM
@@ -180,8 +184,10 @@ async def test_wrong_password_is_counted_and_never_logged(target: GnmiTarget, ce
         assert await a.read() == []
     finally:
         await a.close()
-    assert "gnmi target r1" in caplog.text and "unauthenticated" in caplog.text
-    assert wrong not in caplog.text and PASSWORD not in caplog.text
+    assert "gnmi target r1" in caplog.text
+    assert "unauthenticated" in caplog.text
+    assert wrong not in caplog.text
+    assert PASSWORD not in caplog.text
     assert wrong not in repr(a)
 
 
@@ -203,7 +209,8 @@ async def test_a_stalled_target_is_reconnected_without_holding_up_another(
         await a.read()
         assert await eventually(lambda: a.targets["stalled"].errors.get("stalled", 0) >= 2,
                                 within=60)
-        assert a.targets["live"].polls > 20 and not a.targets["live"].errors
+        assert a.targets["live"].polls > 20
+        assert not a.targets["live"].errors
         assert await eventually(lambda: stalled.streams >= 3, within=30)  # reopened each time
     finally:
         await a.close()
