@@ -1,0 +1,221 @@
+"""PM files end to end with the shipped example config's source mix.
+
+`collector agent` configured from deploy/agent.example.yaml (server + link + cell/pm_xml
+sources; only addresses, paths and intervals changed) -> ingest over TLS -> Tansu -> the
+aggregator: while the same site's live host and link samples keep its watermark at "now",
+TS 32.435 files whose periods ended minutes ago publish the cell metrics computed from the
+files' values, a repeated file counts once, an older file does not change what is published,
+and no sample is dropped late.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from collector.agent.sources.cell import render_meas_collec
+from collector.aggregate.service import Aggregator
+from collector.broker import EmbeddedBroker
+from collector.config import load_settings
+from collector.devcerts import DevCerts
+from tests.agent_support import Proc, agent_tls, write_yaml
+from tests.aggregate_support import http_request
+from tests.ingest_support import ingest_settings, started, token_for
+
+REPO = Path(__file__).resolve().parents[2]
+GNB = "gNB-Tokyo-1"
+PERIOD_S = 900
+
+
+def _cells(k: int) -> dict[str, dict[str, float | int]]:
+    """The values of period k (k = 0 newest) of two cells, as a gNB would write them."""
+    out: dict[str, dict[str, float | int]] = {}
+    for c, cell in enumerate(("101", "102")):
+        out[cell] = {
+            "DRB.PdcpSduVolumeDL": 9000 + 1000 * c + 7 * k,  # Mbit in the period
+            "DRB.PdcpSduVolumeUL": 1200 + 100 * c + k,
+            "DRB.UEThpDl": 85_000.5 + c,  # kbit/s
+            "DRB.UEThpUl": 12_000.0 + c,
+            "RRU.PrbTotDl": 61.5 - k + c,  # percent
+            "RRU.PrbTotUl": 22.0 + c,
+            "RRC.ConnMean": 37 + c,
+            "RRC.ConnMax": 60 + c,
+            "MM.HoExeIntraReq": 120 + c,
+            "MM.HoExeIntraSucc": 114 + c - k,
+            "L1M.SS-RSRP": -88.5 - c,
+        }
+    return out
+
+
+Key = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def _expected(cells: dict[str, dict[str, float | int]]) -> dict[Key, float]:
+    """Cell metric -> value, computed from the file values alone (units: TS 28.552)."""
+    want: dict[Key, float] = {}
+    for cell, v in cells.items():
+        base = (("cell", cell), ("gnb", GNB), ("window", "15m"))
+
+        def put(name: str, value: float, *extra: tuple[str, str], base: Any = base) -> None:
+            want[(name, tuple(sorted((*base, *extra))))] = value
+
+        for d, m in (("dl", "DL"), ("ul", "UL")):
+            put("edge_cell_throughput_bytes_per_second",
+                v[f"DRB.PdcpSduVolume{m}"] * 125_000 / PERIOD_S, ("direction", d))
+            put("edge_cell_user_throughput_bytes_per_second",
+                v[f"DRB.UEThp{m.title()}"] * 125, ("direction", d), ("stat", "avg"))
+            put("edge_cell_prb_utilization_ratio", v[f"RRU.PrbTot{m.title()}"] * 0.01,
+                ("direction", d), ("stat", "avg"))
+        put("edge_cell_connected_users", v["RRC.ConnMean"], ("stat", "avg"))
+        put("edge_cell_connected_users_peak", v["RRC.ConnMax"], ("stat", "max"))
+        put("edge_cell_handover_attempts_per_second", v["MM.HoExeIntraReq"] / PERIOD_S)
+        put("edge_cell_handover_success_ratio", v["MM.HoExeIntraSucc"] / v["MM.HoExeIntraReq"])
+        put("edge_cell_ss_rsrp_dbm", v["L1M.SS-RSRP"], ("stat", "avg"))
+    return want
+
+
+def _published(text: str) -> dict[Key, float]:
+    out: dict[Key, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name.startswith("edge_cell_"):
+                labels = tuple(sorted((k, v) for k, v in s.labels.items()
+                                      if k not in ("site", "country", "region")))
+                out[(s.name, labels)] = s.value
+    return out
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return float("nan")
+
+
+def _write(pm: Path, name: str, k: int, newest_end: dt.datetime) -> None:
+    begin = newest_end - dt.timedelta(seconds=PERIOD_S * (k + 1))
+    path = pm / name
+    tmp = pm / f".{name}.part"
+    tmp.write_bytes(render_meas_collec(begin=begin, duration_s=PERIOD_S, element=GNB,
+                                       cells=_cells(k), positional=k % 2 == 1))
+    old = time.time() - 60  # settled
+    os.utime(tmp, (old, old))
+    tmp.rename(path)
+
+
+def _agent_config(tmp: Path, certs: DevCerts, ingest_port: int) -> Path:
+    cfg: dict[str, Any] = yaml.safe_load((REPO / "deploy/agent.example.yaml").read_text())
+    a = cfg["agent"]
+    a["ingest"] = agent_tls(certs, f"127.0.0.1:{ingest_port}", token_for(a["site"]["site_id"]),
+                            server_name="localhost")
+    a["spool"].update(dir=str(tmp / "spool"), max_bytes=64 * 1024 * 1024)
+    a["metrics_listen"] = "127.0.0.1:0"
+    src = a["sources"]
+    assert {n for n, s in src.items() if s.get("enabled")} == {"server", "link", "cell"}
+    assert src["cell"]["adapter"] == "pm_xml"
+    for name in ("server", "link", "cell"):
+        src[name]["interval_s"] = 1  # the example's mix, faster
+    src["cell"]["pm_dir"] = str(tmp / "pm")
+    return write_yaml(tmp / "agent.yaml", cfg)
+
+
+async def test_example_config_publishes_pm_cell_metrics_while_live_data_flows(
+    broker: EmbeddedBroker, topic: str, certs: DevCerts, tmp_path: Path
+) -> None:
+    server = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic))
+    settings = load_settings(
+        kafka={"topic": topic, "dead_letter_topic": f"{topic}.dlq"},
+        aggregate={"metrics_listen": "127.0.0.1:0", "group_id": f"g-{topic}",
+                   "state_topic": f"{topic}.state", "checkpoint_interval_s": 0.5,
+                   "session_timeout_ms": 3000, "heartbeat_interval_ms": 500})
+    pm = tmp_path / "pm"
+    pm.mkdir()
+    # Periods end on a 15-min boundary at least 5 minutes ago: the file "arrives late".
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    newest_end = (now - dt.timedelta(minutes=5)).replace(second=0)
+    newest_end -= dt.timedelta(minutes=newest_end.minute % 15)
+    agent = Proc(["agent", "--config", str(_agent_config(tmp_path, certs, server.port))],
+                 tmp_path / "agent.log")
+    async with Aggregator(settings, bootstrap=broker.bootstrap, registry=CollectorRegistry()) as agg:
+        try:
+            await agent.start()
+            text = ""
+
+            async def scrape() -> str:
+                nonlocal text
+                status, _, body = await http_request(agg.metrics_port)
+                assert status == 200
+                text = body.decode()
+                return text
+
+            # live host data flows first: the site's watermark is at "now"
+            async def live() -> bool:
+                return "edge_host_cpu_utilization_ratio{" in await scrape()
+
+            assert await _eventually_async(live, 90), text[-3000:]
+            # period k=1 (older) and k=0 (newest) arrive minutes after their periods
+            _write(pm, "A1.xml", 1, newest_end)
+            _write(pm, "A0.xml", 0, newest_end)
+            want = _expected(_cells(0))
+
+            async def cells_published() -> bool:
+                got = _published(await scrape())
+                return all(k in got for k in want)
+
+            assert await _eventually_async(cells_published, 90), text[-3000:]
+            got = _published(text)
+            for key, value in want.items():
+                assert abs(got[key] - value) <= 1e-12 * abs(value), (key, got[key], value)
+            received = _sample(text, "collector_site_samples_received_total", site="jp-tokyo-01")
+            # a repeated file (same periods, another name) and an older one (k=2)
+            shutil.copy(pm / "done" / "A0.xml", pm / "A0-again.xml")
+            os.utime(pm / "A0-again.xml", (time.time() - 60, time.time() - 60))
+            _write(pm, "A2.xml", 2, newest_end)
+            n_values = sum(len(v) for v in _cells(0).values())
+
+            async def settled() -> bool:
+                t = await scrape()
+                return (_sample(t, "collector_site_samples_dropped_total", site="jp-tokyo-01",
+                                reason="duplicate") >= n_values
+                        and _sample(t, "collector_site_samples_received_total",
+                                    site="jp-tokyo-01") >= received + n_values)
+
+            assert await _eventually_async(settled, 90), text[-3000:]
+            assert _sample(text, "collector_site_samples_dropped_total", site="jp-tokyo-01",
+                           reason="duplicate") == n_values
+            got = _published(text)
+            for key, value in want.items():  # still the newest period's figures
+                assert abs(got[key] - value) <= 1e-12 * abs(value), (key, got[key], value)
+            for reason in ("late", "too_old", "overlap", "rejected", "unknown_metric"):
+                assert _sample(text, "collector_site_samples_dropped_total", site="jp-tokyo-01",
+                               reason=reason) == 0, reason
+            assert sorted(p.name for p in (pm / "done").iterdir()) == [
+                "A0-again.xml", "A0.xml", "A1.xml", "A2.xml"]
+            # live data kept flowing all along
+            assert "edge_host_cpu_utilization_ratio{" in text
+        finally:
+            assert await agent.terminate() == 0, agent.log()
+            await server.stop()
+
+
+async def _eventually_async(pred: Any, within: float) -> bool:
+    import asyncio
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await pred():
+            return True
+        await asyncio.sleep(0.25)
+    return False
+
+
+
