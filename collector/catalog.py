@@ -115,6 +115,9 @@ METRICS: tuple[MetricSpec, ...] = (
        "NIC rx drops."),
     _m("node_network_transmit_drop_total", SERVER, C, "packets", ("host", "device"),
        "NIC tx drops."),
+    _m("node_rapl_joules_total", SERVER, C, "joules", ("host", "device"),
+       "RAPL energy per zone (device = package-N or package-N-dram); raw value in microjoules "
+       "(see Series.scale), unwrapped at max_energy_range_uj by the agent."),
 )
 
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}

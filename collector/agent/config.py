@@ -116,6 +116,14 @@ class ServerSourceSettings(_Section):
                                 description="File system types whose space is reported.")
     disk_exclude: list[str] = Field(["loop*", "ram*", "sr*", "dm-*"], description="Block devices "
                                     "(fnmatch patterns) not reported.")
+    rapl: bool = Field(True, description="Send RAPL energy counters (host power) from "
+                       "/sys/class/powercap/intel-rapl:* when readable (energy_uj is root-only "
+                       "on kernels since 5.10; absent zones send nothing).")
+    rapl_max_watts: float = Field(1000.0, gt=0, description="Highest plausible power of one "
+                                  "RAPL zone: a read gap in which this power could have wrapped "
+                                  "the counter (max_energy_range_uj, ~262 kJ on most CPUs) "
+                                  "starts it over instead of guessing how many wraps it hides. "
+                                  "Keep interval_s x this well below the range.")
 
 
 class LinkSourceSettings(_Section):

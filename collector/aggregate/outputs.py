@@ -185,6 +185,12 @@ def _families() -> list[Family]:
         Family("edge_site_host_network_throughput_bytes_per_second", "gauge", "bytes/s",
                (*SITE, "direction", "window"), "Sum of the site's host NIC throughputs.",
                "`node_network_*_bytes_total`"),
+        Family("edge_host_power_watts", "gauge", "watts", (*SITE, "host", "window"),
+               "Host power from its RAPL energy counters (packages + DRAM), average over the "
+               "window.", "`node_rapl_joules_total`"),
+        Family("edge_site_power_watts", "gauge", "watts", (*SITE, "window"),
+               "Sum of the site's host power (hosts with RAPL counters only).",
+               "`node_rapl_joules_total`"),
         Family("edge_site_cell_connected_users", "gauge", "users", (*SITE, "window"),
                "Sum over the site's cells of mean RRC-connected users.", "`RRC.ConnMean`"),
         Family("edge_site_cell_availability_ratio", "gauge", "ratio", (*SITE, "window"),
@@ -302,6 +308,7 @@ def build_frames(states: Iterable[PartitionView]) -> dict[str, pl.DataFrame]:
             put(str(fam), part.rename({"rate": "value"}))
         _site_sums(r, put)
         _derived_counters(c, put)
+        _power(rated, put)
     if gs:
         g = pl.concat(gs, how="diagonal_relaxed")
         gm = g.join(_GAUGE_MAP, on="metric_i")
@@ -354,6 +361,17 @@ def _derived_counters(c: pl.DataFrame, put: Put) -> None:
             total=secs.sum(), idle=secs.filter(pl.col("mode") == "idle").sum())
         put("edge_host_cpu_utilization_ratio", agg.filter(pl.col("total") > 0).with_columns(
             value=(1.0 - pl.col("idle") / pl.col("total")).clip(0.0, 1.0)))
+
+
+def _power(rated: pl.DataFrame, put: Put) -> None:
+    """Watts = joules per second of a host's RAPL zones, summed per host and per site."""
+    e = rated.filter(pl.col("metric_i") == _M["node_rapl_joules_total"])
+    if not len(e):
+        return
+    hosts = e.group_by("site", "country", "region", "host", "window").agg(value=pl.col("rate").sum())
+    put("edge_host_power_watts", hosts)
+    put("edge_site_power_watts",
+        hosts.group_by("site", "country", "region", "window").agg(value=pl.col("value").sum()))
 
 
 def _derived_gauges(g: pl.DataFrame, put: Put) -> None:

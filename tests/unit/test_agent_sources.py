@@ -82,8 +82,13 @@ async def test_server_source_covers_every_server_metric_of_the_catalogue(
     monkeypatch.setattr(server_mod.psutil, "disk_partitions", lambda **_: [part])
     monkeypatch.setattr(server_mod.psutil, "disk_usage",
                         lambda _: SimpleNamespace(total=1000, free=600))
+    rapl = tmp_path / "powercap" / "intel-rapl:0"  # host power (RAPL): one package zone
+    rapl.mkdir(parents=True)
+    for f, v in (("name", "package-0"), ("max_energy_range_uj", "262143328850"),
+                 ("energy_uj", "12345")):
+        (rapl / f).write_text(v + "\n")
     src = ServerSource(ServerSourceSettings(host="edge-1"), boot_time_unix_nano=123,
-                       proc_stat=stat)
+                       proc_stat=stat, powercap=rapl.parent)
     b = BatchBuilder("a", SITE, "boot")
     await src.collect(b, time.time_ns())
     batch = _batch(b)
@@ -106,8 +111,10 @@ async def test_server_source_covers_every_server_metric_of_the_catalogue(
              for lab in s.labels if lab.name == "mode"}
     assert modes == set(server_mod.CPU_MODES)
     assert value("node_cpu_seconds_total", cpu="0", mode="steal") == 8
-    devices = {lab.value for s in batch.series for lab in s.labels if lab.name == "device"}
+    devices = {lab.value for s in batch.series for lab in s.labels if lab.name == "device"
+               and s.metric != "node_rapl_joules_total"}
     assert devices == {"sda", "eth0"}  # loop* and lo are excluded by default
+    assert value("node_rapl_joules_total", device="package-0") == 12345  # µJ, scale 1e-6
 
 
 def test_proc_stat_parser_reads_per_cpu_ticks(tmp_path: Path) -> None:
