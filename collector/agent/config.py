@@ -131,18 +131,19 @@ class LinkSourceSettings(_Section):
     interval_s: float = Field(10.0, gt=0, description="Collection interval.")
     priority: int = Field(1, ge=0, le=9, description="Spool priority of these batches.")
     adapter: str = Field("linux", description="Where links are read: 'linux' (/sys/class/net), "
-                         "'simulated' (one site's links of the simulator's model), 'synthetic' "
-                         "(deterministic test links) or 'package.module:Class' implementing "
-                         "collector.agent.sources.link.LinkAdapter.")
+                         "'snmp' (IF-MIB of SNMP v2c/v3 devices), 'gnmi' (OpenConfig over gNMI "
+                         "Subscribe), 'simulated' (one site's links of the simulator's model), "
+                         "'synthetic' (deterministic test links) or 'package.module:Class' "
+                         "implementing collector.agent.sources.link.LinkAdapter.")
     include: list[str] = Field(["*"], description="Link names (fnmatch patterns) reported.")
     exclude: list[str] = Field(["lo"], description="Link names (fnmatch patterns) not reported.")
     media: dict[str, Literal["optical", "copper"]] = Field(
         {}, description="Media per link name pattern; links without a match are 'copper' unless "
         "the adapter knows better.")
-    options: dict[str, Any] = Field({}, description="Adapter-specific options (e.g. "
-                                    "synthetic: {links: 100, optical_every: 2}; simulated: "
-                                    "{seed: 1, country: JP, site: 0, links: 8, interval_s: "
-                                    "10}).")
+    options: dict[str, Any] = Field({}, description="Adapter-specific options (snmp, gnmi: "
+                                    "{targets: [...]}, see docs/agent.md; synthetic: {links: "
+                                    "100, optical_every: 2}; simulated: {seed: 1, country: JP, "
+                                    "site: 0, links: 8, interval_s: 10}).")
 
 
 class CellSourceSettings(_Section):

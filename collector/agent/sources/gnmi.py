@@ -235,7 +235,7 @@ def as_counter(v: Any) -> int | None:
         return None
     if isinstance(v, int):
         return v if 0 <= v <= _M64 else None
-    if isinstance(v, str) and v.isdigit():
+    if isinstance(v, str) and v.isascii() and v.isdigit():
         n = int(v)
         return n if n <= _M64 else None
     return None
