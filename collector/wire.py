@@ -76,6 +76,39 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
             raise ProtocolError("varint too long in columns")
 
 
+def skip_field(buf: bytes, pos: int, wire_type: int, number: int = 0) -> int:
+    """Position after the payload of a field whose key ended at `pos` (any wire type).
+
+    Unknown fields are legal protobuf (what a future telemetry.v1 field looks like to an
+    older reader), so readers skip them instead of failing. Groups (wire types 3/4, long
+    deprecated but still legal) are skipped up to their matching end key.
+    """
+    if wire_type == 0:
+        return _varint(buf, pos)[1]
+    if wire_type == 1:
+        end = pos + 8
+    elif wire_type == 2:
+        length, pos = _varint(buf, pos)
+        end = pos + length
+    elif wire_type == 5:
+        end = pos + 4
+    elif wire_type == 3:
+        while True:
+            if pos >= len(buf):
+                raise ProtocolError("unterminated group in columns")
+            key, pos = _varint(buf, pos)
+            if key & 7 == 4:
+                if key >> 3 != number:
+                    raise ProtocolError("mismatched group end in columns")
+                return pos
+            pos = skip_field(buf, pos, key & 7, key >> 3)
+    else:
+        raise ProtocolError(f"invalid wire type {wire_type} in columns")
+    if end > len(buf):
+        raise ProtocolError("truncated field in columns")
+    return end
+
+
 def _columns(raw: bytes, fields: dict[int, np.dtype[Any]]) -> Columns:
     a = _arrays(raw, fields)
     return Columns(a[0], a[1], a[2])
@@ -83,21 +116,23 @@ def _columns(raw: bytes, fields: dict[int, np.dtype[Any]]) -> Columns:
 
 def _arrays(raw: bytes, fields: dict[int, np.dtype[Any]]) -> list[npt.NDArray[Any]]:
     # `raw` is the canonical re-serialisation of a *Columns message by the protobuf runtime:
-    # each repeated field appears once, packed (proto3 default), in field order. Unpacked or
-    # split encodings from an agent were already normalised by parsing; the loop still
-    # accepts repeats so a different runtime cannot make it wrong.
+    # each known repeated field appears once, packed (proto3 default), in field order, and
+    # unknown fields (kept by the runtime) follow. Unpacked or split encodings from an agent
+    # were already normalised by parsing; the loop still accepts repeats so a different
+    # runtime cannot make it wrong. A field this reader does not know (a newer contract's
+    # addition, or a known number with an unexpected wire type, which the runtime also kept
+    # as unknown) is skipped: the contract evolves by adding fields.
     got: list[npt.NDArray[Any] | None] = [None] * len(fields)
     pos = 0
     end = len(raw)
     while pos < end:
-        key = raw[pos]
-        if key & 0x80:  # field numbers 1..4 always fit one byte
-            raise ProtocolError(f"unexpected field key {key} in columns")
+        key, pos = _varint(raw, pos)
         number, wire_type = key >> 3, key & 7
         dtype = fields.get(number)
         if wire_type != 2 or dtype is None:
-            raise ProtocolError(f"unexpected field {number} (wire type {wire_type}) in columns")
-        length, pos = _varint(raw, pos + 1)
+            pos = skip_field(raw, pos, wire_type, number)
+            continue
+        length, pos = _varint(raw, pos)
         if pos + length > end:
             raise ProtocolError("truncated packed column")
         if length % dtype.itemsize:
@@ -147,6 +182,29 @@ def parse_batch(data: bytes) -> pb.Batch:
     except Exception as exc:  # protobuf raises DecodeError, but upb may raise others
         raise ProtocolError(f"not a telemetry.v1.Batch: {exc}") from exc
     return batch
+
+
+def peek_seq(data: bytes) -> int:
+    """Best-effort `seq` (field 2) of bytes that did not parse as a Batch; 0 when unknown.
+
+    Walks the top-level fields until the first one that is malformed, so a batch broken
+    after its header still has its nack tied to its seq (see Ack in the .proto).
+    """
+    pos = 0
+    seq = 0
+    try:
+        while pos < len(data):
+            key, pos = _varint(data, pos)
+            number, wire_type = key >> 3, key & 7
+            if number == 0:
+                break
+            if number == 2 and wire_type == 0:
+                seq, pos = _varint(data, pos)
+                continue
+            pos = skip_field(data, pos, wire_type, number)
+    except ProtocolError:
+        pass
+    return seq if 0 < seq < 2**64 else 0
 
 
 def _varint_bytes(n: int) -> bytes:

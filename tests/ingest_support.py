@@ -248,3 +248,35 @@ class MiniAgent:
             if len(self.acked_at) < self.total:
                 self.reconnects += 1
                 await asyncio.sleep(0.2)
+
+
+# ---- unknown fields (forward compatibility) ---------------------------------------------
+
+LEVELS = ("top", "site", "series", "label", "counters", "gauges")
+
+
+def unknown_field(number: int, wire_type: int, payload: bytes = b"x") -> bytes:
+    """Encoded bytes of one field `number` that telemetry.v1 does not define."""
+    from collector.wire import _varint_bytes as v
+
+    key = v(number << 3 | wire_type)
+    if wire_type == 0:
+        return key + v(int.from_bytes(payload[:8] or b"\x01", "little"))
+    if wire_type == 1:
+        return key + (payload + bytes(8))[:8]
+    if wire_type == 5:
+        return key + (payload + bytes(4))[:4]
+    if wire_type == 3:  # a group holding one length-delimited field
+        return key + v(1 << 3 | 2) + v(len(payload)) + payload + v(number << 3 | 4)
+    return key + v(len(payload)) + payload
+
+
+def with_unknown(batch: pb.Batch, level: str, extra: bytes) -> bytes:
+    """`batch` serialised with `extra` (raw field bytes) appended to the message at `level`."""
+    b = pb.Batch()
+    b.CopyFrom(batch)
+    target = {"top": lambda: b, "site": lambda: b.site, "series": lambda: b.series[0],
+              "label": lambda: b.series[0].labels[0], "counters": lambda: b.counters,
+              "gauges": lambda: b.gauges}[level]()
+    target.MergeFromString(extra)  # the runtime keeps it as an unknown field
+    return b.SerializeToString()

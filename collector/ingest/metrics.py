@@ -57,6 +57,11 @@ class IngestMetrics:
         self.batches_rejected = Counter(
             PREFIX + "batches_rejected", "Batches answered with a non-OK ack, by reason.",
             ["reason"], registry=registry)
+        self.batches_repeated = Counter(
+            PREFIX + "batches_repeated",
+            "Batches whose seq was not above every earlier seq of the same stream (a resend); "
+            "stored again (the aggregator drops the copy) and acked on their own.",
+            registry=registry)
         self.samples_rejected = Counter(
             PREFIX + "samples_rejected", "Samples in valid batches that Kafka did not take, by reason.",
             ["reason"], registry=registry)

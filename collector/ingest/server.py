@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from collector import wire
 from collector.config import IngestSettings, Settings
-from collector.errors import BrokerError, ConfigError, ValidationError
+from collector.errors import BrokerError, ConfigError, ProtocolError, ValidationError
 from collector.ingest.auth import TokenStore
 from collector.ingest.metrics import IngestMetrics
 from collector.ingest.producer import Delivery, KafkaWriter
@@ -115,6 +115,7 @@ class _Pending:
     budgeted: bool = False
     kafka: bool = False  # went to the Kafka stage
     release: Callable[[], None] | None = None  # returns the stream's in-flight slot
+    fresh: bool = True  # seq above every seq read before on this stream (may start/join a range)
 
 
 @dataclass(slots=True, eq=False)
@@ -126,6 +127,9 @@ class _StreamState:
     reader_done: bool = False
     reader: asyncio.Task[None] | None = None
     table: tuple[Any, TableInfo] | None = None  # last validated series table
+    high_seq: int = 0  # highest seq read on this stream
+    # set when the stream must end with a non-OK status once every read batch is answered
+    failure: tuple[grpc.StatusCode, str] | None = None
 
 
 class IngestServer:
@@ -354,6 +358,9 @@ class IngestServer:
                     await st.reader
             while st.pending:  # the client went away: still release budgets when Kafka answers
                 await self._finish(st.pending.popleft())
+        if st.failure is not None:
+            # Every batch read was answered above; the status says why no more are read.
+            await context.abort(*st.failure)
 
     async def _read(self, requests: AsyncIterator[bytes], st: _StreamState) -> None:
         per_stream = asyncio.Semaphore(self.cfg.max_inflight_per_stream)
@@ -364,46 +371,69 @@ class IngestServer:
                 totals.batches_received += 1
                 totals.received_bytes += len(raw)
                 await per_stream.acquire()
-                item = await self._admit(raw, st)
+                try:
+                    item = await self._admit(raw, st)
+                except Exception as exc:  # a bug, never bad input: answer the batch anyway
+                    item = self._internal_error(raw, exc)
                 item.release = per_stream.release  # the slot returns when the ack is decided
                 if item.delivery is not None:
                     item.delivery.future.add_done_callback(lambda _f: st.changed.set())
                 st.pending.append(item)
                 st.changed.set()
+        except Exception as exc:  # the request stream itself failed: end with a status
+            log.exception("reading stream from %s failed", st.peer)
+            st.failure = (grpc.StatusCode.INTERNAL, f"ingest could not read the stream: {exc!r}")
         finally:
             st.reader_done = True
             st.changed.set()
+
+    def _internal_error(self, raw: bytes, exc: Exception) -> _Pending:
+        log.error("internal error on a batch (answered INTERNAL, retriable): %r", exc,
+                  exc_info=exc)
+        self.metrics.batches_rejected.labels("internal").inc()
+        return _Pending(seq=wire.peek_seq(raw), nbytes=len(raw), samples=0, result=(
+            pb.INTERNAL, f"internal error in the ingest service ({type(exc).__name__}); "
+            "not stored, retry later", "internal"))
 
     async def _admit(self, raw: bytes, st: _StreamState) -> _Pending:
         """Parse, validate, authorise and start producing one batch."""
         try:
             batch = wire.parse_batch(raw)
-        except Exception as exc:  # ProtocolError; anything else from the parser is still bad input
+        except ProtocolError as exc:
             self.metrics.batches_rejected.labels("decode").inc()
-            return _Pending(seq=0, nbytes=len(raw), samples=0,
-                            result=(pb.INVALID_ARGUMENT, f"not a telemetry.v1.Batch: {exc}", "decode"))
+            return _Pending(seq=wire.peek_seq(raw), nbytes=len(raw), samples=0,
+                            result=(pb.INVALID_ARGUMENT, str(exc), "decode"))
         seq = batch.seq
+        fresh = seq > st.high_seq
+        if fresh:
+            st.high_seq = seq
+        else:
+            self.metrics.batches_repeated.inc()
         try:
             known = st.table if st.table is not None and batch.series == st.table[0] else None
             checked, info = validate(batch, self.limits, time.time_ns(),
                                      known[1] if known else None)
         except ValidationError as exc:
             self.metrics.batches_rejected.labels(exc.rule).inc()
-            return _Pending(seq=seq, nbytes=len(raw), samples=0,
+            return _Pending(seq=seq, nbytes=len(raw), samples=0, fresh=fresh,
                             result=(pb.Code.Value(exc.code), exc.reason, exc.rule))
         if known is None:
             st.table = (batch.series, info)
         if st.site is not None and batch.site.site_id != st.site:
             self.metrics.batches_rejected.labels("permission_denied").inc()
-            return _Pending(seq=seq, nbytes=len(raw), samples=0, result=(
+            return _Pending(seq=seq, nbytes=len(raw), samples=0, fresh=fresh, result=(
                 pb.PERMISSION_DENIED,
                 f"site.site_id {batch.site.site_id!r} is not the token's site {st.site!r}",
                 "permission_denied"))
         self.metrics.totals.samples_received += checked.samples
-        item = _Pending(seq=seq, nbytes=len(raw), samples=checked.samples)
+        item = _Pending(seq=seq, nbytes=len(raw), samples=checked.samples, fresh=fresh)
         await self._inflight.acquire()
-        await self._bytes.acquire(len(raw))
-        item.budgeted = item.kafka = True
+        try:
+            await self._bytes.acquire(len(raw))
+        except BaseException:
+            self._inflight.release()
+            raise
+        item.budgeted = item.kafka = True  # from here on _finish returns the budgets
         self._inflight_count += 1
         self._inflight_nbytes += len(raw)
         assert self._writer is not None
@@ -412,6 +442,14 @@ class IngestServer:
                                                     batch.agent_id, seq)
         except BrokerError as exc:
             item.result = _broker_failure(exc)
+        except Exception as exc:  # a bug in the produce path: the batch is still answered
+            log.error("produce failed unexpectedly: %r", exc, exc_info=exc)
+            item.result = (pb.INTERNAL, f"internal error in the ingest service "
+                           f"({type(exc).__name__}); not stored, retry later", "internal")
+        except BaseException:  # cancelled (stream ended): nobody will finish this item
+            item.result = (pb.CANCELLED, "stream ended", "cancelled")
+            await self._finish(item)
+            raise
         return item
 
     async def _finish(self, item: _Pending) -> tuple[int, str, str]:
@@ -425,6 +463,10 @@ class IngestServer:
                     item.result = (pb.OK, "", "")
                 except BrokerError as exc:
                     item.result = _broker_failure(exc)
+                except Exception as exc:  # never leave a batch unanswered
+                    log.error("waiting for Kafka failed unexpectedly: %r", exc, exc_info=exc)
+                    item.result = (pb.INTERNAL, f"internal error in the ingest service "
+                                   f"({type(exc).__name__}); not stored, retry later", "internal")
             assert item.result is not None
             result = item.result
         finally:
@@ -447,6 +489,7 @@ class IngestServer:
         return result
 
     async def _acks(self, st: _StreamState) -> AsyncIterator[pb.Ack]:
+        """One ack per batch read, in arrival order (see Ack in the .proto for the rules)."""
         while True:
             while not st.pending:
                 if st.reader_done:
@@ -455,21 +498,31 @@ class IngestServer:
                 await st.changed.wait()
             head = st.pending.popleft()
             code, reason, _rule = await self._finish(head)
-            if code != pb.OK:
+            if code != pb.OK or not head.fresh:
                 yield pb.Ack(seq=head.seq, seq_last=head.seq, code=code, reason=reason,  # type: ignore[arg-type]
                              retry_after_ms=RETRY_AFTER_MS if code in _RETRIABLE else 0)
                 continue
             last = head.seq
             # Coalesce following batches that are already stored and carry the next seqs.
+            # Only seqs above every earlier seq of the stream join a range, so ranges of one
+            # stream never overlap; a repeated or backwards seq gets an ack of its own.
+            nack: pb.Ack | None = None
             while st.pending:
                 nxt = st.pending[0]
-                if (nxt.seq != last + 1 or nxt.delivery is None or not nxt.delivery.future.done()
-                        or nxt.delivery.future.exception() is not None):
+                fut = nxt.delivery.future if nxt.delivery is not None else None
+                if (nxt.seq != last + 1 or not nxt.fresh or fut is None or not fut.done()
+                        or fut.cancelled() or fut.exception() is not None):
                     break
                 st.pending.popleft()
-                await self._finish(nxt)
+                ncode, nreason, _ = await self._finish(nxt)
+                if ncode != pb.OK:  # the future was OK, so only an internal error gets here
+                    nack = pb.Ack(seq=nxt.seq, seq_last=nxt.seq, code=ncode,  # type: ignore[arg-type]
+                                  reason=nreason, retry_after_ms=RETRY_AFTER_MS)
+                    break
                 last = nxt.seq
             yield pb.Ack(seq=head.seq, seq_last=last, code=pb.OK)
+            if nack is not None:
+                yield nack
 
 
 def _broker_failure(exc: BrokerError) -> tuple[int, str, str]:
@@ -478,4 +531,4 @@ def _broker_failure(exc: BrokerError) -> tuple[int, str, str]:
     return (pb.UNAVAILABLE, f"not stored: {exc}", "kafka_error")
 
 
-_RETRIABLE = {pb.UNAVAILABLE, pb.DEADLINE_EXCEEDED, pb.RESOURCE_EXHAUSTED}
+_RETRIABLE = {pb.UNAVAILABLE, pb.DEADLINE_EXCEEDED, pb.RESOURCE_EXHAUSTED, pb.INTERNAL}
