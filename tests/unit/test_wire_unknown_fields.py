@@ -24,7 +24,8 @@ def test_unknown_field_at_every_level_keeps_columns_and_validates(level: str) ->
     b = make_batch(series=6, points=3)
     plain = b.SerializeToString()
     raw = with_unknown(b, level, unknown_field(1000, 2, b"future"))
-    assert raw != plain and len(raw) > len(plain)
+    assert raw != plain
+    assert len(raw) > len(plain)
     parsed = wire.parse_batch(raw)
     validate(parsed, Limits(), parsed.created_unix_nano)  # raises on any rule
     ref = wire.parse_batch(plain)
@@ -48,7 +49,7 @@ def test_any_unknown_fields_anywhere_leave_the_columns_exact(
     b = make_batch(series=4, points=2)
     want_c, want_g = wire.counter_columns(b), wire.gauge_columns(b)
     for level, number, wt, payload in extra:
-        if level == "top" and number <= 8 or level in ("counters", "gauges") and number <= 3:
+        if (level == "top" and number <= 8) or (level in ("counters", "gauges") and number <= 3):
             number += 16  # a known field number with another wire type is tested below
         b = wire.parse_batch(with_unknown(b, level, unknown_field(number, wt, payload)))
     got_c, got_g = wire.counter_columns(b), wire.gauge_columns(b)
