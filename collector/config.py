@@ -161,7 +161,11 @@ class IngestSettings(Section):
     max_message_bytes: int = Field(
         4 * 1024 * 1024,
         ge=1024,
-        description="Largest batch in bytes; a bigger message ends the stream with RESOURCE_EXHAUSTED.",
+        description=(
+            "Largest batch in bytes (after gRPC decompression). A bigger one, up to twice this, is "
+            "answered INVALID_ARGUMENT (reason oversize) and the stream goes on; beyond twice this "
+            "gRPC itself ends the stream with RESOURCE_EXHAUSTED."
+        ),
     )
     max_series: int = Field(20_000, ge=1, description="Largest series table in one batch.")
     max_samples: int = Field(200_000, ge=1, description="Most samples (counter + gauge) in one batch.")
@@ -195,7 +199,49 @@ class IngestSettings(Section):
         description="Bytes of batches in flight over all streams (bounds memory when Kafka is slow).",
     )
     max_concurrent_streams: int = Field(
-        1000, ge=1, description="Concurrent Stream RPCs; beyond it clients get RESOURCE_EXHAUSTED."
+        1000,
+        ge=1,
+        description=(
+            "Concurrent Stream RPCs over all sites; a stream beyond it is refused with "
+            "RESOURCE_EXHAUSTED and a retry hint (trailing metadata `retry-after-ms`)."
+        ),
+    )
+    max_streams_per_site: int = Field(
+        8,
+        ge=1,
+        description=(
+            "Concurrent streams of one token (site), so one site cannot take every slot; beyond it "
+            "the stream is refused with RESOURCE_EXHAUSTED and `retry-after-ms`. An agent needs one."
+        ),
+    )
+    max_inflight_per_site: int = Field(
+        256,
+        ge=1,
+        description=(
+            "Batches of one site (all its streams) read and not yet acknowledged; beyond it that "
+            "site's streams stop being read (back-pressure, nothing refused) while others go on."
+        ),
+    )
+    stream_idle_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description=(
+            "A stream that sent no batch for this long and has nothing in flight is ended with "
+            "UNAVAILABLE, so a silent client does not hold a stream slot forever (agents reconnect)."
+        ),
+    )
+    connection_idle_timeout_s: float = Field(
+        900.0,
+        gt=0,
+        description="An HTTP/2 connection with no open stream for this long is closed (GOAWAY).",
+    )
+    retry_after_ms: int = Field(
+        1000,
+        ge=0,
+        description=(
+            "Retry hint on retriable answers: `retry_after_ms` of a non-OK Ack (Kafka unavailable, "
+            "timeout, internal error) and `retry-after-ms` metadata of a refused stream."
+        ),
     )
 
     # --- HTTP/2 connection management ----------------------------------------------------

@@ -55,7 +55,9 @@ class IngestMetrics:
         self.totals = Totals()
         registry.register(_TotalsCollector(self.totals))
         self.batches_rejected = Counter(
-            PREFIX + "batches_rejected", "Batches answered with a non-OK ack, by reason.",
+            PREFIX + "batches_rejected",
+            "Batches answered with a non-OK ack, by reason (the validation rule, decode, oversize, "
+            "permission_denied, kafka_timeout, kafka_error, internal, cancelled).",
             ["reason"], registry=registry)
         self.batches_repeated = Counter(
             PREFIX + "batches_repeated",
@@ -77,8 +79,21 @@ class IngestMetrics:
             registry=registry)
         self.streams_open = Gauge(PREFIX + "streams_open", "Open agent streams.", registry=registry)
         self.streams = Counter(
-            PREFIX + "streams", "Streams opened, by outcome of authentication.", ["result"],
+            PREFIX + "streams",
+            "Streams opened, by outcome: ok / unauthenticated_allowed were served, any other "
+            "result is a refusal (see collector_ingest_streams_refused_total).", ["result"],
             registry=registry)
+        self.streams_refused = Counter(
+            PREFIX + "streams_refused",
+            "Streams ended before reading a batch, by reason: unauthenticated, too_many_streams "
+            "(ingest.max_concurrent_streams), too_many_streams_site (ingest.max_streams_per_site), "
+            "shutting_down.", ["reason"], registry=registry)
+        self.streams_ended = Counter(
+            PREFIX + "streams_ended",
+            "Served streams that ended, by reason: completed (client half-closed, all answered), "
+            "cancelled (client cancelled, connection lost, or a message over twice "
+            "ingest.max_message_bytes or not decompressible, which gRPC ends itself and does not "
+            "tell apart), idle_timeout, shutdown, internal.", ["reason"], registry=registry)
         self.producer_rebuilds = Counter(
             PREFIX + "producer_rebuilds", "Kafka producers rebuilt after being wedged.",
             registry=registry)

@@ -48,7 +48,9 @@ log = logging.getLogger(__name__)
 
 SERVICE = "telemetry.v1.IngestService"
 METHOD = f"/{SERVICE}/Stream"
-RETRY_AFTER_MS = 1000
+# Slots beyond max_concurrent_streams that grpc itself still admits (health checks,
+# reflection, and streams we refuse with a counted status and a retry hint).
+BACKSTOP_EXTRA_RPCS = 64
 
 
 def limits_from(s: IngestSettings) -> Limits:
@@ -60,10 +62,17 @@ def limits_from(s: IngestSettings) -> Limits:
     )
 
 
+def transport_limit(s: IngestSettings) -> int:
+    """Largest message gRPC reads at all (twice max_message_bytes, capped below 2 GiB)."""
+    return min(2 * s.max_message_bytes, 2**31 - 1)
+
+
 def server_options(s: IngestSettings) -> list[tuple[str, int]]:
     ms = lambda sec: int(sec * 1000)  # noqa: E731
     return [
-        ("grpc.max_receive_message_length", s.max_message_bytes),
+        # Twice the contract's limit: a batch in between is read, answered (reason oversize) and
+        # counted; only beyond it gRPC ends the stream itself (RESOURCE_EXHAUSTED, uncountable).
+        ("grpc.max_receive_message_length", transport_limit(s)),
         ("grpc.max_send_message_length", 1024 * 1024),
         ("grpc.keepalive_time_ms", ms(s.keepalive_time_s)),
         ("grpc.keepalive_timeout_ms", ms(s.keepalive_timeout_s)),
@@ -72,6 +81,7 @@ def server_options(s: IngestSettings) -> list[tuple[str, int]]:
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.max_connection_age_ms", ms(s.max_connection_age_s)),
         ("grpc.max_connection_age_grace_ms", ms(s.max_connection_age_grace_s)),
+        ("grpc.max_connection_idle_ms", ms(s.connection_idle_timeout_s)),
         ("grpc.so_reuseport", 0),
     ]
 
@@ -128,8 +138,10 @@ class _StreamState:
     reader: asyncio.Task[None] | None = None
     table: tuple[Any, TableInfo] | None = None  # last validated series table
     high_seq: int = 0  # highest seq read on this stream
+    site_slots: asyncio.Semaphore | None = None  # the site's in-flight budget (token mode)
     # set when the stream must end with a non-OK status once every read batch is answered
     failure: tuple[grpc.StatusCode, str] | None = None
+    end_reason: str = "completed"  # label of collector_ingest_streams_ended_total
 
 
 class IngestServer:
@@ -156,6 +168,8 @@ class IngestServer:
         self._health_task: asyncio.Task[None] | None = None
         self._http: tuple[object, object] | None = None
         self._streams: set[_StreamState] = set()
+        self._site_streams: dict[str, int] = {}
+        self._site_inflight: dict[str, asyncio.Semaphore] = {}
         self._draining = False
         self._no_streams = asyncio.Event()
         self._inflight = asyncio.Semaphore(self.cfg.max_inflight_total)
@@ -200,8 +214,8 @@ class IngestServer:
         )
         await self._writer.start()
         try:
-            server = aio.server(options=server_options(self.cfg),
-                                maximum_concurrent_rpcs=self.cfg.max_concurrent_streams)
+            server = aio.server(options=server_options(self.cfg), maximum_concurrent_rpcs=(
+                self.cfg.max_concurrent_streams + BACKSTOP_EXTRA_RPCS))
             handler = grpc.method_handlers_generic_handler(SERVICE, {
                 "Stream": grpc.stream_stream_rpc_method_handler(
                     self._stream, request_deserializer=None,
@@ -278,6 +292,10 @@ class IngestServer:
         self._draining = True
         await self._set_health(False)
         for st in list(self._streams):
+            if st.failure is None:
+                st.failure = (grpc.StatusCode.UNAVAILABLE,
+                              "ingest is shutting down: every batch read was answered; reconnect")
+                st.end_reason = "shutdown"
             if st.reader is not None:
                 st.reader.cancel()
         deadline = time.monotonic() + self.cfg.grace_period_s
@@ -316,8 +334,8 @@ class IngestServer:
 
     async def _authenticate(self, context: aio.ServicerContext) -> str | None:
         if self._draining:
-            self.metrics.streams.labels("shutting_down").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down, reconnect")
+            await self._refuse(context, "shutting_down", grpc.StatusCode.UNAVAILABLE,
+                               "server is shutting down, reconnect")
         if self.tokens is None:
             self.metrics.streams.labels("unauthenticated_allowed").inc()
             return None
@@ -327,26 +345,58 @@ class IngestServer:
             header = header.decode(errors="replace")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            self.metrics.streams.labels("unauthenticated").inc()
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "missing 'authorization: Bearer <token>' metadata")
+            await self._refuse(context, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED,
+                               "missing 'authorization: Bearer <token>' metadata")
         site = self.tokens.site_for(token.strip())
         if site is None:
-            self.metrics.streams.labels("unauthenticated").inc()
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
+            await self._refuse(context, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED,
+                               "unknown token")
         self.metrics.streams.labels("ok").inc()
         return site
+
+    async def _refuse(self, context: aio.ServicerContext, reason: str, code: grpc.StatusCode,
+                      details: str, retry_after_ms: int | None = None) -> None:
+        """End a stream before it reads anything: counted by reason, with a retry hint."""
+        self.metrics.streams.labels(reason).inc()
+        self.metrics.streams_refused.labels(reason).inc()
+        md: tuple[tuple[str, str], ...] = ()
+        if retry_after_ms is not None:
+            md = (("retry-after-ms", str(retry_after_ms)),
+                  ("grpc-retry-pushback-ms", str(retry_after_ms)))
+        await context.abort(code, details, trailing_metadata=md)
+
+    async def _admit_stream(self, site: str | None, context: aio.ServicerContext) -> None:
+        """The global and the per-site stream limits; refuse with RESOURCE_EXHAUSTED."""
+        hint = self.cfg.retry_after_ms
+        if len(self._streams) >= self.cfg.max_concurrent_streams:
+            await self._refuse(context, "too_many_streams", grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"ingest is at its limit of {self.cfg.max_concurrent_streams} "
+                               f"streams; retry after {hint} ms", hint)
+        if site is not None and self._site_streams.get(site, 0) >= self.cfg.max_streams_per_site:
+            await self._refuse(context, "too_many_streams_site",
+                               grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"site {site!r} already has {self.cfg.max_streams_per_site} open "
+                               f"streams (ingest.max_streams_per_site); retry after {hint} ms",
+                               hint)
 
     async def _stream(self, requests: AsyncIterator[bytes],
                       context: aio.ServicerContext) -> AsyncIterator[pb.Ack]:
         site = await self._authenticate(context)
+        await self._admit_stream(site, context)
         st = _StreamState(site=site, peer=context.peer())
+        if site is not None:
+            self._site_streams[site] = self._site_streams.get(site, 0) + 1
+            st.site_slots = self._site_inflight.setdefault(
+                site, asyncio.Semaphore(self.cfg.max_inflight_per_site))
         st.reader = asyncio.create_task(self._read(requests, st), name=f"read {st.peer}")
         self._streams.add(st)
         self.metrics.streams_open.inc()
         try:
             async for ack in self._acks(st):
                 yield ack
+        except BaseException:  # the client went away (or the call was aborted under us)
+            st.end_reason = "cancelled"
+            raise
         finally:
             self.metrics.streams_open.dec()
             self._streams.discard(st)
@@ -358,12 +408,27 @@ class IngestServer:
                     await st.reader
             while st.pending:  # the client went away: still release budgets when Kafka answers
                 await self._finish(st.pending.popleft())
+            if site is not None:  # after the drain: no batch of this stream holds a slot now
+                left = self._site_streams[site] - 1
+                if left:
+                    self._site_streams[site] = left
+                else:
+                    del self._site_streams[site]
+                    del self._site_inflight[site]
+            self.metrics.streams_ended.labels(st.end_reason).inc()
         if st.failure is not None:
             # Every batch read was answered above; the status says why no more are read.
             await context.abort(*st.failure)
 
     async def _read(self, requests: AsyncIterator[bytes], st: _StreamState) -> None:
         per_stream = asyncio.Semaphore(self.cfg.max_inflight_per_stream)
+        site_slots = st.site_slots
+
+        def release() -> None:
+            per_stream.release()
+            if site_slots is not None:
+                site_slots.release()
+
         totals = self.metrics.totals
         st.changed.set()
         try:
@@ -371,17 +436,20 @@ class IngestServer:
                 totals.batches_received += 1
                 totals.received_bytes += len(raw)
                 await per_stream.acquire()
+                if site_slots is not None:
+                    await site_slots.acquire()
                 try:
                     item = await self._admit(raw, st)
                 except Exception as exc:  # a bug, never bad input: answer the batch anyway
                     item = self._internal_error(raw, exc)
-                item.release = per_stream.release  # the slot returns when the ack is decided
+                item.release = release  # the slots return when the ack is decided
                 if item.delivery is not None:
                     item.delivery.future.add_done_callback(lambda _f: st.changed.set())
                 st.pending.append(item)
                 st.changed.set()
         except Exception as exc:  # the request stream itself failed: end with a status
             log.exception("reading stream from %s failed", st.peer)
+            st.end_reason = "internal"
             st.failure = (grpc.StatusCode.INTERNAL, f"ingest could not read the stream: {exc!r}")
         finally:
             st.reader_done = True
@@ -397,6 +465,11 @@ class IngestServer:
 
     async def _admit(self, raw: bytes, st: _StreamState) -> _Pending:
         """Parse, validate, authorise and start producing one batch."""
+        if len(raw) > self.limits.max_message_bytes:
+            self.metrics.batches_rejected.labels("oversize").inc()
+            return _Pending(seq=wire.peek_seq(raw), nbytes=len(raw), samples=0, result=(
+                pb.INVALID_ARGUMENT, f"batch of {len(raw)} bytes exceeds ingest.max_message_bytes "
+                f"({self.limits.max_message_bytes}): split it", "oversize"))
         try:
             batch = wire.parse_batch(raw)
         except ProtocolError as exc:
@@ -495,12 +568,23 @@ class IngestServer:
                 if st.reader_done:
                     return
                 st.changed.clear()
-                await st.changed.wait()
+                try:
+                    async with asyncio.timeout(self.cfg.stream_idle_timeout_s):
+                        await st.changed.wait()
+                except TimeoutError:
+                    if st.pending or st.reader_done:
+                        continue
+                    st.end_reason = "idle_timeout"
+                    st.failure = (grpc.StatusCode.UNAVAILABLE,
+                                  f"no batch for {self.cfg.stream_idle_timeout_s:g}s and nothing "
+                                  "in flight: stream closed to free its slot; open a new one "
+                                  "when there is data")
+                    return
             head = st.pending.popleft()
             code, reason, _rule = await self._finish(head)
             if code != pb.OK or not head.fresh:
                 yield pb.Ack(seq=head.seq, seq_last=head.seq, code=code, reason=reason,  # type: ignore[arg-type]
-                             retry_after_ms=RETRY_AFTER_MS if code in _RETRIABLE else 0)
+                             retry_after_ms=self.cfg.retry_after_ms if code in _RETRIABLE else 0)
                 continue
             last = head.seq
             # Coalesce following batches that are already stored and carry the next seqs.
@@ -517,7 +601,7 @@ class IngestServer:
                 ncode, nreason, _ = await self._finish(nxt)
                 if ncode != pb.OK:  # the future was OK, so only an internal error gets here
                     nack = pb.Ack(seq=nxt.seq, seq_last=nxt.seq, code=ncode,  # type: ignore[arg-type]
-                                  reason=nreason, retry_after_ms=RETRY_AFTER_MS)
+                                  reason=nreason, retry_after_ms=self.cfg.retry_after_ms)
                     break
                 last = nxt.seq
             yield pb.Ack(seq=head.seq, seq_last=last, code=pb.OK)

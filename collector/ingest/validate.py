@@ -12,6 +12,7 @@ batch of the same stream is not checked again (agents resend the same table ever
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 import zoneinfo
@@ -86,6 +87,12 @@ _nonzero = np.count_nonzero
 @lru_cache(maxsize=1)
 def _timezones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones()) | {"UTC"}
+
+
+def _iso(ns: int) -> str:
+    """A valid int64 ns time as ISO 8601 UTC (always representable: years 1677..2262)."""
+    t = datetime.datetime.fromtimestamp(ns // NS, tz=datetime.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _fail(reason: str, rule: str) -> ValidationError:
@@ -218,13 +225,20 @@ def check_columns(batch: pb.Batch, limits: Limits, now_ns: int, table: TableInfo
         lo, hi = int(_min(ts)), int(_max(ts))
         if lo < earliest:
             at = int(np.argmin(ts))
-            raise _fail(f"{name}.time_unix_nano[{at}]: older than max_past_age "
-                        f"({(now_ns - lo) / NS:.0f}s before now)", "too_old")
+            if lo < 0:
+                # ns since the epoch fit int64 only until 2262: a later date (or a time in
+                # another unit) computed in int64 wraps negative. Say so instead of "old".
+                raise _fail(f"{name}.time_unix_nano[{at}]: {lo} is before 1970; times are ns "
+                            "since the Unix epoch as int64 (up to year 2262), so this is "
+                            "likely an overflowed far-future time or a wrong unit", "too_old")
+            raise _fail(f"{name}.time_unix_nano[{at}]: {_iso(lo)} is older than max_past_age "
+                        f"({limits.max_past_age_s:g}s: {(now_ns - lo) / NS:.0f}s before the "
+                        "collector clock)", "too_old")
         if hi > latest:
             at = int(np.argmax(ts))
-            raise _fail(f"{name}.time_unix_nano[{at}]: {(hi - now_ns) / NS:.0f}s ahead of the "
-                        f"collector clock (max_future_skew {limits.max_future_skew_s:g}s)",
-                        "clock_skew")
+            raise _fail(f"{name}.time_unix_nano[{at}]: {_iso(hi)} is {(hi - now_ns) / NS:.0f}s "
+                        "ahead of the collector clock (max_future_skew "
+                        f"{limits.max_future_skew_s:g}s)", "clock_skew")
         if name == "gauges":
             finite = np.isfinite(cols.value)
             if _nonzero(finite) != n:

@@ -1,0 +1,208 @@
+"""Fairness and limits of the ingest service: per-site and global stream limits refused with
+RESOURCE_EXHAUSTED and a retry hint, the per-site in-flight budget, the idle-stream timeout,
+oversized and over-decompressing messages, and every refusal counted by reason.
+
+Real gRPC with TLS on loopback, a real Tansu broker (paused with SIGSTOP where a test needs
+batches to stay in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc import aio
+
+from collector.broker import EmbeddedBroker
+from collector.devcerts import DevCerts
+from collector.ingest.server import IngestServer
+from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+from tests.agent_support import eventually
+from tests.conftest import make_topic
+from tests.ingest_support import (
+    channel,
+    ingest_settings,
+    make_batch,
+    send_all,
+    started,
+    stream_call,
+    token_for,
+    unknown_field,
+)
+
+A, B = "jp-tokyo-01", "us-dallas-01"
+
+
+def _value(s: IngestServer, name: str, **labels: str) -> float:
+    return s.registry.get_sample_value(name, labels) or 0.0
+
+
+def _trailer(err: grpc.aio.AioRpcError, key: str) -> str | None:
+    return dict(err.trailing_metadata() or ()).get(key)  # type: ignore[arg-type]
+
+
+async def _open(ch: aio.Channel, site: str, seq: int) -> aio.StreamStreamCall:
+    call = stream_call(ch, token_for(site))
+    await call.write(make_batch(site, seq).SerializeToString())
+    ack = await call.read()
+    assert ack.code == pb.OK
+    return call
+
+
+async def test_one_site_cannot_take_every_stream_and_is_told_when_to_retry(
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+) -> None:
+    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker),
+                                      max_streams_per_site=2, max_concurrent_streams=4,
+                                      retry_after_ms=1500))
+    try:
+        async with channel(s.port, certs) as ch:
+            a_calls = [await _open(ch, A, i) for i in (1, 2)]
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await send_all(ch, token_for(A), [make_batch(A, 3).SerializeToString()])
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_streams_per_site" in (err.value.details() or "")
+            assert _trailer(err.value, "retry-after-ms") == "1500"
+            # another site is not affected by A's streams
+            b_calls = [await _open(ch, B, 1)]
+            res = await send_all(ch, token_for(B), [make_batch(B, 2).SerializeToString()])
+            assert res.ok_seqs() == [2]
+            # the global limit (4): A holds 2, B holds 1, one more fits, then refused
+            b_calls.append(await _open(ch, B, 3))
+            with pytest.raises(grpc.aio.AioRpcError) as err2:
+                await send_all(ch, token_for("us-seattle-01"),
+                               [make_batch("us-seattle-01", 1).SerializeToString()])
+            assert err2.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert _trailer(err2.value, "retry-after-ms") == "1500"
+            for call in a_calls + b_calls:
+                await call.done_writing()
+                assert await call.code() == grpc.StatusCode.OK
+            # slots come back once streams end
+            res = await send_all(ch, token_for(A), [make_batch(A, 4).SerializeToString()])
+            assert res.ok_seqs() == [4]
+        assert _value(s, "collector_ingest_streams_refused_total", reason="too_many_streams_site") == 1
+        assert _value(s, "collector_ingest_streams_refused_total", reason="too_many_streams") == 1
+        assert _value(s, "collector_ingest_streams_ended_total", reason="completed") == 6
+    finally:
+        await s.stop()
+
+
+async def test_a_site_with_a_backlog_cannot_take_the_global_in_flight_budget(
+    own_broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+) -> None:
+    topic = await make_topic(own_broker, partitions=1)
+    settings = ingest_settings(tmp_path, certs, own_broker.bootstrap, topic,
+                               max_inflight_per_site=4, max_inflight_total=64)
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+        update={"produce_timeout_s": 120.0})})
+    s = await started(settings)
+    try:
+        async with channel(s.port, certs) as ch:
+            for site in (A, B):  # partition metadata known before the broker stops
+                assert (await send_all(ch, token_for(site), [make_batch(site, 1).SerializeToString()])
+                        ).ok_seqs() == [1]
+            own_broker.pause()
+            try:
+                flood = [asyncio.create_task(send_all(
+                    ch, token_for(A), [make_batch(A, 100 * k + i).SerializeToString()
+                                       for i in range(1, 21)], timeout_s=120)) for k in (1, 2)]
+                # A's two streams stop being read at its budget, far below the global one
+                assert await eventually(lambda: s._inflight_count == 4, within=30)
+                other = asyncio.create_task(send_all(
+                    ch, token_for(B), [make_batch(B, 2).SerializeToString()], timeout_s=120))
+                assert await eventually(lambda: s._inflight_count == 5, within=30)  # B got in
+            finally:
+                own_broker.resume()
+            results = await asyncio.gather(*flood, other)
+        assert sorted(results[0].ok_seqs() + results[1].ok_seqs()) == sorted(
+            [100 + i for i in range(1, 21)] + [200 + i for i in range(1, 21)])
+        assert results[2].ok_seqs() == [2]
+    finally:
+        await s.stop()
+
+
+async def test_a_silent_stream_is_closed_after_the_idle_timeout_and_frees_its_slot(
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+) -> None:
+    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker),
+                                      stream_idle_timeout_s=0.5, max_streams_per_site=1))
+    try:
+        async with channel(s.port, certs) as ch:
+            call = await _open(ch, A, 1)  # one batch, acked, then silence
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call.read()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "no batch for 0.5s" in (err.value.details() or "")
+            # the site's only slot is free again
+            assert (await send_all(ch, token_for(A), [make_batch(A, 2).SerializeToString()])
+                    ).ok_seqs() == [2]
+        assert _value(s, "collector_ingest_streams_ended_total", reason="idle_timeout") >= 1
+    finally:
+        await s.stop()
+
+
+async def test_oversized_batches_are_answered_and_counted_far_oversized_end_the_stream(
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+) -> None:
+    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker),
+                                      max_message_bytes=8192))
+    big = make_batch(A, 2, series=40, points=8).SerializeToString()  # 8 KiB < size <= 16 KiB
+    assert 8192 < len(big) <= 16384
+    huge = make_batch(A, 9, series=40, points=40).SerializeToString()  # > 16 KiB
+    try:
+        async with channel(s.port, certs) as ch:
+            res = await send_all(ch, token_for(A), [make_batch(A, 1).SerializeToString(), big,
+                                                    make_batch(A, 3).SerializeToString()])
+            by = res.by_seq()
+            assert (by[1].code, by[2].code, by[3].code) == (pb.OK, pb.INVALID_ARGUMENT, pb.OK)
+            assert "exceeds ingest.max_message_bytes (8192)" in by[2].reason
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await send_all(ch, token_for(A), [huge])
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert _value(s, "collector_ingest_batches_rejected_total", reason="oversize") == 1
+        assert await eventually(lambda: _value(s, "collector_ingest_streams_ended_total",
+                                               reason="cancelled") >= 1, within=10)
+    finally:
+        await s.stop()
+
+
+async def test_a_compressed_batch_is_limited_by_its_decompressed_size(
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+) -> None:
+    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker),
+                                      max_message_bytes=8192))
+    raw = make_batch(A, 2, series=2, points=1).SerializeToString()
+    bomb = raw + unknown_field(1023, 2, bytes(20480))  # gzips to ~100 B, inflates past 16 KiB
+    mid = raw + unknown_field(1023, 2, bytes(8192))  # inflates past 8 KiB, not past 16 KiB
+    assert len(gzip.compress(bomb)) < 1024
+    try:
+        async with aio.secure_channel(
+            f"127.0.0.1:{s.port}", grpc.ssl_channel_credentials(certs.ca.read_bytes()),
+            compression=grpc.Compression.Gzip) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await send_all(ch, token_for(A), [bomb])
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            res = await send_all(ch, token_for(A), [mid, make_batch(A, 3).SerializeToString()])
+        assert [(a.seq, pb.Code.Name(a.code)) for a in res.acks] == [(2, "INVALID_ARGUMENT"),
+                                                                     (3, "OK")]
+        assert _value(s, "collector_ingest_batches_rejected_total", reason="oversize") == 1
+    finally:
+        await s.stop()
+
+
+async def test_unauthenticated_streams_are_counted_by_reason(
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+) -> None:
+    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker)))
+    try:
+        async with channel(s.port, certs) as ch:
+            for token in (None, "not-a-token-0123456789"):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await send_all(ch, token, [make_batch().SerializeToString()])
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert _value(s, "collector_ingest_streams_refused_total", reason="unauthenticated") == 2
+    finally:
+        await s.stop()
