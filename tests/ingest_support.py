@@ -252,7 +252,7 @@ class MiniAgent:
 
 # ---- unknown fields (forward compatibility) ---------------------------------------------
 
-LEVELS = ("top", "site", "series", "label", "counters", "gauges")
+LEVELS = ("top", "site", "series", "label", "counters", "gauges", "deltas", "period_gauges")
 
 
 def unknown_field(number: int, wire_type: int, payload: bytes = b"x") -> bytes:
@@ -277,6 +277,7 @@ def with_unknown(batch: pb.Batch, level: str, extra: bytes) -> bytes:
     b.CopyFrom(batch)
     target = {"top": lambda: b, "site": lambda: b.site, "series": lambda: b.series[0],
               "label": lambda: b.series[0].labels[0], "counters": lambda: b.counters,
-              "gauges": lambda: b.gauges}[level]()
+              "gauges": lambda: b.gauges, "deltas": lambda: b.deltas,
+              "period_gauges": lambda: b.period_gauges}[level]()
     target.MergeFromString(extra)  # the runtime keeps it as an unknown field
     return b.SerializeToString()
