@@ -281,3 +281,87 @@ def with_unknown(batch: pb.Batch, level: str, extra: bytes) -> bytes:
               "period_gauges": lambda: b.period_gauges}[level]()
     target.MergeFromString(extra)  # the runtime keeps it as an unknown field
     return b.SerializeToString()
+
+
+# ---- what Kafka stores: raw record batches as the broker returns them ----------------------
+
+CODECS = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+
+
+@dataclass
+class StoredBatches:
+    """Record batches of a topic exactly as a Fetch returns them (compressed, on-disk form)."""
+
+    bytes: int = 0
+    batches: int = 0
+    records: int = 0
+    codecs: dict[str, int] = field(default_factory=dict)
+
+
+async def stored_batches(bootstrap: str, topic: str, timeout_s: float = 30.0) -> StoredBatches:
+    """Fetch every record batch of `topic` with a raw FetchRequest and measure it.
+
+    The consumer API hands out decompressed records; this reads the batches themselves, so
+    the size is what the broker keeps and serves, and the codec is the one it stored.
+    """
+    import struct
+
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.protocol.fetch import FetchRequest
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    out = StoredBatches()
+    try:
+        await client.force_metadata_update()
+        parts = sorted(client.cluster.partitions_for_topic(topic) or ())
+        for p in parts:
+            leader = client.cluster.leader_for_partition(TopicPartition(topic, p))
+            offset = 0
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                req = FetchRequest(100, 1, 64 << 20, 0, [(topic, [(p, offset, 64 << 20)])])
+                resp = await client.send(leader, req)
+                data = bytes(resp.topics[0][1][0][-1] or b"")
+                if not data:
+                    break
+                pos = 0
+                while pos + 61 <= len(data):
+                    base, length = struct.unpack_from(">qi", data, pos)
+                    if pos + 12 + length > len(data):
+                        break  # a partial batch at the end of the response
+                    attributes = struct.unpack_from(">h", data, pos + 21)[0]
+                    last_delta = struct.unpack_from(">i", data, pos + 23)[0]
+                    n = struct.unpack_from(">i", data, pos + 57)[0]
+                    codec = CODECS.get(attributes & 7, str(attributes & 7))
+                    out.codecs[codec] = out.codecs.get(codec, 0) + 1
+                    out.bytes += 12 + length
+                    out.batches += 1
+                    out.records += n
+                    offset = base + last_delta + 1
+                    pos += 12 + length
+                if pos == 0:
+                    break
+    finally:
+        await client.close()
+    return out
+
+
+def link_site_batch(site: str, seq: int, t_ns: int, *, links: int = 50,
+                    agent_id: str | None = None) -> bytes:
+    """The issue's reference site: `links` links with two octet counters each (rx and tx
+    bytes), one sample per series, as the link source sends every collection interval.
+    Counters move at per-link rates of 1 MB/s .. 10 GB/s from a 1e14 base."""
+    import random
+
+    info = SITES.get(site) or SiteInfo(site, "JP", "Kanto", "Asia/Tokyo")
+    b = BatchBuilder(agent_id or f"agent-{site}", info, "boot-3f2a9c")
+    rnd = random.Random(site)
+    start = 1_764_000_000 * 10**9
+    for link in range(links):
+        labels = {"link": f"et-0/0/{link}", "media": "optical" if link % 2 else "copper"}
+        for metric in ("link_in_octets", "link_out_octets"):
+            rate = rnd.randint(10**6, 10**10)
+            b.counter(counter_def(metric, labels, unit="bytes", start_time_unix_nano=start), t_ns,
+                      10**14 + rate * 10 * seq + rnd.randint(0, 10**6))
+    return b.build_bytes(seq, t_ns)

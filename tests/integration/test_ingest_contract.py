@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -24,10 +25,12 @@ from tests.ingest_support import (
     LEVELS,
     channel,
     ingest_settings,
+    link_site_batch,
     make_batch,
     read_topic,
     send_all,
     started,
+    stored_batches,
     token_for,
     unknown_field,
     with_unknown,
@@ -164,3 +167,28 @@ async def test_good_stream_is_unaffected_by_a_stream_of_bad_batches(
     assert len(rb.acks) == len(bad)
     assert all(a.code == pb.INVALID_ARGUMENT for a in rb.acks)
     assert sorted(rg.ok_seqs()) == list(range(1, 30))
+
+
+async def test_kafka_keeps_zstd_record_batches_that_decode_to_the_exact_bytes(
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # the default kafka.compression_type, against the real broker: Tansu stores and serves
+    # the compressed batches, any consumer gets the agent's bytes back
+    topic = await make_topic(broker, partitions=1)
+    s = await started(ingest_settings(tmp_path_factory.mktemp("z"), certs, broker.bootstrap,
+                                      topic))
+    assert s.settings.kafka.compression_type == "zstd"
+    t0 = time.time_ns() - 600 * 10**9
+    sent = [link_site_batch(SITE, seq, t0 + seq * 10**10) for seq in range(1, 21)]
+    try:
+        async with channel(s.port, certs) as ch:
+            for raw in sent:  # one at a time, like a site every 10 s: ~one record per batch
+                assert (await send_all(ch, token_for(SITE), [raw])).acks[0].code == pb.OK
+    finally:
+        await s.stop()
+    stored = await stored_batches(broker.bootstrap, topic)
+    assert stored.records == 20
+    assert set(stored.codecs) == {"zstd"}
+    # the target for this site shape: at most 16 bytes per counter value in Kafka
+    assert stored.bytes / (20 * 100) <= 16.0, stored
+    assert [r.value for r in await read_topic(broker.bootstrap, topic, 20)] == sent

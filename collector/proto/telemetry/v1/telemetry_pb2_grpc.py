@@ -28,19 +28,49 @@ if _version_not_supported:
 class IngestServiceStub:
     """IngestService receives batches from agents.
 
+    Connection: gRPC over TLS (HTTP/2). Verify the server certificate against the CA the
+    operator gives you and the server name the operator tells you (the host name of the
+    target, or an explicit name such as "ingest.collector.internal" when connecting by
+    address); mTLS when the operator requires client certificates.
+    Authentication: request metadata `authorization: Bearer <token>`. A token is bound to
+    one site_id: every batch of the stream must carry that site (else PERMISSION_DENIED).
+
+    Stream lifecycle and the two ways errors are reported:
+    * The stream STATUS is about the stream, never about one batch. A stream is refused
+    at open (nothing read) with UNAUTHENTICATED (missing/unknown token),
+    RESOURCE_EXHAUSTED (more than [max_concurrent_streams]=1000 streams in all or
+    [max_streams_per_site]=8 streams of this token; trailing metadata `retry-after-ms`
+    says when to try again) or UNAVAILABLE (server shutting down). A served stream ends
+    with OK after the client half-closed and every batch was answered; UNAVAILABLE when
+    the server shuts down or the stream sat idle for [stream_idle_timeout_s]=300 s with
+    nothing in flight (reconnect when there is data); INTERNAL if the server could not
+    read the stream; RESOURCE_EXHAUSTED (set by gRPC itself, no Ack for that message)
+    for a message over twice [max_message_bytes] after decompression. In every case
+    the batches read before the end were answered; any batch without an OK Ack was
+    not acknowledged and must be sent again.
+    * Each batch read gets exactly ONE answer in an Ack on the response stream, in the
+    order the batches were read (an OK Ack may answer several consecutive ones, see
+    Ack). Whatever a batch holds, a problem with it never ends the stream.
+
     Delivery contract:
     * every Batch carries (agent_id, seq); seq strictly increases per agent and is never
     reused, also not after an agent restart (the agent persists it);
     * the service sends an OK Ack for a seq only after Kafka acknowledged (acks=all) the
     record holding that batch; the agent deletes a batch from its spool only then;
-    * a batch that fails validation gets an Ack with INVALID_ARGUMENT (or PERMISSION_DENIED)
-    and a reason; it must not be retried unchanged;
-    * RESOURCE_EXHAUSTED / UNAVAILABLE / DEADLINE_EXCEEDED acks mean "not stored, retry later";
-    * the aggregator drops a repeated (agent_id, seq), so a batch retried after a lost ack is
-    never counted twice.
-    Acks are sent in the order the batches arrived on the stream.
-
-    Authentication: metadata `authorization: Bearer <token>`; the token is bound to one site_id.
+    * INVALID_ARGUMENT / PERMISSION_DENIED: the batch breaks a rule (the reason names the
+    field); it is not stored and must not be retried unchanged;
+    * RESOURCE_EXHAUSTED / UNAVAILABLE / DEADLINE_EXCEEDED / INTERNAL: not stored, retry
+    later, not before `retry_after_ms`, with exponential backoff and jitter;
+    * a batch sent again (after a lost ack, a broken stream or a retriable code) is stored
+    again; the aggregator drops a repeated (agent_id, seq), so it is never counted twice.
+    Flow control: the server reads at most [max_inflight_per_stream]=64 unanswered batches
+    of a stream and [max_inflight_per_site]=256 of a site; beyond that it stops reading and
+    HTTP/2 flow control holds the client's writes (nothing is refused or lost). Keep a window
+    of unacknowledged batches on the client (e.g. 16) rather than writing without bound.
+    Keepalive: the server pings idle connections every 60 s and closes connections that do
+    not answer within 20 s; clients may ping at most every 10 s (else GOAWAY too_many_pings).
+    Connections are recycled after an hour (GOAWAY, 30 s grace): reconnect and resend what
+    was not acknowledged.
     """
 
     def __init__(self, channel):
@@ -59,19 +89,49 @@ class IngestServiceStub:
 class IngestServiceServicer:
     """IngestService receives batches from agents.
 
+    Connection: gRPC over TLS (HTTP/2). Verify the server certificate against the CA the
+    operator gives you and the server name the operator tells you (the host name of the
+    target, or an explicit name such as "ingest.collector.internal" when connecting by
+    address); mTLS when the operator requires client certificates.
+    Authentication: request metadata `authorization: Bearer <token>`. A token is bound to
+    one site_id: every batch of the stream must carry that site (else PERMISSION_DENIED).
+
+    Stream lifecycle and the two ways errors are reported:
+    * The stream STATUS is about the stream, never about one batch. A stream is refused
+    at open (nothing read) with UNAUTHENTICATED (missing/unknown token),
+    RESOURCE_EXHAUSTED (more than [max_concurrent_streams]=1000 streams in all or
+    [max_streams_per_site]=8 streams of this token; trailing metadata `retry-after-ms`
+    says when to try again) or UNAVAILABLE (server shutting down). A served stream ends
+    with OK after the client half-closed and every batch was answered; UNAVAILABLE when
+    the server shuts down or the stream sat idle for [stream_idle_timeout_s]=300 s with
+    nothing in flight (reconnect when there is data); INTERNAL if the server could not
+    read the stream; RESOURCE_EXHAUSTED (set by gRPC itself, no Ack for that message)
+    for a message over twice [max_message_bytes] after decompression. In every case
+    the batches read before the end were answered; any batch without an OK Ack was
+    not acknowledged and must be sent again.
+    * Each batch read gets exactly ONE answer in an Ack on the response stream, in the
+    order the batches were read (an OK Ack may answer several consecutive ones, see
+    Ack). Whatever a batch holds, a problem with it never ends the stream.
+
     Delivery contract:
     * every Batch carries (agent_id, seq); seq strictly increases per agent and is never
     reused, also not after an agent restart (the agent persists it);
     * the service sends an OK Ack for a seq only after Kafka acknowledged (acks=all) the
     record holding that batch; the agent deletes a batch from its spool only then;
-    * a batch that fails validation gets an Ack with INVALID_ARGUMENT (or PERMISSION_DENIED)
-    and a reason; it must not be retried unchanged;
-    * RESOURCE_EXHAUSTED / UNAVAILABLE / DEADLINE_EXCEEDED acks mean "not stored, retry later";
-    * the aggregator drops a repeated (agent_id, seq), so a batch retried after a lost ack is
-    never counted twice.
-    Acks are sent in the order the batches arrived on the stream.
-
-    Authentication: metadata `authorization: Bearer <token>`; the token is bound to one site_id.
+    * INVALID_ARGUMENT / PERMISSION_DENIED: the batch breaks a rule (the reason names the
+    field); it is not stored and must not be retried unchanged;
+    * RESOURCE_EXHAUSTED / UNAVAILABLE / DEADLINE_EXCEEDED / INTERNAL: not stored, retry
+    later, not before `retry_after_ms`, with exponential backoff and jitter;
+    * a batch sent again (after a lost ack, a broken stream or a retriable code) is stored
+    again; the aggregator drops a repeated (agent_id, seq), so it is never counted twice.
+    Flow control: the server reads at most [max_inflight_per_stream]=64 unanswered batches
+    of a stream and [max_inflight_per_site]=256 of a site; beyond that it stops reading and
+    HTTP/2 flow control holds the client's writes (nothing is refused or lost). Keep a window
+    of unacknowledged batches on the client (e.g. 16) rather than writing without bound.
+    Keepalive: the server pings idle connections every 60 s and closes connections that do
+    not answer within 20 s; clients may ping at most every 10 s (else GOAWAY too_many_pings).
+    Connections are recycled after an hour (GOAWAY, 30 s grace): reconnect and resend what
+    was not acknowledged.
     """
 
     def Stream(self, request_iterator, context):
@@ -99,19 +159,49 @@ def add_IngestServiceServicer_to_server(servicer, server):
 class IngestService:
     """IngestService receives batches from agents.
 
+    Connection: gRPC over TLS (HTTP/2). Verify the server certificate against the CA the
+    operator gives you and the server name the operator tells you (the host name of the
+    target, or an explicit name such as "ingest.collector.internal" when connecting by
+    address); mTLS when the operator requires client certificates.
+    Authentication: request metadata `authorization: Bearer <token>`. A token is bound to
+    one site_id: every batch of the stream must carry that site (else PERMISSION_DENIED).
+
+    Stream lifecycle and the two ways errors are reported:
+    * The stream STATUS is about the stream, never about one batch. A stream is refused
+    at open (nothing read) with UNAUTHENTICATED (missing/unknown token),
+    RESOURCE_EXHAUSTED (more than [max_concurrent_streams]=1000 streams in all or
+    [max_streams_per_site]=8 streams of this token; trailing metadata `retry-after-ms`
+    says when to try again) or UNAVAILABLE (server shutting down). A served stream ends
+    with OK after the client half-closed and every batch was answered; UNAVAILABLE when
+    the server shuts down or the stream sat idle for [stream_idle_timeout_s]=300 s with
+    nothing in flight (reconnect when there is data); INTERNAL if the server could not
+    read the stream; RESOURCE_EXHAUSTED (set by gRPC itself, no Ack for that message)
+    for a message over twice [max_message_bytes] after decompression. In every case
+    the batches read before the end were answered; any batch without an OK Ack was
+    not acknowledged and must be sent again.
+    * Each batch read gets exactly ONE answer in an Ack on the response stream, in the
+    order the batches were read (an OK Ack may answer several consecutive ones, see
+    Ack). Whatever a batch holds, a problem with it never ends the stream.
+
     Delivery contract:
     * every Batch carries (agent_id, seq); seq strictly increases per agent and is never
     reused, also not after an agent restart (the agent persists it);
     * the service sends an OK Ack for a seq only after Kafka acknowledged (acks=all) the
     record holding that batch; the agent deletes a batch from its spool only then;
-    * a batch that fails validation gets an Ack with INVALID_ARGUMENT (or PERMISSION_DENIED)
-    and a reason; it must not be retried unchanged;
-    * RESOURCE_EXHAUSTED / UNAVAILABLE / DEADLINE_EXCEEDED acks mean "not stored, retry later";
-    * the aggregator drops a repeated (agent_id, seq), so a batch retried after a lost ack is
-    never counted twice.
-    Acks are sent in the order the batches arrived on the stream.
-
-    Authentication: metadata `authorization: Bearer <token>`; the token is bound to one site_id.
+    * INVALID_ARGUMENT / PERMISSION_DENIED: the batch breaks a rule (the reason names the
+    field); it is not stored and must not be retried unchanged;
+    * RESOURCE_EXHAUSTED / UNAVAILABLE / DEADLINE_EXCEEDED / INTERNAL: not stored, retry
+    later, not before `retry_after_ms`, with exponential backoff and jitter;
+    * a batch sent again (after a lost ack, a broken stream or a retriable code) is stored
+    again; the aggregator drops a repeated (agent_id, seq), so it is never counted twice.
+    Flow control: the server reads at most [max_inflight_per_stream]=64 unanswered batches
+    of a stream and [max_inflight_per_site]=256 of a site; beyond that it stops reading and
+    HTTP/2 flow control holds the client's writes (nothing is refused or lost). Keep a window
+    of unacknowledged batches on the client (e.g. 16) rather than writing without bound.
+    Keepalive: the server pings idle connections every 60 s and closes connections that do
+    not answer within 20 s; clients may ping at most every 10 s (else GOAWAY too_many_pings).
+    Connections are recycled after an hour (GOAWAY, 30 s grace): reconnect and resend what
+    was not acknowledged.
     """
 
     @staticmethod
