@@ -14,8 +14,9 @@ also reports its own count of open streams and in-flight batches, which must be 
 after each cycle.
 
 Last line: RESULT rss_start_mb=<before the first cycle> rss_first_mb=<after cycle 1>
-rss_last_mb=<after the last> growth_second_half_mb=<last minus middle>
-plateau_ratio=<second-half growth / first-cycle growth; small means plateau>
+rss_last_mb=<after the last> rss_max_first_half_mb rss_max_second_half_mb
+slope_mb_per_cycle=<least-squares slope over the cycles> plateau_ratio=<second-half peak /
+first-half peak; ~1 means a plateau, a leak shows as a ratio well above 1 and a slope>
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ async def main(cycles: int, streams: int) -> None:
             "ingest": {"listen": f"127.0.0.1:{port}", "metrics_listen": f"127.0.0.1:{mport}",
                        "tls_cert": str(certs.server_cert), "tls_key": str(certs.server_key),
                        "tokens_file": str(work / "tokens.yaml"),
-                       "max_concurrent_streams": max(1000, streams)},
+                       "max_concurrent_streams": streams + 100},
         }))
         proc = subprocess.Popen([sys.executable, "-m", "collector", "--config", str(cfg), "ingest"],
                                 stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -145,12 +146,19 @@ async def main(cycles: int, streams: int) -> None:
         finally:
             proc.terminate()
             proc.wait(15)
-    mid = rss[len(rss) // 2]
-    first_growth = max(rss[1] - rss[0], 0.1)
-    second_half = rss[-1] - mid
-    print(f"RESULT rss_start_mb={rss[0]:.1f} rss_first_mb={rss[1]:.1f} rss_last_mb={rss[-1]:.1f} "
-          f"growth_second_half_mb={second_half:.1f} plateau_ratio={second_half / first_growth:.3f}")
-
+    after = rss[1:]  # RSS after each cycle
+    half = len(after) // 2
+    n = len(after)
+    xbar, ybar = (n - 1) / 2, sum(after) / n
+    slope = (sum((i - xbar) * (y - ybar) for i, y in enumerate(after))
+             / max(sum((i - xbar) ** 2 for i in range(n)), 1e-9))
+    first_max, second_max = max(after[:half] or after), max(after[half:])
+    print(f"RSS after each cycle: min {min(after):.1f}, max {max(after):.1f} MiB; first half max "
+          f"{first_max:.1f}, second half max {second_max:.1f}; least-squares slope "
+          f"{slope:+.2f} MiB/cycle")
+    print(f"RESULT rss_start_mb={rss[0]:.1f} rss_first_mb={after[0]:.1f} rss_last_mb={after[-1]:.1f} "
+          f"rss_max_first_half_mb={first_max:.1f} rss_max_second_half_mb={second_max:.1f} "
+          f"slope_mb_per_cycle={slope:.2f} plateau_ratio={second_max / first_max:.3f}")
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
