@@ -45,6 +45,18 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float,
     return cap * rand()
 
 
+def retry_pushback_s(exc: grpc.aio.AioRpcError) -> float:
+    """The server's retry hint on a refused stream (trailing metadata `retry-after-ms`, see
+    docs/contract.md), in seconds; 0 when there is none."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "retry-after-ms":
+            try:
+                return max(0.0, int(value) / 1000.0)
+            except (TypeError, ValueError):
+                return 0.0
+    return 0.0
+
+
 def read_token(settings: IngestTargetSettings) -> str:
     if settings.token_file is not None:
         try:
@@ -157,6 +169,7 @@ class Sender:
         attempt = 0
         while not self._stopping.is_set():
             acked_before = self.spool.counters.acked
+            pushback = 0.0
             try:
                 await self._session()
             except _StreamBroken as exc:
@@ -167,6 +180,7 @@ class Sender:
                 if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                     log.error("ingest refused the stream (%s): check agent.ingest.token / certs",
                               msg)
+                pushback = retry_pushback_s(exc)  # e.g. the site's stream limit was reached
                 self._note_failure(msg)
             except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
                 self._note_failure(f"stream closed: {exc}")  # a write on a finished call
@@ -180,8 +194,8 @@ class Sender:
                 self._progress.set()
             if self.spool.counters.acked > acked_before:
                 attempt = 0
-            delay = backoff_delay(attempt, self.settings.backoff_initial_s,
-                                  self.settings.backoff_max_s, self._rand)
+            delay = max(pushback, backoff_delay(attempt, self.settings.backoff_initial_s,
+                                                self.settings.backoff_max_s, self._rand))
             attempt += 1
             await self._sleep(delay)
 

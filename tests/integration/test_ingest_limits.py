@@ -206,3 +206,38 @@ async def test_unauthenticated_streams_are_counted_by_reason(
         assert _value(s, "collector_ingest_streams_refused_total", reason="unauthenticated") == 2
     finally:
         await s.stop()
+
+
+async def test_the_agent_waits_out_a_refused_stream_and_delivers_when_a_slot_frees(
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+) -> None:
+    from collector.agent.config import AgentSettings, LinkSourceSettings
+    from collector.agent.pipeline import AgentPipeline
+    from collector.agent.sources import collect_once
+    from collector.agent.sources.link import LinkSource
+    from tests.agent_support import SITE, agent_tls
+
+    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker),
+                                      max_streams_per_site=1, retry_after_ms=200))
+    spool = tmp_path / "spool"
+    agent = AgentSettings.model_validate({
+        "ingest": agent_tls(certs, f"127.0.0.1:{s.port}", token_for(SITE.site_id),
+                            server_name="localhost"),
+        "spool": {"dir": str(spool)}})
+    link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 3}))
+    try:
+        async with channel(s.port, certs) as ch:
+            holder = await _open(ch, SITE.site_id, 10**6)  # another client holds the one slot
+            async with AgentPipeline(agent, agent_id="agent-refused", site=SITE, boot_id="b",
+                                     spool_dir=spool) as p:
+                await collect_once(link, p)
+                assert await eventually(lambda: "max_streams_per_site" in (
+                    p.sender.last_error or ""), within=30), p.stats
+                assert p.stats.acked == 0 and len(p.spool) == 1  # kept, not lost
+                await holder.done_writing()
+                assert await holder.code() == grpc.StatusCode.OK
+                assert await p.wait_drained(30.0), p.stats
+        assert _value(s, "collector_ingest_streams_refused_total",
+                      reason="too_many_streams_site") >= 1
+    finally:
+        await s.stop()

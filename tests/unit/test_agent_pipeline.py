@@ -233,3 +233,17 @@ async def test_self_metrics_pass_promtool_check_metrics(tmp_path: Path) -> None:
                                                 stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(text), 60)
     assert proc.returncode == 0, out
+
+
+def test_retry_pushback_is_read_from_the_refusal_trailers() -> None:
+    import grpc
+
+    from collector.agent.sender import retry_pushback_s
+
+    def err(md: tuple[tuple[str, str], ...]) -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(),
+                                    grpc.aio.Metadata(*md), details="site limit")
+
+    assert retry_pushback_s(err((("retry-after-ms", "1500"),))) == 1.5
+    assert retry_pushback_s(err(())) == 0.0
+    assert retry_pushback_s(err((("retry-after-ms", "soon"),))) == 0.0
