@@ -437,11 +437,18 @@ class IngestServer:
                 totals.received_bytes += len(raw)
                 await per_stream.acquire()
                 if site_slots is not None:
-                    await site_slots.acquire()
+                    try:
+                        await site_slots.acquire()
+                    except BaseException:  # cancelled while waiting: the slot is not ours
+                        per_stream.release()
+                        raise
                 try:
                     item = await self._admit(raw, st)
                 except Exception as exc:  # a bug, never bad input: answer the batch anyway
                     item = self._internal_error(raw, exc)
+                except BaseException:  # cancelled: the site's slot must not leak
+                    release()
+                    raise
                 item.release = release  # the slots return when the ack is decided
                 if item.delivery is not None:
                     item.delivery.future.add_done_callback(lambda _f: st.changed.set())

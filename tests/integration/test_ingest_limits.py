@@ -242,3 +242,34 @@ async def test_the_agent_waits_out_a_refused_stream_and_delivers_when_a_slot_fre
                       reason="too_many_streams_site") >= 1
     finally:
         await s.stop()
+
+
+async def test_a_stream_cancelled_while_waiting_for_budget_returns_its_site_slot(
+    own_broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+) -> None:
+    topic = await make_topic(own_broker, partitions=1)
+    settings = ingest_settings(tmp_path, certs, own_broker.bootstrap, topic,
+                               max_inflight_per_site=3, max_inflight_total=2)
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+        update={"produce_timeout_s": 120.0})})
+    s = await started(settings)
+    try:
+        async with channel(s.port, certs) as ch:
+            keeper = await _open(ch, A, 1)  # keeps the site's budget object alive throughout
+            own_broker.pause()
+            try:
+                x = stream_call(ch, token_for(A))
+                for seq in (2, 3, 4):  # 2 fill the global budget, the 3rd waits for it
+                    await x.write(make_batch(A, seq).SerializeToString())
+                slots = s._site_inflight[A]
+                assert await eventually(lambda: s._inflight_count == 2 and slots._value == 0,
+                                        within=30)
+                x.cancel()  # the client leaves while its 3rd batch holds a site slot
+            finally:
+                own_broker.resume()
+            assert await eventually(lambda: s._inflight_count == 0 and slots._value == 3,
+                                    within=60)
+            await keeper.done_writing()
+            assert await keeper.code() == grpc.StatusCode.OK
+    finally:
+        await s.stop()
