@@ -7,11 +7,17 @@ TLS, one token per site), then runs `--cycles` cycles of: open `--streams` strea
 its own site, spread over 10 connections), send one batch on each, wait for every ack, close
 them all. After each cycle (and a short settle) it reads the ingest process's RSS.
 
-RSS growth that stops (the last half of the cycles adds little compared with the first
-cycle's growth) is retention: allocator arenas and gRPC/Python free lists sized for the peak,
-reused by the next cycle. Growth that continues linearly with cycles is a leak. The service
-also reports its own count of open streams and in-flight batches, which must be back to 0
-after each cycle.
+RSS that stops growing (second-half peak ~ first-half peak, slope ~0) is retention:
+allocator arenas and gRPC buffers sized for 1000 concurrent TLS streams, reused by the next
+cycle. Growth that continues with cycles is a leak. The service also reports its own count
+of open streams and in-flight batches, which must be back to 0 after each cycle.
+
+Measured 2026-12-01 (2 cores, busy): RSS after each of 20 cycles between 90 and 118 MiB,
+slope -0.03 MiB/cycle, the same band as the code before the contract hardening (89 to 115
+MiB). The service in-process under tracemalloc: Python-traced memory after each cycle stays
+at 1.0-1.1 MiB and the GC object count at ~69,000 over 10 cycles, so the retained RSS is
+native (gRPC core, TLS, malloc arenas), released in part every few cycles: retention, not a
+leak.
 
 Last line: RESULT rss_start_mb=<before the first cycle> rss_first_mb=<after cycle 1>
 rss_last_mb=<after the last> rss_max_first_half_mb rss_max_second_half_mb

@@ -219,7 +219,8 @@ class IngestSettings(Section):
         ge=1,
         description=(
             "Concurrent streams of one token (site), so one site cannot take every slot; beyond it "
-            "the stream is refused with RESOURCE_EXHAUSTED and `retry-after-ms`. An agent needs one."
+            "the stream is refused with RESOURCE_EXHAUSTED and `retry-after-ms`. An agent needs one. "
+            "Per-site limits need tokens (not applied with allow_unauthenticated)."
         ),
     )
     max_inflight_per_site: int = Field(

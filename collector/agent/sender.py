@@ -10,8 +10,10 @@ window of in-flight batches, lowest seq first. Acks (in the order the batches ar
   back to the spool and sending pauses for a backoff (at least the ack's retry_after_ms).
 
 A broken stream (disconnect, server restart, no ack within ack_timeout_s) puts every in-flight
-batch back and reconnects after an exponential backoff with full jitter and a cap. Every wait
-ends at once when shutdown begins.
+batch back and reconnects after an exponential backoff with full jitter and a cap, at least
+the server's `retry-after-ms` when it refused the stream (site stream limit). A stream the
+ingest closed for being idle (trailer `stream-end-reason: idle_timeout`) is reopened at once
+and is not a failure. Every wait ends at once when shutdown begins.
 """
 
 from __future__ import annotations
@@ -55,6 +57,14 @@ def retry_pushback_s(exc: grpc.aio.AioRpcError) -> float:
             except (TypeError, ValueError):
                 return 0.0
     return 0.0
+
+
+def stream_end_reason(exc: grpc.aio.AioRpcError) -> str:
+    """The ingest's trailer `stream-end-reason` (idle_timeout, shutdown, internal), or ''."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "stream-end-reason":
+            return str(value)
+    return ""
 
 
 def read_token(settings: IngestTargetSettings) -> str:
@@ -177,6 +187,12 @@ class Sender:
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 msg = f"{code.name}: {exc.details()}"
+                if stream_end_reason(exc) == "idle_timeout":
+                    # The ingest frees the slot of a stream with nothing to send (sources
+                    # with long intervals, e.g. 15-minute PM files): not a failure.
+                    log.info("ingest closed the idle stream; reopening")
+                    attempt = 0
+                    continue
                 if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                     log.error("ingest refused the stream (%s): check agent.ingest.token / certs",
                               msg)

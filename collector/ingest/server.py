@@ -417,8 +417,10 @@ class IngestServer:
                     del self._site_inflight[site]
             self.metrics.streams_ended.labels(st.end_reason).inc()
         if st.failure is not None:
-            # Every batch read was answered above; the status says why no more are read.
-            await context.abort(*st.failure)
+            # Every batch read was answered above; the status says why no more are read,
+            # the trailer `stream-end-reason` says it to programs (see docs/contract.md).
+            await context.abort(*st.failure,
+                                trailing_metadata=(("stream-end-reason", st.end_reason),))
 
     async def _read(self, requests: AsyncIterator[bytes], st: _StreamState) -> None:
         per_stream = asyncio.Semaphore(self.cfg.max_inflight_per_stream)

@@ -150,6 +150,7 @@ async def test_shutdown_answers_in_flight_then_closes_streams(
         # UNAVAILABLE, not OK: the client did not finish, it must reconnect elsewhere
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "shutting down" in (err.value.details() or "")
+        assert dict(err.value.trailing_metadata() or ()).get("stream-end-reason") == "shutdown"
     assert [a.code for a in acks] == [pb.OK] * len(acks)
 
 

@@ -136,6 +136,7 @@ async def test_a_silent_stream_is_closed_after_the_idle_timeout_and_frees_its_sl
                 await call.read()
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "no batch for 0.5s" in (err.value.details() or "")
+            assert _trailer(err.value, "stream-end-reason") == "idle_timeout"
             # the site's only slot is free again
             assert (await send_all(ch, token_for(A), [make_batch(A, 2).SerializeToString()])
                     ).ok_seqs() == [2]
@@ -271,5 +272,38 @@ async def test_a_stream_cancelled_while_waiting_for_budget_returns_its_site_slot
                                     within=60)
             await keeper.done_writing()
             assert await keeper.code() == grpc.StatusCode.OK
+    finally:
+        await s.stop()
+
+
+async def test_the_agent_reopens_an_idle_stream_quietly_and_keeps_delivering(
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+) -> None:
+    from collector.agent.config import AgentSettings, LinkSourceSettings
+    from collector.agent.pipeline import AgentPipeline
+    from collector.agent.sources import collect_once
+    from collector.agent.sources.link import LinkSource
+    from tests.agent_support import SITE, agent_tls
+
+    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker),
+                                      stream_idle_timeout_s=0.3))
+    spool = tmp_path / "spool"
+    agent = AgentSettings.model_validate({
+        "ingest": agent_tls(certs, f"127.0.0.1:{s.port}", token_for(SITE.site_id),
+                            server_name="localhost"),
+        "spool": {"dir": str(spool)}})
+    link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 2}))
+    try:
+        async with AgentPipeline(agent, agent_id="agent-idle", site=SITE, boot_id="b",
+                                 spool_dir=spool) as p:
+            await collect_once(link, p)
+            assert await p.wait_drained(30.0), p.stats
+            # silence: the ingest ends the idle stream, the agent opens a new one
+            assert await eventually(lambda: _value(s, "collector_ingest_streams_ended_total",
+                                                   reason="idle_timeout") >= 2, within=30)
+            await collect_once(link, p)
+            assert await p.wait_drained(30.0), p.stats
+            assert p.stats.stream_failures == 0  # an idle close is not a failure
+            assert p.stats.acked == 2
     finally:
         await s.stop()

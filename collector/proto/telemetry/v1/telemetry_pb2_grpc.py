@@ -44,10 +44,11 @@ class IngestServiceStub:
     with OK after the client half-closed and every batch was answered; UNAVAILABLE when
     the server shuts down or the stream sat idle for [stream_idle_timeout_s]=300 s with
     nothing in flight (reconnect when there is data); INTERNAL if the server could not
-    read the stream; RESOURCE_EXHAUSTED (set by gRPC itself, no Ack for that message)
-    for a message over twice [max_message_bytes] after decompression. In every case
-    the batches read before the end were answered; any batch without an OK Ack was
-    not acknowledged and must be sent again.
+    read the stream (these three carry the trailing metadata `stream-end-reason`:
+    shutdown, idle_timeout, internal); RESOURCE_EXHAUSTED (set by gRPC itself, no Ack
+    for that message) for a message over twice [max_message_bytes] after decompression.
+    In every case the batches read before the end were answered; any batch without an
+    OK Ack was not acknowledged and must be sent again.
     * Each batch read gets exactly ONE answer in an Ack on the response stream, in the
     order the batches were read (an OK Ack may answer several consecutive ones, see
     Ack). Whatever a batch holds, a problem with it never ends the stream.
@@ -105,10 +106,11 @@ class IngestServiceServicer:
     with OK after the client half-closed and every batch was answered; UNAVAILABLE when
     the server shuts down or the stream sat idle for [stream_idle_timeout_s]=300 s with
     nothing in flight (reconnect when there is data); INTERNAL if the server could not
-    read the stream; RESOURCE_EXHAUSTED (set by gRPC itself, no Ack for that message)
-    for a message over twice [max_message_bytes] after decompression. In every case
-    the batches read before the end were answered; any batch without an OK Ack was
-    not acknowledged and must be sent again.
+    read the stream (these three carry the trailing metadata `stream-end-reason`:
+    shutdown, idle_timeout, internal); RESOURCE_EXHAUSTED (set by gRPC itself, no Ack
+    for that message) for a message over twice [max_message_bytes] after decompression.
+    In every case the batches read before the end were answered; any batch without an
+    OK Ack was not acknowledged and must be sent again.
     * Each batch read gets exactly ONE answer in an Ack on the response stream, in the
     order the batches were read (an OK Ack may answer several consecutive ones, see
     Ack). Whatever a batch holds, a problem with it never ends the stream.
@@ -175,10 +177,11 @@ class IngestService:
     with OK after the client half-closed and every batch was answered; UNAVAILABLE when
     the server shuts down or the stream sat idle for [stream_idle_timeout_s]=300 s with
     nothing in flight (reconnect when there is data); INTERNAL if the server could not
-    read the stream; RESOURCE_EXHAUSTED (set by gRPC itself, no Ack for that message)
-    for a message over twice [max_message_bytes] after decompression. In every case
-    the batches read before the end were answered; any batch without an OK Ack was
-    not acknowledged and must be sent again.
+    read the stream (these three carry the trailing metadata `stream-end-reason`:
+    shutdown, idle_timeout, internal); RESOURCE_EXHAUSTED (set by gRPC itself, no Ack
+    for that message) for a message over twice [max_message_bytes] after decompression.
+    In every case the batches read before the end were answered; any batch without an
+    OK Ack was not acknowledged and must be sent again.
     * Each batch read gets exactly ONE answer in an Ack on the response stream, in the
     order the batches were read (an OK Ack may answer several consecutive ones, see
     Ack). Whatever a batch holds, a problem with it never ends the stream.
