@@ -25,6 +25,7 @@ from typing import Self
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from collector import children
 from collector.errors import BrokerLaunchError
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class EmbeddedBroker:
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env,  # noqa: ASYNC220
                                      start_new_session=True)
+        children.track(self.proc, "tansu")
         log.info("embedded broker pid %d on %s", self.proc.pid, self.bootstrap)
         try:
             await self._wait_ready()
@@ -193,6 +195,7 @@ class EmbeddedBroker:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 await asyncio.to_thread(proc.wait)
+        children.untrack(proc)
         if self._log_file not in (None, subprocess.DEVNULL):
             self._log_file.close()  # type: ignore[attr-defined]
         self._log_file = None

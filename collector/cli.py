@@ -3,8 +3,9 @@
 Each subcommand lives in its own module exposing
     add_arguments(parser: argparse.ArgumentParser) -> None
     async main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event) -> int
-`stop` is set on SIGINT/SIGTERM; `main` then shuts down within its grace period and returns
-an exit code. Modules are imported lazily so `collector agent` does not import Polars.
+`stop` is set on SIGINT/SIGTERM/SIGHUP; `main` then shuts down within its grace period and returns
+an exit code; a second signal kills the registered child processes (collector.children)
+and exits at once with status 130. Modules are imported lazily so `collector agent` does not import Polars.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -68,15 +70,35 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _force_exit() -> None:
+    """A second Ctrl-C: kill our children by pid and leave now, without graceful stops."""
+    from collector import children
+
+    killed = children.kill_all()
+    if sys.stdout.isatty():
+        sys.stdout.write("\x1b[?25h\n")  # a live view hid the cursor
+    sys.stdout.flush()
+    print(f"collector: forced exit (second signal); killed child pids {killed or 'none'}; "
+          "agent spools keep what was not acknowledged", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
 async def _run(mod: Any, settings: Any, args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+
+    def on_signal() -> None:
+        if stop.is_set():
+            _force_exit()
+        stop.set()
+
+    # SIGHUP too: a closed terminal (or tmux kill) must not leave the broker child behind
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, on_signal)
     try:
         return int(await mod.main(settings, args, stop) or 0)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 

@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from collector.aggregate.outputs import FAMILIES, build_frames
 from collector.aggregate.state import NS, PartitionState, WindowSink
-from collector.errors import BrokerError, ProtocolError
+from collector.errors import BrokerError, ConfigError, ProtocolError
 from collector.exposition.http import MetricsServer
 from collector.exposition.render import FamilyText, render
 
@@ -242,7 +242,11 @@ class Aggregator:
             if self.cfg.metrics_listen:
                 host, port = self.cfg.metrics_listen.rsplit(":", 1)
                 self._server = MetricsServer(host, int(port), self.render_metrics, self._health)
-                await self._server.start()
+                try:
+                    await self._server.start()
+                except OSError as exc:
+                    raise ConfigError(f"cannot serve /metrics on {self.cfg.metrics_listen}: "
+                                      f"{exc.strerror}", key="aggregate.metrics_listen") from exc
             self._task = asyncio.create_task(self._run(), name="aggregator")
             self._task.add_done_callback(self._loop_ended)
         except BaseException:
