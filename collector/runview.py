@@ -471,18 +471,18 @@ class LiveView:
                    else "countries", title_justify="left", expand=False)
         ct.add_column("")
         for c in self.info.countries:
-            ct.add_column(f"{COUNTRY_NAMES.get(c, c)} ({c})", min_width=28)
+            ct.add_column(f"{COUNTRY_NAMES.get(c, c)} ({c})", min_width=24)
         stats = [snap.countries.get(c, CountryStats()) for c in self.info.countries]
 
         def row(label: str, cells: list[Any]) -> None:
             ct.add_row(label, *cells)
 
         row("sites reporting", [str(s.sites) for s in stats])
-        row("link throughput in/out", [
+        row("links in/out", [
             f"{si(s.link_in * 8, 'b/s')} / {si(s.link_out * 8, 'b/s')}" for s in stats])
         row("", [Text(sparkline(hist.get(f"{c}:links", ())), style="cyan")
                  for c in self.info.countries])
-        row("cell throughput DL/UL", [
+        row("cells DL/UL", [
             f"{si(s.cell_dl * 8, 'b/s')} / {si(s.cell_ul * 8, 'b/s')}" for s in stats])
         row("", [Text(sparkline(hist.get(f"{c}:cells", ())), style="magenta")
                  for c in self.info.countries])
@@ -493,16 +493,16 @@ class LiveView:
             t = Text(f"{'-' if mbps is None else f'{mbps:.2f}'} Mb/s (ref {ref:.2f})\n")
             t.append(bar(mbps, max(REFERENCE_SPEED_MBPS.values()), 20), style="green")
             speed.append(t)
-        row("per-user DL speed", speed)
+        row("per-user DL", speed)
         cov = []
         for s in stats:
             ok = s.coverage is not None and s.coverage >= COVERAGE_TARGET
-            t = Text(f"{pct(s.coverage)} (target {COVERAGE_TARGET:.0%})  avail "
-                     f"{pct(s.availability, 2)}\n")
+            t = Text(f"{pct(s.coverage)} (target {COVERAGE_TARGET:.0%})\n")
             t.append(bar(s.coverage, 1.0, 20), style="green" if ok else "yellow")
             cov.append(t)
-        row("5G coverage / availability", cov)
-        row("completeness batches/samples", [
+        row("5G coverage", cov)
+        row("availability", [pct(s.availability, 2) for s in stats])
+        row("complete b/s", [
             Text(f"{pct(s.completeness, 2)} / {pct(s.samples_completeness, 2)}",
                  style="green" if (s.completeness or 0) >= 0.999 else "yellow") for s in stats])
 

@@ -193,8 +193,9 @@ class AgentSettings(_Section):
                                          "batches are sent.")
     spool: SpoolSettings = Field(SpoolSettings(), description="The durable on-disk spool.")
     sources: SourcesSettings = Field(SourcesSettings(), description="What is collected.")
-    metrics_listen: str = Field("127.0.0.1:9465", description="HOST:PORT of the agent's own "
-                                "/metrics; empty disables it.")
+    metrics_listen: str = Field("127.0.0.1:9466", description="HOST:PORT of the agent's own "
+                                "/metrics; empty disables it (9466: not the aggregator's "
+                                "9465, so both run on one host).")
     shutdown_grace_s: float = Field(5.0, ge=0, description="On shutdown, how long to keep "
                                     "sending so in-flight batches get acked. Unsent batches stay "
                                     "in the spool either way.")

@@ -113,11 +113,11 @@ class AggregateSettings(BaseModel):
         description="Checkpoints larger than this are split into several state-topic records.",
     )
     metrics_listen: str = Field(
-        "127.0.0.1:9466",
+        "127.0.0.1:9465",
         description=(
             "HOST:PORT of the /metrics and /healthz endpoint (port 0 picks a free port); empty "
             "disables it. Default ports never overlap: ingest gRPC 4317, ingest /metrics 9464, "
-            "agent /metrics 9465, aggregate /metrics 9466."
+            "aggregate /metrics 9465, agent /metrics 9466."
         ),
     )
     window_log: Path | None = Field(
