@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DEBS   := prometheus prometheus-alertmanager socat snmpd snmp
+DEBS   := prometheus prometheus-alertmanager socat snmpd snmp tmux
 APT_STAMP := $(VENV)/.apt-ok
 PYTEST_ARGS ?=
 
@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 	touch $@
 
 # Debian packages the tests use (a real Prometheus, promtool, Alertmanager, socat, net-snmp's
-# snmpd and snmpget/snmpbulkwalk);
-# `apt-get update` once, only when something is missing.
+# snmpd and snmpget/snmpbulkwalk, tmux for the live view of `collector run` read from a real
+# terminal); `apt-get update` once, only when something is missing.
 $(APT_STAMP): | $(PY)
-	@missing=""; for b in prometheus promtool prometheus-alertmanager socat snmpd snmpbulkwalk; do \
+	@missing=""; for b in prometheus promtool prometheus-alertmanager socat snmpd snmpbulkwalk tmux; do \
 	  command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages ($$missing missing): $(DEBS)"; \

@@ -1,0 +1,65 @@
+"""`collector health ROLE`: the container/Kubernetes probe against real servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from collector.broker import EmbeddedBroker, free_port
+from collector.config import load_settings
+from collector.devcerts import DevCerts
+from collector.exposition.http import MetricsServer
+from collector.health_cmd import probe_http, probe_ingest, role_of_pid1
+from collector.ingest.server import IngestServer
+from tests.agent_support import ingest_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_ingest_probe_speaks_grpc_health_over_tls(tmp_path: Path, broker: EmbeddedBroker,
+                                                        topic: str, certs: DevCerts) -> None:
+    port = free_port()
+    cfg = ingest_config(tmp_path, certs, broker.bootstrap, topic, port, {"tok-0123456789abcdef": "jp-1"})
+    settings = load_settings(cfg)
+    async with IngestServer(settings):
+        # the CA is found beside the server certificate (ca.pem), the name from its SAN
+        assert await probe_ingest(settings, deadline_s=5) is None
+        p = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "collector", "--config", str(cfg), "health", "ingest", cwd=ROOT,
+            stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(p.communicate(), 60)
+        assert p.returncode == 0, err
+        wrong_ca = tmp_path / "other-ca.pem"
+        wrong_ca.write_bytes(certs.client_cert.read_bytes())
+        assert await probe_ingest(settings, deadline_s=5, ca=wrong_ca) is not None
+    problem = await probe_ingest(settings, deadline_s=2)
+    assert problem is not None and "UNAVAILABLE" in problem
+
+
+async def test_aggregate_probe_reads_healthz_and_reports_the_reason() -> None:
+    state: dict[str, str | None] = {"problem": None}
+
+    async def body() -> bytes:
+        return b""
+
+    server = MetricsServer("127.0.0.1", 0, body, lambda: state["problem"])
+    await server.start()
+    try:
+        url = f"http://127.0.0.1:{server.bound_port}/healthz"
+        assert await asyncio.to_thread(probe_http, url, 5) is None
+        state["problem"] = "consume loop failed: boom"
+        got = await asyncio.to_thread(probe_http, url, 5)
+        assert got is not None and "503" in got and "boom" in got
+    finally:
+        await server.stop()
+    assert probe_http(url, 2) is not None  # nothing listens any more
+
+
+def test_role_comes_from_pid1_cmdline(tmp_path: Path) -> None:
+    f = tmp_path / "cmdline"
+    f.write_bytes(b"/opt/collector/bin/python\0/opt/collector/bin/collector\0aggregate\0")
+    assert role_of_pid1(f) == "aggregate"
+    f.write_bytes(b"/sbin/init\0")
+    assert role_of_pid1(f) is None
+    assert role_of_pid1(tmp_path / "missing") is None
