@@ -5,12 +5,12 @@
     collector health agent       # GET /metrics of the agent (its HTTP endpoint answers)
     collector health             # the role of PID 1 (`collector <role>` in a container)
 
-Addresses come from the same settings as the role (the --config file and COLLECTOR_*
-environment), with a wildcard listen address probed on loopback. The ingest is probed over
-TLS unless `ingest.plaintext`: the CA is `--ca`, else a `ca.crt` / `ca.pem` beside
-`ingest.tls_cert` (cert-manager and `collector run` both put one there), and the name
-checked is `--server-name`, else the certificate's first DNS name. Exit 0 = healthy,
-1 = unhealthy (one line on stderr says why), 2 = cannot tell (config).
+Addresses come from the same settings as the role (its --config file - PID 1's when none
+is given - and the COLLECTOR_* environment), with a wildcard listen address probed on
+loopback. The ingest is probed over TLS unless `ingest.plaintext`: the CA is `--ca`, else
+a `ca.crt` / `ca.pem` beside `ingest.tls_cert` (cert-manager and `collector run` both put
+one there), and the name checked is `--server-name`, else the certificate's first DNS
+name. Exit 0 = healthy, 1 = unhealthy (one line on stderr says why), 2 = cannot tell (config).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from collector.config import Settings
+from collector.config import Settings, load_settings
 from collector.errors import ConfigError
 
 ROLES = ("ingest", "aggregate", "agent")
@@ -37,14 +37,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-name", help="ingest: TLS name to verify")
 
 
-def role_of_pid1(cmdline: Path = Path("/proc/1/cmdline")) -> str | None:
+def pid1_argv(cmdline: Path = Path("/proc/1/cmdline")) -> list[str]:
     try:
-        argv = cmdline.read_bytes().split(b"\0")
+        return [a.decode(errors="replace") for a in cmdline.read_bytes().split(b"\0") if a]
     except OSError:
-        return None
-    for a in argv:
-        if a.decode(errors="replace") in ROLES:
-            return a.decode()
+        return []
+
+
+def role_of_pid1(cmdline: Path = Path("/proc/1/cmdline")) -> str | None:
+    return next((a for a in pid1_argv(cmdline) if a in ROLES), None)
+
+
+def config_of_pid1(cmdline: Path = Path("/proc/1/cmdline")) -> str | None:
+    """The --config/-c file PID 1 was started with (so the probe reads the same settings)."""
+    argv = pid1_argv(cmdline)
+    for i, a in enumerate(argv):
+        if a in ("--config", "-c") and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
     return None
 
 
@@ -120,6 +131,8 @@ async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event
         print("collector health: no role given and PID 1 is not `collector <role>`",
               file=sys.stderr)
         return 2
+    if not (args.config or args.sub_config) and (path := config_of_pid1()):
+        settings = load_settings(path)
     if role == "ingest":
         problem = await probe_ingest(settings, deadline_s=args.timeout, ca=args.ca,
                                      server_name=args.server_name)

@@ -10,7 +10,7 @@ from collector.broker import EmbeddedBroker, free_port
 from collector.config import load_settings
 from collector.devcerts import DevCerts
 from collector.exposition.http import MetricsServer
-from collector.health_cmd import probe_http, probe_ingest, role_of_pid1
+from collector.health_cmd import config_of_pid1, probe_http, probe_ingest, role_of_pid1
 from collector.ingest.server import IngestServer
 from tests.agent_support import ingest_config
 
@@ -34,7 +34,8 @@ async def test_ingest_probe_speaks_grpc_health_over_tls(tmp_path: Path, broker: 
         wrong_ca.write_bytes(certs.client_cert.read_bytes())
         assert await probe_ingest(settings, deadline_s=5, ca=wrong_ca) is not None
     problem = await probe_ingest(settings, deadline_s=2)
-    assert problem is not None and "UNAVAILABLE" in problem
+    assert problem is not None
+    assert "UNAVAILABLE" in problem
 
 
 async def test_aggregate_probe_reads_healthz_and_reports_the_reason() -> None:
@@ -50,7 +51,9 @@ async def test_aggregate_probe_reads_healthz_and_reports_the_reason() -> None:
         assert await asyncio.to_thread(probe_http, url, 5) is None
         state["problem"] = "consume loop failed: boom"
         got = await asyncio.to_thread(probe_http, url, 5)
-        assert got is not None and "503" in got and "boom" in got
+        assert got is not None
+        assert "503" in got
+        assert "boom" in got
     finally:
         await server.stop()
     assert probe_http(url, 2) is not None  # nothing listens any more
@@ -60,6 +63,9 @@ def test_role_comes_from_pid1_cmdline(tmp_path: Path) -> None:
     f = tmp_path / "cmdline"
     f.write_bytes(b"/opt/collector/bin/python\0/opt/collector/bin/collector\0aggregate\0")
     assert role_of_pid1(f) == "aggregate"
+    assert config_of_pid1(f) is None
+    f.write_bytes(b"/opt/collector/bin/collector\0--config\0/etc/collector/ingest.yaml\0ingest\0")
+    assert (role_of_pid1(f), config_of_pid1(f)) == ("ingest", "/etc/collector/ingest.yaml")
     f.write_bytes(b"/sbin/init\0")
     assert role_of_pid1(f) is None
     assert role_of_pid1(tmp_path / "missing") is None

@@ -132,13 +132,16 @@ def test_run_for_30s_without_a_terminal_serves_jp_and_us_and_leaves_no_child(
     assert tansu in {c.pid for c in r.children}
     rates = wait_until(lambda: (lambda x: x if {"JP", "US"} <= set(x) else None)(
         _country_rates(_get(url))), within=60)
-    assert rates and {"JP", "US"} <= set(rates), rates
+    assert rates, rates
+    assert {"JP", "US"} <= set(rates), rates
     assert all(v > 0 for v in rates.values()), rates
     assert r.finish(within=90) == 0, r.output[-4000:]
     out = r.output
     assert re.search(r"\[\s+\d+s\] samples/s", out)  # the plain status block (not a terminal)
     assert "\x1b[" not in out  # no terminal control codes into a pipe
-    assert "run summary" in out and "  JP: 2 sites" in out and "  US: 2 sites" in out
+    assert "run summary" in out
+    assert "  JP: 2 sites" in out
+    assert "  US: 2 sites" in out
     assert out.rstrip().endswith("stopped")
     assert not r.left_behind(), r.left_behind()
     assert not psutil.pid_exists(tansu) or psutil.Process(tansu).status() == psutil.STATUS_ZOMBIE
@@ -155,7 +158,8 @@ def test_sigint_mid_run_stops_within_the_grace_period(tmp_path: Path, runs: list
     r.proc.send_signal(signal.SIGINT)
     # ingest grace 5 s + aggregator stop grace 5 s + agents' shutdown grace 5 s + broker 5 s
     assert r.finish(within=20 + 30) == 0, r.output[-4000:]
-    assert "run summary" in r.output and "stopped" in r.output
+    assert "run summary" in r.output
+    assert "stopped" in r.output
     assert not r.left_behind()
 
 
@@ -189,7 +193,8 @@ def test_busy_port_is_one_line_naming_the_key(tmp_path: Path) -> None:
     assert p.returncode == 2, p.stdout + p.stderr
     err = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(err) == 1, p.stderr
-    assert "aggregate.metrics_listen" in err[0] and f"127.0.0.1:{port}" in err[0]
+    assert "aggregate.metrics_listen" in err[0]
+    assert f"127.0.0.1:{port}" in err[0]
 
 
 def test_run_refuses_a_workdir_it_did_not_create(tmp_path: Path) -> None:
@@ -199,7 +204,9 @@ def test_run_refuses_a_workdir_it_did_not_create(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "collector", "--config", str(_config(tmp_path)),
                         "run", "--workdir", str(w), "--duration", "1"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2 and "--workdir" in p.stderr and "refusing" in p.stderr
+    assert p.returncode == 2
+    assert "--workdir" in p.stderr
+    assert "refusing" in p.stderr
     assert (w / "thesis.tex").read_text() == "years of work"
 
 
@@ -241,8 +248,8 @@ def test_run_on_an_existing_kafka_with_three_countries_and_a_pm_directory(
 def test_live_view_in_a_terminal_shows_both_countries_with_throughput(tmp_path: Path) -> None:
     sock = tmp_path / "tmux.sock"
     cfg = _config(tmp_path)
-    cmd = (f"cd {ROOT} && env -u COLUMNS -u LINES {sys.executable} -m collector --config {cfg} run --duration 120 "
-           f"--workdir {tmp_path / 'work'}; echo EXIT=$?; sleep 600")
+    cmd = (f"cd {ROOT} && env -u COLUMNS -u LINES {sys.executable} -m collector --config {cfg} "
+           f"run --duration 120 --workdir {tmp_path / 'work'}; echo EXIT=$?; sleep 600")
     tmux = ["tmux", "-S", str(sock)]
     subprocess.run([*tmux, "new-session", "-d", "-x", "150", "-y", "50", cmd], check=True)
     try:
@@ -261,13 +268,15 @@ def test_live_view_in_a_terminal_shows_both_countries_with_throughput(tmp_path: 
         got = wait_until(throughput, within=90, step=1.0)
         frame = screen()
         assert got, frame
-        assert "Japan (JP)" in frame and "United States (US)" in frame
+        assert "Japan (JP)" in frame
+        assert "United States (US)" in frame
         assert re.search(r"│\s*[\d.]+ Mb/s \(ref 279\.93\)", frame), frame
         assert "INFO" not in frame  # log lines go to the run's log file, not over the view
         subprocess.run([*tmux, "send-keys", "C-c"], check=True)
         assert wait_until(lambda: "EXIT=" in screen(), within=60, step=1.0), screen()
         end = screen()
-        assert "EXIT=0" in end and "run summary" in end, end
+        assert "EXIT=0" in end, end
+        assert "run summary" in end, end
         assert (tmp_path / "work" / "collector.log").is_file()
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)

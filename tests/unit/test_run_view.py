@@ -69,10 +69,15 @@ def test_country_stats_sums_rates_and_averages_ratios_per_country() -> None:
     assert jp.user_dl_mbps == pytest.approx((25e6 + 35e6) / 2 * 8 / 1e6)  # avg stat only
     assert jp.coverage == pytest.approx(0.98)
     assert jp.availability == 1.0
-    assert jp.completeness == 0.75 and jp.completeness_min == 0.5
-    assert jp.sites == 2 and us.sites == 0
-    assert jp.dropped == {"late": 7.0} and us.dropped == {"duplicate": 1.0}
-    assert us.cell_dl == 11.0 and us.user_dl_mbps is None and us.coverage is None
+    assert jp.completeness == 0.75
+    assert jp.completeness_min == 0.5
+    assert jp.sites == 2
+    assert us.sites == 0
+    assert jp.dropped == {"late": 7.0}
+    assert us.dropped == {"duplicate": 1.0}
+    assert us.cell_dl == 11.0
+    assert us.user_dl_mbps is None
+    assert us.coverage is None
 
 
 def test_country_without_series_is_reported_empty() -> None:
@@ -114,10 +119,12 @@ def test_live_view_renders_both_countries_from_a_snapshot() -> None:
     console = Console(width=140, record=True, force_terminal=False)
     console.print(LiveView(info, console=console).render(snap, {"agents": 5.0}))
     text = console.export_text()
-    assert "Japan (JP)" in text and "United States (US)" in text
+    assert "Japan (JP)" in text
+    assert "United States (US)" in text
     assert "1.2 kb/s / 56.0 b/s" in text  # JP links: 150 B/s in, 7 B/s out, as bits
     assert "240.00 Mb/s (ref 217.11)" in text
-    assert "98.0% (target 98%)" in text and "100.00%" in text
+    assert "98.0% (target 98%)" in text
+    assert "100.00%" in text
 
 
 def test_summary_says_what_the_embedded_broker_loses() -> None:
@@ -182,7 +189,8 @@ def test_run_options_override_the_simulator(tmp_path: Path) -> None:
     assert s.simulate.countries == ("JP", "US", "AE")
     assert (s.simulate.seed, s.simulate.sites_per_country, s.simulate.acceleration) == (7, 2, 3.0)
     assert s.simulate.interval_s == run.RUN_INTERVAL_S
-    assert s.ingest.tokens_file is not None and s.ingest.tls_cert is not None
+    assert s.ingest.tokens_file is not None
+    assert s.ingest.tls_cert is not None
 
 
 @pytest.mark.parametrize(("kw", "key"), [
