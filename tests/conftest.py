@@ -14,9 +14,15 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from hypothesis import settings as hypothesis_settings
 
 from collector.broker import EmbeddedBroker, TopicSpec, free_port
 from collector.devcerts import DevCerts, make_dev_certs
+
+# A hypothesis deadline is a timing assertion: on this shared 2-core machine a 200 ms
+# example deadline fails at random (seen in test_batch_builder, test_agent_spool).
+hypothesis_settings.register_profile("collector", deadline=None)
+hypothesis_settings.load_profile("collector")
 
 _topic_ids = itertools.count()
 
