@@ -13,8 +13,24 @@
 2. Simulator: `collector.simulate.bench.measure_generation` (batches written straight to
    Kafka, bypassing ingest) against an embedded Tansu broker, in samples/s; NA when that
    function or the broker is not available.
+3. Link adapters (`--adapters`, also part of the default run): the agent's CPU for 100
+   interfaces at a 1 s interval with each link adapter, one after the other in the same run,
+   as a ratio to `linux`. To give every adapter the same 100 real interfaces without
+   touching the machine's network, the measurement re-runs itself in a new network and mount
+   namespace (`unshare --net --mount`, needs root) with 50 veth pairs: `linux` reads them
+   from that namespace's /sys/class/net; `snmp` polls Debian's snmpd (v2c, and v3 authPriv
+   SHA/AES) serving their IF-MIB on the namespace's loopback; `gnmi` subscribes over TLS to
+   the tests' gNMI target (tests/gnmi_support.py, in the sink process) streaming 100
+   OpenConfig interfaces, half with transceiver optics, one SAMPLE per second. The agent
+   side is the link source, spool and sender to the acking sink. NA when unshare, ip or
+   snmpd is missing.
 
 Last line: RESULT agent_core_fraction=<x> simulate_samples_per_s=<n>
+  link_linux_core_per_100if_1s=<x> link_snmp_core_per_100if_1s=<x>
+  link_snmp_v3_core_per_100if_1s=<x> link_gnmi_core_per_100if_1s=<x>
+  snmp_to_linux=<r> snmp_v3_to_linux=<r> gnmi_to_linux=<r>
+(link_*: CPU seconds per 100 interface readings = the core fraction of 100 interfaces at a
+1 s interval; *_to_linux: same-run ratios)
 """
 
 from __future__ import annotations
@@ -23,12 +39,15 @@ import argparse
 import asyncio
 import datetime as dt
 import inspect
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,7 +58,7 @@ TOKEN = "bench-token-0123456789"
 
 # ---- the sink process: acks every batch, and plays the gNB writing PM files -----------------
 
-async def _sink(port: int, cert: Path, key: Path, pm_dir: Path) -> None:
+async def _sink(port: int, cert: Path, key: Path, pm_dir: Path | None) -> None:
     import grpc
     from grpc import aio
 
@@ -63,6 +82,9 @@ async def _sink(port: int, cert: Path, key: Path, pm_dir: Path) -> None:
     server.add_secure_port(f"127.0.0.1:{port}", creds)
     await server.start()
     print("sink ready", flush=True)
+    if pm_dir is None:
+        await asyncio.Event().wait()
+    assert pm_dir is not None
     metrics = sorted(PM_MEASUREMENTS)
     k = 0
     while True:
@@ -75,6 +97,19 @@ async def _sink(port: int, cert: Path, key: Path, pm_dir: Path) -> None:
         tmp.rename(pm_dir / f"A{k:08d}.xml")  # atomic: the reader never sees half a file
         k += 1
         await asyncio.sleep(INTERVAL_S - time.time() % INTERVAL_S)
+
+
+async def _gnmi_sink(port: int, gnmi_port: int, cert: Path, key: Path, ca: Path) -> None:
+    """The acking ingest sink plus a gNMI target with 100 interfaces, in one process."""
+    from collector.devcerts import DevCerts
+    from tests.gnmi_support import NS, Device, GnmiTarget, Port
+
+    ports = tuple(Port(f"et-0/0/{i}", 1_000_000 * (i + 1),
+                       transceiver=f"xcvr-{i}" if i % 2 == 0 else "") for i in range(LINKS))
+    dev = Device(t0_ns=time.time_ns() // NS * NS, ports=ports)
+    target = GnmiTarget(dev, certs=DevCerts(ca, cert, key, cert, key), pace_s=INTERVAL_S)
+    await target.start(gnmi_port)
+    await _sink(port, cert, key, None)
 
 
 # ---- the agent, measured in this process ----------------------------------------------------
@@ -147,6 +182,149 @@ async def measure_agent(seconds: float, warmup: float) -> dict[str, float]:
             "drained": float(drained), "cell_samples_total": cells_read}
 
 
+SNMP_COMMUNITY, SNMP_USER, SNMP_AUTH, SNMP_PRIV = "bench-c0mm", "bench", "bench-auth-1", "bench-priv-1"
+
+
+def _netns_setup(pairs: int) -> None:
+    """Inside the private namespace: loopback up, sysfs of this namespace, veth pairs up."""
+    subprocess.run(["mount", "-t", "sysfs", "sysfs", "/sys"], check=True)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    batch = "".join(f"link add bench{i}a type veth peer name bench{i}b\n"
+                    f"link set bench{i}a up\nlink set bench{i}b up\n" for i in range(pairs))
+    subprocess.run(["ip", "-batch", "-"], input=batch.encode(), check=True)
+
+
+async def _run_link_source(adapter: str, options: dict, seconds: float, warmup: float,
+                           sink_port: int, certs, tmp: Path) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    from collector.agent.batch import SiteInfo
+    from collector.agent.config import AgentSettings, LinkSourceSettings
+    from collector.agent.pipeline import AgentPipeline
+    from collector.agent.sources import run_source
+    from collector.agent.sources.link import LinkSource
+
+    spool = tmp / f"spool-{adapter}-{len(options)}-{time.monotonic_ns()}"
+    settings = AgentSettings.model_validate({
+        "ingest": {"target": f"127.0.0.1:{sink_port}", "ca_file": str(certs.ca),
+                   "server_name": "localhost", "token": TOKEN},
+        "spool": {"dir": str(spool), "fsync": "interval"}})
+    site = SiteInfo("jp-tokyo-01", "JP", "Kanto", "Asia/Tokyo")
+    src = LinkSource(LinkSourceSettings(adapter=adapter, interval_s=INTERVAL_S, options=options,
+                                        exclude=["lo", "*:lo"]))
+    stop = asyncio.Event()
+    readings = [0]
+    read = src.adapter.read
+
+    async def counted() -> Any:  # interface readings delivered (the unit of the figure)
+        got = await read()
+        readings[0] += len(got)
+        return got
+
+    src.adapter.read = counted  # type: ignore[method-assign]
+    try:
+        async with AgentPipeline(settings, agent_id=f"bench-{adapter}", site=site,
+                                 boot_id="bench", spool_dir=spool) as p:
+            task = asyncio.create_task(run_source(src, p, stop))
+            await asyncio.sleep(warmup)
+            s0, c0, r0 = src.stats.samples, src.stats.collections, readings[0]
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            await asyncio.sleep(seconds)
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            samples = src.stats.samples - s0
+            n_readings = readings[0] - r0
+            stop.set()
+            await task
+    finally:
+        await src.close()
+    errors = {t: dict(st.errors) for t, st in src.stats.targets.items() if st.errors}
+    return {"cpu_s": cpu, "wall_s": wall, "samples": samples, "readings": n_readings,
+            "collections": src.stats.collections - c0, "errors": errors}
+
+
+def _start_snmpd(tmp: Path) -> tuple[subprocess.Popen, int]:  # type: ignore[type-arg]
+    from tests.snmp_support import free_udp_port
+
+    port = free_udp_port()
+    conf = tmp / "snmpd.conf"
+    conf.write_text(f"agentAddress udp:127.0.0.1:{port}\nrocommunity {SNMP_COMMUNITY} 127.0.0.1\n"
+                    f'createUser {SNMP_USER} SHA "{SNMP_AUTH}" AES "{SNMP_PRIV}"\n'
+                    f"rouser {SNMP_USER} priv\n")
+    (tmp / "snmp-persist").mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        [shutil.which("snmpd") or "/usr/sbin/snmpd", "-f", "-Ln", "-C", "-c", str(conf),
+         "-M", str(tmp / "nomibs"), "-m", "", "-p", str(tmp / "snmpd.pid")],
+        env={**os.environ, "SNMP_PERSISTENT_DIR": str(tmp / "snmp-persist"), "MIBS": ""},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        ok = subprocess.run(["snmpget", "-v2c", "-c", SNMP_COMMUNITY, "-t", "0.3", "-r", "0",
+                             f"127.0.0.1:{port}", "1.3.6.1.2.1.1.3.0"],
+                            capture_output=True, check=False).returncode == 0
+        if ok:
+            return proc, port
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("snmpd did not answer")
+
+
+async def measure_adapters_here(seconds: float, warmup: float) -> dict[str, dict]:
+    """Runs inside the private namespace (see the module doc)."""
+    from collector.broker import free_port
+    from collector.devcerts import make_dev_certs
+
+    _netns_setup(LINKS // 2)
+    out: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="adapterbench-") as tmp_s:
+        tmp = Path(tmp_s)
+        certs = make_dev_certs(tmp / "tls")
+        sink_port, gnmi_port = free_port(), free_port()
+        sink = subprocess.Popen(
+            [sys.executable, __file__, "--gnmi-sink", str(sink_port), str(gnmi_port),
+             str(certs.server_cert), str(certs.server_key), str(certs.ca)],
+            stdout=subprocess.PIPE, cwd=ROOT)
+        snmpd, snmp_port = _start_snmpd(tmp)
+        try:
+            assert sink.stdout is not None
+            if b"sink ready" not in sink.stdout.readline():
+                raise RuntimeError("sink did not start")
+            snmp_target = {"name": "sw", "address": f"127.0.0.1:{snmp_port}",
+                           "max_repetitions": 25, "timeout_s": 1.0}
+            runs = {
+                "linux": ("linux", {}),
+                "snmp": ("snmp", {"interval_s": INTERVAL_S, "targets": [
+                    {**snmp_target, "community": SNMP_COMMUNITY}]}),
+                "snmp_v3": ("snmp", {"interval_s": INTERVAL_S, "targets": [
+                    {**snmp_target, "version": "3", "user": SNMP_USER, "auth_key": SNMP_AUTH,
+                     "priv_key": SNMP_PRIV}]}),
+                "gnmi": ("gnmi", {"interval_s": INTERVAL_S, "targets": [
+                    {"name": "r1", "address": f"127.0.0.1:{gnmi_port}",
+                     "ca_file": str(certs.ca), "server_name": "localhost"}]}),
+            }
+            for name, (adapter, options) in runs.items():
+                out[name] = await _run_link_source(adapter, options, seconds, warmup, sink_port,
+                                                   certs, tmp)
+        finally:
+            sink.kill()
+            sink.wait()
+            snmpd.terminate()
+            snmpd.wait(10)
+    return out
+
+
+def measure_adapters(seconds: float, warmup: float) -> dict[str, dict] | None:
+    """Re-runs this script in a private network+mount namespace; None when impossible."""
+    missing = [b for b in ("unshare", "ip", "snmpd", "snmpget") if shutil.which(b) is None
+               and not Path(f"/usr/sbin/{b}").exists()]
+    if missing or os.geteuid() != 0:
+        print(f"link adapters: NA ({'missing ' + ', '.join(missing) if missing else 'needs root'})")
+        return None
+    res = subprocess.run(["unshare", "--net", "--mount", "--", sys.executable, __file__,
+                          "--adapters-in-netns", str(seconds), str(warmup)],
+                         capture_output=True, cwd=ROOT, timeout=600, check=False)
+    if res.returncode != 0:
+        print(f"link adapters: NA (namespace run failed: {res.stderr.decode()[-2000:]})")
+        return None
+    return json.loads(res.stdout.decode().strip().splitlines()[-1])
+
+
 async def measure_simulator(seconds: float) -> float | None:
     try:
         from collector.simulate.bench import measure_generation
@@ -166,7 +344,33 @@ async def measure_simulator(seconds: float) -> float | None:
         return None
 
 
-async def main(seconds: float, sim_seconds: float, warmup: float) -> None:
+def report_adapters(res: dict[str, dict] | None) -> str:
+    """Per adapter: CPU seconds per 100 interface readings, which at a 1 s interval is the
+    fraction of one core 100 interfaces cost (polls that failed or ran late are not in
+    the denominator), and the same-run ratio to linux."""
+    keys = ("linux", "snmp", "snmp_v3", "gnmi")
+    if res is None:
+        return " ".join([f"link_{k}_core_per_100if_1s=NA" for k in keys]
+                        + [f"{k}_to_linux=NA" for k in keys[1:]])
+    print(f"link adapters: {LINKS} interfaces at {INTERVAL_S:g} s, one after the other in one run "
+          f"(agent process CPU: link source + spool + sender)")
+    per100 = {}
+    for k in keys:
+        r = res[k]
+        per100[k] = r["cpu_s"] / max(r["readings"], 1) * 100
+        print(f"  {k:8s} {per100[k] * 100:6.2f}% of one core per 100 interfaces at 1 s "
+              f"({r['cpu_s'] / r['wall_s'] * 100:.2f}% measured, {r['readings']} interface "
+              f"readings in {r['wall_s']:.1f} s, {r['samples']} samples)"
+              + (f", errors {r['errors']}" if r["errors"] else ""))
+    lin = per100["linux"]
+    return " ".join([f"link_{k}_core_per_100if_1s={per100[k]:.4f}" for k in keys]
+                    + [f"{k}_to_linux={per100[k] / lin:.2f}" for k in keys[1:]])
+
+
+async def main(seconds: float, sim_seconds: float, warmup: float, adapters: str) -> None:
+    if adapters == "only":
+        print("RESULT " + report_adapters(measure_adapters(seconds, warmup)))
+        return
     r = await measure_agent(seconds, warmup)
     cpu, wall = r["cpu_s"], r["wall_s"]
     fraction = cpu / wall
@@ -185,10 +389,19 @@ async def main(seconds: float, sim_seconds: float, warmup: float) -> None:
     sim = "NA" if rate is None else f"{rate:.0f}"
     if rate is not None:
         print(f"simulator: {rate:.0f} samples/s straight to Kafka (target >= 2,000,000)")
-    print(f"RESULT agent_core_fraction={fraction:.4f} simulate_samples_per_s={sim}")
+    links = report_adapters(measure_adapters(seconds, warmup)) if adapters == "yes" else ""
+    print(f"RESULT agent_core_fraction={fraction:.4f} simulate_samples_per_s={sim} {links}".rstrip())
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--gnmi-sink":
+        asyncio.run(_gnmi_sink(int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]),
+                               Path(sys.argv[5]), Path(sys.argv[6])))
+        sys.exit(0)
+    if len(sys.argv) > 1 and sys.argv[1] == "--adapters-in-netns":
+        result = asyncio.run(measure_adapters_here(float(sys.argv[2]), float(sys.argv[3])))
+        print(json.dumps(result))
+        sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "--sink":
         asyncio.run(_sink(int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]),
                           Path(sys.argv[5])))
@@ -198,7 +411,9 @@ if __name__ == "__main__":
     ap.add_argument("--seconds", type=float, default=20.0, help="agent measurement window")
     ap.add_argument("--sim-seconds", type=float, default=10.0, help="simulator run")
     ap.add_argument("--quick", action="store_true", help="8 s agent window, 5 s simulator")
+    ap.add_argument("--adapters", choices=("yes", "no", "only"), default="yes",
+                    help="measure the link adapters too (part 3), skip them, or only them")
     a = ap.parse_args()
     if a.quick:
         a.seconds, a.sim_seconds = 8.0, 5.0
-    asyncio.run(main(a.seconds, a.sim_seconds, warmup=3.0))
+    asyncio.run(main(a.seconds, a.sim_seconds, warmup=3.0, adapters=a.adapters))
