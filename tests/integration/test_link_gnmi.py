@@ -81,7 +81,9 @@ async def test_stream_readings_equal_the_device_model(target: GnmiTarget, certs:
         assert r.counter_bits == 64
         assert r.counter_start_unix_nano == dev.last_clear(k) == 0
         assert r.oper_up is True
-    r1 = next(r for r in got if r.name == "r1:et-0/0/1" and r.rx_power_dbm is not None)
+    # a read can fall between a sample's transceiver and optical-channel notifications:
+    # take one after both (values not yet received are None, never stale or made up)
+    r1 = next(r for r in got if r.name == "r1:et-0/0/1" and r.prefec_ber is not None)
     assert r1.media == "optical"
     assert r1.speed_bytes_per_second == 100 * 10**9 // 8
     assert (r1.rx_power_dbm, r1.tx_power_dbm) == (-3.1, 1.0)  # the worst lane
@@ -216,3 +218,26 @@ async def test_a_stalled_target_is_reconnected_without_holding_up_another(
         await a.close()
         await live.stop()
         await stalled.stop()
+
+
+async def test_mtls_client_certificate_and_the_first_read(certs: DevCerts, monkeypatch: Any,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("TEST_GNMI_PW", PASSWORD)
+    t = GnmiTarget(Device(t0_ns=(time.time_ns() // NS - 600) * NS), certs=certs,
+                   username="telemetry", password=PASSWORD, require_client_cert=True)
+    await t.start()
+    with_cert = GnmiLinkAdapter(**options(t, certs, target={
+        "client_cert": str(certs.client_cert), "client_key": str(certs.client_key)}))
+    without = GnmiLinkAdapter(**options(t, certs))
+    try:
+        first = await with_cert.read()  # waits for the target's initial sync
+        assert {r.name for r in first} == {"r1:et-0/0/1", "r1:et-0/0/2"}
+        assert all(r.in_octets is not None for r in first)
+        assert await without.read() == []
+        assert await eventually(lambda: sum(without.targets["r1"].errors.values()) >= 1,
+                                within=30)
+        assert not without.targets["r1"].up
+    finally:
+        await with_cert.close()
+        await without.close()
+        await t.stop()

@@ -7,6 +7,7 @@ counter must lie between the two walks; everything else must be equal).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,8 +20,12 @@ from collector.agent.batch import BatchBuilder
 from collector.agent.config import LinkSourceSettings
 from collector.agent.sources.link import LinkReading, LinkSource
 from collector.agent.sources.snmp import COLUMNS, SnmpLinkAdapter
+from collector.broker import EmbeddedBroker
+from collector.devcerts import DevCerts
 from collector.errors import ConfigError
-from tests.agent_support import SITE, eventually
+from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+from tests.agent_support import SITE, Proc, agent_tls, eventually, topic_batches, write_yaml
+from tests.ingest_support import ingest_settings, started, token_for
 from tests.snmp_support import (
     COMMUNITY,
     COMMUNITY32,
@@ -250,3 +255,63 @@ async def test_missing_secret_is_a_config_error_naming_the_key(monkeypatch: Any)
                                  {"address": "127.0.0.1:notaport", "community": "x"}])
     with pytest.raises(ConfigError, match=r"targets\[0\]"):
         SnmpLinkAdapter(targets=[{"address": "127.0.0.1", "version": "3"}])
+
+
+async def test_the_first_read_carries_the_first_poll(snmpd: Snmpd, tmp_path: Path) -> None:
+    """`collector agent --once` collects each source once: the first read waits (bounded)
+    for every target's first poll; a dead target only costs its timeout."""
+    dead = Snmpd(tmp_path / "dead")  # never started: nothing answers on its port
+    a = SnmpLinkAdapter(timeout_s=0.5, retries=0, targets=[
+        {"name": "sw1", "address": snmpd.address, "community": COMMUNITY},
+        {"name": "gone", "address": dead.address, "community": COMMUNITY}])
+    try:
+        first = await a.read()
+        assert {r.name.split(":", 1)[0] for r in first} == {"sw1"}
+        assert await eventually(lambda: a.targets["gone"].errors.get("timeout", 0) >= 1,
+                                within=30)
+        assert a.targets["gone"].polls == 0
+        assert not a.targets["gone"].up
+    finally:
+        await a.close()
+
+
+async def test_collector_agent_once_with_the_snmp_adapter_delivers_the_device_links(
+        snmpd: Snmpd, broker: EmbeddedBroker, topic: str, certs: DevCerts, tmp_path: Path) -> None:
+    """The YAML wiring: `adapter: snmp` with a v3 user whose keys come from the environment,
+    a real `collector agent --once` -> TLS ingest -> Tansu; the keys never reach the log."""
+    server = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic))
+    spool = tmp_path / "spool"
+    cfg = write_yaml(tmp_path / "agent.yaml", {"agent": {
+        "agent_id": "agent-snmp-once",
+        "site": {"site_id": SITE.site_id, "country": SITE.country, "region": SITE.region,
+                 "timezone": SITE.timezone},
+        "ingest": agent_tls(certs, f"127.0.0.1:{server.port}", token_for(SITE.site_id),
+                            server_name="localhost"),
+        "spool": {"dir": str(spool)}, "metrics_listen": "", "shutdown_grace_s": 15.0,
+        "sources": {"server": {"enabled": False}, "cell": {"enabled": False},
+                    "link": {"adapter": "snmp", "interval_s": 10, "exclude": [], "options": {
+                        "targets": [{"name": "core1", "address": snmpd.address, "version": "3",
+                                     "user": V3_USER, "auth_key_env": "SNMP_TEST_AUTH",
+                                     "priv_key_env": "SNMP_TEST_PRIV"}]}}},
+    }})
+    agent = Proc(["--log-level", "DEBUG", "agent", "--config", str(cfg), "--once"],
+                 tmp_path / "agent.log", env={"SNMP_TEST_AUTH": V3_AUTH, "SNMP_TEST_PRIV": V3_PRIV})
+    names = await bulkwalk(snmpd.address, ".".join(map(str, COLUMNS["ifName"])), *v3_args())
+    try:
+        await agent.start()
+        assert agent.proc is not None
+        async with asyncio.timeout(60):
+            rc = await agent.proc.wait()
+        assert rc == 0, agent.log()
+    finally:
+        await agent.kill()
+        await server.stop()
+    got = [b for b in await topic_batches(broker.bootstrap, topic, 1)
+           if b.agent_id == "agent-snmp-once"]
+    assert len(got) == 1
+    batch = pb.Batch.FromString(got[0].value)
+    links = {lab.value for s in batch.series for lab in s.labels if lab.name == "link"}
+    assert links == {f"core1:{n}" for n in names.values()}
+    log_text = agent.log()
+    assert V3_AUTH not in log_text
+    assert V3_PRIV not in log_text

@@ -100,3 +100,16 @@ async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
     for t in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await t
+
+
+async def first_results(events: Iterable[asyncio.Event], timeout_s: float) -> None:
+    """The first read waits (at most `timeout_s`) for every target's first attempt, so the
+    first collection (and `collector agent --once`) carries data; later reads never wait."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    if not waiters:
+        return
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s)
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -51,6 +51,7 @@ from collector.agent.sources.devices import (
     Options,
     backoff,
     cancel_all,
+    first_results,
     secret,
     sleep_or_stop,
     validate_options,
@@ -470,6 +471,7 @@ class _Target:
     attempts: tuple[Attempt, ...] = _AUTO
     chosen: int = 0
     last_update: float = 0.0
+    tried: asyncio.Event = field(default_factory=asyncio.Event)  # first sync, or a failure
 
 
 class GnmiLinkAdapter(LinkAdapter):
@@ -506,6 +508,8 @@ class GnmiLinkAdapter(LinkAdapter):
         if not self._tasks and not self._stop.is_set():
             self._tasks = [asyncio.create_task(self._run(t), name=f"gnmi-{t.name}")
                            for t in self._targets]
+            await first_results((t.tried for t in self._targets),
+                                self.opts.connect_timeout_s + 1.0)
         out: list[LinkReading] = []
         for t in self._targets:
             o = t.options
@@ -568,6 +572,8 @@ class GnmiLinkAdapter(LinkAdapter):
             t.stats.polls += 1
             receive = time.time_ns() if t.options.timestamps == "agent" else 0
             t.state.apply(resp.update, receive)
+        elif kind == "sync_response":
+            t.tried.set()  # the target's full state has arrived
         elif kind == "error":
             raise _Failed("target_error", resp.error.message)
 
@@ -668,6 +674,7 @@ class GnmiLinkAdapter(LinkAdapter):
                 reason, msg = "internal", type(exc).__name__
             if self._stop.is_set():
                 break
+            t.tried.set()
             was_up = t.stats.up
             t.stats.up = False
             reason = reason or "closed"

@@ -41,6 +41,7 @@ from collector.agent.sources.devices import (
     KEY,
     Options,
     cancel_all,
+    first_results,
     next_tick,
     secret,
     sleep_or_stop,
@@ -461,6 +462,7 @@ class _Target:
     clock: UptimeClock = field(default_factory=UptimeClock)
     stats: TargetStats = field(default_factory=TargetStats)
     session: _Session | None = None
+    tried: asyncio.Event = field(default_factory=asyncio.Event)  # first poll done or failed
 
 
 class SnmpLinkAdapter(LinkAdapter):
@@ -511,6 +513,10 @@ class SnmpLinkAdapter(LinkAdapter):
         if not self._tasks and not self._stop.is_set():
             self._tasks = [asyncio.create_task(self._run(t), name=f"snmp-{t.name}")
                            for t in self._targets]
+            # a dead target's first request gives up after timeout x (retries + 1); pysnmp
+            # checks its timers every 0.5 s, hence the margin
+            await first_results((t.tried for t in self._targets),
+                                max(t.timeout_s * (t.retries + 1) for t in self._targets) + 2.0)
         out: list[LinkReading] = []
         for name in list(self._pending):
             out.extend(self._pending.pop(name))
@@ -589,6 +595,7 @@ class SnmpLinkAdapter(LinkAdapter):
                 log.log(level, "snmp target %s (%s:%d): poll failed (%s): %s", t.name, t.host,
                         t.port, reason, msg)
                 failing = True
+            t.tried.set()
             if await sleep_or_stop(self._stop, next_tick(time.time(), t.interval_s)):
                 break
 
