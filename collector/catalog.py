@@ -43,8 +43,10 @@ C, G = Kind.COUNTER, Kind.GAUGE
 LINK, CELL, SERVER = Domain.LINK, Domain.CELL, Domain.SERVER
 # Entity labels per domain. `link`: interface or port name; `media`: "optical" | "copper".
 LINK_LABELS = ("link", "media")
-# `cell`: NR cell identity (NCI or operator id), `gnb`: gNB id.
-CELL_LABELS = ("cell", "gnb")
+# `cell`: NR cell (the NRCellDU/NRCellCU id of its DN), `gnb`: gNB (ManagedElement id);
+# `function`: a gNB-level object (e.g. "GNBCUUPFunction=1") measured as a whole, with no
+# cell label; empty for cells. Counters here may also be sent as DELTA (per-period counts).
+CELL_LABELS = ("cell", "gnb", "function")
 HOST = ("host",)
 
 METRICS: tuple[MetricSpec, ...] = (
@@ -68,15 +70,32 @@ METRICS: tuple[MetricSpec, ...] = (
     # --- cell: 5G NR cell KPIs, 3GPP TS 28.552 measurement names ---------------------------
     _m("RRU.PrbTotDl", CELL, G, "ratio", CELL_LABELS, "DL PRB utilisation (0..1)."),
     _m("RRU.PrbTotUl", CELL, G, "ratio", CELL_LABELS, "UL PRB utilisation (0..1)."),
+    _m("RRU.PrbUsedDl", CELL, G, "prb", CELL_LABELS, "Mean DL PRBs used."),
+    _m("RRU.PrbUsedUl", CELL, G, "prb", CELL_LABELS, "Mean UL PRBs used."),
+    _m("RRU.PrbAvailDl", CELL, G, "prb", CELL_LABELS, "Mean DL PRBs available."),
+    _m("RRU.PrbAvailUl", CELL, G, "prb", CELL_LABELS, "Mean UL PRBs available."),
     _m("DRB.UEThpDl", CELL, G, "bytes_per_second", CELL_LABELS, "Average DL UE throughput."),
     _m("DRB.UEThpUl", CELL, G, "bytes_per_second", CELL_LABELS, "Average UL UE throughput."),
     _m("DRB.PdcpSduVolumeDL", CELL, C, "bytes", CELL_LABELS, "DL PDCP SDU data volume."),
     _m("DRB.PdcpSduVolumeUL", CELL, C, "bytes", CELL_LABELS, "UL PDCP SDU data volume."),
     _m("RRC.ConnMean", CELL, G, "users", CELL_LABELS, "Mean number of RRC-connected users."),
     _m("RRC.ConnMax", CELL, G, "users", CELL_LABELS, "Max number of RRC-connected users."),
-    _m("MM.HoExeIntraReq", CELL, C, "attempts", CELL_LABELS, "Handover executions attempted."),
-    _m("MM.HoExeIntraSucc", CELL, C, "attempts", CELL_LABELS, "Handover executions succeeded."),
-    _m("CELL.Availability", CELL, G, "ratio", CELL_LABELS, "Cell availability (0..1)."),
+    _m("RRC.ConnEstabAtt", CELL, C, "attempts", CELL_LABELS,
+       "RRC connection establishment attempts (all causes)."),
+    _m("RRC.ConnEstabSucc", CELL, C, "attempts", CELL_LABELS,
+       "Successful RRC connection establishments (all causes)."),
+    _m("MM.HoExeIntraReq", CELL, C, "attempts", CELL_LABELS,
+       "Intra-gNB handover executions requested."),
+    _m("MM.HoExeIntraSucc", CELL, C, "attempts", CELL_LABELS,
+       "Intra-gNB handover executions succeeded."),
+    _m("MM.HoExeInterReq", CELL, C, "attempts", CELL_LABELS,
+       "Inter-gNB handover executions requested."),
+    _m("MM.HoExeInterSucc", CELL, C, "attempts", CELL_LABELS,
+       "Inter-gNB handover executions succeeded."),
+    _m("RRU.CellUnavailableTime", CELL, C, "seconds", CELL_LABELS,
+       "Time the cell was unavailable (all causes); vendor name, see docs/agent.md."),
+    _m("CELL.Availability", CELL, G, "ratio", CELL_LABELS,
+       "Cell availability (0..1), vendor-reported (not a 3GPP name)."),
     _m("CELL.CoverageRatio", CELL, G, "ratio", CELL_LABELS,
        "Share of the cell's target area with usable 5G coverage (0..1)."),
     _m("L1M.SS-RSRP", CELL, G, "dBm", CELL_LABELS, "Mean SS reference signal received power."),

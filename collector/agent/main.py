@@ -47,7 +47,7 @@ def build_sources(a: AgentSettings) -> list[Source]:
     if src.cell.enabled:
         from collector.agent.sources.cell import CellSource
 
-        sources.append(CellSource(src.cell))
+        sources.append(CellSource(src.cell, max_batch_bytes=a.ingest.max_batch_bytes))
     return sources
 
 

@@ -45,6 +45,10 @@ class SourceStats:
     errors: int = 0
     seconds: float = 0.0
     skipped_files: dict[str, int] = field(default_factory=dict)
+    # PM files (cell source, pm_xml): files by result, values by result, rejected by reason
+    pm_files: dict[str, int] = field(default_factory=dict)
+    pm_values: dict[str, int] = field(default_factory=dict)
+    pm_rejected: dict[str, int] = field(default_factory=dict)
     targets: dict[str, TargetStats] = field(default_factory=dict)
 
 
@@ -132,6 +136,25 @@ class AgentCollector(Collector):
             errors.add_metric(lv, ss.errors)
             secs.add_metric(lv, ss.seconds)
         yield from (runs, samples, errors, secs)
+        pm_files = CounterMetricFamily(
+            PREFIX + "pm_files", "PM files read, by result: done (new periods), repeated (every "
+            "period read before), older (before the newest period of its gNB), failed (broken: "
+            "moved to failed/).", labels=[*s, "result"])
+        pm_values = CounterMetricFamily(
+            PREFIX + "pm_values", "PM file values by result: accepted (sent), nil (NIL: not "
+            "available in the period), suspect (flagged suspect; also accepted), "
+            "unknown_measurement (a measurement the agent does not accept).",
+            labels=[*s, "result"])
+        pm_rejected = CounterMetricFamily(
+            PREFIX + "pm_values_rejected", "PM file values rejected, by reason (the file's "
+            "other values go through; one log line per file names it).",
+            labels=[*s, "reason"])
+        for (agent_id, source), ss in sources:
+            for fam, table in ((pm_files, ss.pm_files), (pm_values, ss.pm_values),
+                               (pm_rejected, ss.pm_rejected)):
+                for k, n in sorted(table.items()):
+                    fam.add_metric([agent_id, source, k], n)
+        yield from (pm_files, pm_values, pm_rejected)
         t = [*s, "target"]
         t_up = GaugeMetricFamily(PREFIX + "target_up", "1 while the device target answers "
                                  "(last SNMP poll succeeded, gNMI stream open).", labels=t)

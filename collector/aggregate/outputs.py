@@ -40,7 +40,7 @@ def window_label(w: int) -> str:
 
 
 LINK = ("link", "media")
-CELL = ("cell", "gnb")
+CELL = ("cell", "gnb", "function")
 
 # family name -> (entity labels, unit, help); rows of RATES / GAUGES feed them.
 _RATE_FAMILIES: dict[str, tuple[tuple[str, ...], str, str]] = {
@@ -51,7 +51,12 @@ _RATE_FAMILIES: dict[str, tuple[tuple[str, ...], str, str]] = {
     "edge_cell_throughput_bytes_per_second": (
         CELL, "bytes/s", "Cell PDCP SDU throughput (DRB.PdcpSduVolume*) over the window."),
     "edge_cell_handover_attempts_per_second": (
-        CELL, "1/s", "Intra-frequency handover executions attempted per second."),
+        CELL, "1/s", "Intra-gNB handover executions requested per second (MM.HoExeIntraReq)."),
+    "edge_cell_inter_gnb_handover_attempts_per_second": (
+        CELL, "1/s", "Inter-gNB handover executions requested per second (MM.HoExeInterReq)."),
+    "edge_cell_rrc_connection_attempts_per_second": (
+        CELL, "1/s", "RRC connection establishment attempts per second, all causes "
+        "(RRC.ConnEstabAtt)."),
     "edge_host_network_throughput_bytes_per_second": (
         ("host", "device"), "bytes/s", "Host NIC throughput over the window."),
     "edge_host_network_packets_per_second": (("host", "device"), "packets/s", "Host NIC packet rate."),
@@ -76,6 +81,8 @@ RATES: dict[str, tuple[str, str]] = {
     "DRB.PdcpSduVolumeDL": ("edge_cell_throughput_bytes_per_second", "dl"),
     "DRB.PdcpSduVolumeUL": ("edge_cell_throughput_bytes_per_second", "ul"),
     "MM.HoExeIntraReq": ("edge_cell_handover_attempts_per_second", ""),
+    "MM.HoExeInterReq": ("edge_cell_inter_gnb_handover_attempts_per_second", ""),
+    "RRC.ConnEstabAtt": ("edge_cell_rrc_connection_attempts_per_second", ""),
     "node_network_receive_bytes_total": ("edge_host_network_throughput_bytes_per_second", "receive"),
     "node_network_transmit_bytes_total": ("edge_host_network_throughput_bytes_per_second", "transmit"),
     "node_network_receive_packets_total": ("edge_host_network_packets_per_second", "receive"),
@@ -98,12 +105,16 @@ _GAUGE_FAMILIES: dict[str, tuple[tuple[str, ...], str, str]] = {
     "edge_link_optical_laser_bias_amperes": (LINK, "amperes", "Laser bias current."),
     "edge_link_optical_prefec_ber_ratio": (LINK, "ratio", "Pre-FEC bit error ratio."),
     "edge_link_optical_osnr_db": (LINK, "dB", "Optical signal-to-noise ratio."),
-    "edge_cell_prb_utilization_ratio": (CELL, "ratio", "PRB utilisation (RRU.PrbTot*)."),
+    "edge_cell_prb_utilization_ratio": (
+        CELL, "ratio", "PRB utilisation: RRU.PrbTot* (percent / 100), or where a cell reports "
+        "only RRU.PrbUsed* and RRU.PrbAvail*, used / available (stat=avg only)."),
     "edge_cell_user_throughput_bytes_per_second": (
         CELL, "bytes/s", "Average per-user throughput (DRB.UEThp*)."),
     "edge_cell_connected_users": (CELL, "users", "Mean RRC-connected users (RRC.ConnMean)."),
     "edge_cell_connected_users_peak": (CELL, "users", "Peak RRC-connected users (RRC.ConnMax)."),
-    "edge_cell_availability_ratio": (CELL, "ratio", "Cell availability."),
+    "edge_cell_availability_ratio": (
+        CELL, "ratio", "Cell availability: the TS 28.554 KPI 1 - unavailable time / period "
+        "(RRU.CellUnavailableTime, stat=avg only), else the vendor's CELL.Availability."),
     "edge_cell_coverage_ratio": (CELL, "ratio", "Share of the target area with usable 5G coverage."),
     "edge_cell_ss_rsrp_dbm": (CELL, "dBm", "SS reference signal received power."),
     "edge_cell_ss_rsrq_db": (CELL, "dB", "SS reference signal received quality."),
@@ -169,8 +180,16 @@ def _families() -> list[Family]:
                "Link throughput divided by its nominal speed (average over the window).",
                "`link_*_octets`, `link_speed_bytes`"),
         Family("edge_cell_handover_success_ratio", "gauge", "ratio", (*SITE, *CELL, "window"),
-               "Handover executions succeeded / attempted in the window (absent without attempts).",
-               "`MM.HoExeIntraSucc`, `MM.HoExeIntraReq`"),
+               "Intra-gNB handover executions succeeded / requested in the window (absent "
+               "without requests).", "`MM.HoExeIntraSucc`, `MM.HoExeIntraReq`"),
+        Family("edge_cell_inter_gnb_handover_success_ratio", "gauge", "ratio",
+               (*SITE, *CELL, "window"),
+               "Inter-gNB handover executions succeeded / requested in the window (absent "
+               "without requests).", "`MM.HoExeInterSucc`, `MM.HoExeInterReq`"),
+        Family("edge_cell_rrc_setup_success_ratio", "gauge", "ratio", (*SITE, *CELL, "window"),
+               "RRC connection establishments succeeded / attempted in the window, all causes "
+               "(TS 28.554 RRC setup success rate; absent without attempts).",
+               "`RRC.ConnEstabSucc`, `RRC.ConnEstabAtt`"),
         Family("edge_host_cpu_utilization_ratio", "gauge", "ratio", (*SITE, "host", "window"),
                "Share of CPU time not idle, over all CPUs of the host.", "`node_cpu_seconds_total`"),
         Family("edge_host_memory_used_ratio", "gauge", "ratio", (*SITE, "host", "window"),
@@ -321,6 +340,8 @@ def build_frames(states: Iterable[PartitionView]) -> dict[str, pl.DataFrame]:
         _derived_gauges(g, put)
         if cs:
             _utilization(c, g, put)
+    if cs:
+        _availability(c, g if gs else pl.DataFrame(), put)
     led = pl.concat([x for x in ledgers if len(x)]) if any(len(x) for x in ledgers) else None
     if led is not None:
         for (fam,), part in led.partition_by("family", as_dict=True).items():
@@ -336,6 +357,9 @@ def _site_sums(r: pl.DataFrame, put: Put) -> None:
             "edge_site_host_network_throughput_bytes_per_second",
     }
     part = r.filter(pl.col("family").is_in(list(sums)))
+    # A gNB-level object (GNBCUUPFunction=1) measures its cells' traffic again: cells only.
+    part = part.filter(~((pl.col("family") == "edge_cell_throughput_bytes_per_second")
+                         & (pl.col("function").fill_null("") != "")))
     if not len(part):
         return
     # Roll-ups are sums of rates (float64): a sum of byte counts over many 402 Tb/s links
@@ -346,13 +370,21 @@ def _site_sums(r: pl.DataFrame, put: Put) -> None:
         put(sums[str(fam)], p)
 
 
+_CELL_KEYS = ["site_i", "site", "country", "region", "cell", "gnb", "function", "window"]
+
+
 def _derived_counters(c: pl.DataFrame, put: Put) -> None:
-    keys = ["site_i", "site", "country", "region", "cell", "gnb", "window"]
-    req = c.filter(pl.col("metric_i") == _M["MM.HoExeIntraReq"]).select(*keys, req=pl.col("inc"))
-    succ = c.filter(pl.col("metric_i") == _M["MM.HoExeIntraSucc"]).select(*keys, succ=pl.col("inc"))
-    ho = req.join(succ, on=keys).filter(pl.col("req") > 0)
-    put("edge_cell_handover_success_ratio", ho.with_columns(
-        value=(pl.col("succ").cast(pl.Float64) / pl.col("req").cast(pl.Float64)).clip(0.0, 1.0)))
+    keys = _CELL_KEYS
+    for family, att, ok in (("edge_cell_handover_success_ratio", "MM.HoExeIntraReq", "MM.HoExeIntraSucc"),
+                            ("edge_cell_inter_gnb_handover_success_ratio", "MM.HoExeInterReq",
+                             "MM.HoExeInterSucc"),
+                            ("edge_cell_rrc_setup_success_ratio", "RRC.ConnEstabAtt",
+                             "RRC.ConnEstabSucc")):
+        req = c.filter(pl.col("metric_i") == _M[att]).select(*keys, req=pl.col("inc"))
+        succ = c.filter(pl.col("metric_i") == _M[ok]).select(*keys, succ=pl.col("inc"))
+        ratio = req.join(succ, on=keys).filter(pl.col("req") > 0)
+        put(family, ratio.with_columns(
+            value=(pl.col("succ").cast(pl.Float64) / pl.col("req").cast(pl.Float64)).clip(0.0, 1.0)))
     cpu = c.filter((pl.col("metric_i") == _M["node_cpu_seconds_total"]) & (pl.col("dt") > 0))
     if len(cpu):
         hk = ["site_i", "site", "country", "region", "host", "window"]
@@ -374,6 +406,32 @@ def _power(rated: pl.DataFrame, put: Put) -> None:
         hosts.group_by("site", "country", "region", "window").agg(value=pl.col("value").sum()))
 
 
+def _availability(c: pl.DataFrame, g: pl.DataFrame, put: Put) -> None:
+    """TS 28.554 availability = 1 - unavailable seconds / elapsed seconds of the window (a
+    cell that also reports the vendor's CELL.Availability keeps that one: one series each)."""
+    un = c.filter((pl.col("metric_i") == _M["RRU.CellUnavailableTime"]) & (pl.col("dt") > 0))
+    if len(un) and len(g):
+        vendor = g.filter(pl.col("metric_i") == _M["CELL.Availability"]).select(_CELL_KEYS)
+        un = un.join(vendor, on=_CELL_KEYS, how="anti")
+    if len(un):
+        put("edge_cell_availability_ratio", un.with_columns(
+            stat=pl.lit("avg"), value=(1.0 - pl.col("inc").cast(pl.Float64) * pl.col("scale") * NS
+                                       / pl.col("dt").cast(pl.Float64)).clip(0.0, 1.0)))
+
+
+def _prb_from_counts(g: pl.DataFrame, put: Put) -> None:
+    """PRB utilisation = mean used / mean available PRBs, for cells without RRU.PrbTot*."""
+    keys = _CELL_KEYS
+    for d, used, avail, tot in (("dl", "RRU.PrbUsedDl", "RRU.PrbAvailDl", "RRU.PrbTotDl"),
+                                ("ul", "RRU.PrbUsedUl", "RRU.PrbAvailUl", "RRU.PrbTotUl")):
+        u = g.filter(pl.col("metric_i") == _M[used]).select(*keys, u=pl.col("avg"))
+        a = g.filter(pl.col("metric_i") == _M[avail]).select(*keys, a=pl.col("avg"))
+        t = g.filter(pl.col("metric_i") == _M[tot]).select(keys)
+        r = u.join(a, on=keys).filter(pl.col("a") > 0).join(t, on=keys, how="anti")
+        put("edge_cell_prb_utilization_ratio", r.with_columns(
+            direction=pl.lit(d), stat=pl.lit("avg"), value=(pl.col("u") / pl.col("a")).clip(0.0, 1.0)))
+
+
 def _derived_gauges(g: pl.DataFrame, put: Put) -> None:
     hk = ["site_i", "site", "country", "region", "host", "window"]
     tot = g.filter(pl.col("metric_i") == _M["node_memory_MemTotal_bytes"]).select(*hk, tot=pl.col("avg"))
@@ -384,6 +442,7 @@ def _derived_gauges(g: pl.DataFrame, put: Put) -> None:
     cells = g.filter(pl.col("metric_i") == _M["RRC.ConnMean"])
     put("edge_site_cell_connected_users",
         cells.group_by("site", "country", "region", "window").agg(value=pl.col("avg").sum()))
+    _prb_from_counts(g, put)
     avail = g.filter(pl.col("metric_i") == _M["CELL.Availability"])
     put("edge_site_cell_availability_ratio",
         avail.group_by("site", "country", "region", "window").agg(value=pl.col("avg").mean()))

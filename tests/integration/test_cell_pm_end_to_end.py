@@ -35,51 +35,99 @@ GNB = "gNB-Tokyo-1"
 PERIOD_S = 900
 
 
-def _cells(k: int) -> dict[str, dict[str, float | int]]:
-    """The values of period k (k = 0 newest) of two cells, as a gNB would write them."""
-    out: dict[str, dict[str, float | int]] = {}
+CUUP = "cuup"  # the key of the gNB-level object in _cells
+OBJECTS = {CUUP: f"ManagedElement={GNB},GNBCUUPFunction=1"}
+
+
+def _cells(k: int) -> dict[str, dict[str, float | int | str]]:
+    """The values of period k (k = 0 newest) of two cells and the gNB's CU-UP function, as
+    a gNB would write them (TS 28.552 names and units), with one bad value."""
+    out: dict[str, dict[str, float | int | str]] = {}
     for c, cell in enumerate(("101", "102")):
-        out[cell] = {
+        v: dict[str, float | int | str] = {
             "DRB.PdcpSduVolumeDL": 9000 + 1000 * c + 7 * k,  # Mbit in the period
             "DRB.PdcpSduVolumeUL": 1200 + 100 * c + k,
             "DRB.UEThpDl": 85_000.5 + c,  # kbit/s
             "DRB.UEThpUl": 12_000.0 + c,
-            "RRU.PrbTotDl": 61.5 - k + c,  # percent
-            "RRU.PrbTotUl": 22.0 + c,
             "RRC.ConnMean": 37 + c,
             "RRC.ConnMax": 60 + c,
+            "RRC.ConnEstabAtt.mo-Data": 500 + c,  # per cause: summed
+            "RRC.ConnEstabAtt.mo-Signalling": 80,
+            "RRC.ConnEstabSucc.mo-Data": 495 + c - k,
+            "RRC.ConnEstabSucc.mo-Signalling": 80,
             "MM.HoExeIntraReq": 120 + c,
             "MM.HoExeIntraSucc": 114 + c - k,
+            "MM.HoExeInterReq": 30 + c,
+            "MM.HoExeInterSucc": 27,
+            "RRU.CellUnavailableTime": 45 * c,  # seconds of the period
             "L1M.SS-RSRP": -88.5 - c,
+            "VS.Vendor.Counter": 3,  # not accepted: counted, not sent
         }
+        if c == 0:  # PRB use in percent
+            v.update({"RRU.PrbTotDl": 61.5 - k, "RRU.PrbTotUl": 22.0})
+        else:  # PRB use as mean used / available PRBs
+            v.update({"RRU.PrbUsedDl": 150.5 - k, "RRU.PrbAvailDl": 273,
+                      "RRU.PrbUsedUl": 40, "RRU.PrbAvailUl": 273, "RRC.ConnMax": "abc"})
+        out[cell] = v
+    out[CUUP] = {"DRB.PdcpSduVolumeDL": 12_345 + k}
     return out
 
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
-def _expected(cells: dict[str, dict[str, float | int]]) -> dict[Key, float]:
+def _expected(cells: dict[str, dict[str, Any]]) -> dict[Key, float]:
     """Cell metric -> value, computed from the file values alone (units: TS 28.552)."""
     want: dict[Key, float] = {}
     for cell, v in cells.items():
-        base = (("cell", cell), ("gnb", GNB), ("window", "15m"))
+        base: tuple[tuple[str, str], ...] = (("gnb", GNB), ("window", "15m"))
+        base += (("function", "GNBCUUPFunction=1"),) if cell == CUUP else (("cell", cell),)
 
         def put(name: str, value: float, *extra: tuple[str, str], base: Any = base) -> None:
             want[(name, tuple(sorted((*base, *extra))))] = value
 
+        if cell == CUUP:
+            put("edge_cell_throughput_bytes_per_second",
+                v["DRB.PdcpSduVolumeDL"] * 125_000 / PERIOD_S, ("direction", "dl"))
+            continue
         for d, m in (("dl", "DL"), ("ul", "UL")):
             put("edge_cell_throughput_bytes_per_second",
                 v[f"DRB.PdcpSduVolume{m}"] * 125_000 / PERIOD_S, ("direction", d))
             put("edge_cell_user_throughput_bytes_per_second",
                 v[f"DRB.UEThp{m.title()}"] * 125, ("direction", d), ("stat", "avg"))
-            put("edge_cell_prb_utilization_ratio", v[f"RRU.PrbTot{m.title()}"] * 0.01,
-                ("direction", d), ("stat", "avg"))
+            if f"RRU.PrbTot{m.title()}" in v:
+                put("edge_cell_prb_utilization_ratio", v[f"RRU.PrbTot{m.title()}"] * 0.01,
+                    ("direction", d), ("stat", "avg"))
+            else:
+                put("edge_cell_prb_utilization_ratio",
+                    v[f"RRU.PrbUsed{m.title()}"] / v[f"RRU.PrbAvail{m.title()}"],
+                    ("direction", d), ("stat", "avg"))
         put("edge_cell_connected_users", v["RRC.ConnMean"], ("stat", "avg"))
-        put("edge_cell_connected_users_peak", v["RRC.ConnMax"], ("stat", "max"))
+        if not isinstance(v["RRC.ConnMax"], str):  # "abc" is rejected, that value only
+            put("edge_cell_connected_users_peak", v["RRC.ConnMax"], ("stat", "max"))
+        att = v["RRC.ConnEstabAtt.mo-Data"] + v["RRC.ConnEstabAtt.mo-Signalling"]
+        ok = v["RRC.ConnEstabSucc.mo-Data"] + v["RRC.ConnEstabSucc.mo-Signalling"]
+        put("edge_cell_rrc_connection_attempts_per_second", att / PERIOD_S)
+        put("edge_cell_rrc_setup_success_ratio", ok / att)
         put("edge_cell_handover_attempts_per_second", v["MM.HoExeIntraReq"] / PERIOD_S)
         put("edge_cell_handover_success_ratio", v["MM.HoExeIntraSucc"] / v["MM.HoExeIntraReq"])
+        put("edge_cell_inter_gnb_handover_attempts_per_second", v["MM.HoExeInterReq"] / PERIOD_S)
+        put("edge_cell_inter_gnb_handover_success_ratio",
+            v["MM.HoExeInterSucc"] / v["MM.HoExeInterReq"])
+        put("edge_cell_availability_ratio", 1 - v["RRU.CellUnavailableTime"] / PERIOD_S,
+            ("stat", "avg"))
         put("edge_cell_ss_rsrp_dbm", v["L1M.SS-RSRP"], ("stat", "avg"))
     return want
+
+
+def _values(cells: dict[str, dict[str, Any]]) -> int:
+    """Samples the agent sends for a file: sub-counters summed, bad and unknown left out."""
+    n = 0
+    for v in cells.values():
+        names = {m.rsplit(".", 1)[0] if m.startswith("RRC.ConnEstab") else m for m, x in v.items()
+                 if not isinstance(x, str) and not m.startswith("VS.")}
+        n += len(names)
+    return n
 
 
 def _published(text: str) -> dict[Key, float]:
@@ -88,7 +136,7 @@ def _published(text: str) -> dict[Key, float]:
         for s in fam.samples:
             if s.name.startswith("edge_cell_"):
                 labels = tuple(sorted((k, v) for k, v in s.labels.items()
-                                      if k not in ("site", "country", "region")))
+                                      if k not in ("site", "country", "region") and v))
                 out[(s.name, labels)] = s.value
     return out
 
@@ -106,7 +154,7 @@ def _write(pm: Path, name: str, k: int, newest_end: dt.datetime) -> None:
     path = pm / name
     tmp = pm / f".{name}.part"
     tmp.write_bytes(render_meas_collec(begin=begin, duration_s=PERIOD_S, element=GNB,
-                                       cells=_cells(k), positional=k % 2 == 1))
+                                       cells=_cells(k), positional=k % 2 == 1, objects=OBJECTS))
     old = time.time() - 60  # settled
     os.utime(tmp, (old, old))
     tmp.rename(path)
@@ -180,7 +228,7 @@ async def test_example_config_publishes_pm_cell_metrics_while_live_data_flows(
             shutil.copy(pm / "done" / "A0.xml", pm / "A0-again.xml")
             os.utime(pm / "A0-again.xml", (time.time() - 60, time.time() - 60))
             _write(pm, "A2.xml", 2, newest_end)
-            n_values = sum(len(v) for v in _cells(0).values())
+            n_values = _values(_cells(0))
 
             async def settled() -> bool:
                 t = await scrape()
@@ -202,6 +250,18 @@ async def test_example_config_publishes_pm_cell_metrics_while_live_data_flows(
                 "A0-again.xml", "A0.xml", "A1.xml", "A2.xml"]
             # live data kept flowing all along
             assert "edge_host_cpu_utilization_ratio{" in text
+            # the agent's own account: one bad value per file, vendor counters not accepted
+            agent_text = (await http_request(int(agent.field("port"))))[2].decode()
+            files = {r: _sample(agent_text, "collector_agent_pm_files_total", result=r)
+                     for r in ("done", "repeated", "older", "failed")}
+            assert files == {"done": 2, "repeated": 1, "older": 1, "failed": 0}
+            assert _sample(agent_text, "collector_agent_pm_values_rejected_total",
+                           reason="not_a_number") == 4
+            assert _sample(agent_text, "collector_agent_pm_values_total",
+                           result="unknown_measurement") == 4 * 2
+            print("\ncell metric | expected | published")
+            for key in sorted(want):
+                print(f"{key[0]}{dict(key[1])} | {want[key]!r} | {got[key]!r}")
         finally:
             assert await agent.terminate() == 0, agent.log()
             await server.stop()

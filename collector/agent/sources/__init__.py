@@ -59,6 +59,8 @@ class Source(ABC):
     name: str = "source"
     interval_s: float = 10.0
     priority: int = 0
+    # True when the last collection left work for the next one at once (a split backlog).
+    backlog: bool = False
 
     def __init__(self) -> None:
         self.stats = SourceStats()
@@ -66,6 +68,11 @@ class Source(ABC):
     @abstractmethod
     async def collect(self, builder: BatchBuilder, now_unix_nano: int) -> None:
         """Add this tick's samples to `builder`. Raise CollectorError for a failed tick."""
+
+    def committed(self) -> None:  # noqa: B027 - optional hook
+        """The batch of the last collect() is in the spool (or it had no samples): release
+        what it was built from (e.g. move its PM files to done/). Not called when the
+        collection or the spooling failed."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (files, sessions)."""
@@ -92,9 +99,12 @@ async def collect_once(source: Source, pipeline: AgentPipeline) -> int | None:
         source.stats.seconds += time.perf_counter() - t0
     n = len(builder)
     if not n:
+        source.committed()
         return None
     source.stats.samples += n
-    return await pipeline.submit(builder, priority=source.priority)
+    seq = await pipeline.submit(builder, priority=source.priority)
+    source.committed()
+    return seq
 
 
 async def run_source(source: Source, pipeline: AgentPipeline, stop: asyncio.Event) -> None:
@@ -102,6 +112,9 @@ async def run_source(source: Source, pipeline: AgentPipeline, stop: asyncio.Even
     interval = source.interval_s
     while not stop.is_set():
         await collect_once(source, pipeline)
+        if source.backlog:
+            await asyncio.sleep(0)  # more of a split backlog: next batch at once
+            continue
         now = time.time()
         delay = interval - (now % interval)
         with contextlib.suppress(TimeoutError):

@@ -32,16 +32,12 @@ bit) and when they last started (0 when unknown), so a reset is never mistaken f
 
 from __future__ import annotations
 
-import datetime as dt
-import gzip
 import logging
 import math
 import numbers
-import re
 import time
-import xml.etree.ElementTree as ET
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,254 +45,30 @@ from typing import Any
 from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, delta_def, gauge_def
 from collector.agent.config import CellSourceSettings
 from collector.agent.sources import Source, load_adapter
-from collector.errors import CollectorError, ConfigError
+from collector.agent.sources.pm import (
+    MEASUREMENTS,
+    REASONS,
+    PmFile,
+    PmFileError,
+    PmSpec,
+    PmValue,
+    parse_pm_bytes,
+    read_pm_file,
+    render_meas_collec,
+)
+from collector.errors import ConfigError
+
+__all__ = ["PM_MEASUREMENTS", "CellReading", "CellSource", "PmFileError", "parse_pm_bytes",
+           "read_pm_file", "render_meas_collec"]
 
 log = logging.getLogger(__name__)
 
-MAX_FILE_BYTES = 64 * 1024 * 1024
-
-
-class PmFileError(CollectorError):
-    """A PM file that cannot be read as a TS 32.435 measCollecFile; names the file."""
-
-    def __init__(self, path: str | Path, problem: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"PM file {self.path}: {problem}")
-
-
-@dataclass(frozen=True, slots=True)
-class PmSpec:
-    metric: str
-    counter: bool
-    unit: str
-    scale: float  # raw value * scale = value in `unit`
-
-
-# TS 28.552 measurement -> catalogue series. Percentages become ratios by scale 0.01.
-PM_MEASUREMENTS: dict[str, PmSpec] = {
-    "RRU.PrbTotDl": PmSpec("RRU.PrbTotDl", False, "ratio", 0.01),
-    "RRU.PrbTotUl": PmSpec("RRU.PrbTotUl", False, "ratio", 0.01),
-    "DRB.UEThpDl": PmSpec("DRB.UEThpDl", False, "bytes_per_second", 125.0),  # kbit/s
-    "DRB.UEThpUl": PmSpec("DRB.UEThpUl", False, "bytes_per_second", 125.0),
-    "DRB.PdcpSduVolumeDL": PmSpec("DRB.PdcpSduVolumeDL", True, "bytes", 125_000.0),  # Mbit
-    "DRB.PdcpSduVolumeUL": PmSpec("DRB.PdcpSduVolumeUL", True, "bytes", 125_000.0),
-    "RRC.ConnMean": PmSpec("RRC.ConnMean", False, "users", 0.0),
-    "RRC.ConnMax": PmSpec("RRC.ConnMax", False, "users", 0.0),
-    "MM.HoExeIntraReq": PmSpec("MM.HoExeIntraReq", True, "attempts", 0.0),
-    "MM.HoExeIntraSucc": PmSpec("MM.HoExeIntraSucc", True, "attempts", 0.0),
-    "CELL.Availability": PmSpec("CELL.Availability", False, "ratio", 0.01),  # percent
-    "CELL.CoverageRatio": PmSpec("CELL.CoverageRatio", False, "ratio", 0.01),  # percent
-    "L1M.SS-RSRP": PmSpec("L1M.SS-RSRP", False, "dBm", 0.0),
-    "L1M.SS-RSRQ": PmSpec("L1M.SS-RSRQ", False, "dB", 0.0),
-    "L1M.SS-SINR": PmSpec("L1M.SS-SINR", False, "dB", 0.0),
-}
-
-
-@dataclass(slots=True)
-class PmValue:
-    gnb: str
-    cell: str
-    meas_type: str
-    value: float | int
-    suspect: bool
-
-
-@dataclass(slots=True)
-class PmPeriod:
-    begin_unix_nano: int
-    end_unix_nano: int
-    values: list[PmValue] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class PmFile:
-    name: str
-    begin_unix_nano: int
-    periods: list[PmPeriod] = field(default_factory=list)
-
-    def __iter__(self) -> Iterator[tuple[PmPeriod, PmValue]]:
-        for p in self.periods:
-            for v in p.values:
-                yield p, v
-
-
-# Tags are made namespace-free once after parsing (vendors differ in namespace use), so
-# these are plain C-level lookups.
-def _children(el: ET.Element, name: str) -> list[ET.Element]:
-    return el.findall(name)
-
-
-def _child(el: ET.Element, name: str) -> ET.Element | None:
-    return el.find(name)
-
-
-def _strip_namespaces(root: ET.Element) -> None:
-    for el in root.iter():
-        tag = el.tag
-        if isinstance(tag, str) and tag[:1] == "{":
-            el.tag = tag[tag.index("}") + 1:]
-
-
-def _time_ns(text: str | None, what: str, name: str) -> int:
-    if not text:
-        raise PmFileError(name, f"{what} missing")
-    try:
-        t = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise PmFileError(name, f"{what} {text!r} is not an xs:dateTime") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)  # TS 32.435 requires an offset; assume UTC without one
-    return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
-
-
-_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
-
-
-def _duration_s(text: str | None, name: str) -> float:
-    m = _DURATION.match((text or "").strip())
-    if not m or not any(m.groups()):
-        raise PmFileError(name, f"granPeriod duration {text!r} is not an xs:duration")
-    d, h, mi, s = m.groups()
-    return int(d or 0) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 + float(s or 0)
-
-
-def _number(text: str, name: str, where: str) -> float | int | None:
-    t = text.strip()
-    if t in ("", "NIL", "nil", "-"):
-        return None  # the measurement was not available in this period
-    try:
-        return int(t)
-    except ValueError:
-        pass
-    try:
-        v = float(t)
-    except ValueError:
-        raise PmFileError(name, f"{where}: value {t!r} is not a number") from None
-    if not math.isfinite(v):
-        raise PmFileError(name, f"{where}: value {t!r} is not finite")
-    return v
-
-
-def _rdns(dn: str) -> list[tuple[str, str]]:
-    out = []
-    for part in dn.split(","):
-        k, sep, v = part.partition("=")
-        if sep:
-            out.append((k.strip(), v.strip()))
-    return out
-
-
-def _entity(obj_ldn: str, element_dn: str, name: str) -> tuple[str, str]:
-    """(gnb, cell) from a measured object's LDN like
-    'ManagedElement=gNB-1,GNBDUFunction=1,NRCellDU=17'."""
-    rdns = _rdns(obj_ldn)
-    cell = next((v for k, v in reversed(rdns) if k.startswith("NRCell")), None)
-    if cell is None:
-        cell = rdns[-1][1] if rdns else obj_ldn.strip()
-    gnb = next((v for k, v in _rdns(element_dn) if k == "ManagedElement"), "")
-    if not gnb:
-        gnb = next((v for k, v in rdns if k == "ManagedElement"), "")
-    if not gnb:
-        gnb = element_dn.rsplit("=", 1)[-1].strip() if element_dn else ""
-    if not cell:
-        raise PmFileError(name, f"measObjLdn {obj_ldn!r} names no cell")
-    return gnb or "unknown", cell
-
-
-def parse_pm_bytes(data: bytes, name: str) -> PmFile:
-    """Parse a measCollecFile; raise PmFileError naming `name` when it is not one."""
-    if b"<!DOCTYPE" in data[:4096] or b"<!ENTITY" in data:
-        raise PmFileError(name, "DTDs and entities are not allowed")
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError as exc:
-        raise PmFileError(name, f"not well-formed XML ({exc})") from None
-    except (LookupError, ValueError) as exc:  # e.g. an unknown encoding in the declaration
-        raise PmFileError(name, f"unreadable XML ({exc})") from None
-    _strip_namespaces(root)
-    if root.tag != "measCollecFile":
-        raise PmFileError(name, f"root element is <{root.tag}>, not <measCollecFile>")
-    header = _child(root, "fileHeader")
-    if header is None:
-        raise PmFileError(name, "no <fileHeader>")
-    collec = _child(header, "measCollec")
-    begin = _time_ns(collec.get("beginTime") if collec is not None else None,
-                     "fileHeader/measCollec@beginTime", name)
-    sender = _child(header, "fileSender")
-    sender_dn = (sender.get("localDn") or "") if sender is not None else ""
-    out = PmFile(name, begin)
-    for md in _children(root, "measData"):
-        me = _child(md, "managedElement")
-        element_dn = (me.get("localDn") or "") if me is not None else ""
-        element_dn = element_dn or sender_dn
-        for mi in _children(md, "measInfo"):
-            out.periods.append(_meas_info(mi, element_dn, name))
-    return out
-
-
-def _meas_info(mi: ET.Element, element_dn: str, name: str) -> PmPeriod:
-    info_id = mi.get("measInfoId", "?")
-    gp = _child(mi, "granPeriod")
-    if gp is None:
-        raise PmFileError(name, f"measInfo {info_id!r}: no <granPeriod>")
-    end = _time_ns(gp.get("endTime"), f"measInfo {info_id!r} granPeriod@endTime", name)
-    begin = end - int(_duration_s(gp.get("duration"), name) * 1e9)
-    period = PmPeriod(begin, end)
-    # measurement types: positional list or p-indexed elements
-    types: dict[str, str] = {}
-    mt = _child(mi, "measTypes")
-    if mt is not None:
-        for i, t in enumerate((mt.text or "").split(), start=1):
-            types[str(i)] = t
-    for el in _children(mi, "measType"):
-        p = el.get("p")
-        if p is None or not (el.text or "").strip():
-            raise PmFileError(name, f"measInfo {info_id!r}: <measType> without p or name")
-        types[p] = (el.text or "").strip()
-    for mv in _children(mi, "measValue"):
-        obj = mv.get("measObjLdn")
-        if not obj:
-            raise PmFileError(name, f"measInfo {info_id!r}: <measValue> without measObjLdn")
-        gnb, cell = _entity(obj, element_dn, name)
-        suspect_el = _child(mv, "suspect")
-        suspect = suspect_el is not None and (suspect_el.text or "").strip() == "true"
-        where = f"measInfo {info_id!r} measObjLdn {obj!r}"
-        results: list[tuple[str, str]] = []
-        mr = _child(mv, "measResults")
-        if mr is not None:
-            raw = (mr.text or "").split()
-            if len(raw) != len(types):
-                raise PmFileError(name, f"{where}: {len(raw)} results for {len(types)} "
-                                        "measurement types")
-            results.extend((str(i), r) for i, r in enumerate(raw, start=1))
-        for r in _children(mv, "r"):
-            p = r.get("p")
-            if p is None or p not in types:
-                raise PmFileError(name, f"{where}: <r p={p!r}> has no measType")
-            results.append((p, r.text or ""))
-        for p, text in results:
-            meas = types[p]
-            value = _number(text, name, f"{where} {meas}")
-            if value is not None:
-                period.values.append(PmValue(gnb, cell, meas, value, suspect))
-    return period
-
-
-def read_pm_file(path: Path) -> PmFile:
-    """Read (and gunzip) a PM file; PmFileError names the file on any problem."""
-    try:
-        if path.name.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                data = f.read(MAX_FILE_BYTES + 1)
-        else:
-            with path.open("rb") as f:
-                data = f.read(MAX_FILE_BYTES + 1)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise PmFileError(path, f"cannot read: {exc}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise PmFileError(path, f"larger than {MAX_FILE_BYTES} bytes")
-    return parse_pm_bytes(data, str(path))
+# TS 28.552 measurement -> catalogue series (the table lives with the parser).
+PM_MEASUREMENTS: dict[str, PmSpec] = MEASUREMENTS
+# Estimated wire bytes of one period sample and of one series table entry (for splitting a
+# backlog of files across batches under agent.ingest.max_batch_bytes).
+SAMPLE_BYTES = 36
+SERIES_BYTES = 200
 
 
 # --- adapters -------------------------------------------------------------------------
@@ -402,7 +174,8 @@ def make_adapter(spec: str, options: dict[str, Any]) -> CellAdapter:
 class CellSource(Source):
     name = "cell"
 
-    def __init__(self, settings: CellSourceSettings, adapter: CellAdapter | None = None) -> None:
+    def __init__(self, settings: CellSourceSettings, adapter: CellAdapter | None = None, *,
+                 max_batch_bytes: int = 4 * 1024 * 1024) -> None:
         super().__init__()
         self.settings = settings
         self.interval_s = settings.interval_s
@@ -416,11 +189,31 @@ class CellSource(Source):
             raise ConfigError(f"the {PM_XML} adapter takes no options (it is configured by "
                               "pm_dir, pattern, settle_s, ...)", key="agent.sources.cell.options")
         self._reading_defs: dict[tuple[str, str, str, int, int], SeriesDef | None] = {}
-        self._defs: dict[tuple[str, str, str, int], SeriesDef] = {}
-        self.files_done = 0
-        self.files_failed = 0
-        self.unknown_measurements = 0
+        self._defs: dict[tuple[str, tuple[tuple[str, str], ...], bool], SeriesDef] = {}
+        self.max_batch_bytes = max_batch_bytes
+        # The file being sent (maybe across several batches) and how far; files whose samples
+        # are in the current batch, moved once it is in the spool (committed()).
+        self._current: tuple[Path, PmFile, int] | None = None
+        self._pending: list[tuple[Path, str]] = []
+        self._uncommitted = False
+        # newest period end and recent period ends seen per gNB (repeated/older files)
+        self._seen: dict[str, set[int]] = {}
+        self.stats.pm_files = dict.fromkeys(("done", "repeated", "older", "failed"), 0)
+        self.stats.pm_values = dict.fromkeys(("accepted", "nil", "suspect", "unknown_measurement"), 0)
+        self.stats.pm_rejected = dict.fromkeys(REASONS, 0)
         self._warned_missing = False
+
+    @property
+    def files_done(self) -> int:
+        return sum(self.stats.pm_files[r] for r in ("done", "repeated", "older"))
+
+    @property
+    def files_failed(self) -> int:
+        return self.stats.pm_files["failed"]
+
+    @property
+    def unknown_measurements(self) -> int:
+        return self.stats.pm_values["unknown_measurement"]
 
     def _ready_files(self) -> list[Path]:
         if not self.dir.is_dir():
@@ -431,9 +224,12 @@ class CellSource(Source):
         self._warned_missing = False
         limit = time.time() - self.settings.settle_s
         pattern = self.settings.pattern
+        busy = {p for p, _ in self._pending}
+        if self._current is not None:
+            busy.add(self._current[0])
         found: list[tuple[float, str, Path]] = []
         for p in self.dir.iterdir():
-            if not (p.match(pattern) or p.match(pattern + ".gz")):
+            if p in busy or not (p.match(pattern) or p.match(pattern + ".gz")):
                 continue
             try:
                 st = p.stat()
@@ -456,65 +252,138 @@ class CellSource(Source):
             log.error("cannot move PM file %s to %s/: %s", path, sub, exc.strerror)
 
     def _check_times(self, pm: PmFile, now_unix_nano: int) -> None:
-        ends = [p.end_unix_nano for p in pm.periods if p.values]
-        if not ends:
+        """Values of periods older than max_age_s or ending beyond max_future_s are rejected;
+        a file with nothing else is broken."""
+        if not pm.values:
             return
         oldest_ok = now_unix_nano - int(self.settings.max_age_s * 1e9)
-        if max(ends) < oldest_ok:
-            raise PmFileError(pm.name, f"every period ended more than {self.settings.max_age_s:.0f}"
-                                       " s ago (agent.sources.cell.max_age_s)")
-        if max(ends) > now_unix_nano + int(self.settings.max_future_s * 1e9):
-            raise PmFileError(pm.name, "a period ends in the future (gNB clock ahead of the "
-                                       "agent's by more than agent.sources.cell.max_future_s)")
-        if min(ends) < oldest_ok:
-            pm.periods = [p for p in pm.periods if p.end_unix_nano >= oldest_ok]
-            log.warning("%s: periods older than max_age_s skipped", pm.name)
+        newest_ok = now_unix_nano + int(self.settings.max_future_s * 1e9)
+        keep: list[PmValue] = []
+        for v in pm.values:
+            if v.end_unix_nano < oldest_ok:
+                pm.reject("too_old", f"period ending {v.end_unix_nano // 10**9} (agent.sources."
+                                     f"cell.max_age_s = {self.settings.max_age_s:.0f})")
+            elif v.end_unix_nano > newest_ok:
+                pm.reject("in_future", "a period ends in the future (gNB clock ahead by more "
+                                       "than agent.sources.cell.max_future_s)")
+            else:
+                keep.append(v)
+        if not keep:
+            raise PmFileError(pm.name, "every period is older than agent.sources.cell.max_age_s "
+                                       "or ends in the future: " + pm.summary())
+        pm.values = keep
 
-    async def collect(self, builder: BatchBuilder, now_unix_nano: int) -> None:
-        if self.adapter is not None:
-            self.add_readings(builder, await self.adapter.read(), now_unix_nano)
-            return
-        for path in self._ready_files():
+    def _classify(self, pm: PmFile) -> str:
+        """done (new periods), repeated (every period already read) or older (periods before
+        the newest read from its gNB); all are sent: the aggregator counts a period once."""
+        ends = {e for _, e in pm.periods}
+        if not ends:
+            return "done"
+        seen = self._seen.setdefault(pm.element, set())
+        result = ("repeated" if ends <= seen else
+                  "older" if seen and max(ends) < max(seen) else "done")
+        seen |= ends
+        if len(seen) > 4096:  # bounded: keep the newest ends
+            self._seen[pm.element] = set(sorted(seen)[-2048:])
+        return result
+
+    def _open_next(self, now_unix_nano: int, files: list[Path]) -> bool:
+        while files:
+            path = files.pop(0)
             try:
                 pm = read_pm_file(path)
                 self._check_times(pm, now_unix_nano)
             except PmFileError as exc:
                 log.error("%s (moved to failed/)", exc)
                 self.stats.errors += 1
-                self.files_failed += 1
+                self.stats.pm_files["failed"] += 1
                 self._move(path, "failed")
                 continue
-            self.add_file(builder, pm)
-            self.files_done += 1
-            self._move(path, "done")
+            st = self.stats
+            for reason, n in pm.rejected.items():
+                st.pm_rejected[reason] = st.pm_rejected.get(reason, 0) + n
+            st.pm_values["nil"] += pm.nil
+            st.pm_values["suspect"] += pm.suspect
+            st.pm_values["unknown_measurement"] += sum(pm.unknown.values())
+            result = self._classify(pm)
+            st.pm_files[result] += 1
+            summary = pm.summary()
+            if pm.rejected:
+                log.warning("PM file %s: %s", path, summary)
+            elif summary or result != "done":
+                log.info("PM file %s: %s%s", path, f"{result} file; " if result != "done" else "",
+                         summary or f"{len(pm.values)} values")
+            self._current = (path, pm, 0)
+            return True
+        return False
+
+    async def collect(self, builder: BatchBuilder, now_unix_nano: int) -> None:
+        if self.adapter is not None:
+            self.add_readings(builder, await self.adapter.read(), now_unix_nano)
+            return
+        if self._uncommitted:
+            # The last batch never reached the spool: its files are read again (the
+            # aggregator counts each period once, so nothing is counted twice).
+            self._pending.clear()
+            self._current = None
+        self._uncommitted = True
+        budget = self.max_batch_bytes // 2  # the estimate below is conservative; half is margin
+        files = self._ready_files()
+        self.backlog = False
+        while True:
+            if self._current is None and not self._open_next(now_unix_nano, files):
+                break
+            assert self._current is not None
+            path, pm, pos = self._current
+            room = (budget - len(builder) * SAMPLE_BYTES - builder.series_count * SERIES_BYTES)
+            take = max(0, room // (SAMPLE_BYTES + SERIES_BYTES))  # as if each a new series
+            if take == 0 and len(builder):
+                self.backlog = True
+                break
+            take = max(take, 1)
+            self.add_values(builder, pm.values[pos:pos + take])
+            pos += take
+            if pos < len(pm.values):
+                self._current = (path, pm, pos)
+                self.backlog = True
+                break
+            self._pending.append((path, "done"))
+            self._current = None
+        self.backlog = self.backlog or bool(files)
+
+    def committed(self) -> None:
+        """The batch of the last collect() is in the spool: its finished files move to done/."""
+        self._uncommitted = False
+        for path, sub in self._pending:
+            self._move(path, sub)
+        self._pending.clear()
 
     def add_file(self, builder: BatchBuilder, pm: PmFile) -> None:
-        """Turn one parsed file into period samples: counts as DELTA over [begin, end) (no
-        running sum: a repeated or older file is the same or its own period, which the
-        aggregator counts once), other values as period gauges."""
-        for period, v in pm:
-            spec = PM_MEASUREMENTS.get(v.meas_type)
-            if spec is None:
-                self.unknown_measurements += 1
-                continue
-            labels = {"cell": v.cell, "gnb": v.gnb}
-            key = (spec.metric, v.gnb, v.cell, 1 if spec.counter else 0)
-            d = self._defs.get(key)
+        """Turn one parsed file into samples (all at once; collect() splits large ones)."""
+        self.add_values(builder, pm.values)
+
+    def add_values(self, builder: BatchBuilder, values: Sequence[PmValue]) -> None:
+        """Period samples: counts as DELTA over [begin, end) (no running sum: a repeated or
+        older file is the same or its own period, which the aggregator counts once), the
+        other values as period gauges."""
+        defs = self._defs
+        for v in values:
+            spec = v.spec
+            labels = tuple(sorted(v.obj.labels().items()))
+            key = (spec.metric, labels, spec.counter)
+            d = defs.get(key)
             if d is None:
-                d = self._defs[key] = (
+                if len(defs) > 100_000:  # cells come and go; do not grow forever
+                    defs.clear()
+                d = defs[key] = (
                     delta_def(spec.metric, labels, unit=spec.unit, scale=spec.scale)
                     if spec.counter else gauge_def(spec.metric, labels, unit=spec.unit,
                                                    scale=spec.scale))
-            if not spec.counter:
-                builder.period_gauge(d, period.begin_unix_nano, period.end_unix_nano,
-                                     float(v.value))
-                continue
-            if (isinstance(v.value, float) and not v.value.is_integer()) or not \
-                    0 <= v.value < 1 << 64:
-                log.warning("%s: counter %s of cell %s is %r, not an integer in 0..2^64-1: "
-                            "skipped", pm.name, v.meas_type, v.cell, v.value)
-                continue
-            builder.delta(d, period.begin_unix_nano, period.end_unix_nano, int(v.value))
+            if spec.counter:
+                builder.delta(d, v.begin_unix_nano, v.end_unix_nano, int(v.value))
+            else:
+                builder.period_gauge(d, v.begin_unix_nano, v.end_unix_nano, float(v.value))
+        self.stats.pm_values["accepted"] += len(values)
 
     def _reading_def(self, r: CellReading, meas: str, counter: bool) -> SeriesDef | None:
         key = (meas, r.gnb, r.cell, r.counter_bits if counter else 0,
@@ -550,7 +419,7 @@ class CellSource(Source):
             for meas, v in r.counters.items():
                 d = self._reading_def(r, meas, True)
                 if d is None:
-                    self.unknown_measurements += 1
+                    self.stats.pm_values["unknown_measurement"] += 1
                 elif isinstance(v, numbers.Integral) and 0 <= v < limit:
                     counter(d, t, int(v))
                 else:  # the ingest would refuse the whole batch for it
@@ -560,49 +429,10 @@ class CellSource(Source):
             for meas, g in r.gauges.items():
                 d = self._reading_def(r, meas, False)
                 if d is None:
-                    self.unknown_measurements += 1
+                    self.stats.pm_values["unknown_measurement"] += 1
                 elif isfinite(g):
                     gauge(d, t, float(g))
 
     async def close(self) -> None:
         if self.adapter is not None:
             await self.adapter.close()
-
-
-def render_meas_collec(*, begin: dt.datetime, duration_s: int, element: str,
-                       cells: dict[str, dict[str, float | int]], positional: bool = False,
-                       info_id: str = "NRCell") -> bytes:
-    """A TS 32.435 measCollecFile with one measInfo: `cells` maps a cell id to its
-    measurement values. For tests, the benchmark and the simulator (what a gNB would write).
-    `positional` picks the <measTypes>/<measResults> encoding instead of p-indexed elements.
-    """
-    from xml.sax.saxutils import quoteattr
-
-    end = begin + dt.timedelta(seconds=duration_s)
-    types = sorted({m for vals in cells.values() for m in vals})
-    out = ['<?xml version="1.0" encoding="UTF-8"?>',
-           '<measCollecFile xmlns="http://www.3gpp.org/ftp/specs/archive/32_series/32.435#measCollec">',
-           f'<fileHeader fileFormatVersion="32.435 V10.0" vendorName="edge"><fileSender '
-           f'localDn={quoteattr("ManagedElement=" + element)}/>'
-           f'<measCollec beginTime="{begin.isoformat()}"/></fileHeader>',
-           f'<measData><managedElement localDn={quoteattr("ManagedElement=" + element)}/>',
-           f'<measInfo measInfoId={quoteattr(info_id)}><job jobId="1"/>'
-           f'<granPeriod duration="PT{duration_s}S" endTime="{end.isoformat()}"/>'
-           f'<repPeriod duration="PT{duration_s}S"/>']
-    if positional:
-        out.append(f"<measTypes>{' '.join(types)}</measTypes>")
-    else:
-        out.extend(f'<measType p="{i}">{t}</measType>' for i, t in enumerate(types, start=1))
-    for cell, vals in cells.items():
-        ldn = quoteattr(f"ManagedElement={element},GNBDUFunction=1,NRCellDU={cell}")
-        out.append(f"<measValue measObjLdn={ldn}>")
-        if positional:
-            out.append("<measResults>" + " ".join(
-                repr(vals[t]) if t in vals else "NIL" for t in types) + "</measResults>")
-        else:
-            out.extend(f'<r p="{i}">{vals[t]!r}</r>' for i, t in enumerate(types, start=1)
-                       if t in vals)
-        out.append("<suspect>false</suspect></measValue>")
-    out.append(f'</measInfo></measData><fileFooter><measCollec endTime="{end.isoformat()}"/>'
-               "</fileFooter></measCollecFile>")
-    return "\n".join(out).encode()
