@@ -251,6 +251,8 @@ def catalog_batches(site: str, country: str, region: str, *, n_batches: int = 8,
         for m in METRICS:
             labels = {}
             for n in m.labels:
+                if n == "function":
+                    continue  # set only on gNB-level objects; these are cells
                 val = f"{n}{e}"
                 if n == "mode":
                     val = "idle" if e % 2 == 0 else "user"
