@@ -30,7 +30,8 @@ RUN groupadd --system --gid 10001 collector \
  && useradd --system --uid 10001 --gid collector --home-dir /var/lib/collector \
       --no-create-home --shell /usr/sbin/nologin collector \
  && install -d -o collector -g collector -m 0750 /var/lib/collector /var/lib/collector/spool \
- && install -d -m 0755 /etc/collector
+ && install -d -m 0755 /etc/collector \
+ && install -d -o collector -g collector -m 0750 /etc/collector/tls
 COPY --from=build /opt/collector /opt/collector
 ENV PATH=/opt/collector/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("collector.simulate.main", "deterministic Japan/US fleet of simulated agents"),
     "aggregate": ("collector.aggregate.main", "Kafka consumer group -> windows -> /metrics"),
     "config": ("collector.config_cmd", "validate a config file or print the defaults"),
+    "dev-certs": ("collector.certs_cmd", "write throw-away TLS material for a demo deployment"),
     "health": ("collector.health_cmd", "probe a running ingest/aggregate/agent (healthchecks)"),
 }
 

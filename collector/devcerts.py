@@ -44,7 +44,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _issue(cn: str, key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey,
-           ca_name: x509.Name, *, server: bool) -> x509.Certificate:
+           ca_name: x509.Name, *, server: bool, dns_names: tuple[str, ...] = ()) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
@@ -61,6 +61,7 @@ def _issue(cn: str, key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePri
     )
     if server:
         builder = builder.add_extension(x509.SubjectAlternativeName([
+            *(x509.DNSName(n) for n in dns_names),
             x509.DNSName("localhost"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("::1")),
@@ -68,7 +69,9 @@ def _issue(cn: str, key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePri
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def make_dev_certs(directory: Path, client_cn: str = "edge-agent") -> DevCerts:
+def make_dev_certs(directory: Path, client_cn: str = "edge-agent",
+                   dns_names: tuple[str, ...] = ()) -> DevCerts:
+    """A CA, a server certificate for `dns_names` + loopback, a client certificate."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("edge-collector dev CA")
@@ -89,7 +92,8 @@ def make_dev_certs(directory: Path, client_cn: str = "edge-agent") -> DevCerts:
     pem = serialization.Encoding.PEM
     server_key = ec.generate_private_key(ec.SECP256R1())
     client_key = ec.generate_private_key(ec.SECP256R1())
-    server = _issue("localhost", server_key, ca_key, ca_name, server=True)
+    server = _issue(dns_names[0] if dns_names else "localhost", server_key, ca_key, ca_name,
+                    server=True, dns_names=dns_names)
     client = _issue(client_cn, client_key, ca_key, ca_name, server=False)
     return DevCerts(
         ca=_write(directory / "ca.pem", ca.public_bytes(pem)),
