@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DEBS   := prometheus prometheus-alertmanager socat snmpd snmp tmux
+DEBS   := prometheus prometheus-alertmanager socat snmpd snmp tmux kubernetes-client
 APT_STAMP := $(VENV)/.apt-ok
 PYTEST_ARGS ?=
 
@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 
 # Debian packages the tests use (a real Prometheus, promtool, Alertmanager, socat, net-snmp's
 # snmpd and snmpget/snmpbulkwalk, tmux for the live view of `collector run` read from a real
-# terminal); `apt-get update` once, only when something is missing.
+# terminal, kubectl for `kubectl kustomize` of deploy/k8s); `apt-get update` once, only when something is missing.
 $(APT_STAMP): | $(PY)
-	@missing=""; for b in prometheus promtool prometheus-alertmanager socat snmpd snmpbulkwalk tmux; do \
+	@missing=""; for b in prometheus promtool prometheus-alertmanager socat snmpd snmpbulkwalk tmux kubectl; do \
 	  command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages ($$missing missing): $(DEBS)"; \
@@ -73,12 +73,14 @@ bench: setup
 	$(PY) bench/aggregate.py --batches 1000
 	$(PY) bench/agent.py --quick
 	$(PY) bench/simulate.py --quick
+	$(PY) bench/capacity.py --quick
 
 bench-full: setup
 	$(PY) bench/ingest.py
 	$(PY) bench/aggregate.py
 	$(PY) bench/agent.py
 	$(PY) bench/simulate.py
+	$(PY) bench/capacity.py --checkpoint-interval 60 --produce-timeout 120 --prom-scrapes 6
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import statistics
 import sys
 import time
@@ -55,13 +56,15 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                                       TopicSpec(topic + ".dlq", 1, 3_600_000))) as broker:
         tansu = psutil.Process(broker.pid)
         settings = load_settings(None, kafka={"bootstrap_servers": broker.bootstrap,
-                                              "topic": topic, "dead_letter_topic": topic + ".dlq"},
+                                              "topic": topic, "dead_letter_topic": topic + ".dlq",
+                                              "produce_timeout_s": args.produce_timeout},
                                  simulate={"sites_per_country": args.sites_per_country,
                                            "acceleration": 0, "interval_s": 10.0,
                                            "silent_after_s": 0},
                                  aggregate={"metrics_listen": "", "group_id": topic,
                                             "state_topic": topic + ".state",
-                                            "max_poll_records": 4000})
+                                            "max_poll_records": 4000,
+                                            "checkpoint_interval_s": args.checkpoint_interval})
         # 1. produce
         runner = FleetRunner(settings, bootstrap=broker.bootstrap, work_dir=Path("/tmp"),
                              duration_s=args.ticks * settings.simulate.interval_s,
@@ -107,6 +110,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             agg_s = time.perf_counter() - t0
             agg_cpu, agg_broker = _cpu(me) - c0, _cpu(tansu) - b0
             accepted = agg.registry.get_sample_value("collector_aggregate_samples_total") or 0.0
+            await asyncio.sleep(args.settle)  # let the last windows close (idle timeout)
             rss = me.memory_info().rss - rss0
             # 3. exposition
             times, body = [], b""
@@ -116,19 +120,35 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 body = await agg.render_metrics()
                 times.append(time.perf_counter() - r0)
             series = agg.registry.get_sample_value("collector_aggregate_series") or 0.0
+            ckpts = agg.registry.get_sample_value("collector_aggregate_checkpoints_total") or 0.0
+            ckpt_err = agg.registry.get_sample_value("collector_aggregate_checkpoint_errors_total") or 0.0
+            ckpt_bytes = sum(s.value for m in agg.registry.collect()
+                             if m.name == "collector_aggregate_checkpoint_bytes" for s in m.samples)
             state = agg.registry.get_sample_value("collector_aggregate_state_bytes") or 0.0
         if consumed < records:
             raise SystemExit(f"aggregator consumed {consumed:,.0f} of {records:,} records in "
                              f"{args.timeout}s")
         exposed = sum(1 for ln in body.split(b"\n") if ln and not ln.startswith(b"#"))
+        dropped: dict[str, float] = {}
+        for m in re.finditer(rb'collector_site_samples_dropped_total\{[^}]*reason="(\w+)"[^}]*\} (\S+)',
+                             body):
+            dropped[m.group(1).decode()] = dropped.get(m.group(1).decode(), 0.0) + float(m.group(2))
         render = statistics.median(times)
         print(f"aggregate: {agg_s:.1f}s wall, {agg_cpu:.1f} CPU-s ({agg_cpu / agg_s:.2f} cores), "
               f"{accepted:,.0f} samples accepted = {accepted / agg_cpu:,.0f} samples per CPU-s; "
               f"broker {agg_broker:.1f} CPU-s serving the fetches")
+        print("samples not accepted, by reason: " + (", ".join(
+            f"{k} {v:,.0f}" for k, v in sorted(dropped.items())) or "none") +
+            f" (sent {samples:,}, accepted {accepted:,.0f})")
+        print(f"checkpoints: {ckpts:,.0f} written, {ckpt_err:,.0f} missed their deadline; last "
+              f"ones {ckpt_bytes / 2**20:,.1f} MiB over all partitions (every "
+              f"{args.checkpoint_interval:g}s = {ckpt_bytes / args.checkpoint_interval / 2**20:,.1f} "
+              "MiB/s into the state topic)")
         print(f"state: {series:,.0f} series, {state / max(series, 1):,.0f} B/series "
               f"(resident memory +{rss / 2**20:,.0f} MiB)")
         print(f"/metrics: {exposed:,} samples ({exposed / sites:,.0f} per site), "
               f"{len(body) / 2**20:,.1f} MiB, rendered in {render:.2f}s (median of 3)")
+        prom = await prometheus_cost(body, args.prom_scrapes) if args.prom_scrapes else {}
         predicted = accepted / args.model_rate
         print(f"model check: {accepted:,.0f} samples at the modelled {args.model_rate:,.0f} "
               f"samples per CPU-s = {predicted:.1f} CPU-s predicted, {agg_cpu:.1f} measured "
@@ -140,7 +160,79 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 "agg_samples_per_s": accepted / agg_cpu,
                 "broker_cpu_s_per_msample": (produce_broker + agg_broker) / samples * 1e6,
                 "sim_cpu_s_per_msample": produce_cpu / samples * 1e6,
-                "model_ratio": agg_cpu / predicted}
+                "model_ratio": agg_cpu / predicted, "checkpoint_errors": ckpt_err, **prom}
+
+
+async def prometheus_cost(body: bytes, scrapes: int) -> dict[str, float]:
+    """A real Prometheus scraping this /metrics body every 10 s: memory per head series and
+    CPU per scraped sample, from its own process metrics over `scrapes` scrapes (after the
+    first, which creates the series). The head is minutes old: a 2 h head holds more."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from aiohttp import web
+
+    from collector.broker import free_port
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        print("prometheus: not installed, skipped")
+        return {}
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    target = runner.addresses[0][1]
+    port = free_port()
+    with tempfile.TemporaryDirectory() as d:
+        cfg = Path(d) / "prometheus.yml"
+        cfg.write_text(f"global: {{scrape_interval: 10s, scrape_timeout: 9s}}\n"
+                       f"scrape_configs:\n  - job_name: agg\n    static_configs:\n"
+                       f"      - targets: ['127.0.0.1:{target}']\n")
+        proc = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.tsdb.path={d}/data",
+                                 f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            import urllib.request
+
+            def own(name: str) -> float:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    for ln in r.read().decode().splitlines():
+                        if ln.startswith(name + " ") or ln.startswith(name + "{"):
+                            return float(ln.rsplit(" ", 1)[1])
+                return 0.0
+
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    own("up")
+                    break
+                except OSError:
+                    await asyncio.sleep(0.5)
+            await asyncio.sleep(12)  # the first scrape creates the series
+            c0 = await asyncio.to_thread(own, "process_cpu_seconds_total")
+            await asyncio.sleep(10 * scrapes)
+            c1 = await asyncio.to_thread(own, "process_cpu_seconds_total")
+            series = await asyncio.to_thread(own, "prometheus_tsdb_head_series")
+            rss = await asyncio.to_thread(own, "process_resident_memory_bytes")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    await runner.cleanup()
+    scraped = scrapes * sum(1 for ln in body.split(b"\n") if ln and not ln.startswith(b"#"))
+    per_sample = (c1 - c0) / max(scraped, 1)
+    print(f"Prometheus {binary}: {series:,.0f} head series, {rss / 2**20:,.0f} MiB resident "
+          f"({rss / max(series, 1):,.0f} B per series), {per_sample * 1e6:.2f} CPU-s per million "
+          f"scraped samples ({scraped:,} samples in {scrapes} scrapes, 10 s apart)")
+    return {"prom_bytes_per_series": rss / max(series, 1),
+            "prom_cpu_s_per_msample": per_sample * 1e6}
 
 
 def main() -> None:
@@ -149,6 +241,14 @@ def main() -> None:
     ap.add_argument("--ticks", type=int, default=60)
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--timeout", type=float, default=1200.0)
+    ap.add_argument("--checkpoint-interval", type=float, default=5.0,
+                    help="aggregate.checkpoint_interval_s (default: the product default)")
+    ap.add_argument("--produce-timeout", type=float, default=10.0,
+                    help="kafka.produce_timeout_s, also the checkpoint deadline")
+    ap.add_argument("--prom-scrapes", type=int, default=0,
+                    help="also measure a real Prometheus scraping the body this many times")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds to wait after consuming before the /metrics measurement")
     ap.add_argument("--model-rate", type=float, default=2_300_000.0,
                     help="aggregator samples per CPU-second the model assumes")
     ap.add_argument("--quick", action="store_true", help="50 sites per country, 30 ticks")
