@@ -3,7 +3,8 @@
     collector health ingest      # gRPC health (grpc.health.v1) of telemetry.v1.IngestService
     collector health aggregate   # GET /healthz of the aggregator (503 once its loop died)
     collector health agent       # GET /metrics of the agent (its HTTP endpoint answers)
-    collector health             # the role of PID 1 (`collector <role>` in a container)
+    collector health             # the role of PID 1 (`collector <role>` in a container;
+                                 # `run` is probed as its aggregator, simulate/broker pass)
 
 Addresses come from the same settings as the role (its --config file - PID 1's when none
 is given - and the COLLECTOR_* environment), with a wildcard listen address probed on
@@ -44,8 +45,17 @@ def pid1_argv(cmdline: Path = Path("/proc/1/cmdline")) -> list[str]:
         return []
 
 
+# commands PID 1 may run that have no probe of their own; `run` is probed as its aggregator
+NO_PROBE = ("simulate", "broker")
+
+
 def role_of_pid1(cmdline: Path = Path("/proc/1/cmdline")) -> str | None:
-    return next((a for a in pid1_argv(cmdline) if a in ROLES), None)
+    for a in pid1_argv(cmdline):
+        if a in ROLES or a in NO_PROBE:
+            return a
+        if a == "run":
+            return "aggregate"
+    return None
 
 
 def config_of_pid1(cmdline: Path = Path("/proc/1/cmdline")) -> str | None:
@@ -131,6 +141,8 @@ async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event
         print("collector health: no role given and PID 1 is not `collector <role>`",
               file=sys.stderr)
         return 2
+    if role in NO_PROBE:
+        return 0  # alive is all a container runtime can tell of these
     if not (args.config or args.sub_config) and (path := config_of_pid1()):
         settings = load_settings(path)
     if role == "ingest":

@@ -66,6 +66,10 @@ def test_role_comes_from_pid1_cmdline(tmp_path: Path) -> None:
     assert config_of_pid1(f) is None
     f.write_bytes(b"/opt/collector/bin/collector\0--config\0/etc/collector/ingest.yaml\0ingest\0")
     assert (role_of_pid1(f), config_of_pid1(f)) == ("ingest", "/etc/collector/ingest.yaml")
+    f.write_bytes(b"collector\0run\0--duration\0060\0")
+    assert role_of_pid1(f) == "aggregate"
+    f.write_bytes(b"collector\0simulate\0")
+    assert role_of_pid1(f) == "simulate"
     f.write_bytes(b"/sbin/init\0")
     assert role_of_pid1(f) is None
     assert role_of_pid1(tmp_path / "missing") is None

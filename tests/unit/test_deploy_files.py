@@ -86,7 +86,8 @@ def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck_per_role() -> Non
     assert len(stages) >= 2
     final = {c.cmd: c for c in stages[-1]}
     assert final["USER"].value[0] == f"{IMAGE_UID}:{IMAGE_UID}"
-    assert final["ENTRYPOINT"].json and final["ENTRYPOINT"].value == ("collector",)
+    assert final["ENTRYPOINT"].json
+    assert final["ENTRYPOINT"].value == ("collector",)
     hc = final["HEALTHCHECK"].value
     assert hc[0] == "CMD"
     assert hc[1] == "collector"
@@ -177,7 +178,8 @@ def test_compose_commands_parse_and_their_configs_load(compose: dict[str, Any],
         for t in svc.get("healthcheck", {}).get("test", [])[1:2]:
             assert t == "collector", name
             hc = _argv_ok(svc["healthcheck"]["test"][2:])
-            assert hc.command == "health" and hc.role in name, name
+            assert hc.command == "health", name
+            assert hc.role in name, name
             assert (hc.sub_config or hc.config) in binds
     assert {"ingest", "aggregate", "simulate", "dev-certs"} <= seen
 
@@ -346,7 +348,8 @@ def test_kubernetes_workloads_agree_with_the_code(k8s: list[dict[str, Any]], tmp
         assert pod["securityContext"]["runAsNonRoot"] is True
         (c,) = pod["containers"]
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
-        assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+        assert c["resources"]["requests"]["cpu"]
+        assert c["resources"]["requests"]["memory"]
         args, s = _container_settings(k8s, c, tmp_path, monkeypatch)
         assert args.command in name
         assert s.kafka.bootstrap_servers
