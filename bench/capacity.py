@@ -122,8 +122,6 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             series = agg.registry.get_sample_value("collector_aggregate_series") or 0.0
             ckpts = agg.registry.get_sample_value("collector_aggregate_checkpoints_total") or 0.0
             ckpt_err = agg.registry.get_sample_value("collector_aggregate_checkpoint_errors_total") or 0.0
-            ckpt_bytes = sum(s.value for m in agg.registry.collect()
-                             if m.name == "collector_aggregate_checkpoint_bytes" for s in m.samples)
             state = agg.registry.get_sample_value("collector_aggregate_state_bytes") or 0.0
         if consumed < records:
             raise SystemExit(f"aggregator consumed {consumed:,.0f} of {records:,} records in "
@@ -140,10 +138,10 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         print("samples not accepted, by reason: " + (", ".join(
             f"{k} {v:,.0f}" for k, v in sorted(dropped.items())) or "none") +
             f" (sent {samples:,}, accepted {accepted:,.0f})")
-        print(f"checkpoints: {ckpts:,.0f} written, {ckpt_err:,.0f} missed their deadline; last "
-              f"ones {ckpt_bytes / 2**20:,.1f} MiB over all partitions (every "
-              f"{args.checkpoint_interval:g}s = {ckpt_bytes / args.checkpoint_interval / 2**20:,.1f} "
-              "MiB/s into the state topic)")
+        print(f"checkpoints: {ckpts:,.0f} written, {ckpt_err:,.0f} missed their deadline; a round "
+              f"writes the whole state of each changed partition, ~{state / 2**20:,.0f} MiB "
+              f"(= {state / args.checkpoint_interval / 2**20:,.1f} MiB/s at every "
+              f"{args.checkpoint_interval:g}s)")
         print(f"state: {series:,.0f} series, {state / max(series, 1):,.0f} B/series "
               f"(resident memory +{rss / 2**20:,.0f} MiB)")
         print(f"/metrics: {exposed:,} samples ({exposed / sites:,.0f} per site), "
