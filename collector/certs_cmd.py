@@ -1,4 +1,4 @@
-"""`collector dev-certs DIR`: throw-away TLS material for a demo deployment (compose).
+"""`collector dev-certs [DIR]`: throw-away TLS material for a demo deployment (compose).
 
 Writes ca.pem, server.pem/server.key (for the given DNS names plus localhost and the
 loopback addresses) and client.pem/client.key into DIR, readable only by the owner except
@@ -16,7 +16,8 @@ from collector.devcerts import make_dev_certs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", type=Path, help="where to write the PEM files")
+    parser.add_argument("directory", type=Path, nargs="?", default=Path("dev-certs"),
+                        help="where to write the PEM files (default ./dev-certs)")
     parser.add_argument("--dns", action="append", default=[], metavar="NAME",
                         help="DNS name of the server certificate (repeatable)")
     parser.add_argument("--if-missing", action="store_true",
