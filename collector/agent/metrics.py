@@ -7,8 +7,11 @@ batch. Sources add their own collection timings through `SourceStats`.
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+import time
 import weakref
+import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from collector.agent.batch import SiteInfo
     from collector.agent.pipeline import AgentPipeline
 
 PREFIX = "collector_agent_"
@@ -122,6 +126,7 @@ class AgentCollector(Collector):
             last_seq.add_metric(lv, st.last_seq)
         yield from (spool_bytes, spool_batches, oldest, inflight, connected, sent, acked,
                     rejected, dropped, retries, last_seq)
+        yield from _site_families([(p.agent_id, p.site) for p in pipelines])
         s = ["agent_id", "source"]
         runs = CounterMetricFamily(PREFIX + "source_collections", "Collections run.", labels=s)
         samples = CounterMetricFamily(PREFIX + "source_samples", "Samples collected.", labels=s)
@@ -173,6 +178,31 @@ class AgentCollector(Collector):
                 for reason, n in sorted(ts.errors.items()):
                     t_err.add_metric([*lv, reason], n)
         yield from (t_up, t_polls, t_reconn, t_err)
+
+
+def _site_families(agents: list[tuple[str, SiteInfo]], now: float | None = None) -> Iterator[Metric]:
+    """Where each agent is: an info metric (value 1) to join agent series to their site
+    (`* on(agent_id) group_left(site, country, region)`), and the site's UTC offset now (from
+    its IANA zone, so daylight saving time moves it), which local-time dashboards need."""
+    lab = ["agent_id", "site", "country", "region", "timezone"]
+    info = GaugeMetricFamily(PREFIX + "site_info", "Site of the agent (value 1).", labels=lab)
+    offset = GaugeMetricFamily(PREFIX + "site_utc_offset_seconds",
+                               "UTC offset of the site's time zone at scrape time.", labels=lab)
+    now = time.time() if now is None else now
+    for agent_id, site in agents:
+        lv = [agent_id, site.site_id, site.country, site.region, site.timezone]
+        info.add_metric(lv, 1.0)
+        if (off := _utc_offset_s(site.timezone, now)) is not None:
+            offset.add_metric(lv, off)
+    yield from (info, offset)
+
+
+def _utc_offset_s(timezone: str, now: float) -> float | None:
+    try:
+        delta = dt.datetime.fromtimestamp(now, zoneinfo.ZoneInfo(timezone)).utcoffset()
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return None  # the ingest refuses such a site anyway; no offset rather than a wrong one
+    return delta.total_seconds() if delta is not None else None
 
 
 def _stats(p: AgentPipeline) -> Any:
