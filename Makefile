@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 # snmpd and snmpget/snmpbulkwalk, tmux for the live view of `collector run` read from a real
 # terminal, kubectl for `kubectl kustomize` of deploy/k8s); `apt-get update` once, only when something is missing.
 $(APT_STAMP): | $(PY)
-	@missing=""; for b in prometheus promtool prometheus-alertmanager socat snmpd snmpbulkwalk tmux kubectl; do \
+	@missing=""; for b in prometheus promtool prometheus-alertmanager amtool socat snmpd snmpbulkwalk tmux kubectl; do \
 	  command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages ($$missing missing): $(DEBS)"; \
