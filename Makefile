@@ -7,7 +7,7 @@ DEBS   := prometheus prometheus-alertmanager socat snmpd snmp tmux kubernetes-cl
 APT_STAMP := $(VENV)/.apt-ok
 PYTEST_ARGS ?=
 
-.PHONY: run test lint lock proto docs bench bench-full setup setup-test clean
+.PHONY: run test lint lock proto docs dashboards bench bench-full setup setup-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,7 @@ run: setup
 test: setup-test
 	$(PY) scripts/gen_proto.py --check
 	$(PY) scripts/gen_config_doc.py --check
+	$(PY) scripts/gen_dashboards.py --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
@@ -62,6 +63,10 @@ lock: setup
 
 proto: setup
 	$(PY) scripts/gen_proto.py
+
+## Regenerate the Grafana dashboards (grafana/dashboards/*.json) from scripts/gen_dashboards.py.
+dashboards: setup
+	$(PY) scripts/gen_dashboards.py
 
 ## Regenerate docs/configuration.md (settings models) and docs/metrics.md (aggregator outputs).
 docs: setup
