@@ -609,7 +609,9 @@ class FleetGenerator:
         c0 = C["c0"]
         inc[c0] = np.floor(thp * conn * _ACTIVE_SHARE * iv).astype(U64)
         inc[c0 + 1] = np.floor(thp_ul * conn * _ACTIVE_SHARE * iv).astype(U64)
-        req = np.floor(conn * 0.001 * iv * (0.5 + u(keys * 4096 + 6, ticks)))
+        # about 0.001 handover attempts per connected user per second; rounded stochastically
+        # (floor(x + u), expectation x) so a quiet cell sampled every second still has some
+        req = np.floor(conn * 0.001 * iv + u(keys * 4096 + 6, ticks))
         fail = np.floor(req * m.cell_fail[:, None] + u(keys * 4096 + 7, ticks))
         inc[c0 + 2] = req.astype(U64)
         inc[c0 + 3] = np.maximum(req - fail, 0).astype(U64)
