@@ -35,9 +35,11 @@ from types import TracebackType
 from typing import Any, Self
 
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
 
 from collector.broker import free_port
 from collector.errors import CollectorError
+from collector.exposition.http import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -246,16 +248,23 @@ def _status(url: str) -> int:
 class LocalMonitoring:
     """Prometheus (+ Alertmanager when its binary exists) over the given targets.
 
-    `targets` maps component ("aggregate", "ingest", "agents") to host:port lists. When the
+    `targets` maps component ("aggregate", "ingest", "agents") to host:port lists. With
+    `agent_registry` (the in-process agents of `collector run`), their self-metrics are
+    served on a loopback port of our own and scraped as the "agents" job. When the
     prometheus binary is missing, `start()` does nothing and `available` is False."""
 
     def __init__(self, targets: Mapping[str, Sequence[str]], workdir: Path, *,
-                 scrape_interval: str | None = None) -> None:
-        self.targets = targets
+                 scrape_interval: str | None = None,
+                 agent_registry: CollectorRegistry | None = None, optional: bool = False) -> None:
+        self.targets = dict(targets)
+        self.optional = optional  # a failed start is reported (banner_lines), not raised
+        self.error: str | None = None
         self.workdir = workdir
         self.scrape_interval = scrape_interval
+        self.agent_registry = agent_registry
         self.prometheus: LocalPrometheus | None = None
         self.alertmanager: LocalAlertmanager | None = None
+        self.agents_http: MetricsServer | None = None
         self.prometheus_binary = find_binary("prometheus")
         self.alertmanager_binary = find_binary("prometheus-alertmanager", "alertmanager")
 
@@ -263,10 +272,32 @@ class LocalMonitoring:
     def available(self) -> bool:
         return self.prometheus_binary is not None
 
+    def links(self) -> list[tuple[str, str]]:
+        """(label, address) lines for `collector run` to print with its other addresses."""
+        if self.prometheus is None:
+            if self.error:
+                return [("prometheus", f"failed to start: {self.error}")]
+            return [("prometheus", f"not started: no prometheus binary on PATH ({INSTALL_HINT})")]
+        out = [("prometheus", f"{self.prometheus.url}  (project rules; alerts at "
+                              f"{self.prometheus.url}/alerts)")]
+        if self.alertmanager is not None:
+            out.append(("alertmanager", f"{self.alertmanager.url}  (routes and inhibitions of "
+                                        "deploy/alertmanager, receivers muted)"))
+        return out
+
     async def start(self) -> None:
         if self.prometheus is not None or self.prometheus_binary is None:
             return
         try:
+            if self.agent_registry is not None:
+                reg = self.agent_registry
+
+                async def render() -> bytes:
+                    return generate_latest(reg)
+
+                self.agents_http = MetricsServer("127.0.0.1", 0, render)
+                await self.agents_http.start()
+                self.targets["agents"] = [f"127.0.0.1:{self.agents_http.bound_port}"]
             am_addr = None
             if self.alertmanager_binary:
                 am = LocalAlertmanager(self.alertmanager_binary,
@@ -280,6 +311,12 @@ class LocalMonitoring:
             prom = LocalPrometheus(self.prometheus_binary, cfg, self.workdir / "prometheus")
             await prom.start()
             self.prometheus = prom
+        except MonitoringError as exc:
+            await self.stop()
+            if not self.optional:
+                raise
+            self.error = str(exc)
+            log.warning("local Prometheus not started: %s", exc)
         except BaseException:
             await self.stop()
             raise
@@ -287,10 +324,13 @@ class LocalMonitoring:
     async def stop(self) -> None:
         prom, self.prometheus = self.prometheus, None
         am, self.alertmanager = self.alertmanager, None
+        agents, self.agents_http = self.agents_http, None
         if prom is not None:
             await prom.stop()
         if am is not None:
             await am.stop()
+        if agents is not None:
+            await agents.stop()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -299,3 +339,13 @@ class LocalMonitoring:
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.stop()
+
+
+def run_monitoring(ingest_metrics_port: int, aggregate_metrics_port: int,
+                   agent_registry: CollectorRegistry | None, workdir: Path) -> LocalMonitoring:
+    """The local Prometheus/Alertmanager of `collector run`, over the run's own endpoints
+    (a component whose metrics endpoint is off is left out). Optional: a Prometheus that
+    cannot start is reported in `banner_lines()`, the run goes on."""
+    targets = {k: [f"127.0.0.1:{port}"] for k, port in
+               (("ingest", ingest_metrics_port), ("aggregate", aggregate_metrics_port)) if port}
+    return LocalMonitoring(targets, workdir, agent_registry=agent_registry, optional=True)

@@ -40,6 +40,7 @@ from collector.config import Settings
 from collector.devcerts import make_dev_certs
 from collector.errors import BrokerError, ConfigError
 from collector.ingest.server import IngestServer
+from collector.monitoring import run_monitoring
 from collector.runview import LiveView, Monitor, PlainView, RunInfo, View, log_line
 from collector.simulate.config import SimulateSettings
 from collector.simulate.fleet import FleetRunner, site_tokens, write_tokens_file
@@ -389,6 +390,9 @@ async def _run(settings: Settings, args: argparse.Namespace, stop: asyncio.Event
         if aggregator.metrics_port:
             info.links.append(("look at", f"curl -s http://127.0.0.1:{aggregator.metrics_port}"
                                           "/metrics | grep 'country=\"JP\"' | head"))
+        monitoring = await stack.enter_async_context(run_monitoring(
+            ingest.metrics_port, aggregator.metrics_port, agent_registry, workdir / "monitoring"))
+        info.links += monitoring.links()
         monitor = Monitor(ingest=ingest, aggregator=aggregator, fleet=fleet,
                           agents=agent_registry, countries=tuple(sim.countries))
         view = (LiveView(info, monitor=monitor, warnings=warnings) if warnings is not None
