@@ -37,6 +37,7 @@ from typing import Any, Self
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
+from collector import children
 from collector.broker import free_port
 from collector.errors import CollectorError
 from collector.exposition.http import MetricsServer
@@ -148,6 +149,7 @@ class _Child:
         self._log = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - once, at start-up
         self.proc = subprocess.Popen([self.binary, *self.args()], stdout=self._log,  # noqa: ASYNC220
                                      stderr=self._log, start_new_session=True)
+        children.track(self.proc, self.name)  # a forced exit (second Ctrl-C) kills it by pid
         log.info("%s pid %d on %s", self.name, self.proc.pid, self.url)
         try:
             await self._wait_ready()
@@ -179,6 +181,7 @@ class _Child:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 await asyncio.to_thread(proc.wait)
+        children.untrack(proc)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -257,7 +260,7 @@ class LocalMonitoring:
                  scrape_interval: str | None = None,
                  agent_registry: CollectorRegistry | None = None, optional: bool = False) -> None:
         self.targets = dict(targets)
-        self.optional = optional  # a failed start is reported (banner_lines), not raised
+        self.optional = optional  # a failed start is reported (links()), not raised
         self.error: str | None = None
         self.workdir = workdir
         self.scrape_interval = scrape_interval
@@ -345,7 +348,7 @@ def run_monitoring(ingest_metrics_port: int, aggregate_metrics_port: int,
                    agent_registry: CollectorRegistry | None, workdir: Path) -> LocalMonitoring:
     """The local Prometheus/Alertmanager of `collector run`, over the run's own endpoints
     (a component whose metrics endpoint is off is left out). Optional: a Prometheus that
-    cannot start is reported in `banner_lines()`, the run goes on."""
+    cannot start is reported in `links()`, the run goes on."""
     targets = {k: [f"127.0.0.1:{port}"] for k, port in
                (("ingest", ingest_metrics_port), ("aggregate", aggregate_metrics_port)) if port}
     return LocalMonitoring(targets, workdir, agent_registry=agent_registry, optional=True)
