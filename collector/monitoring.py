@@ -276,17 +276,16 @@ class LocalMonitoring:
         return self.prometheus_binary is not None
 
     def links(self) -> list[tuple[str, str]]:
-        """(label, address) lines for `collector run` to print with its other addresses."""
+        """One (label, text) line for `collector run` to show with its other addresses."""
         if self.prometheus is None:
             if self.error:
                 return [("prometheus", f"failed to start: {self.error}")]
-            return [("prometheus", f"not started: no prometheus binary on PATH ({INSTALL_HINT})")]
-        out = [("prometheus", f"{self.prometheus.url}  (project rules; alerts at "
-                              f"{self.prometheus.url}/alerts)")]
+            return [("prometheus", "not started, no binary on PATH "
+                                   "(apt-get install prometheus prometheus-alertmanager)")]
+        text = f"{self.prometheus.url}  (rules and alerts of deploy/prometheus)"
         if self.alertmanager is not None:
-            out.append(("alertmanager", f"{self.alertmanager.url}  (routes and inhibitions of "
-                                        "deploy/alertmanager, receivers muted)"))
-        return out
+            text = f"{self.prometheus.url}  alertmanager {self.alertmanager.url}"
+        return [("prometheus", text)]
 
     async def start(self) -> None:
         if self.prometheus is not None or self.prometheus_binary is None:
