@@ -528,18 +528,18 @@ class Aggregator:
             st = self.states.get(tp.partition)
             if st is None or tp.topic != self.topic:
                 continue
-            n_ok = 0
-            for r in records:
-                if st.next_offset is not None and r.offset < st.next_offset:
-                    continue  # already in the restored state
-                try:
-                    n_ok += st.add(r.offset, r.value, dict(r.headers) if r.headers else None)
-                except ProtocolError as exc:
-                    reason = str(exc).split(":", 1)[0] if str(exc) else "invalid"
-                    if reason.startswith("not a telemetry"):
-                        reason = "not_a_batch"
-                    self.metrics.decode_errors.labels(reason).inc()
-                    dead.append((r, reason))
+            if st.next_offset is not None:
+                # fetched before the seek to a restored offset: already in the state
+                records = [r for r in records if r.offset >= st.next_offset]
+            if not records:
+                continue
+            n_ok, errors = st.add_many([(r.offset, r.value, r.headers) for r in records])
+            for i, exc in errors:
+                reason = str(exc).split(":", 1)[0] if str(exc) else "invalid"
+                if reason.startswith("not a telemetry"):
+                    reason = "not_a_batch"
+                self.metrics.decode_errors.labels(reason).inc()
+                dead.append((records[i], reason))
             self.metrics.records.labels(str(tp.partition)).inc(len(records))
             self.metrics.samples.inc(n_ok)
             if records:

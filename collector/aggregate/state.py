@@ -34,9 +34,18 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from collector import wire
 from collector.aggregate.config import AggregateSettings
 from collector.aggregate.counters import Carry, counter_deltas, split_sum_arrays
-from collector.aggregate.decode import Decoded, decode, table_is_series_only
+from collector.aggregate.decode import (
+    Decoder,
+    Headers,
+    Rec,
+    check,
+    decode,
+    poll_columns,
+    table_is_series_only,
+)
 from collector.aggregate.periods import PeriodStore
 from collector.catalog import METRICS, Kind
 from collector.errors import ProtocolError
@@ -48,27 +57,35 @@ METRIC_INDEX: dict[str, int] = {m.name: i for i, m in enumerate(METRICS)}
 _SPEC_LABEL_POS = [tuple(LABEL_NAMES.index(n) for n in m.labels) for m in METRICS]
 _IS_COUNTER = np.array([m.kind is Kind.COUNTER for m in METRICS])
 
-_TWO32 = pl.Series([1 << 32], dtype=pl.Int128)
+_TWO32 = pl.lit(1 << 32, dtype=pl.Int128)
 # Grouping by one Int64 key (series id * 2^40 + pane index) is about twice as fast as by two
 # columns; pane indices of any tier stay far below 2^40 for the next thousands of years.
 _KEY_MUL = 1 << 40
 # Per-series code in a series table.
 OK_COUNTER, OK_GAUGE, UNKNOWN, MISMATCH, CAPPED, OK_DELTA = 0, 1, 2, 3, 4, 5
+_N_CODES = 6
 DROP_REASONS = ("late", "duplicate", "dedup_expired", "rejected", "unknown_metric", "cardinality",
                 "too_old", "overlap")
 _NO_SAMPLE = np.iinfo(np.int64).min  # s_last of a series that has no processed sample yet
 _NO_STEP = np.iinfo(np.int64).max
-# Checkpoint format: 2 added the per-series sample ledger (series frame: first, step, count).
-CHECKPOINT_VERSION = 2
+# Checkpoint format: 2 added the per-series sample ledger (series frame: first, step, count);
+# 3 keeps counter pane increases as 32-bit half sums (hi, lo) instead of one Int128.
+CHECKPOINT_VERSION = 3
 
+# A counter increase is kept as the sums of its 32-bit halves (increase = hi * 2^32 + lo):
+# UInt64 group sums are several times cheaper than Int128 ones in Polars and cannot overflow
+# (each half is < 2^32, and no window has 2^32 intervals); Int128 appears only in the
+# published windows.
 COUNTER_PANE_SCHEMA = {
-    "sid": pl.UInt32, "pane": pl.Int64, "inc": pl.Int128, "dt": pl.Int64,
+    "sid": pl.UInt32, "pane": pl.Int64, "hi": pl.UInt64, "lo": pl.UInt64, "dt": pl.Int64,
     "n": pl.UInt32, "resets": pl.UInt32, "wraps": pl.UInt32,
 }
 GAUGE_PANE_SCHEMA = {
     "sid": pl.UInt32, "pane": pl.Int64, "sum": pl.Float64, "cnt": pl.UInt32,
     "min": pl.Float64, "max": pl.Float64,
 }
+COUNTER_AGG_SCHEMA = {"sid": pl.UInt32, "end": pl.Int64, "hi": pl.UInt64, "lo": pl.UInt64,
+                      "dt": pl.Int64, "n": pl.UInt32, "resets": pl.UInt32, "wraps": pl.UInt32}
 COUNTER_WIN_SCHEMA = {"sid": pl.UInt32, "end": pl.Int64, "inc": pl.Int128, "dt": pl.Int64,
                       "n": pl.UInt32, "resets": pl.UInt32, "wraps": pl.UInt32}
 GAUGE_WIN_SCHEMA = {"sid": pl.UInt32, "end": pl.Int64, "sum": pl.Float64, "cnt": pl.UInt32,
@@ -84,6 +101,31 @@ def stable_hash(*parts: object) -> int:
     """64-bit hash that is the same in every process (Python's hash() is salted)."""
     d = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(d, "little", signed=True)
+
+
+def _refusal(value: bytes) -> ProtocolError:
+    """The full parse's reason for a record the per-poll checks refused."""
+    try:
+        decode(value)
+    except ProtocolError as exc:
+        return exc
+    return ProtocolError("columns")  # not reached: the full parse applies the same checks
+
+
+def _exact(cw: pl.DataFrame) -> pl.DataFrame:
+    """Counter windows with the increase as one exact Int128 (hi * 2^32 + lo)."""
+    return cw.select("sid", "end", inc=pl.col("hi").cast(pl.Int128) * _TWO32 + pl.col("lo").cast(pl.Int128),
+                     dt="dt", n="n", resets="resets", wraps="wraps")
+
+
+def _halves(panes: pl.DataFrame) -> pl.DataFrame:
+    """Counter panes of a v1/v2 checkpoint (one Int128 increase) in the current layout."""
+    if "inc" not in panes.columns:
+        return panes
+    inc = pl.col("inc")
+    return panes.select("sid", "pane", hi=(inc // _TWO32).cast(pl.UInt64), lo=(inc % _TWO32).cast(pl.UInt64),
+                        dt="dt", n="n", resets="resets", wraps="wraps").cast(
+                            COUNTER_PANE_SCHEMA)  # type: ignore[arg-type]
 
 
 def _empty(schema: Mapping[str, Any]) -> pl.DataFrame:
@@ -245,6 +287,7 @@ class PartitionState:
         self.carry = Carry.empty(0)
         self._meta: pl.DataFrame | None = None
         self._tables: dict[tuple[int, str, bytes], Table] = {}
+        self._decoder = Decoder()
 
         self._cbuf: list[tuple[np.ndarray, ...]] = []
         self._gbuf: list[tuple[np.ndarray, ...]] = []
@@ -254,18 +297,17 @@ class PartitionState:
         self.latest_g = {w: _empty(GAUGE_WIN_SCHEMA) for w in self.windows_s}
 
     # ------------------------------------------------------------------ registry
-    def _site(self, batch: pb.Batch) -> int:
-        sid = batch.site.site_id
-        i = self.site_index.get(sid)
+    def _site(self, site_id: str, country: str, region: str) -> int:
+        i = self.site_index.get(site_id)
         if i is None:
             i = len(self.sites)
-            self.sites.append(Site(sid, batch.site.country, batch.site.region))
-            self.site_index[sid] = i
+            self.sites.append(Site(site_id, country, region))
+            self.site_index[site_id] = i
             self._meta = None
         else:
             s = self.sites[i]
-            if (s.country, s.region) != (batch.site.country, batch.site.region) and batch.site.country:
-                s.country, s.region = batch.site.country, batch.site.region
+            if country and (s.country, s.region) != (country, region):
+                s.country, s.region = country, region
                 self._meta = None
         return i
 
@@ -344,14 +386,14 @@ class PartitionState:
                 epoch[i] = stable_hash(s.start_time_unix_nano, s.scale or 1.0, s.counter_bits)
         return Table(code, sids, epoch, bits)
 
-    def _table(self, site: int, d: Decoded) -> Table:
+    def _table(self, site: int, d: Rec) -> Table:
         key = d.table_key
         if key is not None:
             ck = (site, d.boot_id, key)
             t = self._tables.get(ck)
             if t is not None:
                 return t
-        t = self._build_table(site, d.batch.series)
+        t = self._build_table(site, d.series())
         if key is not None and table_is_series_only(key):
             if len(self._tables) > 4096:
                 self._tables.clear()
@@ -383,86 +425,177 @@ class PartitionState:
         return "new"
 
     # ------------------------------------------------------------------ ingest
-    def add(self, offset: int, value: bytes | None, headers: dict[str, bytes] | None = None) -> int:
+    def add(self, offset: int, value: bytes | None, headers: Headers | None = None) -> int:
         """Process one record. Returns samples accepted; raises ProtocolError for the DLQ.
 
         The offset advances even for a record that raises: the caller dead-letters it.
         """
-        self.next_offset = offset + 1
-        self.records += 1
-        d = decode(value, headers)
-        site_i = self._site(d.batch)
-        site = self.sites[site_i]
-        verdict = self._dedup(d.agent_id, d.seq, site_i)
-        if verdict != "new":
-            site.dropped[verdict] += d.n_samples
-            site.dup_batches += 1
+        accepted, errors = self.add_many([(offset, value, headers)])
+        if errors:
+            raise errors[0][1]
+        return accepted
+
+    def add_many(
+        self, records: Sequence[tuple[int, bytes | None, Headers | None]]
+    ) -> tuple[int, list[tuple[int, ProtocolError]]]:
+        """Process one poll's records of this partition, in offset order.
+
+        Returns the samples accepted and (position, error) of each record that is not a valid
+        batch (the caller dead-letters it; the offset still advances past it). The result is
+        exactly that of adding the records one by one: per record only Python scalars are
+        touched (header, dedup, site, table, watermark); decoding checks, table lookups, the
+        late filter and the ledger counts run once over the whole poll's samples.
+        """
+        if not records:
+            return 0, []
+        errors: list[tuple[int, ProtocolError]] = []
+        recs: list[Rec] = []
+        where: list[int] = []
+        read = self._decoder.read
+        for i, (_, value, headers) in enumerate(records):
+            try:
+                recs.append(read(value, headers))
+                where.append(i)
+            except ProtocolError as exc:
+                errors.append((i, exc))
+        self.next_offset = records[-1][0] + 1
+        self.records += len(records)
+        if not recs:
+            return 0, errors
+        cc, gc = poll_columns(recs)
+        bad = check(recs, cc, gc)
+        if bad:
+            for j in bad:
+                errors.append((where[j], _refusal(recs[j].value)))
+            errors.sort(key=lambda e: e[0])
+            gone = set(bad)
+            recs = [r for j, r in enumerate(recs) if j not in gone]
+            if not recs:
+                return 0, errors
+            cc, gc = poll_columns(recs)
+        return self._ingest(recs, cc, gc), errors
+
+    def _ingest(self, recs: list[Rec], cc: wire.Columns, gc: wire.Columns) -> int:
+        n = len(recs)
+        site_of = np.zeros(n, np.int64)
+        keep = np.zeros(n, bool)
+        tab_off = np.zeros(n, np.int64)
+        boots = np.zeros(n, np.int64)
+        offsets: dict[int, int] = {}
+        tables: list[Table] = []
+        rec_table: list[Table | None] = [None] * n
+        size = 0
+        for j, r in enumerate(recs):
+            site_i = self._site(r.site_id, r.country, r.region)
+            site_of[j] = site_i
+            site = self.sites[site_i]
+            verdict = self._dedup(r.agent_id, r.seq, site_i)
+            if verdict != "new":
+                site.dropped[verdict] += r.nc + r.ng
+                site.dup_batches += 1
+                continue
+            site.batches += 1
+            keep[j] = True
+            table = rec_table[j] = self._table(site_i, r)
+            off = offsets.get(id(table))
+            if off is None:
+                off = offsets[id(table)] = size
+                tables.append(table)
+                size += len(table.code)
+            tab_off[j] = off
+            boot = self.boot_hash.get(r.boot_id)
+            if boot is None:
+                if len(self.boot_hash) > 65536:
+                    self.boot_hash.clear()
+                boot = self.boot_hash[r.boot_id] = stable_hash("boot", r.boot_id)
+            boots[j] = boot
+        if not tables:
             return 0
-        site.batches += 1
-        table = self._table(site_i, d)
-        boot = self.boot_hash.get(d.boot_id)
-        if boot is None:
-            if len(self.boot_hash) > 65536:
-                self.boot_hash.clear()
-            boot = self.boot_hash[d.boot_id] = stable_hash("boot", d.boot_id)
-        accepted = 0
-        # Late means: behind the pane boundary the watermark had reached *before* this record
-        # (or behind what is already closed). A function of the record sequence only, so it
-        # does not depend on how records were grouped into polls or when panes were closed.
-        closed = self.closed_ns
-        if self.wm_ns is not None:
-            wm_cut = (self.wm_ns // self.pane_ns) * self.pane_ns
-            closed = wm_cut if closed is None else max(closed, wm_cut)
-        tmax: int | None = None
-        for is_counter, cols in ((True, d.counters), (False, d.gauges)):
+        t_code = np.concatenate([t.code for t in tables])
+        t_sid = np.concatenate([t.sid for t in tables])
+        t_epoch = np.concatenate([t.epoch for t in tables])
+        t_bits = np.concatenate([t.bits for t in tables])
+        n_sites = len(self.sites)
+        tmax = np.full(n, _NO_SAMPLE, np.int64)
+        parts = []
+        for is_counter, cols, counts in ((True, cc, [r.nc for r in recs]), (False, gc, [r.ng for r in recs])):
             if not len(cols):
                 continue
-            idx = cols.series_index
-            code = table.code[idx]
+            rec = np.repeat(np.arange(n), counts)
+            gi = cols.series_index.astype(np.int64) + tab_off[rec]
+            code = np.where(keep[rec], t_code[gi], -1)
             want = OK_COUNTER if is_counter else OK_GAUGE
             ok = code == want
             if not ok.all():
-                counts = np.bincount(code[~ok], minlength=6)
-                site.dropped["unknown_metric"] += int(counts[UNKNOWN])
-                site.dropped["cardinality"] += int(counts[CAPPED])
-                site.dropped["rejected"] += int(len(code) - np.count_nonzero(ok) - counts[UNKNOWN]
-                                                - counts[CAPPED])
-                idx = idx[ok]
-                t = cols.time_unix_nano[ok]
-                v = cols.value[ok]
-            else:
-                t = cols.time_unix_nano
-                v = cols.value
-            if not len(t):
+                wrong = code >= 0
+                wrong &= ~ok
+                if wrong.any():
+                    counts_ = np.bincount(site_of[rec[wrong]] * _N_CODES + code[wrong],
+                                          minlength=n_sites * _N_CODES).reshape(n_sites, _N_CODES)
+                    for si in np.flatnonzero(counts_.any(axis=1)).tolist():
+                        c = counts_[si]
+                        d = self.sites[si].dropped
+                        d["unknown_metric"] += int(c[UNKNOWN])
+                        d["cardinality"] += int(c[CAPPED])
+                        # a series of another kind (or a DELTA series) in these columns
+                        d["rejected"] += int(c.sum() - c[UNKNOWN] - c[CAPPED])
+            t = cols.time_unix_nano
+            # newest accepted-kind sample per record (before the late filter), for the watermark
+            np.maximum.at(tmax, rec[ok], t[ok])
+            parts.append((is_counter, cols, rec, gi, ok))
+        # Late means: behind the pane boundary the watermark had reached *before* the record
+        # (or behind what is already closed). A function of the record sequence only, so it
+        # does not depend on how records were grouped into polls or when panes were closed.
+        cut = np.full(n, _NO_SAMPLE, np.int64)
+        closed0 = self.closed_ns
+        pane = self.pane_ns
+        tm = tmax.tolist()
+        accepted = np.zeros(n_sites, np.int64)
+        for j in np.flatnonzero(keep).tolist():
+            closed = closed0
+            if self.wm_ns is not None:
+                wm_cut = (self.wm_ns // pane) * pane
+                closed = wm_cut if closed is None or wm_cut > closed else closed
+            if closed is not None:
+                cut[j] = closed
+            r = recs[j]
+            if len(r.deltas) or len(r.period_gauges):
+                rt = rec_table[j]
+                assert rt is not None
+                accepted[site_of[j]] += self._add_periods(r, rt, self.sites[int(site_of[j])])
+            hi = tm[j]
+            if hi != _NO_SAMPLE:
+                site_i = int(site_of[j])
+                site = self.sites[site_i]
+                if site.max_event is None or hi > site.max_event:
+                    site.max_event = hi
+                    self._newest.update(site_i, hi)
+                if self.max_event_ns is None or hi > self.max_event_ns:
+                    self.max_event_ns = hi
+                self._update_watermark()
+        late = np.zeros(n_sites, np.int64)
+        for is_counter, cols, rec, gi, ok in parts:
+            t = cols.time_unix_nano
+            fresh = ok & (t >= cut[rec])
+            if not fresh.all():
+                late += np.bincount(site_of[rec[ok & ~fresh]], minlength=n_sites)
+            accepted += np.bincount(site_of[rec[fresh]], minlength=n_sites)
+            g = gi[fresh]
+            if not len(g):
                 continue
-            hi = int(t.max())
-            tmax = hi if tmax is None else max(tmax, hi)
-            if closed is not None and int(t.min()) < closed:
-                fresh = t >= closed
-                site.dropped["late"] += int(len(t) - np.count_nonzero(fresh))
-                idx, t, v = idx[fresh], t[fresh], v[fresh]
-            if not len(t):
-                continue
-            sid = table.sid[idx]
             if is_counter:
-                self._cbuf.append((sid, t, v, table.epoch[idx] ^ boot, table.bits[idx]))
+                self._cbuf.append((t_sid[g], t[fresh], cols.value[fresh], t_epoch[g] ^ boots[rec[fresh]],
+                                   t_bits[g]))
             else:
-                self._gbuf.append((sid, t, v))
-            accepted += len(t)
-        if len(d.deltas) or len(d.period_gauges):
-            accepted += self._add_periods(d, table, site)
-        site.samples += accepted
-        self.samples += accepted
-        if tmax is not None:
-            if site.max_event is None or tmax > site.max_event:
-                site.max_event = tmax
-                self._newest.update(site_i, tmax)
-            if self.max_event_ns is None or tmax > self.max_event_ns:
-                self.max_event_ns = tmax
-            self._update_watermark()
-        return accepted
+                self._gbuf.append((t_sid[g], t[fresh], cols.value[fresh]))
+        for si in np.flatnonzero(accepted | late).tolist():
+            self.sites[si].samples += int(accepted[si])
+            self.sites[si].dropped["late"] += int(late[si])
+        total = int(accepted.sum())
+        self.samples += total
+        return total
 
-    def _add_periods(self, d: Decoded, table: Table, site: Site) -> int:
+    def _add_periods(self, d: Rec, table: Table, site: Site) -> int:
         """Period samples go to the period store (collector/aggregate/periods.py), never
         through the watermark: a period is complete when it arrives, however late."""
         accepted = 0
@@ -591,11 +724,11 @@ class PartitionState:
         pane = t // self.pane_ns
         starts = self._group_starts(sid, pane)
         hi, lo = split_sum_arrays(d.delta, starts)
-        inc = pl.Series(hi).cast(pl.Int128) * _TWO32 + pl.Series(lo).cast(pl.Int128)
         frame = pl.DataFrame({
             "sid": sid[starts].astype(np.uint32),
             "pane": pane[starts],
-            "inc": inc,
+            "hi": hi,
+            "lo": lo,
             "dt": np.add.reduceat(d.dt, starts),
             "n": np.add.reduceat(d.valid.astype(np.uint32), starts),
             "resets": np.add.reduceat(d.reset.astype(np.uint32), starts),
@@ -653,23 +786,19 @@ class PartitionState:
     def _windows(self, start: int, target: int, emit_all: bool) -> int:
         """Close the windows ending in (start, target]; returns how many ends were computed.
 
-        Each window length slides by its source tier's pane. Ends that complete a tier
-        pane are always computed (the next tier is built from them); the others only when
-        every closed window is wanted (`emit_all`), else just the newest.
+        Each window length slides by its source tier's pane. Tier panes (tumbling windows
+        of the tier below) are always computed the same way, before anything is pruned;
+        then every closed window end (`emit_all`, for the window log) or just the newest.
+        The published numbers are the same bits either way (see _roll).
         """
-        c_aggs = (pl.col("inc").sum(), pl.col("dt").sum(), pl.col("n").sum(),
-                  pl.col("resets").sum(), pl.col("wraps").sum())
-        g_aggs = (pl.col("sum").sum(), pl.col("cnt").sum(), pl.col("min").min(), pl.col("max").max())
+        for j in range(1, self.n_tiers):
+            k, n, size = self.src[j], self.n_src[j], self.tier_ns[self.src[j]]
+            lo, hi = start // size + 1, target // size
+            if hi >= lo:
+                self._add_tier(j, self._roll(self.cpanes[k], n, lo, hi, size, True, tumbling=True),
+                               self._roll(self.gpanes[k], n, lo, hi, size, False, tumbling=True))
         if not emit_all:
-            # Tier panes first (tumbling: each lower pane grouped once), then drop what the
-            # newest windows do not need, so they are computed from a few rows per series.
-            for j in range(1, self.n_tiers):
-                k, n, size = self.src[j], self.n_src[j], self.tier_ns[self.src[j]]
-                lo, hi = start // size + 1, target // size
-                if hi >= lo:
-                    self._add_tier(j, self._tumble(self.cpanes[k], n, lo, hi, size, COUNTER_WIN_SCHEMA,
-                                                   c_aggs),
-                                   self._tumble(self.gpanes[k], n, lo, hi, size, GAUGE_WIN_SCHEMA, g_aggs))
+            # drop what the newest windows do not need, so they are computed from a few rows
             self._prune(target, extra=1)
         count = 0
         for j, w in enumerate(self.windows_s):
@@ -679,18 +808,11 @@ class PartitionState:
             lo, hi = start // size + 1, target // size  # end indices in tier-k panes
             if hi < lo:
                 continue
-            if emit_all:
-                cw = self._window_agg(self.cpanes[k], n, lo, hi, 1, size, COUNTER_WIN_SCHEMA, c_aggs)
-                gw = self._window_agg(self.gpanes[k], n, lo, hi, 1, size, GAUGE_WIN_SCHEMA, g_aggs)
-                count += hi - lo + 1
-                if 1 <= j < self.n_tiers:
-                    # tier j panes: windows of length w ending on multiples of w
-                    self._add_tier(j, cw.filter(pl.col("end") % (w * NS) == 0),
-                                   gw.filter(pl.col("end") % (w * NS) == 0))
-            else:
-                cw = self._window_agg(self.cpanes[k], n, hi, hi, 1, size, COUNTER_WIN_SCHEMA, c_aggs)
-                gw = self._window_agg(self.gpanes[k], n, hi, hi, 1, size, GAUGE_WIN_SCHEMA, g_aggs)
-                count += 1
+            if not emit_all:
+                lo = hi
+            cw = _exact(self._roll(self.cpanes[k], n, lo, hi, size, True))
+            gw = self._roll(self.gpanes[k], n, lo, hi, size, False)
+            count += hi - lo + 1
             for frame, latest in ((cw, self.latest_c), (gw, self.latest_g)):
                 if len(frame):
                     newest = frame.filter(pl.col("end") == pl.col("end").max().over("sid"))
@@ -714,7 +836,8 @@ class PartitionState:
     def _add_tier(self, k: int, cw: pl.DataFrame, gw: pl.DataFrame) -> None:
         size = self.tier_ns[k]
         if len(cw):
-            rows = cw.select("sid", pane=pl.col("end") // size - 1, inc=pl.col("inc"), dt=pl.col("dt"),
+            rows = cw.select("sid", pane=pl.col("end") // size - 1, hi=pl.col("hi"), lo=pl.col("lo"),
+                             dt=pl.col("dt"),
                              n=pl.col("n"), resets=pl.col("resets"), wraps=pl.col("wraps"))
             rows = rows.cast(COUNTER_PANE_SCHEMA)  # type: ignore[arg-type]
             self.cpanes[k] = pl.concat([self.cpanes[k], rows]) if len(self.cpanes[k]) else rows
@@ -724,52 +847,54 @@ class PartitionState:
             rows = rows.cast(GAUGE_PANE_SCHEMA)  # type: ignore[arg-type]
             self.gpanes[k] = pl.concat([self.gpanes[k], rows]) if len(self.gpanes[k]) else rows
 
-    def _tumble(self, panes: pl.DataFrame, n: int, e_lo: int, e_hi: int, size: int,
-                schema: Mapping[str, Any], aggs: tuple[pl.Expr, ...]) -> pl.DataFrame:
-        """Windows of n panes ending at the multiples of n in [e_lo, e_hi]: they do not
-        overlap, so each pane is grouped once (no repetition as in _window_agg)."""
-        first = -(-e_lo // n) * n
-        if not len(panes) or first > e_hi:
-            return _empty(schema)
-        return (
-            panes.lazy()
-            .filter((pl.col("pane") >= first - n) & (pl.col("pane") < (e_hi // n) * n))
-            .group_by(k=(pl.col("sid").cast(pl.Int64) * _KEY_MUL) + pl.col("pane") // n)
-            .agg(*aggs)
-            .with_columns(sid=pl.col("k") // _KEY_MUL,
-                          end=((pl.col("k") % _KEY_MUL) + 1) * (n * size))
-            .sort("end", "sid")
-            .select(list(schema))
-            .collect()
-            .cast(schema)  # type: ignore[arg-type]
-        )
+    def _roll(self, panes: pl.DataFrame, n: int, e_lo: int, e_hi: int, size: int, counter: bool,
+              tumbling: bool = False) -> pl.DataFrame:
+        """Windows of n consecutive tier panes ending at pane indices e in [e_lo, e_hi] (window
+        e covers panes e-n .. e-1 and ends at e * size); `tumbling`: only ends that are
+        multiples of n. One row per (series, end) with data, ordered by (end, series).
 
-    def _window_agg(self, panes: pl.DataFrame, n: int, e_lo: int, e_hi: int, step: int, size: int,
-                    schema: Mapping[str, Any], aggs: tuple[pl.Expr, ...]) -> pl.DataFrame:
-        """Windows of n panes ending at pane indices e in [e_lo, e_hi] with e % step == 0."""
-        if not len(panes):
+        NumPy on rows sorted by (series, end, pane): every window is a sequential sum over its
+        own panes in pane order, so its float bits do not depend on which other ends are
+        computed (the window log computes every end, /metrics alone only the newest).
+        """
+        schema = COUNTER_AGG_SCHEMA if counter else GAUGE_WIN_SCHEMA
+        if tumbling:
+            e_lo = -(-e_lo // n) * n
+            e_hi = (e_hi // n) * n
+        if not len(panes) or e_lo > e_hi:
             return _empty(schema)
-        e_lo = -(-e_lo // step) * step
-        if e_lo > e_hi:
+        pane = panes["pane"].to_numpy()
+        rows = np.flatnonzero((pane >= e_lo - n) & (pane < e_hi))
+        if not len(rows):
             return _empty(schema)
-        # a pane p belongs to the windows ending at pane index e with p < e <= p + n
-        first = pl.max_horizontal(pl.col("pane") + 1, pl.lit(e_lo))
-        lo = ((first + (step - 1)) // step) * step
-        hi = pl.min_horizontal(pl.col("pane") + n, pl.lit(e_hi))
-        return (
-            panes.lazy()
-            .filter((pl.col("pane") >= e_lo - n) & (pl.col("pane") < e_hi))
-            .with_columns(e=pl.int_ranges(lo, pl.max_horizontal(lo, hi + 1), step))
-            .explode("e")
-            .drop_nulls("e")
-            .group_by(k=(pl.col("sid").cast(pl.Int64) * _KEY_MUL) + pl.col("e"))
-            .agg(*aggs)
-            .with_columns(sid=pl.col("k") // _KEY_MUL, end=(pl.col("k") % _KEY_MUL) * size)
-            .sort("end", "sid")
-            .select(list(schema))
-            .collect()
-            .cast(schema)  # type: ignore[arg-type]
-        )
+        p = pane[rows]
+        if tumbling:
+            first = (p // n + 1) * n
+            cnt = np.ones(len(p), np.int64)
+        else:
+            first = np.maximum(p + 1, e_lo)
+            cnt = np.maximum(np.minimum(p + n, e_hi) - first + 1, 0)
+        total = int(cnt.sum())
+        rep = np.repeat(rows, cnt)
+        start = np.cumsum(cnt) - cnt
+        e = np.repeat(first, cnt) + (np.arange(total) - np.repeat(start, cnt))
+        sid = panes["sid"].to_numpy()[rep]
+        order = np.lexsort((pane[rep], e, sid))
+        rep, e, sid = rep[order], e[order], sid[order]
+        change = np.ones(total, bool)
+        change[1:] = (sid[1:] != sid[:-1]) | (e[1:] != e[:-1])
+        g = np.flatnonzero(change)
+        cols: dict[str, np.ndarray] = {"sid": sid[g], "end": e[g] * size}
+        if counter:
+            for c in ("hi", "lo", "dt", "n", "resets", "wraps"):
+                cols[c] = np.add.reduceat(panes[c].to_numpy()[rep], g)
+        else:
+            cols["sum"] = np.add.reduceat(panes["sum"].to_numpy()[rep], g)
+            cols["cnt"] = np.add.reduceat(panes["cnt"].to_numpy()[rep], g)
+            cols["min"] = np.minimum.reduceat(panes["min"].to_numpy()[rep], g)
+            cols["max"] = np.maximum.reduceat(panes["max"].to_numpy()[rep], g)
+        out_order = np.lexsort((cols["sid"], cols["end"]))
+        return pl.DataFrame({k: v[out_order] for k, v in cols.items()}, schema=schema)
 
     def _labelled(self, frame: pl.DataFrame) -> pl.DataFrame:
         meta = self.series_meta()
@@ -995,7 +1120,7 @@ class PartitionState:
         view = memoryview(data)
         (hl,) = struct.unpack_from("<I", view, 0)
         header = json.loads(bytes(view[4:4 + hl]))
-        if header.get("v") not in (1, CHECKPOINT_VERSION):
+        if header.get("v") not in (1, 2, CHECKPOINT_VERSION):
             raise ProtocolError(f"checkpoint format v{header.get('v')} is not readable by this "
                                 f"aggregator (reads v1..v{CHECKPOINT_VERSION})")
         pos = 4 + hl
@@ -1049,7 +1174,7 @@ class PartitionState:
                 st.keys.append(key)
                 st.series_key[key] = i
         st.free = list(header["free"])
-        st.cpanes = [frames[f"cpanes_{k}"] for k in range(st.n_tiers)]
+        st.cpanes = [_halves(frames[f"cpanes_{k}"]) for k in range(st.n_tiers)]
         st.gpanes = [frames[f"gpanes_{k}"] for k in range(st.n_tiers)]
         for w in st.windows_s:
             st.latest_c[w] = frames[f"latest_c_{w}"]

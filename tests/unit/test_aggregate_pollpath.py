@@ -1,0 +1,147 @@
+"""The poll path: a whole poll of records at once gives exactly what one record at a time
+gives, the decoder's fast path reads exactly what the full parse reads, and published
+floats do not depend on the window log."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from collector.aggregate.config import AggregateSettings
+from collector.aggregate.decode import Decoder, decode
+from collector.aggregate.state import PartitionState
+from collector.errors import ProtocolError
+from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+from tests.aggregate_support import NS, T0, SeriesDef, make_batch, make_fleet
+
+CFG = AggregateSettings(windows_s=(10, 60, 300), allowed_lateness_s=10)
+
+
+def _state_bits(st: PartitionState) -> dict[str, object]:
+    """Everything published, compared bit for bit."""
+    v = st.view()
+    out: dict[str, object] = {"ledger": [(s.site_id, s.batches, s.dup_batches, s.samples, s.dropped,
+                                          s.expected, s.received, s.samples_expected, s.samples_counted)
+                                         for s in v.sites],
+                              "closed": st.closed_ns, "wm": st.wm_ns, "records": st.records}
+    for w in st.windows_s:
+        out[f"c{w}"] = v.latest_c[w].sort("sid").rows()
+        g = v.latest_g[w].sort("sid")
+        out[f"g{w}"] = [tuple(r[:2]) + tuple(np.float64(x).tobytes() if isinstance(x, float) else x
+                                             for x in r[2:]) for r in g.rows()]
+    return out
+
+
+def _feed(records: list[bytes], cuts: list[int], cfg: AggregateSettings = CFG,
+          log: bool = False) -> PartitionState:
+    st = PartitionState(0, cfg)
+    if log:
+        st.on_window = lambda *a: None
+    bounds = [0, *sorted(set(cuts)), len(records)]
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        if a < b:
+            st.add_many([(i, records[i], None) for i in range(a, b)])
+            st.advance()
+    return st
+
+
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.integers(0, 240), max_size=12))
+def test_poll_grouping_does_not_change_anything(cuts: list[int]) -> None:
+    fleet = make_fleet()
+    values = [v for _, v in fleet.records]
+    one_by_one = PartitionState(0, CFG)
+    for i, v in enumerate(values):
+        one_by_one.add(i, v)
+        one_by_one.advance()
+    grouped = _feed(values, [c % (len(values) + 1) for c in cuts])
+    assert _state_bits(grouped) == _state_bits(one_by_one)
+
+
+def test_bad_records_inside_a_poll_are_refused_alone() -> None:
+    series = [SeriesDef("link_in_octets", {"link": "a", "media": "optical"})]
+    good = [make_batch(agent="x", seq=s, site="s", series=series, counters=[(0, T0 + s * NS, s * 10)])
+            for s in range(1, 5)]
+    bad_index = make_batch(agent="x", seq=9, site="s", series=series, counters=[(3, T0, 1)])
+    records = [good[0], b"\xff\xff", good[1], bad_index, good[2], b"", good[3]]
+    st = PartitionState(0, CFG)
+    accepted, errors = st.add_many([(i, v, None) for i, v in enumerate(records)])
+    assert accepted == 4
+    assert [(i, str(e)) for i, e in errors] == [(1, str(errors[0][1])), (3, "series_index"), (5, "empty")]
+    assert st.next_offset == len(records)
+    assert st.records == len(records)
+    assert st.sites[0].batches == 4  # the refused seq 9 never reached the dedup memory
+    assert "x" in st.agents and st.agents["x"].hi == 4
+
+
+def _columns_equal(a: object, b: object) -> bool:
+    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("series_index", "time_unix_nano", "value"))
+
+
+def test_fast_path_reads_what_the_full_parse_reads() -> None:
+    series = [SeriesDef("link_in_octets", {"link": f"e{i}", "media": "optical"}) for i in range(3)]
+    series.append(SeriesDef("link_speed_bytes", {"link": "e0", "media": "optical"}, kind=pb.GAUGE))
+    dec = Decoder()
+    for seq in range(1, 6):
+        raw = make_batch(agent="a", seq=seq, site="jp-1", series=series,
+                         counters=[(i, T0 + seq * NS, seq * 1000 + i) for i in range(3)],
+                         gauges=[(3, T0 + seq * NS, 1.5 * seq)])
+        got, want = dec.decode(raw), decode(raw)
+        assert (got.agent_id, got.seq, got.site_id, got.country, got.region, got.boot_id, got.table_key) == \
+            (want.agent_id, want.seq, want.site_id, want.country, want.region, want.boot_id, want.table_key)
+        assert _columns_equal(got.counters, want.counters)
+        assert _columns_equal(got.gauges, want.gauges)
+        assert [s.metric for s in got.series()] == [s.metric for s in want.series()]
+    assert dec.fast == 4  # the first record teaches the table, the others repeat it
+
+
+@pytest.mark.parametrize("mutate", ["new_table", "unknown_field", "repeated_header", "unpacked", "bad_index"])
+def test_fast_path_falls_back_or_refuses_like_the_full_parse(mutate: str) -> None:
+    series = [SeriesDef("link_in_octets", {"link": "e0", "media": "optical"})]
+    dec = Decoder()
+    dec.read(make_batch(agent="a", seq=1, site="s", series=series, counters=[(0, T0, 1)]))
+    raw = make_batch(agent="a", seq=2, site="s", series=series, counters=[(0, T0 + NS, 2)])
+    if mutate == "new_table":
+        raw = make_batch(agent="a", seq=2, site="s", series=[*series, series[0]], counters=[(1, T0 + NS, 2)])
+    elif mutate == "unknown_field":
+        raw += b"\xa0\x06\x01"  # field 100, varint: a newer contract
+    elif mutate == "repeated_header":
+        raw += b"\x10\x07"  # seq again: protobuf keeps the last one
+    elif mutate == "unpacked":
+        b = pb.Batch.FromString(raw)
+        b.ClearField("counters")
+        # the same sample with each column unpacked (legal protobuf, not what serializers write)
+        raw = (b.SerializeToString() + b"\x3a\x17" + b"\x0d" + (0).to_bytes(4, "little")
+               + b"\x11" + (T0 + NS).to_bytes(8, "little") + b"\x19" + (2).to_bytes(8, "little"))
+    elif mutate == "bad_index":
+        raw = make_batch(agent="a", seq=2, site="s", series=series, counters=[(5, T0 + NS, 2)])
+    try:
+        want = decode(raw)
+    except ProtocolError as exc:
+        with pytest.raises(ProtocolError, match=str(exc).split(":")[0]):
+            dec.decode(raw)
+        return
+    got = dec.decode(raw)
+    assert mutate in ("new_table", "unknown_field", "repeated_header", "unpacked")
+    assert dec.fast == 0
+    assert (got.seq, got.agent_id) == (want.seq, want.agent_id)
+    assert _columns_equal(got.counters, want.counters)
+
+
+def test_window_log_does_not_change_published_float_bits() -> None:
+    series = [SeriesDef("link_optical_rx_power_dbm", {"link": f"e{i}", "media": "optical"}, kind=pb.GAUGE)
+              for i in range(20)]
+    rng = np.random.default_rng(7)
+    records = []
+    for seq in range(1, 80):
+        gauges = [(i, T0 + (seq * 3 + k) * NS, float(rng.normal(-3.0, 1e3)))
+                  for k in range(3) for i in range(20)]
+        records.append(make_batch(agent="a", seq=seq, site="s", series=series, gauges=gauges))
+    plain = _feed(records, list(range(0, 80, 7)))
+    logged = _feed(records, list(range(0, 80, 7)), log=True)
+    assert _state_bits(plain) == _state_bits(logged)
+    assert len(plain.latest_g[300]) == 20
+    assert plain.latest_g[300]["sum"].dtype == pl.Float64
