@@ -4,6 +4,8 @@ floats do not depend on the window log."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import polars as pl
 import pytest
@@ -41,7 +43,7 @@ def _feed(records: list[bytes], cuts: list[int], cfg: AggregateSettings = CFG,
     if log:
         st.on_window = lambda *a: None
     bounds = [0, *sorted(set(cuts)), len(records)]
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         if a < b:
             st.add_many([(i, records[i], None) for i in range(a, b)])
             st.advance()
@@ -74,11 +76,12 @@ def test_bad_records_inside_a_poll_are_refused_alone() -> None:
     assert st.next_offset == len(records)
     assert st.records == len(records)
     assert st.sites[0].batches == 4  # the refused seq 9 never reached the dedup memory
-    assert "x" in st.agents and st.agents["x"].hi == 4
+    assert st.agents["x"].hi == 4
 
 
 def _columns_equal(a: object, b: object) -> bool:
-    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("series_index", "time_unix_nano", "value"))
+    return all(np.array_equal(getattr(a, f), getattr(b, f))
+               for f in ("series_index", "time_unix_nano", "value"))
 
 
 def test_fast_path_reads_what_the_full_parse_reads() -> None:
