@@ -52,9 +52,11 @@ class TruthCounter:
     """Reference counter math: the definition, in Python integers, one sample at a time."""
 
     bits: int = 64
+    rate: float = 0.0  # plausible increase per second (the link's speed, or max_counter_rate); 0: no gap rule
     prev: tuple[int, int, object] | None = None  # (t, value, epoch)
     deltas: list[tuple[int, int, int]] = field(default_factory=list)  # (t, delta, dt)
     resets: int = 0
+    ambiguous: int = 0
 
     def add(self, t: int, v: int, epoch: object) -> None:
         mod = 1 << self.bits
@@ -62,9 +64,11 @@ class TruthCounter:
             pt, pv, pe = self.prev
             if pe != epoch or v >= mod or pv >= mod:
                 self.resets += 1
+            elif self.rate and (t - pt) * self.rate > mod * NS:
+                self.ambiguous += 1  # a wrap could hide in the interval: unknowable
             elif v >= pv:
                 self.deltas.append((t, v - pv, t - pt))
-            elif (v - pv) % mod < mod // 2:
+            elif (v - pv) % mod < mod // 2 and (not self.rate or (v - pv) % mod * NS <= self.rate * (t - pt)):
                 self.deltas.append((t, (v - pv) % mod, t - pt))
             else:
                 self.resets += 1
@@ -91,19 +95,25 @@ def window_truth(deltas: list[tuple[int, int, int]], window_ns: int, pane_ns: in
 
 
 LINK0 = {"link": "et-0/0/0", "media": "optical"}
+LINK1 = {"link": "xe-0/0/1", "media": "copper"}
 FLEET_SERIES = [
     # 402 Tb/s optical link: a 64-bit octet counter starting close enough to 2^64 to wrap
     SeriesDef("link_in_octets", LINK0, bits=64),
-    # a 32-bit counter moving 1e9 per second wraps every ~4 s
-    SeriesDef("link_out_octets", LINK0, bits=32),
+    # a 10 GbE link's 32-bit counter moving 1e9 per second wraps every ~4 s; with its speed
+    # (1.25e9 B/s) an interval over 3.4 s could hide a wrap (the fleet's gap and late batch)
+    SeriesDef("link_out_octets", LINK1, bits=32),
     SeriesDef("node_cpu_seconds_total", {"host": "h1", "cpu": "0", "mode": "idle"}, scale=0.01,
               unit="seconds"),
     SeriesDef("node_cpu_seconds_total", {"host": "h1", "cpu": "0", "mode": "user"}, scale=0.01,
               unit="seconds"),
     SeriesDef("RRU.PrbTotDl", {"cell": "c1", "gnb": "g1"}, kind=pb.GAUGE, unit="ratio"),
     SeriesDef("link_speed_bytes", LINK0, kind=pb.GAUGE, unit="bytes_per_second"),
+    SeriesDef("link_speed_bytes", LINK1, kind=pb.GAUGE, unit="bytes_per_second"),
 ]
-_STEP = [50_250_000_000_000, 1_000_000_000, 80, 20]
+# plausible rate per counter series of the fleet: its link's speed, else max_counter_rate
+FLEET_RATES = [50_250_000_000_000.0, 1.25e9, 1e15, 1e15]
+# per second; the 402 Tb/s counter stays just under its link's speed (plus up to 999 of jitter)
+_STEP = [50_249_999_999_000, 1_000_000_000, 80, 20]
 T0 = 1_764_000_000 * NS  # pane-aligned
 
 
@@ -125,6 +135,7 @@ class Fleet:
     counted: dict[tuple[str, str, str], list[tuple[int, int | float, object]]]
     bits: dict[tuple[str, str, str], int]
     sent: int = 0
+    rates: dict[tuple[str, str, str], float] = field(default_factory=dict)
 
 
 def make_fleet(n_batches: int = 60, per_batch_s: int = 5,
@@ -135,6 +146,7 @@ def make_fleet(n_batches: int = 60, per_batch_s: int = 5,
                late_delay: int = 12) -> Fleet:
     counted: dict[tuple[str, str, str], list[tuple[int, int | float, object]]] = defaultdict(list)
     bits: dict[tuple[str, str, str], int] = {}
+    rates: dict[tuple[str, str, str], float] = {}
     records: list[tuple[str, bytes]] = []
     for si, (site, country, region) in enumerate(sites):
         values = [(1 << 64) - 3 * 10**14 + si, 7 + si, 10**6, 10**5]
@@ -155,8 +167,9 @@ def make_fleet(n_batches: int = 60, per_batch_s: int = 5,
                     counters.append((c, t, values[c]))
                     key = (site, FLEET_SERIES[c].metric, label_key(FLEET_SERIES[c].labels))
                     bits[key] = FLEET_SERIES[c].bits
+                    rates[key] = FLEET_RATES[c]
                     inc.append((key, t, values[c], boot))
-                g = [float((i % 7) / 8), 50_250_000_000_000.0]
+                g = [float((i % 7) / 8), 50_250_000_000_000.0, 1.25e9]
                 for c, val in enumerate(g, start=4):
                     gauges.append((c, t, val))
                     inc.append(((site, FLEET_SERIES[c].metric, label_key(FLEET_SERIES[c].labels)),
@@ -190,7 +203,7 @@ def make_fleet(n_batches: int = 60, per_batch_s: int = 5,
         merged.extend(group)  # type: ignore[arg-type]
     for k in counted:
         counted[k].sort(key=lambda x: x[0])
-    return Fleet(merged, dict(counted), bits)
+    return Fleet(merged, dict(counted), bits, rates=rates)
 
 
 def truth_windows(fleet: Fleet, windows_s: tuple[int, ...], pane_s: int, upto_ns: int
@@ -207,7 +220,7 @@ def truth_windows(fleet: Fleet, windows_s: tuple[int, ...], pane_s: int, upto_ns
     slides = {w: windows_s[max(0, j - 1)] * NS for j, w in enumerate(windows_s)}
     for key, samples in fleet.counted.items():
         if key in fleet.bits:
-            tc = TruthCounter(bits=fleet.bits[key])
+            tc = TruthCounter(bits=fleet.bits[key], rate=fleet.rates.get(key, 1e15))
             for t, v, e in samples:
                 tc.add(t, int(v), e)
             for w in windows_s:

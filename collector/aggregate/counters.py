@@ -18,6 +18,11 @@ The integer traps this module guards against (checked with NumPy 2 and Polars 2.
 A reset (new boot_id, changed start time or scale, a decrease without a wrap explanation,
 or a value beyond the declared width) starts the series over: the interval that crosses it
 contributes nothing, so a reset is never a negative rate nor a spike.
+
+An interval long enough to hide a wrap - its length times the series' plausible rate
+exceeds the counter's range 2^bits - has an unknowable delta (any number of wraps fits in
+it): it is *ambiguous*, contributes nothing, and is counted; the series goes on from the
+new value (it is not a reset). Exact, or flagged.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class Deltas:
     valid: npt.NDArray[np.bool_]
     reset: npt.NDArray[np.bool_]
     wrap: npt.NDArray[np.bool_]
+    ambiguous: npt.NDArray[np.bool_]
 
 
 def counter_deltas(
@@ -74,18 +80,20 @@ def counter_deltas(
     epoch: npt.NDArray[np.int64],
     bits: npt.NDArray[np.uint8],
     carry: Carry,
-    max_rate: float | None = None,
+    max_rate: float | npt.NDArray[np.float64] | None = None,
 ) -> Deltas:
     """Deltas of samples sorted by (sid, t); updates `carry` with each series' last sample.
 
     `epoch` identifies a counter's life (boot_id, start time, scale): a change is a reset.
     `bits` is the declared width per sample (32 or 64). `max_rate`: the largest plausible
-    increase per second; a wrap that implies more is a reset.
+    increase per second (one number, or one per sample: a link's own speed); a wrap that
+    implies more is a reset, and an interval in which more than the counter's range could
+    have passed is ambiguous.
     """
     n = len(sid)
     if n == 0:
         z = np.zeros(0, bool)
-        return Deltas(np.zeros(0, U64), np.zeros(0, np.int64), z, z, z)
+        return Deltas(np.zeros(0, U64), np.zeros(0, np.int64), z, z, z, z)
     first = np.ones(n, bool)
     first[1:] = sid[1:] != sid[:-1]
     fsid = sid[first]
@@ -110,11 +118,17 @@ def counter_deltas(
     raw = (v - prev_v) & mask  # modular on purpose: exact for real wraps
     decrease = v < prev_v
     wrap = decrease & (raw < half)
-    if max_rate is not None and wrap.any():
+    ambiguous = np.zeros(n, bool)
+    if max_rate is not None:
         # float64 is only a threshold here; the delta itself stays an exact uint64
-        wrap &= raw.astype(np.float64) <= max_rate * ((t - prev_t) / 1e9)
-    reset = has_prev & ((epoch != prev_e) | (decrease & ~wrap) | over | prev_over)
-    valid = has_prev & ~reset
+        reach = np.asarray(max_rate, np.float64) * ((t - prev_t) / 1e9)
+        if wrap.any():
+            wrap &= raw.astype(np.float64) <= reach
+        same_life = has_prev & (epoch == prev_e) & ~over & ~prev_over
+        ambiguous = same_life & (reach > np.where(is32, 2.0**32, 2.0**64))
+        wrap &= ~ambiguous
+    reset = has_prev & ~ambiguous & ((epoch != prev_e) | (decrease & ~wrap) | over | prev_over)
+    valid = has_prev & ~reset & ~ambiguous
     delta = np.where(valid, raw, U64(0))
     dt = np.where(valid, t - prev_t, 0)
 
@@ -125,7 +139,7 @@ def counter_deltas(
     carry.value[lsid] = v[last]
     carry.time[lsid] = t[last]
     carry.epoch[lsid] = epoch[last]
-    return Deltas(delta, dt, valid, reset, wrap & valid)
+    return Deltas(delta, dt, valid, reset, wrap & valid, ambiguous)
 
 
 def split_sum(values: npt.NDArray[np.uint64], starts: npt.NDArray[np.intp]) -> list[int]:

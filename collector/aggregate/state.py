@@ -56,6 +56,11 @@ LABEL_NAMES: tuple[str, ...] = tuple(sorted({n for m in METRICS for n in m.label
 METRIC_INDEX: dict[str, int] = {m.name: i for i, m in enumerate(METRICS)}
 _SPEC_LABEL_POS = [tuple(LABEL_NAMES.index(n) for n in m.labels) for m in METRICS]
 _IS_COUNTER = np.array([m.kind is Kind.COUNTER for m in METRICS])
+# A link's speed (bytes/s) bounds every counter of the link (octets; packets, errors and
+# discards too: a packet has at least one byte): the plausible rate of the gap rule.
+_SPEED_M = METRIC_INDEX["link_speed_bytes"]
+_LINK_COUNTER = np.array([m.kind is Kind.COUNTER and m.name.startswith("link_") for m in METRICS])
+EXCLUDE_REASONS = ("ambiguous_gap",)
 
 _TWO32 = pl.lit(1 << 32, dtype=pl.Int128)
 # Grouping by one Int64 key (series id * 2^40 + pane index) is about twice as fast as by two
@@ -162,6 +167,8 @@ class Site:
     samples: int = 0
     max_event: int | None = None
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    # counter intervals whose delta is unknowable, by reason (their samples still count)
+    excluded: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXCLUDE_REASONS, 0))
 
 
 class NewestEventIndex:
@@ -284,6 +291,8 @@ class PartitionState:
         self.s_first = np.zeros(0, np.int64)
         self.s_step = np.zeros(0, np.int64)
         self.s_count = np.zeros(0, np.int64)
+        # last link speed seen per link_speed_bytes series (bytes/s, scaled; 0 = none yet)
+        self.s_speed = np.zeros(0, np.float64)
         self.carry = Carry.empty(0)
         self._meta: pl.DataFrame | None = None
         self._tables: dict[tuple[int, str, bytes], Table] = {}
@@ -325,6 +334,7 @@ class PartitionState:
         self.s_first = np.concatenate([self.s_first, np.zeros(extra, np.int64)])
         self.s_step = np.concatenate([self.s_step, np.zeros(extra, np.int64)])
         self.s_count = np.concatenate([self.s_count, np.zeros(extra, np.int64)])
+        self.s_speed = np.concatenate([self.s_speed, np.zeros(extra, np.float64)])
         self.carry.grow(new)
 
     def _alloc(self, key: tuple[int, int, tuple[str, ...]]) -> int:
@@ -343,6 +353,7 @@ class PartitionState:
         self.s_first[sid] = 0
         self.s_step[sid] = 0
         self.s_count[sid] = 0
+        self.s_speed[sid] = 0.0
         self.carry.has[sid] = False
         self.sites[key[0]].series += 1
         self._meta = None
@@ -696,12 +707,17 @@ class PartitionState:
         self._cbuf, cdue = self._take_buffer(self._cbuf, target)
         self._gbuf, gdue = self._take_buffer(self._gbuf, target)
         n = 0
-        if cdue is not None and len(cdue[0]):
-            n += len(cdue[0])
-            self._counter_panes(*cdue)
+        speeds: tuple[np.ndarray, ...] | None = None
         if gdue is not None and len(gdue[0]):
             n += len(gdue[0])
-            self._gauge_panes(*gdue)
+            gsid, gt, gv = gdue
+            speeds = self._gauge_panes(gsid, gt, gv)
+        if cdue is not None and len(cdue[0]):
+            n += len(cdue[0])
+            sid, t, v, epoch, bits = cdue
+            self._counter_panes(sid, t, v, epoch, bits, speeds)
+        if speeds is not None:
+            self._carry_speeds(speeds)
         n_ends = self._windows(start, target, emit_all)
         self._prune(target)  # the next window of each tier ends after target
         self.closed_ns = target
@@ -716,11 +732,56 @@ class PartitionState:
         change[1:] = (sid[1:] != sid[:-1]) | (pane[1:] != pane[:-1])
         return np.flatnonzero(change)
 
+    def _plausible_rate(self, sid: np.ndarray, t: np.ndarray,
+                        speeds: tuple[np.ndarray, ...] | None) -> np.ndarray | float:
+        """Largest plausible increase per second of each counter sample (sorted by sid, t):
+        its link's speed as of the sample's time where the link reports one, else
+        `max_counter_rate`. A function of the processed samples only (an as-of join on event
+        time, the speed carried from earlier closes), so poll grouping does not change it."""
+        fallback = self.settings.max_counter_rate
+        link = _LINK_COUNTER[self.s_metric[sid]]
+        if not link.any():
+            return fallback
+        usids = np.unique(sid[link])
+        spd_of = np.full(len(self.keys), -1, np.int64)
+        for u in usids.tolist():
+            key = self.keys[u]
+            if key is not None:
+                spd_of[u] = self.series_key.get((key[0], _SPEED_M, key[2]), -1)
+        q = np.flatnonzero(spd_of[sid] >= 0)
+        if not len(q):
+            return fallback
+        qsid = spd_of[sid[q]]
+        speed = self.s_speed[qsid]  # carried: the last speed before this close
+        if speeds is not None and len(speeds[0]):
+            esid, et, ev = speeds
+            all_sid = np.concatenate([esid.astype(np.int64), qsid])
+            all_t = np.concatenate([et, t[q]])
+            is_q = np.concatenate([np.zeros(len(esid), bool), np.ones(len(q), bool)])
+            order = np.lexsort((is_q, all_t, all_sid))  # an event at t applies to a query at t
+            pos = np.where(is_q[order], -1, np.arange(len(order)))
+            last = np.maximum.accumulate(pos)
+            qpos = np.flatnonzero(is_q[order])
+            j = last[qpos]
+            hit = (j >= 0) & (all_sid[order][np.maximum(j, 0)] == all_sid[order][qpos])
+            qi = order[qpos] - len(esid)  # index into q
+            speed = speed.copy()
+            speed[qi[hit]] = ev[order[j[hit]]]
+        rate = np.full(len(sid), fallback)
+        known = speed > 0
+        # the counter's raw units per second: bytes/s divided by the counter's scale
+        rate[q[known]] = speed[known] / np.maximum(self.s_scale[sid[q[known]]], 1e-300)
+        return rate
+
     def _counter_panes(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray, epoch: np.ndarray,
-                       bits: np.ndarray) -> None:
+                       bits: np.ndarray, speeds: tuple[np.ndarray, ...] | None = None) -> None:
         order = np.lexsort((t, sid))
         sid, t, v, epoch, bits = sid[order], t[order], v[order], epoch[order], bits[order]
-        d = counter_deltas(sid, t, v, epoch, bits, self.carry, self.settings.max_counter_rate)
+        d = counter_deltas(sid, t, v, epoch, bits, self.carry, self._plausible_rate(sid, t, speeds))
+        if d.ambiguous.any():
+            per_site = np.bincount(self.s_site[sid[d.ambiguous]], minlength=len(self.sites))
+            for si in np.flatnonzero(per_site).tolist():
+                self.sites[si].excluded["ambiguous_gap"] += int(per_site[si])
         pane = t // self.pane_ns
         starts = self._group_starts(sid, pane)
         hi, lo = split_sum_arrays(d.delta, starts)
@@ -737,9 +798,15 @@ class PartitionState:
         self.cpanes[0] = pl.concat([self.cpanes[0], frame]) if len(self.cpanes[0]) else frame
         self._touch(sid, t)
 
-    def _gauge_panes(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray) -> None:
+    def _gauge_panes(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...] | None:
+        """Gauge panes; returns the link speed samples among them (sid, t, bytes/s), sorted
+        by (sid, t), for the counters' gap rule (see _carry_speeds)."""
         order = np.lexsort((t, sid))
         sid, t, v = sid[order], t[order], v[order]
+        speeds = None
+        is_speed = self.s_metric[sid] == _SPEED_M
+        if is_speed.any():
+            speeds = (sid[is_speed], t[is_speed], v[is_speed] * self.s_scale[sid[is_speed]])
         pane = t // self.pane_ns
         starts = self._group_starts(sid, pane)
         counts = np.diff(np.append(starts, len(sid)))
@@ -753,6 +820,14 @@ class PartitionState:
         }, schema=GAUGE_PANE_SCHEMA)
         self.gpanes[0] = pl.concat([self.gpanes[0], frame]) if len(self.gpanes[0]) else frame
         self._touch(sid, t)
+        return speeds
+
+    def _carry_speeds(self, speeds: tuple[np.ndarray, ...]) -> None:
+        """Each link's last speed of this close, for counters of later closes."""
+        ssid, _, sv = speeds
+        last = np.ones(len(ssid), bool)
+        last[:-1] = ssid[:-1] != ssid[1:]
+        self.s_speed[ssid[last]] = sv[last]
 
     def _touch(self, sid: np.ndarray, t: np.ndarray) -> None:
         """Samples sorted by (sid, t) have been processed: sample ledger and last sample time.
@@ -1062,6 +1137,7 @@ class PartitionState:
             "c_value": self.carry.value[:n],
             "c_time": self.carry.time[:n], "c_epoch": self.carry.epoch[:n],
             "first": self.s_first[:n], "step": self.s_step[:n], "count": self.s_count[:n],
+            "speed": self.s_speed[:n],
             "labels": [list(k[2]) if k is not None else None for k in self.keys],
         }, schema_overrides={"labels": pl.List(pl.String)})
         for k in range(self.n_tiers):
@@ -1092,7 +1168,7 @@ class PartitionState:
             "pane_ns": self.pane_ns, "windows_s": list(self.windows_s),
             "records": self.records, "samples": self.samples,
             "sites": [[s.site_id, s.country, s.region, s.series, s.batches, s.dup_batches, s.samples,
-                       s.max_event, s.dropped]
+                       s.max_event, s.dropped, s.excluded]
                       for s in self.sites],
             "free": self.free, "frames": list(frames), "period_clock": self.periods.clock_ns,
         }
@@ -1139,12 +1215,14 @@ class PartitionState:
         st.closed_ns = header["closed_ns"]
         st.records = header["records"]
         st.samples = header["samples"]
-        for sid_, country, region, series, batches, dups, samples, max_event, dropped in header["sites"]:
+        for row in header["sites"]:
+            sid_, country, region, series, batches, dups, samples, max_event, dropped, *rest = row
             st.site_index[sid_] = len(st.sites)
             if max_event is not None:
                 st._newest.update(len(st.sites), max_event)
             st.sites.append(Site(sid_, country, region, series, batches, dups, samples, max_event,
-                                 {**dict.fromkeys(DROP_REASONS, 0), **dropped}))
+                                 {**dict.fromkeys(DROP_REASONS, 0), **dropped},
+                                 {**dict.fromkeys(EXCLUDE_REASONS, 0), **(rest[0] if rest else {})}))
         s = frames["series"]
         n = len(s)
         st._grow(n)
@@ -1166,6 +1244,8 @@ class PartitionState:
             seen = st.s_live[:n] & (st.s_last[:n] != _NO_SAMPLE)
             st.s_first[:n] = np.where(seen, st.s_last[:n], 0)
             st.s_count[:n] = seen
+        if "speed" in s.columns:  # v3
+            st.s_speed[:n] = s["speed"].to_numpy()
         for i, labels in enumerate(s["labels"].to_list()):
             if labels is None:
                 st.keys.append(None)

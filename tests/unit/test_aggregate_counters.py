@@ -7,7 +7,7 @@ import itertools
 
 import numpy as np
 import polars as pl
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from collector.aggregate.counters import Carry, counter_deltas, split_sum
@@ -166,7 +166,12 @@ def test_rate_bound_keeps_plausible_wraps_and_turns_the_rest_into_resets(
         prev: int, inc: int, dt_s: int, rate: float) -> None:
     cur = (prev + inc) % TWO64
     d = _two(prev, cur, dt_s * 10**9, max_rate=rate)
-    if cur >= prev:  # an increase is never touched by the bound
+    if rate * dt_s > TWO64:  # the interval could hide a whole wrap: unknowable
+        assert d.ambiguous[1]
+        assert not d.valid[1]
+        assert not d.reset[1]
+        assert int(d.delta[1]) == 0
+    elif cur >= prev:  # an increase is never touched by the bound
         assert d.valid[1]
         assert int(d.delta[1]) == inc
     elif inc < (1 << 63) and inc <= rate * dt_s:  # a wrap the width and the rate explain
@@ -175,3 +180,44 @@ def test_rate_bound_keeps_plausible_wraps_and_turns_the_rest_into_resets(
     else:
         assert d.reset[1]
         assert int(d.delta[1]) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(bits=st.sampled_from([32, 64]), rate=st.sampled_from([1.5e8, 1.25e9, 5.025e13, 1e15]),
+       factor=st.floats(0.01, 100.0), prev=st.integers(0, TWO64 - 1), inc=st.integers(0, TWO64 - 1))
+def test_an_interval_that_could_hide_a_wrap_is_excluded_on_one_side_of_the_bound_only(
+        bits: int, rate: float, factor: float, prev: int, inc: int) -> None:
+    mod = 1 << bits
+    # the interval length at `factor` times the bound: length x rate = factor x range
+    dt_ns = max(1, int(factor * mod / rate * 1e9))
+    assume(dt_ns < 1 << 62)  # event times are int64 nanoseconds
+    prev, inc = prev % mod, inc % mod
+    d = _two(prev, (prev + inc) % mod, dt_ns, bits=bits, max_rate=rate)
+    if rate * (dt_ns / 1e9) > mod:
+        assert d.ambiguous[1]
+        assert not d.valid[1]
+        assert not d.reset[1]
+        assert int(d.delta[1]) == 0
+        assert int(d.dt[1]) == 0
+    else:
+        assert not d.ambiguous[1]
+        assert d.valid[1] or d.reset[1]
+        if d.valid[1]:
+            assert int(d.delta[1]) == inc
+
+
+def test_the_issue_examples_are_flagged_not_published() -> None:
+    # 32-bit counter of a 10G link (1.25e9 B/s) sampled with a 70 s gap: could be 20 wraps
+    d = _two(10, 5, 70 * 10**9, bits=32, max_rate=1.25e9)
+    assert d.ambiguous[1]
+    # the same counter every 3 s (3.75e9 < 2^32) is an exact wrap
+    d = _two(2**32 - 10, 5, 3 * 10**9, bits=32, max_rate=1.25e9)
+    assert d.wrap[1]
+    assert int(d.delta[1]) == 15
+    # a 402 Tb/s link silent for 30 days: 1.3e20 bytes could have passed a 64-bit counter
+    d = _two(10**18, 10**18 + 5, 30 * 86_400 * 10**9, max_rate=5.025e13)
+    assert d.ambiguous[1]
+    # ... and for 4 days (1.74e19 < 2^64) it is still exact
+    d = _two(10**18, 10**18 + 5, 4 * 86_400 * 10**9, max_rate=5.025e13)
+    assert d.valid[1]
+    assert int(d.delta[1]) == 5
