@@ -242,6 +242,11 @@ def _families() -> list[Family]:
                "Samples not counted, by reason: late, duplicate, dedup_expired, rejected, "
                "unknown_metric, cardinality, too_old, overlap (the last two: period samples, "
                "see docs/aggregator.md).", "ledger"),
+        Family("collector_site_intervals_excluded_total", "counter", "intervals", (*SITE, "reason"),
+               "Counter intervals left out of every window because their delta is unknowable, by "
+               "reason: ambiguous_gap = the interval's length times the series' plausible rate (its "
+               "link's speed, else aggregate.max_counter_rate) exceeds the counter range 2^bits, so "
+               "any number of wraps could hide in it. The samples themselves still count.", "ledger"),
         Family("collector_site_series", "gauge", "series", SITE,
                "Active (not stale) series of the site.", "ledger"),
     ]
@@ -486,6 +491,8 @@ def _ledger(st: PartitionView) -> pl.DataFrame:
         add("collector_site_samples_received_total", s, s.samples)
         for reason, n in s.dropped.items():
             add("collector_site_samples_dropped_total", s, n, reason)
+        for reason, n in s.excluded.items():
+            add("collector_site_intervals_excluded_total", s, n, reason)
         add("collector_site_series", s, s.series)
     return pl.DataFrame(rows, schema={"family": pl.String, "site": pl.String, "country": pl.String,
                                       "region": pl.String, "reason": pl.String, "value": pl.Float64})

@@ -215,6 +215,8 @@ class SiteLedger:
     # distinct samples accepted.
     samples_expected: int = 0
     samples_counted: int = 0
+    # counter intervals excluded by reason (ambiguous_gap: could hide a wrap)
+    excluded: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1028,7 +1030,7 @@ class PartitionState:
         sites = tuple(
             SiteLedger(s.site_id, s.country, s.region, s.series, s.batches, s.dup_batches, s.samples,
                        dict(s.dropped), expected[i], received[i], s.max_event,
-                       int(s_expected[i]), int(s_counted[i]))
+                       int(s_expected[i]), int(s_counted[i]), dict(s.excluded))
             for i, s in enumerate(self.sites)
         )
         pc, pg = self.periods.latest()

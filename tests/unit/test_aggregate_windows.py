@@ -60,6 +60,9 @@ def test_every_closed_window_equals_truth_with_dups_gaps_late_swaps_resets_and_w
     assert any(r["resets"] for r in counters)
     ledger = {s.site_id: s for s in st.sites}
     for s in ledger.values():
+        # the gap and the late batch leave 6 s intervals on the 10 GbE 32-bit counter: 7.5e9 bytes
+        # could have passed a 2^32 counter, so they are excluded (the truth applies the same rule)
+        assert s.excluded["ambiguous_gap"] > 0
         assert s.dropped["duplicate"] > 0
         assert s.dropped["late"] > 0
         assert s.dup_batches > 0
