@@ -128,6 +128,33 @@ class AggregateSettings(BaseModel):
             "window and pane."
         ),
     )
+    ledger_refresh_s: float = Field(
+        5.0, gt=0,
+        description=(
+            "/metrics is rendered once per closed-window generation, committed checkpoint and "
+            "this period: the per-site ledger and the aggregator's own metrics (which change with "
+            "every record) are at most this old; scrapes in between get the cached body."
+        ),
+    )
+    window_end_timestamps: bool = Field(
+        False,
+        description=(
+            "Stamp every window sample on /metrics with its window's end (event time) as the "
+            "sample timestamp, so a reader knows exactly which window a value is. Costs no "
+            "series (collector_site_window_end_timestamp_seconds gives the same per site "
+            "always); off by default because Prometheus drops timestamped samples older than "
+            "its head block (backfills) and never marks them stale."
+        ),
+    )
+    total_timestamps: bool = Field(
+        True,
+        description=(
+            "Stamp the corrected cumulative counters (*_total) with the event time they are "
+            "complete up to (the closed pane boundary), so rate()/increase() are exact in event "
+            "time at any scrape interval instead of seeing steps of one pane. Off: the scrape "
+            "time is used."
+        ),
+    )
     stop_grace_s: float = Field(
         10.0, ge=0,
         description="On stop: how long to wait for the final checkpoint before giving up.",

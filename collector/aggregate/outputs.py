@@ -164,8 +164,32 @@ def _has_direction(table: dict[str, tuple[str, str]], fam: str) -> bool:
     return any(d for f, d in table.values() if f == fam)
 
 
+def total_base(rate_family: str) -> str | None:
+    """Name (without _total) of the corrected cumulative counter behind a rate family."""
+    if rate_family == "edge_host_disk_io_utilization_ratio":
+        return "edge_host_disk_io_time_seconds"
+    if not rate_family.endswith("_per_second"):
+        return None
+    return rate_family.removesuffix("_per_second").replace("_throughput_", "_")
+
+
 def _families() -> list[Family]:
     out: list[Family] = []
+    for name, (ent, unit, _) in _RATE_FAMILIES.items():
+        base = total_base(name)
+        if base is None:
+            continue
+        d = ("direction",) if _has_direction(RATES, name) else ()
+        count_unit = "seconds" if base.endswith("_seconds") else unit.removesuffix("/s") or "1"
+        out.append(Family(base + "_total", "counter", count_unit, (*SITE, *ent, *d),
+                          f"Corrected cumulative counter behind {name}: every counted delta since "
+                          "the series' first sample, resets and wraps already taken out (rate() and "
+                          "increase() work across 32-bit wraps and agent restarts); as of the last "
+                          "committed checkpoint, so an aggregator restart never makes it go down.",
+                          _sources(RATES, name)))
+        out.append(Family(base + "_created", "gauge", "seconds", (*SITE, *ent, *d),
+                          f"Creation time of {base}_total (event time of the series' first sample, "
+                          "Unix seconds).", _sources(RATES, name)))
     for name, (ent, unit, help_) in _RATE_FAMILIES.items():
         d = ("direction",) if _has_direction(RATES, name) else ()
         out.append(Family(name, "gauge", unit, (*SITE, *ent, *d, "window"),
@@ -247,6 +271,11 @@ def _families() -> list[Family]:
                "reason: ambiguous_gap = the interval's length times the series' plausible rate (its "
                "link's speed, else aggregate.max_counter_rate) exceeds the counter range 2^bits, so "
                "any number of wraps could hide in it. The samples themselves still count.", "ledger"),
+        Family("collector_site_window_end_timestamp_seconds", "gauge", "seconds", (*SITE, "window"),
+               "End (exclusive, event time) of the newest closed window of each length for the "
+               "site: the window the edge_* window gauges of the site show (a series silent in it "
+               "still shows its own last window; aggregate.window_end_timestamps stamps every "
+               "sample with its own window end).", "ledger"),
         Family("collector_site_series", "gauge", "series", SITE,
                "Active (not stale) series of the site.", "ledger"),
     ]
@@ -305,9 +334,14 @@ def _window_frames(st: PartitionView) -> tuple[pl.DataFrame, pl.DataFrame]:
     return c, g
 
 
-def build_frames(states: Iterable[PartitionView]) -> dict[str, pl.DataFrame]:
-    """family name -> DataFrame of its label columns (strings) and `value` (Float64)."""
-    cs, gs, ledgers = [], [], []
+def build_frames(states: Iterable[PartitionView], *, timestamps: bool = False,
+                 total_timestamps: bool = False) -> dict[str, pl.DataFrame]:
+    """family name -> DataFrame of its label columns (strings) and `value` (Float64).
+
+    `timestamps`: window samples also get `timestamp_ms` = their window's end, rendered as
+    the sample's timestamp (aggregate.window_end_timestamps). `total_timestamps`: corrected
+    totals get the event time they are complete up to (aggregate.total_timestamps)."""
+    cs, gs, ledgers, totals = [], [], [], []
     for st in states:
         c, g = _window_frames(st)
         if len(c):
@@ -315,14 +349,33 @@ def build_frames(states: Iterable[PartitionView]) -> dict[str, pl.DataFrame]:
         if len(g):
             gs.append(g)
         ledgers.append(_ledger(st))
+        if st.totals is not None and len(st.totals):
+            totals.append(st.totals.join(st.meta, on="sid"))
     out: dict[str, list[pl.DataFrame]] = {}
 
     def put(name: str, frame: pl.DataFrame) -> None:
         fam = BY_NAME[name]
         if len(frame):
-            out.setdefault(name, []).append(
-                frame.select(*[pl.col(lb).cast(pl.String) for lb in fam.labels],
-                             pl.col("value").cast(pl.Float64)))
+            cols = [*[pl.col(lb).cast(pl.String) for lb in fam.labels], pl.col("value").cast(pl.Float64)]
+            if timestamps and "window" in fam.labels and "end" in frame.columns:
+                cols.append((pl.col("end") // 1_000_000).alias("timestamp_ms"))
+            elif total_timestamps and fam.type == "counter" and "at" in frame.columns:
+                cols.append((pl.col("at") // 1_000_000).alias("timestamp_ms"))
+            out.setdefault(name, []).append(frame.select(cols))
+
+    if totals:
+        t = pl.concat(totals).join(_RATE_MAP, on="metric_i")
+        exact = pl.col("hi").cast(pl.Float64) * 4294967296.0 + pl.col("lo").cast(pl.Float64)
+        t = t.with_columns(value=exact * pl.col("scale"))
+        for (fam,), part in t.partition_by("family", as_dict=True).items():
+            base = total_base(str(fam))
+            if base is not None:
+                put(base + "_total", part)
+                put(base + "_created", part.with_columns(value=pl.col("created") / 1e9).drop("at"))
+    ends = [f.select(*SITE, "window", "end") for f in (*cs, *gs) if "end" in f.columns]
+    if ends:
+        e = pl.concat(ends).group_by(*SITE, "window").agg(value=pl.col("end").max() / 1e9)
+        put("collector_site_window_end_timestamp_seconds", e)
 
     if cs:
         c = pl.concat(cs, how="diagonal_relaxed")
@@ -351,7 +404,7 @@ def build_frames(states: Iterable[PartitionView]) -> dict[str, pl.DataFrame]:
     if led is not None:
         for (fam,), part in led.partition_by("family", as_dict=True).items():
             put(str(fam), part)
-    return {k: pl.concat(v) for k, v in out.items()}
+    return {k: pl.concat(v, how="diagonal_relaxed") for k, v in out.items()}
 
 
 def _site_sums(r: pl.DataFrame, put: Put) -> None:

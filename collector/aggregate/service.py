@@ -186,7 +186,9 @@ class Aggregator:
         # and the process should exit so its supervisor restarts it from the checkpoints
         self.failed = asyncio.Event()
         self.failure: BaseException | None = None
-        self._render_cache: tuple[tuple[int, ...], bytes] | None = None
+        self._render_cache: tuple[tuple[object, ...], bytes] | None = None
+        self._render_lock = asyncio.Lock()
+        self.renders = 0  # bodies actually rendered (the rest of the scrapes hit the cache)
         self._state_partitions = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -487,6 +489,10 @@ class Aggregator:
             log.warning("offset commit refused, checkpoint not published: %s", exc)
             return
         await self._pointer.commit(pointers)
+        for tp in offsets:
+            st = self.states.get(tp.partition)
+            if st is not None:
+                st.publish_totals()  # committed: a restart resumes from here, never below
 
     # ------------------------------------------------------------------ main loop
     async def _run(self) -> None:
@@ -596,19 +602,36 @@ class Aggregator:
                 self.metrics.dead_letters.inc()
 
     # ------------------------------------------------------------------ exposition
+    def _render_key(self) -> tuple[object, ...]:
+        """What a cached /metrics body depends on: each partition's closed-window generation
+        and committed-totals generation, and the ledger refresh period (the per-site ledger
+        and self-metrics change with every record; they are refreshed at most that often)."""
+        gens = tuple((p, st.version, st.totals_gen) for p, st in sorted(self.states.items()))
+        return gens, len(self._pending), int(time.monotonic() // self.cfg.ledger_refresh_s)
+
     async def render_metrics(self) -> bytes:
-        """Self-metrics (prometheus-client) + aggregated state (vectorised), one body."""
-        self.metrics.series.set(sum(st.live_series() for st in self.states.values()))
-        # Windows change only at a close (version), the completeness ledger with every record.
-        key = tuple(x for p, st in sorted(self.states.items()) for x in (p, st.version, st.records))
+        """One consistent body: self-metrics (prometheus-client) and the aggregated state
+        (vectorised), both taken at the same moment, cached until the render key changes."""
+        key = self._render_key()
         cached = self._render_cache
         if cached is not None and cached[0] == key:
-            body = cached[1]
-        else:
-            views = [st.view() for st in self.states.values()]
+            return cached[1]
+        async with self._render_lock:
+            cached = self._render_cache
+            key = self._render_key()
+            if cached is not None and cached[0] == key:
+                return cached[1]
             t0 = time.perf_counter()
-            body = await asyncio.to_thread(lambda: render(_FAMILY_TEXT, build_frames(views)))
-            self.metrics.render_seconds.observe(time.perf_counter() - t0)
-            self._render_cache = (key, body)
+            self.metrics.series.set(sum(st.live_series() for st in self.states.values()))
             self.metrics.state_bytes.set(sum(st.state_bytes() for st in self.states.values()))
-        return generate_latest(self.registry) + body
+            # no await between these two: the views and the self-metrics are one moment
+            views = [st.view() for st in self.states.values()]
+            head = generate_latest(self.registry)
+            ts, tt = self.cfg.window_end_timestamps, self.cfg.total_timestamps
+            body = await asyncio.to_thread(
+                lambda: render(_FAMILY_TEXT, build_frames(views, timestamps=ts, total_timestamps=tt)))
+            self.renders += 1
+            self.metrics.render_seconds.observe(time.perf_counter() - t0)  # shows in the next body
+            out = head + body
+            self._render_cache = (key, out)
+            return out

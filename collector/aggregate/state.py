@@ -89,6 +89,8 @@ GAUGE_PANE_SCHEMA = {
     "sid": pl.UInt32, "pane": pl.Int64, "sum": pl.Float64, "cnt": pl.UInt32,
     "min": pl.Float64, "max": pl.Float64,
 }
+# `at`: event time (ns) the totals are complete up to (the closed pane boundary)
+TOTALS_SCHEMA = {"sid": pl.UInt32, "hi": pl.UInt64, "lo": pl.UInt64, "created": pl.Int64, "at": pl.Int64}
 COUNTER_AGG_SCHEMA = {"sid": pl.UInt32, "end": pl.Int64, "hi": pl.UInt64, "lo": pl.UInt64,
                       "dt": pl.Int64, "n": pl.UInt32, "resets": pl.UInt32, "wraps": pl.UInt32}
 COUNTER_WIN_SCHEMA = {"sid": pl.UInt32, "end": pl.Int64, "inc": pl.Int128, "dt": pl.Int64,
@@ -231,6 +233,8 @@ class PartitionView:
     # latest_c / latest_g plus `window` and `window_s` columns.
     period_c: pl.DataFrame | None = None
     period_g: pl.DataFrame | None = None
+    # Corrected cumulative counter totals (sid, hi, lo, created ns): see publish_totals.
+    totals: pl.DataFrame | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +273,8 @@ class PartitionState:
         self.wm_ns: int | None = None  # watermark: monotonic, see _update_watermark
         self.closed_ns: int | None = None
         self.site_idle_ns = int(settings.site_idle_s * NS)
-        self.version = 0  # bumped whenever published state changes
+        self.version = 0  # bumped whenever published windows change (checkpoint and render key)
+        self.totals_gen = 0  # bumped when newly committed totals are published (render key)
         self.records = 0
         self.samples = 0
 
@@ -295,6 +300,13 @@ class PartitionState:
         self.s_count = np.zeros(0, np.int64)
         # last link speed seen per link_speed_bytes series (bytes/s, scaled; 0 = none yet)
         self.s_speed = np.zeros(0, np.float64)
+        # corrected cumulative total per counter series: every counted delta since its first
+        # sample (s_first), as 32-bit half sums (total = hi * 2^32 + lo, exact below 2^96)
+        self.s_tot_hi = np.zeros(0, np.uint64)
+        self.s_tot_lo = np.zeros(0, np.uint64)
+        # the totals /metrics shows: those of the last committed checkpoint (see publish_totals)
+        self.totals_published: pl.DataFrame = _empty(TOTALS_SCHEMA)
+        self._totals_pending: pl.DataFrame | None = None
         self.carry = Carry.empty(0)
         self._meta: pl.DataFrame | None = None
         self._tables: dict[tuple[int, str, bytes], Table] = {}
@@ -337,6 +349,8 @@ class PartitionState:
         self.s_step = np.concatenate([self.s_step, np.zeros(extra, np.int64)])
         self.s_count = np.concatenate([self.s_count, np.zeros(extra, np.int64)])
         self.s_speed = np.concatenate([self.s_speed, np.zeros(extra, np.float64)])
+        self.s_tot_hi = np.concatenate([self.s_tot_hi, np.zeros(extra, np.uint64)])
+        self.s_tot_lo = np.concatenate([self.s_tot_lo, np.zeros(extra, np.uint64)])
         self.carry.grow(new)
 
     def _alloc(self, key: tuple[int, int, tuple[str, ...]]) -> int:
@@ -356,6 +370,8 @@ class PartitionState:
         self.s_step[sid] = 0
         self.s_count[sid] = 0
         self.s_speed[sid] = 0.0
+        self.s_tot_hi[sid] = 0
+        self.s_tot_lo[sid] = 0
         self.carry.has[sid] = False
         self.sites[key[0]].series += 1
         self._meta = None
@@ -787,6 +803,7 @@ class PartitionState:
         pane = t // self.pane_ns
         starts = self._group_starts(sid, pane)
         hi, lo = split_sum_arrays(d.delta, starts)
+        self._add_totals(sid, d.delta)
         frame = pl.DataFrame({
             "sid": sid[starts].astype(np.uint32),
             "pane": pane[starts],
@@ -799,6 +816,38 @@ class PartitionState:
         }, schema=COUNTER_PANE_SCHEMA)
         self.cpanes[0] = pl.concat([self.cpanes[0], frame]) if len(self.cpanes[0]) else frame
         self._touch(sid, t)
+
+    def _add_totals(self, sid: np.ndarray, delta: np.ndarray) -> None:
+        """Counted deltas (samples sorted by sid) into each series' corrected total."""
+        change = np.ones(len(sid), bool)
+        change[1:] = sid[1:] != sid[:-1]
+        starts = np.flatnonzero(change)
+        u = sid[starts]
+        hi, lo = split_sum_arrays(delta, starts)
+        lo = self.s_tot_lo[u] + lo
+        self.s_tot_hi[u] += hi + (lo >> np.uint64(32))
+        self.s_tot_lo[u] = lo & np.uint64(0xFFFF_FFFF)
+
+    def totals_frame(self) -> pl.DataFrame:
+        """sid, hi, lo, created (ns) of every live counter series that has a sample."""
+        n = len(self.keys)
+        sel = np.flatnonzero(self.s_live[:n] & _IS_COUNTER[self.s_metric[:n]] & (self.s_count[:n] > 0))
+        at = self.closed_ns if self.closed_ns is not None else 0
+        return pl.DataFrame({"sid": sel.astype(np.uint32), "hi": self.s_tot_hi[sel], "lo": self.s_tot_lo[sel],
+                             "created": self.s_first[sel], "at": np.full(len(sel), at, np.int64)},
+                            schema=TOTALS_SCHEMA)
+
+    def publish_totals(self) -> None:
+        """The checkpoint taken last is committed: its totals become the published ones.
+
+        Publishing only committed totals means a restarted or rebalanced owner, which starts
+        from that checkpoint, never shows a smaller total than was shown before (no false
+        counter reset in Prometheus); the price is up to one checkpoint interval of lag.
+        """
+        if self._totals_pending is not None:
+            self.totals_published = self._totals_pending
+            self._totals_pending = None
+            self.totals_gen += 1
 
     def _gauge_panes(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...] | None:
         """Gauge panes; returns the link speed samples among them (sid, t, bytes/s), sorted
@@ -1013,6 +1062,9 @@ class PartitionState:
             self.latest_c[w] = self.latest_c[w].filter(~pl.col("sid").is_in(gone))
             self.latest_g[w] = self.latest_g[w].filter(~pl.col("sid").is_in(gone))
         self.cpanes = [f.filter(~pl.col("sid").is_in(gone)) for f in self.cpanes]
+        self.totals_published = self.totals_published.filter(~pl.col("sid").is_in(gone))
+        if self._totals_pending is not None:
+            self._totals_pending = self._totals_pending.filter(~pl.col("sid").is_in(gone))
         self.gpanes = [f.filter(~pl.col("sid").is_in(gone)) for f in self.gpanes]
         self._tables.clear()  # cached tables may map to freed ids
         self._meta = None
@@ -1035,7 +1087,7 @@ class PartitionState:
         )
         pc, pg = self.periods.latest()
         return PartitionView(self.partition, self.windows_s, self.series_meta(), dict(self.latest_c),
-                             dict(self.latest_g), sites, pc, pg)
+                             dict(self.latest_g), sites, pc, pg, self.totals_published)
 
     def ledger_end_ns(self) -> int | None:
         """Last event time (inclusive) the sample ledger expects samples up to.
@@ -1133,13 +1185,14 @@ class PartitionState:
         """
         frames: dict[str, pl.DataFrame] = {}
         n = len(self.keys)
+        self._totals_pending = self.totals_frame()
         frames["series"] = pl.DataFrame({
             "site": self.s_site[:n], "metric": self.s_metric[:n], "last": self.s_last[:n],
             "live": self.s_live[:n], "scale": self.s_scale[:n], "c_has": self.carry.has[:n],
             "c_value": self.carry.value[:n],
             "c_time": self.carry.time[:n], "c_epoch": self.carry.epoch[:n],
             "first": self.s_first[:n], "step": self.s_step[:n], "count": self.s_count[:n],
-            "speed": self.s_speed[:n],
+            "speed": self.s_speed[:n], "tot_hi": self.s_tot_hi[:n], "tot_lo": self.s_tot_lo[:n],
             "labels": [list(k[2]) if k is not None else None for k in self.keys],
         }, schema_overrides={"labels": pl.List(pl.String)})
         for k in range(self.n_tiers):
@@ -1248,6 +1301,8 @@ class PartitionState:
             st.s_count[:n] = seen
         if "speed" in s.columns:  # v3
             st.s_speed[:n] = s["speed"].to_numpy()
+            st.s_tot_hi[:n] = s["tot_hi"].to_numpy()
+            st.s_tot_lo[:n] = s["tot_lo"].to_numpy()
         for i, labels in enumerate(s["labels"].to_list()):
             if labels is None:
                 st.keys.append(None)
@@ -1256,6 +1311,7 @@ class PartitionState:
                 st.keys.append(key)
                 st.series_key[key] = i
         st.free = list(header["free"])
+        st.totals_published = st.totals_frame()  # what the previous owner published last
         st.cpanes = [_halves(frames[f"cpanes_{k}"]) for k in range(st.n_tiers)]
         st.gpanes = [frames[f"gpanes_{k}"] for k in range(st.n_tiers)]
         for w in st.windows_s:

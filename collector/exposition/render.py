@@ -65,6 +65,9 @@ def render_family(fam: FamilyText, frame: pl.DataFrame) -> str:
         parts.append(pl.lit("}"))
     parts.append(pl.lit(" "))
     parts.append(format_value(pl.col("value")))
+    if "timestamp_ms" in frame.columns:
+        # optional per-sample timestamp (ms); rows without one (null) end at the value
+        parts.append((pl.lit(" ") + pl.col("timestamp_ms").cast(pl.String)).fill_null(""))
     lines = frame.select(pl.concat_str([pl.lit(fam.name), *parts]).str.join("\n"))
     return head + lines.item() + "\n"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import polars as pl
@@ -35,6 +36,8 @@ def states() -> list[PartitionState]:
         for i, b in enumerate(catalog_batches(site, cc, region, nasty=nasty, entities=2)):
             st.add(i, b)
             st.advance()
+        st.snapshot()  # a committed checkpoint publishes the corrected totals
+        st.publish_totals()
         out.append(st)
     return out
 
@@ -164,14 +167,16 @@ def test_series_scale_turns_raw_values_into_published_units() -> None:
     assert value("edge_cell_throughput_bytes_per_second", window="10s") == 250_000
 
 
-async def test_ledger_on_metrics_follows_records_between_closes() -> None:
-    """Rendering is cached until state changes; a duplicate batch changes the ledger even when
-    no window closes, so it must show on the next scrape."""
+async def test_metrics_body_is_cached_per_generation_and_ledger_period(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scrape re-renders only when a window closed, totals were committed or the ledger
+    refresh period passed; self-metrics and body come from the same moment."""
+    from collector.aggregate import service
     from collector.aggregate.service import Aggregator
     from collector.config import load_settings
 
-    agg = Aggregator(load_settings(aggregate={"metrics_listen": ""}), bootstrap="127.0.0.1:1",
-                     registry=CollectorRegistry())
+    agg = Aggregator(load_settings(aggregate={"metrics_listen": "", "ledger_refresh_s": 3600}),
+                     bootstrap="127.0.0.1:1", registry=CollectorRegistry())
     st = PartitionState(0, AggregateSettings())
     batches = catalog_batches("jp-tokyo-01", "JP", "Kanto", n_batches=4)
     for i, b in enumerate(batches):
@@ -179,12 +184,32 @@ async def test_ledger_on_metrics_follows_records_between_closes() -> None:
         st.advance()
     agg.states[0] = st
     dup = 'collector_site_batches_duplicate_total{site="jp-tokyo-01",country="JP",region="Kanto"}'
-    assert f"{dup} 0.0" in (await agg.render_metrics()).decode()
-    version = st.version
+    first = await agg.render_metrics()
+    assert f"{dup} 0.0" in first.decode()
+    assert agg.renders == 1
+    # a record that closes nothing: the cached body (same bytes, self-metrics included)
+    agg.metrics.samples.inc(7)
     st.add(len(batches), batches[1])
     st.advance()
-    assert st.version == version  # nothing closed
+    assert await agg.render_metrics() is first
+    assert agg.renders == 1
+    # committed totals are a new generation
+    st.snapshot()
+    st.publish_totals()
+    second = (await agg.render_metrics()).decode()
+    assert agg.renders == 2
+    assert f"{dup} 1.0" in second
+    assert "collector_aggregate_samples_total 7.0" in second  # taken with the same view
+    assert "\nedge_link_bytes_total{" in second
+    # the ledger period passing refreshes the ledger without any close
+    clock = [time.monotonic()]
+    monkeypatch.setattr(service.time, "monotonic", lambda: clock[0])
+    agg._render_cache = None
     assert f"{dup} 1.0" in (await agg.render_metrics()).decode()
+    st.add(len(batches) + 1, batches[2])
+    assert f"{dup} 1.0" in (await agg.render_metrics()).decode()
+    clock[0] += 3600
+    assert f"{dup} 2.0" in (await agg.render_metrics()).decode()
 
 
 def test_site_last_event_time_is_the_newest_sample_and_survives_a_checkpoint() -> None:
