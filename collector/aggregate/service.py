@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Self, TextIO
 import polars as pl
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from collector.aggregate.outputs import FAMILIES, build_frames
@@ -90,6 +90,14 @@ class WindowLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class _QuietBootstrap(logging.Filter):
+    """Drops aiokafka's own 'Unable connect to' lines while the first connection is tried:
+    the aggregator reports an unreachable broker in one line naming its address."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Unable connect to" not in record.getMessage()
 
 
 class SelfMetrics:
@@ -219,7 +227,15 @@ class Aggregator:
         self._started = True
         self._stopping.clear()
         try:
-            await self._ensure_state_topic()
+            quiet = _QuietBootstrap()
+            logging.getLogger("aiokafka").addFilter(quiet)  # our one line below names the address
+            try:
+                await self._ensure_state_topic()
+            except KafkaConnectionError as exc:
+                raise BrokerError(f"Kafka is unreachable at {self.bootstrap} "
+                                  f"(kafka.bootstrap_servers): {exc}") from exc
+            finally:
+                logging.getLogger("aiokafka").removeFilter(quiet)
             kw = self._kafka_kwargs()
             self._producer = AIOKafkaProducer(
                 acks="all", enable_idempotence=self.settings.kafka.enable_idempotence,

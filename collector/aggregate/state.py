@@ -277,6 +277,7 @@ class PartitionState:
         self.totals_gen = 0  # bumped when newly committed totals are published (render key)
         self.records = 0
         self.samples = 0
+        self.renewed = 0  # series that came back after more than stale_ttl_s of silence
 
         self.sites: list[Site] = []
         self.site_index: dict[str, int] = {}
@@ -724,6 +725,7 @@ class PartitionState:
         start = self.closed_ns
         self._cbuf, cdue = self._take_buffer(self._cbuf, target)
         self._gbuf, gdue = self._take_buffer(self._gbuf, target)
+        self._renew_returning([d for d in (cdue, gdue) if d is not None and len(d[0])])
         n = 0
         speeds: tuple[np.ndarray, ...] | None = None
         if gdue is not None and len(gdue[0]):
@@ -744,6 +746,48 @@ class PartitionState:
         expired = self._expire(target - self.ttl_ns)
         self.version += 1
         return CloseStats(n_ends, n, expired)
+
+    def _renew_returning(self, due: list[tuple[np.ndarray, ...]]) -> int:
+        """A series whose next sample comes more than stale_ttl_s after its previous one has
+        been silent longer than the expiry: it starts a new life, as if it had expired (sample
+        ledger from the new sample on, no counter carry, corrected total from 0 with a new
+        created time, its old windows gone). Decided from the gap between two consecutive
+        processed samples of the series, so it does not depend on wall clock or poll grouping
+        (the idle timeout may also have expired it meanwhile; then it is new anyway)."""
+        if not due:
+            return 0
+        sid = np.concatenate([d[0] for d in due]).astype(np.int64)
+        t = np.concatenate([d[1] for d in due])
+        first = np.full(len(self.keys), np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(first, sid, t)
+        u = np.unique(sid)
+        last = self.s_last[u]
+        ren = u[(last != _NO_SAMPLE) & (first[u] - last > self.ttl_ns)]
+        if not len(ren):
+            return 0
+        self.s_last[ren] = _NO_SAMPLE
+        self.s_first[ren] = 0
+        self.s_step[ren] = 0
+        self.s_count[ren] = 0
+        self.s_speed[ren] = 0.0
+        self.s_tot_hi[ren] = 0
+        self.s_tot_lo[ren] = 0
+        self.carry.has[ren] = False
+        self._forget(ren)
+        self.renewed += len(ren)
+        return len(ren)
+
+    def _forget(self, ids: np.ndarray) -> None:
+        """Drop the windows, panes and totals of these series ids."""
+        gone = pl.Series(ids.astype(np.uint32)).implode()
+        for w in self.windows_s:
+            self.latest_c[w] = self.latest_c[w].filter(~pl.col("sid").is_in(gone))
+            self.latest_g[w] = self.latest_g[w].filter(~pl.col("sid").is_in(gone))
+        self.cpanes = [f.filter(~pl.col("sid").is_in(gone)) for f in self.cpanes]
+        self.gpanes = [f.filter(~pl.col("sid").is_in(gone)) for f in self.gpanes]
+        self.totals_published = self.totals_published.filter(~pl.col("sid").is_in(gone))
+        if self._totals_pending is not None:
+            self._totals_pending = self._totals_pending.filter(~pl.col("sid").is_in(gone))
 
     def _group_starts(self, sid: np.ndarray, pane: np.ndarray) -> np.ndarray:
         change = np.ones(len(sid), bool)
@@ -1057,15 +1101,7 @@ class PartitionState:
         self.s_step[stale] = 0
         self.s_count[stale] = 0
         self.carry.has[stale] = False
-        gone = pl.Series(stale.astype(np.uint32)).implode()
-        for w in self.windows_s:
-            self.latest_c[w] = self.latest_c[w].filter(~pl.col("sid").is_in(gone))
-            self.latest_g[w] = self.latest_g[w].filter(~pl.col("sid").is_in(gone))
-        self.cpanes = [f.filter(~pl.col("sid").is_in(gone)) for f in self.cpanes]
-        self.totals_published = self.totals_published.filter(~pl.col("sid").is_in(gone))
-        if self._totals_pending is not None:
-            self._totals_pending = self._totals_pending.filter(~pl.col("sid").is_in(gone))
-        self.gpanes = [f.filter(~pl.col("sid").is_in(gone)) for f in self.gpanes]
+        self._forget(stale)
         self._tables.clear()  # cached tables may map to freed ids
         self._meta = None
         return len(stale)

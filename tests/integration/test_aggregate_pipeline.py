@@ -11,6 +11,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -76,6 +77,9 @@ async def test_windows_equal_truth_poison_to_dlq_and_promtool_passes(broker: Emb
                                 for p, end in ends.items()), 60, "all records consumed")
         upto = final_boundary(fleet)
         await _wait(lambda: all(agg.states[p].closed_ns == upto for p in ends), 30, "final close")
+        # the dead-letter produce is awaited after the poll that read the poison records
+        await _wait(lambda: agg.registry.get_sample_value(
+            "collector_aggregate_dead_letter_records_total") == 2, 30, "dead letters")
         status, headers, body = await http_request(agg.metrics_port)
         assert status == 200
         assert headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -262,3 +266,16 @@ async def test_unexpected_error_in_the_loop_fails_the_member_loudly(
     rc = await asyncio.wait_for(run, 45)
     assert rc == 1
     assert time.monotonic() - started < 40, "exited on failure, not at the end of --duration"
+
+
+def test_unreachable_kafka_at_start_is_one_line_naming_the_address() -> None:
+    port = free_port()  # nothing listens there
+    collector = Path(sys.executable).with_name("collector")
+    res = subprocess.run([str(collector), "aggregate", "--bootstrap", f"127.0.0.1:{port}",
+                          "--metrics-listen", "127.0.0.1:0"], capture_output=True, timeout=120)
+    err = res.stderr.decode().strip()
+    assert res.returncode == 1, err
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert f"127.0.0.1:{port}" in err
+    assert "unreachable" in err

@@ -84,3 +84,34 @@ def test_a_restart_never_publishes_a_smaller_total() -> None:
     after = _totals(new_owner)
     assert after == _totals(st)
     assert all(after[k] >= shown[k] for k in shown)
+
+
+def test_a_series_back_after_a_long_silence_starts_a_new_life() -> None:
+    from tests.aggregate_support import T0, SeriesDef, make_batch
+
+    series = [SeriesDef("link_in_octets", {"link": "a", "media": "optical"})]
+    cfg = AggregateSettings(stale_ttl_s=600)
+    st = PartitionState(0, cfg)
+    seq = 0
+
+    def tick(t: int, v: int) -> None:
+        nonlocal seq
+        seq += 1
+        st.add(seq, make_batch(agent="x", seq=seq, site="s", series=series, counters=[(0, t, v)]))
+        st.advance()
+
+    for k in range(30):
+        tick(T0 + k * 10 * NS, k * 1000)
+    back = T0 + 30 * 86_400 * NS  # 30 days later, from the same agent, no record in between
+    for k in range(30):
+        tick(back + k * 10 * NS, 10**9 + k * 1000)
+    (site,) = st.view().sites
+    assert st.renewed == 1
+    # the ledger counts from the return on (not 60 samples out of 260,000 expected)
+    assert site.samples_expected > 0
+    assert site.samples_counted / site.samples_expected > 0.9
+    st.snapshot()
+    st.publish_totals()
+    (row,) = st.view().totals.rows(named=True)  # type: ignore[union-attr]
+    assert row["created"] == back  # a new created time: Prometheus sees a new counter
+    assert (row["hi"] << 32) + row["lo"] < 30 * 1000  # only the new life's deltas
