@@ -168,22 +168,34 @@ async def bare(bootstrap: str, topic: str, n: int, decode_too: bool) -> tuple[fl
         await c.stop()
 
 
-async def full(bootstrap: str, topic: str, n_records: int, n_samples: int) -> dict[str, float]:
+async def full(bootstrap: str, topic: str, n_records: int, n_samples: int,
+               scrape_every_s: float = 2.0) -> dict[str, float]:
     settings = load_settings(kafka={"topic": topic, "dead_letter_topic": topic + ".dlq"},
                              aggregate={"metrics_listen": "", "group_id": f"bench-{topic}",
                                         "state_topic": f"{topic}.state", "checkpoint_interval_s": 5.0,
                                         "max_poll_records": 2000})
     agg = Aggregator(settings, bootstrap=bootstrap, registry=CollectorRegistry())
     await agg.start()
+    scrapes = 0
+    scrape_s = 0.0
+    last_body = b""
     try:
         w0 = c0 = None
         deadline = time.monotonic() + 600
+        next_scrape = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             done = sum(st.records for st in agg.states.values())
             if w0 is None and agg.states:
                 w0, c0 = time.perf_counter(), time.process_time()
             if done >= n_records:
                 break
+            if scrape_every_s and time.monotonic() >= next_scrape:
+                # a Prometheus scraping while the aggregator ingests (same process, same CPU)
+                t = time.perf_counter()
+                last_body = await agg.render_metrics()
+                scrape_s += time.perf_counter() - t
+                scrapes += 1
+                next_scrape = time.monotonic() + scrape_every_s
             await asyncio.sleep(0.005)
         assert w0 is not None
         assert c0 is not None
@@ -192,8 +204,14 @@ async def full(bootstrap: str, topic: str, n_records: int, n_samples: int) -> di
         series = sum(st.live_series() for st in agg.states.values())
         state = sum(st.state_bytes() for st in agg.states.values())
         buffered = sum(st.buffered_bytes() for st in agg.states.values())
+        renders = agg.metrics.render_seconds.collect()[0].samples
+        r_count = next(x.value for x in renders if x.name.endswith("_count"))
+        r_sum = next(x.value for x in renders if x.name.endswith("_sum"))
+        lines = sum(1 for ln in last_body.splitlines() if ln and not ln.startswith(b"#"))
         return {"wall": wall, "cpu": cpu, "accepted": accepted, "series": series, "state": state,
-                "buffered": buffered}
+                "buffered": buffered, "scrapes": scrapes, "renders": r_count,
+                "scrape_ms": 1000 * scrape_s / max(1, scrapes), "render_ms": 1000 * r_sum / max(1, r_count),
+                "scrape_series": lines}
     finally:
         await agg.stop()
 
@@ -217,9 +235,13 @@ def exposition_bench(n_series: int) -> dict[str, float]:
     st.advance(idle_ns=60 * NS)  # close everything: as if the partition went quiet
     fams = tuple(FamilyText(f.name, f.type, f.help, f.labels) for f in FAMILIES)
     view = st.view()
+    st.snapshot()  # a committed checkpoint: the corrected totals are published too
+    st.publish_totals()
+    view = st.view()
     t0 = time.perf_counter()
     body = render(fams, build_frames([view]))
     vec = time.perf_counter() - t0
+    stamped = render(fams, build_frames([view], timestamps=True, total_timestamps=True))
     frames = build_frames([view])
     lines = sum(len(f) for f in frames.values())
     # Baseline: the same series through Gauge.labels().set() + generate_latest.
@@ -252,7 +274,9 @@ def exposition_bench(n_series: int) -> dict[str, float]:
     t0 = time.perf_counter()
     generate_latest(reg2)
     custom = time.perf_counter() - t0
-    return {"lines": lines, "vectorised": vec, "gauge": gauge, "custom": custom, "bytes": len(body)}
+    site_end = len(frames.get("collector_site_window_end_timestamp_seconds", ()))
+    return {"lines": lines, "vectorised": vec, "gauge": gauge, "custom": custom, "bytes": len(body),
+            "stamped_bytes": len(stamped), "site_end_series": site_end}
 
 
 async def measure(bootstrap: str, topic: str, spb: int, n_batches: int) -> dict[str, float]:
@@ -322,6 +346,9 @@ async def main() -> int:
     print(f"/metrics with {int(e['lines']):,} series ({e['bytes'] / 1e6:.1f} MB): vectorised "
           f"{e['vectorised'] * 1000:.0f} ms, custom Collector {e['custom'] * 1000:.0f} ms, "
           f"Gauge.labels().set() {e['gauge'] * 1000:.0f} ms -> {speedup:.1f}x (target >= 5x)")
+    print(f"window end: collector_site_window_end_timestamp_seconds adds {int(e['site_end_series'])} series "
+          f"({100 * e['site_end_series'] / e['lines']:.2f}% of the body's); window_end_timestamps + "
+          f"total_timestamps add no series and {100 * (e['stamped_bytes'] / e['bytes'] - 1):.1f}% bytes")
     big = results.get(1000, results[sizes[-1]])
     small = results.get(100, results[sizes[0]])
     print("targets: vs_decode_1000 >= 0.5, vs_decode_100 >= 0.35, values_per_cpu_s_100 >= 2,000,000")

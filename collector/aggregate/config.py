@@ -38,9 +38,10 @@ class AggregateSettings(BaseModel):
     allowed_lateness_s: float = Field(
         10.0, ge=0,
         description=(
-            "How far behind the newest event time of a partition a sample may arrive and still "
-            "count. Watermark = max event time seen - allowed lateness; older samples are dropped "
-            "and counted as late."
+            "Watermark = the oldest newest-event-time among the partition's active sites minus "
+            "this. A sample whose event time is before the watermark rounded down to a pane (or "
+            "what is already closed) when its record is read is late: dropped and counted. A "
+            "window [start, end) closes once the watermark passes its end."
         ),
     )
     site_idle_s: float = Field(
