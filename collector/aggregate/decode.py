@@ -230,6 +230,7 @@ _K_AGENT, _K_SEQ, _K_SITE, _K_BOOT, _K_CREATED = 0x0A, 0x10, 0x1A, 0x22, 0x29
 # Keys of the three packed columns inside CounterColumns / GaugeColumns.
 _K_COL = (0x0A, 0x12, 0x1A)
 _MAX_AGENTS = 65536
+_SCHEMA_OK = ("schema", SCHEMA_HEADER)
 _EMPTY = (b"", b"", b"")
 
 
@@ -281,7 +282,12 @@ def _col_bytes(data: bytes, pos: int, end: int) -> tuple[bytes, bytes, bytes] | 
             k += 1
         if k == 3:
             return None
-        n, p = _varint(data, pos + 1)
+        p = pos + 1
+        n = data[p]
+        if n < 0x80:  # one-byte length (inlined: a call per field costs more than the rest)
+            p += 1
+        else:
+            n, p = _varint(data, p)
         if p + n > end:
             return None
         out[k] = data[p:p + n]
@@ -313,7 +319,9 @@ class Decoder:
     def read(self, value: bytes | None, headers: Headers | None = None) -> Rec:
         """One record; raises ProtocolError(reason) for a record the full parse refuses.
         A record read by the fast path still needs `check` (done per poll)."""
-        if headers:
+        # (the schema header alone, as the ingest writes it, needs no look)
+        if headers and not (isinstance(headers, tuple | list) and len(headers) == 1
+                            and headers[0] == _SCHEMA_OK):
             _check_headers(headers)
         if not value:
             raise ProtocolError("empty")
@@ -363,7 +371,12 @@ class Decoder:
                 continue
             if key != _K_AGENT and key != _K_SITE and key != _K_BOOT:
                 return None
-            n, p = _varint(data, pos + 1)
+            p = pos + 1
+            n = data[p]
+            if n < 0x80:
+                p += 1
+            else:
+                n, p = _varint(data, p)
             if p + n > end:
                 return None
             if key == _K_AGENT:

@@ -507,38 +507,47 @@ class PartitionState:
 
     def _ingest(self, recs: list[Rec], cc: wire.Columns, gc: wire.Columns) -> int:
         n = len(recs)
-        site_of = np.zeros(n, np.int64)
-        keep = np.zeros(n, bool)
-        tab_off = np.zeros(n, np.int64)
-        boots = np.zeros(n, np.int64)
+        # per record, Python scalars only (lists; arrays are built once below)
+        site_l = [0] * n
+        keep_l = [False] * n
+        off_l = [0] * n
+        boot_l = [0] * n
         offsets: dict[int, int] = {}
         tables: list[Table] = []
         rec_table: list[Table | None] = [None] * n
         size = 0
+        site_index, sites, boot_hash = self.site_index, self.sites, self.boot_hash
         for j, r in enumerate(recs):
-            site_i = self._site(r.site_id, r.country, r.region)
-            site_of[j] = site_i
-            site = self.sites[site_i]
+            site_i = site_index.get(r.site_id)
+            if site_i is None or (r.country and (sites[site_i].country, sites[site_i].region)
+                                  != (r.country, r.region)):
+                site_i = self._site(r.site_id, r.country, r.region)
+            site_l[j] = site_i
+            site = sites[site_i]
             verdict = self._dedup(r.agent_id, r.seq, site_i)
             if verdict != "new":
-                site.dropped[verdict] += r.nc + r.ng
+                site.dropped[verdict] += r.n_samples
                 site.dup_batches += 1
                 continue
             site.batches += 1
-            keep[j] = True
+            keep_l[j] = True
             table = rec_table[j] = self._table(site_i, r)
             off = offsets.get(id(table))
             if off is None:
                 off = offsets[id(table)] = size
                 tables.append(table)
                 size += len(table.code)
-            tab_off[j] = off
-            boot = self.boot_hash.get(r.boot_id)
+            off_l[j] = off
+            boot = boot_hash.get(r.boot_id)
             if boot is None:
-                if len(self.boot_hash) > 65536:
-                    self.boot_hash.clear()
-                boot = self.boot_hash[r.boot_id] = stable_hash("boot", r.boot_id)
-            boots[j] = boot
+                if len(boot_hash) > 65536:
+                    boot_hash.clear()
+                boot = boot_hash[r.boot_id] = stable_hash("boot", r.boot_id)
+            boot_l[j] = boot
+        site_of = np.array(site_l, np.int64)
+        keep = np.array(keep_l, bool)
+        tab_off = np.array(off_l, np.int64)
+        boots = np.array(boot_l, np.int64)
         if not tables:
             return 0
         t_code = np.concatenate([t.code for t in tables])
@@ -576,7 +585,7 @@ class PartitionState:
         # Late means: behind the pane boundary the watermark had reached *before* the record
         # (or behind what is already closed). A function of the record sequence only, so it
         # does not depend on how records were grouped into polls or when panes were closed.
-        cut = np.full(n, _NO_SAMPLE, np.int64)
+        cut_l = [_NO_SAMPLE] * n
         closed0 = self.closed_ns
         pane = self.pane_ns
         tm = tmax.tolist()
@@ -587,22 +596,23 @@ class PartitionState:
                 wm_cut = (self.wm_ns // pane) * pane
                 closed = wm_cut if closed is None or wm_cut > closed else closed
             if closed is not None:
-                cut[j] = closed
+                cut_l[j] = closed
             r = recs[j]
             if len(r.deltas) or len(r.period_gauges):
                 rt = rec_table[j]
                 assert rt is not None
-                accepted[site_of[j]] += self._add_periods(r, rt, self.sites[int(site_of[j])])
+                accepted[site_l[j]] += self._add_periods(r, rt, sites[site_l[j]])
             hi = tm[j]
             if hi != _NO_SAMPLE:
-                site_i = int(site_of[j])
-                site = self.sites[site_i]
+                site_i = site_l[j]
+                site = sites[site_i]
                 if site.max_event is None or hi > site.max_event:
                     site.max_event = hi
                     self._newest.update(site_i, hi)
                 if self.max_event_ns is None or hi > self.max_event_ns:
                     self.max_event_ns = hi
                 self._update_watermark()
+        cut = np.array(cut_l, np.int64)
         late = np.zeros(n_sites, np.int64)
         for is_counter, cols, rec, gi, ok in parts:
             t = cols.time_unix_nano
@@ -725,7 +735,6 @@ class PartitionState:
         start = self.closed_ns
         self._cbuf, cdue = self._take_buffer(self._cbuf, target)
         self._gbuf, gdue = self._take_buffer(self._gbuf, target)
-        self._renew_returning([d for d in (cdue, gdue) if d is not None and len(d[0])])
         n = 0
         speeds: tuple[np.ndarray, ...] | None = None
         if gdue is not None and len(gdue[0]):
@@ -747,24 +756,21 @@ class PartitionState:
         self.version += 1
         return CloseStats(n_ends, n, expired)
 
-    def _renew_returning(self, due: list[tuple[np.ndarray, ...]]) -> int:
-        """A series whose next sample comes more than stale_ttl_s after its previous one has
-        been silent longer than the expiry: it starts a new life, as if it had expired (sample
-        ledger from the new sample on, no counter carry, corrected total from 0 with a new
-        created time, its old windows gone). Decided from the gap between two consecutive
-        processed samples of the series, so it does not depend on wall clock or poll grouping
-        (the idle timeout may also have expired it meanwhile; then it is new anyway)."""
-        if not due:
-            return 0
-        sid = np.concatenate([d[0] for d in due]).astype(np.int64)
-        t = np.concatenate([d[1] for d in due])
-        first = np.full(len(self.keys), np.iinfo(np.int64).max, np.int64)
-        np.minimum.at(first, sid, t)
-        u = np.unique(sid)
+    def _renew_returning(self, sid: np.ndarray, t: np.ndarray) -> None:
+        """Samples sorted by (sid, t) are about to be processed. A series whose first one
+        comes more than stale_ttl_s after its previous sample has been silent longer than the
+        expiry: it starts a new life, as if it had expired (sample ledger from the new sample
+        on, no counter carry, corrected total from 0 with a new created time, its old windows
+        gone). Decided from the gap between two consecutive processed samples of the series,
+        so it depends neither on the wall clock nor on poll grouping."""
+        change = np.ones(len(sid), bool)
+        change[1:] = sid[1:] != sid[:-1]
+        starts = np.flatnonzero(change)
+        u = sid[starts]
         last = self.s_last[u]
-        ren = u[(last != _NO_SAMPLE) & (first[u] - last > self.ttl_ns)]
+        ren = u[(last != _NO_SAMPLE) & (t[starts] - last > self.ttl_ns)]
         if not len(ren):
-            return 0
+            return
         self.s_last[ren] = _NO_SAMPLE
         self.s_first[ren] = 0
         self.s_step[ren] = 0
@@ -775,7 +781,6 @@ class PartitionState:
         self.carry.has[ren] = False
         self._forget(ren)
         self.renewed += len(ren)
-        return len(ren)
 
     def _forget(self, ids: np.ndarray) -> None:
         """Drop the windows, panes and totals of these series ids."""
@@ -804,7 +809,9 @@ class PartitionState:
         link = _LINK_COUNTER[self.s_metric[sid]]
         if not link.any():
             return fallback
-        usids = np.unique(sid[link])
+        change = np.ones(len(sid), bool)
+        change[1:] = sid[1:] != sid[:-1]
+        usids = sid[change & link]  # sid is sorted
         spd_of = np.full(len(self.keys), -1, np.int64)
         for u in usids.tolist():
             key = self.keys[u]
@@ -839,6 +846,7 @@ class PartitionState:
                        bits: np.ndarray, speeds: tuple[np.ndarray, ...] | None = None) -> None:
         order = np.lexsort((t, sid))
         sid, t, v, epoch, bits = sid[order], t[order], v[order], epoch[order], bits[order]
+        self._renew_returning(sid, t)
         d = counter_deltas(sid, t, v, epoch, bits, self.carry, self._plausible_rate(sid, t, speeds))
         if d.ambiguous.any():
             per_site = np.bincount(self.s_site[sid[d.ambiguous]], minlength=len(self.sites))
@@ -846,17 +854,25 @@ class PartitionState:
                 self.sites[si].excluded["ambiguous_gap"] += int(per_site[si])
         pane = t // self.pane_ns
         starts = self._group_starts(sid, pane)
-        hi, lo = split_sum_arrays(d.delta, starts)
         self._add_totals(sid, d.delta)
+        # one sample per (series, pane) - sampling every pane or slower, the usual case -
+        # needs no group sums
+        one = len(starts) == len(sid)
+        hi, lo = ((d.delta >> np.uint64(32), d.delta & np.uint64(0xFFFF_FFFF)) if one
+                  else split_sum_arrays(d.delta, starts))
+
+        def per_pane(x: np.ndarray) -> np.ndarray:
+            return x.astype(np.uint32) if one else np.add.reduceat(x.astype(np.uint32), starts)
+
         frame = pl.DataFrame({
             "sid": sid[starts].astype(np.uint32),
             "pane": pane[starts],
             "hi": hi,
             "lo": lo,
-            "dt": np.add.reduceat(d.dt, starts),
-            "n": np.add.reduceat(d.valid.astype(np.uint32), starts),
-            "resets": np.add.reduceat(d.reset.astype(np.uint32), starts),
-            "wraps": np.add.reduceat(d.wrap.astype(np.uint32), starts),
+            "dt": d.dt if one else np.add.reduceat(d.dt, starts),
+            "n": per_pane(d.valid),
+            "resets": per_pane(d.reset),
+            "wraps": per_pane(d.wrap),
         }, schema=COUNTER_PANE_SCHEMA)
         self.cpanes[0] = pl.concat([self.cpanes[0], frame]) if len(self.cpanes[0]) else frame
         self._touch(sid, t)
@@ -898,6 +914,7 @@ class PartitionState:
         by (sid, t), for the counters' gap rule (see _carry_speeds)."""
         order = np.lexsort((t, sid))
         sid, t, v = sid[order], t[order], v[order]
+        self._renew_returning(sid, t)
         speeds = None
         is_speed = self.s_metric[sid] == _SPEED_M
         if is_speed.any():
@@ -905,13 +922,14 @@ class PartitionState:
         pane = t // self.pane_ns
         starts = self._group_starts(sid, pane)
         counts = np.diff(np.append(starts, len(sid)))
+        one = len(starts) == len(sid)  # one sample per (series, pane): no group sums
         frame = pl.DataFrame({
             "sid": sid[starts].astype(np.uint32),
             "pane": pane[starts],
-            "sum": np.add.reduceat(v, starts),
+            "sum": v if one else np.add.reduceat(v, starts),
             "cnt": counts.astype(np.uint32),
-            "min": np.minimum.reduceat(v, starts),
-            "max": np.maximum.reduceat(v, starts),
+            "min": v if one else np.minimum.reduceat(v, starts),
+            "max": v if one else np.maximum.reduceat(v, starts),
         }, schema=GAUGE_PANE_SCHEMA)
         self.gpanes[0] = pl.concat([self.gpanes[0], frame]) if len(self.gpanes[0]) else frame
         self._touch(sid, t)
@@ -985,7 +1003,8 @@ class PartitionState:
             count += hi - lo + 1
             for frame, latest in ((cw, self.latest_c), (gw, self.latest_g)):
                 if len(frame):
-                    newest = frame.filter(pl.col("end") == pl.col("end").max().over("sid"))
+                    newest = frame if lo == hi else frame.filter(
+                        pl.col("end") == pl.col("end").max().over("sid"))
                     old = latest[w]
                     latest[w] = pl.concat([old.filter(~pl.col("sid").is_in(newest["sid"].implode())),
                                            newest])
@@ -1044,13 +1063,22 @@ class PartitionState:
         else:
             first = np.maximum(p + 1, e_lo)
             cnt = np.maximum(np.minimum(p + n, e_hi) - first + 1, 0)
+        sid_all = panes["sid"].to_numpy()
+        # rows in (series, pane) order: one int64 key, unique per row (a pane closes once)
+        key = (sid_all[rows].astype(np.int64) << 32) | (p - p.min())
+        by = np.argsort(key)
+        rows, first, cnt = rows[by], first[by], cnt[by]
         total = int(cnt.sum())
-        rep = np.repeat(rows, cnt)
-        start = np.cumsum(cnt) - cnt
-        e = np.repeat(first, cnt) + (np.arange(total) - np.repeat(start, cnt))
-        sid = panes["sid"].to_numpy()[rep]
-        order = np.lexsort((pane[rep], e, sid))
-        rep, e, sid = rep[order], e[order], sid[order]
+        if len(rows) == total:  # one end per row (tumbling, or the newest window only)
+            rep, e = rows, first
+        else:
+            rep = np.repeat(rows, cnt)
+            start = np.cumsum(cnt) - cnt
+            e = np.repeat(first, cnt) + (np.arange(total) - np.repeat(start, cnt))
+            # stable: within one (series, end) the panes stay in pane order
+            order = np.argsort((sid_all[rep].astype(np.int64) << 32) | (e - e.min()), kind="stable")
+            rep, e = rep[order], e[order]
+        sid = sid_all[rep]
         change = np.ones(total, bool)
         change[1:] = (sid[1:] != sid[:-1]) | (e[1:] != e[:-1])
         g = np.flatnonzero(change)
