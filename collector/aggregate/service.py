@@ -254,7 +254,9 @@ class Aggregator:
                 heartbeat_interval_ms=self.cfg.heartbeat_interval_ms,
                 max_poll_interval_ms=max(60_000, self.cfg.session_timeout_ms * 3),
                 rebalance_timeout_ms=max(60_000, self.cfg.session_timeout_ms * 3),
-                max_partition_fetch_bytes=8 * 1024 * 1024, **kw)
+                # one fetch of ~2000 agent batches (100 series each): the poll's fixed
+                # costs (window closes, Polars calls) are shared by that many records
+                max_partition_fetch_bytes=16 * 1024 * 1024, **kw)
             await self._consumer.start()
             self._consumer.subscribe([self.topic], listener=_Listener(self))
             if self.cfg.metrics_listen:
