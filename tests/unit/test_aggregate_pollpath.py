@@ -148,3 +148,32 @@ def test_window_log_does_not_change_published_float_bits() -> None:
     assert _state_bits(plain) == _state_bits(logged)
     assert len(plain.latest_g[300]) == 20
     assert plain.latest_g[300]["sum"].dtype == pl.Float64
+
+
+def test_records_total_counts_each_record_once() -> None:
+    """Records fetched before the seek to a restored offset are skipped, and not counted."""
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+    from prometheus_client import CollectorRegistry
+
+    from collector.aggregate.service import Aggregator
+    from collector.config import load_settings
+
+    settings = load_settings(kafka={"topic": "t"}, aggregate={"metrics_listen": ""})
+    agg = Aggregator(settings, bootstrap="127.0.0.1:1", registry=CollectorRegistry())
+    agg._consumer = SimpleNamespace(highwater=lambda tp: None)  # type: ignore[assignment]
+    series = [SeriesDef("link_in_octets", {"link": "a", "media": "optical"})]
+    values = [make_batch(agent="x", seq=s + 1, site="s", series=series, counters=[(0, T0 + s * NS, s)])
+              for s in range(10)]
+    st = PartitionState(0, settings.aggregate)
+    for i in range(5):
+        st.add(i, values[i])
+    agg.states[0] = st  # restored: next offset 5
+    recs = [SimpleNamespace(offset=i, value=values[i], headers=(("schema", b"telemetry.v1.Batch"),),
+                            partition=0, key=b"s") for i in range(10)]
+    agg._process({TopicPartition("t", 0): recs})
+    agg._process({TopicPartition("t", 0): recs[5:]})  # fetched again after the seek
+    assert agg.registry.get_sample_value("collector_aggregate_records_total", {"partition": "0"}) == 5
+    assert st.records == 10
+    assert st.sites[0].dup_batches == 0
