@@ -92,7 +92,7 @@ class SimulateSettings(BaseModel):
                            "`collector run` turns it on.")
     pm_granularity_s: int = Field(900, ge=1, le=86_400, description="Granularity period of the "
                                   "simulated PM files in simulated seconds (15 min like a gNB; "
-                                  "`collector run` uses 60 unless set).")
+                                  "`collector run` uses 10 unless set).")
 
     # --- ground truth -----------------------------------------------------------------------
     truth_windows_s: tuple[int, ...] = Field((10, 60, 300), min_length=1, description="Window "

@@ -2,7 +2,7 @@
 
 In agents mode with `simulate.pm_files` on, the simulated cells do not go into the agents'
 batches as counters: like real gNBs, each site writes one measCollecFile per granularity
-period (`simulate.pm_granularity_s`, 15 min by default; `collector run` uses 1 min so the
+period (`simulate.pm_granularity_s`, 15 min by default; `collector run` uses 10 s so the
 accelerated run shows cell metrics soon) into its agent's PM directory, and the agent's
 real cell source (collector/agent/sources/cell.py: parse -> validate -> DELTA / period
 gauges -> spool -> ingest) reads it. So `collector run` exercises the real cell path.
