@@ -50,6 +50,7 @@ STATUS_EVERY_S = 10.0
 SAMPLE_EVERY_S = 1.0
 # `run` is for looking at: sample every second so 10 s windows close at once.
 RUN_INTERVAL_S = 1.0
+RUN_PM_PERIOD_S = 10  # simulated PM granularity: cell figures within ~20 s of the start
 WORKDIR_MARKER = ".collector-run"
 PM_SITE_DEFAULT = ("pm-files-01", "JP")
 
@@ -129,6 +130,10 @@ def _simulate_overrides(settings: Settings, args: argparse.Namespace) -> Simulat
                        ("seed", args.seed), ("countries", countries)):
         if value is not None:
             upd[key] = value
+    # Simulated cells as real PM files through the agents' cell source (simulate/pm_files.py),
+    # 10-s periods so cell metrics show soon; both overridable in the config file.
+    upd.update({k: v for k, v in (("pm_files", True), ("pm_granularity_s", RUN_PM_PERIOD_S))
+                if k not in sim.model_fields_set})
     if not upd:
         return sim
     try:

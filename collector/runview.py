@@ -76,8 +76,12 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def country_stats(body: str, countries: Iterable[str], rate_window: str,
-                  ratio_window: str) -> dict[str, CountryStats]:
-    """Per-country figures from an aggregator /metrics body (Prometheus text format)."""
+                  ratio_window: str, cell_window: str | None = None) -> dict[str, CountryStats]:
+    """Per-country figures from an aggregator /metrics body (Prometheus text format).
+    `cell_window`: the window of the cell figures when they come from PM files (= the
+    granularity period, simulate.pm_files)."""
+    cell_rate = cell_window or rate_window
+    cell_ratio = cell_window or ratio_window
     lines = [ln for ln in body.splitlines() if ln.startswith(_FAMILIES)]
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     out = {c: CountryStats() for c in countries}
@@ -95,17 +99,17 @@ def country_stats(body: str, countries: Iterable[str], rate_window: str,
                     st.link_in += v
                 elif lb.get("direction") == "out":
                     st.link_out += v
-            elif name == "edge_site_cell_throughput_bytes_per_second" and w == rate_window:
+            elif name == "edge_site_cell_throughput_bytes_per_second" and w == cell_rate:
                 if lb.get("direction") == "dl":
                     st.cell_dl += v
                 elif lb.get("direction") == "ul":
                     st.cell_ul += v
-            elif (name == "edge_cell_user_throughput_bytes_per_second" and w == ratio_window
+            elif (name == "edge_cell_user_throughput_bytes_per_second" and w == cell_ratio
                   and lb.get("direction") == "dl" and lb.get("stat") == "avg"):
                 a["user"].append(v * 8 / 1e6)
-            elif name == "edge_cell_coverage_ratio" and w == ratio_window and lb.get("stat") == "avg":
+            elif name == "edge_cell_coverage_ratio" and w == cell_ratio and lb.get("stat") == "avg":
                 a["coverage"].append(v)
-            elif (name == "edge_cell_availability_ratio" and w == ratio_window
+            elif (name == "edge_cell_availability_ratio" and w == cell_ratio
                   and lb.get("stat") == "avg"):
                 a["availability"].append(v)
             elif name == "collector_site_completeness_ratio":
@@ -185,6 +189,8 @@ class Monitor:
         ws = aggregator.cfg.windows_s
         self.rate_window = window_label(ws[0])
         self.ratio_window = window_label(ws[1] if len(ws) > 1 else ws[0])
+        sim = fleet.settings.simulate
+        self.cell_window = window_label(sim.pm_granularity_s) if sim.pm_files else None
         self.history: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=HISTORY))
         self.rates: dict[str, float] = {}
         self._recent: deque[Snapshot] = deque()
@@ -218,7 +224,8 @@ class Monitor:
         closed = [c for st in self.aggregator.states.values()
                   if (c := getattr(st, "closed_ns", None)) is not None]
         snap.windows_closed_to = min(closed) / 1e9 if closed else None
-        snap.countries = country_stats(body, self.countries, self.rate_window, self.ratio_window)
+        snap.countries = country_stats(body, self.countries, self.rate_window, self.ratio_window,
+                                       self.cell_window)
         for st in snap.countries.values():
             for reason, n in st.dropped.items():
                 key = f"aggregator:{reason}"

@@ -85,6 +85,15 @@ class SimulateSettings(BaseModel):
                                   "(sends nothing more) this many simulated seconds after the start; "
                                   "0 disables.")
 
+    # --- PM files (agents mode) ---------------------------------------------------------------
+    pm_files: bool = Field(False, description="Agents mode: the simulated cells reach their agents "
+                           "as TS 32.435 PM files (one per site and granularity period, read by the "
+                           "agent's real cell source) instead of as counters in the batches. "
+                           "`collector run` turns it on.")
+    pm_granularity_s: int = Field(900, ge=1, le=86_400, description="Granularity period of the "
+                                  "simulated PM files in simulated seconds (15 min like a gNB; "
+                                  "`collector run` uses 10 unless set).")
+
     # --- ground truth -----------------------------------------------------------------------
     truth_windows_s: tuple[int, ...] = Field((10, 60, 300), min_length=1, description="Window "
                                              "lengths (s) of the ground truth; windows are aligned "

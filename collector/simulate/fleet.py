@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+import numpy as np
 import yaml
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -35,7 +36,15 @@ from collector.errors import BrokerError, ConfigError
 from collector.ingest.producer import producer_kwargs
 from collector.simulate.batches import PlannedBatch, Planner, record_headers
 from collector.simulate.config import SimulateSettings
-from collector.simulate.model import FleetGenerator, FleetModel, start_ns_for
+from collector.simulate.model import (
+    CELL_COUNTERS,
+    CELL_GAUGES,
+    Block,
+    FleetGenerator,
+    FleetModel,
+    start_ns_for,
+)
+from collector.simulate.pm_files import PmWriter
 from collector.simulate.truth import TruthRecorder
 
 log = logging.getLogger(__name__)
@@ -79,6 +88,7 @@ class Simulation:
             per_tick = max(1, self.model.nc + self.model.ng)
             self.block_ticks = tpb * max(1, _BLOCK_SAMPLES // (per_tick * tpb))
         self.delivered = 0
+        self.blocks: list[Block] | None = None  # set to a list to keep the generated blocks
 
     @property
     def next_tick(self) -> int:
@@ -93,6 +103,8 @@ class Simulation:
         block = self.gen.block(n)
         if self.truth is not None:
             self.truth.add(block)
+        if self.blocks is not None:
+            self.blocks.append(block)
         return list(self.planner.plan(block))
 
     def finish(self) -> list[PlannedBatch]:
@@ -218,6 +230,22 @@ class AgentSink:
         self.skipped_duplicates = 0
         self.records = 0
         self.samples = 0
+        # PM files: the cells go to a PM directory per site, read by a real cell source
+        self.pm: PmWriter | None = None
+        self.cell_sources: dict[int, Any] = {}
+        s = sim.settings
+        if s.pm_files and s.cells_per_site:
+            from collector.agent.config import CellSourceSettings
+            from collector.agent.sources.cell import CellSource
+
+            sim.blocks = []
+            dirs = {st.index: work_dir / f"{st.info.site_id}.pm" for st in sim.model.sites}
+            self.pm = PmWriter(sim.model, s.pm_granularity_s, dirs)
+            for i, d in dirs.items():
+                self.cell_sources[i] = CellSource(
+                    CellSourceSettings(enabled=True, pm_dir=d, settle_s=0, after="delete",
+                                       max_age_s=AGENT_BACKFILL_S + 3600.0),
+                    max_batch_bytes=self.agent_settings.ingest.max_batch_bytes)
 
     def _pipeline(self, site: int, epoch: int) -> Any:
         st = self.sim.model.sites[site]
@@ -248,13 +276,34 @@ class AgentSink:
             self._epoch[i] = b.epoch
         boot = self.sim.gen.sites[i].boot_ids[b.epoch]
         builder = BatchBuilder(b.site.agent_id, b.site.info, boot)
-        self.sim.planner.fill_builder(b, builder)
+        if self.pm is None:
+            self.sim.planner.fill_builder(b, builder)
+        elif not _fill_without_cells(self.sim.planner, b, builder):
+            return False  # cells only: they travel as PM files
         b.seq = await self.pipelines[i].submit(builder)
         self.records += 1
         self.samples += b.samples
         return True
 
+    async def pm_step(self) -> None:
+        """Write the PM files of the periods the new blocks finished; the sites' cell sources
+        read them into their agents (parse -> spool), as `collector agent` would."""
+        if self.pm is None or not self.sim.blocks:
+            return
+        from collector.agent.sources import collect_once
+
+        blocks, self.sim.blocks = self.sim.blocks, []
+        wrote: set[int] = set()
+        for blk in blocks:
+            wrote.update(self.pm.add(blk))
+        for i in sorted(wrote):
+            src = self.cell_sources[i]
+            await collect_once(src, self.pipelines[i])
+            while src.backlog:
+                await collect_once(src, self.pipelines[i])
+
     async def flush(self, timeout_s: float) -> bool:
+        await self.pm_step()
         results = await asyncio.gather(*(p.wait_drained(timeout_s)
                                          for p in self.pipelines.values()))
         return all(results)
@@ -262,6 +311,26 @@ class AgentSink:
     async def stop(self) -> None:
         pipes, self.pipelines = self.pipelines, {}
         await asyncio.gather(*(p.stop() for p in pipes.values()))
+
+
+_CELL_METRICS = frozenset((*CELL_COUNTERS, *CELL_GAUGES))
+
+
+def _fill_without_cells(planner: Planner, b: PlannedBatch, builder: BatchBuilder) -> bool:
+    """fill_builder without the cell series (they go as PM files); False when nothing is left."""
+    defs = planner.series_defs(b)
+    keep = np.array([d.metric not in _CELL_METRICS for d in defs], bool)
+    if not keep.any():
+        return False
+    remap = np.cumsum(keep) - 1
+    kept = [d for d, k in zip(defs, keep, strict=True) if k]
+    (ci, ct, cv), (gi, gt, gv) = planner.columns(b)
+    mc, mg = keep[ci], keep[gi]
+    if mc.any():
+        builder.counter_columns(kept, remap[ci[mc]], ct[mc], cv[mc])
+    if mg.any():
+        builder.gauge_columns(kept, remap[gi[mg]], gt[mg], gv[mg])
+    return bool(mc.any() or mg.any())
 
 
 class FleetRunner:
@@ -352,6 +421,8 @@ class FleetRunner:
             for b in sim.step(left):
                 if await self.sink.send(b):
                     sim.record(b)
+            if isinstance(self.sink, AgentSink):
+                await self.sink.pm_step()
             await asyncio.sleep(0)
         for b in sim.finish():
             if await self.sink.send(b):
