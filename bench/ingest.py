@@ -16,7 +16,8 @@ loopback:
 Servers run in their own processes, like in production; the machine's cores are shared
 by the broker, the server and this client, so read the ratios, not the absolute numbers.
 Kafka compression is kafka.compression_type (default zstd) or --kafka-compression; the bare
-produce ceiling uses the same codec.
+produce ceiling uses the same codec. --grpc-compression gzip makes every client (bare grpc
+ceiling included) compress its messages, as agents with agent.ingest.compression: gzip do.
 
 Last line: RESULT ingest_samples_per_s=<1000-sample batches> vs_bare_grpc_100=<ratio>
 vs_bare_produce=<ratio> bytes_per_value=<Kafka bytes per counter value, reference site>
@@ -60,6 +61,8 @@ from tests.ingest_support import (  # noqa: E402
 
 METHOD = "/telemetry.v1.IngestService/Stream"
 STREAMS = 4
+# the agent's agent.ingest.compression for every benchmark client (--grpc-compression)
+GRPC_COMPRESSION = [grpc.Compression.NoCompression]
 
 
 # ---- bare grpc.aio server (subprocess mode) ---------------------------------------------
@@ -109,7 +112,8 @@ async def _drive(port: int, certs: DevCerts, payloads: dict[str, list[bytes]],
         await w
 
     async with aio.secure_channel(f"127.0.0.1:{port}", creds,
-                                  options=[("grpc.max_send_message_length", 8 << 20)]) as ch:
+                                  options=[("grpc.max_send_message_length", 8 << 20)],
+                                  compression=GRPC_COMPRESSION[0]) as ch:
         await ch.channel_ready()
         t0 = time.perf_counter()
         async with asyncio.timeout(timeout_s):
@@ -191,7 +195,8 @@ async def _one_at_a_time(port: int, certs: DevCerts, payloads: dict[str, list[by
     """Each site writes its next batch only after the previous one was acked (window 1)."""
     creds = grpc.ssl_channel_credentials(root_certificates=certs.ca.read_bytes())
     acked = 0
-    async with aio.secure_channel(f"127.0.0.1:{port}", creds) as ch:
+    async with aio.secure_channel(f"127.0.0.1:{port}", creds,
+                                  compression=GRPC_COMPRESSION[0]) as ch:
         async def one(site: str, items: list[bytes]) -> None:
             nonlocal acked
             call = ch.stream_stream(METHOD, request_serializer=None,
@@ -270,7 +275,8 @@ async def main(quick: bool, rounds: int, compression: str | None) -> None:
     wire_gz = sum(len(gzip.compress(b, 6)) for v in site50.values() for b in v) / site50_values
     print(f"payloads: 100-sample batch {size100} B, 1000-sample batch {size1000} B, "
           f"{STREAMS} streams, cpus={os.cpu_count()}, {rounds} round(s), medians reported, "
-          f"kafka compression {compression or 'none'}")
+          f"kafka compression {compression or 'none'}, grpc compression "
+          f"{GRPC_COMPRESSION[0].name}")
     grpc_r: list[float] = []
     produce_r: list[float] = []
     i100_r: list[float] = []
@@ -325,6 +331,10 @@ if __name__ == "__main__":
     ap.add_argument("--kafka-compression", default=KafkaSettings().compression_type or "none",
                     choices=["none", "gzip", "snappy", "lz4", "zstd"],
                     help="producer compression (default: kafka.compression_type's default)")
+    ap.add_argument("--grpc-compression", default="none", choices=["none", "gzip"],
+                    help="gRPC message compression of the clients (agent.ingest.compression)")
     a = ap.parse_args()
+    if a.grpc_compression == "gzip":
+        GRPC_COMPRESSION[0] = grpc.Compression.Gzip
     comp = None if a.kafka_compression == "none" else a.kafka_compression
     asyncio.run(main(a.quick, a.rounds or (1 if a.quick else 3), comp))
