@@ -249,6 +249,43 @@ def test_compose_envoy_balances_grpc_over_the_ingest_replicas_with_tls(
     assert "--dns " + c["transport_socket"]["typed_config"]["sni"] in certs_script
 
 
+def test_compose_prometheus_uses_the_project_config_and_scrapes_what_runs(
+        compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    svcs = compose["services"]
+    binds = _binds(svcs["prometheus"])
+    assert binds["/etc/prometheus"] == (DEPLOY / "prometheus").resolve()
+    targets = binds["/etc/prometheus/targets"]
+    agg = _load(_binds(svcs["aggregate-1"])["/etc/collector/aggregate.yaml"], {}, monkeypatch)
+    ing = _load(_binds(svcs["ingest-1"])["/etc/collector/ingest.yaml"], {}, monkeypatch)
+    want = {"aggregate.yml": {f"{n}:{_port(agg.aggregate.metrics_listen)}"
+                              for n in svcs if n.startswith("aggregate-")},
+            "ingest.yml": {f"{n}:{_port(ing.ingest.metrics_listen)}"
+                           for n in svcs if n.startswith("ingest-")},
+            "alertmanager.yml": {"alertmanager:9093"}}
+    for f, hosts in want.items():
+        got = {t for g in yaml.safe_load((targets / f).read_text()) for t in g["targets"]}
+        assert got == hosts, f
+    am = _binds(svcs["alertmanager"])
+    assert am["/etc/alertmanager/alertmanager.yml"].is_file()
+    # promtool on the project's config with this deployment's targets in place
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is installed by `make test` (Debian prometheus)"
+    conf = tmp_path / "prometheus"
+    shutil.copytree(DEPLOY / "prometheus", conf)
+    shutil.rmtree(conf / "targets", ignore_errors=True)
+    shutil.copytree(targets, conf / "targets")
+    for cfg in (DEPLOY / "prometheus" / "prometheus.yml", conf / "prometheus.yml"):
+        res = subprocess.run([promtool, "check", "config", str(cfg)], capture_output=True,
+                             text=True, timeout=60, check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+    graf = _binds(svcs["grafana"])
+    assert graf["/etc/grafana/provisioning"] == (ROOT / "grafana" / "provisioning").resolve()
+    ds = yaml.safe_load((ROOT / "grafana/provisioning/datasources/prometheus.yaml").read_text())
+    assert ds["datasources"][0]["url"] == "http://prometheus:9090"
+    dash = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/collector.yaml").read_text())
+    assert dash["providers"][0]["options"]["path"] in graf
+
+
 # ------------------------------------------------------------------ Kubernetes
 
 
