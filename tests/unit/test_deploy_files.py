@@ -73,7 +73,7 @@ def _port(listen: str) -> int:
 
 def _stages() -> list[list[Any]]:
     stages: list[list[Any]] = []
-    for c in dockerfile.parse_file(str(ROOT / "Dockerfile")):
+    for c in dockerfile.parse_file(str(ROOT / "deploy" / "Dockerfile")):
         if c.cmd == "FROM":
             stages.append([])
         if stages:
@@ -144,8 +144,8 @@ def test_compose_images_are_pinned_and_bind_mounts_exist(compose: dict[str, Any]
     for name, svc in compose["services"].items():
         image = str(svc["image"])
         if name in _ours(compose):
-            assert svc["build"]["dockerfile"] == "Dockerfile"
-            assert (COMPOSE.parent / svc["build"]["context"] / "Dockerfile").is_file()
+            assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+            assert (COMPOSE.parent / svc["build"]["context"] / "deploy" / "Dockerfile").is_file()
             continue
         assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+(\.\d+)?", image), f"{name}: unpinned {image}"
         for host in _binds(svc).values():
