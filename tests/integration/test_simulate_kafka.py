@@ -80,8 +80,7 @@ async def test_generation_measurement_writes_decodable_records(own_broker: Embed
     # measurement must run, be acknowledged by Kafka and leave records a reader can decode.
     broker = own_broker
     topic = await make_topic(broker)
-    rate = await measure_generation(broker.bootstrap, topic, 0.5)
-    assert rate > 0
+    await measure_generation(broker.bootstrap, topic, 0.5)
     records = await read_topic(broker.bootstrap, topic, expect=10, timeout_s=30)
     assert len(records) >= 10
     for r in records[:10]:
