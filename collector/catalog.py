@@ -35,7 +35,7 @@ class MetricSpec:
     help: str
 
 
-def _m(name: str, domain: Domain, kind: Kind, unit: str, labels: tuple[str, ...], help: str):
+def _m(name: str, domain: Domain, kind: Kind, unit: str, labels: tuple[str, ...], help: str) -> MetricSpec:
     return MetricSpec(name, domain, kind, unit, labels, help)
 
 
