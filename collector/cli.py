@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if err := getattr(args, "_import_error", None):
         print(f"collector {args.command}: unavailable: {err}", file=sys.stderr)
         return 2
-    from collector.config import load_settings
+    from collector.config import load_settings, source_of
 
     path = args.sub_config or args.config
     try:
@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(_run(args._module, settings, args))
     except ConfigError as exc:
-        print(f"collector: config error: {exc}", file=sys.stderr)
+        # Checked after loading (adapter options, TLS files, listen addresses): the code
+        # that raised knows the key, this is where the file is known.
+        print(f"collector: config error: {exc.located(source_of(exc.key, path))}",
+              file=sys.stderr)
         return 2
     except CollectorError as exc:
         logging.getLogger("collector").error("%s", exc)

@@ -11,6 +11,7 @@ the whole model with defaults.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -323,6 +324,18 @@ class Settings(BaseSettings):
 
 def _env_name(loc: tuple[int | str, ...]) -> str:
     return ENV_PREFIX + ENV_DELIMITER.join(str(p).upper() for p in loc)
+
+
+def source_of(key: str | None, path: str | Path | None) -> str | None:
+    """Where the value at `key` (`agent.sources.link.options.targets[0].address`) came from:
+    the most specific COLLECTOR_* variable set for it or a section above it, else the
+    config file, else None (defaults or values given in code)."""
+    if key:
+        loc = tuple(re.findall(r"[^.\[\]]+", key))
+        for i in range(len(loc), 0, -1):
+            if (env := _env_name(loc[:i])) in os.environ:
+                return f"environment variable {env}"
+    return str(path) if path else None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

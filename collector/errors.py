@@ -18,10 +18,21 @@ class ConfigError(CollectorError):
     """A setting is missing or wrong. The message names the key and the file."""
 
     def __init__(self, message: str, *, key: str | None = None, source: str | None = None):
+        self.message = message
         self.key = key
         self.source = source
         where = " ".join(p for p in (f"in {source}" if source else "", f"at {key}" if key else "") if p)
         super().__init__(f"{message} ({where})" if where else message)
+
+    def located(self, source: str | None) -> ConfigError:
+        """This error naming `source` too, unless it names one already. Code that checks a
+        value long after loading (an adapter's options, a TLS file) knows the key but not
+        the file; the entrypoint, which loaded the file, fills it in."""
+        if self.source is not None or source is None:
+            return self
+        err = ConfigError(self.message, key=self.key, source=source)
+        err.__cause__ = self.__cause__
+        return err
 
 
 class ProtocolError(CollectorError):

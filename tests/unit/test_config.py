@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,59 @@ def test_kafka_request_smaller_than_an_ingest_message_names_the_key_and_file(
         load_settings(tmp_path / "c.yaml")
     monkeypatch.setenv("COLLECTOR_KAFKA__MAX_REQUEST_SIZE", str(4194304 + 1024))
     assert load_settings(f).kafka.max_request_size == 4194304 + 1024
+
+
+def _agent_config(tmp_path: Path, link_options: str) -> Path:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(f"""
+agent:
+  agent_id: jp-test-01-edge1
+  site: {{site_id: jp-test-01, country: JP, timezone: Asia/Tokyo}}
+  ingest: {{target: "127.0.0.1:1"}}
+  spool: {{dir: {tmp_path / "spool"}}}
+  metrics_listen: ""
+  sources:
+    server: {{enabled: false}}
+    cell: {{enabled: false}}
+    link:
+      adapter: snmp
+      options: {link_options}
+""")
+    return cfg
+
+
+def _run_agent(cfg: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    return subprocess.run([sys.executable, "-m", "collector", "agent", "--config", str(cfg),
+                           "--once"], capture_output=True, text=True, timeout=120,
+                          env={**environ, **env})
+
+
+def test_adapter_option_error_names_the_key_and_the_file(tmp_path: Path) -> None:
+    # Adapter options are checked when the agent builds its sources, after the file was
+    # loaded: the error still names the file, and the key down to the target's entry.
+    cfg = _agent_config(tmp_path, '{targets: [{address: "127.0.0.1:161", community: x}, '
+                        '{address: "127.0.0.1:162", community: x, retriez: 3}]}')
+    out = _run_agent(cfg)
+    assert out.returncode == 2, out.stderr
+    assert f"in {cfg} at agent.sources.link.options.targets[1].retriez" in out.stderr
+    assert "config error" in out.stderr
+
+
+def test_adapter_secret_error_names_the_key_and_the_file(tmp_path: Path) -> None:
+    cfg = _agent_config(tmp_path, '{targets: [{address: "127.0.0.1:161", '
+                        'community_env: NO_SUCH_VARIABLE_FOR_TEST}]}')
+    out = _run_agent(cfg)
+    assert out.returncode == 2, out.stderr
+    assert f"in {cfg} at agent.sources.link.options.targets[0].community_env" in out.stderr
+
+
+def test_adapter_option_error_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    cfg = _agent_config(tmp_path, '{targets: [{address: "127.0.0.1:161", community: x}]}')
+    env = "COLLECTOR_AGENT__SOURCES__LINK__OPTIONS"
+    out = _run_agent(cfg, **{env: '{"targets": [{"address": "127.0.0.1:161", "community": "x", '
+                             '"interval_s": "often"}]}'})
+    assert out.returncode == 2, out.stderr
+    assert f"in environment variable {env} at agent.sources.link.options.targets[0].interval_s" \
+        in out.stderr
+    assert str(cfg) not in out.stderr

@@ -35,7 +35,8 @@ class Options(BaseModel):
 
 
 def validate_options(model: type[M], options: dict[str, Any]) -> M:
-    """`model` from the adapter's options; the first error names its key."""
+    """`model` from the adapter's options; the first error names its key (the entrypoint
+    adds the file or environment variable it came from)."""
     try:
         return model.model_validate(options)
     except PydanticValidationError as exc:
