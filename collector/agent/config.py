@@ -176,6 +176,11 @@ class CellSourceSettings(_Section):
     max_future_s: float = Field(300.0, ge=0, description="A file with a period ending further "
                                 "in the future than this (a gNB clock ahead) goes to failed/ "
                                 "(the ingest refuses samples beyond its max_future_skew_s).")
+    sent_ledger: Path | None = Field(None, description="File remembering which PM values "
+                                     "(object, period, measurements) are already in the spool, "
+                                     "so a repeated file is counted and moved to done/ without "
+                                     "being sent again, also after a restart; empty: "
+                                     "<pm_dir>/.collector-pm-sent.")
 
 
 class SourcesSettings(_Section):

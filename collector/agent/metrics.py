@@ -143,12 +143,13 @@ class AgentCollector(Collector):
         yield from (runs, samples, errors, secs)
         pm_files = CounterMetricFamily(
             PREFIX + "pm_files", "PM files read, by result: done (new periods), repeated (every "
-            "period read before), older (before the newest period of its gNB), failed (broken: "
-            "moved to failed/).", labels=[*s, "result"])
+            "value already sent before: moved to done/ unsent), older (before the newest period "
+            "of its gNB; sent), failed (broken: moved to failed/).", labels=[*s, "result"])
         pm_values = CounterMetricFamily(
             PREFIX + "pm_values", "PM file values by result: accepted (sent), nil (NIL: not "
             "available in the period), suspect (flagged suspect; also accepted), "
-            "unknown_measurement (a measurement the agent does not accept).",
+            "unknown_measurement (a measurement the agent does not accept), repeated (already "
+            "sent in an earlier file: not sent again).",
             labels=[*s, "result"])
         pm_rejected = CounterMetricFamily(
             PREFIX + "pm_values_rejected", "PM file values rejected, by reason (the file's "

@@ -4,8 +4,9 @@
 sources; only addresses, paths and intervals changed) -> ingest over TLS -> Tansu -> the
 aggregator: while the same site's live host and link samples keep its watermark at "now",
 TS 32.435 files whose periods ended minutes ago publish the cell metrics computed from the
-files' values, a repeated file counts once, an older file does not change what is published,
-and no sample is dropped late.
+files' values, a repeated file is recognised by the agent and not sent again (the aggregator
+sees no duplicate), an older file does not change what is published, and no sample is
+dropped late.
 """
 
 from __future__ import annotations
@@ -229,21 +230,27 @@ async def test_example_config_publishes_pm_cell_metrics_while_live_data_flows(
             os.utime(pm / "A0-again.xml", (time.time() - 60, time.time() - 60))
             _write(pm, "A2.xml", 2, newest_end)
             n_values = _values(_cells(0))
+            n_older = _values(_cells(2))
+            agent_text = ""
 
             async def settled() -> bool:
+                nonlocal agent_text
                 t = await scrape()
-                return (_sample(t, "collector_site_samples_dropped_total", site="jp-tokyo-01",
-                                reason="duplicate") >= n_values
+                agent_text = (await http_request(int(agent.field("port"))))[2].decode()
+                return (_sample(agent_text, "collector_agent_pm_files_total", result="repeated") == 1
                         and _sample(t, "collector_site_samples_received_total",
-                                    site="jp-tokyo-01") >= received + n_values)
+                                    site="jp-tokyo-01") >= received + n_older)
 
             assert await _eventually_async(settled, 90), text[-3000:]
+            # the repeat never left the agent: no duplicate at the aggregator
+            assert _sample(agent_text, "collector_agent_pm_values_total",
+                           result="repeated") == n_values
             assert _sample(text, "collector_site_samples_dropped_total", site="jp-tokyo-01",
-                           reason="duplicate") == n_values
+                           reason="duplicate") == 0
             got = _published(text)
             for key, value in want.items():  # still the newest period's figures
                 assert abs(got[key] - value) <= 1e-12 * abs(value), (key, got[key], value)
-            for reason in ("late", "too_old", "overlap", "rejected", "unknown_metric"):
+            for reason in ("late", "too_old", "overlap", "rejected", "unknown_metric", "duplicate"):
                 assert _sample(text, "collector_site_samples_dropped_total", site="jp-tokyo-01",
                                reason=reason) == 0, reason
             assert sorted(p.name for p in (pm / "done").iterdir()) == [
@@ -251,7 +258,6 @@ async def test_example_config_publishes_pm_cell_metrics_while_live_data_flows(
             # live data kept flowing all along
             assert "edge_host_cpu_utilization_ratio{" in text
             # the agent's own account: one bad value per file, vendor counters not accepted
-            agent_text = (await http_request(int(agent.field("port"))))[2].decode()
             files = {r: _sample(agent_text, "collector_agent_pm_files_total", result=r)
                      for r in ("done", "repeated", "older", "failed")}
             assert files == {"done": 2, "repeated": 1, "older": 1, "failed": 0}

@@ -369,19 +369,156 @@ async def test_bad_values_are_counted_by_reason_and_logged_once_per_file(
     assert [p.name for p in (pm / "done").iterdir()] == ["bad.xml"]
 
 
-async def test_repeated_and_older_files_are_recognised_and_still_sent(tmp_path: Path) -> None:
+async def test_a_repeated_file_is_counted_and_moved_to_done_without_being_sent(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pm = tmp_path / "pm"
     pm.mkdir()
     t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=2)
     cells: dict[str, dict[str, float | int | str]] = {"1": {"MM.HoExeIntraReq": 5}}
-    src, _ = _source(pm)
+    src, reg = _source(pm)
+    sent = []
     for name, k in (("new.xml", 2), ("again.xml", 2), ("older.xml", 0)):
         _drop(pm, name, t0 + dt.timedelta(minutes=15 * k), cells)
         b = BatchBuilder("a", SITE, "boot")
+        with caplog.at_level("INFO"):
+            await src.collect(b, time.time_ns())
+        src.committed()
+        sent.append(len(b))
+    # the repeat is recognised by the agent: not sent again; the older period is sent
+    assert sent == [1, 0, 1]
+    assert {k: v for k, v in src.stats.pm_files.items() if v} == {"done": 1, "repeated": 1, "older": 1}
+    assert sorted(p.name for p in (pm / "done").iterdir()) == ["again.xml", "new.xml", "older.xml"]
+    assert any("again.xml" in r.getMessage() and "repeated file" in r.getMessage()
+               and "1 values already sent" in r.getMessage() for r in caplog.records)
+    text = generate_latest(reg).decode()
+    assert 'collector_agent_pm_values_total{agent_id="a",result="repeated",source="cell"} 1.0' in text
+    assert 'collector_agent_pm_files_total{agent_id="a",result="repeated",source="cell"} 1.0' in text
+
+
+async def test_a_repeat_is_recognised_after_a_restart_and_only_new_groups_are_sent(
+        tmp_path: Path) -> None:
+    pm = tmp_path / "pm"
+    pm.mkdir()
+    t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=2)
+    _drop(pm, "A.xml", t0, {"1": {"MM.HoExeIntraReq": 5, "RRC.ConnMean": 3.0}})
+    src, _ = _source(pm)
+    b = BatchBuilder("a", SITE, "boot")
+    await src.collect(b, time.time_ns())
+    src.committed()
+    assert len(b) == 2
+    assert (pm / ".collector-pm-sent").is_file()
+    # a new agent process over the same directory: the ledger survived
+    _drop(pm, "A-again.xml", t0, {"1": {"MM.HoExeIntraReq": 5, "RRC.ConnMean": 3.0}})
+    _drop(pm, "A-more.xml", t0, {"1": {"MM.HoExeIntraReq": 5, "RRC.ConnMean": 3.0},
+                                 "2": {"MM.HoExeIntraReq": 7}})
+    src2, _ = _source(pm)
+    b2 = BatchBuilder("a", SITE, "boot")
+    await src2.collect(b2, time.time_ns())
+    src2.committed()
+    cols = wire.delta_columns(wire.parse_batch(b2.build(1, 1).SerializeToString()))
+    assert cols.value.tolist() == [7]  # cell 2 only: cell 1's group was sent before
+    assert src2.stats.pm_values["repeated"] == 4
+    assert src2.stats.pm_files["repeated"] == 1
+    assert sorted(p.name for p in (pm / "done").iterdir()) == ["A-again.xml", "A-more.xml", "A.xml"]
+
+
+async def test_a_crash_before_the_spool_write_sends_the_file_again(tmp_path: Path) -> None:
+    pm = tmp_path / "pm"
+    pm.mkdir()
+    t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=2)
+    _drop(pm, "A.xml", t0, {"1": {"MM.HoExeIntraReq": 5}})
+    _drop(pm, "A-copy.xml", t0, {"1": {"MM.HoExeIntraReq": 5}})
+    src, _ = _source(pm)
+    b = BatchBuilder("a", SITE, "boot")
+    await src.collect(b, time.time_ns())
+    assert len(b) == 1  # the copy in the same batch is a repeat of the first
+    # the process dies before the batch reached the spool (no committed())
+    src2, _ = _source(pm)
+    b2 = BatchBuilder("a", SITE, "boot")
+    await src2.collect(b2, time.time_ns())
+    assert len(b2) == 1  # nothing was recorded as sent: sent again, not lost
+    src2.committed()
+    assert len(list((pm / "done").iterdir())) == 2
+    assert not list(pm.glob("*.xml"))
+
+
+async def test_a_torn_or_foreign_ledger_file_does_not_stop_the_source(tmp_path: Path) -> None:
+    pm = tmp_path / "pm"
+    pm.mkdir()
+    t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=2)
+    ledger = pm / ".collector-pm-sent"
+    for junk in (b"not a ledger", None):
+        if junk is not None:
+            ledger.write_bytes(junk)
+        else:  # a torn last record after a valid one
+            ledger.write_bytes(ledger.read_bytes() + b"\x01\x02\x03")
+        _drop(pm, f"A{len(junk or b'')}.xml", t0 + dt.timedelta(minutes=15 if junk else 30),
+              {"1": {"MM.HoExeIntraReq": 5}})
+        src, _ = _source(pm)
+        b = BatchBuilder("a", SITE, "boot")
         await src.collect(b, time.time_ns())
         src.committed()
-        assert len(b) == 1  # the aggregator counts each period once
-    assert {k: v for k, v in src.stats.pm_files.items() if v} == {"done": 1, "repeated": 1, "older": 1}
+        assert len(b) == 1
+    # the rewritten ledger still knows both periods
+    src, _ = _source(pm)
+    for k, name in ((15, "B1.xml"), (30, "B2.xml")):
+        _drop(pm, name, t0 + dt.timedelta(minutes=k), {"1": {"MM.HoExeIntraReq": 5}})
+    b = BatchBuilder("a", SITE, "boot")
+    await src.collect(b, time.time_ns())
+    src.committed()
+    assert len(b) == 0
+    assert src.stats.pm_files["repeated"] == 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.sets(st.sampled_from("123"), min_size=1),
+                          st.booleans()), min_size=1, max_size=10))
+def test_every_group_is_spooled_exactly_once_whatever_the_repeats_and_crashes(
+        deliveries: list[tuple[int, set[str], bool]]) -> None:
+    """Files of periods 0..3 with some of cells 1..3, each delivery spooled or 'crashed'
+    (the batch never reached the spool, the agent restarts): every (cell, period) delivered
+    reaches the spool exactly once."""
+    import asyncio
+    import tempfile
+
+    async def run() -> None:
+        with tempfile.TemporaryDirectory() as d:
+            pm = Path(d)
+            t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=3)
+            src, _ = _source(pm)
+            spooled: list[tuple[str, int]] = []
+            for i, (period, cells, crash) in enumerate(deliveries):
+                _drop(pm, f"F{i}.xml", t0 + dt.timedelta(minutes=15 * period),
+                      {c: {"MM.HoExeIntraReq": int(c)} for c in sorted(cells)})
+                b = BatchBuilder("a", SITE, "boot")
+                await src.collect(b, time.time_ns())
+                got = [(lab.value, int(t))
+                       for batch in [wire.parse_batch(b.build(1, 1).SerializeToString())]
+                       for si, t in zip(wire.delta_columns(batch).series_index.tolist(),
+                                        wire.delta_columns(batch).time_unix_nano.tolist(),
+                                        strict=True)
+                       for lab in batch.series[si].labels if lab.name == "cell"]
+                if crash:
+                    src, _ = _source(pm)  # restart: the unspooled batch is gone
+                    continue
+                src.committed()
+                spooled.extend(got)
+            # the files of crashed deliveries are still in pm_dir: the next scan sends them
+            b = BatchBuilder("a", SITE, "boot")
+            await src.collect(b, time.time_ns())
+            src.committed()
+            batch = wire.parse_batch(b.build(1, 1).SerializeToString())
+            cols = wire.delta_columns(batch)
+            spooled += [(lab.value, int(t)) for si, t in zip(cols.series_index.tolist(),
+                                                             cols.time_unix_nano.tolist(), strict=True)
+                        for lab in batch.series[si].labels if lab.name == "cell"]
+            assert not list(pm.glob("*.xml"))
+            assert len(spooled) == len(set(spooled))  # never twice
+            end0 = int(t0.timestamp() + 900) * NS
+            assert set(spooled) == {(c, end0 + p * 900 * NS) for p, cells, _ in deliveries
+                                    for c in cells}  # nothing lost
+
+    asyncio.run(run())
 
 
 async def test_a_backlog_is_split_across_batches_under_max_batch_bytes(tmp_path: Path) -> None:

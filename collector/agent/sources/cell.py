@@ -4,7 +4,9 @@ PM XML files (TS 32.435 `measCollecFile`, the default adapter `pm_xml`): a gNB o
 drops one XML file per granularity period (typically 15 min) into a directory; this source
 reads new files, turns the measurements it knows (see PM_MEASUREMENTS) into samples at the
 period's end time, and moves each file to done/ (or deletes it). A malformed file is moved
-to failed/ with an error that names it; it never stops the agent.
+to failed/ with an error that names it; it never stops the agent. A file whose (object,
+period) groups were all spooled before (a re-export, a copy) is recognised by the sent-ledger
+(collector/agent/sources/pm_ledger.py), counted as `repeated` and moved to done/ unsent.
 
 Both encodings of TS 32.435 are read: `<measTypes>a b</measTypes>` + `<measResults>1 2
 </measResults>` and `<measType p="1">a</measType>` + `<r p="1">1</r>`. PM counters in these
@@ -50,12 +52,14 @@ from collector.agent.sources.pm import (
     REASONS,
     PmFile,
     PmFileError,
+    PmObject,
     PmSpec,
     PmValue,
     parse_pm_bytes,
     read_pm_file,
     render_meas_collec,
 )
+from collector.agent.sources.pm_ledger import DEFAULT_NAME, SentLedger, fingerprint
 from collector.errors import ConfigError
 
 __all__ = ["PM_MEASUREMENTS", "CellReading", "CellSource", "PmFileError", "parse_pm_bytes",
@@ -191,15 +195,18 @@ class CellSource(Source):
         self._reading_defs: dict[tuple[str, str, str, int, int], SeriesDef | None] = {}
         self._defs: dict[tuple[str, tuple[tuple[str, str], ...], bool], SeriesDef] = {}
         self.max_batch_bytes = max_batch_bytes
-        # The file being sent (maybe across several batches) and how far; files whose samples
-        # are in the current batch, moved once it is in the spool (committed()).
-        self._current: tuple[Path, PmFile, int] | None = None
-        self._pending: list[tuple[Path, str]] = []
+        # The file being sent (maybe across several batches), how far, and its value groups'
+        # fingerprints (pm_ledger.py); files whose samples are in the current batch, moved once
+        # it is in the spool (committed()) after their fingerprints are in the ledger.
+        self._current: tuple[Path, PmFile, int, dict[int, int]] | None = None
+        self._pending: list[tuple[Path, str, dict[int, int]]] = []
         self._uncommitted = False
+        self.ledger = SentLedger(settings.sent_ledger or settings.pm_dir / DEFAULT_NAME)
         # newest period end and recent period ends seen per gNB (repeated/older files)
         self._seen: dict[str, set[int]] = {}
         self.stats.pm_files = dict.fromkeys(("done", "repeated", "older", "failed"), 0)
-        self.stats.pm_values = dict.fromkeys(("accepted", "nil", "suspect", "unknown_measurement"), 0)
+        self.stats.pm_values = dict.fromkeys(("accepted", "nil", "suspect", "unknown_measurement",
+                                              "repeated"), 0)
         self.stats.pm_rejected = dict.fromkeys(REASONS, 0)
         self._warned_missing = False
 
@@ -224,7 +231,7 @@ class CellSource(Source):
         self._warned_missing = False
         limit = time.time() - self.settings.settle_s
         pattern = self.settings.pattern
-        busy = {p for p, _ in self._pending}
+        busy = {p for p, _, _ in self._pending}
         if self._current is not None:
             busy.add(self._current[0])
         found: list[tuple[float, str, Path]] = []
@@ -273,15 +280,48 @@ class CellSource(Source):
                                        "or ends in the future: " + pm.summary())
         pm.values = keep
 
-    def _classify(self, pm: PmFile) -> str:
-        """done (new periods), repeated (every period already read) or older (periods before
-        the newest read from its gNB); all are sent: the aggregator counts a period once."""
+    def _oldest_ok_ns(self, now_unix_nano: int) -> int:
+        return now_unix_nano - int(self.settings.max_age_s * 1e9)
+
+    def _known(self, key: int) -> bool:
+        """Already spooled (the ledger) or in a file of the batch being built."""
+        if key in self.ledger:
+            return True
+        if self._current is not None and key in self._current[3]:
+            return True
+        return any(key in keys for _, _, keys in self._pending)
+
+    def _drop_sent(self, pm: PmFile) -> tuple[dict[int, int], int]:
+        """Take out the values of (object, period) groups already spooled; returns the
+        fingerprints of the file's groups and how many values were taken out."""
+        groups: dict[tuple[PmObject, int, int], list[PmValue]] = {}
+        for v in pm.values:
+            groups.setdefault((v.obj, v.begin_unix_nano, v.end_unix_nano), []).append(v)
+        keys: dict[int, int] = {}
+        keep: list[PmValue] = []
+        dropped = 0
+        for (obj, begin, end), vals in groups.items():
+            key = fingerprint(obj.gnb, obj.cell, obj.function, begin, end,
+                              (v.spec.metric for v in vals))
+            if self._known(key):
+                dropped += len(vals)
+                continue
+            keys[key] = end
+            keep.extend(vals)
+        if dropped:
+            pm.values = keep
+        return keys, dropped
+
+    def _classify(self, pm: PmFile, repeated: bool) -> str:
+        """repeated (every value already spooled: not sent again), older (periods before the
+        newest read from its gNB; sent, the aggregator counts it at its own period) or done."""
         ends = {e for _, e in pm.periods}
+        if repeated:
+            return "repeated"
         if not ends:
             return "done"
         seen = self._seen.setdefault(pm.element, set())
-        result = ("repeated" if ends <= seen else
-                  "older" if seen and max(ends) < max(seen) else "done")
+        result = "older" if seen and max(ends) < max(seen) else "done"
         seen |= ends
         if len(seen) > 4096:  # bounded: keep the newest ends
             self._seen[pm.element] = set(sorted(seen)[-2048:])
@@ -305,15 +345,25 @@ class CellSource(Source):
             st.pm_values["nil"] += pm.nil
             st.pm_values["suspect"] += pm.suspect
             st.pm_values["unknown_measurement"] += sum(pm.unknown.values())
-            result = self._classify(pm)
+            self.ledger.load(self._oldest_ok_ns(now_unix_nano))
+            had = len(pm.values)
+            keys, sent_before = self._drop_sent(pm)
+            st.pm_values["repeated"] += sent_before
+            result = self._classify(pm, repeated=bool(had) and not pm.values)
             st.pm_files[result] += 1
             summary = pm.summary()
+            if sent_before:
+                summary = "; ".join(x for x in (
+                    f"{sent_before} values already sent before (not sent again)", summary) if x)
             if pm.rejected:
                 log.warning("PM file %s: %s", path, summary)
             elif summary or result != "done":
                 log.info("PM file %s: %s%s", path, f"{result} file; " if result != "done" else "",
                          summary or f"{len(pm.values)} values")
-            self._current = (path, pm, 0)
+            if result == "repeated":
+                self._pending.append((path, "done", keys))  # nothing to send: done/ at commit
+                continue
+            self._current = (path, pm, 0, keys)
             return True
         return False
 
@@ -334,7 +384,7 @@ class CellSource(Source):
             if self._current is None and not self._open_next(now_unix_nano, files):
                 break
             assert self._current is not None
-            path, pm, pos = self._current
+            path, pm, pos, keys = self._current
             room = (budget - len(builder) * SAMPLE_BYTES - builder.series_count * SERIES_BYTES)
             take = max(0, room // (SAMPLE_BYTES + SERIES_BYTES))  # as if each a new series
             if take == 0 and len(builder):
@@ -344,17 +394,23 @@ class CellSource(Source):
             self.add_values(builder, pm.values[pos:pos + take])
             pos += take
             if pos < len(pm.values):
-                self._current = (path, pm, pos)
+                self._current = (path, pm, pos, keys)
                 self.backlog = True
                 break
-            self._pending.append((path, "done"))
+            self._pending.append((path, "done", keys))
             self._current = None
         self.backlog = self.backlog or bool(files)
 
     def committed(self) -> None:
-        """The batch of the last collect() is in the spool: its finished files move to done/."""
+        """The batch of the last collect() is in the spool: the fingerprints of its finished
+        files go to the ledger (fsynced), then the files move to done/."""
         self._uncommitted = False
-        for path, sub in self._pending:
+        if self._pending:
+            sent: dict[int, int] = {}
+            for _, _, keys in self._pending:
+                sent.update(keys)
+            self.ledger.add(sent, self._oldest_ok_ns(time.time_ns()))
+        for path, sub, _ in self._pending:
             self._move(path, sub)
         self._pending.clear()
 
