@@ -137,6 +137,17 @@ METRICS: tuple[MetricSpec, ...] = (
     _m("node_rapl_joules_total", SERVER, C, "joules", ("host", "device"),
        "RAPL energy per zone (device = package-N or package-N-dram); raw value in microjoules "
        "(see Series.scale), unwrapped at max_energy_range_uj by the agent."),
+    # --- cell distributions (appended: aggregator checkpoints store a metric by its index
+    # in this tuple, so new metrics go at the end, never in between) ----------------------
+    # Distributions: one series per bin, `le` = the bin's upper bound in dBm / dB ("+Inf" for
+    # the open top bin), counts of UE reports (sent as DELTA per period, or as cumulative
+    # counters); the aggregator renders them as Prometheus histograms (docs/metrics.md).
+    _m("L1M.SS-RSRP.Bin", CELL, C, "reports", (*CELL_LABELS, "le"),
+       "UE SS-RSRP reports in the bin up to `le` dBm (TS 28.552 L1M.SS-RSRP.BinX)."),
+    _m("L1M.SS-RSRQ.Bin", CELL, C, "reports", (*CELL_LABELS, "le"),
+       "UE SS-RSRQ reports in the bin up to `le` dB."),
+    _m("L1M.SS-SINR.Bin", CELL, C, "reports", (*CELL_LABELS, "le"),
+       "UE SS-SINR reports in the bin up to `le` dB."),
 )
 
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}

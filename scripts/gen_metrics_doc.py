@@ -20,7 +20,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from collector.agent.sources.pm import MEASUREMENTS
 from collector.aggregate.config import AggregateSettings
-from collector.aggregate.outputs import FAMILIES, GAUGES, RATES, window_label
+from collector.aggregate.outputs import FAMILIES, GAUGES, HISTOGRAMS, RATES, window_label
 from collector.aggregate.service import SelfMetrics
 from collector.ingest.metrics import IngestMetrics
 
@@ -47,7 +47,9 @@ def render() -> str:
         "All aggregated outputs are gauges computed from the latest *closed* event-time window",
         f"of each series. `window` is the window length (default {windows}; see",
         "`aggregate.windows_s`). Gauge families carry `stat` = `avg` | `min` | `max` over the",
-        "window. Every output carries `site`, `country` (ISO 3166-1 alpha-2) and `region`, so",
+        "window. Histogram families (`_bucket{le}`, `_count`) hold a cell's distribution of UE",
+        "reports in its newest period. Every output carries `site`, `country` (ISO 3166-1",
+        "alpha-2) and `region`, so",
         "country roll-ups are PromQL, e.g.",
         "`sum by (country) (edge_site_link_throughput_bytes_per_second{window=\"1m\"})`.",
         "Throughput is in bytes per second (base unit); dashboards multiply by 8 for bits.",
@@ -146,6 +148,7 @@ def _cell_sources() -> list[str]:
         if not f.name.startswith(("edge_cell_", "edge_site_cell_")):
             continue
         raws = [m for m, (fam, _) in {**RATES, **GAUGES}.items() if fam == f.name]
+        raws += [m for m, (fam, _, _) in HISTOGRAMS.items() if fam == f.name]
         if not raws:  # derived: its source text names the inputs
             names = [n.strip("` ") for n in f.source.split(",")]
             raws = [n for n in names if n in MEASUREMENTS] or names
@@ -161,7 +164,12 @@ def _cell_sources() -> list[str]:
                 continue
             v = value or how[spec.counter]
             subs = " (sub-counters `.<cause>`/`.<QoS>` summed)" if spec.subcounters else ""
-            out.append(f"| `{f.name}` | `{m}`{subs} | {spec.standard} | {spec.raw_unit} | "
+            shown = f"`{m}`{subs}"
+            if spec.bins is not None:
+                v = ("histogram of the period: bucket `le` = upper bound of bin X, cumulative; "
+                     "_count = all reports")
+                shown = f"`{m}<X>` (per-SSB `.<ssb>` sub-counters summed)"
+            out.append(f"| `{f.name}` | {shown} | {spec.standard} | {spec.raw_unit} | "
                        f"{_scale(spec)} | {v} |")
     return out
 
@@ -181,6 +189,13 @@ def pm_table() -> str:
             hi = "inf" if spec.hi is None else f"{spec.hi:g}"
             valid = f"{lo}..{hi}"
         subs = "summed (`.<sub>`); the total wins when present" if spec.subcounters else "-"
+        if spec.bins is not None:
+            first, step, n = spec.bins
+            name = f"{name}<X>"
+            kind = (f"DELTA per bin: series `{spec.metric}`, label `le` = upper bound of bin X "
+                    f"({first:g} + {step:g}·X; bin {n - 1}: `+Inf`)")
+            valid = f"integer 0..2^64-1; X in 0..{n - 1} (else `unknown_bin`)"
+            subs = "per-SSB `.Bin<X>.<ssb>` summed; the bin's total wins when present"
         lines.append(f"| `{name}` | {spec.standard} | {kind} | {spec.raw_unit} | {_scale(spec)} | "
                      f"{spec.unit} | {valid} | {subs} |")
     lines += ["", PM_END]

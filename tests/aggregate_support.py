@@ -269,6 +269,8 @@ def catalog_batches(site: str, country: str, region: str, *, n_batches: int = 8,
                 val = f"{n}{e}"
                 if n == "mode":
                     val = "idle" if e % 2 == 0 else "user"
+                if n == "le":  # a distribution's bin bound
+                    val = ("-100", "-99.5", "+Inf")[e % 3]
                 if nasty and n in ("link", "host", "cell"):
                     val = f'{n} "{e}" \\ back\nslash ü'
                 labels[n] = val

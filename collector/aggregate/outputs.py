@@ -28,7 +28,7 @@ Put = Callable[[str, pl.DataFrame], None]
 @dataclass(frozen=True, slots=True)
 class Family:
     name: str
-    type: str  # "gauge" | "counter"
+    type: str  # "gauge" | "counter" | "histogram" (rendered by collector/exposition/histogram.py)
     unit: str
     labels: tuple[str, ...]
     help: str
@@ -156,6 +156,25 @@ GAUGES: dict[str, tuple[str, str]] = {
 }
 
 
+# raw distribution metric (one series per bin, label `le` = its upper bound) -> histogram
+# family, unit, help. A histogram per cell and window: the UE reports of the cell's newest
+# period (PM files: window = the granularity period) or window (cumulative bin counters).
+_HIST_HELP = (" Prometheus histogram of the UE reports of the cell's newest period (window = the "
+              "PM granularity period): _bucket{le} = reports <= le (cumulative, bounds from TS "
+              "38.133's reporting ranges, the same bounds for every cell of the family so sum by "
+              "(le) aggregates cells, sites and countries), _count = all reports; no _sum (binned "
+              "reports carry no exact sum). It is the distribution of one period, not a "
+              "cumulative counter: use histogram_quantile() on it directly, without rate().")
+HISTOGRAMS: dict[str, tuple[str, str, str]] = {
+    "L1M.SS-RSRP.Bin": ("edge_cell_ss_rsrp_report_dbm", "dBm",
+                        "Distribution of UE SS-RSRP reports (L1M.SS-RSRP.BinX) in dBm." + _HIST_HELP),
+    "L1M.SS-RSRQ.Bin": ("edge_cell_ss_rsrq_report_db", "dB",
+                        "Distribution of UE SS-RSRQ reports (L1M.SS-RSRQ.BinX) in dB." + _HIST_HELP),
+    "L1M.SS-SINR.Bin": ("edge_cell_ss_sinr_report_db", "dB",
+                        "Distribution of UE SS-SINR reports (L1M.SS-SINR.BinX) in dB." + _HIST_HELP),
+}
+
+
 def _sources(table: dict[str, tuple[str, str]], fam: str) -> str:
     return ", ".join(f"`{m}`" for m, (f, _) in table.items() if f == fam)
 
@@ -199,6 +218,9 @@ def _families() -> list[Family]:
         d = ("direction",) if _has_direction(GAUGES, name) else ()
         out.append(Family(name, "gauge", unit, (*SITE, *ent, *d, "window", "stat"),
                           help_ + " stat=avg|min|max over the window.", _sources(GAUGES, name)))
+    for raw, (name, unit, help_) in HISTOGRAMS.items():
+        out.append(Family(name, "histogram", unit, (*SITE, *CELL, "window"), help_,
+                          f"`{raw}` (`le`)"))
     out += [
         Family("edge_link_utilization_ratio", "gauge", "ratio", (*SITE, *LINK, "direction", "window"),
                "Link throughput divided by its nominal speed (average over the window).",
@@ -357,6 +379,8 @@ def build_frames(states: Iterable[PartitionView], *, timestamps: bool = False,
         fam = BY_NAME[name]
         if len(frame):
             cols = [*[pl.col(lb).cast(pl.String) for lb in fam.labels], pl.col("value").cast(pl.Float64)]
+            if fam.type == "histogram":
+                cols.append(pl.col("le").cast(pl.Float64))
             if timestamps and "window" in fam.labels and "end" in frame.columns:
                 cols.append((pl.col("end") // 1_000_000).alias("timestamp_ms"))
             elif total_timestamps and fam.type == "counter" and "at" in frame.columns:
@@ -386,6 +410,7 @@ def build_frames(states: Iterable[PartitionView], *, timestamps: bool = False,
         _site_sums(r, put)
         _derived_counters(c, put)
         _power(rated, put)
+        _histograms(c, put)
     if gs:
         g = pl.concat(gs, how="diagonal_relaxed")
         gm = g.join(_GAUGE_MAP, on="metric_i")
@@ -451,6 +476,26 @@ def _derived_counters(c: pl.DataFrame, put: Put) -> None:
             total=secs.sum(), idle=secs.filter(pl.col("mode") == "idle").sum())
         put("edge_host_cpu_utilization_ratio", agg.filter(pl.col("total") > 0).with_columns(
             value=(1.0 - pl.col("idle") / pl.col("total")).clip(0.0, 1.0)))
+
+
+_HIST_IDS = {_M[m]: fam for m, (fam, _, _) in HISTOGRAMS.items()}
+
+
+def _histograms(c: pl.DataFrame, put: Put) -> None:
+    """Bin counts of a cell's distribution -> per-bucket rows (`le`, value) of its histogram
+    family; collector/exposition/histogram.py makes them cumulative."""
+    h = c.filter(pl.col("metric_i").is_in(list(_HIST_IDS)))
+    if not len(h):
+        return
+    keys = [*_CELL_KEYS, "metric_i"]
+    # One period per histogram: its bins' newest end. A bin the newest period did not report
+    # counts 0 there, never with an older period's count.
+    h = h.filter(pl.col("end") == pl.col("end").max().over(keys))
+    le = (pl.when(pl.col("le") == "+Inf").then(pl.lit(float("inf")))
+          .otherwise(pl.col("le").cast(pl.Float64, strict=False)))  # not a number: null, left out
+    h = h.with_columns(le=le, value=pl.col("inc").cast(pl.Float64) * pl.col("scale"))
+    for (m,), part in h.partition_by("metric_i", as_dict=True).items():
+        put(_HIST_IDS[int(m)], part)
 
 
 def _power(rated: pl.DataFrame, put: Put) -> None:

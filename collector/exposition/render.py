@@ -74,6 +74,9 @@ def render_family(fam: FamilyText, frame: pl.DataFrame) -> str:
 
 def render(families: Iterable[FamilyText], frames: Mapping[str, pl.DataFrame],
            *, skip_empty: bool = True) -> bytes:
+    """Families of type `histogram` take per-bucket counts (collector/exposition/histogram.py)."""
+    from collector.exposition.histogram import render_histogram
+
     out: list[str] = []
     for fam in families:
         frame = frames.get(fam.name)
@@ -81,5 +84,6 @@ def render(families: Iterable[FamilyText], frames: Mapping[str, pl.DataFrame],
             if skip_empty:
                 continue
             frame = pl.DataFrame()
-        out.append(render_family(fam, frame))
+        out.append(render_histogram(fam, frame) if fam.type == "histogram"
+                   else render_family(fam, frame))
     return "".join(out).encode()

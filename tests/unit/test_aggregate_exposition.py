@@ -19,6 +19,7 @@ from collector.aggregate.config import AggregateSettings
 from collector.aggregate.outputs import FAMILIES, build_frames
 from collector.aggregate.service import SelfMetrics
 from collector.aggregate.state import PartitionState
+from collector.exposition.histogram import cumulative
 from collector.exposition.render import FamilyText, render, render_family
 from tests.aggregate_support import catalog_batches
 
@@ -52,7 +53,8 @@ def body(states: list[PartitionState]) -> str:
 
 def test_every_family_has_rows_from_a_full_catalogue(body: str) -> None:
     for f in FAMILIES:
-        assert f"\n{f.name}{{" in body, f"{f.name} has no samples"
+        name = f.name + "_bucket" if f.type == "histogram" else f.name
+        assert f"\n{name}{{" in body, f"{f.name} has no samples"
 
 
 def test_promtool_check_metrics_passes(body: str) -> None:
@@ -77,6 +79,19 @@ def test_parser_round_trip_matches_state(body: str, states: list[PartitionState]
         got = parsed[base]
         assert got.type == fam.type
         frame = frames[fam.name]
+        if fam.type == "histogram":  # per-bucket counts in the frame, cumulative on the wire
+            cum = cumulative(frame, fam.labels)
+            want_b = {(*r[: len(fam.labels)], r[len(fam.labels)]): r[-1] for r in
+                      cum.select(*fam.labels, "le", "value").iter_rows()}
+            got_b = {(*(s.labels[lb] for lb in fam.labels), float(s.labels["le"])): s.value
+                     for s in got.samples if s.name == fam.name + "_bucket"}
+            assert got_b == want_b
+            counts = {tuple(s.labels[lb] for lb in fam.labels): s.value
+                      for s in got.samples if s.name == fam.name + "_count"}
+            assert counts == {k[:-1]: v for k, v in want_b.items() if k[-1] == math.inf}
+            assert counts
+            assert all(v > 0 for v in counts.values())
+            continue
         want = {tuple(r[: len(fam.labels)]): r[-1] for r in frame.iter_rows()}
         samples = {tuple(s.labels[lb] for lb in fam.labels): s.value
                    for s in got.samples if s.name == fam.name}

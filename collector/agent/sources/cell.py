@@ -302,7 +302,7 @@ class CellSource(Source):
         dropped = 0
         for (obj, begin, end), vals in groups.items():
             key = fingerprint(obj.gnb, obj.cell, obj.function, begin, end,
-                              (v.spec.metric for v in vals))
+                              (v.name for v in vals))
             if self._known(key):
                 dropped += len(vals)
                 continue
@@ -425,7 +425,7 @@ class CellSource(Source):
         defs = self._defs
         for v in values:
             spec = v.spec
-            labels = tuple(sorted(v.obj.labels().items()))
+            labels = tuple(sorted(v.labels().items()))
             key = (spec.metric, labels, spec.counter)
             d = defs.get(key)
             if d is None:

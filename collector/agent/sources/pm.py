@@ -22,6 +22,14 @@ into DELTA / period-gauge samples and owns the file lifecycle. What it guarantee
   `DRB.PdcpSduVolumeDL.<5QI>`) of a measurement that has them are summed into it; when a
   file carries the measurement's own total too, the total is used and the sub-counters are
   ignored (never both).
+* **Distributions** (`L1M.SS-RSRP.Bin<X>`, `L1M.SS-RSRQ.Bin<X>`, `L1M.SS-SINR.Bin<X>`): the
+  count of UE reports in bin X of the period. TS 28.552 (5.1.1.22.1) leaves the bins to the
+  implementation; bin X is read as reported value X of TS 38.133's mapping tables
+  (SS-RSRP 10.1.6.1: RSRP_0 < -156 dBm, then 1 dB steps, RSRP_126 >= -31 dBm; SS-RSRQ
+  10.1.11.1: < -43 dB, 0.5 dB steps, >= 20 dB; SS-SINR 10.1.16.1: < -23 dB, 0.5 dB steps,
+  >= 40 dB). Each bin travels as a DELTA count of the series `<name>.Bin` with the label
+  `le` = the bin's upper bound (`+Inf` for the last), so the aggregator renders Prometheus
+  histogram buckets; per-SSB sub-counters (`.Bin<X>.<ssb>`) are summed into the cell's bin.
 """
 
 from __future__ import annotations
@@ -66,6 +74,16 @@ class PmSpec:
     hi: float | None = None  # largest valid raw value
     subcounters: bool = False  # `<name>.<sub>` values are summed into `metric`
     standard: str = "TS 28.552"  # where the name is defined; "vendor" for non-3GPP inputs
+    # distributions: (upper bound of bin 0, bin width, number of bins); the last bin is open
+    bins: tuple[float, float, int] | None = None
+
+    def bin_le(self, x: int) -> str | None:
+        """The `le` label of bin x (its upper bound, "+Inf" for the last); None outside."""
+        assert self.bins is not None
+        first, step, n = self.bins
+        if not 0 <= x < n:
+            return None
+        return "+Inf" if x == n - 1 else f"{first + step * x:g}"
 
 
 def _c(metric: str, unit: str, scale: float, raw: str, *, subs: bool = False,
@@ -76,6 +94,12 @@ def _c(metric: str, unit: str, scale: float, raw: str, *, subs: bool = False,
 def _g(metric: str, unit: str, scale: float, raw: str, *, lo: float | None = 0.0,
        hi: float | None = None, std: str = "TS 28.552") -> PmSpec:
     return PmSpec(metric, False, unit, scale, raw, lo, hi, False, std)
+
+
+def _bins(metric: str, first: float, step: float, n: int, table: str,
+          std: str = "TS 28.552") -> PmSpec:
+    return PmSpec(metric, True, "reports", 0.0, f"UE reports in bin X (TS 38.133 {table})",
+                  0.0, None, True, std, (first, step, n))
 
 
 # Accepted measurements: TS 28.552 name -> catalogue series. docs/agent.md's table is
@@ -107,6 +131,13 @@ MEASUREMENTS: dict[str, PmSpec] = {
     "L1M.SS-RSRP": _g("L1M.SS-RSRP", "dBm", 0.0, "dBm", lo=None),
     "L1M.SS-RSRQ": _g("L1M.SS-RSRQ", "dB", 0.0, "dB", lo=None),
     "L1M.SS-SINR": _g("L1M.SS-SINR", "dB", 0.0, "dB", lo=None),
+    # SS radio quality distributions (5.1.1.22.1): `<name>.Bin<X>`, bin X = TS 38.133 reported
+    # value X; sent as `<name>.Bin` DELTA counts with `le` = the bin's upper bound
+    "L1M.SS-RSRP.Bin": _bins("L1M.SS-RSRP.Bin", -156.0, 1.0, 127, "10.1.6.1"),
+    "L1M.SS-RSRQ.Bin": _bins("L1M.SS-RSRQ.Bin", -43.0, 0.5, 128, "10.1.11.1",
+                             std="TS 28.552 pattern (SS-RSRQ): vendor"),
+    "L1M.SS-SINR.Bin": _bins("L1M.SS-SINR.Bin", -23.0, 0.5, 128, "10.1.16.1",
+                             std="TS 28.552 pattern (SS-SINR): vendor"),
     # availability: unavailable time per period (seconds, per cause summed) -> the TS 28.554
     # availability KPI 1 - unavailable / period; the percentage some vendors report directly
     "RRU.CellUnavailableTime": _c("RRU.CellUnavailableTime", "seconds", 0.0, "s", subs=True,
@@ -118,7 +149,7 @@ MEASUREMENTS: dict[str, PmSpec] = {
 # Why a value was rejected (the agent's collector_agent_pm_values_rejected_total{reason}).
 REASONS = ("unknown_index", "result_count", "no_object", "not_a_number", "not_finite",
            "negative", "counter_overflow", "fractional_counter", "out_of_range", "too_old",
-           "in_future")
+           "in_future", "unknown_bin")
 NIL_TEXT = frozenset({"", "NIL", "nil", "Nil", "-"})
 
 
@@ -144,6 +175,18 @@ class PmValue:
     end_unix_nano: int
     value: int | float  # raw value (int for counters)
     suspect: bool
+    le: str = ""  # a distribution bin's upper bound (the `le` label); "" otherwise
+
+    def labels(self) -> dict[str, str]:
+        out = self.obj.labels()
+        if self.le:
+            out["le"] = self.le
+        return out
+
+    @property
+    def name(self) -> str:
+        """The series this value belongs to within its object: metric (+ bin)."""
+        return f"{self.spec.metric}{{le={self.le}}}" if self.le else self.spec.metric
 
 
 @dataclass(slots=True)
@@ -243,6 +286,20 @@ def measured_object(obj_ldn: str, element_dn: str) -> PmObject | None:
     return PmObject(gnb, function=f"{k}={v}")
 
 
+_BIN = re.compile(r"^(?P<base>.+\.Bin)(?P<x>\d+)(?:\.(?P<sub>.+))?$")
+
+
+def lookup_bin(meas: str) -> tuple[PmSpec, int, bool] | None:
+    """(spec, bin index, is a sub-counter) for `<name>.Bin<X>[.<sub>]` of a distribution."""
+    m = _BIN.match(meas)
+    if m is None:
+        return None
+    spec = MEASUREMENTS.get(m["base"])
+    if spec is None or spec.bins is None:
+        return None
+    return spec, int(m["x"]), m["sub"] is not None
+
+
 def lookup(meas: str) -> tuple[PmSpec, bool] | None:
     """(spec, is a sub-counter) for an accepted name or a sub-counter of one."""
     spec = MEASUREMENTS.get(meas)
@@ -313,7 +370,7 @@ def parse_pm_bytes(data: bytes, name: str) -> PmFile:
     sender = header.find("fileSender")
     sender_dn = (sender.get("localDn") or "") if sender is not None else ""
     out = PmFile(name, "")
-    sums: dict[tuple[PmObject, PmSpec, int, int], list[Any]] = {}
+    sums: dict[tuple[PmObject, PmSpec, int, int, str], list[Any]] = {}
     for md in root.findall("measData"):
         me = md.find("managedElement")
         element_dn = ((me.get("localDn") or "") if me is not None else "") or sender_dn
@@ -323,18 +380,19 @@ def parse_pm_bytes(data: bytes, name: str) -> PmFile:
         for mi in md.findall("measInfo"):
             _meas_info(mi, element_dn, name, out, sums)
     # totals and sub-counters: the measurement's own total wins; else the sum of its subs
-    for (obj, spec, begin, end), (total, subs, suspect) in sums.items():
+    for (obj, spec, begin, end, le), (total, subs, suspect) in sums.items():
         if total is None:
             if subs >= U64:
-                out.reject("counter_overflow", f"{obj.labels()} {spec.metric} (sum of sub-counters)")
+                out.reject("counter_overflow", f"{obj.labels()} {spec.metric}{le and ' le=' + le} "
+                                               "(sum of sub-counters)")
                 continue
             total = subs
-        out.values.append(PmValue(obj, spec, begin, end, total, suspect))
+        out.values.append(PmValue(obj, spec, begin, end, total, suspect, le))
     return out
 
 
 def _meas_info(mi: Any, element_dn: str, name: str, out: PmFile,
-               sums: dict[tuple[PmObject, PmSpec, int, int], list[Any]]) -> None:
+               sums: dict[tuple[PmObject, PmSpec, int, int, str], list[Any]]) -> None:
     info_id = mi.get("measInfoId", "?")
     gp = mi.find("granPeriod")
     if gp is None:
@@ -379,11 +437,24 @@ def _meas_info(mi: Any, element_dn: str, name: str, out: PmFile,
             if text.strip() in NIL_TEXT:
                 out.nil += 1
                 continue
+            le = ""
             found = lookup(meas)
             if found is None:
-                out.unknown[meas] += 1
-                continue
-            spec, is_sub = found
+                binned = lookup_bin(meas)
+                if binned is None:
+                    out.unknown[meas] += 1
+                    continue
+                spec, x, is_sub = binned
+                le = spec.bin_le(x) or ""
+                if not le:
+                    out.reject("unknown_bin", f"{where_obj} {meas} (bins 0..{spec.bins[2] - 1})"
+                               if spec.bins else f"{where_obj} {meas}")
+                    continue
+            else:
+                spec, is_sub = found
+                if spec.bins is not None:  # `L1M.SS-RSRP.Bin` without an index
+                    out.unknown[meas] += 1
+                    continue
             reason, value = check_value(text, spec)
             if reason is not None:
                 out.reject(reason, f"{where_obj} {meas}={text.strip()[:32]!r}")
@@ -393,7 +464,7 @@ def _meas_info(mi: Any, element_dn: str, name: str, out: PmFile,
                 continue
             if suspect:
                 out.suspect += 1
-            key = (obj, spec, begin, end)
+            key = (obj, spec, begin, end, le)
             if not spec.counter:
                 out.values.append(PmValue(obj, spec, begin, end, value, suspect))
                 continue
