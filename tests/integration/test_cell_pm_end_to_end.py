@@ -11,7 +11,9 @@ dropped late.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import math
 import os
 import shutil
 import time
@@ -27,6 +29,7 @@ from collector.aggregate.service import Aggregator
 from collector.broker import EmbeddedBroker
 from collector.config import load_settings
 from collector.devcerts import DevCerts
+from collector.monitoring import LocalPrometheus, find_binary, prometheus_config
 from tests.agent_support import Proc, agent_tls, write_yaml
 from tests.aggregate_support import http_request
 from tests.ingest_support import ingest_settings, started, token_for
@@ -63,7 +66,14 @@ def _cells(k: int) -> dict[str, dict[str, float | int | str]]:
             "RRU.CellUnavailableTime": 45 * c,  # seconds of the period
             "L1M.SS-RSRP": -88.5 - c,
             "VS.Vendor.Counter": 3,  # not accepted: counted, not sent
+            # SS-RSRP distribution: UE reports per bin (bin X = TS 38.133 RSRP_X), one bin
+            # split per SSB beam (summed), and SINR bins on cell 101 only
+            "L1M.SS-RSRP.Bin58": 3 + k, "L1M.SS-RSRP.Bin60": 20 + c, "L1M.SS-RSRP.Bin61": 10,
+            "L1M.SS-RSRP.Bin62.0": 4, "L1M.SS-RSRP.Bin62.1": 6 + c, "L1M.SS-RSRP.Bin70": 2 + c,
+            "L1M.SS-RSRP.Bin126": 1,
         }
+        if c == 0:
+            v.update({"L1M.SS-SINR.Bin60": 5, "L1M.SS-SINR.Bin80": 7 + k, "L1M.SS-SINR.Bin127": 1})
         if c == 0:  # PRB use in percent
             v.update({"RRU.PrbTotDl": 61.5 - k, "RRU.PrbTotUl": 22.0})
         else:  # PRB use as mean used / available PRBs
@@ -75,6 +85,53 @@ def _cells(k: int) -> dict[str, dict[str, float | int | str]]:
 
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
+# distribution -> (histogram family, upper bound of bin X)
+BINS = {"L1M.SS-RSRP.Bin": ("edge_cell_ss_rsrp_report_dbm",
+                            lambda x: -156.0 + x if x < 126 else math.inf),
+        "L1M.SS-SINR.Bin": ("edge_cell_ss_sinr_report_db",
+                            lambda x: -23.0 + 0.5 * x if x < 127 else math.inf)}
+
+
+def _bins(v: dict[str, Any]) -> dict[str, dict[float, int]]:
+    """distribution -> {upper bound: reports} of one object's file values (SSBs summed)."""
+    out: dict[str, dict[float, int]] = {}
+    for m, n in v.items():
+        base, sep, rest = m.partition(".Bin")
+        if sep and base + sep in BINS:
+            le = BINS[base + sep][1](int(rest.split(".")[0]))
+            out.setdefault(base + sep, {}).setdefault(le, 0)
+            out[base + sep][le] += n
+    return out
+
+
+def _cumulative(cells: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """distribution -> cell -> [(le, reports <= le)] at the bounds every cell of the family
+    gets (the union of their bounds, +Inf)."""
+    per = {c: _bins(v) for c, v in cells.items()}
+    out: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for dist in BINS:
+        have = {c: b[dist] for c, b in per.items() if dist in b}
+        bounds = sorted({le for b in have.values() for le in b} | {math.inf})
+        out[dist] = {c: [(le, float(sum(n for x, n in b.items() if x <= le))) for le in bounds]
+                     for c, b in have.items()}
+    return out
+
+
+def _quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus 2.x's histogram_quantile (promql/quantile.go bucketQuantile) over
+    cumulative buckets ending with +Inf: linear interpolation inside the bucket."""
+    rank = q * buckets[-1][1]
+    b = next(i for i, (_, v) in enumerate(buckets) if v >= rank)
+    if b == len(buckets) - 1:
+        return buckets[-2][0]
+    if b == 0 and buckets[0][0] <= 0:
+        return buckets[0][0]
+    start, count = 0.0, buckets[b][1]
+    if b > 0:
+        start = buckets[b - 1][0]
+        count -= buckets[b - 1][1]
+        rank -= buckets[b - 1][1]
+    return start + (buckets[b][0] - start) * (rank / count)
 
 
 def _expected(cells: dict[str, dict[str, Any]]) -> dict[Key, float]:
@@ -118,6 +175,14 @@ def _expected(cells: dict[str, dict[str, Any]]) -> dict[Key, float]:
         put("edge_cell_availability_ratio", 1 - v["RRU.CellUnavailableTime"] / PERIOD_S,
             ("stat", "avg"))
         put("edge_cell_ss_rsrp_dbm", v["L1M.SS-RSRP"], ("stat", "avg"))
+    for dist, per_cell in _cumulative(cells).items():
+        fam = BINS[dist][0]
+        for cell, buckets in per_cell.items():
+            base = (("cell", cell), ("gnb", GNB), ("window", "15m"))
+            for le, n in buckets:
+                want[(fam + "_bucket", tuple(sorted((*base, ("le", "+Inf" if le == math.inf
+                                                                 else repr(le))))))] = n
+            want[(fam + "_count", base)] = buckets[-1][1]
     return want
 
 
@@ -125,8 +190,9 @@ def _values(cells: dict[str, dict[str, Any]]) -> int:
     """Samples the agent sends for a file: sub-counters summed, bad and unknown left out."""
     n = 0
     for v in cells.values():
-        names = {m.rsplit(".", 1)[0] if m.startswith("RRC.ConnEstab") else m for m, x in v.items()
-                 if not isinstance(x, str) and not m.startswith("VS.")}
+        names = {m.rsplit(".", 1)[0] if m.startswith("RRC.ConnEstab") or (".Bin" in m and
+                 m.count(".") == 3) else m
+                 for m, x in v.items() if not isinstance(x, str) and not m.startswith("VS.")}
         n += len(names)
     return n
 
@@ -224,6 +290,7 @@ async def test_example_config_publishes_pm_cell_metrics_while_live_data_flows(
             got = _published(text)
             for key, value in want.items():
                 assert abs(got[key] - value) <= 1e-12 * abs(value), (key, got[key], value)
+            await _check_quantiles_on_a_real_prometheus(agg.metrics_port, tmp_path, _cells(0))
             received = _sample(text, "collector_site_samples_received_total", site="jp-tokyo-01")
             # a repeated file (same periods, another name) and an older one (k=2)
             shutil.copy(pm / "done" / "A0.xml", pm / "A0-again.xml")
@@ -273,9 +340,46 @@ async def test_example_config_publishes_pm_cell_metrics_while_live_data_flows(
             await server.stop()
 
 
-async def _eventually_async(pred: Any, within: float) -> bool:
-    import asyncio
+async def _check_quantiles_on_a_real_prometheus(port: int, tmp: Path,
+                                                cells: dict[str, dict[str, Any]]) -> None:
+    """A real Prometheus scrapes the aggregator: histogram_quantile() over the cell histograms
+    (per cell, and summed over cells by le) equals the quantile computed from the file's bins."""
+    binary = find_binary("prometheus")
+    assert binary, "prometheus missing: make setup-test installs Debian's prometheus package"
+    cfg = prometheus_config({"aggregate": [f"127.0.0.1:{port}"]}, tmp / "prom", scrape_interval="1s")
+    cum = _cumulative(cells)
+    rsrp = cum["L1M.SS-RSRP.Bin"]
+    summed = [(le, rsrp["101"][i][1] + rsrp["102"][i][1]) for i, (le, _) in enumerate(rsrp["101"])]
+    checks = [
+        ('histogram_quantile(0.5, edge_cell_ss_rsrp_report_dbm_bucket{cell="101", window="15m"})',
+         _quantile(0.5, rsrp["101"])),
+        ('histogram_quantile(0.95, edge_cell_ss_rsrp_report_dbm_bucket{cell="102", window="15m"})',
+         _quantile(0.95, rsrp["102"])),
+        ('histogram_quantile(0.9, sum by (le) (edge_cell_ss_rsrp_report_dbm_bucket{window="15m"}))',
+         _quantile(0.9, summed)),
+        ('histogram_quantile(0.5, edge_cell_ss_sinr_report_db_bucket{cell="101", window="15m"})',
+         _quantile(0.5, cum["L1M.SS-SINR.Bin"]["101"])),
+    ]
+    async with LocalPrometheus(binary, cfg, tmp / "prom") as prom:
+        got: dict[str, float] = {}
 
+        async def answered() -> bool:
+            for expr, _ in checks:
+                r = await asyncio.to_thread(prom.query, expr)
+                if not r:
+                    return False
+                got[expr] = float(r[0]["value"][1])
+            return True
+
+        assert await _eventually_async(answered, 60), got
+    print("\nhistogram_quantile | expected | Prometheus")
+    for expr, want in checks:
+        print(f"{expr} | {want!r} | {got[expr]!r}")
+        assert math.isfinite(want)
+        assert abs(got[expr] - want) <= 1e-9 * max(1.0, abs(want)), (expr, got[expr], want)
+
+
+async def _eventually_async(pred: Any, within: float) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if await pred():
