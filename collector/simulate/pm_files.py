@@ -12,20 +12,26 @@ the agent did): volumes and handovers = the sum of the model's per-tick incremen
 ticks in the period, written in the file's TS 28.552 units (integer Mbit, floored; the
 sub-Mbit rest carries into the next period, as a gNB's internal byte counter would);
 gauges = the mean over the period's ticks (RRC.ConnMax: the maximum), in percent, kbit/s,
-UEs, dBm, dB. `truth` holds, per written period, the catalogue-unit figures the aggregator
-must publish: throughput = Mbit * 125000 / period, PRB ratio = percent / 100, ...
+UEs, dBm, dB. Distributions (L1M.SS-RSRP/RSRQ/SINR.Bin<X>): one UE report per connected
+user per 10 s of the period, spread as a normal distribution around the period's mean
+(sigma 6 dB RSRP, 2 dB RSRQ, 4 dB SINR) over TS 38.133's bins, rounded to whole reports that
+add up exactly; the file has every bin with a report and the empty bins next to them (so a
+bucket never spans more than one bin's range). `truth` holds, per written period, the
+catalogue-unit figures the aggregator must publish: throughput = Mbit * 125000 / period,
+PRB ratio = percent / 100, histogram buckets = reports <= each written bin's bound, ...
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from collector.agent.sources.pm import render_meas_collec
+from collector.agent.sources.pm import MEASUREMENTS, render_meas_collec
 from collector.simulate.model import CELL_COUNTERS, CELL_GAUGES, Block, FleetModel
 
 NS = 1_000_000_000
@@ -38,6 +44,39 @@ _GAUGE_RAW = {
     "CELL.Availability": (100.0, "mean"), "CELL.CoverageRatio": (100.0, "mean"),
     "L1M.SS-RSRP": (1.0, "mean"), "L1M.SS-RSRQ": (1.0, "mean"), "L1M.SS-SINR": (1.0, "mean"),
 }
+
+
+# distribution -> (the period mean it is centred on, sigma, histogram family)
+_DISTRIBUTIONS = {
+    "L1M.SS-RSRP.Bin": ("L1M.SS-RSRP", 6.0, "edge_cell_ss_rsrp_report_dbm"),
+    "L1M.SS-RSRQ.Bin": ("L1M.SS-RSRQ", 2.0, "edge_cell_ss_rsrq_report_db"),
+    "L1M.SS-SINR.Bin": ("L1M.SS-SINR", 4.0, "edge_cell_ss_sinr_report_db"),
+}
+REPORT_EVERY_S = 10  # one report per connected UE per 10 s
+
+
+def bin_counts(dist: str, mean: float, reports: int) -> dict[int, int]:
+    """Reports per bin X of a distribution: a normal around `mean`, whole reports summing to
+    `reports` (largest remainders), the bins with reports and their empty neighbours."""
+    first, step, n = MEASUREMENTS[dist].bins or (0.0, 1.0, 1)
+    sigma = _DISTRIBUTIONS[dist][1]
+
+    def cdf(x: float) -> float:
+        return 0.5 * (1.0 + math.erf((x - mean) / (sigma * math.sqrt(2.0))))
+
+    uppers = [first + step * x for x in range(n - 1)] + [math.inf]
+    probs, below = [], 0.0
+    for u in uppers:
+        c = 1.0 if u == math.inf else cdf(u)
+        probs.append(c - below)
+        below = c
+    raw = [p * reports for p in probs]
+    counts = [int(r) for r in raw]
+    for x in sorted(range(n), key=lambda i: (counts[i] - raw[i], i))[:reports - sum(counts)]:
+        counts[x] += 1
+    keep = {x for x in range(n) if counts[x]}
+    keep |= {x + d for x in keep for d in (-1, 1) if 0 <= x + d < n}
+    return {x: counts[x] for x in sorted(keep)}
 
 
 @dataclass(slots=True)
@@ -130,8 +169,16 @@ class PmWriter:
                 factor, stat = _GAUGE_RAW[name]
                 raw = (acc.gmax[i, j] if stat == "max" else acc.gsum[i, j] / acc.n) * factor
                 v[name] = round(float(raw), 6)
+            reports = round(float(v["RRC.ConnMean"]) * g_s / REPORT_EVERY_S)
+            hist: dict[str, dict[int, int]] = {}
+            if reports > 0:
+                for dist, (mean_of, _, _) in _DISTRIBUTIONS.items():
+                    hist[dist] = bin_counts(dist, float(v[mean_of]), reports)
+                    v.update({f"{dist}{x}": n for x, n in hist[dist].items()})
             cells[lb["cell"]] = v
-            self.truth[(st.info.site_id, lb["gnb"], lb["cell"], end_ns)] = _catalogue(v, g_s)
+            truth = _catalogue(v, g_s)
+            truth.update(_histogram_truth(hist))
+            self.truth[(st.info.site_id, lb["gnb"], lb["cell"], end_ns)] = truth
         begin = dt.datetime.fromtimestamp(acc.period * g_s, dt.UTC)
         data = render_meas_collec(begin=begin, duration_s=g_s, element=gnb, cells=cells,
                                   positional=site % 2 == 1)
@@ -141,6 +188,23 @@ class PmWriter:
         tmp.write_bytes(data)
         os.replace(tmp, d / name)  # appears complete: settle_s can be 0
         self.files += 1
+
+
+def _histogram_truth(hist: dict[str, dict[int, int]]) -> dict[str, float]:
+    """family_bucket/le=<bound> -> reports <= bound for every bin written, + Inf and _count
+    (the bounds spelt as /metrics does: "-96.0", "+Inf")."""
+    out: dict[str, float] = {}
+    for dist, counts in hist.items():
+        fam = _DISTRIBUTIONS[dist][2]
+        spec = MEASUREMENTS[dist]
+        total = 0
+        for x, n in sorted(counts.items()):
+            total += n
+            le = spec.bin_le(x)
+            out[f"{fam}_bucket/le={'+Inf' if le == '+Inf' else repr(float(le or 'nan'))}"] = total
+        out[f"{fam}_bucket/le=+Inf"] = sum(counts.values())
+        out[f"{fam}_count"] = sum(counts.values())
+    return out
 
 
 def _catalogue(v: dict[str, float | int | str], period_s: int) -> dict[str, float]:

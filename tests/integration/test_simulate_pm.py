@@ -35,6 +35,7 @@ def _published(text: str) -> dict[tuple[str, str, str, str], float]:
             if lb.get("stat", "avg") != ("max" if s.name.endswith("_peak") else "avg"):
                 continue
             key = s.name + (f"/{lb['direction']}" if lb.get("direction") else "")
+            key += f"/le={lb['le']}" if "le" in lb else ""  # histogram buckets
             out[(lb["site"], lb["cell"], key, lb.get("country", ""))] = s.value
     return out
 

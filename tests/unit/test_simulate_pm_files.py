@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 
-from collector.agent.sources.pm import read_pm_file
+from collector.agent.sources.pm import MEASUREMENTS, read_pm_file
 from collector.simulate.model import CELL_COUNTERS, FleetGenerator, FleetModel
-from collector.simulate.pm_files import MBIT, PmWriter
+from collector.simulate.pm_files import MBIT, PmWriter, bin_counts
 from tests.simulate_support import NS, START_S, small
 
 
@@ -50,3 +53,23 @@ def test_files_hold_whole_periods_of_the_models_increments_exactly(tmp_path: Pat
             # Mbit floored per period; the rest carries on: never more than 1 Mbit behind
             assert 0 <= truth_bytes - got[(cell, "DRB.PdcpSduVolumeDL")] * MBIT < MBIT
             assert got[(cell, "MM.HoExeIntraReq")] == int(inc[2, written].sum())
+
+
+@settings(max_examples=80, deadline=None)
+@given(hst.sampled_from(["L1M.SS-RSRP.Bin", "L1M.SS-RSRQ.Bin", "L1M.SS-SINR.Bin"]),
+       hst.floats(-170.0, 60.0), hst.integers(1, 100_000))
+def test_simulated_bins_hold_every_report_once_and_frame_them_with_empty_bins(
+        dist: str, mean: float, reports: int) -> None:
+    counts = bin_counts(dist, mean, reports)
+    assert sum(counts.values()) == reports  # whole reports, none lost to rounding
+    n = MEASUREMENTS[dist].bins[2]  # type: ignore[index]
+    assert all(0 <= x < n for x in counts)
+    for x, c in counts.items():
+        if c:  # its neighbours are written too (empty or not)
+            assert all(x + d in counts for d in (-1, 1) if 0 <= x + d < n)
+    # the fullest bin is the one holding the mean (the normal's mode), clamped to the table
+    first, step, _ = MEASUREMENTS[dist].bins  # type: ignore[misc]
+    mode = max(counts, key=lambda x: (counts[x], -x))
+    want = min(max(0, math.ceil((mean - first) / step + 1e-12)), n - 1)
+    if reports >= 1000 and 0 < want < n - 1:
+        assert abs(mode - want) <= 1
