@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from collector.aggregate.decode import Decoder, check, poll_columns
+from collector.aggregate.heap import retain_freed_heap
 from collector.aggregate.outputs import FAMILIES, build_frames
 from collector.aggregate.service import Aggregator
 from collector.aggregate.state import PartitionState
@@ -325,6 +326,9 @@ async def main() -> int:
     ap.add_argument("--series-exposed", type=int, default=100_000)
     args = ap.parse_args()
 
+    # the aggregator's own heap setting (Aggregator.start applies it too), for every stage alike
+    heap = retain_freed_heap(load_settings().aggregate.heap_retain_mb)
+    print("heap: freed memory kept for reuse (aggregate.heap_retain_mb):", "yes" if heap else "no")
     sizes = sorted(set(args.samples_per_batch))
     topics = {spb: f"bench.telemetry.{spb}" for spb in sizes}
     results: dict[int, dict[str, float]] = {}

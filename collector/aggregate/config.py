@@ -156,6 +156,15 @@ class AggregateSettings(BaseModel):
             "time is used."
         ),
     )
+    heap_retain_mb: int = Field(
+        256, ge=0,
+        description=(
+            "glibc only: keep up to this many MiB of freed heap for reuse instead of returning "
+            "it to the kernel after every window close (a close allocates and frees many "
+            "multi-megabyte NumPy arrays; re-faulting them costs several times the arithmetic). "
+            "Resident memory stays up to this much above what is in use. 0 = glibc's defaults."
+        ),
+    )
     stop_grace_s: float = Field(
         10.0, ge=0,
         description="On stop: how long to wait for the final checkpoint before giving up.",

@@ -38,6 +38,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from collector.aggregate.heap import retain_freed_heap
 from collector.aggregate.outputs import FAMILIES, build_frames
 from collector.aggregate.state import NS, PartitionState, WindowSink
 from collector.errors import BrokerError, ConfigError, ProtocolError
@@ -227,6 +228,7 @@ class Aggregator:
             return
         self._started = True
         self._stopping.clear()
+        retain_freed_heap(self.cfg.heap_retain_mb)
         try:
             quiet = _QuietBootstrap()
             logging.getLogger("aiokafka").addFilter(quiet)  # our one line below names the address

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from collector.aggregate.config import AggregateSettings
 from collector.aggregate.decode import Decoder, decode
-from collector.aggregate.state import PartitionState
+from collector.aggregate.heap import retain_freed_heap
+from collector.aggregate.state import PartitionState, _by_series_time
 from collector.errors import ProtocolError
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from tests.aggregate_support import NS, T0, SeriesDef, make_batch, make_fleet
@@ -177,3 +178,26 @@ def test_records_total_counts_each_record_once() -> None:
     assert agg.registry.get_sample_value("collector_aggregate_records_total", {"partition": "0"}) == 5
     assert st.records == 10
     assert st.sites[0].dup_batches == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(-5, 5)), max_size=300),
+       st.sampled_from([0, T0, 2**62]))
+def test_series_time_order_is_lexsort(pairs: list[tuple[int, int]], base: int) -> None:
+    """The close path's one-key stable sort orders exactly like lexsort((t, sid)), repeated
+    timestamps included (both stable), and falls back to lexsort when the key would overflow."""
+    sid = np.array([p[0] for p in pairs], np.uint32)
+    t = np.array([base + p[1] * NS for p in pairs], np.int64)
+    assert np.array_equal(_by_series_time(sid, t), np.lexsort((t, sid)))
+    if len(t):
+        wide = t.copy()
+        wide[0] = 0  # span ~ base: (max sid + 1) * span can pass 2^63
+        assert np.array_equal(_by_series_time(sid, wide), np.lexsort((wide, sid)))
+
+
+def test_heap_setting_applies_on_glibc_only_when_asked() -> None:
+    import platform
+
+    assert retain_freed_heap(0) is False  # 0 = glibc's defaults, nothing is called
+    applied = retain_freed_heap(256)
+    assert applied is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
