@@ -81,6 +81,8 @@ def counter_deltas(
     bits: npt.NDArray[np.uint8],
     carry: Carry,
     max_rate: float | npt.NDArray[np.float64] | None = None,
+    *,
+    first: npt.NDArray[np.bool_] | None = None,
 ) -> Deltas:
     """Deltas of samples sorted by (sid, t); updates `carry` with each series' last sample.
 
@@ -88,14 +90,16 @@ def counter_deltas(
     `bits` is the declared width per sample (32 or 64). `max_rate`: the largest plausible
     increase per second (one number, or one per sample: a link's own speed); a wrap that
     implies more is a reset, and an interval in which more than the counter's range could
-    have passed is ambiguous.
+    have passed is ambiguous. `first`: the mask of each series' first sample, when the caller
+    has it already.
     """
     n = len(sid)
     if n == 0:
         z = np.zeros(0, bool)
         return Deltas(np.zeros(0, U64), np.zeros(0, np.int64), z, z, z, z)
-    first = np.ones(n, bool)
-    first[1:] = sid[1:] != sid[:-1]
+    if first is None:
+        first = np.ones(n, bool)
+        first[1:] = sid[1:] != sid[:-1]
     fsid = sid[first]
     prev_v = np.empty(n, U64)
     prev_v[1:] = v[:-1]

@@ -60,6 +60,7 @@ _IS_COUNTER = np.array([m.kind is Kind.COUNTER for m in METRICS])
 # discards too: a packet has at least one byte): the plausible rate of the gap rule.
 _SPEED_M = METRIC_INDEX["link_speed_bytes"]
 _LINK_COUNTER = np.array([m.kind is Kind.COUNTER and m.name.startswith("link_") for m in METRICS])
+_LINK_COUNTER_METRICS = tuple(np.flatnonzero(_LINK_COUNTER).tolist())
 EXCLUDE_REASONS = ("ambiguous_gap",)
 
 _TWO32 = pl.lit(1 << 32, dtype=pl.Int128)
@@ -73,6 +74,7 @@ DROP_REASONS = ("late", "duplicate", "dedup_expired", "rejected", "unknown_metri
                 "too_old", "overlap")
 _NO_SAMPLE = np.iinfo(np.int64).min  # s_last of a series that has no processed sample yet
 _NO_STEP = np.iinfo(np.int64).max
+_UNRESOLVED = -2  # s_speed_of of a series not looked up yet
 # Checkpoint format: 2 added the per-series sample ledger (series frame: first, step, count);
 # 3 keeps counter pane increases as 32-bit half sums (hi, lo) instead of one Int128.
 CHECKPOINT_VERSION = 3
@@ -146,6 +148,25 @@ def _by_series_time(sid: np.ndarray, t: np.ndarray) -> np.ndarray:
     if (int(sid.max()) + 1) * span >= 1 << 63:
         return np.lexsort((t, sid))
     return np.argsort(sid.astype(np.int64) * span + (t - t0), kind="stable")
+
+
+def _series_runs(sid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Of samples sorted by series: the mask of each series' first sample, and its positions
+    (computed once per close and shared by every step that works per series)."""
+    first = np.ones(len(sid), bool)
+    first[1:] = sid[1:] != sid[:-1]
+    return first, np.flatnonzero(first)
+
+
+def _group_sum(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """`np.add.reduceat(x, starts)` of an integer column (groups start at `starts`, the first
+    at 0), as differences of one running sum: modular arithmetic, so exact whenever each
+    group's sum fits the result type (uint64 for unsigned input, as reduceat gives), and
+    about twice as fast as reduceat on groups of a few rows."""
+    c = np.cumsum(x, dtype=np.uint64 if x.dtype.kind in "ub" else np.int64)
+    out = c[np.append(starts[1:], len(x)) - 1]
+    out[1:] -= c[starts[1:] - 1]
+    return out
 
 
 def _empty(schema: Mapping[str, Any]) -> pl.DataFrame:
@@ -314,6 +335,9 @@ class PartitionState:
         self.s_count = np.zeros(0, np.int64)
         # last link speed seen per link_speed_bytes series (bytes/s, scaled; 0 = none yet)
         self.s_speed = np.zeros(0, np.float64)
+        # per series: the link_speed_bytes series of its link (-1: none), _UNRESOLVED until
+        # looked up (see _plausible_rate); not in the checkpoint, rebuilt as needed
+        self.s_speed_of = np.zeros(0, np.int64)
         # corrected cumulative total per counter series: every counted delta since its first
         # sample (s_first), as 32-bit half sums (total = hi * 2^32 + lo, exact below 2^96)
         self.s_tot_hi = np.zeros(0, np.uint64)
@@ -327,6 +351,8 @@ class PartitionState:
         self._decoder = Decoder()
 
         self._cbuf: list[tuple[np.ndarray, ...]] = []
+        # during a close: the counter rows the first tier is rolled from (see _counter_panes)
+        self._tier_src: pl.DataFrame | None = None
         self._gbuf: list[tuple[np.ndarray, ...]] = []
         self.cpanes = [_empty(COUNTER_PANE_SCHEMA) for _ in range(self.n_tiers)]
         self.gpanes = [_empty(GAUGE_PANE_SCHEMA) for _ in range(self.n_tiers)]
@@ -363,6 +389,7 @@ class PartitionState:
         self.s_step = np.concatenate([self.s_step, np.zeros(extra, np.int64)])
         self.s_count = np.concatenate([self.s_count, np.zeros(extra, np.int64)])
         self.s_speed = np.concatenate([self.s_speed, np.zeros(extra, np.float64)])
+        self.s_speed_of = np.concatenate([self.s_speed_of, np.full(extra, _UNRESOLVED, np.int64)])
         self.s_tot_hi = np.concatenate([self.s_tot_hi, np.zeros(extra, np.uint64)])
         self.s_tot_lo = np.concatenate([self.s_tot_lo, np.zeros(extra, np.uint64)])
         self.carry.grow(new)
@@ -384,12 +411,22 @@ class PartitionState:
         self.s_step[sid] = 0
         self.s_count[sid] = 0
         self.s_speed[sid] = 0.0
+        self.s_speed_of[sid] = _UNRESOLVED
+        if key[1] == _SPEED_M:  # a new speed series: its link's counters look again
+            self._unresolve_link(key)
         self.s_tot_hi[sid] = 0
         self.s_tot_lo[sid] = 0
         self.carry.has[sid] = False
         self.sites[key[0]].series += 1
         self._meta = None
         return sid
+
+    def _unresolve_link(self, speed_key: tuple[int, int, tuple[str, ...]]) -> None:
+        """The link counters sharing a speed series' site and labels look it up again."""
+        for m in _LINK_COUNTER_METRICS:
+            sid = self.series_key.get((speed_key[0], m, speed_key[2]))
+            if sid is not None:
+                self.s_speed_of[sid] = _UNRESOLVED
 
     def _build_table(self, site: int, series: Sequence[pb.Series]) -> Table:
         n = len(series)
@@ -746,6 +783,7 @@ class PartitionState:
     def _close(self, target: int, emit_all: bool) -> CloseStats:
         assert self.closed_ns is not None
         start = self.closed_ns
+        self._tier_src = None
         self._cbuf, cdue = self._take_buffer(self._cbuf, target)
         self._gbuf, gdue = self._take_buffer(self._gbuf, target)
         n = 0
@@ -769,16 +807,14 @@ class PartitionState:
         self.version += 1
         return CloseStats(n_ends, n, expired)
 
-    def _renew_returning(self, sid: np.ndarray, t: np.ndarray) -> None:
+    def _renew_returning(self, sid: np.ndarray, t: np.ndarray, starts: np.ndarray) -> None:
         """Samples sorted by (sid, t) are about to be processed. A series whose first one
         comes more than stale_ttl_s after its previous sample has been silent longer than the
         expiry: it starts a new life, as if it had expired (sample ledger from the new sample
         on, no counter carry, corrected total from 0 with a new created time, its old windows
         gone). Decided from the gap between two consecutive processed samples of the series,
-        so it depends neither on the wall clock nor on poll grouping."""
-        change = np.ones(len(sid), bool)
-        change[1:] = sid[1:] != sid[:-1]
-        starts = np.flatnonzero(change)
+        so it depends neither on the wall clock nor on poll grouping. `starts`: each series'
+        first sample."""
         u = sid[starts]
         last = self.s_last[u]
         ren = u[(last != _NO_SAMPLE) & (t[starts] - last > self.ttl_ns)]
@@ -807,33 +843,36 @@ class PartitionState:
         if self._totals_pending is not None:
             self._totals_pending = self._totals_pending.filter(~pl.col("sid").is_in(gone))
 
-    def _group_starts(self, sid: np.ndarray, pane: np.ndarray) -> np.ndarray:
-        change = np.ones(len(sid), bool)
-        change[1:] = (sid[1:] != sid[:-1]) | (pane[1:] != pane[:-1])
+    def _group_starts(self, first: np.ndarray, pane: np.ndarray) -> np.ndarray:
+        """Positions where a (series, pane) group starts (`first`: the series' first samples)."""
+        change = first.copy()
+        change[1:] |= pane[1:] != pane[:-1]
         return np.flatnonzero(change)
 
-    def _plausible_rate(self, sid: np.ndarray, t: np.ndarray,
-                        speeds: tuple[np.ndarray, ...] | None) -> np.ndarray | float:
+    def _plausible_rate(self, sid: np.ndarray, t: np.ndarray, speeds: tuple[np.ndarray, ...] | None,
+                        starts: np.ndarray) -> np.ndarray | float:
         """Largest plausible increase per second of each counter sample (sorted by sid, t):
         its link's speed as of the sample's time where the link reports one, else
         `max_counter_rate`. A function of the processed samples only (an as-of join on event
         time, the speed carried from earlier closes), so poll grouping does not change it."""
         fallback = self.settings.max_counter_rate
-        link = _LINK_COUNTER[self.s_metric[sid]]
+        u = sid[starts]  # per series (`starts`: each series' first sample)
+        link = _LINK_COUNTER[self.s_metric[u]]
         if not link.any():
             return fallback
-        change = np.ones(len(sid), bool)
-        change[1:] = sid[1:] != sid[:-1]
-        usids = sid[change & link]  # sid is sorted
-        spd_of = np.full(len(self.keys), -1, np.int64)
-        for u in usids.tolist():
-            key = self.keys[u]
-            if key is not None:
-                spd_of[u] = self.series_key.get((key[0], _SPEED_M, key[2]), -1)
-        q = np.flatnonzero(spd_of[sid] >= 0)
+        spd_of = self.s_speed_of
+        lu = u[link]
+        for x in lu[spd_of[lu] == _UNRESOLVED].tolist():  # looked up once per series
+            key = self.keys[x]
+            spd_of[x] = -1 if key is None else self.series_key.get((key[0], _SPEED_M, key[2]), -1)
+        spd_u = np.where(link, spd_of[u], -1)
+        if not (spd_u >= 0).any():
+            return fallback
+        spd_sample = np.repeat(spd_u, np.diff(np.append(starts, len(sid))))
+        q = np.flatnonzero(spd_sample >= 0)
         if not len(q):
             return fallback
-        qsid = spd_of[sid[q]]
+        qsid = spd_sample[q]
         speed = self.s_speed[qsid]  # carried: the last speed before this close
         if speeds is not None and len(speeds[0]):
             esid, et, ev = speeds
@@ -859,15 +898,17 @@ class PartitionState:
                        bits: np.ndarray, speeds: tuple[np.ndarray, ...] | None = None) -> None:
         order = _by_series_time(sid, t)
         sid, t, v, epoch, bits = sid[order], t[order], v[order], epoch[order], bits[order]
-        self._renew_returning(sid, t)
-        d = counter_deltas(sid, t, v, epoch, bits, self.carry, self._plausible_rate(sid, t, speeds))
+        first, sstarts = _series_runs(sid)
+        self._renew_returning(sid, t, sstarts)
+        d = counter_deltas(sid, t, v, epoch, bits, self.carry,
+                           self._plausible_rate(sid, t, speeds, sstarts), first=first)
         if d.ambiguous.any():
             per_site = np.bincount(self.s_site[sid[d.ambiguous]], minlength=len(self.sites))
             for si in np.flatnonzero(per_site).tolist():
                 self.sites[si].excluded["ambiguous_gap"] += int(per_site[si])
         pane = t // self.pane_ns
-        starts = self._group_starts(sid, pane)
-        self._add_totals(sid, d.delta)
+        starts = self._group_starts(first, pane)
+        self._add_totals(sid, d.delta, sstarts)
         # one sample per (series, pane) - sampling every pane or slower, the usual case -
         # needs no group sums
         one = len(starts) == len(sid)
@@ -887,14 +928,31 @@ class PartitionState:
             "resets": per_pane(d.reset),
             "wraps": per_pane(d.wrap),
         }, schema=COUNTER_PANE_SCHEMA)
-        self.cpanes[0] = pl.concat([self.cpanes[0], frame]) if len(self.cpanes[0]) else frame
-        self._touch(sid, t)
+        old = self.cpanes[0]
+        self.cpanes[0] = pl.concat([old, frame]) if len(old) else frame
+        if self.n_tiers > 1:
+            # The first tier's rows (tumbling sums of n_src[1] panes) need only the sums of each
+            # (series, tier pane): taken here, over the sorted samples, they spare the tier roll
+            # a sort and gathers over every new pane. Integers, so the sums are the same.
+            m = self.n_src[1]
+            tg = self._group_starts(first, pane // m)
+            self._tier_src = pl.DataFrame({
+                "sid": sid[tg].astype(np.uint32),
+                "pane": pane[tg],
+                "hi": _group_sum(d.delta >> np.uint64(32), tg),
+                "lo": _group_sum(d.delta & np.uint64(0xFFFF_FFFF), tg),
+                "dt": _group_sum(d.dt, tg),
+                "n": _group_sum(d.valid, tg),
+                "resets": _group_sum(d.reset, tg),
+                "wraps": _group_sum(d.wrap, tg),
+            }, schema=COUNTER_PANE_SCHEMA)
+            if len(old):
+                self._tier_src = pl.concat([old, self._tier_src])
+        self._touch(sid, t, sstarts)
 
-    def _add_totals(self, sid: np.ndarray, delta: np.ndarray) -> None:
-        """Counted deltas (samples sorted by sid) into each series' corrected total."""
-        change = np.ones(len(sid), bool)
-        change[1:] = sid[1:] != sid[:-1]
-        starts = np.flatnonzero(change)
+    def _add_totals(self, sid: np.ndarray, delta: np.ndarray, starts: np.ndarray) -> None:
+        """Counted deltas (samples sorted by sid; `starts`: each series' first) into each
+        series' corrected total."""
         u = sid[starts]
         hi, lo = split_sum_arrays(delta, starts)
         lo = self.s_tot_lo[u] + lo
@@ -927,13 +985,14 @@ class PartitionState:
         by (sid, t), for the counters' gap rule (see _carry_speeds)."""
         order = _by_series_time(sid, t)
         sid, t, v = sid[order], t[order], v[order]
-        self._renew_returning(sid, t)
+        first, sstarts = _series_runs(sid)
+        self._renew_returning(sid, t, sstarts)
         speeds = None
         is_speed = self.s_metric[sid] == _SPEED_M
         if is_speed.any():
             speeds = (sid[is_speed], t[is_speed], v[is_speed] * self.s_scale[sid[is_speed]])
         pane = t // self.pane_ns
-        starts = self._group_starts(sid, pane)
+        starts = self._group_starts(first, pane)
         counts = np.diff(np.append(starts, len(sid)))
         one = len(starts) == len(sid)  # one sample per (series, pane): no group sums
         frame = pl.DataFrame({
@@ -945,7 +1004,7 @@ class PartitionState:
             "max": v if one else np.maximum.reduceat(v, starts),
         }, schema=GAUGE_PANE_SCHEMA)
         self.gpanes[0] = pl.concat([self.gpanes[0], frame]) if len(self.gpanes[0]) else frame
-        self._touch(sid, t)
+        self._touch(sid, t, sstarts)
         return speeds
 
     def _carry_speeds(self, speeds: tuple[np.ndarray, ...]) -> None:
@@ -955,7 +1014,7 @@ class PartitionState:
         last[:-1] = ssid[:-1] != ssid[1:]
         self.s_speed[ssid[last]] = sv[last]
 
-    def _touch(self, sid: np.ndarray, t: np.ndarray) -> None:
+    def _touch(self, sid: np.ndarray, t: np.ndarray, starts: np.ndarray) -> None:
         """Samples sorted by (sid, t) have been processed: sample ledger and last sample time.
 
         Vectorised over the groups of one series. Every sample processed now is newer than
@@ -963,10 +1022,7 @@ class PartitionState:
         sample is t - s_last, and a repeated timestamp can only occur inside this call.
         """
         n = len(sid)
-        start = np.ones(n, bool)
-        start[1:] = sid[1:] != sid[:-1]
-        starts = np.flatnonzero(start)
-        gsid = sid[starts]
+        gsid = sid[starts]  # `starts`: each series' first sample
         before = self.s_last[gsid]
         new = before == _NO_SAMPLE
         prev = np.empty(n, np.int64)
@@ -996,7 +1052,9 @@ class PartitionState:
             k, n, size = self.src[j], self.n_src[j], self.tier_ns[self.src[j]]
             lo, hi = start // size + 1, target // size
             if hi >= lo:
-                self._add_tier(j, self._roll(self.cpanes[k], n, lo, hi, size, True, tumbling=True),
+                # tier 1 from this close's partial sums when it has them (see _counter_panes)
+                csrc = self._tier_src if j == 1 and self._tier_src is not None else self.cpanes[k]
+                self._add_tier(j, self._roll(csrc, n, lo, hi, size, True, tumbling=True),
                                self._roll(self.gpanes[k], n, lo, hi, size, False, tumbling=True))
         if not emit_all:
             # drop what the newest windows do not need, so they are computed from a few rows
@@ -1104,7 +1162,8 @@ class PartitionState:
                else {"sum": np.add, "cnt": np.add, "min": np.minimum, "max": np.maximum})
         for c, op in ops.items():
             x = panes[c].to_numpy()[rep]
-            cols[c] = x if single else op.reduceat(x, g)
+            cols[c] = x if single else _group_sum(x, g) if op is np.add and x.dtype.kind in "iu" \
+                else op.reduceat(x, g)
         if e_lo == e_hi or tumbling:
             # one end: (series, end) order is (end, series) order; tier rows (tumbling) are
             # kept in (series, end) order, which the next roll's stable sort merges cheaply
@@ -1139,11 +1198,14 @@ class PartitionState:
         for s in stale.tolist():
             key = self.keys[s]
             assert key is not None
+            if key[1] == _SPEED_M:  # its id may be reused: its link's counters look again
+                self._unresolve_link(key)
             del self.series_key[key]
             self.keys[s] = None
             self.free.append(s)
             self.sites[key[0]].series -= 1
         self.s_live[stale] = False
+        self.s_speed_of[stale] = _UNRESOLVED
         self.s_step[stale] = 0
         self.s_count[stale] = 0
         self.carry.has[stale] = False
