@@ -111,8 +111,56 @@ def counter_deltas(
     prev_e[1:] = epoch[:-1]
     prev_e[first] = carry.epoch[fsid]
     has_prev = np.ones(n, bool)
-    has_prev[first] = carry.has[fsid]
+    f_has = carry.has[fsid]
+    has_prev[first] = f_has
+    out = _grown_64bit(t, v, epoch, prev_v, prev_t, prev_e, has_prev, bool(f_has.all()), bits, max_rate)
+    if out is None:
+        out = _general(t, v, epoch, prev_v, prev_t, prev_e, has_prev, bits, max_rate)
 
+    last = np.ones(n, bool)
+    last[:-1] = sid[:-1] != sid[1:]
+    lsid = sid[last]
+    carry.has[lsid] = True
+    carry.value[lsid] = v[last]
+    carry.time[lsid] = t[last]
+    carry.epoch[lsid] = epoch[last]
+    return out
+
+
+def _grown_64bit(t: np.ndarray, v: np.ndarray, epoch: np.ndarray, prev_v: np.ndarray,
+                 prev_t: np.ndarray, prev_e: np.ndarray, has_prev: np.ndarray, all_prev: bool,
+                 bits: np.ndarray, max_rate: float | npt.NDArray[np.float64] | None) -> Deltas | None:
+    """The usual case in a few passes, or None: only 64-bit counters, none decreased, and no
+    interval long enough to be ambiguous. Then no wrap and no value beyond the width can
+    occur, and what `_general` computes reduces to: an interval counts when both samples are
+    of one counter life, and is a reset otherwise. Ambiguity is ruled out by one bound:
+    for non-negative rates and gaps, rate * (gap / 1e9) never exceeds max rate * (max gap /
+    1e9) (IEEE multiplication and division are monotonic), so when that is within 2^64 no
+    interval's reach is beyond it."""
+    if (bits == 32).any() or (v < prev_v).any():
+        return None
+    gap = t - prev_t
+    if max_rate is not None:
+        g = gap if all_prev else np.where(has_prev, gap, 0)
+        rate = np.asarray(max_rate, np.float64)
+        r_lo, r_hi = (float(rate), float(rate)) if rate.ndim == 0 else (float(rate.min()), float(rate.max()))
+        if not (r_lo >= 0 and int(g.min()) >= 0 and r_hi * (int(g.max()) / 1e9) <= 2.0**64):
+            return None
+    n = len(t)
+    same = epoch == prev_e
+    no = np.zeros(n, bool)
+    if all_prev and same.all():
+        return Deltas(v - prev_v, gap, same, no, no, no)
+    valid = has_prev & same
+    return Deltas(np.where(valid, v - prev_v, U64(0)), np.where(valid, gap, 0), valid,
+                  has_prev & ~same, no, no)
+
+
+def _general(t: np.ndarray, v: np.ndarray, epoch: np.ndarray, prev_v: np.ndarray, prev_t: np.ndarray,
+             prev_e: np.ndarray, has_prev: np.ndarray, bits: np.ndarray,
+             max_rate: float | npt.NDArray[np.float64] | None) -> Deltas:
+    """Every interval classified: counted, wrap, reset or ambiguous (see the module doc)."""
+    n = len(t)
     is32 = bits == 32
     mask = np.where(is32, _MASK32, _MASK64)
     half = np.where(is32, np.uint64(1 << 31), np.uint64(1 << 63))
@@ -135,14 +183,6 @@ def counter_deltas(
     valid = has_prev & ~reset & ~ambiguous
     delta = np.where(valid, raw, U64(0))
     dt = np.where(valid, t - prev_t, 0)
-
-    last = np.ones(n, bool)
-    last[:-1] = sid[:-1] != sid[1:]
-    lsid = sid[last]
-    carry.has[lsid] = True
-    carry.value[lsid] = v[last]
-    carry.time[lsid] = t[last]
-    carry.epoch[lsid] = epoch[last]
     return Deltas(delta, dt, valid, reset, wrap & valid, ambiguous)
 
 

@@ -936,15 +936,22 @@ class PartitionState:
             # a sort and gathers over every new pane. Integers, so the sums are the same.
             m = self.n_src[1]
             tg = self._group_starts(first, pane // m)
+            size = np.diff(np.append(tg, len(sid)))
+
+            def count(x: np.ndarray) -> np.ndarray:  # of flags; all or none set is the usual case
+                if not x.any():
+                    return np.zeros(len(tg), np.uint32)
+                return size if x.all() else _group_sum(x, tg)
+
             self._tier_src = pl.DataFrame({
                 "sid": sid[tg].astype(np.uint32),
                 "pane": pane[tg],
-                "hi": _group_sum(d.delta >> np.uint64(32), tg),
-                "lo": _group_sum(d.delta & np.uint64(0xFFFF_FFFF), tg),
+                "hi": _group_sum(hi if one else d.delta >> np.uint64(32), tg),
+                "lo": _group_sum(lo if one else d.delta & np.uint64(0xFFFF_FFFF), tg),
                 "dt": _group_sum(d.dt, tg),
-                "n": _group_sum(d.valid, tg),
-                "resets": _group_sum(d.reset, tg),
-                "wraps": _group_sum(d.wrap, tg),
+                "n": count(d.valid),
+                "resets": count(d.reset),
+                "wraps": count(d.wrap),
             }, schema=COUNTER_PANE_SCHEMA)
             if len(old):
                 self._tier_src = pl.concat([old, self._tier_src])

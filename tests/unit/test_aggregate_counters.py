@@ -221,3 +221,76 @@ def test_the_issue_examples_are_flagged_not_published() -> None:
     d = _two(10**18, 10**18 + 5, 4 * 86_400 * 10**9, max_rate=5.025e13)
     assert d.valid[1]
     assert int(d.delta[1]) == 5
+
+
+@st.composite
+def delta_inputs(draw: st.DrawFn) -> tuple[np.ndarray, ...]:
+    """Sorted samples of a few series plus a carry. Mostly growing 64-bit counters with gaps of
+    up to 30 s (the fast path's case, new counter lives included); otherwise mixed: decreases,
+    32-bit series, gaps of 40 days."""
+    grow = draw(st.sampled_from([True, True, True, False]))
+    n_series = draw(st.integers(1, 4))
+    sid, t, v, e, bits = [], [], [], [], []
+    for s in range(n_series):
+        width = 64 if grow else draw(st.sampled_from([64, 32]))
+        x = draw(st.integers(0, (1 << width) - 1 - (10**17 if grow else 0)))
+        tt = 1_700_000_000 * 10**9
+        for _ in range(draw(st.integers(1, 12))):
+            tt += draw(st.integers(1, 30 * 10**9) if grow else st.sampled_from([10**9, 40 * 86_400 * 10**9]))
+            x = (x + draw(st.integers(0, 10**15) if grow else st.integers(-10**6, 10**15))) % (1 << width)
+            sid.append(s)
+            t.append(tt)
+            v.append(x)
+            bits.append(width)
+            e.append(draw(st.sampled_from([0, 0, 0, 0, 1])))
+    has = np.array([draw(st.booleans()) for _ in range(n_series)])
+    top = min(v) if grow else (1 << 64) - 1  # growing: the carried value is below every sample
+    cv = np.array([draw(st.integers(0, top)) for _ in range(n_series)], np.uint64)
+    ct = np.full(n_series, 1_700_000_000 * 10**9 - draw(st.sampled_from([1, 10**10, 50 * 86_400 * 10**9])))
+    return (np.array(sid, np.uint32), np.array(t, np.int64), np.array(v, np.uint64), np.array(e, np.int64),
+            np.array(bits, np.uint8), has, cv, ct)
+
+
+@settings(max_examples=400, deadline=None)
+@given(delta_inputs(), st.sampled_from([None, 1e15, 5.025e13, 1.25e9, "per_sample"]))
+def test_fast_path_classifies_every_interval_as_the_general_path(
+        inputs: tuple[np.ndarray, ...], rate: float | str | None) -> None:
+    """The few-pass case (64-bit counters that only grew, no interval near the ambiguity bound)
+    gives exactly what the full classification gives, carry included; anything else falls back."""
+    from unittest import mock
+
+    from collector.aggregate import counters
+
+    sid, t, v, e, bits, has, cv, ct = inputs
+    max_rate = np.linspace(1e9, 1e15, len(sid)) if rate == "per_sample" else rate
+
+    def run() -> tuple[object, Carry]:
+        carry = Carry(has.copy(), cv.copy(), ct.copy(), np.zeros(len(has), np.int64))
+        return counter_deltas(sid, t, v, e, bits, carry, max_rate), carry  # type: ignore[arg-type]
+
+    fast, c1 = run()
+    with mock.patch.object(counters, "_grown_64bit", return_value=None):
+        full, c2 = run()
+    for f in ("delta", "dt", "valid", "reset", "wrap", "ambiguous"):
+        assert np.array_equal(getattr(fast, f), getattr(full, f)), f
+        assert getattr(fast, f).dtype == getattr(full, f).dtype, f
+    for f in ("has", "value", "time", "epoch"):
+        assert np.array_equal(getattr(c1, f), getattr(c2, f))
+
+
+def test_fast_path_is_taken_for_growing_64_bit_counters() -> None:
+    from collector.aggregate.counters import _grown_64bit
+
+    t = np.arange(1, 5, dtype=np.int64) * 10**10
+    v = np.arange(4, dtype=np.uint64) * np.uint64(10**14)
+    prev_v, prev_t = np.concatenate([[np.uint64(0)], v[:-1]]), np.concatenate([[0], t[:-1]])
+    z = np.zeros(4, np.int64)
+    got = _grown_64bit(t, v, z, prev_v, prev_t, z, np.ones(4, bool), True, np.full(4, 64, np.uint8), 1e15)
+    assert got is not None
+    assert got.valid.all()
+    assert int(got.delta.sum()) == 3 * 10**14
+    # one decrease, or one 32-bit series: the general path
+    assert _grown_64bit(t, v[::-1].copy(), z, prev_v, prev_t, z, np.ones(4, bool), True,
+                        np.full(4, 64, np.uint8), 1e15) is None
+    assert _grown_64bit(t, v, z, prev_v, prev_t, z, np.ones(4, bool), True,
+                        np.array([64, 32, 64, 64], np.uint8), 1e15) is None
