@@ -317,6 +317,7 @@ class PartitionState:
         self.site_index: dict[str, int] = {}
         self._newest = NewestEventIndex()  # sites' max_event, for the watermark
         self.agents: dict[str, Agent] = {}
+        self._dedup_full = (1 << settings.dedup_window) - 1  # an agent's dedup bitmap, all seen
         self.boot_hash: dict[str, int] = {}
 
         self.series_key: dict[tuple[int, int, tuple[str, ...]], int] = {}
@@ -490,7 +491,7 @@ class PartitionState:
         w = self.settings.dedup_window
         if seq > a.hi:
             shift = seq - a.hi
-            a.mask = ((a.mask << shift) | 1) & ((1 << w) - 1) if shift < w else 1
+            a.mask = ((a.mask << shift) | 1) & self._dedup_full if shift < w else 1
             a.hi = seq
         else:
             back = a.hi - seq
