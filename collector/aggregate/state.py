@@ -19,6 +19,7 @@ are counted exactly, and a closed window is final.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import io
@@ -110,6 +111,12 @@ def stable_hash(*parts: object) -> int:
     """64-bit hash that is the same in every process (Python's hash() is salted)."""
     d = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(d, "little", signed=True)
+
+
+@functools.lru_cache(maxsize=65536)
+def _epoch_hash(start_time_unix_nano: int, scale: float, counter_bits: int) -> int:
+    """A counter life's hash (most series of a fleet share one: cached)."""
+    return stable_hash(start_time_unix_nano, scale, counter_bits)
 
 
 def _refusal(value: bytes) -> ProtocolError:
@@ -464,7 +471,8 @@ class PartitionState:
             code[i] = OK_DELTA if delta else OK_COUNTER if want == pb.COUNTER else OK_GAUGE
             if want == pb.COUNTER and not delta:
                 bits[i] = 32 if s.counter_bits == 32 else 64
-                epoch[i] = stable_hash(s.start_time_unix_nano, s.scale or 1.0, s.counter_bits)
+                epoch[i] = _epoch_hash(int(s.start_time_unix_nano), float(s.scale or 1.0),
+                                       int(s.counter_bits))
         return Table(code, sids, epoch, bits)
 
     def _table(self, site: int, d: Rec) -> Table:
@@ -771,15 +779,20 @@ class PartitionState:
     def _take_buffer(
         self, bufs: list[tuple[np.ndarray, ...]], upto: int
     ) -> tuple[list[tuple[np.ndarray, ...]], tuple[np.ndarray, ...] | None]:
+        """Splits the buffer at `upto`: (what stays, the samples before it sorted by (series,
+        time))."""
         if not bufs:
             return bufs, None
         cols = [np.concatenate(c) if len(bufs) > 1 else c[0] for c in zip(*bufs, strict=True)]
         t = cols[1]
         due = t < upto
         if due.all():
-            return [], tuple(cols)
+            order = _by_series_time(cols[0], t)
+            return [], tuple(c[order] for c in cols)
         keep = tuple(c[~due] for c in cols)
-        return ([keep] if len(keep[0]) else []), tuple(c[due] for c in cols)
+        idx = np.flatnonzero(due)
+        idx = idx[_by_series_time(cols[0][idx], t[idx])]
+        return ([keep] if len(keep[0]) else []), tuple(c[idx] for c in cols)
 
     def _close(self, target: int, emit_all: bool) -> CloseStats:
         assert self.closed_ns is not None
@@ -897,8 +910,7 @@ class PartitionState:
 
     def _counter_panes(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray, epoch: np.ndarray,
                        bits: np.ndarray, speeds: tuple[np.ndarray, ...] | None = None) -> None:
-        order = _by_series_time(sid, t)
-        sid, t, v, epoch, bits = sid[order], t[order], v[order], epoch[order], bits[order]
+        """Counter panes of samples sorted by (series, time)."""
         first, sstarts = _series_runs(sid)
         self._renew_returning(sid, t, sstarts)
         d = counter_deltas(sid, t, v, epoch, bits, self.carry,
@@ -989,10 +1001,9 @@ class PartitionState:
             self.totals_gen += 1
 
     def _gauge_panes(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...] | None:
-        """Gauge panes; returns the link speed samples among them (sid, t, bytes/s), sorted
-        by (sid, t), for the counters' gap rule (see _carry_speeds)."""
-        order = _by_series_time(sid, t)
-        sid, t, v = sid[order], t[order], v[order]
+        """Gauge panes of samples sorted by (series, time); returns the link speed samples
+        among them (sid, t, bytes/s), sorted likewise, for the counters' gap rule (see
+        _carry_speeds)."""
         first, sstarts = _series_runs(sid)
         self._renew_returning(sid, t, sstarts)
         speeds = None
