@@ -201,3 +201,56 @@ def test_heap_setting_applies_on_glibc_only_when_asked() -> None:
     assert retain_freed_heap(0) is False  # 0 = glibc's defaults, nothing is called
     applied = retain_freed_heap(256)
     assert applied is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def _with_created(raw: bytes, created: int) -> bytes:
+    b = pb.Batch.FromString(raw)
+    b.created_unix_nano = created
+    return b.SerializeToString()
+
+
+@pytest.mark.parametrize("created", [0, T0])
+@pytest.mark.parametrize("mutate", ["none", "long_seq", "new_site", "new_boot", "created_toggled",
+                                    "new_table", "unknown_field", "repeated_header", "gauges_only",
+                                    "no_samples", "bad_index", "other_agent"])
+def test_known_layout_reads_what_the_full_parse_reads(created: int, mutate: str) -> None:
+    """An agent's third record on is read by comparing it with the layout of its previous one;
+    whatever differs goes through the other paths, with the full parse's result or refusal."""
+    series = [SeriesDef("link_in_octets", {"link": f"e{i}", "media": "optical"}) for i in range(2)]
+    series.append(SeriesDef("link_speed_bytes", {"link": "e0", "media": "optical"}, kind=pb.GAUGE))
+
+    def batch(seq: int, **kw: object) -> bytes:
+        args: dict[str, object] = {"agent": "a", "seq": seq, "site": "s", "series": series,
+                                   "counters": [(0, T0 + seq * NS, seq), (1, T0 + seq * NS, 2 * seq)],
+                                   "gauges": [(2, T0 + seq * NS, 1.25e9)]}
+        args.update(kw)
+        return _with_created(make_batch(**args), created)  # type: ignore[arg-type]
+
+    dec = Decoder()
+    for seq in (1, 2):
+        dec.read(batch(seq))
+    assert dec._layouts  # the second record left its layout
+    raw = {"none": lambda: batch(3), "long_seq": lambda: batch(300),
+           "new_site": lambda: batch(3, site="s2"), "new_boot": lambda: batch(3, boot="boot-2"),
+           "created_toggled": lambda: _with_created(batch(3), 0 if created else T0),
+           "new_table": lambda: batch(3, series=[*series, series[0]]),
+           "unknown_field": lambda: batch(3) + b"\xa0\x06\x01",
+           "repeated_header": lambda: batch(3) + b"\x10\x07",
+           "gauges_only": lambda: batch(3, counters=[]),
+           "no_samples": lambda: batch(3, counters=[], gauges=[]),
+           "bad_index": lambda: batch(3, counters=[(7, T0, 1)]),
+           "other_agent": lambda: batch(3, agent="b")}[mutate]()
+    if mutate in ("none", "long_seq"):
+        assert dec._known(raw) is not None
+    try:
+        want = decode(raw)
+    except ProtocolError as exc:
+        with pytest.raises(ProtocolError, match=str(exc).split(":")[0]):
+            dec.decode(raw)
+        return
+    got = dec.decode(raw)
+    assert (got.agent_id, got.seq, got.site_id, got.country, got.region, got.boot_id) == \
+        (want.agent_id, want.seq, want.site_id, want.country, want.region, want.boot_id)
+    assert _columns_equal(got.counters, want.counters)
+    assert _columns_equal(got.gauges, want.gauges)
+    assert [s.metric for s in got.series()] == [s.metric for s in want.series()]
