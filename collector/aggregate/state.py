@@ -619,12 +619,14 @@ class PartitionState:
         for is_counter, cols, counts in ((True, cc, [r.nc for r in recs]), (False, gc, [r.ng for r in recs])):
             if not len(cols):
                 continue
-            rec = np.repeat(np.arange(n), counts)
+            cnt = np.array(counts, np.int64)
+            rec = np.repeat(np.arange(n), cnt)
             gi = cols.series_index.astype(np.int64) + tab_off[rec]
             code = np.where(keep[rec], t_code[gi], -1)
             want = OK_COUNTER if is_counter else OK_GAUGE
             ok = code == want
-            if not ok.all():
+            all_ok = bool(ok.all())
+            if not all_ok:
                 wrong = code >= 0
                 wrong &= ~ok
                 if wrong.any():
@@ -638,9 +640,13 @@ class PartitionState:
                         # a series of another kind (or a DELTA series) in these columns
                         d["rejected"] += int(c.sum() - c[UNKNOWN] - c[CAPPED])
             t = cols.time_unix_nano
-            # newest accepted-kind sample per record (before the late filter), for the watermark
-            np.maximum.at(tmax, rec[ok], t[ok])
-            parts.append((is_counter, cols, rec, gi, ok))
+            # newest accepted-kind sample per record (before the late filter), for the watermark;
+            # a record's samples are contiguous, so one max over each record's run
+            has = np.flatnonzero(cnt)
+            runs = (np.cumsum(cnt) - cnt)[has]
+            newest = np.maximum.reduceat(t if all_ok else np.where(ok, t, _NO_SAMPLE), runs)
+            tmax[has] = np.maximum(tmax[has], newest)
+            parts.append((is_counter, cols, rec, gi, ok, cnt))
         # Late means: behind the pane boundary the watermark had reached *before* the record
         # (or behind what is already closed). A function of the record sequence only, so it
         # does not depend on how records were grouped into polls or when panes were closed.
@@ -673,20 +679,22 @@ class PartitionState:
                 self._update_watermark()
         cut = np.array(cut_l, np.int64)
         late = np.zeros(n_sites, np.int64)
-        for is_counter, cols, rec, gi, ok in parts:
+        for is_counter, cols, rec, gi, ok, cnt in parts:
             t = cols.time_unix_nano
             fresh = ok & (t >= cut[rec])
-            if not fresh.all():
+            if fresh.all():  # the usual case: every sample kept, no selection to copy
+                accepted += np.bincount(site_of, weights=cnt, minlength=n_sites).astype(np.int64)
+                g, tf, vf, rf = gi, t, cols.value, rec
+            else:
                 late += np.bincount(site_of[rec[ok & ~fresh]], minlength=n_sites)
-            accepted += np.bincount(site_of[rec[fresh]], minlength=n_sites)
-            g = gi[fresh]
+                accepted += np.bincount(site_of[rec[fresh]], minlength=n_sites)
+                g, tf, vf, rf = gi[fresh], t[fresh], cols.value[fresh], rec[fresh]
             if not len(g):
                 continue
             if is_counter:
-                self._cbuf.append((t_sid[g], t[fresh], cols.value[fresh], t_epoch[g] ^ boots[rec[fresh]],
-                                   t_bits[g]))
+                self._cbuf.append((t_sid[g], tf, vf, t_epoch[g] ^ boots[rf], t_bits[g]))
             else:
-                self._gbuf.append((t_sid[g], t[fresh], cols.value[fresh]))
+                self._gbuf.append((t_sid[g], tf, vf))
         for si in np.flatnonzero(accepted | late).tolist():
             self.sites[si].samples += int(accepted[si])
             self.sites[si].dropped["late"] += int(late[si])
