@@ -169,9 +169,11 @@ class IngestSettings(Section):
         4 * 1024 * 1024,
         ge=1024,
         description=(
-            "Largest batch in bytes (after gRPC decompression). A bigger one, up to twice this, is "
-            "answered INVALID_ARGUMENT (reason oversize) and the stream goes on; beyond twice this "
-            "gRPC itself ends the stream with RESOURCE_EXHAUSTED."
+            "Largest batch in bytes, after decompression (the service inflates compressed "
+            "messages itself, never past this). A bigger one is answered INVALID_ARGUMENT "
+            "(reason oversize) and the stream goes on; a message over twice this on the wire "
+            "(its compressed size, if compressed) is refused by gRPC itself, which ends the "
+            "stream with RESOURCE_EXHAUSTED."
         ),
     )
     max_series: int = Field(20_000, ge=1, description="Largest series table in one batch.")

@@ -56,8 +56,9 @@ class IngestMetrics:
         registry.register(_TotalsCollector(self.totals))
         self.batches_rejected = Counter(
             PREFIX + "batches_rejected",
-            "Batches answered with a non-OK ack, by reason (the validation rule, decode, oversize, "
-            "permission_denied, kafka_timeout, kafka_error, internal, cancelled).",
+            "Batches answered with a non-OK ack, by reason (the validation rule, decode, "
+            "decompress, oversize, permission_denied, kafka_timeout, kafka_error, internal, "
+            "cancelled).",
             ["reason"], registry=registry)
         self.batches_repeated = Counter(
             PREFIX + "batches_repeated",
@@ -92,8 +93,8 @@ class IngestMetrics:
             PREFIX + "streams_ended",
             "Served streams that ended, by reason: completed (client half-closed, all answered), "
             "cancelled (client cancelled, connection lost, or a message over twice "
-            "ingest.max_message_bytes or not decompressible, which gRPC ends itself and does not "
-            "tell apart), idle_timeout, shutdown, internal.", ["reason"], registry=registry)
+            "ingest.max_message_bytes on the wire, which gRPC ends itself and does not tell "
+            "apart), idle_timeout, shutdown, internal.", ["reason"], registry=registry)
         self.producer_rebuilds = Counter(
             PREFIX + "producer_rebuilds", "Kafka producers rebuilt after being wedged.",
             registry=registry)

@@ -39,6 +39,7 @@ from collector import wire
 from collector.config import IngestSettings, Settings
 from collector.errors import BrokerError, ConfigError, ProtocolError, ValidationError
 from collector.ingest.auth import TokenStore
+from collector.ingest.compression import CorruptCompression, encoding_of, inflate
 from collector.ingest.metrics import IngestMetrics
 from collector.ingest.producer import Delivery, KafkaWriter
 from collector.ingest.validate import Limits, TableInfo, validate
@@ -51,6 +52,9 @@ METHOD = f"/{SERVICE}/Stream"
 # Slots beyond max_concurrent_streams that grpc itself still admits (health checks,
 # reflection, and streams we refuse with a counted status and a retry hint).
 BACKSTOP_EXTRA_RPCS = 64
+# Compressed messages above this are inflated on a worker thread (zlib releases the GIL), so
+# one large batch does not hold up every other stream's acks.
+INFLATE_IN_THREAD_BYTES = 64 * 1024
 
 
 def limits_from(s: IngestSettings) -> Limits:
@@ -70,9 +74,14 @@ def transport_limit(s: IngestSettings) -> int:
 def server_options(s: IngestSettings) -> list[tuple[str, int]]:
     ms = lambda sec: int(sec * 1000)  # noqa: E731
     return [
-        # Twice the contract's limit: a batch in between is read, answered (reason oversize) and
-        # counted; only beyond it gRPC ends the stream itself (RESOURCE_EXHAUSTED, uncountable).
+        # Twice the contract's limit on the wire: a batch in between is read, answered (reason
+        # oversize) and counted; only beyond it gRPC ends the stream itself (RESOURCE_EXHAUSTED,
+        # which the application cannot tell from a client's cancel). gRPC refuses such a
+        # message on its length prefix, so this bounds the memory one stream can hold.
         ("grpc.max_receive_message_length", transport_limit(s)),
+        # The service undoes per-message compression itself (compression.py): gRPC's own
+        # decompression ends the stream on a corrupt or over-inflating message, uncounted.
+        ("grpc.per_message_decompression", 0),
         ("grpc.max_send_message_length", 1024 * 1024),
         ("grpc.keepalive_time_ms", ms(s.keepalive_time_s)),
         ("grpc.keepalive_timeout_ms", ms(s.keepalive_timeout_s)),
@@ -464,6 +473,12 @@ class IngestServer:
             st.reader_done = True
             st.changed.set()
 
+    def _reject(self, seq: int, nbytes: int, rule: str, reason: str) -> _Pending:
+        """A batch answered INVALID_ARGUMENT before it was parsed, counted by `rule`."""
+        self.metrics.batches_rejected.labels(rule).inc()
+        return _Pending(seq=seq, nbytes=nbytes, samples=0,
+                        result=(pb.INVALID_ARGUMENT, reason, rule))
+
     def _internal_error(self, raw: bytes, exc: Exception) -> _Pending:
         log.error("internal error on a batch (answered INTERNAL, retriable): %r", exc,
                   exc_info=exc)
@@ -473,18 +488,30 @@ class IngestServer:
             "not stored, retry later", "internal"))
 
     async def _admit(self, raw: bytes, st: _StreamState) -> _Pending:
-        """Parse, validate, authorise and start producing one batch."""
-        if len(raw) > self.limits.max_message_bytes:
-            self.metrics.batches_rejected.labels("oversize").inc()
-            return _Pending(seq=wire.peek_seq(raw), nbytes=len(raw), samples=0, result=(
-                pb.INVALID_ARGUMENT, f"batch of {len(raw)} bytes exceeds ingest.max_message_bytes "
-                f"({self.limits.max_message_bytes}): split it", "oversize"))
+        """Decompress, parse, validate, authorise and start producing one batch."""
+        limit = self.limits.max_message_bytes
+        corrupt: CorruptCompression | None = None
+        try:
+            if len(raw) > INFLATE_IN_THREAD_BYTES and encoding_of(raw):
+                raw, encoding = await asyncio.to_thread(inflate, raw, limit)  # zlib drops the GIL
+            else:
+                raw, encoding = inflate(raw, limit)
+        except CorruptCompression as exc:
+            if not exc.maybe_plain:
+                return self._reject(0, len(raw), "decompress", f"{exc}: not stored")
+            corrupt, encoding = exc, None  # or an uncompressed batch that starts like zlib
+        if len(raw) > limit:
+            what = (f"{encoding} batch inflates past" if encoding
+                    else f"batch of {len(raw)} bytes exceeds")
+            return self._reject(wire.peek_seq(raw), len(raw), "oversize",
+                                f"{what} ingest.max_message_bytes ({limit}): split it")
         try:
             batch = wire.parse_batch(raw)
         except ProtocolError as exc:
-            self.metrics.batches_rejected.labels("decode").inc()
-            return _Pending(seq=wire.peek_seq(raw), nbytes=len(raw), samples=0,
-                            result=(pb.INVALID_ARGUMENT, str(exc), "decode"))
+            if corrupt is not None:
+                return self._reject(0, len(raw), "decompress",
+                                    f"{corrupt}, nor an uncompressed Batch ({exc}): not stored")
+            return self._reject(wire.peek_seq(raw), len(raw), "decode", str(exc))
         seq = batch.seq
         fresh = seq > st.high_seq
         if fresh:

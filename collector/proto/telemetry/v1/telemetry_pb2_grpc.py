@@ -46,7 +46,8 @@ class IngestServiceStub:
     nothing in flight (reconnect when there is data); INTERNAL if the server could not
     read the stream (these three carry the trailing metadata `stream-end-reason`:
     shutdown, idle_timeout, internal); RESOURCE_EXHAUSTED (set by gRPC itself, no Ack
-    for that message) for a message over twice [max_message_bytes] after decompression.
+    for that message) for a message over twice [max_message_bytes] as sent (its
+    compressed size when compressed).
     In every case the batches read before the end were answered; any batch without an
     OK Ack was not acknowledged and must be sent again.
     * Each batch read gets exactly ONE answer in an Ack on the response stream, in the
@@ -108,7 +109,8 @@ class IngestServiceServicer:
     nothing in flight (reconnect when there is data); INTERNAL if the server could not
     read the stream (these three carry the trailing metadata `stream-end-reason`:
     shutdown, idle_timeout, internal); RESOURCE_EXHAUSTED (set by gRPC itself, no Ack
-    for that message) for a message over twice [max_message_bytes] after decompression.
+    for that message) for a message over twice [max_message_bytes] as sent (its
+    compressed size when compressed).
     In every case the batches read before the end were answered; any batch without an
     OK Ack was not acknowledged and must be sent again.
     * Each batch read gets exactly ONE answer in an Ack on the response stream, in the
@@ -179,7 +181,8 @@ class IngestService:
     nothing in flight (reconnect when there is data); INTERNAL if the server could not
     read the stream (these three carry the trailing metadata `stream-end-reason`:
     shutdown, idle_timeout, internal); RESOURCE_EXHAUSTED (set by gRPC itself, no Ack
-    for that message) for a message over twice [max_message_bytes] after decompression.
+    for that message) for a message over twice [max_message_bytes] as sent (its
+    compressed size when compressed).
     In every case the batches read before the end were answered; any batch without an
     OK Ack was not acknowledged and must be sent again.
     * Each batch read gets exactly ONE answer in an Ack on the response stream, in the
