@@ -253,6 +253,16 @@ def overview() -> dict[str, Any]:
               [Q(f"country:edge_cell_connected_users:sum{{{C}}}", "{{country}}")],
               "short", w=8),
         ]),
+        ("Power", [
+            P("timeseries", "Site power by country",
+              "How much power do each country's edge sites draw? Sum of the sites' host power "
+              "(RAPL package and DRAM energy counters as watts, 1 min windows; "
+              "country:edge_site_power_watts:sum). Data-centre growth is measured in this unit: the "
+              "source article puts Japan's data-centre capacity at 2,320 MW, 3,660 MW by 2030. Hosts "
+              "without readable RAPL zones send nothing and are not in the sum.",
+              [Q(f"country:edge_site_power_watts:sum{{{C}}}", "{{country}}")],
+              "watt", w=24, min=0),
+        ]),
         ("Completeness and local time", [
             P("timeseries", "Sample completeness by country",
               "Is each country's data complete? Mean and worst site's share of expected samples that "
@@ -285,7 +295,7 @@ def overview() -> dict[str, Any]:
     return build_dashboard("edge-jp-vs-us", "Japan vs United States",
                            "Edge telemetry of Japanese and US sites side by side: traffic, per-user speed "
                            "against the source article's figures, 5G coverage against Japan's 98% target, "
-                           "busiest links, completeness and the local-time profile.",
+                           "busiest links, site power, completeness and the local-time profile.",
                            rows, ["country"])
 
 

@@ -59,6 +59,9 @@ HOST_COUNTERS = ("node_disk_read_bytes_total", "node_disk_written_bytes_total",
                  "node_network_receive_errs_total", "node_network_transmit_errs_total",
                  "node_network_receive_drop_total", "node_network_transmit_drop_total")
 HOST_COUNTER_UNITS = ("bytes",) * 4 + ("packets",) * 6
+# Host power: a RAPL package zone as the server source sends it (microjoules, scale 1e-6 ->
+# joules, already unwrapped into a 64-bit counter by the agent).
+RAPL_COUNTER = ("node_rapl_joules_total", "joules", "package-0", 1e-6)
 HOST_GAUGES = ("node_memory_MemTotal_bytes", "node_memory_MemAvailable_bytes", "node_load1",
                "node_load5", "node_load15", "node_filesystem_size_bytes",
                "node_filesystem_avail_bytes")
@@ -241,6 +244,9 @@ class FleetModel:
                         dev = "nvme0n1" if "disk" in m else "eth0"
                         self.counters.append(CounterSeries(si, m, unit,
                                                            _lab(host=host, device=dev), 64))
+                    m, unit, zone, scale = RAPL_COUNTER
+                    self.counters.append(CounterSeries(si, m, unit, _lab(host=host, device=zone),
+                                                       64, scale))
                     for m, unit in zip(HOST_GAUGES, HOST_GAUGE_UNITS, strict=True):
                         lab = _lab(host=host, mountpoint="/") if "filesystem" in m else _lab(host=host)
                         self.gauges.append(GaugeSeries(si, m, unit, lab))
@@ -673,6 +679,10 @@ class FleetGenerator:
         inc[r + 7] = np.floor(u(keys * 4096 + 7, ticks) ** 16 * 2).astype(U64)
         inc[r + 8] = np.floor(np.maximum(ld - 0.9, 0) * 50 * u(keys * 4096 + 8, ticks)).astype(U64)
         inc[r + 9] = np.floor(np.maximum(ld - 0.9, 0) * 30 * u(keys * 4096 + 9, ticks)).astype(U64)
+        # Package power: an idle floor per host plus ~25 W per busy CPU, in microjoules.
+        idle_w = 60.0 + 40.0 * m.noise.static(keys * 4096 + 15)[:, None]
+        watts = idle_w + 25.0 * busy_sum * (0.95 + 0.1 * u(keys * 4096 + 15, ticks))
+        inc[r + 10] = np.floor(watts * iv * 1e6).astype(U64)
         g0 = H["g0"]
         mem = np.where(m.noise.static(keys * 4096 + 10) < 0.5, 128.0, 256.0)[:, None] * 2**30
         gauges[g0] = mem

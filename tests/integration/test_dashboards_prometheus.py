@@ -2,7 +2,9 @@
 whole pipeline (Tansu broker, ingest over TLS, aggregator, a fleet of real agent streams):
 
 * every query of every dashboard panel, with its template variables substituted, returns
-  data, for Japan and for the United States separately when the query filters by country;
+  data, for Japan and for the United States separately when the query filters by country
+  (the country power panel, fed by the simulator's RAPL counters, also within the model's
+  range);
 * every recording rule of deploy/prometheus/rules/recording.yml produces series;
 * the simulated silent site makes EdgeSiteDown pending/firing while every other site stays
   quiet.
@@ -178,6 +180,14 @@ async def _run(binary: str, settings: Any, broker: EmbeddedBroker, certs: DevCer
             by_country = sum("$country" in e for _, _, e in queries)
             assert both == by_country
             t_panels = time.monotonic() - t0
+            # -- the country power panel: each country's sites' RAPL power, in the model's range
+            # (per host 60-100 W idle plus ~25 W per busy CPU; 2 sites of 1 host with 2 CPUs)
+            power = [e for d, p, e in queries if p == "Site power by country"]
+            assert power == ['country:edge_site_power_watts:sum{country=~"$country"}']
+            for c in ("JP", "US"):
+                got = q(_substitute(power[0], c))
+                assert [r["metric"]["country"] for r in got] == [c]
+                assert 2 * 60 <= float(got[0]["value"][1]) <= 2 * (100 + 2 * 25 * 1.05), got
             print(f"rules after {t_rules:.0f}s, panels after {t_panels:.0f}s")
             print(f"RESULT panel_queries={len(queries)} with_data={len(queries)} "
                   f"country_queries_with_data_for_jp_and_us={both}")

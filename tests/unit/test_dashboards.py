@@ -22,7 +22,7 @@ GEN = ROOT / "scripts" / "gen_dashboards.py"
 FILES = sorted(DASH.glob("*.json"))
 VAR = re.compile(r"\$(?:\{)?([A-Za-z_][A-Za-z0-9_]*)")
 UNITS = {"bps", "Bps", "bytes", "percentunit", "short", "s", "dBm", "dB", "sci", "pps", "ops", "cps",
-         "bool_yes_no"}
+         "bool_yes_no", "watt"}
 
 
 def _dashboards() -> list[dict[str, Any]]:
