@@ -1,13 +1,16 @@
-"""Hypothesis against the running service: random bytes, well-formed-but-wrong batches and
-structured mutations of valid batches (unknown fields at every level, known field numbers
-with other wire types, truncation, flipped bytes, repeated fields and seqs) never crash it;
-every batch read gets exactly one answer, a non-OK one with a reason, and a good stream on
-the same server keeps being acked. COLLECTOR_FUZZ_CASES sets the structured case count."""
+"""Hypothesis against the running service: random bytes, corrupt compressed data,
+well-formed-but-wrong batches and structured mutations of valid batches (unknown fields at
+every level, known field numbers with other wire types, truncation, flipped bytes, repeated
+fields and seqs) never crash it; every batch read gets exactly one answer, a non-OK one with
+a reason, and a good stream on the same server keeps being acked. COLLECTOR_FUZZ_CASES sets
+the structured case count."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
+import zlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -98,6 +101,36 @@ _batches = st.builds(
 async def test_wrong_batches_get_a_reason_and_never_crash(plain_server: IngestServer,
                                                           batch: pb.Batch) -> None:
     ack = await _probe(plain_server, batch.SerializeToString())
+    assert ack.code in (pb.OK, pb.INVALID_ARGUMENT, pb.PERMISSION_DENIED)
+    if ack.code != pb.OK:
+        assert ack.reason
+
+
+@st.composite
+def _compressed_lookalikes(draw: st.DrawFn) -> bytes:
+    """What the service inflates itself: gzip/zlib headers before junk, and gzip/zlib of a
+    valid batch with a byte flipped or cut off."""
+    kind = draw(st.sampled_from(["gzip_junk", "zlib_junk", "gzip_damaged", "zlib_damaged"]))
+    if kind.endswith("junk"):
+        head = b"\x1f\x8b\x08" if kind == "gzip_junk" else b"\x78\x9c"
+        return head + draw(st.binary(max_size=512))
+    raw = make_batch(SITE, 7, series=draw(st.integers(1, 4)), points=2).SerializeToString()
+    packed = bytearray(gzip.compress(raw) if kind == "gzip_damaged" else zlib.compress(raw))
+    # positions drawn independently of the length (the batch's timestamps vary between runs)
+    i = 2 + draw(st.integers(0, 2**20)) % (len(packed) - 2)
+    if draw(st.booleans()):
+        packed[i] ^= draw(st.integers(1, 255))
+    else:
+        del packed[i:]
+    return bytes(packed)
+
+
+@FUZZ
+@given(_compressed_lookalikes())
+async def test_corrupt_compressed_data_gets_one_answer_and_never_crashes(
+    plain_server: IngestServer, data: bytes,
+) -> None:
+    ack = await _probe(plain_server, data)
     assert ack.code in (pb.OK, pb.INVALID_ARGUMENT, pb.PERMISSION_DENIED)
     if ack.code != pb.OK:
         assert ack.reason
