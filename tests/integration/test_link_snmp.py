@@ -246,6 +246,36 @@ async def test_a_stopped_snmpd_does_not_stall_the_other_target(tmp_path: Path) -
         await dead.stop()
 
 
+async def test_per_target_interface_globs_and_interval(snmpd: Snmpd) -> None:
+    # two targets on one device: one keeps only the loopback and polls on the adapter's long
+    # interval, the other leaves it out and polls on its own short one
+    a = SnmpLinkAdapter(interval_s=60, targets=[
+        {"name": "only-lo", "address": snmpd.address, "community": COMMUNITY, "include": ["lo"]},
+        {"name": "no-lo", "address": snmpd.address, "community": COMMUNITY, "exclude": ["lo"],
+         "interval_s": 0.2}])
+    seen: dict[str, set[str]] = {"only-lo": set(), "no-lo": set()}
+
+    async def drain() -> None:
+        for r in await a.read():
+            target, _, link = r.name.partition(":")
+            seen[target].add(link)
+
+    try:
+        await drain()  # the first read waits for both targets' first poll
+        for _ in range(300):
+            await drain()
+            if a.targets["no-lo"].polls >= 4:
+                break
+            await eventually(lambda: False, within=0.1)
+        assert a.targets["no-lo"].polls >= 4
+        assert a.targets["only-lo"].polls == 1  # its 60 s interval has not come round
+        assert seen["only-lo"] == {"lo"}
+        assert seen["no-lo"]
+        assert "lo" not in seen["no-lo"]
+    finally:
+        await a.close()
+
+
 async def test_missing_secret_is_a_config_error_naming_the_key(monkeypatch: Any) -> None:
     monkeypatch.delenv("NO_SUCH_COMMUNITY", raising=False)
     with pytest.raises(ConfigError, match=r"targets\[0\]\.community_env"):
