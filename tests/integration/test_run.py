@@ -114,10 +114,10 @@ def runs() -> Iterator[list[Run]]:
         r.kill()
 
 
-def _country_rates(body: str) -> dict[str, float]:
+def _country_rates(body: str, metric: str = "edge_site_link_throughput_bytes_per_second"
+                   ) -> dict[str, float]:
     out: dict[str, float] = {}
-    for c, v in re.findall(r'edge_site_link_throughput_bytes_per_second\{[^}]*country="(\w+)"'
-                           r'[^}]*\} (\S+)', body):
+    for c, v in re.findall(metric + r'\{[^}]*country="(\w+)"[^}]*\} (\S+)', body):
         out[c] = out.get(c, 0.0) + float(v)
     return out
 
@@ -135,6 +135,12 @@ def test_run_for_30s_without_a_terminal_serves_jp_and_us_and_leaves_no_child(
     assert rates, rates
     assert {"JP", "US"} <= set(rates), rates
     assert all(v > 0 for v in rates.values()), rates
+    # the simulated hosts' RAPL energy becomes site power for both countries (the dashboards'
+    # country power panel sums it)
+    power = wait_until(lambda: (lambda x: x if {"JP", "US"} <= set(x) else None)(
+        _country_rates(_get(url), "edge_site_power_watts")), within=60)
+    assert power, power
+    assert all(v > 0 for v in power.values()), power
     assert r.finish(within=90) == 0, r.output[-4000:]
     out = r.output
     assert re.search(r"\[\s+\d+s\] samples/s", out)  # the plain status block (not a terminal)
