@@ -123,3 +123,19 @@ def test_adapter_option_error_from_the_environment_names_the_variable(tmp_path: 
     assert f"in environment variable {env} at agent.sources.link.options.targets[0].interval_s" \
         in out.stderr
     assert str(cfg) not in out.stderr
+
+
+def test_collector_config_checks_device_adapter_options_and_names_the_file(tmp_path: Path) -> None:
+    cfg = _agent_config(tmp_path, '{targets: [{address: "127.0.0.1:161", community: x}, '
+                        '{address: "127.0.0.1:162", community: x, retriez: 3}]}')
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    out = subprocess.run([sys.executable, "-m", "collector", "--config", str(cfg), "config"],
+                         capture_output=True, text=True, timeout=120, env=environ)
+    assert out.returncode == 2, out.stderr
+    assert f"in {cfg} at agent.sources.link.options.targets[1].retriez" in out.stderr
+    # secrets are the agent host's business: an unset variable is not an error here
+    good = _agent_config(tmp_path, '{targets: [{address: "127.0.0.1:161", '
+                         'community_env: NO_SUCH_VARIABLE_FOR_TEST}]}')
+    out = subprocess.run([sys.executable, "-m", "collector", "--config", str(good), "config"],
+                         capture_output=True, text=True, timeout=120, env=environ)
+    assert out.returncode == 0, out.stderr

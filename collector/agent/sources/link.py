@@ -278,6 +278,22 @@ BUILTIN_ADAPTERS: dict[str, Callable[..., LinkAdapter]] = {
 }
 
 
+def check_options(spec: str, options: dict[str, Any]) -> None:
+    """The device adapters' options checked as the agent checks them at start, without
+    reading their secrets (those are resolved on the host that has them): what
+    `collector config` can tell about an agent file. Raises ConfigError naming the key."""
+    from collector.agent.sources.devices import validate_options
+
+    if spec == "snmp":
+        from collector.agent.sources.snmp import SnmpOptions
+
+        validate_options(SnmpOptions, options)
+    elif spec == "gnmi":
+        from collector.agent.sources.gnmi import GnmiOptions
+
+        validate_options(GnmiOptions, options)
+
+
 def make_adapter(spec: str, options: dict[str, Any]) -> LinkAdapter:
     """'linux', 'simulated', 'synthetic', 'snmp', 'gnmi' or 'package.module:Class' (a
     LinkAdapter taking **options)."""
