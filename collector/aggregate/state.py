@@ -578,8 +578,8 @@ class PartitionState:
         site_index, sites, boot_hash = self.site_index, self.sites, self.boot_hash
         for j, r in enumerate(recs):
             site_i = site_index.get(r.site_id)
-            if site_i is None or (r.country and (sites[site_i].country, sites[site_i].region)
-                                  != (r.country, r.region)):
+            if site_i is None or (r.country and (sites[site_i].country != r.country
+                                                 or sites[site_i].region != r.region)):
                 site_i = self._site(r.site_id, r.country, r.region)
             site_l[j] = site_i
             site = sites[site_i]
@@ -655,6 +655,7 @@ class PartitionState:
         pane = self.pane_ns
         tm = tmax.tolist()
         accepted = np.zeros(n_sites, np.int64)
+        no_deltas, no_pgauges = wire.EMPTY_DELTAS, wire.EMPTY_PERIOD_GAUGES
         for j in np.flatnonzero(keep).tolist():
             closed = closed0
             if self.wm_ns is not None:
@@ -663,7 +664,8 @@ class PartitionState:
             if closed is not None:
                 cut_l[j] = closed
             r = recs[j]
-            if len(r.deltas) or len(r.period_gauges):
+            if (r.deltas is not no_deltas or r.period_gauges is not no_pgauges) \
+                    and (len(r.deltas) or len(r.period_gauges)):
                 rt = rec_table[j]
                 assert rt is not None
                 accepted[site_l[j]] += self._add_periods(r, rt, sites[site_l[j]])
@@ -671,12 +673,16 @@ class PartitionState:
             if hi != _NO_SAMPLE:
                 site_i = site_l[j]
                 site = sites[site_i]
+                moved = False  # the watermark depends only on these two
                 if site.max_event is None or hi > site.max_event:
                     site.max_event = hi
                     self._newest.update(site_i, hi)
+                    moved = True
                 if self.max_event_ns is None or hi > self.max_event_ns:
                     self.max_event_ns = hi
-                self._update_watermark()
+                    moved = True
+                if moved:
+                    self._update_watermark()
         cut = np.array(cut_l, np.int64)
         late = np.zeros(n_sites, np.int64)
         for is_counter, cols, rec, gi, ok, cnt in parts:
