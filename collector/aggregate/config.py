@@ -109,6 +109,17 @@ class AggregateSettings(BaseModel):
             "A restart replays at most this much (deterministically)."
         ),
     )
+    checkpoint_max_share: float = Field(
+        0.25, gt=0, le=1,
+        description=(
+            "Longest share of the consume loop's time spent writing checkpoints: after a round "
+            "that took T seconds (serialising every changed partition, the state-topic writes "
+            "and the commits), the next starts no sooner than T / this after it, and never "
+            "sooner than checkpoint_interval_s. Bounds checkpoint cost for large states (a "
+            "restart then replays more: up to the stretched interval); the interval in use is "
+            "collector_aggregate_checkpoint_interval_seconds."
+        ),
+    )
     checkpoint_chunk_bytes: int = Field(
         512 * 1024, ge=16 * 1024,
         description="Checkpoints larger than this are split into several state-topic records.",

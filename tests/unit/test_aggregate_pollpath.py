@@ -254,3 +254,14 @@ def test_known_layout_reads_what_the_full_parse_reads(created: int, mutate: str)
     assert _columns_equal(got.counters, want.counters)
     assert _columns_equal(got.gauges, want.gauges)
     assert [s.metric for s in got.series()] == [s.metric for s in want.series()]
+
+
+def test_checkpoint_rounds_take_at_most_their_share_of_the_time() -> None:
+    from collector.aggregate.service import checkpoint_every
+
+    assert checkpoint_every(0.01, 5.0, 0.25) == 5.0  # small state: the configured interval
+    assert checkpoint_every(2.0, 5.0, 0.25) == 8.0  # 2 s rounds: every 8 s, 25 % of the time
+    for spent in (0.0, 0.5, 1.25, 3.0, 40.0):
+        every = checkpoint_every(spent, 5.0, 0.25)
+        assert every >= 5.0
+        assert spent / every <= 0.25
