@@ -943,7 +943,7 @@ class PartitionState:
                   else split_sum_arrays(d.delta, starts))
 
         def per_pane(x: np.ndarray) -> np.ndarray:
-            return x.astype(np.uint32) if one else np.add.reduceat(x.astype(np.uint32), starts)
+            return x.astype(np.uint32) if one else _group_sum(x, starts).astype(np.uint32)
 
         frame = pl.DataFrame({
             "sid": sid[starts].astype(np.uint32),
@@ -968,7 +968,7 @@ class PartitionState:
             def count(x: np.ndarray) -> np.ndarray:  # of flags; all or none set is the usual case
                 if not x.any():
                     return np.zeros(len(tg), np.uint32)
-                return size if x.all() else _group_sum(x, tg)
+                return (size if x.all() else _group_sum(x, tg)).astype(np.uint32)
 
             self._tier_src = pl.DataFrame({
                 "sid": sid[tg].astype(np.uint32),
@@ -1195,8 +1195,9 @@ class PartitionState:
                else {"sum": np.add, "cnt": np.add, "min": np.minimum, "max": np.maximum})
         for c, op in ops.items():
             x = panes[c].to_numpy()[rep]
-            cols[c] = x if single else _group_sum(x, g) if op is np.add and x.dtype.kind in "iu" \
-                else op.reduceat(x, g)
+            # sums of counts stay in their column's type (UInt32: a Polars cast costs more)
+            cols[c] = x if single else _group_sum(x, g).astype(x.dtype, copy=False) \
+                if op is np.add and x.dtype.kind in "iu" else op.reduceat(x, g)
         if e_lo == e_hi or tumbling:
             # one end: (series, end) order is (end, series) order; tier rows (tumbling) are
             # kept in (series, end) order, which the next roll's stable sort merges cheaply
