@@ -115,10 +115,13 @@ def gauge_def(metric: str, labels: LabelsT, *, unit: str, scale: float = 0.0) ->
 class BatchBuilder:
     """Accumulates samples of one agent and site; `build()` returns the Batch and resets."""
 
-    def __init__(self, agent_id: str, site: SiteInfo, boot_id: str) -> None:
+    def __init__(self, agent_id: str, site: SiteInfo, boot_id: str,
+                 unissued: tuple[int, int] | None = None) -> None:
         self.agent_id = agent_id
         self.site = site
         self.boot_id = boot_id
+        # seqs [first, last] the previous process reserved and never issued (Batch fields 14-15)
+        self.unissued = unissued
         self._reset()
 
     def _reset(self) -> None:
@@ -216,6 +219,9 @@ class BatchBuilder:
         for number, pcols, gauge in ((9, self._d, False), (10, self._pg, True)):
             if pcols[0]:  # absent when empty: a batch without periods is as before
                 out += _len_field(number, wire.encode_period_columns(*pcols, gauge=gauge))
+        if self.unissued is not None:
+            out += b"\x70" + _varint(self.unissued[0])  # field 14, varint
+            out += b"\x78" + _varint(self.unissued[1])  # field 15, varint
         self._reset()
         return bytes(out)
 
@@ -229,6 +235,8 @@ class BatchBuilder:
     def build(self, seq: int, created_unix_nano: int) -> pb.Batch:
         b = pb.Batch(agent_id=self.agent_id, seq=seq, site=self.site.to_pb(),
                      boot_id=self.boot_id, created_unix_nano=created_unix_nano)
+        if self.unissued is not None:
+            b.unissued_seq_first, b.unissued_seq_last = self.unissued
         b.series.extend(d.to_pb() for d in self._index)
         ci, ct, cv = self._c
         b.counters.series_index.extend(ci)

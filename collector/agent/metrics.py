@@ -7,6 +7,7 @@ batch. Sources add their own collection timings through `SourceStats`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import threading
 import time
@@ -103,13 +104,20 @@ class AgentCollector(Collector):
         retries = CounterMetricFamily(PREFIX + "send_retries",
                                       "Retriable acks and broken streams, by kind.",
                                       labels=[*a, "kind"])
+        writable = GaugeMetricFamily(
+            PREFIX + "spool_writable",
+            "0 after the last spool write or seq reservation failed (disk full, I/O error): "
+            "new batches are being dropped (reason io_error); 1 after the last one worked.",
+            labels=a)
+        reject_pending = GaugeMetricFamily(
+            PREFIX + "rejected_unsaved_batches",
+            "Rejected batches kept in the spool because rejected/ could not be written "
+            "(retried by housekeeping).", labels=a)
         last_seq = GaugeMetricFamily(
             PREFIX + "last_seq",
             "Last seq assigned (after a restart: the last one reserved before it).", labels=a)
         for p in pipelines:
             st = _stats(p)
-            if st is None:
-                continue
             lv = [p.agent_id]
             spool_bytes.add_metric(lv, st.spool_bytes)
             spool_batches.add_metric(lv, st.spool_batches)
@@ -124,8 +132,10 @@ class AgentCollector(Collector):
             retries.add_metric([*lv, "ack"], st.retriable_acks)
             retries.add_metric([*lv, "stream"], st.stream_failures)
             last_seq.add_metric(lv, st.last_seq)
+            writable.add_metric(lv, 1.0 if st.spool_writable else 0.0)
+            reject_pending.add_metric(lv, st.rejects_pending)
         yield from (spool_bytes, spool_batches, oldest, inflight, connected, sent, acked,
-                    rejected, dropped, retries, last_seq)
+                    rejected, dropped, retries, last_seq, writable, reject_pending)
         yield from _site_families([(p.agent_id, p.site) for p in pipelines])
         s = ["agent_id", "source"]
         runs = CounterMetricFamily(PREFIX + "source_collections", "Collections run.", labels=s)
@@ -207,14 +217,32 @@ def _utc_offset_s(timezone: str, now: float) -> float | None:
 
 
 def _stats(p: AgentPipeline) -> Any:
-    """A pipeline's stats read from the scrape thread while its event loop runs: a dict
-    resized mid-copy raises RuntimeError, so try again (the next scrape has it anyway)."""
-    for _ in range(3):
+    """A pipeline's stats, read on its own event loop when called from another thread (the
+    scrape thread): the spool's dicts are only consistent there. A loop that does not answer
+    within 5 s (blocked) is read directly, retrying a dict resized mid-copy; a pipeline that
+    still cannot be read fails the scrape loudly rather than vanishing from it."""
+    loop, owner = p.loop_and_thread
+    if loop is not None and owner != threading.get_ident() and loop.is_running():
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def read() -> None:
+            try:
+                fut.set_result(p.stats)
+            except BaseException as exc:  # handed to the scrape thread, raised there
+                fut.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(read)
+            return fut.result(timeout=5.0)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            pass  # loop blocked or closing: read directly below
+    err: RuntimeError | None = None
+    for _ in range(5):
         try:
             return p.stats
-        except RuntimeError:
-            continue
-    return None
+        except RuntimeError as exc:
+            err = exc
+    raise RuntimeError(f"agent {p.agent_id}: stats unreadable: {err}")
 
 
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, AgentCollector] = weakref.WeakKeyDictionary()

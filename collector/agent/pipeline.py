@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from collector.agent.batch import BatchBuilder, SiteInfo
 from collector.agent.config import AgentSettings
 from collector.agent.metrics import collector_for
 from collector.agent.sender import Sender
-from collector.agent.spool import DROP_TOO_LARGE, Spool
+from collector.agent.spool import DROP_IO_ERROR, DROP_TOO_LARGE, Spool, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class AgentStats:
     retriable_acks: int = 0
     stream_failures: int = 0
     last_seq: int = 0
+    spool_writable: bool = True
+    rejects_pending: int = 0
 
     @property
     def dropped_total(self) -> int:
@@ -76,12 +79,15 @@ class AgentPipeline:
         self._registry = registry
         self._housekeeping: asyncio.Task[None] | None = None
         self._started = False
+        # the event loop (and its thread) the pipeline runs on: metrics read stats there
+        self.loop_and_thread: tuple[asyncio.AbstractEventLoop | None, int] = (None, 0)
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         if self._started:
             return
         self.spool.open()
+        self.loop_and_thread = (asyncio.get_running_loop(), threading.get_ident())
         await self.sender.start()
         self._housekeeping = asyncio.create_task(self._housekeep(),
                                                  name=f"agent-housekeeping-{self.agent_id}")
@@ -121,12 +127,14 @@ class AgentPipeline:
         while True:
             await asyncio.sleep(period)
             self.spool.expire()
+            if self.spool.rejects_pending:
+                self.spool.retry_rejected()
             if self.settings.spool.fsync != "never":
                 self.spool.sync()
 
     # --- producing ---------------------------------------------------------------------
     def new_builder(self) -> BatchBuilder:
-        return BatchBuilder(self.agent_id, self.site, self.boot_id)
+        return BatchBuilder(self.agent_id, self.site, self.boot_id, self.spool.unissued)
 
     async def submit(self, builder: BatchBuilder, *, priority: int = 0) -> int:
         """Build the batch with the next persisted seq, write it to the spool, return the seq.
@@ -138,7 +146,16 @@ class AgentPipeline:
         """
         if not self._started:
             raise RuntimeError("AgentPipeline.submit before start()")
-        seq = self.spool.next_seq()
+        try:
+            seq = self.spool.next_seq()
+        except OSError as exc:
+            # No seq can be reserved (disk full, read-only): the batch cannot be kept. Count
+            # it by reason and tell the caller, which counts a failed collection.
+            self.spool.counters.dropped[DROP_IO_ERROR] += 1
+            self.spool.write_ok = False
+            log.error("cannot reserve a seq in %s (%s): batch of %d samples dropped",
+                      self.spool.dir, exc.strerror or exc, len(builder))
+            raise SpoolError(f"seq reservation failed: {exc.strerror or exc}") from exc
         now = time.time_ns()
         payload = builder.build_bytes(seq, now)
         if len(payload) > self.settings.ingest.max_batch_bytes:
@@ -177,4 +194,5 @@ class AgentPipeline:
             oldest_unacked_age_s=age, in_flight=self.sender.in_flight,
             connected=self.sender.connected, retriable_acks=self.sender.counters.retriable_acks,
             stream_failures=self.sender.counters.stream_failures, last_seq=sp.last_seq,
+            spool_writable=sp.write_ok, rejects_pending=sp.rejects_pending,
         )

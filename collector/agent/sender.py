@@ -112,6 +112,7 @@ class SenderCounters:
     retriable_acks: int = 0
     stream_failures: int = 0
     sessions: int = 0
+    recoveries: int = 0  # failure streaks ended by an OK ack
 
 
 class Sender:
@@ -131,6 +132,9 @@ class Sender:
         self._inflight: dict[int, float] = {}
         self._retry_at = 0.0
         self._ack_failures = 0
+        self._streak_stream = 0  # stream failures in the current failure streak
+        self._streak_acks = 0  # retriable acks in it
+        self._streak_since = 0.0
         self.connected = False
         self.last_error = ""
         self.counters = SenderCounters()
@@ -217,9 +221,29 @@ class Sender:
 
     def _note_failure(self, msg: str) -> None:
         self.counters.stream_failures += 1
-        if msg != self.last_error:
-            log.warning("ingest stream to %s failed: %s", self.settings.target, msg)
+        self._trouble(msg, stream=True)
+
+    def _trouble(self, msg: str, *, stream: bool) -> None:
+        """One warning per failure streak (an outage), however many retries it takes; the
+        recovery (next OK ack) is logged with the streak's counts."""
+        if not self._streak_stream and not self._streak_acks:
+            self._streak_since = time.monotonic()
+            what = "stream failed" if stream else "batches not stored"
+            log.warning("ingest %s (%s): %s; retrying with backoff, the spool keeps every batch "
+                        "(logged once until it recovers)", what, self.settings.target, msg)
+        if stream:
+            self._streak_stream += 1
+        else:
+            self._streak_acks += 1
         self.last_error = msg
+
+    def _recovered(self) -> None:
+        log.warning("ingest (%s) recovered after %.1fs: %d stream failure(s), %d retriable "
+                    "ack(s); last error: %s", self.settings.target,
+                    time.monotonic() - self._streak_since, self._streak_stream, self._streak_acks,
+                    self.last_error)
+        self.counters.recoveries += 1
+        self._streak_stream = self._streak_acks = 0
 
     async def _sleep(self, delay: float) -> None:
         """Sleep that ends at once when shutdown begins."""
@@ -336,6 +360,8 @@ class Sender:
                 del self._inflight[s]
             self.spool.ack(done)
             self._ack_failures = 0
+            if self._streak_stream or self._streak_acks:
+                self._recovered()
         elif first not in self._inflight:
             log.debug("ack for seq %d not in flight: ignored", first)
             return
@@ -355,5 +381,5 @@ class Sender:
             self._ack_failures += 1
             loop = asyncio.get_running_loop()
             self._retry_at = max(self._retry_at, loop.time() + delay)
-            self.last_error = f"{pb.Code.Name(ack.code)}: {ack.reason}"
+            self._trouble(f"{pb.Code.Name(ack.code)}: {ack.reason}", stream=False)
         self._wake.set()

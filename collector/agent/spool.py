@@ -31,6 +31,7 @@ Segments are per priority so that dropping low-priority data really frees disk s
 from __future__ import annotations
 
 import bisect
+import contextlib
 import fcntl
 import heapq
 import json
@@ -178,6 +179,7 @@ class SpoolCounters:
     appended: int = 0
     acked: int = 0
     rejected: int = 0
+    reject_write_failures: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
 
 
@@ -196,12 +198,15 @@ class Spool:
         self._active: dict[int, _Segment] = {}
         self._pending: list[int] = []  # heap of live seqs not handed to the sender
         self._taken: set[int] = set()
+        self._reject_pending: dict[int, tuple[str, str]] = {}  # seq -> (code, reason)
         self._journal_fd = -1
         self._lock_fd = -1
         self._journal_size = 0
         self._journal_dirty = False
         self._next_seq = 1
         self._reserved_upto = 0
+        self.unissued: tuple[int, int] | None = None
+        self.write_ok = True  # False after the last spool write (or seq reservation) failed
         self._bytes = 0
         self._last_sync = time.monotonic()
         self.counters = SpoolCounters()
@@ -282,6 +287,11 @@ class Spool:
             self._write_seq_file(0)
         self._reserved_upto = max(reserved, max_seen)
         self._next_seq = self._reserved_upto + 1
+        # A process that died left the rest of its reserved block unused: the highest seq
+        # still on disk (the segment being written is kept until it rotates) bounds what it
+        # issued. Declared on the wire so the aggregator's ledger does not count them missing.
+        if reserved > max_seen:
+            self.unissued = (max_seen + 1, reserved)
         self._open_journal(rewrite=True)
 
     def close(self) -> None:
@@ -290,6 +300,15 @@ class Spool:
         for seg in [s for s in self._segments if not s.live]:
             self._remove_segment(seg)
         self.sync()
+        if self._reserved_upto > self.last_seq:
+            # Hand the unused rest of the block back: nothing above last_seq was issued, so
+            # the next start continues right after it and skips nothing.
+            try:
+                self._write_seq_file(self.last_seq)
+                self._reserved_upto = self.last_seq
+            except OSError as exc:
+                log.warning("cannot shrink %s at close (%s): the next start skips the rest of "
+                            "the reserved block", self.dir / "seq", exc.strerror)
         for seg in self._segments:
             os.close(seg.fd)
         self._segments.clear()
@@ -410,7 +429,9 @@ class Spool:
                     self._remove_segment(seg)
             self._done_journal([seq])
             self.counters.dropped[DROP_IO_ERROR] += 1
+            self.write_ok = False
             return False
+        self.write_ok = True
         rec = Record(seq, priority, created_unix_nano, seg.size, len(stored), fmt)
         seg.records.append(rec)
         seg.live.add(seq)
@@ -515,7 +536,7 @@ class Spool:
     def requeue(self, seqs: Iterable[int]) -> None:
         """Hand batches back (stream broke, retriable ack): they are sent again, in seq order."""
         for s in seqs:
-            if s in self._taken:
+            if s in self._taken and s not in self._reject_pending:
                 self._taken.discard(s)
                 if s in self._records:
                     heapq.heappush(self._pending, s)
@@ -525,22 +546,68 @@ class Spool:
         return self._finish(seqs, None)
 
     def reject(self, seq: int, code: str, reason: str) -> bool:
-        """Move a refused batch aside to rejected/ and forget it (never retried)."""
+        """Move a refused batch aside to rejected/ and forget it (never retried).
+
+        When rejected/ cannot be written (disk full, permissions) the batch stays in the
+        spool, is not sent again, and the move is retried by `retry_rejected()` (the agent's
+        housekeeping): it is never forgotten without a copy.
+        """
         rec = self._records.get(seq)
         if rec is None:
             return False
-        seg = self._by_seq[seq]
-        try:
-            payload = self._payload(seg, rec)
-            (self.rejected_dir / f"{seq:020d}.batch").write_bytes(payload)
-            (self.rejected_dir / f"{seq:020d}.json").write_text(json.dumps(
-                {"seq": seq, "code": code, "reason": reason,
-                 "rejected_unix_nano": self._clock_ns()}) + "\n")
-            self._trim_rejected()
-        except (OSError, zlib.error) as exc:
-            log.error("cannot keep rejected batch %d in %s: %s", seq, self.rejected_dir, exc)
+        self._taken.add(seq)  # never handed to the sender again
+        if not self._move_rejected(seq, rec, code, reason):
+            self._reject_pending[seq] = (code, reason)
+            self.counters.reject_write_failures += 1
+            return True
         self._finish([seq], "rejected")
         return True
+
+    def _move_rejected(self, seq: int, rec: Record, code: str, reason: str) -> bool:
+        seg = self._by_seq[seq]
+        batch = self.rejected_dir / f"{seq:020d}.batch"
+        try:
+            payload = self._payload(seg, rec)
+            batch.write_bytes(payload)
+            batch.with_suffix(".json").write_text(json.dumps(
+                {"seq": seq, "code": code, "reason": reason,
+                 "rejected_unix_nano": self._clock_ns()}) + "\n")
+        except zlib.error as exc:
+            # The stored payload itself is damaged: no copy can ever be made.
+            log.error("rejected batch %d is damaged in the spool (%s): dropped", seq, exc)
+            self._finish([seq], DROP_CORRUPT)
+            self._reject_pending.pop(seq, None)
+            return True
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                batch.unlink(missing_ok=True)
+            log.error("cannot keep rejected batch %d in %s (%s): kept in the spool, retried",
+                      seq, self.rejected_dir, exc.strerror or exc)
+            return False
+        with contextlib.suppress(OSError):
+            self._trim_rejected()
+        return True
+
+    def retry_rejected(self) -> int:
+        """Retry moving rejected batches aside that could not be written; returns how many moved."""
+        moved = 0
+        for seq, (code, reason) in list(self._reject_pending.items()):
+            rec = self._records.get(seq)
+            if rec is None:  # dropped meanwhile (spool full, max age): counted there
+                del self._reject_pending[seq]
+                continue
+            if not self._move_rejected(seq, rec, code, reason):
+                break  # still failing: try again at the next housekeeping tick
+            if seq in self._records:
+                self._finish([seq], "rejected")
+            self._reject_pending.pop(seq, None)
+            moved += 1
+        return moved
+
+    @property
+    def rejects_pending(self) -> int:
+        """Rejected batches kept in the spool because rejected/ could not be written."""
+        return len(self._reject_pending)
 
     def _trim_rejected(self) -> None:
         keep = self.settings.keep_rejected

@@ -26,6 +26,15 @@ class AggregateSettings(BaseModel):
             "dedup memory). Created with as many partitions as the telemetry topic when missing."
         ),
     )
+    state_replication_factor: int | None = Field(
+        None, ge=1,
+        description=(
+            "Replication factor of the state topic when the aggregator creates it (an existing "
+            "topic is left as it is). Default: 3, or the number of brokers when the cluster "
+            "has fewer (1 on the embedded broker). Checkpoints on one broker are lost with it: "
+            "a restart then replays from the oldest retained record."
+        ),
+    )
     windows_s: tuple[int, ...] = Field(
         (10, 60, 300),
         description=(

@@ -36,6 +36,7 @@ _COUNTERS_TAG = 0x3A  # field 7, wire type 2
 _GAUGES_TAG = 0x42  # field 8, wire type 2
 _DELTAS_TAG = 0x4A  # field 9, wire type 2
 _PERIOD_GAUGES_TAG = 0x52  # field 10, wire type 2
+_K_GAP_FIRST, _K_GAP_LAST = 0x70, 0x78  # fields 14, 15 (unissued seqs), varint
 # The column fields after the series table, in field order (canonical serialisation).
 _TAIL = (("counters", _COUNTERS_TAG), ("gauges", _GAUGES_TAG), ("deltas", _DELTAS_TAG),
          ("period_gauges", _PERIOD_GAUGES_TAG))
@@ -97,6 +98,14 @@ def _skip(buf: bytes, pos: int, wire_type: int) -> int:
     raise IndexError
 
 
+def _varint_size(value: int) -> int:
+    n = 1
+    while value >= 0x80:
+        value >>= 7
+        n += 1
+    return n
+
+
 def _len_field(tag: int, size: int) -> int:
     """Bytes a length-delimited field of `size` payload bytes takes: tag, varint length, payload."""
     n, rest = 1, size
@@ -109,8 +118,8 @@ def _len_field(tag: int, size: int) -> int:
 def series_table_bytes(data: bytes, batch: pb.Batch) -> bytes | None:
     """Raw bytes of the series table when the batch is laid out canonically, else None.
 
-    Canonical means: header fields (1..5), then every series entry, then counters and
-    gauges, as every protobuf serializer writes them. Only the header fields are walked in
+    Canonical means: header fields (1..5), then every series entry, then the column fields
+    and the unissued seq range (14-15), as every protobuf serializer writes them. Only the header fields are walked in
     Python; the end of the table follows from the canonical size of the two column fields.
     """
     try:
@@ -126,6 +135,10 @@ def series_table_bytes(data: bytes, batch: pb.Batch) -> bytes | None:
         for name, tag in _TAIL:
             if batch.HasField(name):
                 tail += _len_field(tag, getattr(batch, name).ByteSize())
+                first = tag if first is None else first
+        for tag, value in ((_K_GAP_FIRST, batch.unissued_seq_first), (_K_GAP_LAST, batch.unissued_seq_last)):
+            if value:  # fields 14-15: after the columns; proto3 leaves a zero out
+                tail += 1 + _varint_size(value)
                 first = tag if first is None else first
         stop = end - tail
         if stop < pos:
@@ -234,12 +247,21 @@ _SCHEMA_OK = ("schema", SCHEMA_HEADER)
 _EMPTY = (b"", b"", b"")
 
 
+def unissued_range(first: int, last: int, seq: int) -> tuple[int, int] | None:
+    """The unissued seq range a batch declares, when it is usable: both ends set, in order,
+    and before the batch's own seq (a range that is not is ignored: it is only a hint for the
+    completeness ledger, never a reason to refuse the batch)."""
+    if first and first <= last < seq:
+        return (first, last)
+    return None
+
+
 class Rec:
     """One record as the poll path reads it: header scalars and the raw little-endian bytes of
     each packed column (series index, time, value), joined per poll into one array each."""
 
     __slots__ = ("agent_id", "batch", "boot_id", "c", "country", "deltas", "g", "n_series", "nc", "ng",
-                 "period_gauges", "region", "seq", "site_id", "table_key", "value")
+                 "period_gauges", "region", "seq", "site_id", "table_key", "unissued", "value")
 
     def __init__(self, value: bytes, agent_id: str, seq: int, site: tuple[str, str, str], boot_id: str,
                  table_key: bytes | None, n_series: int, c: tuple[bytes, bytes, bytes],
@@ -259,6 +281,8 @@ class Rec:
         # period samples (collector/aggregate/periods.py); only the full parse reads them
         self.deltas = wire.EMPTY_DELTAS
         self.period_gauges = wire.EMPTY_PERIOD_GAUGES
+        # seqs [first, last] the agent declares it never issued (Batch fields 14-15), or None
+        self.unissued: tuple[int, int] | None = None
 
     @property
     def n_samples(self) -> int:
@@ -389,6 +413,7 @@ class Decoder:
                 (gc.series_index.tobytes(), gc.time_unix_nano.tobytes(), gc.value.tobytes()),
                 d.batch)
         r.deltas, r.period_gauges = d.deltas, d.period_gauges
+        r.unissued = unissued_range(d.batch.unissued_seq_first, d.batch.unissued_seq_last, d.seq)
         return r
 
     def _fast(self, data: bytes) -> Rec | None:
@@ -465,6 +490,12 @@ class Decoder:
                     return None
                 cols[i] = got
                 pos = p + n
+        # fields 14-15 (unissued seqs), written last by the agents of a restarted boot
+        gap_first = gap_last = 0
+        if pos < end and data[pos] == _K_GAP_FIRST:
+            gap_first, pos = _varint(data, pos + 1)
+        if pos < end and data[pos] == _K_GAP_LAST:
+            gap_last, pos = _varint(data, pos + 1)
         if pos != end:
             return None  # a field after the columns (newer contract, or non-canonical order)
         names = self._sites.get(site)
@@ -483,7 +514,10 @@ class Decoder:
             if len(self._layouts) >= _MAX_AGENTS:
                 self._layouts.clear()
             self._layouts[data[:a_end]] = _Layout(agent, data[seq_end:mid_end], boot, names, created, known)
-        return Rec(data, agent, seq, names, boot, table, n_series, cols[0], cols[1], None)
+        r = Rec(data, agent, seq, names, boot, table, n_series, cols[0], cols[1], None)
+        if gap_first or gap_last:  # (_known never reads a record with them: it ends before)
+            r.unissued = unissued_range(gap_first, gap_last, seq)
+        return r
 
     def _known(self, data: bytes) -> Rec | None:
         """A record laid out exactly like its agent's previous one (agent, seq, the same site

@@ -360,9 +360,13 @@ class Aggregator:
                 raise BrokerError(f"topic {self.topic!r} does not exist")
             topics = await admin.describe_topics([self.topic])
             parts = len(topics[0].get("partitions", [])) if topics else 0
+            rf = self.cfg.state_replication_factor
+            if rf is None:
+                brokers = (await admin.describe_cluster()).get("brokers") or [None]
+                rf = min(3, len(brokers))
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([NewTopic(self.cfg.state_topic, num_partitions=parts,
-                                                    replication_factor=1)])
+                                                    replication_factor=rf)])
             st = await admin.describe_topics([self.cfg.state_topic])
             self._state_partitions = len(st[0].get("partitions", [])) if st else 0
             if self._state_partitions < parts:
@@ -430,6 +434,10 @@ class Aggregator:
             self._consumer.resume(tp)
             log.info("partition %d: checkpoint restored on retry, resumed", tp.partition)
         st.on_window = self.on_window
+        if st.idle_close_ns is not None:
+            # the previous owner checkpointed an idle close: repeat it before replaying, so
+            # the windows it published come out the same
+            st.close_idle(st.idle_close_ns)
         self.states[tp.partition] = st
         self._ckpt_version[tp.partition] = (st.next_offset, st.version)
         self._last_record_wall[tp.partition] = time.monotonic()
@@ -482,10 +490,15 @@ class Aggregator:
         raise BrokerError(f"checkpoint of partition {partition} at {self.cfg.state_topic}:{ptr} unreadable")
 
     # ------------------------------------------------------------------ checkpoint
-    async def _checkpoint(self, partitions: list[int]) -> None:
-        """Write state of `partitions` (caller holds the lock), then commit offsets."""
+    async def _checkpoint(self, partitions: list[int]) -> set[int]:
+        """Write state of `partitions` (caller holds the lock), then commit offsets.
+
+        Returns the partitions whose checkpoint is now the restart point (written now or
+        unchanged since the last one)."""
         if self._producer is None or self._consumer is None or self._pointer is None:
-            return
+            return set()
+        current = {p for p in partitions if p in self.states
+                   and self._ckpt_version.get(p) == (self.states[p].next_offset, self.states[p].version)}
         offsets: dict[TopicPartition, int] = {}
         pointers: dict[TopicPartition, int] = {}
         for p in partitions:
@@ -511,7 +524,7 @@ class Aggregator:
             self.metrics.checkpoint_bytes.labels(str(p)).set(len(blob))
             self.metrics.checkpoints.inc()
         if not offsets:
-            return
+            return current
         try:
             await self._consumer.commit(offsets)
         except KafkaError as exc:
@@ -520,12 +533,13 @@ class Aggregator:
             for tp in offsets:
                 self._ckpt_version.pop(tp.partition, None)
             log.warning("offset commit refused, checkpoint not published: %s", exc)
-            return
+            return current
         await self._pointer.commit(pointers)
         for tp in offsets:
             st = self.states.get(tp.partition)
             if st is not None:
                 st.publish_totals()  # committed: a restart resumes from here, never below
+        return current | {tp.partition for tp in offsets}
 
     # ------------------------------------------------------------------ main loop
     async def _run(self) -> None:
@@ -533,6 +547,7 @@ class Aggregator:
         last_ckpt = time.monotonic()
         ckpt_every = self.cfg.checkpoint_interval_s
         self.metrics.checkpoint_interval.set(ckpt_every)
+        idle_retry_at = 0.0
         backoff = 0.1
         while not self._stopping.is_set():
             try:
@@ -541,9 +556,12 @@ class Aggregator:
                 batch = await self._consumer.getmany(timeout_ms=self.cfg.poll_timeout_ms,
                                                      max_records=self.cfg.max_poll_records)
                 async with self._lock:
-                    dead = self._process(batch)
+                    dead, idle_due = self._process(batch)
                     if dead:
                         await self._dead_letter(dead)
+                    if (idle_due and time.monotonic() >= idle_retry_at
+                            and not await self._close_idle(idle_due)):
+                        idle_retry_at = time.monotonic() + ckpt_every
                     if time.monotonic() - last_ckpt >= ckpt_every:
                         last_ckpt = time.monotonic()
                         try:  # aiokafka sends can wait forever (aio-libs/aiokafka#1101)
@@ -566,7 +584,41 @@ class Aggregator:
                     await asyncio.wait_for(self._stopping.wait(), backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    def _process(self, batch: dict[TopicPartition, list]) -> list[tuple[object, str]]:
+    async def _close_idle(self, due: dict[int, int]) -> bool:
+        """Idle closes follow the wall clock, which a replay does not repeat: record each in a
+        checkpoint first, then close (a restore repeats a recorded one), so closed windows
+        stay final across restarts. Nothing closes while no checkpoint can be written (the
+        windows then close as records come back). True when all of them closed."""
+        for p, target in due.items():
+            st = self.states[p]
+            st.idle_close_ns = target
+            st.version += 1
+        try:  # aiokafka sends can wait forever (aio-libs/aiokafka#1101)
+            async with asyncio.timeout(self.settings.kafka.produce_timeout_s):
+                done = await self._checkpoint(list(due))
+        except (TimeoutError, KafkaError, BrokerError) as exc:
+            self.metrics.checkpoint_errors.inc()
+            log.warning("idle close of partitions %s postponed: checkpoint failed (%s)",
+                        sorted(due), exc or type(exc).__name__)
+            done = set()
+        wall_ns = time.time_ns()
+        for p in due:
+            st = self.states[p]
+            if p not in done:
+                st.idle_close_ns = None
+                continue
+            t0 = time.perf_counter()
+            if st.close_idle(due[p]) is not None:
+                self.metrics.close_duration.observe(time.perf_counter() - t0)
+                if st.closed_ns is not None:
+                    self.metrics.close_latency.observe(max(0.0, (wall_ns - st.closed_ns) / NS))
+        return done >= set(due)
+
+    def _process(self, batch: dict[TopicPartition, list]
+                 ) -> tuple[list[tuple[object, str]], dict[int, int]]:
+        """Feed records to their states and close what the watermarks passed; returns the
+        records to dead-letter and the idle closes due (partition -> pane boundary)."""
+        idle_due: dict[int, int] = {}
         dead: list[tuple[object, str]] = []
         now = time.monotonic()
         for tp, records in batch.items():
@@ -592,8 +644,11 @@ class Aggregator:
         wall_ns = time.time_ns()
         for p, st in self.states.items():
             idle = now - self._last_record_wall.get(p, now) - self.cfg.idle_timeout_s
+            target = st.idle_target(int(idle * NS)) if idle > 0 else None
+            if target is not None:
+                idle_due[p] = target
             t0 = time.perf_counter()
-            stats = st.advance(int(idle * NS) if idle > 0 else 0)
+            stats = st.advance(0)
             if stats is not None:
                 self.metrics.close_duration.observe(time.perf_counter() - t0)
                 if st.closed_ns is not None:
@@ -608,7 +663,7 @@ class Aggregator:
             hw = self._consumer.highwater(tp)
             if hw is not None and st.next_offset is not None and hw >= st.next_offset:
                 self.metrics.lag.labels(str(p)).set(hw - st.next_offset)
-        return dead
+        return dead, idle_due
 
     async def _dead_letter(self, dead: list[tuple[object, str]]) -> None:
         try:  # aiokafka sends can wait forever (aio-libs/aiokafka#1101)

@@ -47,6 +47,7 @@ from collector.aggregate.decode import (
     poll_columns,
     table_is_series_only,
 )
+from collector.aggregate.legacy_catalog import V3_METRICS
 from collector.aggregate.periods import PeriodStore
 from collector.catalog import METRICS, Kind
 from collector.errors import ProtocolError
@@ -77,8 +78,10 @@ _NO_SAMPLE = np.iinfo(np.int64).min  # s_last of a series that has no processed 
 _NO_STEP = np.iinfo(np.int64).max
 _UNRESOLVED = -2  # s_speed_of of a series not looked up yet
 # Checkpoint format: 2 added the per-series sample ledger (series frame: first, step, count);
-# 3 keeps counter pane increases as 32-bit half sums (hi, lo) instead of one Int128.
-CHECKPOINT_VERSION = 3
+# 3 keeps counter pane increases as 32-bit half sums (hi, lo) instead of one Int128;
+# 4 adds the metric table (names and label names, so restore is independent of catalogue
+# order), the agents' unissued seq ranges and a checkpointed idle close.
+CHECKPOINT_VERSION = 4
 
 # A counter increase is kept as the sums of its 32-bit halves (increase = hi * 2^32 + lo):
 # UInt64 group sums are several times cheaper than Int128 ones in Polars and cannot overflow
@@ -190,6 +193,11 @@ class Table:
     bits: npt.NDArray[np.uint8]
 
 
+# Unissued seq ranges remembered per agent (one per agent restart that left part of a
+# reserved block unused); older ones are forgotten, their seqs then count as expected.
+MAX_GAPS = 64
+
+
 @dataclass(slots=True)
 class Agent:
     site: int
@@ -197,6 +205,36 @@ class Agent:
     hi: int  # highest seq seen
     mask: int  # bit i set: seq hi - i was seen (i < dedup_window)
     received: int  # distinct seqs accepted
+    # seq ranges [first, last] the agent declared as never issued (sorted, disjoint), and
+    # how many seqs inside them arrived anyway (the declaration was too wide)
+    gaps: list[tuple[int, int]] = field(default_factory=list)
+    gap_hits: int = 0
+
+    def declare_unissued(self, first: int, last: int, window: int) -> None:
+        if any(lo <= first and last <= hi for lo, hi in self.gaps):
+            return  # already known: every batch of a boot repeats it
+        # seqs of the range that already arrived count as issued (the dedup mask knows them)
+        for seq in range(max(first, self.hi - window + 1), min(last, self.hi) + 1):
+            if self.mask >> (self.hi - seq) & 1 and not self.in_gap(seq):
+                self.gap_hits += 1
+        keep: list[tuple[int, int]] = []
+        for lo, hi in self.gaps:
+            if hi < first - 1 or lo > last + 1:
+                keep.append((lo, hi))
+            else:  # overlapping or adjacent: merge
+                first, last = min(first, lo), max(last, hi)
+        keep.append((first, last))
+        keep.sort()
+        self.gaps = keep[-MAX_GAPS:]
+
+    def in_gap(self, seq: int) -> bool:
+        return any(lo <= seq <= hi for lo, hi in self.gaps)
+
+    def expected(self) -> int:
+        """Seqs issued in [lo, hi]: the range minus what the agent declared unissued (a
+        declared seq that arrived anyway counts as issued)."""
+        skipped = sum(max(0, min(hi, self.hi) - max(lo, self.lo) + 1) for lo, hi in self.gaps)
+        return self.hi - self.lo + 1 - skipped + self.gap_hits
 
 
 @dataclass(slots=True)
@@ -313,6 +351,8 @@ class PartitionState:
         self.max_event_ns: int | None = None  # newest event time of the partition
         self.wm_ns: int | None = None  # watermark: monotonic, see _update_watermark
         self.closed_ns: int | None = None
+        # an idle close decided and checkpointed but maybe not yet done (see advance())
+        self.idle_close_ns: int | None = None
         self.site_idle_ns = int(settings.site_idle_s * NS)
         self.version = 0  # bumped whenever published windows change (checkpoint and render key)
         self.totals_gen = 0  # bumped when newly committed totals are published (render key)
@@ -490,13 +530,18 @@ class PartitionState:
         return t
 
     # ------------------------------------------------------------------ dedup
-    def _dedup(self, agent_id: str, seq: int, site: int) -> str:
+    def _dedup(self, agent_id: str, seq: int, site: int, unissued: tuple[int, int] | None = None
+               ) -> str:
         a = self.agents.get(agent_id)
-        if a is None:
-            self.agents[agent_id] = Agent(site, seq, seq, 1, 1)
-            return "new"
-        a.site = site
         w = self.settings.dedup_window
+        if a is None:
+            a = self.agents[agent_id] = Agent(site, seq, seq, 1, 1)
+            if unissued is not None:
+                a.declare_unissued(*unissued, w)
+            return "new"
+        if unissued is not None:
+            a.declare_unissued(*unissued, w)
+        a.site = site
         if seq > a.hi:
             shift = seq - a.hi
             a.mask = ((a.mask << shift) | 1) & self._dedup_full if shift < w else 1
@@ -511,6 +556,8 @@ class PartitionState:
             a.mask |= bit
         a.lo = min(a.lo, seq)
         a.received += 1
+        if a.gaps and a.in_gap(seq):
+            a.gap_hits += 1
         return "new"
 
     # ------------------------------------------------------------------ ingest
@@ -583,7 +630,7 @@ class PartitionState:
                 site_i = self._site(r.site_id, r.country, r.region)
             site_l[j] = site_i
             site = sites[site_i]
-            verdict = self._dedup(r.agent_id, r.seq, site_i)
+            verdict = self._dedup(r.agent_id, r.seq, site_i, r.unissued)
             if verdict != "new":
                 site.dropped[verdict] += r.n_samples
                 site.dup_batches += 1
@@ -770,12 +817,38 @@ class PartitionState:
 
     def advance(self, idle_ns: int = 0, *, emit_all: bool | None = None) -> CloseStats | None:
         """Close every pane the watermark has passed. `idle_ns`: wall time without records
-        beyond the idle timeout, by which event time is advanced (silent partitions)."""
+        beyond the idle timeout, by which event time is advanced (silent partitions).
+
+        An idle close depends on the wall clock, not on the record sequence: a replay after a
+        restart would not repeat it. The service therefore checkpoints `idle_target()` as
+        `idle_close_ns` first and then calls `close_idle()`, which a restore repeats."""
         if self.max_event_ns is None or self.wm_ns is None:
             return None
         # A silent partition's event time flows with the wall clock from its newest sample,
         # and neither the lateness nor a lagging site holds its windows open.
         wm = self.max_event_ns + idle_ns if idle_ns > 0 else self.wm_ns
+        return self._advance_to(wm, emit_all)
+
+    def idle_target(self, idle_ns: int) -> int | None:
+        """The pane boundary an idle close would reach, when it closes more than the
+        watermark does; None otherwise."""
+        if idle_ns <= 0 or self.max_event_ns is None or self.wm_ns is None:
+            return None
+        target = ((self.max_event_ns + idle_ns) // self.pane_ns) * self.pane_ns
+        if target <= (self.wm_ns // self.pane_ns) * self.pane_ns:
+            return None
+        if self.closed_ns is not None and target <= self.closed_ns:
+            return None
+        return target
+
+    def close_idle(self, target_ns: int, *, emit_all: bool | None = None) -> CloseStats | None:
+        """Close up to `target_ns` (an idle close recorded in a checkpoint beforehand)."""
+        self.idle_close_ns = None
+        if self.max_event_ns is None or self.wm_ns is None:
+            return None
+        return self._advance_to(target_ns, emit_all)
+
+    def _advance_to(self, wm: int, emit_all: bool | None) -> CloseStats | None:
         target = (wm // self.pane_ns) * self.pane_ns
         if self.closed_ns is None:
             first = self._oldest_buffered()
@@ -1248,13 +1321,30 @@ class PartitionState:
         self._meta = None
         return len(stale)
 
+    def _forget_restored(self, sids: list[int]) -> None:
+        """Drop restored series whose metric left the catalogue (restore only)."""
+        idx = np.array(sids, np.int64)
+        self._forget(idx)  # windows, panes, totals
+        self.carry.has[idx] = False
+        self.s_count[idx] = 0
+        self.s_step[idx] = 0
+        self.s_tot_hi[idx] = 0
+        self.s_tot_lo[idx] = 0
+        for site in {int(self.s_site[i]) for i in sids}:
+            self.sites[site].series -= int(np.count_nonzero(self.s_site[idx] == site))
+        drop = np.array(sids, np.uint32)
+        self._cbuf = [tuple(c[~np.isin(b[0], drop)] for c in b) for b in self._cbuf]
+        self._gbuf = [tuple(c[~np.isin(b[0], drop)] for c in b) for b in self._gbuf]
+        self.periods.forget(drop)
+        self._meta = None
+
     # ------------------------------------------------------------------ views
     def view(self) -> PartitionView:
         """A consistent, immutable picture of what is published (safe to render in a thread)."""
         expected = [0] * len(self.sites)
         received = [0] * len(self.sites)
         for a in self.agents.values():
-            expected[a.site] += a.hi - a.lo + 1
+            expected[a.site] += a.expected()
             received[a.site] += a.received
         s_expected, s_counted = self._sample_ledger()
         sites = tuple(
@@ -1393,17 +1483,24 @@ class PartitionState:
             "mask": [a.mask.to_bytes((a.mask.bit_length() + 7) // 8 or 1, "little")
                      for a in self.agents.values()],
             "received": [a.received for a in self.agents.values()],
+            "gaps": [[x for g in a.gaps for x in g] for a in self.agents.values()],
+            "gap_hits": [a.gap_hits for a in self.agents.values()],
         }, schema={"agent": pl.String, "site": pl.Int64, "lo": pl.UInt64, "hi": pl.UInt64,
-                   "mask": pl.Binary, "received": pl.UInt64})
+                   "mask": pl.Binary, "received": pl.UInt64, "gaps": pl.List(pl.UInt64),
+                   "gap_hits": pl.UInt64})
         header = {
             "v": CHECKPOINT_VERSION, "partition": self.partition, "next_offset": self.next_offset,
             "max_event_ns": self.max_event_ns, "closed_ns": self.closed_ns, "wm_ns": self.wm_ns,
+            "idle_close_ns": self.idle_close_ns,
             "pane_ns": self.pane_ns, "windows_s": list(self.windows_s),
             "records": self.records, "samples": self.samples,
             "sites": [[s.site_id, s.country, s.region, s.series, s.batches, s.dup_batches, s.samples,
                        s.max_event, s.dropped, s.excluded]
                       for s in self.sites],
             "free": self.free, "frames": list(frames), "period_clock": self.periods.clock_ns,
+            # the series frame's `metric` column and label tuples refer to this table, not to
+            # the catalogue's order, so a catalogue change cannot relabel restored series
+            "metrics": [[m.name, list(m.labels)] for m in METRICS],
         }
         out = io.BytesIO()
         h = json.dumps(header).encode()
@@ -1429,7 +1526,7 @@ class PartitionState:
         view = memoryview(data)
         (hl,) = struct.unpack_from("<I", view, 0)
         header = json.loads(bytes(view[4:4 + hl]))
-        if header.get("v") not in (1, 2, CHECKPOINT_VERSION):
+        if header.get("v") not in (1, 2, 3, CHECKPOINT_VERSION):
             raise ProtocolError(f"checkpoint format v{header.get('v')} is not readable by this "
                                 f"aggregator (reads v1..v{CHECKPOINT_VERSION})")
         pos = 4 + hl
@@ -1446,6 +1543,7 @@ class PartitionState:
         st.max_event_ns = header["max_event_ns"]
         st.wm_ns = header["wm_ns"]
         st.closed_ns = header["closed_ns"]
+        st.idle_close_ns = header.get("idle_close_ns")
         st.records = header["records"]
         st.samples = header["samples"]
         for row in header["sites"]:
@@ -1460,7 +1558,15 @@ class PartitionState:
         n = len(s)
         st._grow(n)
         st.s_site[:n] = s["site"].to_numpy()
-        st.s_metric[:n] = s["metric"].to_numpy()
+        # v1..v3 stored positions in the catalogue of their time, without a table: read them
+        # against that catalogue, frozen in legacy_catalog.py
+        table = header.get("metrics") or [[name, list(labels)] for name, labels in V3_METRICS]
+        remap, relabel, gone_metric = _metric_remap(table)
+        raw = s["metric"].to_numpy().astype(np.int64)
+        old_metric = np.clip(raw, 0, len(remap) - 1)
+        st.s_metric[:n] = np.where(remap[old_metric] >= 0, remap[old_metric], 0)
+        # an index beyond the table (a damaged checkpoint) reads as a metric that is gone
+        dead = gone_metric[old_metric] | (raw != old_metric)
         st.s_last[:n] = s["last"].to_numpy()
         st.s_live[:n] = s["live"].to_numpy()
         st.s_scale[:n] = s["scale"].to_numpy()
@@ -1481,14 +1587,23 @@ class PartitionState:
             st.s_speed[:n] = s["speed"].to_numpy()
             st.s_tot_hi[:n] = s["tot_hi"].to_numpy()
             st.s_tot_lo[:n] = s["tot_lo"].to_numpy()
+        free = list(header["free"])
         for i, labels in enumerate(s["labels"].to_list()):
             if labels is None:
                 st.keys.append(None)
+            elif dead[i]:
+                # the metric left the catalogue: its series are forgotten (never relabelled)
+                st.keys.append(None)
+                st.s_live[i] = False
+                free.append(i)
             else:
-                key = (int(st.s_site[i]), int(st.s_metric[i]), tuple(labels))
+                perm = relabel.get(int(old_metric[i]))
+                vals = tuple(labels) if perm is None else tuple(
+                    sys.intern(labels[j]) if j >= 0 else "" for j in perm)
+                key = (int(st.s_site[i]), int(st.s_metric[i]), vals)
                 st.keys.append(key)
                 st.series_key[key] = i
-        st.free = list(header["free"])
+        st.free = free
         st.totals_published = st.totals_frame()  # what the previous owner published last
         st.cpanes = [_halves(frames[f"cpanes_{k}"]) for k in range(st.n_tiers)]
         st.gpanes = [frames[f"gpanes_{k}"] for k in range(st.n_tiers)]
@@ -1502,7 +1617,31 @@ class PartitionState:
         if len(gb):
             st._gbuf = [tuple(gb[c].to_numpy() for c in ("sid", "t", "v"))]
         st.periods.restore(frames, header.get("period_clock"))  # absent before periods existed
-        for row in frames["agents"].iter_rows():
-            agent, site, lo, hi, mask, received = row
-            st.agents[agent] = Agent(site, lo, hi, int.from_bytes(mask, "little"), received)
+        for row in frames["agents"].iter_rows(named=True):
+            flat = row.get("gaps") or []
+            st.agents[row["agent"]] = Agent(
+                row["site"], row["lo"], row["hi"], int.from_bytes(row["mask"], "little"),
+                row["received"], [(flat[k], flat[k + 1]) for k in range(0, len(flat) - 1, 2)],
+                row.get("gap_hits") or 0)
+        gone = [i for i in range(n) if dead[i]]
+        if gone:
+            st._forget_restored(gone)
         return st
+
+
+def _metric_remap(table: list[list[Any]]) -> tuple[npt.NDArray[np.int64], dict[int, list[int]],
+                                                   npt.NDArray[np.bool_]]:
+    """A checkpoint's metric table against today's catalogue: old index -> new index (-1
+    when gone), old index -> positions of today's label names in the old label tuple (only
+    where they differ; -1 for a label the old entry did not have), and a mask of gone ones."""
+    remap = np.full(max(1, len(table)), -1, np.int64)
+    relabel: dict[int, list[int]] = {}
+    for i, (name, old_labels) in enumerate(table):
+        j = METRIC_INDEX.get(name)
+        if j is None:
+            continue
+        remap[i] = j
+        new_labels = list(METRICS[j].labels)
+        if new_labels != list(old_labels):
+            relabel[i] = [old_labels.index(n) if n in old_labels else -1 for n in new_labels]
+    return remap, relabel, remap < 0

@@ -23,6 +23,7 @@ from typing import Any
 from collector.agent.batch import BatchBuilder
 from collector.agent.metrics import SourceStats
 from collector.agent.pipeline import AgentPipeline
+from collector.agent.spool import SpoolError
 from collector.errors import CollectorError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,14 @@ async def collect_once(source: Source, pipeline: AgentPipeline) -> int | None:
         source.committed()
         return None
     source.stats.samples += n
-    seq = await pipeline.submit(builder, priority=source.priority)
+    try:
+        seq = await pipeline.submit(builder, priority=source.priority)
+    except SpoolError as exc:
+        # Counted as a drop (reason io_error) by the pipeline; the source lives on, does not
+        # commit what it read (a file source reads it again) and the next tick tries again.
+        source.stats.errors += 1
+        log.error("source %s: batch not spooled: %s", source.name, exc)
+        return None
     source.committed()
     return seq
 
@@ -111,8 +119,15 @@ async def run_source(source: Source, pipeline: AgentPipeline, stop: asyncio.Even
     """Collect on ticks aligned to the interval until `stop` is set."""
     interval = source.interval_s
     while not stop.is_set():
-        await collect_once(source, pipeline)
-        if source.backlog:
+        failed = False
+        try:
+            await collect_once(source, pipeline)
+        except Exception:
+            # Never a silently dead source task: count, log with traceback, next tick.
+            source.stats.errors += 1
+            log.exception("source %s: unexpected error", source.name)
+            failed = True
+        if source.backlog and not failed:
             await asyncio.sleep(0)  # more of a split backlog: next batch at once
             continue
         now = time.time()

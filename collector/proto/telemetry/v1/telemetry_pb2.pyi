@@ -138,7 +138,7 @@ class PeriodGaugeColumns(_message.Message):
     def __init__(self, series_index: _Optional[_Iterable[int]] = ..., start_time_unix_nano: _Optional[_Iterable[int]] = ..., time_unix_nano: _Optional[_Iterable[int]] = ..., value: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("agent_id", "seq", "site", "boot_id", "created_unix_nano", "series", "counters", "gauges", "deltas", "period_gauges")
+    __slots__ = ("agent_id", "seq", "site", "boot_id", "created_unix_nano", "series", "counters", "gauges", "deltas", "period_gauges", "unissued_seq_first", "unissued_seq_last")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +149,8 @@ class Batch(_message.Message):
     GAUGES_FIELD_NUMBER: _ClassVar[int]
     DELTAS_FIELD_NUMBER: _ClassVar[int]
     PERIOD_GAUGES_FIELD_NUMBER: _ClassVar[int]
+    UNISSUED_SEQ_FIRST_FIELD_NUMBER: _ClassVar[int]
+    UNISSUED_SEQ_LAST_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     seq: int
     site: Site
@@ -159,7 +161,9 @@ class Batch(_message.Message):
     gauges: GaugeColumns
     deltas: DeltaColumns
     period_gauges: PeriodGaugeColumns
-    def __init__(self, agent_id: _Optional[str] = ..., seq: _Optional[int] = ..., site: _Optional[_Union[Site, _Mapping]] = ..., boot_id: _Optional[str] = ..., created_unix_nano: _Optional[int] = ..., series: _Optional[_Iterable[_Union[Series, _Mapping]]] = ..., counters: _Optional[_Union[CounterColumns, _Mapping]] = ..., gauges: _Optional[_Union[GaugeColumns, _Mapping]] = ..., deltas: _Optional[_Union[DeltaColumns, _Mapping]] = ..., period_gauges: _Optional[_Union[PeriodGaugeColumns, _Mapping]] = ...) -> None: ...
+    unissued_seq_first: int
+    unissued_seq_last: int
+    def __init__(self, agent_id: _Optional[str] = ..., seq: _Optional[int] = ..., site: _Optional[_Union[Site, _Mapping]] = ..., boot_id: _Optional[str] = ..., created_unix_nano: _Optional[int] = ..., series: _Optional[_Iterable[_Union[Series, _Mapping]]] = ..., counters: _Optional[_Union[CounterColumns, _Mapping]] = ..., gauges: _Optional[_Union[GaugeColumns, _Mapping]] = ..., deltas: _Optional[_Union[DeltaColumns, _Mapping]] = ..., period_gauges: _Optional[_Union[PeriodGaugeColumns, _Mapping]] = ..., unissued_seq_first: _Optional[int] = ..., unissued_seq_last: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("seq", "seq_last", "code", "reason", "retry_after_ms")

@@ -1,0 +1,75 @@
+"""The metric table of checkpoints v1..v3, which stored each series' metric as a position in
+`catalog.METRICS` without a table of their own.
+
+Every build writing v3 had this catalogue (main at f035d8e, the last one writing v3), and
+so had the last builds writing v2; older v2/v1 builds had shorter catalogues, whose
+positions cannot be told apart afterwards (read against this table, the best there is).
+Frozen here so that a later catalogue change cannot relabel a v3 checkpoint's series; v4
+checkpoints carry their own table (see PartitionState.snapshot).
+"""
+
+from __future__ import annotations
+
+V3_METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ('link_in_octets', ('link', 'media')),
+    ('link_out_octets', ('link', 'media')),
+    ('link_in_packets', ('link', 'media')),
+    ('link_out_packets', ('link', 'media')),
+    ('link_in_errors', ('link', 'media')),
+    ('link_out_errors', ('link', 'media')),
+    ('link_in_discards', ('link', 'media')),
+    ('link_out_discards', ('link', 'media')),
+    ('link_oper_up', ('link', 'media')),
+    ('link_speed_bytes', ('link', 'media')),
+    ('link_optical_rx_power_dbm', ('link', 'media')),
+    ('link_optical_tx_power_dbm', ('link', 'media')),
+    ('link_optical_laser_bias_amperes', ('link', 'media')),
+    ('link_optical_prefec_ber', ('link', 'media')),
+    ('link_optical_osnr_db', ('link', 'media')),
+    ('RRU.PrbTotDl', ('cell', 'gnb', 'function')),
+    ('RRU.PrbTotUl', ('cell', 'gnb', 'function')),
+    ('RRU.PrbUsedDl', ('cell', 'gnb', 'function')),
+    ('RRU.PrbUsedUl', ('cell', 'gnb', 'function')),
+    ('RRU.PrbAvailDl', ('cell', 'gnb', 'function')),
+    ('RRU.PrbAvailUl', ('cell', 'gnb', 'function')),
+    ('DRB.UEThpDl', ('cell', 'gnb', 'function')),
+    ('DRB.UEThpUl', ('cell', 'gnb', 'function')),
+    ('DRB.PdcpSduVolumeDL', ('cell', 'gnb', 'function')),
+    ('DRB.PdcpSduVolumeUL', ('cell', 'gnb', 'function')),
+    ('RRC.ConnMean', ('cell', 'gnb', 'function')),
+    ('RRC.ConnMax', ('cell', 'gnb', 'function')),
+    ('RRC.ConnEstabAtt', ('cell', 'gnb', 'function')),
+    ('RRC.ConnEstabSucc', ('cell', 'gnb', 'function')),
+    ('MM.HoExeIntraReq', ('cell', 'gnb', 'function')),
+    ('MM.HoExeIntraSucc', ('cell', 'gnb', 'function')),
+    ('MM.HoExeInterReq', ('cell', 'gnb', 'function')),
+    ('MM.HoExeInterSucc', ('cell', 'gnb', 'function')),
+    ('RRU.CellUnavailableTime', ('cell', 'gnb', 'function')),
+    ('CELL.Availability', ('cell', 'gnb', 'function')),
+    ('CELL.CoverageRatio', ('cell', 'gnb', 'function')),
+    ('L1M.SS-RSRP', ('cell', 'gnb', 'function')),
+    ('L1M.SS-RSRQ', ('cell', 'gnb', 'function')),
+    ('L1M.SS-SINR', ('cell', 'gnb', 'function')),
+    ('node_cpu_seconds_total', ('host', 'cpu', 'mode')),
+    ('node_memory_MemTotal_bytes', ('host',)),
+    ('node_memory_MemAvailable_bytes', ('host',)),
+    ('node_load1', ('host',)),
+    ('node_load5', ('host',)),
+    ('node_load15', ('host',)),
+    ('node_disk_read_bytes_total', ('host', 'device')),
+    ('node_disk_written_bytes_total', ('host', 'device')),
+    ('node_disk_reads_completed_total', ('host', 'device')),
+    ('node_disk_writes_completed_total', ('host', 'device')),
+    ('node_disk_io_time_seconds_total', ('host', 'device')),
+    ('node_filesystem_size_bytes', ('host', 'mountpoint')),
+    ('node_filesystem_avail_bytes', ('host', 'mountpoint')),
+    ('node_network_receive_bytes_total', ('host', 'device')),
+    ('node_network_transmit_bytes_total', ('host', 'device')),
+    ('node_network_receive_packets_total', ('host', 'device')),
+    ('node_network_transmit_packets_total', ('host', 'device')),
+    ('node_network_receive_errs_total', ('host', 'device')),
+    ('node_network_transmit_errs_total', ('host', 'device')),
+    ('node_network_receive_drop_total', ('host', 'device')),
+    ('node_network_transmit_drop_total', ('host', 'device')),
+    ('node_rapl_joules_total', ('host', 'device')),
+)
