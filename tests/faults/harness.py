@@ -90,7 +90,8 @@ class Process:
         return self
 
     async def _drain_stdout(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         while await self.proc.stdout.readline():
             pass
 
@@ -156,7 +157,8 @@ class Agent:
 
     @property
     def metrics_port(self) -> int:
-        assert self.proc is not None and self.proc.match is not None
+        assert self.proc is not None
+        assert self.proc.match is not None
         return int(self.proc.match["port"])
 
     async def start(self) -> Process:
@@ -488,7 +490,8 @@ class Stack:
         return sum(len(ack) for _, ack in self.ledgers().values())
 
     async def ingest_metric(self, name: str, **labels: str) -> float | None:
-        assert self.ingest is not None and self.ingest.match is not None
+        assert self.ingest is not None
+        assert self.ingest.match is not None
         return metric_value(await scrape(int(self.ingest.match["metrics"])), name, **labels)
 
     async def wait_acked(self, more_than: int, within: float = 60.0) -> bool:
@@ -547,7 +550,7 @@ class Stack:
         rep.in_kafka = len(distinct)
         rep.duplicates = rep.kafka_records - rep.in_kafka
         rep.reused = sorted(k for k, v in copies.items() if len(v) > 1)
-        for aid, (iss, ack) in ledgers.items():
+        for aid, (_iss, ack) in ledgers.items():
             rep.acked_missing += [(aid, s) for s in sorted(ack) if (aid, s) not in distinct]
         rep.never_issued = sorted(k for k in distinct
                                   if k[0] not in ledgers or k[1] not in ledgers[k[0]][0])

@@ -1,5 +1,6 @@
-"""Cases 1, 4 and 7 of the fault suite: real processes killed with real signals, then the one
-checker (acknowledged vs Kafka vs published vs ground truth). See docs/reliability.md."""
+"""Cases 1, 4 and 7 of the fault suite (run concurrently by test_suite.py): real processes
+killed with real signals, then the one checker (acknowledged vs Kafka vs published vs ground
+truth). See docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from tests.faults.harness import Stack, scaled
 WINDOW = 32  # the agents' default in-flight window: what one lost ack can cost at most
 
 
-async def test_case1_ingest_sigkilled_five_times_under_load(tmp_path: Path) -> None:
+async def case1_ingest_sigkilled_five_times_under_load(tmp_path: Path) -> None:
     rnd = random.Random(13)
     # the idle timeout is above the outages: a record-less pause that long would (rightly)
     # close windows by the wall clock and make the backlog late
@@ -38,7 +39,7 @@ async def test_case1_ingest_sigkilled_five_times_under_load(tmp_path: Path) -> N
     rep.assert_ok(max_duplicates=5 * WINDOW * len(s.agents))
 
 
-async def test_case4_agent_sigkilled_and_restarted(tmp_path: Path) -> None:
+async def case4_agent_sigkilled_and_restarted(tmp_path: Path) -> None:
     async with Stack(tmp_path, aggregate={"idle_timeout_s": 8.0},
                      agent={"spool": {"seq_block": 64}}) as s:
         await s.start_ingest()
@@ -71,9 +72,11 @@ async def test_case4_agent_sigkilled_and_restarted(tmp_path: Path) -> None:
         assert ratio == 1.0
 
 
-async def test_case7_aggregator_sigkilled_and_a_member_leaving(tmp_path: Path) -> None:
+async def case7_aggregator_sigkilled_and_a_member_leaving(tmp_path: Path) -> None:
+    # a checkpoint interval longer than the default only makes the replay longer (the worse
+    # case); idle closes are checkpointed whatever the interval
     async with Stack(tmp_path, partitions=4, aggregators=2,
-                     aggregate={"idle_timeout_s": 2.0}) as s:
+                     aggregate={"idle_timeout_s": 2.0, "checkpoint_interval_s": 20.0}) as s:
         await s.start_ingest()
         await s.start_aggregator(0)
         await s.start_aggregator(1)
@@ -86,7 +89,8 @@ async def test_case7_aggregator_sigkilled_and_a_member_leaving(tmp_path: Path) -
         await asyncio.sleep(5.0)
         for a in s.agents:
             a.proc.signal(signal.SIGCONT)  # type: ignore[union-attr]
-        await asyncio.sleep(scaled(2.0, 10.0))
+        # windows close again once the watermark passes the idle-closed boundary (lateness)
+        await asyncio.sleep(scaled(10.0, 20.0))
         agg0 = s.aggregators[0]
         assert agg0 is not None
         await agg0.kill()  # ... then SIGKILL: the restart replays from the checkpoint
@@ -104,3 +108,38 @@ async def test_case7_aggregator_sigkilled_and_a_member_leaving(tmp_path: Path) -
     print("case7", rep.summary())
     rep.assert_ok(max_duplicates=0)
     assert rep.republished > 0, "the restart should have re-published closed windows"
+
+
+async def case7_idle_close_then_sigkill_keeps_closed_windows_final(tmp_path: Path) -> None:
+    """The probe's bug: delivery stops longer than the idle timeout while agents keep
+    collecting, so windows close by the wall clock and the backlog arrives late; a SIGKILL
+    then made the replay (which does not idle) publish those windows with other values."""
+    async with Stack(tmp_path, aggregate={"idle_timeout_s": 2.0, "checkpoint_interval_s": 20.0}
+                     ) as s:
+        await s.start_ingest()
+        await s.start_aggregator(0)
+        await s.start_agents()
+        assert await s.wait_acked(40)
+        await asyncio.sleep(3.0)
+        assert s.ingest is not None
+        s.ingest.signal(signal.SIGSTOP)  # delivery stops, the agents keep spooling
+        await asyncio.sleep(5.0)
+        s.ingest.signal(signal.SIGCONT)
+        await asyncio.sleep(scaled(10.0, 20.0))
+        agg = s.aggregators[0]
+        assert agg is not None
+        text = await s.scrape_aggregator(int(agg.match["port"]))  # type: ignore[index]
+        late = sum(s.value(text, "collector_site_samples_dropped_total", site=x, reason="late") or 0
+                   for x in s.site_ids)
+        await agg.kill()  # SIGKILL: the replay starts before the idle close
+        await s.start_aggregator(0)
+        await asyncio.sleep(scaled(5.0, 15.0))
+        await s.drain()
+        await s.wait_published()
+        rep = await s.check()
+    print("case7b", rep.summary(), f"late={late}")
+    assert late > 0, "the backlog should have arrived behind the idle-closed windows"
+    assert rep.republished > 0
+    # closed windows are final: every re-publication has the value of the first
+    assert not rep.republished_different, rep.republished_different[:3]
+    rep.assert_ok(max_duplicates=2 * WINDOW * len(s.agents), windows=False)

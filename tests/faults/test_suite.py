@@ -1,0 +1,32 @@
+"""The fault suite, one test per case of issue #13 (see docs/reliability.md for the table).
+
+The cases run concurrently (runner.py): selecting some (`-k case1`) runs only those.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.faults.runner import Runner
+
+CASE_TIMEOUT_S = 560  # a case's own bound; the concurrent quick form takes ~3 min
+
+
+@pytest.mark.timeout(CASE_TIMEOUT_S + 20)
+def test_case1_ingest_sigkilled_five_times_under_load(fault_runner: Runner) -> None:
+    fault_runner.result("case1_ingest_sigkilled_five_times_under_load", CASE_TIMEOUT_S)
+
+
+@pytest.mark.timeout(CASE_TIMEOUT_S + 20)
+def test_case4_agent_sigkilled_and_restarted(fault_runner: Runner) -> None:
+    fault_runner.result("case4_agent_sigkilled_and_restarted", CASE_TIMEOUT_S)
+
+
+@pytest.mark.timeout(CASE_TIMEOUT_S + 20)
+def test_case7_aggregator_sigkilled_and_a_member_leaving(fault_runner: Runner) -> None:
+    fault_runner.result("case7_aggregator_sigkilled_and_a_member_leaving", CASE_TIMEOUT_S)
+
+
+@pytest.mark.timeout(CASE_TIMEOUT_S + 20)
+def test_case7_idle_close_then_sigkill_keeps_closed_windows_final(fault_runner: Runner) -> None:
+    fault_runner.result("case7_idle_close_then_sigkill_keeps_closed_windows_final", CASE_TIMEOUT_S)
