@@ -6,6 +6,7 @@
         proxy.resume()
         await proxy.reset()    # abort every open connection with a TCP RST
         proxy.refuse = True    # new connections are closed at once
+        proxy.delay_s = 0.2    # every byte arrives 200 ms later, each direction (latency)
 
 Only for tests: it listens on 127.0.0.1 and forwards to one upstream address.
 """
@@ -27,6 +28,7 @@ class TcpProxy:
         self.host = host
         self.port = port
         self.refuse = False
+        self.delay_s = 0.0
         self.connections = 0  # accepted so far
         self.resets = 0
         self._flowing = asyncio.Event()
@@ -98,11 +100,36 @@ class TcpProxy:
                 w.close()
 
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            while data := await src.read(65536):
+        # Reading and writing are decoupled by a queue so that `delay_s` is latency (each
+        # chunk leaves delay_s after it arrived), not a throughput limit.
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(maxsize=256)
+
+        async def deliver() -> None:
+            while True:
+                t, data = await queue.get()
+                if not data:
+                    return
+                wait = t + self.delay_s - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 await self._flowing.wait()
                 dst.write(data)
                 await dst.drain()
+
+        writer = asyncio.create_task(deliver())
+        try:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await src.read(65536):
+                    await queue.put((loop.time(), data))
+                    if writer.done():
+                        break
+            await queue.put((loop.time(), b""))
+            with contextlib.suppress(OSError):
+                await writer
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
 
 
 def _rst(w: asyncio.StreamWriter) -> None:

@@ -16,9 +16,9 @@ WINDOW = 32  # the agents' default in-flight window: what one lost ack can cost 
 
 async def case1_ingest_sigkilled_five_times_under_load(tmp_path: Path) -> None:
     rnd = random.Random(13)
-    # the idle timeout is above the outages: a record-less pause that long would (rightly)
-    # close windows by the wall clock and make the backlog late
-    async with Stack(tmp_path, aggregate={"idle_timeout_s": 8.0}) as s:
+    # default settings: the idle timeout (30 s) is above the outages; a record-less pause that
+    # long would (rightly) close windows by the wall clock and make the backlog late
+    async with Stack(tmp_path) as s:
         await s.start_ingest()
         await s.start_aggregator()
         await s.start_agents()
@@ -40,8 +40,7 @@ async def case1_ingest_sigkilled_five_times_under_load(tmp_path: Path) -> None:
 
 
 async def case4_agent_sigkilled_and_restarted(tmp_path: Path) -> None:
-    async with Stack(tmp_path, aggregate={"idle_timeout_s": 8.0},
-                     agent={"spool": {"seq_block": 64}}) as s:
+    async with Stack(tmp_path, agent={"spool": {"seq_block": 64}}) as s:
         await s.start_ingest()
         await s.start_aggregator()
         await s.start_agents()
@@ -114,21 +113,30 @@ async def case7_idle_close_then_sigkill_keeps_closed_windows_final(tmp_path: Pat
     """The probe's bug: delivery stops longer than the idle timeout while agents keep
     collecting, so windows close by the wall clock and the backlog arrives late; a SIGKILL
     then made the replay (which does not idle) publish those windows with other values."""
-    async with Stack(tmp_path, aggregate={"idle_timeout_s": 2.0, "checkpoint_interval_s": 20.0}
+    # no regular checkpoint during the case: every checkpoint seen is an idle close's
+    async with Stack(tmp_path, aggregate={"idle_timeout_s": 2.0, "checkpoint_interval_s": 600.0}
                      ) as s:
         await s.start_ingest()
-        await s.start_aggregator(0)
+        agg = await s.start_aggregator(0)
         await s.start_agents()
         assert await s.wait_acked(40)
         await asyncio.sleep(3.0)
         assert s.ingest is not None
+        port = int(agg.match["port"])  # type: ignore[index]
+        ckpts = s.value(await s.scrape_aggregator(port), "collector_aggregate_checkpoints_total") or 0
         s.ingest.signal(signal.SIGSTOP)  # delivery stops, the agents keep spooling
-        await asyncio.sleep(5.0)
+        # ... until the aggregator, caught up and idle, recorded an idle close
+        for _ in range(120):
+            await asyncio.sleep(0.5)
+            now = s.value(await s.scrape_aggregator(port), "collector_aggregate_checkpoints_total")
+            if (now or 0) > ckpts:
+                break
+        else:
+            raise AssertionError("no idle close within 60 s of silence")
+        await asyncio.sleep(1.0)
         s.ingest.signal(signal.SIGCONT)
         await asyncio.sleep(scaled(10.0, 20.0))
-        agg = s.aggregators[0]
-        assert agg is not None
-        text = await s.scrape_aggregator(int(agg.match["port"]))  # type: ignore[index]
+        text = await s.scrape_aggregator(port)
         late = sum(s.value(text, "collector_site_samples_dropped_total", site=x, reason="late") or 0
                    for x in s.site_ids)
         await agg.kill()  # SIGKILL: the replay starts before the idle close

@@ -11,7 +11,7 @@ import pytest
 
 from tests.faults.runner import Case, Runner
 
-CASE_MODULES = ("tests.faults.cases_processes",)
+CASE_MODULES = ("tests.faults.cases_processes", "tests.faults.cases_network")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -42,6 +42,7 @@ from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from tests.agent_support import metric_value, scrape, write_yaml
 from tests.aggregate_support import NS, TruthCounter, label_key, window_truth
 from tests.ingest_support import SITES, TOKENS, token_for
+from tests.tcpproxy import TcpProxy
 
 REPO = Path(__file__).resolve().parents[2]
 FULL = os.environ.get("FAULTS_FULL", "") not in ("", "0")  # the documented long form
@@ -348,7 +349,7 @@ class Stack:
                  windows_s: tuple[int, ...] = (2, 10), allowed_lateness_s: float = 6.0,
                  link_interval_s: float = 0.25, links: int = 4, agent: dict[str, Any] | None = None,
                  ingest: dict[str, Any] | None = None, aggregate: dict[str, Any] | None = None,
-                 aggregators: int = 1) -> None:
+                 aggregators: int = 1, proxy: bool = False) -> None:
         self.tmp = tmp
         self.site_ids = list(SITES)[:sites]
         self.partitions = partitions
@@ -369,6 +370,8 @@ class Stack:
         self.window_logs = [tmp / f"windows-{i}.jsonl" for i in range(aggregators)]
         self.agents: list[Agent] = []
         self.agent_target = ""  # where agents connect (the ingest, or a proxy in front of it)
+        self.with_proxy = proxy
+        self.proxy: TcpProxy | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -378,6 +381,10 @@ class Stack:
         self.certs = make_dev_certs(self.tmp / "tls")
         self.ingest_port = free_port()
         self.agent_target = f"127.0.0.1:{self.ingest_port}"
+        if self.with_proxy:
+            self.proxy = TcpProxy("127.0.0.1", self.ingest_port)
+            await self.proxy.start()
+            self.agent_target = f"127.0.0.1:{self.proxy.port}"
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
@@ -391,6 +398,8 @@ class Stack:
                 await g.kill()
         if self.ingest is not None:
             await self.ingest.kill()
+        if self.proxy is not None:
+            await self.proxy.stop()
         await self.broker.stop()
 
     def ingest_config(self) -> Path:
@@ -468,6 +477,21 @@ class Stack:
 
     async def scrape_aggregator(self, port: int) -> str:
         return await scrape(port)
+
+    async def scrape_agent(self, a: Agent) -> str:
+        return await scrape(a.metrics_port)
+
+    async def wait_all_connected_and_acking(self, within: float = 10.0) -> float:
+        """Seconds until every agent has a new OK ack (its stream is back); fails after `within`."""
+        t0 = time.monotonic()
+        base = {aid: len(ack) for aid, (_, ack) in self.ledgers().items()}
+        while True:
+            now = {aid: len(ack) for aid, (_, ack) in self.ledgers().items()}
+            if all(now[a] > base[a] for a in base):
+                return time.monotonic() - t0
+            assert time.monotonic() - t0 < within, \
+                f"streams not back within {within}s: {[a for a in base if now[a] <= base[a]]}"
+            await asyncio.sleep(0.05)
 
     @staticmethod
     def value(text: str, name: str, **labels: str) -> float | None:

@@ -30,3 +30,18 @@ def test_case7_aggregator_sigkilled_and_a_member_leaving(fault_runner: Runner) -
 @pytest.mark.timeout(CASE_TIMEOUT_S + 20)
 def test_case7_idle_close_then_sigkill_keeps_closed_windows_final(fault_runner: Runner) -> None:
     fault_runner.result("case7_idle_close_then_sigkill_keeps_closed_windows_final", CASE_TIMEOUT_S)
+
+
+@pytest.mark.timeout(CASE_TIMEOUT_S + 20)
+def test_case2_broker_paused_then_resumed(fault_runner: Runner) -> None:
+    fault_runner.result("case2_broker_paused_then_resumed", CASE_TIMEOUT_S)
+
+
+@pytest.mark.timeout(CASE_TIMEOUT_S + 20)
+def test_case3_sigterm_to_ingest_while_broker_paused(fault_runner: Runner) -> None:
+    fault_runner.result("case3_sigterm_to_ingest_while_broker_paused", CASE_TIMEOUT_S)
+
+
+@pytest.mark.timeout(CASE_TIMEOUT_S + 20)
+def test_case6_network_cut_slowed_and_reset(fault_runner: Runner) -> None:
+    fault_runner.result("case6_network_cut_slowed_and_reset", CASE_TIMEOUT_S)
