@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DEBS   := prometheus prometheus-alertmanager socat snmpd snmp tmux kubernetes-client
+DEBS   := prometheus prometheus-alertmanager socat snmpd snmp tmux kubernetes-client fiu-utils
 APT_STAMP := $(VENV)/.apt-ok
 PYTEST_ARGS ?=
 
@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 
 # Debian packages the tests use (a real Prometheus, promtool, Alertmanager, socat, net-snmp's
 # snmpd and snmpget/snmpbulkwalk, tmux for the live view of `collector run` read from a real
-# terminal, kubectl for `kubectl kustomize` of deploy/k8s); `apt-get update` once, only when something is missing.
+# terminal, kubectl for `kubectl kustomize` of deploy/k8s, libfiu's fiu-run/fiu-ctrl for the
+# fault suite's failing disk); `apt-get update` once, only when something is missing.
 $(APT_STAMP): | $(PY)
-	@missing=""; for b in prometheus promtool prometheus-alertmanager amtool socat snmpd snmpbulkwalk tmux kubectl; do \
+	@missing=""; for b in prometheus promtool prometheus-alertmanager amtool socat snmpd snmpbulkwalk tmux kubectl fiu-run fiu-ctrl; do \
 	  command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages ($$missing missing): $(DEBS)"; \

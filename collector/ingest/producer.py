@@ -136,6 +136,7 @@ class KafkaWriter:
         self._on_rebuild = on_rebuild or (lambda: None)
         self._on_health = on_health or (lambda h: None)
         self._stopped = asyncio.Event()
+        self._close_deadline: float | None = None  # set by stop()
         self._partitions: list[int] = []
         self._partition_of: dict[bytes, int] = {}
         # per partition: batches waiting for their flusher, oldest first; the last one is open
@@ -317,8 +318,11 @@ class KafkaWriter:
 
     async def _close(self, producer: AIOKafkaProducer) -> None:
         # stop() flushes; against a wedged broker it can hang, so it gets a deadline.
+        limit = CLOSE_TIMEOUT_S
+        if self._close_deadline is not None:
+            limit = max(0.1, min(limit, self._close_deadline - time.monotonic()))
         try:
-            await asyncio.wait_for(producer.stop(), CLOSE_TIMEOUT_S)
+            await asyncio.wait_for(producer.stop(), limit)
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("producer did not close cleanly: %r", exc)
 
@@ -341,18 +345,25 @@ class KafkaWriter:
                 if not self.healthy and self._timeouts == 0:
                     self._set_health(True)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Flush and close within `timeout_s` in all (the ingest passes what is left of its
+        grace period): against a paused broker nothing more can be written anyway, and
+        nothing unwritten was acknowledged."""
+        deadline = time.monotonic() + min(timeout_s, CLOSE_TIMEOUT_S)
+        self._close_deadline = deadline
         self._stopped.set()
         if self._flushers:  # hand over what was gathered; the producer's stop() flushes it
-            _done, late = await asyncio.wait(set(self._flushers.values()), timeout=CLOSE_TIMEOUT_S)
+            _done, late = await asyncio.wait(set(self._flushers.values()),
+                                             timeout=max(0.1, deadline - time.monotonic()))
             for flusher in late:
                 flusher.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         for task in (self._probe, self._rebuilding):
             if task is not None and not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                # a probe blocked on a paused broker may take its request timeout to notice
+                # the cancellation: do not let it hold the shutdown past the deadline
+                await asyncio.wait({task}, timeout=max(0.1, deadline - time.monotonic()))
         producer, self._producer = self._producer, None
         if producer is not None:
             await self._close(producer)

@@ -318,7 +318,8 @@ class IngestServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         if self._writer is not None:
-            await self._writer.stop()
+            # the whole shutdown stays within the grace period (plus a short close)
+            await self._writer.stop(max(0.5, deadline - time.monotonic()))
         if self._http is not None:
             httpd = self._http[0]
             httpd.shutdown()  # type: ignore[attr-defined]

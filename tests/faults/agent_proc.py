@@ -3,8 +3,9 @@ ingest acknowledged, for the fault suite's checker.
 
     python -m tests.faults.agent_proc LEDGER -- agent --config agent.yaml
 
-The ledger is appended with one write(2) per event, so it survives a SIGKILL of this
-process (the kernel has the bytes): `S <seq>` once a batch is in the spool, `A <seq> ...`
+The ledger is appended with one pwrite(2) per event on an O_APPEND descriptor (Linux appends
+whatever the offset), so it survives a SIGKILL of this process (the kernel has the bytes),
+and stays writable while case 5 makes write(2) fail: `S <seq>` once a batch is in the spool, `A <seq> ...`
 for the seqs of every OK ack applied. Nothing else differs from `collector agent`.
 """
 
@@ -25,13 +26,13 @@ def install(ledger: str) -> None:
     def logged_append(self: Spool, seq: int, priority: int, created: int, payload: bytes) -> bool:
         ok = append(self, seq, priority, created, payload)
         if ok:
-            os.write(fd, f"S {seq}\n".encode())
+            os.pwrite(fd, f"S {seq}\n".encode(), 0)
         return ok
 
     def logged_ack(self: Spool, seqs: Iterable[int]) -> int:
         seqs = list(seqs)
         if seqs:
-            os.write(fd, ("A " + " ".join(map(str, seqs)) + "\n").encode())
+            os.pwrite(fd, ("A " + " ".join(map(str, seqs)) + "\n").encode(), 0)
         return ack(self, seqs)
 
     Spool.append = logged_append  # type: ignore[method-assign]

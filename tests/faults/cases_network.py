@@ -25,7 +25,7 @@ async def _spooled(s: Stack) -> float:
 async def case2_broker_paused_then_resumed(tmp_path: Path) -> None:
     # the idle timeout is above the pauses: windows then close by records only, and equal
     # the truth (a longer silence would close them by the wall clock and make the backlog late)
-    async with Stack(tmp_path, aggregate={"idle_timeout_s": scaled(45.0, 150.0)}) as s:
+    async with Stack(tmp_path, aggregate={"idle_timeout_s": scaled(120.0, 240.0)}) as s:
         await s.start_ingest()
         await s.start_aggregator()
         await s.start_agents()
@@ -63,7 +63,7 @@ async def case2_broker_paused_then_resumed(tmp_path: Path) -> None:
 async def case3_sigterm_to_ingest_while_broker_paused(tmp_path: Path) -> None:
     grace = 2.0
     async with Stack(tmp_path, ingest={"grace_period_s": grace},
-                     aggregate={"idle_timeout_s": scaled(30.0, 60.0)}) as s:
+                     aggregate={"idle_timeout_s": 120.0}) as s:
         await s.start_ingest()
         await s.start_aggregator()
         await s.start_agents()
@@ -72,9 +72,9 @@ async def case3_sigterm_to_ingest_while_broker_paused(tmp_path: Path) -> None:
         await asyncio.sleep(2.0)  # batches are in flight inside the ingest, not yet in Kafka
         assert s.ingest is not None
         acked_at_term = s.acked_total()
-        rc, took = await s.ingest.terminate(within=grace + PRODUCE_TIMEOUT_S + 15.0)
-        assert rc not in (-9, 137), "the ingest overstayed its grace period and was SIGKILLed"
-        assert took <= grace + PRODUCE_TIMEOUT_S + 15.0
+        # within its grace period, plus a bound for process exit on a loaded machine
+        rc, took = await s.ingest.terminate(within=grace + 8.0)
+        assert rc not in (-9, 137), f"the ingest overstayed its grace period ({took:.1f}s)"
         acked_after = s.acked_total()
         s.broker.resume()
         await s.start_ingest()
@@ -89,7 +89,7 @@ async def case3_sigterm_to_ingest_while_broker_paused(tmp_path: Path) -> None:
 
 
 async def case6_network_cut_slowed_and_reset(tmp_path: Path) -> None:
-    async with Stack(tmp_path, proxy=True, aggregate={"idle_timeout_s": scaled(30.0, 60.0)}) as s:
+    async with Stack(tmp_path, proxy=True, aggregate={"idle_timeout_s": 120.0}) as s:
         await s.start_ingest()
         await s.start_aggregator()
         await s.start_agents()

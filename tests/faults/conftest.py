@@ -11,13 +11,16 @@ import pytest
 
 from tests.faults.runner import Case, Runner
 
-CASE_MODULES = ("tests.faults.cases_processes", "tests.faults.cases_network")
+CASE_MODULES = ("tests.faults.cases_processes", "tests.faults.cases_network",
+                "tests.faults.cases_disk")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/faults/" in str(item.path).replace("\\", "/"):
-            item.add_marker(pytest.mark.faults)
+    faults = [i for i in items if "tests/faults/" in str(i.path).replace("\\", "/")]
+    for item in faults:
+        item.add_marker(pytest.mark.faults)
+    # last: the cases load the machine (many processes), the other tests need it quiet
+    items[:] = [i for i in items if i not in faults] + faults
 
 
 def _all_cases() -> dict[str, Case]:

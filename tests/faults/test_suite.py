@@ -45,3 +45,8 @@ def test_case3_sigterm_to_ingest_while_broker_paused(fault_runner: Runner) -> No
 @pytest.mark.timeout(CASE_TIMEOUT_S + 20)
 def test_case6_network_cut_slowed_and_reset(fault_runner: Runner) -> None:
     fault_runner.result("case6_network_cut_slowed_and_reset", CASE_TIMEOUT_S)
+
+
+@pytest.mark.timeout(CASE_TIMEOUT_S + 20)
+def test_case5_agent_spool_disk_full(fault_runner: Runner) -> None:
+    fault_runner.result("case5_agent_spool_disk_full", CASE_TIMEOUT_S)
