@@ -299,6 +299,7 @@ class IngestServer:
         if server is None:
             return
         self._draining = True
+        log.info("stopping: answering in-flight batches for up to %gs", self.cfg.grace_period_s)
         await self._set_health(False)
         for st in list(self._streams):
             if st.failure is None:

@@ -60,6 +60,15 @@ async def case2_broker_paused_then_resumed(tmp_path: Path) -> None:
     rep.assert_ok(max_duplicates=4 * WINDOW * len(s.agents), windows=True)
 
 
+def _log_time(log: str, marker: str) -> float:
+    """Seconds since midnight of the last log line containing `marker`."""
+    lines = [ln for ln in log.splitlines() if marker in ln]
+    assert lines, f"no {marker!r} line in the log"
+    hms = lines[-1].split()[1]  # "2026-12-01 09:54:15,162 INFO ..."
+    h, m, rest = hms.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(rest.replace(",", "."))
+
+
 async def case3_sigterm_to_ingest_while_broker_paused(tmp_path: Path) -> None:
     grace = 2.0
     async with Stack(tmp_path, ingest={"grace_period_s": grace},
@@ -72,9 +81,15 @@ async def case3_sigterm_to_ingest_while_broker_paused(tmp_path: Path) -> None:
         await asyncio.sleep(2.0)  # batches are in flight inside the ingest, not yet in Kafka
         assert s.ingest is not None
         acked_at_term = s.acked_total()
-        # within its grace period, plus a bound for process exit on a loaded machine
-        rc, took = await s.ingest.terminate(within=grace + 8.0)
-        assert rc not in (-9, 137), f"the ingest overstayed its grace period ({took:.1f}s)"
+        # the outer bound only keeps a hung ingest from hanging the case: the grace period is
+        # checked from the ingest's own log below (the scheduler of a loaded CI machine adds
+        # to the wall time of a process exit, not to what the ingest waits for)
+        rc, took = await s.ingest.terminate(within=grace + 30.0)
+        assert rc not in (-9, 137), f"the ingest did not exit ({took:.1f}s): SIGKILLed"
+        stopping = _log_time(s.ingest.log(), "stopping: answering in-flight")
+        stopped = _log_time(s.ingest.log(), "ingest stopped")
+        assert stopped - stopping <= grace + 1.5, \
+            f"the ingest overstayed its grace period ({grace}s): {stopped - stopping:.1f}s"
         acked_after = s.acked_total()
         s.broker.resume()
         await s.start_ingest()

@@ -372,7 +372,7 @@ class Stack:
 
     def __init__(self, tmp: Path, *, sites: int = 2, partitions: int = 2,
                  windows_s: tuple[int, ...] = (2, 10), allowed_lateness_s: float = 6.0,
-                 link_interval_s: float = 0.25, links: int = 4, agent: dict[str, Any] | None = None,
+                 link_interval_s: float = 0.5, links: int = 4, agent: dict[str, Any] | None = None,
                  ingest: dict[str, Any] | None = None, aggregate: dict[str, Any] | None = None,
                  aggregators: int = 1, proxy: bool = False) -> None:
         self.tmp = tmp
@@ -555,7 +555,7 @@ class Stack:
             await asyncio.sleep(0.2)
         return False
 
-    async def drain(self, within: float = 60.0) -> None:
+    async def drain(self, within: float = 180.0) -> None:
         """Stop the agents (SIGTERM) and wait until everything they issued is acknowledged,
         restarting them on their spools if some was left (their grace period may end first)."""
         await self.stop_agents()
@@ -575,6 +575,7 @@ class Stack:
                 continue
             data = yaml.safe_load(a.config.read_text())
             data["agent"]["sources"]["link"]["enabled"] = False
+            data["agent"]["shutdown_grace_s"] = 30.0  # --once: wait this long for the drain
             drain_cfg = a.config.with_name("drain.yaml")
             drain_cfg.write_text(yaml.safe_dump(data))
             p = Process(f"agent {a.agent_id} --once", ["-m", "tests.faults.agent_proc", str(a.ledger),
