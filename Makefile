@@ -80,6 +80,7 @@ bench: setup
 	$(PY) bench/agent.py --quick
 	$(PY) bench/simulate.py --quick
 	$(PY) bench/capacity.py --quick
+	$(PY) bench/e2e.py --quick
 
 bench-full: setup
 	$(PY) bench/ingest.py
@@ -87,6 +88,7 @@ bench-full: setup
 	$(PY) bench/agent.py
 	$(PY) bench/simulate.py
 	$(PY) bench/capacity.py --checkpoint-interval 60 --produce-timeout 120 --prom-scrapes 6
+	$(PY) bench/e2e.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -223,7 +223,8 @@ class Report:
         if windows:
             assert not self.republished_different, \
                 f"closed windows re-published with other values: {self.republished_different[:5]}"
-            assert not self.windows_wrong, f"windows differ from the truth: {self.windows_wrong[:5]}"
+            assert not self.windows_wrong, \
+                f"windows differ from the truth ({self.summary()}): {self.windows_wrong[:3]}"
             assert not self.windows_missing, f"truth windows never published: {self.windows_missing[:5]}"
             assert self.windows_checked > 0, "no closed window to compare"
 
