@@ -75,7 +75,7 @@ def _log_time(log: str, marker: str) -> float:
 
 async def case3_sigterm_to_ingest_while_broker_paused(tmp_path: Path) -> None:
     grace = 2.0
-    async with Stack(tmp_path, ingest={"grace_period_s": grace},
+    async with Stack(tmp_path, ingest={"grace_period_s": grace}, proxy=True,
                      aggregate={"idle_timeout_s": 120.0}) as s:
         await s.start_ingest()
         await s.start_aggregator()

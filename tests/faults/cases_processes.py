@@ -19,7 +19,7 @@ async def case1_ingest_sigkilled_five_times_under_load(tmp_path: Path) -> None:
     # the idle timeout is above the outages (an ingest restart on a loaded CI machine can
     # take tens of seconds); a record-less pause that long would (rightly) close windows by
     # the wall clock and make the backlog late
-    async with Stack(tmp_path, sites=4, aggregate={"idle_timeout_s": 120.0}) as s:
+    async with Stack(tmp_path, sites=4, proxy=True, aggregate={"idle_timeout_s": 120.0}) as s:
         await s.start_ingest()
         await s.start_aggregator()
         await s.start_agents()

@@ -441,6 +441,11 @@ class Stack:
         })
 
     async def start_ingest(self) -> Process:
+        if self.proxy is not None:
+            # agents connect to the proxy; each ingest start gets a fresh port behind it (a
+            # port freed by SIGKILL can be taken by any process on the machine meanwhile)
+            self.ingest_port = free_port()
+            self.proxy.upstream = ("127.0.0.1", self.ingest_port)
         self.ingest = Process("ingest", ["-m", "collector", "ingest", "--config",
                                          str(self.ingest_config())],
                               self.tmp / "ingest.log",
