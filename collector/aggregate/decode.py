@@ -119,8 +119,9 @@ def series_table_bytes(data: bytes, batch: pb.Batch) -> bytes | None:
     """Raw bytes of the series table when the batch is laid out canonically, else None.
 
     Canonical means: header fields (1..5), then every series entry, then the column fields
-    and the unissued seq range (14-15), as every protobuf serializer writes them. Only the header fields are walked in
-    Python; the end of the table follows from the canonical size of the two column fields.
+    and the unissued seq range (14-15), as every protobuf serializer writes them. Only the
+    header fields are walked in Python; the end of the table follows from the canonical size
+    of the fields after it.
     """
     try:
         pos = 0
