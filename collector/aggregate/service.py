@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import struct
@@ -30,7 +31,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self, TextIO
+from typing import TYPE_CHECKING, Any, Self, TextIO
 
 import polars as pl
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -42,6 +43,7 @@ from collector.aggregate.heap import retain_freed_heap
 from collector.aggregate.outputs import FAMILIES, build_frames
 from collector.aggregate.state import NS, PartitionState, WindowSink
 from collector.errors import BrokerError, ConfigError, ProtocolError
+from collector.exposition import webconfig
 from collector.exposition.http import MetricsServer
 from collector.exposition.render import FamilyText, render
 
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 
 _FAMILY_TEXT = tuple(FamilyText(f.name, f.type, f.help, f.labels) for f in FAMILIES)
 _RESTORE_RETRY_S = 10.0
+_DLQ_ATTEMPTS = 4  # dead-letter produce attempts of one poll's records (0.5, 1, 2 s between)
 _RESTORE_RETRY_MAX_S = 300.0
 _CLOSE_BUCKETS = (0.5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120, 300, 900)
 
@@ -120,9 +123,10 @@ class SelfMetrics:
                                      ["reason"], registry=registry)
         self.dead_letters = Counter(p + "dead_letter_records",
                                     "Records copied to the dead-letter topic.", registry=registry)
-        self.dead_letter_failures = Counter(p + "dead_letter_failures",
-                                            "Dead-letter produces that failed (record still skipped).",
-                                            registry=registry)
+        self.dead_letter_failures = Counter(
+            p + "dead_letter_failures",
+            "Dead-letter records not written after every retry (skipped; decode errors stay counted).",
+            registry=registry)
         self.lag = Gauge(p + "consumer_lag_records",
                          "Records between the consumed position and the partition's high watermark, "
                          "when the broker reports one.", ["partition"], registry=registry)
@@ -276,7 +280,9 @@ class Aggregator:
             self._consumer.subscribe([self.topic], listener=_Listener(self))
             if self.cfg.metrics_listen:
                 host, port = self.cfg.metrics_listen.rsplit(":", 1)
-                self._server = MetricsServer(host, int(port), self.render_metrics, self._health)
+                self._server = MetricsServer(host, int(port), self.render_metrics, self._health,
+                                             webconfig.load(self.cfg.metrics_web_config,
+                                                            "aggregate.metrics_web_config"))
                 try:
                     await self._server.start()
                 except OSError as exc:
@@ -666,34 +672,69 @@ class Aggregator:
         return dead, idle_due
 
     async def _dead_letter(self, dead: list[tuple[object, str]]) -> None:
-        try:  # aiokafka sends can wait forever (aio-libs/aiokafka#1101)
-            async with asyncio.timeout(self.settings.kafka.produce_timeout_s):
-                await self._dead_letter_send(dead)
-        except TimeoutError:
-            self.metrics.dead_letter_failures.inc(len(dead))
-            log.warning("dead-letter topic did not take %d record(s) within %gs (counted, "
-                        "decode errors stay counted by reason)", len(dead),
-                        self.settings.kafka.produce_timeout_s)
+        """Copy `dead` to the dead-letter topic before the loop moves on (so no checkpoint
+        passes a record whose copy is not written). A produce that fails or misses its
+        deadline - a broker slow under load, a leader moving - is retried, up to
+        _DLQ_ATTEMPTS attempts with backoff, never re-sending a record already written; only
+        what is still not written then is counted in dead_letter_failures and skipped (its
+        decode error stays counted by reason)."""
+        written = [False] * len(dead)
+        delay = 0.5
+        why = ""
+        attempt = 0
+        for attempt in range(1, _DLQ_ATTEMPTS + 1):
+            try:  # aiokafka sends can wait forever (aio-libs/aiokafka#1101)
+                async with asyncio.timeout(self.settings.kafka.produce_timeout_s):
+                    await self._dead_letter_send(dead, written)
+                why = "produce failed"
+            except TimeoutError:
+                why = f"not written within {self.settings.kafka.produce_timeout_s:g}s"
+            left = written.count(False)
+            if not left:
+                return
+            if attempt == _DLQ_ATTEMPTS or self._stopping.is_set():
+                break
+            log.warning("dead-letter topic: %d record(s) %s; retry %d of %d in %.1fs", left, why,
+                        attempt, _DLQ_ATTEMPTS - 1, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay *= 2
+        left = written.count(False)
+        self.metrics.dead_letter_failures.inc(left)
+        log.warning("dead-letter topic did not take %d record(s) in %d attempt(s) (%s; counted, "
+                    "decode errors stay counted by reason)", left, attempt, why)
 
-    async def _dead_letter_send(self, dead: list[tuple[object, str]]) -> None:
+    async def _dead_letter_send(self, dead: list[tuple[object, str]], written: list[bool]) -> None:
+        """Send each record of `dead` not written yet; wait for the answers. A send left
+        without an answer by the previous attempt's deadline is sent again (a copy may then
+        be written twice; it is counted once)."""
         assert self._producer is not None
-        futs = []
-        for r, reason in dead:
+        mine = []
+        for i, (r, reason) in enumerate(dead):
+            if written[i]:
+                continue
             headers = list(getattr(r, "headers", None) or ())
             headers += [("dlq_reason", reason.encode()),
                         ("dlq_source", f"{self.topic}/{r.partition}/{r.offset}".encode())]  # type: ignore[attr-defined]
             try:
-                futs.append(await self._producer.send(self.dlq_topic, r.value, key=r.key,  # type: ignore[attr-defined]
-                                                      headers=headers))
+                fut = await self._producer.send(self.dlq_topic, r.value, key=r.key,  # type: ignore[attr-defined]
+                                                headers=headers)
             except KafkaError as exc:
-                self.metrics.dead_letter_failures.inc()
-                log.warning("dead-letter produce failed: %s", exc)
-        for res in await asyncio.gather(*futs, return_exceptions=True):
-            if isinstance(res, BaseException):
-                self.metrics.dead_letter_failures.inc()
-                log.warning("dead-letter produce failed: %s", res)
-            else:
-                self.metrics.dead_letters.inc()
+                log.debug("dead-letter produce failed: %s", exc)
+                continue
+            mine.append(fut)
+            fut.add_done_callback(functools.partial(self._dead_letter_done, written, i))
+        waiting = [f for f in mine if not f.done()]
+        if waiting:
+            await asyncio.wait(waiting)  # not gather: a deadline must not cancel the sends
+
+    def _dead_letter_done(self, written: list[bool], i: int, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            log.debug("dead-letter produce failed: %s", "cancelled" if fut.cancelled() else fut.exception())
+            return
+        if not written[i]:
+            written[i] = True
+            self.metrics.dead_letters.inc()
 
     # ------------------------------------------------------------------ exposition
     def _render_key(self) -> tuple[object, ...]:
