@@ -95,5 +95,16 @@ class TokenStore:
         self.maybe_reload()
         return self._tokens.get(_digest(token))
 
+    @staticmethod
+    def digest(token: str) -> bytes:
+        """What an open stream keeps of its token (never the token itself)."""
+        return _digest(token)
+
+    def site_for_digest(self, digest: bytes) -> str | None:
+        """The site of a token still in the file (reloaded at most every check_interval_s):
+        an open stream whose token was removed gets None."""
+        self.maybe_reload()
+        return self._tokens.get(digest)
+
     def __len__(self) -> int:
         return len(self._tokens)

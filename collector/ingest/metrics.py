@@ -57,8 +57,8 @@ class IngestMetrics:
         self.batches_rejected = Counter(
             PREFIX + "batches_rejected",
             "Batches answered with a non-OK ack, by reason (the validation rule, decode, "
-            "decompress, oversize, permission_denied, kafka_timeout, kafka_error, internal, "
-            "cancelled).",
+            "decompress, oversize, permission_denied, token_revoked, kafka_timeout, kafka_error, "
+            "internal, cancelled).",
             ["reason"], registry=registry)
         self.batches_repeated = Counter(
             PREFIX + "batches_repeated",
@@ -94,7 +94,8 @@ class IngestMetrics:
             "Served streams that ended, by reason: completed (client half-closed, all answered), "
             "cancelled (client cancelled, connection lost, or a message over twice "
             "ingest.max_message_bytes on the wire, which gRPC ends itself and does not tell "
-            "apart), idle_timeout, shutdown, internal.", ["reason"], registry=registry)
+            "apart), idle_timeout, shutdown, internal, token_revoked (the stream's token left "
+            "ingest.tokens_file).", ["reason"], registry=registry)
         self.producer_rebuilds = Counter(
             PREFIX + "producer_rebuilds", "Kafka producers rebuilt after being wedged.",
             registry=registry)

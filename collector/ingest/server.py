@@ -33,11 +33,12 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from collector import wire
 from collector.config import IngestSettings, Settings
 from collector.errors import BrokerError, ConfigError, ProtocolError, ValidationError
+from collector.exposition import webconfig
 from collector.ingest.auth import TokenStore
 from collector.ingest.compression import CorruptCompression, encoding_of, inflate
 from collector.ingest.metrics import IngestMetrics
@@ -148,6 +149,7 @@ class _StreamState:
     table: tuple[Any, TableInfo] | None = None  # last validated series table
     high_seq: int = 0  # highest seq read on this stream
     site_slots: asyncio.Semaphore | None = None  # the site's in-flight budget (token mode)
+    token: bytes | None = None  # digest of the stream's token (token mode), see _read
     # set when the stream must end with a non-OK status once every read batch is answered
     failure: tuple[grpc.StatusCode, str] | None = None
     end_reason: str = "completed"  # label of collector_ingest_streams_ended_total
@@ -251,7 +253,8 @@ class IngestServer:
             if self.cfg.metrics_listen:
                 host, port = self.cfg.metrics_listen.rsplit(":", 1)
                 try:
-                    httpd, thread = start_http_server(int(port), addr=host, registry=self.registry)
+                    web = webconfig.load(self.cfg.metrics_web_config, "ingest.metrics_web_config")
+                    httpd, thread = webconfig.serve_wsgi(host, int(port), self.registry, web)
                 except OSError as exc:
                     raise ConfigError(f"cannot serve /metrics on {self.cfg.metrics_listen}: "
                                       f"{exc.strerror}", key="ingest.metrics_listen") from exc
@@ -343,13 +346,14 @@ class IngestServer:
 
     # ---- the RPC -----------------------------------------------------------------------
 
-    async def _authenticate(self, context: aio.ServicerContext) -> str | None:
+    async def _authenticate(self, context: aio.ServicerContext) -> tuple[str | None, bytes | None]:
+        """The token's site and the token's digest (None, None without tokens)."""
         if self._draining:
             await self._refuse(context, "shutting_down", grpc.StatusCode.UNAVAILABLE,
                                "server is shutting down, reconnect")
         if self.tokens is None:
             self.metrics.streams.labels("unauthenticated_allowed").inc()
-            return None
+            return None, None
         md = dict(context.invocation_metadata() or ())
         header = md.get("authorization", "")
         if isinstance(header, bytes):
@@ -363,7 +367,7 @@ class IngestServer:
             await self._refuse(context, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED,
                                "unknown token")
         self.metrics.streams.labels("ok").inc()
-        return site
+        return site, TokenStore.digest(token.strip())
 
     async def _refuse(self, context: aio.ServicerContext, reason: str, code: grpc.StatusCode,
                       details: str, retry_after_ms: int | None = None) -> None:
@@ -392,9 +396,9 @@ class IngestServer:
 
     async def _stream(self, requests: AsyncIterator[bytes],
                       context: aio.ServicerContext) -> AsyncIterator[pb.Ack]:
-        site = await self._authenticate(context)
+        site, token = await self._authenticate(context)
         await self._admit_stream(site, context)
-        st = _StreamState(site=site, peer=context.peer())
+        st = _StreamState(site=site, peer=context.peer(), token=token)
         if site is not None:
             self._site_streams[site] = self._site_streams.get(site, 0) + 1
             st.site_slots = self._site_inflight.setdefault(
@@ -448,6 +452,15 @@ class IngestServer:
             async for raw in requests:
                 totals.batches_received += 1
                 totals.received_bytes += len(raw)
+                if self._revoked(st):
+                    # the token left the tokens file while the stream was open: this batch
+                    # and every later one is refused; those read before are still answered
+                    self.metrics.batches_rejected.labels("token_revoked").inc()
+                    st.pending.append(_Pending(seq=wire.peek_seq(raw), nbytes=len(raw), samples=0,
+                                               result=(pb.UNAUTHENTICATED, _REVOKED, "token_revoked")))
+                    st.end_reason = "token_revoked"
+                    st.failure = (grpc.StatusCode.UNAUTHENTICATED, _REVOKED)
+                    break
                 await per_stream.acquire()
                 if site_slots is not None:
                     try:
@@ -480,6 +493,10 @@ class IngestServer:
         self.metrics.batches_rejected.labels(rule).inc()
         return _Pending(seq=seq, nbytes=nbytes, samples=0,
                         result=(pb.INVALID_ARGUMENT, reason, rule))
+
+    def _revoked(self, st: _StreamState) -> bool:
+        return (self.tokens is not None and st.token is not None
+                and self.tokens.site_for_digest(st.token) != st.site)
 
     def _internal_error(self, raw: bytes, exc: Exception) -> _Pending:
         log.error("internal error on a batch (answered INTERNAL, retriable): %r", exc,
@@ -653,4 +670,6 @@ def _broker_failure(exc: BrokerError) -> tuple[int, str, str]:
     return (pb.UNAVAILABLE, f"not stored: {exc}", "kafka_error")
 
 
+_REVOKED = ("token revoked: no longer in ingest.tokens_file; not stored, the stream ends "
+            "UNAUTHENTICATED")
 _RETRIABLE = {pb.UNAVAILABLE, pb.DEADLINE_EXCEEDED, pb.RESOURCE_EXHAUSTED, pb.INTERNAL}

@@ -19,11 +19,13 @@ from collector.ingest.server import IngestServer
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from tests.conftest import make_topic
 from tests.ingest_support import (
+    TOKENS,
     channel,
     ingest_settings,
     make_batch,
     send_all,
     started,
+    stream_call,
     token_for,
     write_tokens,
 )
@@ -53,6 +55,43 @@ async def test_token_file_is_hot_reloaded(broker: EmbeddedBroker, certs: DevCert
             res = await send_all(ch, new_token, [make_batch(seq=2).SerializeToString()])
             assert res.ok_seqs() == [2]
             assert s.tokens.reloads_failed == 1
+    finally:
+        await s.stop()
+
+
+async def test_a_token_removed_from_the_file_ends_its_open_streams(
+        broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path) -> None:
+    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker)))
+    assert s.tokens is not None
+    s.tokens.check_interval_s = 0.0
+    site = "jp-tokyo-01"
+    try:
+        async with channel(s.port, certs) as ch:
+            call = stream_call(ch, token_for(site))
+            await call.write(make_batch(site, 1).SerializeToString())
+            assert (await call.read()).code == pb.OK  # open and served
+            other = stream_call(ch, token_for("us-dallas-01"))  # another site's stream
+            await other.write(make_batch("us-dallas-01", 1).SerializeToString())
+            assert (await other.read()).code == pb.OK
+            tokens_file = Path(s.cfg.tokens_file or "")
+            write_tokens(tokens_file, {t: x for t, x in TOKENS.items() if x != site})
+            os.utime(tokens_file, ns=(time.time_ns(), time.time_ns() + 10**9))
+            await call.write(make_batch(site, 2).SerializeToString())
+            ack = await call.read()
+            assert ack.code == pb.UNAUTHENTICATED
+            assert "revoked" in ack.reason
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call.read()
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert dict(err.value.trailing_metadata() or ()).get("stream-end-reason") == "token_revoked"
+            # the other site's open stream goes on
+            await other.write(make_batch("us-dallas-01", 2).SerializeToString())
+            assert (await other.read()).code == pb.OK
+            await other.done_writing()
+        assert s.registry.get_sample_value("collector_ingest_batches_rejected_total",
+                                           {"reason": "token_revoked"}) == 1
+        assert s.registry.get_sample_value("collector_ingest_streams_ended_total",
+                                           {"reason": "token_revoked"}) == 1
     finally:
         await s.stop()
 
