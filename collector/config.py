@@ -163,6 +163,15 @@ class IngestSettings(Section):
     metrics_listen: str = Field(
         "127.0.0.1:9464", description="Where the service's own /metrics listens; empty disables it."
     )
+    metrics_web_config: Path | None = Field(
+        None,
+        description=(
+            "YAML file in the Prometheus exporter-toolkit web config format (tls_server_config: "
+            "cert_file, key_file, optional client_ca_file; basic_auth_users: user -> bcrypt hash) "
+            "to serve /metrics over HTTPS and/or with basic auth; unset: plain HTTP, no auth. "
+            "See docs/deploy.md."
+        ),
+    )
 
     # --- validation limits ---------------------------------------------------------------
     max_message_bytes: int = Field(

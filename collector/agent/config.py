@@ -201,6 +201,15 @@ class AgentSettings(_Section):
     metrics_listen: str = Field("127.0.0.1:9466", description="HOST:PORT of the agent's own "
                                 "/metrics; empty disables it (9466: not the aggregator's "
                                 "9465, so both run on one host).")
+    metrics_web_config: Path | None = Field(
+        None,
+        description=(
+            "YAML file in the Prometheus exporter-toolkit web config format (tls_server_config: "
+            "cert_file, key_file, optional client_ca_file; basic_auth_users: user -> bcrypt hash) "
+            "to serve /metrics over HTTPS and/or with basic auth; unset: plain HTTP, no auth. "
+            "See docs/deploy.md."
+        ),
+    )
     shutdown_grace_s: float = Field(5.0, ge=0, description="On shutdown, how long to keep "
                                     "sending so in-flight batches get acked. Unsent batches stay "
                                     "in the spool either way.")

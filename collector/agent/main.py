@@ -15,7 +15,7 @@ import socket
 import uuid
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from collector.agent.batch import SiteInfo
 from collector.agent.config import ID_PATTERN, AgentSettings
@@ -24,6 +24,7 @@ from collector.agent.pipeline import AgentPipeline
 from collector.agent.sources import Source, collect_once, run_source
 from collector.catalog import COUNTRIES
 from collector.errors import ConfigError
+from collector.exposition import webconfig
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ async def main(settings: Any, args: argparse.Namespace, stop: asyncio.Event) -> 
     if a.metrics_listen:
         host, port = _listen(a.metrics_listen)
         try:
-            http, _thread = start_http_server(port, addr=host, registry=registry)
+            web = webconfig.load(a.metrics_web_config, "agent.metrics_web_config")
+            http, _thread = webconfig.serve_wsgi(host, port, registry, web)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {a.metrics_listen}: {exc.strerror}",
                               key="agent.metrics_listen") from exc

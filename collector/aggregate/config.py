@@ -141,6 +141,15 @@ class AggregateSettings(BaseModel):
             "aggregate /metrics 9465, agent /metrics 9466."
         ),
     )
+    metrics_web_config: Path | None = Field(
+        None,
+        description=(
+            "YAML file in the Prometheus exporter-toolkit web config format (tls_server_config: "
+            "cert_file, key_file, optional client_ca_file; basic_auth_users: user -> bcrypt hash) "
+            "to serve /metrics and /healthz over HTTPS and/or with basic auth; unset: plain HTTP, "
+            "no auth. See docs/deploy.md."
+        ),
+    )
     window_log: Path | None = Field(
         None,
         description=(
