@@ -138,7 +138,12 @@ def test_checkpoint_v3_of_the_last_release_restores(tmp_path: Path) -> None:
     st.advance(3600 * NS)
 
     def canon(rows: list[dict[str, object]]) -> list[str]:
-        return sorted(json.dumps(r, sort_keys=True) for r in rows)
+        # the window log lists every label name the catalogue has (empty when unset); a
+        # catalogue that gained a label name since shows one more empty one: not a change
+        def labels(v: object) -> str:
+            return ",".join(p for p in str(v).split(",") if not p.endswith("="))
+        return sorted(json.dumps({**r, **({"labels": labels(r["labels"])} if "labels" in r else {})},
+                                 sort_keys=True) for r in rows)
 
     assert len(expected["windows"]) > 1000
     assert len(expected["totals"]) > 50
