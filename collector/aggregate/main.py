@@ -36,7 +36,8 @@ async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event
             "aggregate": settings.aggregate.model_copy(update={"metrics_listen": args.metrics_listen})})
     async with Aggregator(settings, bootstrap=bootstrap) as agg:
         if agg.metrics_port:
-            print(f"aggregator /metrics: http://127.0.0.1:{agg.metrics_port}/metrics", flush=True)
+            scheme = "https" if agg.metrics_tls else "http"
+            print(f"aggregator /metrics: {scheme}://127.0.0.1:{agg.metrics_port}/metrics", flush=True)
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(agg.failed.wait())]
         await asyncio.wait(waits, timeout=args.duration if args.duration > 0 else None,
                           return_when=asyncio.FIRST_COMPLETED)

@@ -222,6 +222,11 @@ class Aggregator:
     def metrics_port(self) -> int:
         return self._server.bound_port if self._server else 0
 
+    @property
+    def metrics_tls(self) -> bool:
+        """True when /metrics is served over HTTPS (aggregate.metrics_web_config)."""
+        return bool(self._server and self._server.web and self._server.web.tls)
+
     def _kafka_kwargs(self) -> dict[str, object]:
         k = self.settings.kafka
         kw: dict[str, object] = {"bootstrap_servers": self.bootstrap, "client_id": k.client_id,

@@ -12,7 +12,7 @@ import pytest
 from tests.faults.runner import Case, Runner
 
 CASE_MODULES = ("tests.faults.cases_processes", "tests.faults.cases_network",
-                "tests.faults.cases_disk")
+                "tests.faults.cases_disk", "tests.faults.cases_attacks")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

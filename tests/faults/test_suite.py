@@ -50,3 +50,23 @@ def test_case6_network_cut_slowed_and_reset(fault_runner: Runner) -> None:
 @pytest.mark.timeout(CASE_TIMEOUT_S + 20)
 def test_case5_agent_spool_disk_full(fault_runner: Runner) -> None:
     fault_runner.result("case5_agent_spool_disk_full", CASE_TIMEOUT_S)
+
+
+@pytest.mark.timeout(CASE_TIMEOUT_S + 20)
+def test_case8_slow_client_idle_streams_and_huge_messages(fault_runner: Runner) -> None:
+    fault_runner.result("case8_slow_client_idle_streams_and_huge_messages", CASE_TIMEOUT_S)
+
+
+@pytest.mark.timeout(CASE_TIMEOUT_S + 20)
+def test_case9_ten_thousand_malformed_inputs(fault_runner: Runner) -> None:
+    fault_runner.result("case9_ten_thousand_malformed_inputs", CASE_TIMEOUT_S)
+
+
+@pytest.mark.timeout(CASE_TIMEOUT_S + 20)
+def test_case10_security(fault_runner: Runner) -> None:
+    fault_runner.result("case10_security", CASE_TIMEOUT_S)
+
+
+@pytest.mark.timeout(CASE_TIMEOUT_S + 20)
+def test_case11_cardinality_attack(fault_runner: Runner) -> None:
+    fault_runner.result("case11_cardinality_attack", CASE_TIMEOUT_S)
