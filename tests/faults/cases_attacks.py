@@ -49,15 +49,18 @@ def _code(exc: BaseException) -> str:
     return exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
 
 
-async def _one_batch(ch: aio.Channel, token: str | None, raw: bytes, within: float = 20.0
+async def _one_batch(ch: aio.Channel, token: str | None, raw: bytes | None, within: float = 20.0
                      ) -> tuple[str, float]:
     """Open a stream, send one batch: the code the server answered it with (the ack's code,
-    or the stream's status when it ended first) and how long that took."""
+    or the stream's status when it ended first) and how long that took. raw=None: send
+    nothing, read the answer to the stream itself (a stream refused at open: a write racing
+    the server's close can fail in the client's gRPC core as INTERNAL, hiding the status)."""
     t0 = time.monotonic()
     call = stream_call(ch, token)
     try:
         async with asyncio.timeout(within):  # the bound: a hang fails the case
-            await call.write(raw)
+            if raw is not None:
+                await call.write(raw)
             ack = await call.read()
             code = "EOF" if ack is aio.EOF else pb.Code.Name(ack.code)
     except grpc.aio.AioRpcError as exc:
@@ -408,7 +411,11 @@ async def case10_security(tmp_path: Path) -> None:
         port = s.ingest_port
         certs = s.certs
         await attempt("no_client_cert", lambda: channel(port, certs), token_for("jp-tokyo-01"), good)
-        await attempt("wrong_token", lambda: channel(port, certs, client_cert=True), wrong, good)
+        refused0 = await s.ingest_metric("collector_ingest_streams_refused_total",
+                                         reason="unauthenticated") or 0
+        await attempt("wrong_token", lambda: channel(port, certs, client_cert=True), wrong, None)
+        refused = (await s.ingest_metric("collector_ingest_streams_refused_total",
+                                         reason="unauthenticated") or 0) - refused0
         # a valid token of another site (osaka) for a batch of jp-tokyo-01
         await attempt("other_sites_token", lambda: channel(port, certs, client_cert=True),
                       token_for(OSAKA), good)
@@ -493,7 +500,7 @@ async def case10_security(tmp_path: Path) -> None:
                for k, v in results.items()}
     print("case10", rep.summary(), f"attacks (codes, count, max_s): {summary}; metrics "
           f"(auth, none, wrong, plaintext_served): {web_results}; logs_scanned={len(logs)} "
-          f"leaks={leaks}")
+          f"leaks={leaks} wrong_token_refusals_counted={refused:.0f}")
     want = {"no_client_cert": "UNAVAILABLE", "wrong_token": "UNAUTHENTICATED",
             "other_sites_token": "PERMISSION_DENIED", "plaintext": "UNAVAILABLE",
             "revoked_on_open_stream": "UNAUTHENTICATED"}
@@ -502,6 +509,7 @@ async def case10_security(tmp_path: Path) -> None:
         assert got == {code}, f"{name}: answered {got}, expected only {code}"
     for name, (ok, none, bad, plain) in web_results.items():
         assert (ok, none, bad, plain) == (200, 401, 401, False), (name, ok, none, bad, plain)
+    assert refused == len(results["wrong_token"]), f"ingest counted {refused} refusals"
     assert not leaks, f"secrets found: {leaks}"
     assert len(logs) >= 4
     rep.assert_ok(max_duplicates=2 * WINDOW)
