@@ -7,9 +7,11 @@ the same run.
 1. Ceilings, measured now: bench/ingest.py (bare grpc.aio, bare aiokafka acks=all produce)
    and bench/aggregate.py (bare consumer, consume + decode), each as a subprocess; their
    printed figures are read back.
-2. Throughput: Tansu, `collector ingest` (TLS), `collector aggregate` and `collector simulate
-   --mode agents --fast-forward` (every site a real agent pipeline with its spool, streaming
-   over gRPC): sustained samples/s = samples the aggregator accepted per wall second over the
+2. Throughput: Tansu, `collector ingest` (TLS), `collector aggregate` and `--generators`
+   (default 3) separate `collector simulate --mode agents --fast-forward` processes, each
+   the sites of its countries (JP, US, AE: every site a real agent pipeline with its spool,
+   streaming over gRPC), so the load is not bounded by one Python process: sustained
+   samples/s = samples the aggregator accepted per wall second over the
    steady part of the run (collector_aggregate_samples_total, scraped). CPU share of each
    process from /proc (psutil) over the same interval.
 3. Latency, paced in real time (acceleration 1): for every closed window, the wall time it
@@ -135,23 +137,38 @@ async def scrape_value(port: int, name: str) -> float:
     return total
 
 
+def shards(countries: tuple[str, ...], generators: int) -> list[tuple[str, ...]]:
+    """The fleet's countries split over `generators` simulator processes (one country each at
+    most: a process simulates whole countries, so sites and tokens never overlap)."""
+    n = max(1, min(generators, len(countries)))
+    return [countries[k::n] for k in range(n)]
+
+
 async def pipeline(work: Path, *, acceleration: float, duration_s: float, sites: int,
-                   window_log: Path | None) -> dict[str, object]:
-    """One run of the whole pipeline; figures of its steady part."""
+                   window_log: Path | None, countries: tuple[str, ...] = ("JP", "US"),
+                   generators: int = 2) -> dict[str, object]:
+    """One run of the whole pipeline; figures of its steady part. The load comes from
+    `generators` separate `collector simulate --mode agents` processes (each its countries'
+    sites, every site a real agent pipeline), so one Python process does not bound it."""
     certs = make_dev_certs(work / "tls")
     topic = "e2e"
     async with EmbeddedBroker(topics=(TopicSpec(topic, 4, 3_600_000),
                                       TopicSpec(topic + ".dlq", 1, 3_600_000))) as broker:
         tokens = work / "tokens.yaml"
-        sim_cfg = {"simulate": {"sites_per_country": sites, "late_probability": 0.0,
-                                "interval_s": 1.0,
-                                "duplicate_probability": 0.0, "silent_after_s": 0,
-                                "acceleration": acceleration}}
-        (work / "sim.yaml").write_text(yaml.safe_dump(sim_cfg))
-        await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "collector", "--config", str(work / "sim.yaml"),
-                             "simulate", "--write-tokens", str(tokens)],
-            cwd=ROOT, check=True, capture_output=True)
+        merged: dict[str, str] = {}
+        parts = shards(countries, generators)
+        for k, cs in enumerate(parts):
+            sim_cfg = {"simulate": {"sites_per_country": sites, "late_probability": 0.0,
+                                    "interval_s": 1.0, "countries": list(cs),
+                                    "duplicate_probability": 0.0, "silent_after_s": 0,
+                                    "acceleration": acceleration}}
+            (work / f"sim-{k}.yaml").write_text(yaml.safe_dump(sim_cfg))
+            await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "collector", "--config", str(work / f"sim-{k}.yaml"),
+                                 "simulate", "--write-tokens", str(work / f"tokens-{k}.yaml")],
+                cwd=ROOT, check=True, capture_output=True)
+            merged.update(yaml.safe_load((work / f"tokens-{k}.yaml").read_text()))
+        tokens.write_text(yaml.safe_dump(merged))
         port = free_port()
         (work / "ingest.yaml").write_text(yaml.safe_dump({
             "kafka": {"bootstrap_servers": broker.bootstrap, "topic": topic},
@@ -170,15 +187,16 @@ async def pipeline(work: Path, *, acceleration: float, duration_s: float, sites:
         ingest = await Proc("ingest", ["ingest", "--config", str(work / "ingest.yaml")],
                             work / "ingest.log", r"ingest ready: ").start()
         agg = await Proc("aggregate", ["aggregate", "--config", str(work / "aggregate.yaml")],
-                         work / "aggregate.log", r"/metrics: http://127.0.0.1:(?P<port>\d+)/").start()
+                         work / "aggregate.log", r"/metrics: https?://127.0.0.1:(?P<port>\d+)/").start()
         assert agg.match is not None
         agg_port = int(agg.match["port"])
-        sim = Proc("simulate", ["--config", str(work / "sim.yaml"), "simulate", "--mode", "agents",
-                                "--target", f"127.0.0.1:{port}", "--ca-file", str(certs.ca),
-                                "--tokens-file", str(tokens), "--work-dir", str(work / "spools")],
-                   work / "simulate.log", None)
-        await sim.start()
-        procs = [ingest, agg, sim]
+        sims = [Proc(f"simulate-{k}", ["--config", str(work / f"sim-{k}.yaml"), "simulate", "--mode",
+                                       "agents", "--target", f"127.0.0.1:{port}", "--ca-file", str(certs.ca),
+                                       "--tokens-file", str(tokens), "--work-dir", str(work / f"spools-{k}")],
+                     work / f"simulate-{k}.log", None) for k in range(len(parts))]
+        for sim in sims:
+            await sim.start()
+        procs = [ingest, agg, *sims]
         try:
             await asyncio.sleep(3.0)  # warm-up: connections, group join, first windows
             n0 = await scrape_value(agg_port, "collector_aggregate_samples_total")
@@ -191,6 +209,7 @@ async def pipeline(work: Path, *, acceleration: float, duration_s: float, sites:
             wall = time.monotonic() - t0
             cpu = {p.name: (p.cpu() - c) / wall for p, c in zip(procs, cpu0, strict=True)}
             cpu["broker"] = ((sum(broker_p.cpu_times()[:2]) - b0) / wall) if broker_p else 0.0
+            cpu["simulate (all)"] = sum(v for k, v in cpu.items() if k.startswith("simulate-"))
         finally:
             for p in reversed(procs):
                 await p.stop()
@@ -234,19 +253,22 @@ async def latency_run(work: Path, duration_s: float, sites: int) -> list[float]:
     return visible_after_close({k: v for k, v in seen.items() if v > begin + 10.0})
 
 
-async def main(quick: bool) -> int:
+async def main(quick: bool, generators: int, countries: tuple[str, ...]) -> int:
     base = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     ceil = ceilings(quick)
     for k, v in ceil.items():
         print(f"ceiling {k:16s}: {v:14,.0f} samples/s")
     (base / "tp").mkdir()
     tp = await pipeline(base / "tp", acceleration=0.0, duration_s=15.0 if quick else 60.0,
-                        sites=3 if quick else 10, window_log=None)
+                        sites=3 if quick else 10, window_log=None, countries=countries,
+                        generators=generators)
+    print(f"load generators: {len(shards(countries, generators))} processes "
+          f"({', '.join('+'.join(c) for c in shards(countries, generators))})")
     (base / "lat").mkdir()
     lat = await latency_run(base / "lat", 20.0 if quick else 90.0, 3)
     rate = float(tp["samples_per_s"])  # type: ignore[arg-type]
     cpu: dict[str, float] = tp["cpu_cores"]  # type: ignore[assignment]
-    total_cpu = sum(cpu.values()) or 1.0
+    total_cpu = sum(v for k, v in cpu.items() if k != "simulate (all)") or 1.0
     print(f"end to end (fast-forward fleet): {rate:,.0f} samples/s over {tp['wall']:.0f}s")
     for name, cores in cpu.items():
         print(f"  cpu {name:10s}: {cores:5.2f} cores = {cores / total_cpu:6.1%} of the pipeline's")
@@ -268,4 +290,8 @@ async def main(quick: bool) -> int:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs (CI smoke)")
-    sys.exit(asyncio.run(main(ap.parse_args().quick)))
+    ap.add_argument("--generators", type=int, default=3,
+                    help="simulator processes of the load (at most one per country; default 3)")
+    ap.add_argument("--countries", default="JP,US,AE", help="the fleet's countries (default JP,US,AE)")
+    a = ap.parse_args()
+    sys.exit(asyncio.run(main(a.quick, a.generators, tuple(a.countries.split(",")))))
