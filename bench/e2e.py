@@ -63,9 +63,9 @@ def ceilings(quick: bool) -> dict[str, float]:
     m = re.search(r"bare aiokafka produce:.*= ([\d,]+) samples/s", ing)
     assert m, ing
     out["bare_produce"] = float(m[1].replace(",", ""))
-    agg = subprocess.run([sys.executable, "bench/aggregate.py", "--batches",
-                          "400" if quick else "2000"], cwd=ROOT, text=True, capture_output=True,
-                         timeout=900, check=True).stdout
+    agg = subprocess.run([sys.executable, "bench/aggregate.py", "--samples",
+                          "200000" if quick else "1000000", "--samples-per-batch", "100"],
+                         cwd=ROOT, text=True, capture_output=True, timeout=900, check=True).stdout
     m = re.search(r"\(b\) consume \+ decode\s+:\s+([\d,]+) samples/s", agg)
     assert m, agg
     out["consume_decode"] = float(m[1].replace(",", ""))
