@@ -26,6 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from collector import children
+from collector.config import Settings
 from collector.errors import BrokerLaunchError
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,15 @@ class TopicSpec:
     name: str
     partitions: int
     retention_ms: int
+
+
+def topics_for(settings: Settings) -> tuple[TopicSpec, ...]:
+    """The topics an embedded broker is created with: telemetry and dead letters."""
+    b, k = settings.broker, settings.kafka
+    return (
+        TopicSpec(k.topic, b.partitions, b.retention_ms),
+        TopicSpec(k.dead_letter_topic, 1, b.retention_ms),
+    )
 
 
 def find_tansu(explicit: Path | None = None) -> Path:

@@ -5,20 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from collector.broker import EmbeddedBroker, TopicSpec
+from collector.broker import EmbeddedBroker, topics_for
 from collector.config import Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="listen port (default broker.port, 0 = free)")
-
-
-def topics_for(settings: Settings) -> tuple[TopicSpec, ...]:
-    b, k = settings.broker, settings.kafka
-    return (
-        TopicSpec(k.topic, b.partitions, b.retention_ms),
-        TopicSpec(k.dead_letter_topic, 1, b.retention_ms),
-    )
 
 
 async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event) -> int:

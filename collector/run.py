@@ -34,8 +34,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from collector.aggregate.service import Aggregator
-from collector.broker import EmbeddedBroker
-from collector.broker_cmd import topics_for
+from collector.broker import EmbeddedBroker, topics_for
 from collector.config import Settings
 from collector.devcerts import make_dev_certs
 from collector.errors import BrokerError, ConfigError
