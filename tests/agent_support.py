@@ -216,7 +216,7 @@ class TopicBatch:
 
 async def topic_batches(bootstrap: str, topic: str, expect: int,
                         within: float = 30.0) -> list[TopicBatch]:
-    from tests.ingest_support import read_topic
+    from tests.kafka_support import read_topic
 
     out = []
     for r in await read_topic(bootstrap, topic, expect, timeout_s=within):
@@ -271,19 +271,9 @@ async def settled_topic(bootstrap: str, topic: str, *, at_least: int = 0, idle_s
     """Every batch in `topic`: reads until at least `at_least` and nothing new for idle_s."""
     import time
 
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from tests.kafka_support import topic_reader
 
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                         enable_auto_commit=False)
-    await c.start()
-    try:
-        parts = c.partitions_for_topic(topic) or set()
-        if not parts:
-            await c._client.force_metadata_update()
-            parts = c.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        c.assign(tps)
-        await c.seek_to_beginning(*tps)
+    async with topic_reader(bootstrap, topic) as (c, tps):
         out: list[TopicBatch] = []
         end = time.monotonic() + within
         last_new = time.monotonic()
@@ -300,5 +290,3 @@ async def settled_topic(bootstrap: str, topic: str, *, at_least: int = 0, idle_s
             elif len(out) >= at_least and now - last_new >= idle_s:
                 break
         return out
-    finally:
-        await c.stop()

@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import yaml
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from grpc import aio
 
 from collector.agent.batch import BatchBuilder, SiteInfo, counter_def, gauge_def
@@ -19,6 +19,7 @@ from collector.config import Settings, load_settings
 from collector.devcerts import DevCerts
 from collector.ingest.server import IngestServer
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+from tests.kafka_support import read_topic as read_topic  # re-exported for older imports
 
 METHOD = "/telemetry.v1.IngestService/Stream"
 SITES = {
@@ -129,35 +130,6 @@ async def send_all(ch: aio.Channel, token: str | None, payloads: Iterable[bytes]
         if rtask.done() and not rtask.cancelled() and rtask.exception() is not None:
             raise rtask.exception()  # type: ignore[misc]
     return result
-
-
-async def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 30.0
-                     ) -> list[Any]:
-    """Read records from all partitions of `topic` until `expect` or the timeout."""
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                         enable_auto_commit=False)
-    await c.start()
-    try:
-        parts = c.partitions_for_topic(topic) or set()
-        if not parts:
-            await c._client.force_metadata_update()
-            parts = c.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        c.assign(tps)
-        await c.seek_to_beginning(*tps)
-        out: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        while len(out) < expect and time.monotonic() < deadline:
-            got = await c.getmany(*tps, timeout_ms=500, max_records=5000)
-            for recs in got.values():
-                out.extend(recs)
-        # one more short poll: catch records beyond `expect` (duplicates)
-        got = await c.getmany(*tps, timeout_ms=300)
-        for recs in got.values():
-            out.extend(recs)
-        return out
-    finally:
-        await c.stop()
 
 
 async def started(settings: Settings) -> IngestServer:

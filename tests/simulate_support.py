@@ -3,18 +3,16 @@ integers (independent of the simulator's NumPy code), Kafka read-back."""
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from collector import wire
 from collector.simulate.config import SimulateSettings
 from collector.simulate.truth import labels_text
+from tests.kafka_support import read_topic as read_topic  # re-exported for older imports
 
 NS = 10**9
 START_S = 1_780_000_000  # 2026-05-28T20:26:40Z
@@ -103,28 +101,3 @@ def window_deltas(series: dict[SeriesKey, list[Sample]], window_s: int
             per_series[(key, ws)] += inc or 0
             per_site[(key[0], key[1], ws)] += inc or 0
     return dict(per_series), dict(per_site)
-
-
-async def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 30.0) -> list[Any]:
-    """All records of a topic (every partition, from the start) once `expect` arrived."""
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                         enable_auto_commit=False)
-    await c.start()
-    try:
-        await c._client.force_metadata_update()
-        parts = c.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        c.assign(tps)
-        await c.seek_to_beginning(*tps)
-        out: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        while len(out) < expect and time.monotonic() < deadline:
-            got = await c.getmany(*tps, timeout_ms=500, max_records=5000)
-            for recs in got.values():
-                out.extend(recs)
-        got = await c.getmany(*tps, timeout_ms=300)
-        for recs in got.values():
-            out.extend(recs)
-        return out
-    finally:
-        await c.stop()

@@ -18,7 +18,7 @@ from collector.config import KafkaSettings
 from collector.errors import BrokerError
 from collector.ingest.producer import KafkaWriter
 from tests.conftest import make_topic
-from tests.ingest_support import read_topic
+from tests.kafka_support import read_topic
 
 KEYS = [f"site-{i:02d}".encode() for i in range(12)]
 

@@ -19,7 +19,8 @@ from collector.ingest.server import IngestServer
 from collector.simulate.fleet import FleetRunner, site_tokens, write_tokens_file
 from collector.simulate.truth import DELIVERIES_FILE, EPOCHS_FILE, WINDOWS_FILE
 from tests.conftest import make_topic
-from tests.simulate_support import NS, decode, read_topic, small, window_deltas
+from tests.kafka_support import read_topic
+from tests.simulate_support import NS, decode, small, window_deltas
 
 
 async def test_agent_mode_streams_every_site_through_ingest_and_matches_truth(
