@@ -3,7 +3,7 @@
 Sources: collector.aggregate.outputs.FAMILIES (aggregated outputs and the completeness
 ledger), collector.aggregate.service.SelfMetrics (the service's own metrics) and
 collector.ingest.metrics.IngestMetrics (the ingest service's metrics).
-tests/unit/test_aggregate_exposition.py fails when the committed file is stale.
+tests/integration/test_aggregate_exposition.py fails when the committed file is stale.
 
     .venv/bin/python scripts/gen_metrics_doc.py          # rewrite docs/metrics.md
     .venv/bin/python scripts/gen_metrics_doc.py --check  # exit 1 when stale
