@@ -169,18 +169,23 @@ async def test_agent_killed_mid_stream_delivers_spool_and_never_reuses_seq(
     agent = Proc(["agent", "--config", str(cfg)], tmp_path / "agent.log")
     try:
         await agent.start()
-        await asyncio.sleep(1.0)  # streaming normally
+        accepted = server.metrics.totals
+        assert await eventually(lambda: accepted.batches_accepted >= 5, within=30.0), \
+            "the agent never streamed normally"
         proxy.pause()  # acks stop: batches pile up in the spool
-        await asyncio.sleep(1.0)
+        assert await eventually(lambda: len(spooled_seqs(spool)) >= 5, within=30.0), \
+            "the pause should have left batches in the spool"
         await agent.kill()  # SIGKILL mid-stream
         spooled = spooled_seqs(spool)
-        assert len(spooled) >= 5, "the pause should have left batches in the spool"
         await proxy.reset()
         proxy.resume()
         agent = Proc(["agent", "--config", str(cfg)], tmp_path / "agent.log")
         await agent.start()
         assert int(agent.field("spooled")) >= len(spooled) - 1  # (one may have been acked)
-        await asyncio.sleep(1.0)
+        before = accepted.batches_accepted
+        # the restarted agent delivers its spool and goes on streaming
+        assert await eventually(lambda: accepted.batches_accepted >= before + len(spooled) + 5,
+                                within=30.0), agent.log()
         assert await agent.terminate() == 0, agent.log()
     finally:
         await agent.kill()

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from collector.broker import EmbeddedBroker
 from collector.devcerts import DevCerts
+from tests.agent_support import eventually
 from tests.conftest import make_topic
 from tests.ingest_support import MiniAgent, channel, ingest_settings, started
 from tests.kafka_support import read_topic
@@ -43,7 +44,7 @@ async def test_broker_paused_nothing_acked_is_lost_and_memory_stays_bounded(
     peak_bytes = 0.0
     try:
         runs = asyncio.gather(*(a.run(deadline_s=90) for a in agents))
-        await asyncio.sleep(1.0)
+        assert await eventually(lambda: sum(len(a.acked_at) for a in agents) >= 30, within=30.0)
         acked_before = sum(len(a.acked_at) for a in agents)
         rss_before = psutil.Process().memory_info().rss
         own_broker.pause()
