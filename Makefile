@@ -5,6 +5,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEBS   := prometheus prometheus-alertmanager socat snmpd snmp tmux kubernetes-client fiu-utils
 APT_STAMP := $(VENV)/.apt-ok
+# The suite (all but the fault suite, which runs beside it) runs in parallel worker processes
+# (pytest-xdist; a file's tests share a worker): most tests wait on real servers (Tansu, gRPC,
+# Prometheus), so 2 workers + the fault suite fit a 2-core machine. `make test
+# PYTEST_WORKERS=0` runs it in one process; PYTEST_ARGS instead runs one pytest with them.
+PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
 .PHONY: run test lint lock proto docs dashboards bench bench-full setup setup-test clean
@@ -61,7 +66,7 @@ test: setup-test
 	$(VENV)/bin/pytest -p no:cacheprovider -m faults --basetemp=$$ftmp/tmp tests/faults \
 	  > $$ftmp/faults.log 2>&1 & fpid=$$!; \
 	trap 'kill $$fpid 2>/dev/null; rm -rf $$ftmp' INT TERM; \
-	$(VENV)/bin/pytest -p no:cacheprovider -m "not faults"; rc=$$?; \
+	$(VENV)/bin/pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile -m "not faults"; rc=$$?; \
 	wait $$fpid; frc=$$?; \
 	echo "---------------- fault suite (pytest -m faults) ----------------"; cat $$ftmp/faults.log; \
 	rm -rf $$ftmp; \
