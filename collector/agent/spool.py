@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import fcntl
 import heapq
 import json
@@ -489,7 +490,11 @@ class Spool:
             del self._active[seg.priority]
         self._bytes -= seg.size
         if len(self._segments) == 0 or self._journal_size > 1024 * 1024:
-            self._open_journal(rewrite=True)
+            try:
+                self._open_journal(rewrite=True)
+            except OSError as exc:  # the old journal stays in use; compaction is retried later
+                log.warning("ack journal not compacted (%s): the current one stays in use",
+                            exc.strerror or exc)
 
     def expire(self) -> None:
         """Drop batches older than max_age_s (whole segments whose newest batch is too old)."""
@@ -670,18 +675,32 @@ class Spool:
             dead = [r.seq for r in seg.records if r.seq not in seg.live]
             ranges.extend(_ranges(dead))
         body = b"".join(_ack_entry(lo, hi) for lo, hi in ranges)
-        if self._journal_fd >= 0:
-            os.close(self._journal_fd)
+        # The new journal replaces the old one only once it is whole: when writing it fails
+        # (a full disk), OSError leaves the old journal open and in use. It holds a superset
+        # of the ranges that matter, so nothing is lost. (Closing the old descriptor first
+        # would leave its number to the next open, e.g. a new segment, which the journal's
+        # appends would then overwrite.)
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, body)
+            written = os.write(fd, body)
+            if written != len(body):
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(body)} bytes)")
             if self.settings.fsync != "never":
                 os.fsync(fd)
-        finally:
             os.close(fd)
-        os.replace(tmp, path)
-        self._journal_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            fd = -1
+            os.replace(tmp, path)
+        except OSError:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        new_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        if self._journal_fd >= 0:
+            os.close(self._journal_fd)
+        self._journal_fd = new_fd
         self._journal_size = len(body)
 
     def _done_journal(self, seqs: list[int]) -> None:

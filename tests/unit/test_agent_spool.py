@@ -289,3 +289,47 @@ def test_fresh_spool_writes_its_seq_file_at_open(tmp_path: Path) -> None:
     assert (tmp_path / "seq").read_bytes() == seq_file_body(0)
     sp = _spool(tmp_path)  # opened and closed without a batch: still fine
     assert sp.next_seq() == 1
+
+
+def test_a_full_disk_emptying_the_spool_keeps_the_old_journal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A write failing on a full disk retires its segment; when that was the last one, the
+    # spool compacts acks.log through acks.tmp, which fails too. The batch must be dropped
+    # and counted (not raise), the old journal stay in use, and nothing spooled later be lost:
+    # the old journal's descriptor must not be closed and its number reused by the next
+    # segment, whose records the journal's appends would then overwrite.
+    import errno
+
+    from collector.agent import spool as spool_mod
+
+    real_write = os.write
+    full = [False]
+
+    def write(fd: int, data: bytes) -> int:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(spool_mod.os, "write", write)
+    sp = _spool(tmp_path)
+    first = sp.next_seq()
+    assert sp.append(first, 0, 1_000, b"first")
+    assert sp.ack([first]) == 1  # the segment being written stays, empty
+    full[0] = True
+    lost = sp.next_seq()
+    assert not sp.append(lost, 0, 1_001, b"lost")  # dropped, counted
+    assert sp.counters.dropped["io_error"] == 1
+    full[0] = False
+    assert not (tmp_path / "acks.tmp").exists()
+    seqs = [sp.next_seq() for _ in range(5)]
+    for s in seqs:
+        assert sp.append(s, 0, 2_000 + s, f"batch{s}".encode())
+    assert sp.ack(seqs[:2]) == 2  # journalled in the old acks.log
+    sp.close()
+    sp2 = _spool(tmp_path)
+    assert sp2.live_seqs() == seqs[2:]
+    got = []
+    while (item := sp2.take_next()) is not None:
+        got.append(item)
+    assert got == [(s, f"batch{s}".encode()) for s in seqs[2:]]
+    sp2.close()
