@@ -23,10 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grafana_foundation_sdk.builders import barchart, common, dashboard, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders import (
+    barchart,
+    common,
+    dashboard,
+    heatmap,
+    prometheus,
+    stat,
+    table,
+    timeseries,
+)
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as mc
 from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import heatmap as mhm
 from grafana_foundation_sdk.models import prometheus as mprom
 from grafana_foundation_sdk.models.common import (
     BigValueColorMode,
@@ -44,6 +54,9 @@ SITES = "collector_site_last_event_timestamp_seconds"
 C = 'country=~"$country"'
 CRS = 'country=~"$country", region=~"$region", site=~"$site"'
 RATE = "$__rate_interval"
+# Cell KPIs come from 3GPP PM files, one value per 15-min granularity period: the aggregator
+# publishes them with window = the period's length (docs/agent.md, PM files).
+PM = 'window="15m"'
 
 GREEN, YELLOW, ORANGE, RED, BLUE = "green", "yellow", "orange", "red", "blue"
 
@@ -54,13 +67,14 @@ class Q:
     legend: str = ""
     instant: bool = False
     table: bool = False
+    heatmap: bool = False  # Prometheus histogram buckets, one series per `le`
 
 
 @dataclass
 class P:
     """One panel: what it shows, the question it answers, how it looks."""
 
-    kind: str  # timeseries | stat | table | bar
+    kind: str  # timeseries | stat | table | bar | heatmap
     title: str
     description: str
     queries: Sequence[Q]
@@ -93,6 +107,8 @@ def _target(q: Q, ref: str) -> prometheus.Dataquery:
             t = t.format(mprom.PromQueryFormat.TABLE)
     else:
         t = t.range()
+        if q.heatmap:
+            t = t.format(mprom.PromQueryFormat.HEATMAP)
     return t
 
 
@@ -129,6 +145,14 @@ def build_panel(p: P) -> Any:
         b = barchart.Panel().legend(_legend(False)).show_value(mc.VisibilityMode.NEVER)
         if p.x_field:
             b = b.x_field(p.x_field)
+    elif p.kind == "heatmap":
+        # buckets as they come (Grafana de-accumulates the cumulative `le` series)
+        b = (heatmap.Panel().calculate(False)
+             .rows_frame(heatmap.RowsHeatmapOptions().layout(mc.HeatmapCellLayout.LE))
+             .y_axis(heatmap.YAxisConfig().unit(p.unit))
+             .color(heatmap.HeatmapColorOptions().mode(mhm.HeatmapColorMode.SCHEME)
+                    .scheme("Oranges").scale(mhm.HeatmapColorScale.EXPONENTIAL).exponent(0.5))
+             .show_legend())
     else:
         raise ValueError(p.kind)
     b = (b.title(p.title).description(p.description).datasource(DS).unit(p.unit)
@@ -350,27 +374,27 @@ def site_detail() -> dict[str, Any]:
         ("5G cells", [
             P("timeseries", "Cell throughput (DL)",
               "How much DL traffic does each cell of the selected sites carry?",
-              [Q(f'edge_cell_throughput_bytes_per_second{{{CRS}, {w1}, direction="dl"}} * 8',
+              [Q(f'edge_cell_throughput_bytes_per_second{{{CRS}, {PM}, direction="dl"}} * 8',
                  "{{site}} {{cell}}")], "bps", w=8),
             P("timeseries", "PRB utilisation (DL)",
               "How loaded is each cell's radio (DL PRB utilisation; 90% for 15 min alerts)?",
-              [Q(f'edge_cell_prb_utilization_ratio{{{CRS}, {w1}, stat="avg", direction="dl"}}',
+              [Q(f'edge_cell_prb_utilization_ratio{{{CRS}, {PM}, stat="avg", direction="dl"}}',
                  "{{site}} {{cell}}")],
               "percentunit", steps=((None, GREEN), (0.7, YELLOW), (0.9, RED)), max=1, w=8),
             P("timeseries", "Connected users per cell",
               "How many users does each cell serve (mean RRC-connected users)?",
-              [Q(f'edge_cell_connected_users{{{CRS}, {w1}, stat="avg"}}', "{{site}} {{cell}} users")],
+              [Q(f'edge_cell_connected_users{{{CRS}, {PM}, stat="avg"}}', "{{site}} {{cell}} users")],
               "short", w=8),
             P("timeseries", "Per-user DL speed vs the article",
               "Are the selected sites' users getting their country's average consumer speed (dashed)?",
-              [Q(f'edge_cell_user_throughput_bytes_per_second{{{CRS}, {w1}, stat="avg", direction="dl"}} * 8',
+              [Q(f'edge_cell_user_throughput_bytes_per_second{{{CRS}, {PM}, stat="avg", direction="dl"}} * 8',
                  "{{site}} {{cell}}"),
                Q(f"country:edge_reference_user_throughput_bytes_per_second:article{{{C}}} * 8",
                  "{{country}} article: {{reference}}")],
               "bps", dashed=".*article.*", w=12),
             P("timeseries", "Radio quality (SINR)",
-              "Is the radio signal good (SS-SINR in dB, mean over the window)?",
-              [Q(f'edge_cell_ss_sinr_db{{{CRS}, {w1}, stat="avg"}}', "{{site}} {{cell}}")],
+              "Is the radio signal good (SS-SINR in dB, mean over the 15-min PM period)?",
+              [Q(f'edge_cell_ss_sinr_db{{{CRS}, {PM}, stat="avg"}}', "{{site}} {{cell}}")],
               "dB", steps=((None, RED), (0, YELLOW), (10, GREEN)), w=12),
         ]),
         ("Hosts", [
@@ -456,8 +480,9 @@ def links_optics() -> dict[str, Any]:
 
 
 def cells() -> dict[str, Any]:
-    w1 = 'window="1m"'
     rg = 'region=~"$region"'
+    rsrp = f"edge_cell_ss_rsrp_report_dbm_bucket{{{C}, {rg}, {PM}}}"
+    sinr = f"edge_cell_ss_sinr_report_db_bucket{{{C}, {rg}, {PM}}}"
     rows = [
         ("Traffic and users", [
             P("timeseries", "Cell throughput by region",
@@ -484,7 +509,7 @@ def cells() -> dict[str, Any]:
               "percentunit", steps=((None, GREEN), (0.7, YELLOW), (0.9, RED)), max=1, w=8),
             P("table", "Busiest cells (DL PRB)",
               "Which ten cells are closest to running out of radio resources?",
-              [Q(f'topk(10, edge_cell_prb_utilization_ratio{{{C}, {rg}, {w1}, stat="avg", direction="dl"}})',
+              [Q(f'topk(10, edge_cell_prb_utilization_ratio{{{C}, {rg}, {PM}, stat="avg", direction="dl"}})',
                  instant=True, table=True)],
               "percentunit", steps=((None, GREEN), (0.7, YELLOW), (0.9, RED)), w=8,
               transformations=[dm.DataTransformerConfig(id_val="organize", options={
@@ -507,14 +532,32 @@ def cells() -> dict[str, Any]:
               "percentunit", steps=((None, RED), (0.95, YELLOW), (0.99, GREEN)), max=1, w=8),
             P("timeseries", "Radio quality by region",
               "How good is the radio signal (mean SS-RSRP in dBm)?",
-              [Q(f'avg by (country, region) (edge_cell_ss_rsrp_dbm{{{C}, {rg}, {w1}, stat="avg"}})',
+              [Q(f'avg by (country, region) (edge_cell_ss_rsrp_dbm{{{C}, {rg}, {PM}, stat="avg"}})',
                  "{{country}} {{region}}")],
               "dBm", steps=((None, RED), (-110, YELLOW), (-95, GREEN)), w=24),
+        ]),
+        ("Radio quality distribution", [
+            P("heatmap", "SS-RSRP reports",
+              "How are the UE SS-RSRP reports of the selected cells spread over the TS 38.133 "
+              "ranges, period by period (L1M.SS-RSRP.BinX of the PM files; brighter = more reports)?",
+              [Q(f"sum by (le) ({rsrp})", "{{le}}", heatmap=True)],
+              "dBm", w=12, h=9),
+            P("timeseries", "SS-RSRP quantiles by country",
+              "What signal do the median UE and the weakest 10% of UE reports see in each country "
+              "(histogram_quantile over the cells' SS-RSRP distributions)?",
+              [Q(f"histogram_quantile(0.5, sum by (country, le) ({rsrp}))", "{{country}} median"),
+               Q(f"histogram_quantile(0.1, sum by (country, le) ({rsrp}))", "{{country}} weakest 10%")],
+              "dBm", steps=((None, RED), (-110, YELLOW), (-95, GREEN)), w=6, h=9),
+            P("timeseries", "SS-SINR median by country",
+              "How clean is the signal the median UE reports (SS-SINR distribution, L1M.SS-SINR.BinX)?",
+              [Q(f"histogram_quantile(0.5, sum by (country, le) ({sinr}))", "{{country}} median")],
+              "dB", steps=((None, RED), (0, YELLOW), (10, GREEN)), w=6, h=9),
         ]),
     ]
     return build_dashboard("edge-5g-cells", "5G cells",
                            "The 5G cells of the fleet by country and region: traffic, per-user speed "
-                           "against the article, users, PRB load, availability, coverage and radio quality.",
+                           "against the article, users, PRB load, availability, coverage and radio quality "
+                           "(per 15-min PM period, with the UE report distributions).",
                            rows, ["country", "region"])
 
 

@@ -10,8 +10,11 @@ whole pipeline (Tansu broker, ingest over TLS, aggregator, a fleet of real agent
   quiet.
 
 Short intervals keep it within the suite's budget: 1 s sampling and scraping, the fleet
-replaying the last two minutes at 20x before it runs in real time, and the site-down alert's
-durations scaled from minutes to seconds (its expression is otherwise the deployed one).
+replaying the last 15-30 minutes at 60x before it runs in real time, and the site-down
+alert's durations scaled from minutes to seconds (its expression is otherwise the deployed
+one). The cells reach their agents as TS 32.435 PM files with 15-min periods, as from a gNB
+(the cell panels and rules read window="15m"); the replay starts on a period boundary so at
+least one whole period (with its L1M distributions) is published.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from tests.conftest import make_topic
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 VARS = re.compile(r"\$(country|region|site)\b")
-BACKFILL_S = 120
+PM_PERIOD_S = 900  # simulated PM granularity: the 15-min period of the cell panels
 SILENT_AFTER_S = 10  # wall seconds after the fleet caught up with now
 
 
@@ -98,9 +101,14 @@ async def test_dashboards_and_rules_on_a_real_prometheus(broker: EmbeddedBroker,
     assert binary, "prometheus missing: make setup-test installs Debian's prometheus package"
     topic = await make_topic(broker, partitions=3, prefix="dash")
     await broker.create_topics([TopicSpec(topic + ".dlq", 1, 3_600_000)])
+    # replay from a period boundary at least one whole period (and 30 s) before now
+    now_s = time.time_ns() // 10**9
+    start_s = (now_s - PM_PERIOD_S - 30) // PM_PERIOD_S * PM_PERIOD_S
+    backfill_s = now_s - start_s
     sim = {"sites_per_country": 2, "links_per_site": 4, "cells_per_site": 3, "hosts_per_site": 1,
-           "cpus_per_host": 2, "interval_s": 1.0, "acceleration": 20.0, "batch_ticks": 5,
-           "silent_after_s": BACKFILL_S + SILENT_AFTER_S}
+           "cpus_per_host": 2, "interval_s": 1.0, "acceleration": 60.0, "batch_ticks": 5,
+           "silent_after_s": backfill_s + SILENT_AFTER_S, "pm_files": True,
+           "pm_granularity_s": PM_PERIOD_S}
     settings = load_settings(
         kafka={"bootstrap_servers": broker.bootstrap, "topic": topic, "dead_letter_topic": topic + ".dlq"},
         ingest={"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
@@ -115,7 +123,7 @@ async def test_dashboards_and_rules_on_a_real_prometheus(broker: EmbeddedBroker,
     silent = city_for("US", 1)[1]  # the simulator silences the fleet's last site
     sites = set(tokens)
     assert silent in sites
-    start_ns = (time.time_ns() // 10**9 - BACKFILL_S) * 10**9
+    start_ns = start_s * 10**9
     reg = CollectorRegistry()
 
     async def agents_metrics() -> bytes:
