@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.aggregate.outputs import window_label
+from collector.exposition.histogram import histogram_quantile
 from collector.simulate.config import REFERENCE_SPEED_MBPS
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ _FAMILIES = (
     "edge_cell_user_throughput_bytes_per_second",
     "edge_cell_coverage_ratio",
     "edge_cell_availability_ratio",
+    "edge_cell_ss_rsrp_report_dbm_bucket",
     "collector_site_completeness_ratio",
     "collector_site_samples_completeness_ratio",
     "collector_site_samples_received_total",
@@ -64,6 +66,7 @@ class CountryStats:
     user_dl_mbps: float | None = None  # mean over cells of the per-user DL average
     coverage: float | None = None  # mean over cells
     availability: float | None = None
+    rsrp_median_dbm: float | None = None  # median UE SS-RSRP report over the country's cells
     completeness: float | None = None  # batches, mean over sites
     completeness_min: float | None = None
     samples_completeness: float | None = None  # samples, mean over sites
@@ -84,6 +87,7 @@ def country_stats(body: str, countries: Iterable[str], rate_window: str,
     cell_ratio = cell_window or ratio_window
     lines = [ln for ln in body.splitlines() if ln.startswith(_FAMILIES)]
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    rsrp: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))  # country, le
     out = {c: CountryStats() for c in countries}
     for fam in text_string_to_metric_families("\n".join(lines) + "\n"):
         for s in fam.samples:
@@ -112,6 +116,8 @@ def country_stats(body: str, countries: Iterable[str], rate_window: str,
             elif (name == "edge_cell_availability_ratio" and w == cell_ratio
                   and lb.get("stat") == "avg"):
                 a["availability"].append(v)
+            elif name == "edge_cell_ss_rsrp_report_dbm_bucket" and w == cell_ratio:
+                rsrp[c][float(lb.get("le", "nan"))] += v  # sum by (country, le)
             elif name == "collector_site_completeness_ratio":
                 a["completeness"].append(v)
             elif name == "collector_site_samples_completeness_ratio":
@@ -131,6 +137,8 @@ def country_stats(body: str, countries: Iterable[str], rate_window: str,
         st.completeness = _mean(a["completeness"])
         st.completeness_min = min(a["completeness"]) if a["completeness"] else None
         st.samples_completeness = _mean(a["samples_completeness"])
+    for c, buckets in rsrp.items():
+        out[c].rsrp_median_dbm = histogram_quantile(0.5, list(buckets.items()))
     return out
 
 
@@ -326,7 +334,9 @@ def country_lines(snap: Snapshot) -> list[str]:
             f"{si(st.cell_ul * 8, 'b/s')} UL; per-user DL "
             f"{'-' if st.user_dl_mbps is None else f'{st.user_dl_mbps:.2f}'} Mb/s"
             f"{f' (ref {ref:.2f})' if ref else ''}; 5G coverage {pct(st.coverage)} "
-            f"(target {COVERAGE_TARGET:.0%}), availability {pct(st.availability, 2)}; "
+            f"(target {COVERAGE_TARGET:.0%}), availability {pct(st.availability, 2)}, "
+            f"SS-RSRP median {'-' if st.rsrp_median_dbm is None else f'{st.rsrp_median_dbm:.1f}'}"
+            " dBm; "
             f"completeness {pct(st.completeness, 2)} batches, "
             f"{pct(st.samples_completeness, 2)} samples")
     return out
@@ -509,6 +519,8 @@ class LiveView:
             cov.append(t)
         row("5G coverage", cov)
         row("availability", [pct(s.availability, 2) for s in stats])
+        row("SS-RSRP median", ["-" if s.rsrp_median_dbm is None else f"{s.rsrp_median_dbm:.1f} dBm"
+                               for s in stats])
         row("complete b/s", [
             Text(f"{pct(s.completeness, 2)} / {pct(s.samples_completeness, 2)}",
                  style="green" if (s.completeness or 0) >= 0.999 else "yellow") for s in stats])

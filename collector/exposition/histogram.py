@@ -103,3 +103,23 @@ def render_histogram(fam: FamilyText, frame: pl.DataFrame) -> str:
                                  text=line("_sum", None)))
     lines = pl.concat(parts, how="vertical_relaxed").sort([*keys, _ORDER])
     return head + "\n".join(lines["text"].to_list()) + "\n"
+
+
+def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
+    """Prometheus' histogram_quantile over one histogram's cumulative buckets (le, count),
+    for readers of /metrics without a Prometheus (the `collector run` view): linear
+    interpolation inside the bucket holding the rank; None without reports or +Inf bucket."""
+    b = sorted(buckets)
+    if len(b) < 2 or b[-1][0] != float("inf") or b[-1][1] <= 0 or not 0 <= q <= 1:
+        return None
+    rank = q * b[-1][1]
+    i = next(i for i, (_, v) in enumerate(b) if v >= rank)
+    if i == len(b) - 1:
+        return b[-2][0]
+    if i == 0 and b[0][0] <= 0:
+        return b[0][0]
+    start, count = (b[i - 1][0], b[i][1] - b[i - 1][1]) if i else (0.0, b[i][1])
+    if i:
+        rank -= b[i - 1][1]
+    return start + (b[i][0] - start) * (rank / count) if count else b[i][0]
+

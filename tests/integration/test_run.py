@@ -147,6 +147,7 @@ def test_run_for_30s_without_a_terminal_serves_jp_and_us_and_leaves_no_child(
     assert "\x1b[" not in out  # no terminal control codes into a pipe
     assert "run summary" in out
     assert "  JP: 2 sites" in out
+    assert re.search(r"SS-RSRP median -\d+\.\d dBm", out), out[-3000:]
     assert "  US: 2 sites" in out
     assert out.rstrip().endswith("stopped")
     assert not r.left_behind(), r.left_behind()
@@ -277,6 +278,9 @@ def test_live_view_in_a_terminal_shows_both_countries_with_throughput(tmp_path: 
         assert "Japan (JP)" in frame
         assert "United States (US)" in frame
         assert re.search(r"│\s*[\d.]+ Mb/s \(ref 279\.93\)", frame), frame
+        # the simulated PM files' L1M.SS-RSRP distributions, as a median per country
+        assert wait_until(lambda: re.search(r"SS-RSRP median\s*│\s*-\d+\.\d dBm\s*│\s*-\d+\.\d dBm",
+                                            screen()), within=30, step=1.0), screen()
         assert "INFO" not in frame  # log lines go to the run's log file, not over the view
         subprocess.run([*tmux, "send-keys", "C-c"], check=True)
         assert wait_until(lambda: "EXIT=" in screen(), within=60, step=1.0), screen()

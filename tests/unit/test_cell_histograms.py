@@ -11,6 +11,7 @@ import shutil
 import subprocess
 
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,7 +21,7 @@ from collector.agent.sources.pm import MEASUREMENTS, parse_pm_bytes, render_meas
 from collector.aggregate.config import AggregateSettings
 from collector.aggregate.outputs import FAMILIES, build_frames
 from collector.aggregate.state import PartitionState
-from collector.exposition.histogram import cumulative, render_histogram
+from collector.exposition.histogram import cumulative, histogram_quantile, render_histogram
 from collector.exposition.render import FamilyText, render
 
 NS = 1_000_000_000
@@ -195,6 +196,11 @@ def test_histogram_quantile_of_a_rendered_cell_histogram_is_inside_the_right_bin
     lo, clo = b[i - 1] if i else (b[i][0], 0.0)
     q = lo + (b[i][0] - lo) * (rank - clo) / (b[i][1] - clo)
     assert -116.0 <= q <= -115.0  # bin 41 = [-116, -115) dBm
+    assert histogram_quantile(0.5, b) == q  # the view's own copy of the formula
+    assert histogram_quantile(0.5, [(math.inf, 0.0)]) is None
+    assert histogram_quantile(0.99, b) == pytest.approx(-114.1)
+    # a rank in the +Inf bucket: the highest finite bound, as Prometheus answers
+    assert histogram_quantile(0.9, [(-116.0, 10.0), (math.inf, 20.0)]) == -116.0
 
 
 def test_promtool_accepts_the_histogram_families() -> None:

@@ -56,6 +56,10 @@ BODY = "\n".join([
     f'collector_site_samples_dropped_total{{{_site("JP", "a")},reason="late"}} 5',
     f'collector_site_samples_dropped_total{{{_site("JP", "b")},reason="late"}} 2',
     f'collector_site_samples_dropped_total{{{_site("US", "c")},reason="duplicate"}} 1',
+    # SS-RSRP report histograms of two JP cells (cumulative buckets, 1m = the ratio window)
+    *(f'edge_cell_ss_rsrp_report_dbm_bucket{{{_site("JP", "a")},cell="{c}",gnb="g",window="1m",'
+      f'le="{le}"}} {n}' for c, le, n in (("1", "-100.0", 2), ("1", "-90.0", 6), ("1", "+Inf", 6),
+                                          ("2", "-100.0", 0), ("2", "-90.0", 4), ("2", "+Inf", 4))),
     f'edge_site_link_throughput_bytes_per_second{{{_site("DE", "x")},direction="in",window="10s"}} 1',
     "collector_aggregate_samples_total 123",
 ])
@@ -78,6 +82,9 @@ def test_country_stats_sums_rates_and_averages_ratios_per_country() -> None:
     assert us.cell_dl == 11.0
     assert us.user_dl_mbps is None
     assert us.coverage is None
+    # summed by le: 2 reports <= -100, 10 <= -90: the median (rank 5) is 3/8 into (-100, -90]
+    assert jp.rsrp_median_dbm == pytest.approx(-100 + 10 * 3 / 8)
+    assert us.rsrp_median_dbm is None
 
 
 def test_country_without_series_is_reported_empty() -> None:
