@@ -471,6 +471,20 @@ async def test_a_torn_or_foreign_ledger_file_does_not_stop_the_source(tmp_path: 
     assert src.stats.pm_files["repeated"] == 2
 
 
+async def test_the_ledger_is_never_read_as_a_pm_file_whatever_the_pattern(tmp_path: Path) -> None:
+    t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=2)
+    _drop(tmp_path, "A.xml", t0, {"1": {"MM.HoExeIntraReq": 5}})
+    src = CellSource(CellSourceSettings(enabled=True, pm_dir=tmp_path, settle_s=0, pattern="*"))
+    for _ in range(2):
+        b = BatchBuilder("a", SITE, "boot")
+        await src.collect(b, time.time_ns())
+        src.committed()
+        os.utime(tmp_path / ".collector-pm-sent", (time.time() - 60,) * 2)
+    assert (tmp_path / ".collector-pm-sent").is_file()
+    assert not (tmp_path / "failed").exists()
+    assert src.stats.pm_files["failed"] == 0
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 3), st.sets(st.sampled_from("123"), min_size=1),
                           st.booleans()), min_size=1, max_size=10))

@@ -234,6 +234,8 @@ class CellSource(Source):
         busy = {p for p, _, _ in self._pending}
         if self._current is not None:
             busy.add(self._current[0])
+        if self.ledger.path is not None:  # never read the sent-ledger as a PM file (pattern "*")
+            busy |= {self.ledger.path, self.ledger.path.with_name(self.ledger.path.name + ".tmp")}
         found: list[tuple[float, str, Path]] = []
         for p in self.dir.iterdir():
             if p in busy or not (p.match(pattern) or p.match(pattern + ".gz")):
