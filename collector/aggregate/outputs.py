@@ -491,8 +491,9 @@ def _histograms(c: pl.DataFrame, put: Put) -> None:
     # One period per histogram: its bins' newest end. A bin the newest period did not report
     # counts 0 there, never with an older period's count.
     h = h.filter(pl.col("end") == pl.col("end").max().over(keys))
+    # the decoder rejected series whose le is not a number or +Inf (state._is_bound)
     le = (pl.when(pl.col("le") == "+Inf").then(pl.lit(float("inf")))
-          .otherwise(pl.col("le").cast(pl.Float64, strict=False)))  # not a number: null, left out
+          .otherwise(pl.col("le").cast(pl.Float64, strict=False)))
     h = h.with_columns(le=le, value=pl.col("inc").cast(pl.Float64) * pl.col("scale"))
     for (m,), part in h.partition_by("metric_i", as_dict=True).items():
         put(_HIST_IDS[int(m)], part)

@@ -71,6 +71,16 @@ _TWO32 = pl.lit(1 << 32, dtype=pl.Int128)
 _KEY_MUL = 1 << 40
 # Per-series code in a series table.
 OK_COUNTER, OK_GAUGE, UNKNOWN, MISMATCH, CAPPED, OK_DELTA = 0, 1, 2, 3, 4, 5
+
+
+def _is_bound(le: str) -> bool:
+    """A histogram bucket's `le`: a number or +Inf (collector/exposition/histogram.py)."""
+    if le == "+Inf":
+        return True
+    try:
+        return math.isfinite(float(le))
+    except ValueError:
+        return False
 _N_CODES = 6
 DROP_REASONS = ("late", "duplicate", "dedup_expired", "rejected", "unknown_metric", "cardinality",
                 "too_old", "overlap")
@@ -498,6 +508,9 @@ class PartitionState:
                 code[i] = MISMATCH
                 continue
             labels = {lb.name: lb.value for lb in s.labels}
+            if spec.labels[-1] == "le" and not _is_bound(labels.get("le", "")):
+                code[i] = MISMATCH  # a distribution bin without a numeric bound: rejected
+                continue
             # interned: a label value shared by many series ("optical", a host name) is stored once
             key = (site, m, tuple(sys.intern(labels.get(n, "")) for n in spec.labels))
             sid = self.series_key.get(key)

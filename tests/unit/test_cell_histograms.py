@@ -211,3 +211,15 @@ def test_promtool_accepts_the_histogram_families() -> None:
     res = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True,
                          timeout=60, check=False)
     assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+
+
+def test_a_bin_without_a_numeric_bound_is_rejected_and_counted() -> None:
+    st_ = PartitionState(0, AggregateSettings())
+    b = BatchBuilder("a1", SITE, "boot")
+    for le, n in (("-95", 4), ("abc", 7), ("nan", 1), ("+Inf", 5)):
+        d = delta_def("L1M.SS-RSRP.Bin", {"cell": "17", "gnb": "g1", "le": le}, unit="reports")
+        b.delta(d, E0 - P, E0, n)
+    st_.add(1, b.build_bytes(1, E0))
+    st_.advance()
+    assert st_.sites[0].dropped["rejected"] == 2
+    assert _buckets(st_) == {("17", -95.0): 4.0, ("17", math.inf): 9.0}
