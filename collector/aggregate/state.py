@@ -56,6 +56,8 @@ from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 NS = 1_000_000_000
 LABEL_NAMES: tuple[str, ...] = tuple(sorted({n for m in METRICS for n in m.labels}))
 METRIC_INDEX: dict[str, int] = {m.name: i for i, m in enumerate(METRICS)}
+# the window log's `labels` text: every label name but `le`, which only bins carry
+_LOG_LABELS = tuple(n for n in LABEL_NAMES if n != "le")
 _SPEC_LABEL_POS = [tuple(LABEL_NAMES.index(n) for n in m.labels) for m in METRICS]
 _IS_COUNTER = np.array([m.kind is Kind.COUNTER for m in METRICS])
 # A link's speed (bytes/s) bounds every counter of the link (octets; packets, errors and
@@ -1298,7 +1300,10 @@ class PartitionState:
             pl.col("metric_i").cast(pl.Int64)
             .replace_strict(list(range(len(METRICS))), [m.name for m in METRICS], return_dtype=pl.String)
             .alias("metric"),
-            pl.concat_str([pl.lit(n + "=") + pl.col(n) for n in LABEL_NAMES], separator=",").alias("labels"),
+            (pl.concat_str([pl.lit(n + "=") + pl.col(n) for n in _LOG_LABELS], separator=",")
+             # a distribution bin's bound, only on bins: other series' labels read as before
+             + pl.when(pl.col("le") != "").then(pl.lit(",le=") + pl.col("le")).otherwise(pl.lit("")))
+            .alias("labels"),
         )
         return frame.join(keyed, on="sid", how="left")
 
