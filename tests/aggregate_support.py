@@ -118,9 +118,9 @@ T0 = 1_764_000_000 * NS  # pane-aligned
 
 
 def label_key(labels: dict[str, str]) -> str:
-    from collector.aggregate.state import LABEL_NAMES
+    from collector.aggregate.state import log_labels
 
-    return ",".join(f"{n}={labels.get(n, '')}" for n in LABEL_NAMES)
+    return log_labels(labels)
 
 
 @dataclass

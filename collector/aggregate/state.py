@@ -58,6 +58,12 @@ LABEL_NAMES: tuple[str, ...] = tuple(sorted({n for m in METRICS for n in m.label
 METRIC_INDEX: dict[str, int] = {m.name: i for i, m in enumerate(METRICS)}
 # the window log's `labels` text: every label name but `le`, which only bins carry
 _LOG_LABELS = tuple(n for n in LABEL_NAMES if n != "le")
+
+
+def log_labels(labels: dict[str, str]) -> str:
+    """The window log's `labels` text of a series with these entity labels."""
+    text = ",".join(f"{n}={labels.get(n, '')}" for n in _LOG_LABELS)
+    return text + (f",le={labels['le']}" if labels.get("le") else "")
 _SPEC_LABEL_POS = [tuple(LABEL_NAMES.index(n) for n in m.labels) for m in METRICS]
 _IS_COUNTER = np.array([m.kind is Kind.COUNTER for m in METRICS])
 # A link's speed (bytes/s) bounds every counter of the link (octets; packets, errors and

@@ -15,7 +15,7 @@ import re
 import polars as pl
 
 from collector.aggregate.config import AggregateSettings
-from collector.aggregate.state import LABEL_NAMES, NS, PartitionState
+from collector.aggregate.state import NS, PartitionState, log_labels
 from collector.simulate.config import SimulateSettings
 from collector.simulate.fleet import Simulation
 
@@ -24,7 +24,7 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 def _label_key(text: str) -> str:
     labels = dict(_LABEL.findall(text or ""))
-    return ",".join(f"{n}={labels.get(n, '')}" for n in LABEL_NAMES)
+    return log_labels(labels)
 
 
 def test_closed_windows_equal_simulator_truth() -> None:
