@@ -25,6 +25,7 @@ from pathlib import Path
 
 from collector.config import Settings, load_settings
 from collector.errors import ConfigError
+from collector.exposition import webconfig
 
 ROLES = ("ingest", "aggregate", "agent")
 SERVICE = "telemetry.v1.IngestService"
@@ -125,11 +126,19 @@ async def probe_ingest(settings: Settings, *, deadline_s: float, ca: Path | None
     return None
 
 
-def probe_http(url: str, timeout: float) -> str | None:
+def probe_http(url: str, timeout: float, *, auth_answers: bool = False) -> str | None:
+    """None when `url` answers 200 (or 401 with `auth_answers`: an endpoint behind basic auth
+    that answered is up; the probe has no password). HTTPS is not verified: the probe talks
+    to its own container's process on loopback, to see that it answers."""
+    import ssl
+
+    ctx = ssl._create_unverified_context() if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as r:
             return None if r.status == 200 else f"{url}: HTTP {r.status}"
     except urllib.error.HTTPError as exc:
+        if auth_answers and exc.code == 401:
+            return None
         return f"{url}: HTTP {exc.code} {exc.read()[:200].decode(errors='replace').strip()}"
     except (urllib.error.URLError, OSError) as exc:
         return f"{url}: {getattr(exc, 'reason', exc)}"
@@ -156,7 +165,12 @@ async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event
             raise ConfigError("the HTTP endpoint is disabled: nothing to probe", key=key)
         host, port = _loopback(listen)
         path = "/healthz" if role == "aggregate" else "/metrics"
-        problem = await asyncio.to_thread(probe_http, f"http://{host}:{port}{path}", args.timeout)
+        web_path = (settings.aggregate.metrics_web_config if role == "aggregate"
+                    else settings.agent.metrics_web_config)
+        web = webconfig.load(web_path, f"{role}.metrics_web_config")
+        scheme = "https" if web is not None and web.tls else "http"
+        problem = await asyncio.to_thread(probe_http, f"{scheme}://{host}:{port}{path}", args.timeout,
+                                          auth_answers=web is not None and bool(web.users))
     if problem:
         print(f"unhealthy: {problem}", file=sys.stderr)
         return 1

@@ -60,6 +60,8 @@ class MetricsServer:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         assert self.web is not None
+        if request.path == "/healthz":
+            return await handler(request)  # liveness only (probes carry no password)
         header = request.headers.get("Authorization")
         # bcrypt costs ~0.1 s when a credential is new: off the event loop
         ok = await asyncio.to_thread(self.web.check, header) if header else self.web.check(None)

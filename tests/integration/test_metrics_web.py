@@ -141,3 +141,20 @@ def test_config_errors_name_the_key_and_the_file(tmp_path: Path, web_certs: DevC
     p.write_text("tls_config: {}\n")
     with pytest.raises(ConfigError, match="unknown keys"):
         WebConfig.load(p, "aggregate.metrics_web_config")
+
+
+async def test_healthz_stays_open_and_the_health_probe_speaks_https(tmp_path: Path,
+                                                                    web_certs: DevCerts) -> None:
+    from collector.health_cmd import probe_http
+
+    web = WebConfig.load(web_config(tmp_path, web_certs), "aggregate.metrics_web_config")
+    async with both_servers(web) as (wsgi_port, aio_port):
+        # liveness carries no secret and probes carry no password: /healthz needs none
+        status, _ = await aget(f"https://127.0.0.1:{aio_port}/healthz", ca=web_certs.ca)
+        assert status == 200
+        assert (await aget(f"https://127.0.0.1:{aio_port}/metrics", ca=web_certs.ca))[0] == 401
+        assert await asyncio.to_thread(probe_http, f"https://127.0.0.1:{aio_port}/healthz", 10) is None
+        # an agent's /metrics behind basic auth: a 401 answer means it is up
+        url = f"https://127.0.0.1:{wsgi_port}/metrics"
+        assert await asyncio.to_thread(probe_http, url, 10, auth_answers=True) is None
+        assert "401" in (await asyncio.to_thread(probe_http, url, 10) or "")
