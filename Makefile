@@ -100,7 +100,7 @@ docs: setup
 
 bench: setup
 	$(PY) bench/ingest.py --quick
-	$(PY) bench/aggregate.py --batches 1000
+	$(PY) bench/aggregate.py --samples 200000 --rounds 1 --series-exposed 20000
 	$(PY) bench/agent.py --quick
 	$(PY) bench/simulate.py --quick
 	$(PY) bench/capacity.py --quick

@@ -10,7 +10,7 @@ and renders /metrics for ~100k series: vectorised Polars rendering against a pla
 prometheus-client `Gauge.labels().set()` + `generate_latest` exposition of the same series
 (and a custom Collector yielding GaugeMetricFamily, for reference).
 
-    .venv/bin/python bench/aggregate.py [--samples 2000000] [--samples-per-batch 100 1000]
+    .venv/bin/python bench/aggregate.py [--samples 2000000] [--samples-per-batch 100 1000] [--rounds 3]
 
 A 100-sample batch is what a real site agent sends per interval: 50 links x 2 octet counters
 (one timestamp); a 1000-sample batch is ten such ticks. Figures are ratios to ceilings
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -170,10 +171,11 @@ async def bare(bootstrap: str, topic: str, n: int, decode_too: bool) -> tuple[fl
 
 
 async def full(bootstrap: str, topic: str, n_records: int, n_samples: int,
-               scrape_every_s: float = 2.0) -> dict[str, float]:
+               scrape_every_s: float = 2.0, run: int = 0) -> dict[str, float]:
+    # a group and state topic of its own per run: every run reads the whole topic from scratch
     settings = load_settings(kafka={"topic": topic, "dead_letter_topic": topic + ".dlq"},
-                             aggregate={"metrics_listen": "", "group_id": f"bench-{topic}",
-                                        "state_topic": f"{topic}.state", "checkpoint_interval_s": 5.0,
+                             aggregate={"metrics_listen": "", "group_id": f"bench-{topic}-{run}",
+                                        "state_topic": f"{topic}.state{run}", "checkpoint_interval_s": 5.0,
                                         "max_poll_records": 2000})
     agg = Aggregator(settings, bootstrap=bootstrap, registry=CollectorRegistry())
     await agg.start()
@@ -280,17 +282,31 @@ def exposition_bench(n_series: int) -> dict[str, float]:
             "stamped_bytes": len(stamped), "site_end_series": site_end}
 
 
-async def measure(bootstrap: str, topic: str, spb: int, n_batches: int) -> dict[str, float]:
-    """(a), (b), (c) over the records of `topic` (n_batches of spb samples each)."""
+async def measure(bootstrap: str, topic: str, spb: int, n_batches: int, rounds: int) -> dict[str, float]:
+    """`rounds` rounds of (a), (b), (c) over the records of `topic` (n_batches of spb samples
+    each); the medians over the rounds of each round's own ratios (each a function of one
+    round, whose stages ran back to back: the shared machine drifts less within a round)."""
+    got = [await measure_round(bootstrap, topic, spb, n_batches, i) for i in range(rounds)]
+    med = {k: statistics.median(r[k] for r in got) for k in got[0]}
+    if rounds > 1:
+        ratios = ", ".join(f"{r['vs_decode']:.2f}" for r in got)
+        cpus = ", ".join(f"{r['per_cpu'] / 1e6:.2f} M" for r in got)
+        print(f"=== {spb}-sample batches, median of {rounds} rounds: (c)/(b) {med['vs_decode']:.2f} "
+              f"(rounds: {ratios}), {med['per_cpu']:,.0f} counter values per CPU-second (rounds: {cpus})")
+    return med
+
+
+async def measure_round(bootstrap: str, topic: str, spb: int, n_batches: int, run: int) -> dict[str, float]:
+    """(a), (b), (c) once, back to back."""
     n_samples = n_batches * spb
     a_wall, a_cpu, _ = await bare(bootstrap, topic, n_batches, decode_too=False)
     b_wall, b_cpu, b_samples = await bare(bootstrap, topic, n_batches, decode_too=True)
     assert b_samples == n_samples
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    c = await full(bootstrap, topic, n_batches, n_samples)
+    c = await full(bootstrap, topic, n_batches, n_samples, run=run)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     a_rate, b_rate, c_rate = n_samples / a_wall, n_samples / b_wall, n_samples / c["wall"]
-    print(f"--- {n_batches:,} batches x {spb} samples ({n_samples:,} counter values)")
+    print(f"--- {n_batches:,} batches x {spb} samples ({n_samples:,} counter values), round {run + 1}")
     print(f"(a) bare consumer     : {a_rate:>12,.0f} samples/s wall ({a_wall:.2f}s, cpu {a_cpu:.2f}s)")
     print(f"(b) consume + decode  : {b_rate:>12,.0f} samples/s wall ({b_wall:.2f}s, cpu {b_cpu:.2f}s)"
           f"  = {b_rate / a_rate:.2f} x (a)")
@@ -324,6 +340,8 @@ async def main() -> int:
     ap.add_argument("--interval-s", type=int, default=10,
                     help="sampling interval of every series (the simulator default is 10 s)")
     ap.add_argument("--series-exposed", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of (a), (b), (c) per batch size; the RESULT ratios are their medians")
     args = ap.parse_args()
 
     # the aggregator's own heap setting (Aggregator.start applies it too), for every stage alike
@@ -347,7 +365,7 @@ async def main() -> int:
             await load(broker.bootstrap, topics[spb], records)
             print(f"loaded into the broker in {time.perf_counter() - t:.1f}s", flush=True)
             del records
-            results[spb] = await measure(broker.bootstrap, topics[spb], spb, n_batches)
+            results[spb] = await measure(broker.bootstrap, topics[spb], spb, n_batches, args.rounds)
     e = exposition_bench(args.series_exposed)
     speedup = e["gauge"] / e["vectorised"]
     print(f"/metrics with {int(e['lines']):,} series ({e['bytes'] / 1e6:.1f} MB): vectorised "
