@@ -560,9 +560,17 @@ class Decoder:
                     return None
                 cols[i] = got
                 p = q + n
+        gap_first = gap_last = 0  # fields 14-15 (unissued seqs), as in _fast
+        if p < end and data[p] == _K_GAP_FIRST:
+            gap_first, p = _varint(data, p + 1)
+        if p < end and data[p] == _K_GAP_LAST:
+            gap_last, p = _varint(data, p + 1)
         if p != end:
             return None
-        return Rec(data, lay.agent, seq, lay.names, lay.boot, table, n_series, cols[0], cols[1], None)
+        r = Rec(data, lay.agent, seq, lay.names, lay.boot, table, n_series, cols[0], cols[1], None)
+        if gap_first or gap_last:
+            r.unissued = unissued_range(gap_first, gap_last, seq)
+        return r
 
     def decode(self, value: bytes | None, headers: Headers | None = None) -> Decoded:
         """One record fully checked, as `decode()` (the fast path when it applies)."""

@@ -203,6 +203,12 @@ def test_heap_setting_applies_on_glibc_only_when_asked() -> None:
     assert applied is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
 
 
+def _unissued(raw: bytes, first: int, last: int) -> bytes:
+    b = pb.Batch.FromString(raw)
+    b.unissued_seq_first, b.unissued_seq_last = first, last
+    return b.SerializeToString()
+
+
 def _with_created(raw: bytes, created: int) -> bytes:
     b = pb.Batch.FromString(raw)
     b.created_unix_nano = created
@@ -212,7 +218,7 @@ def _with_created(raw: bytes, created: int) -> bytes:
 @pytest.mark.parametrize("created", [0, T0])
 @pytest.mark.parametrize("mutate", ["none", "long_seq", "new_site", "new_boot", "created_toggled",
                                     "new_table", "unknown_field", "repeated_header", "gauges_only",
-                                    "no_samples", "bad_index", "other_agent"])
+                                    "no_samples", "bad_index", "other_agent", "unissued", "unissued_bad"])
 def test_known_layout_reads_what_the_full_parse_reads(created: int, mutate: str) -> None:
     """An agent's third record on is read by comparing it with the layout of its previous one;
     whatever differs goes through the other paths, with the full parse's result or refusal."""
@@ -239,9 +245,15 @@ def test_known_layout_reads_what_the_full_parse_reads(created: int, mutate: str)
            "gauges_only": lambda: batch(3, counters=[]),
            "no_samples": lambda: batch(3, counters=[], gauges=[]),
            "bad_index": lambda: batch(3, counters=[(7, T0, 1)]),
-           "other_agent": lambda: batch(3, agent="b")}[mutate]()
-    if mutate in ("none", "long_seq"):
+           "other_agent": lambda: batch(3, agent="b"),
+           "unissued": lambda: _unissued(batch(3000), 1000, 2000),
+           "unissued_bad": lambda: _unissued(batch(3), 5, 1)}[mutate]()
+    if mutate in ("none", "long_seq", "unissued", "unissued_bad"):
         assert dec._known(raw) is not None
+        full = Decoder().read(raw)  # the full parse: a decoder that has not seen the agent
+        assert dec._known(raw).unissued == full.unissued  # type: ignore[union-attr]
+        if mutate == "unissued":  # an agent's restarted boot declares the seqs it skipped
+            assert full.unissued == (1000, 2000)
     try:
         want = decode(raw)
     except ProtocolError as exc:
