@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import random
 import zlib
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,7 +23,8 @@ from grpc import aio
 
 from collector.broker import EmbeddedBroker
 from collector.devcerts import DevCerts
-from collector.ingest.server import IngestServer
+from collector.ingest import compression
+from collector.ingest.server import INFLATE_IN_THREAD_BYTES, IngestServer
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from tests.conftest import make_topic
 from tests.grpc_wire import h2_stream
@@ -135,5 +138,39 @@ async def test_a_compressed_batch_is_limited_by_its_decompressed_size_and_answer
         assert _value(s, "collector_ingest_streams_ended_total", reason="completed") == 1
         records = await read_topic(broker.bootstrap, topic, expect=2)
         assert sorted(r.value for r in records) == sorted(ok)
+    finally:
+        await s.stop()
+
+
+async def test_a_large_compressed_batch_is_inflated_off_the_loop_and_stored_exactly(
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    off_loop: list[int] = []
+    to_thread = asyncio.to_thread
+
+    async def counting(fn: Any, *args: Any) -> Any:
+        if fn is compression.inflate:
+            off_loop.append(len(args[0]))
+        return await to_thread(fn, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", counting)
+    topic = await make_topic(broker)
+    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic))
+    # half incompressible padding: gzip shrinks the message (so gRPC's client does compress
+    # it) and it stays above the worker-thread threshold
+    big = make_batch(A, 1).SerializeToString() + unknown_field(
+        1023, 2, random.randbytes(150_000) + bytes(300_000))
+    assert INFLATE_IN_THREAD_BYTES < len(gzip.compress(big)) < len(big) // 2
+    small = make_batch(A, 2).SerializeToString()
+    try:
+        async with aio.secure_channel(
+            f"127.0.0.1:{s.port}", grpc.ssl_channel_credentials(certs.ca.read_bytes()),
+            compression=grpc.Compression.Gzip) as ch:
+            res = await send_all(ch, token_for(A), [big, small])
+        assert res.ok_seqs() == [1, 2]
+        assert len(off_loop) == 1  # the big one only
+        assert off_loop[0] > INFLATE_IN_THREAD_BYTES
+        records = await read_topic(broker.bootstrap, topic, expect=2)
+        assert sorted(r.value for r in records) == sorted([big, small])
     finally:
         await s.stop()
