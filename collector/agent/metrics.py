@@ -49,7 +49,6 @@ class SourceStats:
     samples: int = 0
     errors: int = 0
     seconds: float = 0.0
-    skipped_files: dict[str, int] = field(default_factory=dict)
     # PM files (cell source, pm_xml): files by result, values by result, rejected by reason
     pm_files: dict[str, int] = field(default_factory=dict)
     pm_values: dict[str, int] = field(default_factory=dict)

@@ -111,7 +111,6 @@ class SenderCounters:
     sent: int = 0  # batch writes on a stream (a resend counts again)
     retriable_acks: int = 0
     stream_failures: int = 0
-    sessions: int = 0
     recoveries: int = 0  # failure streaks ended by an OK ack
 
 
@@ -287,7 +286,6 @@ class Sender:
             stream = channel.stream_stream(METHOD, request_serializer=_identity,
                                            response_deserializer=pb.Ack.FromString)
             call = stream(metadata=metadata)
-            self.counters.sessions += 1
             self.connected = True
             self._retry_at = 0.0
             reader = asyncio.create_task(self._read_loop(call))

@@ -209,7 +209,6 @@ class Spool:
         self.unissued: tuple[int, int] | None = None
         self.write_ok = True  # False after the last spool write (or seq reservation) failed
         self._bytes = 0
-        self._last_sync = time.monotonic()
         self.counters = SpoolCounters()
         self.opened = False
 
@@ -293,7 +292,7 @@ class Spool:
         # issued. Declared on the wire so the aggregator's ledger does not count them missing.
         if reserved > max_seen:
             self.unissued = (max_seen + 1, reserved)
-        self._open_journal(rewrite=True)
+        self._open_journal()
 
     def close(self) -> None:
         if not self.opened:
@@ -491,7 +490,7 @@ class Spool:
         self._bytes -= seg.size
         if len(self._segments) == 0 or self._journal_size > 1024 * 1024:
             try:
-                self._open_journal(rewrite=True)
+                self._open_journal()
             except OSError as exc:  # the old journal stays in use; compaction is retried later
                 log.warning("ack journal not compacted (%s): the current one stays in use",
                             exc.strerror or exc)
@@ -667,7 +666,7 @@ class Spool:
                 merged.append((lo, hi))
         return merged
 
-    def _open_journal(self, *, rewrite: bool) -> None:
+    def _open_journal(self) -> None:
         """(Re)write acks.log holding only ranges that still matter (inside live segments)."""
         path = self.dir / "acks.log"
         ranges: list[tuple[int, int]] = []
@@ -726,16 +725,6 @@ class Spool:
         if self._journal_dirty and self._journal_fd >= 0:
             os.fsync(self._journal_fd)
             self._journal_dirty = False
-        self._last_sync = time.monotonic()
-
-    def sync_due(self) -> bool:
-        """Whether the fsync policy asks for a sync now."""
-        mode = self.settings.fsync
-        if mode == "always":
-            return True
-        if mode == "never":
-            return False
-        return time.monotonic() - self._last_sync >= self.settings.fsync_interval_s
 
     # --- introspection -----------------------------------------------------------------
     @property
@@ -759,10 +748,6 @@ class Spool:
 
     def live_seqs(self) -> list[int]:
         return sorted(self._records)
-
-    @property
-    def segment_count(self) -> int:
-        return len(self._segments)
 
 
 def seq_file_body(upto: int) -> bytes:

@@ -340,10 +340,6 @@ class IngestServer:
                         tb: TracebackType | None) -> None:
         await self.stop()
 
-    @property
-    def kafka_healthy(self) -> bool:
-        return bool(self._writer and self._writer.healthy)
-
     # ---- the RPC -----------------------------------------------------------------------
 
     async def _authenticate(self, context: aio.ServicerContext) -> tuple[str | None, bytes | None]:
