@@ -176,8 +176,12 @@ async def test_unauthenticated_streams_are_counted_by_reason(
     try:
         async with channel(s.port, certs) as ch:
             for token in (None, "not-a-token-0123456789"):
+                # The refusal comes at stream open, from the metadata: read it without writing
+                # first (a write racing the refusal fails in the client as INTERNAL "Failed
+                # execute_batch" before the status is read).
+                call = stream_call(ch, token)
                 with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await send_all(ch, token, [make_batch().SerializeToString()])
+                    await asyncio.wait_for(call.read(), 30)
                 assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert _value(s, "collector_ingest_streams_refused_total", reason="unauthenticated") == 2
     finally:

@@ -67,11 +67,15 @@ def test_simulated_bins_hold_every_report_once_and_frame_them_with_empty_bins(
     for x, c in counts.items():
         if c:  # its neighbours are written too (empty or not)
             assert all(x + d in counts for d in (-1, 1) if 0 <= x + d < n)
-    # the fullest bounded bin is the one holding the mean (the normal's mode); the two open
-    # bins at the ends collect whole tails and may hold more
+    # the bin holding the mean is the normal's mode up to rounding: every bounded bin two or
+    # more bins away lies wholly farther from the mean, so it has a smaller share, and whole
+    # reports (largest remainders) move each bin by less than one report. Near the mode of a
+    # wide normal several bins tie within that one report, so this is the exact property.
+    # (The two open bins at the ends collect whole tails and may hold more.)
     first, step, _ = MEASUREMENTS[dist].bins  # type: ignore[misc]
-    inner = [x for x in counts if 0 < x < n - 1]
     want = math.ceil((mean - first) / step + 1e-12)
-    if reports >= 1000 and 2 < want < n - 3:
-        mode = max(inner, key=lambda x: (counts[x], -x))
-        assert abs(mode - want) <= 1
+    if 2 < want < n - 3:
+        at_mean = counts.get(want, 0)
+        for x, c in counts.items():
+            if 0 < x < n - 1 and abs(x - want) >= 2:
+                assert c <= at_mean + 1, (x, c, want, at_mean)
