@@ -294,8 +294,12 @@ class Sender:
             try:
                 # Whichever ends first ends the session: the reader on a status or EOF, the
                 # writer when a write fails, the watchdog when acks stop coming.
-                await asyncio.wait({reader, writer, watchdog},
-                                   return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({reader, writer, watchdog},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if writer in done and not reader.done():
+                    # A write on a call the ingest already ended (e.g. an idle close racing
+                    # the next batch): the status the reader is about to get says why.
+                    await asyncio.wait({reader}, timeout=2.0)
             finally:
                 call.cancel()
                 for t in (reader, writer, watchdog):
