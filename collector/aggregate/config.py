@@ -146,8 +146,9 @@ class AggregateSettings(BaseModel):
         description=(
             "YAML file in the Prometheus exporter-toolkit web config format (tls_server_config: "
             "cert_file, key_file, optional client_ca_file; basic_auth_users: user -> bcrypt hash) "
-            "to serve /metrics and /healthz over HTTPS and/or with basic auth; unset: plain HTTP, "
-            "no auth. See docs/deploy.md."
+            "to serve /metrics over HTTPS and/or with basic auth (/healthz is served over the same "
+            "TLS but without auth: liveness probes carry no password); unset: plain HTTP, no auth. "
+            "See docs/deploy.md."
         ),
     )
     window_log: Path | None = Field(
