@@ -92,10 +92,12 @@ class IngestMetrics:
         self.streams_ended = Counter(
             PREFIX + "streams_ended",
             "Served streams that ended, by reason: completed (client half-closed, all answered), "
-            "cancelled (client cancelled, connection lost, or a message over twice "
-            "ingest.max_message_bytes on the wire, which gRPC ends itself and does not tell "
-            "apart), idle_timeout, shutdown, internal, token_revoked (the stream's token left "
-            "ingest.tokens_file).", ["reason"], registry=registry)
+            "cancelled (client cancelled or connection lost), idle_timeout, shutdown, internal, "
+            "token_revoked (the stream's token left ingest.tokens_file). A message over twice "
+            "ingest.max_message_bytes on the wire is refused by gRPC itself before the service "
+            "reads it; the stream then ends as completed, or as cancelled when gRPC cancels the "
+            "handler first (grpcio does not tell the service which).", ["reason"],
+            registry=registry)
         self.producer_rebuilds = Counter(
             PREFIX + "producer_rebuilds", "Kafka producers rebuilt after being wedged.",
             registry=registry)
