@@ -56,6 +56,7 @@ test: setup-test
 	$(PY) scripts/gen_config_doc.py --check
 	$(PY) scripts/gen_dashboards.py --check
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	@if [ -n "$(PYTEST_ARGS)" ]; then \
 	  $(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
@@ -78,6 +79,7 @@ test: setup-test
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 ## Refresh constraints.txt: the newest versions pyproject.toml allows, for Python 3.11 on x86-64 Linux.

@@ -55,17 +55,35 @@ WINDOWS = [2, 10]
 def ceilings(quick: bool) -> dict[str, float]:
     """samples/s of each stage alone, from the stage benchmarks run now."""
     out: dict[str, float] = {}
-    ing = subprocess.run([sys.executable, "bench/ingest.py", "--quick"], cwd=ROOT, text=True,
-                         capture_output=True, timeout=900, check=True).stdout
+    ing = subprocess.run(
+        [sys.executable, "bench/ingest.py", "--quick"],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=900,
+        check=True,
+    ).stdout
     m = re.search(r"bare grpc\.aio:\s+([\d,]+) msgs/s", ing)
     assert m, ing
     out["bare_grpc"] = float(m[1].replace(",", "")) * 100  # 100-sample messages
     m = re.search(r"bare aiokafka produce:.*= ([\d,]+) samples/s", ing)
     assert m, ing
     out["bare_produce"] = float(m[1].replace(",", ""))
-    agg = subprocess.run([sys.executable, "bench/aggregate.py", "--samples",
-                          "200000" if quick else "1000000", "--samples-per-batch", "100"],
-                         cwd=ROOT, text=True, capture_output=True, timeout=900, check=True).stdout
+    agg = subprocess.run(
+        [
+            sys.executable,
+            "bench/aggregate.py",
+            "--samples",
+            "200000" if quick else "1000000",
+            "--samples-per-batch",
+            "100",
+        ],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=900,
+        check=True,
+    ).stdout
     m = re.search(r"\(b\) consume \+ decode\s+:\s+([\d,]+) samples/s", agg)
     assert m, agg
     out["consume_decode"] = float(m[1].replace(",", ""))
@@ -82,8 +100,15 @@ class Proc:
     async def start(self) -> Proc:
         with self.log.open("ab") as log:
             self.p = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "collector", *self.argv, cwd=str(ROOT), stderr=log,
-                stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                sys.executable,
+                "-m",
+                "collector",
+                *self.argv,
+                cwd=str(ROOT),
+                stderr=log,
+                stdout=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         assert self.p.stdout is not None
         if self.ready is None:  # nothing to wait for (the simulator logs to stderr only)
             asyncio.get_running_loop().create_task(self._drain())
@@ -144,56 +169,127 @@ def shards(countries: tuple[str, ...], generators: int) -> list[tuple[str, ...]]
     return [countries[k::n] for k in range(n)]
 
 
-async def pipeline(work: Path, *, acceleration: float, duration_s: float, sites: int,
-                   window_log: Path | None, countries: tuple[str, ...] = ("JP", "US"),
-                   generators: int = 2) -> dict[str, object]:
+async def pipeline(
+    work: Path,
+    *,
+    acceleration: float,
+    duration_s: float,
+    sites: int,
+    window_log: Path | None,
+    countries: tuple[str, ...] = ("JP", "US"),
+    generators: int = 2,
+) -> dict[str, object]:
     """One run of the whole pipeline; figures of its steady part. The load comes from
     `generators` separate `collector simulate --mode agents` processes (each its countries'
     sites, every site a real agent pipeline), so one Python process does not bound it."""
     certs = make_dev_certs(work / "tls")
     topic = "e2e"
-    async with EmbeddedBroker(topics=(TopicSpec(topic, 4, 3_600_000),
-                                      TopicSpec(topic + ".dlq", 1, 3_600_000))) as broker:
+    async with EmbeddedBroker(
+        topics=(TopicSpec(topic, 4, 3_600_000), TopicSpec(topic + ".dlq", 1, 3_600_000))
+    ) as broker:
         tokens = work / "tokens.yaml"
         merged: dict[str, str] = {}
         parts = shards(countries, generators)
         for k, cs in enumerate(parts):
-            sim_cfg = {"simulate": {"sites_per_country": sites, "late_probability": 0.0,
-                                    "interval_s": 1.0, "countries": list(cs),
-                                    "duplicate_probability": 0.0, "silent_after_s": 0,
-                                    "acceleration": acceleration}}
+            sim_cfg = {
+                "simulate": {
+                    "sites_per_country": sites,
+                    "late_probability": 0.0,
+                    "interval_s": 1.0,
+                    "countries": list(cs),
+                    "duplicate_probability": 0.0,
+                    "silent_after_s": 0,
+                    "acceleration": acceleration,
+                }
+            }
             (work / f"sim-{k}.yaml").write_text(yaml.safe_dump(sim_cfg))
             await asyncio.to_thread(
-                subprocess.run, [sys.executable, "-m", "collector", "--config", str(work / f"sim-{k}.yaml"),
-                                 "simulate", "--write-tokens", str(work / f"tokens-{k}.yaml")],
-                cwd=ROOT, check=True, capture_output=True)
+                subprocess.run,
+                [
+                    sys.executable,
+                    "-m",
+                    "collector",
+                    "--config",
+                    str(work / f"sim-{k}.yaml"),
+                    "simulate",
+                    "--write-tokens",
+                    str(work / f"tokens-{k}.yaml"),
+                ],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
             merged.update(yaml.safe_load((work / f"tokens-{k}.yaml").read_text()))
         tokens.write_text(yaml.safe_dump(merged))
         port = free_port()
-        (work / "ingest.yaml").write_text(yaml.safe_dump({
-            "kafka": {"bootstrap_servers": broker.bootstrap, "topic": topic},
-            "ingest": {"listen": f"127.0.0.1:{port}", "metrics_listen": "127.0.0.1:0",
-                       "tls_cert": str(certs.server_cert), "tls_key": str(certs.server_key),
-                       "tokens_file": str(tokens)}}))
+        (work / "ingest.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "kafka": {"bootstrap_servers": broker.bootstrap, "topic": topic},
+                    "ingest": {
+                        "listen": f"127.0.0.1:{port}",
+                        "metrics_listen": "127.0.0.1:0",
+                        "tls_cert": str(certs.server_cert),
+                        "tls_key": str(certs.server_key),
+                        "tokens_file": str(tokens),
+                    },
+                }
+            )
+        )
         agg_cfg: dict[str, object] = {
-            "kafka": {"bootstrap_servers": broker.bootstrap, "topic": topic,
-                      "dead_letter_topic": topic + ".dlq"},
-            "aggregate": {"metrics_listen": "127.0.0.1:0", "allowed_lateness_s": LATENESS_S,
-                          "windows_s": WINDOWS, "state_topic": topic + ".state",
-                          "group_id": f"e2e-{time.time_ns()}"}}
+            "kafka": {
+                "bootstrap_servers": broker.bootstrap,
+                "topic": topic,
+                "dead_letter_topic": topic + ".dlq",
+            },
+            "aggregate": {
+                "metrics_listen": "127.0.0.1:0",
+                "allowed_lateness_s": LATENESS_S,
+                "windows_s": WINDOWS,
+                "state_topic": topic + ".state",
+                "group_id": f"e2e-{time.time_ns()}",
+            },
+        }
         if window_log is not None:
             agg_cfg["aggregate"]["window_log"] = str(window_log)  # type: ignore[index]
         (work / "aggregate.yaml").write_text(yaml.safe_dump(agg_cfg))
-        ingest = await Proc("ingest", ["ingest", "--config", str(work / "ingest.yaml")],
-                            work / "ingest.log", r"ingest ready: ").start()
-        agg = await Proc("aggregate", ["aggregate", "--config", str(work / "aggregate.yaml")],
-                         work / "aggregate.log", r"/metrics: https?://127.0.0.1:(?P<port>\d+)/").start()
+        ingest = await Proc(
+            "ingest",
+            ["ingest", "--config", str(work / "ingest.yaml")],
+            work / "ingest.log",
+            r"ingest ready: ",
+        ).start()
+        agg = await Proc(
+            "aggregate",
+            ["aggregate", "--config", str(work / "aggregate.yaml")],
+            work / "aggregate.log",
+            r"/metrics: https?://127.0.0.1:(?P<port>\d+)/",
+        ).start()
         assert agg.match is not None
         agg_port = int(agg.match["port"])
-        sims = [Proc(f"simulate-{k}", ["--config", str(work / f"sim-{k}.yaml"), "simulate", "--mode",
-                                       "agents", "--target", f"127.0.0.1:{port}", "--ca-file", str(certs.ca),
-                                       "--tokens-file", str(tokens), "--work-dir", str(work / f"spools-{k}")],
-                     work / f"simulate-{k}.log", None) for k in range(len(parts))]
+        sims = [
+            Proc(
+                f"simulate-{k}",
+                [
+                    "--config",
+                    str(work / f"sim-{k}.yaml"),
+                    "simulate",
+                    "--mode",
+                    "agents",
+                    "--target",
+                    f"127.0.0.1:{port}",
+                    "--ca-file",
+                    str(certs.ca),
+                    "--tokens-file",
+                    str(tokens),
+                    "--work-dir",
+                    str(work / f"spools-{k}"),
+                ],
+                work / f"simulate-{k}.log",
+                None,
+            )
+            for k in range(len(parts))
+        ]
         for sim in sims:
             await sim.start()
         procs = [ingest, agg, *sims]
@@ -259,11 +355,19 @@ async def main(quick: bool, generators: int, countries: tuple[str, ...]) -> int:
     for k, v in ceil.items():
         print(f"ceiling {k:16s}: {v:14,.0f} samples/s")
     (base / "tp").mkdir()
-    tp = await pipeline(base / "tp", acceleration=0.0, duration_s=15.0 if quick else 60.0,
-                        sites=3 if quick else 10, window_log=None, countries=countries,
-                        generators=generators)
-    print(f"load generators: {len(shards(countries, generators))} processes "
-          f"({', '.join('+'.join(c) for c in shards(countries, generators))})")
+    tp = await pipeline(
+        base / "tp",
+        acceleration=0.0,
+        duration_s=15.0 if quick else 60.0,
+        sites=3 if quick else 10,
+        window_log=None,
+        countries=countries,
+        generators=generators,
+    )
+    print(
+        f"load generators: {len(shards(countries, generators))} processes "
+        f"({', '.join('+'.join(c) for c in shards(countries, generators))})"
+    )
     (base / "lat").mkdir()
     lat = await latency_run(base / "lat", 20.0 if quick else 90.0, 3)
     rate = float(tp["samples_per_s"])  # type: ignore[arg-type]
@@ -280,18 +384,26 @@ async def main(quick: bool, generators: int, countries: tuple[str, ...]) -> int:
         p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
     else:
         p50 = p99 = float("nan")
-    print(f"visible after close (real time, {len(lat)} windows): p50 {p50:.2f}s p99 {p99:.2f}s "
-          f"(target p99 <= 2 s)")
-    print(f"RESULT e2e_samples_per_s={rate:.0f} p99_visible_after_close_s={p99:.2f} "
-          f"e2e_vs_slowest_stage={rate / slowest:.3f}")
+    print(
+        f"visible after close (real time, {len(lat)} windows): p50 {p50:.2f}s p99 {p99:.2f}s "
+        f"(target p99 <= 2 s)"
+    )
+    print(
+        f"RESULT e2e_samples_per_s={rate:.0f} p99_visible_after_close_s={p99:.2f} "
+        f"e2e_vs_slowest_stage={rate / slowest:.3f}"
+    )
     return 0
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs (CI smoke)")
-    ap.add_argument("--generators", type=int, default=3,
-                    help="simulator processes of the load (at most one per country; default 3)")
+    ap.add_argument(
+        "--generators",
+        type=int,
+        default=3,
+        help="simulator processes of the load (at most one per country; default 3)",
+    )
     ap.add_argument("--countries", default="JP,US,AE", help="the fleet's countries (default JP,US,AE)")
     a = ap.parse_args()
     sys.exit(asyncio.run(main(a.quick, a.generators, tuple(a.countries.split(",")))))

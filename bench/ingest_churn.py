@@ -66,8 +66,9 @@ def _batch(i: int, seq: int) -> bytes:
     b = BatchBuilder(f"agent-{_site(i)}", SiteInfo(_site(i), "JP", "Kanto", "Asia/Tokyo"), "boot-1")
     t = time.time_ns() - 10**9
     for link in range(4):
-        b.counter(counter_def("link_in_octets", {"link": f"et-0/0/{link}"}, unit="bytes"), t,
-                  seq * 1000 + link)
+        b.counter(
+            counter_def("link_in_octets", {"link": f"et-0/0/{link}"}, unit="bytes"), t, seq * 1000 + link
+        )
     return b.build_bytes(seq, time.time_ns())
 
 
@@ -85,9 +86,9 @@ async def _cycle(channels: list[aio.Channel], streams: int, cycle: int, timeout_
     async def one(i: int) -> None:
         nonlocal acked
         ch = channels[i % len(channels)]
-        call = ch.stream_stream(METHOD, request_serializer=None,
-                                response_deserializer=pb.Ack.FromString)(
-            metadata=(("authorization", f"Bearer {_token(i)}"),))
+        call = ch.stream_stream(METHOD, request_serializer=None, response_deserializer=pb.Ack.FromString)(
+            metadata=(("authorization", f"Bearer {_token(i)}"),)
+        )
         await call.write(_batch(i, cycle))
         ack = await call.read()
         if ack is aio.EOF or ack.code != pb.OK:
@@ -109,16 +110,28 @@ async def main(cycles: int, streams: int) -> None:
     port, mport = free_port(), free_port()
     async with EmbeddedBroker(topics=(TopicSpec("bench-churn", 4, 3_600_000),)) as broker:
         cfg = work / "ingest.yaml"
-        cfg.write_text(yaml.safe_dump({
-            "log_level": "WARNING",
-            "kafka": {"bootstrap_servers": broker.bootstrap, "topic": "bench-churn"},
-            "ingest": {"listen": f"127.0.0.1:{port}", "metrics_listen": f"127.0.0.1:{mport}",
-                       "tls_cert": str(certs.server_cert), "tls_key": str(certs.server_key),
-                       "tokens_file": str(work / "tokens.yaml"),
-                       "max_concurrent_streams": streams + 100},
-        }))
-        proc = subprocess.Popen([sys.executable, "-m", "collector", "--config", str(cfg), "ingest"],
-                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "log_level": "WARNING",
+                    "kafka": {"bootstrap_servers": broker.bootstrap, "topic": "bench-churn"},
+                    "ingest": {
+                        "listen": f"127.0.0.1:{port}",
+                        "metrics_listen": f"127.0.0.1:{mport}",
+                        "tls_cert": str(certs.server_cert),
+                        "tls_key": str(certs.server_key),
+                        "tokens_file": str(work / "tokens.yaml"),
+                        "max_concurrent_streams": streams + 100,
+                    },
+                }
+            )
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "collector", "--config", str(cfg), "ingest"],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         try:
             assert proc.stdout is not None
             end = time.monotonic() + 60
@@ -132,8 +145,11 @@ async def main(cycles: int, streams: int) -> None:
                 for ch in channels:
                     await ch.channel_ready()
                 rss = [ps.memory_info().rss / 2**20]
-                print(f"cpus={os.cpu_count()} streams/cycle={streams} cycles={cycles} "
-                      f"connections={CONNECTIONS}; RSS before: {rss[0]:.1f} MiB", flush=True)
+                print(
+                    f"cpus={os.cpu_count()} streams/cycle={streams} cycles={cycles} "
+                    f"connections={CONNECTIONS}; RSS before: {rss[0]:.1f} MiB",
+                    flush=True,
+                )
                 for c in range(1, cycles + 1):
                     t0 = time.perf_counter()
                     n = await _cycle(channels, streams, c, timeout_s=300)
@@ -141,9 +157,12 @@ async def main(cycles: int, streams: int) -> None:
                     rss.append(ps.memory_info().rss / 2**20)
                     open_ = _metric(mport, "collector_ingest_streams_open")
                     inflight = _metric(mport, "collector_ingest_inflight_batches")
-                    print(f"cycle {c:2d}: {n} streams acked in {time.perf_counter() - t0:.1f}s, "
-                          f"RSS {rss[-1]:.1f} MiB, streams_open={open_:.0f} "
-                          f"inflight={inflight:.0f}", flush=True)
+                    print(
+                        f"cycle {c:2d}: {n} streams acked in {time.perf_counter() - t0:.1f}s, "
+                        f"RSS {rss[-1]:.1f} MiB, streams_open={open_:.0f} "
+                        f"inflight={inflight:.0f}",
+                        flush=True,
+                    )
                     if open_ != 0 or inflight != 0:
                         raise RuntimeError("streams or batches left behind after a cycle")
             finally:
@@ -156,15 +175,21 @@ async def main(cycles: int, streams: int) -> None:
     half = len(after) // 2
     n = len(after)
     xbar, ybar = (n - 1) / 2, sum(after) / n
-    slope = (sum((i - xbar) * (y - ybar) for i, y in enumerate(after))
-             / max(sum((i - xbar) ** 2 for i in range(n)), 1e-9))
+    slope = sum((i - xbar) * (y - ybar) for i, y in enumerate(after)) / max(
+        sum((i - xbar) ** 2 for i in range(n)), 1e-9
+    )
     first_max, second_max = max(after[:half] or after), max(after[half:])
-    print(f"RSS after each cycle: min {min(after):.1f}, max {max(after):.1f} MiB; first half max "
-          f"{first_max:.1f}, second half max {second_max:.1f}; least-squares slope "
-          f"{slope:+.2f} MiB/cycle")
-    print(f"RESULT rss_start_mb={rss[0]:.1f} rss_first_mb={after[0]:.1f} rss_last_mb={after[-1]:.1f} "
-          f"rss_max_first_half_mb={first_max:.1f} rss_max_second_half_mb={second_max:.1f} "
-          f"slope_mb_per_cycle={slope:.2f} plateau_ratio={second_max / first_max:.3f}")
+    print(
+        f"RSS after each cycle: min {min(after):.1f}, max {max(after):.1f} MiB; first half max "
+        f"{first_max:.1f}, second half max {second_max:.1f}; least-squares slope "
+        f"{slope:+.2f} MiB/cycle"
+    )
+    print(
+        f"RESULT rss_start_mb={rss[0]:.1f} rss_first_mb={after[0]:.1f} rss_last_mb={after[-1]:.1f} "
+        f"rss_max_first_half_mb={first_max:.1f} rss_max_second_half_mb={second_max:.1f} "
+        f"slope_mb_per_cycle={slope:.2f} plateau_ratio={second_max / first_max:.3f}"
+    )
+
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -56,8 +56,10 @@ async def main() -> None:
         t0 = time.perf_counter()
         rate = await measure_generation(broker.bootstrap, "simbench", seconds)
         cpu = (time.process_time() - c0) / (time.perf_counter() - t0)
-    print(f"into Kafka (acks=all, Tansu on this machine): {rate:,.0f} samples/s, "
-          f"simulator process {cpu:.2f} cores")
+    print(
+        f"into Kafka (acks=all, Tansu on this machine): {rate:,.0f} samples/s, "
+        f"simulator process {cpu:.2f} cores"
+    )
     print(f"RESULT simulate_samples_per_s={rate:.0f} generate_only_samples_per_s={gen:.0f}")
 
 

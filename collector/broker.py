@@ -124,17 +124,26 @@ class EmbeddedBroker:
         binary = find_tansu(self.binary)
         url = f"tcp://{self.host}:{self.port}"
         cmd = [
-            str(binary), "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            str(binary),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ]
         # Blocking calls are fine here: a local open and a fork, once, at start-up.
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115, ASYNC230
         self._log_file = out
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env,  # noqa: ASYNC220
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(  # noqa: ASYNC220
+            cmd,
+            stdout=out,
+            stderr=out,
+            env=env,
+            start_new_session=True,
+        )
         children.track(self.proc, "tansu")
         log.info("embedded broker pid %d on %s", self.proc.pid, self.bootstrap)
         try:
@@ -178,10 +187,16 @@ class EmbeddedBroker:
         try:
             for t in topics:
                 with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics([
-                        NewTopic(t.name, num_partitions=t.partitions, replication_factor=1,
-                                 topic_configs={"retention.ms": str(t.retention_ms)})
-                    ])
+                    await admin.create_topics(
+                        [
+                            NewTopic(
+                                t.name,
+                                num_partitions=t.partitions,
+                                replication_factor=1,
+                                topic_configs={"retention.ms": str(t.retention_ms)},
+                            )
+                        ]
+                    )
         finally:
             await admin.close()
 

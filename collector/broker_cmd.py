@@ -16,9 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event) -> int:
     b = settings.broker
     port = args.port if args.port is not None else b.port
-    async with EmbeddedBroker(host=b.host, port=port, binary=b.binary,
-                              topics=topics_for(settings),
-                              startup_timeout_s=b.startup_timeout_s) as broker:
+    async with EmbeddedBroker(
+        host=b.host,
+        port=port,
+        binary=b.binary,
+        topics=topics_for(settings),
+        startup_timeout_s=b.startup_timeout_s,
+    ) as broker:
         print(f"embedded broker ready: bootstrap={broker.bootstrap} pid={broker.pid}", flush=True)
         while not stop.is_set():
             try:

@@ -16,12 +16,23 @@ from collector.devcerts import make_dev_certs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", type=Path, nargs="?", default=Path("dev-certs"),
-                        help="where to write the PEM files (default ./dev-certs)")
-    parser.add_argument("--dns", action="append", default=[], metavar="NAME",
-                        help="DNS name of the server certificate (repeatable)")
-    parser.add_argument("--if-missing", action="store_true",
-                        help="do nothing when DIR already holds a ca.pem")
+    parser.add_argument(
+        "directory",
+        type=Path,
+        nargs="?",
+        default=Path("dev-certs"),
+        help="where to write the PEM files (default ./dev-certs)",
+    )
+    parser.add_argument(
+        "--dns",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="DNS name of the server certificate (repeatable)",
+    )
+    parser.add_argument(
+        "--if-missing", action="store_true", help="do nothing when DIR already holds a ca.pem"
+    )
 
 
 async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event) -> int:
@@ -32,6 +43,9 @@ async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event
     certs = make_dev_certs(d, dns_names=tuple(args.dns))
     for p in (certs.ca, certs.server_cert, certs.client_cert):
         p.chmod(0o644)
-    print(f"dev certificates in {d}: CA {certs.ca.name}, server {certs.server_cert.name} "
-          f"({', '.join([*args.dns, 'localhost'])})", flush=True)
+    print(
+        f"dev certificates in {d}: CA {certs.ca.name}, server {certs.server_cert.name} "
+        f"({', '.join([*args.dns, 'localhost'])})",
+        flush=True,
+    )
     return 0

@@ -50,7 +50,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="collector",
         description="Edge telemetry collector: agents -> gRPC ingest -> Kafka -> aggregator -> /metrics.",
-        epilog="`collector COMMAND --help` for a command's options; settings: docs/configuration.md")
+        epilog="`collector COMMAND --help` for a command's options; settings: docs/configuration.md",
+    )
     parser.add_argument("--config", "-c", help="YAML settings file (env COLLECTOR_* overrides)")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -80,8 +81,12 @@ def _force_exit() -> None:
     if sys.stdout.isatty():
         sys.stdout.write("\x1b[?25h\n")  # a live view hid the cursor
     sys.stdout.flush()
-    print(f"collector: forced exit (second signal); killed child pids {killed or 'none'}; "
-          "agent spools keep what was not acknowledged", file=sys.stderr, flush=True)
+    print(
+        f"collector: forced exit (second signal); killed child pids {killed or 'none'}; "
+        "agent spools keep what was not acknowledged",
+        file=sys.stderr,
+        flush=True,
+    )
     os._exit(130)
 
 
@@ -134,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         # Checked after loading (adapter options, TLS files, listen addresses): the code
         # that raised knows the key, this is where the file is known.
-        print(f"collector: config error: {exc.located(source_of(exc.key, path))}",
-              file=sys.stderr)
+        print(f"collector: config error: {exc.located(source_of(exc.key, path))}", file=sys.stderr)
         return 2
     except CollectorError as exc:
         logging.getLogger("collector").error("%s", exc)

@@ -310,8 +310,9 @@ class Settings(BaseSettings):
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Log level of every component (the aiokafka client logs only warnings "
-        "and errors unless this is DEBUG)."
+        "INFO",
+        description="Log level of every component (the aiokafka client logs only warnings "
+        "and errors unless this is DEBUG).",
     )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
@@ -420,5 +421,7 @@ def _check_across_sections(s: Settings, source: str) -> None:
         raise ConfigError(
             f"{s.kafka.max_request_size} is too small for ingest.max_message_bytes "
             f"({s.ingest.max_message_bytes}): a batch the ingest accepts could never be stored; "
-            f"set it to at least {need}", key=key,
-            source=f"environment variable {env}" if env in os.environ else source)
+            f"set it to at least {need}",
+            key=key,
+            source=f"environment variable {env}" if env in os.environ else source,
+        )

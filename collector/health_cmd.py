@@ -32,8 +32,12 @@ SERVICE = "telemetry.v1.IngestService"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("role", nargs="?", choices=ROLES, help="what to probe (default: the "
-                        "role PID 1 runs, as in a container)")
+    parser.add_argument(
+        "role",
+        nargs="?",
+        choices=ROLES,
+        help="what to probe (default: the role PID 1 runs, as in a container)",
+    )
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     parser.add_argument("--ca", type=Path, help="ingest: CA that signed its certificate")
     parser.add_argument("--server-name", help="ingest: TLS name to verify")
@@ -90,8 +94,9 @@ def _first_dns_name(cert: Path) -> str | None:
     return names[0] if names else None
 
 
-async def probe_ingest(settings: Settings, *, deadline_s: float, ca: Path | None = None,
-                       server_name: str | None = None) -> str | None:
+async def probe_ingest(
+    settings: Settings, *, deadline_s: float, ca: Path | None = None, server_name: str | None = None
+) -> str | None:
     """None when the ingest's gRPC health says SERVING, else why not."""
     import grpc
     from grpc.aio import insecure_channel, secure_channel
@@ -106,19 +111,20 @@ async def probe_ingest(settings: Settings, *, deadline_s: float, ca: Path | None
         if cfg.tls_cert is None:
             raise ConfigError("TLS ingest without a certificate", key="ingest.tls_cert")
         cert = Path(cfg.tls_cert)
-        ca_file = ca or next((p for p in (cert.parent / "ca.crt", cert.parent / "ca.pem")
-                              if p.is_file()), None)
+        ca_file = ca or next(
+            (p for p in (cert.parent / "ca.crt", cert.parent / "ca.pem") if p.is_file()), None
+        )
         if ca_file is None:
-            raise ConfigError(f"no CA to verify the ingest with: pass --ca (none beside {cert})",
-                              key="ingest.tls_cert")
+            raise ConfigError(
+                f"no CA to verify the ingest with: pass --ca (none beside {cert})", key="ingest.tls_cert"
+            )
         name = server_name or _first_dns_name(cert) or host
         creds = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes())
         channel = secure_channel(target, creds, options=[("grpc.ssl_target_name_override", name)])
     async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            resp = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE),
-                                    timeout=deadline_s)
+            resp = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=deadline_s)
         except grpc.aio.AioRpcError as exc:
             return f"ingest {target}: {exc.code().name} {exc.details()}"
     if resp.status != health_pb2.HealthCheckResponse.SERVING:
@@ -147,30 +153,36 @@ def probe_http(url: str, timeout: float, *, auth_answers: bool = False) -> str |
 async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event) -> int:
     role = args.role or role_of_pid1()
     if role is None:
-        print("collector health: no role given and PID 1 is not `collector <role>`",
-              file=sys.stderr)
+        print("collector health: no role given and PID 1 is not `collector <role>`", file=sys.stderr)
         return 2
     if role in NO_PROBE:
         return 0  # alive is all a container runtime can tell of these
     if not (args.config or args.sub_config) and (path := config_of_pid1()):
         settings = load_settings(path)
     if role == "ingest":
-        problem = await probe_ingest(settings, deadline_s=args.timeout, ca=args.ca,
-                                     server_name=args.server_name)
+        problem = await probe_ingest(
+            settings, deadline_s=args.timeout, ca=args.ca, server_name=args.server_name
+        )
     else:
-        listen = (settings.aggregate.metrics_listen if role == "aggregate"
-                  else settings.agent.metrics_listen)
+        listen = settings.aggregate.metrics_listen if role == "aggregate" else settings.agent.metrics_listen
         key = f"{role}.metrics_listen"
         if not listen:
             raise ConfigError("the HTTP endpoint is disabled: nothing to probe", key=key)
         host, port = _loopback(listen)
         path = "/healthz" if role == "aggregate" else "/metrics"
-        web_path = (settings.aggregate.metrics_web_config if role == "aggregate"
-                    else settings.agent.metrics_web_config)
+        web_path = (
+            settings.aggregate.metrics_web_config
+            if role == "aggregate"
+            else settings.agent.metrics_web_config
+        )
         web = webconfig.load(web_path, f"{role}.metrics_web_config")
         scheme = "https" if web is not None and web.tls else "http"
-        problem = await asyncio.to_thread(probe_http, f"{scheme}://{host}:{port}{path}", args.timeout,
-                                          auth_answers=web is not None and bool(web.users))
+        problem = await asyncio.to_thread(
+            probe_http,
+            f"{scheme}://{host}:{port}{path}",
+            args.timeout,
+            auth_answers=web is not None and bool(web.users),
+        )
     if problem:
         print(f"unhealthy: {problem}", file=sys.stderr)
         return 1

@@ -49,8 +49,10 @@ PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 ALERTMANAGER_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 # Scrape jobs of deploy/prometheus/prometheus.yml, by component.
 JOBS = {"aggregate": "edge-aggregate", "ingest": "edge-ingest", "agents": "edge-agent"}
-INSTALL_HINT = ("apt-get install prometheus prometheus-alertmanager (Debian/Ubuntu), or put the "
-                "prometheus and alertmanager binaries from prometheus.io on PATH")
+INSTALL_HINT = (
+    "apt-get install prometheus prometheus-alertmanager (Debian/Ubuntu), or put the "
+    "prometheus and alertmanager binaries from prometheus.io on PATH"
+)
 
 
 class MonitoringError(CollectorError):
@@ -65,10 +67,15 @@ def find_binary(*names: str) -> str | None:
     return None
 
 
-def prometheus_config(targets: Mapping[str, Sequence[str]], workdir: Path, *,
-                      alertmanager: str | None = None, scrape_interval: str | None = None,
-                      rule_files: Sequence[Path] | None = None,
-                      source: Path = PROMETHEUS_DIR / "prometheus.yml") -> Path:
+def prometheus_config(
+    targets: Mapping[str, Sequence[str]],
+    workdir: Path,
+    *,
+    alertmanager: str | None = None,
+    scrape_interval: str | None = None,
+    rule_files: Sequence[Path] | None = None,
+    source: Path = PROMETHEUS_DIR / "prometheus.yml",
+) -> Path:
     """Write a Prometheus config into `workdir`: the project's, with each job's targets
     (component -> ["host:port", ...], see JOBS) in file_sd files of the work directory, rule
     files as absolute paths and `alertmanager` (host:port) as the only Alertmanager."""
@@ -112,8 +119,9 @@ class _Child:
     name = "server"
     ready_path = "/-/ready"
 
-    def __init__(self, binary: str, workdir: Path, *, host: str = "127.0.0.1",
-                 startup_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, binary: str, workdir: Path, *, host: str = "127.0.0.1", startup_timeout_s: float = 30.0
+    ) -> None:
         self.binary = binary
         self.workdir = workdir
         self.host = host
@@ -147,8 +155,12 @@ class _Child:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port(self.host)
         self._log = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - once, at start-up
-        self.proc = subprocess.Popen([self.binary, *self.args()], stdout=self._log,  # noqa: ASYNC220
-                                     stderr=self._log, start_new_session=True)
+        self.proc = subprocess.Popen(  # noqa: ASYNC220
+            [self.binary, *self.args()],
+            stdout=self._log,
+            stderr=self._log,
+            start_new_session=True,
+        )
         children.track(self.proc, self.name)  # a forced exit (second Ctrl-C) kills it by pid
         log.info("%s pid %d on %s", self.name, self.proc.pid, self.url)
         try:
@@ -162,14 +174,16 @@ class _Child:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise MonitoringError(f"{self.name} exited with {self.proc.returncode} at start-up "
-                                      f"(see {self.log_path})")
+                raise MonitoringError(
+                    f"{self.name} exited with {self.proc.returncode} at start-up (see {self.log_path})"
+                )
             with contextlib.suppress(OSError):
                 if await asyncio.to_thread(_status, self.url + self.ready_path) == 200:
                     return
             await asyncio.sleep(0.1)
-        raise MonitoringError(f"{self.name} not ready within {self.startup_timeout_s:g}s "
-                              f"(see {self.log_path})")
+        raise MonitoringError(
+            f"{self.name} not ready within {self.startup_timeout_s:g}s (see {self.log_path})"
+        )
 
     async def stop(self, grace_s: float = 5.0) -> None:
         proc, self.proc = self.proc, None
@@ -190,8 +204,9 @@ class _Child:
         await self.start()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
 
@@ -203,9 +218,13 @@ class LocalPrometheus(_Child):
         self.config = config
 
     def args(self) -> list[str]:
-        return [f"--config.file={self.config}", f"--storage.tsdb.path={self.workdir / 'tsdb'}",
-                f"--web.listen-address={self.address}", "--storage.tsdb.retention.time=1d",
-                "--log.level=warn"]
+        return [
+            f"--config.file={self.config}",
+            f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+            f"--web.listen-address={self.address}",
+            "--storage.tsdb.retention.time=1d",
+            "--log.level=warn",
+        ]
 
     def api(self, path: str, **params: str) -> Any:
         """GET /api/v1/<path> (blocking); the `data` member of a successful answer."""
@@ -235,9 +254,13 @@ class LocalAlertmanager(_Child):
 
     def args(self) -> list[str]:
         # --cluster.listen-address= turns the HA gossip off (it would bind 0.0.0.0:9094).
-        return [f"--config.file={self.config}", f"--storage.path={self.workdir / 'data'}",
-                f"--web.listen-address={self.address}", "--cluster.listen-address=",
-                "--log.level=warn"]
+        return [
+            f"--config.file={self.config}",
+            f"--storage.path={self.workdir / 'data'}",
+            f"--web.listen-address={self.address}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ]
 
 
 def _status(url: str) -> int:
@@ -256,9 +279,15 @@ class LocalMonitoring:
     served on a loopback port of our own and scraped as the "agents" job. When the
     prometheus binary is missing, `start()` does nothing and `available` is False."""
 
-    def __init__(self, targets: Mapping[str, Sequence[str]], workdir: Path, *,
-                 scrape_interval: str | None = None,
-                 agent_registry: CollectorRegistry | None = None, optional: bool = False) -> None:
+    def __init__(
+        self,
+        targets: Mapping[str, Sequence[str]],
+        workdir: Path,
+        *,
+        scrape_interval: str | None = None,
+        agent_registry: CollectorRegistry | None = None,
+        optional: bool = False,
+    ) -> None:
         self.targets = dict(targets)
         self.optional = optional  # a failed start is reported (links()), not raised
         self.error: str | None = None
@@ -280,8 +309,12 @@ class LocalMonitoring:
         if self.prometheus is None:
             if self.error:
                 return [("prometheus", f"failed to start: {self.error}")]
-            return [("prometheus", "not started, no binary on PATH "
-                                   "(apt-get install prometheus prometheus-alertmanager)")]
+            return [
+                (
+                    "prometheus",
+                    "not started, no binary on PATH (apt-get install prometheus prometheus-alertmanager)",
+                )
+            ]
         text = f"{self.prometheus.url}  (rules and alerts of deploy/prometheus)"
         if self.alertmanager is not None:
             text = f"{self.prometheus.url}  alertmanager {self.alertmanager.url}"
@@ -302,14 +335,20 @@ class LocalMonitoring:
                 self.targets["agents"] = [f"127.0.0.1:{self.agents_http.bound_port}"]
             am_addr = None
             if self.alertmanager_binary:
-                am = LocalAlertmanager(self.alertmanager_binary,
-                                       alertmanager_config(self.workdir / "alertmanager"),
-                                       self.workdir / "alertmanager")
+                am = LocalAlertmanager(
+                    self.alertmanager_binary,
+                    alertmanager_config(self.workdir / "alertmanager"),
+                    self.workdir / "alertmanager",
+                )
                 await am.start()
                 self.alertmanager = am
                 am_addr = am.address
-            cfg = prometheus_config(self.targets, self.workdir / "prometheus",
-                                    alertmanager=am_addr, scrape_interval=self.scrape_interval)
+            cfg = prometheus_config(
+                self.targets,
+                self.workdir / "prometheus",
+                alertmanager=am_addr,
+                scrape_interval=self.scrape_interval,
+            )
             prom = LocalPrometheus(self.prometheus_binary, cfg, self.workdir / "prometheus")
             await prom.start()
             self.prometheus = prom
@@ -338,16 +377,24 @@ class LocalMonitoring:
         await self.start()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
 
-def run_monitoring(ingest_metrics_port: int, aggregate_metrics_port: int,
-                   agent_registry: CollectorRegistry | None, workdir: Path) -> LocalMonitoring:
+def run_monitoring(
+    ingest_metrics_port: int,
+    aggregate_metrics_port: int,
+    agent_registry: CollectorRegistry | None,
+    workdir: Path,
+) -> LocalMonitoring:
     """The local Prometheus/Alertmanager of `collector run`, over the run's own endpoints
     (a component whose metrics endpoint is off is left out). Optional: a Prometheus that
     cannot start is reported in `links()`, the run goes on."""
-    targets = {k: [f"127.0.0.1:{port}"] for k, port in
-               (("ingest", ingest_metrics_port), ("aggregate", aggregate_metrics_port)) if port}
+    targets = {
+        k: [f"127.0.0.1:{port}"]
+        for k, port in (("ingest", ingest_metrics_port), ("aggregate", aggregate_metrics_port))
+        if port
+    }
     return LocalMonitoring(targets, workdir, agent_registry=agent_registry, optional=True)

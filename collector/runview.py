@@ -78,8 +78,9 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def country_stats(body: str, countries: Iterable[str], rate_window: str,
-                  ratio_window: str, cell_window: str | None = None) -> dict[str, CountryStats]:
+def country_stats(
+    body: str, countries: Iterable[str], rate_window: str, ratio_window: str, cell_window: str | None = None
+) -> dict[str, CountryStats]:
     """Per-country figures from an aggregator /metrics body (Prometheus text format).
     `cell_window`: the window of the cell figures when they come from PM files (= the
     granularity period, simulate.pm_files)."""
@@ -108,13 +109,16 @@ def country_stats(body: str, countries: Iterable[str], rate_window: str,
                     st.cell_dl += v
                 elif lb.get("direction") == "ul":
                     st.cell_ul += v
-            elif (name == "edge_cell_user_throughput_bytes_per_second" and w == cell_ratio
-                  and lb.get("direction") == "dl" and lb.get("stat") == "avg"):
+            elif (
+                name == "edge_cell_user_throughput_bytes_per_second"
+                and w == cell_ratio
+                and lb.get("direction") == "dl"
+                and lb.get("stat") == "avg"
+            ):
                 a["user"].append(v * 8 / 1e6)
             elif name == "edge_cell_coverage_ratio" and w == cell_ratio and lb.get("stat") == "avg":
                 a["coverage"].append(v)
-            elif (name == "edge_cell_availability_ratio" and w == cell_ratio
-                  and lb.get("stat") == "avg"):
+            elif name == "edge_cell_availability_ratio" and w == cell_ratio and lb.get("stat") == "avg":
                 a["availability"].append(v)
             elif name == "edge_cell_ss_rsrp_report_dbm_bucket" and w == cell_ratio:
                 rsrp[c][float(lb.get("le", "nan"))] += v  # sum by (country, le)
@@ -180,15 +184,26 @@ class Snapshot:
     countries: dict[str, CountryStats] = field(default_factory=dict)
 
 
-STAGES = (("agents", "agents_samples"), ("ingest", "ingest_samples"),
-          ("Kafka", "kafka_samples"), ("aggregator", "aggregated_samples"))
+STAGES = (
+    ("agents", "agents_samples"),
+    ("ingest", "ingest_samples"),
+    ("Kafka", "kafka_samples"),
+    ("aggregator", "aggregated_samples"),
+)
 
 
 class Monitor:
     """Samples the running components into Snapshots; remembers rates for the sparklines."""
 
-    def __init__(self, *, ingest: IngestServer, aggregator: Aggregator, fleet: FleetRunner,
-                 agents: CollectorRegistry, countries: Sequence[str]) -> None:
+    def __init__(
+        self,
+        *,
+        ingest: IngestServer,
+        aggregator: Aggregator,
+        fleet: FleetRunner,
+        agents: CollectorRegistry,
+        countries: Sequence[str],
+    ) -> None:
         self.ingest = ingest
         self.aggregator = aggregator
         self.fleet = fleet
@@ -212,28 +227,29 @@ class Monitor:
         conn = av.get("collector_agent_stream_connected", {})
         snap.agents_total = len(conn)
         snap.agents_connected = sum(1 for v in conn.values() if v > 0)
-        for reason, n in _by_label(av.get("collector_agent_batches_dropped_total", {}),
-                                   "reason").items():
+        for reason, n in _by_label(av.get("collector_agent_batches_dropped_total", {}), "reason").items():
             snap.dropped[f"agent:{reason} (batches)"] = n
         iv = _registry_values(self.ingest.registry)
         one = lambda name: sum(iv.get(name, {}).values())  # noqa: E731
         snap.ingest_samples = one("collector_ingest_samples_received_total")
         snap.kafka_samples = one("collector_ingest_samples_accepted_total")
         snap.kafka_records = one("collector_ingest_batches_accepted_total")
-        for reason, n in _by_label(iv.get("collector_ingest_batches_rejected_total", {}),
-                                   "reason").items():
+        for reason, n in _by_label(iv.get("collector_ingest_batches_rejected_total", {}), "reason").items():
             snap.dropped[f"ingest:{reason} (batches)"] = n
         gv = _registry_values(self.aggregator.registry)
         snap.consumed_records = sum(gv.get("collector_aggregate_records_total", {}).values())
         snap.aggregated_samples = sum(gv.get("collector_aggregate_samples_total", {}).values())
         body = (await self.aggregator.render_metrics()).decode()
-        snap.series = sum(_registry_values(self.aggregator.registry)
-                          .get("collector_aggregate_series", {}).values())
-        closed = [c for st in self.aggregator.states.values()
-                  if (c := getattr(st, "closed_ns", None)) is not None]
+        snap.series = sum(
+            _registry_values(self.aggregator.registry).get("collector_aggregate_series", {}).values()
+        )
+        closed = [
+            c for st in self.aggregator.states.values() if (c := getattr(st, "closed_ns", None)) is not None
+        ]
         snap.windows_closed_to = min(closed) / 1e9 if closed else None
-        snap.countries = country_stats(body, self.countries, self.rate_window, self.ratio_window,
-                                       self.cell_window)
+        snap.countries = country_stats(
+            body, self.countries, self.rate_window, self.ratio_window, self.cell_window
+        )
         for st in snap.countries.values():
             for reason, n in st.dropped.items():
                 key = f"aggregator:{reason}"
@@ -300,8 +316,10 @@ def bar(value: float | None, full: float, width: int = 16) -> str:
 
 
 def log_line(record: logging.LogRecord) -> str:
-    return (f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname} "
-            f"{record.name}: {record.getMessage()}")[:160]
+    return (
+        f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname} "
+        f"{record.name}: {record.getMessage()}"
+    )[:160]
 
 
 def _ts(unix_s: float | None) -> str:
@@ -338,16 +356,20 @@ def country_lines(snap: Snapshot) -> list[str]:
             f"SS-RSRP median {'-' if st.rsrp_median_dbm is None else f'{st.rsrp_median_dbm:.1f}'}"
             " dBm; "
             f"completeness {pct(st.completeness, 2)} batches, "
-            f"{pct(st.samples_completeness, 2)} samples")
+            f"{pct(st.samples_completeness, 2)} samples"
+        )
     return out
 
 
 def stage_line(snap: Snapshot, rates: dict[str, float], elapsed: float) -> str:
-    per_stage = ", ".join(f"{name} {rates.get(name, 0.0):,.0f}/s ({getattr(snap, attr):,.0f})"
-                          for name, attr in STAGES)
-    return (f"[{elapsed:6.0f}s] samples/s (total): {per_stage}; Kafka records "
-            f"{snap.kafka_records:,.0f} produced / {snap.consumed_records:,.0f} consumed; "
-            f"windows closed to {_ts(snap.windows_closed_to)}")
+    per_stage = ", ".join(
+        f"{name} {rates.get(name, 0.0):,.0f}/s ({getattr(snap, attr):,.0f})" for name, attr in STAGES
+    )
+    return (
+        f"[{elapsed:6.0f}s] samples/s (total): {per_stage}; Kafka records "
+        f"{snap.kafka_records:,.0f} produced / {snap.consumed_records:,.0f} consumed; "
+        f"windows closed to {_ts(snap.windows_closed_to)}"
+    )
 
 
 def dropped_line(snap: Snapshot) -> str:
@@ -358,19 +380,27 @@ def dropped_line(snap: Snapshot) -> str:
 def summary_text(info: RunInfo, snap: Snapshot | None, elapsed: float) -> str:
     lines = ["", f"run summary ({elapsed:,.0f} s)"]
     if snap is not None:
-        lines.append("  samples through each stage: " + ", ".join(
-            f"{name} {getattr(snap, attr):,.0f}" for name, attr in STAGES))
-        lines.append(f"  Kafka records: {snap.kafka_records:,.0f} produced, "
-                     f"{snap.consumed_records:,.0f} consumed; agent batches acked "
-                     f"{snap.agents_acked:,.0f}")
+        lines.append(
+            "  samples through each stage: "
+            + ", ".join(f"{name} {getattr(snap, attr):,.0f}" for name, attr in STAGES)
+        )
+        lines.append(
+            f"  Kafka records: {snap.kafka_records:,.0f} produced, "
+            f"{snap.consumed_records:,.0f} consumed; agent batches acked "
+            f"{snap.agents_acked:,.0f}"
+        )
         lines += country_lines(snap)
         lines.append(dropped_line(snap))
     w = info.workdir
-    lines.append(f"  files: {w} (tokens.yaml, tls/, agents/ spools, collector.log"
-                 f"{', tansu.log' if info.embedded else ''})")
+    lines.append(
+        f"  files: {w} (tokens.yaml, tls/, agents/ spools, collector.log"
+        f"{', tansu.log' if info.embedded else ''})"
+    )
     if info.embedded:
-        lines.append("  the embedded broker kept Kafka's topics and the aggregator's checkpoints "
-                     "in memory: they are gone now; the agents' spools are on disk")
+        lines.append(
+            "  the embedded broker kept Kafka's topics and the aggregator's checkpoints "
+            "in memory: they are gone now; the agents' spools are on disk"
+        )
     return "\n".join(lines)
 
 
@@ -379,8 +409,9 @@ def summary_text(info: RunInfo, snap: Snapshot | None, elapsed: float) -> str:
 
 class View(Protocol):
     def __enter__(self) -> Self: ...
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None: ...
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
     def update(self, snap: Snapshot, rates: dict[str, float] | None = None) -> None: ...
     def note_log(self, record: logging.LogRecord) -> None: ...
     def summary(self, snap: Snapshot | None, elapsed: float) -> str: ...
@@ -389,8 +420,7 @@ class View(Protocol):
 class PlainView:
     """Status lines every `every_s` seconds (CI, pipes, --no-live)."""
 
-    def __init__(self, info: RunInfo, *, every_s: float = 10.0, monitor: Monitor | None = None
-                 ) -> None:
+    def __init__(self, info: RunInfo, *, every_s: float = 10.0, monitor: Monitor | None = None) -> None:
         self.info = info
         self.every_s = every_s
         self.monitor = monitor
@@ -401,8 +431,9 @@ class PlainView:
         print(banner(self.info), flush=True)
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         return None
 
     def update(self, snap: Snapshot, rates: dict[str, float] | None = None) -> None:
@@ -410,8 +441,10 @@ class PlainView:
             return
         self._next += self.every_s * max(1, int((snap.t - self._next) // self.every_s) + 1)
         r = rates if rates is not None else (self.monitor.rates if self.monitor else {})
-        print("\n".join([stage_line(snap, r, snap.t - self._t0), *country_lines(snap),
-                         dropped_line(snap)]), flush=True)
+        print(
+            "\n".join([stage_line(snap, r, snap.t - self._t0), *country_lines(snap), dropped_line(snap)]),
+            flush=True,
+        )
 
     def note_log(self, record: logging.LogRecord) -> None:
         return None
@@ -423,8 +456,14 @@ class PlainView:
 class LiveView:
     """The rich live view (a terminal): countries side by side, stages, drops, warnings."""
 
-    def __init__(self, info: RunInfo, *, monitor: Monitor | None = None,
-                 console: Any = None, warnings: deque[str] | None = None) -> None:
+    def __init__(
+        self,
+        info: RunInfo,
+        *,
+        monitor: Monitor | None = None,
+        console: Any = None,
+        warnings: deque[str] | None = None,
+    ) -> None:
         from rich.console import Console
 
         self.info = info
@@ -437,13 +476,20 @@ class LiveView:
     def __enter__(self) -> Self:
         from rich.live import Live
 
-        self._live = Live(self._render(None), console=self.console, refresh_per_second=2,
-                          transient=False, redirect_stdout=False, redirect_stderr=False)
+        self._live = Live(
+            self._render(None),
+            console=self.console,
+            refresh_per_second=2,
+            transient=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
         self._live.__enter__()
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         live, self._live = self._live, None
         if live is not None:
             live.__exit__(et, e, tb)
@@ -470,9 +516,10 @@ class LiveView:
         r = rates if rates is not None else (self.monitor.rates if self.monitor else {})
         elapsed = time.monotonic() - self._t0
         until = f", stops after {self.info.duration_s:g}s" if self.info.duration_s else ""
-        head = Text.assemble(("edge telemetry collector", "bold"),
-                             f"  running {elapsed:,.0f}s{until} - Ctrl-C to stop "
-                             "(twice to force)")
+        head = Text.assemble(
+            ("edge telemetry collector", "bold"),
+            f"  running {elapsed:,.0f}s{until} - Ctrl-C to stop (twice to force)",
+        )
         links = Table.grid(padding=(0, 2))
         links.add_column(style="dim")
         links.add_column()
@@ -484,8 +531,11 @@ class LiveView:
             parts.append(Text("starting ...", style="dim"))
             return Group(*parts)
 
-        ct = Table(title="Japan vs United States" if set(self.info.countries) >= {"JP", "US"}
-                   else "countries", title_justify="left", expand=False)
+        ct = Table(
+            title="Japan vs United States" if set(self.info.countries) >= {"JP", "US"} else "countries",
+            title_justify="left",
+            expand=False,
+        )
         ct.add_column("")
         for c in self.info.countries:
             ct.add_column(f"{COUNTRY_NAMES.get(c, c)} ({c})", min_width=24)
@@ -495,14 +545,10 @@ class LiveView:
             ct.add_row(label, *cells)
 
         row("sites reporting", [str(s.sites) for s in stats])
-        row("links in/out", [
-            f"{si(s.link_in * 8, 'b/s')} / {si(s.link_out * 8, 'b/s')}" for s in stats])
-        row("", [Text(sparkline(hist.get(f"{c}:links", ())), style="cyan")
-                 for c in self.info.countries])
-        row("cells DL/UL", [
-            f"{si(s.cell_dl * 8, 'b/s')} / {si(s.cell_ul * 8, 'b/s')}" for s in stats])
-        row("", [Text(sparkline(hist.get(f"{c}:cells", ())), style="magenta")
-                 for c in self.info.countries])
+        row("links in/out", [f"{si(s.link_in * 8, 'b/s')} / {si(s.link_out * 8, 'b/s')}" for s in stats])
+        row("", [Text(sparkline(hist.get(f"{c}:links", ())), style="cyan") for c in self.info.countries])
+        row("cells DL/UL", [f"{si(s.cell_dl * 8, 'b/s')} / {si(s.cell_ul * 8, 'b/s')}" for s in stats])
+        row("", [Text(sparkline(hist.get(f"{c}:cells", ())), style="magenta") for c in self.info.countries])
         speed = []
         for c, s in zip(self.info.countries, stats, strict=True):
             ref = REFERENCE_SPEED_MBPS.get(c, 0.0)
@@ -519,11 +565,20 @@ class LiveView:
             cov.append(t)
         row("5G coverage", cov)
         row("availability", [pct(s.availability, 2) for s in stats])
-        row("SS-RSRP median", ["-" if s.rsrp_median_dbm is None else f"{s.rsrp_median_dbm:.1f} dBm"
-                               for s in stats])
-        row("complete b/s", [
-            Text(f"{pct(s.completeness, 2)} / {pct(s.samples_completeness, 2)}",
-                 style="green" if (s.completeness or 0) >= 0.999 else "yellow") for s in stats])
+        row(
+            "SS-RSRP median",
+            ["-" if s.rsrp_median_dbm is None else f"{s.rsrp_median_dbm:.1f} dBm" for s in stats],
+        )
+        row(
+            "complete b/s",
+            [
+                Text(
+                    f"{pct(s.completeness, 2)} / {pct(s.samples_completeness, 2)}",
+                    style="green" if (s.completeness or 0) >= 0.999 else "yellow",
+                )
+                for s in stats
+            ],
+        )
 
         stages = Table(title="pipeline (samples/s)", title_justify="left")
         stages.add_column("stage")
@@ -531,19 +586,30 @@ class LiveView:
         stages.add_column("total", justify="right")
         stages.add_column("last minute")
         for name, attr in STAGES:
-            stages.add_row(name, f"{r.get(name, 0.0):,.0f}", f"{getattr(snap, attr):,.0f}",
-                           Text(sparkline(hist.get(name, ())), style="cyan"))
-        facts = Text(f"agents connected {snap.agents_connected}/{snap.agents_total}, "
-                     f"spooled batches {snap.agents_spooled:,.0f}; Kafka records "
-                     f"{snap.kafka_records:,.0f} produced / {snap.consumed_records:,.0f} consumed; "
-                     f"series {snap.series:,.0f}; windows closed to {_ts(snap.windows_closed_to)}",
-                     style="dim")
+            stages.add_row(
+                name,
+                f"{r.get(name, 0.0):,.0f}",
+                f"{getattr(snap, attr):,.0f}",
+                Text(sparkline(hist.get(name, ())), style="cyan"),
+            )
+        facts = Text(
+            f"agents connected {snap.agents_connected}/{snap.agents_total}, "
+            f"spooled batches {snap.agents_spooled:,.0f}; Kafka records "
+            f"{snap.kafka_records:,.0f} produced / {snap.consumed_records:,.0f} consumed; "
+            f"series {snap.series:,.0f}; windows closed to {_ts(snap.windows_closed_to)}",
+            style="dim",
+        )
         drops = [f"{k} {v:,.0f}" for k, v in sorted(snap.dropped.items()) if v]
-        dropped = Text("dropped: " + (", ".join(drops) if drops else "none"),
-                       style="yellow" if drops else "dim")
+        dropped = Text(
+            "dropped: " + (", ".join(drops) if drops else "none"), style="yellow" if drops else "dim"
+        )
         parts += [ct, stages, facts, dropped]
         if self._warnings:
-            parts.append(Text("recent warnings (all logs: "
-                              f"{self.info.workdir / 'collector.log'}):\n" +
-                              "\n".join(self._warnings), style="red"))
+            parts.append(
+                Text(
+                    "recent warnings (all logs: "
+                    f"{self.info.workdir / 'collector.log'}):\n" + "\n".join(self._warnings),
+                    style="red",
+                )
+            )
         return Group(*parts)

@@ -219,8 +219,9 @@ def _varint_bytes(n: int) -> bytes:
             return bytes(out)
 
 
-def encode_columns(series_index: npt.ArrayLike, time_unix_nano: npt.ArrayLike,
-                   value: npt.ArrayLike, *, gauge: bool) -> bytes:
+def encode_columns(
+    series_index: npt.ArrayLike, time_unix_nano: npt.ArrayLike, value: npt.ArrayLike, *, gauge: bool
+) -> bytes:
     """Encode a *Columns message from arrays without a Python object per sample.
 
     The result can be merged into a batch: `batch.counters.MergeFromString(raw)`.
@@ -237,9 +238,14 @@ def encode_columns(series_index: npt.ArrayLike, time_unix_nano: npt.ArrayLike,
     return bytes(out)
 
 
-def encode_period_columns(series_index: npt.ArrayLike, start_unix_nano: npt.ArrayLike,
-                          time_unix_nano: npt.ArrayLike, value: npt.ArrayLike, *,
-                          gauge: bool) -> bytes:
+def encode_period_columns(
+    series_index: npt.ArrayLike,
+    start_unix_nano: npt.ArrayLike,
+    time_unix_nano: npt.ArrayLike,
+    value: npt.ArrayLike,
+    *,
+    gauge: bool,
+) -> bytes:
     """Encode a DeltaColumns (gauge=False) or PeriodGaugeColumns message from arrays."""
     arrays: tuple[npt.NDArray[Any], ...] = (
         np.ascontiguousarray(series_index, dtype=_U32),

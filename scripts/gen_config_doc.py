@@ -56,7 +56,7 @@ def _type(annotation: Any) -> str:
     for noise in ("typing.", "pathlib.", "collector.", "NoneType"):
         text = text.replace(noise, "None" if noise == "NoneType" else "")
     if text.startswith("Optional[") and text.endswith("]"):
-        text = text[len("Optional["):-1] + " | None"
+        text = text[len("Optional[") : -1] + " | None"
     return text.replace("|", "\\|")
 
 

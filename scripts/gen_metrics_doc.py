@@ -51,7 +51,7 @@ def render() -> str:
         "reports in its newest period. Every output carries `site`, `country` (ISO 3166-1",
         "alpha-2) and `region`, so",
         "country roll-ups are PromQL, e.g.",
-        "`sum by (country) (edge_site_link_throughput_bytes_per_second{window=\"1m\"})`.",
+        '`sum by (country) (edge_site_link_throughput_bytes_per_second{window="1m"})`.',
         "Throughput is in bytes per second (base unit); dashboards multiply by 8 for bits.",
         "A series disappears after `aggregate.stale_ttl_s` without samples.",
         "",
@@ -61,8 +61,10 @@ def render() -> str:
         "|---|---|---|---|---|---|",
     ]
     for f in FAMILIES:
-        lines.append(f"| `{f.name}` | {f.type} | {f.unit} | {', '.join(f'`{x}`' for x in f.labels)} | "
-                     f"{_cell(f.help)} | {_cell(f.source)} |")
+        lines.append(
+            f"| `{f.name}` | {f.type} | {f.unit} | {', '.join(f'`{x}`' for x in f.labels)} | "
+            f"{_cell(f.help)} | {_cell(f.source)} |"
+        )
     lines += ["", *_cell_sources(), "", "## Service self-metrics"]
     lines += [
         "",
@@ -146,9 +148,12 @@ def _scale(spec: object) -> str:
 _ALSO = {
     "edge_cell_prb_utilization_ratio": (
         ["RRU.PrbUsedDl", "RRU.PrbAvailDl", "RRU.PrbUsedUl", "RRU.PrbAvailUl"],
-        "used / available of the period, for cells without RRU.PrbTot*"),
+        "used / available of the period, for cells without RRU.PrbTot*",
+    ),
     "edge_cell_availability_ratio": (
-        ["RRU.CellUnavailableTime"], "TS 28.554 KPI: 1 - unavailable seconds / period length"),
+        ["RRU.CellUnavailableTime"],
+        "TS 28.554 KPI: 1 - unavailable seconds / period length",
+    ),
 }
 
 
@@ -188,20 +193,24 @@ def _cell_sources() -> list[str]:
             subs = " (sub-counters `.<cause>`/`.<QoS>` summed)" if spec.subcounters else ""
             shown = f"`{m}`{subs}"
             if spec.bins is not None:
-                v = ("histogram of the period: bucket `le` = upper bound of bin X, cumulative; "
-                     "_count = all reports")
+                v = (
+                    "histogram of the period: bucket `le` = upper bound of bin X, cumulative; "
+                    "_count = all reports"
+                )
                 shown = f"`{m}<X>` (per-SSB `.<ssb>` sub-counters summed)"
-            out.append(f"| `{f.name}` | {shown} | {spec.standard} | {spec.raw_unit} | "
-                       f"{_scale(spec)} | {v} |")
+            out.append(f"| `{f.name}` | {shown} | {spec.standard} | {spec.raw_unit} | {_scale(spec)} | {v} |")
     return out
 
 
 def pm_table() -> str:
     """The measurements the agent accepts from PM files (docs/agent.md)."""
-    lines = [PM_BEGIN, "",
-             "| Measurement | Defined in | Kind on the wire | Raw unit | Scale | Catalogue unit "
-             "| Valid raw values | Sub-counters |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        PM_BEGIN,
+        "",
+        "| Measurement | Defined in | Kind on the wire | Raw unit | Scale | Catalogue unit "
+        "| Valid raw values | Sub-counters |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, spec in MEASUREMENTS.items():
         kind = "DELTA (count over the period)" if spec.counter else "period gauge"
         if spec.counter:
@@ -214,12 +223,16 @@ def pm_table() -> str:
         if spec.bins is not None:
             first, step, n = spec.bins
             name = f"{name}<X>"
-            kind = (f"DELTA per bin: series `{spec.metric}`, label `le` = upper bound of bin X "
-                    f"({first:g} + {step:g}·X; bin {n - 1}: `+Inf`)")
+            kind = (
+                f"DELTA per bin: series `{spec.metric}`, label `le` = upper bound of bin X "
+                f"({first:g} + {step:g}·X; bin {n - 1}: `+Inf`)"
+            )
             valid = f"integer 0..2^64-1; X in 0..{n - 1} (else `unknown_bin`)"
             subs = "per-SSB `.Bin<X>.<ssb>` summed; the bin's total wins when present"
-        lines.append(f"| `{name}` | {spec.standard} | {kind} | {spec.raw_unit} | {_scale(spec)} | "
-                     f"{spec.unit} | {valid} | {subs} |")
+        lines.append(
+            f"| `{name}` | {spec.standard} | {kind} | {spec.raw_unit} | {_scale(spec)} | "
+            f"{spec.unit} | {valid} | {subs} |"
+        )
     lines += ["", PM_END]
     return "\n".join(lines)
 
@@ -240,8 +253,14 @@ def main() -> int:
     agent_old = AGENT.read_text()
     agent = render_agent(agent_old)
     if args.check:
-        stale = [p for p, new, old in ((OUT, text, OUT.read_text() if OUT.exists() else None),
-                                       (AGENT, agent, agent_old)) if new != old]
+        stale = [
+            p
+            for p, new, old in (
+                (OUT, text, OUT.read_text() if OUT.exists() else None),
+                (AGENT, agent, agent_old),
+            )
+            if new != old
+        ]
         for p in stale:
             print(f"{p} is stale: run scripts/gen_metrics_doc.py", file=sys.stderr)
         return 1 if stale else 0

@@ -60,10 +60,14 @@ def generate() -> dict[Path, str]:
             text = path.read_text()
             text = text.replace("from telemetry.", "from collector.proto.telemetry.")
             for src, dst in VENDORED.items():
-                text = text.replace(f"from {src.replace('/', '.')} import",
-                                    f"from collector.proto.{dst.replace('/', '.')} import")
-                text = text.replace(f"'{src.replace('/', '.')}.",  # the classes' __module__
-                                    f"'collector.proto.{dst.replace('/', '.')}.")
+                text = text.replace(
+                    f"from {src.replace('/', '.')} import",
+                    f"from collector.proto.{dst.replace('/', '.')} import",
+                )
+                text = text.replace(
+                    f"'{src.replace('/', '.')}.",  # the classes' __module__
+                    f"'collector.proto.{dst.replace('/', '.')}.",
+                )
             out[_vendored(path.relative_to(tmp))] = text
         return out
 

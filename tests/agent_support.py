@@ -40,8 +40,11 @@ class ScriptedIngest(pb_grpc.IngestServiceServicer):
     server: Any = None
     port: int = 0
 
-    async def Stream(self, request_iterator: AsyncIterator[pb.Batch],  # type: ignore[override]
-                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Ack]:
+    async def Stream(
+        self,
+        request_iterator: AsyncIterator[pb.Batch],  # type: ignore[override]
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.Ack]:
         self.metadata.append({k: v for k, v in context.invocation_metadata() or ()})
         async for batch in request_iterator:
             self.received.append(batch)
@@ -67,22 +70,40 @@ class ScriptedIngest(pb_grpc.IngestServiceServicer):
 
 def agent_settings(spool_dir: Path, target: str, **over: Any) -> AgentSettings:
     """Plaintext loopback settings with fast backoff, for tests."""
-    ingest = {"target": target, "plaintext": True, "backoff_initial_s": 0.05,
-              "backoff_max_s": 0.5, "connect_timeout_s": 2.0, **over.pop("ingest", {})}
+    ingest = {
+        "target": target,
+        "plaintext": True,
+        "backoff_initial_s": 0.05,
+        "backoff_max_s": 0.5,
+        "connect_timeout_s": 2.0,
+        **over.pop("ingest", {}),
+    }
     spool = {"dir": str(spool_dir), **over.pop("spool", {})}
-    return AgentSettings.model_validate({"ingest": ingest, "spool": spool,
-                                         "site": {"site_id": SITE.site_id, "country": "JP",
-                                                  "region": "Kanto", "timezone": "Asia/Tokyo"},
-                                         "metrics_listen": "", **over})
+    return AgentSettings.model_validate(
+        {
+            "ingest": ingest,
+            "spool": spool,
+            "site": {"site_id": SITE.site_id, "country": "JP", "region": "Kanto", "timezone": "Asia/Tokyo"},
+            "metrics_listen": "",
+            **over,
+        }
+    )
 
 
 def fill(builder: Any, t_ns: int, n: int = 3, value: int = 1) -> Any:
     """Add n link counter samples and one gauge."""
     for i in range(n):
-        builder.counter(counter_def("link_in_octets", {"link": f"et-{i}", "media": "optical"},
-                                    unit="bytes", start_time_unix_nano=1), t_ns, value + i)
-    builder.gauge(gauge_def("link_oper_up", {"link": "et-0", "media": "optical"}, unit="bool"),
-                  t_ns, 1.0)
+        builder.counter(
+            counter_def(
+                "link_in_octets",
+                {"link": f"et-{i}", "media": "optical"},
+                unit="bytes",
+                start_time_unix_nano=1,
+            ),
+            t_ns,
+            value + i,
+        )
+    builder.gauge(gauge_def("link_oper_up", {"link": "et-0", "media": "optical"}, unit="bool"), t_ns, 1.0)
     return builder
 
 
@@ -121,8 +142,15 @@ class Proc:
         log = self.log_path.open("ab")
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "collector", *self.args, cwd=str(REPO), env=env,
-                stdout=asyncio.subprocess.PIPE, stderr=log)
+                sys.executable,
+                "-m",
+                "collector",
+                *self.args,
+                cwd=str(REPO),
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+            )
         finally:
             log.close()
         assert self.proc.stdout is not None
@@ -188,21 +216,38 @@ def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def ingest_config(tmp: Path, certs: Any, bootstrap: str, topic: str, port: int,
-                  tokens: dict[str, str], **ingest: Any) -> Path:
+def ingest_config(
+    tmp: Path, certs: Any, bootstrap: str, topic: str, port: int, tokens: dict[str, str], **ingest: Any
+) -> Path:
     tokens_file = write_yaml(tmp / "tokens.yaml", tokens)
-    return write_yaml(tmp / "ingest.yaml", {
-        "kafka": {"bootstrap_servers": bootstrap, "topic": topic},
-        "ingest": {"listen": f"127.0.0.1:{port}", "metrics_listen": "127.0.0.1:0",
-                   "tls_cert": str(certs.server_cert), "tls_key": str(certs.server_key),
-                   "tokens_file": str(tokens_file), "grace_period_s": 1.0, **ingest},
-    })
+    return write_yaml(
+        tmp / "ingest.yaml",
+        {
+            "kafka": {"bootstrap_servers": bootstrap, "topic": topic},
+            "ingest": {
+                "listen": f"127.0.0.1:{port}",
+                "metrics_listen": "127.0.0.1:0",
+                "tls_cert": str(certs.server_cert),
+                "tls_key": str(certs.server_key),
+                "tokens_file": str(tokens_file),
+                "grace_period_s": 1.0,
+                **ingest,
+            },
+        },
+    )
 
 
 def agent_tls(certs: Any, target: str, token: str, **more: Any) -> dict[str, Any]:
-    return {"target": target, "ca_file": str(certs.ca), "token": token,
-            "backoff_initial_s": 0.05, "backoff_max_s": 0.5, "connect_timeout_s": 2.0,
-            "ack_timeout_s": 3.0, **more}
+    return {
+        "target": target,
+        "ca_file": str(certs.ca),
+        "token": token,
+        "backoff_initial_s": 0.05,
+        "backoff_max_s": 0.5,
+        "connect_timeout_s": 2.0,
+        "ack_timeout_s": 3.0,
+        **more,
+    }
 
 
 @dataclass(frozen=True)
@@ -214,8 +259,7 @@ class TopicBatch:
     key: bytes
 
 
-async def topic_batches(bootstrap: str, topic: str, expect: int,
-                        within: float = 30.0) -> list[TopicBatch]:
+async def topic_batches(bootstrap: str, topic: str, expect: int, within: float = 30.0) -> list[TopicBatch]:
     from tests.kafka_support import read_topic
 
     out = []
@@ -238,7 +282,7 @@ def spooled_seqs(spool_dir: Path) -> set[int]:
         data = j.read_bytes()
         for pos in range(0, len(data) - 19, 20):
             lo, hi, crc = struct.unpack_from("<QQI", data, pos)
-            if zlib.crc32(data[pos:pos + 16]) == crc:
+            if zlib.crc32(data[pos : pos + 16]) == crc:
                 done.append((lo, hi))
     seqs = set()
     for seg in spool_dir.glob("*.seg"):
@@ -266,8 +310,9 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-async def settled_topic(bootstrap: str, topic: str, *, at_least: int = 0, idle_s: float = 1.5,
-                        within: float = 30.0) -> list[TopicBatch]:
+async def settled_topic(
+    bootstrap: str, topic: str, *, at_least: int = 0, idle_s: float = 1.5, within: float = 30.0
+) -> list[TopicBatch]:
     """Every batch in `topic`: reads until at least `at_least` and nothing new for idle_s."""
     import time
 

@@ -23,19 +23,36 @@ class SeriesDef:
 
 
 def make_batch(
-    *, agent: str, seq: int, site: str, country: str = "JP", region: str = "Kanto",
-    boot: str = "boot-1", series: list[SeriesDef],
+    *,
+    agent: str,
+    seq: int,
+    site: str,
+    country: str = "JP",
+    region: str = "Kanto",
+    boot: str = "boot-1",
+    series: list[SeriesDef],
     counters: list[tuple[int, int, int]] = (),  # type: ignore[assignment]
     gauges: list[tuple[int, int, float]] = (),  # type: ignore[assignment]
 ) -> bytes:
-    b = pb.Batch(agent_id=agent, seq=seq, boot_id=boot, created_unix_nano=0,
-                 site=pb.Site(site_id=site, country=country, region=region, timezone="UTC"))
+    b = pb.Batch(
+        agent_id=agent,
+        seq=seq,
+        boot_id=boot,
+        created_unix_nano=0,
+        site=pb.Site(site_id=site, country=country, region=region, timezone="UTC"),
+    )
     for s in series:
-        b.series.append(pb.Series(
-            metric=s.metric, kind=s.kind, unit=s.unit,
-            labels=[pb.Label(name=k, value=v) for k, v in s.labels.items()],
-            counter_bits=s.bits if s.kind == pb.COUNTER else 0,
-            start_time_unix_nano=s.start, scale=s.scale))
+        b.series.append(
+            pb.Series(
+                metric=s.metric,
+                kind=s.kind,
+                unit=s.unit,
+                labels=[pb.Label(name=k, value=v) for k, v in s.labels.items()],
+                counter_bits=s.bits if s.kind == pb.COUNTER else 0,
+                start_time_unix_nano=s.start,
+                scale=s.scale,
+            )
+        )
     if counters:
         b.counters.series_index.extend(i for i, _, _ in counters)
         b.counters.time_unix_nano.extend(t for _, t, _ in counters)
@@ -75,8 +92,9 @@ class TruthCounter:
         self.prev = (t, v, epoch)
 
 
-def window_truth(deltas: list[tuple[int, int, int]], window_ns: int, pane_ns: int,
-                 ends: list[int]) -> dict[int, tuple[int, int, int]]:
+def window_truth(
+    deltas: list[tuple[int, int, int]], window_ns: int, pane_ns: int, ends: list[int]
+) -> dict[int, tuple[int, int, int]]:
     """end -> (increase, dt, n) over deltas whose sample time lies in [end - window, end)."""
     out: dict[int, tuple[int, int, int]] = {}
     by_pane: dict[int, list[tuple[int, int]]] = defaultdict(list)
@@ -102,10 +120,12 @@ FLEET_SERIES = [
     # a 10 GbE link's 32-bit counter moving 1e9 per second wraps every ~4 s; with its speed
     # (1.25e9 B/s) an interval over 3.4 s could hide a wrap (the fleet's gap and late batch)
     SeriesDef("link_out_octets", LINK1, bits=32),
-    SeriesDef("node_cpu_seconds_total", {"host": "h1", "cpu": "0", "mode": "idle"}, scale=0.01,
-              unit="seconds"),
-    SeriesDef("node_cpu_seconds_total", {"host": "h1", "cpu": "0", "mode": "user"}, scale=0.01,
-              unit="seconds"),
+    SeriesDef(
+        "node_cpu_seconds_total", {"host": "h1", "cpu": "0", "mode": "idle"}, scale=0.01, unit="seconds"
+    ),
+    SeriesDef(
+        "node_cpu_seconds_total", {"host": "h1", "cpu": "0", "mode": "user"}, scale=0.01, unit="seconds"
+    ),
     SeriesDef("RRU.PrbTotDl", {"cell": "c1", "gnb": "g1"}, kind=pb.GAUGE, unit="ratio"),
     SeriesDef("link_speed_bytes", LINK0, kind=pb.GAUGE, unit="bytes_per_second"),
     SeriesDef("link_speed_bytes", LINK1, kind=pb.GAUGE, unit="bytes_per_second"),
@@ -138,12 +158,20 @@ class Fleet:
     rates: dict[tuple[str, str, str], float] = field(default_factory=dict)
 
 
-def make_fleet(n_batches: int = 60, per_batch_s: int = 5,
-               sites: tuple[tuple[str, str, str], ...] = (("jp-tokyo-01", "JP", "Kanto"),
-                                                        ("us-nyc-01", "US", "us-east")),
-               swap: tuple[int, ...] = (10,), late: tuple[int, ...] = (15,),
-               gap: tuple[int, ...] = (20,), dup_every: int = 7, reset_at: int | None = 25,
-               late_delay: int = 12) -> Fleet:
+def make_fleet(
+    n_batches: int = 60,
+    per_batch_s: int = 5,
+    sites: tuple[tuple[str, str, str], ...] = (
+        ("jp-tokyo-01", "JP", "Kanto"),
+        ("us-nyc-01", "US", "us-east"),
+    ),
+    swap: tuple[int, ...] = (10,),
+    late: tuple[int, ...] = (15,),
+    gap: tuple[int, ...] = (20,),
+    dup_every: int = 7,
+    reset_at: int | None = 25,
+    late_delay: int = 12,
+) -> Fleet:
     counted: dict[tuple[str, str, str], list[tuple[int, int | float, object]]] = defaultdict(list)
     bits: dict[tuple[str, str, str], int] = {}
     rates: dict[tuple[str, str, str], float] = {}
@@ -172,11 +200,22 @@ def make_fleet(n_batches: int = 60, per_batch_s: int = 5,
                 g = [float((i % 7) / 8), 50_250_000_000_000.0, 1.25e9]
                 for c, val in enumerate(g, start=4):
                     gauges.append((c, t, val))
-                    inc.append(((site, FLEET_SERIES[c].metric, label_key(FLEET_SERIES[c].labels)),
-                                t, val, None))
-            batches.append(make_batch(agent=f"agent-{site}", seq=b + 1, site=site, country=country,
-                                      region=region, boot=boot, series=FLEET_SERIES,
-                                      counters=counters, gauges=gauges))
+                    inc.append(
+                        ((site, FLEET_SERIES[c].metric, label_key(FLEET_SERIES[c].labels)), t, val, None)
+                    )
+            batches.append(
+                make_batch(
+                    agent=f"agent-{site}",
+                    seq=b + 1,
+                    site=site,
+                    country=country,
+                    region=region,
+                    boot=boot,
+                    series=FLEET_SERIES,
+                    counters=counters,
+                    gauges=gauges,
+                )
+            )
             included.append(inc)
         order = [b for b in range(n_batches) if b not in gap]
         for k in swap:
@@ -206,8 +245,9 @@ def make_fleet(n_batches: int = 60, per_batch_s: int = 5,
     return Fleet(merged, dict(counted), bits, rates=rates)
 
 
-def truth_windows(fleet: Fleet, windows_s: tuple[int, ...], pane_s: int, upto_ns: int
-                  ) -> dict[tuple[str, str, str, int, int], tuple]:
+def truth_windows(
+    fleet: Fleet, windows_s: tuple[int, ...], pane_s: int, upto_ns: int
+) -> dict[tuple[str, str, str, int, int], tuple]:
     """(site, metric, labels, window_s, end_ns) -> exact aggregate the aggregator must publish.
 
     Counters: (increase, dt_ns, n). Gauges: (sum, count, min, max). Only windows ending at or
@@ -254,8 +294,16 @@ def published(records: list[dict]) -> dict[tuple[str, str, str, int, int], tuple
     return out
 
 
-def catalog_batches(site: str, country: str, region: str, *, n_batches: int = 8, per_batch_s: int = 10,
-                    nasty: bool = False, entities: int = 1) -> list[bytes]:
+def catalog_batches(
+    site: str,
+    country: str,
+    region: str,
+    *,
+    n_batches: int = 8,
+    per_batch_s: int = 10,
+    nasty: bool = False,
+    entities: int = 1,
+) -> list[bytes]:
     """Batches carrying every catalogue metric (so every output family has rows)."""
     from collector.catalog import METRICS, Kind
 
@@ -275,8 +323,15 @@ def catalog_batches(site: str, country: str, region: str, *, n_batches: int = 8,
                     val = f'{n} "{e}" \\ back\nslash ü'
                 labels[n] = val
             kind = pb.COUNTER if m.kind is Kind.COUNTER else pb.GAUGE
-            series.append(SeriesDef(m.name, labels, kind=kind, unit=m.unit,
-                                    scale=0.01 if m.name == "node_cpu_seconds_total" else 0.0))
+            series.append(
+                SeriesDef(
+                    m.name,
+                    labels,
+                    kind=kind,
+                    unit=m.unit,
+                    scale=0.01 if m.name == "node_cpu_seconds_total" else 0.0,
+                )
+            )
     out = []
     for b in range(n_batches):
         counters, gauges = [], []
@@ -288,16 +343,27 @@ def catalog_batches(site: str, country: str, region: str, *, n_batches: int = 8,
                     counters.append((j, t, 1000 + i * (j + 1) * 12345))
                 else:
                     gauges.append((j, t, float((i + j) % 10) / 10 + (j % 3)))
-        out.append(make_batch(agent=f"agent-{site}", seq=b + 1, site=site, country=country,
-                              region=region, series=series, counters=counters, gauges=gauges))
+        out.append(
+            make_batch(
+                agent=f"agent-{site}",
+                seq=b + 1,
+                site=site,
+                country=country,
+                region=region,
+                series=series,
+                counters=counters,
+                gauges=gauges,
+            )
+        )
     return out
 
 
 HEADERS = [("schema", b"telemetry.v1.Batch")]
 
 
-async def produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]],
-                  partition_of: dict[str, int]) -> dict[int, int]:
+async def produce(
+    bootstrap: str, topic: str, records: list[tuple[str, bytes]], partition_of: dict[str, int]
+) -> dict[int, int]:
     """Produce (site, value) records keyed by site to explicit partitions; returns the next
     offset per partition (from the produce acknowledgements, not from high watermarks)."""
     from aiokafka import AIOKafkaProducer
@@ -306,8 +372,10 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]],
     await p.start()
     ends: dict[int, int] = {}
     try:
-        futs = [await p.send(topic, value, key=site.encode(), partition=partition_of[site],
-                             headers=HEADERS) for site, value in records]
+        futs = [
+            await p.send(topic, value, key=site.encode(), partition=partition_of[site], headers=HEADERS)
+            for site, value in records
+        ]
         for f in futs:
             md = await f
             ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
@@ -321,8 +389,9 @@ def final_boundary(fleet: Fleet, lateness_s: int = 10, pane_s: int = 10) -> int:
     return ((last - lateness_s * NS) // (pane_s * NS)) * pane_s * NS
 
 
-async def http_request(port: int, line: str = "GET /metrics HTTP/1.1", timeout_s: float = 30
-                       ) -> tuple[int, dict[str, str], bytes]:
+async def http_request(
+    port: int, line: str = "GET /metrics HTTP/1.1", timeout_s: float = 30
+) -> tuple[int, dict[str, str], bytes]:
     """One raw HTTP/1.1 request on loopback (Connection: close): status, headers, body."""
     import asyncio
 

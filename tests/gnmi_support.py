@@ -39,8 +39,10 @@ class Device:
     t0_ns: int
     step_ns: int = NS
     clear_at: int = 10**9  # sample number of the counter clear (never by default)
-    ports: tuple[Port, ...] = (Port("et-0/0/1", 5_000_000_000, transceiver="xcvr-1"),
-                               Port("et-0/0/2", 1_250_000_000, speed="SPEED_10GB"))
+    ports: tuple[Port, ...] = (
+        Port("et-0/0/1", 5_000_000_000, transceiver="xcvr-1"),
+        Port("et-0/0/2", 1_250_000_000, speed="SPEED_10GB"),
+    )
     lanes: tuple[tuple[float, float, float], ...] = ((-2.5, 1.2, 6.5), (-3.1, 1.0, 7.0))
     prefec_ber: float = 1.5e-9
     osnr_db: float = 31.5
@@ -62,51 +64,120 @@ class Device:
         t = self.time(k)
         for p in self.ports:
             o = self.octets(p, k)
-            prefix = g.Path(origin="openconfig", elem=[
-                g.PathElem(name="interfaces"), g.PathElem(name="interface", key={"name": p.name}),
-                g.PathElem(name="state"), g.PathElem(name="counters")])
-            leaves = {"in-octets": o, "out-octets": o // 2, "in-unicast-pkts": o // 1000,
-                      "in-multicast-pkts": o // 100_000, "in-broadcast-pkts": 7,
-                      "out-pkts": o // 2000, "in-errors": k, "out-errors": 0,
-                      "in-discards": 2 * k, "out-discards": 0, "last-clear": self.last_clear(k)}
-            out.append(g.Notification(timestamp=t, prefix=prefix, update=[
-                g.Update(path=g.Path(elem=[g.PathElem(name=leaf)]), val=g.TypedValue(uint_val=v))
-                for leaf, v in leaves.items()]))
-            ifp = g.Path(elem=[g.PathElem(name="interfaces"),
-                               g.PathElem(name="interface", key={"name": p.name})])
-            ups = [g.Update(path=g.Path(elem=[g.PathElem(name="ethernet"), g.PathElem(name="state"),
-                                              g.PathElem(name="port-speed")]),
-                            val=g.TypedValue(string_val=f"openconfig-if-ethernet:{p.speed}")),
-                   g.Update(path=g.Path(elem=[g.PathElem(name="state"),
-                                              g.PathElem(name="oper-status")]),
-                            val=g.TypedValue(string_val=self.oper))]
+            prefix = g.Path(
+                origin="openconfig",
+                elem=[
+                    g.PathElem(name="interfaces"),
+                    g.PathElem(name="interface", key={"name": p.name}),
+                    g.PathElem(name="state"),
+                    g.PathElem(name="counters"),
+                ],
+            )
+            leaves = {
+                "in-octets": o,
+                "out-octets": o // 2,
+                "in-unicast-pkts": o // 1000,
+                "in-multicast-pkts": o // 100_000,
+                "in-broadcast-pkts": 7,
+                "out-pkts": o // 2000,
+                "in-errors": k,
+                "out-errors": 0,
+                "in-discards": 2 * k,
+                "out-discards": 0,
+                "last-clear": self.last_clear(k),
+            }
+            out.append(
+                g.Notification(
+                    timestamp=t,
+                    prefix=prefix,
+                    update=[
+                        g.Update(path=g.Path(elem=[g.PathElem(name=leaf)]), val=g.TypedValue(uint_val=v))
+                        for leaf, v in leaves.items()
+                    ],
+                )
+            )
+            ifp = g.Path(
+                elem=[g.PathElem(name="interfaces"), g.PathElem(name="interface", key={"name": p.name})]
+            )
+            ups = [
+                g.Update(
+                    path=g.Path(
+                        elem=[
+                            g.PathElem(name="ethernet"),
+                            g.PathElem(name="state"),
+                            g.PathElem(name="port-speed"),
+                        ]
+                    ),
+                    val=g.TypedValue(string_val=f"openconfig-if-ethernet:{p.speed}"),
+                ),
+                g.Update(
+                    path=g.Path(elem=[g.PathElem(name="state"), g.PathElem(name="oper-status")]),
+                    val=g.TypedValue(string_val=self.oper),
+                ),
+            ]
             if p.transceiver:
-                ups.append(g.Update(path=g.Path(elem=[g.PathElem(name="state"),
-                                                      g.PathElem(name="transceiver")]),
-                                    val=g.TypedValue(string_val=p.transceiver)))
+                ups.append(
+                    g.Update(
+                        path=g.Path(elem=[g.PathElem(name="state"), g.PathElem(name="transceiver")]),
+                        val=g.TypedValue(string_val=p.transceiver),
+                    )
+                )
             out.append(g.Notification(timestamp=t, prefix=ifp, update=ups))
             if p.transceiver:
                 ups = []
                 for i, (rx, tx, bias) in enumerate(self.lanes):
-                    for leaf, v in (("input-power", rx), ("output-power", tx),
-                                    ("laser-bias-current", bias)):
-                        ups.append(g.Update(path=g.Path(elem=[
-                            g.PathElem(name="openconfig-platform-transceiver:physical-channels"),
-                            g.PathElem(name="channel", key={"index": str(i)}),
-                            g.PathElem(name="state"), g.PathElem(name=leaf),
-                            g.PathElem(name="instant")]), val=g.TypedValue(double_val=v)))
-                out.append(g.Notification(timestamp=t, prefix=g.Path(elem=[
-                    g.PathElem(name="components"),
-                    g.PathElem(name="component", key={"name": p.transceiver}),
-                    g.PathElem(name="transceiver")]), update=ups))
-        och = g.Path(elem=[g.PathElem(name="components"),
-                           g.PathElem(name="component", key={"name": "och-1"}),
-                           g.PathElem(name="optical-channel"), g.PathElem(name="state")])
-        out.append(g.Notification(timestamp=t, prefix=och, update=[
-            g.Update(path=g.Path(elem=[g.PathElem(name="pre-fec-ber"), g.PathElem(name="instant")]),
-                     val=g.TypedValue(double_val=self.prefec_ber)),
-            g.Update(path=g.Path(elem=[g.PathElem(name="osnr"), g.PathElem(name="instant")]),
-                     val=g.TypedValue(double_val=self.osnr_db))]))
+                    for leaf, v in (("input-power", rx), ("output-power", tx), ("laser-bias-current", bias)):
+                        ups.append(
+                            g.Update(
+                                path=g.Path(
+                                    elem=[
+                                        g.PathElem(name="openconfig-platform-transceiver:physical-channels"),
+                                        g.PathElem(name="channel", key={"index": str(i)}),
+                                        g.PathElem(name="state"),
+                                        g.PathElem(name=leaf),
+                                        g.PathElem(name="instant"),
+                                    ]
+                                ),
+                                val=g.TypedValue(double_val=v),
+                            )
+                        )
+                out.append(
+                    g.Notification(
+                        timestamp=t,
+                        prefix=g.Path(
+                            elem=[
+                                g.PathElem(name="components"),
+                                g.PathElem(name="component", key={"name": p.transceiver}),
+                                g.PathElem(name="transceiver"),
+                            ]
+                        ),
+                        update=ups,
+                    )
+                )
+        och = g.Path(
+            elem=[
+                g.PathElem(name="components"),
+                g.PathElem(name="component", key={"name": "och-1"}),
+                g.PathElem(name="optical-channel"),
+                g.PathElem(name="state"),
+            ]
+        )
+        out.append(
+            g.Notification(
+                timestamp=t,
+                prefix=och,
+                update=[
+                    g.Update(
+                        path=g.Path(elem=[g.PathElem(name="pre-fec-ber"), g.PathElem(name="instant")]),
+                        val=g.TypedValue(double_val=self.prefec_ber),
+                    ),
+                    g.Update(
+                        path=g.Path(elem=[g.PathElem(name="osnr"), g.PathElem(name="instant")]),
+                        val=g.TypedValue(double_val=self.osnr_db),
+                    ),
+                ],
+            )
+        )
         return out
 
 
@@ -127,12 +198,14 @@ class GnmiTarget(gg.gNMIServicer):
     streams: int = 0
     server: Any = None
 
-    async def Subscribe(self, request_iterator: AsyncIterator[g.SubscribeRequest],  # type: ignore[override]
-                        context: grpc.aio.ServicerContext) -> AsyncIterator[g.SubscribeResponse]:
+    async def Subscribe(
+        self,
+        request_iterator: AsyncIterator[g.SubscribeRequest],  # type: ignore[override]
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[g.SubscribeResponse]:
         md = {k: v for k, v in context.invocation_metadata() or ()}
         self.metadata.append(md)
-        if self.username and (md.get("username") != self.username
-                              or md.get("password") != self.password):
+        if self.username and (md.get("username") != self.username or md.get("password") != self.password):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad username or password")
         it = request_iterator.__aiter__()
         first = await it.__anext__()
@@ -175,7 +248,8 @@ class GnmiTarget(gg.gNMIServicer):
             creds = grpc.ssl_server_credentials(
                 [(c.server_key.read_bytes(), c.server_cert.read_bytes())],
                 root_certificates=c.ca.read_bytes() if self.require_client_cert else None,
-                require_client_auth=self.require_client_cert)
+                require_client_auth=self.require_client_cert,
+            )
             self.port = self.server.add_secure_port(addr, creds)
         await self.server.start()
         return self.port

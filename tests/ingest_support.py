@@ -35,8 +35,15 @@ def token_for(site: str) -> str:
     return f"token-{site}-0123456789"
 
 
-def make_batch(site: str = "jp-tokyo-01", seq: int = 1, *, agent_id: str | None = None,
-               series: int = 10, points: int = 10, t0_ns: int | None = None) -> pb.Batch:
+def make_batch(
+    site: str = "jp-tokyo-01",
+    seq: int = 1,
+    *,
+    agent_id: str | None = None,
+    series: int = 10,
+    points: int = 10,
+    t0_ns: int | None = None,
+) -> pb.Batch:
     """A valid batch: `series` link counters/gauges with `points` samples each."""
     info = SITES[site]
     b = BatchBuilder(agent_id or f"agent-{site}", info, "boot-1")
@@ -46,8 +53,9 @@ def make_batch(site: str = "jp-tokyo-01", seq: int = 1, *, agent_id: str | None 
         for s in range(series):
             labels = {"link": f"et-0/0/{s}", "media": "optical"}
             if s % 2 == 0:
-                b.counter(counter_def("link_in_octets", labels, unit="bytes"), ts,
-                          seq * 10**12 + p * 10**9 + s)
+                b.counter(
+                    counter_def("link_in_octets", labels, unit="bytes"), ts, seq * 10**12 + p * 10**9 + s
+                )
             else:
                 b.gauge(gauge_def("link_optical_rx_power_dbm", labels, unit="dBm"), ts, -3.5)
     return b.build(seq, time.time_ns())
@@ -58,17 +66,18 @@ def write_tokens(path: Path, tokens: dict[str, str] | None = None) -> Path:
     return path
 
 
-def ingest_settings(tmp: Path, certs: DevCerts | None, bootstrap: str, topic: str,
-                    **ingest: Any) -> Settings:
-    ing: dict[str, Any] = {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
-                           "tokens_file": str(write_tokens(tmp / "tokens.yaml"))}
+def ingest_settings(tmp: Path, certs: DevCerts | None, bootstrap: str, topic: str, **ingest: Any) -> Settings:
+    ing: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "metrics_listen": "127.0.0.1:0",
+        "tokens_file": str(write_tokens(tmp / "tokens.yaml")),
+    }
     if certs is None:
         ing["plaintext"] = True
     else:
         ing.update(tls_cert=str(certs.server_cert), tls_key=str(certs.server_key))
     ing.update(ingest)
-    return load_settings(kafka={"bootstrap_servers": bootstrap, "topic": topic},
-                         ingest=ing)
+    return load_settings(kafka={"bootstrap_servers": bootstrap, "topic": topic}, ingest=ing)
 
 
 def channel(port: int, certs: DevCerts | None, *, client_cert: bool = False) -> aio.Channel:
@@ -85,8 +94,7 @@ def channel(port: int, certs: DevCerts | None, *, client_cert: bool = False) -> 
 
 def stream_call(ch: aio.Channel, token: str | None) -> aio.StreamStreamCall:
     md = (("authorization", f"Bearer {token}"),) if token else None
-    method = ch.stream_stream(METHOD, request_serializer=lambda b: b,
-                              response_deserializer=pb.Ack.FromString)
+    method = ch.stream_stream(METHOD, request_serializer=lambda b: b, response_deserializer=pb.Ack.FromString)
     return method(metadata=md)
 
 
@@ -105,8 +113,9 @@ class StreamResult:
         return {s: a for a in self.acks for s in covered(a)}
 
 
-async def send_all(ch: aio.Channel, token: str | None, payloads: Iterable[bytes],
-                   timeout_s: float = 60.0) -> StreamResult:
+async def send_all(
+    ch: aio.Channel, token: str | None, payloads: Iterable[bytes], timeout_s: float = 60.0
+) -> StreamResult:
     """Write every payload on one stream, half-close, collect every ack."""
     call = stream_call(ch, token)
     result = StreamResult()
@@ -165,12 +174,14 @@ class MiniAgent:
 
     def batch(self, seq: int) -> bytes:
         if seq not in self.payload:
-            self.payload[seq] = make_batch(self.site, seq, agent_id=self.agent_id,
-                                           series=6, points=4).SerializeToString()
+            self.payload[seq] = make_batch(
+                self.site, seq, agent_id=self.agent_id, series=6, points=4
+            ).SerializeToString()
         return self.payload[seq]
 
-    async def _read_acks(self, call: aio.StreamStreamCall, inflight: dict[int, None],
-                         todo: list[int]) -> None:
+    async def _read_acks(
+        self, call: aio.StreamStreamCall, inflight: dict[int, None], todo: list[int]
+    ) -> None:
         while (ack := await call.read()) is not aio.EOF:
             for s in covered(ack):
                 inflight.pop(s, None)
@@ -247,10 +258,16 @@ def with_unknown(batch: pb.Batch, level: str, extra: bytes) -> bytes:
     """`batch` serialised with `extra` (raw field bytes) appended to the message at `level`."""
     b = pb.Batch()
     b.CopyFrom(batch)
-    target = {"top": lambda: b, "site": lambda: b.site, "series": lambda: b.series[0],
-              "label": lambda: b.series[0].labels[0], "counters": lambda: b.counters,
-              "gauges": lambda: b.gauges, "deltas": lambda: b.deltas,
-              "period_gauges": lambda: b.period_gauges}[level]()
+    target = {
+        "top": lambda: b,
+        "site": lambda: b.site,
+        "series": lambda: b.series[0],
+        "label": lambda: b.series[0].labels[0],
+        "counters": lambda: b.counters,
+        "gauges": lambda: b.gauges,
+        "deltas": lambda: b.deltas,
+        "period_gauges": lambda: b.period_gauges,
+    }[level]()
     target.MergeFromString(extra)  # the runtime keeps it as an unknown field
     return b.SerializeToString()
 
@@ -319,8 +336,7 @@ async def stored_batches(bootstrap: str, topic: str, timeout_s: float = 30.0) ->
     return out
 
 
-def link_site_batch(site: str, seq: int, t_ns: int, *, links: int = 50,
-                    agent_id: str | None = None) -> bytes:
+def link_site_batch(site: str, seq: int, t_ns: int, *, links: int = 50, agent_id: str | None = None) -> bytes:
     """The issue's reference site: `links` links with two octet counters each (rx and tx
     bytes), one sample per series, as the link source sends every collection interval.
     Counters move at per-link rates of 1 MB/s .. 10 GB/s from a 1e14 base."""
@@ -334,6 +350,9 @@ def link_site_batch(site: str, seq: int, t_ns: int, *, links: int = 50,
         labels = {"link": f"et-0/0/{link}", "media": "optical" if link % 2 else "copper"}
         for metric in ("link_in_octets", "link_out_octets"):
             rate = rnd.randint(10**6, 10**10)
-            b.counter(counter_def(metric, labels, unit="bytes", start_time_unix_nano=start), t_ns,
-                      10**14 + rate * 10 * seq + rnd.randint(0, 10**6))
+            b.counter(
+                counter_def(metric, labels, unit="bytes", start_time_unix_nano=start),
+                t_ns,
+                10**14 + rate * 10 * seq + rnd.randint(0, 10**6),
+            )
     return b.build_bytes(seq, t_ns)

@@ -11,11 +11,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
 @asynccontextmanager
-async def topic_reader(bootstrap: str, topic: str
-                       ) -> AsyncIterator[tuple[AIOKafkaConsumer, list[TopicPartition]]]:
+async def topic_reader(
+    bootstrap: str, topic: str
+) -> AsyncIterator[tuple[AIOKafkaConsumer, list[TopicPartition]]]:
     """A started consumer assigned to every partition of `topic`, positioned at the start."""
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                         enable_auto_commit=False)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
     await c.start()
     try:
         parts = c.partitions_for_topic(topic) or set()
@@ -30,8 +30,7 @@ async def topic_reader(bootstrap: str, topic: str
         await c.stop()
 
 
-async def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 30.0
-                     ) -> list[Any]:
+async def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 30.0) -> list[Any]:
     """Records of every partition of `topic` once `expect` arrived (or the timeout), plus
     whatever one more short poll finds (duplicates beyond `expect`)."""
     async with topic_reader(bootstrap, topic) as (c, tps):

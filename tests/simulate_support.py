@@ -20,9 +20,17 @@ START_S = 1_780_000_000  # 2026-05-28T20:26:40Z
 
 def small(**kw: Any) -> SimulateSettings:
     """A small fleet (1 site per country, few entities), fast-forward, fixed start."""
-    base: dict[str, Any] = dict(sites_per_country=1, links_per_site=4, cells_per_site=3,
-                                hosts_per_site=1, cpus_per_host=2, acceleration=0.0,
-                                start_unix_s=START_S, batch_samples=200, batch_ticks=4)
+    base: dict[str, Any] = dict(
+        sites_per_country=1,
+        links_per_site=4,
+        cells_per_site=3,
+        hosts_per_site=1,
+        cpus_per_host=2,
+        acceleration=0.0,
+        start_unix_s=START_S,
+        batch_samples=200,
+        batch_ticks=4,
+    )
     base.update(kw)
     return SimulateSettings.model_validate(base)
 
@@ -53,15 +61,26 @@ def decode(values: Iterable[bytes]) -> tuple[dict[SeriesKey, list[Sample]], int]
             dups += 1
             continue
         seen.add((b.agent_id, b.seq))
-        keys = [(b.site.site_id, s.metric,
-                 labels_text(tuple((lb.name, lb.value) for lb in s.labels))) for s in b.series]
+        keys = [
+            (b.site.site_id, s.metric, labels_text(tuple((lb.name, lb.value) for lb in s.labels)))
+            for s in b.series
+        ]
         for cols, is_counter in ((wire.counter_columns(b), True), (wire.gauge_columns(b), False)):
-            for i, t, v in zip(cols.series_index.tolist(), cols.time_unix_nano.tolist(),
-                               cols.value.tolist(), strict=True):
+            for i, t, v in zip(
+                cols.series_index.tolist(), cols.time_unix_nano.tolist(), cols.value.tolist(), strict=True
+            ):
                 s = b.series[i]
-                out[keys[i]].append(Sample(t, int(v) if is_counter else float(v),
-                                           s.counter_bits if is_counter else 0, b.boot_id,
-                                           s.start_time_unix_nano, b.agent_id, b.seq))
+                out[keys[i]].append(
+                    Sample(
+                        t,
+                        int(v) if is_counter else float(v),
+                        s.counter_bits if is_counter else 0,
+                        b.boot_id,
+                        s.start_time_unix_nano,
+                        b.agent_id,
+                        b.seq,
+                    )
+                )
     for v in out.values():
         v.sort(key=lambda s: s.time_unix_nano)
     return dict(out), dups
@@ -87,8 +106,9 @@ def increments(samples: list[Sample]) -> list[int | None]:
     return out
 
 
-def window_deltas(series: dict[SeriesKey, list[Sample]], window_s: int
-                  ) -> tuple[dict[tuple[SeriesKey, int], Decimal], dict[tuple[str, str, int], Decimal]]:
+def window_deltas(
+    series: dict[SeriesKey, list[Sample]], window_s: int
+) -> tuple[dict[tuple[SeriesKey, int], Decimal], dict[tuple[str, str, int], Decimal]]:
     """Per series and per (site, metric) window deltas from the reference decoder."""
     w = window_s * NS
     per_series: dict[tuple[SeriesKey, int], Decimal] = defaultdict(Decimal)

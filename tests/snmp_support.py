@@ -26,7 +26,8 @@ HC_COLUMNS = (6, 7, 8, 9, 10, 11, 12, 13)  # ifHCIn/OutOctets and ifHC*Pkts of i
 
 def have_snmpd() -> bool:
     return bool(shutil.which("snmpd") or Path("/usr/sbin/snmpd").exists()) and bool(
-        shutil.which("snmpbulkwalk"))
+        shutil.which("snmpbulkwalk")
+    )
 
 
 def free_udp_port() -> int:
@@ -48,14 +49,16 @@ class Snmpd:
 
     def config(self) -> str:
         hidden = "\n".join(f"view no64 excluded .1.3.6.1.2.1.31.1.1.1.{c}" for c in HC_COLUMNS)
-        return (f"agentAddress udp:127.0.0.1:{self.port}\n"
-                "view all included .1\n"
-                "view no64 included .1\n"
-                f"{hidden}\n"
-                f"rocommunity {COMMUNITY} 127.0.0.1 -V all\n"
-                f"rocommunity {COMMUNITY32} 127.0.0.1 -V no64\n"
-                f'createUser {V3_USER} SHA "{V3_AUTH}" AES "{V3_PRIV}"\n'
-                f"rouser {V3_USER} priv -V all\n")
+        return (
+            f"agentAddress udp:127.0.0.1:{self.port}\n"
+            "view all included .1\n"
+            "view no64 included .1\n"
+            f"{hidden}\n"
+            f"rocommunity {COMMUNITY} 127.0.0.1 -V all\n"
+            f"rocommunity {COMMUNITY32} 127.0.0.1 -V no64\n"
+            f'createUser {V3_USER} SHA "{V3_AUTH}" AES "{V3_PRIV}"\n'
+            f"rouser {V3_USER} priv -V all\n"
+        )
 
     async def start(self) -> None:
         conf = self.dir / "snmpd.conf"
@@ -66,9 +69,24 @@ class Snmpd:
         env = {**os.environ, "SNMP_PERSISTENT_DIR": str(persist), "MIBS": ""}
         log = (self.dir / "snmpd.log").open("ab")
         self.proc = subprocess.Popen(
-            [snmpd, "-f", "-Lo", "-C", "-c", str(conf), "-M", str(self.dir / "nomibs"),
-             "-m", "", "-p", str(self.dir / "snmpd.pid")],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
+            [
+                snmpd,
+                "-f",
+                "-Lo",
+                "-C",
+                "-c",
+                str(conf),
+                "-M",
+                str(self.dir / "nomibs"),
+                "-m",
+                "",
+                "-p",
+                str(self.dir / "snmpd.pid"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         log.close()
         for _ in range(200):
             if self.proc.poll() is not None:
@@ -80,9 +98,21 @@ class Snmpd:
 
     async def _answers(self) -> bool:
         p = await asyncio.create_subprocess_exec(
-            "snmpget", "-v2c", "-c", COMMUNITY, "-t", "0.3", "-r", "0", "-On", "-Oq",
-            self.address, "1.3.6.1.2.1.1.3.0",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            "snmpget",
+            "-v2c",
+            "-c",
+            COMMUNITY,
+            "-t",
+            "0.3",
+            "-r",
+            "0",
+            "-On",
+            "-Oq",
+            self.address,
+            "1.3.6.1.2.1.1.3.0",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         return await p.wait() == 0
 
     def pause(self) -> None:
@@ -109,9 +139,22 @@ async def bulkwalk(address: str, oid: str, *auth: str) -> dict[str, str]:
     """{numeric OID: value} from snmpbulkwalk (-On -Oq -Oe -Ot: numbers, raw enums/ticks)."""
     args = list(auth) or ["-v2c", "-c", COMMUNITY]
     p = await asyncio.create_subprocess_exec(
-        "snmpbulkwalk", *args, "-On", "-Oq", "-Oe", "-Ot", "-t", "2", "-r", "1", address, oid,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "MIBS": ""})
+        "snmpbulkwalk",
+        *args,
+        "-On",
+        "-Oq",
+        "-Oe",
+        "-Ot",
+        "-t",
+        "2",
+        "-r",
+        "1",
+        address,
+        oid,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "MIBS": ""},
+    )
     out, err = await p.communicate()
     if p.returncode != 0:
         raise RuntimeError(f"snmpbulkwalk failed: {err.decode()}")
@@ -125,5 +168,4 @@ async def bulkwalk(address: str, oid: str, *auth: str) -> dict[str, str]:
 
 
 def v3_args(auth: str = V3_AUTH, priv: str = V3_PRIV) -> list[str]:
-    return ["-v3", "-l", "authPriv", "-u", V3_USER, "-a", "SHA", "-A", auth, "-x", "AES",
-            "-X", priv]
+    return ["-v3", "-l", "authPriv", "-u", V3_USER, "-a", "SHA", "-A", auth, "-x", "AES", "-X", priv]

@@ -22,8 +22,9 @@ from typing import Self
 
 
 class TcpProxy:
-    def __init__(self, upstream_host: str, upstream_port: int, *, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+    def __init__(
+        self, upstream_host: str, upstream_port: int, *, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.host = host
         self.port = port
@@ -54,8 +55,9 @@ class TcpProxy:
         await self.start()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
     def pause(self) -> None:

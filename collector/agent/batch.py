@@ -31,8 +31,7 @@ class SiteInfo:
     timezone: str  # IANA
 
     def to_pb(self) -> pb.Site:
-        return pb.Site(site_id=self.site_id, country=self.country, region=self.region,
-                       timezone=self.timezone)
+        return pb.Site(site_id=self.site_id, country=self.country, region=self.region, timezone=self.timezone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,18 +49,33 @@ class SeriesDef:
     _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.metric, self.kind, self.unit, self.labels,
-                                                self.counter_bits, self.start_time_unix_nano,
-                                                self.scale)))
+        object.__setattr__(
+            self,
+            "_hash",
+            hash(
+                (
+                    self.metric,
+                    self.kind,
+                    self.unit,
+                    self.labels,
+                    self.counter_bits,
+                    self.start_time_unix_nano,
+                    self.scale,
+                )
+            ),
+        )
 
     def __hash__(self) -> int:
         return self._hash
 
     def to_pb(self) -> pb.Series:
         return pb.Series(
-            metric=self.metric, kind=self.kind, unit=self.unit,  # type: ignore[arg-type]
+            metric=self.metric,
+            kind=self.kind,  # type: ignore[arg-type]
+            unit=self.unit,
             labels=[pb.Label(name=k, value=v) for k, v in self.labels],
-            counter_bits=self.counter_bits, start_time_unix_nano=self.start_time_unix_nano,
+            counter_bits=self.counter_bits,
+            start_time_unix_nano=self.start_time_unix_nano,
             scale=self.scale,
         )
 
@@ -98,8 +112,15 @@ def _labels(labels: LabelsT) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(items))
 
 
-def counter_def(metric: str, labels: LabelsT, *, unit: str, bits: int = 64,
-                start_time_unix_nano: int = 0, scale: float = 0.0) -> SeriesDef:
+def counter_def(
+    metric: str,
+    labels: LabelsT,
+    *,
+    unit: str,
+    bits: int = 64,
+    start_time_unix_nano: int = 0,
+    scale: float = 0.0,
+) -> SeriesDef:
     return SeriesDef(metric, pb.COUNTER, unit, _labels(labels), bits, start_time_unix_nano, scale)
 
 
@@ -115,8 +136,9 @@ def gauge_def(metric: str, labels: LabelsT, *, unit: str, scale: float = 0.0) ->
 class BatchBuilder:
     """Accumulates samples of one agent and site; `build()` returns the Batch and resets."""
 
-    def __init__(self, agent_id: str, site: SiteInfo, boot_id: str,
-                 unissued: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, agent_id: str, site: SiteInfo, boot_id: str, unissued: tuple[int, int] | None = None
+    ) -> None:
         self.agent_id = agent_id
         self.site = site
         self.boot_id = boot_id
@@ -167,8 +189,7 @@ class BatchBuilder:
         cols[2].append(end_unix_nano)
         cols[3].append(value)
 
-    def period_gauge(self, d: SeriesDef, start_unix_nano: int, end_unix_nano: int,
-                     value: float) -> None:
+    def period_gauge(self, d: SeriesDef, start_unix_nano: int, end_unix_nano: int, value: float) -> None:
         """A statistic (mean, max) over the period [start, end) of a GAUGE series."""
         cols = self._pg
         cols[0].append(self.series_index(d))
@@ -176,17 +197,25 @@ class BatchBuilder:
         cols[2].append(end_unix_nano)
         cols[3].append(value)
 
-    def counter_columns(self, defs: list[SeriesDef], series: npt.NDArray[np.integer],
-                        time_unix_nano: npt.NDArray[np.int64],
-                        value: npt.NDArray[np.uint64]) -> None:
+    def counter_columns(
+        self,
+        defs: list[SeriesDef],
+        series: npt.NDArray[np.integer],
+        time_unix_nano: npt.NDArray[np.int64],
+        value: npt.NDArray[np.uint64],
+    ) -> None:
         """Add many counter samples; `series` indexes into `defs`."""
         table = np.array([self.series_index(d) for d in defs], dtype=np.uint32)
         self._c_raw.append(wire.encode_columns(table[series], time_unix_nano, value, gauge=False))
         self._n_raw += len(series)
 
-    def gauge_columns(self, defs: list[SeriesDef], series: npt.NDArray[np.integer],
-                      time_unix_nano: npt.NDArray[np.int64],
-                      value: npt.NDArray[np.float64]) -> None:
+    def gauge_columns(
+        self,
+        defs: list[SeriesDef],
+        series: npt.NDArray[np.integer],
+        time_unix_nano: npt.NDArray[np.int64],
+        value: npt.NDArray[np.float64],
+    ) -> None:
         table = np.array([self.series_index(d) for d in defs], dtype=np.uint32)
         self._g_raw.append(wire.encode_columns(table[series], time_unix_nano, value, gauge=True))
         self._n_raw += len(series)
@@ -210,8 +239,7 @@ class BatchBuilder:
         out += b"\x29" + struct.pack("<q", created_unix_nano)  # field 5, sfixed64
         for d in self._index:
             out += _series_field(d)
-        for number, cols, raws, gauge in ((7, self._c, self._c_raw, False),
-                                          (8, self._g, self._g_raw, True)):
+        for number, cols, raws, gauge in ((7, self._c, self._c_raw, False), (8, self._g, self._g_raw, True)):
             body = wire.encode_columns(*cols, gauge=gauge) if cols[0] else b""
             if raws:
                 body += b"".join(raws)
@@ -233,8 +261,13 @@ class BatchBuilder:
         return cached[1]
 
     def build(self, seq: int, created_unix_nano: int) -> pb.Batch:
-        b = pb.Batch(agent_id=self.agent_id, seq=seq, site=self.site.to_pb(),
-                     boot_id=self.boot_id, created_unix_nano=created_unix_nano)
+        b = pb.Batch(
+            agent_id=self.agent_id,
+            seq=seq,
+            site=self.site.to_pb(),
+            boot_id=self.boot_id,
+            created_unix_nano=created_unix_nano,
+        )
         if self.unissued is not None:
             b.unissued_seq_first, b.unissued_seq_last = self.unissued
         b.series.extend(d.to_pb() for d in self._index)

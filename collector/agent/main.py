@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--once", action="store_true",
-                        help="collect every enabled source once, deliver, and exit")
+    parser.add_argument(
+        "--once", action="store_true", help="collect every enabled source once, deliver, and exit"
+    )
 
 
 def build_sources(a: AgentSettings) -> list[Source]:
@@ -71,12 +72,15 @@ async def main(settings: Any, args: argparse.Namespace, stop: asyncio.Event) -> 
     site = site_of(a)
     agent_id = a.agent_id or f"{site.site_id}-{socket.gethostname()}"
     if not re.fullmatch(ID_PATTERN, agent_id):
-        raise ConfigError(f"{agent_id!r} (site_id-hostname) is not a valid agent id: set one "
-                          "([A-Za-z0-9][A-Za-z0-9._:-]*, at most 64 characters)",
-                          key="agent.agent_id")
+        raise ConfigError(
+            f"{agent_id!r} (site_id-hostname) is not a valid agent id: set one "
+            "([A-Za-z0-9][A-Za-z0-9._:-]*, at most 64 characters)",
+            key="agent.agent_id",
+        )
     registry = CollectorRegistry()
-    pipeline = AgentPipeline(a, agent_id=agent_id, site=site, boot_id=uuid.uuid4().hex,
-                             spool_dir=a.spool.dir, registry=registry)
+    pipeline = AgentPipeline(
+        a, agent_id=agent_id, site=site, boot_id=uuid.uuid4().hex, spool_dir=a.spool.dir, registry=registry
+    )
     sources = build_sources(a)
     coll = collector_for(registry)
     for s in sources:
@@ -89,25 +93,31 @@ async def main(settings: Any, args: argparse.Namespace, stop: asyncio.Event) -> 
             web = webconfig.load(a.metrics_web_config, "agent.metrics_web_config")
             http, _thread = webconfig.serve_wsgi(host, port, registry, web)
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {a.metrics_listen}: {exc.strerror}",
-                              key="agent.metrics_listen") from exc
+            raise ConfigError(
+                f"cannot listen on {a.metrics_listen}: {exc.strerror}", key="agent.metrics_listen"
+            ) from exc
         metrics_port = http.server_port
     try:
         async with pipeline:
-            print(f"agent ready: agent_id={agent_id} last_seq={pipeline.spool.last_seq} "
-                  f"spooled={len(pipeline.spool)} metrics port={metrics_port}", flush=True)
+            print(
+                f"agent ready: agent_id={agent_id} last_seq={pipeline.spool.last_seq} "
+                f"spooled={len(pipeline.spool)} metrics port={metrics_port}",
+                flush=True,
+            )
             if args.once:
                 for s in sources:
                     await collect_once(s, pipeline)
                 drained = await pipeline.wait_drained(a.shutdown_grace_s)
                 return 0 if drained else 3
-            tasks = [asyncio.create_task(run_source(s, pipeline, stop), name=f"source-{s.name}")
-                     for s in sources]
+            tasks = [
+                asyncio.create_task(run_source(s, pipeline, stop), name=f"source-{s.name}") for s in sources
+            ]
             await stop.wait()
             await asyncio.gather(*tasks)
             st = pipeline.stats
-            log.info("stopping: %d batches still spooled, %d sent, %d acked", st.spool_batches,
-                     st.sent, st.acked)
+            log.info(
+                "stopping: %d batches still spooled, %d sent, %d acked", st.spool_batches, st.sent, st.acked
+            )
     finally:
         for s in sources:
             await s.close()

@@ -83,38 +83,50 @@ class AgentCollector(Collector):
             sources = list(self._sources.items())
         a = ["agent_id"]
         spool_bytes = GaugeMetricFamily(PREFIX + "spool_bytes", "Bytes of spool segment files.", labels=a)
-        spool_batches = GaugeMetricFamily(PREFIX + "spool_batches",
-                                          "Batches in the spool not yet acknowledged.", labels=a)
-        oldest = GaugeMetricFamily(PREFIX + "spool_oldest_unacked_age_seconds",
-                                   "Age of the oldest batch not yet acknowledged (0 if none).",
-                                   labels=a)
-        inflight = GaugeMetricFamily(PREFIX + "batches_in_flight",
-                                     "Batches sent and awaiting an ack.", labels=a)
-        connected = GaugeMetricFamily(PREFIX + "stream_connected",
-                                      "1 while a stream to the ingest service is open.", labels=a)
-        sent = CounterMetricFamily(PREFIX + "batches_sent", "Batch sends (a resend counts again).",
-                                   labels=a)
+        spool_batches = GaugeMetricFamily(
+            PREFIX + "spool_batches", "Batches in the spool not yet acknowledged.", labels=a
+        )
+        oldest = GaugeMetricFamily(
+            PREFIX + "spool_oldest_unacked_age_seconds",
+            "Age of the oldest batch not yet acknowledged (0 if none).",
+            labels=a,
+        )
+        inflight = GaugeMetricFamily(
+            PREFIX + "batches_in_flight", "Batches sent and awaiting an ack.", labels=a
+        )
+        connected = GaugeMetricFamily(
+            PREFIX + "stream_connected", "1 while a stream to the ingest service is open.", labels=a
+        )
+        sent = CounterMetricFamily(PREFIX + "batches_sent", "Batch sends (a resend counts again).", labels=a)
         acked = CounterMetricFamily(PREFIX + "batches_acked", "Batches acknowledged OK.", labels=a)
-        rejected = CounterMetricFamily(PREFIX + "batches_rejected",
-                                       "Batches refused by the ingest and moved aside.", labels=a)
-        dropped = CounterMetricFamily(PREFIX + "batches_dropped",
-                                      "Batches (or damaged spool regions) dropped unsent, by reason.",
-                                      labels=[*a, "reason"])
-        retries = CounterMetricFamily(PREFIX + "send_retries",
-                                      "Retriable acks and broken streams, by kind.",
-                                      labels=[*a, "kind"])
+        rejected = CounterMetricFamily(
+            PREFIX + "batches_rejected", "Batches refused by the ingest and moved aside.", labels=a
+        )
+        dropped = CounterMetricFamily(
+            PREFIX + "batches_dropped",
+            "Batches (or damaged spool regions) dropped unsent, by reason.",
+            labels=[*a, "reason"],
+        )
+        retries = CounterMetricFamily(
+            PREFIX + "send_retries", "Retriable acks and broken streams, by kind.", labels=[*a, "kind"]
+        )
         writable = GaugeMetricFamily(
             PREFIX + "spool_writable",
             "0 after the last spool write or seq reservation failed (disk full, I/O error): "
             "new batches are being dropped (reason io_error); 1 after the last one worked.",
-            labels=a)
+            labels=a,
+        )
         reject_pending = GaugeMetricFamily(
             PREFIX + "rejected_unsaved_batches",
             "Rejected batches kept in the spool because rejected/ could not be written "
-            "(retried by housekeeping).", labels=a)
+            "(retried by housekeeping).",
+            labels=a,
+        )
         last_seq = GaugeMetricFamily(
             PREFIX + "last_seq",
-            "Last seq assigned (after a restart: the last one reserved before it).", labels=a)
+            "Last seq assigned (after a restart: the last one reserved before it).",
+            labels=a,
+        )
         for p in pipelines:
             st = _stats(p)
             lv = [p.agent_id]
@@ -133,16 +145,27 @@ class AgentCollector(Collector):
             last_seq.add_metric(lv, st.last_seq)
             writable.add_metric(lv, 1.0 if st.spool_writable else 0.0)
             reject_pending.add_metric(lv, st.rejects_pending)
-        yield from (spool_bytes, spool_batches, oldest, inflight, connected, sent, acked,
-                    rejected, dropped, retries, last_seq, writable, reject_pending)
+        yield from (
+            spool_bytes,
+            spool_batches,
+            oldest,
+            inflight,
+            connected,
+            sent,
+            acked,
+            rejected,
+            dropped,
+            retries,
+            last_seq,
+            writable,
+            reject_pending,
+        )
         yield from _site_families([(p.agent_id, p.site) for p in pipelines])
         s = ["agent_id", "source"]
         runs = CounterMetricFamily(PREFIX + "source_collections", "Collections run.", labels=s)
         samples = CounterMetricFamily(PREFIX + "source_samples", "Samples collected.", labels=s)
-        errors = CounterMetricFamily(PREFIX + "source_errors", "Collections or files that failed.",
-                                     labels=s)
-        secs = CounterMetricFamily(PREFIX + "source_seconds",
-                                   "Wall time spent collecting.", labels=s)
+        errors = CounterMetricFamily(PREFIX + "source_errors", "Collections or files that failed.", labels=s)
+        secs = CounterMetricFamily(PREFIX + "source_seconds", "Wall time spent collecting.", labels=s)
         for (agent_id, source), ss in sources:
             lv = [agent_id, source]
             runs.add_metric(lv, ss.collections)
@@ -151,34 +174,56 @@ class AgentCollector(Collector):
             secs.add_metric(lv, ss.seconds)
         yield from (runs, samples, errors, secs)
         pm_files = CounterMetricFamily(
-            PREFIX + "pm_files", "PM files read, by result: done (new periods), repeated (every "
+            PREFIX + "pm_files",
+            "PM files read, by result: done (new periods), repeated (every "
             "value already sent before: moved to done/ unsent), older (before the newest period "
-            "of its gNB; sent), failed (broken: moved to failed/).", labels=[*s, "result"])
+            "of its gNB; sent), failed (broken: moved to failed/).",
+            labels=[*s, "result"],
+        )
         pm_values = CounterMetricFamily(
-            PREFIX + "pm_values", "PM file values by result: accepted (sent), nil (NIL: not "
+            PREFIX + "pm_values",
+            "PM file values by result: accepted (sent), nil (NIL: not "
             "available in the period), suspect (flagged suspect; also accepted), "
             "unknown_measurement (a measurement the agent does not accept), repeated (already "
             "sent in an earlier file: not sent again).",
-            labels=[*s, "result"])
+            labels=[*s, "result"],
+        )
         pm_rejected = CounterMetricFamily(
-            PREFIX + "pm_values_rejected", "PM file values rejected, by reason (the file's "
+            PREFIX + "pm_values_rejected",
+            "PM file values rejected, by reason (the file's "
             "other values go through; one log line per file names it).",
-            labels=[*s, "reason"])
+            labels=[*s, "reason"],
+        )
         for (agent_id, source), ss in sources:
-            for fam, table in ((pm_files, ss.pm_files), (pm_values, ss.pm_values),
-                               (pm_rejected, ss.pm_rejected)):
+            for fam, table in (
+                (pm_files, ss.pm_files),
+                (pm_values, ss.pm_values),
+                (pm_rejected, ss.pm_rejected),
+            ):
                 for k, n in sorted(table.items()):
                     fam.add_metric([agent_id, source, k], n)
         yield from (pm_files, pm_values, pm_rejected)
         t = [*s, "target"]
-        t_up = GaugeMetricFamily(PREFIX + "target_up", "1 while the device target answers "
-                                 "(last SNMP poll succeeded, gNMI stream open).", labels=t)
-        t_polls = CounterMetricFamily(PREFIX + "target_polls", "Successful SNMP polls or gNMI "
-                                      "notifications received, per device target.", labels=t)
-        t_reconn = CounterMetricFamily(PREFIX + "target_reconnects", "gNMI streams re-opened "
-                                       "after a failure, per device target.", labels=t)
-        t_err = CounterMetricFamily(PREFIX + "target_errors", "Failed polls / streams per "
-                                    "device target, by reason.", labels=[*t, "reason"])
+        t_up = GaugeMetricFamily(
+            PREFIX + "target_up",
+            "1 while the device target answers (last SNMP poll succeeded, gNMI stream open).",
+            labels=t,
+        )
+        t_polls = CounterMetricFamily(
+            PREFIX + "target_polls",
+            "Successful SNMP polls or gNMI notifications received, per device target.",
+            labels=t,
+        )
+        t_reconn = CounterMetricFamily(
+            PREFIX + "target_reconnects",
+            "gNMI streams re-opened after a failure, per device target.",
+            labels=t,
+        )
+        t_err = CounterMetricFamily(
+            PREFIX + "target_errors",
+            "Failed polls / streams per device target, by reason.",
+            labels=[*t, "reason"],
+        )
         for (agent_id, source), ss in sources:
             for name, ts in list(ss.targets.items()):
                 lv = [agent_id, source, name]
@@ -196,8 +241,9 @@ def _site_families(agents: list[tuple[str, SiteInfo]], now: float | None = None)
     its IANA zone, so daylight saving time moves it), which local-time dashboards need."""
     lab = ["agent_id", "site", "country", "region", "timezone"]
     info = GaugeMetricFamily(PREFIX + "site_info", "Site of the agent (value 1).", labels=lab)
-    offset = GaugeMetricFamily(PREFIX + "site_utc_offset_seconds",
-                               "UTC offset of the site's time zone at scrape time.", labels=lab)
+    offset = GaugeMetricFamily(
+        PREFIX + "site_utc_offset_seconds", "UTC offset of the site's time zone at scrape time.", labels=lab
+    )
     now = time.time() if now is None else now
     for agent_id, site in agents:
         lv = [agent_id, site.site_id, site.country, site.region, site.timezone]

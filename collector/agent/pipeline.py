@@ -65,9 +65,17 @@ class AgentStats:
 class AgentPipeline:
     """Spool + sender for one agent identity. `start/stop` are idempotent; `async with` works."""
 
-    def __init__(self, settings: AgentSettings, *, agent_id: str, site: SiteInfo, boot_id: str,
-                 spool_dir: Path, token: str | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        agent_id: str,
+        site: SiteInfo,
+        boot_id: str,
+        spool_dir: Path,
+        token: str | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         if not agent_id:
             raise ValueError("agent_id must not be empty")
         self.settings = settings
@@ -89,8 +97,9 @@ class AgentPipeline:
         self.spool.open()
         self.loop_and_thread = (asyncio.get_running_loop(), threading.get_ident())
         await self.sender.start()
-        self._housekeeping = asyncio.create_task(self._housekeep(),
-                                                 name=f"agent-housekeeping-{self.agent_id}")
+        self._housekeeping = asyncio.create_task(
+            self._housekeep(), name=f"agent-housekeeping-{self.agent_id}"
+        )
         if self._registry is not None:
             collector_for(self._registry).add(self)
         self._started = True
@@ -118,8 +127,9 @@ class AgentPipeline:
         await self.start()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
     async def _housekeep(self) -> None:
@@ -153,15 +163,23 @@ class AgentPipeline:
             # it by reason and tell the caller, which counts a failed collection.
             self.spool.counters.dropped[DROP_IO_ERROR] += 1
             self.spool.write_ok = False
-            log.error("cannot reserve a seq in %s (%s): batch of %d samples dropped",
-                      self.spool.dir, exc.strerror or exc, len(builder))
+            log.error(
+                "cannot reserve a seq in %s (%s): batch of %d samples dropped",
+                self.spool.dir,
+                exc.strerror or exc,
+                len(builder),
+            )
             raise SpoolError(f"seq reservation failed: {exc.strerror or exc}") from exc
         now = time.time_ns()
         payload = builder.build_bytes(seq, now)
         if len(payload) > self.settings.ingest.max_batch_bytes:
-            log.error("batch seq %d is %d bytes, over agent.ingest.max_batch_bytes (%d): dropped;"
-                      " split the source (fewer links per adapter)", seq, len(payload),
-                      self.settings.ingest.max_batch_bytes)
+            log.error(
+                "batch seq %d is %d bytes, over agent.ingest.max_batch_bytes (%d): dropped;"
+                " split the source (fewer links per adapter)",
+                seq,
+                len(payload),
+                self.settings.ingest.max_batch_bytes,
+            )
             self.spool.discard(seq, DROP_TOO_LARGE)
             return seq
         self.spool.append(seq, priority, now, payload)
@@ -189,10 +207,18 @@ class AgentPipeline:
         age = max(0.0, (time.time_ns() - oldest) / 1e9) if oldest is not None else 0.0
         c = sp.counters
         return AgentStats(
-            sent=self.sender.counters.sent, acked=c.acked, rejected=c.rejected,
-            dropped=dict(c.dropped), spool_bytes=sp.bytes, spool_batches=len(sp),
-            oldest_unacked_age_s=age, in_flight=self.sender.in_flight,
-            connected=self.sender.connected, retriable_acks=self.sender.counters.retriable_acks,
-            stream_failures=self.sender.counters.stream_failures, last_seq=sp.last_seq,
-            spool_writable=sp.write_ok, rejects_pending=sp.rejects_pending,
+            sent=self.sender.counters.sent,
+            acked=c.acked,
+            rejected=c.rejected,
+            dropped=dict(c.dropped),
+            spool_bytes=sp.bytes,
+            spool_batches=len(sp),
+            oldest_unacked_age_s=age,
+            in_flight=self.sender.in_flight,
+            connected=self.sender.connected,
+            retriable_acks=self.sender.counters.retriable_acks,
+            stream_failures=self.sender.counters.stream_failures,
+            last_seq=sp.last_seq,
+            spool_writable=sp.write_ok,
+            rejects_pending=sp.rejects_pending,
         )

@@ -40,8 +40,9 @@ METHOD = "/telemetry.v1.IngestService/Stream"
 REJECT_CODES = frozenset({pb.INVALID_ARGUMENT, pb.PERMISSION_DENIED})
 
 
-def backoff_delay(attempt: int, initial_s: float, max_s: float,
-                  rand: Callable[[], float] = random.random) -> float:
+def backoff_delay(
+    attempt: int, initial_s: float, max_s: float, rand: Callable[[], float] = random.random
+) -> float:
     """Full jitter: uniform in [0, min(max_s, initial_s * 2**attempt)]."""
     cap = min(max_s, initial_s * (2 ** min(attempt, 62)))
     return cap * rand()
@@ -72,8 +73,9 @@ def read_token(settings: IngestTargetSettings) -> str:
         try:
             lines = settings.token_file.read_text().splitlines()
         except OSError as exc:
-            raise ConfigError(f"cannot read token file {settings.token_file}: {exc.strerror}",
-                              key="agent.ingest.token_file") from exc
+            raise ConfigError(
+                f"cannot read token file {settings.token_file}: {exc.strerror}", key="agent.ingest.token_file"
+            ) from exc
         return lines[0].strip() if lines else ""
     return settings.token
 
@@ -117,8 +119,14 @@ class SenderCounters:
 class Sender:
     """Owns the connection to the ingest service for one agent identity."""
 
-    def __init__(self, settings: IngestTargetSettings, spool: Spool, *, token: str | None = None,
-                 rand: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        settings: IngestTargetSettings,
+        spool: Spool,
+        *,
+        token: str | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         self.settings = settings
         self.spool = spool
         self._token = read_token(settings) if token is None else token
@@ -197,8 +205,7 @@ class Sender:
                     attempt = 0
                     continue
                 if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                    log.error("ingest refused the stream (%s): check agent.ingest.token / certs",
-                              msg)
+                    log.error("ingest refused the stream (%s): check agent.ingest.token / certs", msg)
                 pushback = retry_pushback_s(exc)  # e.g. the site's stream limit was reached
                 self._note_failure(msg)
             except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
@@ -213,8 +220,12 @@ class Sender:
                 self._progress.set()
             if self.spool.counters.acked > acked_before:
                 attempt = 0
-            delay = max(pushback, backoff_delay(attempt, self.settings.backoff_initial_s,
-                                                self.settings.backoff_max_s, self._rand))
+            delay = max(
+                pushback,
+                backoff_delay(
+                    attempt, self.settings.backoff_initial_s, self.settings.backoff_max_s, self._rand
+                ),
+            )
             attempt += 1
             await self._sleep(delay)
 
@@ -228,8 +239,13 @@ class Sender:
         if not self._streak_stream and not self._streak_acks:
             self._streak_since = time.monotonic()
             what = "stream failed" if stream else "batches not stored"
-            log.warning("ingest %s (%s): %s; retrying with backoff, the spool keeps every batch "
-                        "(logged once until it recovers)", what, self.settings.target, msg)
+            log.warning(
+                "ingest %s (%s): %s; retrying with backoff, the spool keeps every batch "
+                "(logged once until it recovers)",
+                what,
+                self.settings.target,
+                msg,
+            )
         if stream:
             self._streak_stream += 1
         else:
@@ -237,10 +253,14 @@ class Sender:
         self.last_error = msg
 
     def _recovered(self) -> None:
-        log.warning("ingest (%s) recovered after %.1fs: %d stream failure(s), %d retriable "
-                    "ack(s); last error: %s", self.settings.target,
-                    time.monotonic() - self._streak_since, self._streak_stream, self._streak_acks,
-                    self.last_error)
+        log.warning(
+            "ingest (%s) recovered after %.1fs: %d stream failure(s), %d retriable ack(s); last error: %s",
+            self.settings.target,
+            time.monotonic() - self._streak_since,
+            self._streak_stream,
+            self._streak_acks,
+            self.last_error,
+        )
         self.counters.recoveries += 1
         self._streak_stream = self._streak_acks = 0
 
@@ -272,8 +292,9 @@ class Sender:
         try:
             ready = asyncio.ensure_future(channel.channel_ready())
             stop = asyncio.ensure_future(self._stopping.wait())
-            done, _ = await asyncio.wait({ready, stop}, timeout=self.settings.connect_timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {ready, stop}, timeout=self.settings.connect_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
             stop.cancel()
             if ready not in done:
                 ready.cancel()
@@ -283,8 +304,9 @@ class Sender:
                     return
                 raise _StreamBroken(f"no connection within {self.settings.connect_timeout_s}s")
             metadata = (("authorization", f"Bearer {self._token}"),) if self._token else None
-            stream = channel.stream_stream(METHOD, request_serializer=_identity,
-                                           response_deserializer=pb.Ack.FromString)
+            stream = channel.stream_stream(
+                METHOD, request_serializer=_identity, response_deserializer=pb.Ack.FromString
+            )
             call = stream(metadata=metadata)
             self.connected = True
             self._retry_at = 0.0
@@ -294,8 +316,7 @@ class Sender:
             try:
                 # Whichever ends first ends the session: the reader on a status or EOF, the
                 # writer when a write fails, the watchdog when acks stop coming.
-                done, _ = await asyncio.wait({reader, writer, watchdog},
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({reader, writer, watchdog}, return_when=asyncio.FIRST_COMPLETED)
                 if writer in done and not reader.done():
                     # A write on a call the ingest already ended (e.g. an idle close racing
                     # the next batch): the status the reader is about to get says why.
@@ -370,16 +391,27 @@ class Sender:
         elif ack.code in REJECT_CODES:
             del self._inflight[first]
             name = pb.Code.Name(ack.code)
-            log.error("batch seq %d rejected (%s: %s): moved to %s", first, name, ack.reason,
-                      self.spool.rejected_dir)
+            log.error(
+                "batch seq %d rejected (%s: %s): moved to %s",
+                first,
+                name,
+                ack.reason,
+                self.spool.rejected_dir,
+            )
             self.spool.reject(first, name, ack.reason)
         else:
             del self._inflight[first]
             self.spool.requeue([first])
             self.counters.retriable_acks += 1
-            delay = max(ack.retry_after_ms / 1000.0,
-                        backoff_delay(self._ack_failures, self.settings.backoff_initial_s,
-                                      self.settings.backoff_max_s, self._rand))
+            delay = max(
+                ack.retry_after_ms / 1000.0,
+                backoff_delay(
+                    self._ack_failures,
+                    self.settings.backoff_initial_s,
+                    self.settings.backoff_max_s,
+                    self._rand,
+                ),
+            )
             self._ack_failures += 1
             loop = asyncio.get_running_loop()
             self._retry_at = max(self._retry_at, loop.time() + delay)

@@ -94,13 +94,23 @@ def _crc(fmt: int, priority: int, length: int, seq: int, created: int, payload: 
     return zlib.crc32(payload, zlib.crc32(head))
 
 
-def encode_record(seq: int, priority: int, created_unix_nano: int, payload: bytes, *,
-                  fmt: int = RAW) -> bytes:
+def encode_record(
+    seq: int, priority: int, created_unix_nano: int, payload: bytes, *, fmt: int = RAW
+) -> bytes:
     """One spool record: header plus the payload as stored (compress first for ZLIB)."""
     n = len(payload)
-    return HEADER.pack(MAGIC, fmt, priority, n,
-                       _crc(fmt, priority, n, seq, created_unix_nano, payload),
-                       seq, created_unix_nano) + payload
+    return (
+        HEADER.pack(
+            MAGIC,
+            fmt,
+            priority,
+            n,
+            _crc(fmt, priority, n, seq, created_unix_nano, payload),
+            seq,
+            created_unix_nano,
+        )
+        + payload
+    )
 
 
 def decode_payload(rec: Record, stored: bytes) -> bytes:
@@ -124,7 +134,7 @@ def _valid_at(data: bytes | memoryview, pos: int) -> Record | None:
     end = pos + HEADER_SIZE + length
     if end > len(data):
         return None
-    payload = bytes(data[pos + HEADER_SIZE:end])
+    payload = bytes(data[pos + HEADER_SIZE : end])
     if _crc(fmt, prio, length, seq, created, payload) != crc:
         return None
     return Record(seq, prio, created, pos, length, fmt)
@@ -187,8 +197,13 @@ class SpoolCounters:
 class Spool:
     """Durable queue of serialised batches keyed by seq. Not thread-safe; one event loop."""
 
-    def __init__(self, settings: SpoolSettings, directory: Path | None = None, *,
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self,
+        settings: SpoolSettings,
+        directory: Path | None = None,
+        *,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
         self.settings = settings
         self.dir = Path(directory or settings.dir)
         self.rejected_dir = self.dir / "rejected"
@@ -232,8 +247,13 @@ class Spool:
             self._abandon()
             raise
         self.opened = True
-        log.info("spool %s: %d batches (%d bytes) to deliver, next seq %d", self.dir,
-                 len(self._records), self._bytes, self._next_seq)
+        log.info(
+            "spool %s: %d batches (%d bytes) to deliver, next seq %d",
+            self.dir,
+            len(self._records),
+            self._bytes,
+            self._next_seq,
+        )
 
     def _lock(self) -> None:
         # Two agents on one spool would interleave records and reuse seqs: refuse. The
@@ -281,8 +301,10 @@ class Spool:
             if max_seen or (self.dir / "acks.log").exists():
                 # The seq file is written when a spool is first opened: a used spool without
                 # it means it was deleted, and seqs used before could be handed out again.
-                raise SpoolError(f"{self.dir / 'seq'} is missing in a spool that was used; "
-                                 "restore it or set a new agent_id (and move the spool aside)")
+                raise SpoolError(
+                    f"{self.dir / 'seq'} is missing in a spool that was used; "
+                    "restore it or set a new agent_id (and move the spool aside)"
+                )
             reserved = 0
             self._write_seq_file(0)
         self._reserved_upto = max(reserved, max_seen)
@@ -307,8 +329,11 @@ class Spool:
                 self._write_seq_file(self.last_seq)
                 self._reserved_upto = self.last_seq
             except OSError as exc:
-                log.warning("cannot shrink %s at close (%s): the next start skips the rest of "
-                            "the reserved block", self.dir / "seq", exc.strerror)
+                log.warning(
+                    "cannot shrink %s at close (%s): the next start skips the rest of the reserved block",
+                    self.dir / "seq",
+                    exc.strerror,
+                )
         for seg in self._segments:
             os.close(seg.fd)
         self._segments.clear()
@@ -319,8 +344,7 @@ class Spool:
         self._unlock()
         self.opened = False
 
-    def _recover_segment(self, path: Path, prio: int, first: int,
-                         done: list[tuple[int, int]]) -> int:
+    def _recover_segment(self, path: Path, prio: int, first: int, done: list[tuple[int, int]]) -> int:
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -329,14 +353,14 @@ class Spool:
             return 0
         res = scan(data)
         if res.corrupt or res.torn:
-            log.warning("spool segment %s: %d corrupt region(s), %d torn tail(s) skipped",
-                        path, res.corrupt, res.torn)
+            log.warning(
+                "spool segment %s: %d corrupt region(s), %d torn tail(s) skipped", path, res.corrupt, res.torn
+            )
             self.counters.dropped[DROP_CORRUPT] += res.corrupt
             self.counters.dropped[DROP_TORN] += res.torn
         max_seq = max((r.seq for r in res.records), default=0)
         # A seq already recovered from another segment (a copy) is live only once.
-        live = {r.seq for r in res.records
-                if not _covered(done, r.seq) and r.seq not in self._records}
+        live = {r.seq for r in res.records if not _covered(done, r.seq) and r.seq not in self._records}
         if not live:
             path.unlink(missing_ok=True)
             return max_seq
@@ -465,8 +489,12 @@ class Spool:
     def _make_room(self, need: int) -> None:
         while self._segments and self._bytes + need > self.settings.max_bytes:
             victim = min(self._segments, key=lambda s: (s.priority, s.first_seq))
-            log.warning("spool full: dropping segment %s (%d batches, priority %d)",
-                        victim.path.name, len(victim.live), victim.priority)
+            log.warning(
+                "spool full: dropping segment %s (%d batches, priority %d)",
+                victim.path.name,
+                len(victim.live),
+                victim.priority,
+            )
             self._drop_segment(victim, DROP_SPOOL_FULL)
 
     def _drop_segment(self, seg: _Segment, reason: str) -> None:
@@ -492,8 +520,9 @@ class Spool:
             try:
                 self._open_journal()
             except OSError as exc:  # the old journal stays in use; compaction is retried later
-                log.warning("ack journal not compacted (%s): the current one stays in use",
-                            exc.strerror or exc)
+                log.warning(
+                    "ack journal not compacted (%s): the current one stays in use", exc.strerror or exc
+                )
 
     def expire(self) -> None:
         """Drop batches older than max_age_s (whole segments whose newest batch is too old)."""
@@ -532,8 +561,7 @@ class Spool:
         return decode_payload(rec, os.pread(seg.fd, rec.length, rec.offset + HEADER_SIZE))
 
     def has_waiting(self) -> bool:
-        while self._pending and (self._pending[0] not in self._records
-                                 or self._pending[0] in self._taken):
+        while self._pending and (self._pending[0] not in self._records or self._pending[0] in self._taken):
             heapq.heappop(self._pending)
         return bool(self._pending)
 
@@ -573,9 +601,12 @@ class Spool:
         try:
             payload = self._payload(seg, rec)
             batch.write_bytes(payload)
-            batch.with_suffix(".json").write_text(json.dumps(
-                {"seq": seq, "code": code, "reason": reason,
-                 "rejected_unix_nano": self._clock_ns()}) + "\n")
+            batch.with_suffix(".json").write_text(
+                json.dumps(
+                    {"seq": seq, "code": code, "reason": reason, "rejected_unix_nano": self._clock_ns()}
+                )
+                + "\n"
+            )
         except zlib.error as exc:
             # The stored payload itself is damaged: no copy can ever be made.
             log.error("rejected batch %d is damaged in the spool (%s): dropped", seq, exc)
@@ -585,8 +616,12 @@ class Spool:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 batch.unlink(missing_ok=True)
-            log.error("cannot keep rejected batch %d in %s (%s): kept in the spool, retried",
-                      seq, self.rejected_dir, exc.strerror or exc)
+            log.error(
+                "cannot keep rejected batch %d in %s (%s): kept in the spool, retried",
+                seq,
+                self.rejected_dir,
+                exc.strerror or exc,
+            )
             return False
         with contextlib.suppress(OSError):
             self._trim_rejected()
@@ -655,7 +690,7 @@ class Spool:
         out: list[tuple[int, int]] = []
         for pos in range(0, len(data) - _ACK.size + 1, _ACK.size):
             lo, hi, crc = _ACK.unpack_from(data, pos)
-            if zlib.crc32(data[pos:pos + 16]) == crc and lo <= hi:
+            if zlib.crc32(data[pos : pos + 16]) == crc and lo <= hi:
                 out.append((lo, hi))
         out.sort()
         merged: list[tuple[int, int]] = []

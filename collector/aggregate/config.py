@@ -27,7 +27,8 @@ class AggregateSettings(BaseModel):
         ),
     )
     state_replication_factor: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description=(
             "Replication factor of the state topic when the aggregator creates it (an existing "
             "topic is left as it is). Default: 3, or the number of brokers when the cluster "
@@ -45,7 +46,8 @@ class AggregateSettings(BaseModel):
         ),
     )
     allowed_lateness_s: float = Field(
-        10.0, ge=0,
+        10.0,
+        ge=0,
         description=(
             "Watermark = the oldest newest-event-time among the partition's active sites minus "
             "this. A sample whose event time is before the watermark rounded down to a pane (or "
@@ -54,7 +56,8 @@ class AggregateSettings(BaseModel):
         ),
     )
     site_idle_s: float = Field(
-        300.0, gt=0,
+        300.0,
+        gt=0,
         description=(
             "A partition's windows close as its slowest site's event time advances (agents batch "
             "and deliver at their own pace). A site whose newest event time is more than this "
@@ -63,7 +66,8 @@ class AggregateSettings(BaseModel):
         ),
     )
     period_horizon_s: float = Field(
-        21_600.0, gt=0,
+        21_600.0,
+        gt=0,
         description=(
             "Period samples (PM file counts and statistics over [start, end), which bypass the "
             "watermark): a period that ended more than this before the newest period of the same "
@@ -72,21 +76,24 @@ class AggregateSettings(BaseModel):
         ),
     )
     idle_timeout_s: float = Field(
-        30.0, gt=0,
+        30.0,
+        gt=0,
         description=(
             "A partition that delivers no record for this long (wall clock) lets its event time "
             "advance with the wall clock, so windows of silent sites close and stale series expire."
         ),
     )
     stale_ttl_s: float = Field(
-        600.0, gt=0,
+        600.0,
+        gt=0,
         description=(
             "A series with no sample for this long (event time of its partition) disappears from "
             "/metrics and from state."
         ),
     )
     max_counter_rate: float = Field(
-        1e15, gt=0,
+        1e15,
+        gt=0,
         description=(
             "Largest plausible increase per second of any counter (default 1e15: 8 Pb/s of "
             "octets, 20x the 402 Tb/s record link). A decrease is read as a wrap only when the "
@@ -95,11 +102,13 @@ class AggregateSettings(BaseModel):
         ),
     )
     max_series_per_site: int = Field(
-        20_000, ge=1,
+        20_000,
+        ge=1,
         description="Cardinality cap: new series of a site beyond this are dropped and counted.",
     )
     dedup_window: int = Field(
-        65_536, ge=64,
+        65_536,
+        ge=64,
         description=(
             "Per agent, how many seqs below the highest seen are remembered for duplicate "
             "detection. A batch older than that is dropped as too old to be told apart from a "
@@ -107,19 +116,23 @@ class AggregateSettings(BaseModel):
         ),
     )
     max_poll_records: int = Field(
-        2000, ge=1,
+        2000,
+        ge=1,
         description="Records fetched and processed together (one micro-batch) per poll.",
     )
     poll_timeout_ms: int = Field(200, ge=1, description="Longest wait of one poll for new records.")
     checkpoint_interval_s: float = Field(
-        5.0, gt=0,
+        5.0,
+        gt=0,
         description=(
             "How often partition state is checkpointed to the state topic and offsets committed. "
             "A restart replays at most this much (deterministically)."
         ),
     )
     checkpoint_max_share: float = Field(
-        0.25, gt=0, le=1,
+        0.25,
+        gt=0,
+        le=1,
         description=(
             "Longest share of the consume loop's time spent writing checkpoints: after a round "
             "that took T seconds (serialising every changed partition, the state-topic writes "
@@ -130,7 +143,8 @@ class AggregateSettings(BaseModel):
         ),
     )
     checkpoint_chunk_bytes: int = Field(
-        512 * 1024, ge=16 * 1024,
+        512 * 1024,
+        ge=16 * 1024,
         description="Checkpoints larger than this are split into several state-topic records.",
     )
     metrics_listen: str = Field(
@@ -160,7 +174,8 @@ class AggregateSettings(BaseModel):
         ),
     )
     ledger_refresh_s: float = Field(
-        5.0, gt=0,
+        5.0,
+        gt=0,
         description=(
             "/metrics is rendered once per closed-window generation, committed checkpoint and "
             "this period: the per-site ledger and the aggregator's own metrics (which change with "
@@ -187,7 +202,8 @@ class AggregateSettings(BaseModel):
         ),
     )
     heap_retain_mb: int = Field(
-        256, ge=0,
+        256,
+        ge=0,
         description=(
             "glibc only: keep up to this many MiB of freed heap for reuse instead of returning "
             "it to the kernel after every window close (a close allocates and frees many "
@@ -196,16 +212,16 @@ class AggregateSettings(BaseModel):
         ),
     )
     stop_grace_s: float = Field(
-        10.0, ge=0,
+        10.0,
+        ge=0,
         description="On stop: how long to wait for the final checkpoint before giving up.",
     )
     session_timeout_ms: int = Field(
-        10_000, ge=1000,
+        10_000,
+        ge=1000,
         description="Consumer group session timeout; a dead member's partitions move after this.",
     )
-    heartbeat_interval_ms: int = Field(
-        1_000, ge=100, description="Consumer group heartbeat interval."
-    )
+    heartbeat_interval_ms: int = Field(1_000, ge=100, description="Consumer group heartbeat interval.")
 
     @field_validator("windows_s")
     @classmethod

@@ -48,8 +48,7 @@ class Carry:
 
     @classmethod
     def empty(cls, n: int) -> Carry:
-        return cls(np.zeros(n, bool), np.zeros(n, np.uint64), np.zeros(n, np.int64),
-                   np.zeros(n, np.int64))
+        return cls(np.zeros(n, bool), np.zeros(n, np.uint64), np.zeros(n, np.int64), np.zeros(n, np.int64))
 
     def grow(self, n: int) -> None:
         if n <= len(self.has):
@@ -127,9 +126,18 @@ def counter_deltas(
     return out
 
 
-def _grown_64bit(t: np.ndarray, v: np.ndarray, epoch: np.ndarray, prev_v: np.ndarray,
-                 prev_t: np.ndarray, prev_e: np.ndarray, has_prev: np.ndarray, all_prev: bool,
-                 bits: np.ndarray, max_rate: float | npt.NDArray[np.float64] | None) -> Deltas | None:
+def _grown_64bit(
+    t: np.ndarray,
+    v: np.ndarray,
+    epoch: np.ndarray,
+    prev_v: np.ndarray,
+    prev_t: np.ndarray,
+    prev_e: np.ndarray,
+    has_prev: np.ndarray,
+    all_prev: bool,
+    bits: np.ndarray,
+    max_rate: float | npt.NDArray[np.float64] | None,
+) -> Deltas | None:
     """The usual case in a few passes, or None: only 64-bit counters, none decreased, and no
     interval long enough to be ambiguous. Then no wrap and no value beyond the width can
     occur, and what `_general` computes reduces to: an interval counts when both samples are
@@ -152,13 +160,22 @@ def _grown_64bit(t: np.ndarray, v: np.ndarray, epoch: np.ndarray, prev_v: np.nda
     if all_prev and same.all():
         return Deltas(v - prev_v, gap, same, no, no, no)
     valid = has_prev & same
-    return Deltas(np.where(valid, v - prev_v, U64(0)), np.where(valid, gap, 0), valid,
-                  has_prev & ~same, no, no)
+    return Deltas(
+        np.where(valid, v - prev_v, U64(0)), np.where(valid, gap, 0), valid, has_prev & ~same, no, no
+    )
 
 
-def _general(t: np.ndarray, v: np.ndarray, epoch: np.ndarray, prev_v: np.ndarray, prev_t: np.ndarray,
-             prev_e: np.ndarray, has_prev: np.ndarray, bits: np.ndarray,
-             max_rate: float | npt.NDArray[np.float64] | None) -> Deltas:
+def _general(
+    t: np.ndarray,
+    v: np.ndarray,
+    epoch: np.ndarray,
+    prev_v: np.ndarray,
+    prev_t: np.ndarray,
+    prev_e: np.ndarray,
+    has_prev: np.ndarray,
+    bits: np.ndarray,
+    max_rate: float | npt.NDArray[np.float64] | None,
+) -> Deltas:
     """Every interval classified: counted, wrap, reset or ambiguous (see the module doc)."""
     n = len(t)
     is32 = bits == 32

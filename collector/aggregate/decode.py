@@ -38,8 +38,12 @@ _DELTAS_TAG = 0x4A  # field 9, wire type 2
 _PERIOD_GAUGES_TAG = 0x52  # field 10, wire type 2
 _K_GAP_FIRST, _K_GAP_LAST = 0x70, 0x78  # fields 14, 15 (unissued seqs), varint
 # The column fields after the series table, in field order (canonical serialisation).
-_TAIL = (("counters", _COUNTERS_TAG), ("gauges", _GAUGES_TAG), ("deltas", _DELTAS_TAG),
-         ("period_gauges", _PERIOD_GAUGES_TAG))
+_TAIL = (
+    ("counters", _COUNTERS_TAG),
+    ("gauges", _GAUGES_TAG),
+    ("deltas", _DELTAS_TAG),
+    ("period_gauges", _PERIOD_GAUGES_TAG),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,12 +265,39 @@ class Rec:
     """One record as the poll path reads it: header scalars and the raw little-endian bytes of
     each packed column (series index, time, value), joined per poll into one array each."""
 
-    __slots__ = ("agent_id", "batch", "boot_id", "c", "country", "deltas", "g", "n_series", "nc", "ng",
-                 "period_gauges", "region", "seq", "site_id", "table_key", "unissued", "value")
+    __slots__ = (
+        "agent_id",
+        "batch",
+        "boot_id",
+        "c",
+        "country",
+        "deltas",
+        "g",
+        "n_series",
+        "nc",
+        "ng",
+        "period_gauges",
+        "region",
+        "seq",
+        "site_id",
+        "table_key",
+        "unissued",
+        "value",
+    )
 
-    def __init__(self, value: bytes, agent_id: str, seq: int, site: tuple[str, str, str], boot_id: str,
-                 table_key: bytes | None, n_series: int, c: tuple[bytes, bytes, bytes],
-                 g: tuple[bytes, bytes, bytes], batch: pb.Batch | None) -> None:
+    def __init__(
+        self,
+        value: bytes,
+        agent_id: str,
+        seq: int,
+        site: tuple[str, str, str],
+        boot_id: str,
+        table_key: bytes | None,
+        n_series: int,
+        c: tuple[bytes, bytes, bytes],
+        g: tuple[bytes, bytes, bytes],
+        batch: pb.Batch | None,
+    ) -> None:
         self.value = value
         self.agent_id = agent_id
         self.seq = seq
@@ -315,7 +346,7 @@ def _col_bytes(data: bytes, pos: int, end: int) -> tuple[bytes, bytes, bytes] | 
             n, p = _varint(data, p)
         if p + n > end:
             return None
-        out[k] = data[p:p + n]
+        out[k] = data[p : p + n]
         k += 1
         pos = p + n
     if len(out[0]) & 3 or len(out[1]) & 7 or len(out[2]) & 7:
@@ -354,7 +385,7 @@ def _three_columns(data: bytes, pos: int, end: int) -> tuple[bytes, bytes, bytes
                 return None
             n = (n & 0x7F) | (hi << 7)
             pos += 3
-        out.append(data[pos:pos + n])
+        out.append(data[pos : pos + n])
         pos += n
     if pos != end:
         return None
@@ -386,8 +417,9 @@ class Decoder:
         """One record; raises ProtocolError(reason) for a record the full parse refuses.
         A record read by the fast path still needs `check` (done per poll)."""
         # (the schema header alone, as the ingest writes it, needs no look)
-        if headers and not (isinstance(headers, tuple | list) and len(headers) == 1
-                            and headers[0] == _SCHEMA_OK):
+        if headers and not (
+            isinstance(headers, tuple | list) and len(headers) == 1 and headers[0] == _SCHEMA_OK
+        ):
             _check_headers(headers)
         if not value:
             raise ProtocolError("empty")
@@ -408,11 +440,18 @@ class Decoder:
                 self._tables.clear()
             self._tables[d.agent_id] = (key, len(d.batch.series))
         cc, gc = d.counters, d.gauges
-        r = Rec(value, d.agent_id, d.seq, (d.site_id, d.country, d.region), d.boot_id, key,
-                len(d.batch.series),
-                (cc.series_index.tobytes(), cc.time_unix_nano.tobytes(), cc.value.tobytes()),
-                (gc.series_index.tobytes(), gc.time_unix_nano.tobytes(), gc.value.tobytes()),
-                d.batch)
+        r = Rec(
+            value,
+            d.agent_id,
+            d.seq,
+            (d.site_id, d.country, d.region),
+            d.boot_id,
+            key,
+            len(d.batch.series),
+            (cc.series_index.tobytes(), cc.time_unix_nano.tobytes(), cc.value.tobytes()),
+            (gc.series_index.tobytes(), gc.time_unix_nano.tobytes(), gc.value.tobytes()),
+            d.batch,
+        )
         r.deltas, r.period_gauges = d.deltas, d.period_gauges
         r.unissued = unissued_range(d.batch.unissued_seq_first, d.batch.unissued_seq_last, d.seq)
         return r
@@ -457,13 +496,13 @@ class Decoder:
             if p + n > end:
                 return None
             if key == _K_AGENT:
-                agent = data[p:p + n].decode()
+                agent = data[p : p + n].decode()
                 if pos == 0:
                     a_end = p + n
             elif key == _K_BOOT:
-                boot = data[p:p + n].decode()
+                boot = data[p : p + n].decode()
             else:
-                site = data[p:p + n]
+                site = data[p : p + n]
             pos = p + n
         if pos > end or not agent or not seq or not site:
             return None
@@ -578,8 +617,20 @@ class Decoder:
         cc, gc = poll_columns([r])
         if check([r], cc, gc):
             return decode(r.value)  # raises the full parse's reason
-        return Decoded(r.batch, r.agent_id, r.seq, r.site_id, r.boot_id, r.table_key, cc, gc,
-                       r.deltas, r.period_gauges, r.country, r.region)
+        return Decoded(
+            r.batch,
+            r.agent_id,
+            r.seq,
+            r.site_id,
+            r.boot_id,
+            r.table_key,
+            cc,
+            gc,
+            r.deltas,
+            r.period_gauges,
+            r.country,
+            r.region,
+        )
 
 
 def poll_columns(recs: Sequence[Rec]) -> tuple[wire.Columns, wire.Columns]:

@@ -49,24 +49,44 @@ _RATE_FAMILIES: dict[str, tuple[tuple[str, ...], str, str]] = {
     "edge_link_errors_per_second": (LINK, "packets/s", "Link error rate over the window."),
     "edge_link_discards_per_second": (LINK, "packets/s", "Link discard rate over the window."),
     "edge_cell_throughput_bytes_per_second": (
-        CELL, "bytes/s", "Cell PDCP SDU throughput (DRB.PdcpSduVolume*) over the window."),
+        CELL,
+        "bytes/s",
+        "Cell PDCP SDU throughput (DRB.PdcpSduVolume*) over the window.",
+    ),
     "edge_cell_handover_attempts_per_second": (
-        CELL, "1/s", "Intra-gNB handover executions requested per second (MM.HoExeIntraReq)."),
+        CELL,
+        "1/s",
+        "Intra-gNB handover executions requested per second (MM.HoExeIntraReq).",
+    ),
     "edge_cell_inter_gnb_handover_attempts_per_second": (
-        CELL, "1/s", "Inter-gNB handover executions requested per second (MM.HoExeInterReq)."),
+        CELL,
+        "1/s",
+        "Inter-gNB handover executions requested per second (MM.HoExeInterReq).",
+    ),
     "edge_cell_rrc_connection_attempts_per_second": (
-        CELL, "1/s", "RRC connection establishment attempts per second, all causes "
-        "(RRC.ConnEstabAtt)."),
+        CELL,
+        "1/s",
+        "RRC connection establishment attempts per second, all causes (RRC.ConnEstabAtt).",
+    ),
     "edge_host_network_throughput_bytes_per_second": (
-        ("host", "device"), "bytes/s", "Host NIC throughput over the window."),
+        ("host", "device"),
+        "bytes/s",
+        "Host NIC throughput over the window.",
+    ),
     "edge_host_network_packets_per_second": (("host", "device"), "packets/s", "Host NIC packet rate."),
     "edge_host_network_errors_per_second": (("host", "device"), "packets/s", "Host NIC error rate."),
     "edge_host_network_drops_per_second": (("host", "device"), "packets/s", "Host NIC drop rate."),
     "edge_host_disk_throughput_bytes_per_second": (("host", "device"), "bytes/s", "Disk throughput."),
-    "edge_host_disk_operations_per_second": (("host", "device"), "operations/s",
-                                             "Disk reads/writes completed per second."),
-    "edge_host_disk_io_utilization_ratio": (("host", "device"), "ratio",
-                                            "Share of the window the disk was busy with I/O."),
+    "edge_host_disk_operations_per_second": (
+        ("host", "device"),
+        "operations/s",
+        "Disk reads/writes completed per second.",
+    ),
+    "edge_host_disk_io_utilization_ratio": (
+        ("host", "device"),
+        "ratio",
+        "Share of the window the disk was busy with I/O.",
+    ),
 }
 # raw counter -> (family, direction or "")
 RATES: dict[str, tuple[str, str]] = {
@@ -106,15 +126,24 @@ _GAUGE_FAMILIES: dict[str, tuple[tuple[str, ...], str, str]] = {
     "edge_link_optical_prefec_ber_ratio": (LINK, "ratio", "Pre-FEC bit error ratio."),
     "edge_link_optical_osnr_db": (LINK, "dB", "Optical signal-to-noise ratio."),
     "edge_cell_prb_utilization_ratio": (
-        CELL, "ratio", "PRB utilisation: RRU.PrbTot* (percent / 100), or where a cell reports "
-        "only RRU.PrbUsed* and RRU.PrbAvail*, used / available (stat=avg only)."),
+        CELL,
+        "ratio",
+        "PRB utilisation: RRU.PrbTot* (percent / 100), or where a cell reports "
+        "only RRU.PrbUsed* and RRU.PrbAvail*, used / available (stat=avg only).",
+    ),
     "edge_cell_user_throughput_bytes_per_second": (
-        CELL, "bytes/s", "Average per-user throughput (DRB.UEThp*)."),
+        CELL,
+        "bytes/s",
+        "Average per-user throughput (DRB.UEThp*).",
+    ),
     "edge_cell_connected_users": (CELL, "users", "Mean RRC-connected users (RRC.ConnMean)."),
     "edge_cell_connected_users_peak": (CELL, "users", "Peak RRC-connected users (RRC.ConnMax)."),
     "edge_cell_availability_ratio": (
-        CELL, "ratio", "Cell availability: the TS 28.554 KPI 1 - unavailable time / period "
-        "(RRU.CellUnavailableTime, stat=avg only), else the vendor's CELL.Availability."),
+        CELL,
+        "ratio",
+        "Cell availability: the TS 28.554 KPI 1 - unavailable time / period "
+        "(RRU.CellUnavailableTime, stat=avg only), else the vendor's CELL.Availability.",
+    ),
     "edge_cell_coverage_ratio": (CELL, "ratio", "Share of the target area with usable 5G coverage."),
     "edge_cell_ss_rsrp_dbm": (CELL, "dBm", "SS reference signal received power."),
     "edge_cell_ss_rsrq_db": (CELL, "dB", "SS reference signal received quality."),
@@ -159,19 +188,30 @@ GAUGES: dict[str, tuple[str, str]] = {
 # raw distribution metric (one series per bin, label `le` = its upper bound) -> histogram
 # family, unit, help. A histogram per cell and window: the UE reports of the cell's newest
 # period (PM files: window = the granularity period) or window (cumulative bin counters).
-_HIST_HELP = (" Prometheus histogram of the UE reports of the cell's newest period (window = the "
-              "PM granularity period): _bucket{le} = reports <= le (cumulative, bounds from TS "
-              "38.133's reporting ranges, the same bounds for every cell of the family so sum by "
-              "(le) aggregates cells, sites and countries), _count = all reports; no _sum (binned "
-              "reports carry no exact sum). It is the distribution of one period, not a "
-              "cumulative counter: use histogram_quantile() on it directly, without rate().")
+_HIST_HELP = (
+    " Prometheus histogram of the UE reports of the cell's newest period (window = the "
+    "PM granularity period): _bucket{le} = reports <= le (cumulative, bounds from TS "
+    "38.133's reporting ranges, the same bounds for every cell of the family so sum by "
+    "(le) aggregates cells, sites and countries), _count = all reports; no _sum (binned "
+    "reports carry no exact sum). It is the distribution of one period, not a "
+    "cumulative counter: use histogram_quantile() on it directly, without rate()."
+)
 HISTOGRAMS: dict[str, tuple[str, str, str]] = {
-    "L1M.SS-RSRP.Bin": ("edge_cell_ss_rsrp_report_dbm", "dBm",
-                        "Distribution of UE SS-RSRP reports (L1M.SS-RSRP.BinX) in dBm." + _HIST_HELP),
-    "L1M.SS-RSRQ.Bin": ("edge_cell_ss_rsrq_report_db", "dB",
-                        "Distribution of UE SS-RSRQ reports (L1M.SS-RSRQ.BinX) in dB." + _HIST_HELP),
-    "L1M.SS-SINR.Bin": ("edge_cell_ss_sinr_report_db", "dB",
-                        "Distribution of UE SS-SINR reports (L1M.SS-SINR.BinX) in dB." + _HIST_HELP),
+    "L1M.SS-RSRP.Bin": (
+        "edge_cell_ss_rsrp_report_dbm",
+        "dBm",
+        "Distribution of UE SS-RSRP reports (L1M.SS-RSRP.BinX) in dBm." + _HIST_HELP,
+    ),
+    "L1M.SS-RSRQ.Bin": (
+        "edge_cell_ss_rsrq_report_db",
+        "dB",
+        "Distribution of UE SS-RSRQ reports (L1M.SS-RSRQ.BinX) in dB." + _HIST_HELP,
+    ),
+    "L1M.SS-SINR.Bin": (
+        "edge_cell_ss_sinr_report_db",
+        "dB",
+        "Distribution of UE SS-SINR reports (L1M.SS-SINR.BinX) in dB." + _HIST_HELP,
+    ),
 }
 
 
@@ -200,106 +240,272 @@ def _families() -> list[Family]:
             continue
         d = ("direction",) if _has_direction(RATES, name) else ()
         count_unit = "seconds" if base.endswith("_seconds") else unit.removesuffix("/s") or "1"
-        out.append(Family(base + "_total", "counter", count_unit, (*SITE, *ent, *d),
-                          f"Corrected cumulative counter behind {name}: every counted delta since "
-                          "the series' first sample, resets and wraps already taken out (rate() and "
-                          "increase() work across 32-bit wraps and agent restarts); as of the last "
-                          "committed checkpoint, so an aggregator restart never makes it go down.",
-                          _sources(RATES, name)))
-        out.append(Family(base + "_created", "gauge", "seconds", (*SITE, *ent, *d),
-                          f"Creation time of {base}_total (event time of the series' first sample, "
-                          "Unix seconds).", _sources(RATES, name)))
+        out.append(
+            Family(
+                base + "_total",
+                "counter",
+                count_unit,
+                (*SITE, *ent, *d),
+                f"Corrected cumulative counter behind {name}: every counted delta since "
+                "the series' first sample, resets and wraps already taken out (rate() and "
+                "increase() work across 32-bit wraps and agent restarts); as of the last "
+                "committed checkpoint, so an aggregator restart never makes it go down.",
+                _sources(RATES, name),
+            )
+        )
+        out.append(
+            Family(
+                base + "_created",
+                "gauge",
+                "seconds",
+                (*SITE, *ent, *d),
+                f"Creation time of {base}_total (event time of the series' first sample, Unix seconds).",
+                _sources(RATES, name),
+            )
+        )
     for name, (ent, unit, help_) in _RATE_FAMILIES.items():
         d = ("direction",) if _has_direction(RATES, name) else ()
-        out.append(Family(name, "gauge", unit, (*SITE, *ent, *d, "window"),
-                          help_ + " Exact integer counter deltas / elapsed time; resets and wraps "
-                          "never go negative.", _sources(RATES, name)))
+        out.append(
+            Family(
+                name,
+                "gauge",
+                unit,
+                (*SITE, *ent, *d, "window"),
+                help_ + " Exact integer counter deltas / elapsed time; resets and wraps never go negative.",
+                _sources(RATES, name),
+            )
+        )
     for name, (ent, unit, help_) in _GAUGE_FAMILIES.items():
         d = ("direction",) if _has_direction(GAUGES, name) else ()
-        out.append(Family(name, "gauge", unit, (*SITE, *ent, *d, "window", "stat"),
-                          help_ + " stat=avg|min|max over the window.", _sources(GAUGES, name)))
+        out.append(
+            Family(
+                name,
+                "gauge",
+                unit,
+                (*SITE, *ent, *d, "window", "stat"),
+                help_ + " stat=avg|min|max over the window.",
+                _sources(GAUGES, name),
+            )
+        )
     for raw, (name, unit, help_) in HISTOGRAMS.items():
-        out.append(Family(name, "histogram", unit, (*SITE, *CELL, "window"), help_,
-                          f"`{raw}` (`le`)"))
+        out.append(Family(name, "histogram", unit, (*SITE, *CELL, "window"), help_, f"`{raw}` (`le`)"))
     out += [
-        Family("edge_link_utilization_ratio", "gauge", "ratio", (*SITE, *LINK, "direction", "window"),
-               "Link throughput divided by its nominal speed (average over the window).",
-               "`link_*_octets`, `link_speed_bytes`"),
-        Family("edge_cell_handover_success_ratio", "gauge", "ratio", (*SITE, *CELL, "window"),
-               "Intra-gNB handover executions succeeded / requested in the window (absent "
-               "without requests).", "`MM.HoExeIntraSucc`, `MM.HoExeIntraReq`"),
-        Family("edge_cell_inter_gnb_handover_success_ratio", "gauge", "ratio",
-               (*SITE, *CELL, "window"),
-               "Inter-gNB handover executions succeeded / requested in the window (absent "
-               "without requests).", "`MM.HoExeInterSucc`, `MM.HoExeInterReq`"),
-        Family("edge_cell_rrc_setup_success_ratio", "gauge", "ratio", (*SITE, *CELL, "window"),
-               "RRC connection establishments succeeded / attempted in the window, all causes "
-               "(TS 28.554 RRC setup success rate; absent without attempts).",
-               "`RRC.ConnEstabSucc`, `RRC.ConnEstabAtt`"),
-        Family("edge_host_cpu_utilization_ratio", "gauge", "ratio", (*SITE, "host", "window"),
-               "Share of CPU time not idle, over all CPUs of the host.", "`node_cpu_seconds_total`"),
-        Family("edge_host_memory_used_ratio", "gauge", "ratio", (*SITE, "host", "window"),
-               "1 - available / total memory (window averages).",
-               "`node_memory_MemAvailable_bytes`, `node_memory_MemTotal_bytes`"),
-        Family("edge_site_link_throughput_bytes_per_second", "gauge", "bytes/s",
-               (*SITE, "direction", "window"), "Sum of the site's link throughputs.",
-               "`link_*_octets`"),
-        Family("edge_site_cell_throughput_bytes_per_second", "gauge", "bytes/s",
-               (*SITE, "direction", "window"), "Sum of the site's cell PDCP throughputs.",
-               "`DRB.PdcpSduVolume*`"),
-        Family("edge_site_host_network_throughput_bytes_per_second", "gauge", "bytes/s",
-               (*SITE, "direction", "window"), "Sum of the site's host NIC throughputs.",
-               "`node_network_*_bytes_total`"),
-        Family("edge_host_power_watts", "gauge", "watts", (*SITE, "host", "window"),
-               "Host power from its RAPL energy counters (packages + DRAM), average over the "
-               "window.", "`node_rapl_joules_total`"),
-        Family("edge_site_power_watts", "gauge", "watts", (*SITE, "window"),
-               "Sum of the site's host power (hosts with RAPL counters only).",
-               "`node_rapl_joules_total`"),
-        Family("edge_site_cell_connected_users", "gauge", "users", (*SITE, "window"),
-               "Sum over the site's cells of mean RRC-connected users.", "`RRC.ConnMean`"),
-        Family("edge_site_cell_availability_ratio", "gauge", "ratio", (*SITE, "window"),
-               "Mean availability of the site's cells.", "`CELL.Availability`"),
+        Family(
+            "edge_link_utilization_ratio",
+            "gauge",
+            "ratio",
+            (*SITE, *LINK, "direction", "window"),
+            "Link throughput divided by its nominal speed (average over the window).",
+            "`link_*_octets`, `link_speed_bytes`",
+        ),
+        Family(
+            "edge_cell_handover_success_ratio",
+            "gauge",
+            "ratio",
+            (*SITE, *CELL, "window"),
+            "Intra-gNB handover executions succeeded / requested in the window (absent without requests).",
+            "`MM.HoExeIntraSucc`, `MM.HoExeIntraReq`",
+        ),
+        Family(
+            "edge_cell_inter_gnb_handover_success_ratio",
+            "gauge",
+            "ratio",
+            (*SITE, *CELL, "window"),
+            "Inter-gNB handover executions succeeded / requested in the window (absent without requests).",
+            "`MM.HoExeInterSucc`, `MM.HoExeInterReq`",
+        ),
+        Family(
+            "edge_cell_rrc_setup_success_ratio",
+            "gauge",
+            "ratio",
+            (*SITE, *CELL, "window"),
+            "RRC connection establishments succeeded / attempted in the window, all causes "
+            "(TS 28.554 RRC setup success rate; absent without attempts).",
+            "`RRC.ConnEstabSucc`, `RRC.ConnEstabAtt`",
+        ),
+        Family(
+            "edge_host_cpu_utilization_ratio",
+            "gauge",
+            "ratio",
+            (*SITE, "host", "window"),
+            "Share of CPU time not idle, over all CPUs of the host.",
+            "`node_cpu_seconds_total`",
+        ),
+        Family(
+            "edge_host_memory_used_ratio",
+            "gauge",
+            "ratio",
+            (*SITE, "host", "window"),
+            "1 - available / total memory (window averages).",
+            "`node_memory_MemAvailable_bytes`, `node_memory_MemTotal_bytes`",
+        ),
+        Family(
+            "edge_site_link_throughput_bytes_per_second",
+            "gauge",
+            "bytes/s",
+            (*SITE, "direction", "window"),
+            "Sum of the site's link throughputs.",
+            "`link_*_octets`",
+        ),
+        Family(
+            "edge_site_cell_throughput_bytes_per_second",
+            "gauge",
+            "bytes/s",
+            (*SITE, "direction", "window"),
+            "Sum of the site's cell PDCP throughputs.",
+            "`DRB.PdcpSduVolume*`",
+        ),
+        Family(
+            "edge_site_host_network_throughput_bytes_per_second",
+            "gauge",
+            "bytes/s",
+            (*SITE, "direction", "window"),
+            "Sum of the site's host NIC throughputs.",
+            "`node_network_*_bytes_total`",
+        ),
+        Family(
+            "edge_host_power_watts",
+            "gauge",
+            "watts",
+            (*SITE, "host", "window"),
+            "Host power from its RAPL energy counters (packages + DRAM), average over the window.",
+            "`node_rapl_joules_total`",
+        ),
+        Family(
+            "edge_site_power_watts",
+            "gauge",
+            "watts",
+            (*SITE, "window"),
+            "Sum of the site's host power (hosts with RAPL counters only).",
+            "`node_rapl_joules_total`",
+        ),
+        Family(
+            "edge_site_cell_connected_users",
+            "gauge",
+            "users",
+            (*SITE, "window"),
+            "Sum over the site's cells of mean RRC-connected users.",
+            "`RRC.ConnMean`",
+        ),
+        Family(
+            "edge_site_cell_availability_ratio",
+            "gauge",
+            "ratio",
+            (*SITE, "window"),
+            "Mean availability of the site's cells.",
+            "`CELL.Availability`",
+        ),
         # completeness ledger
-        Family("collector_site_batches_received_total", "counter", "batches", SITE,
-               "Distinct batches (agent_id, seq) accepted from the site.", "ledger"),
-        Family("collector_site_batches_duplicate_total", "counter", "batches", SITE,
-               "Batches dropped because their (agent_id, seq) was already counted.", "ledger"),
-        Family("collector_site_batches_missing", "gauge", "batches", SITE,
-               "Seqs between an agent's first and highest seen that never arrived (gaps).", "ledger"),
-        Family("collector_site_completeness_ratio", "gauge", "ratio", SITE,
-               "Batches received / batches expected from the seq range of the site's agents.",
-               "ledger"),
-        Family("collector_site_samples_expected", "gauge", "samples", SITE,
-               "Samples the site's live series should have delivered up to the partition's closed "
-               "event time (capped at its newest sample): per series (end - first) // step + 1, "
-               "step = the smallest gap seen between two of its samples; keeps growing while a "
-               "series or its site is silent, until the series expires. Series with fewer than two "
-               "samples are left out.", "ledger"),
-        Family("collector_site_samples_completeness_ratio", "gauge", "ratio", SITE,
-               "Distinct samples received / collector_site_samples_expected, over the same series "
-               "and event time (absent while nothing is expected).", "ledger"),
-        Family("collector_site_last_event_timestamp_seconds", "gauge", "seconds", SITE,
-               "Event time of the newest sample from the site; `time() - this` is how long "
-               "the site has been silent (or its clock behind).", "ledger"),
-        Family("collector_site_samples_received_total", "counter", "samples", SITE,
-               "Samples accepted into windows.", "ledger"),
-        Family("collector_site_samples_dropped_total", "counter", "samples", (*SITE, "reason"),
-               "Samples not counted, by reason: late, duplicate, dedup_expired, rejected, "
-               "unknown_metric, cardinality, too_old, overlap (the last two: period samples, "
-               "see docs/aggregator.md).", "ledger"),
-        Family("collector_site_intervals_excluded_total", "counter", "intervals", (*SITE, "reason"),
-               "Counter intervals left out of every window because their delta is unknowable, by "
-               "reason: ambiguous_gap = the interval's length times the series' plausible rate (its "
-               "link's speed, else aggregate.max_counter_rate) exceeds the counter range 2^bits, so "
-               "any number of wraps could hide in it. The samples themselves still count.", "ledger"),
-        Family("collector_site_window_end_timestamp_seconds", "gauge", "seconds", (*SITE, "window"),
-               "End (exclusive, event time) of the newest closed window of each length for the "
-               "site: the window the edge_* window gauges of the site show (a series silent in it "
-               "still shows its own last window; aggregate.window_end_timestamps stamps every "
-               "sample with its own window end).", "ledger"),
-        Family("collector_site_series", "gauge", "series", SITE,
-               "Active (not stale) series of the site.", "ledger"),
+        Family(
+            "collector_site_batches_received_total",
+            "counter",
+            "batches",
+            SITE,
+            "Distinct batches (agent_id, seq) accepted from the site.",
+            "ledger",
+        ),
+        Family(
+            "collector_site_batches_duplicate_total",
+            "counter",
+            "batches",
+            SITE,
+            "Batches dropped because their (agent_id, seq) was already counted.",
+            "ledger",
+        ),
+        Family(
+            "collector_site_batches_missing",
+            "gauge",
+            "batches",
+            SITE,
+            "Seqs between an agent's first and highest seen that never arrived (gaps).",
+            "ledger",
+        ),
+        Family(
+            "collector_site_completeness_ratio",
+            "gauge",
+            "ratio",
+            SITE,
+            "Batches received / batches expected from the seq range of the site's agents.",
+            "ledger",
+        ),
+        Family(
+            "collector_site_samples_expected",
+            "gauge",
+            "samples",
+            SITE,
+            "Samples the site's live series should have delivered up to the partition's closed "
+            "event time (capped at its newest sample): per series (end - first) // step + 1, "
+            "step = the smallest gap seen between two of its samples; keeps growing while a "
+            "series or its site is silent, until the series expires. Series with fewer than two "
+            "samples are left out.",
+            "ledger",
+        ),
+        Family(
+            "collector_site_samples_completeness_ratio",
+            "gauge",
+            "ratio",
+            SITE,
+            "Distinct samples received / collector_site_samples_expected, over the same series "
+            "and event time (absent while nothing is expected).",
+            "ledger",
+        ),
+        Family(
+            "collector_site_last_event_timestamp_seconds",
+            "gauge",
+            "seconds",
+            SITE,
+            "Event time of the newest sample from the site; `time() - this` is how long "
+            "the site has been silent (or its clock behind).",
+            "ledger",
+        ),
+        Family(
+            "collector_site_samples_received_total",
+            "counter",
+            "samples",
+            SITE,
+            "Samples accepted into windows.",
+            "ledger",
+        ),
+        Family(
+            "collector_site_samples_dropped_total",
+            "counter",
+            "samples",
+            (*SITE, "reason"),
+            "Samples not counted, by reason: late, duplicate, dedup_expired, rejected, "
+            "unknown_metric, cardinality, too_old, overlap (the last two: period samples, "
+            "see docs/aggregator.md).",
+            "ledger",
+        ),
+        Family(
+            "collector_site_intervals_excluded_total",
+            "counter",
+            "intervals",
+            (*SITE, "reason"),
+            "Counter intervals left out of every window because their delta is unknowable, by "
+            "reason: ambiguous_gap = the interval's length times the series' plausible rate (its "
+            "link's speed, else aggregate.max_counter_rate) exceeds the counter range 2^bits, so "
+            "any number of wraps could hide in it. The samples themselves still count.",
+            "ledger",
+        ),
+        Family(
+            "collector_site_window_end_timestamp_seconds",
+            "gauge",
+            "seconds",
+            (*SITE, "window"),
+            "End (exclusive, event time) of the newest closed window of each length for the "
+            "site: the window the edge_* window gauges of the site show (a series silent in it "
+            "still shows its own last window; aggregate.window_end_timestamps stamps every "
+            "sample with its own window end).",
+            "ledger",
+        ),
+        Family(
+            "collector_site_series",
+            "gauge",
+            "series",
+            SITE,
+            "Active (not stale) series of the site.",
+            "ledger",
+        ),
     ]
     return out
 
@@ -307,16 +513,22 @@ def _families() -> list[Family]:
 FAMILIES: tuple[Family, ...] = tuple(_families())
 BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES}
 
-_RATE_MAP = pl.DataFrame({
-    "metric_i": [METRIC_INDEX[m] for m in RATES],
-    "family": [f for f, _ in RATES.values()],
-    "direction": [d for _, d in RATES.values()],
-}, schema={"metric_i": pl.Int16, "family": pl.String, "direction": pl.String})
-_GAUGE_MAP = pl.DataFrame({
-    "metric_i": [METRIC_INDEX[m] for m in GAUGES],
-    "family": [f for f, _ in GAUGES.values()],
-    "direction": [d for _, d in GAUGES.values()],
-}, schema={"metric_i": pl.Int16, "family": pl.String, "direction": pl.String})
+_RATE_MAP = pl.DataFrame(
+    {
+        "metric_i": [METRIC_INDEX[m] for m in RATES],
+        "family": [f for f, _ in RATES.values()],
+        "direction": [d for _, d in RATES.values()],
+    },
+    schema={"metric_i": pl.Int16, "family": pl.String, "direction": pl.String},
+)
+_GAUGE_MAP = pl.DataFrame(
+    {
+        "metric_i": [METRIC_INDEX[m] for m in GAUGES],
+        "family": [f for f, _ in GAUGES.values()],
+        "direction": [d for _, d in GAUGES.values()],
+    },
+    schema={"metric_i": pl.Int16, "family": pl.String, "direction": pl.String},
+)
 _M = METRIC_INDEX
 
 
@@ -351,13 +563,17 @@ def _window_frames(st: PartitionView) -> tuple[pl.DataFrame, pl.DataFrame]:
         # in kbit/s with scale 125). Scale is >= 0 (the decoder rejects other values), so
         # min and max keep their order.
         s = pl.col("scale")
-        g = g.with_columns(avg=pl.col("sum") * s / pl.col("cnt").cast(pl.Float64),
-                           min=pl.col("min") * s, max=pl.col("max") * s)
+        g = g.with_columns(
+            avg=pl.col("sum") * s / pl.col("cnt").cast(pl.Float64),
+            min=pl.col("min") * s,
+            max=pl.col("max") * s,
+        )
     return c, g
 
 
-def build_frames(states: Iterable[PartitionView], *, timestamps: bool = False,
-                 total_timestamps: bool = False) -> dict[str, pl.DataFrame]:
+def build_frames(
+    states: Iterable[PartitionView], *, timestamps: bool = False, total_timestamps: bool = False
+) -> dict[str, pl.DataFrame]:
     """family name -> DataFrame of its label columns (strings) and `value` (Float64).
 
     `timestamps`: window samples also get `timestamp_ms` = their window's end, rendered as
@@ -414,10 +630,12 @@ def build_frames(states: Iterable[PartitionView], *, timestamps: bool = False,
     if gs:
         g = pl.concat(gs, how="diagonal_relaxed")
         gm = g.join(_GAUGE_MAP, on="metric_i")
-        stats = pl.concat([
-            gm.with_columns(stat=pl.lit(s), value=pl.col(col))
-            for s, col in (("avg", "avg"), ("min", "min"), ("max", "max"))
-        ])
+        stats = pl.concat(
+            [
+                gm.with_columns(stat=pl.lit(s), value=pl.col(col))
+                for s, col in (("avg", "avg"), ("min", "min"), ("max", "max"))
+            ]
+        )
         for (fam,), part in stats.partition_by("family", as_dict=True).items():
             put(str(fam), part)
         _derived_gauges(g, put)
@@ -436,19 +654,23 @@ def _site_sums(r: pl.DataFrame, put: Put) -> None:
     sums = {
         "edge_link_throughput_bytes_per_second": "edge_site_link_throughput_bytes_per_second",
         "edge_cell_throughput_bytes_per_second": "edge_site_cell_throughput_bytes_per_second",
-        "edge_host_network_throughput_bytes_per_second":
-            "edge_site_host_network_throughput_bytes_per_second",
+        "edge_host_network_throughput_bytes_per_second": "edge_site_host_network_throughput_bytes_per_second",
     }
     part = r.filter(pl.col("family").is_in(list(sums)))
     # A gNB-level object (GNBCUUPFunction=1) measures its cells' traffic again: cells only.
-    part = part.filter(~((pl.col("family") == "edge_cell_throughput_bytes_per_second")
-                         & (pl.col("function").fill_null("") != "")))
+    part = part.filter(
+        ~(
+            (pl.col("family") == "edge_cell_throughput_bytes_per_second")
+            & (pl.col("function").fill_null("") != "")
+        )
+    )
     if not len(part):
         return
     # Roll-ups are sums of rates (float64): a sum of byte counts over many 402 Tb/s links
     # would pass 2^64, rates of even 10^6 such links stay far inside float64's range.
-    agg = (part.group_by("family", "site", "country", "region", "direction", "window")
-           .agg(pl.col("rate").sum().alias("value")))
+    agg = part.group_by("family", "site", "country", "region", "direction", "window").agg(
+        pl.col("rate").sum().alias("value")
+    )
     for (fam,), p in agg.partition_by("family", as_dict=True).items():
         put(sums[str(fam)], p)
 
@@ -458,24 +680,31 @@ _CELL_KEYS = ["site_i", "site", "country", "region", "cell", "gnb", "function", 
 
 def _derived_counters(c: pl.DataFrame, put: Put) -> None:
     keys = _CELL_KEYS
-    for family, att, ok in (("edge_cell_handover_success_ratio", "MM.HoExeIntraReq", "MM.HoExeIntraSucc"),
-                            ("edge_cell_inter_gnb_handover_success_ratio", "MM.HoExeInterReq",
-                             "MM.HoExeInterSucc"),
-                            ("edge_cell_rrc_setup_success_ratio", "RRC.ConnEstabAtt",
-                             "RRC.ConnEstabSucc")):
+    for family, att, ok in (
+        ("edge_cell_handover_success_ratio", "MM.HoExeIntraReq", "MM.HoExeIntraSucc"),
+        ("edge_cell_inter_gnb_handover_success_ratio", "MM.HoExeInterReq", "MM.HoExeInterSucc"),
+        ("edge_cell_rrc_setup_success_ratio", "RRC.ConnEstabAtt", "RRC.ConnEstabSucc"),
+    ):
         req = c.filter(pl.col("metric_i") == _M[att]).select(*keys, req=pl.col("inc"))
         succ = c.filter(pl.col("metric_i") == _M[ok]).select(*keys, succ=pl.col("inc"))
         ratio = req.join(succ, on=keys).filter(pl.col("req") > 0)
-        put(family, ratio.with_columns(
-            value=(pl.col("succ").cast(pl.Float64) / pl.col("req").cast(pl.Float64)).clip(0.0, 1.0)))
+        put(
+            family,
+            ratio.with_columns(
+                value=(pl.col("succ").cast(pl.Float64) / pl.col("req").cast(pl.Float64)).clip(0.0, 1.0)
+            ),
+        )
     cpu = c.filter((pl.col("metric_i") == _M["node_cpu_seconds_total"]) & (pl.col("dt") > 0))
     if len(cpu):
         hk = ["site_i", "site", "country", "region", "host", "window"]
         secs = pl.col("inc").cast(pl.Float64) * pl.col("scale")
-        agg = cpu.group_by(hk).agg(
-            total=secs.sum(), idle=secs.filter(pl.col("mode") == "idle").sum())
-        put("edge_host_cpu_utilization_ratio", agg.filter(pl.col("total") > 0).with_columns(
-            value=(1.0 - pl.col("idle") / pl.col("total")).clip(0.0, 1.0)))
+        agg = cpu.group_by(hk).agg(total=secs.sum(), idle=secs.filter(pl.col("mode") == "idle").sum())
+        put(
+            "edge_host_cpu_utilization_ratio",
+            agg.filter(pl.col("total") > 0).with_columns(
+                value=(1.0 - pl.col("idle") / pl.col("total")).clip(0.0, 1.0)
+            ),
+        )
 
 
 _HIST_IDS = {_M[m]: fam for m, (fam, _, _) in HISTOGRAMS.items()}
@@ -492,8 +721,11 @@ def _histograms(c: pl.DataFrame, put: Put) -> None:
     # counts 0 there, never with an older period's count.
     h = h.filter(pl.col("end") == pl.col("end").max().over(keys))
     # the decoder rejected series whose le is not a number or +Inf (state._is_bound)
-    le = (pl.when(pl.col("le") == "+Inf").then(pl.lit(float("inf")))
-          .otherwise(pl.col("le").cast(pl.Float64, strict=False)))
+    le = (
+        pl.when(pl.col("le") == "+Inf")
+        .then(pl.lit(float("inf")))
+        .otherwise(pl.col("le").cast(pl.Float64, strict=False))
+    )
     h = h.with_columns(le=le, value=pl.col("inc").cast(pl.Float64) * pl.col("scale"))
     for (m,), part in h.partition_by("metric_i", as_dict=True).items():
         put(_HIST_IDS[int(m)], part)
@@ -506,8 +738,10 @@ def _power(rated: pl.DataFrame, put: Put) -> None:
         return
     hosts = e.group_by("site", "country", "region", "host", "window").agg(value=pl.col("rate").sum())
     put("edge_host_power_watts", hosts)
-    put("edge_site_power_watts",
-        hosts.group_by("site", "country", "region", "window").agg(value=pl.col("value").sum()))
+    put(
+        "edge_site_power_watts",
+        hosts.group_by("site", "country", "region", "window").agg(value=pl.col("value").sum()),
+    )
 
 
 def _availability(c: pl.DataFrame, g: pl.DataFrame, put: Put) -> None:
@@ -518,22 +752,35 @@ def _availability(c: pl.DataFrame, g: pl.DataFrame, put: Put) -> None:
         vendor = g.filter(pl.col("metric_i") == _M["CELL.Availability"]).select(_CELL_KEYS)
         un = un.join(vendor, on=_CELL_KEYS, how="anti")
     if len(un):
-        put("edge_cell_availability_ratio", un.with_columns(
-            stat=pl.lit("avg"), value=(1.0 - pl.col("inc").cast(pl.Float64) * pl.col("scale") * NS
-                                       / pl.col("dt").cast(pl.Float64)).clip(0.0, 1.0)))
+        put(
+            "edge_cell_availability_ratio",
+            un.with_columns(
+                stat=pl.lit("avg"),
+                value=(
+                    1.0
+                    - pl.col("inc").cast(pl.Float64) * pl.col("scale") * NS / pl.col("dt").cast(pl.Float64)
+                ).clip(0.0, 1.0),
+            ),
+        )
 
 
 def _prb_from_counts(g: pl.DataFrame, put: Put) -> None:
     """PRB utilisation = mean used / mean available PRBs, for cells without RRU.PrbTot*."""
     keys = _CELL_KEYS
-    for d, used, avail, tot in (("dl", "RRU.PrbUsedDl", "RRU.PrbAvailDl", "RRU.PrbTotDl"),
-                                ("ul", "RRU.PrbUsedUl", "RRU.PrbAvailUl", "RRU.PrbTotUl")):
+    for d, used, avail, tot in (
+        ("dl", "RRU.PrbUsedDl", "RRU.PrbAvailDl", "RRU.PrbTotDl"),
+        ("ul", "RRU.PrbUsedUl", "RRU.PrbAvailUl", "RRU.PrbTotUl"),
+    ):
         u = g.filter(pl.col("metric_i") == _M[used]).select(*keys, u=pl.col("avg"))
         a = g.filter(pl.col("metric_i") == _M[avail]).select(*keys, a=pl.col("avg"))
         t = g.filter(pl.col("metric_i") == _M[tot]).select(keys)
         r = u.join(a, on=keys).filter(pl.col("a") > 0).join(t, on=keys, how="anti")
-        put("edge_cell_prb_utilization_ratio", r.with_columns(
-            direction=pl.lit(d), stat=pl.lit("avg"), value=(pl.col("u") / pl.col("a")).clip(0.0, 1.0)))
+        put(
+            "edge_cell_prb_utilization_ratio",
+            r.with_columns(
+                direction=pl.lit(d), stat=pl.lit("avg"), value=(pl.col("u") / pl.col("a")).clip(0.0, 1.0)
+            ),
+        )
 
 
 def _derived_gauges(g: pl.DataFrame, put: Put) -> None:
@@ -541,31 +788,40 @@ def _derived_gauges(g: pl.DataFrame, put: Put) -> None:
     tot = g.filter(pl.col("metric_i") == _M["node_memory_MemTotal_bytes"]).select(*hk, tot=pl.col("avg"))
     av = g.filter(pl.col("metric_i") == _M["node_memory_MemAvailable_bytes"]).select(*hk, av=pl.col("avg"))
     mem = tot.join(av, on=hk).filter(pl.col("tot") > 0)
-    put("edge_host_memory_used_ratio", mem.with_columns(
-        value=(1.0 - pl.col("av") / pl.col("tot")).clip(0.0, 1.0)))
+    put(
+        "edge_host_memory_used_ratio",
+        mem.with_columns(value=(1.0 - pl.col("av") / pl.col("tot")).clip(0.0, 1.0)),
+    )
     cells = g.filter(pl.col("metric_i") == _M["RRC.ConnMean"])
-    put("edge_site_cell_connected_users",
-        cells.group_by("site", "country", "region", "window").agg(value=pl.col("avg").sum()))
+    put(
+        "edge_site_cell_connected_users",
+        cells.group_by("site", "country", "region", "window").agg(value=pl.col("avg").sum()),
+    )
     _prb_from_counts(g, put)
     avail = g.filter(pl.col("metric_i") == _M["CELL.Availability"])
-    put("edge_site_cell_availability_ratio",
-        avail.group_by("site", "country", "region", "window").agg(value=pl.col("avg").mean()))
+    put(
+        "edge_site_cell_availability_ratio",
+        avail.group_by("site", "country", "region", "window").agg(value=pl.col("avg").mean()),
+    )
 
 
 def _utilization(c: pl.DataFrame, g: pl.DataFrame, put: Put) -> None:
     keys = ["site_i", "site", "country", "region", "link", "media", "window"]
     speed = g.filter(pl.col("metric_i") == _M["link_speed_bytes"]).select(*keys, speed=pl.col("avg"))
-    thr = c.filter(pl.col("metric_i").is_in([_M["link_in_octets"], _M["link_out_octets"]])
-                   & pl.col("rate").is_not_null())
-    thr = thr.with_columns(direction=pl.when(pl.col("metric_i") == _M["link_in_octets"])
-                           .then(pl.lit("in")).otherwise(pl.lit("out")))
+    thr = c.filter(
+        pl.col("metric_i").is_in([_M["link_in_octets"], _M["link_out_octets"]]) & pl.col("rate").is_not_null()
+    )
+    thr = thr.with_columns(
+        direction=pl.when(pl.col("metric_i") == _M["link_in_octets"])
+        .then(pl.lit("in"))
+        .otherwise(pl.lit("out"))
+    )
     u = thr.join(speed, on=keys).filter(pl.col("speed") > 0)
     put("edge_link_utilization_ratio", u.with_columns(value=pl.col("rate") / pl.col("speed")))
 
 
 def _ledger(st: PartitionView) -> pl.DataFrame:
-    rows: dict[str, list] = {"family": [], "site": [], "country": [], "region": [], "reason": [],
-                             "value": []}
+    rows: dict[str, list] = {"family": [], "site": [], "country": [], "region": [], "reason": [], "value": []}
 
     def add(fam: str, s: SiteLedger, value: float, reason: str = "") -> None:
         rows["family"].append(fam)
@@ -583,8 +839,11 @@ def _ledger(st: PartitionView) -> pl.DataFrame:
             add("collector_site_completeness_ratio", s, min(1.0, s.received / s.expected))
         add("collector_site_samples_expected", s, s.samples_expected)
         if s.samples_expected:
-            add("collector_site_samples_completeness_ratio", s,
-                min(1.0, s.samples_counted / s.samples_expected))
+            add(
+                "collector_site_samples_completeness_ratio",
+                s,
+                min(1.0, s.samples_counted / s.samples_expected),
+            )
         if s.last_event_ns is not None:
             add("collector_site_last_event_timestamp_seconds", s, s.last_event_ns / 1e9)
         add("collector_site_samples_received_total", s, s.samples)
@@ -593,9 +852,25 @@ def _ledger(st: PartitionView) -> pl.DataFrame:
         for reason, n in s.excluded.items():
             add("collector_site_intervals_excluded_total", s, n, reason)
         add("collector_site_series", s, s.series)
-    return pl.DataFrame(rows, schema={"family": pl.String, "site": pl.String, "country": pl.String,
-                                      "region": pl.String, "reason": pl.String, "value": pl.Float64})
+    return pl.DataFrame(
+        rows,
+        schema={
+            "family": pl.String,
+            "site": pl.String,
+            "country": pl.String,
+            "region": pl.String,
+            "reason": pl.String,
+            "value": pl.Float64,
+        },
+    )
 
 
 assert set(LABEL_NAMES) >= {lb for f in FAMILIES for lb in f.labels} - {
-    "site", "country", "region", "window", "stat", "direction", "reason"}
+    "site",
+    "country",
+    "region",
+    "window",
+    "stat",
+    "direction",
+    "reason",
+}

@@ -43,16 +43,19 @@ from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 NS = 1_000_000_000
 KEY = ["sid", "start", "end"]
 # `seen`: the partition's event clock when the period was accepted (for expiry).
-DELTA_SCHEMA = {"sid": pl.UInt32, "start": pl.Int64, "end": pl.Int64, "value": pl.UInt64,
-                "seen": pl.Int64}
-GAUGE_SCHEMA = {"sid": pl.UInt32, "start": pl.Int64, "end": pl.Int64, "value": pl.Float64,
-                "seen": pl.Int64}
+DELTA_SCHEMA = {"sid": pl.UInt32, "start": pl.Int64, "end": pl.Int64, "value": pl.UInt64, "seen": pl.Int64}
+GAUGE_SCHEMA = {"sid": pl.UInt32, "start": pl.Int64, "end": pl.Int64, "value": pl.Float64, "seen": pl.Int64}
 
 
 def period_label(seconds: int) -> str:
     """The `window` label of a period: 15m, 1h, 30s (as outputs.window_label)."""
-    return (f"{seconds // 3600}h" if seconds % 3600 == 0 else
-            f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s")
+    return (
+        f"{seconds // 3600}h"
+        if seconds % 3600 == 0
+        else f"{seconds // 60}m"
+        if seconds % 60 == 0
+        else f"{seconds}s"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,23 +79,32 @@ class PeriodStore:
     def __init__(self, horizon_ns: int, ttl_ns: int) -> None:
         self.horizon_ns = horizon_ns
         self.ttl_ns = ttl_ns
-        self.hist: dict[bool, pl.DataFrame] = {False: pl.DataFrame(schema=DELTA_SCHEMA),
-                                               True: pl.DataFrame(schema=GAUGE_SCHEMA)}
+        self.hist: dict[bool, pl.DataFrame] = {
+            False: pl.DataFrame(schema=DELTA_SCHEMA),
+            True: pl.DataFrame(schema=GAUGE_SCHEMA),
+        }
         self.clock_ns: int | None = None  # newest event time known to the partition
         self._expired_at: int | None = None
         self._latest: tuple[pl.DataFrame, pl.DataFrame] | None = None
 
     # ------------------------------------------------------------------ ingest
-    def add(self, sid: npt.NDArray[np.uint32], start: npt.NDArray[np.int64],
-            end: npt.NDArray[np.int64], value: npt.NDArray[np.uint64] | npt.NDArray[np.float64],
-            *, gauge: bool) -> tuple[Verdict, pl.DataFrame]:
+    def add(
+        self,
+        sid: npt.NDArray[np.uint32],
+        start: npt.NDArray[np.int64],
+        end: npt.NDArray[np.int64],
+        value: npt.NDArray[np.uint64] | npt.NDArray[np.float64],
+        *,
+        gauge: bool,
+    ) -> tuple[Verdict, pl.DataFrame]:
         """Merge one record's period samples; returns the verdict and the accepted rows."""
         schema = GAUGE_SCHEMA if gauge else DELTA_SCHEMA
         if len(end):
             self.note_clock(int(end.max()))
         seen = np.full(len(sid), self.clock_ns or 0, np.int64)
-        new = pl.DataFrame({"sid": sid, "start": start, "end": end, "value": value, "seen": seen},
-                           schema=schema)
+        new = pl.DataFrame(
+            {"sid": sid, "start": start, "end": end, "value": value, "seen": seen}, schema=schema
+        )
         n = len(new)
         new = new.unique(KEY, keep="first", maintain_order=True)
         dup = n - len(new)
@@ -113,8 +125,11 @@ class PeriodStore:
         if len(new):
             bad = np.zeros(len(new), bool)
             if len(h):
-                hits = (new.with_row_index("i").join(h.select("sid", hs="start", he="end"), on="sid")
-                        .filter((pl.col("start") < pl.col("he")) & (pl.col("hs") < pl.col("end"))))
+                hits = (
+                    new.with_row_index("i")
+                    .join(h.select("sid", hs="start", he="end"), on="sid")
+                    .filter((pl.col("start") < pl.col("he")) & (pl.col("hs") < pl.col("end")))
+                )
                 bad[hits["i"].unique().to_numpy()] = True
             order = new.with_row_index("i").sort("sid", "start", "i")
             prev_end = order.select(pl.col("end").cum_max().shift(1).over("sid"))["end"]
@@ -126,9 +141,11 @@ class PeriodStore:
         if len(new):
             merged = pl.concat([h, new]) if len(h) else new
             newest_all = merged.group_by("sid").agg(newest=pl.col("end").max())
-            self.hist[gauge] = (merged.join(newest_all, on="sid")
-                                .filter(pl.col("end") >= pl.col("newest") - self.horizon_ns)
-                                .drop("newest"))
+            self.hist[gauge] = (
+                merged.join(newest_all, on="sid")
+                .filter(pl.col("end") >= pl.col("newest") - self.horizon_ns)
+                .drop("newest")
+            )
             self._latest = None
         return Verdict(len(new), dup, too_old, overlap), new
 
@@ -147,8 +164,9 @@ class PeriodStore:
         for gauge, h in self.hist.items():
             if not len(h):
                 continue
-            newest = h.group_by("sid").agg(pl.col("seen").max().alias("seen"),
-                                           (pl.col("end") - pl.col("start")).max().alias("len"))
+            newest = h.group_by("sid").agg(
+                pl.col("seen").max().alias("seen"), (pl.col("end") - pl.col("start")).max().alias("len")
+            )
             gone = newest.filter(pl.col("seen") + pl.col("len") + self.ttl_ns < clock)["sid"]
             if len(gone):
                 self.hist[gauge] = h.filter(~pl.col("sid").is_in(gone.implode()))
@@ -178,19 +196,34 @@ class PeriodStore:
                 length_s = ((pl.col("end") - pl.col("start")) // NS).alias("window_s")
                 top = top.with_columns(length_s)
                 labels = {int(s): period_label(int(s)) for s in top["window_s"].unique().to_list()}
-                window = pl.col("window_s").replace_strict(labels, return_dtype=pl.String,
-                                                           default="")
+                window = pl.col("window_s").replace_strict(labels, return_dtype=pl.String, default="")
                 if gauge:
-                    out.append(top.select(
-                        "sid", "end", sum=pl.col("value"), cnt=pl.lit(1, pl.UInt32),
-                        min=pl.col("value"), max=pl.col("value"), window=window,
-                        window_s=pl.col("window_s")))
+                    out.append(
+                        top.select(
+                            "sid",
+                            "end",
+                            sum=pl.col("value"),
+                            cnt=pl.lit(1, pl.UInt32),
+                            min=pl.col("value"),
+                            max=pl.col("value"),
+                            window=window,
+                            window_s=pl.col("window_s"),
+                        )
+                    )
                 else:
-                    out.append(top.select(
-                        "sid", "end", inc=pl.col("value").cast(pl.Int128),
-                        dt=pl.col("end") - pl.col("start"), n=pl.lit(1, pl.UInt32),
-                        resets=pl.lit(0, pl.UInt32), wraps=pl.lit(0, pl.UInt32),
-                        window=window, window_s=pl.col("window_s")))
+                    out.append(
+                        top.select(
+                            "sid",
+                            "end",
+                            inc=pl.col("value").cast(pl.Int128),
+                            dt=pl.col("end") - pl.col("start"),
+                            n=pl.lit(1, pl.UInt32),
+                            resets=pl.lit(0, pl.UInt32),
+                            wraps=pl.lit(0, pl.UInt32),
+                            window=window,
+                            window_s=pl.col("window_s"),
+                        )
+                    )
             self._latest = (out[0], out[1])
         return self._latest
 
@@ -211,7 +244,6 @@ class PeriodStore:
             self.hist[True] = frames["periods_gauge"].cast(GAUGE_SCHEMA)  # type: ignore[arg-type]
         self.clock_ns = clock_ns
         self._latest = None
-
 
 
 def decode_periods(batch: pb.Batch, n_series: int) -> tuple[wire.PeriodColumns, wire.PeriodColumns]:

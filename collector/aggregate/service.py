@@ -59,19 +59,44 @@ _RESTORE_RETRY_MAX_S = 300.0
 _CLOSE_BUCKETS = (0.5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120, 300, 900)
 
 
-def window_records(partition: int, window_s: int, cw: pl.DataFrame,
-                   gw: pl.DataFrame) -> list[dict[str, object]]:
+def window_records(
+    partition: int, window_s: int, cw: pl.DataFrame, gw: pl.DataFrame
+) -> list[dict[str, object]]:
     """Closed windows as plain records (the window log's lines); integers stay exact."""
     out: list[dict[str, object]] = []
     for r in cw.iter_rows(named=True):
-        out.append({"partition": partition, "window_s": window_s, "end_ns": r["end"], "kind": "counter",
-                    "site": r["site"], "metric": r["metric"], "labels": r["labels"],
-                    "increase": str(r["inc"]), "dt_ns": r["dt"], "n": r["n"], "resets": r["resets"],
-                    "wraps": r["wraps"]})
+        out.append(
+            {
+                "partition": partition,
+                "window_s": window_s,
+                "end_ns": r["end"],
+                "kind": "counter",
+                "site": r["site"],
+                "metric": r["metric"],
+                "labels": r["labels"],
+                "increase": str(r["inc"]),
+                "dt_ns": r["dt"],
+                "n": r["n"],
+                "resets": r["resets"],
+                "wraps": r["wraps"],
+            }
+        )
     for r in gw.iter_rows(named=True):
-        out.append({"partition": partition, "window_s": window_s, "end_ns": r["end"], "kind": "gauge",
-                    "site": r["site"], "metric": r["metric"], "labels": r["labels"],
-                    "sum": r["sum"], "count": r["cnt"], "min": r["min"], "max": r["max"]})
+        out.append(
+            {
+                "partition": partition,
+                "window_s": window_s,
+                "end_ns": r["end"],
+                "kind": "gauge",
+                "site": r["site"],
+                "metric": r["metric"],
+                "labels": r["labels"],
+                "sum": r["sum"],
+                "count": r["cnt"],
+                "min": r["min"],
+                "max": r["max"],
+            }
+        )
     return out
 
 
@@ -119,50 +144,80 @@ class SelfMetrics:
         p = "collector_aggregate_"
         self.records = Counter(p + "records", "Kafka records consumed.", ["partition"], registry=registry)
         self.samples = Counter(p + "samples", "Samples accepted into windows.", registry=registry)
-        self.decode_errors = Counter(p + "decode_errors", "Records that are not a valid batch, by reason.",
-                                     ["reason"], registry=registry)
-        self.dead_letters = Counter(p + "dead_letter_records",
-                                    "Records copied to the dead-letter topic.", registry=registry)
+        self.decode_errors = Counter(
+            p + "decode_errors",
+            "Records that are not a valid batch, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            p + "dead_letter_records", "Records copied to the dead-letter topic.", registry=registry
+        )
         self.dead_letter_failures = Counter(
             p + "dead_letter_failures",
             "Dead-letter records not written after every retry (skipped; decode errors stay counted).",
-            registry=registry)
-        self.lag = Gauge(p + "consumer_lag_records",
-                         "Records between the consumed position and the partition's high watermark, "
-                         "when the broker reports one.", ["partition"], registry=registry)
-        self.event_lag = Gauge(p + "event_time_lag_seconds",
-                               "Wall clock minus the newest event time seen in the partition.",
-                               ["partition"], registry=registry)
-        self.watermark = Gauge(p + "watermark_seconds",
-                               "Event-time watermark of the partition (Unix seconds).", ["partition"],
-                               registry=registry)
-        self.close_latency = Histogram(p + "window_close_latency_seconds",
-                                       "Wall time between a window's end and its close.",
-                                       buckets=_CLOSE_BUCKETS, registry=registry)
-        self.close_duration = Histogram(p + "window_close_duration_seconds",
-                                        "Processing time of one close step (all windows).",
-                                        registry=registry)
+            registry=registry,
+        )
+        self.lag = Gauge(
+            p + "consumer_lag_records",
+            "Records between the consumed position and the partition's high watermark, "
+            "when the broker reports one.",
+            ["partition"],
+            registry=registry,
+        )
+        self.event_lag = Gauge(
+            p + "event_time_lag_seconds",
+            "Wall clock minus the newest event time seen in the partition.",
+            ["partition"],
+            registry=registry,
+        )
+        self.watermark = Gauge(
+            p + "watermark_seconds",
+            "Event-time watermark of the partition (Unix seconds).",
+            ["partition"],
+            registry=registry,
+        )
+        self.close_latency = Histogram(
+            p + "window_close_latency_seconds",
+            "Wall time between a window's end and its close.",
+            buckets=_CLOSE_BUCKETS,
+            registry=registry,
+        )
+        self.close_duration = Histogram(
+            p + "window_close_duration_seconds",
+            "Processing time of one close step (all windows).",
+            registry=registry,
+        )
         self.checkpoints = Counter(p + "checkpoints", "Partition checkpoints written.", registry=registry)
-        self.checkpoint_errors = Counter(p + "checkpoint_errors", "Checkpoints that failed.",
-                                         registry=registry)
-        self.checkpoint_bytes = Gauge(p + "checkpoint_bytes", "Size of the last checkpoint.",
-                                      ["partition"], registry=registry)
-        self.checkpoint_interval = Gauge(p + "checkpoint_interval_seconds",
-                                         "Interval between checkpoint rounds in use: checkpoint_interval_s, "
-                                         "stretched so that rounds take at most checkpoint_max_share of "
-                                         "the loop's time.", registry=registry)
+        self.checkpoint_errors = Counter(
+            p + "checkpoint_errors", "Checkpoints that failed.", registry=registry
+        )
+        self.checkpoint_bytes = Gauge(
+            p + "checkpoint_bytes", "Size of the last checkpoint.", ["partition"], registry=registry
+        )
+        self.checkpoint_interval = Gauge(
+            p + "checkpoint_interval_seconds",
+            "Interval between checkpoint rounds in use: checkpoint_interval_s, "
+            "stretched so that rounds take at most checkpoint_max_share of "
+            "the loop's time.",
+            registry=registry,
+        )
         self.restores = Counter(p + "restores", "Partitions restored from a checkpoint.", registry=registry)
         self.rebalances = Counter(p + "rebalances", "Partition assignments received.", registry=registry)
-        self.partitions = Gauge(p + "partitions_assigned", "Partitions this member owns.",
-                                registry=registry)
-        self.partitions_paused = Gauge(p + "partitions_paused",
-                                       "Assigned partitions whose checkpoint could not be restored "
-                                       "yet: paused (nothing consumed) and retried.", registry=registry)
+        self.partitions = Gauge(p + "partitions_assigned", "Partitions this member owns.", registry=registry)
+        self.partitions_paused = Gauge(
+            p + "partitions_paused",
+            "Assigned partitions whose checkpoint could not be restored "
+            "yet: paused (nothing consumed) and retried.",
+            registry=registry,
+        )
         self.series = Gauge(p + "series", "Active series in state.", registry=registry)
-        self.state_bytes = Gauge(p + "state_bytes", "Approximate bytes of aggregation state.",
-                                 registry=registry)
-        self.render_seconds = Histogram(p + "render_seconds", "Time to render the aggregated /metrics.",
-                                        registry=registry)
+        self.state_bytes = Gauge(
+            p + "state_bytes", "Approximate bytes of aggregation state.", registry=registry
+        )
+        self.render_seconds = Histogram(
+            p + "render_seconds", "Time to render the aggregated /metrics.", registry=registry
+        )
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -179,8 +234,14 @@ class _Listener(ConsumerRebalanceListener):
 class Aggregator:
     """`async with Aggregator(settings, bootstrap=...) as agg:` consumes until stopped."""
 
-    def __init__(self, settings: Settings, *, bootstrap: str, registry: CollectorRegistry | None = None,
-                 on_window: WindowSink | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bootstrap: str,
+        registry: CollectorRegistry | None = None,
+        on_window: WindowSink | None = None,
+    ) -> None:
         self.settings = settings
         self.cfg = settings.aggregate
         self.bootstrap = bootstrap
@@ -229,19 +290,26 @@ class Aggregator:
 
     def _kafka_kwargs(self) -> dict[str, object]:
         k = self.settings.kafka
-        kw: dict[str, object] = {"bootstrap_servers": self.bootstrap, "client_id": k.client_id,
-                                 "security_protocol": k.security_protocol,
-                                 "request_timeout_ms": k.request_timeout_ms}
+        kw: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap,
+            "client_id": k.client_id,
+            "security_protocol": k.security_protocol,
+            "request_timeout_ms": k.request_timeout_ms,
+        }
         if k.security_protocol in ("SSL", "SASL_SSL"):
             from aiokafka.helpers import create_ssl_context
 
             kw["ssl_context"] = create_ssl_context(
                 cafile=str(k.ssl_cafile) if k.ssl_cafile else None,
                 certfile=str(k.ssl_certfile) if k.ssl_certfile else None,
-                keyfile=str(k.ssl_keyfile) if k.ssl_keyfile else None)
+                keyfile=str(k.ssl_keyfile) if k.ssl_keyfile else None,
+            )
         if k.sasl_mechanism:
-            kw.update(sasl_mechanism=k.sasl_mechanism, sasl_plain_username=k.sasl_username,
-                      sasl_plain_password=k.sasl_password)
+            kw.update(
+                sasl_mechanism=k.sasl_mechanism,
+                sasl_plain_username=k.sasl_username,
+                sasl_plain_password=k.sasl_password,
+            )
         return kw
 
     async def start(self) -> None:
@@ -256,51 +324,75 @@ class Aggregator:
             try:
                 await self._ensure_state_topic()
             except KafkaConnectionError as exc:
-                raise BrokerError(f"Kafka is unreachable at {self.bootstrap} "
-                                  f"(kafka.bootstrap_servers): {exc}") from exc
+                raise BrokerError(
+                    f"Kafka is unreachable at {self.bootstrap} (kafka.bootstrap_servers): {exc}"
+                ) from exc
             finally:
                 logging.getLogger("aiokafka").removeFilter(quiet)
             kw = self._kafka_kwargs()
             self._producer = AIOKafkaProducer(
-                acks="all", enable_idempotence=self.settings.kafka.enable_idempotence,
-                max_request_size=max(self.settings.kafka.max_request_size,
-                                     self.cfg.checkpoint_chunk_bytes * 2), linger_ms=0, **kw)
+                acks="all",
+                enable_idempotence=self.settings.kafka.enable_idempotence,
+                max_request_size=max(
+                    self.settings.kafka.max_request_size, self.cfg.checkpoint_chunk_bytes * 2
+                ),
+                linger_ms=0,
+                **kw,
+            )
             await self._producer.start()
             self._pointer = AIOKafkaConsumer(
-                group_id=self.cfg.group_id + ".checkpoints", enable_auto_commit=False,
-                auto_offset_reset="earliest", **kw)
+                group_id=self.cfg.group_id + ".checkpoints",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                **kw,
+            )
             await self._pointer.start()
-            self._pointer.assign([TopicPartition(self.cfg.state_topic, p)
-                                  for p in range(self._state_partitions)])
+            self._pointer.assign(
+                [TopicPartition(self.cfg.state_topic, p) for p in range(self._state_partitions)]
+            )
             self._consumer = AIOKafkaConsumer(
-                group_id=self.cfg.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+                group_id=self.cfg.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
                 session_timeout_ms=self.cfg.session_timeout_ms,
                 heartbeat_interval_ms=self.cfg.heartbeat_interval_ms,
                 max_poll_interval_ms=max(60_000, self.cfg.session_timeout_ms * 3),
                 rebalance_timeout_ms=max(60_000, self.cfg.session_timeout_ms * 3),
                 # one fetch of ~2000 agent batches (100 series each): the poll's fixed
                 # costs (window closes, Polars calls) are shared by that many records
-                max_partition_fetch_bytes=16 * 1024 * 1024, **kw)
+                max_partition_fetch_bytes=16 * 1024 * 1024,
+                **kw,
+            )
             await self._consumer.start()
             self._consumer.subscribe([self.topic], listener=_Listener(self))
             if self.cfg.metrics_listen:
                 host, port = self.cfg.metrics_listen.rsplit(":", 1)
-                self._server = MetricsServer(host, int(port), self.render_metrics, self._health,
-                                             webconfig.load(self.cfg.metrics_web_config,
-                                                            "aggregate.metrics_web_config"))
+                self._server = MetricsServer(
+                    host,
+                    int(port),
+                    self.render_metrics,
+                    self._health,
+                    webconfig.load(self.cfg.metrics_web_config, "aggregate.metrics_web_config"),
+                )
                 try:
                     await self._server.start()
                 except OSError as exc:
-                    raise ConfigError(f"cannot serve /metrics on {self.cfg.metrics_listen}: "
-                                      f"{exc.strerror}", key="aggregate.metrics_listen") from exc
+                    raise ConfigError(
+                        f"cannot serve /metrics on {self.cfg.metrics_listen}: {exc.strerror}",
+                        key="aggregate.metrics_listen",
+                    ) from exc
             self._task = asyncio.create_task(self._run(), name="aggregator")
             self._task.add_done_callback(self._loop_ended)
         except BaseException:
             await self._close_clients()
             self._started = False
             raise
-        log.info("aggregator started: topic %s group %s, /metrics on port %s", self.topic,
-                 self.cfg.group_id, self.metrics_port or "-")
+        log.info(
+            "aggregator started: topic %s group %s, /metrics on port %s",
+            self.topic,
+            self.cfg.group_id,
+            self.metrics_port or "-",
+        )
 
     def _health(self) -> str | None:
         """For /healthz: None while the consume loop runs, else what went wrong."""
@@ -312,8 +404,11 @@ class Aggregator:
         if task.cancelled() or (exc := task.exception()) is None:
             return
         self.failure = exc
-        log.error("aggregator loop died; stop and restart this member (its partitions resume "
-                  "from their checkpoints)", exc_info=exc)
+        log.error(
+            "aggregator loop died; stop and restart this member (its partitions resume "
+            "from their checkpoints)",
+            exc_info=exc,
+        )
         self.failed.set()
 
     async def stop(self) -> None:
@@ -358,8 +453,9 @@ class Aggregator:
         await self.start()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
     async def _ensure_state_topic(self) -> None:
@@ -376,13 +472,16 @@ class Aggregator:
                 brokers = (await admin.describe_cluster()).get("brokers") or [None]
                 rf = min(3, len(brokers))
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(self.cfg.state_topic, num_partitions=parts,
-                                                    replication_factor=rf)])
+                await admin.create_topics(
+                    [NewTopic(self.cfg.state_topic, num_partitions=parts, replication_factor=rf)]
+                )
             st = await admin.describe_topics([self.cfg.state_topic])
             self._state_partitions = len(st[0].get("partitions", [])) if st else 0
             if self._state_partitions < parts:
-                raise BrokerError(f"state topic {self.cfg.state_topic!r} has {self._state_partitions} "
-                                  f"partitions, fewer than {self.topic!r} ({parts})")
+                raise BrokerError(
+                    f"state topic {self.cfg.state_topic!r} has {self._state_partitions} "
+                    f"partitions, fewer than {self.topic!r} ({parts})"
+                )
         finally:
             await admin.close()
 
@@ -399,8 +498,13 @@ class Aggregator:
             for p in parts:
                 self.states.pop(p, None)
                 self._ckpt_version.pop(p, None)
-                for g in (self.metrics.lag, self.metrics.event_lag, self.metrics.watermark,
-                          self.metrics.checkpoint_bytes, self.metrics.records):
+                for g in (
+                    self.metrics.lag,
+                    self.metrics.event_lag,
+                    self.metrics.watermark,
+                    self.metrics.checkpoint_bytes,
+                    self.metrics.records,
+                ):
                     with contextlib.suppress(KeyError):
                         g.remove(str(p))
             self.metrics.partitions.set(len(self.states))
@@ -429,8 +533,12 @@ class Aggregator:
             delay = _RESTORE_RETRY_S if prev is None else min(prev[1] * 2, _RESTORE_RETRY_MAX_S)
             self._consumer.pause(tp)
             self._pending[tp] = (time.monotonic() + delay, delay)
-            log.error("partition %d: checkpoint not restored (%s); paused, retrying in %.0fs",
-                      tp.partition, exc, delay)
+            log.error(
+                "partition %d: checkpoint not restored (%s); paused, retrying in %.0fs",
+                tp.partition,
+                exc,
+                delay,
+            )
             return
         if st is None:
             # No checkpoint: start from the oldest retained record rather than a
@@ -493,10 +601,16 @@ class Aggregator:
                     blob = b"".join(chunks[i] for i in range(want[1]))
                     st = PartitionState.restore(blob, self.cfg)
                 except (KeyError, ValueError, struct.error, pl.exceptions.PolarsError) as exc:
-                    raise ProtocolError(f"checkpoint of partition {partition} at "
-                                        f"{self.cfg.state_topic}:{ptr} is corrupt: {exc!r}") from exc
-                log.info("partition %d restored from checkpoint at state offset %d (next offset %s)",
-                         partition, ptr, st.next_offset)
+                    raise ProtocolError(
+                        f"checkpoint of partition {partition} at "
+                        f"{self.cfg.state_topic}:{ptr} is corrupt: {exc!r}"
+                    ) from exc
+                log.info(
+                    "partition %d restored from checkpoint at state offset %d (next offset %s)",
+                    partition,
+                    ptr,
+                    st.next_offset,
+                )
                 return st
         raise BrokerError(f"checkpoint of partition {partition} at {self.cfg.state_topic}:{ptr} unreadable")
 
@@ -508,8 +622,12 @@ class Aggregator:
         unchanged since the last one)."""
         if self._producer is None or self._consumer is None or self._pointer is None:
             return set()
-        current = {p for p in partitions if p in self.states
-                   and self._ckpt_version.get(p) == (self.states[p].next_offset, self.states[p].version)}
+        current = {
+            p
+            for p in partitions
+            if p in self.states
+            and self._ckpt_version.get(p) == (self.states[p].next_offset, self.states[p].version)
+        }
         offsets: dict[TopicPartition, int] = {}
         pointers: dict[TopicPartition, int] = {}
         for p in partitions:
@@ -520,14 +638,23 @@ class Aggregator:
                 continue
             blob = st.snapshot()
             size = self.cfg.checkpoint_chunk_bytes
-            pieces = [blob[i:i + size] for i in range(0, len(blob), size)] or [b""]
+            pieces = [blob[i : i + size] for i in range(0, len(blob), size)] or [b""]
             snap = uuid.uuid4().hex
             futs = []
             for i, piece in enumerate(pieces):
-                futs.append(await self._producer.send(
-                    self.cfg.state_topic, piece, key=f"{self.topic}/{p}".encode(), partition=p,
-                    headers=[("snapshot", snap.encode()), ("chunk", f"{i}/{len(pieces)}".encode()),
-                             ("next_offset", str(st.next_offset).encode())]))
+                futs.append(
+                    await self._producer.send(
+                        self.cfg.state_topic,
+                        piece,
+                        key=f"{self.topic}/{p}".encode(),
+                        partition=p,
+                        headers=[
+                            ("snapshot", snap.encode()),
+                            ("chunk", f"{i}/{len(pieces)}".encode()),
+                            ("next_offset", str(st.next_offset).encode()),
+                        ],
+                    )
+                )
             mds = await asyncio.gather(*futs)
             pointers[TopicPartition(self.cfg.state_topic, p)] = mds[0].offset
             offsets[TopicPartition(self.topic, p)] = st.next_offset
@@ -564,14 +691,18 @@ class Aggregator:
             try:
                 if self._pending:
                     await self._retry_pending()
-                batch = await self._consumer.getmany(timeout_ms=self.cfg.poll_timeout_ms,
-                                                     max_records=self.cfg.max_poll_records)
+                batch = await self._consumer.getmany(
+                    timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_poll_records
+                )
                 async with self._lock:
                     dead, idle_due = self._process(batch)
                     if dead:
                         await self._dead_letter(dead)
-                    if (idle_due and time.monotonic() >= idle_retry_at
-                            and not await self._close_idle(idle_due)):
+                    if (
+                        idle_due
+                        and time.monotonic() >= idle_retry_at
+                        and not await self._close_idle(idle_due)
+                    ):
                         idle_retry_at = time.monotonic() + ckpt_every
                     if time.monotonic() - last_ckpt >= ckpt_every:
                         last_ckpt = time.monotonic()
@@ -581,12 +712,16 @@ class Aggregator:
                         except TimeoutError:
                             # nothing committed: the previous checkpoint stays the restart point
                             self.metrics.checkpoint_errors.inc()
-                            log.warning("checkpoint not written within %gs; next try in %gs",
-                                        self.settings.kafka.produce_timeout_s,
-                                        self.cfg.checkpoint_interval_s)
-                        ckpt_every = checkpoint_every(time.monotonic() - last_ckpt,
-                                                      self.cfg.checkpoint_interval_s,
-                                                      self.cfg.checkpoint_max_share)
+                            log.warning(
+                                "checkpoint not written within %gs; next try in %gs",
+                                self.settings.kafka.produce_timeout_s,
+                                self.cfg.checkpoint_interval_s,
+                            )
+                        ckpt_every = checkpoint_every(
+                            time.monotonic() - last_ckpt,
+                            self.cfg.checkpoint_interval_s,
+                            self.cfg.checkpoint_max_share,
+                        )
                         self.metrics.checkpoint_interval.set(ckpt_every)
                 backoff = 0.1
             except KafkaError as exc:
@@ -609,8 +744,11 @@ class Aggregator:
                 done = await self._checkpoint(list(due))
         except (TimeoutError, KafkaError, BrokerError) as exc:
             self.metrics.checkpoint_errors.inc()
-            log.warning("idle close of partitions %s postponed: checkpoint failed (%s)",
-                        sorted(due), exc or type(exc).__name__)
+            log.warning(
+                "idle close of partitions %s postponed: checkpoint failed (%s)",
+                sorted(due),
+                exc or type(exc).__name__,
+            )
             done = set()
         wall_ns = time.time_ns()
         for p in due:
@@ -625,8 +763,7 @@ class Aggregator:
                     self.metrics.close_latency.observe(max(0.0, (wall_ns - st.closed_ns) / NS))
         return done >= set(due)
 
-    def _process(self, batch: dict[TopicPartition, list]
-                 ) -> tuple[list[tuple[object, str]], dict[int, int]]:
+    def _process(self, batch: dict[TopicPartition, list]) -> tuple[list[tuple[object, str]], dict[int, int]]:
         """Feed records to their states and close what the watermarks passed; returns the
         records to dead-letter and the idle closes due (partition -> pane boundary)."""
         idle_due: dict[int, int] = {}
@@ -699,15 +836,26 @@ class Aggregator:
                 return
             if attempt == _DLQ_ATTEMPTS or self._stopping.is_set():
                 break
-            log.warning("dead-letter topic: %d record(s) %s; retry %d of %d in %.1fs", left, why,
-                        attempt, _DLQ_ATTEMPTS - 1, delay)
+            log.warning(
+                "dead-letter topic: %d record(s) %s; retry %d of %d in %.1fs",
+                left,
+                why,
+                attempt,
+                _DLQ_ATTEMPTS - 1,
+                delay,
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
             delay *= 2
         left = written.count(False)
         self.metrics.dead_letter_failures.inc(left)
-        log.warning("dead-letter topic did not take %d record(s) in %d attempt(s) (%s; counted, "
-                    "decode errors stay counted by reason)", left, attempt, why)
+        log.warning(
+            "dead-letter topic did not take %d record(s) in %d attempt(s) (%s; counted, "
+            "decode errors stay counted by reason)",
+            left,
+            attempt,
+            why,
+        )
 
     async def _dead_letter_send(self, dead: list[tuple[object, str]], written: list[bool]) -> None:
         """Send each record of `dead` not written yet; wait for the answers. A send left
@@ -719,11 +867,17 @@ class Aggregator:
             if written[i]:
                 continue
             headers = list(getattr(r, "headers", None) or ())
-            headers += [("dlq_reason", reason.encode()),
-                        ("dlq_source", f"{self.topic}/{r.partition}/{r.offset}".encode())]  # type: ignore[attr-defined]
+            headers += [
+                ("dlq_reason", reason.encode()),
+                ("dlq_source", f"{self.topic}/{r.partition}/{r.offset}".encode()),  # type: ignore[attr-defined]
+            ]
             try:
-                fut = await self._producer.send(self.dlq_topic, r.value, key=r.key,  # type: ignore[attr-defined]
-                                                headers=headers)
+                fut = await self._producer.send(
+                    self.dlq_topic,
+                    r.value,  # type: ignore[attr-defined]
+                    key=r.key,  # type: ignore[attr-defined]
+                    headers=headers,
+                )
             except KafkaError as exc:
                 log.debug("dead-letter produce failed: %s", exc)
                 continue

@@ -64,6 +64,8 @@ def log_labels(labels: dict[str, str]) -> str:
     """The window log's `labels` text of a series with these entity labels."""
     text = ",".join(f"{n}={labels.get(n, '')}" for n in _LOG_LABELS)
     return text + (f",le={labels['le']}" if labels.get("le") else "")
+
+
 _SPEC_LABEL_POS = [tuple(LABEL_NAMES.index(n) for n in m.labels) for m in METRICS]
 _IS_COUNTER = np.array([m.kind is Kind.COUNTER for m in METRICS])
 # A link's speed (bytes/s) bounds every counter of the link (octets; packets, errors and
@@ -89,9 +91,19 @@ def _is_bound(le: str) -> bool:
         return math.isfinite(float(le))
     except ValueError:
         return False
+
+
 _N_CODES = 6
-DROP_REASONS = ("late", "duplicate", "dedup_expired", "rejected", "unknown_metric", "cardinality",
-                "too_old", "overlap")
+DROP_REASONS = (
+    "late",
+    "duplicate",
+    "dedup_expired",
+    "rejected",
+    "unknown_metric",
+    "cardinality",
+    "too_old",
+    "overlap",
+)
 _NO_SAMPLE = np.iinfo(np.int64).min  # s_last of a series that has no processed sample yet
 _NO_STEP = np.iinfo(np.int64).max
 _UNRESOLVED = -2  # s_speed_of of a series not looked up yet
@@ -106,21 +118,52 @@ CHECKPOINT_VERSION = 4
 # (each half is < 2^32, and no window has 2^32 intervals); Int128 appears only in the
 # published windows.
 COUNTER_PANE_SCHEMA = {
-    "sid": pl.UInt32, "pane": pl.Int64, "hi": pl.UInt64, "lo": pl.UInt64, "dt": pl.Int64,
-    "n": pl.UInt32, "resets": pl.UInt32, "wraps": pl.UInt32,
+    "sid": pl.UInt32,
+    "pane": pl.Int64,
+    "hi": pl.UInt64,
+    "lo": pl.UInt64,
+    "dt": pl.Int64,
+    "n": pl.UInt32,
+    "resets": pl.UInt32,
+    "wraps": pl.UInt32,
 }
 GAUGE_PANE_SCHEMA = {
-    "sid": pl.UInt32, "pane": pl.Int64, "sum": pl.Float64, "cnt": pl.UInt32,
-    "min": pl.Float64, "max": pl.Float64,
+    "sid": pl.UInt32,
+    "pane": pl.Int64,
+    "sum": pl.Float64,
+    "cnt": pl.UInt32,
+    "min": pl.Float64,
+    "max": pl.Float64,
 }
 # `at`: event time (ns) the totals are complete up to (the closed pane boundary)
 TOTALS_SCHEMA = {"sid": pl.UInt32, "hi": pl.UInt64, "lo": pl.UInt64, "created": pl.Int64, "at": pl.Int64}
-COUNTER_AGG_SCHEMA = {"sid": pl.UInt32, "end": pl.Int64, "hi": pl.UInt64, "lo": pl.UInt64,
-                      "dt": pl.Int64, "n": pl.UInt32, "resets": pl.UInt32, "wraps": pl.UInt32}
-COUNTER_WIN_SCHEMA = {"sid": pl.UInt32, "end": pl.Int64, "inc": pl.Int128, "dt": pl.Int64,
-                      "n": pl.UInt32, "resets": pl.UInt32, "wraps": pl.UInt32}
-GAUGE_WIN_SCHEMA = {"sid": pl.UInt32, "end": pl.Int64, "sum": pl.Float64, "cnt": pl.UInt32,
-                    "min": pl.Float64, "max": pl.Float64}
+COUNTER_AGG_SCHEMA = {
+    "sid": pl.UInt32,
+    "end": pl.Int64,
+    "hi": pl.UInt64,
+    "lo": pl.UInt64,
+    "dt": pl.Int64,
+    "n": pl.UInt32,
+    "resets": pl.UInt32,
+    "wraps": pl.UInt32,
+}
+COUNTER_WIN_SCHEMA = {
+    "sid": pl.UInt32,
+    "end": pl.Int64,
+    "inc": pl.Int128,
+    "dt": pl.Int64,
+    "n": pl.UInt32,
+    "resets": pl.UInt32,
+    "wraps": pl.UInt32,
+}
+GAUGE_WIN_SCHEMA = {
+    "sid": pl.UInt32,
+    "end": pl.Int64,
+    "sum": pl.Float64,
+    "cnt": pl.UInt32,
+    "min": pl.Float64,
+    "max": pl.Float64,
+}
 
 # on_window(partition, window_s, counter_windows, gauge_windows): every closed window, one row
 # per (series, end); frames labelled with `site`, `metric` (catalogue name) and `labels`
@@ -151,8 +194,15 @@ def _refusal(value: bytes) -> ProtocolError:
 
 def _exact(cw: pl.DataFrame) -> pl.DataFrame:
     """Counter windows with the increase as one exact Int128 (hi * 2^32 + lo)."""
-    return cw.select("sid", "end", inc=pl.col("hi").cast(pl.Int128) * _TWO32 + pl.col("lo").cast(pl.Int128),
-                     dt="dt", n="n", resets="resets", wraps="wraps")
+    return cw.select(
+        "sid",
+        "end",
+        inc=pl.col("hi").cast(pl.Int128) * _TWO32 + pl.col("lo").cast(pl.Int128),
+        dt="dt",
+        n="n",
+        resets="resets",
+        wraps="wraps",
+    )
 
 
 def _halves(panes: pl.DataFrame) -> pl.DataFrame:
@@ -160,9 +210,16 @@ def _halves(panes: pl.DataFrame) -> pl.DataFrame:
     if "inc" not in panes.columns:
         return panes
     inc = pl.col("inc")
-    return panes.select("sid", "pane", hi=(inc // _TWO32).cast(pl.UInt64), lo=(inc % _TWO32).cast(pl.UInt64),
-                        dt="dt", n="n", resets="resets", wraps="wraps").cast(
-                            COUNTER_PANE_SCHEMA)  # type: ignore[arg-type]
+    return panes.select(
+        "sid",
+        "pane",
+        hi=(inc // _TWO32).cast(pl.UInt64),
+        lo=(inc % _TWO32).cast(pl.UInt64),
+        dt="dt",
+        n="n",
+        resets="resets",
+        wraps="wraps",
+    ).cast(COUNTER_PANE_SCHEMA)  # type: ignore[arg-type]
 
 
 def _by_series_time(sid: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -357,8 +414,10 @@ class PartitionState:
         self.src = [max(0, j - 1) for j in range(len(w))]
         self.tier_ns = [x * NS for x in w[: self.n_tiers]]
         self.n_src = [w[j] // w[self.src[j]] for j in range(len(w))]
-        self.keep_panes = [max([self.n_src[j] for j in range(len(w)) if self.src[j] == k], default=1)
-                           for k in range(self.n_tiers)]
+        self.keep_panes = [
+            max([self.n_src[j] for j in range(len(w)) if self.src[j] == k], default=1)
+            for k in range(self.n_tiers)
+        ]
         self.lateness_ns = int(settings.allowed_lateness_s * NS)
         self.ttl_ns = int(settings.stale_ttl_s * NS)
         self.on_window: WindowSink | None = None
@@ -532,8 +591,9 @@ class PartitionState:
             code[i] = OK_DELTA if delta else OK_COUNTER if want == pb.COUNTER else OK_GAUGE
             if want == pb.COUNTER and not delta:
                 bits[i] = 32 if s.counter_bits == 32 else 64
-                epoch[i] = _epoch_hash(int(s.start_time_unix_nano), float(s.scale or 1.0),
-                                       int(s.counter_bits))
+                epoch[i] = _epoch_hash(
+                    int(s.start_time_unix_nano), float(s.scale or 1.0), int(s.counter_bits)
+                )
         return Table(code, sids, epoch, bits)
 
     def _table(self, site: int, d: Rec) -> Table:
@@ -551,8 +611,7 @@ class PartitionState:
         return t
 
     # ------------------------------------------------------------------ dedup
-    def _dedup(self, agent_id: str, seq: int, site: int, unissued: tuple[int, int] | None = None
-               ) -> str:
+    def _dedup(self, agent_id: str, seq: int, site: int, unissued: tuple[int, int] | None = None) -> str:
         a = self.agents.get(agent_id)
         w = self.settings.dedup_window
         if a is None:
@@ -646,8 +705,9 @@ class PartitionState:
         site_index, sites, boot_hash = self.site_index, self.sites, self.boot_hash
         for j, r in enumerate(recs):
             site_i = site_index.get(r.site_id)
-            if site_i is None or (r.country and (sites[site_i].country != r.country
-                                                 or sites[site_i].region != r.region)):
+            if site_i is None or (
+                r.country and (sites[site_i].country != r.country or sites[site_i].region != r.region)
+            ):
                 site_i = self._site(r.site_id, r.country, r.region)
             site_l[j] = site_i
             site = sites[site_i]
@@ -698,8 +758,9 @@ class PartitionState:
                 wrong = code >= 0
                 wrong &= ~ok
                 if wrong.any():
-                    counts_ = np.bincount(site_of[rec[wrong]] * _N_CODES + code[wrong],
-                                          minlength=n_sites * _N_CODES).reshape(n_sites, _N_CODES)
+                    counts_ = np.bincount(
+                        site_of[rec[wrong]] * _N_CODES + code[wrong], minlength=n_sites * _N_CODES
+                    ).reshape(n_sites, _N_CODES)
                     for si in np.flatnonzero(counts_.any(axis=1)).tolist():
                         c = counts_[si]
                         d = self.sites[si].dropped
@@ -732,8 +793,9 @@ class PartitionState:
             if closed is not None:
                 cut_l[j] = closed
             r = recs[j]
-            if (r.deltas is not no_deltas or r.period_gauges is not no_pgauges) \
-                    and (len(r.deltas) or len(r.period_gauges)):
+            if (r.deltas is not no_deltas or r.period_gauges is not no_pgauges) and (
+                len(r.deltas) or len(r.period_gauges)
+            ):
                 rt = rec_table[j]
                 assert rt is not None
                 accepted[site_l[j]] += self._add_periods(r, rt, sites[site_l[j]])
@@ -789,8 +851,13 @@ class PartitionState:
             site.dropped["unknown_metric"] += int(np.count_nonzero(code == UNKNOWN))
             site.dropped["cardinality"] += int(np.count_nonzero(code == CAPPED))
             site.dropped["rejected"] += int(np.count_nonzero(~ok & (code != UNKNOWN) & (code != CAPPED)))
-            verdict, rows = self.periods.add(table.sid[cols.series_index[ok]], cols.start_unix_nano[ok],
-                                             cols.time_unix_nano[ok], cols.value[ok], gauge=gauge)
+            verdict, rows = self.periods.add(
+                table.sid[cols.series_index[ok]],
+                cols.start_unix_nano[ok],
+                cols.time_unix_nano[ok],
+                cols.value[ok],
+                gauge=gauge,
+            )
             site.dropped["duplicate"] += verdict.duplicate
             site.dropped["too_old"] += verdict.too_old
             site.dropped["overlap"] += verdict.overlap
@@ -807,13 +874,18 @@ class PartitionState:
         rows = rows.with_columns(window_s=(pl.col("end") - pl.col("start")) // NS)
         for (length,), part in rows.partition_by("window_s", as_dict=True).items():
             if gauge:
-                g = part.select("sid", "end", sum="value", cnt=pl.lit(1, pl.UInt32), min="value",
-                                max="value")
+                g = part.select("sid", "end", sum="value", cnt=pl.lit(1, pl.UInt32), min="value", max="value")
                 self.on_window(self.partition, int(length), _empty(COUNTER_WIN_SCHEMA), self._labelled(g))
             else:
-                c = part.select("sid", "end", inc=pl.col("value").cast(pl.Int128),
-                                dt=pl.col("end") - pl.col("start"), n=pl.lit(1, pl.UInt32),
-                                resets=pl.lit(0, pl.UInt32), wraps=pl.lit(0, pl.UInt32))
+                c = part.select(
+                    "sid",
+                    "end",
+                    inc=pl.col("value").cast(pl.Int128),
+                    dt=pl.col("end") - pl.col("start"),
+                    n=pl.lit(1, pl.UInt32),
+                    resets=pl.lit(0, pl.UInt32),
+                    wraps=pl.lit(0, pl.UInt32),
+                )
                 self.on_window(self.partition, int(length), self._labelled(c), _empty(GAUGE_WIN_SCHEMA))
 
     # ------------------------------------------------------------------ event time
@@ -971,8 +1043,9 @@ class PartitionState:
         change[1:] |= pane[1:] != pane[:-1]
         return np.flatnonzero(change)
 
-    def _plausible_rate(self, sid: np.ndarray, t: np.ndarray, speeds: tuple[np.ndarray, ...] | None,
-                        starts: np.ndarray) -> np.ndarray | float:
+    def _plausible_rate(
+        self, sid: np.ndarray, t: np.ndarray, speeds: tuple[np.ndarray, ...] | None, starts: np.ndarray
+    ) -> np.ndarray | float:
         """Largest plausible increase per second of each counter sample (sorted by sid, t):
         its link's speed as of the sample's time where the link reports one, else
         `max_counter_rate`. A function of the processed samples only (an as-of join on event
@@ -1016,13 +1089,21 @@ class PartitionState:
         rate[q[known]] = speed[known] / np.maximum(self.s_scale[sid[q[known]]], 1e-300)
         return rate
 
-    def _counter_panes(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray, epoch: np.ndarray,
-                       bits: np.ndarray, speeds: tuple[np.ndarray, ...] | None = None) -> None:
+    def _counter_panes(
+        self,
+        sid: np.ndarray,
+        t: np.ndarray,
+        v: np.ndarray,
+        epoch: np.ndarray,
+        bits: np.ndarray,
+        speeds: tuple[np.ndarray, ...] | None = None,
+    ) -> None:
         """Counter panes of samples sorted by (series, time)."""
         first, sstarts = _series_runs(sid)
         self._renew_returning(sid, t, sstarts)
-        d = counter_deltas(sid, t, v, epoch, bits, self.carry,
-                           self._plausible_rate(sid, t, speeds, sstarts), first=first)
+        d = counter_deltas(
+            sid, t, v, epoch, bits, self.carry, self._plausible_rate(sid, t, speeds, sstarts), first=first
+        )
         if d.ambiguous.any():
             per_site = np.bincount(self.s_site[sid[d.ambiguous]], minlength=len(self.sites))
             for si in np.flatnonzero(per_site).tolist():
@@ -1033,22 +1114,28 @@ class PartitionState:
         # one sample per (series, pane) - sampling every pane or slower, the usual case -
         # needs no group sums
         one = len(starts) == len(sid)
-        hi, lo = ((d.delta >> np.uint64(32), d.delta & np.uint64(0xFFFF_FFFF)) if one
-                  else split_sum_arrays(d.delta, starts))
+        hi, lo = (
+            (d.delta >> np.uint64(32), d.delta & np.uint64(0xFFFF_FFFF))
+            if one
+            else split_sum_arrays(d.delta, starts)
+        )
 
         def per_pane(x: np.ndarray) -> np.ndarray:
             return x.astype(np.uint32) if one else _group_sum(x, starts).astype(np.uint32)
 
-        frame = pl.DataFrame({
-            "sid": sid[starts].astype(np.uint32),
-            "pane": pane[starts],
-            "hi": hi,
-            "lo": lo,
-            "dt": d.dt if one else np.add.reduceat(d.dt, starts),
-            "n": per_pane(d.valid),
-            "resets": per_pane(d.reset),
-            "wraps": per_pane(d.wrap),
-        }, schema=COUNTER_PANE_SCHEMA)
+        frame = pl.DataFrame(
+            {
+                "sid": sid[starts].astype(np.uint32),
+                "pane": pane[starts],
+                "hi": hi,
+                "lo": lo,
+                "dt": d.dt if one else np.add.reduceat(d.dt, starts),
+                "n": per_pane(d.valid),
+                "resets": per_pane(d.reset),
+                "wraps": per_pane(d.wrap),
+            },
+            schema=COUNTER_PANE_SCHEMA,
+        )
         old = self.cpanes[0]
         self.cpanes[0] = pl.concat([old, frame]) if len(old) else frame
         if self.n_tiers > 1:
@@ -1064,16 +1151,19 @@ class PartitionState:
                     return np.zeros(len(tg), np.uint32)
                 return (size if x.all() else _group_sum(x, tg)).astype(np.uint32)
 
-            self._tier_src = pl.DataFrame({
-                "sid": sid[tg].astype(np.uint32),
-                "pane": pane[tg],
-                "hi": _group_sum(hi if one else d.delta >> np.uint64(32), tg),
-                "lo": _group_sum(lo if one else d.delta & np.uint64(0xFFFF_FFFF), tg),
-                "dt": _group_sum(d.dt, tg),
-                "n": count(d.valid),
-                "resets": count(d.reset),
-                "wraps": count(d.wrap),
-            }, schema=COUNTER_PANE_SCHEMA)
+            self._tier_src = pl.DataFrame(
+                {
+                    "sid": sid[tg].astype(np.uint32),
+                    "pane": pane[tg],
+                    "hi": _group_sum(hi if one else d.delta >> np.uint64(32), tg),
+                    "lo": _group_sum(lo if one else d.delta & np.uint64(0xFFFF_FFFF), tg),
+                    "dt": _group_sum(d.dt, tg),
+                    "n": count(d.valid),
+                    "resets": count(d.reset),
+                    "wraps": count(d.wrap),
+                },
+                schema=COUNTER_PANE_SCHEMA,
+            )
             if len(old):
                 self._tier_src = pl.concat([old, self._tier_src])
         self._touch(sid, t, sstarts)
@@ -1092,9 +1182,16 @@ class PartitionState:
         n = len(self.keys)
         sel = np.flatnonzero(self.s_live[:n] & _IS_COUNTER[self.s_metric[:n]] & (self.s_count[:n] > 0))
         at = self.closed_ns if self.closed_ns is not None else 0
-        return pl.DataFrame({"sid": sel.astype(np.uint32), "hi": self.s_tot_hi[sel], "lo": self.s_tot_lo[sel],
-                             "created": self.s_first[sel], "at": np.full(len(sel), at, np.int64)},
-                            schema=TOTALS_SCHEMA)
+        return pl.DataFrame(
+            {
+                "sid": sel.astype(np.uint32),
+                "hi": self.s_tot_hi[sel],
+                "lo": self.s_tot_lo[sel],
+                "created": self.s_first[sel],
+                "at": np.full(len(sel), at, np.int64),
+            },
+            schema=TOTALS_SCHEMA,
+        )
 
     def publish_totals(self) -> None:
         """The checkpoint taken last is committed: its totals become the published ones.
@@ -1122,14 +1219,17 @@ class PartitionState:
         starts = self._group_starts(first, pane)
         counts = np.diff(np.append(starts, len(sid)))
         one = len(starts) == len(sid)  # one sample per (series, pane): no group sums
-        frame = pl.DataFrame({
-            "sid": sid[starts].astype(np.uint32),
-            "pane": pane[starts],
-            "sum": v if one else np.add.reduceat(v, starts),
-            "cnt": counts.astype(np.uint32),
-            "min": v if one else np.minimum.reduceat(v, starts),
-            "max": v if one else np.maximum.reduceat(v, starts),
-        }, schema=GAUGE_PANE_SCHEMA)
+        frame = pl.DataFrame(
+            {
+                "sid": sid[starts].astype(np.uint32),
+                "pane": pane[starts],
+                "sum": v if one else np.add.reduceat(v, starts),
+                "cnt": counts.astype(np.uint32),
+                "min": v if one else np.minimum.reduceat(v, starts),
+                "max": v if one else np.maximum.reduceat(v, starts),
+            },
+            schema=GAUGE_PANE_SCHEMA,
+        )
         self.gpanes[0] = pl.concat([self.gpanes[0], frame]) if len(self.gpanes[0]) else frame
         self._touch(sid, t, sstarts)
         return speeds
@@ -1181,8 +1281,11 @@ class PartitionState:
             if hi >= lo:
                 # tier 1 from this close's partial sums when it has them (see _counter_panes)
                 csrc = self._tier_src if j == 1 and self._tier_src is not None else self.cpanes[k]
-                self._add_tier(j, self._roll(csrc, n, lo, hi, size, True, tumbling=True),
-                               self._roll(self.gpanes[k], n, lo, hi, size, False, tumbling=True))
+                self._add_tier(
+                    j,
+                    self._roll(csrc, n, lo, hi, size, True, tumbling=True),
+                    self._roll(self.gpanes[k], n, lo, hi, size, False, tumbling=True),
+                )
         if not emit_all:
             # drop what the newest windows do not need, so they are computed from a few rows
             self._prune(target, extra=1)
@@ -1201,11 +1304,11 @@ class PartitionState:
             count += hi - lo + 1
             for frame, latest in ((cw, self.latest_c), (gw, self.latest_g)):
                 if len(frame):
-                    newest = frame if lo == hi else frame.filter(
-                        pl.col("end") == pl.col("end").max().over("sid"))
+                    newest = (
+                        frame if lo == hi else frame.filter(pl.col("end") == pl.col("end").max().over("sid"))
+                    )
                     old = latest[w]
-                    latest[w] = pl.concat([old.filter(~pl.col("sid").is_in(newest["sid"].implode())),
-                                           newest])
+                    latest[w] = pl.concat([old.filter(~pl.col("sid").is_in(newest["sid"].implode())), newest])
             if self.on_window is not None and (len(cw) or len(gw)):
                 self.on_window(self.partition, w, self._labelled(cw), self._labelled(gw))
         return count
@@ -1223,19 +1326,40 @@ class PartitionState:
     def _add_tier(self, k: int, cw: pl.DataFrame, gw: pl.DataFrame) -> None:
         size = self.tier_ns[k]
         if len(cw):
-            rows = cw.select("sid", pane=pl.col("end") // size - 1, hi=pl.col("hi"), lo=pl.col("lo"),
-                             dt=pl.col("dt"),
-                             n=pl.col("n"), resets=pl.col("resets"), wraps=pl.col("wraps"))
+            rows = cw.select(
+                "sid",
+                pane=pl.col("end") // size - 1,
+                hi=pl.col("hi"),
+                lo=pl.col("lo"),
+                dt=pl.col("dt"),
+                n=pl.col("n"),
+                resets=pl.col("resets"),
+                wraps=pl.col("wraps"),
+            )
             rows = rows.cast(COUNTER_PANE_SCHEMA)  # type: ignore[arg-type]
             self.cpanes[k] = pl.concat([self.cpanes[k], rows]) if len(self.cpanes[k]) else rows
         if len(gw):
-            rows = gw.select("sid", pane=pl.col("end") // size - 1, sum=pl.col("sum"), cnt=pl.col("cnt"),
-                             min=pl.col("min"), max=pl.col("max"))
+            rows = gw.select(
+                "sid",
+                pane=pl.col("end") // size - 1,
+                sum=pl.col("sum"),
+                cnt=pl.col("cnt"),
+                min=pl.col("min"),
+                max=pl.col("max"),
+            )
             rows = rows.cast(GAUGE_PANE_SCHEMA)  # type: ignore[arg-type]
             self.gpanes[k] = pl.concat([self.gpanes[k], rows]) if len(self.gpanes[k]) else rows
 
-    def _roll(self, panes: pl.DataFrame, n: int, e_lo: int, e_hi: int, size: int, counter: bool,
-              tumbling: bool = False) -> pl.DataFrame:
+    def _roll(
+        self,
+        panes: pl.DataFrame,
+        n: int,
+        e_lo: int,
+        e_hi: int,
+        size: int,
+        counter: bool,
+        tumbling: bool = False,
+    ) -> pl.DataFrame:
         """Windows of n consecutive tier panes ending at pane indices e in [e_lo, e_hi] (window
         e covers panes e-n .. e-1 and ends at e * size); `tumbling`: only ends that are
         multiples of n. One row per (series, end) with data, ordered by (end, series) (by
@@ -1285,13 +1409,21 @@ class PartitionState:
         g = np.flatnonzero(change)
         single = len(g) == total  # one pane per window: nothing to sum (x is its own sum)
         cols: dict[str, np.ndarray] = {"sid": sid[g], "end": e[g] * size}
-        ops = ({c: np.add for c in ("hi", "lo", "dt", "n", "resets", "wraps")} if counter
-               else {"sum": np.add, "cnt": np.add, "min": np.minimum, "max": np.maximum})
+        ops = (
+            {c: np.add for c in ("hi", "lo", "dt", "n", "resets", "wraps")}
+            if counter
+            else {"sum": np.add, "cnt": np.add, "min": np.minimum, "max": np.maximum}
+        )
         for c, op in ops.items():
             x = panes[c].to_numpy()[rep]
             # sums of counts stay in their column's type (UInt32: a Polars cast costs more)
-            cols[c] = x if single else _group_sum(x, g).astype(x.dtype, copy=False) \
-                if op is np.add and x.dtype.kind in "iu" else op.reduceat(x, g)
+            cols[c] = (
+                x
+                if single
+                else _group_sum(x, g).astype(x.dtype, copy=False)
+                if op is np.add and x.dtype.kind in "iu"
+                else op.reduceat(x, g)
+            )
         if e_lo == e_hi or tumbling:
             # one end: (series, end) order is (end, series) order; tier rows (tumbling) are
             # kept in (series, end) order, which the next roll's stable sort merges cheaply
@@ -1302,14 +1434,17 @@ class PartitionState:
     def _labelled(self, frame: pl.DataFrame) -> pl.DataFrame:
         meta = self.series_meta()
         keyed = meta.select(
-            "sid", "site",
-            pl.col("metric_i").cast(pl.Int64)
+            "sid",
+            "site",
+            pl.col("metric_i")
+            .cast(pl.Int64)
             .replace_strict(list(range(len(METRICS))), [m.name for m in METRICS], return_dtype=pl.String)
             .alias("metric"),
-            (pl.concat_str([pl.lit(n + "=") + pl.col(n) for n in _LOG_LABELS], separator=",")
-             # a distribution bin's bound, only on bins: other series' labels read as before
-             + pl.when(pl.col("le") != "").then(pl.lit(",le=") + pl.col("le")).otherwise(pl.lit("")))
-            .alias("labels"),
+            (
+                pl.concat_str([pl.lit(n + "=") + pl.col(n) for n in _LOG_LABELS], separator=",")
+                # a distribution bin's bound, only on bins: other series' labels read as before
+                + pl.when(pl.col("le") != "").then(pl.lit(",le=") + pl.col("le")).otherwise(pl.lit(""))
+            ).alias("labels"),
         )
         return frame.join(keyed, on="sid", how="left")
 
@@ -1372,14 +1507,36 @@ class PartitionState:
             received[a.site] += a.received
         s_expected, s_counted = self._sample_ledger()
         sites = tuple(
-            SiteLedger(s.site_id, s.country, s.region, s.series, s.batches, s.dup_batches, s.samples,
-                       dict(s.dropped), expected[i], received[i], s.max_event,
-                       int(s_expected[i]), int(s_counted[i]), dict(s.excluded))
+            SiteLedger(
+                s.site_id,
+                s.country,
+                s.region,
+                s.series,
+                s.batches,
+                s.dup_batches,
+                s.samples,
+                dict(s.dropped),
+                expected[i],
+                received[i],
+                s.max_event,
+                int(s_expected[i]),
+                int(s_counted[i]),
+                dict(s.excluded),
+            )
             for i, s in enumerate(self.sites)
         )
         pc, pg = self.periods.latest()
-        return PartitionView(self.partition, self.windows_s, self.series_meta(), dict(self.latest_c),
-                             dict(self.latest_g), sites, pc, pg, self.totals_published)
+        return PartitionView(
+            self.partition,
+            self.windows_s,
+            self.series_meta(),
+            dict(self.latest_c),
+            dict(self.latest_g),
+            sites,
+            pc,
+            pg,
+            self.totals_published,
+        )
 
     def ledger_end_ns(self) -> int | None:
         """Last event time (inclusive) the sample ledger expects samples up to.
@@ -1427,18 +1584,28 @@ class PartitionState:
                     cols[n].append(val)
             sid_arr = np.array(sids, np.uint32)
             site = self.s_site[sid_arr] if len(sid_arr) else np.zeros(0, np.int32)
-            self._meta = pl.DataFrame({
-                "sid": sid_arr,
-                "site_i": site.astype(np.int32),
-                "metric_i": self.s_metric[sid_arr].astype(np.int16),
-                "scale": self.s_scale[sid_arr] if len(sid_arr) else np.zeros(0, np.float64),
-                "site": [self.sites[i].site_id for i in site.tolist()],
-                "country": [self.sites[i].country for i in site.tolist()],
-                "region": [self.sites[i].region for i in site.tolist()],
-                **cols,
-            }, schema={"sid": pl.UInt32, "site_i": pl.Int32, "metric_i": pl.Int16, "scale": pl.Float64,
-                       "site": pl.String,
-                       "country": pl.String, "region": pl.String, **dict.fromkeys(LABEL_NAMES, pl.String)})
+            self._meta = pl.DataFrame(
+                {
+                    "sid": sid_arr,
+                    "site_i": site.astype(np.int32),
+                    "metric_i": self.s_metric[sid_arr].astype(np.int16),
+                    "scale": self.s_scale[sid_arr] if len(sid_arr) else np.zeros(0, np.float64),
+                    "site": [self.sites[i].site_id for i in site.tolist()],
+                    "country": [self.sites[i].country for i in site.tolist()],
+                    "region": [self.sites[i].region for i in site.tolist()],
+                    **cols,
+                },
+                schema={
+                    "sid": pl.UInt32,
+                    "site_i": pl.Int32,
+                    "metric_i": pl.Int16,
+                    "scale": pl.Float64,
+                    "site": pl.String,
+                    "country": pl.String,
+                    "region": pl.String,
+                    **dict.fromkeys(LABEL_NAMES, pl.String),
+                },
+            )
         return self._meta
 
     def live_series(self) -> int:
@@ -1453,9 +1620,23 @@ class PartitionState:
 
     def state_bytes(self) -> int:
         """Approximate resident bytes of this state (arrays, frames, registry)."""
-        n = sum(a.nbytes for a in (self.s_site, self.s_metric, self.s_last, self.s_live, self.s_scale,
-                                   self.s_first, self.s_step, self.s_count, self.carry.has,
-                                   self.carry.value, self.carry.time, self.carry.epoch))
+        n = sum(
+            a.nbytes
+            for a in (
+                self.s_site,
+                self.s_metric,
+                self.s_last,
+                self.s_live,
+                self.s_scale,
+                self.s_first,
+                self.s_step,
+                self.s_count,
+                self.carry.has,
+                self.carry.value,
+                self.carry.time,
+                self.carry.epoch,
+            )
+        )
         n += sum(int(f.estimated_size()) for f in (*self.cpanes, *self.gpanes))
         n += sum(int(f.estimated_size()) for f in (*self.latest_c.values(), *self.latest_g.values()))
         n += self.buffered_bytes() + self.periods.state_bytes()
@@ -1478,15 +1659,27 @@ class PartitionState:
         frames: dict[str, pl.DataFrame] = {}
         n = len(self.keys)
         self._totals_pending = self.totals_frame()
-        frames["series"] = pl.DataFrame({
-            "site": self.s_site[:n], "metric": self.s_metric[:n], "last": self.s_last[:n],
-            "live": self.s_live[:n], "scale": self.s_scale[:n], "c_has": self.carry.has[:n],
-            "c_value": self.carry.value[:n],
-            "c_time": self.carry.time[:n], "c_epoch": self.carry.epoch[:n],
-            "first": self.s_first[:n], "step": self.s_step[:n], "count": self.s_count[:n],
-            "speed": self.s_speed[:n], "tot_hi": self.s_tot_hi[:n], "tot_lo": self.s_tot_lo[:n],
-            "labels": [list(k[2]) if k is not None else None for k in self.keys],
-        }, schema_overrides={"labels": pl.List(pl.String)})
+        frames["series"] = pl.DataFrame(
+            {
+                "site": self.s_site[:n],
+                "metric": self.s_metric[:n],
+                "last": self.s_last[:n],
+                "live": self.s_live[:n],
+                "scale": self.s_scale[:n],
+                "c_has": self.carry.has[:n],
+                "c_value": self.carry.value[:n],
+                "c_time": self.carry.time[:n],
+                "c_epoch": self.carry.epoch[:n],
+                "first": self.s_first[:n],
+                "step": self.s_step[:n],
+                "count": self.s_count[:n],
+                "speed": self.s_speed[:n],
+                "tot_hi": self.s_tot_hi[:n],
+                "tot_lo": self.s_tot_lo[:n],
+                "labels": [list(k[2]) if k is not None else None for k in self.keys],
+            },
+            schema_overrides={"labels": pl.List(pl.String)},
+        )
         for k in range(self.n_tiers):
             frames[f"cpanes_{k}"] = self.cpanes[k]
             frames[f"gpanes_{k}"] = self.gpanes[k]
@@ -1494,34 +1687,65 @@ class PartitionState:
             frames[f"latest_c_{w}"] = self.latest_c[w]
             frames[f"latest_g_{w}"] = self.latest_g[w]
         cb = self._take_all(self._cbuf, 5)
-        frames["cbuf"] = pl.DataFrame({"sid": cb[0], "t": cb[1], "v": cb[2], "epoch": cb[3],
-                                       "bits": cb[4]})
+        frames["cbuf"] = pl.DataFrame({"sid": cb[0], "t": cb[1], "v": cb[2], "epoch": cb[3], "bits": cb[4]})
         gb = self._take_all(self._gbuf, 3)
         frames["gbuf"] = pl.DataFrame({"sid": gb[0], "t": gb[1], "v": gb[2]})
         frames.update(self.periods.frames())
-        frames["agents"] = pl.DataFrame({
-            "agent": list(self.agents),
-            "site": [a.site for a in self.agents.values()],
-            "lo": [a.lo for a in self.agents.values()],
-            "hi": [a.hi for a in self.agents.values()],
-            "mask": [a.mask.to_bytes((a.mask.bit_length() + 7) // 8 or 1, "little")
-                     for a in self.agents.values()],
-            "received": [a.received for a in self.agents.values()],
-            "gaps": [[x for g in a.gaps for x in g] for a in self.agents.values()],
-            "gap_hits": [a.gap_hits for a in self.agents.values()],
-        }, schema={"agent": pl.String, "site": pl.Int64, "lo": pl.UInt64, "hi": pl.UInt64,
-                   "mask": pl.Binary, "received": pl.UInt64, "gaps": pl.List(pl.UInt64),
-                   "gap_hits": pl.UInt64})
+        frames["agents"] = pl.DataFrame(
+            {
+                "agent": list(self.agents),
+                "site": [a.site for a in self.agents.values()],
+                "lo": [a.lo for a in self.agents.values()],
+                "hi": [a.hi for a in self.agents.values()],
+                "mask": [
+                    a.mask.to_bytes((a.mask.bit_length() + 7) // 8 or 1, "little")
+                    for a in self.agents.values()
+                ],
+                "received": [a.received for a in self.agents.values()],
+                "gaps": [[x for g in a.gaps for x in g] for a in self.agents.values()],
+                "gap_hits": [a.gap_hits for a in self.agents.values()],
+            },
+            schema={
+                "agent": pl.String,
+                "site": pl.Int64,
+                "lo": pl.UInt64,
+                "hi": pl.UInt64,
+                "mask": pl.Binary,
+                "received": pl.UInt64,
+                "gaps": pl.List(pl.UInt64),
+                "gap_hits": pl.UInt64,
+            },
+        )
         header = {
-            "v": CHECKPOINT_VERSION, "partition": self.partition, "next_offset": self.next_offset,
-            "max_event_ns": self.max_event_ns, "closed_ns": self.closed_ns, "wm_ns": self.wm_ns,
+            "v": CHECKPOINT_VERSION,
+            "partition": self.partition,
+            "next_offset": self.next_offset,
+            "max_event_ns": self.max_event_ns,
+            "closed_ns": self.closed_ns,
+            "wm_ns": self.wm_ns,
             "idle_close_ns": self.idle_close_ns,
-            "pane_ns": self.pane_ns, "windows_s": list(self.windows_s),
-            "records": self.records, "samples": self.samples,
-            "sites": [[s.site_id, s.country, s.region, s.series, s.batches, s.dup_batches, s.samples,
-                       s.max_event, s.dropped, s.excluded]
-                      for s in self.sites],
-            "free": self.free, "frames": list(frames), "period_clock": self.periods.clock_ns,
+            "pane_ns": self.pane_ns,
+            "windows_s": list(self.windows_s),
+            "records": self.records,
+            "samples": self.samples,
+            "sites": [
+                [
+                    s.site_id,
+                    s.country,
+                    s.region,
+                    s.series,
+                    s.batches,
+                    s.dup_batches,
+                    s.samples,
+                    s.max_event,
+                    s.dropped,
+                    s.excluded,
+                ]
+                for s in self.sites
+            ],
+            "free": self.free,
+            "frames": list(frames),
+            "period_clock": self.periods.clock_ns,
             # the series frame's `metric` column and label tuples refer to this table, not to
             # the catalogue's order, so a catalogue change cannot relabel restored series
             "metrics": [[m.name, list(m.labels)] for m in METRICS],
@@ -1540,8 +1764,11 @@ class PartitionState:
 
     def _take_all(self, bufs: list[tuple[np.ndarray, ...]], k: int) -> list[np.ndarray]:
         if not bufs:
-            dt = [np.uint32, np.int64, np.uint64, np.int64, np.uint8] if k == 5 else [np.uint32, np.int64,
-                                                                                      np.float64]
+            dt = (
+                [np.uint32, np.int64, np.uint64, np.int64, np.uint8]
+                if k == 5
+                else [np.uint32, np.int64, np.float64]
+            )
             return [np.zeros(0, d) for d in dt]
         return [np.concatenate(c) for c in zip(*bufs, strict=True)]
 
@@ -1549,16 +1776,18 @@ class PartitionState:
     def restore(cls, data: bytes, settings: AggregateSettings) -> PartitionState:
         view = memoryview(data)
         (hl,) = struct.unpack_from("<I", view, 0)
-        header = json.loads(bytes(view[4:4 + hl]))
+        header = json.loads(bytes(view[4 : 4 + hl]))
         if header.get("v") not in (1, 2, 3, CHECKPOINT_VERSION):
-            raise ProtocolError(f"checkpoint format v{header.get('v')} is not readable by this "
-                                f"aggregator (reads v1..v{CHECKPOINT_VERSION})")
+            raise ProtocolError(
+                f"checkpoint format v{header.get('v')} is not readable by this "
+                f"aggregator (reads v1..v{CHECKPOINT_VERSION})"
+            )
         pos = 4 + hl
         frames: dict[str, pl.DataFrame] = {}
         for name in header["frames"]:
             (fl,) = struct.unpack_from("<Q", view, pos)
             pos += 8
-            frames[name] = pl.read_ipc(io.BytesIO(bytes(view[pos:pos + fl])))
+            frames[name] = pl.read_ipc(io.BytesIO(bytes(view[pos : pos + fl])))
             pos += fl
         st = cls(header["partition"], settings)
         if header["pane_ns"] != st.pane_ns or tuple(header["windows_s"]) != st.windows_s:
@@ -1575,9 +1804,20 @@ class PartitionState:
             st.site_index[sid_] = len(st.sites)
             if max_event is not None:
                 st._newest.update(len(st.sites), max_event)
-            st.sites.append(Site(sid_, country, region, series, batches, dups, samples, max_event,
-                                 {**dict.fromkeys(DROP_REASONS, 0), **dropped},
-                                 {**dict.fromkeys(EXCLUDE_REASONS, 0), **(rest[0] if rest else {})}))
+            st.sites.append(
+                Site(
+                    sid_,
+                    country,
+                    region,
+                    series,
+                    batches,
+                    dups,
+                    samples,
+                    max_event,
+                    {**dict.fromkeys(DROP_REASONS, 0), **dropped},
+                    {**dict.fromkeys(EXCLUDE_REASONS, 0), **(rest[0] if rest else {})},
+                )
+            )
         s = frames["series"]
         n = len(s)
         st._grow(n)
@@ -1622,8 +1862,11 @@ class PartitionState:
                 free.append(i)
             else:
                 perm = relabel.get(int(old_metric[i]))
-                vals = tuple(labels) if perm is None else tuple(
-                    sys.intern(labels[j]) if j >= 0 else "" for j in perm)
+                vals = (
+                    tuple(labels)
+                    if perm is None
+                    else tuple(sys.intern(labels[j]) if j >= 0 else "" for j in perm)
+                )
                 key = (int(st.s_site[i]), int(st.s_metric[i]), vals)
                 st.keys.append(key)
                 st.series_key[key] = i
@@ -1644,17 +1887,23 @@ class PartitionState:
         for row in frames["agents"].iter_rows(named=True):
             flat = row.get("gaps") or []
             st.agents[row["agent"]] = Agent(
-                row["site"], row["lo"], row["hi"], int.from_bytes(row["mask"], "little"),
-                row["received"], [(flat[k], flat[k + 1]) for k in range(0, len(flat) - 1, 2)],
-                row.get("gap_hits") or 0)
+                row["site"],
+                row["lo"],
+                row["hi"],
+                int.from_bytes(row["mask"], "little"),
+                row["received"],
+                [(flat[k], flat[k + 1]) for k in range(0, len(flat) - 1, 2)],
+                row.get("gap_hits") or 0,
+            )
         gone = [i for i in range(n) if dead[i]]
         if gone:
             st._forget_restored(gone)
         return st
 
 
-def _metric_remap(table: list[list[Any]]) -> tuple[npt.NDArray[np.int64], dict[int, list[int]],
-                                                   npt.NDArray[np.bool_]]:
+def _metric_remap(
+    table: list[list[Any]],
+) -> tuple[npt.NDArray[np.int64], dict[int, list[int]], npt.NDArray[np.bool_]]:
     """A checkpoint's metric table against today's catalogue: old index -> new index (-1
     when gone), old index -> positions of today's label names in the old label tuple (only
     where they differ; -1 for a label the old entry did not have), and a mask of gone ones."""

@@ -36,11 +36,21 @@ def cumulative(frame: pl.DataFrame, labels: Sequence[str]) -> pl.DataFrame:
     given. The +Inf bound is always present and equals the histogram's total."""
     keys = list(labels)
     ts = "timestamp_ms" in frame.columns
-    f = frame.filter(pl.col("le").is_not_null() & ~pl.col("le").is_nan()
-                     & pl.col("value").is_not_null() & (pl.col("value") >= 0))
+    f = frame.filter(
+        pl.col("le").is_not_null()
+        & ~pl.col("le").is_nan()
+        & pl.col("value").is_not_null()
+        & (pl.col("value") >= 0)
+    )
     if not len(f):
-        return pl.DataFrame(schema={**{k: pl.String for k in keys}, "le": pl.Float64,
-                                    "value": pl.Float64, **({"timestamp_ms": pl.Int64} if ts else {})})
+        return pl.DataFrame(
+            schema={
+                **{k: pl.String for k in keys},
+                "le": pl.Float64,
+                "value": pl.Float64,
+                **({"timestamp_ms": pl.Int64} if ts else {}),
+            }
+        )
     f = f.with_columns(pl.col("le").cast(pl.Float64), pl.col("value").cast(pl.Float64))
     aggs = [pl.col("value").sum()]
     if ts:
@@ -54,8 +64,13 @@ def cumulative(frame: pl.DataFrame, labels: Sequence[str]) -> pl.DataFrame:
     bounds = pl.concat([per.select("le"), pl.DataFrame({"le": [float("inf")]})]).unique()
     grid = groups.join(bounds, how="cross").sort("le")
     # cumulative count at each bound = that of the largest reported bound <= it (0 below all)
-    out = grid.join_asof(per.select(*keys, "le", "value").sort("le"), on="le", by=keys,
-                         strategy="backward", check_sortedness=False)  # both sorted by le
+    out = grid.join_asof(
+        per.select(*keys, "le", "value").sort("le"),
+        on="le",
+        by=keys,
+        strategy="backward",
+        check_sortedness=False,
+    )  # both sorted by le
     return out.with_columns(pl.col("value").fill_null(0.0)).sort([*keys, "le"])
 
 
@@ -73,8 +88,11 @@ def render_histogram(fam: FamilyText, frame: pl.DataFrame) -> str:
     def label_parts(extra: pl.Expr | None) -> list[pl.Expr]:
         parts: list[pl.Expr] = []
         for i, lb in enumerate(keys):
-            parts += [pl.lit(("{" if i == 0 else ",") + lb + '="'),
-                      escape_label(pl.col(lb).fill_null("")), pl.lit('"')]
+            parts += [
+                pl.lit(("{" if i == 0 else ",") + lb + '="'),
+                escape_label(pl.col(lb).fill_null("")),
+                pl.lit('"'),
+            ]
         if extra is not None:
             parts += [pl.lit(',le="' if keys else '{le="'), extra, pl.lit('"')]
         if keys or extra is not None:
@@ -82,8 +100,7 @@ def render_histogram(fam: FamilyText, frame: pl.DataFrame) -> str:
         return parts
 
     def line(suffix: str, extra: pl.Expr | None) -> pl.Expr:
-        parts = [pl.lit(fam.name + suffix), *label_parts(extra), pl.lit(" "),
-                 format_value(pl.col("value"))]
+        parts = [pl.lit(fam.name + suffix), *label_parts(extra), pl.lit(" "), format_value(pl.col("value"))]
         if ts:
             parts.append((pl.lit(" ") + pl.col("timestamp_ms").cast(pl.String)).fill_null(""))
         return pl.concat_str(parts)
@@ -92,15 +109,15 @@ def render_histogram(fam: FamilyText, frame: pl.DataFrame) -> str:
     b = buckets.with_columns((rank.over(keys) if keys else rank).alias(_ORDER))
     b = b.select(*keys, _ORDER, text=line("_bucket", format_value(pl.col("le"))))
     totals = buckets.filter(pl.col("le") == float("inf"))
-    parts = [b, totals.select(*keys, pl.lit(1 << 40, pl.Int64).alias(_ORDER),
-                              text=line("_count", None))]
+    parts = [b, totals.select(*keys, pl.lit(1 << 40, pl.Int64).alias(_ORDER), text=line("_count", None))]
     if "sum" in frame.columns:
         sums = frame.group_by(keys).agg(pl.col("sum").cast(pl.Float64).first())
         if ts:
             sums = sums.join(totals.select(*keys, "timestamp_ms"), on=keys, how="inner")
         sums = sums.rename({"sum": "value"})
-        parts.append(sums.select(*keys, pl.lit((1 << 40) + 1, pl.Int64).alias(_ORDER),
-                                 text=line("_sum", None)))
+        parts.append(
+            sums.select(*keys, pl.lit((1 << 40) + 1, pl.Int64).alias(_ORDER), text=line("_sum", None))
+        )
     lines = pl.concat(parts, how="vertical_relaxed").sort([*keys, _ORDER])
     return head + "\n".join(lines["text"].to_list()) + "\n"
 
@@ -122,4 +139,3 @@ def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> floa
     if i:
         rank -= b[i - 1][1]
     return start + (b[i][0] - start) * (rank / count) if count else b[i][0]
-

@@ -25,8 +25,14 @@ Health = Callable[[], str | None]  # None: healthy; else why not
 
 
 class MetricsServer:
-    def __init__(self, host: str, port: int, render: Renderer, health: Health | None = None,
-                 web_config: WebConfig | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        render: Renderer,
+        health: Health | None = None,
+        web_config: WebConfig | None = None,
+    ) -> None:
         self.host = host
         self.web = web_config  # TLS and basic auth (collector/exposition/webconfig.py), or None
         self.port = port
@@ -50,8 +56,12 @@ class MetricsServer:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port,
-                              ssl_context=self.web.ssl_context() if self.web is not None else None).start()
+            await web.TCPSite(
+                runner,
+                self.host,
+                self.port,
+                ssl_context=self.web.ssl_context() if self.web is not None else None,
+            ).start()
         except BaseException:
             await runner.cleanup()
             raise
@@ -66,8 +76,11 @@ class MetricsServer:
         # bcrypt costs ~0.1 s when a credential is new: off the event loop
         ok = await asyncio.to_thread(self.web.check, header) if header else self.web.check(None)
         if not ok:
-            return web.Response(status=401, text="401 Unauthorized\n",
-                                headers={"WWW-Authenticate": 'Basic realm="metrics", charset="UTF-8"'})
+            return web.Response(
+                status=401,
+                text="401 Unauthorized\n",
+                headers={"WWW-Authenticate": 'Basic realm="metrics", charset="UTF-8"'},
+            )
         return await handler(request)
 
     async def stop(self) -> None:

@@ -30,9 +30,11 @@ class FamilyText:
 
 def escape_label(expr: pl.Expr) -> pl.Expr:
     """Label value escaping of the text format: backslash, double quote, line feed."""
-    return (expr.str.replace_all("\\", "\\\\", literal=True)
-            .str.replace_all('"', '\\"', literal=True)
-            .str.replace_all("\n", "\\n", literal=True))
+    return (
+        expr.str.replace_all("\\", "\\\\", literal=True)
+        .str.replace_all('"', '\\"', literal=True)
+        .str.replace_all("\n", "\\n", literal=True)
+    )
 
 
 def escape_help(text: str) -> str:
@@ -46,9 +48,7 @@ def format_value(expr: pl.Expr) -> pl.Expr:
     non-finite spellings differ from the exposition format's.
     """
     s = expr.cast(pl.Float64).cast(pl.String)
-    return (pl.when(s == "inf").then(pl.lit("+Inf"))
-            .when(s == "-inf").then(pl.lit("-Inf"))
-            .otherwise(s))
+    return pl.when(s == "inf").then(pl.lit("+Inf")).when(s == "-inf").then(pl.lit("-Inf")).otherwise(s)
 
 
 def render_family(fam: FamilyText, frame: pl.DataFrame) -> str:
@@ -72,8 +72,9 @@ def render_family(fam: FamilyText, frame: pl.DataFrame) -> str:
     return head + lines.item() + "\n"
 
 
-def render(families: Iterable[FamilyText], frames: Mapping[str, pl.DataFrame],
-           *, skip_empty: bool = True) -> bytes:
+def render(
+    families: Iterable[FamilyText], frames: Mapping[str, pl.DataFrame], *, skip_empty: bool = True
+) -> bytes:
     """Families of type `histogram` take per-bucket counts (collector/exposition/histogram.py)."""
     from collector.exposition.histogram import render_histogram
 
@@ -84,6 +85,5 @@ def render(families: Iterable[FamilyText], frames: Mapping[str, pl.DataFrame],
             if skip_empty:
                 continue
             frame = pl.DataFrame()
-        out.append(render_histogram(fam, frame) if fam.type == "histogram"
-                   else render_family(fam, frame))
+        out.append(render_histogram(fam, frame) if fam.type == "histogram" else render_family(fam, frame))
     return "".join(out).encode()

@@ -60,6 +60,7 @@ class WebConfig:
     @classmethod
     def load(cls, path: Path, key: str) -> WebConfig:
         """Read and check the file; a problem is a ConfigError naming `key` and the file."""
+
         def bad(msg: str) -> ConfigError:
             return ConfigError(f"{key}: {path}: {msg}", key=key)
 
@@ -70,8 +71,10 @@ class WebConfig:
         except yaml.YAMLError as exc:
             raise bad(f"not valid YAML: {exc}") from exc
         if not isinstance(data, dict) or set(data) - _KEYS:
-            raise bad(f"unknown keys {sorted(set(data) - _KEYS) if isinstance(data, dict) else data!r} "
-                      f"(expected {sorted(_KEYS)})")
+            raise bad(
+                f"unknown keys {sorted(set(data) - _KEYS) if isinstance(data, dict) else data!r} "
+                f"(expected {sorted(_KEYS)})"
+            )
         cfg = cls(path)
         tls = data.get("tls_server_config") or {}
         if not isinstance(tls, dict) or set(tls) - _TLS_KEYS:
@@ -154,6 +157,7 @@ def load(path: Path | None, key: str) -> WebConfig | None:
 
 # --- prometheus-client registries over WSGI (agent, ingest) --------------------------------
 
+
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     web: WebConfig | None = None
@@ -187,24 +191,25 @@ def _guard(app: Any, web: WebConfig | None) -> Any:
 
     def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
         if not web.check(environ.get("HTTP_AUTHORIZATION")):
-            start_response("401 Unauthorized", [("WWW-Authenticate", _REALM),
-                                                ("Content-Type", "text/plain")])
+            start_response("401 Unauthorized", [("WWW-Authenticate", _REALM), ("Content-Type", "text/plain")])
             return [b"401 Unauthorized\n"]
         return app(environ, start_response)
 
     return wrapped
 
 
-def serve_wsgi(host: str, port: int, registry: CollectorRegistry,
-               web: WebConfig | None) -> tuple[WSGIServer, threading.Thread]:
+def serve_wsgi(
+    host: str, port: int, registry: CollectorRegistry, web: WebConfig | None
+) -> tuple[WSGIServer, threading.Thread]:
     """/metrics of `registry` on host:port in a daemon thread (prometheus-client's app),
     with TLS and basic auth when `web` says so. Raises OSError when the port is taken."""
     attrs: dict[str, Any] = {"web": web}
     if ":" in host:
         attrs["address_family"] = socket.AF_INET6
     server_cls: type[_Server] = type("_MetricsServer", (_Server,), attrs)
-    httpd: WSGIServer = make_server(host, port, _guard(make_wsgi_app(registry), web), server_cls,
-                        handler_class=_Handler)
+    httpd: WSGIServer = make_server(
+        host, port, _guard(make_wsgi_app(registry), web), server_cls, handler_class=_Handler
+    )
     t = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
     t.start()
     return httpd, t

@@ -42,11 +42,13 @@ def parse_tokens(path: Path) -> dict[bytes, str]:
     out: dict[bytes, str] = {}
     for i, (token, site) in enumerate(data.items()):
         if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH:
-            raise ConfigError(f"token #{i + 1} shorter than {MIN_TOKEN_LENGTH} characters",
-                              source=str(path), key=f"entry {i + 1}")
+            raise ConfigError(
+                f"token #{i + 1} shorter than {MIN_TOKEN_LENGTH} characters",
+                source=str(path),
+                key=f"entry {i + 1}",
+            )
         if not isinstance(site, str) or not site:
-            raise ConfigError("site_id must be a non-empty string", source=str(path),
-                              key=f"entry {i + 1}")
+            raise ConfigError("site_id must be a non-empty string", source=str(path), key=f"entry {i + 1}")
         out[_digest(token)] = site
     return out
 
@@ -83,8 +85,7 @@ class TokenStore:
             tokens = parse_tokens(self.path)
         except ConfigError as exc:
             self.reloads_failed += 1
-            log.error("tokens file not reloaded, keeping %d previous tokens: %s",
-                      len(self._tokens), exc)
+            log.error("tokens file not reloaded, keeping %d previous tokens: %s", len(self._tokens), exc)
         else:
             self._tokens = tokens
             self.reloads_ok += 1

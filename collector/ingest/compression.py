@@ -37,8 +37,9 @@ class CorruptCompression(Exception):
 
 def looks_zlib(data: bytes) -> bool:
     """An RFC 1950 header: method 8 (deflate), window <= 32 KiB, check bits."""
-    return (len(data) >= 2 and data[0] & 0x0F == 8 and data[0] >> 4 <= 7
-            and ((data[0] << 8) | data[1]) % 31 == 0)
+    return (
+        len(data) >= 2 and data[0] & 0x0F == 8 and data[0] >> 4 <= 7 and ((data[0] << 8) | data[1]) % 31 == 0
+    )
 
 
 def encoding_of(data: bytes) -> str | None:
@@ -72,6 +73,9 @@ def inflate(data: bytes, limit: int) -> tuple[bytes, str | None]:
     if not d.eof:
         raise CorruptCompression(encoding, "truncated", maybe_plain=encoding == "deflate")
     if d.unused_data:
-        raise CorruptCompression(encoding, f"{len(d.unused_data)} bytes after the end of the "
-                                 "compressed data", maybe_plain=encoding == "deflate")
+        raise CorruptCompression(
+            encoding,
+            f"{len(d.unused_data)} bytes after the end of the compressed data",
+            maybe_plain=encoding == "deflate",
+        )
     return out, encoding

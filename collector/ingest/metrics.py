@@ -59,36 +59,49 @@ class IngestMetrics:
             "Batches answered with a non-OK ack, by reason (the validation rule, decode, "
             "decompress, oversize, permission_denied, token_revoked, kafka_timeout, kafka_error, "
             "internal, cancelled).",
-            ["reason"], registry=registry)
+            ["reason"],
+            registry=registry,
+        )
         self.batches_repeated = Counter(
             PREFIX + "batches_repeated",
             "Batches whose seq was not above every earlier seq of the same stream (a resend); "
             "stored again (the aggregator drops the copy) and acked on their own.",
-            registry=registry)
+            registry=registry,
+        )
         self.samples_rejected = Counter(
-            PREFIX + "samples_rejected", "Samples in valid batches that Kafka did not take, by reason.",
-            ["reason"], registry=registry)
+            PREFIX + "samples_rejected",
+            "Samples in valid batches that Kafka did not take, by reason.",
+            ["reason"],
+            registry=registry,
+        )
         self.produce_seconds = Histogram(
             PREFIX + "kafka_produce_seconds",
             "Time from send to the broker's acks=all answer, for acknowledged records.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=registry)
+            registry=registry,
+        )
         self.inflight_batches = Gauge(
-            PREFIX + "inflight_batches", "Batches read and not yet acknowledged.", registry=registry)
+            PREFIX + "inflight_batches", "Batches read and not yet acknowledged.", registry=registry
+        )
         self.inflight_bytes = Gauge(
-            PREFIX + "inflight_bytes", "Bytes of batches read and not yet acknowledged.",
-            registry=registry)
+            PREFIX + "inflight_bytes", "Bytes of batches read and not yet acknowledged.", registry=registry
+        )
         self.streams_open = Gauge(PREFIX + "streams_open", "Open agent streams.", registry=registry)
         self.streams = Counter(
             PREFIX + "streams",
             "Streams opened, by outcome: ok / unauthenticated_allowed were served, any other "
-            "result is a refusal (see collector_ingest_streams_refused_total).", ["result"],
-            registry=registry)
+            "result is a refusal (see collector_ingest_streams_refused_total).",
+            ["result"],
+            registry=registry,
+        )
         self.streams_refused = Counter(
             PREFIX + "streams_refused",
             "Streams ended before reading a batch, by reason: unauthenticated, too_many_streams "
             "(ingest.max_concurrent_streams), too_many_streams_site (ingest.max_streams_per_site), "
-            "shutting_down.", ["reason"], registry=registry)
+            "shutting_down.",
+            ["reason"],
+            registry=registry,
+        )
         self.streams_ended = Counter(
             PREFIX + "streams_ended",
             "Served streams that ended, by reason: completed (client half-closed, all answered), "
@@ -96,11 +109,14 @@ class IngestMetrics:
             "token_revoked (the stream's token left ingest.tokens_file). A message over twice "
             "ingest.max_message_bytes on the wire is refused by gRPC itself before the service "
             "reads it; the stream then ends as completed, or as cancelled when gRPC cancels the "
-            "handler first (grpcio does not tell the service which).", ["reason"],
-            registry=registry)
+            "handler first (grpcio does not tell the service which).",
+            ["reason"],
+            registry=registry,
+        )
         self.producer_rebuilds = Counter(
-            PREFIX + "producer_rebuilds", "Kafka producers rebuilt after being wedged.",
-            registry=registry)
+            PREFIX + "producer_rebuilds", "Kafka producers rebuilt after being wedged.", registry=registry
+        )
         self.kafka_up = Gauge(PREFIX + "kafka_up", "1 when Kafka answers, else 0.", registry=registry)
         self.token_reloads = Counter(
-            PREFIX + "token_reloads", "Token file reloads, by result.", ["result"], registry=registry)
+            PREFIX + "token_reloads", "Token file reloads, by result.", ["result"], registry=registry
+        )

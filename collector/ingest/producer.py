@@ -67,14 +67,16 @@ def producer_kwargs(k: KafkaSettings, bootstrap: str) -> dict[str, Any]:
             keyfile=str(k.ssl_keyfile) if k.ssl_keyfile else None,
         )
     if k.sasl_mechanism:
-        kwargs.update(sasl_mechanism=k.sasl_mechanism, sasl_plain_username=k.sasl_username,
-                      sasl_plain_password=k.sasl_password)
+        kwargs.update(
+            sasl_mechanism=k.sasl_mechanism,
+            sasl_plain_username=k.sasl_username,
+            sasl_plain_password=k.sasl_password,
+        )
     return kwargs
 
 
 def record_headers(agent_id: str, seq: int) -> list[tuple[str, bytes]]:
-    return [("schema", SCHEMA.encode()), ("agent_id", agent_id.encode()),
-            ("seq", str(seq).encode())]
+    return [("schema", SCHEMA.encode()), ("agent_id", agent_id.encode()), ("seq", str(seq).encode())]
 
 
 def _settle(fut: asyncio.Future[Any], exc: BaseException) -> None:
@@ -119,10 +121,15 @@ class _OpenBatch:
 
 
 class KafkaWriter:
-    def __init__(self, settings: KafkaSettings, bootstrap: str, *,
-                 on_latency: Callable[[float], None] | None = None,
-                 on_rebuild: Callable[[], None] | None = None,
-                 on_health: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        bootstrap: str,
+        *,
+        on_latency: Callable[[float], None] | None = None,
+        on_rebuild: Callable[[], None] | None = None,
+        on_health: Callable[[bool], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.topic = settings.topic
@@ -162,8 +169,11 @@ class KafkaWriter:
 
     def _set_health(self, healthy: bool) -> None:
         if healthy != self.healthy:
-            log.log(logging.INFO if healthy else logging.WARNING,
-                    "Kafka %s", "reachable" if healthy else "UNREACHABLE")
+            log.log(
+                logging.INFO if healthy else logging.WARNING,
+                "Kafka %s",
+                "reachable" if healthy else "UNREACHABLE",
+            )
         self.healthy = healthy
         self._on_health(healthy)
 
@@ -176,8 +186,10 @@ class KafkaWriter:
             raise BrokerError("producer is not running")
         started = time.monotonic()
         if len(value) + len(key) + RECORD_OVERHEAD > self.settings.max_request_size:
-            raise BrokerError(f"record of {len(value)} bytes exceeds kafka.max_request_size "
-                              f"({self.settings.max_request_size})")
+            raise BrokerError(
+                f"record of {len(value)} bytes exceeds kafka.max_request_size "
+                f"({self.settings.max_request_size})"
+            )
         partition = self._partition_of.get(key)
         if partition is None:
             partition = await self._partition(producer, key)
@@ -200,8 +212,10 @@ class KafkaWriter:
                 parts = sorted(await producer.partitions_for(self.topic))
         except TimeoutError as exc:
             self._timed_out()
-            raise BrokerError(f"no metadata for topic {self.topic!r} within "
-                              f"{self.settings.produce_timeout_s:g}s", timeout=True) from exc
+            raise BrokerError(
+                f"no metadata for topic {self.topic!r} within {self.settings.produce_timeout_s:g}s",
+                timeout=True,
+            ) from exc
         except KafkaError as exc:
             self._set_health(False)
             raise BrokerError(f"no metadata for topic {self.topic!r}: {exc!r}") from exc
@@ -237,13 +251,16 @@ class KafkaWriter:
                     continue
                 try:
                     async with asyncio.timeout(self.settings.produce_timeout_s):
-                        answer = await producer.send_batch(ob.builder, self.topic,
-                                                              partition=partition)
+                        answer = await producer.send_batch(ob.builder, self.topic, partition=partition)
                 except TimeoutError:
                     self._timed_out()
-                    _settle(ob.future, BrokerError(
-                        f"Kafka did not take the batch within {self.settings.produce_timeout_s:g}s",
-                        timeout=True))
+                    _settle(
+                        ob.future,
+                        BrokerError(
+                            f"Kafka did not take the batch within {self.settings.produce_timeout_s:g}s",
+                            timeout=True,
+                        ),
+                    )
                 except (KafkaError, OSError) as exc:
                     self._set_health(False)
                     _settle(ob.future, BrokerError(f"Kafka refused the batch: {exc!r}"))
@@ -268,8 +285,9 @@ class KafkaWriter:
         if not d.future.done():
             d.future.add_done_callback(_retrieve)  # a late answer is dropped, not acked
             self._timed_out()
-            raise BrokerError(f"Kafka did not acknowledge within "
-                              f"{self.settings.produce_timeout_s:g}s", timeout=True)
+            raise BrokerError(
+                f"Kafka did not acknowledge within {self.settings.produce_timeout_s:g}s", timeout=True
+            )
         if (exc := d.future.exception()) is not None:
             if isinstance(exc, BrokerError):  # the batch failed before Kafka had it
                 raise BrokerError(str(exc), timeout=exc.timeout) from exc
@@ -353,8 +371,9 @@ class KafkaWriter:
         self._close_deadline = deadline
         self._stopped.set()
         if self._flushers:  # hand over what was gathered; the producer's stop() flushes it
-            _done, late = await asyncio.wait(set(self._flushers.values()),
-                                             timeout=max(0.1, deadline - time.monotonic()))
+            _done, late = await asyncio.wait(
+                set(self._flushers.values()), timeout=max(0.1, deadline - time.monotonic())
+            )
             for flusher in late:
                 flusher.cancel()
             await asyncio.gather(*late, return_exceptions=True)

@@ -60,9 +60,13 @@ INFLATE_IN_THREAD_BYTES = 64 * 1024
 
 def limits_from(s: IngestSettings) -> Limits:
     return Limits(
-        max_message_bytes=s.max_message_bytes, max_series=s.max_series,
-        max_samples=s.max_samples, max_labels=s.max_labels, max_name_length=s.max_name_length,
-        max_label_value_length=s.max_label_value_length, max_future_skew_s=s.max_future_skew_s,
+        max_message_bytes=s.max_message_bytes,
+        max_series=s.max_series,
+        max_samples=s.max_samples,
+        max_labels=s.max_labels,
+        max_name_length=s.max_name_length,
+        max_label_value_length=s.max_label_value_length,
+        max_future_skew_s=s.max_future_skew_s,
         max_past_age_s=s.max_past_age_s,
     )
 
@@ -158,15 +162,18 @@ class _StreamState:
 class IngestServer:
     """The ingest service as a component: `async with IngestServer(settings) as s: ...`."""
 
-    def __init__(self, settings: Settings, *, bootstrap: str | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, bootstrap: str | None = None, registry: CollectorRegistry | None = None
+    ) -> None:
         self.settings = settings
         self.cfg = settings.ingest
         self.bootstrap = bootstrap or settings.kafka.bootstrap_servers
         if not self.bootstrap:
-            raise ConfigError("no Kafka to write to: set kafka.bootstrap_servers "
-                              "(or use `collector run` for the embedded broker)",
-                              key="kafka.bootstrap_servers")
+            raise ConfigError(
+                "no Kafka to write to: set kafka.bootstrap_servers "
+                "(or use `collector run` for the embedded broker)",
+                key="kafka.bootstrap_servers",
+            )
         self.registry = registry or CollectorRegistry()
         self.metrics = IngestMetrics(self.registry)
         self.limits = limits_from(self.cfg)
@@ -197,53 +204,68 @@ class IngestServer:
         if c.plaintext:
             return None
         if not c.tls_cert or not c.tls_key:
-            raise ConfigError("TLS needs ingest.tls_cert and ingest.tls_key "
-                              "(or ingest.plaintext: true, explicitly)", key="ingest.tls_cert")
+            raise ConfigError(
+                "TLS needs ingest.tls_cert and ingest.tls_key (or ingest.plaintext: true, explicitly)",
+                key="ingest.tls_cert",
+            )
         try:
             cert, key = Path(c.tls_cert).read_bytes(), Path(c.tls_key).read_bytes()
             ca = Path(c.client_ca).read_bytes() if c.client_ca else None
         except OSError as exc:
-            raise ConfigError(f"cannot read TLS file {exc.filename}: {exc.strerror}",
-                              key="ingest.tls_cert/tls_key/client_ca") from exc
-        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
-                                           require_client_auth=ca is not None)
+            raise ConfigError(
+                f"cannot read TLS file {exc.filename}: {exc.strerror}",
+                key="ingest.tls_cert/tls_key/client_ca",
+            ) from exc
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+        )
 
     async def start(self) -> None:
         if self._server is not None:
             return
         if not self.cfg.allow_unauthenticated:
             if not self.cfg.tokens_file:
-                raise ConfigError("ingest.tokens_file is required (or allow_unauthenticated: true)",
-                                  key="ingest.tokens_file")
+                raise ConfigError(
+                    "ingest.tokens_file is required (or allow_unauthenticated: true)",
+                    key="ingest.tokens_file",
+                )
             self.tokens = TokenStore(Path(self.cfg.tokens_file))
         creds = self._credentials()
         self._writer = KafkaWriter(
-            self.settings.kafka, self.bootstrap,
+            self.settings.kafka,
+            self.bootstrap,
             on_latency=self.metrics.produce_seconds.observe,
             on_rebuild=self.metrics.producer_rebuilds.inc,
             on_health=lambda up: self.metrics.kafka_up.set(1 if up else 0),
         )
         await self._writer.start()
         try:
-            server = aio.server(options=server_options(self.cfg), maximum_concurrent_rpcs=(
-                self.cfg.max_concurrent_streams + BACKSTOP_EXTRA_RPCS))
-            handler = grpc.method_handlers_generic_handler(SERVICE, {
-                "Stream": grpc.stream_stream_rpc_method_handler(
-                    self._stream, request_deserializer=None,
-                    response_serializer=pb.Ack.SerializeToString),
-            })
+            server = aio.server(
+                options=server_options(self.cfg),
+                maximum_concurrent_rpcs=(self.cfg.max_concurrent_streams + BACKSTOP_EXTRA_RPCS),
+            )
+            handler = grpc.method_handlers_generic_handler(
+                SERVICE,
+                {
+                    "Stream": grpc.stream_stream_rpc_method_handler(
+                        self._stream, request_deserializer=None, response_serializer=pb.Ack.SerializeToString
+                    ),
+                },
+            )
             server.add_generic_rpc_handlers((handler,))
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
             reflection.enable_server_reflection(
-                (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+                (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
             try:
                 if creds is None:
                     self.port = server.add_insecure_port(self.cfg.listen)
                 else:
                     self.port = server.add_secure_port(self.cfg.listen, creds)
             except RuntimeError as exc:  # grpc's way of saying "bind failed"
-                raise ConfigError(f"cannot listen on {self.cfg.listen} (address in use?)",
-                                  key="ingest.listen") from exc
+                raise ConfigError(
+                    f"cannot listen on {self.cfg.listen} (address in use?)", key="ingest.listen"
+                ) from exc
             if not self.port:
                 raise ConfigError(f"cannot listen on {self.cfg.listen}", key="ingest.listen")
             await server.start()
@@ -256,8 +278,10 @@ class IngestServer:
                     web = webconfig.load(self.cfg.metrics_web_config, "ingest.metrics_web_config")
                     httpd, thread = webconfig.serve_wsgi(host, int(port), self.registry, web)
                 except OSError as exc:
-                    raise ConfigError(f"cannot serve /metrics on {self.cfg.metrics_listen}: "
-                                      f"{exc.strerror}", key="ingest.metrics_listen") from exc
+                    raise ConfigError(
+                        f"cannot serve /metrics on {self.cfg.metrics_listen}: {exc.strerror}",
+                        key="ingest.metrics_listen",
+                    ) from exc
                 self._http = (httpd, thread)
                 self.metrics_port = httpd.server_port
         except BaseException:
@@ -268,13 +292,17 @@ class IngestServer:
                 self._health_task.cancel()
             await self._writer.stop()
             raise
-        log.info("ingest listening on %s (port %d, %s), writing to %s topic %s", self.cfg.listen,
-                 self.port, "plaintext" if creds is None else
-                 ("mTLS" if self.cfg.client_ca else "TLS"), self.bootstrap, self._writer.topic)
+        log.info(
+            "ingest listening on %s (port %d, %s), writing to %s topic %s",
+            self.cfg.listen,
+            self.port,
+            "plaintext" if creds is None else ("mTLS" if self.cfg.client_ca else "TLS"),
+            self.bootstrap,
+            self._writer.topic,
+        )
 
     async def _set_health(self, up: bool) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if up
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE):
             await self._health.set(name, status)
 
@@ -306,8 +334,10 @@ class IngestServer:
         await self._set_health(False)
         for st in list(self._streams):
             if st.failure is None:
-                st.failure = (grpc.StatusCode.UNAVAILABLE,
-                              "ingest is shutting down: every batch read was answered; reconnect")
+                st.failure = (
+                    grpc.StatusCode.UNAVAILABLE,
+                    "ingest is shutting down: every batch read was answered; reconnect",
+                )
                 st.end_reason = "shutdown"
             if st.reader is not None:
                 st.reader.cancel()
@@ -336,8 +366,9 @@ class IngestServer:
         await self.start()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
     # ---- the RPC -----------------------------------------------------------------------
@@ -345,8 +376,9 @@ class IngestServer:
     async def _authenticate(self, context: aio.ServicerContext) -> tuple[str | None, bytes | None]:
         """The token's site and the token's digest (None, None without tokens)."""
         if self._draining:
-            await self._refuse(context, "shutting_down", grpc.StatusCode.UNAVAILABLE,
-                               "server is shutting down, reconnect")
+            await self._refuse(
+                context, "shutting_down", grpc.StatusCode.UNAVAILABLE, "server is shutting down, reconnect"
+            )
         if self.tokens is None:
             self.metrics.streams.labels("unauthenticated_allowed").inc()
             return None, None
@@ -356,49 +388,66 @@ class IngestServer:
             header = header.decode(errors="replace")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            await self._refuse(context, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED,
-                               "missing 'authorization: Bearer <token>' metadata")
+            await self._refuse(
+                context,
+                "unauthenticated",
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing 'authorization: Bearer <token>' metadata",
+            )
         site = self.tokens.site_for(token.strip())
         if site is None:
-            await self._refuse(context, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED,
-                               "unknown token")
+            await self._refuse(context, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED, "unknown token")
         self.metrics.streams.labels("ok").inc()
         return site, TokenStore.digest(token.strip())
 
-    async def _refuse(self, context: aio.ServicerContext, reason: str, code: grpc.StatusCode,
-                      details: str, retry_after_ms: int | None = None) -> None:
+    async def _refuse(
+        self,
+        context: aio.ServicerContext,
+        reason: str,
+        code: grpc.StatusCode,
+        details: str,
+        retry_after_ms: int | None = None,
+    ) -> None:
         """End a stream before it reads anything: counted by reason, with a retry hint."""
         self.metrics.streams.labels(reason).inc()
         self.metrics.streams_refused.labels(reason).inc()
         md: tuple[tuple[str, str], ...] = ()
         if retry_after_ms is not None:
-            md = (("retry-after-ms", str(retry_after_ms)),
-                  ("grpc-retry-pushback-ms", str(retry_after_ms)))
+            md = (("retry-after-ms", str(retry_after_ms)), ("grpc-retry-pushback-ms", str(retry_after_ms)))
         await context.abort(code, details, trailing_metadata=md)
 
     async def _admit_stream(self, site: str | None, context: aio.ServicerContext) -> None:
         """The global and the per-site stream limits; refuse with RESOURCE_EXHAUSTED."""
         hint = self.cfg.retry_after_ms
         if len(self._streams) >= self.cfg.max_concurrent_streams:
-            await self._refuse(context, "too_many_streams", grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"ingest is at its limit of {self.cfg.max_concurrent_streams} "
-                               f"streams; retry after {hint} ms", hint)
+            await self._refuse(
+                context,
+                "too_many_streams",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"ingest is at its limit of {self.cfg.max_concurrent_streams} streams; retry after {hint} ms",
+                hint,
+            )
         if site is not None and self._site_streams.get(site, 0) >= self.cfg.max_streams_per_site:
-            await self._refuse(context, "too_many_streams_site",
-                               grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"site {site!r} already has {self.cfg.max_streams_per_site} open "
-                               f"streams (ingest.max_streams_per_site); retry after {hint} ms",
-                               hint)
+            await self._refuse(
+                context,
+                "too_many_streams_site",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"site {site!r} already has {self.cfg.max_streams_per_site} open "
+                f"streams (ingest.max_streams_per_site); retry after {hint} ms",
+                hint,
+            )
 
-    async def _stream(self, requests: AsyncIterator[bytes],
-                      context: aio.ServicerContext) -> AsyncIterator[pb.Ack]:
+    async def _stream(
+        self, requests: AsyncIterator[bytes], context: aio.ServicerContext
+    ) -> AsyncIterator[pb.Ack]:
         site, token = await self._authenticate(context)
         await self._admit_stream(site, context)
         st = _StreamState(site=site, peer=context.peer(), token=token)
         if site is not None:
             self._site_streams[site] = self._site_streams.get(site, 0) + 1
             st.site_slots = self._site_inflight.setdefault(
-                site, asyncio.Semaphore(self.cfg.max_inflight_per_site))
+                site, asyncio.Semaphore(self.cfg.max_inflight_per_site)
+            )
         st.reader = asyncio.create_task(self._read(requests, st), name=f"read {st.peer}")
         self._streams.add(st)
         self.metrics.streams_open.inc()
@@ -430,8 +479,7 @@ class IngestServer:
         if st.failure is not None:
             # Every batch read was answered above; the status says why no more are read,
             # the trailer `stream-end-reason` says it to programs (see docs/contract.md).
-            await context.abort(*st.failure,
-                                trailing_metadata=(("stream-end-reason", st.end_reason),))
+            await context.abort(*st.failure, trailing_metadata=(("stream-end-reason", st.end_reason),))
 
     async def _read(self, requests: AsyncIterator[bytes], st: _StreamState) -> None:
         per_stream = asyncio.Semaphore(self.cfg.max_inflight_per_stream)
@@ -452,8 +500,14 @@ class IngestServer:
                     # the token left the tokens file while the stream was open: this batch
                     # and every later one is refused; those read before are still answered
                     self.metrics.batches_rejected.labels("token_revoked").inc()
-                    st.pending.append(_Pending(seq=wire.peek_seq(raw), nbytes=len(raw), samples=0,
-                                               result=(pb.UNAUTHENTICATED, _REVOKED, "token_revoked")))
+                    st.pending.append(
+                        _Pending(
+                            seq=wire.peek_seq(raw),
+                            nbytes=len(raw),
+                            samples=0,
+                            result=(pb.UNAUTHENTICATED, _REVOKED, "token_revoked"),
+                        )
+                    )
                     st.end_reason = "token_revoked"
                     st.failure = (grpc.StatusCode.UNAUTHENTICATED, _REVOKED)
                     break
@@ -487,20 +541,28 @@ class IngestServer:
     def _reject(self, seq: int, nbytes: int, rule: str, reason: str) -> _Pending:
         """A batch answered INVALID_ARGUMENT before it was parsed, counted by `rule`."""
         self.metrics.batches_rejected.labels(rule).inc()
-        return _Pending(seq=seq, nbytes=nbytes, samples=0,
-                        result=(pb.INVALID_ARGUMENT, reason, rule))
+        return _Pending(seq=seq, nbytes=nbytes, samples=0, result=(pb.INVALID_ARGUMENT, reason, rule))
 
     def _revoked(self, st: _StreamState) -> bool:
-        return (self.tokens is not None and st.token is not None
-                and self.tokens.site_for_digest(st.token) != st.site)
+        return (
+            self.tokens is not None
+            and st.token is not None
+            and self.tokens.site_for_digest(st.token) != st.site
+        )
 
     def _internal_error(self, raw: bytes, exc: Exception) -> _Pending:
-        log.error("internal error on a batch (answered INTERNAL, retriable): %r", exc,
-                  exc_info=exc)
+        log.error("internal error on a batch (answered INTERNAL, retriable): %r", exc, exc_info=exc)
         self.metrics.batches_rejected.labels("internal").inc()
-        return _Pending(seq=wire.peek_seq(raw), nbytes=len(raw), samples=0, result=(
-            pb.INTERNAL, f"internal error in the ingest service ({type(exc).__name__}); "
-            "not stored, retry later", "internal"))
+        return _Pending(
+            seq=wire.peek_seq(raw),
+            nbytes=len(raw),
+            samples=0,
+            result=(
+                pb.INTERNAL,
+                f"internal error in the ingest service ({type(exc).__name__}); not stored, retry later",
+                "internal",
+            ),
+        )
 
     async def _admit(self, raw: bytes, st: _StreamState) -> _Pending:
         """Decompress, parse, validate, authorise and start producing one batch."""
@@ -516,16 +578,20 @@ class IngestServer:
                 return self._reject(0, len(raw), "decompress", f"{exc}: not stored")
             corrupt, encoding = exc, None  # or an uncompressed batch that starts like zlib
         if len(raw) > limit:
-            what = (f"{encoding} batch inflates past" if encoding
-                    else f"batch of {len(raw)} bytes exceeds")
-            return self._reject(wire.peek_seq(raw), len(raw), "oversize",
-                                f"{what} ingest.max_message_bytes ({limit}): split it")
+            what = f"{encoding} batch inflates past" if encoding else f"batch of {len(raw)} bytes exceeds"
+            return self._reject(
+                wire.peek_seq(raw),
+                len(raw),
+                "oversize",
+                f"{what} ingest.max_message_bytes ({limit}): split it",
+            )
         try:
             batch = wire.parse_batch(raw)
         except ProtocolError as exc:
             if corrupt is not None:
-                return self._reject(0, len(raw), "decompress",
-                                    f"{corrupt}, nor an uncompressed Batch ({exc}): not stored")
+                return self._reject(
+                    0, len(raw), "decompress", f"{corrupt}, nor an uncompressed Batch ({exc}): not stored"
+                )
             return self._reject(wire.peek_seq(raw), len(raw), "decode", str(exc))
         seq = batch.seq
         fresh = seq > st.high_seq
@@ -535,20 +601,31 @@ class IngestServer:
             self.metrics.batches_repeated.inc()
         try:
             known = st.table if st.table is not None and batch.series == st.table[0] else None
-            checked, info = validate(batch, self.limits, time.time_ns(),
-                                     known[1] if known else None)
+            checked, info = validate(batch, self.limits, time.time_ns(), known[1] if known else None)
         except ValidationError as exc:
             self.metrics.batches_rejected.labels(exc.rule).inc()
-            return _Pending(seq=seq, nbytes=len(raw), samples=0, fresh=fresh,
-                            result=(pb.Code.Value(exc.code), exc.reason, exc.rule))
+            return _Pending(
+                seq=seq,
+                nbytes=len(raw),
+                samples=0,
+                fresh=fresh,
+                result=(pb.Code.Value(exc.code), exc.reason, exc.rule),
+            )
         if known is None:
             st.table = (batch.series, info)
         if st.site is not None and batch.site.site_id != st.site:
             self.metrics.batches_rejected.labels("permission_denied").inc()
-            return _Pending(seq=seq, nbytes=len(raw), samples=0, fresh=fresh, result=(
-                pb.PERMISSION_DENIED,
-                f"site.site_id {batch.site.site_id!r} is not the token's site {st.site!r}",
-                "permission_denied"))
+            return _Pending(
+                seq=seq,
+                nbytes=len(raw),
+                samples=0,
+                fresh=fresh,
+                result=(
+                    pb.PERMISSION_DENIED,
+                    f"site.site_id {batch.site.site_id!r} is not the token's site {st.site!r}",
+                    "permission_denied",
+                ),
+            )
         self.metrics.totals.samples_received += checked.samples
         item = _Pending(seq=seq, nbytes=len(raw), samples=checked.samples, fresh=fresh)
         await self._inflight.acquire()
@@ -562,14 +639,16 @@ class IngestServer:
         self._inflight_nbytes += len(raw)
         assert self._writer is not None
         try:
-            item.delivery = await self._writer.send(batch.site.site_id.encode(), raw,
-                                                    batch.agent_id, seq)
+            item.delivery = await self._writer.send(batch.site.site_id.encode(), raw, batch.agent_id, seq)
         except BrokerError as exc:
             item.result = _broker_failure(exc)
         except Exception as exc:  # a bug in the produce path: the batch is still answered
             log.error("produce failed unexpectedly: %r", exc, exc_info=exc)
-            item.result = (pb.INTERNAL, f"internal error in the ingest service "
-                           f"({type(exc).__name__}); not stored, retry later", "internal")
+            item.result = (
+                pb.INTERNAL,
+                f"internal error in the ingest service ({type(exc).__name__}); not stored, retry later",
+                "internal",
+            )
         except BaseException:  # cancelled (stream ended): nobody will finish this item
             item.result = (pb.CANCELLED, "stream ended", "cancelled")
             await self._finish(item)
@@ -589,8 +668,12 @@ class IngestServer:
                     item.result = _broker_failure(exc)
                 except Exception as exc:  # never leave a batch unanswered
                     log.error("waiting for Kafka failed unexpectedly: %r", exc, exc_info=exc)
-                    item.result = (pb.INTERNAL, f"internal error in the ingest service "
-                                   f"({type(exc).__name__}); not stored, retry later", "internal")
+                    item.result = (
+                        pb.INTERNAL,
+                        f"internal error in the ingest service "
+                        f"({type(exc).__name__}); not stored, retry later",
+                        "internal",
+                    )
             assert item.result is not None
             result = item.result
         finally:
@@ -626,16 +709,23 @@ class IngestServer:
                     if st.pending or st.reader_done:
                         continue
                     st.end_reason = "idle_timeout"
-                    st.failure = (grpc.StatusCode.UNAVAILABLE,
-                                  f"no batch for {self.cfg.stream_idle_timeout_s:g}s and nothing "
-                                  "in flight: stream closed to free its slot; open a new one "
-                                  "when there is data")
+                    st.failure = (
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"no batch for {self.cfg.stream_idle_timeout_s:g}s and nothing "
+                        "in flight: stream closed to free its slot; open a new one "
+                        "when there is data",
+                    )
                     return
             head = st.pending.popleft()
             code, reason, _rule = await self._finish(head)
             if code != pb.OK or not head.fresh:
-                yield pb.Ack(seq=head.seq, seq_last=head.seq, code=code, reason=reason,  # type: ignore[arg-type]
-                             retry_after_ms=self.cfg.retry_after_ms if code in _RETRIABLE else 0)
+                yield pb.Ack(
+                    seq=head.seq,
+                    seq_last=head.seq,
+                    code=code,  # type: ignore[arg-type]
+                    reason=reason,
+                    retry_after_ms=self.cfg.retry_after_ms if code in _RETRIABLE else 0,
+                )
                 continue
             last = head.seq
             # Coalesce following batches that are already stored and carry the next seqs.
@@ -645,14 +735,25 @@ class IngestServer:
             while st.pending:
                 nxt = st.pending[0]
                 fut = nxt.delivery.future if nxt.delivery is not None else None
-                if (nxt.seq != last + 1 or not nxt.fresh or fut is None or not fut.done()
-                        or fut.cancelled() or fut.exception() is not None):
+                if (
+                    nxt.seq != last + 1
+                    or not nxt.fresh
+                    or fut is None
+                    or not fut.done()
+                    or fut.cancelled()
+                    or fut.exception() is not None
+                ):
                     break
                 st.pending.popleft()
                 ncode, nreason, _ = await self._finish(nxt)
                 if ncode != pb.OK:  # the future was OK, so only an internal error gets here
-                    nack = pb.Ack(seq=nxt.seq, seq_last=nxt.seq, code=ncode,  # type: ignore[arg-type]
-                                  reason=nreason, retry_after_ms=self.cfg.retry_after_ms)
+                    nack = pb.Ack(
+                        seq=nxt.seq,
+                        seq_last=nxt.seq,
+                        code=ncode,  # type: ignore[arg-type]
+                        reason=nreason,
+                        retry_after_ms=self.cfg.retry_after_ms,
+                    )
                     break
                 last = nxt.seq
             yield pb.Ack(seq=head.seq, seq_last=last, code=pb.OK)
@@ -666,6 +767,5 @@ def _broker_failure(exc: BrokerError) -> tuple[int, str, str]:
     return (pb.UNAVAILABLE, f"not stored: {exc}", "kafka_error")
 
 
-_REVOKED = ("token revoked: no longer in ingest.tokens_file; not stored, the stream ends "
-            "UNAUTHENTICATED")
+_REVOKED = "token revoked: no longer in ingest.tokens_file; not stored, the stream ends UNAUTHENTICATED"
 _RETRIABLE = {pb.UNAVAILABLE, pb.DEADLINE_EXCEEDED, pb.RESOURCE_EXHAUSTED, pb.INTERNAL}

@@ -73,8 +73,7 @@ class TableInfo:
         n = len(batch.series)
         kinds = np.fromiter((s.kind for s in batch.series), dtype=np.int8, count=n)
         narrow = np.fromiter((s.counter_bits == 32 for s in batch.series), dtype=bool, count=n)
-        return cls(kinds == pb.COUNTER, kinds == pb.GAUGE, narrow, bool(narrow.any()),
-                   kinds == pb.DELTA)
+        return cls(kinds == pb.COUNTER, kinds == pb.GAUGE, narrow, bool(narrow.any()), kinds == pb.DELTA)
 
 
 # Plain ufunc reductions: the ndarray methods add a Python wrapper per call, which is most
@@ -115,13 +114,13 @@ def check_header(batch: pb.Batch) -> None:
     if not batch.HasField("site"):
         raise _fail("site: required", "site")
     site = batch.site
-    _check_identity(batch.agent_id, batch.boot_id, site.site_id, site.country, site.region,
-                    site.timezone)
+    _check_identity(batch.agent_id, batch.boot_id, site.site_id, site.country, site.region, site.timezone)
 
 
 @lru_cache(maxsize=4096)
-def _check_identity(agent_id: str, boot_id: str, site_id: str, country: str, region: str,
-                    timezone: str) -> None:
+def _check_identity(
+    agent_id: str, boot_id: str, site_id: str, country: str, region: str, timezone: str
+) -> None:
     # Cached: an agent sends the same identity in every batch. Failures raise, so only
     # valid identities are remembered.
     _check_id(agent_id, "agent_id", "agent_id")
@@ -152,8 +151,9 @@ def check_series_table(batch: pb.Batch, limits: Limits) -> None:
         if len(s.unit) > MAX_UNIT_LENGTH or not UNIT_RE.match(s.unit):
             raise _fail(f"{where}.unit: invalid unit {s.unit[:MAX_UNIT_LENGTH]!r}", "unit")
         if len(s.labels) > limits.max_labels:
-            raise _fail(f"{where}.labels: {len(s.labels)} labels, limit {limits.max_labels}",
-                        "too_many_labels")
+            raise _fail(
+                f"{where}.labels: {len(s.labels)} labels, limit {limits.max_labels}", "too_many_labels"
+            )
         names: set[str] = set()
         for j, lb in enumerate(s.labels):
             lw = f"{where}.labels[{j}]"
@@ -170,12 +170,13 @@ def check_series_table(batch: pb.Batch, limits: Limits) -> None:
                 raise _fail(f"{lw}.value: control characters", "label_value")
         if s.kind == pb.COUNTER:
             if s.counter_bits not in (32, 64):
-                raise _fail(f"{where}.counter_bits: {s.counter_bits}, must be 32 or 64",
-                            "counter_bits")
+                raise _fail(f"{where}.counter_bits: {s.counter_bits}, must be 32 or 64", "counter_bits")
         elif s.kind in (pb.GAUGE, pb.DELTA):
             if s.counter_bits or s.start_time_unix_nano:
-                raise _fail(f"{where}: counter_bits/start_time set on a "
-                            f"{'gauge' if s.kind == pb.GAUGE else 'delta'}", "counter_bits")
+                raise _fail(
+                    f"{where}: counter_bits/start_time set on a {'gauge' if s.kind == pb.GAUGE else 'delta'}",
+                    "counter_bits",
+                )
         else:
             raise _fail(f"{where}.kind: must be COUNTER, GAUGE or DELTA", "kind")
         if not math.isfinite(s.scale) or s.scale < 0:
@@ -205,8 +206,7 @@ def check_columns(batch: pb.Batch, limits: Limits, now_ns: int, table: TableInfo
         return 0
     earliest = now_ns - int(limits.max_past_age_s * NS)
     latest = now_ns + int(limits.max_future_skew_s * NS)
-    for name, cols, wanted in (("counters", counters, table.is_counter),
-                               ("gauges", gauges, table.is_gauge)):
+    for name, cols, wanted in (("counters", counters, table.is_counter), ("gauges", gauges, table.is_gauge)):
         n = len(cols)
         if not n:
             continue
@@ -215,12 +215,17 @@ def check_columns(batch: pb.Batch, limits: Limits, now_ns: int, table: TableInfo
             right_kind = wanted[idx]
         except IndexError:
             at = int(np.argmax(idx >= len(wanted)))
-            raise _fail(f"{name}.series_index[{at}]: {int(idx[at])} out of range "
-                        f"({len(wanted)} series)", "series_index") from None
+            raise _fail(
+                f"{name}.series_index[{at}]: {int(idx[at])} out of range ({len(wanted)} series)",
+                "series_index",
+            ) from None
         if _nonzero(right_kind) != n:
             at = int(np.argmin(right_kind))
-            raise _fail(f"{name}.series_index[{at}]: series[{int(idx[at])}] is not a "
-                        f"{'counter' if name == 'counters' else 'gauge'}", "kind")
+            raise _fail(
+                f"{name}.series_index[{at}]: series[{int(idx[at])}] is not a "
+                f"{'counter' if name == 'counters' else 'gauge'}",
+                "kind",
+            )
         ts = cols.time_unix_nano
         lo, hi = int(_min(ts)), int(_max(ts))
         if lo < earliest:
@@ -228,17 +233,26 @@ def check_columns(batch: pb.Batch, limits: Limits, now_ns: int, table: TableInfo
             if lo < 0:
                 # ns since the epoch fit int64 only until 2262: a later date (or a time in
                 # another unit) computed in int64 wraps negative. Say so instead of "old".
-                raise _fail(f"{name}.time_unix_nano[{at}]: {lo} is before 1970; times are ns "
-                            "since the Unix epoch as int64 (up to year 2262), so this is "
-                            "likely an overflowed far-future time or a wrong unit", "too_old")
-            raise _fail(f"{name}.time_unix_nano[{at}]: {_iso(lo)} is older than max_past_age "
-                        f"({limits.max_past_age_s:g}s: {(now_ns - lo) / NS:.0f}s before the "
-                        "collector clock)", "too_old")
+                raise _fail(
+                    f"{name}.time_unix_nano[{at}]: {lo} is before 1970; times are ns "
+                    "since the Unix epoch as int64 (up to year 2262), so this is "
+                    "likely an overflowed far-future time or a wrong unit",
+                    "too_old",
+                )
+            raise _fail(
+                f"{name}.time_unix_nano[{at}]: {_iso(lo)} is older than max_past_age "
+                f"({limits.max_past_age_s:g}s: {(now_ns - lo) / NS:.0f}s before the "
+                "collector clock)",
+                "too_old",
+            )
         if hi > latest:
             at = int(np.argmax(ts))
-            raise _fail(f"{name}.time_unix_nano[{at}]: {_iso(hi)} is {(hi - now_ns) / NS:.0f}s "
-                        "ahead of the collector clock (max_future_skew "
-                        f"{limits.max_future_skew_s:g}s)", "clock_skew")
+            raise _fail(
+                f"{name}.time_unix_nano[{at}]: {_iso(hi)} is {(hi - now_ns) / NS:.0f}s "
+                "ahead of the collector clock (max_future_skew "
+                f"{limits.max_future_skew_s:g}s)",
+                "clock_skew",
+            )
         if name == "gauges":
             finite = np.isfinite(cols.value)
             if _nonzero(finite) != n:
@@ -247,27 +261,32 @@ def check_columns(batch: pb.Batch, limits: Limits, now_ns: int, table: TableInfo
             over = table.narrow[idx] & (cols.value > MAX_U32)
             if _nonzero(over):
                 at = int(np.argmax(over))
-                raise _fail(f"counters.value[{at}]: exceeds the declared 32-bit width",
-                            "counter_bits")
+                raise _fail(f"counters.value[{at}]: exceeds the declared 32-bit width", "counter_bits")
     _check_period_columns(periods, table, earliest, latest, now_ns)
     return samples
 
 
 def _period_columns(batch: pb.Batch) -> list[tuple[str, wire.PeriodColumns]]:
     out = []
-    for name, cols in (("deltas", wire.delta_columns(batch)),
-                       ("period_gauges", wire.period_gauge_columns(batch))):
+    for name, cols in (
+        ("deltas", wire.delta_columns(batch)),
+        ("period_gauges", wire.period_gauge_columns(batch)),
+    ):
         if not cols.lengths_equal():
-            raise _fail(f"{name}: columns of unequal length (series_index {len(cols)}, "
-                        f"start_time_unix_nano {len(cols.start_unix_nano)}, time_unix_nano "
-                        f"{len(cols.time_unix_nano)}, value {len(cols.value)})", "columns")
+            raise _fail(
+                f"{name}: columns of unequal length (series_index {len(cols)}, "
+                f"start_time_unix_nano {len(cols.start_unix_nano)}, time_unix_nano "
+                f"{len(cols.time_unix_nano)}, value {len(cols.value)})",
+                "columns",
+            )
         if len(cols):
             out.append((name, cols))
     return out
 
 
-def _check_period_columns(periods: list[tuple[str, wire.PeriodColumns]], table: TableInfo,
-                          earliest: int, latest: int, now_ns: int) -> None:
+def _check_period_columns(
+    periods: list[tuple[str, wire.PeriodColumns]], table: TableInfo, earliest: int, latest: int, now_ns: int
+) -> None:
     """Deltas refer to DELTA series, period gauges to GAUGE series; start < end, both in the
     accepted time range; period gauge values finite."""
     for name, cols in periods:
@@ -276,13 +295,18 @@ def _check_period_columns(periods: list[tuple[str, wire.PeriodColumns]], table: 
         idx = cols.series_index
         if int(_max(idx)) >= len(wanted):
             at = int(np.argmax(idx >= len(wanted)))
-            raise _fail(f"{name}.series_index[{at}]: {int(idx[at])} out of range "
-                        f"({len(wanted)} series)", "series_index")
+            raise _fail(
+                f"{name}.series_index[{at}]: {int(idx[at])} out of range ({len(wanted)} series)",
+                "series_index",
+            )
         right_kind = wanted[idx]
         if _nonzero(right_kind) != len(idx):
             at = int(np.argmin(right_kind))
-            raise _fail(f"{name}.series_index[{at}]: series[{int(idx[at])}] is not a "
-                        f"{'gauge' if name == 'period_gauges' else 'delta'}", "kind")
+            raise _fail(
+                f"{name}.series_index[{at}]: series[{int(idx[at])}] is not a "
+                f"{'gauge' if name == 'period_gauges' else 'delta'}",
+                "kind",
+            )
         start, end = cols.start_unix_nano, cols.time_unix_nano
         ordered = start < end
         if _nonzero(ordered) != len(idx):
@@ -290,21 +314,27 @@ def _check_period_columns(periods: list[tuple[str, wire.PeriodColumns]], table: 
             raise _fail(f"{name}[{at}]: period start is not before its end", "period")
         if int(_min(start)) < earliest:
             at = int(np.argmin(start))
-            raise _fail(f"{name}.start_time_unix_nano[{at}]: older than max_past_age "
-                        f"({(now_ns - int(start[at])) / NS:.0f}s before now)", "too_old")
+            raise _fail(
+                f"{name}.start_time_unix_nano[{at}]: older than max_past_age "
+                f"({(now_ns - int(start[at])) / NS:.0f}s before now)",
+                "too_old",
+            )
         if int(_max(end)) > latest:
             at = int(np.argmax(end))
-            raise _fail(f"{name}.time_unix_nano[{at}]: {(int(end[at]) - now_ns) / NS:.0f}s "
-                        "ahead of the collector clock", "clock_skew")
+            raise _fail(
+                f"{name}.time_unix_nano[{at}]: {(int(end[at]) - now_ns) / NS:.0f}s "
+                "ahead of the collector clock",
+                "clock_skew",
+            )
         if name == "period_gauges":
             finite = np.isfinite(cols.value)
             if _nonzero(finite) != len(idx):
-                raise _fail(f"period_gauges.value[{int(np.argmin(finite))}]: not a finite "
-                            "number", "value")
+                raise _fail(f"period_gauges.value[{int(np.argmin(finite))}]: not a finite number", "value")
 
 
-def validate(batch: pb.Batch, limits: Limits, now_ns: int,
-             table: TableInfo | None = None) -> tuple[Checked, TableInfo]:
+def validate(
+    batch: pb.Batch, limits: Limits, now_ns: int, table: TableInfo | None = None
+) -> tuple[Checked, TableInfo]:
     """Raise ValidationError for the first broken rule; return counts and the table info.
 
     Pass the `TableInfo` of a previous batch whose series table is equal to this one's to

@@ -126,8 +126,15 @@ class Planner:
             nc = st.c_hi - st.c_lo
             for j, lo in enumerate(range(0, st.n_series, limit)):
                 hi = min(lo + limit, st.n_series)
-                out.append(Chunk(j, st.c_lo + min(lo, nc), st.c_lo + min(hi, nc),
-                                 st.g_lo + max(lo - nc, 0), st.g_lo + max(hi - nc, 0)))
+                out.append(
+                    Chunk(
+                        j,
+                        st.c_lo + min(lo, nc),
+                        st.c_lo + min(hi, nc),
+                        st.g_lo + max(lo - nc, 0),
+                        st.g_lo + max(hi - nc, 0),
+                    )
+                )
             self.chunks.append(out)
             self._held.append([])
             self._prefix.append(_ld(1, st.agent_id.encode()))
@@ -175,8 +182,9 @@ class Planner:
                         for h in due:
                             yield h.batch
 
-    def _deliver(self, st: SimSite, ch: Chunk, epoch: int, block: Block,
-                 ticks: npt.NDArray[np.int64]) -> Iterator[PlannedBatch]:
+    def _deliver(
+        self, st: SimSite, ch: Chunk, epoch: int, block: Block, ticks: npt.NDArray[np.int64]
+    ) -> Iterator[PlannedBatch]:
         m = self.model
         s = m.settings
         state = self.gen.sites[st.index]
@@ -209,12 +217,16 @@ class Planner:
         defs = self._defs.get(key)
         if defs is None:
             m = self.model
-            starts = b.block.start[ch.c_lo:ch.c_hi, b.ticks[0]].tolist()
-            defs = [counter_def(c.metric, c.labels, unit=c.unit, bits=c.bits,
-                                start_time_unix_nano=st, scale=c.scale)
-                    for c, st in zip(m.counters[ch.c_lo:ch.c_hi], starts, strict=True)]
-            defs += [gauge_def(g.metric, g.labels, unit=g.unit, scale=g.scale)
-                     for g in m.gauges[ch.g_lo:ch.g_hi]]
+            starts = b.block.start[ch.c_lo : ch.c_hi, b.ticks[0]].tolist()
+            defs = [
+                counter_def(
+                    c.metric, c.labels, unit=c.unit, bits=c.bits, start_time_unix_nano=st, scale=c.scale
+                )
+                for c, st in zip(m.counters[ch.c_lo : ch.c_hi], starts, strict=True)
+            ]
+            defs += [
+                gauge_def(g.metric, g.labels, unit=g.unit, scale=g.scale) for g in m.gauges[ch.g_lo : ch.g_hi]
+            ]
             self._defs[key] = defs
             # Definitions of older versions are no longer needed (a late batch rebuilds its own).
             for old in [k for k in self._defs if k[0] == key[0] and k[2] < key[2] - 2]:
@@ -230,8 +242,9 @@ class Planner:
             self._tables[key] = raw
         return raw
 
-    def columns(self, b: PlannedBatch) -> tuple[tuple[npt.NDArray, npt.NDArray, npt.NDArray],
-                                                tuple[npt.NDArray, npt.NDArray, npt.NDArray]]:
+    def columns(
+        self, b: PlannedBatch
+    ) -> tuple[tuple[npt.NDArray, npt.NDArray, npt.NDArray], tuple[npt.NDArray, npt.NDArray, npt.NDArray]]:
         """(series index, time, value) of the counter and gauge samples, tick-major."""
         ch = b.chunk
         nc = ch.c_hi - ch.c_lo
@@ -242,11 +255,11 @@ class Planner:
         g_idx = np.tile(np.arange(nc, nc + ng, dtype=np.uint32), nt)
         if nt == 1:
             k = int(b.ticks[0])
-            cv = b.block.values[ch.c_lo:ch.c_hi, k]
-            gv = b.block.gauges[ch.g_lo:ch.g_hi, k]
+            cv = b.block.values[ch.c_lo : ch.c_hi, k]
+            gv = b.block.gauges[ch.g_lo : ch.g_hi, k]
         else:
-            cv = b.block.values[ch.c_lo:ch.c_hi][:, b.ticks].T.ravel()
-            gv = b.block.gauges[ch.g_lo:ch.g_hi][:, b.ticks].T.ravel()
+            cv = b.block.values[ch.c_lo : ch.c_hi][:, b.ticks].T.ravel()
+            gv = b.block.gauges[ch.g_lo : ch.g_hi][:, b.ticks].T.ravel()
         return ((c_idx, np.repeat(t, nc), cv), (g_idx, np.repeat(t, ng), gv))
 
     def encode(self, b: PlannedBatch) -> bytes:
@@ -260,10 +273,12 @@ class Planner:
         (ci, ct, cv), (gi, gt, gv) = self.columns(b)
         out = [
             self._prefix[i],
-            b"\x10", _varint(b.seq),
+            b"\x10",
+            _varint(b.seq),
             self._site_field[i],
             _ld(4, self.gen.sites[i].boot_ids[b.epoch].encode()),
-            b"\x29", int(b.t_max).to_bytes(8, "little", signed=True),
+            b"\x29",
+            int(b.t_max).to_bytes(8, "little", signed=True),
             self._table(b),
         ]
         if len(cv):

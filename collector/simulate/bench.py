@@ -16,15 +16,22 @@ from collector.simulate.fleet import FleetRunner
 
 # The benchmark fleet: 10 sites per country, each 100 links, 30 cells and 5 hosts
 # (~2000 series per site), fast-forward, default faults.
-BENCH_FLEET = dict(sites_per_country=10, links_per_site=100, cells_per_site=30,
-                   hosts_per_site=5, acceleration=0.0, batch_samples=1000,
-                   start_unix_s=1_780_000_000.0)
+BENCH_FLEET = dict(
+    sites_per_country=10,
+    links_per_site=100,
+    cells_per_site=30,
+    hosts_per_site=5,
+    acceleration=0.0,
+    batch_samples=1000,
+    start_unix_s=1_780_000_000.0,
+)
 # Upper bound of simulated time, so a run is bounded by count as well as by wall time.
 _MAX_SIM_S = 30 * 86400
 
 
-async def measure_generation(bootstrap: str, topic: str, seconds: float,
-                             settings: SimulateSettings | None = None) -> float:
+async def measure_generation(
+    bootstrap: str, topic: str, seconds: float, settings: SimulateSettings | None = None
+) -> float:
     """Samples per second generated, encoded and acknowledged by Kafka (acks=all).
 
     Runs the benchmark fleet for about `seconds` of wall time (or until 30 simulated days),
@@ -33,8 +40,7 @@ async def measure_generation(bootstrap: str, topic: str, seconds: float,
     sim = settings or SimulateSettings.model_validate(BENCH_FLEET)
     cfg = Settings(simulate=sim)
     with tempfile.TemporaryDirectory(prefix="simbench-") as tmp:
-        runner = FleetRunner(cfg, bootstrap=bootstrap, topic=topic, work_dir=Path(tmp),
-                             duration_s=_MAX_SIM_S)
+        runner = FleetRunner(cfg, bootstrap=bootstrap, topic=topic, work_dir=Path(tmp), duration_s=_MAX_SIM_S)
         t0 = time.perf_counter()
         await runner.start()
         try:

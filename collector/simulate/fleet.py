@@ -72,16 +72,24 @@ def write_tokens_file(path: Path, tokens: dict[str, str]) -> Path:
 class Simulation:
     """Model + generator + batch planner (+ truth): the deterministic core of a run."""
 
-    def __init__(self, settings: SimulateSettings, *, start_ns: int | None = None,
-                 paced: bool = False, truth: bool = False, truth_samples: bool = False) -> None:
+    def __init__(
+        self,
+        settings: SimulateSettings,
+        *,
+        start_ns: int | None = None,
+        paced: bool = False,
+        truth: bool = False,
+        truth_samples: bool = False,
+    ) -> None:
         self.settings = settings
         self.model = FleetModel(settings)
         self.start_ns = start_ns_for(settings) if start_ns is None else start_ns
         self.gen = FleetGenerator(self.model, self.start_ns)
         tpb = Planner.ticks_per_batch_for(self.model, paced)
         self.planner = Planner(self.model, self.gen, tpb)
-        self.truth = (TruthRecorder(self.model, self.gen, samples=truth_samples)
-                      if truth or truth_samples else None)
+        self.truth = (
+            TruthRecorder(self.model, self.gen, samples=truth_samples) if truth or truth_samples else None
+        )
         if paced:
             self.block_ticks = tpb
         else:
@@ -143,8 +151,9 @@ class Sink(Protocol):
 class KafkaSink:
     """Mode 2: Batch bytes straight into Kafka, as the ingest service would write them."""
 
-    def __init__(self, sim: Simulation, settings: Settings, bootstrap: str, topic: str,
-                 max_pending: int = 1024) -> None:
+    def __init__(
+        self, sim: Simulation, settings: Settings, bootstrap: str, topic: str, max_pending: int = 1024
+    ) -> None:
         self.sim = sim
         self.settings = settings
         self.bootstrap = bootstrap
@@ -170,8 +179,12 @@ class KafkaSink:
         assert self._producer is not None
         value = self.sim.encode(b)
         try:
-            fut = await self._producer.send(self.topic, value, key=b.site.info.site_id.encode(),
-                                            headers=record_headers(b.site.agent_id, b.seq))
+            fut = await self._producer.send(
+                self.topic,
+                value,
+                key=b.site.info.site_id.encode(),
+                headers=record_headers(b.site.agent_id, b.seq),
+            )
         except KafkaError as exc:
             raise BrokerError(f"simulator produce failed: {exc}") from exc
         self._pending.append(fut)
@@ -210,16 +223,30 @@ class AgentSink:
     purpose); real duplicates come from resends after a lost ack.
     """
 
-    def __init__(self, sim: Simulation, settings: Settings, target: str, *,
-                 tokens: dict[str, str] | None, ca_file: Path | None, work_dir: Path,
-                 restart_grace_s: float = 0.0, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        sim: Simulation,
+        settings: Settings,
+        target: str,
+        *,
+        tokens: dict[str, str] | None,
+        ca_file: Path | None,
+        work_dir: Path,
+        restart_grace_s: float = 0.0,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         from collector.agent.pipeline import AgentPipeline
 
         self._cls = AgentPipeline
         self.sim = sim
-        ing = settings.agent.ingest.model_copy(update={
-            "target": target, "ca_file": ca_file, "plaintext": ca_file is None,
-            "server_name": settings.agent.ingest.server_name or ("localhost" if ca_file else "")})
+        ing = settings.agent.ingest.model_copy(
+            update={
+                "target": target,
+                "ca_file": ca_file,
+                "plaintext": ca_file is None,
+                "server_name": settings.agent.ingest.server_name or ("localhost" if ca_file else ""),
+            }
+        )
         self.agent_settings = settings.agent.model_copy(update={"ingest": ing})
         self.tokens = tokens or {}
         self.work_dir = work_dir
@@ -243,16 +270,27 @@ class AgentSink:
             self.pm = PmWriter(sim.model, s.pm_granularity_s, dirs)
             for i, d in dirs.items():
                 self.cell_sources[i] = CellSource(
-                    CellSourceSettings(enabled=True, pm_dir=d, settle_s=0, after="delete",
-                                       max_age_s=AGENT_BACKFILL_S + 3600.0),
-                    max_batch_bytes=self.agent_settings.ingest.max_batch_bytes)
+                    CellSourceSettings(
+                        enabled=True,
+                        pm_dir=d,
+                        settle_s=0,
+                        after="delete",
+                        max_age_s=AGENT_BACKFILL_S + 3600.0,
+                    ),
+                    max_batch_bytes=self.agent_settings.ingest.max_batch_bytes,
+                )
 
     def _pipeline(self, site: int, epoch: int) -> Any:
         st = self.sim.model.sites[site]
-        return self._cls(self.agent_settings, agent_id=st.agent_id, site=st.info,
-                         boot_id=self.sim.gen.sites[site].boot_ids[epoch],
-                         spool_dir=self.work_dir / st.info.site_id,
-                         token=self.tokens.get(st.info.site_id), registry=self.registry)
+        return self._cls(
+            self.agent_settings,
+            agent_id=st.agent_id,
+            site=st.info,
+            boot_id=self.sim.gen.sites[site].boot_ids[epoch],
+            spool_dir=self.work_dir / st.info.site_id,
+            token=self.tokens.get(st.info.site_id),
+            registry=self.registry,
+        )
 
     async def start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -304,8 +342,7 @@ class AgentSink:
 
     async def flush(self, timeout_s: float) -> bool:
         await self.pm_step()
-        results = await asyncio.gather(*(p.wait_drained(timeout_s)
-                                         for p in self.pipelines.values()))
+        results = await asyncio.gather(*(p.wait_drained(timeout_s) for p in self.pipelines.values()))
         return all(results)
 
     async def stop(self) -> None:
@@ -344,12 +381,23 @@ class FleetRunner:
     `truth_dir` receives the ground truth at stop.
     """
 
-    def __init__(self, settings: Settings, *, target: str | None = None,
-                 bootstrap: str | None = None, tokens: dict[str, str] | None = None,
-                 ca_file: Path | None = None, work_dir: Path, topic: str | None = None,
-                 duration_s: float | None = None, truth_dir: Path | None = None,
-                 truth_samples: bool = False, start_ns: int | None = None,
-                 drain_timeout_s: float = 30.0, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        target: str | None = None,
+        bootstrap: str | None = None,
+        tokens: dict[str, str] | None = None,
+        ca_file: Path | None = None,
+        work_dir: Path,
+        topic: str | None = None,
+        duration_s: float | None = None,
+        truth_dir: Path | None = None,
+        truth_samples: bool = False,
+        start_ns: int | None = None,
+        drain_timeout_s: float = 30.0,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.settings = settings
         s = settings.simulate
         self.paced = s.acceleration > 0
@@ -357,22 +405,30 @@ class FleetRunner:
             # The ingest rejects samples from the future: an accelerated agent fleet replays
             # the recent past and continues in real time once it has caught up with now.
             start_ns = start_ns_for(s, time.time() - AGENT_BACKFILL_S)
-        self.sim = Simulation(s, start_ns=start_ns, paced=self.paced,
-                              truth=truth_dir is not None, truth_samples=truth_samples)
+        self.sim = Simulation(
+            s, start_ns=start_ns, paced=self.paced, truth=truth_dir is not None, truth_samples=truth_samples
+        )
         self.truth_dir = truth_dir
-        self.max_ticks = (math.ceil(duration_s / self.sim.model.interval_s)
-                          if duration_s is not None else None)
+        self.max_ticks = math.ceil(duration_s / self.sim.model.interval_s) if duration_s is not None else None
         self.drain_timeout_s = drain_timeout_s
         self.sink: Sink
         if target:
             self.mode = "agents"
-            self.sink = AgentSink(self.sim, settings, target, tokens=tokens, ca_file=ca_file,
-                                  work_dir=work_dir, registry=registry)
+            self.sink = AgentSink(
+                self.sim,
+                settings,
+                target,
+                tokens=tokens,
+                ca_file=ca_file,
+                work_dir=work_dir,
+                registry=registry,
+            )
         else:
             bs = bootstrap or settings.kafka.bootstrap_servers
             if not bs:
-                raise ConfigError("the simulator needs an ingest target or a Kafka bootstrap",
-                                  key="kafka.bootstrap_servers")
+                raise ConfigError(
+                    "the simulator needs an ingest target or a Kafka bootstrap", key="kafka.bootstrap_servers"
+                )
             self.mode = "kafka"
             self.sink = KafkaSink(self.sim, settings, bs, topic or settings.kafka.topic)
         self._stop = asyncio.Event()
@@ -461,6 +517,7 @@ class FleetRunner:
         await self.start()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()

@@ -60,10 +60,34 @@ CITIES: dict[str, tuple[City, ...]] = {
 }
 
 # Relative consumer traffic by local hour (0..23): trough before dawn, evening peak at 21h.
-HOURLY_LOAD = np.array([
-    0.45, 0.34, 0.26, 0.22, 0.20, 0.22, 0.30, 0.42, 0.54, 0.60, 0.62, 0.65,
-    0.68, 0.66, 0.64, 0.66, 0.72, 0.80, 0.88, 0.95, 1.00, 0.98, 0.85, 0.64,
-])
+HOURLY_LOAD = np.array(
+    [
+        0.45,
+        0.34,
+        0.26,
+        0.22,
+        0.20,
+        0.22,
+        0.30,
+        0.42,
+        0.54,
+        0.60,
+        0.62,
+        0.65,
+        0.68,
+        0.66,
+        0.64,
+        0.66,
+        0.72,
+        0.80,
+        0.88,
+        0.95,
+        1.00,
+        0.98,
+        0.85,
+        0.64,
+    ]
+)
 
 
 def city_for(country: str, index: int) -> tuple[City, str]:

@@ -28,34 +28,57 @@ log = logging.getLogger("collector.simulate")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mode", choices=["kafka", "agents"],
-                        help="kafka: straight into Kafka (default without --target); agents: "
-                             "every site a real agent stream to --target")
+    parser.add_argument(
+        "--mode",
+        choices=["kafka", "agents"],
+        help="kafka: straight into Kafka (default without --target); agents: "
+        "every site a real agent stream to --target",
+    )
     parser.add_argument("--target", help="ingest HOST:PORT (agents mode)")
-    parser.add_argument("--ca-file", type=Path, help="CA of the ingest's TLS certificate; "
-                        "without it agents connect in plaintext")
-    parser.add_argument("--tokens-file", type=Path, help="ingest token file (token -> site_id) "
-                        "to take the sites' tokens from; default: derived from the seed")
-    parser.add_argument("--write-tokens", type=Path, metavar="PATH",
-                        help="write the token file for the ingest (token -> site_id) and exit")
-    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (kafka mode; default "
-                        "kafka.bootstrap_servers)")
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        help="CA of the ingest's TLS certificate; without it agents connect in plaintext",
+    )
+    parser.add_argument(
+        "--tokens-file",
+        type=Path,
+        help="ingest token file (token -> site_id) "
+        "to take the sites' tokens from; default: derived from the seed",
+    )
+    parser.add_argument(
+        "--write-tokens",
+        type=Path,
+        metavar="PATH",
+        help="write the token file for the ingest (token -> site_id) and exit",
+    )
+    parser.add_argument(
+        "--bootstrap", help="Kafka bootstrap servers (kafka mode; default kafka.bootstrap_servers)"
+    )
     parser.add_argument("--topic", help="Kafka topic (default kafka.topic)")
-    parser.add_argument("--duration", type=float, metavar="SIM_SECONDS",
-                        help="stop after this much simulated time (default: until Ctrl-C)")
-    parser.add_argument("--truth", type=Path, metavar="DIR",
-                        help="write the ground truth (Parquet files) into DIR at the end")
-    parser.add_argument("--truth-samples", action="store_true",
-                        help="also write every sample with its true increment (large)")
-    parser.add_argument("--work-dir", type=Path, default=Path("simulate-spool"),
-                        help="agents mode: directory of the agents' spools")
-    parser.add_argument("--fast-forward", action="store_true",
-                        help="as fast as possible (acceleration 0)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        metavar="SIM_SECONDS",
+        help="stop after this much simulated time (default: until Ctrl-C)",
+    )
+    parser.add_argument(
+        "--truth", type=Path, metavar="DIR", help="write the ground truth (Parquet files) into DIR at the end"
+    )
+    parser.add_argument(
+        "--truth-samples", action="store_true", help="also write every sample with its true increment (large)"
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("simulate-spool"),
+        help="agents mode: directory of the agents' spools",
+    )
+    parser.add_argument("--fast-forward", action="store_true", help="as fast as possible (acceleration 0)")
     parser.add_argument("--acceleration", type=float, help="simulated seconds per wall second")
     parser.add_argument("--seed", type=int, help="override simulate.seed")
     parser.add_argument("--sites-per-country", type=int, help="override simulate.sites_per_country")
-    parser.add_argument("--start", type=float, metavar="UNIX_S",
-                        help="simulated start time (default now)")
+    parser.add_argument("--start", type=float, metavar="UNIX_S", help="simulated start time (default now)")
 
 
 def _overrides(settings: Settings, args: argparse.Namespace) -> Settings:
@@ -102,14 +125,27 @@ async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event
     if mode == "agents":
         tokens = _read_tokens(args.tokens_file) if args.tokens_file else site_tokens(settings)
     runner = FleetRunner(
-        settings, target=args.target if mode == "agents" else None, bootstrap=args.bootstrap,
-        tokens=tokens, ca_file=args.ca_file, work_dir=args.work_dir, topic=args.topic,
-        duration_s=args.duration, truth_dir=args.truth, truth_samples=args.truth_samples)
+        settings,
+        target=args.target if mode == "agents" else None,
+        bootstrap=args.bootstrap,
+        tokens=tokens,
+        ca_file=args.ca_file,
+        work_dir=args.work_dir,
+        topic=args.topic,
+        duration_s=args.duration,
+        truth_dir=args.truth,
+        truth_samples=args.truth_samples,
+    )
     s = settings.simulate
-    log.info("simulating %d sites (%s), %d series, interval %.3gs, acceleration %s, mode %s",
-             runner.sim.model.n_sites, ",".join(s.countries),
-             runner.sim.model.nc + runner.sim.model.ng, s.interval_s,
-             s.acceleration or "fast-forward", mode)
+    log.info(
+        "simulating %d sites (%s), %d series, interval %.3gs, acceleration %s, mode %s",
+        runner.sim.model.n_sites,
+        ",".join(s.countries),
+        runner.sim.model.nc + runner.sim.model.ng,
+        s.interval_s,
+        s.acceleration or "fast-forward",
+        mode,
+    )
     t0 = time.monotonic()
     await runner.start()
     stopper = asyncio.ensure_future(stop.wait())
@@ -121,9 +157,15 @@ async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event
         await runner.stop()
         await asyncio.gather(waiter, return_exceptions=True)
     dt = max(time.monotonic() - t0, 1e-9)
-    log.info("sent %d batches, %d samples in %.1fs (%.0f samples/s), %d ticks%s",
-             runner.records, runner.samples, dt, runner.samples / dt, runner.sim.next_tick,
-             f"; truth in {args.truth}" if args.truth else "")
+    log.info(
+        "sent %d batches, %d samples in %.1fs (%.0f samples/s), %d ticks%s",
+        runner.records,
+        runner.samples,
+        dt,
+        runner.samples / dt,
+        runner.sim.next_tick,
+        f"; truth in {args.truth}" if args.truth else "",
+    )
     if runner.drained is False:
         log.error("not every batch was acknowledged before the drain timeout")
         return 1

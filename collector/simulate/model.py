@@ -35,36 +35,81 @@ _STATIC_TICK = 2**40
 # Key spaces of the hash, one per kind of entity.
 _SITE, _LINK, _CELL, _HOST, _ROW = (k << 44 for k in range(1, 6))
 
-LINK_COUNTERS = ("link_in_octets", "link_out_octets", "link_in_packets", "link_out_packets",
-                 "link_in_errors", "link_out_errors", "link_in_discards", "link_out_discards")
+LINK_COUNTERS = (
+    "link_in_octets",
+    "link_out_octets",
+    "link_in_packets",
+    "link_out_packets",
+    "link_in_errors",
+    "link_out_errors",
+    "link_in_discards",
+    "link_out_discards",
+)
 LINK_COUNTER_UNITS = ("bytes", "bytes") + ("packets",) * 6
 LINK_GAUGES = ("link_oper_up", "link_speed_bytes")
 LINK_GAUGE_UNITS = ("bool", "bytes_per_second")
-OPTICAL_GAUGES = ("link_optical_rx_power_dbm", "link_optical_tx_power_dbm",
-                  "link_optical_laser_bias_amperes", "link_optical_prefec_ber",
-                  "link_optical_osnr_db")
+OPTICAL_GAUGES = (
+    "link_optical_rx_power_dbm",
+    "link_optical_tx_power_dbm",
+    "link_optical_laser_bias_amperes",
+    "link_optical_prefec_ber",
+    "link_optical_osnr_db",
+)
 OPTICAL_GAUGE_UNITS = ("dBm", "dBm", "amperes", "ratio", "dB")
-CELL_COUNTERS = ("DRB.PdcpSduVolumeDL", "DRB.PdcpSduVolumeUL", "MM.HoExeIntraReq",
-                 "MM.HoExeIntraSucc")
+CELL_COUNTERS = ("DRB.PdcpSduVolumeDL", "DRB.PdcpSduVolumeUL", "MM.HoExeIntraReq", "MM.HoExeIntraSucc")
 CELL_COUNTER_UNITS = ("bytes", "bytes", "attempts", "attempts")
-CELL_GAUGES = ("RRU.PrbTotDl", "RRU.PrbTotUl", "DRB.UEThpDl", "DRB.UEThpUl", "RRC.ConnMean",
-               "RRC.ConnMax", "CELL.Availability", "CELL.CoverageRatio", "L1M.SS-RSRP",
-               "L1M.SS-RSRQ", "L1M.SS-SINR")
-CELL_GAUGE_UNITS = ("ratio", "ratio", "bytes_per_second", "bytes_per_second", "users", "users",
-                    "ratio", "ratio", "dBm", "dB", "dB")
+CELL_GAUGES = (
+    "RRU.PrbTotDl",
+    "RRU.PrbTotUl",
+    "DRB.UEThpDl",
+    "DRB.UEThpUl",
+    "RRC.ConnMean",
+    "RRC.ConnMax",
+    "CELL.Availability",
+    "CELL.CoverageRatio",
+    "L1M.SS-RSRP",
+    "L1M.SS-RSRQ",
+    "L1M.SS-SINR",
+)
+CELL_GAUGE_UNITS = (
+    "ratio",
+    "ratio",
+    "bytes_per_second",
+    "bytes_per_second",
+    "users",
+    "users",
+    "ratio",
+    "ratio",
+    "dBm",
+    "dB",
+    "dB",
+)
 CPU_MODES = ("user", "system", "iowait", "idle")
-HOST_COUNTERS = ("node_disk_read_bytes_total", "node_disk_written_bytes_total",
-                 "node_network_receive_bytes_total", "node_network_transmit_bytes_total",
-                 "node_network_receive_packets_total", "node_network_transmit_packets_total",
-                 "node_network_receive_errs_total", "node_network_transmit_errs_total",
-                 "node_network_receive_drop_total", "node_network_transmit_drop_total")
+HOST_COUNTERS = (
+    "node_disk_read_bytes_total",
+    "node_disk_written_bytes_total",
+    "node_network_receive_bytes_total",
+    "node_network_transmit_bytes_total",
+    "node_network_receive_packets_total",
+    "node_network_transmit_packets_total",
+    "node_network_receive_errs_total",
+    "node_network_transmit_errs_total",
+    "node_network_receive_drop_total",
+    "node_network_transmit_drop_total",
+)
 HOST_COUNTER_UNITS = ("bytes",) * 4 + ("packets",) * 6
 # Host power: a RAPL package zone as the server source sends it (microjoules, scale 1e-6 ->
 # joules, already unwrapped into a 64-bit counter by the agent).
 RAPL_COUNTER = ("node_rapl_joules_total", "joules", "package-0", 1e-6)
-HOST_GAUGES = ("node_memory_MemTotal_bytes", "node_memory_MemAvailable_bytes", "node_load1",
-               "node_load5", "node_load15", "node_filesystem_size_bytes",
-               "node_filesystem_avail_bytes")
+HOST_GAUGES = (
+    "node_memory_MemTotal_bytes",
+    "node_memory_MemAvailable_bytes",
+    "node_load1",
+    "node_load5",
+    "node_load15",
+    "node_filesystem_size_bytes",
+    "node_filesystem_avail_bytes",
+)
 HOST_GAUGE_UNITS = ("bytes", "bytes", "1", "1", "1", "bytes", "bytes")
 # Share of the interval a connected user is actively receiving (PDCP volume model).
 _ACTIVE_SHARE = 0.005
@@ -167,8 +212,9 @@ class FleetModel:
         self.sites: list[SimSite] = []
         self.counters: list[CounterSeries] = []
         self.gauges: list[GaugeSeries] = []
-        links: dict[str, list] = {k: [] for k in ("site", "c0", "g0", "speed", "util", "optical",
-                                                    "bits", "key", "record")}
+        links: dict[str, list] = {
+            k: [] for k in ("site", "c0", "g0", "speed", "util", "optical", "bits", "key", "record")
+        }
         cells: dict[str, list] = {k: [] for k in ("site", "c0", "g0", "key", "country")}
         hosts: dict[str, list] = {k: [] for k in ("site", "c0", "g0", "key")}
         # 32-bit octet counters must move less than half their range (2^31) between two
@@ -237,29 +283,36 @@ class FleetModel:
                     hosts["key"].append(_HOST + len(hosts["key"]))
                     for cpu in range(s.cpus_per_host):
                         for mode in CPU_MODES:
-                            self.counters.append(CounterSeries(
-                                si, "node_cpu_seconds_total", "seconds",
-                                _lab(host=host, cpu=str(cpu), mode=mode), 64, 0.01))
+                            self.counters.append(
+                                CounterSeries(
+                                    si,
+                                    "node_cpu_seconds_total",
+                                    "seconds",
+                                    _lab(host=host, cpu=str(cpu), mode=mode),
+                                    64,
+                                    0.01,
+                                )
+                            )
                     for m, unit in zip(HOST_COUNTERS, HOST_COUNTER_UNITS, strict=True):
                         dev = "nvme0n1" if "disk" in m else "eth0"
-                        self.counters.append(CounterSeries(si, m, unit,
-                                                           _lab(host=host, device=dev), 64))
+                        self.counters.append(CounterSeries(si, m, unit, _lab(host=host, device=dev), 64))
                     m, unit, zone, scale = RAPL_COUNTER
-                    self.counters.append(CounterSeries(si, m, unit, _lab(host=host, device=zone),
-                                                       64, scale))
+                    self.counters.append(CounterSeries(si, m, unit, _lab(host=host, device=zone), 64, scale))
                     for m, unit in zip(HOST_GAUGES, HOST_GAUGE_UNITS, strict=True):
                         lab = _lab(host=host, mountpoint="/") if "filesystem" in m else _lab(host=host)
                         self.gauges.append(GaugeSeries(si, m, unit, lab))
                 info = SiteInfo(site_id, country, city.region, city.timezone)
-                self.sites.append(SimSite(si, info, city, f"sim-{site_id}", c_lo,
-                                          len(self.counters), g_lo, len(self.gauges)))
+                self.sites.append(
+                    SimSite(
+                        si, info, city, f"sim-{site_id}", c_lo, len(self.counters), g_lo, len(self.gauges)
+                    )
+                )
         self.n_sites = len(self.sites)
         self.nc = len(self.counters)
         self.ng = len(self.gauges)
         self.c_site = np.array([c.site for c in self.counters], dtype=np.int64)
         self.g_site = np.array([g.site for g in self.gauges], dtype=np.int64)
-        self.c_mask = np.array([MASK32 if c.bits == 32 else MASK64 for c in self.counters],
-                               dtype=U64)
+        self.c_mask = np.array([MASK32 if c.bits == 32 else MASK64 for c in self.counters], dtype=U64)
         self.links = {k: np.array(v) for k, v in links.items()}
         self.cells = {k: np.array(v) for k, v in cells.items()}
         self.hosts = {k: np.array(v) for k, v in hosts.items()}
@@ -268,7 +321,10 @@ class FleetModel:
         # record link, whose counters are meant to run for weeks).
         self.site_links = [
             self.links["c0"][(self.links["site"] == i) & ~self.links["record"].astype(bool)]
-            if len(self.links["site"]) else np.zeros(0, np.int64) for i in range(self.n_sites)]
+            if len(self.links["site"])
+            else np.zeros(0, np.int64)
+            for i in range(self.n_sites)
+        ]
         self.silent_site = self.n_sites - 1 if s.silent_after_s > 0 and self.n_sites > 1 else -1
         self.silent_tick = math.ceil(s.silent_after_s / self.interval_s) if self.silent_site >= 0 else 0
         self._init_cells()
@@ -347,8 +403,9 @@ class FleetModel:
             out[self.silent_site, ticks >= self.silent_tick] = False
         return out
 
-    def clears(self, ticks: npt.NDArray[np.int64]
-               ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    def clears(
+        self, ticks: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """(sites x ticks) link counter clears: flag, which link of the site (index into
         `site_links`), and the clear point q/1024 of the interval before the tick."""
         s = self.settings
@@ -427,12 +484,18 @@ class FleetGenerator:
         self._seg = np.zeros(m.nc, dtype=np.int64)
         self._seg_present = np.zeros(m.nc, dtype=np.int64)
         self.sites = [
-            SiteState(0, [m.initial_start_ns(i, start_ns)], [m.boot_id(i, 0)])
-            for i in range(m.n_sites)
+            SiteState(0, [m.initial_start_ns(i, start_ns)], [m.boot_id(i, 0)]) for i in range(m.n_sites)
         ]
-        self._start = np.concatenate([
-            np.full(st.c_hi - st.c_lo, self.sites[st.index].start_ns[0], dtype=np.int64)
-            for st in m.sites]) if m.nc else np.zeros(0, np.int64)
+        self._start = (
+            np.concatenate(
+                [
+                    np.full(st.c_hi - st.c_lo, self.sites[st.index].start_ns[0], dtype=np.int64)
+                    for st in m.sites
+                ]
+            )
+            if m.nc
+            else np.zeros(0, np.int64)
+        )
 
     def block(self, n: int) -> Block:
         m = self.model
@@ -476,8 +539,8 @@ class FleetGenerator:
             # The first increment after a restart/clear only covers the part of the interval
             # after it.
             for r, a, b, qq, _ in events:
-                col = seg_inc[a - lo:b - lo, r]
-                seg_inc[a - lo:b - lo, r] = (col // 1024) * qq + (col % 1024) * qq // 1024
+                col = seg_inc[a - lo : b - lo, r]
+                seg_inc[a - lo : b - lo, r] = (col // 1024) * qq + (col % 1024) * qq // 1024
             csum = np.cumsum(seg_inc, axis=1, dtype=U64)
             v = csum + self._v64[rows][:, None]
             seg = np.repeat(self._seg[rows][:, None], n, axis=1)
@@ -532,13 +595,31 @@ class FleetGenerator:
             self._v64[rows] = v[:, -1]
             self._seg[rows] = seg[:, -1]
             self._start[rows] = stt[:, -1]
-        return Block(k0, ticks, t, present, epoch, version, reset_sample, start, counted, values,
-                     increment, inc, gauges)
+        return Block(
+            k0,
+            ticks,
+            t,
+            present,
+            epoch,
+            version,
+            reset_sample,
+            start,
+            counted,
+            values,
+            increment,
+            inc,
+            gauges,
+        )
 
     # --- entity models -------------------------------------------------------------------
 
-    def _links(self, ticks: npt.NDArray[np.int64], load: npt.NDArray[np.float64],
-               inc: npt.NDArray[np.uint64], gauges: npt.NDArray[np.float64]) -> None:
+    def _links(
+        self,
+        ticks: npt.NDArray[np.int64],
+        load: npt.NDArray[np.float64],
+        inc: npt.NDArray[np.uint64],
+        gauges: npt.NDArray[np.float64],
+    ) -> None:
         m = self.model
         L = m.links
         if not len(L["site"]):
@@ -576,15 +657,21 @@ class FleetGenerator:
             lo = ld[opt]
             base = m.noise.static(ko * 4096 + 10)[:, None]
             gauges[go + 2] = -2.5 - 4.0 * base - 0.3 * lo + 0.2 * (u(ko * 4096 + 11, ticks) - 0.5)
-            gauges[go + 3] = 1.0 + 1.5 * m.noise.static(ko * 4096 + 12)[:, None] \
-                + 0.1 * (u(ko * 4096 + 13, ticks) - 0.5)
+            gauges[go + 3] = (
+                1.0 + 1.5 * m.noise.static(ko * 4096 + 12)[:, None] + 0.1 * (u(ko * 4096 + 13, ticks) - 0.5)
+            )
             gauges[go + 4] = 0.035 + 0.03 * base + 0.002 * u(ko * 4096 + 14, ticks)
             gauges[go + 5] = 10.0 ** (-7.0 + 2.5 * base + 0.3 * u(ko * 4096 + 15, ticks))
             gauges[go + 6] = 34.0 - 10.0 * base - 0.5 * lo + 0.4 * (u(ko * 4096 + 16, ticks) - 0.5)
 
-    def _cells(self, ticks: npt.NDArray[np.int64], load: npt.NDArray[np.float64],
-               present: npt.NDArray[np.bool_], inc: npt.NDArray[np.uint64],
-               gauges: npt.NDArray[np.float64]) -> None:
+    def _cells(
+        self,
+        ticks: npt.NDArray[np.int64],
+        load: npt.NDArray[np.float64],
+        present: npt.NDArray[np.bool_],
+        inc: npt.NDArray[np.uint64],
+        gauges: npt.NDArray[np.float64],
+    ) -> None:
         m = self.model
         C = m.cells
         if not len(C["site"]):
@@ -610,8 +697,9 @@ class FleetGenerator:
         thp_ul = thp * (0.10 + 0.05 * u(keys * 4096 + 2, ticks))
         conn = m.cell_users[:, None] * (0.1 + 0.9 * ld) * (0.9 + 0.2 * u(keys * 4096 + 3, ticks))
         conn_max = np.ceil(conn * (1.15 + 0.2 * u(keys * 4096 + 4, ticks)))
-        prb = np.clip((0.05 + 0.9 * ld * m.cell_prb[:, None]) * (0.9 + 0.2 * u(keys * 4096 + 5, ticks)),
-                      0.0, 1.0)
+        prb = np.clip(
+            (0.05 + 0.9 * ld * m.cell_prb[:, None]) * (0.9 + 0.2 * u(keys * 4096 + 5, ticks)), 0.0, 1.0
+        )
         c0 = C["c0"]
         inc[c0] = np.floor(thp * conn * _ACTIVE_SHARE * iv).astype(U64)
         inc[c0 + 1] = np.floor(thp_ul * conn * _ACTIVE_SHARE * iv).astype(U64)
@@ -633,11 +721,17 @@ class FleetGenerator:
         gauges[g0 + 7] = m.cell_coverage[:, None]
         gauges[g0 + 8] = m.cell_rsrp[:, None] - 3.0 * ld + 2.0 * (u(keys * 4096 + 11, ticks) - 0.5)
         gauges[g0 + 9] = -9.0 - 4.0 * m.cell_q[:, None] - 2.0 * ld
-        gauges[g0 + 10] = 25.0 - 12.0 * ld - 6.0 * m.cell_q[:, None] \
-            + 3.0 * (u(keys * 4096 + 12, ticks) - 0.5)
+        gauges[g0 + 10] = (
+            25.0 - 12.0 * ld - 6.0 * m.cell_q[:, None] + 3.0 * (u(keys * 4096 + 12, ticks) - 0.5)
+        )
 
-    def _hosts(self, ticks: npt.NDArray[np.int64], load: npt.NDArray[np.float64],
-               inc: npt.NDArray[np.uint64], gauges: npt.NDArray[np.float64]) -> None:
+    def _hosts(
+        self,
+        ticks: npt.NDArray[np.int64],
+        load: npt.NDArray[np.float64],
+        inc: npt.NDArray[np.uint64],
+        gauges: npt.NDArray[np.float64],
+    ) -> None:
         m = self.model
         H = m.hosts
         if not len(H["site"]):
@@ -686,13 +780,16 @@ class FleetGenerator:
         g0 = H["g0"]
         mem = np.where(m.noise.static(keys * 4096 + 10) < 0.5, 128.0, 256.0)[:, None] * 2**30
         gauges[g0] = mem
-        gauges[g0 + 1] = np.floor(mem * np.clip(0.75 - 0.45 * ld * (0.9 + 0.2 * u(keys * 4096 + 11, ticks)),
-                                                0.05, 0.95))
+        gauges[g0 + 1] = np.floor(
+            mem * np.clip(0.75 - 0.45 * ld * (0.9 + 0.2 * u(keys * 4096 + 11, ticks)), 0.05, 0.95)
+        )
         busy_avg = busy_sum  # load average ~ number of busy CPUs
         gauges[g0 + 2] = busy_avg * (0.9 + 0.2 * u(keys * 4096 + 12, ticks))
         gauges[g0 + 3] = busy_avg * 0.97
         gauges[g0 + 4] = busy_avg * 0.93
         fs = 2e12
         gauges[g0 + 5] = fs
-        gauges[g0 + 6] = np.floor(fs * (0.35 + 0.3 * m.noise.static(keys * 4096 + 13)[:, None]
-                                        - 0.0001 * u(keys * 4096 + 14, ticks)))
+        gauges[g0 + 6] = np.floor(
+            fs
+            * (0.35 + 0.3 * m.noise.static(keys * 4096 + 13)[:, None] - 0.0001 * u(keys * 4096 + 14, ticks))
+        )

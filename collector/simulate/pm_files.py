@@ -38,11 +38,17 @@ NS = 1_000_000_000
 MBIT = 125_000  # bytes per Mbit
 # catalogue gauge name -> (factor to the file's raw unit, statistic over the period)
 _GAUGE_RAW = {
-    "RRU.PrbTotDl": (100.0, "mean"), "RRU.PrbTotUl": (100.0, "mean"),
-    "DRB.UEThpDl": (1 / 125, "mean"), "DRB.UEThpUl": (1 / 125, "mean"),
-    "RRC.ConnMean": (1.0, "mean"), "RRC.ConnMax": (1.0, "max"),
-    "CELL.Availability": (100.0, "mean"), "CELL.CoverageRatio": (100.0, "mean"),
-    "L1M.SS-RSRP": (1.0, "mean"), "L1M.SS-RSRQ": (1.0, "mean"), "L1M.SS-SINR": (1.0, "mean"),
+    "RRU.PrbTotDl": (100.0, "mean"),
+    "RRU.PrbTotUl": (100.0, "mean"),
+    "DRB.UEThpDl": (1 / 125, "mean"),
+    "DRB.UEThpUl": (1 / 125, "mean"),
+    "RRC.ConnMean": (1.0, "mean"),
+    "RRC.ConnMax": (1.0, "max"),
+    "CELL.Availability": (100.0, "mean"),
+    "CELL.CoverageRatio": (100.0, "mean"),
+    "L1M.SS-RSRP": (1.0, "mean"),
+    "L1M.SS-RSRQ": (1.0, "mean"),
+    "L1M.SS-SINR": (1.0, "mean"),
 }
 
 
@@ -72,7 +78,7 @@ def bin_counts(dist: str, mean: float, reports: int) -> dict[int, int]:
         below = c
     raw = [p * reports for p in probs]
     counts = [int(r) for r in raw]
-    for x in sorted(range(n), key=lambda i: (counts[i] - raw[i], i))[:reports - sum(counts)]:
+    for x in sorted(range(n), key=lambda i: (counts[i] - raw[i], i))[: reports - sum(counts)]:
         counts[x] += 1
     keep = {x for x in range(n) if counts[x]}
     keep |= {x + d for x in keep for d in (-1, 1) if 0 <= x + d < n}
@@ -137,9 +143,14 @@ class PmWriter:
                     # A site's first period is only written when the run began at its start:
                     # a gNB does not report a period it did not see whole.
                     partial = site not in self._carry and t - self.model.interval_ns > p * g_ns
-                    acc = self._acc[site] = _Acc(p, np.zeros((len(c0), nc), np.uint64),
-                                                 np.zeros((len(c0), ng)),
-                                                 np.full((len(c0), ng), -np.inf), 0, partial)
+                    acc = self._acc[site] = _Acc(
+                        p,
+                        np.zeros((len(c0), nc), np.uint64),
+                        np.zeros((len(c0), ng)),
+                        np.full((len(c0), ng), -np.inf),
+                        0,
+                        partial,
+                    )
                 acc.inc += block.raw_increment[cidx, k]
                 g = block.gauges[gidx, k]
                 acc.gsum += g
@@ -163,8 +174,11 @@ class PmWriter:
         gnb = labels[0]["gnb"] if labels else st.info.site_id
         for i, lb in enumerate(labels):
             v: dict[str, float | int | str] = {
-                "DRB.PdcpSduVolumeDL": int(mbit[i, 0]), "DRB.PdcpSduVolumeUL": int(mbit[i, 1]),
-                "MM.HoExeIntraReq": int(acc.inc[i, 2]), "MM.HoExeIntraSucc": int(acc.inc[i, 3])}
+                "DRB.PdcpSduVolumeDL": int(mbit[i, 0]),
+                "DRB.PdcpSduVolumeUL": int(mbit[i, 1]),
+                "MM.HoExeIntraReq": int(acc.inc[i, 2]),
+                "MM.HoExeIntraSucc": int(acc.inc[i, 3]),
+            }
             for j, name in enumerate(CELL_GAUGES):
                 factor, stat = _GAUGE_RAW[name]
                 raw = (acc.gmax[i, j] if stat == "max" else acc.gsum[i, j] / acc.n) * factor
@@ -180,8 +194,9 @@ class PmWriter:
             truth.update(_histogram_truth(hist))
             self.truth[(st.info.site_id, lb["gnb"], lb["cell"], end_ns)] = truth
         begin = dt.datetime.fromtimestamp(acc.period * g_s, dt.UTC)
-        data = render_meas_collec(begin=begin, duration_s=g_s, element=gnb, cells=cells,
-                                  positional=site % 2 == 1)
+        data = render_meas_collec(
+            begin=begin, duration_s=g_s, element=gnb, cells=cells, positional=site % 2 == 1
+        )
         d = self.dirs[site]
         name = f"A{begin:%Y%m%d.%H%M}+0000-{begin + dt.timedelta(seconds=g_s):%H%M}+0000_{gnb}.xml"
         tmp = d / f".{name}.part"
@@ -223,6 +238,5 @@ def _catalogue(v: dict[str, float | int | str], period_s: int) -> dict[str, floa
         "edge_cell_ss_rsrp_dbm": f["L1M.SS-RSRP"],
     }
     if f["MM.HoExeIntraReq"] > 0:
-        out["edge_cell_handover_success_ratio"] = min(
-            1.0, f["MM.HoExeIntraSucc"] / f["MM.HoExeIntraReq"])
+        out["edge_cell_handover_success_ratio"] = min(1.0, f["MM.HoExeIntraSucc"] / f["MM.HoExeIntraReq"])
     return out

@@ -49,8 +49,9 @@ def _code(exc: BaseException) -> str:
     return exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
 
 
-async def _one_batch(ch: aio.Channel, token: str | None, raw: bytes | None, within: float = 20.0
-                     ) -> tuple[str, float]:
+async def _one_batch(
+    ch: aio.Channel, token: str | None, raw: bytes | None, within: float = 20.0
+) -> tuple[str, float]:
     """Open a stream, send one batch: the code the server answered it with (the ack's code,
     or the stream's status when it ended first) and how long that took. raw=None: send
     nothing, read the answer to the stream itself (a stream refused at open: a write racing
@@ -78,13 +79,16 @@ async def _rss_peak(proc: Any, stop: asyncio.Event, out: list[int]) -> None:
 
 # ------------------------------------------------------------------ case 8
 
+
 async def case8_slow_client_idle_streams_and_huge_messages(tmp_path: Path) -> None:
     """A client that stops reading acks, 1,000 idle streams and 5 MiB / 9 MiB messages cost
     the ingest bounded memory and get refused with a status; the stack's agents go on."""
     idle_sites = [f"jp-idle-{i:02d}" for i in range(40)]
-    async with Stack(tmp_path, ingest={"max_concurrent_streams": 200, "max_streams_per_site": 8,
-                                       "stream_idle_timeout_s": 120.0},
-                     aggregate={"site_idle_s": 10.0}) as s:
+    async with Stack(
+        tmp_path,
+        ingest={"max_concurrent_streams": 200, "max_streams_per_site": 8, "stream_idle_timeout_s": 120.0},
+        aggregate={"site_idle_s": 10.0},
+    ) as s:
         s.tokens.update({f"token-{site}-0123456789": site for site in idle_sites})
         s.foreign_agents |= {"agent-" + OSAKA}
         s.foreign_sites |= {OSAKA}
@@ -168,10 +172,14 @@ async def case8_slow_client_idle_streams_and_huge_messages(tmp_path: Path) -> No
         await s.drain()
         await s.wait_published()
         rep = await s.check()
-    print("case8", rep.summary(), f"stall: written={written} blocked={blocked} "
-          f"acked_by_agents_meanwhile={acked_during} ingest_rss_growth_mb={stall_peak / MB:.1f}; "
-          f"idle streams: {codes} rss_growth_mb={idle_peak / MB:.1f}; big: {big} "
-          f"rss_growth_mb={big_peak / MB:.1f}")
+    print(
+        "case8",
+        rep.summary(),
+        f"stall: written={written} blocked={blocked} "
+        f"acked_by_agents_meanwhile={acked_during} ingest_rss_growth_mb={stall_peak / MB:.1f}; "
+        f"idle streams: {codes} rss_growth_mb={idle_peak / MB:.1f}; big: {big} "
+        f"rss_growth_mb={big_peak / MB:.1f}",
+    )
     assert written > 0
     assert acked_during > 0, "the other agents were not acked while a client stalled"
     assert stall_peak <= 50 * MB, f"a stalled client cost the ingest {stall_peak / MB:.0f} MB"
@@ -186,14 +194,32 @@ async def case8_slow_client_idle_streams_and_huge_messages(tmp_path: Path) -> No
 
 # ------------------------------------------------------------------ case 9
 
+
 def _valid(rnd: random.Random, seq: int, site: str, agent: str) -> pb.Batch:
-    b = make_batch(site, seq, agent_id=agent, series=rnd.randint(1, 6), points=rnd.randint(1, 3),
-                   t0_ns=time.time_ns() - 2 * 10**9)
+    b = make_batch(
+        site,
+        seq,
+        agent_id=agent,
+        series=rnd.randint(1, 6),
+        points=rnd.randint(1, 3),
+        t0_ns=time.time_ns() - 2 * 10**9,
+    )
     return b
 
 
-_HOSTILE = ['a"b', "new\nline", "back\\slash", "\x00nul", "\x1b[31mred", "ü😀", "x" * 300,
-            "{__name__=\"up\"}", "", " ", "\u202e"]
+_HOSTILE = [
+    'a"b',
+    "new\nline",
+    "back\\slash",
+    "\x00nul",
+    "\x1b[31mred",
+    "ü😀",
+    "x" * 300,
+    '{__name__="up"}',
+    "",
+    " ",
+    "\u202e",
+]
 
 
 def grpc_malformed(rnd: random.Random, i: int, site: str, agent: str) -> bytes:
@@ -207,7 +233,7 @@ def grpc_malformed(rnd: random.Random, i: int, site: str, agent: str) -> bytes:
     b = _valid(rnd, seq, site, agent)
     raw = b.SerializeToString()
     if kind == 1:
-        return raw[:rnd.randint(0, len(raw) - 1)]
+        return raw[: rnd.randint(0, len(raw) - 1)]
     if kind == 2:
         return with_unknown(b, rnd.choice(LEVELS[:6]), unknown_field(rnd.randint(32, 2**20), 2, b"?"))
     if kind == 3:
@@ -240,7 +266,7 @@ def grpc_malformed(rnd: random.Random, i: int, site: str, agent: str) -> bytes:
         b.ClearField(which)
         return b.SerializeToString()
     j = rnd.randrange(len(raw))
-    return raw[:j] + bytes([raw[j] ^ rnd.randint(1, 255)]) + raw[j + 1:]
+    return raw[:j] + bytes([raw[j] ^ rnd.randint(1, 255)]) + raw[j + 1 :]
 
 
 def kafka_malformed(rnd: random.Random, i: int) -> tuple[bytes, list[tuple[str, bytes]]]:
@@ -254,7 +280,7 @@ def kafka_malformed(rnd: random.Random, i: int) -> tuple[bytes, list[tuple[str, 
     b = make_batch(OSAKA, 500_000 + i, agent_id="planted-osaka", series=3, points=2)
     if kind == 1:
         raw = b.SerializeToString()
-        return raw[:len(raw) - rnd.randint(1, 8)], headers  # cut inside the last field
+        return raw[: len(raw) - rnd.randint(1, 8)], headers  # cut inside the last field
     if kind == 2:
         return b.SerializeToString(), [("planted", b"1"), ("schema", b"telemetry.v0.Nope")]
     if kind == 3:
@@ -271,8 +297,11 @@ def kafka_malformed(rnd: random.Random, i: int) -> tuple[bytes, list[tuple[str, 
 
 
 def _families_sum(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") or line.startswith(name + " "))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
 
 
 async def case9_ten_thousand_malformed_inputs(tmp_path: Path) -> None:
@@ -294,7 +323,7 @@ async def case9_ten_thousand_malformed_inputs(tmp_path: Path) -> None:
         answered = 0
         async with channel(s.ingest_port, s.certs) as ch:
             for k in range(0, n, 1000):
-                chunk = inputs[k:k + 1000]
+                chunk = inputs[k : k + 1000]
                 res = await send_all(ch, token_for(OSAKA), chunk, timeout_s=scaled(180, 300))
                 for a in res.acks:
                     span = a.seq_last - a.seq + 1 if a.code == pb.OK and a.seq_last > a.seq else 1
@@ -322,9 +351,13 @@ async def case9_ten_thousand_malformed_inputs(tmp_path: Path) -> None:
         await s.drain()
         await s.wait_published()
         rep = await s.check()
-    print("case9", rep.summary(), f"grpc: sent={n} answered={answered} by_code={by_code}; "
-          f"kafka: planted={n} dead_lettered={dead:.0f} decode_errors={decode_errors:.0f} "
-          f"dlq_distinct_sources={len(dlq)} metric_families={families}")
+    print(
+        "case9",
+        rep.summary(),
+        f"grpc: sent={n} answered={answered} by_code={by_code}; "
+        f"kafka: planted={n} dead_lettered={dead:.0f} decode_errors={decode_errors:.0f} "
+        f"dlq_distinct_sources={len(dlq)} metric_families={families}",
+    )
     assert answered == n, f"{n} inputs, {answered} answers"
     assert set(by_code) <= {"OK", "INVALID_ARGUMENT", "PERMISSION_DENIED"}, by_code
     assert by_code.get("INVALID_ARGUMENT", 0) >= n * 6 // 10, by_code
@@ -337,14 +370,27 @@ async def case9_ten_thousand_malformed_inputs(tmp_path: Path) -> None:
 def _plant(bootstrap: str, topic: str, records: list[tuple[bytes, list[tuple[str, bytes]]]]) -> None:
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": bootstrap, "broker.address.family": "v4", "log_level": 3,
-                  "linger.ms": 20, "enable.idempotence": False, "acks": "all"})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "broker.address.family": "v4",
+            "log_level": 3,
+            "linger.ms": 20,
+            "enable.idempotence": False,
+            "acks": "all",
+        }
+    )
     failed: list[str] = []
     for i, (v, h) in enumerate(records):
         while True:
             try:
-                p.produce(topic, value=v, key=b"planted-%d" % i, headers=h,
-                          on_delivery=lambda err, _m: failed.append(str(err)) if err else None)
+                p.produce(
+                    topic,
+                    value=v,
+                    key=b"planted-%d" % i,
+                    headers=h,
+                    on_delivery=lambda err, _m: failed.append(str(err)) if err else None,
+                )
                 break
             except BufferError:
                 p.poll(0.1)
@@ -357,8 +403,15 @@ def _plant(bootstrap: str, topic: str, records: list[tuple[bytes, list[tuple[str
 def _dlq_sources(bootstrap: str, topic: str, at_least: int) -> set[bytes]:
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"faults-dlq-{os.getpid()}-{time.time_ns()}",
-                  "enable.auto.commit": False, "broker.address.family": "v4", "log_level": 3})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"faults-dlq-{os.getpid()}-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "broker.address.family": "v4",
+            "log_level": 3,
+        }
+    )
     try:
         md = c.list_topics(topic, timeout=20)
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.topics[topic].partitions])
@@ -391,8 +444,10 @@ async def case10_security(tmp_path: Path) -> None:
         assert s.certs is not None
         web = s.secure_metrics()
         s.ingest_over["client_ca"] = str(s.certs.ca)  # mTLS required
-        s.agent_over["ingest"] = {"client_cert": str(s.certs.client_cert),
-                                  "client_key": str(s.certs.client_key)}
+        s.agent_over["ingest"] = {
+            "client_cert": str(s.certs.client_cert),
+            "client_key": str(s.certs.client_key),
+        }
         s.kafka_over["sasl_password"] = sasl  # configured, never to be shown
         s.foreign_agents |= {"attacker-" + SEATTLE}
         s.foreign_sites |= {SEATTLE}
@@ -411,16 +466,20 @@ async def case10_security(tmp_path: Path) -> None:
         port = s.ingest_port
         certs = s.certs
         await attempt("no_client_cert", lambda: channel(port, certs), token_for("jp-tokyo-01"), good)
-        refused0 = await s.ingest_metric("collector_ingest_streams_refused_total",
-                                         reason="unauthenticated") or 0
+        refused0 = (
+            await s.ingest_metric("collector_ingest_streams_refused_total", reason="unauthenticated") or 0
+        )
         await attempt("wrong_token", lambda: channel(port, certs, client_cert=True), wrong, None)
-        refused = (await s.ingest_metric("collector_ingest_streams_refused_total",
-                                         reason="unauthenticated") or 0) - refused0
+        refused = (
+            await s.ingest_metric("collector_ingest_streams_refused_total", reason="unauthenticated") or 0
+        ) - refused0
         # a valid token of another site (osaka) for a batch of jp-tokyo-01
-        await attempt("other_sites_token", lambda: channel(port, certs, client_cert=True),
-                      token_for(OSAKA), good)
-        await attempt("plaintext", lambda: aio.insecure_channel(f"127.0.0.1:{port}"),
-                      token_for("jp-tokyo-01"), good)
+        await attempt(
+            "other_sites_token", lambda: channel(port, certs, client_cert=True), token_for(OSAKA), good
+        )
+        await attempt(
+            "plaintext", lambda: aio.insecure_channel(f"127.0.0.1:{port}"), token_for("jp-tokyo-01"), good
+        )
 
         # a token removed from the tokens file while its stream is open
         revoked_after: list[float] = []
@@ -437,8 +496,11 @@ async def case10_security(tmp_path: Path) -> None:
                         seq += 1
                         c = stream_call(ch, token)
                         try:
-                            await c.write(make_batch(SEATTLE, seq, agent_id="attacker-" + SEATTLE,
-                                                     series=2, points=1).SerializeToString())
+                            await c.write(
+                                make_batch(
+                                    SEATTLE, seq, agent_id="attacker-" + SEATTLE, series=2, points=1
+                                ).SerializeToString()
+                            )
                             ack = await c.read()
                             if ack is not aio.EOF and ack.code == pb.OK:
                                 call = c
@@ -456,8 +518,11 @@ async def case10_security(tmp_path: Path) -> None:
                     while True:
                         seq += 1
                         try:
-                            await call.write(make_batch(SEATTLE, seq, agent_id="attacker-" + SEATTLE,
-                                                        series=2, points=1).SerializeToString())
+                            await call.write(
+                                make_batch(
+                                    SEATTLE, seq, agent_id="attacker-" + SEATTLE, series=2, points=1
+                                ).SerializeToString()
+                            )
                             ack = await call.read()
                         except grpc.aio.AioRpcError as exc:
                             status = _code(exc)
@@ -488,22 +553,40 @@ async def case10_security(tmp_path: Path) -> None:
             web_results[name] = (ok, none, bad, await asyncio.to_thread(_plain_http_gets_metrics, p))
             bodies.append(body)
         # secrets: in no log line of any process and in no /metrics body
-        secrets = [*TOKENS, wrong, web.password, sasl, *(f"revocable-{r}-0123456789abcdef"
-                                                         for r in range(scaled(3, 10)))]
+        secrets = [
+            *TOKENS,
+            wrong,
+            web.password,
+            sasl,
+            *(f"revocable-{r}-0123456789abcdef" for r in range(scaled(3, 10))),
+        ]
         logs = {p.name: p.read_text(errors="replace") for p in tmp_path.rglob("*.log")}
-        leaks = [(where, sec[:12]) for sec in secrets
-                 for where, text in [*logs.items(), *(("metrics", b) for b in bodies)] if sec in text]
+        leaks = [
+            (where, sec[:12])
+            for sec in secrets
+            for where, text in [*logs.items(), *(("metrics", b) for b in bodies)]
+            if sec in text
+        ]
         await s.drain()
         await s.wait_published()
         rep = await s.check()
-    summary = {k: (sorted({c for c, _ in v}), len(v), round(max(t for _, t in v), 2))
-               for k, v in results.items()}
-    print("case10", rep.summary(), f"attacks (codes, count, max_s): {summary}; metrics "
-          f"(auth, none, wrong, plaintext_served): {web_results}; logs_scanned={len(logs)} "
-          f"leaks={leaks} wrong_token_refusals_counted={refused:.0f}")
-    want = {"no_client_cert": "UNAVAILABLE", "wrong_token": "UNAUTHENTICATED",
-            "other_sites_token": "PERMISSION_DENIED", "plaintext": "UNAVAILABLE",
-            "revoked_on_open_stream": "UNAUTHENTICATED"}
+    summary = {
+        k: (sorted({c for c, _ in v}), len(v), round(max(t for _, t in v), 2)) for k, v in results.items()
+    }
+    print(
+        "case10",
+        rep.summary(),
+        f"attacks (codes, count, max_s): {summary}; metrics "
+        f"(auth, none, wrong, plaintext_served): {web_results}; logs_scanned={len(logs)} "
+        f"leaks={leaks} wrong_token_refusals_counted={refused:.0f}",
+    )
+    want = {
+        "no_client_cert": "UNAVAILABLE",
+        "wrong_token": "UNAUTHENTICATED",
+        "other_sites_token": "PERMISSION_DENIED",
+        "plaintext": "UNAVAILABLE",
+        "revoked_on_open_stream": "UNAUTHENTICATED",
+    }
     for name, code in want.items():
         got = {c for c, _ in results[name]}
         assert got == {code}, f"{name}: answered {got}, expected only {code}"
@@ -533,14 +616,16 @@ def _plain_http_gets_metrics(port: int) -> bool:
 
 # ------------------------------------------------------------------ case 11
 
+
 async def case11_cardinality_attack(tmp_path: Path) -> None:
     """One site sends 100k new label values: capped at the per-site budget and counted,
     /metrics still renders (its time reported), memory bounded, the series gone after the TTL."""
     budget = 2_000
     values = 100_000
     ttl = 15.0
-    async with Stack(tmp_path, aggregate={"max_series_per_site": budget, "stale_ttl_s": ttl,
-                                          "site_idle_s": 10.0}) as s:
+    async with Stack(
+        tmp_path, aggregate={"max_series_per_site": budget, "stale_ttl_s": ttl, "site_idle_s": 10.0}
+    ) as s:
         s.foreign_agents |= {"attacker-" + OSAKA}
         s.foreign_sites |= {OSAKA}
         await s.start_ingest()
@@ -562,8 +647,9 @@ async def case11_cardinality_attack(tmp_path: Path) -> None:
             t0 = time.monotonic()
             text = await s.scrape_aggregator(port)
             render_s.append(time.monotonic() - t0)
-            capped = s.value(text, "collector_site_samples_dropped_total", site=OSAKA,
-                             reason="cardinality") or 0
+            capped = (
+                s.value(text, "collector_site_samples_dropped_total", site=OSAKA, reason="cardinality") or 0
+            )
             if capped >= values - budget or time.monotonic() > deadline:
                 break
             await asyncio.sleep(1.0)
@@ -575,9 +661,13 @@ async def case11_cardinality_attack(tmp_path: Path) -> None:
             t0 = time.monotonic()
             text = await s.scrape_aggregator(port)
             render_s.append(time.monotonic() - t0)
-            osaka_links = {m.group(1) for line in text.splitlines()
-                           if line.startswith("edge_") and f'site="{OSAKA}"' in line
-                           and (m := re.search(r'link="(flood-[^"]*)"', line))}
+            osaka_links = {
+                m.group(1)
+                for line in text.splitlines()
+                if line.startswith("edge_")
+                and f'site="{OSAKA}"' in line
+                and (m := re.search(r'link="(flood-[^"]*)"', line))
+            }
         osaka_series = len(osaka_links)
         for _ in range(5):
             t0 = time.monotonic()
@@ -589,19 +679,22 @@ async def case11_cardinality_attack(tmp_path: Path) -> None:
         gone_after = None
         while time.monotonic() - t0 < ttl + 90:
             text = await s.scrape_aggregator(port)
-            if not any(f'site="{OSAKA}"' in line for line in text.splitlines()
-                       if line.startswith("edge_")):
+            if not any(f'site="{OSAKA}"' in line for line in text.splitlines() if line.startswith("edge_")):
                 gone_after = time.monotonic() - t0
                 break
             await asyncio.sleep(1.0)
         await s.drain()
         await s.wait_published()
         rep = await s.check()
-    print("case11", rep.summary(), f"label_values={values} budget={budget} accepted_acks="
-          f"{acks.count(pb.OK)}/{len(acks)} dropped_cardinality={capped:.0f} "
-          f"osaka_series_on_metrics={osaka_series} render_s_max={max(render_s):.3f} "
-          f"render_s_median={sorted(render_s)[len(render_s) // 2]:.3f} aggregator_rss_growth_mb="
-          f"{rss_growth / MB:.1f} gone_after_s={gone_after}")
+    print(
+        "case11",
+        rep.summary(),
+        f"label_values={values} budget={budget} accepted_acks="
+        f"{acks.count(pb.OK)}/{len(acks)} dropped_cardinality={capped:.0f} "
+        f"osaka_series_on_metrics={osaka_series} render_s_max={max(render_s):.3f} "
+        f"render_s_median={sorted(render_s)[len(render_s) // 2]:.3f} aggregator_rss_growth_mb="
+        f"{rss_growth / MB:.1f} gone_after_s={gone_after}",
+    )
     assert acks.count(pb.OK) == len(acks) == values // per_batch  # valid batches: stored
     assert capped == values - budget, f"{capped} samples dropped for cardinality"
     assert osaka_series > 0
@@ -618,7 +711,11 @@ def _label_flood(k: int, n: int) -> bytes:
     b = BatchBuilder("attacker-" + OSAKA, SITES[OSAKA], "boot-flood")
     t = time.time_ns() - 10**9
     for i in range(n):
-        b.gauge(gauge_def("link_optical_rx_power_dbm", {"link": f"flood-{k}-{i}", "media": "optical"},
-                          unit="dBm"), t, -3.0)
+        b.gauge(
+            gauge_def(
+                "link_optical_rx_power_dbm", {"link": f"flood-{k}-{i}", "media": "optical"}, unit="dBm"
+            ),
+            t,
+            -3.0,
+        )
     return b.build_bytes(k + 1, time.time_ns())
-

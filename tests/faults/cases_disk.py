@@ -25,8 +25,9 @@ async def case5_agent_spool_disk_full(tmp_path: Path) -> None:
     if shutil.which("fiu-run") is None or shutil.which("fiu-ctrl") is None:
         pytest.fail("fiu-run/fiu-ctrl missing: `make setup-test` installs fiu-utils")
     # small seq blocks: reservations (an fsynced write) happen all the time, like appends
-    async with Stack(tmp_path, sites=2, agent={"spool": {"seq_block": 4}},
-                     aggregate={"idle_timeout_s": 120.0}) as s:
+    async with Stack(
+        tmp_path, sites=2, agent={"spool": {"seq_block": 4}}, aggregate={"idle_timeout_s": 120.0}
+    ) as s:
         await s.start_ingest()
         await s.start_aggregator()
         await s.start_agents(fault_injection={s.site_ids[0]})
@@ -42,8 +43,7 @@ async def case5_agent_spool_disk_full(tmp_path: Path) -> None:
             await _fiu(victim.proc.pid, "disable name=posix/io/rw/write")
         assert victim.proc.alive(), "the agent died of a full disk"
         aid = victim.agent_id
-        dropped = s.value(text, "collector_agent_batches_dropped_total", agent_id=aid,
-                          reason="io_error") or 0
+        dropped = s.value(text, "collector_agent_batches_dropped_total", agent_id=aid, reason="io_error") or 0
         errors = s.value(text, "collector_agent_source_errors_total", agent_id=aid, source="link")
         writable = s.value(text, "collector_agent_spool_writable", agent_id=aid)
         assert dropped > 0, "drops of a full disk must be counted by reason"
@@ -61,8 +61,11 @@ async def case5_agent_spool_disk_full(tmp_path: Path) -> None:
         assert agg is not None
         atext = await s.scrape_aggregator(int(agg.match["port"]))  # type: ignore[index]
     missing = s.value(atext, "collector_site_batches_missing", site=victim.site) or 0
-    print("case5", rep.summary(), f"dropped_io_error={dropped} source_errors={errors} "
-          f"aggregator_missing={missing}")
+    print(
+        "case5",
+        rep.summary(),
+        f"dropped_io_error={dropped} source_errors={errors} aggregator_missing={missing}",
+    )
     rep.assert_ok(max_duplicates=2 * WINDOW, windows=True)
     # nothing silently lost: every seq the aggregator misses is a drop the agent counted
     assert missing <= dropped

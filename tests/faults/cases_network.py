@@ -28,8 +28,9 @@ async def case2_broker_paused_then_resumed(tmp_path: Path) -> None:
     # the allowed lateness covers the pause: retried batches may land in Kafka behind newer
     # ones of the same site by up to the pause (a sample later than the lateness is dropped
     # and counted as late by design, which the truth comparison would flag)
-    async with Stack(tmp_path, allowed_lateness_s=scaled(30.0, 150.0),
-                     aggregate={"idle_timeout_s": scaled(120.0, 300.0)}) as s:
+    async with Stack(
+        tmp_path, allowed_lateness_s=scaled(30.0, 150.0), aggregate={"idle_timeout_s": scaled(120.0, 300.0)}
+    ) as s:
         await s.start_ingest()
         await s.start_aggregator()
         await s.start_agents()
@@ -75,8 +76,9 @@ def _log_time(log: str, marker: str) -> float:
 
 async def case3_sigterm_to_ingest_while_broker_paused(tmp_path: Path) -> None:
     grace = 2.0
-    async with Stack(tmp_path, ingest={"grace_period_s": grace}, proxy=True,
-                     aggregate={"idle_timeout_s": 120.0}) as s:
+    async with Stack(
+        tmp_path, ingest={"grace_period_s": grace}, proxy=True, aggregate={"idle_timeout_s": 120.0}
+    ) as s:
         await s.start_ingest()
         await s.start_aggregator()
         await s.start_agents()
@@ -92,8 +94,9 @@ async def case3_sigterm_to_ingest_while_broker_paused(tmp_path: Path) -> None:
         assert rc not in (-9, 137), f"the ingest did not exit ({took:.1f}s): SIGKILLed"
         stopping = _log_time(s.ingest.log(), "stopping: answering in-flight")
         stopped = _log_time(s.ingest.log(), "ingest stopped")
-        assert stopped - stopping <= grace + 1.5, \
+        assert stopped - stopping <= grace + 1.5, (
             f"the ingest overstayed its grace period ({grace}s): {stopped - stopping:.1f}s"
+        )
         acked_after = s.acked_total()
         s.broker.resume()
         await s.start_ingest()
@@ -101,8 +104,9 @@ async def case3_sigterm_to_ingest_while_broker_paused(tmp_path: Path) -> None:
         await s.drain()
         await s.wait_published()
         rep = await s.check()
-    print("case3", rep.summary(),
-          f"exit={rc} took={took:.1f}s acked_during_term={acked_after - acked_at_term}")
+    print(
+        "case3", rep.summary(), f"exit={rc} took={took:.1f}s acked_during_term={acked_after - acked_at_term}"
+    )
     # acknowledges nothing it did not write: every acknowledged batch is in Kafka
     rep.assert_ok(max_duplicates=2 * WINDOW * len(s.agents), windows=True)
 
@@ -137,4 +141,3 @@ async def case6_network_cut_slowed_and_reset(tmp_path: Path) -> None:
         rep = await s.check()
     print("case6", rep.summary(), "reconnect_s:", [round(r, 2) for r in reconnect])
     rep.assert_ok(max_duplicates=5 * WINDOW * len(s.agents), windows=True)
-

@@ -41,8 +41,7 @@ async def case1_ingest_sigkilled_five_times_under_load(tmp_path: Path) -> None:
 
 
 async def case4_agent_sigkilled_and_restarted(tmp_path: Path) -> None:
-    async with Stack(tmp_path, agent={"spool": {"seq_block": 64}},
-                     aggregate={"idle_timeout_s": 120.0}) as s:
+    async with Stack(tmp_path, agent={"spool": {"seq_block": 64}}, aggregate={"idle_timeout_s": 120.0}) as s:
         await s.start_ingest()
         await s.start_aggregator()
         await s.start_agents()
@@ -76,8 +75,12 @@ async def case4_agent_sigkilled_and_restarted(tmp_path: Path) -> None:
 async def case7_aggregator_sigkilled_and_a_member_leaving(tmp_path: Path) -> None:
     # a checkpoint interval longer than the default only makes the replay longer (the worse
     # case); the idle-close path is case 7b's
-    async with Stack(tmp_path, partitions=4, aggregators=2,
-                     aggregate={"checkpoint_interval_s": 20.0, "idle_timeout_s": 120.0}) as s:
+    async with Stack(
+        tmp_path,
+        partitions=4,
+        aggregators=2,
+        aggregate={"checkpoint_interval_s": 20.0, "idle_timeout_s": 120.0},
+    ) as s:
         await s.start_ingest()
         await s.start_aggregator(0)
         await s.start_aggregator(1)
@@ -108,8 +111,7 @@ async def case7_idle_close_then_sigkill_keeps_closed_windows_final(tmp_path: Pat
     collecting, so windows close by the wall clock and the backlog arrives late; a SIGKILL
     then made the replay (which does not idle) publish those windows with other values."""
     # no regular checkpoint during the case: every checkpoint seen is an idle close's
-    async with Stack(tmp_path, aggregate={"idle_timeout_s": 2.0, "checkpoint_interval_s": 600.0}
-                     ) as s:
+    async with Stack(tmp_path, aggregate={"idle_timeout_s": 2.0, "checkpoint_interval_s": 600.0}) as s:
         await s.start_ingest()
         agg = await s.start_aggregator(0)
         await s.start_agents()
@@ -132,8 +134,10 @@ async def case7_idle_close_then_sigkill_keeps_closed_windows_final(tmp_path: Pat
         s.ingest.signal(signal.SIGCONT)
         await asyncio.sleep(scaled(10.0, 20.0))
         text = await s.scrape_aggregator(port)
-        late = sum(s.value(text, "collector_site_samples_dropped_total", site=x, reason="late") or 0
-                   for x in s.site_ids)
+        late = sum(
+            s.value(text, "collector_site_samples_dropped_total", site=x, reason="late") or 0
+            for x in s.site_ids
+        )
         await agg.kill()  # SIGKILL: the replay starts before the idle close
         await s.start_aggregator(0)
         await asyncio.sleep(scaled(5.0, 15.0))

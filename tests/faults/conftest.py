@@ -11,8 +11,12 @@ import pytest
 
 from tests.faults.runner import Case, Runner
 
-CASE_MODULES = ("tests.faults.cases_processes", "tests.faults.cases_network",
-                "tests.faults.cases_disk", "tests.faults.cases_attacks")
+CASE_MODULES = (
+    "tests.faults.cases_processes",
+    "tests.faults.cases_network",
+    "tests.faults.cases_disk",
+    "tests.faults.cases_attacks",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -34,11 +38,13 @@ def _all_cases() -> dict[str, Case]:
 
 
 @pytest.fixture(scope="session")
-def fault_runner(request: pytest.FixtureRequest,
-                 tmp_path_factory: pytest.TempPathFactory) -> Runner:
+def fault_runner(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Runner:
     cases = _all_cases()
-    selected = {item.name.removeprefix("test_") for item in request.session.items
-                if "tests/faults/" in str(item.path).replace("\\", "/")}
+    selected = {
+        item.name.removeprefix("test_")
+        for item in request.session.items
+        if "tests/faults/" in str(item.path).replace("\\", "/")
+    }
     missing = selected - set(cases)
     assert not missing, f"tests without a case: {missing}"
 

@@ -68,8 +68,15 @@ def _starting() -> asyncio.Semaphore:
 class Process:
     """A child process started like the CLI, waiting for a ready line on stdout."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, ready: str,
-                 env: dict[str, str] | None = None, prefix: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        ready: str,
+        env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+    ) -> None:
         self.prefix = prefix or []  # e.g. ["fiu-run", "-x"]: exec'd in place, same pid
         self.name = name
         self.argv = argv
@@ -93,8 +100,14 @@ class Process:
         with self.log_path.open("ab") as log:
             log.write(f"--- start {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
             self.proc = await asyncio.create_subprocess_exec(
-                *self.prefix, sys.executable, *self.argv, cwd=str(REPO), env=env,
-                stdout=asyncio.subprocess.PIPE, stderr=log)
+                *self.prefix,
+                sys.executable,
+                *self.argv,
+                cwd=str(REPO),
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+            )
         assert self.proc.stdout is not None
         try:
             async with asyncio.timeout(within):
@@ -185,11 +198,13 @@ class Agent:
         return int(self.proc.match["port"])
 
     async def start(self, *, queue: bool = True) -> Process:
-        self.proc = Process(f"agent {self.agent_id}",
-                            ["-m", "tests.faults.agent_proc", str(self.ledger), "--",
-                             "agent", "--config", str(self.config)],
-                            self.log, r"agent ready: .*metrics port=(?P<port>\d+)",
-                            prefix=self.prefix)
+        self.proc = Process(
+            f"agent {self.agent_id}",
+            ["-m", "tests.faults.agent_proc", str(self.ledger), "--", "agent", "--config", str(self.config)],
+            self.log,
+            r"agent ready: .*metrics port=(?P<port>\d+)",
+            prefix=self.prefix,
+        )
         return await self.proc.start(queue=queue)
 
 
@@ -203,8 +218,15 @@ class WebAuth:
     password: str
 
 
-def https_get(port: int, web: WebAuth | None, path: str = "/metrics", *, user: str | None = None,
-              password: str | None = None, timeout: float = 20.0) -> tuple[int, str]:
+def https_get(
+    port: int,
+    web: WebAuth | None,
+    path: str = "/metrics",
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    timeout: float = 20.0,
+) -> tuple[int, str]:
     """GET over HTTPS trusting the stack's CA; basic auth with `web`'s credentials (or the
     given ones; user="" sends none). Blocking: run it in a thread."""
     import base64
@@ -253,20 +275,24 @@ class Report:
         if max_duplicates is not None:
             assert self.duplicates <= max_duplicates, self
         if windows:
-            assert not self.republished_different, \
+            assert not self.republished_different, (
                 f"closed windows re-published with other values: {self.republished_different[:5]}"
-            assert not self.windows_wrong, \
+            )
+            assert not self.windows_wrong, (
                 f"windows differ from the truth ({self.summary()}): {self.windows_wrong[:3]}"
+            )
             assert not self.windows_missing, f"truth windows never published: {self.windows_missing[:5]}"
             assert self.windows_checked > 0, "no closed window to compare"
 
     def summary(self) -> str:
-        return (f"issued={self.issued} acked={self.acked} kafka_distinct={self.in_kafka} "
-                f"kafka_records={self.kafka_records} duplicates={self.duplicates} "
-                f"acked_missing={len(self.acked_missing)} windows_checked={self.windows_checked} "
-                f"republished={self.republished} republished_different={len(self.republished_different)} "
-                f"windows_wrong={len(self.windows_wrong)} windows_missing={len(self.windows_missing)} "
-                f"late={self.late:.0f}")
+        return (
+            f"issued={self.issued} acked={self.acked} kafka_distinct={self.in_kafka} "
+            f"kafka_records={self.kafka_records} duplicates={self.duplicates} "
+            f"acked_missing={len(self.acked_missing)} windows_checked={self.windows_checked} "
+            f"republished={self.republished} republished_different={len(self.republished_different)} "
+            f"windows_wrong={len(self.windows_wrong)} windows_missing={len(self.windows_missing)} "
+            f"late={self.late:.0f}"
+        )
 
 
 def read_ledger(path: Path) -> tuple[set[int], set[int]]:
@@ -285,15 +311,23 @@ def read_ledger(path: Path) -> tuple[set[int], set[int]]:
     return issued, acked
 
 
-def read_kafka(bootstrap: str, topic: str, *, at_least: int = 0, idle_s: float = 3.0,
-               within: float = 60.0) -> list[tuple[pb.Batch, bytes]]:
+def read_kafka(
+    bootstrap: str, topic: str, *, at_least: int = 0, idle_s: float = 3.0, within: float = 60.0
+) -> list[tuple[pb.Batch, bytes]]:
     """Every record of `topic`, by an independent client (librdkafka). Blocking: run it in a
     thread. Reads until at least `at_least` records and nothing new for `idle_s`."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"faults-reader-{os.getpid()}-{time.time_ns()}",
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                  "broker.address.family": "v4", "log_level": 3})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"faults-reader-{os.getpid()}-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "broker.address.family": "v4",
+            "log_level": 3,
+        }
+    )
     try:
         md = c.list_topics(topic, timeout=20)
         parts = sorted(md.topics[topic].partitions)
@@ -336,8 +370,9 @@ def read_window_logs(paths: list[Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def truth_windows(batches: list[pb.Batch], windows_s: tuple[int, ...], pane_s: int
-                  ) -> dict[tuple[str, str, str, int, int], tuple]:
+def truth_windows(
+    batches: list[pb.Batch], windows_s: tuple[int, ...], pane_s: int
+) -> dict[tuple[str, str, str, int, int], tuple]:
     """Ground truth of every window, from distinct batches, one sample at a time in Python
     integers (see tests/aggregate_support.py): counters (increase, dt_ns, n), gauges
     (sum, count, min, max)."""
@@ -357,13 +392,11 @@ def truth_windows(batches: list[pb.Batch], windows_s: tuple[int, ...], pane_s: i
             labels = {lb.name: lb.value for lb in s.labels if lb.name in m.labels}
             epoch = (b.boot_id, s.start_time_unix_nano, s.scale or 1.0, s.counter_bits)
             keys.append(((site, s.metric, label_key(labels)), m.kind, epoch))
-        for i, t, v in zip(b.counters.series_index, b.counters.time_unix_nano, b.counters.value,
-                           strict=True):
+        for i, t, v in zip(b.counters.series_index, b.counters.time_unix_nano, b.counters.value, strict=True):
             k = keys[i]
             if k is not None and k[1] is Kind.COUNTER:
                 counters[k[0]].append((t, v, k[2]))
-        for i, t, v in zip(b.gauges.series_index, b.gauges.time_unix_nano, b.gauges.value,
-                           strict=True):
+        for i, t, v in zip(b.gauges.series_index, b.gauges.time_unix_nano, b.gauges.value, strict=True):
             k = keys[i]
             if k is not None and k[1] is Kind.GAUGE:
                 gauges[k[0]].append((t, v))
@@ -399,18 +432,29 @@ def _published_value(r: dict[str, Any]) -> tuple | None:
 
 def _same(a: tuple, b: tuple) -> bool:
     if len(a) == 4:  # gauge: the sum is a float sum in another order
-        return (math.isclose(a[0], b[0], rel_tol=1e-9, abs_tol=1e-9) and a[1:] == b[1:])
+        return math.isclose(a[0], b[0], rel_tol=1e-9, abs_tol=1e-9) and a[1:] == b[1:]
     return a == b
 
 
 class Stack:
     """Broker + ingest + aggregator(s) + agents, each its own process."""
 
-    def __init__(self, tmp: Path, *, sites: int = 2, partitions: int = 2,
-                 windows_s: tuple[int, ...] = (2, 10), allowed_lateness_s: float = 6.0,
-                 link_interval_s: float = 0.5, links: int = 4, agent: dict[str, Any] | None = None,
-                 ingest: dict[str, Any] | None = None, aggregate: dict[str, Any] | None = None,
-                 aggregators: int = 1, proxy: bool = False) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        sites: int = 2,
+        partitions: int = 2,
+        windows_s: tuple[int, ...] = (2, 10),
+        allowed_lateness_s: float = 6.0,
+        link_interval_s: float = 0.5,
+        links: int = 4,
+        agent: dict[str, Any] | None = None,
+        ingest: dict[str, Any] | None = None,
+        aggregate: dict[str, Any] | None = None,
+        aggregators: int = 1,
+        proxy: bool = False,
+    ) -> None:
         self.tmp = tmp
         # 1 JP + 1 US by default; 4 = 2 JP + 2 US
         self.site_ids = ["jp-tokyo-01", "us-dallas-01", "jp-osaka-01", "us-seattle-01"][:sites]
@@ -446,8 +490,9 @@ class Stack:
     # --- lifecycle ---------------------------------------------------------------------
     async def __aenter__(self) -> Self:
         await self.broker.start()
-        await self.broker.create_topics([TopicSpec(self.topic, self.partitions, 3_600_000),
-                                         TopicSpec(self.topic + ".dlq", 1, 3_600_000)])
+        await self.broker.create_topics(
+            [TopicSpec(self.topic, self.partitions, 3_600_000), TopicSpec(self.topic + ".dlq", 1, 3_600_000)]
+        )
         self.certs = make_dev_certs(self.tmp / "tls")
         self.ingest_port = free_port()
         self.agent_target = f"127.0.0.1:{self.ingest_port}"
@@ -457,8 +502,9 @@ class Stack:
             self.agent_target = f"127.0.0.1:{self.proxy.port}"
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.broker.resume()
         for a in self.agents:
             if a.proc is not None:
@@ -479,10 +525,16 @@ class Stack:
 
         assert self.certs is not None
         h = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
-        cfg = write_yaml(self.tmp / "web.yml", {
-            "tls_server_config": {"cert_file": str(self.certs.server_cert),
-                                  "key_file": str(self.certs.server_key)},
-            "basic_auth_users": {user: h}})
+        cfg = write_yaml(
+            self.tmp / "web.yml",
+            {
+                "tls_server_config": {
+                    "cert_file": str(self.certs.server_cert),
+                    "key_file": str(self.certs.server_key),
+                },
+                "basic_auth_users": {user: h},
+            },
+        )
         self.web = WebAuth(cfg, self.certs.ca, user, password)
         for over in (self.ingest_over, self.aggregate_over, self.agent_over):
             over["metrics_web_config"] = str(cfg)
@@ -491,13 +543,26 @@ class Stack:
     def ingest_config(self) -> Path:
         assert self.certs is not None
         tokens = write_yaml(self.tokens_file, self.tokens)
-        return write_yaml(self.tmp / "ingest.yaml", {
-            "kafka": {"bootstrap_servers": self.broker.bootstrap, "topic": self.topic,
-                      "produce_timeout_s": 5.0, **self.kafka_over},
-            "ingest": {"listen": f"127.0.0.1:{self.ingest_port}", "metrics_listen": "127.0.0.1:0",
-                       "tls_cert": str(self.certs.server_cert), "tls_key": str(self.certs.server_key),
-                       "tokens_file": str(tokens), "grace_period_s": 2.0, **self.ingest_over},
-        })
+        return write_yaml(
+            self.tmp / "ingest.yaml",
+            {
+                "kafka": {
+                    "bootstrap_servers": self.broker.bootstrap,
+                    "topic": self.topic,
+                    "produce_timeout_s": 5.0,
+                    **self.kafka_over,
+                },
+                "ingest": {
+                    "listen": f"127.0.0.1:{self.ingest_port}",
+                    "metrics_listen": "127.0.0.1:0",
+                    "tls_cert": str(self.certs.server_cert),
+                    "tls_key": str(self.certs.server_key),
+                    "tokens_file": str(tokens),
+                    "grace_period_s": 2.0,
+                    **self.ingest_over,
+                },
+            },
+        )
 
     async def start_ingest(self) -> Process:
         if self.proxy is not None:
@@ -505,27 +570,45 @@ class Stack:
             # port freed by SIGKILL can be taken by any process on the machine meanwhile)
             self.ingest_port = free_port()
             self.proxy.upstream = ("127.0.0.1", self.ingest_port)
-        self.ingest = Process("ingest", ["-m", "collector", "ingest", "--config",
-                                         str(self.ingest_config())],
-                              self.tmp / "ingest.log",
-                              r"ingest ready: grpc port=(?P<port>\d+) metrics port=(?P<metrics>\d+)")
+        self.ingest = Process(
+            "ingest",
+            ["-m", "collector", "ingest", "--config", str(self.ingest_config())],
+            self.tmp / "ingest.log",
+            r"ingest ready: grpc port=(?P<port>\d+) metrics port=(?P<metrics>\d+)",
+        )
         return await self.ingest.start()
 
     def aggregate_config(self, i: int) -> Path:
-        return write_yaml(self.tmp / f"aggregate-{i}.yaml", {
-            "kafka": {"bootstrap_servers": self.broker.bootstrap, "topic": self.topic,
-                      "dead_letter_topic": self.topic + ".dlq", **self.kafka_over},
-            "aggregate": {"windows_s": list(self.windows_s), "allowed_lateness_s": self.lateness,
-                          "metrics_listen": "127.0.0.1:0", "window_log": str(self.window_logs[i]),
-                          "state_topic": self.topic + ".state", "group_id": "faults-agg",
-                          "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000,
-                          **self.aggregate_over},
-        })
+        return write_yaml(
+            self.tmp / f"aggregate-{i}.yaml",
+            {
+                "kafka": {
+                    "bootstrap_servers": self.broker.bootstrap,
+                    "topic": self.topic,
+                    "dead_letter_topic": self.topic + ".dlq",
+                    **self.kafka_over,
+                },
+                "aggregate": {
+                    "windows_s": list(self.windows_s),
+                    "allowed_lateness_s": self.lateness,
+                    "metrics_listen": "127.0.0.1:0",
+                    "window_log": str(self.window_logs[i]),
+                    "state_topic": self.topic + ".state",
+                    "group_id": "faults-agg",
+                    "session_timeout_ms": 6000,
+                    "heartbeat_interval_ms": 1000,
+                    **self.aggregate_over,
+                },
+            },
+        )
 
     async def start_aggregator(self, i: int = 0) -> Process:
-        p = Process(f"aggregator {i}", ["-m", "collector", "aggregate", "--config",
-                                        str(self.aggregate_config(i))],
-                    self.tmp / f"aggregate-{i}.log", r"/metrics: https?://127.0.0.1:(?P<port>\d+)/")
+        p = Process(
+            f"aggregator {i}",
+            ["-m", "collector", "aggregate", "--config", str(self.aggregate_config(i))],
+            self.tmp / f"aggregate-{i}.log",
+            r"/metrics: https?://127.0.0.1:(?P<port>\d+)/",
+        )
         self.aggregators[i] = await p.start()
         return p
 
@@ -533,23 +616,45 @@ class Stack:
         assert self.certs is not None
         site = SITES[a.site]
         over = dict(self.agent_over)
-        ingest = {"target": self.agent_target, "ca_file": str(self.certs.ca),
-                  "token": token_for(a.site), "server_name": "localhost",
-                  "backoff_initial_s": 0.05, "backoff_max_s": 1.0, "connect_timeout_s": 2.0,
-                  "ack_timeout_s": 6.0, **over.pop("ingest", {})}
-        return write_yaml(a.config, {"agent": {
-            "agent_id": a.agent_id,
-            "site": {"site_id": site.site_id, "country": site.country, "region": site.region,
-                     "timezone": site.timezone},
-            "ingest": ingest,
-            "spool": {"dir": str(a.spool), **over.pop("spool", {})},
-            "metrics_listen": "127.0.0.1:0",
-            "shutdown_grace_s": 5.0,
-            "sources": {"server": {"enabled": False}, "cell": {"enabled": False},
-                        "link": {"adapter": "synthetic", "interval_s": self.link_interval_s,
-                                 "options": {"links": self.links}}},
-            **over,
-        }})
+        ingest = {
+            "target": self.agent_target,
+            "ca_file": str(self.certs.ca),
+            "token": token_for(a.site),
+            "server_name": "localhost",
+            "backoff_initial_s": 0.05,
+            "backoff_max_s": 1.0,
+            "connect_timeout_s": 2.0,
+            "ack_timeout_s": 6.0,
+            **over.pop("ingest", {}),
+        }
+        return write_yaml(
+            a.config,
+            {
+                "agent": {
+                    "agent_id": a.agent_id,
+                    "site": {
+                        "site_id": site.site_id,
+                        "country": site.country,
+                        "region": site.region,
+                        "timezone": site.timezone,
+                    },
+                    "ingest": ingest,
+                    "spool": {"dir": str(a.spool), **over.pop("spool", {})},
+                    "metrics_listen": "127.0.0.1:0",
+                    "shutdown_grace_s": 5.0,
+                    "sources": {
+                        "server": {"enabled": False},
+                        "cell": {"enabled": False},
+                        "link": {
+                            "adapter": "synthetic",
+                            "interval_s": self.link_interval_s,
+                            "options": {"links": self.links},
+                        },
+                    },
+                    **over,
+                }
+            },
+        )
 
     async def start_agents(self, fault_injection: set[str] | None = None) -> list[Agent]:
         """Start every site's agent; those of `fault_injection` sites under `fiu-run -x`."""
@@ -557,8 +662,7 @@ class Stack:
             for site in self.site_ids:
                 d = self.tmp / f"agent-{site}"
                 d.mkdir(exist_ok=True)
-                a = Agent(f"agent-{site}", site, d / "agent.yaml", d / "ledger", d / "spool",
-                          d / "agent.log")
+                a = Agent(f"agent-{site}", site, d / "agent.yaml", d / "ledger", d / "spool", d / "agent.log")
                 if site in (fault_injection or ()):
                     a.prefix = ["fiu-run", "-x"]
                 self.agent_config(a)
@@ -591,8 +695,9 @@ class Stack:
             now = {aid: len(ack) for aid, (_, ack) in self.ledgers().items()}
             if all(now[a] > base[a] for a in base):
                 return time.monotonic() - t0
-            assert time.monotonic() - t0 < within, \
+            assert time.monotonic() - t0 < within, (
                 f"streams not back within {within}s: {[a for a in base if now[a] <= base[a]]}"
+            )
             await asyncio.sleep(0.05)
 
     @staticmethod
@@ -637,7 +742,7 @@ class Stack:
             pending = {aid: iss - ack for aid, (iss, ack) in self.ledgers().items() if iss - ack}
             if not pending:
                 return
-            assert time.monotonic() < end, f"not drained: {({k: len(v) for k, v in pending.items()})}"
+            assert time.monotonic() < end, f"not drained: { ({k: len(v) for k, v in pending.items()}) }"
             await self.start_agents_drain_only(pending)
 
     async def start_agents_drain_only(self, pending: dict[str, set[int]]) -> None:
@@ -651,10 +756,21 @@ class Stack:
             data["agent"]["shutdown_grace_s"] = 30.0  # --once: wait this long for the drain
             drain_cfg = a.config.with_name("drain.yaml")
             drain_cfg.write_text(yaml.safe_dump(data))
-            p = Process(f"agent {a.agent_id} --once", ["-m", "tests.faults.agent_proc", str(a.ledger),
-                                                        "--", "agent", "--once", "--config",
-                                                        str(drain_cfg)],
-                        a.log, r"agent ready: ")
+            p = Process(
+                f"agent {a.agent_id} --once",
+                [
+                    "-m",
+                    "tests.faults.agent_proc",
+                    str(a.ledger),
+                    "--",
+                    "agent",
+                    "--once",
+                    "--config",
+                    str(drain_cfg),
+                ],
+                a.log,
+                r"agent ready: ",
+            )
             await p.start()
             assert p.proc is not None
             await asyncio.wait_for(p.proc.wait(), 60)
@@ -666,8 +782,9 @@ class Stack:
         for iss, ack in ledgers.values():
             rep.issued += len(iss)
             rep.acked += len(ack)
-        records = await asyncio.to_thread(read_kafka, self.broker.bootstrap, self.topic,
-                                          at_least=rep.acked, idle_s=settle_s)
+        records = await asyncio.to_thread(
+            read_kafka, self.broker.bootstrap, self.topic, at_least=rep.acked, idle_s=settle_s
+        )
         rep.kafka_records = len(records)
         copies: dict[tuple[str, int], set[bytes]] = defaultdict(set)
         distinct: dict[tuple[str, int], pb.Batch] = {}
@@ -679,9 +796,13 @@ class Stack:
         rep.reused = sorted(k for k, v in copies.items() if len(v) > 1)
         for aid, (_iss, ack) in ledgers.items():
             rep.acked_missing += [(aid, s) for s in sorted(ack) if (aid, s) not in distinct]
-        rep.never_issued = sorted(k for k, b in distinct.items() if k[0] not in self.foreign_agents
-                                  and b.site.site_id not in self.foreign_sites
-                                  and (k[0] not in ledgers or k[1] not in ledgers[k[0]][0]))
+        rep.never_issued = sorted(
+            k
+            for k, b in distinct.items()
+            if k[0] not in self.foreign_agents
+            and b.site.site_id not in self.foreign_sites
+            and (k[0] not in ledgers or k[1] not in ledgers[k[0]][0])
+        )
         truth = truth_windows(list(distinct.values()), self.windows_s, self.windows_s[0])
         rows = read_window_logs(self.window_logs)
         first: dict[tuple[str, str, str, int, int], tuple] = {}
@@ -689,8 +810,9 @@ class Stack:
         for r in rows:
             key = (r["site"], r["metric"], r["labels"], r["window_s"], r["end_ns"])
             val = _published_value(r)
-            boundary[(r["site"], r["window_s"])] = max(boundary.get((r["site"], r["window_s"]), 0),
-                                                       r["end_ns"])
+            boundary[(r["site"], r["window_s"])] = max(
+                boundary.get((r["site"], r["window_s"]), 0), r["end_ns"]
+            )
             if val is None:
                 continue
             if key in first:
@@ -703,8 +825,10 @@ class Stack:
         for g in self.aggregators:
             if g is not None and g.alive() and g.match is not None:
                 text = await self.scrape(int(g.match["port"]))
-                rep.late += sum(metric_value(text, "collector_site_samples_dropped_total", site=x,
-                                             reason="late") or 0 for x in self.site_ids)
+                rep.late += sum(
+                    metric_value(text, "collector_site_samples_dropped_total", site=x, reason="late") or 0
+                    for x in self.site_ids
+                )
         for key, want in truth.items():
             if key[0] in self.foreign_sites:
                 continue

@@ -19,8 +19,7 @@ Case = Callable[[Path], Awaitable[None]]
 
 
 class Runner:
-    def __init__(self, cases: dict[str, Case], tmp: Callable[[str], Path], concurrency: int = 5
-                 ) -> None:
+    def __init__(self, cases: dict[str, Case], tmp: Callable[[str], Path], concurrency: int = 5) -> None:
         self.concurrency = concurrency
         self.cases = cases
         self.tmp = tmp
@@ -30,8 +29,9 @@ class Runner:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=lambda: asyncio.run(self._all()),
-                                            name="fault-cases", daemon=True)
+            self._thread = threading.Thread(
+                target=lambda: asyncio.run(self._all()), name="fault-cases", daemon=True
+            )
             self._thread.start()
 
     async def _all(self) -> None:

@@ -81,13 +81,14 @@ async def soak(tmp: Path, minutes: float, reconnect_s: float) -> int:
     drifts = {name: drift(sam, *spans.get(name, (t0, end))) for name, sam in rss.items()}
     for name, d in drifts.items():
         sam = [r for _, r in rss[name]]
-        print(f"rss {name:28s}: {min(sam) / 2**20:7.1f} .. {max(sam) / 2**20:7.1f} MiB, "
-              f"drift {d:+.1%}")
+        print(f"rss {name:28s}: {min(sam) / 2**20:7.1f} .. {max(sam) / 2**20:7.1f} MiB, drift {d:+.1%}")
     print(f"soak: {minutes:g} min, {resets} reconnect rounds, 1 aggregator restart; {rep.summary()}")
     lost = len(rep.acked_missing)
     worst = max(drifts.values(), default=0.0)
-    print(f"RESULT soak_minutes={minutes:g} max_rss_drift={worst:.3f} acked={rep.acked} lost={lost} "
-          f"windows_checked={rep.windows_checked}")
+    print(
+        f"RESULT soak_minutes={minutes:g} max_rss_drift={worst:.3f} acked={rep.acked} lost={lost} "
+        f"windows_checked={rep.windows_checked}"
+    )
     rep.assert_ok(max_duplicates=32 * 4 * (resets + 1))
     assert worst < 0.10, f"RSS drift {worst:.1%} (>= 10 %): {drifts}"
     return 0

@@ -25,22 +25,40 @@ async def test_agent_process_delivers_simulated_cells_through_ingest_to_the_topi
 ) -> None:
     server = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic))
     start = int(time.time()) - 120  # the simulated run started 120 one-second ticks ago
-    options = {"seed": 11, "country": "JP", "site": 1, "cells": CELLS, "interval_s": 1.0,
-               "start_unix_s": start}
+    options = {
+        "seed": 11,
+        "country": "JP",
+        "site": 1,
+        "cells": CELLS,
+        "interval_s": 1.0,
+        "start_unix_s": start,
+    }
     spool = tmp_path / "spool"
-    cfg = write_yaml(tmp_path / "agent.yaml", {"agent": {
-        "agent_id": "agent-sim-cells",
-        "site": {"site_id": SITE.site_id, "country": SITE.country, "region": SITE.region,
-                 "timezone": SITE.timezone},
-        "ingest": agent_tls(certs, f"127.0.0.1:{server.port}", token_for(SITE.site_id),
-                            server_name="localhost"),
-        "spool": {"dir": str(spool)},
-        "metrics_listen": "",
-        "shutdown_grace_s": 15.0,
-        "sources": {"server": {"enabled": False}, "link": {"enabled": False},
-                    "cell": {"enabled": True, "adapter": "simulated", "interval_s": 1.0,
-                             "options": options}},
-    }})
+    cfg = write_yaml(
+        tmp_path / "agent.yaml",
+        {
+            "agent": {
+                "agent_id": "agent-sim-cells",
+                "site": {
+                    "site_id": SITE.site_id,
+                    "country": SITE.country,
+                    "region": SITE.region,
+                    "timezone": SITE.timezone,
+                },
+                "ingest": agent_tls(
+                    certs, f"127.0.0.1:{server.port}", token_for(SITE.site_id), server_name="localhost"
+                ),
+                "spool": {"dir": str(spool)},
+                "metrics_listen": "",
+                "shutdown_grace_s": 15.0,
+                "sources": {
+                    "server": {"enabled": False},
+                    "link": {"enabled": False},
+                    "cell": {"enabled": True, "adapter": "simulated", "interval_s": 1.0, "options": options},
+                },
+            }
+        },
+    )
     agent = Proc(["agent", "--config", str(cfg), "--once"], tmp_path / "agent.log")
     try:
         await agent.start()
@@ -51,17 +69,31 @@ async def test_agent_process_delivers_simulated_cells_through_ingest_to_the_topi
     finally:
         await agent.kill()
         await server.stop()
-    got = [b for b in await topic_batches(broker.bootstrap, topic, 1)
-           if b.agent_id == "agent-sim-cells"]
+    got = [b for b in await topic_batches(broker.bootstrap, topic, 1) if b.agent_id == "agent-sim-cells"]
     assert [b.seq for b in got] == [1]
     batch = pb.Batch.FromString(got[0].value)
     assert len(batch.series) == CELLS * (len(CELL_COUNTERS) + len(CELL_GAUGES))
     # the values the simulator's generator gives that site at the tick the agent read
-    m = FleetModel(SimulateSettings.model_validate(dict(
-        seed=11, countries=("JP",), sites_per_country=2, links_per_site=0,
-        cells_per_site=CELLS, hosts_per_site=0, record_link=False, interval_s=1.0,
-        jitter_s=0.0, start_unix_s=start, clear_every_s=0.0, reset_every_s=0.0,
-        gap_probability=0.0, silent_after_s=0.0)))
+    m = FleetModel(
+        SimulateSettings.model_validate(
+            dict(
+                seed=11,
+                countries=("JP",),
+                sites_per_country=2,
+                links_per_site=0,
+                cells_per_site=CELLS,
+                hosts_per_site=0,
+                record_link=False,
+                interval_s=1.0,
+                jitter_s=0.0,
+                start_unix_s=start,
+                clear_every_s=0.0,
+                reset_every_s=0.0,
+                gap_probability=0.0,
+                silent_after_s=0.0,
+            )
+        )
+    )
     counters = wire.counter_columns(batch)
     (t,) = set(counters.time_unix_nano.tolist())
     tick = (t - start * NS) // NS

@@ -38,15 +38,21 @@ async def test_agent_batches_land_in_topic_exactly_once_and_spool_empties(
 ) -> None:
     extra = {"client_ca": str(certs.ca)} if mtls else {}
     server = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic, **extra))
-    client = ({"client_cert": str(certs.client_cert), "client_key": str(certs.client_key)}
-              if mtls else {})
+    client = {"client_cert": str(certs.client_cert), "client_key": str(certs.client_key)} if mtls else {}
     spool = tmp_path / "spool"
-    settings = AgentSettings.model_validate({
-        "ingest": agent_tls(certs, f"127.0.0.1:{server.port}", token_for(SITE.site_id),
-                            server_name="localhost", compression="gzip" if mtls else "none",
-                            **client),
-        "spool": {"dir": str(spool)},
-    })
+    settings = AgentSettings.model_validate(
+        {
+            "ingest": agent_tls(
+                certs,
+                f"127.0.0.1:{server.port}",
+                token_for(SITE.site_id),
+                server_name="localhost",
+                compression="gzip" if mtls else "none",
+                **client,
+            ),
+            "spool": {"dir": str(spool)},
+        }
+    )
     reg = CollectorRegistry()
     agent_id = f"agent-{uuid.uuid4().hex[:8]}"
     link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 20}, exclude=[]))
@@ -54,13 +60,19 @@ async def test_agent_batches_land_in_topic_exactly_once_and_spool_empties(
     pm = tmp_path / "pm"
     pm.mkdir()
     begin = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=20)
-    (pm / "A1.xml").write_bytes(render_meas_collec(
-        begin=begin, duration_s=900, element="gNB-Tokyo-1",
-        cells={str(c): {"DRB.PdcpSduVolumeDL": 1000 + c, "RRU.PrbTotDl": 40} for c in range(3)}))
+    (pm / "A1.xml").write_bytes(
+        render_meas_collec(
+            begin=begin,
+            duration_s=900,
+            element="gNB-Tokyo-1",
+            cells={str(c): {"DRB.PdcpSduVolumeDL": 1000 + c, "RRU.PrbTotDl": 40} for c in range(3)},
+        )
+    )
     cell = CellSource(CellSourceSettings(enabled=True, pm_dir=pm, settle_s=0))
     try:
-        async with AgentPipeline(settings, agent_id=agent_id, site=SITE, boot_id="boot-1",
-                                 spool_dir=spool, registry=reg) as p:
+        async with AgentPipeline(
+            settings, agent_id=agent_id, site=SITE, boot_id="boot-1", spool_dir=spool, registry=reg
+        ) as p:
             seqs = [await collect_once(cell, p)]
             for _ in range(ROUNDS):
                 for src in (link, host):
@@ -97,12 +109,15 @@ async def test_wrong_token_keeps_batches_spooled_until_fixed(
     server = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic))
     spool = tmp_path / "spool"
     try:
-        bad = AgentSettings.model_validate({
-            "ingest": agent_tls(certs, f"127.0.0.1:{server.port}", "not-a-token",
-                                server_name="localhost"),
-            "spool": {"dir": str(spool)}})
-        async with AgentPipeline(bad, agent_id="agent-tok", site=SITE, boot_id="b",
-                                 spool_dir=spool) as p:
+        bad = AgentSettings.model_validate(
+            {
+                "ingest": agent_tls(
+                    certs, f"127.0.0.1:{server.port}", "not-a-token", server_name="localhost"
+                ),
+                "spool": {"dir": str(spool)},
+            }
+        )
+        async with AgentPipeline(bad, agent_id="agent-tok", site=SITE, boot_id="b", spool_dir=spool) as p:
             b = p.new_builder()
             link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 2}))
             await link.collect(b, time.time_ns())
@@ -110,10 +125,10 @@ async def test_wrong_token_keeps_batches_spooled_until_fixed(
             assert not await p.wait_drained(1.5)
             assert p.stats.stream_failures >= 1
             assert p.stats.rejected == 0  # a bad token is not a bad batch: nothing discarded
-        good = bad.model_copy(update={"ingest": bad.ingest.model_copy(
-            update={"token": token_for(SITE.site_id)})})
-        async with AgentPipeline(good, agent_id="agent-tok", site=SITE, boot_id="b2",
-                                 spool_dir=spool) as p2:
+        good = bad.model_copy(
+            update={"ingest": bad.ingest.model_copy(update={"token": token_for(SITE.site_id)})}
+        )
+        async with AgentPipeline(good, agent_id="agent-tok", site=SITE, boot_id="b2", spool_dir=spool) as p2:
             assert await p2.wait_drained(20.0)
             assert p2.stats.acked == 1
     finally:
@@ -133,29 +148,40 @@ async def test_batch_refused_by_real_ingest_is_moved_aside_and_the_rest_flows(
 
     server = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic))
     spool = tmp_path / "spool"
-    settings = AgentSettings.model_validate({
-        "ingest": agent_tls(certs, f"127.0.0.1:{server.port}", token_for(SITE.site_id),
-                            server_name="localhost"),
-        "spool": {"dir": str(spool)}})
+    settings = AgentSettings.model_validate(
+        {
+            "ingest": agent_tls(
+                certs, f"127.0.0.1:{server.port}", token_for(SITE.site_id), server_name="localhost"
+            ),
+            "spool": {"dir": str(spool)},
+        }
+    )
     try:
-        async with AgentPipeline(settings, agent_id="agent-rej", site=SITE, boot_id="b",
-                                 spool_dir=spool) as p:
+        async with AgentPipeline(
+            settings, agent_id="agent-rej", site=SITE, boot_id="b", spool_dir=spool
+        ) as p:
             good1 = p.new_builder()
-            good1.counter(counter_def("link_in_octets", {"link": "a", "media": "copper"},
-                                      unit="bytes"), time.time_ns(), 1)
+            good1.counter(
+                counter_def("link_in_octets", {"link": "a", "media": "copper"}, unit="bytes"),
+                time.time_ns(),
+                1,
+            )
             bad = p.new_builder()
-            bad.counter(counter_def("link in octets!", {"link": "a"}, unit="bytes"),
-                        time.time_ns(), 1)
+            bad.counter(counter_def("link in octets!", {"link": "a"}, unit="bytes"), time.time_ns(), 1)
             seqs = [await p.submit(good1), await p.submit(bad)]
             # a batch claiming another site than the token's
             other = p.new_builder()
             other.site = SiteInfo("us-dallas-01", "US", "us-south", "America/Chicago")
-            other.gauge(gauge_def("link_oper_up", {"link": "a", "media": "copper"}, unit="bool"),
-                        time.time_ns(), 1.0)
+            other.gauge(
+                gauge_def("link_oper_up", {"link": "a", "media": "copper"}, unit="bool"), time.time_ns(), 1.0
+            )
             seqs.append(await p.submit(other))
             good2 = p.new_builder()
-            good2.counter(counter_def("link_in_octets", {"link": "a", "media": "copper"},
-                                      unit="bytes"), time.time_ns(), 2)
+            good2.counter(
+                counter_def("link_in_octets", {"link": "a", "media": "copper"}, unit="bytes"),
+                time.time_ns(),
+                2,
+            )
             seqs.append(await p.submit(good2))
             assert await p.wait_drained(20.0), p.stats
             assert (p.stats.acked, p.stats.rejected) == (2, 2)

@@ -30,10 +30,16 @@ def test_systemd_unit_is_hardened_and_verifies(tmp_path: Path) -> None:
     cp.read(UNIT)
     svc = cp["Service"]
     assert svc["ExecStart"].split()[1:] == ["agent", "--config", "/etc/collector-agent/agent.yaml"]
-    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "DynamicUser": "yes",
-                       "StateDirectory": "collector-agent", "PrivateDevices": "yes",
-                       "CapabilityBoundingSet": "", "SystemCallFilter": "@system-service",
-                       "KillSignal": "SIGTERM"}.items():
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "DynamicUser": "yes",
+        "StateDirectory": "collector-agent",
+        "PrivateDevices": "yes",
+        "CapabilityBoundingSet": "",
+        "SystemCallFilter": "@system-service",
+        "KillSignal": "SIGTERM",
+    }.items():
         assert svc[key] == value, key
     assert svc["LoadCredential"].startswith("token:")
     tool = shutil.which("systemd-analyze")
@@ -41,9 +47,15 @@ def test_systemd_unit_is_hardened_and_verifies(tmp_path: Path) -> None:
         return  # the static checks above still ran
     local = tmp_path / UNIT.name
     local.write_text(UNIT.read_text().replace("/opt/collector/bin/collector", "/bin/true"))
-    res = subprocess.run([tool, "verify", str(local)], capture_output=True, text=True, timeout=60,
-                         check=False)
+    res = subprocess.run(
+        [tool, "verify", str(local)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert res.returncode == 0, res.stderr
-    sec = subprocess.run([tool, "security", "--offline=yes", "--threshold=30", str(local)],
-                         capture_output=True, text=True, timeout=60, check=False)
+    sec = subprocess.run(
+        [tool, "security", "--offline=yes", "--threshold=30", str(local)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert sec.returncode == 0, sec.stdout[-2000:]

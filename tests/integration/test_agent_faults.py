@@ -67,10 +67,18 @@ async def test_ingest_killed_and_network_cut_nothing_missing(
     proxy = TcpProxy("127.0.0.1", ingest_port)
     await proxy.start()
     spool = tmp_path / "spool"
-    settings = AgentSettings.model_validate({
-        "ingest": agent_tls(certs, f"127.0.0.1:{proxy.port}", token_for(SITE.site_id),
-                            server_name="localhost", window=WINDOW),
-        "spool": {"dir": str(spool)}})
+    settings = AgentSettings.model_validate(
+        {
+            "ingest": agent_tls(
+                certs,
+                f"127.0.0.1:{proxy.port}",
+                token_for(SITE.site_id),
+                server_name="localhost",
+                window=WINDOW,
+            ),
+            "spool": {"dir": str(spool)},
+        }
+    )
     agent_id = "agent-faults"
     link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 10}))
     total = 0
@@ -84,8 +92,9 @@ async def test_ingest_killed_and_network_cut_nothing_missing(
             await asyncio.sleep(0.01)
 
     try:
-        async with AgentPipeline(settings, agent_id=agent_id, site=SITE, boot_id="boot-1",
-                                 spool_dir=spool) as p:
+        async with AgentPipeline(
+            settings, agent_id=agent_id, site=SITE, boot_id="boot-1", spool_dir=spool
+        ) as p:
             take_next = p.spool.take_next
 
             def counting_take_next() -> tuple[int, bytes] | None:
@@ -141,20 +150,40 @@ async def test_ingest_killed_and_network_cut_nothing_missing(
     assert not spooled_seqs(spool)
 
 
-def _agent_yaml(tmp: Path, certs: DevCerts, target: str, spool: Path, *,
-                link: dict[str, Any], spool_over: dict[str, Any] | None = None) -> Path:
-    return write_yaml(tmp / "agent.yaml", {"agent": {
-        "agent_id": "agent-proc",
-        "site": {"site_id": SITE.site_id, "country": SITE.country, "region": SITE.region,
-                 "timezone": SITE.timezone},
-        "ingest": agent_tls(certs, target, token_for(SITE.site_id), server_name="localhost",
-                            window=WINDOW),
-        "spool": {"dir": str(spool), **(spool_over or {})},
-        "metrics_listen": "127.0.0.1:0",
-        "shutdown_grace_s": 8.0,
-        "sources": {"server": {"enabled": False}, "cell": {"enabled": False},
-                    "link": {"adapter": "synthetic", **link}},
-    }})
+def _agent_yaml(
+    tmp: Path,
+    certs: DevCerts,
+    target: str,
+    spool: Path,
+    *,
+    link: dict[str, Any],
+    spool_over: dict[str, Any] | None = None,
+) -> Path:
+    return write_yaml(
+        tmp / "agent.yaml",
+        {
+            "agent": {
+                "agent_id": "agent-proc",
+                "site": {
+                    "site_id": SITE.site_id,
+                    "country": SITE.country,
+                    "region": SITE.region,
+                    "timezone": SITE.timezone,
+                },
+                "ingest": agent_tls(
+                    certs, target, token_for(SITE.site_id), server_name="localhost", window=WINDOW
+                ),
+                "spool": {"dir": str(spool), **(spool_over or {})},
+                "metrics_listen": "127.0.0.1:0",
+                "shutdown_grace_s": 8.0,
+                "sources": {
+                    "server": {"enabled": False},
+                    "cell": {"enabled": False},
+                    "link": {"adapter": "synthetic", **link},
+                },
+            }
+        },
+    )
 
 
 async def test_agent_killed_mid_stream_delivers_spool_and_never_reuses_seq(
@@ -164,17 +193,20 @@ async def test_agent_killed_mid_stream_delivers_spool_and_never_reuses_seq(
     proxy = TcpProxy("127.0.0.1", server.port)
     await proxy.start()
     spool = tmp_path / "spool"
-    cfg = _agent_yaml(tmp_path, certs, f"127.0.0.1:{proxy.port}", spool,
-                      link={"interval_s": 0.05, "options": {"links": 5}})
+    cfg = _agent_yaml(
+        tmp_path, certs, f"127.0.0.1:{proxy.port}", spool, link={"interval_s": 0.05, "options": {"links": 5}}
+    )
     agent = Proc(["agent", "--config", str(cfg)], tmp_path / "agent.log")
     try:
         await agent.start()
         accepted = server.metrics.totals
-        assert await eventually(lambda: accepted.batches_accepted >= 5, within=30.0), \
+        assert await eventually(lambda: accepted.batches_accepted >= 5, within=30.0), (
             "the agent never streamed normally"
+        )
         proxy.pause()  # acks stop: batches pile up in the spool
-        assert await eventually(lambda: len(spooled_seqs(spool)) >= 5, within=30.0), \
+        assert await eventually(lambda: len(spooled_seqs(spool)) >= 5, within=30.0), (
             "the pause should have left batches in the spool"
+        )
         await agent.kill()  # SIGKILL mid-stream
         spooled = spooled_seqs(spool)
         await proxy.reset()
@@ -184,8 +216,9 @@ async def test_agent_killed_mid_stream_delivers_spool_and_never_reuses_seq(
         assert int(agent.field("spooled")) >= len(spooled) - 1  # (one may have been acked)
         before = accepted.batches_accepted
         # the restarted agent delivers its spool and goes on streaming
-        assert await eventually(lambda: accepted.batches_accepted >= before + len(spooled) + 5,
-                                within=30.0), agent.log()
+        assert await eventually(
+            lambda: accepted.batches_accepted >= before + len(spooled) + 5, within=30.0
+        ), agent.log()
         assert await agent.terminate() == 0, agent.log()
     finally:
         await agent.kill()
@@ -225,9 +258,14 @@ async def test_full_spool_and_corrupt_segment_are_counted_and_agent_keeps_runnin
     (spool / f"9-{1:020d}.seg").write_bytes(recs[0] + b"\x00garbage" * 12 + recs[1] + recs[1][:30])
     (spool / f"0-{3:020d}.seg").write_bytes(b"\xa7S" + bytes(range(256)) * 2)
     (spool / "seq").write_bytes(seq_file_body(2))  # that run had reserved seqs up to 2
-    cfg = _agent_yaml(tmp_path, certs, f"127.0.0.1:{proxy.port}", spool,
-                      link={"interval_s": 0.05, "options": {"links": 20}},
-                      spool_over={"max_bytes": 65536, "segment_bytes": 8192})
+    cfg = _agent_yaml(
+        tmp_path,
+        certs,
+        f"127.0.0.1:{proxy.port}",
+        spool,
+        link={"interval_s": 0.05, "options": {"links": 20}},
+        spool_over={"max_bytes": 65536, "segment_bytes": 8192},
+    )
     agent = Proc(["agent", "--config", str(cfg)], tmp_path / "agent.log")
     try:
         await agent.start()
@@ -235,8 +273,12 @@ async def test_full_spool_and_corrupt_segment_are_counted_and_agent_keeps_runnin
         lab = {"agent_id": "agent-proc"}
 
         async def dropped(reason: str) -> float:
-            return metric_value(await scrape(port), "collector_agent_batches_dropped_total",
-                                reason=reason, **lab) or 0.0
+            return (
+                metric_value(
+                    await scrape(port), "collector_agent_batches_dropped_total", reason=reason, **lab
+                )
+                or 0.0
+            )
 
         full = 0.0
         for _ in range(100):  # bounded: up to ~10 s
@@ -283,18 +325,33 @@ async def test_kafka_paused_retriable_acks_are_retried_until_delivered(
 
     topic = await make_topic(own_broker, partitions=2)
     settings = ingest_settings(tmp_path, certs, own_broker.bootstrap, topic)
-    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
-        update={"produce_timeout_s": 1.0, "producer_rebuild_after": 2, "request_timeout_ms": 3000})})
+    settings = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(
+                update={"produce_timeout_s": 1.0, "producer_rebuild_after": 2, "request_timeout_ms": 3000}
+            )
+        }
+    )
     server = await started(settings)
     spool = tmp_path / "spool"
-    agent = AgentSettings.model_validate({
-        "ingest": agent_tls(certs, f"127.0.0.1:{server.port}", token_for(SITE.site_id),
-                            server_name="localhost", window=4, backoff_max_s=1.0),
-        "spool": {"dir": str(spool)}})
+    agent = AgentSettings.model_validate(
+        {
+            "ingest": agent_tls(
+                certs,
+                f"127.0.0.1:{server.port}",
+                token_for(SITE.site_id),
+                server_name="localhost",
+                window=4,
+                backoff_max_s=1.0,
+            ),
+            "spool": {"dir": str(spool)},
+        }
+    )
     link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 5}))
     try:
-        async with AgentPipeline(agent, agent_id="agent-kpause", site=SITE, boot_id="b",
-                                 spool_dir=spool) as p:
+        async with AgentPipeline(
+            agent, agent_id="agent-kpause", site=SITE, boot_id="b", spool_dir=spool
+        ) as p:
             for _ in range(5):
                 await collect_once(link, p)
             assert await p.wait_drained(20.0)
@@ -303,8 +360,9 @@ async def test_kafka_paused_retriable_acks_are_retried_until_delivered(
                 for _ in range(5):
                     await collect_once(link, p)
                     await asyncio.sleep(0.2)
-                assert await eventually(lambda: p.stats.retriable_acks > 0
-                                        or p.stats.stream_failures > 0, 15.0), p.stats
+                assert await eventually(
+                    lambda: p.stats.retriable_acks > 0 or p.stats.stream_failures > 0, 15.0
+                ), p.stats
                 assert p.stats.acked == 5  # nothing acknowledged while Kafka was away
                 assert len(p.spool) == 5
             finally:

@@ -18,10 +18,10 @@ async def test_submitted_batches_are_acked_and_spool_empties(tmp_path: Path) -> 
     try:
         reg = CollectorRegistry()
         s = agent_settings(tmp_path, f"127.0.0.1:{ing.port}", ingest={"token": "tok-1"})
-        async with AgentPipeline(s, agent_id="a1", site=SITE, boot_id="b1", spool_dir=tmp_path,
-                                 registry=reg) as p:
-            seqs = [await p.submit(fill(p.new_builder(), time.time_ns()), priority=i % 3)
-                    for i in range(40)]
+        async with AgentPipeline(
+            s, agent_id="a1", site=SITE, boot_id="b1", spool_dir=tmp_path, registry=reg
+        ) as p:
+            seqs = [await p.submit(fill(p.new_builder(), time.time_ns()), priority=i % 3) for i in range(40)]
             assert seqs == list(range(1, 41))
             assert await p.wait_drained(10.0)
             st = p.stats
@@ -152,8 +152,7 @@ async def test_reconnects_after_server_restart_and_delivers_all(tmp_path: Path) 
 
 
 async def test_stop_during_backoff_returns_at_once(tmp_path: Path) -> None:
-    s = agent_settings(tmp_path, "127.0.0.1:9", ingest={"backoff_initial_s": 30.0,
-                                                        "backoff_max_s": 60.0})
+    s = agent_settings(tmp_path, "127.0.0.1:9", ingest={"backoff_initial_s": 30.0, "backoff_max_s": 60.0})
     p = AgentPipeline(s, agent_id="a1", site=SITE, boot_id="b", spool_dir=tmp_path)
     await p.start()
     await p.submit(fill(p.new_builder(), time.time_ns()))
@@ -191,8 +190,11 @@ async def test_batch_over_max_batch_bytes_is_dropped_not_retried(tmp_path: Path)
     async with AgentPipeline(s, agent_id="a1", site=SITE, boot_id="b", spool_dir=tmp_path) as p:
         b = p.new_builder()
         for i in range(2000):
-            b.counter(counter_def("link_in_octets", {"link": f"et-{i}", "media": "copper"},
-                                  unit="bytes"), time.time_ns(), i)
+            b.counter(
+                counter_def("link_in_octets", {"link": f"et-{i}", "media": "copper"}, unit="bytes"),
+                time.time_ns(),
+                i,
+            )
         seq = await p.submit(b)
         assert p.stats.dropped == {"too_large": 1}
         assert len(p.spool) == 0
@@ -207,8 +209,7 @@ async def test_self_metrics_pass_promtool_check_metrics(tmp_path: Path) -> None:
 
     reg = CollectorRegistry()
     s = agent_settings(tmp_path, "127.0.0.1:9")
-    async with AgentPipeline(s, agent_id="a1", site=SITE, boot_id="b", spool_dir=tmp_path,
-                             registry=reg) as p:
+    async with AgentPipeline(s, agent_id="a1", site=SITE, boot_id="b", spool_dir=tmp_path, registry=reg) as p:
         collector_for(reg).add_source("a1", "link", SourceStats(collections=1, samples=5))
         p.spool.counters.dropped["spool_full"] += 1
         await p.submit(fill(p.new_builder(), time.time_ns()))
@@ -217,9 +218,13 @@ async def test_self_metrics_pass_promtool_check_metrics(tmp_path: Path) -> None:
     assert b'collector_agent_source_samples_total{agent_id="a1",source="link"} 5.0' in text
     promtool = shutil.which("promtool")
     assert promtool is not None, "promtool (Debian package prometheus) is needed for this check"
-    proc = await asyncio.create_subprocess_exec(promtool, "check", "metrics",
-                                                stdin=asyncio.subprocess.PIPE,
-                                                stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        promtool,
+        "check",
+        "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(text), 60)
     assert proc.returncode == 0, out

@@ -31,8 +31,9 @@ TEXT = tuple(FamilyText(f.name, f.type, f.help, f.labels) for f in FAMILIES)
 @pytest.fixture(scope="module")
 def states() -> list[PartitionState]:
     out = []
-    for p, (site, cc, region, nasty) in enumerate((("jp-tokyo-01", "JP", "Kanto", True),
-                                                  ("us-nyc-01", "US", "us-east", False))):
+    for p, (site, cc, region, nasty) in enumerate(
+        (("jp-tokyo-01", "JP", "Kanto", True), ("us-nyc-01", "US", "us-east", False))
+    ):
         st = PartitionState(p, AggregateSettings())
         for i, b in enumerate(catalog_batches(site, cc, region, nasty=nasty, entities=2)):
             st.add(i, b)
@@ -58,16 +59,18 @@ def test_every_family_has_rows_from_a_full_catalogue(body: str) -> None:
 
 
 def test_promtool_check_metrics_passes(body: str) -> None:
-    res = subprocess.run([PROMTOOL, "check", "metrics"], input=body.encode(), capture_output=True,
-                         timeout=60, check=False)
+    res = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=body.encode(), capture_output=True, timeout=60, check=False
+    )
     assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
 
 
 def test_promtool_rejects_a_bits_name() -> None:
     """The check above can fail: promtool does lint units."""
     text = "# HELP x_bits b\n# TYPE x_bits gauge\nx_bits 1\n"
-    res = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True,
-                         timeout=60, check=False)
+    res = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60, check=False
+    )
     assert res.returncode != 0
 
 
@@ -81,25 +84,37 @@ def test_parser_round_trip_matches_state(body: str, states: list[PartitionState]
         frame = frames[fam.name]
         if fam.type == "histogram":  # per-bucket counts in the frame, cumulative on the wire
             cum = cumulative(frame, fam.labels)
-            want_b = {(*r[: len(fam.labels)], r[len(fam.labels)]): r[-1] for r in
-                      cum.select(*fam.labels, "le", "value").iter_rows()}
-            got_b = {(*(s.labels[lb] for lb in fam.labels), float(s.labels["le"])): s.value
-                     for s in got.samples if s.name == fam.name + "_bucket"}
+            want_b = {
+                (*r[: len(fam.labels)], r[len(fam.labels)]): r[-1]
+                for r in cum.select(*fam.labels, "le", "value").iter_rows()
+            }
+            got_b = {
+                (*(s.labels[lb] for lb in fam.labels), float(s.labels["le"])): s.value
+                for s in got.samples
+                if s.name == fam.name + "_bucket"
+            }
             assert got_b == want_b
-            counts = {tuple(s.labels[lb] for lb in fam.labels): s.value
-                      for s in got.samples if s.name == fam.name + "_count"}
+            counts = {
+                tuple(s.labels[lb] for lb in fam.labels): s.value
+                for s in got.samples
+                if s.name == fam.name + "_count"
+            }
             assert counts == {k[:-1]: v for k, v in want_b.items() if k[-1] == math.inf}
             assert counts
             assert all(v > 0 for v in counts.values())
             continue
         want = {tuple(r[: len(fam.labels)]): r[-1] for r in frame.iter_rows()}
-        samples = {tuple(s.labels[lb] for lb in fam.labels): s.value
-                   for s in got.samples if s.name == fam.name}
+        samples = {
+            tuple(s.labels[lb] for lb in fam.labels): s.value for s in got.samples if s.name == fam.name
+        }
         assert samples.keys() == want.keys()
         for k, v in want.items():
             assert samples[k] == v or (math.isnan(v) and math.isnan(samples[k]))
-    nasty = [s for s in parsed["edge_link_throughput_bytes_per_second"].samples
-             if s.labels["site"] == "jp-tokyo-01"]
+    nasty = [
+        s
+        for s in parsed["edge_link_throughput_bytes_per_second"].samples
+        if s.labels["site"] == "jp-tokyo-01"
+    ]
     assert any(s.labels["link"] == 'link "0" \\ back\nslash ü' for s in nasty)
 
 
@@ -126,8 +141,11 @@ def test_vectorised_rendering_equals_prometheus_client(states: list[PartitionSta
     reg.register(_C())  # type: ignore[arg-type]
     ours = render_family(fam, frame)
     theirs = generate_latest(reg).decode()
-    parse = lambda t: {(s.name, tuple(sorted(s.labels.items())), s.value)  # noqa: E731
-                       for f in text_string_to_metric_families(t) for s in f.samples}
+    parse = lambda t: {  # noqa: E731
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for f in text_string_to_metric_families(t)
+        for s in f.samples
+    }
     assert parse(ours) == parse(theirs)
 
 
@@ -144,8 +162,13 @@ def test_special_values_render_in_exposition_spelling() -> None:
 
 
 def test_metrics_doc_is_fresh() -> None:
-    res = subprocess.run([str(ROOT / ".venv/bin/python"), str(ROOT / "scripts/gen_metrics_doc.py"),
-                          "--check"], capture_output=True, timeout=60, check=False, cwd=ROOT)
+    res = subprocess.run(
+        [str(ROOT / ".venv/bin/python"), str(ROOT / "scripts/gen_metrics_doc.py"), "--check"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr.decode()
     doc = (ROOT / "docs/metrics.md").read_text()
     for f in FAMILIES:
@@ -159,15 +182,25 @@ def test_series_scale_turns_raw_values_into_published_units() -> None:
     from tests.aggregate_support import NS, T0, SeriesDef, make_batch
 
     cell = {"cell": "c1", "gnb": "g1"}
-    series = [SeriesDef("RRU.PrbTotDl", cell, kind=pb.GAUGE, unit="ratio", scale=0.01),
-              SeriesDef("DRB.UEThpDl", cell, kind=pb.GAUGE, unit="bytes_per_second", scale=125.0),
-              SeriesDef("DRB.PdcpSduVolumeDL", cell, unit="bytes", scale=125_000.0)]
+    series = [
+        SeriesDef("RRU.PrbTotDl", cell, kind=pb.GAUGE, unit="ratio", scale=0.01),
+        SeriesDef("DRB.UEThpDl", cell, kind=pb.GAUGE, unit="bytes_per_second", scale=125.0),
+        SeriesDef("DRB.PdcpSduVolumeDL", cell, unit="bytes", scale=125_000.0),
+    ]
     st = PartitionState(0, AggregateSettings(allowed_lateness_s=0))
     for b in range(4):
         ts = [T0 + (b * 10 + k) * NS for k in range(10)]
-        st.add(b, make_batch(agent="a", seq=b + 1, site="s", series=series,
-                             gauges=[(0, t, 73.0) for t in ts] + [(1, t, 8000.0) for t in ts],
-                             counters=[(2, t, 2 * (t - T0) // NS) for t in ts]))  # 2 Mbit/s
+        st.add(
+            b,
+            make_batch(
+                agent="a",
+                seq=b + 1,
+                site="s",
+                series=series,
+                gauges=[(0, t, 73.0) for t in ts] + [(1, t, 8000.0) for t in ts],
+                counters=[(2, t, 2 * (t - T0) // NS) for t in ts],
+            ),
+        )  # 2 Mbit/s
         st.advance()
     frames = build_frames([st.view()])
 
@@ -183,15 +216,19 @@ def test_series_scale_turns_raw_values_into_published_units() -> None:
 
 
 async def test_metrics_body_is_cached_per_generation_and_ledger_period(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A scrape re-renders only when a window closed, totals were committed or the ledger
     refresh period passed; self-metrics and body come from the same moment."""
     from collector.aggregate import service
     from collector.aggregate.service import Aggregator
     from collector.config import load_settings
 
-    agg = Aggregator(load_settings(aggregate={"metrics_listen": "", "ledger_refresh_s": 3600}),
-                     bootstrap="127.0.0.1:1", registry=CollectorRegistry())
+    agg = Aggregator(
+        load_settings(aggregate={"metrics_listen": "", "ledger_refresh_s": 3600}),
+        bootstrap="127.0.0.1:1",
+        registry=CollectorRegistry(),
+    )
     st = PartitionState(0, AggregateSettings())
     batches = catalog_batches("jp-tokyo-01", "JP", "Kanto", n_batches=4)
     for i, b in enumerate(batches):
@@ -250,5 +287,7 @@ def test_site_last_event_time_is_the_newest_sample_and_survives_a_checkpoint() -
     restored = PartitionState.restore(st.snapshot(), AggregateSettings())
     assert last(restored) == newest / 1e9
     text = render(TEXT, build_frames([restored.view()])).decode()
-    assert ('collector_site_last_event_timestamp_seconds{site="jp-tokyo-01",country="JP",'
-            f'region="Kanto"}} {newest / 1e9!r}') in text
+    assert (
+        'collector_site_last_event_timestamp_seconds{site="jp-tokyo-01",country="JP",'
+        f'region="Kanto"}} {newest / 1e9!r}'
+    ) in text

@@ -51,10 +51,17 @@ async def _wait(cond, limit_s: float, what: str) -> None:  # type: ignore[no-unt
 def _settings(topic: str, dlq: str, **agg: object):  # type: ignore[no-untyped-def]
     return load_settings(
         kafka={"topic": topic, "dead_letter_topic": dlq},
-        aggregate={"metrics_listen": "127.0.0.1:0", "group_id": f"g-{topic}",
-                   "state_topic": f"{topic}.state", "idle_timeout_s": 3600.0,
-                   "checkpoint_interval_s": 0.5, "session_timeout_ms": 3000,
-                   "heartbeat_interval_ms": 500, **agg})
+        aggregate={
+            "metrics_listen": "127.0.0.1:0",
+            "group_id": f"g-{topic}",
+            "state_topic": f"{topic}.state",
+            "idle_timeout_s": 3600.0,
+            "checkpoint_interval_s": 0.5,
+            "session_timeout_ms": 3000,
+            "heartbeat_interval_ms": 500,
+            **agg,
+        },
+    )
 
 
 async def test_windows_equal_truth_poison_to_dlq_and_promtool_passes(broker: EmbeddedBroker) -> None:
@@ -64,44 +71,65 @@ async def test_windows_equal_truth_poison_to_dlq_and_promtool_passes(broker: Emb
     part = {"jp-tokyo-01": 0, "us-nyc-01": 2}
     truncated = fleet.records[3][1][:-9]
     rng = random.Random(7)
-    poison = [("jp-tokyo-01", bytes(rng.getrandbits(8) for _ in range(200))),
-              ("jp-tokyo-01", truncated)]
+    poison = [("jp-tokyo-01", bytes(rng.getrandbits(8) for _ in range(200))), ("jp-tokyo-01", truncated)]
     records = fleet.records[:20] + poison + fleet.records[20:]
     ends = await produce(broker.bootstrap, topic, records, part)
     rows: list[dict] = []
     settings = _settings(topic, dlq)
-    async with Aggregator(settings, bootstrap=broker.bootstrap, registry=CollectorRegistry(),
-                          on_window=lambda p, w, c, g: rows.extend(window_records(p, w, c, g))) as agg:
+    async with Aggregator(
+        settings,
+        bootstrap=broker.bootstrap,
+        registry=CollectorRegistry(),
+        on_window=lambda p, w, c, g: rows.extend(window_records(p, w, c, g)),
+    ) as agg:
         assert agg.metrics_port > 0
-        await _wait(lambda: all(p in agg.states and agg.states[p].next_offset == end
-                                for p, end in ends.items()), 60, "all records consumed")
+        await _wait(
+            lambda: all(p in agg.states and agg.states[p].next_offset == end for p, end in ends.items()),
+            60,
+            "all records consumed",
+        )
         upto = final_boundary(fleet)
         await _wait(lambda: all(agg.states[p].closed_ns == upto for p in ends), 30, "final close")
         # the dead-letter produce is awaited after the poll that read the poison records
-        await _wait(lambda: agg.registry.get_sample_value(
-            "collector_aggregate_dead_letter_records_total") == 2, 30, "dead letters")
+        await _wait(
+            lambda: agg.registry.get_sample_value("collector_aggregate_dead_letter_records_total") == 2,
+            30,
+            "dead letters",
+        )
         status, headers, body = await http_request(agg.metrics_port)
         assert status == 200
         assert headers["content-type"].startswith("text/plain; version=0.0.4")
     got = published(rows)
     want = truth_windows(fleet, settings.aggregate.windows_s, settings.aggregate.pane_s, upto)
     assert got == want
-    res = await asyncio.to_thread(subprocess.run, [PROMTOOL, "check", "metrics"], input=body,
-                                  capture_output=True, timeout=60, check=False)
+    res = await asyncio.to_thread(
+        subprocess.run,
+        [PROMTOOL, "check", "metrics"],
+        input=body,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
     text = body.decode()
-    assert 'collector_aggregate_decode_errors_total{reason="not_a_batch"}' in text or \
-        'collector_aggregate_decode_errors_total{reason="columns"}' in text
+    assert (
+        'collector_aggregate_decode_errors_total{reason="not_a_batch"}' in text
+        or 'collector_aggregate_decode_errors_total{reason="columns"}' in text
+    )
     assert "collector_aggregate_dead_letter_records_total 2.0" in text
-    for self_metric in ('collector_aggregate_records_total{partition="0"}',
-                        'collector_aggregate_event_time_lag_seconds{partition="2"}',
-                        "collector_aggregate_window_close_latency_seconds_count",
-                        "collector_aggregate_partitions_assigned 3.0",
-                        'collector_site_completeness_ratio{site="us-nyc-01"'):
+    for self_metric in (
+        'collector_aggregate_records_total{partition="0"}',
+        'collector_aggregate_event_time_lag_seconds{partition="2"}',
+        "collector_aggregate_window_close_latency_seconds_count",
+        "collector_aggregate_partitions_assigned 3.0",
+        'collector_site_completeness_ratio{site="us-nyc-01"',
+    ):
         assert self_metric in text, self_metric
     assert 'edge_site_link_throughput_bytes_per_second{site="us-nyc-01",country="US"' in text
-    assert 'collector_site_samples_dropped_total{site="jp-tokyo-01",country="JP",region="Kanto",' \
+    assert (
+        'collector_site_samples_dropped_total{site="jp-tokyo-01",country="JP",region="Kanto",'
         'reason="duplicate"}' in text
+    )
     # the dead-letter topic holds the two poison records, unchanged, with a reason
     c = AIOKafkaConsumer(dlq, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest")
     await c.start()
@@ -117,26 +145,36 @@ async def test_windows_equal_truth_poison_to_dlq_and_promtool_passes(broker: Emb
     assert all(dict(r.headers).get("dlq_reason") for r in got_dlq)
 
 
-async def test_real_prometheus_scrapes_and_queries_by_country(broker: EmbeddedBroker,
-                                                              tmp_path: Path) -> None:
+async def test_real_prometheus_scrapes_and_queries_by_country(broker: EmbeddedBroker, tmp_path: Path) -> None:
     topic = await make_topic(broker, 2)
     dlq = await make_topic(broker, 1, prefix="dlq")
     fleet = make_fleet(n_batches=20, sites=SITES, late=(), swap=(), gap=(), reset_at=None)
     await produce(broker.bootstrap, topic, fleet.records, {"jp-tokyo-01": 0, "us-nyc-01": 1})
     async with Aggregator(_settings(topic, dlq), bootstrap=broker.bootstrap) as agg:
-        await _wait(lambda: len(agg.states) == 2 and all(
-            len(s.latest_c[10]) for s in agg.states.values()), 60, "windows")
+        await _wait(
+            lambda: len(agg.states) == 2 and all(len(s.latest_c[10]) for s in agg.states.values()),
+            60,
+            "windows",
+        )
         port = free_port()
         cfg = tmp_path / "prometheus.yml"
         cfg.write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             "scrape_configs:\n"
-            f"  - job_name: aggregate\n    static_configs: [{{targets: ['127.0.0.1:{agg.metrics_port}']}}]\n")
+            f"  - job_name: aggregate\n    static_configs: [{{targets: ['127.0.0.1:{agg.metrics_port}']}}]\n"
+        )
         log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([PROMETHEUS, f"--config.file={cfg}",
-                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                 f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=log, stderr=log, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         try:
             q = 'sum by (country) (edge_site_link_throughput_bytes_per_second{window="10s"})'
             url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
@@ -146,9 +184,11 @@ async def test_real_prometheus_scrapes_and_queries_by_country(broker: EmbeddedBr
                 await asyncio.sleep(0.5)
                 with contextlib.suppress(OSError):
                     data = await asyncio.to_thread(
-                        lambda: json.loads(urllib.request.urlopen(url, timeout=5).read()))
-                    countries = {r["metric"].get("country") for r in data["data"]["result"]
-                                 if float(r["value"][1]) > 0}
+                        lambda: json.loads(urllib.request.urlopen(url, timeout=5).read())
+                    )
+                    countries = {
+                        r["metric"].get("country") for r in data["data"]["result"] if float(r["value"][1]) > 0
+                    }
             assert countries == {"JP", "US"}, (tmp_path / "prometheus.log").read_text()[-2000:]
         finally:
             with contextlib.suppress(ProcessLookupError):
@@ -191,12 +231,14 @@ async def _put_checkpoint(bootstrap: str, state_topic: str, group: str, value: b
     p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await p.start()
     try:
-        md = await p.send_and_wait(state_topic, value, partition=0,
-                                   headers=[("snapshot", b"s1"), ("chunk", b"0/1")])
+        md = await p.send_and_wait(
+            state_topic, value, partition=0, headers=[("snapshot", b"s1"), ("chunk", b"0/1")]
+        )
     finally:
         await p.stop()
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group + ".checkpoints",
-                         enable_auto_commit=False)
+    c = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group + ".checkpoints", enable_auto_commit=False
+    )
     await c.start()
     try:
         stp = TopicPartition(state_topic, 0)
@@ -207,7 +249,8 @@ async def _put_checkpoint(bootstrap: str, state_topic: str, group: str, value: b
 
 
 async def test_unreadable_checkpoint_pauses_the_partition_until_restored(
-        broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Consuming a partition without its state would publish wrong windows and commit past
     them: it stays paused (and counted) until its checkpoint can be read."""
     import collector.aggregate.service as service
@@ -232,15 +275,17 @@ async def test_unreadable_checkpoint_pauses_the_partition_until_restored(
         empty = PartitionState(0, settings.aggregate)
         empty.next_offset = 0
         await _put_checkpoint(broker.bootstrap, state_topic, group, empty.snapshot())
-        await _wait(lambda: 0 in agg.states and agg.states[0].next_offset == ends[0], 30,
-                    "resumed and consumed")
+        await _wait(
+            lambda: 0 in agg.states and agg.states[0].next_offset == ends[0], 30, "resumed and consumed"
+        )
         assert paused("collector_aggregate_partitions_paused") == 0
         assert paused("collector_aggregate_restores_total") == 1
         assert paused("collector_aggregate_samples_total") == sum(len(v) for v in fleet.counted.values())
 
 
 async def test_unexpected_error_in_the_loop_fails_the_member_loudly(
-        broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A bug (here injected into record processing) must not leave a live /metrics over a
     # dead consume loop: the member reports failure and `collector aggregate` exits 1 so
     # its supervisor restarts it from the checkpoints.
@@ -271,8 +316,11 @@ async def test_unexpected_error_in_the_loop_fails_the_member_loudly(
 def test_unreachable_kafka_at_start_is_one_line_naming_the_address() -> None:
     port = free_port()  # nothing listens there
     collector = Path(sys.executable).with_name("collector")
-    res = subprocess.run([str(collector), "aggregate", "--bootstrap", f"127.0.0.1:{port}",
-                          "--metrics-listen", "127.0.0.1:0"], capture_output=True, timeout=120)
+    res = subprocess.run(
+        [str(collector), "aggregate", "--bootstrap", f"127.0.0.1:{port}", "--metrics-listen", "127.0.0.1:0"],
+        capture_output=True,
+        timeout=120,
+    )
     err = res.stderr.decode().strip()
     assert res.returncode == 1, err
     assert "Traceback" not in err

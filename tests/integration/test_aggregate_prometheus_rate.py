@@ -29,9 +29,12 @@ PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 SCRAPE_S = 7  # not a multiple of the 10 s window
 L32 = {"link": "xe-0/0/1", "media": "copper"}
 L64 = {"link": "et-0/0/0", "media": "optical"}
-SERIES = [SeriesDef("link_out_octets", L32, bits=32), SeriesDef("link_in_octets", L64, bits=64),
-          SeriesDef("link_speed_bytes", L32, kind=2, unit="bytes_per_second"),
-          SeriesDef("link_speed_bytes", L64, kind=2, unit="bytes_per_second")]
+SERIES = [
+    SeriesDef("link_out_octets", L32, bits=32),
+    SeriesDef("link_in_octets", L64, bits=64),
+    SeriesDef("link_speed_bytes", L32, kind=2, unit="bytes_per_second"),
+    SeriesDef("link_speed_bytes", L64, kind=2, unit="bytes_per_second"),
+]
 # the generator's truth: constant rates (bytes/s); the 32-bit counter wraps every ~3.6 s, the
 # 64-bit one starts 1e15 below 2^64 and wraps after 20 s
 RATE32, RATE64 = 1_200_000_000, 50_000_000_000_000
@@ -39,9 +42,14 @@ START64 = (1 << 64) - 10**15
 
 
 def _batch(seq: int, t: int, k: int) -> bytes:
-    return make_batch(agent="agent-rate", seq=seq, site="jp-rate-01", series=SERIES,
-                      counters=[(0, t, (k * RATE32) % (1 << 32)), (1, t, (START64 + k * RATE64) % (1 << 64))],
-                      gauges=[(2, t, 1.25e9), (3, t, 5.025e13)])
+    return make_batch(
+        agent="agent-rate",
+        seq=seq,
+        site="jp-rate-01",
+        series=SERIES,
+        counters=[(0, t, (k * RATE32) % (1 << 32)), (1, t, (START64 + k * RATE64) % (1 << 64))],
+        gauges=[(2, t, 1.25e9), (3, t, 5.025e13)],
+    )
 
 
 def _query(port: int, q: str, at: float | None = None) -> list[dict]:
@@ -63,24 +71,43 @@ async def _until(pred, limit_s: float, what: str):  # type: ignore[no-untyped-de
         await asyncio.sleep(0.5)
 
 
-async def test_prometheus_rate_over_corrected_counters_equals_truth(broker: EmbeddedBroker,
-                                                                   tmp_path: Path) -> None:
+async def test_prometheus_rate_over_corrected_counters_equals_truth(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
     topic = await make_topic(broker, 1)
     port = free_port()
     settings = load_settings(
         kafka={"topic": topic, "dead_letter_topic": topic + ".dlq"},
-        aggregate={"metrics_listen": f"127.0.0.1:{port}", "group_id": f"g-{topic}",
-                   "state_topic": f"{topic}.state", "idle_timeout_s": 3600.0, "allowed_lateness_s": 1,
-                   "checkpoint_interval_s": 0.5, "ledger_refresh_s": 0.5,
-                   "session_timeout_ms": 3000, "heartbeat_interval_ms": 500})
+        aggregate={
+            "metrics_listen": f"127.0.0.1:{port}",
+            "group_id": f"g-{topic}",
+            "state_topic": f"{topic}.state",
+            "idle_timeout_s": 3600.0,
+            "allowed_lateness_s": 1,
+            "checkpoint_interval_s": 0.5,
+            "ledger_refresh_s": 0.5,
+            "session_timeout_ms": 3000,
+            "heartbeat_interval_ms": 500,
+        },
+    )
     prom_port = free_port()
     cfg = tmp_path / "prometheus.yml"
-    cfg.write_text(f"global: {{scrape_interval: {SCRAPE_S}s}}\nscrape_configs:\n"
-                   f"  - job_name: aggregate\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n")
+    cfg.write_text(
+        f"global: {{scrape_interval: {SCRAPE_S}s}}\nscrape_configs:\n"
+        f"  - job_name: aggregate\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+    )
     log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([PROMETHEUS, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{prom_port}"],
-                            stdout=log, stderr=log, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            PROMETHEUS,
+            f"--config.file={cfg}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
     await producer.start()
     t0 = (time.time_ns() // (10 * NS)) * 10 * NS  # pane-aligned, event time = wall clock
@@ -91,8 +118,7 @@ async def test_prometheus_rate_over_corrected_counters_equals_truth(broker: Embe
         nonlocal sent
         while sent < upto:
             t = t0 + sent * NS
-            await producer.send_and_wait(topic, _batch(sent + 1, t, sent), key=b"jp-rate-01",
-                                         headers=HEADERS)
+            await producer.send_and_wait(topic, _batch(sent + 1, t, sent), key=b"jp-rate-01", headers=HEADERS)
             sent += 1
             await asyncio.sleep(max(0.0, (t0 + sent * NS - time.time_ns()) / NS))
 
@@ -107,6 +133,7 @@ async def test_prometheus_rate_over_corrected_counters_equals_truth(broker: Embe
         await agg.start()
         try:
             await feed(82)
+
             # the newest boundary Prometheus has a total for
             def newest() -> float:
                 r = _query(prom_port, "timestamp(edge_link_bytes_total)")
@@ -137,8 +164,10 @@ async def test_prometheus_rate_over_corrected_counters_equals_truth(broker: Embe
                 assert all(b[1] >= a[1] for a, b in itertools.pairwise(pts))
                 (ts0, v0), (ts1, v1) = pts[0], pts[-1]
                 assert abs((v1 - v0) / (want * (ts1 - ts0)) - 1) < 1e-9, (r["metric"], pts)
-            print(f"Prometheus rate() vs truth (scrape {SCRAPE_S}s, window 10s): "
-                  f"out {rates['out']:.6g} vs {RATE32:.6g} B/s, in {rates['in']:.6g} vs {RATE64:.6g} B/s")
+            print(
+                f"Prometheus rate() vs truth (scrape {SCRAPE_S}s, window 10s): "
+                f"out {rates['out']:.6g} vs {RATE32:.6g} B/s, in {rates['in']:.6g} vs {RATE64:.6g} B/s"
+            )
         finally:
             await agg.stop()
     finally:

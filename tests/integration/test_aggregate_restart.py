@@ -33,11 +33,20 @@ from tests.aggregate_support import (
 from tests.conftest import make_topic
 
 ROOT = Path(__file__).resolve().parents[2]
-SITES = (("jp-tokyo-01", "JP", "Kanto"), ("jp-osaka-01", "JP", "Kansai"),
-         ("us-nyc-01", "US", "us-east"), ("us-sfo-01", "US", "us-west"))
+SITES = (
+    ("jp-tokyo-01", "JP", "Kanto"),
+    ("jp-osaka-01", "JP", "Kansai"),
+    ("us-nyc-01", "US", "us-east"),
+    ("us-sfo-01", "US", "us-west"),
+)
 PART = {"jp-tokyo-01": 0, "jp-osaka-01": 1, "us-nyc-01": 2, "us-sfo-01": 0}
-AGG = {"idle_timeout_s": 3600.0, "checkpoint_interval_s": 0.3, "session_timeout_ms": 1500,
-       "heartbeat_interval_ms": 500, "metrics_listen": "127.0.0.1:0"}
+AGG = {
+    "idle_timeout_s": 3600.0,
+    "checkpoint_interval_s": 0.3,
+    "session_timeout_ms": 1500,
+    "heartbeat_interval_ms": 500,
+    "metrics_listen": "127.0.0.1:0",
+}
 
 
 def _fleet() -> Fleet:
@@ -46,7 +55,7 @@ def _fleet() -> Fleet:
 
 def _thirds(records: list) -> list[list]:  # type: ignore[type-arg]
     n = len(records)
-    return [records[: n // 3], records[n // 3: 2 * n // 3], records[2 * n // 3:]]
+    return [records[: n // 3], records[n // 3 : 2 * n // 3], records[2 * n // 3 :]]
 
 
 def _complete(rows: list[dict], upto: int) -> bool:
@@ -61,9 +70,10 @@ async def _topics(broker: EmbeddedBroker) -> tuple[str, str]:
 def _settings(topic: str, dlq: str, **extra: object):  # type: ignore[no-untyped-def]
     from collector.config import load_settings
 
-    return load_settings(kafka={"topic": topic, "dead_letter_topic": dlq},
-                         aggregate={**AGG, "group_id": f"g-{topic}", "state_topic": f"{topic}.state",
-                                    **extra})
+    return load_settings(
+        kafka={"topic": topic, "dead_letter_topic": dlq},
+        aggregate={**AGG, "group_id": f"g-{topic}", "state_topic": f"{topic}.state", **extra},
+    )
 
 
 async def _wait(cond, limit_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -78,23 +88,35 @@ async def _run_undisturbed(broker: EmbeddedBroker, fleet: Fleet) -> dict:
     topic, dlq = await _topics(broker)
     await produce(broker.bootstrap, topic, fleet.records, PART)
     rows: list[dict] = []
-    async with Aggregator(_settings(topic, dlq), bootstrap=broker.bootstrap, registry=CollectorRegistry(),
-                          on_window=lambda p, w, c, g: rows.extend(window_records(p, w, c, g))):
+    async with Aggregator(
+        _settings(topic, dlq),
+        bootstrap=broker.bootstrap,
+        registry=CollectorRegistry(),
+        on_window=lambda p, w, c, g: rows.extend(window_records(p, w, c, g)),
+    ):
         await _wait(lambda: _complete(rows, final_boundary(fleet)), 60, "run 1")
     return published(rows)
 
 
 def _spawn(bootstrap: str, topic: str, dlq: str, log: Path, out: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ,
-           "COLLECTOR_KAFKA__TOPIC": topic, "COLLECTOR_KAFKA__DEAD_LETTER_TOPIC": dlq,
-           "COLLECTOR_AGGREGATE__GROUP_ID": f"g-{topic}",
-           "COLLECTOR_AGGREGATE__STATE_TOPIC": f"{topic}.state",
-           "COLLECTOR_AGGREGATE__WINDOW_LOG": str(log),
-           **{f"COLLECTOR_AGGREGATE__{k.upper()}": str(v) for k, v in AGG.items()}}
+    env = {
+        **os.environ,
+        "COLLECTOR_KAFKA__TOPIC": topic,
+        "COLLECTOR_KAFKA__DEAD_LETTER_TOPIC": dlq,
+        "COLLECTOR_AGGREGATE__GROUP_ID": f"g-{topic}",
+        "COLLECTOR_AGGREGATE__STATE_TOPIC": f"{topic}.state",
+        "COLLECTOR_AGGREGATE__WINDOW_LOG": str(log),
+        **{f"COLLECTOR_AGGREGATE__{k.upper()}": str(v) for k, v in AGG.items()},
+    }
     with open(out, "ab") as f:
-        return subprocess.Popen([sys.executable, "-m", "collector", "aggregate", "--bootstrap", bootstrap],
-                                stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "collector", "aggregate", "--bootstrap", bootstrap],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
 
 
 def _read_log(log: Path) -> list[dict]:
@@ -143,8 +165,11 @@ async def _run_killed(broker: EmbeddedBroker, fleet: Fleet, tmp: Path) -> dict:
             await produce(broker.bootstrap, topic, chunk, PART)
             if i < 2:
                 # let it publish and checkpoint, then kill it without warning
-                await _wait(lambda b=before: len(_read_log(log)) > b + 20, 60,
-                            f"progress before kill {i + 1}: {out.read_text()[-1500:]}")
+                await _wait(
+                    lambda b=before: len(_read_log(log)) > b + 20,
+                    60,
+                    f"progress before kill {i + 1}: {out.read_text()[-1500:]}",
+                )
                 for _ in range(300):
                     if await _checkpoints(out) >= i + 1:
                         break
@@ -174,19 +199,24 @@ async def _run_rebalanced(broker: EmbeddedBroker, fleet: Fleet) -> tuple[dict, i
     async with Aggregator(s, bootstrap=broker.bootstrap, registry=CollectorRegistry(), on_window=sink) as a:
         await produce(broker.bootstrap, topic, first, PART)
         await _wait(lambda: len(rows) > 20, 60, "progress of member A")
-        async with Aggregator(s, bootstrap=broker.bootstrap, registry=CollectorRegistry(),
-                              on_window=sink) as b:
+        async with Aggregator(
+            s, bootstrap=broker.bootstrap, registry=CollectorRegistry(), on_window=sink
+        ) as b:
             await produce(broker.bootstrap, topic, second, PART)
-            await _wait(lambda: len(a.states) + len(b.states) == 3 and len(b.states) > 0, 60,
-                        "rebalance to two members")
+            await _wait(
+                lambda: len(a.states) + len(b.states) == 3 and len(b.states) > 0,
+                60,
+                "rebalance to two members",
+            )
             await produce(broker.bootstrap, topic, third, PART)
             await _wait(lambda: _complete(rows, final_boundary(fleet)), 90, "run 3")
             restores = int(a.metrics.restores._value.get() + b.metrics.restores._value.get())
     return published(rows), restores
 
 
-async def test_kill9_restarts_and_rebalance_publish_identical_windows(broker: EmbeddedBroker,
-                                                                      tmp_path: Path) -> None:
+async def test_kill9_restarts_and_rebalance_publish_identical_windows(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
     fleet = _fleet()
     run1 = await _run_undisturbed(broker, fleet)
     run2 = await _run_killed(broker, fleet, tmp_path)

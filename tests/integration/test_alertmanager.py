@@ -33,22 +33,54 @@ def test_amtool_check_config() -> None:
     assert "SUCCESS" in p.stdout
 
 
-@pytest.mark.parametrize(("labels", "receiver"), [
-    (SITE_DOWN, "jp-pager"),
-    ({"country": "JP", "severity": "warning", "site": "jp-tokyo-01", "alertname": "EdgeLinkUtilizationHigh"},
-     "jp-ticket"),
-    ({"country": "US", "severity": "critical", "site": "us-new-york-01", "alertname": "EdgeCellUnavailable"},
-     "us-pager"),
-    ({"country": "US", "severity": "warning", "site": "us-new-york-01",
-      "alertname": "EdgeSiteCompletenessLow"}, "us-ticket"),
-    ({"severity": "critical", "alertname": "EdgeCollectorDown", "job": "edge-ingest"}, "platform-pager"),
-    ({"severity": "warning", "alertname": "EdgeAggregatorLagGrowing"}, "platform-ticket"),
-    ({"country": "AE", "severity": "critical", "site": "ae-dubai-01", "alertname": "EdgeSiteDown"},
-     "platform-pager"),
-])
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (SITE_DOWN, "jp-pager"),
+        (
+            {
+                "country": "JP",
+                "severity": "warning",
+                "site": "jp-tokyo-01",
+                "alertname": "EdgeLinkUtilizationHigh",
+            },
+            "jp-ticket",
+        ),
+        (
+            {
+                "country": "US",
+                "severity": "critical",
+                "site": "us-new-york-01",
+                "alertname": "EdgeCellUnavailable",
+            },
+            "us-pager",
+        ),
+        (
+            {
+                "country": "US",
+                "severity": "warning",
+                "site": "us-new-york-01",
+                "alertname": "EdgeSiteCompletenessLow",
+            },
+            "us-ticket",
+        ),
+        ({"severity": "critical", "alertname": "EdgeCollectorDown", "job": "edge-ingest"}, "platform-pager"),
+        ({"severity": "warning", "alertname": "EdgeAggregatorLagGrowing"}, "platform-ticket"),
+        (
+            {"country": "AE", "severity": "critical", "site": "ae-dubai-01", "alertname": "EdgeSiteDown"},
+            "platform-pager",
+        ),
+    ],
+)
 def test_routes_by_country_and_severity(labels: dict[str, str], receiver: str) -> None:
-    p = _amtool("config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}",
-                f"--verify.receivers={receiver}", *(f"{k}={v}" for k, v in labels.items()))
+    p = _amtool(
+        "config",
+        "routes",
+        "test",
+        f"--config.file={ALERTMANAGER_CONFIG}",
+        f"--verify.receivers={receiver}",
+        *(f"{k}={v}" for k, v in labels.items()),
+    )
     assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -69,8 +101,9 @@ def _get(url: str) -> Any:
 
 
 def _post(url: str, body: Any) -> None:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=5) as r:
         assert r.status == 200
 
@@ -93,16 +126,23 @@ async def test_real_alertmanager_applies_the_inhibitions(tmp_path: Path) -> None
             return {"labels": {"alertname": name, "severity": severity, **labels}, "startsAt": now}
 
         jp = {"country": "JP", "region": "Kansai"}
-        _post(am.url + "/api/v2/alerts", [
-            alert("EdgeSiteDown", "critical", site="jp-osaka-01", **jp),
-            alert("EdgeLinkDown", "critical", site="jp-osaka-01", link="et-0", **jp),
-            alert("EdgeCellPrbUtilizationHigh", "warning", site="jp-osaka-01", cell="c1", **jp),
-            alert("EdgeLinkDown", "critical", site="jp-tokyo-01", link="et-0", country="JP", region="Kanto"),
-        ])
+        _post(
+            am.url + "/api/v2/alerts",
+            [
+                alert("EdgeSiteDown", "critical", site="jp-osaka-01", **jp),
+                alert("EdgeLinkDown", "critical", site="jp-osaka-01", link="et-0", **jp),
+                alert("EdgeCellPrbUtilizationHigh", "warning", site="jp-osaka-01", cell="c1", **jp),
+                alert(
+                    "EdgeLinkDown", "critical", site="jp-tokyo-01", link="et-0", country="JP", region="Kanto"
+                ),
+            ],
+        )
 
         def states() -> dict[tuple[str, str], list[str]]:
-            return {(a["labels"]["alertname"], a["labels"].get("site", "")): a["status"]["inhibitedBy"]
-                    for a in _get(am.url + "/api/v2/alerts")}
+            return {
+                (a["labels"]["alertname"], a["labels"].get("site", "")): a["status"]["inhibitedBy"]
+                for a in _get(am.url + "/api/v2/alerts")
+            }
 
         await eventually(lambda: bool(states()[("EdgeLinkDown", "jp-osaka-01")]), within=30, step=0.2)
         st = states()
@@ -112,12 +152,20 @@ async def test_real_alertmanager_applies_the_inhibitions(tmp_path: Path) -> None
         assert st[("EdgeSiteDown", "jp-osaka-01")] == [], st
 
         # A collector that cannot be scraped silences every site-down, in every country.
-        _post(am.url + "/api/v2/alerts", [
-            alert("EdgeCollectorDown", "critical", job="edge-aggregate", instance="a1:9465"),
-            alert("EdgeSiteDown", "critical", site="us-chicago-01", country="US", region="us-central"),
-        ])
-        await eventually(lambda: bool(states().get(("EdgeSiteDown", "us-chicago-01"))
-                                      and states()[("EdgeSiteDown", "jp-osaka-01")]), within=30, step=0.2)
+        _post(
+            am.url + "/api/v2/alerts",
+            [
+                alert("EdgeCollectorDown", "critical", job="edge-aggregate", instance="a1:9465"),
+                alert("EdgeSiteDown", "critical", site="us-chicago-01", country="US", region="us-central"),
+            ],
+        )
+        await eventually(
+            lambda: bool(
+                states().get(("EdgeSiteDown", "us-chicago-01")) and states()[("EdgeSiteDown", "jp-osaka-01")]
+            ),
+            within=30,
+            step=0.2,
+        )
         st = states()
         assert st[("EdgeSiteDown", "us-chicago-01")], st
         assert st[("EdgeSiteDown", "jp-osaka-01")], st

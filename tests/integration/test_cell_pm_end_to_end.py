@@ -68,8 +68,12 @@ def _cells(k: int) -> dict[str, dict[str, float | int | str]]:
             "VS.Vendor.Counter": 3,  # not accepted: counted, not sent
             # SS-RSRP distribution: UE reports per bin (bin X = TS 38.133 RSRP_X), one bin
             # split per SSB beam (summed), and SINR bins on cell 101 only
-            "L1M.SS-RSRP.Bin58": 3 + k, "L1M.SS-RSRP.Bin60": 20 + c, "L1M.SS-RSRP.Bin61": 10,
-            "L1M.SS-RSRP.Bin62.0": 4, "L1M.SS-RSRP.Bin62.1": 6 + c, "L1M.SS-RSRP.Bin70": 2 + c,
+            "L1M.SS-RSRP.Bin58": 3 + k,
+            "L1M.SS-RSRP.Bin60": 20 + c,
+            "L1M.SS-RSRP.Bin61": 10,
+            "L1M.SS-RSRP.Bin62.0": 4,
+            "L1M.SS-RSRP.Bin62.1": 6 + c,
+            "L1M.SS-RSRP.Bin70": 2 + c,
             "L1M.SS-RSRP.Bin126": 1,
         }
         if c == 0:
@@ -77,8 +81,15 @@ def _cells(k: int) -> dict[str, dict[str, float | int | str]]:
         if c == 0:  # PRB use in percent
             v.update({"RRU.PrbTotDl": 61.5 - k, "RRU.PrbTotUl": 22.0})
         else:  # PRB use as mean used / available PRBs
-            v.update({"RRU.PrbUsedDl": 150.5 - k, "RRU.PrbAvailDl": 273,
-                      "RRU.PrbUsedUl": 40, "RRU.PrbAvailUl": 273, "RRC.ConnMax": "abc"})
+            v.update(
+                {
+                    "RRU.PrbUsedDl": 150.5 - k,
+                    "RRU.PrbAvailDl": 273,
+                    "RRU.PrbUsedUl": 40,
+                    "RRU.PrbAvailUl": 273,
+                    "RRC.ConnMax": "abc",
+                }
+            )
         out[cell] = v
     out[CUUP] = {"DRB.PdcpSduVolumeDL": 12_345 + k}
     return out
@@ -86,10 +97,10 @@ def _cells(k: int) -> dict[str, dict[str, float | int | str]]:
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 # distribution -> (histogram family, upper bound of bin X)
-BINS = {"L1M.SS-RSRP.Bin": ("edge_cell_ss_rsrp_report_dbm",
-                            lambda x: -156.0 + x if x < 126 else math.inf),
-        "L1M.SS-SINR.Bin": ("edge_cell_ss_sinr_report_db",
-                            lambda x: -23.0 + 0.5 * x if x < 127 else math.inf)}
+BINS = {
+    "L1M.SS-RSRP.Bin": ("edge_cell_ss_rsrp_report_dbm", lambda x: -156.0 + x if x < 126 else math.inf),
+    "L1M.SS-SINR.Bin": ("edge_cell_ss_sinr_report_db", lambda x: -23.0 + 0.5 * x if x < 127 else math.inf),
+}
 
 
 def _bins(v: dict[str, Any]) -> dict[str, dict[float, int]]:
@@ -112,8 +123,10 @@ def _cumulative(cells: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[tu
     for dist in BINS:
         have = {c: b[dist] for c, b in per.items() if dist in b}
         bounds = sorted({le for b in have.values() for le in b} | {math.inf})
-        out[dist] = {c: [(le, float(sum(n for x, n in b.items() if x <= le))) for le in bounds]
-                     for c, b in have.items()}
+        out[dist] = {
+            c: [(le, float(sum(n for x, n in b.items() if x <= le))) for le in bounds]
+            for c, b in have.items()
+        }
     return out
 
 
@@ -145,21 +158,38 @@ def _expected(cells: dict[str, dict[str, Any]]) -> dict[Key, float]:
             want[(name, tuple(sorted((*base, *extra))))] = value
 
         if cell == CUUP:
-            put("edge_cell_throughput_bytes_per_second",
-                v["DRB.PdcpSduVolumeDL"] * 125_000 / PERIOD_S, ("direction", "dl"))
+            put(
+                "edge_cell_throughput_bytes_per_second",
+                v["DRB.PdcpSduVolumeDL"] * 125_000 / PERIOD_S,
+                ("direction", "dl"),
+            )
             continue
         for d, m in (("dl", "DL"), ("ul", "UL")):
-            put("edge_cell_throughput_bytes_per_second",
-                v[f"DRB.PdcpSduVolume{m}"] * 125_000 / PERIOD_S, ("direction", d))
-            put("edge_cell_user_throughput_bytes_per_second",
-                v[f"DRB.UEThp{m.title()}"] * 125, ("direction", d), ("stat", "avg"))
+            put(
+                "edge_cell_throughput_bytes_per_second",
+                v[f"DRB.PdcpSduVolume{m}"] * 125_000 / PERIOD_S,
+                ("direction", d),
+            )
+            put(
+                "edge_cell_user_throughput_bytes_per_second",
+                v[f"DRB.UEThp{m.title()}"] * 125,
+                ("direction", d),
+                ("stat", "avg"),
+            )
             if f"RRU.PrbTot{m.title()}" in v:
-                put("edge_cell_prb_utilization_ratio", v[f"RRU.PrbTot{m.title()}"] * 0.01,
-                    ("direction", d), ("stat", "avg"))
+                put(
+                    "edge_cell_prb_utilization_ratio",
+                    v[f"RRU.PrbTot{m.title()}"] * 0.01,
+                    ("direction", d),
+                    ("stat", "avg"),
+                )
             else:
-                put("edge_cell_prb_utilization_ratio",
+                put(
+                    "edge_cell_prb_utilization_ratio",
                     v[f"RRU.PrbUsed{m.title()}"] / v[f"RRU.PrbAvail{m.title()}"],
-                    ("direction", d), ("stat", "avg"))
+                    ("direction", d),
+                    ("stat", "avg"),
+                )
         put("edge_cell_connected_users", v["RRC.ConnMean"], ("stat", "avg"))
         if not isinstance(v["RRC.ConnMax"], str):  # "abc" is rejected, that value only
             put("edge_cell_connected_users_peak", v["RRC.ConnMax"], ("stat", "max"))
@@ -170,18 +200,17 @@ def _expected(cells: dict[str, dict[str, Any]]) -> dict[Key, float]:
         put("edge_cell_handover_attempts_per_second", v["MM.HoExeIntraReq"] / PERIOD_S)
         put("edge_cell_handover_success_ratio", v["MM.HoExeIntraSucc"] / v["MM.HoExeIntraReq"])
         put("edge_cell_inter_gnb_handover_attempts_per_second", v["MM.HoExeInterReq"] / PERIOD_S)
-        put("edge_cell_inter_gnb_handover_success_ratio",
-            v["MM.HoExeInterSucc"] / v["MM.HoExeInterReq"])
-        put("edge_cell_availability_ratio", 1 - v["RRU.CellUnavailableTime"] / PERIOD_S,
-            ("stat", "avg"))
+        put("edge_cell_inter_gnb_handover_success_ratio", v["MM.HoExeInterSucc"] / v["MM.HoExeInterReq"])
+        put("edge_cell_availability_ratio", 1 - v["RRU.CellUnavailableTime"] / PERIOD_S, ("stat", "avg"))
         put("edge_cell_ss_rsrp_dbm", v["L1M.SS-RSRP"], ("stat", "avg"))
     for dist, per_cell in _cumulative(cells).items():
         fam = BINS[dist][0]
         for cell, buckets in per_cell.items():
             base = (("cell", cell), ("gnb", GNB), ("window", "15m"))
             for le, n in buckets:
-                want[(fam + "_bucket", tuple(sorted((*base, ("le", "+Inf" if le == math.inf
-                                                                 else repr(le))))))] = n
+                want[
+                    (fam + "_bucket", tuple(sorted((*base, ("le", "+Inf" if le == math.inf else repr(le))))))
+                ] = n
             want[(fam + "_count", base)] = buckets[-1][1]
     return want
 
@@ -190,9 +219,11 @@ def _values(cells: dict[str, dict[str, Any]]) -> int:
     """Samples the agent sends for a file: sub-counters summed, bad and unknown left out."""
     n = 0
     for v in cells.values():
-        names = {m.rsplit(".", 1)[0] if m.startswith("RRC.ConnEstab") or (".Bin" in m and
-                 m.count(".") == 3) else m
-                 for m, x in v.items() if not isinstance(x, str) and not m.startswith("VS.")}
+        names = {
+            m.rsplit(".", 1)[0] if m.startswith("RRC.ConnEstab") or (".Bin" in m and m.count(".") == 3) else m
+            for m, x in v.items()
+            if not isinstance(x, str) and not m.startswith("VS.")
+        }
         n += len(names)
     return n
 
@@ -202,8 +233,11 @@ def _published(text: str) -> dict[Key, float]:
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if s.name.startswith("edge_cell_"):
-                labels = tuple(sorted((k, v) for k, v in s.labels.items()
-                                      if k not in ("site", "country", "region") and v))
+                labels = tuple(
+                    sorted(
+                        (k, v) for k, v in s.labels.items() if k not in ("site", "country", "region") and v
+                    )
+                )
                 out[(s.name, labels)] = s.value
     return out
 
@@ -220,8 +254,16 @@ def _write(pm: Path, name: str, k: int, newest_end: dt.datetime) -> None:
     begin = newest_end - dt.timedelta(seconds=PERIOD_S * (k + 1))
     path = pm / name
     tmp = pm / f".{name}.part"
-    tmp.write_bytes(render_meas_collec(begin=begin, duration_s=PERIOD_S, element=GNB,
-                                       cells=_cells(k), positional=k % 2 == 1, objects=OBJECTS))
+    tmp.write_bytes(
+        render_meas_collec(
+            begin=begin,
+            duration_s=PERIOD_S,
+            element=GNB,
+            cells=_cells(k),
+            positional=k % 2 == 1,
+            objects=OBJECTS,
+        )
+    )
     old = time.time() - 60  # settled
     os.utime(tmp, (old, old))
     tmp.rename(path)
@@ -230,8 +272,9 @@ def _write(pm: Path, name: str, k: int, newest_end: dt.datetime) -> None:
 def _agent_config(tmp: Path, certs: DevCerts, ingest_port: int) -> Path:
     cfg: dict[str, Any] = yaml.safe_load((REPO / "deploy/agent.example.yaml").read_text())
     a = cfg["agent"]
-    a["ingest"] = agent_tls(certs, f"127.0.0.1:{ingest_port}", token_for(a["site"]["site_id"]),
-                            server_name="localhost")
+    a["ingest"] = agent_tls(
+        certs, f"127.0.0.1:{ingest_port}", token_for(a["site"]["site_id"]), server_name="localhost"
+    )
     a["spool"].update(dir=str(tmp / "spool"), max_bytes=64 * 1024 * 1024)
     a["metrics_listen"] = "127.0.0.1:0"
     src = a["sources"]
@@ -249,17 +292,24 @@ async def test_example_config_publishes_pm_cell_metrics_while_live_data_flows(
     server = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic))
     settings = load_settings(
         kafka={"topic": topic, "dead_letter_topic": f"{topic}.dlq"},
-        aggregate={"metrics_listen": "127.0.0.1:0", "group_id": f"g-{topic}",
-                   "state_topic": f"{topic}.state", "checkpoint_interval_s": 0.5,
-                   "session_timeout_ms": 3000, "heartbeat_interval_ms": 500})
+        aggregate={
+            "metrics_listen": "127.0.0.1:0",
+            "group_id": f"g-{topic}",
+            "state_topic": f"{topic}.state",
+            "checkpoint_interval_s": 0.5,
+            "session_timeout_ms": 3000,
+            "heartbeat_interval_ms": 500,
+        },
+    )
     pm = tmp_path / "pm"
     pm.mkdir()
     # Periods end on a 15-min boundary at least 5 minutes ago: the file "arrives late".
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     newest_end = (now - dt.timedelta(minutes=5)).replace(second=0)
     newest_end -= dt.timedelta(minutes=newest_end.minute % 15)
-    agent = Proc(["agent", "--config", str(_agent_config(tmp_path, certs, server.port))],
-                 tmp_path / "agent.log")
+    agent = Proc(
+        ["agent", "--config", str(_agent_config(tmp_path, certs, server.port))], tmp_path / "agent.log"
+    )
     async with Aggregator(settings, bootstrap=broker.bootstrap, registry=CollectorRegistry()) as agg:
         try:
             await agent.start()
@@ -304,34 +354,45 @@ async def test_example_config_publishes_pm_cell_metrics_while_live_data_flows(
                 nonlocal agent_text
                 t = await scrape()
                 agent_text = (await http_request(int(agent.field("port"))))[2].decode()
-                return (_sample(agent_text, "collector_agent_pm_files_total", result="repeated") == 1
-                        and _sample(t, "collector_site_samples_received_total",
-                                    site="jp-tokyo-01") >= received + n_older)
+                return (
+                    _sample(agent_text, "collector_agent_pm_files_total", result="repeated") == 1
+                    and _sample(t, "collector_site_samples_received_total", site="jp-tokyo-01")
+                    >= received + n_older
+                )
 
             assert await _eventually_async(settled, 90), text[-3000:]
             # the repeat never left the agent: no duplicate at the aggregator
-            assert _sample(agent_text, "collector_agent_pm_values_total",
-                           result="repeated") == n_values
-            assert _sample(text, "collector_site_samples_dropped_total", site="jp-tokyo-01",
-                           reason="duplicate") == 0
+            assert _sample(agent_text, "collector_agent_pm_values_total", result="repeated") == n_values
+            assert (
+                _sample(text, "collector_site_samples_dropped_total", site="jp-tokyo-01", reason="duplicate")
+                == 0
+            )
             got = _published(text)
             for key, value in want.items():  # still the newest period's figures
                 assert abs(got[key] - value) <= 1e-12 * abs(value), (key, got[key], value)
             for reason in ("late", "too_old", "overlap", "rejected", "unknown_metric", "duplicate"):
-                assert _sample(text, "collector_site_samples_dropped_total", site="jp-tokyo-01",
-                               reason=reason) == 0, reason
+                assert (
+                    _sample(text, "collector_site_samples_dropped_total", site="jp-tokyo-01", reason=reason)
+                    == 0
+                ), reason
             assert sorted(p.name for p in (pm / "done").iterdir()) == [
-                "A0-again.xml", "A0.xml", "A1.xml", "A2.xml"]
+                "A0-again.xml",
+                "A0.xml",
+                "A1.xml",
+                "A2.xml",
+            ]
             # live data kept flowing all along
             assert "edge_host_cpu_utilization_ratio{" in text
             # the agent's own account: one bad value per file, vendor counters not accepted
-            files = {r: _sample(agent_text, "collector_agent_pm_files_total", result=r)
-                     for r in ("done", "repeated", "older", "failed")}
+            files = {
+                r: _sample(agent_text, "collector_agent_pm_files_total", result=r)
+                for r in ("done", "repeated", "older", "failed")
+            }
             assert files == {"done": 2, "repeated": 1, "older": 1, "failed": 0}
-            assert _sample(agent_text, "collector_agent_pm_values_rejected_total",
-                           reason="not_a_number") == 4
-            assert _sample(agent_text, "collector_agent_pm_values_total",
-                           result="unknown_measurement") == 4 * 2
+            assert _sample(agent_text, "collector_agent_pm_values_rejected_total", reason="not_a_number") == 4
+            assert (
+                _sample(agent_text, "collector_agent_pm_values_total", result="unknown_measurement") == 4 * 2
+            )
             print("\ncell metric | expected | published")
             for key in sorted(want):
                 print(f"{key[0]}{dict(key[1])} | {want[key]!r} | {got[key]!r}")
@@ -340,8 +401,9 @@ async def test_example_config_publishes_pm_cell_metrics_while_live_data_flows(
             await server.stop()
 
 
-async def _check_quantiles_on_a_real_prometheus(port: int, tmp: Path,
-                                                cells: dict[str, dict[str, Any]]) -> None:
+async def _check_quantiles_on_a_real_prometheus(
+    port: int, tmp: Path, cells: dict[str, dict[str, Any]]
+) -> None:
     """A real Prometheus scrapes the aggregator: histogram_quantile() over the cell histograms
     (per cell, and summed over cells by le) equals the quantile computed from the file's bins."""
     binary = find_binary("prometheus")
@@ -351,14 +413,22 @@ async def _check_quantiles_on_a_real_prometheus(port: int, tmp: Path,
     rsrp = cum["L1M.SS-RSRP.Bin"]
     summed = [(le, rsrp["101"][i][1] + rsrp["102"][i][1]) for i, (le, _) in enumerate(rsrp["101"])]
     checks = [
-        ('histogram_quantile(0.5, edge_cell_ss_rsrp_report_dbm_bucket{cell="101", window="15m"})',
-         _quantile(0.5, rsrp["101"])),
-        ('histogram_quantile(0.95, edge_cell_ss_rsrp_report_dbm_bucket{cell="102", window="15m"})',
-         _quantile(0.95, rsrp["102"])),
-        ('histogram_quantile(0.9, sum by (le) (edge_cell_ss_rsrp_report_dbm_bucket{window="15m"}))',
-         _quantile(0.9, summed)),
-        ('histogram_quantile(0.5, edge_cell_ss_sinr_report_db_bucket{cell="101", window="15m"})',
-         _quantile(0.5, cum["L1M.SS-SINR.Bin"]["101"])),
+        (
+            'histogram_quantile(0.5, edge_cell_ss_rsrp_report_dbm_bucket{cell="101", window="15m"})',
+            _quantile(0.5, rsrp["101"]),
+        ),
+        (
+            'histogram_quantile(0.95, edge_cell_ss_rsrp_report_dbm_bucket{cell="102", window="15m"})',
+            _quantile(0.95, rsrp["102"]),
+        ),
+        (
+            'histogram_quantile(0.9, sum by (le) (edge_cell_ss_rsrp_report_dbm_bucket{window="15m"}))',
+            _quantile(0.9, summed),
+        ),
+        (
+            'histogram_quantile(0.5, edge_cell_ss_sinr_report_db_bucket{cell="101", window="15m"})',
+            _quantile(0.5, cum["L1M.SS-SINR.Bin"]["101"]),
+        ),
     ]
     async with LocalPrometheus(binary, cfg, tmp / "prom") as prom:
         got: dict[str, float] = {}
@@ -386,6 +456,3 @@ async def _eventually_async(pred: Any, within: float) -> bool:
             return True
         await asyncio.sleep(0.25)
     return False
-
-
-

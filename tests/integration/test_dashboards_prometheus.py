@@ -95,8 +95,9 @@ def _scaled_alert_rules(tmp: Path) -> Path:
     return out
 
 
-async def test_dashboards_and_rules_on_a_real_prometheus(broker: EmbeddedBroker, certs: DevCerts,
-                                                         tmp_path: Path) -> None:
+async def test_dashboards_and_rules_on_a_real_prometheus(
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path
+) -> None:
     binary = find_binary("prometheus")
     assert binary, "prometheus missing: make setup-test installs Debian's prometheus package"
     topic = await make_topic(broker, partitions=3, prefix="dash")
@@ -105,21 +106,43 @@ async def test_dashboards_and_rules_on_a_real_prometheus(broker: EmbeddedBroker,
     now_s = time.time_ns() // 10**9
     start_s = (now_s - PM_PERIOD_S - 30) // PM_PERIOD_S * PM_PERIOD_S
     backfill_s = now_s - start_s
-    sim = {"sites_per_country": 2, "links_per_site": 4, "cells_per_site": 3, "hosts_per_site": 1,
-           "cpus_per_host": 2, "interval_s": 1.0, "acceleration": 60.0, "batch_ticks": 5,
-           "silent_after_s": backfill_s + SILENT_AFTER_S, "pm_files": True,
-           "pm_granularity_s": PM_PERIOD_S}
+    sim = {
+        "sites_per_country": 2,
+        "links_per_site": 4,
+        "cells_per_site": 3,
+        "hosts_per_site": 1,
+        "cpus_per_host": 2,
+        "interval_s": 1.0,
+        "acceleration": 60.0,
+        "batch_ticks": 5,
+        "silent_after_s": backfill_s + SILENT_AFTER_S,
+        "pm_files": True,
+        "pm_granularity_s": PM_PERIOD_S,
+    }
     settings = load_settings(
         kafka={"bootstrap_servers": broker.bootstrap, "topic": topic, "dead_letter_topic": topic + ".dlq"},
-        ingest={"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
-                "tls_cert": str(certs.server_cert), "tls_key": str(certs.server_key)},
-        aggregate={"metrics_listen": "127.0.0.1:0", "group_id": topic, "state_topic": topic + ".state",
-                   "site_idle_s": 10.0},
+        ingest={
+            "listen": "127.0.0.1:0",
+            "metrics_listen": "127.0.0.1:0",
+            "tls_cert": str(certs.server_cert),
+            "tls_key": str(certs.server_key),
+        },
+        aggregate={
+            "metrics_listen": "127.0.0.1:0",
+            "group_id": topic,
+            "state_topic": topic + ".state",
+            "site_idle_s": 10.0,
+        },
         simulate=sim,
     )
     tokens = site_tokens(settings.simulate)
-    settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={
-        "tokens_file": write_tokens_file(tmp_path / "tokens.yaml", tokens)})})
+    settings = settings.model_copy(
+        update={
+            "ingest": settings.ingest.model_copy(
+                update={"tokens_file": write_tokens_file(tmp_path / "tokens.yaml", tokens)}
+            )
+        }
+    )
     silent = city_for("US", 1)[1]  # the simulator silences the fleet's last site
     sites = set(tokens)
     assert silent in sites
@@ -132,36 +155,66 @@ async def test_dashboards_and_rules_on_a_real_prometheus(broker: EmbeddedBroker,
     agents_http = MetricsServer("127.0.0.1", 0, agents_metrics)
     await agents_http.start()
     try:
-        await _run(binary, settings, broker, certs, tmp_path, tokens, start_ns, reg, agents_http, silent,
-                   sites)
+        await _run(
+            binary, settings, broker, certs, tmp_path, tokens, start_ns, reg, agents_http, silent, sites
+        )
     finally:
         await agents_http.stop()
 
 
-async def _run(binary: str, settings: Any, broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
-               tokens: dict[str, str], start_ns: int, reg: CollectorRegistry, agents_http: MetricsServer,
-               silent: str, sites: set[str]) -> None:
-    async with IngestServer(settings, bootstrap=broker.bootstrap) as ingest, \
-            Aggregator(settings, bootstrap=broker.bootstrap) as agg, \
-            FleetRunner(settings, target=f"127.0.0.1:{ingest.port}", tokens=tokens, ca_file=certs.ca,
-                        work_dir=tmp_path / "spools", start_ns=start_ns, registry=reg):
+async def _run(
+    binary: str,
+    settings: Any,
+    broker: EmbeddedBroker,
+    certs: DevCerts,
+    tmp_path: Path,
+    tokens: dict[str, str],
+    start_ns: int,
+    reg: CollectorRegistry,
+    agents_http: MetricsServer,
+    silent: str,
+    sites: set[str],
+) -> None:
+    async with (
+        IngestServer(settings, bootstrap=broker.bootstrap) as ingest,
+        Aggregator(settings, bootstrap=broker.bootstrap) as agg,
+        FleetRunner(
+            settings,
+            target=f"127.0.0.1:{ingest.port}",
+            tokens=tokens,
+            ca_file=certs.ca,
+            work_dir=tmp_path / "spools",
+            start_ns=start_ns,
+            registry=reg,
+        ),
+    ):
         cfg = prometheus_config(
-            {"aggregate": [f"127.0.0.1:{agg.metrics_port}"], "ingest": [f"127.0.0.1:{ingest.metrics_port}"],
-             "agents": [f"127.0.0.1:{agents_http.bound_port}"]},
-            tmp_path / "prom", scrape_interval="1s",
-            rule_files=[PROMETHEUS_DIR / "rules" / "recording.yml", _scaled_alert_rules(tmp_path)])
+            {
+                "aggregate": [f"127.0.0.1:{agg.metrics_port}"],
+                "ingest": [f"127.0.0.1:{ingest.metrics_port}"],
+                "agents": [f"127.0.0.1:{agents_http.bound_port}"],
+            },
+            tmp_path / "prom",
+            scrape_interval="1s",
+            rule_files=[PROMETHEUS_DIR / "rules" / "recording.yml", _scaled_alert_rules(tmp_path)],
+        )
         async with LocalPrometheus(binary, cfg, tmp_path / "prom") as prom:
+
             def q(expr: str) -> list[dict[str, Any]]:
                 return prom.query(expr)
 
             # -- every recording rule produces series
-            records = [r["record"] for g in yaml.safe_load(
-                (PROMETHEUS_DIR / "rules" / "recording.yml").read_text())["groups"] for r in g["rules"]]
+            records = [
+                r["record"]
+                for g in yaml.safe_load((PROMETHEUS_DIR / "rules" / "recording.yml").read_text())["groups"]
+                for r in g["rules"]
+            ]
             missing: list[str] = list(records)
 
             def recorded() -> bool:
                 missing[:] = [r for r in missing if not q(r)]
                 return not missing
+
             t0 = time.monotonic()
             assert await eventually_in_thread(recorded, within=150, step=2), f"no series: {missing}"
             t_rules = time.monotonic() - t0
@@ -179,11 +232,15 @@ async def _run(binary: str, settings: Any, broker: EmbeddedBroker, certs: DevCer
                     if "$country" in expr:
                         ok = [bool(q(_substitute(expr, c))) for c in ("JP", "US")]
                         both += all(ok)
-                        empty.extend(f"{dash} / {panel} [{c}]: {expr}"
-                                     for c, o in zip(("JP", "US"), ok, strict=True) if not o)
+                        empty.extend(
+                            f"{dash} / {panel} [{c}]: {expr}"
+                            for c, o in zip(("JP", "US"), ok, strict=True)
+                            if not o
+                        )
                     elif not q(_substitute(expr)):
                         empty.append(f"{dash} / {panel}: {expr}")
                 return not empty
+
             assert await eventually_in_thread(panels_have_data, within=90, step=3), "\n".join(empty)
             by_country = sum("$country" in e for _, _, e in queries)
             assert both == by_country
@@ -197,15 +254,22 @@ async def _run(binary: str, settings: Any, broker: EmbeddedBroker, certs: DevCer
                 assert [r["metric"]["country"] for r in got] == [c]
                 assert 2 * 60 <= float(got[0]["value"][1]) <= 2 * (100 + 2 * 25 * 1.05), got
             print(f"rules after {t_rules:.0f}s, panels after {t_panels:.0f}s")
-            print(f"RESULT panel_queries={len(queries)} with_data={len(queries)} "
-                  f"country_queries_with_data_for_jp_and_us={both}")
+            print(
+                f"RESULT panel_queries={len(queries)} with_data={len(queries)} "
+                f"country_queries_with_data_for_jp_and_us={both}"
+            )
 
             # -- the silent site alerts; no other site does
             def site_alerts() -> dict[str, str]:
-                return {a["labels"]["site"]: a["state"] for a in prom.api("alerts")["alerts"]
-                        if a["labels"]["alertname"] in ("EdgeSiteDown", "EdgeSitePathDown")}
-            assert await eventually_in_thread(lambda: silent in site_alerts(), within=120, step=1), \
+                return {
+                    a["labels"]["site"]: a["state"]
+                    for a in prom.api("alerts")["alerts"]
+                    if a["labels"]["alertname"] in ("EdgeSiteDown", "EdgeSitePathDown")
+                }
+
+            assert await eventually_in_thread(lambda: silent in site_alerts(), within=120, step=1), (
                 site_alerts()
+            )
             alerts = site_alerts()
             assert alerts[silent] in ("pending", "firing")
             assert set(alerts) == {silent}, alerts
@@ -214,7 +278,9 @@ async def _run(binary: str, settings: Any, broker: EmbeddedBroker, certs: DevCer
             assert down[0]["labels"]["country"] == "US"
             assert down[0]["labels"]["severity"] == "critical"
             # the other sites are fresh: their silence is far below the threshold
-            fresh = {r["metric"]["site"]: float(r["value"][1])
-                     for r in q("site:collector_site_silence_seconds:min")}
+            fresh = {
+                r["metric"]["site"]: float(r["value"][1])
+                for r in q("site:collector_site_silence_seconds:min")
+            }
             assert set(fresh) == sites
             assert all(v < 30 for s, v in fresh.items() if s != silent), fresh

@@ -94,8 +94,12 @@ def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck_per_role() -> Non
     assert _argv_ok(list(hc[2:])).command == "health"  # the role comes from PID 1
     assert "--from=build" in next(c for c in stages[-1] if c.cmd == "COPY").flags
     s = Settings()
-    defaults = {_port(s.ingest.listen), _port(s.ingest.metrics_listen),
-                _port(s.aggregate.metrics_listen), _port(s.agent.metrics_listen)}
+    defaults = {
+        _port(s.ingest.listen),
+        _port(s.ingest.metrics_listen),
+        _port(s.aggregate.metrics_listen),
+        _port(s.agent.metrics_listen),
+    }
     assert {int(p) for p in final["EXPOSE"].value} == defaults
     for c in stages[0]:
         if c.cmd == "COPY":
@@ -125,9 +129,12 @@ def test_compose_file_satisfies_the_compose_specification(compose: dict[str, Any
 
 
 def _ours(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {n: s for n, s in compose["services"].items()
-            if str(s.get("image", "")).split(":")[0].endswith(OUR_IMAGE)
-            or "${COLLECTOR_IMAGE" in str(s.get("image", ""))}
+    return {
+        n: s
+        for n, s in compose["services"].items()
+        if str(s.get("image", "")).split(":")[0].endswith(OUR_IMAGE)
+        or "${COLLECTOR_IMAGE" in str(s.get("image", ""))
+    }
 
 
 def _binds(svc: dict[str, Any]) -> dict[str, Path]:
@@ -158,12 +165,13 @@ def test_compose_images_are_pinned_and_bind_mounts_exist(compose: dict[str, Any]
 def _collector_argvs(svc: dict[str, Any]) -> list[list[str]]:
     cmd = svc.get("command")
     if svc.get("entrypoint") == ["/bin/sh", "-ec"]:
-        return [shlex.split(ln) [1:] for ln in cmd[0].splitlines() if ln.startswith("collector ")]
+        return [shlex.split(ln)[1:] for ln in cmd[0].splitlines() if ln.startswith("collector ")]
     return [list(cmd)]
 
 
-def test_compose_commands_parse_and_their_configs_load(compose: dict[str, Any],
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compose_commands_parse_and_their_configs_load(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen = set()
     for name, svc in _ours(compose).items():
         env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
@@ -185,7 +193,8 @@ def test_compose_commands_parse_and_their_configs_load(compose: dict[str, Any],
 
 
 def test_compose_kafka_is_a_three_broker_kraft_cluster_with_the_topics_the_code_uses(
-        compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     svcs = compose["services"]
     brokers = [n for n in svcs if re.fullmatch(r"kafka-\d", n)]
     assert len(brokers) == 3
@@ -199,14 +208,20 @@ def test_compose_kafka_is_a_three_broker_kraft_cluster_with_the_topics_the_code_
         assert e["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     ingest = _load(_binds(svcs["ingest-1"])["/etc/collector/ingest.yaml"], {}, monkeypatch)
     agg = _load(_binds(svcs["aggregate-1"])["/etc/collector/aggregate.yaml"], {}, monkeypatch)
-    assert int(svcs["kafka-1"]["environment"]["KAFKA_MESSAGE_MAX_BYTES"]) >= \
-        ingest.ingest.max_message_bytes + 1024
+    assert (
+        int(svcs["kafka-1"]["environment"]["KAFKA_MESSAGE_MAX_BYTES"])
+        >= ingest.ingest.max_message_bytes + 1024
+    )
     assert ingest.kafka.bootstrap_servers.split(",") == [f"{b}:9092" for b in brokers]
     script = svcs["kafka-init"]["command"][0]
-    topics = dict(re.findall(r"--topic (\S+) --partitions (\d+) --replication-factor 3 "
-                             r"--config min.insync.replicas=2", script))
-    assert set(topics) == {ingest.kafka.topic, ingest.kafka.dead_letter_topic,
-                           agg.aggregate.state_topic}
+    topics = dict(
+        re.findall(
+            r"--topic (\S+) --partitions (\d+) --replication-factor 3 "
+            r"--config min.insync.replicas=2",
+            script,
+        )
+    )
+    assert set(topics) == {ingest.kafka.topic, ingest.kafka.dead_letter_topic, agg.aggregate.state_topic}
     members = [n for n in svcs if n.startswith("aggregate-")]
     assert len(members) == 2
     assert int(topics[ingest.kafka.topic]) >= len(members)
@@ -215,7 +230,8 @@ def test_compose_kafka_is_a_three_broker_kraft_cluster_with_the_topics_the_code_
 
 
 def test_compose_envoy_balances_grpc_over_the_ingest_replicas_with_tls(
-        compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     svcs = compose["services"]
     envoy_svc = svcs["envoy"]
     cfg = yaml.safe_load(_binds(envoy_svc)["/etc/envoy/envoy.yaml"].read_text())
@@ -234,8 +250,10 @@ def test_compose_envoy_balances_grpc_over_the_ingest_replicas_with_tls(
         for r in vh["routes"]:
             assert r["route"]["cluster"] in clusters
     c = clusters["ingest"]
-    eps = [e["endpoint"]["address"]["socket_address"] for e in
-           c["load_assignment"]["endpoints"][0]["lb_endpoints"]]
+    eps = [
+        e["endpoint"]["address"]["socket_address"]
+        for e in c["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
     assert {e["address"] for e in eps} == {n for n in svcs if n.startswith("ingest-")}
     assert {e["port_value"] for e in eps} == {_port(ingest.ingest.listen)}
     assert c["health_checks"][0]["grpc_health_check"]["service_name"] == SERVICE
@@ -250,18 +268,21 @@ def test_compose_envoy_balances_grpc_over_the_ingest_replicas_with_tls(
 
 
 def test_compose_prometheus_uses_the_project_config_and_scrapes_what_runs(
-        compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     svcs = compose["services"]
     binds = _binds(svcs["prometheus"])
     assert binds["/etc/prometheus"] == (DEPLOY / "prometheus").resolve()
     targets = binds["/etc/prometheus/targets"]
     agg = _load(_binds(svcs["aggregate-1"])["/etc/collector/aggregate.yaml"], {}, monkeypatch)
     ing = _load(_binds(svcs["ingest-1"])["/etc/collector/ingest.yaml"], {}, monkeypatch)
-    want = {"aggregate.yml": {f"{n}:{_port(agg.aggregate.metrics_listen)}"
-                              for n in svcs if n.startswith("aggregate-")},
-            "ingest.yml": {f"{n}:{_port(ing.ingest.metrics_listen)}"
-                           for n in svcs if n.startswith("ingest-")},
-            "alertmanager.yml": {"alertmanager:9093"}}
+    want = {
+        "aggregate.yml": {
+            f"{n}:{_port(agg.aggregate.metrics_listen)}" for n in svcs if n.startswith("aggregate-")
+        },
+        "ingest.yml": {f"{n}:{_port(ing.ingest.metrics_listen)}" for n in svcs if n.startswith("ingest-")},
+        "alertmanager.yml": {"alertmanager:9093"},
+    }
     for f, hosts in want.items():
         got = {t for g in yaml.safe_load((targets / f).read_text()) for t in g["targets"]}
         assert got == hosts, f
@@ -275,8 +296,9 @@ def test_compose_prometheus_uses_the_project_config_and_scrapes_what_runs(
     shutil.rmtree(conf / "targets", ignore_errors=True)
     shutil.copytree(targets, conf / "targets")
     for cfg in (DEPLOY / "prometheus" / "prometheus.yml", conf / "prometheus.yml"):
-        res = subprocess.run([promtool, "check", "config", str(cfg)], capture_output=True,
-                             text=True, timeout=60, check=False)
+        res = subprocess.run(
+            [promtool, "check", "config", str(cfg)], capture_output=True, text=True, timeout=60, check=False
+        )
         assert res.returncode == 0, res.stdout + res.stderr
     graf = _binds(svcs["grafana"])
     assert graf["/etc/grafana/provisioning"] == (ROOT / "grafana" / "provisioning").resolve()
@@ -292,8 +314,9 @@ def test_compose_prometheus_uses_the_project_config_and_scrapes_what_runs(
 def _kustomize(path: Path) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl (kustomize) is installed by `make test`"
-    res = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True,
-                         timeout=120, check=False)
+    res = subprocess.run(
+        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert res.returncode == 0, res.stderr
     return [d for d in yaml.safe_load_all(res.stdout) if d]
 
@@ -306,8 +329,7 @@ def k8s(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
 K8S_VERSION = "1.30"
 
 
-def test_kubernetes_objects_validate_against_the_openapi_schemas(
-        k8s: list[dict[str, Any]]) -> None:
+def test_kubernetes_objects_validate_against_the_openapi_schemas(k8s: list[dict[str, Any]]) -> None:
     kinds = {d["kind"] for d in k8s}
     assert {"Deployment", "Service", "PodDisruptionBudget", "ConfigMap", "ServiceAccount"} <= kinds
     for d in k8s:
@@ -322,8 +344,9 @@ def _by(k8s: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return next(d for d in k8s if d["kind"] == kind and d["metadata"]["name"].startswith(name))
 
 
-def _container_settings(k8s: list[dict[str, Any]], c: dict[str, Any], tmp_path: Path,
-                        monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Settings]:
+def _container_settings(
+    k8s: list[dict[str, Any]], c: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, Settings]:
     args = _argv_ok(c["args"])
     env = {}
     for e in c.get("env", []):
@@ -337,8 +360,9 @@ def _container_settings(k8s: list[dict[str, Any]], c: dict[str, Any], tmp_path: 
     return args, _load(f, env, monkeypatch)
 
 
-def test_kubernetes_workloads_agree_with_the_code(k8s: list[dict[str, Any]], tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kubernetes_workloads_agree_with_the_code(
+    k8s: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     deps = {d["metadata"]["name"]: d for d in k8s if d["kind"] == "Deployment"}
     assert set(deps) == {"edge-collector-ingest", "edge-collector-aggregate"}
     docs = (ROOT / "docs" / "deploy.md").read_text()
@@ -383,9 +407,11 @@ def test_kubernetes_workloads_agree_with_the_code(k8s: list[dict[str, Any]], tmp
 
 
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
-EXAMPLES = {"collector-agent.service": DEPLOY / "agent.example.yaml",
-            "collector-ingest.service": DEPLOY / "ingest.example.yaml",
-            "collector-aggregate.service": DEPLOY / "aggregate.example.yaml"}
+EXAMPLES = {
+    "collector-agent.service": DEPLOY / "agent.example.yaml",
+    "collector-ingest.service": DEPLOY / "ingest.example.yaml",
+    "collector-aggregate.service": DEPLOY / "aggregate.example.yaml",
+}
 
 
 def test_there_is_a_unit_for_every_role() -> None:
@@ -403,15 +429,23 @@ def test_systemd_unit_is_hardened_runs_the_cli_and_verifies(unit: Path, tmp_path
     args = _argv_ok(argv[1:])
     assert f"collector-{args.command}.service" == unit.name
     s = load_settings(EXAMPLES[unit.name])
-    assert (args.sub_config or args.config).endswith(EXAMPLES[unit.name].name.replace(
-        ".example", ""))
-    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "DynamicUser": "yes",
-                       "PrivateDevices": "yes", "CapabilityBoundingSet": "",
-                       "KillSignal": "SIGTERM", "Restart": "always"}.items():
+    assert (args.sub_config or args.config).endswith(EXAMPLES[unit.name].name.replace(".example", ""))
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "DynamicUser": "yes",
+        "PrivateDevices": "yes",
+        "CapabilityBoundingSet": "",
+        "KillSignal": "SIGTERM",
+        "Restart": "always",
+    }.items():
         assert svc[key] == value, (unit.name, key)
     # every credential path the example config uses is loaded by the unit
-    creds = {ln.split("=", 1)[1].split(":")[0] for ln in unit.read_text().splitlines()
-             if ln.startswith("LoadCredential=")}
+    creds = {
+        ln.split("=", 1)[1].split(":")[0]
+        for ln in unit.read_text().splitlines()
+        if ln.startswith("LoadCredential=")
+    }
     live = "\n".join(ln.split("#", 1)[0] for ln in EXAMPLES[unit.name].read_text().splitlines())
     used = set(re.findall(rf"/run/credentials/{unit.name}/([\w.]+)", live))
     assert used == creds, (used, creds)
@@ -420,9 +454,15 @@ def test_systemd_unit_is_hardened_runs_the_cli_and_verifies(unit: Path, tmp_path
     assert tool, "systemd-analyze (Debian systemd) is on every machine make test runs on"
     local = tmp_path / unit.name
     local.write_text(unit.read_text().replace("/opt/collector/bin/collector", "/bin/true"))
-    res = subprocess.run([tool, "verify", str(local)], capture_output=True, text=True,
-                         timeout=60, check=False)
+    res = subprocess.run(
+        [tool, "verify", str(local)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert res.returncode == 0, res.stderr
-    sec = subprocess.run([tool, "security", "--offline=yes", "--threshold=30", str(local)],
-                         capture_output=True, text=True, timeout=60, check=False)
+    sec = subprocess.run(
+        [tool, "security", "--offline=yes", "--threshold=30", str(local)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert sec.returncode == 0, sec.stdout[-2000:]

@@ -17,8 +17,9 @@ from tests.agent_support import ingest_config
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def test_ingest_probe_speaks_grpc_health_over_tls(tmp_path: Path, broker: EmbeddedBroker,
-                                                        topic: str, certs: DevCerts) -> None:
+async def test_ingest_probe_speaks_grpc_health_over_tls(
+    tmp_path: Path, broker: EmbeddedBroker, topic: str, certs: DevCerts
+) -> None:
     port = free_port()
     cfg = ingest_config(tmp_path, certs, broker.bootstrap, topic, port, {"tok-0123456789abcdef": "jp-1"})
     settings = load_settings(cfg)
@@ -26,8 +27,16 @@ async def test_ingest_probe_speaks_grpc_health_over_tls(tmp_path: Path, broker: 
         # the CA is found beside the server certificate (ca.pem), the name from its SAN
         assert await probe_ingest(settings, deadline_s=5) is None
         p = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "collector", "--config", str(cfg), "health", "ingest", cwd=ROOT,
-            stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "collector",
+            "--config",
+            str(cfg),
+            "health",
+            "ingest",
+            cwd=ROOT,
+            stderr=asyncio.subprocess.PIPE,
+        )
         _, err = await asyncio.wait_for(p.communicate(), 60)
         assert p.returncode == 0, err
         wrong_ca = tmp_path / "other-ca.pem"

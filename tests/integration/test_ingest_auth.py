@@ -31,8 +31,7 @@ from tests.ingest_support import (
 )
 
 
-async def test_token_file_is_hot_reloaded(broker: EmbeddedBroker, certs: DevCerts,
-                                          tmp_path: Path) -> None:
+async def test_token_file_is_hot_reloaded(broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path) -> None:
     s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker)))
     assert s.tokens is not None
     s.tokens.check_interval_s = 0.0
@@ -60,7 +59,8 @@ async def test_token_file_is_hot_reloaded(broker: EmbeddedBroker, certs: DevCert
 
 
 async def test_a_token_removed_from_the_file_ends_its_open_streams(
-        broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path) -> None:
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path
+) -> None:
     s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker)))
     assert s.tokens is not None
     s.tokens.check_interval_s = 0.0
@@ -88,23 +88,30 @@ async def test_a_token_removed_from_the_file_ends_its_open_streams(
             await other.write(make_batch("us-dallas-01", 2).SerializeToString())
             assert (await other.read()).code == pb.OK
             await other.done_writing()
-        assert s.registry.get_sample_value("collector_ingest_batches_rejected_total",
-                                           {"reason": "token_revoked"}) == 1
-        assert s.registry.get_sample_value("collector_ingest_streams_ended_total",
-                                           {"reason": "token_revoked"}) == 1
+        assert (
+            s.registry.get_sample_value(
+                "collector_ingest_batches_rejected_total", {"reason": "token_revoked"}
+            )
+            == 1
+        )
+        assert (
+            s.registry.get_sample_value("collector_ingest_streams_ended_total", {"reason": "token_revoked"})
+            == 1
+        )
     finally:
         await s.stop()
 
 
-async def test_mtls_requires_a_client_certificate(broker: EmbeddedBroker, certs: DevCerts,
-                                                  tmp_path: Path) -> None:
-    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker),
-                                      client_ca=str(certs.ca)))
+async def test_mtls_requires_a_client_certificate(
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path
+) -> None:
+    s = await started(
+        ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker), client_ca=str(certs.ca))
+    )
     try:
         async with channel(s.port, certs, client_cert=False) as ch:
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await send_all(ch, token_for("jp-tokyo-01"), [make_batch().SerializeToString()],
-                               timeout_s=10)
+                await send_all(ch, token_for("jp-tokyo-01"), [make_batch().SerializeToString()], timeout_s=10)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         async with channel(s.port, certs, client_cert=True) as ch:
             res = await send_all(ch, token_for("jp-tokyo-01"), [make_batch().SerializeToString()])
@@ -113,14 +120,14 @@ async def test_mtls_requires_a_client_certificate(broker: EmbeddedBroker, certs:
         await s.stop()
 
 
-async def test_plaintext_client_cannot_talk_to_tls_server(broker: EmbeddedBroker, certs: DevCerts,
-                                                          tmp_path: Path) -> None:
+async def test_plaintext_client_cannot_talk_to_tls_server(
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path
+) -> None:
     s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker)))
     try:
         async with channel(s.port, None) as ch:
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await send_all(ch, token_for("jp-tokyo-01"), [make_batch().SerializeToString()],
-                               timeout_s=10)
+                await send_all(ch, token_for("jp-tokyo-01"), [make_batch().SerializeToString()], timeout_s=10)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await s.stop()
@@ -156,8 +163,11 @@ async def test_health_reflection_metrics_and_graceful_stop(
             await call.done_writing()
             names = {svc.name for svc in answer.list_services_response.service}
             assert "telemetry.v1.IngestService" in names
-            res = await send_all(ch, token_for("us-dallas-01"),
-                                 [make_batch("us-dallas-01", i).SerializeToString() for i in (1, 2, 3)])
+            res = await send_all(
+                ch,
+                token_for("us-dallas-01"),
+                [make_batch("us-dallas-01", i).SerializeToString() for i in (1, 2, 3)],
+            )
             assert res.ok_seqs() == [1, 2, 3]
         body = await asyncio.to_thread(_http_get, s.metrics_port)
         assert "collector_ingest_batches_accepted_total 3.0" in body
@@ -203,8 +213,9 @@ def _http_get(port: int) -> str:
 async def test_streams_beyond_the_limit_get_resource_exhausted(
     broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path
 ) -> None:
-    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker),
-                                      max_concurrent_streams=2))
+    s = await started(
+        ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker), max_concurrent_streams=2)
+    )
     from tests.ingest_support import stream_call
 
     try:
@@ -214,8 +225,9 @@ async def test_streams_beyond_the_limit_get_resource_exhausted(
                 await call.write(make_batch(seq=i).SerializeToString())
                 assert (await call.read()).code == pb.OK
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await send_all(ch, token_for("jp-tokyo-01"), [make_batch(seq=9).SerializeToString()],
-                               timeout_s=10)
+                await send_all(
+                    ch, token_for("jp-tokyo-01"), [make_batch(seq=9).SerializeToString()], timeout_s=10
+                )
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             for call in open_calls:
                 await call.done_writing()
@@ -232,8 +244,13 @@ def test_cli_config_error_names_key_and_file(tmp_path: Path) -> None:
 
     cfg = tmp_path / "ingest.yaml"
     cfg.write_text("ingest:\n  max_inflight_total: -3\n")
-    proc = subprocess.run([sys.executable, "-m", "collector", "--config", str(cfg), "ingest"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "collector", "--config", str(cfg), "ingest"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "ingest.max_inflight_total" in proc.stderr
     assert str(cfg) in proc.stderr

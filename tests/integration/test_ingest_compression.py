@@ -51,7 +51,9 @@ def _bad_crc(data: bytes) -> bytes:
 
 
 async def test_corrupt_compressed_batches_are_answered_and_counted_and_the_stream_goes_on(
-    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+    broker: EmbeddedBroker,
+    certs: DevCerts,
+    tmp_path: Path,
 ) -> None:
     topic = await make_topic(broker)
     s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic))
@@ -65,13 +67,17 @@ async def test_corrupt_compressed_batches_are_answered_and_counted_and_the_strea
         (True, gzip.compress(b[6])),  # good
     ]
     try:
-        res = await asyncio.to_thread(h2_stream, s.port, certs.ca.read_bytes(), token_for(A),
-                                      messages)
+        res = await asyncio.to_thread(h2_stream, s.port, certs.ca.read_bytes(), token_for(A), messages)
         assert res.status == grpc.StatusCode.OK.value[0], (res.status, res.message)
         assert res.reset is None
         assert [(a.seq, pb.Code.Name(a.code)) for a in res.acks] == [
-            (1, "OK"), (0, "INVALID_ARGUMENT"), (0, "INVALID_ARGUMENT"), (4, "OK"),
-            (0, "INVALID_ARGUMENT"), (6, "OK")]
+            (1, "OK"),
+            (0, "INVALID_ARGUMENT"),
+            (0, "INVALID_ARGUMENT"),
+            (4, "OK"),
+            (0, "INVALID_ARGUMENT"),
+            (6, "OK"),
+        ]
         assert all("not valid gzip data" in a.reason for a in res.acks if a.code != pb.OK)
         assert _value(s, "collector_ingest_batches_rejected_total", reason="decompress") == 3
         assert _value(s, "collector_ingest_streams_ended_total", reason="completed") == 1
@@ -84,7 +90,9 @@ async def test_corrupt_compressed_batches_are_answered_and_counted_and_the_strea
 
 
 async def test_a_corrupt_deflate_batch_is_counted_and_a_batch_that_only_looks_like_zlib_is_stored(
-    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+    broker: EmbeddedBroker,
+    certs: DevCerts,
+    tmp_path: Path,
 ) -> None:
     topic = await make_topic(broker)
     s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic))
@@ -99,11 +107,15 @@ async def test_a_corrupt_deflate_batch_is_counted_and_a_batch_that_only_looks_li
         (False, zlib_like),
     ]
     try:
-        res = await asyncio.to_thread(h2_stream, s.port, certs.ca.read_bytes(), token_for(A),
-                                      messages, encoding="deflate")
+        res = await asyncio.to_thread(
+            h2_stream, s.port, certs.ca.read_bytes(), token_for(A), messages, encoding="deflate"
+        )
         assert res.status == grpc.StatusCode.OK.value[0], (res.status, res.message)
         assert [(a.seq, pb.Code.Name(a.code)) for a in res.acks] == [
-            (1, "OK"), (0, "INVALID_ARGUMENT"), (3, "OK")]
+            (1, "OK"),
+            (0, "INVALID_ARGUMENT"),
+            (3, "OK"),
+        ]
         assert "not valid deflate data" in res.acks[1].reason
         assert _value(s, "collector_ingest_batches_rejected_total", reason="decompress") == 1
         records = await read_topic(broker.bootstrap, topic, expect=2)
@@ -114,24 +126,33 @@ async def test_a_corrupt_deflate_batch_is_counted_and_a_batch_that_only_looks_li
 
 @pytest.mark.parametrize("compression", [grpc.Compression.Gzip, grpc.Compression.Deflate])
 async def test_a_compressed_batch_is_limited_by_its_decompressed_size_and_answered(
-    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path, compression: grpc.Compression,
+    broker: EmbeddedBroker,
+    certs: DevCerts,
+    tmp_path: Path,
+    compression: grpc.Compression,
 ) -> None:
     topic = await make_topic(broker)
-    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic,
-                                      max_message_bytes=8192))
+    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic, max_message_bytes=8192))
     raw = make_batch(A, 2, series=2, points=1).SerializeToString()
     bomb = raw + unknown_field(1023, 2, bytes(8 << 20))  # 8 MiB of zeros: ~8 KiB compressed
     mid = make_batch(A, 3, series=2, points=1).SerializeToString() + unknown_field(
-        1023, 2, bytes(8192))  # just past 8 KiB inflated
+        1023, 2, bytes(8192)
+    )  # just past 8 KiB inflated
     assert len(gzip.compress(bomb)) < 16384  # below the transport limit (twice 8 KiB)
     ok = [make_batch(A, i).SerializeToString() for i in (1, 4)]
     try:
         async with aio.secure_channel(
-            f"127.0.0.1:{s.port}", grpc.ssl_channel_credentials(certs.ca.read_bytes()),
-            compression=compression) as ch:
+            f"127.0.0.1:{s.port}",
+            grpc.ssl_channel_credentials(certs.ca.read_bytes()),
+            compression=compression,
+        ) as ch:
             res = await send_all(ch, token_for(A), [ok[0], bomb, mid, ok[1]])
         assert [(a.seq, pb.Code.Name(a.code)) for a in res.acks] == [
-            (1, "OK"), (2, "INVALID_ARGUMENT"), (3, "INVALID_ARGUMENT"), (4, "OK")]
+            (1, "OK"),
+            (2, "INVALID_ARGUMENT"),
+            (3, "INVALID_ARGUMENT"),
+            (4, "OK"),
+        ]
         for a in res.acks[1:3]:
             assert "batch inflates past ingest.max_message_bytes (8192)" in a.reason
         assert _value(s, "collector_ingest_batches_rejected_total", reason="oversize") == 2
@@ -143,7 +164,10 @@ async def test_a_compressed_batch_is_limited_by_its_decompressed_size_and_answer
 
 
 async def test_a_large_compressed_batch_is_inflated_off_the_loop_and_stored_exactly(
-    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    broker: EmbeddedBroker,
+    certs: DevCerts,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     off_loop: list[int] = []
     to_thread = asyncio.to_thread
@@ -159,13 +183,16 @@ async def test_a_large_compressed_batch_is_inflated_off_the_loop_and_stored_exac
     # half incompressible padding: gzip shrinks the message (so gRPC's client does compress
     # it) and it stays above the worker-thread threshold
     big = make_batch(A, 1).SerializeToString() + unknown_field(
-        1023, 2, random.randbytes(150_000) + bytes(300_000))
+        1023, 2, random.randbytes(150_000) + bytes(300_000)
+    )
     assert INFLATE_IN_THREAD_BYTES < len(gzip.compress(big)) < len(big) // 2
     small = make_batch(A, 2).SerializeToString()
     try:
         async with aio.secure_channel(
-            f"127.0.0.1:{s.port}", grpc.ssl_channel_credentials(certs.ca.read_bytes()),
-            compression=grpc.Compression.Gzip) as ch:
+            f"127.0.0.1:{s.port}",
+            grpc.ssl_channel_credentials(certs.ca.read_bytes()),
+            compression=grpc.Compression.Gzip,
+        ) as ch:
             res = await send_all(ch, token_for(A), [big, small])
         assert res.ok_seqs() == [1, 2]
         assert len(off_loop) == 1  # the big one only

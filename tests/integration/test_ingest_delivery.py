@@ -31,20 +31,19 @@ async def test_10000_batches_over_tls_land_once_in_order_keyed_by_site(
     server = await started(settings)
     sites = list(SITES)
     # two agents per site, each its own stream; small batches so 10k stay quick
-    plan = {
-        f"agent-{i}": sites[i % len(sites)] for i in range(STREAMS)
-    }
+    plan = {f"agent-{i}": sites[i % len(sites)] for i in range(STREAMS)}
     payloads = {
-        agent: [make_batch(site, seq, agent_id=agent, series=4, points=2).SerializeToString()
-                for seq in range(1, PER_STREAM + 1)]
+        agent: [
+            make_batch(site, seq, agent_id=agent, series=4, points=2).SerializeToString()
+            for seq in range(1, PER_STREAM + 1)
+        ]
         for agent, site in plan.items()
     }
     try:
         async with channel(server.port, certs) as ch:
-            results = await asyncio.gather(*(
-                send_all(ch, token_for(plan[agent]), payloads[agent], timeout_s=120)
-                for agent in plan
-            ))
+            results = await asyncio.gather(
+                *(send_all(ch, token_for(plan[agent]), payloads[agent], timeout_s=120) for agent in plan)
+            )
     finally:
         await server.stop()
 

@@ -24,7 +24,8 @@ MAX_INFLIGHT_BYTES = 64 * 1024
 async def _health(port: int, certs: DevCerts) -> int:
     async with channel(port, certs) as ch:
         resp = await health_pb2_grpc.HealthStub(ch).Check(
-            health_pb2.HealthCheckRequest(service="telemetry.v1.IngestService"), timeout=5)
+            health_pb2.HealthCheckRequest(service="telemetry.v1.IngestService"), timeout=5
+        )
         return resp.status
 
 
@@ -33,14 +34,26 @@ async def test_broker_paused_nothing_acked_is_lost_and_memory_stays_bounded(
 ) -> None:
     topic = await make_topic(own_broker, partitions=2)
     settings = ingest_settings(
-        tmp_path, certs, own_broker.bootstrap, topic,
-        max_inflight_per_stream=16, max_inflight_total=64, max_inflight_bytes=MAX_INFLIGHT_BYTES,
+        tmp_path,
+        certs,
+        own_broker.bootstrap,
+        topic,
+        max_inflight_per_stream=16,
+        max_inflight_total=64,
+        max_inflight_bytes=MAX_INFLIGHT_BYTES,
     )
-    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
-        update={"produce_timeout_s": 2.0, "producer_rebuild_after": 2, "request_timeout_ms": 5000})})
+    settings = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(
+                update={"produce_timeout_s": 2.0, "producer_rebuild_after": 2, "request_timeout_ms": 5000}
+            )
+        }
+    )
     server = await started(settings)
-    agents = [MiniAgent(server.port, certs, site, f"agent-{site}", total=400)
-              for site in ("jp-tokyo-01", "us-dallas-01", "us-seattle-01")]
+    agents = [
+        MiniAgent(server.port, certs, site, f"agent-{site}", total=400)
+        for site in ("jp-tokyo-01", "us-dallas-01", "us-seattle-01")
+    ]
     peak_bytes = 0.0
     try:
         runs = asyncio.gather(*(a.run(deadline_s=90) for a in agents))
@@ -65,8 +78,9 @@ async def test_broker_paused_nothing_acked_is_lost_and_memory_stays_bounded(
 
     assert acked_before > 0, "nothing flowed before the pause"
     # While Kafka could not answer, no batch was acknowledged.
-    acked_in_pause = [s for a in agents for s, t in a.acked_at.items()
-                      if paused_at + SETTLE_S < t < resumed_at]
+    acked_in_pause = [
+        s for a in agents for s, t in a.acked_at.items() if paused_at + SETTLE_S < t < resumed_at
+    ]
     assert acked_in_pause == []
     assert status_paused == health_pb2.HealthCheckResponse.NOT_SERVING
     assert status_after == health_pb2.HealthCheckResponse.SERVING

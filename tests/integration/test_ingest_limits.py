@@ -52,11 +52,21 @@ async def _open(ch: aio.Channel, site: str, seq: int) -> aio.StreamStreamCall:
 
 
 async def test_one_site_cannot_take_every_stream_and_is_told_when_to_retry(
-    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+    broker: EmbeddedBroker,
+    certs: DevCerts,
+    tmp_path: Path,
 ) -> None:
-    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker),
-                                      max_streams_per_site=2, max_concurrent_streams=4,
-                                      retry_after_ms=1500))
+    s = await started(
+        ingest_settings(
+            tmp_path,
+            certs,
+            broker.bootstrap,
+            await make_topic(broker),
+            max_streams_per_site=2,
+            max_concurrent_streams=4,
+            retry_after_ms=1500,
+        )
+    )
     try:
         async with channel(s.port, certs) as ch:
             a_calls = [await _open(ch, A, i) for i in (1, 2)]
@@ -72,8 +82,9 @@ async def test_one_site_cannot_take_every_stream_and_is_told_when_to_retry(
             # the global limit (4): A holds 2, B holds 1, one more fits, then refused
             b_calls.append(await _open(ch, B, 3))
             with pytest.raises(grpc.aio.AioRpcError) as err2:
-                await send_all(ch, token_for("us-seattle-01"),
-                               [make_batch("us-seattle-01", 1).SerializeToString()])
+                await send_all(
+                    ch, token_for("us-seattle-01"), [make_batch("us-seattle-01", 1).SerializeToString()]
+                )
             assert err2.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert _trailer(err2.value, "retry-after-ms") == "1500"
             for call in a_calls + b_calls:
@@ -90,44 +101,69 @@ async def test_one_site_cannot_take_every_stream_and_is_told_when_to_retry(
 
 
 async def test_a_site_with_a_backlog_cannot_take_the_global_in_flight_budget(
-    own_broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+    own_broker: EmbeddedBroker,
+    certs: DevCerts,
+    tmp_path: Path,
 ) -> None:
     topic = await make_topic(own_broker, partitions=1)
-    settings = ingest_settings(tmp_path, certs, own_broker.bootstrap, topic,
-                               max_inflight_per_site=4, max_inflight_total=64)
-    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
-        update={"produce_timeout_s": 120.0})})
+    settings = ingest_settings(
+        tmp_path, certs, own_broker.bootstrap, topic, max_inflight_per_site=4, max_inflight_total=64
+    )
+    settings = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"produce_timeout_s": 120.0})}
+    )
     s = await started(settings)
     try:
         async with channel(s.port, certs) as ch:
             for site in (A, B):  # partition metadata known before the broker stops
-                assert (await send_all(ch, token_for(site), [make_batch(site, 1).SerializeToString()])
-                        ).ok_seqs() == [1]
+                assert (
+                    await send_all(ch, token_for(site), [make_batch(site, 1).SerializeToString()])
+                ).ok_seqs() == [1]
             own_broker.pause()
             try:
-                flood = [asyncio.create_task(send_all(
-                    ch, token_for(A), [make_batch(A, 100 * k + i).SerializeToString()
-                                       for i in range(1, 21)], timeout_s=120)) for k in (1, 2)]
+                flood = [
+                    asyncio.create_task(
+                        send_all(
+                            ch,
+                            token_for(A),
+                            [make_batch(A, 100 * k + i).SerializeToString() for i in range(1, 21)],
+                            timeout_s=120,
+                        )
+                    )
+                    for k in (1, 2)
+                ]
                 # A's two streams stop being read at its budget, far below the global one
                 assert await eventually(lambda: s._inflight_count == 4, within=30)
-                other = asyncio.create_task(send_all(
-                    ch, token_for(B), [make_batch(B, 2).SerializeToString()], timeout_s=120))
+                other = asyncio.create_task(
+                    send_all(ch, token_for(B), [make_batch(B, 2).SerializeToString()], timeout_s=120)
+                )
                 assert await eventually(lambda: s._inflight_count == 5, within=30)  # B got in
             finally:
                 own_broker.resume()
             results = await asyncio.gather(*flood, other)
         assert sorted(results[0].ok_seqs() + results[1].ok_seqs()) == sorted(
-            [100 + i for i in range(1, 21)] + [200 + i for i in range(1, 21)])
+            [100 + i for i in range(1, 21)] + [200 + i for i in range(1, 21)]
+        )
         assert results[2].ok_seqs() == [2]
     finally:
         await s.stop()
 
 
 async def test_a_silent_stream_is_closed_after_the_idle_timeout_and_frees_its_slot(
-    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+    broker: EmbeddedBroker,
+    certs: DevCerts,
+    tmp_path: Path,
 ) -> None:
-    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker),
-                                      stream_idle_timeout_s=0.5, max_streams_per_site=1))
+    s = await started(
+        ingest_settings(
+            tmp_path,
+            certs,
+            broker.bootstrap,
+            await make_topic(broker),
+            stream_idle_timeout_s=0.5,
+            max_streams_per_site=1,
+        )
+    )
     try:
         async with channel(s.port, certs) as ch:
             call = await _open(ch, A, 1)  # one batch, acked, then silence
@@ -137,25 +173,30 @@ async def test_a_silent_stream_is_closed_after_the_idle_timeout_and_frees_its_sl
             assert "no batch for 0.5s" in (err.value.details() or "")
             assert _trailer(err.value, "stream-end-reason") == "idle_timeout"
             # the site's only slot is free again
-            assert (await send_all(ch, token_for(A), [make_batch(A, 2).SerializeToString()])
-                    ).ok_seqs() == [2]
+            assert (await send_all(ch, token_for(A), [make_batch(A, 2).SerializeToString()])).ok_seqs() == [2]
         assert _value(s, "collector_ingest_streams_ended_total", reason="idle_timeout") >= 1
     finally:
         await s.stop()
 
 
 async def test_oversized_batches_are_answered_and_counted_far_oversized_end_the_stream(
-    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+    broker: EmbeddedBroker,
+    certs: DevCerts,
+    tmp_path: Path,
 ) -> None:
-    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker),
-                                      max_message_bytes=8192))
+    s = await started(
+        ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker), max_message_bytes=8192)
+    )
     big = make_batch(A, 2, series=40, points=8).SerializeToString()  # 8 KiB < size <= 16 KiB
     assert 8192 < len(big) <= 16384
     huge = make_batch(A, 9, series=40, points=40).SerializeToString()  # > 16 KiB
     try:
         async with channel(s.port, certs) as ch:
-            res = await send_all(ch, token_for(A), [make_batch(A, 1).SerializeToString(), big,
-                                                    make_batch(A, 3).SerializeToString()])
+            res = await send_all(
+                ch,
+                token_for(A),
+                [make_batch(A, 1).SerializeToString(), big, make_batch(A, 3).SerializeToString()],
+            )
             by = res.by_seq()
             assert (by[1].code, by[2].code, by[3].code) == (pb.OK, pb.INVALID_ARGUMENT, pb.OK)
             assert "exceeds ingest.max_message_bytes (8192)" in by[2].reason
@@ -179,7 +220,9 @@ async def test_oversized_batches_are_answered_and_counted_far_oversized_end_the_
 
 
 async def test_unauthenticated_streams_are_counted_by_reason(
-    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+    broker: EmbeddedBroker,
+    certs: DevCerts,
+    tmp_path: Path,
 ) -> None:
     s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker)))
     try:
@@ -198,7 +241,9 @@ async def test_unauthenticated_streams_are_counted_by_reason(
 
 
 async def test_the_agent_waits_out_a_refused_stream_and_delivers_when_a_slot_frees(
-    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+    broker: EmbeddedBroker,
+    certs: DevCerts,
+    tmp_path: Path,
 ) -> None:
     from collector.agent.config import AgentSettings, LinkSourceSettings
     from collector.agent.pipeline import AgentPipeline
@@ -206,41 +251,58 @@ async def test_the_agent_waits_out_a_refused_stream_and_delivers_when_a_slot_fre
     from collector.agent.sources.link import LinkSource
     from tests.agent_support import SITE, agent_tls
 
-    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker),
-                                      max_streams_per_site=1, retry_after_ms=200))
+    s = await started(
+        ingest_settings(
+            tmp_path,
+            certs,
+            broker.bootstrap,
+            await make_topic(broker),
+            max_streams_per_site=1,
+            retry_after_ms=200,
+        )
+    )
     spool = tmp_path / "spool"
-    agent = AgentSettings.model_validate({
-        "ingest": agent_tls(certs, f"127.0.0.1:{s.port}", token_for(SITE.site_id),
-                            server_name="localhost"),
-        "spool": {"dir": str(spool)}})
+    agent = AgentSettings.model_validate(
+        {
+            "ingest": agent_tls(
+                certs, f"127.0.0.1:{s.port}", token_for(SITE.site_id), server_name="localhost"
+            ),
+            "spool": {"dir": str(spool)},
+        }
+    )
     link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 3}))
     try:
         async with channel(s.port, certs) as ch:
             holder = await _open(ch, SITE.site_id, 10**6)  # another client holds the one slot
-            async with AgentPipeline(agent, agent_id="agent-refused", site=SITE, boot_id="b",
-                                     spool_dir=spool) as p:
+            async with AgentPipeline(
+                agent, agent_id="agent-refused", site=SITE, boot_id="b", spool_dir=spool
+            ) as p:
                 await collect_once(link, p)
-                assert await eventually(lambda: "max_streams_per_site" in (
-                    p.sender.last_error or ""), within=30), p.stats
+                assert await eventually(
+                    lambda: "max_streams_per_site" in (p.sender.last_error or ""), within=30
+                ), p.stats
                 assert p.stats.acked == 0
                 assert len(p.spool) == 1
                 await holder.done_writing()
                 assert await holder.code() == grpc.StatusCode.OK
                 assert await p.wait_drained(30.0), p.stats
-        assert _value(s, "collector_ingest_streams_refused_total",
-                      reason="too_many_streams_site") >= 1
+        assert _value(s, "collector_ingest_streams_refused_total", reason="too_many_streams_site") >= 1
     finally:
         await s.stop()
 
 
 async def test_a_stream_cancelled_while_waiting_for_budget_returns_its_site_slot(
-    own_broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+    own_broker: EmbeddedBroker,
+    certs: DevCerts,
+    tmp_path: Path,
 ) -> None:
     topic = await make_topic(own_broker, partitions=1)
-    settings = ingest_settings(tmp_path, certs, own_broker.bootstrap, topic,
-                               max_inflight_per_site=3, max_inflight_total=2)
-    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
-        update={"produce_timeout_s": 120.0})})
+    settings = ingest_settings(
+        tmp_path, certs, own_broker.bootstrap, topic, max_inflight_per_site=3, max_inflight_total=2
+    )
+    settings = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"produce_timeout_s": 120.0})}
+    )
     s = await started(settings)
     try:
         async with channel(s.port, certs) as ch:
@@ -252,15 +314,14 @@ async def test_a_stream_cancelled_while_waiting_for_budget_returns_its_site_slot
                     await x.write(make_batch(A, seq).SerializeToString())
                 slots = s._site_inflight[A]
                 # generous: under a loaded parallel suite the three reads can take a while
-                assert await eventually(lambda: s._inflight_count == 2 and slots._value == 0,
-                                        within=90), (
+                assert await eventually(lambda: s._inflight_count == 2 and slots._value == 0, within=90), (
                     f"in flight {s._inflight_count} (want 2), site slots left {slots._value} "
-                    f"(want 0), received {s.metrics.totals.batches_received} (want 4)")
+                    f"(want 0), received {s.metrics.totals.batches_received} (want 4)"
+                )
                 x.cancel()  # the client leaves while its 3rd batch holds a site slot
             finally:
                 own_broker.resume()
-            assert await eventually(lambda: s._inflight_count == 0 and slots._value == 3,
-                                    within=60)
+            assert await eventually(lambda: s._inflight_count == 0 and slots._value == 3, within=60)
             await keeper.done_writing()
             assert await keeper.code() == grpc.StatusCode.OK
     finally:
@@ -268,7 +329,9 @@ async def test_a_stream_cancelled_while_waiting_for_budget_returns_its_site_slot
 
 
 async def test_the_agent_reopens_an_idle_stream_quietly_and_keeps_delivering(
-    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path,
+    broker: EmbeddedBroker,
+    certs: DevCerts,
+    tmp_path: Path,
 ) -> None:
     from collector.agent.config import AgentSettings, LinkSourceSettings
     from collector.agent.pipeline import AgentPipeline
@@ -276,22 +339,30 @@ async def test_the_agent_reopens_an_idle_stream_quietly_and_keeps_delivering(
     from collector.agent.sources.link import LinkSource
     from tests.agent_support import SITE, agent_tls
 
-    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker),
-                                      stream_idle_timeout_s=0.3))
+    s = await started(
+        ingest_settings(
+            tmp_path, certs, broker.bootstrap, await make_topic(broker), stream_idle_timeout_s=0.3
+        )
+    )
     spool = tmp_path / "spool"
-    agent = AgentSettings.model_validate({
-        "ingest": agent_tls(certs, f"127.0.0.1:{s.port}", token_for(SITE.site_id),
-                            server_name="localhost"),
-        "spool": {"dir": str(spool)}})
+    agent = AgentSettings.model_validate(
+        {
+            "ingest": agent_tls(
+                certs, f"127.0.0.1:{s.port}", token_for(SITE.site_id), server_name="localhost"
+            ),
+            "spool": {"dir": str(spool)},
+        }
+    )
     link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 2}))
     try:
-        async with AgentPipeline(agent, agent_id="agent-idle", site=SITE, boot_id="b",
-                                 spool_dir=spool) as p:
+        async with AgentPipeline(agent, agent_id="agent-idle", site=SITE, boot_id="b", spool_dir=spool) as p:
             await collect_once(link, p)
             assert await p.wait_drained(30.0), p.stats
             # silence: the ingest ends the idle stream, the agent opens a new one
-            assert await eventually(lambda: _value(s, "collector_ingest_streams_ended_total",
-                                                   reason="idle_timeout") >= 2, within=30)
+            assert await eventually(
+                lambda: _value(s, "collector_ingest_streams_ended_total", reason="idle_timeout") >= 2,
+                within=30,
+            )
             await collect_once(link, p)
             assert await p.wait_drained(30.0), p.stats
             assert p.stats.stream_failures == 0  # an idle close is not a failure

@@ -27,8 +27,7 @@ def _settings(topic: str, **kw: object) -> KafkaSettings:
     return KafkaSettings(topic=topic, **kw)  # type: ignore[arg-type]
 
 
-async def test_partitions_match_aiokafka_and_order_survives_batch_rollover(
-        broker: EmbeddedBroker) -> None:
+async def test_partitions_match_aiokafka_and_order_survives_batch_rollover(broker: EmbeddedBroker) -> None:
     topic = await make_topic(broker, 5)
     # the smallest batch size: most batches roll over after one or two records
     w = KafkaWriter(_settings(topic, max_batch_size=16_384, linger_ms=1), broker.bootstrap)

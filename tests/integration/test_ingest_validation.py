@@ -33,17 +33,24 @@ from tests.ingest_support import (
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-LIMITS = {"max_series": 50, "max_samples": 2000, "max_labels": 4,
-          "max_future_skew_s": 300, "max_past_age_s": 3600}
+LIMITS = {
+    "max_series": 50,
+    "max_samples": 2000,
+    "max_labels": 4,
+    "max_future_skew_s": 300,
+    "max_past_age_s": 3600,
+}
 SITE = "jp-tokyo-01"
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def server(broker: EmbeddedBroker, certs: DevCerts,
-                 tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[IngestServer]:
+async def server(
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[IngestServer]:
     topic = await make_topic(broker)
-    s = await started(ingest_settings(tmp_path_factory.mktemp("ing"), certs, broker.bootstrap,
-                                      topic, **LIMITS))
+    s = await started(
+        ingest_settings(tmp_path_factory.mktemp("ing"), certs, broker.bootstrap, topic, **LIMITS)
+    )
     yield s
     await s.stop()
 
@@ -56,6 +63,7 @@ def _set(**fields: object) -> Mutator:
         for k, v in fields.items():
             setattr(b, k, v)
         return b
+
     return f
 
 
@@ -64,6 +72,7 @@ def _site(**fields: object) -> Mutator:
         for k, v in fields.items():
             setattr(b.site, k, v)
         return b
+
     return f
 
 
@@ -72,6 +81,7 @@ def _series0(**fields: object) -> Mutator:
         for k, v in fields.items():
             setattr(b.series[0], k, v)
         return b
+
     return f
 
 
@@ -82,6 +92,7 @@ def _label0(name: str | None = None, value: str | None = None) -> Mutator:
         if value is not None:
             b.series[0].labels[0].value = value
         return b
+
     return f
 
 
@@ -129,6 +140,7 @@ def _time(delta_s: float) -> Mutator:
     def f(b: pb.Batch) -> pb.Batch:
         b.counters.time_unix_nano[0] = time.time_ns() + int(delta_s * 1e9)
         return b
+
     return f
 
 
@@ -161,8 +173,12 @@ CASES: list[tuple[str, Mutator, str, str]] = [
     ("timezone", _site(timezone="Mars/Olympus"), "INVALID_ARGUMENT", "not an IANA time zone"),
     ("too_many_series", _many_series, "INVALID_ARGUMENT", "series: 60 entries, limit 50"),
     ("too_many_samples", _many_samples, "INVALID_ARGUMENT", "samples: 2010, limit 2000"),
-    ("metric_chars", _series0(metric="link in octets"), "INVALID_ARGUMENT",
-     "series[0].metric: invalid characters"),
+    (
+        "metric_chars",
+        _series0(metric="link in octets"),
+        "INVALID_ARGUMENT",
+        "series[0].metric: invalid characters",
+    ),
     ("metric_empty", _series0(metric=""), "INVALID_ARGUMENT", "series[0].metric: required"),
     ("metric_long", _series0(metric="m" * 129), "INVALID_ARGUMENT", "series[0].metric: longer than 128"),
     ("unit", _series0(unit="by tes"), "INVALID_ARGUMENT", "series[0].unit: invalid unit"),
@@ -187,8 +203,7 @@ CASES: list[tuple[str, Mutator, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("mutate", "code", "reason"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("mutate", "code", "reason"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 async def test_bad_batch_gets_code_and_reason_and_streams_go_on(
     server: IngestServer, certs: DevCerts, mutate: Mutator, code: str, reason: str
 ) -> None:
@@ -196,8 +211,11 @@ async def test_bad_batch_gets_code_and_reason_and_streams_go_on(
     bad = mutate(make_batch(SITE, 2, agent_id=agent))
     bad_bytes = bad if isinstance(bad, bytes) else bad.SerializeToString()
     seqs = [1, 2, 3]
-    stream = [make_batch(SITE, 1, agent_id=agent).SerializeToString(), bad_bytes,
-              make_batch(SITE, 3, agent_id=agent).SerializeToString()]
+    stream = [
+        make_batch(SITE, 1, agent_id=agent).SerializeToString(),
+        bad_bytes,
+        make_batch(SITE, 3, agent_id=agent).SerializeToString(),
+    ]
     good = [make_batch("us-dallas-01", s).SerializeToString() for s in range(1, 21)]
     async with channel(server.port, certs) as ch:
         res, other = await asyncio.gather(
@@ -228,8 +246,11 @@ async def test_unknown_token_is_unauthenticated_and_good_stream_goes_on(
     async with channel(server.port, certs) as ch:
         bad, good = await asyncio.gather(
             send_all(ch, "not-a-token-0123456789", [make_batch().SerializeToString()]),
-            send_all(ch, token_for("us-seattle-01"),
-                     [make_batch("us-seattle-01", s).SerializeToString() for s in range(1, 11)]),
+            send_all(
+                ch,
+                token_for("us-seattle-01"),
+                [make_batch("us-seattle-01", s).SerializeToString() for s in range(1, 11)],
+            ),
             return_exceptions=True,
         )
     assert isinstance(bad, grpc.aio.AioRpcError)
@@ -243,16 +264,17 @@ async def test_oversized_message_is_resource_exhausted(
     broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path
 ) -> None:
     topic = await make_topic(broker)
-    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic,
-                                      max_message_bytes=4096))
+    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic, max_message_bytes=4096))
     try:
         async with channel(s.port, certs) as ch:
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await send_all(ch, token_for(SITE),
-                               [make_batch(SITE, 1, series=40, points=20).SerializeToString()])
+                await send_all(
+                    ch, token_for(SITE), [make_batch(SITE, 1, series=40, points=20).SerializeToString()]
+                )
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            ok = await send_all(ch, token_for(SITE), [make_batch(SITE, 2, series=2, points=1)
-                                                     .SerializeToString()])
+            ok = await send_all(
+                ch, token_for(SITE), [make_batch(SITE, 2, series=2, points=1).SerializeToString()]
+            )
             assert ok.ok_seqs() == [2]
     finally:
         await s.stop()

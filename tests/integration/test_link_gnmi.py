@@ -23,8 +23,9 @@ PASSWORD = "s3cret-gnmi-pw"
 
 @pytest_asyncio.fixture
 async def target(certs: DevCerts) -> AsyncIterator[GnmiTarget]:
-    t = GnmiTarget(Device(t0_ns=(time.time_ns() // NS - 600) * NS), certs=certs,
-                   username="telemetry", password=PASSWORD)
+    t = GnmiTarget(
+        Device(t0_ns=(time.time_ns() // NS - 600) * NS), certs=certs, username="telemetry", password=PASSWORD
+    )
     await t.start()
     try:
         yield t
@@ -33,11 +34,24 @@ async def target(certs: DevCerts) -> AsyncIterator[GnmiTarget]:
 
 
 def options(t: GnmiTarget, certs: DevCerts, **more: Any) -> dict[str, Any]:
-    tgt = {"name": "r1", "address": f"127.0.0.1:{t.port}", "ca_file": str(certs.ca),
-           "server_name": "localhost", "username": "telemetry", "password_env": "TEST_GNMI_PW",
-           "interval_s": 1.0, "components": {"och-1": "et-0/0/1"}, **more.pop("target", {})}
-    return {"backoff_initial_s": 0.05, "backoff_max_s": 0.3, "connect_timeout_s": 5.0,
-            "targets": [tgt], **more}
+    tgt = {
+        "name": "r1",
+        "address": f"127.0.0.1:{t.port}",
+        "ca_file": str(certs.ca),
+        "server_name": "localhost",
+        "username": "telemetry",
+        "password_env": "TEST_GNMI_PW",
+        "interval_s": 1.0,
+        "components": {"och-1": "et-0/0/1"},
+        **more.pop("target", {}),
+    }
+    return {
+        "backoff_initial_s": 0.05,
+        "backoff_max_s": 0.3,
+        "connect_timeout_s": 5.0,
+        "targets": [tgt],
+        **more,
+    }
 
 
 async def collect(a: GnmiLinkAdapter, want: int = 1, within: float = 30.0) -> list[LinkReading]:
@@ -53,8 +67,9 @@ async def collect(a: GnmiLinkAdapter, want: int = 1, within: float = 30.0) -> li
     return got
 
 
-async def test_stream_readings_equal_the_device_model(target: GnmiTarget, certs: DevCerts,
-                                                      monkeypatch: Any) -> None:
+async def test_stream_readings_equal_the_device_model(
+    target: GnmiTarget, certs: DevCerts, monkeypatch: Any
+) -> None:
     monkeypatch.setenv("TEST_GNMI_PW", PASSWORD)
     a = GnmiLinkAdapter(**options(target, certs))
     try:
@@ -95,15 +110,15 @@ async def test_stream_readings_equal_the_device_model(target: GnmiTarget, certs:
     # what the target was asked for: SAMPLE at the interval, ON_CHANGE for oper-status
     req = target.requests[0].subscribe
     assert req.mode == g.SubscriptionList.STREAM
-    modes = {"/".join(e.name for e in s.path.elem): (s.mode, s.sample_interval)
-             for s in req.subscription}
+    modes = {"/".join(e.name for e in s.path.elem): (s.mode, s.sample_interval) for s in req.subscription}
     assert modes["interfaces/interface/state/counters"] == (g.SAMPLE, NS)
     assert modes["interfaces/interface/state/oper-status"][0] == g.ON_CHANGE
     assert target.metadata[0]["username"] == "telemetry"
 
 
-async def test_counter_clear_moves_the_discontinuity_marker(target: GnmiTarget, certs: DevCerts,
-                                                             monkeypatch: Any) -> None:
+async def test_counter_clear_moves_the_discontinuity_marker(
+    target: GnmiTarget, certs: DevCerts, monkeypatch: Any
+) -> None:
     monkeypatch.setenv("TEST_GNMI_PW", PASSWORD)
     target.device.clear_at = 15
     a = GnmiLinkAdapter(**options(target, certs, target={"include": ["et-0/0/1"]}))
@@ -123,17 +138,25 @@ async def test_counter_clear_moves_the_discontinuity_marker(target: GnmiTarget, 
         assert r.in_octets == dev.octets(dev.ports[0], k) < BASE
 
 
-@pytest.mark.parametrize(("refuse", "modes"), [
-    (frozenset({"on_change"}), ["stream", "stream"]),
-    (frozenset({"stream"}), ["stream", "stream", "poll"]),
-    (frozenset({"stream", "poll"}), ["stream", "stream", "poll", "once"]),
-])
-async def test_falls_back_to_the_mode_the_target_supports(certs: DevCerts, monkeypatch: Any,
-                                                           refuse: frozenset[str],
-                                                           modes: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("refuse", "modes"),
+    [
+        (frozenset({"on_change"}), ["stream", "stream"]),
+        (frozenset({"stream"}), ["stream", "stream", "poll"]),
+        (frozenset({"stream", "poll"}), ["stream", "stream", "poll", "once"]),
+    ],
+)
+async def test_falls_back_to_the_mode_the_target_supports(
+    certs: DevCerts, monkeypatch: Any, refuse: frozenset[str], modes: list[str]
+) -> None:
     monkeypatch.setenv("TEST_GNMI_PW", PASSWORD)
-    t = GnmiTarget(Device(t0_ns=(time.time_ns() // NS - 600) * NS), certs=certs,
-                   username="telemetry", password=PASSWORD, refuse=refuse)
+    t = GnmiTarget(
+        Device(t0_ns=(time.time_ns() // NS - 600) * NS),
+        certs=certs,
+        username="telemetry",
+        password=PASSWORD,
+        refuse=refuse,
+    )
     await t.start()
     a = GnmiLinkAdapter(**options(t, certs, target={"interval_s": 0.1}))
     try:
@@ -142,17 +165,21 @@ async def test_falls_back_to_the_mode_the_target_supports(certs: DevCerts, monke
     finally:
         await a.close()
         await t.stop()
-    names = {g.SubscriptionList.STREAM: "stream", g.SubscriptionList.POLL: "poll",
-             g.SubscriptionList.ONCE: "once"}
+    names = {
+        g.SubscriptionList.STREAM: "stream",
+        g.SubscriptionList.POLL: "poll",
+        g.SubscriptionList.ONCE: "once",
+    }
     asked = [names[r.subscribe.mode] for r in t.requests]
-    assert asked[:len(modes)] == modes
+    assert asked[: len(modes)] == modes
     assert a.targets["r1"].errors.get("refused", 0) == len(modes) - 1
     if "poll" in modes[-1:]:
         assert t.k >= 1  # answered Poll requests on the open stream
 
 
-async def test_reconnects_after_the_target_restarts(target: GnmiTarget, certs: DevCerts,
-                                                    monkeypatch: Any) -> None:
+async def test_reconnects_after_the_target_restarts(
+    target: GnmiTarget, certs: DevCerts, monkeypatch: Any
+) -> None:
     monkeypatch.setenv("TEST_GNMI_PW", PASSWORD)
     a = GnmiLinkAdapter(**options(target, certs))
     st = a.targets["r1"]
@@ -172,17 +199,16 @@ async def test_reconnects_after_the_target_restarts(target: GnmiTarget, certs: D
         await a.close()
 
 
-async def test_wrong_password_is_counted_and_never_logged(target: GnmiTarget, certs: DevCerts,
-                                                          monkeypatch: Any,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+async def test_wrong_password_is_counted_and_never_logged(
+    target: GnmiTarget, certs: DevCerts, monkeypatch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     wrong = "wrong-password-777"
     monkeypatch.setenv("TEST_GNMI_PW", wrong)
     caplog.set_level(logging.DEBUG, logger="collector")
     a = GnmiLinkAdapter(**options(target, certs))
     try:
         await a.read()
-        assert await eventually(lambda: a.targets["r1"].errors.get("unauthenticated", 0) >= 2,
-                                within=30)
+        assert await eventually(lambda: a.targets["r1"].errors.get("unauthenticated", 0) >= 2, within=30)
         assert await a.read() == []
     finally:
         await a.close()
@@ -194,23 +220,35 @@ async def test_wrong_password_is_counted_and_never_logged(target: GnmiTarget, ce
 
 
 async def test_a_stalled_target_is_reconnected_without_holding_up_another(
-        certs: DevCerts, monkeypatch: Any, tmp_path: Path) -> None:
+    certs: DevCerts, monkeypatch: Any, tmp_path: Path
+) -> None:
     monkeypatch.setenv("TEST_GNMI_PW", PASSWORD)
     t0 = (time.time_ns() // NS - 600) * NS
     live = GnmiTarget(Device(t0_ns=t0), certs=certs, username="telemetry", password=PASSWORD)
-    stalled = GnmiTarget(Device(t0_ns=t0), certs=certs, username="telemetry", password=PASSWORD,
-                         pace_s=3600.0)  # sends its first sample, then nothing
+    stalled = GnmiTarget(
+        Device(t0_ns=t0), certs=certs, username="telemetry", password=PASSWORD, pace_s=3600.0
+    )  # sends its first sample, then nothing
     await live.start()
     await stalled.start()
-    common = {"ca_file": str(certs.ca), "server_name": "localhost", "username": "telemetry",
-              "password_env": "TEST_GNMI_PW", "interval_s": 0.2}
-    a = GnmiLinkAdapter(stall_after_s=1.0, backoff_initial_s=0.05, backoff_max_s=0.2, targets=[
-        {"name": "live", "address": f"127.0.0.1:{live.port}", **common},
-        {"name": "stalled", "address": f"127.0.0.1:{stalled.port}", **common}])
+    common = {
+        "ca_file": str(certs.ca),
+        "server_name": "localhost",
+        "username": "telemetry",
+        "password_env": "TEST_GNMI_PW",
+        "interval_s": 0.2,
+    }
+    a = GnmiLinkAdapter(
+        stall_after_s=1.0,
+        backoff_initial_s=0.05,
+        backoff_max_s=0.2,
+        targets=[
+            {"name": "live", "address": f"127.0.0.1:{live.port}", **common},
+            {"name": "stalled", "address": f"127.0.0.1:{stalled.port}", **common},
+        ],
+    )
     try:
         await a.read()
-        assert await eventually(lambda: a.targets["stalled"].errors.get("stalled", 0) >= 2,
-                                within=60)
+        assert await eventually(lambda: a.targets["stalled"].errors.get("stalled", 0) >= 2, within=60)
         assert a.targets["live"].polls > 20
         assert not a.targets["live"].errors
         assert await eventually(lambda: stalled.streams >= 3, within=30)  # reopened each time
@@ -220,22 +258,30 @@ async def test_a_stalled_target_is_reconnected_without_holding_up_another(
         await stalled.stop()
 
 
-async def test_mtls_client_certificate_and_the_first_read(certs: DevCerts, monkeypatch: Any,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+async def test_mtls_client_certificate_and_the_first_read(
+    certs: DevCerts, monkeypatch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("TEST_GNMI_PW", PASSWORD)
-    t = GnmiTarget(Device(t0_ns=(time.time_ns() // NS - 600) * NS), certs=certs,
-                   username="telemetry", password=PASSWORD, require_client_cert=True)
+    t = GnmiTarget(
+        Device(t0_ns=(time.time_ns() // NS - 600) * NS),
+        certs=certs,
+        username="telemetry",
+        password=PASSWORD,
+        require_client_cert=True,
+    )
     await t.start()
-    with_cert = GnmiLinkAdapter(**options(t, certs, target={
-        "client_cert": str(certs.client_cert), "client_key": str(certs.client_key)}))
+    with_cert = GnmiLinkAdapter(
+        **options(
+            t, certs, target={"client_cert": str(certs.client_cert), "client_key": str(certs.client_key)}
+        )
+    )
     without = GnmiLinkAdapter(**options(t, certs))
     try:
         first = await with_cert.read()  # waits for the target's initial sync
         assert {r.name for r in first} == {"r1:et-0/0/1", "r1:et-0/0/2"}
         assert all(r.in_octets is not None for r in first)
         assert await without.read() == []
-        assert await eventually(lambda: sum(without.targets["r1"].errors.values()) >= 1,
-                                within=30)
+        assert await eventually(lambda: sum(without.targets["r1"].errors.values()) >= 1, within=30)
         assert not without.targets["r1"].up
     finally:
         await with_cert.close()

@@ -28,8 +28,11 @@ PASSWORD = "s3cret-scrape-password"
 def web_config(tmp: Path, certs: DevCerts | None, *, users: bool = True, mtls: bool = False) -> Path:
     lines = []
     if certs is not None:
-        lines += ["tls_server_config:", f"  cert_file: {certs.server_cert}",
-                  f"  key_file: {certs.server_key}"]
+        lines += [
+            "tls_server_config:",
+            f"  cert_file: {certs.server_cert}",
+            f"  key_file: {certs.server_key}",
+        ]
         if mtls:
             lines.append(f"  client_ca_file: {certs.ca}")
     if users:
@@ -40,8 +43,13 @@ def web_config(tmp: Path, certs: DevCerts | None, *, users: bool = True, mtls: b
     return p
 
 
-def get(url: str, *, ca: Path | None = None, auth: tuple[str, str] | None = None,
-        cert: tuple[Path, Path] | None = None) -> tuple[int, str]:
+def get(
+    url: str,
+    *,
+    ca: Path | None = None,
+    auth: tuple[str, str] | None = None,
+    cert: tuple[Path, Path] | None = None,
+) -> tuple[int, str]:
     req = urllib.request.Request(url)
     if auth is not None:
         req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
@@ -108,21 +116,20 @@ async def test_https_and_basic_auth_on_both_servers(tmp_path: Path, web_certs: D
             with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
                 await aget(f"http://127.0.0.1:{port}/metrics", auth=("prometheus", PASSWORD))
         # the server still answers after the plaintext attempt
-        status, _ = await aget(f"https://127.0.0.1:{ports[0]}/metrics", ca=web_certs.ca,
-                                            auth=("prometheus", PASSWORD))
+        status, _ = await aget(
+            f"https://127.0.0.1:{ports[0]}/metrics", ca=web_certs.ca, auth=("prometheus", PASSWORD)
+        )
         assert status == 200
 
 
-async def test_client_certificate_required_when_client_ca_is_set(tmp_path: Path,
-                                                                 web_certs: DevCerts) -> None:
+async def test_client_certificate_required_when_client_ca_is_set(tmp_path: Path, web_certs: DevCerts) -> None:
     web = WebConfig.load(web_config(tmp_path, web_certs, users=False, mtls=True), "agent.metrics_web_config")
     async with both_servers(web) as ports:
         for port in ports:
             url = f"https://127.0.0.1:{port}/metrics"
             with pytest.raises((urllib.error.URLError, ConnectionError, OSError, ssl.SSLError)):
                 await aget(url, ca=web_certs.ca)
-            status, _ = await aget(url, ca=web_certs.ca,
-                                                cert=(web_certs.client_cert, web_certs.client_key))
+            status, _ = await aget(url, ca=web_certs.ca, cert=(web_certs.client_cert, web_certs.client_key))
             assert status == 200
 
 
@@ -143,8 +150,9 @@ def test_config_errors_name_the_key_and_the_file(tmp_path: Path, web_certs: DevC
         WebConfig.load(p, "aggregate.metrics_web_config")
 
 
-async def test_healthz_stays_open_and_the_health_probe_speaks_https(tmp_path: Path,
-                                                                    web_certs: DevCerts) -> None:
+async def test_healthz_stays_open_and_the_health_probe_speaks_https(
+    tmp_path: Path, web_certs: DevCerts
+) -> None:
     from collector.health_cmd import probe_http
 
     web = WebConfig.load(web_config(tmp_path, web_certs), "aggregate.metrics_web_config")

@@ -113,9 +113,12 @@ def test_local_config_keeps_jobs_and_rules_and_points_at_the_given_targets(tmp_p
 
     from collector.monitoring import prometheus_config
 
-    cfg_path = prometheus_config({"aggregate": ["127.0.0.1:1001"], "ingest": ["127.0.0.1:1002"],
-                                  "agents": ["127.0.0.1:1003"]}, tmp_path,
-                                 alertmanager="127.0.0.1:1004", scrape_interval="2s")
+    cfg_path = prometheus_config(
+        {"aggregate": ["127.0.0.1:1001"], "ingest": ["127.0.0.1:1002"], "agents": ["127.0.0.1:1003"]},
+        tmp_path,
+        alertmanager="127.0.0.1:1004",
+        scrape_interval="2s",
+    )
     p = _promtool("check", "config", str(cfg_path))
     assert p.returncode == 0, p.stdout + p.stderr
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -125,6 +128,9 @@ def test_local_config_keeps_jobs_and_rules_and_points_at_the_given_targets(tmp_p
     for job in cfg["scrape_configs"]:
         (f,) = job["file_sd_configs"][0]["files"]
         targets[job["job_name"]] = json.loads(Path(f).read_text())[0]["targets"]
-    assert targets == {"edge-aggregate": ["127.0.0.1:1001"], "edge-ingest": ["127.0.0.1:1002"],
-                       "edge-agent": ["127.0.0.1:1003"]}
+    assert targets == {
+        "edge-aggregate": ["127.0.0.1:1001"],
+        "edge-ingest": ["127.0.0.1:1002"],
+        "edge-agent": ["127.0.0.1:1003"],
+    }
     assert cfg["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:1004"]

@@ -25,8 +25,7 @@ import yaml
 from collector.broker import EmbeddedBroker
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL_FLEET = {"sites_per_country": 2, "links_per_site": 3, "cells_per_site": 3,
-               "hosts_per_site": 1}
+SMALL_FLEET = {"sites_per_country": 2, "links_per_site": 3, "cells_per_site": 3, "hosts_per_site": 1}
 
 
 def _get(url: str) -> str:
@@ -47,8 +46,7 @@ def wait_until(pred: Callable[[], Any], within: float, step: float = 0.5) -> Any
 def _config(tmp_path: Path, **sections: Any) -> Path:
     cfg: dict[str, Any] = {
         "log_level": "WARNING",
-        "ingest": {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
-                   "grace_period_s": 5.0},
+        "ingest": {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "grace_period_s": 5.0},
         "aggregate": {"metrics_listen": "127.0.0.1:0", "stop_grace_s": 5.0},
         "simulate": dict(SMALL_FLEET),
     }
@@ -65,8 +63,12 @@ class Run:
     def __init__(self, cfg: Path, *args: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "collector", "--config", str(cfg), "run", *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         self.lines: list[str] = []
         self.children: list[psutil.Process] = []
 
@@ -114,8 +116,7 @@ def runs() -> Iterator[list[Run]]:
         r.kill()
 
 
-def _country_rates(body: str, metric: str = "edge_site_link_throughput_bytes_per_second"
-                   ) -> dict[str, float]:
+def _country_rates(body: str, metric: str = "edge_site_link_throughput_bytes_per_second") -> dict[str, float]:
     out: dict[str, float] = {}
     for c, v in re.findall(metric + r'\{[^}]*country="(\w+)"[^}]*\} (\S+)', body):
         out[c] = out.get(c, 0.0) + float(v)
@@ -123,22 +124,28 @@ def _country_rates(body: str, metric: str = "edge_site_link_throughput_bytes_per
 
 
 def test_run_for_30s_without_a_terminal_serves_jp_and_us_and_leaves_no_child(
-        tmp_path: Path, runs: list[Run]) -> None:
+    tmp_path: Path, runs: list[Run]
+) -> None:
     r = Run(_config(tmp_path), "--duration", "30", "--workdir", str(tmp_path / "work"))
     runs.append(r)
     url = r.read_until(r"aggregate /metrics\s+(http://127\.0\.0\.1:\d+/metrics)").group(1)
     tansu = int(re.search(r"embedded Tansu, pid (\d+)", r.output).group(1))  # type: ignore[union-attr]
     r.remember_children()
     assert tansu in {c.pid for c in r.children}
-    rates = wait_until(lambda: (lambda x: x if {"JP", "US"} <= set(x) else None)(
-        _country_rates(_get(url))), within=60)
+    rates = wait_until(
+        lambda: (lambda x: x if {"JP", "US"} <= set(x) else None)(_country_rates(_get(url))), within=60
+    )
     assert rates, rates
     assert {"JP", "US"} <= set(rates), rates
     assert all(v > 0 for v in rates.values()), rates
     # the simulated hosts' RAPL energy becomes site power for both countries (the dashboards'
     # country power panel sums it)
-    power = wait_until(lambda: (lambda x: x if {"JP", "US"} <= set(x) else None)(
-        _country_rates(_get(url), "edge_site_power_watts")), within=60)
+    power = wait_until(
+        lambda: (lambda x: x if {"JP", "US"} <= set(x) else None)(
+            _country_rates(_get(url), "edge_site_power_watts")
+        ),
+        within=60,
+    )
     assert power, power
     assert all(v > 0 for v in power.values()), power
     assert r.finish(within=90) == 0, r.output[-4000:]
@@ -170,10 +177,12 @@ def test_sigint_mid_run_stops_within_the_grace_period(tmp_path: Path, runs: list
     assert not r.left_behind()
 
 
-def test_a_second_sigint_forces_exit_and_kills_the_broker(tmp_path: Path,
-                                                          runs: list[Run]) -> None:
-    r = Run(_config(tmp_path, ingest={"grace_period_s": 60.0}, aggregate={"stop_grace_s": 60.0}),
-            "--workdir", str(tmp_path / "work"))
+def test_a_second_sigint_forces_exit_and_kills_the_broker(tmp_path: Path, runs: list[Run]) -> None:
+    r = Run(
+        _config(tmp_path, ingest={"grace_period_s": 60.0}, aggregate={"stop_grace_s": 60.0}),
+        "--workdir",
+        str(tmp_path / "work"),
+    )
     runs.append(r)
     r.read_until(r"aggregate /metrics")
     r.remember_children()
@@ -194,9 +203,24 @@ def test_busy_port_is_one_line_naming_the_key(tmp_path: Path) -> None:
         s.listen()
         port = s.getsockname()[1]
         cfg = _config(tmp_path, aggregate={"metrics_listen": f"127.0.0.1:{port}"})
-        p = subprocess.run([sys.executable, "-m", "collector", "--config", str(cfg), "run",
-                            "--workdir", str(tmp_path / "w"), "--duration", "5"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "collector",
+                "--config",
+                str(cfg),
+                "run",
+                "--workdir",
+                str(tmp_path / "w"),
+                "--duration",
+                "5",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert p.returncode == 2, p.stdout + p.stderr
     err = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(err) == 1, p.stderr
@@ -208,9 +232,24 @@ def test_run_refuses_a_workdir_it_did_not_create(tmp_path: Path) -> None:
     w = tmp_path / "mine"
     w.mkdir()
     (w / "thesis.tex").write_text("years of work")
-    p = subprocess.run([sys.executable, "-m", "collector", "--config", str(_config(tmp_path)),
-                        "run", "--workdir", str(w), "--duration", "1"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "--config",
+            str(_config(tmp_path)),
+            "run",
+            "--workdir",
+            str(w),
+            "--duration",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 2
     assert "--workdir" in p.stderr
     assert "refusing" in p.stderr
@@ -218,7 +257,8 @@ def test_run_refuses_a_workdir_it_did_not_create(tmp_path: Path) -> None:
 
 
 def test_run_on_an_existing_kafka_with_three_countries_and_a_pm_directory(
-        tmp_path: Path, broker: EmbeddedBroker, runs: list[Run]) -> None:
+    tmp_path: Path, broker: EmbeddedBroker, runs: list[Run]
+) -> None:
     import datetime as dt
 
     from collector.agent.sources.cell import render_meas_collec
@@ -227,17 +267,38 @@ def test_run_on_an_existing_kafka_with_three_countries_and_a_pm_directory(
     pm = tmp_path / "pm"
     pm.mkdir()
     end = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
-    (pm / "gnb1.xml").write_bytes(render_meas_collec(
-        begin=end - dt.timedelta(minutes=5), duration_s=300, element="gnb-pm-1",
-        cells={"cell-1": {"DRB.UEThpDl": 200_000, "CELL.CoverageRatio": 97}}))
+    (pm / "gnb1.xml").write_bytes(
+        render_meas_collec(
+            begin=end - dt.timedelta(minutes=5),
+            duration_s=300,
+            element="gnb-pm-1",
+            cells={"cell-1": {"DRB.UEThpDl": 200_000, "CELL.CoverageRatio": 97}},
+        )
+    )
     os.utime(pm / "gnb1.xml", (time.time() - 60, time.time() - 60))
-    cfg = _config(tmp_path, kafka={"topic": f"run-{u}", "dead_letter_topic": f"run-{u}.dlq"},
-                  aggregate={"group_id": f"run-{u}", "state_topic": f"run-{u}.state"},
-                  agent={"site": {"site_id": "jp-pm-01", "country": "JP"},
-                         "sources": {"cell": {"interval_s": 1.0, "settle_s": 0.0}}},
-                  simulate={"sites_per_country": 1})
-    r = Run(cfg, "--bootstrap", broker.bootstrap, "--countries", "JP,US,AE", "--seed", "3",
-            "--pm-dir", str(pm), "--workdir", str(tmp_path / "work"))
+    cfg = _config(
+        tmp_path,
+        kafka={"topic": f"run-{u}", "dead_letter_topic": f"run-{u}.dlq"},
+        aggregate={"group_id": f"run-{u}", "state_topic": f"run-{u}.state"},
+        agent={
+            "site": {"site_id": "jp-pm-01", "country": "JP"},
+            "sources": {"cell": {"interval_s": 1.0, "settle_s": 0.0}},
+        },
+        simulate={"sites_per_country": 1},
+    )
+    r = Run(
+        cfg,
+        "--bootstrap",
+        broker.bootstrap,
+        "--countries",
+        "JP,US,AE",
+        "--seed",
+        "3",
+        "--pm-dir",
+        str(pm),
+        "--workdir",
+        str(tmp_path / "work"),
+    )
     runs.append(r)
     url = r.read_until(r"aggregate /metrics\s+(http://127\.0\.0\.1:\d+/metrics)").group(1)
     assert f"{broker.bootstrap}  (existing Kafka)" in r.output
@@ -255,14 +316,18 @@ def test_run_on_an_existing_kafka_with_three_countries_and_a_pm_directory(
 def test_live_view_in_a_terminal_shows_both_countries_with_throughput(tmp_path: Path) -> None:
     sock = tmp_path / "tmux.sock"
     cfg = _config(tmp_path)
-    cmd = (f"cd {ROOT} && env -u COLUMNS -u LINES {sys.executable} -m collector --config {cfg} "
-           f"run --duration 120 --workdir {tmp_path / 'work'}; echo EXIT=$?; sleep 600")
+    cmd = (
+        f"cd {ROOT} && env -u COLUMNS -u LINES {sys.executable} -m collector --config {cfg} "
+        f"run --duration 120 --workdir {tmp_path / 'work'}; echo EXIT=$?; sleep 600"
+    )
     tmux = ["tmux", "-S", str(sock)]
     subprocess.run([*tmux, "new-session", "-d", "-x", "150", "-y", "50", cmd], check=True)
     try:
+
         def screen() -> str:
-            return subprocess.run([*tmux, "capture-pane", "-p", "-S", "-200"], check=True,
-                                  capture_output=True, text=True).stdout
+            return subprocess.run(
+                [*tmux, "capture-pane", "-p", "-S", "-200"], check=True, capture_output=True, text=True
+            ).stdout
 
         def throughput() -> list[str] | None:
             frame = screen()
@@ -279,8 +344,11 @@ def test_live_view_in_a_terminal_shows_both_countries_with_throughput(tmp_path: 
         assert "United States (US)" in frame
         assert re.search(r"│\s*[\d.]+ Mb/s \(ref 279\.93\)", frame), frame
         # the simulated PM files' L1M.SS-RSRP distributions, as a median per country
-        assert wait_until(lambda: re.search(r"SS-RSRP median\s*│\s*-\d+\.\d dBm\s*│\s*-\d+\.\d dBm",
-                                            screen()), within=30, step=1.0), screen()
+        assert wait_until(
+            lambda: re.search(r"SS-RSRP median\s*│\s*-\d+\.\d dBm\s*│\s*-\d+\.\d dBm", screen()),
+            within=30,
+            step=1.0,
+        ), screen()
         assert "INFO" not in frame  # log lines go to the run's log file, not over the view
         subprocess.run([*tmux, "send-keys", "C-c"], check=True)
         assert wait_until(lambda: "EXIT=" in screen(), within=60, step=1.0), screen()

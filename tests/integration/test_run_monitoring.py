@@ -39,17 +39,38 @@ def _port_open(url: str) -> bool:
 
 def test_run_starts_prometheus_with_the_rules_and_stops_it(tmp_path: Path) -> None:
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "log_level": "WARNING",
-        "ingest": {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0"},
-        "aggregate": {"metrics_listen": "127.0.0.1:0"},
-        "simulate": {"sites_per_country": 1, "links_per_site": 2, "cells_per_site": 2,
-                     "hosts_per_site": 1},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "log_level": "WARNING",
+                "ingest": {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0"},
+                "aggregate": {"metrics_listen": "127.0.0.1:0"},
+                "simulate": {
+                    "sites_per_country": 1,
+                    "links_per_site": 2,
+                    "cells_per_site": 2,
+                    "hosts_per_site": 1,
+                },
+            }
+        )
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collector", "--config", str(cfg), "run", "--duration", "150",
-         "--workdir", str(tmp_path / "work")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "--config",
+            str(cfg),
+            "run",
+            "--duration",
+            "150",
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     lines: list[str] = []
@@ -75,8 +96,9 @@ def test_run_starts_prometheus_with_the_rules_and_stops_it(tmp_path: Path) -> No
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             up = {r["metric"]["job"]: float(r["value"][1]) for r in _query(prom, "up")}
-            countries = {r["metric"]["country"]
-                         for r in _query(prom, "country:collector_site_completeness_ratio:avg")}
+            countries = {
+                r["metric"]["country"] for r in _query(prom, "country:collector_site_completeness_ratio:avg")
+            }
             if up == {"edge-aggregate": 1, "edge-ingest": 1, "edge-agent": 1} and countries >= {"JP", "US"}:
                 break
             time.sleep(1)

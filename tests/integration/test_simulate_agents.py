@@ -24,16 +24,27 @@ from tests.simulate_support import NS, decode, small, window_deltas
 
 
 async def test_agent_mode_streams_every_site_through_ingest_and_matches_truth(
-        broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path) -> None:
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path
+) -> None:
     topic = await make_topic(broker)
-    sim = small(sites_per_country=2, reset_every_s=90, duplicate_probability=0.1,
-                late_probability=0.1, silent_after_s=250, truth_windows_s=(60,))
+    sim = small(
+        sites_per_country=2,
+        reset_every_s=90,
+        duplicate_probability=0.1,
+        late_probability=0.1,
+        silent_after_s=250,
+        truth_windows_s=(60,),
+    )
     tokens = site_tokens(sim)
     settings = load_settings(
         kafka={"bootstrap_servers": broker.bootstrap, "topic": topic},
-        ingest={"listen": "127.0.0.1:0", "metrics_listen": "",
-                "tls_cert": str(certs.server_cert), "tls_key": str(certs.server_key),
-                "tokens_file": str(write_tokens_file(tmp_path / "tokens.yaml", tokens))},
+        ingest={
+            "listen": "127.0.0.1:0",
+            "metrics_listen": "",
+            "tls_cert": str(certs.server_cert),
+            "tls_key": str(certs.server_key),
+            "tokens_file": str(write_tokens_file(tmp_path / "tokens.yaml", tokens)),
+        },
         simulate=sim.model_dump(),
     )
     # Event time must be within the ingest's skew of now: run the last 400 s up to now.
@@ -43,10 +54,17 @@ async def test_agent_mode_streams_every_site_through_ingest_and_matches_truth(
     await server.start()
     try:
         reg = CollectorRegistry()
-        runner = FleetRunner(settings, target=f"127.0.0.1:{server.port}", tokens=tokens,
-                             ca_file=certs.ca, work_dir=tmp_path / "spools",
-                             duration_s=duration, truth_dir=tmp_path / "truth",
-                             start_ns=start_ns, registry=reg)
+        runner = FleetRunner(
+            settings,
+            target=f"127.0.0.1:{server.port}",
+            tokens=tokens,
+            ca_file=certs.ca,
+            work_dir=tmp_path / "spools",
+            duration_s=duration,
+            truth_dir=tmp_path / "truth",
+            start_ns=start_ns,
+            registry=reg,
+        )
         async with runner:
             await asyncio.wait_for(runner.wait(), 90)
             metrics = generate_latest(reg).decode()
@@ -83,15 +101,16 @@ async def test_agent_mode_streams_every_site_through_ingest_and_matches_truth(
     series, _ = decode(r.value for r in records)
     _, ref_site = window_deltas(series, 60)
     w = pl.read_parquet(tmp_path / "truth" / WINDOWS_FILE).filter(
-        (pl.col("level") == "site") & (pl.col("kind") == "counter"))
-    assert {(r["site_id"], r["metric"], r["window_start_unix_nano"]): r["delta"]
-            for r in w.iter_rows(named=True)} == ref_site
+        (pl.col("level") == "site") & (pl.col("kind") == "counter")
+    )
+    assert {
+        (r["site_id"], r["metric"], r["window_start_unix_nano"]): r["delta"] for r in w.iter_rows(named=True)
+    } == ref_site
     for site_dir in (tmp_path / "spools").iterdir():
         assert not list(site_dir.glob("*.seg")), site_dir
 
 
-async def test_cli_agents_mode_plaintext_with_tokens_file(
-        broker: EmbeddedBroker, tmp_path: Path) -> None:
+async def test_cli_agents_mode_plaintext_with_tokens_file(broker: EmbeddedBroker, tmp_path: Path) -> None:
     from collector.cli import build_parser
     from collector.simulate import main as simulate_main
 
@@ -100,17 +119,36 @@ async def test_cli_agents_mode_plaintext_with_tokens_file(
     sim = small(countries=("US",), duplicate_probability=0.0, late_probability=0.0)
     settings = load_settings(
         kafka={"bootstrap_servers": broker.bootstrap, "topic": topic},
-        ingest={"listen": "127.0.0.1:0", "metrics_listen": "", "plaintext": True,
-                "tokens_file": str(write_tokens_file(tokens_file, site_tokens(sim)))},
-        simulate=sim.model_dump())
+        ingest={
+            "listen": "127.0.0.1:0",
+            "metrics_listen": "",
+            "plaintext": True,
+            "tokens_file": str(write_tokens_file(tokens_file, site_tokens(sim))),
+        },
+        simulate=sim.model_dump(),
+    )
     server = IngestServer(settings)
     await server.start()
     try:
         start = time.time() // 10 * 10 - 100
-        args = build_parser("simulate").parse_args([
-            "simulate", "--target", f"127.0.0.1:{server.port}", "--tokens-file", str(tokens_file),
-            "--fast-forward", "--duration", "100", "--start", str(start),
-            "--work-dir", str(tmp_path / "spools"), "--truth", str(tmp_path / "truth")])
+        args = build_parser("simulate").parse_args(
+            [
+                "simulate",
+                "--target",
+                f"127.0.0.1:{server.port}",
+                "--tokens-file",
+                str(tokens_file),
+                "--fast-forward",
+                "--duration",
+                "100",
+                "--start",
+                str(start),
+                "--work-dir",
+                str(tmp_path / "spools"),
+                "--truth",
+                str(tmp_path / "truth"),
+            ]
+        )
         rc = await asyncio.wait_for(simulate_main.main(settings, args, asyncio.Event()), 60)
     finally:
         await server.stop()
@@ -123,24 +161,41 @@ async def test_cli_agents_mode_plaintext_with_tokens_file(
 
 
 async def test_agent_mode_faster_than_real_time_is_accepted_by_ingest(
-        broker: EmbeddedBroker, tmp_path: Path) -> None:
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
     from collector.simulate.fleet import AGENT_BACKFILL_S
 
     topic = await make_topic(broker)
-    sim = small(countries=("JP",), acceleration=7200.0, start_unix_s=None,
-                duplicate_probability=0.0, late_probability=0.0)
+    sim = small(
+        countries=("JP",),
+        acceleration=7200.0,
+        start_unix_s=None,
+        duplicate_probability=0.0,
+        late_probability=0.0,
+    )
     tokens = site_tokens(sim)
     settings = load_settings(
         kafka={"bootstrap_servers": broker.bootstrap, "topic": topic},
-        ingest={"listen": "127.0.0.1:0", "metrics_listen": "", "plaintext": True,
-                "tokens_file": str(write_tokens_file(tmp_path / "tokens.yaml", tokens))},
-        simulate=sim.model_dump())
+        ingest={
+            "listen": "127.0.0.1:0",
+            "metrics_listen": "",
+            "plaintext": True,
+            "tokens_file": str(write_tokens_file(tmp_path / "tokens.yaml", tokens)),
+        },
+        simulate=sim.model_dump(),
+    )
     server = IngestServer(settings)
     await server.start()
     try:
         reg = CollectorRegistry()
-        runner = FleetRunner(settings, target=f"127.0.0.1:{server.port}", tokens=tokens,
-                             work_dir=tmp_path / "spools", duration_s=3600, registry=reg)
+        runner = FleetRunner(
+            settings,
+            target=f"127.0.0.1:{server.port}",
+            tokens=tokens,
+            work_dir=tmp_path / "spools",
+            duration_s=3600,
+            registry=reg,
+        )
         async with runner:
             await asyncio.wait_for(runner.wait(), 30)
             metrics = generate_latest(reg).decode()
@@ -150,8 +205,11 @@ async def test_agent_mode_faster_than_real_time_is_accepted_by_ingest(
     assert 'collector_agent_batches_rejected_total{agent_id="sim-jp-tokyo-01"} 0.0' in metrics
     records = await read_topic(broker.bootstrap, topic, expect=runner.records)
     assert len({(dict(r.headers)["seq"]) for r in records}) == runner.records
-    t = [int(wire.gauge_columns(wire.parse_batch(r.value)).time_unix_nano.min()) for r in records
-         if wire.parse_batch(r.value).gauges.time_unix_nano]
+    t = [
+        int(wire.gauge_columns(wire.parse_batch(r.value)).time_unix_nano.min())
+        for r in records
+        if wire.parse_batch(r.value).gauges.time_unix_nano
+    ]
     assert t
     # replayed 6 days back: far older than the ingest's future skew allows to be ahead
     assert time.time() - AGENT_BACKFILL_S - 60 < min(t) / NS < time.time() - AGENT_BACKFILL_S + 60

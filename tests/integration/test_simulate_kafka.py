@@ -24,14 +24,27 @@ from tests.simulate_support import NS, START_S, decode, small, window_deltas
 
 
 async def test_kafka_mode_writes_records_like_ingest_and_they_match_the_truth(
-        broker: EmbeddedBroker, tmp_path: Path) -> None:
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
     topic = await make_topic(broker)
-    sim_settings = small(sites_per_country=2, reset_every_s=120, duplicate_probability=0.1,
-                         late_probability=0.1, silent_after_s=300, truth_windows_s=(60,))
+    sim_settings = small(
+        sites_per_country=2,
+        reset_every_s=120,
+        duplicate_probability=0.1,
+        late_probability=0.1,
+        silent_after_s=300,
+        truth_windows_s=(60,),
+    )
     settings = Settings(simulate=sim_settings)
-    runner = FleetRunner(settings, bootstrap=broker.bootstrap, topic=topic,
-                         work_dir=tmp_path / "w", duration_s=900, truth_dir=tmp_path / "truth",
-                         start_ns=START_S * NS)
+    runner = FleetRunner(
+        settings,
+        bootstrap=broker.bootstrap,
+        topic=topic,
+        work_dir=tmp_path / "w",
+        duration_s=900,
+        truth_dir=tmp_path / "truth",
+        start_ns=START_S * NS,
+    )
     async with runner:
         await asyncio.wait_for(runner.wait(), 60)
     assert runner.drained is True
@@ -63,15 +76,16 @@ async def test_kafka_mode_writes_records_like_ingest_and_they_match_the_truth(
     assert dups == int((deliveries["kind"] == "duplicate").sum())
     _, ref_site = window_deltas(series, 60)
     w = pl.read_parquet(tmp_path / "truth" / WINDOWS_FILE).filter(
-        (pl.col("level") == "site") & (pl.col("kind") == "counter"))
-    assert {(r["site_id"], r["metric"], r["window_start_unix_nano"]): r["delta"]
-            for r in w.iter_rows(named=True)} == ref_site
+        (pl.col("level") == "site") & (pl.col("kind") == "counter")
+    )
+    assert {
+        (r["site_id"], r["metric"], r["window_start_unix_nano"]): r["delta"] for r in w.iter_rows(named=True)
+    } == ref_site
     # the silent site stopped sending at its announced time
     meta = yaml.safe_load((tmp_path / "truth" / META_FILE).read_text())
     silent = [s for s in meta["sites"] if s["silent_from_unix_nano"]]
     assert len(silent) == 1
-    last = max(k.time_unix_nano for key, v in series.items() if key[0] == silent[0]["site_id"]
-               for k in v)
+    last = max(k.time_unix_nano for key, v in series.items() if key[0] == silent[0]["site_id"] for k in v)
     assert last < silent[0]["silent_from_unix_nano"]
 
 
@@ -95,9 +109,24 @@ def test_cli_simulate_writes_tokens_and_truth(broker: EmbeddedBroker, tmp_path: 
     assert cli.main(["simulate", "--write-tokens", str(tokens)]) == 0
     assert sorted(yaml.safe_load(tokens.read_text()).values())[:1] == ["jp-osaka-01"]
     truth = tmp_path / "truth"
-    rc = cli.main(["simulate", "--bootstrap", broker.bootstrap, "--topic", topic,
-                   "--fast-forward", "--duration", "300", "--truth", str(truth),
-                   "--start", str(START_S), "--seed", "5"])
+    rc = cli.main(
+        [
+            "simulate",
+            "--bootstrap",
+            broker.bootstrap,
+            "--topic",
+            topic,
+            "--fast-forward",
+            "--duration",
+            "300",
+            "--truth",
+            str(truth),
+            "--start",
+            str(START_S),
+            "--seed",
+            "5",
+        ]
+    )
     assert rc == 0
     meta = yaml.safe_load((truth / META_FILE).read_text())
     assert meta["ticks"] == 30
@@ -106,11 +135,11 @@ def test_cli_simulate_writes_tokens_and_truth(broker: EmbeddedBroker, tmp_path: 
 
 
 async def test_paced_run_follows_acceleration_and_stops_promptly(
-        broker: EmbeddedBroker, tmp_path: Path) -> None:
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
     topic = await make_topic(broker)
     paced = Settings(simulate=small(interval_s=1.0, jitter_s=0.01, acceleration=20.0))
-    runner = FleetRunner(paced, bootstrap=broker.bootstrap, topic=topic, work_dir=tmp_path,
-                         duration_s=20)
+    runner = FleetRunner(paced, bootstrap=broker.bootstrap, topic=topic, work_dir=tmp_path, duration_s=20)
     async with runner:
         await asyncio.wait_for(runner.wait(), 60)
     assert runner.sim.next_tick == 20

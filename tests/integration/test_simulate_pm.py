@@ -41,20 +41,38 @@ def _published(text: str) -> dict[tuple[str, str, str, str], float]:
 
 
 async def test_simulated_pm_files_reach_metrics_equal_to_the_truth_for_jp_and_us(
-        broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path) -> None:
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path
+) -> None:
     topic = await make_topic(broker)
-    sim = small(sites_per_country=1, cells_per_site=3, pm_files=True, pm_granularity_s=PERIOD_S,
-                reset_every_s=0, silent_after_s=0, gap_probability=0, interval_s=5.0, jitter_s=0.0)
+    sim = small(
+        sites_per_country=1,
+        cells_per_site=3,
+        pm_files=True,
+        pm_granularity_s=PERIOD_S,
+        reset_every_s=0,
+        silent_after_s=0,
+        gap_probability=0,
+        interval_s=5.0,
+        jitter_s=0.0,
+    )
     tokens = site_tokens(sim)
     settings = load_settings(
-        kafka={"bootstrap_servers": broker.bootstrap, "topic": topic,
-               "dead_letter_topic": f"{topic}.dlq"},
-        ingest={"listen": "127.0.0.1:0", "metrics_listen": "",
-                "tls_cert": str(certs.server_cert), "tls_key": str(certs.server_key),
-                "tokens_file": str(write_tokens_file(tmp_path / "tokens.yaml", tokens))},
-        aggregate={"metrics_listen": "127.0.0.1:0", "group_id": f"g-{topic}",
-                   "state_topic": f"{topic}.state", "checkpoint_interval_s": 0.5,
-                   "session_timeout_ms": 3000, "heartbeat_interval_ms": 500},
+        kafka={"bootstrap_servers": broker.bootstrap, "topic": topic, "dead_letter_topic": f"{topic}.dlq"},
+        ingest={
+            "listen": "127.0.0.1:0",
+            "metrics_listen": "",
+            "tls_cert": str(certs.server_cert),
+            "tls_key": str(certs.server_key),
+            "tokens_file": str(write_tokens_file(tmp_path / "tokens.yaml", tokens)),
+        },
+        aggregate={
+            "metrics_listen": "127.0.0.1:0",
+            "group_id": f"g-{topic}",
+            "state_topic": f"{topic}.state",
+            "checkpoint_interval_s": 0.5,
+            "session_timeout_ms": 3000,
+            "heartbeat_interval_ms": 500,
+        },
         simulate=sim.model_dump(),
     )
     # The last 6 whole periods up to now (event time within the ingest's skew of now).
@@ -63,11 +81,16 @@ async def test_simulated_pm_files_reach_metrics_equal_to_the_truth_for_jp_and_us
     server = IngestServer(settings, bootstrap=broker.bootstrap)
     await server.start()
     try:
-        async with Aggregator(settings, bootstrap=broker.bootstrap,
-                              registry=CollectorRegistry()) as agg:
-            runner = FleetRunner(settings, target=f"127.0.0.1:{server.port}", tokens=tokens,
-                                 ca_file=certs.ca, work_dir=tmp_path / "agents",
-                                 duration_s=duration, start_ns=start_ns)
+        async with Aggregator(settings, bootstrap=broker.bootstrap, registry=CollectorRegistry()) as agg:
+            runner = FleetRunner(
+                settings,
+                target=f"127.0.0.1:{server.port}",
+                tokens=tokens,
+                ca_file=certs.ca,
+                work_dir=tmp_path / "agents",
+                duration_s=duration,
+                start_ns=start_ns,
+            )
             async with runner:
                 await asyncio.wait_for(runner.wait(), 120)
             assert runner.drained is True
@@ -75,18 +98,22 @@ async def test_simulated_pm_files_reach_metrics_equal_to_the_truth_for_jp_and_us
             assert writer is not None
             assert writer.files >= 2 * 5  # both sites, every whole period
             newest: dict[tuple[str, str], int] = {}
-            for (site, _gnb, cell, end) in writer.truth:
+            for site, _gnb, cell, end in writer.truth:
                 newest[(site, cell)] = max(end, newest.get((site, cell), 0))
-            want = {(site, cell, k): v
-                    for (site, _gnb, cell, end), fig in writer.truth.items()
-                    if end == newest[(site, cell)] for k, v in fig.items()}
+            want = {
+                (site, cell, k): v
+                for (site, _gnb, cell, end), fig in writer.truth.items()
+                if end == newest[(site, cell)]
+                for k, v in fig.items()
+            }
             got: dict[tuple[str, str, str, str], float] = {}
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 got = _published((await http_request(agg.metrics_port))[2].decode())
                 by_key = {(s, c, k): v for (s, c, k, _), v in got.items()}
                 if all(k in by_key and by_key[k] == by_key[k] for k in want) and all(
-                        abs(by_key[k] - v) <= 1e-12 * max(1.0, abs(v)) for k, v in want.items()):
+                    abs(by_key[k] - v) <= 1e-12 * max(1.0, abs(v)) for k, v in want.items()
+                ):
                     break
                 await asyncio.sleep(0.5)
             by_key = {(s, c, k): v for (s, c, k, _), v in got.items()}

@@ -30,8 +30,15 @@ START = 1_780_000_000  # a fixed run start (Unix s), so the ticks are known
 
 
 def _simulated(**opts: object) -> CellSource:
-    options = {"seed": 7, "country": "US", "site": 1, "cells": 5, "interval_s": 1.0,
-               "start_unix_s": START, **opts}
+    options = {
+        "seed": 7,
+        "country": "US",
+        "site": 1,
+        "cells": 5,
+        "interval_s": 1.0,
+        "start_unix_s": START,
+        **opts,
+    }
     return CellSource(CellSourceSettings(enabled=True, adapter="simulated", options=options))
 
 
@@ -62,10 +69,26 @@ async def test_simulated_cells_equal_the_simulator_generator_at_the_due_tick() -
     await src.collect(b, time.time_ns())
     got = _by_series(_batch(b))
     # the simulator's own generator, same fleet, same tick
-    m = FleetModel(SimulateSettings.model_validate(dict(
-        seed=7, countries=("US",), sites_per_country=2, links_per_site=0, cells_per_site=5,
-        hosts_per_site=0, record_link=False, interval_s=1.0, jitter_s=0.0, start_unix_s=START,
-        clear_every_s=0.0, reset_every_s=0.0, gap_probability=0.0, silent_after_s=0.0)))
+    m = FleetModel(
+        SimulateSettings.model_validate(
+            dict(
+                seed=7,
+                countries=("US",),
+                sites_per_country=2,
+                links_per_site=0,
+                cells_per_site=5,
+                hosts_per_site=0,
+                record_link=False,
+                interval_s=1.0,
+                jitter_s=0.0,
+                start_unix_s=START,
+                clear_every_s=0.0,
+                reset_every_s=0.0,
+                gap_probability=0.0,
+                silent_after_s=0.0,
+            )
+        )
+    )
     due = 50
     block = FleetGenerator(m, START * NS).block(due + 1)
     rows = [i for i, si in enumerate(m.cells["site"].tolist()) if si == 1]
@@ -121,15 +144,18 @@ async def test_simulated_cells_send_nothing_until_the_next_tick_is_due() -> None
     assert src.stats.errors == 0
 
 
-@pytest.mark.parametrize("options", [
-    {"country": "FR"},             # not a simulated country
-    {"color": "red"},              # not an option
-    {"cells": 0},
-    {"cells": "many"},
-    {"site": -1},
-    {"interval_s": 0},
-    {"seed": -5},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"country": "FR"},  # not a simulated country
+        {"color": "red"},  # not an option
+        {"cells": 0},
+        {"cells": "many"},
+        {"site": -1},
+        {"interval_s": 0},
+        {"seed": -5},
+    ],
+)
 def test_bad_simulated_options_are_a_config_error_naming_the_key(options: dict) -> None:
     with pytest.raises(ConfigError, match=r"agent\.sources\.cell\.options"):
         make_adapter("simulated", options)
@@ -147,10 +173,20 @@ def test_bad_adapter_or_options_of_the_pm_reader_name_their_key() -> None:
 
 
 def test_simulated_adapter_is_selected_by_the_agent_yaml() -> None:
-    a = AgentSettings.model_validate({"sources": {
-        "server": {"enabled": False}, "link": {"enabled": False},
-        "cell": {"enabled": True, "adapter": "simulated", "interval_s": 10,
-                 "options": {"country": "JP", "site": 2, "cells": 3, "interval_s": 10}}}})
+    a = AgentSettings.model_validate(
+        {
+            "sources": {
+                "server": {"enabled": False},
+                "link": {"enabled": False},
+                "cell": {
+                    "enabled": True,
+                    "adapter": "simulated",
+                    "interval_s": 10,
+                    "options": {"country": "JP", "site": 2, "cells": 3, "interval_s": 10},
+                },
+            }
+        }
+    )
     (src,) = build_sources(a)
     assert isinstance(src, CellSource)
     assert isinstance(src.adapter, SimulatedCellAdapter)
@@ -165,17 +201,25 @@ class OssAdapter(CellAdapter):
         self.cell = cell
 
     async def read(self) -> Sequence[CellReading]:
-        return [CellReading(self.cell, "gNB-7",
-                            counters={"MM.HoExeIntraReq": 2**32 - 1, "MM.HoExeIntraSucc": 2**32,
-                                      "Vendor.Thing": 1},
-                            gauges={"RRU.PrbTotDl": 0.5, "L1M.SS-RSRP": float("nan")},
-                            counter_bits=32, counter_start_unix_nano=42, time_unix_nano=7 * NS)]
+        return [
+            CellReading(
+                self.cell,
+                "gNB-7",
+                counters={"MM.HoExeIntraReq": 2**32 - 1, "MM.HoExeIntraSucc": 2**32, "Vendor.Thing": 1},
+                gauges={"RRU.PrbTotDl": 0.5, "L1M.SS-RSRP": float("nan")},
+                counter_bits=32,
+                counter_start_unix_nano=42,
+                time_unix_nano=7 * NS,
+            )
+        ]
 
 
 async def test_device_adapter_declares_width_and_start_and_bad_values_are_skipped() -> None:
-    src = CellSource(CellSourceSettings(
-        enabled=True, adapter="tests.unit.test_agent_cell_adapters:OssAdapter",
-        options={"cell": "c9"}))
+    src = CellSource(
+        CellSourceSettings(
+            enabled=True, adapter="tests.unit.test_agent_cell_adapters:OssAdapter", options={"cell": "c9"}
+        )
+    )
     b = BatchBuilder("a", SITE, "boot")
     await src.collect(b, time.time_ns())
     got = _by_series(_batch(b))

@@ -34,7 +34,8 @@ def _no_space(*_a: object) -> None:
 
 
 async def test_seq_reservation_on_a_full_disk_is_counted_and_the_source_lives(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = agent_settings(tmp_path, "127.0.0.1:9", spool={"seq_block": 1})
     src = Ticker()
     async with AgentPipeline(s, agent_id="a1", site=SITE, boot_id="b", spool_dir=tmp_path) as p:
@@ -56,13 +57,11 @@ async def test_seq_reservation_on_a_full_disk_is_counted_and_the_source_lives(
 
 
 async def test_rejected_write_failure_keeps_the_batch_and_retries(tmp_path: Path) -> None:
-    ing = ScriptedIngest(policy=lambda b, n: pb.Ack(seq=b.seq, code=pb.INVALID_ARGUMENT,
-                                                    reason="bad"))
+    ing = ScriptedIngest(policy=lambda b, n: pb.Ack(seq=b.seq, code=pb.INVALID_ARGUMENT, reason="bad"))
     await ing.start()
     try:
         s = agent_settings(tmp_path / "sp", f"127.0.0.1:{ing.port}")
-        async with AgentPipeline(s, agent_id="a1", site=SITE, boot_id="b",
-                                 spool_dir=tmp_path / "sp") as p:
+        async with AgentPipeline(s, agent_id="a1", site=SITE, boot_id="b", spool_dir=tmp_path / "sp") as p:
             real = p.spool.rejected_dir
             p.spool.rejected_dir = tmp_path / "not-a-dir" / "rejected"
             (tmp_path / "not-a-dir").write_text("a file where a directory should be")
@@ -83,8 +82,10 @@ async def test_rejected_write_failure_keeps_the_batch_and_retries(tmp_path: Path
 async def test_scrape_from_another_thread_reads_every_pipeline(tmp_path: Path) -> None:
     reg = CollectorRegistry()
     s = agent_settings(tmp_path, "127.0.0.1:9")
-    pipes = [AgentPipeline(s, agent_id=f"a{i}", site=SITE, boot_id="b",
-                           spool_dir=tmp_path / str(i), registry=reg) for i in range(5)]
+    pipes = [
+        AgentPipeline(s, agent_id=f"a{i}", site=SITE, boot_id="b", spool_dir=tmp_path / str(i), registry=reg)
+        for i in range(5)
+    ]
     for p in pipes:
         await p.start()
     try:
@@ -113,7 +114,8 @@ async def test_scrape_from_another_thread_reads_every_pipeline(tmp_path: Path) -
 
 
 async def test_each_failure_streak_and_recovery_is_logged_once_with_counts(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     down = {"on": True}
 
     def policy(b: pb.Batch, n: int) -> pb.Ack:
@@ -125,8 +127,9 @@ async def test_each_failure_streak_and_recovery_is_logged_once_with_counts(
     await ing.start()
     caplog.set_level(logging.INFO, logger="collector.agent.sender")
     try:
-        s = agent_settings(tmp_path, f"127.0.0.1:{ing.port}",
-                           ingest={"backoff_initial_s": 0.01, "backoff_max_s": 0.05})
+        s = agent_settings(
+            tmp_path, f"127.0.0.1:{ing.port}", ingest={"backoff_initial_s": 0.01, "backoff_max_s": 0.05}
+        )
         async with AgentPipeline(s, agent_id="a1", site=SITE, boot_id="b", spool_dir=tmp_path) as p:
             for streak in range(2):
                 down["on"] = True

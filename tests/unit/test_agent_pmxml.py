@@ -32,8 +32,9 @@ from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from tests.agent_support import SITE
 
 NS = 10**9
-ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_",
-              min_size=1, max_size=12)
+ids = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_", min_size=1, max_size=12
+)
 T0 = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.timezone(dt.timedelta(hours=9)))
 
 
@@ -47,8 +48,13 @@ def _valid(spec: PmSpec) -> st.SearchStrategy[float | int]:
 
 @st.composite
 def cell_values(draw: st.DrawFn) -> dict[str, float | int]:
-    names = draw(st.sets(st.sampled_from(sorted(m for m, s in MEASUREMENTS.items() if s.bins is None)),
-                         min_size=1, max_size=8))  # bins (`<name>.Bin<X>`): test_cell_histograms.py
+    names = draw(
+        st.sets(
+            st.sampled_from(sorted(m for m, s in MEASUREMENTS.items() if s.bins is None)),
+            min_size=1,
+            max_size=8,
+        )
+    )  # bins (`<name>.Bin<X>`): test_cell_histograms.py
     return {n: draw(_valid(MEASUREMENTS[n])) for n in sorted(names)}
 
 
@@ -59,11 +65,12 @@ offsets = st.integers(-12 * 4, 14 * 4).map(lambda q: dt.timezone(dt.timedelta(mi
 @settings(max_examples=60, deadline=None)
 @given(cells_st, ids, st.booleans(), st.sampled_from([60, 300, 900, 3600]), offsets)
 def test_both_encodings_round_trip_with_any_timezone_offset(
-        cells: dict[str, dict[str, float | int]], element: str, positional: bool, dur: int,
-        tz: dt.timezone) -> None:
+    cells: dict[str, dict[str, float | int]], element: str, positional: bool, dur: int, tz: dt.timezone
+) -> None:
     begin = T0.astimezone(tz)
-    data = render_meas_collec(begin=begin, duration_s=dur, element=element, cells=cells,
-                              positional=positional)
+    data = render_meas_collec(
+        begin=begin, duration_s=dur, element=element, cells=cells, positional=positional
+    )
     pm = parse_pm_bytes(data, "gnb1.xml")
     assert not pm.rejected
     assert not pm.unknown
@@ -71,8 +78,11 @@ def test_both_encodings_round_trip_with_any_timezone_offset(
     # the positional encoding writes NIL for a measurement another cell has
     assert pm.nil == (sum(len(types - set(v)) for v in cells.values()) if positional else 0)
     got = {(v.obj.cell, v.spec.metric): v.value for v in pm.values}
-    want = {(c, m): (float(v) if not MEASUREMENTS[m].counter else v)
-            for c, vals in cells.items() for m, v in vals.items()}
+    want = {
+        (c, m): (float(v) if not MEASUREMENTS[m].counter else v)
+        for c, vals in cells.items()
+        for m, v in vals.items()
+    }
     assert got == want
     assert all(isinstance(v.value, int) for v in pm.values if v.spec.counter)
     assert {v.obj.gnb for v in pm.values} == {element}
@@ -83,23 +93,35 @@ def test_both_encodings_round_trip_with_any_timezone_offset(
 
 def test_nil_is_not_a_value_in_both_encodings() -> None:
     cells: dict[str, dict[str, float | int | str]] = {
-        "1": {"RRC.ConnMean": 4, "RRU.PrbTotDl": "NIL"}, "2": {"RRC.ConnMean": "NIL"}}
+        "1": {"RRC.ConnMean": 4, "RRU.PrbTotDl": "NIL"},
+        "2": {"RRC.ConnMean": "NIL"},
+    }
     for positional in (False, True):
-        pm = parse_pm_bytes(render_meas_collec(begin=T0, duration_s=900, element="g",
-                                               cells=cells, positional=positional), "f.xml")
+        pm = parse_pm_bytes(
+            render_meas_collec(begin=T0, duration_s=900, element="g", cells=cells, positional=positional),
+            "f.xml",
+        )
         assert [(v.obj.cell, v.spec.metric, v.value) for v in pm.values] == [("1", "RRC.ConnMean", 4.0)]
         # positional: cell 2's missing RRU.PrbTotDl is written as NIL too
         assert (pm.nil, dict(pm.rejected)) == (3 if positional else 2, {})
 
 
 def test_suspect_values_are_kept_and_counted() -> None:
-    pm = parse_pm_bytes(render_meas_collec(
-        begin=T0, duration_s=900, element="g", suspect=frozenset({"2"}),
-        cells={"1": {"RRC.ConnMean": 4}, "2": {"RRC.ConnMean": 5, "DRB.PdcpSduVolumeDL": 9}}),
-        "f.xml")
+    pm = parse_pm_bytes(
+        render_meas_collec(
+            begin=T0,
+            duration_s=900,
+            element="g",
+            suspect=frozenset({"2"}),
+            cells={"1": {"RRC.ConnMean": 4}, "2": {"RRC.ConnMean": 5, "DRB.PdcpSduVolumeDL": 9}},
+        ),
+        "f.xml",
+    )
     assert sorted((v.obj.cell, v.spec.metric, v.suspect) for v in pm.values) == [
-        ("1", "RRC.ConnMean", False), ("2", "DRB.PdcpSduVolumeDL", True),
-        ("2", "RRC.ConnMean", True)]
+        ("1", "RRC.ConnMean", False),
+        ("2", "DRB.PdcpSduVolumeDL", True),
+        ("2", "RRC.ConnMean", True),
+    ]
     assert pm.suspect == 2
     assert "2 values flagged suspect" in pm.summary()
 
@@ -122,30 +144,39 @@ BAD = [
 
 @pytest.mark.parametrize("positional", [False, True])
 @pytest.mark.parametrize(("meas", "text", "reason"), BAD)
-def test_a_bad_value_rejects_that_value_only(meas: str, text: str, reason: str,
-                                             positional: bool) -> None:
+def test_a_bad_value_rejects_that_value_only(meas: str, text: str, reason: str, positional: bool) -> None:
     assert reason in REASONS
     cells: dict[str, dict[str, float | int | str]] = {
-        "1": {meas: text, "RRU.PrbAvailDl": 273}, "2": {meas: 7, "RRU.PrbAvailDl": 273}}
-    pm = parse_pm_bytes(render_meas_collec(begin=T0, duration_s=900, element="g", cells=cells,
-                                           positional=positional), "A.xml")
+        "1": {meas: text, "RRU.PrbAvailDl": 273},
+        "2": {meas: 7, "RRU.PrbAvailDl": 273},
+    }
+    pm = parse_pm_bytes(
+        render_meas_collec(begin=T0, duration_s=900, element="g", cells=cells, positional=positional), "A.xml"
+    )
     assert dict(pm.rejected) == {reason: 1}
     assert sorted((v.obj.cell, v.spec.metric) for v in pm.values) == sorted(
-        [("1", "RRU.PrbAvailDl"), ("2", meas), ("2", "RRU.PrbAvailDl")])
+        [("1", "RRU.PrbAvailDl"), ("2", meas), ("2", "RRU.PrbAvailDl")]
+    )
     assert meas in pm.summary()
     assert reason in pm.summary()
 
 
 def test_unknown_index_and_extra_results_reject_those_values_only() -> None:
-    data = render_meas_collec(begin=T0, duration_s=900, element="g",
-                              cells={"1": {"RRC.ConnMean": 3, "RRU.PrbTotDl": 50}})
+    data = render_meas_collec(
+        begin=T0, duration_s=900, element="g", cells={"1": {"RRC.ConnMean": 3, "RRU.PrbTotDl": 50}}
+    )
     bad = data.replace(b'<r p="2">50</r>', b'<r p="2">50</r><r p="9">1</r>')
     assert bad != data
     pm = parse_pm_bytes(bad, "f.xml")
     assert dict(pm.rejected) == {"unknown_index": 1}
     assert len(pm.values) == 2
-    pos = render_meas_collec(begin=T0, duration_s=900, element="g", positional=True,
-                             cells={"1": {"RRC.ConnMean": 3, "RRU.PrbTotDl": 50}})
+    pos = render_meas_collec(
+        begin=T0,
+        duration_s=900,
+        element="g",
+        positional=True,
+        cells={"1": {"RRC.ConnMean": 3, "RRU.PrbTotDl": 50}},
+    )
     extra = pos.replace(b"<measResults>3 50</measResults>", b"<measResults>3 50 8</measResults>")
     assert extra != pos
     pm = parse_pm_bytes(extra, "f.xml")
@@ -157,41 +188,65 @@ def test_unknown_index_and_extra_results_reject_those_values_only() -> None:
 
 
 def test_unknown_measurements_are_counted_not_sent() -> None:
-    pm = parse_pm_bytes(render_meas_collec(begin=T0, duration_s=900, element="g", cells={
-        "1": {"RRC.ConnMean": 3, "VS.Vendor.Thing": 5, "RRU.PrbTotDl.Foo": 2}}), "f.xml")
+    pm = parse_pm_bytes(
+        render_meas_collec(
+            begin=T0,
+            duration_s=900,
+            element="g",
+            cells={"1": {"RRC.ConnMean": 3, "VS.Vendor.Thing": 5, "RRU.PrbTotDl.Foo": 2}},
+        ),
+        "f.xml",
+    )
     assert [v.spec.metric for v in pm.values] == ["RRC.ConnMean"]
     # RRU.PrbTotDl has no sub-counters: RRU.PrbTotDl.Foo is not taken for it
     assert dict(pm.unknown) == {"VS.Vendor.Thing": 1, "RRU.PrbTotDl.Foo": 1}
 
 
 def test_subcounters_are_summed_unless_the_total_is_there() -> None:
-    subs = {"RRC.ConnEstabAtt.mo-Data": 40, "RRC.ConnEstabAtt.emergency": 2,
-            "RRC.ConnEstabSucc.mo-Data": 39, "DRB.PdcpSduVolumeDL.5QI9": 100,
-            "DRB.PdcpSduVolumeDL.5QI1": 5}
-    pm = parse_pm_bytes(render_meas_collec(begin=T0, duration_s=900, element="g",
-                                           cells={"1": subs}), "f.xml")
+    subs = {
+        "RRC.ConnEstabAtt.mo-Data": 40,
+        "RRC.ConnEstabAtt.emergency": 2,
+        "RRC.ConnEstabSucc.mo-Data": 39,
+        "DRB.PdcpSduVolumeDL.5QI9": 100,
+        "DRB.PdcpSduVolumeDL.5QI1": 5,
+    }
+    pm = parse_pm_bytes(render_meas_collec(begin=T0, duration_s=900, element="g", cells={"1": subs}), "f.xml")
     assert {v.spec.metric: v.value for v in pm.values} == {
-        "RRC.ConnEstabAtt": 42, "RRC.ConnEstabSucc": 39, "DRB.PdcpSduVolumeDL": 105}
+        "RRC.ConnEstabAtt": 42,
+        "RRC.ConnEstabSucc": 39,
+        "DRB.PdcpSduVolumeDL": 105,
+    }
     with_total = {**subs, "RRC.ConnEstabAtt": 50}
-    pm = parse_pm_bytes(render_meas_collec(begin=T0, duration_s=900, element="g",
-                                           cells={"1": with_total}), "f.xml")
+    pm = parse_pm_bytes(
+        render_meas_collec(begin=T0, duration_s=900, element="g", cells={"1": with_total}), "f.xml"
+    )
     assert {v.spec.metric: v.value for v in pm.values}["RRC.ConnEstabAtt"] == 50
     big = {"MM.HoExeIntraReq.a": 2**63, "MM.HoExeIntraReq.b": 2**63}
-    pm = parse_pm_bytes(render_meas_collec(begin=T0, duration_s=900, element="g",
-                                           cells={"1": big}), "f.xml")
+    pm = parse_pm_bytes(render_meas_collec(begin=T0, duration_s=900, element="g", cells={"1": big}), "f.xml")
     assert (pm.values, dict(pm.rejected)) == ([], {"counter_overflow": 1})
 
 
 def test_gnb_level_functions_get_a_function_label_never_a_cell() -> None:
-    pm = parse_pm_bytes(render_meas_collec(
-        begin=T0, duration_s=900, element="gNB-7",
-        cells={"17": {"DRB.PdcpSduVolumeDL": 5}, "cuup": {"DRB.PdcpSduVolumeDL": 9},
-               "cu": {"RRC.ConnMean": 3}, "1": {"DRB.PdcpSduVolumeDL": 1}},
-        objects={"cuup": "ManagedElement=gNB-7,GNBCUUPFunction=1",
-                 "cu": "ManagedElement=gNB-7,GNBCUCPFunction=1,NRCellCU=17",
-                 "1": "GNBDUFunction=1,NRCellDU=1"}), "f.xml")
-    labels = sorted((tuple(sorted(v.obj.labels().items())), v.spec.metric, v.value)
-                    for v in pm.values)
+    pm = parse_pm_bytes(
+        render_meas_collec(
+            begin=T0,
+            duration_s=900,
+            element="gNB-7",
+            cells={
+                "17": {"DRB.PdcpSduVolumeDL": 5},
+                "cuup": {"DRB.PdcpSduVolumeDL": 9},
+                "cu": {"RRC.ConnMean": 3},
+                "1": {"DRB.PdcpSduVolumeDL": 1},
+            },
+            objects={
+                "cuup": "ManagedElement=gNB-7,GNBCUUPFunction=1",
+                "cu": "ManagedElement=gNB-7,GNBCUCPFunction=1,NRCellCU=17",
+                "1": "GNBDUFunction=1,NRCellDU=1",
+            },
+        ),
+        "f.xml",
+    )
+    labels = sorted((tuple(sorted(v.obj.labels().items())), v.spec.metric, v.value) for v in pm.values)
     assert labels == [
         ((("cell", "1"), ("gnb", "gNB-7")), "DRB.PdcpSduVolumeDL", 1),
         ((("cell", "17"), ("gnb", "gNB-7")), "DRB.PdcpSduVolumeDL", 5),
@@ -200,19 +255,19 @@ def test_gnb_level_functions_get_a_function_label_never_a_cell() -> None:
     ]
 
 
-_DTD = '<?xml version="1.0" encoding="{enc}"?><!DOCTYPE m [<!ENTITY a "{payload}">]>' \
-       '<measCollecFile><fileHeader><measCollec beginTime="2026-11-25T09:00:00Z"/>' \
-       "</fileHeader>&a;</measCollecFile>"
-_EXTERNAL = '<?xml version="1.0" encoding="{enc}"?><!DOCTYPE m SYSTEM "file:///etc/passwd">' \
-            "<measCollecFile/>"
+_DTD = (
+    '<?xml version="1.0" encoding="{enc}"?><!DOCTYPE m [<!ENTITY a "{payload}">]>'
+    '<measCollecFile><fileHeader><measCollec beginTime="2026-11-25T09:00:00Z"/>'
+    "</fileHeader>&a;</measCollecFile>"
+)
+_EXTERNAL = '<?xml version="1.0" encoding="{enc}"?><!DOCTYPE m SYSTEM "file:///etc/passwd"><measCollecFile/>'
 
 
 @pytest.mark.parametrize("enc", ["UTF-8", "UTF-16", "UTF-16-LE", "UTF-16-BE"])
 @pytest.mark.parametrize("template", [_DTD, _EXTERNAL])
 def test_dtd_and_entities_are_refused_in_any_encoding(enc: str, template: str) -> None:
     text = template.format(enc=enc.split("-LE")[0].split("-BE")[0], payload="x" * 10)
-    codec = {"UTF-8": "utf-8", "UTF-16": "utf-16", "UTF-16-LE": "utf-16-le",
-             "UTF-16-BE": "utf-16-be"}[enc]
+    codec = {"UTF-8": "utf-8", "UTF-16": "utf-16", "UTF-16-LE": "utf-16-le", "UTF-16-BE": "utf-16-be"}[enc]
     data = text.encode(codec)
     if codec in ("utf-16-le", "utf-16-be"):  # no BOM: the declaration names the encoding
         data = ("\ufeff" + text).encode(codec)
@@ -223,16 +278,19 @@ def test_dtd_and_entities_are_refused_in_any_encoding(enc: str, template: str) -
 
 
 def test_billion_laughs_is_refused() -> None:
-    lol = ('<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "lol">'
-           + "".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(8))
-           + ']><measCollecFile>&i;</measCollecFile>')
+    lol = (
+        '<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "lol">'
+        + "".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(8))
+        + "]><measCollecFile>&i;</measCollecFile>"
+    )
     with pytest.raises(PmFileError, match="not allowed"):
         parse_pm_bytes(lol.encode(), "lol.xml")
 
 
 def test_utf16_file_without_dtd_is_read() -> None:
-    text = render_meas_collec(begin=T0, duration_s=900, element="g",
-                              cells={"1": {"RRC.ConnMean": 4}}).decode()
+    text = render_meas_collec(
+        begin=T0, duration_s=900, element="g", cells={"1": {"RRC.ConnMean": 4}}
+    ).decode()
     data = text.replace('encoding="UTF-8"', 'encoding="UTF-16"').encode("utf-16")
     assert [v.value for v in parse_pm_bytes(data, "u16.xml").values] == [4.0]
 
@@ -240,14 +298,15 @@ def test_utf16_file_without_dtd_is_read() -> None:
 @settings(max_examples=60, deadline=None)
 @given(cells_st, st.data())
 def test_damaged_pm_file_raises_error_naming_the_file_or_rejects_values(
-        cells: dict[str, dict[str, float | int]], data: st.DataObject) -> None:
+    cells: dict[str, dict[str, float | int]], data: st.DataObject
+) -> None:
     good = render_meas_collec(begin=T0, duration_s=900, element="gnb-7", cells=cells)
     how = data.draw(st.sampled_from(["truncate", "flip", "garbage"]))
     if how == "truncate":
         bad = good[: data.draw(st.integers(0, len(good) - 1))]
     elif how == "flip":
         i = data.draw(st.integers(0, len(good) - 1))
-        bad = good[:i] + bytes([data.draw(st.integers(0, 255))]) + good[i + 1:]
+        bad = good[:i] + bytes([data.draw(st.integers(0, 255))]) + good[i + 1 :]
     else:
         bad = data.draw(st.binary(max_size=200))
     name = "/pm/A20261125.0900+0900-0915+0900_gnb-7.xml"
@@ -262,14 +321,20 @@ def test_damaged_pm_file_raises_error_naming_the_file_or_rejects_values(
         assert name in err
 
 
-@pytest.mark.parametrize(("body", "problem"), [
-    (b"<measCollecFile><fileHeader/></measCollecFile>", "beginTime missing"),
-    (b"<other/>", "not <measCollecFile>"),
-    (b"<measCollecFile", "not well-formed"),
-    (b'<measCollecFile><fileHeader><measCollec beginTime="2026-11-25T09:00:00Z"/></fileHeader>'
-     b'<measData><measInfo><granPeriod duration="PT900S" endTime="yesterday"/></measInfo>'
-     b"</measData></measCollecFile>", "not an xs:dateTime"),
-])
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"<measCollecFile><fileHeader/></measCollecFile>", "beginTime missing"),
+        (b"<other/>", "not <measCollecFile>"),
+        (b"<measCollecFile", "not well-formed"),
+        (
+            b'<measCollecFile><fileHeader><measCollec beginTime="2026-11-25T09:00:00Z"/></fileHeader>'
+            b'<measData><measInfo><granPeriod duration="PT900S" endTime="yesterday"/></measInfo>'
+            b"</measData></measCollecFile>",
+            "not an xs:dateTime",
+        ),
+    ],
+)
 def test_structural_problems_are_named(body: bytes, problem: str) -> None:
     with pytest.raises(PmFileError, match=problem) as ei:
         parse_pm_bytes(body, "x.xml")
@@ -278,8 +343,11 @@ def test_structural_problems_are_named(body: bytes, problem: str) -> None:
 
 def test_gzip_file_is_read(tmp_path: Path) -> None:
     p = tmp_path / "a.xml.gz"
-    p.write_bytes(gzip.compress(render_meas_collec(begin=T0, duration_s=60, element="g",
-                                                   cells={"1": {"RRC.ConnMax": 7}})))
+    p.write_bytes(
+        gzip.compress(
+            render_meas_collec(begin=T0, duration_s=60, element="g", cells={"1": {"RRC.ConnMax": 7}})
+        )
+    )
     assert [v.value for v in read_pm_file(p).values] == [7.0]
     (tmp_path / "b.xml.gz").write_bytes(b"not gzip")
     with pytest.raises(PmFileError, match=r"b\.xml\.gz"):
@@ -287,10 +355,12 @@ def test_gzip_file_is_read(tmp_path: Path) -> None:
 
 
 # --- the cell source: lifecycle, per-value counting, splitting -----------------------------
-def _drop(pm: Path, name: str, begin: dt.datetime, cells: dict[str, dict[str, float | int | str]],
-          **kw: object) -> None:
-    (pm / name).write_bytes(render_meas_collec(begin=begin, duration_s=900, element="gNB-Tokyo-1",
-                                               cells=cells, **kw))  # type: ignore[arg-type]
+def _drop(
+    pm: Path, name: str, begin: dt.datetime, cells: dict[str, dict[str, float | int | str]], **kw: object
+) -> None:
+    (pm / name).write_bytes(
+        render_meas_collec(begin=begin, duration_s=900, element="gNB-Tokyo-1", cells=cells, **kw)
+    )  # type: ignore[arg-type]
     old = time.time() - 60
     os.utime(pm / name, (old, old))
 
@@ -307,8 +377,12 @@ async def test_files_move_to_done_only_after_their_batch_is_spooled(tmp_path: Pa
     pm.mkdir()
     t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
     for k in range(2):
-        _drop(pm, f"A{k}.xml", t0 + dt.timedelta(minutes=15 * k),
-              {"101": {"DRB.PdcpSduVolumeDL": 1000 + k, "RRU.PrbTotDl": 40 + k}})
+        _drop(
+            pm,
+            f"A{k}.xml",
+            t0 + dt.timedelta(minutes=15 * k),
+            {"101": {"DRB.PdcpSduVolumeDL": 1000 + k, "RRU.PrbTotDl": 40 + k}},
+        )
     (pm / "broken.xml").write_bytes(b"<measCollecFile><oops")
     os.utime(pm / "broken.xml", (time.time() - 60,) * 2)
     src, reg = _source(pm)
@@ -327,12 +401,16 @@ async def test_files_move_to_done_only_after_their_batch_is_spooled(tmp_path: Pa
     cols = wire.delta_columns(batch)
     begin0 = int(t0.timestamp()) * NS
     p = 900 * NS
-    assert sorted(zip(cols.start_unix_nano.tolist(), cols.time_unix_nano.tolist(),
-                      cols.value.tolist(), strict=True)) == [
-        (begin0, begin0 + p, 1000), (begin0 + p, begin0 + 2 * p, 1001)]  # own periods, no sum
+    assert sorted(
+        zip(cols.start_unix_nano.tolist(), cols.time_unix_nano.tolist(), cols.value.tolist(), strict=True)
+    ) == [(begin0, begin0 + p, 1000), (begin0 + p, begin0 + 2 * p, 1001)]  # own periods, no sum
     vdef = next(s for s in batch.series if s.metric == "DRB.PdcpSduVolumeDL")
     assert (vdef.kind, vdef.counter_bits, vdef.start_time_unix_nano, vdef.scale) == (
-        pb.DELTA, 0, 0, 125_000.0)
+        pb.DELTA,
+        0,
+        0,
+        125_000.0,
+    )
     assert {lab.name: lab.value for lab in vdef.labels} == {"cell": "101", "gnb": "gNB-Tokyo-1"}
     pg = wire.period_gauge_columns(batch)
     assert sorted(pg.value.tolist()) == [40.0, 41.0]
@@ -342,14 +420,21 @@ async def test_files_move_to_done_only_after_their_batch_is_spooled(tmp_path: Pa
 
 
 async def test_bad_values_are_counted_by_reason_and_logged_once_per_file(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     pm = tmp_path / "pm"
     pm.mkdir()
     t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
-    _drop(pm, "bad.xml", t0, {"1": {"RRC.ConnMean": "abc", "RRU.PrbTotDl": 120,
-                                    "DRB.PdcpSduVolumeDL": -5, "RRC.ConnMax": 9},
-                              "2": {"RRC.ConnMean": "NIL", "RRC.ConnMax": 3}},
-          suspect=frozenset({"2"}))
+    _drop(
+        pm,
+        "bad.xml",
+        t0,
+        {
+            "1": {"RRC.ConnMean": "abc", "RRU.PrbTotDl": 120, "DRB.PdcpSduVolumeDL": -5, "RRC.ConnMax": 9},
+            "2": {"RRC.ConnMean": "NIL", "RRC.ConnMax": 3},
+        },
+        suspect=frozenset({"2"}),
+    )
     src, reg = _source(pm)
     b = BatchBuilder("a", SITE, "boot")
     with caplog.at_level("WARNING"):
@@ -363,15 +448,17 @@ async def test_bad_values_are_counted_by_reason_and_logged_once_per_file(
     assert "negative" in lines[0]
     text = generate_latest(reg).decode()
     for reason in ("not_a_number", "out_of_range", "negative"):
-        assert (f'collector_agent_pm_values_rejected_total{{agent_id="a",reason="{reason}",'
-                f'source="cell"}} 1.0') in text
+        assert (
+            f'collector_agent_pm_values_rejected_total{{agent_id="a",reason="{reason}",source="cell"}} 1.0'
+        ) in text
     assert 'collector_agent_pm_values_total{agent_id="a",result="nil",source="cell"} 1.0' in text
     assert 'collector_agent_pm_values_total{agent_id="a",result="suspect",source="cell"} 1.0' in text
     assert [p.name for p in (pm / "done").iterdir()] == ["bad.xml"]
 
 
 async def test_a_repeated_file_is_counted_and_moved_to_done_without_being_sent(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     pm = tmp_path / "pm"
     pm.mkdir()
     t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=2)
@@ -389,15 +476,18 @@ async def test_a_repeated_file_is_counted_and_moved_to_done_without_being_sent(
     assert sent == [1, 0, 1]
     assert {k: v for k, v in src.stats.pm_files.items() if v} == {"done": 1, "repeated": 1, "older": 1}
     assert sorted(p.name for p in (pm / "done").iterdir()) == ["again.xml", "new.xml", "older.xml"]
-    assert any("again.xml" in r.getMessage() and "repeated file" in r.getMessage()
-               and "1 values already sent" in r.getMessage() for r in caplog.records)
+    assert any(
+        "again.xml" in r.getMessage()
+        and "repeated file" in r.getMessage()
+        and "1 values already sent" in r.getMessage()
+        for r in caplog.records
+    )
     text = generate_latest(reg).decode()
     assert 'collector_agent_pm_values_total{agent_id="a",result="repeated",source="cell"} 1.0' in text
     assert 'collector_agent_pm_files_total{agent_id="a",result="repeated",source="cell"} 1.0' in text
 
 
-async def test_a_repeat_is_recognised_after_a_restart_and_only_new_groups_are_sent(
-        tmp_path: Path) -> None:
+async def test_a_repeat_is_recognised_after_a_restart_and_only_new_groups_are_sent(tmp_path: Path) -> None:
     pm = tmp_path / "pm"
     pm.mkdir()
     t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=2)
@@ -410,8 +500,12 @@ async def test_a_repeat_is_recognised_after_a_restart_and_only_new_groups_are_se
     assert (pm / ".collector-pm-sent").is_file()
     # a new agent process over the same directory: the ledger survived
     _drop(pm, "A-again.xml", t0, {"1": {"MM.HoExeIntraReq": 5, "RRC.ConnMean": 3.0}})
-    _drop(pm, "A-more.xml", t0, {"1": {"MM.HoExeIntraReq": 5, "RRC.ConnMean": 3.0},
-                                 "2": {"MM.HoExeIntraReq": 7}})
+    _drop(
+        pm,
+        "A-more.xml",
+        t0,
+        {"1": {"MM.HoExeIntraReq": 5, "RRC.ConnMean": 3.0}, "2": {"MM.HoExeIntraReq": 7}},
+    )
     src2, _ = _source(pm)
     b2 = BatchBuilder("a", SITE, "boot")
     await src2.collect(b2, time.time_ns())
@@ -453,8 +547,12 @@ async def test_a_torn_or_foreign_ledger_file_does_not_stop_the_source(tmp_path: 
             ledger.write_bytes(junk)
         else:  # a torn last record after a valid one
             ledger.write_bytes(ledger.read_bytes() + b"\x01\x02\x03")
-        _drop(pm, f"A{len(junk or b'')}.xml", t0 + dt.timedelta(minutes=15 if junk else 30),
-              {"1": {"MM.HoExeIntraReq": 5}})
+        _drop(
+            pm,
+            f"A{len(junk or b'')}.xml",
+            t0 + dt.timedelta(minutes=15 if junk else 30),
+            {"1": {"MM.HoExeIntraReq": 5}},
+        )
         src, _ = _source(pm)
         b = BatchBuilder("a", SITE, "boot")
         await src.collect(b, time.time_ns())
@@ -486,10 +584,16 @@ async def test_the_ledger_is_never_read_as_a_pm_file_whatever_the_pattern(tmp_pa
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 3), st.sets(st.sampled_from("123"), min_size=1),
-                          st.booleans()), min_size=1, max_size=10))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.sets(st.sampled_from("123"), min_size=1), st.booleans()),
+        min_size=1,
+        max_size=10,
+    )
+)
 def test_every_group_is_spooled_exactly_once_whatever_the_repeats_and_crashes(
-        deliveries: list[tuple[int, set[str], bool]]) -> None:
+    deliveries: list[tuple[int, set[str], bool]],
+) -> None:
     """Files of periods 0..3 with some of cells 1..3, each delivery spooled or 'crashed'
     (the batch never reached the spool, the agent restarts): every (cell, period) delivered
     reaches the spool exactly once."""
@@ -503,16 +607,25 @@ def test_every_group_is_spooled_exactly_once_whatever_the_repeats_and_crashes(
             src, _ = _source(pm)
             spooled: list[tuple[str, int]] = []
             for i, (period, cells, crash) in enumerate(deliveries):
-                _drop(pm, f"F{i}.xml", t0 + dt.timedelta(minutes=15 * period),
-                      {c: {"MM.HoExeIntraReq": int(c)} for c in sorted(cells)})
+                _drop(
+                    pm,
+                    f"F{i}.xml",
+                    t0 + dt.timedelta(minutes=15 * period),
+                    {c: {"MM.HoExeIntraReq": int(c)} for c in sorted(cells)},
+                )
                 b = BatchBuilder("a", SITE, "boot")
                 await src.collect(b, time.time_ns())
-                got = [(lab.value, int(t))
-                       for batch in [wire.parse_batch(b.build(1, 1).SerializeToString())]
-                       for si, t in zip(wire.delta_columns(batch).series_index.tolist(),
-                                        wire.delta_columns(batch).time_unix_nano.tolist(),
-                                        strict=True)
-                       for lab in batch.series[si].labels if lab.name == "cell"]
+                got = [
+                    (lab.value, int(t))
+                    for batch in [wire.parse_batch(b.build(1, 1).SerializeToString())]
+                    for si, t in zip(
+                        wire.delta_columns(batch).series_index.tolist(),
+                        wire.delta_columns(batch).time_unix_nano.tolist(),
+                        strict=True,
+                    )
+                    for lab in batch.series[si].labels
+                    if lab.name == "cell"
+                ]
                 if crash:
                     src, _ = _source(pm)  # restart: the unspooled batch is gone
                     continue
@@ -524,14 +637,18 @@ def test_every_group_is_spooled_exactly_once_whatever_the_repeats_and_crashes(
             src.committed()
             batch = wire.parse_batch(b.build(1, 1).SerializeToString())
             cols = wire.delta_columns(batch)
-            spooled += [(lab.value, int(t)) for si, t in zip(cols.series_index.tolist(),
-                                                             cols.time_unix_nano.tolist(), strict=True)
-                        for lab in batch.series[si].labels if lab.name == "cell"]
+            spooled += [
+                (lab.value, int(t))
+                for si, t in zip(cols.series_index.tolist(), cols.time_unix_nano.tolist(), strict=True)
+                for lab in batch.series[si].labels
+                if lab.name == "cell"
+            ]
             assert not list(pm.glob("*.xml"))
             assert len(spooled) == len(set(spooled))  # never twice
             end0 = int(t0.timestamp() + 900) * NS
-            assert set(spooled) == {(c, end0 + p * 900 * NS) for p, cells, _ in deliveries
-                                    for c in cells}  # nothing lost
+            assert set(spooled) == {
+                (c, end0 + p * 900 * NS) for p, cells, _ in deliveries for c in cells
+            }  # nothing lost
 
     asyncio.run(run())
 
@@ -541,8 +658,9 @@ async def test_a_backlog_is_split_across_batches_under_max_batch_bytes(tmp_path:
     pm.mkdir()
     t0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=30)
     cells: dict[str, dict[str, float | int | str]] = {
-        str(c): {"DRB.PdcpSduVolumeDL": c, "DRB.PdcpSduVolumeUL": 1, "RRC.ConnMean": 2,
-                 "RRU.PrbTotDl": 3} for c in range(300)}
+        str(c): {"DRB.PdcpSduVolumeDL": c, "DRB.PdcpSduVolumeUL": 1, "RRC.ConnMean": 2, "RRU.PrbTotDl": 3}
+        for c in range(300)
+    }
     for k in range(8):
         _drop(pm, f"F{k}.xml", t0 + dt.timedelta(minutes=15 * k), cells)
     limit = 64 * 1024

@@ -19,8 +19,12 @@ def test_retry_pushback_is_read_from_the_refusal_trailers() -> None:
     from collector.agent.sender import retry_pushback_s
 
     def err(md: tuple[tuple[str, str], ...]) -> grpc.aio.AioRpcError:
-        return grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(),
-                                    grpc.aio.Metadata(*md), details="site limit")
+        return grpc.aio.AioRpcError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(*md),
+            details="site limit",
+        )
 
     assert retry_pushback_s(err((("retry-after-ms", "1500"),))) == 1.5
     assert retry_pushback_s(err(())) == 0.0

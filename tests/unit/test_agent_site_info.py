@@ -35,5 +35,10 @@ def test_unknown_zone_has_info_but_no_offset() -> None:
 def test_info_labels_name_the_site() -> None:
     fams = list(_site_families([("a1", TOKYO)], 0.0))
     labels = fams[0].samples[0].labels
-    assert labels == {"agent_id": "a1", "site": "jp-tokyo-01", "country": "JP", "region": "Kanto",
-                      "timezone": "Asia/Tokyo"}
+    assert labels == {
+        "agent_id": "a1",
+        "site": "jp-tokyo-01",
+        "country": "JP",
+        "region": "Kanto",
+        "timezone": "Asia/Tokyo",
+    }

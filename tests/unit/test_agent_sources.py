@@ -63,7 +63,8 @@ async def test_server_source_uses_catalogue_names_and_integer_counters() -> None
 
 
 async def test_server_source_covers_every_server_metric_of_the_catalogue(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """CPU per mode, memory, load, disk I/O and space, per-NIC bytes/packets/errors/drops:
     every `server` metric of the catalogue, counters as exact integers beyond 2^53."""
     from collector.agent.sources import server as server_mod
@@ -71,24 +72,29 @@ async def test_server_source_covers_every_server_metric_of_the_catalogue(
     big = 2**63 + 7  # a float64 would round it
     stat = tmp_path / "stat"
     stat.write_text("cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\nintr 1\n")
-    io = SimpleNamespace(read_bytes=big, write_bytes=big + 1, read_count=11, write_count=12,
-                         busy_time=13)
-    nic = SimpleNamespace(bytes_recv=big, bytes_sent=big + 1, packets_recv=3, packets_sent=4,
-                          errin=5, errout=6, dropin=7, dropout=8)
+    io = SimpleNamespace(read_bytes=big, write_bytes=big + 1, read_count=11, write_count=12, busy_time=13)
+    nic = SimpleNamespace(
+        bytes_recv=big,
+        bytes_sent=big + 1,
+        packets_recv=3,
+        packets_sent=4,
+        errin=5,
+        errout=6,
+        dropin=7,
+        dropout=8,
+    )
     part = SimpleNamespace(mountpoint="/data", fstype="ext4")
-    monkeypatch.setattr(server_mod.psutil, "disk_io_counters",
-                        lambda **_: {"sda": io, "loop0": io})
+    monkeypatch.setattr(server_mod.psutil, "disk_io_counters", lambda **_: {"sda": io, "loop0": io})
     monkeypatch.setattr(server_mod.psutil, "net_io_counters", lambda **_: {"eth0": nic, "lo": nic})
     monkeypatch.setattr(server_mod.psutil, "disk_partitions", lambda **_: [part])
-    monkeypatch.setattr(server_mod.psutil, "disk_usage",
-                        lambda _: SimpleNamespace(total=1000, free=600))
+    monkeypatch.setattr(server_mod.psutil, "disk_usage", lambda _: SimpleNamespace(total=1000, free=600))
     rapl = tmp_path / "powercap" / "intel-rapl:0"  # host power (RAPL): one package zone
     rapl.mkdir(parents=True)
-    for f, v in (("name", "package-0"), ("max_energy_range_uj", "262143328850"),
-                 ("energy_uj", "12345")):
+    for f, v in (("name", "package-0"), ("max_energy_range_uj", "262143328850"), ("energy_uj", "12345")):
         (rapl / f).write_text(v + "\n")
-    src = ServerSource(ServerSourceSettings(host="edge-1"), boot_time_unix_nano=123,
-                       proc_stat=stat, powercap=rapl.parent)
+    src = ServerSource(
+        ServerSourceSettings(host="edge-1"), boot_time_unix_nano=123, proc_stat=stat, powercap=rapl.parent
+    )
     b = BatchBuilder("a", SITE, "boot")
     await src.collect(b, time.time_ns())
     batch = _batch(b)
@@ -107,29 +113,46 @@ async def test_server_source_covers_every_server_metric_of_the_catalogue(
     assert value("node_network_transmit_bytes_total", device="eth0") == big + 1
     assert value("node_network_receive_drop_total", device="eth0") == 7
     assert value("node_filesystem_avail_bytes", mountpoint="/data") == 600
-    modes = {lab.value for s in batch.series if s.metric == "node_cpu_seconds_total"
-             for lab in s.labels if lab.name == "mode"}
+    modes = {
+        lab.value
+        for s in batch.series
+        if s.metric == "node_cpu_seconds_total"
+        for lab in s.labels
+        if lab.name == "mode"
+    }
     assert modes == set(server_mod.CPU_MODES)
     assert value("node_cpu_seconds_total", cpu="0", mode="steal") == 8
-    devices = {lab.value for s in batch.series for lab in s.labels if lab.name == "device"
-               and s.metric != "node_rapl_joules_total"}
+    devices = {
+        lab.value
+        for s in batch.series
+        for lab in s.labels
+        if lab.name == "device" and s.metric != "node_rapl_joules_total"
+    }
     assert devices == {"sda", "eth0"}  # loop* and lo are excluded by default
     assert value("node_rapl_joules_total", device="package-0") == 12345  # µJ, scale 1e-6
 
 
 def test_proc_stat_parser_reads_per_cpu_ticks(tmp_path: Path) -> None:
     p = tmp_path / "stat"
-    p.write_text("cpu  10 0 5 100 1 0 0 0 0 0\ncpu0 6 0 3 50 1 0 0 0 0 0\n"
-                 "cpu1 4 0 2 50 0 0 0 0 0 0\nintr 1 2\n")
+    p.write_text(
+        "cpu  10 0 5 100 1 0 0 0 0 0\ncpu0 6 0 3 50 1 0 0 0 0 0\ncpu1 4 0 2 50 0 0 0 0 0 0\nintr 1 2\n"
+    )
     assert read_proc_stat(p) == {"0": (6, 0, 3, 50, 1, 0, 0, 0), "1": (4, 0, 2, 50, 0, 0, 0, 0)}
 
 
-def _fake_net(root: Path, name: str, ifindex: int, rx: int, oper: str = "up",
-              speed: str = "10000") -> None:
+def _fake_net(root: Path, name: str, ifindex: int, rx: int, oper: str = "up", speed: str = "10000") -> None:
     d = root / name
     (d / "statistics").mkdir(parents=True, exist_ok=True)
-    for f in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_errors", "tx_errors",
-              "rx_dropped", "tx_dropped"):
+    for f in (
+        "rx_bytes",
+        "tx_bytes",
+        "rx_packets",
+        "tx_packets",
+        "rx_errors",
+        "tx_errors",
+        "rx_dropped",
+        "tx_dropped",
+    ):
         (d / "statistics" / f).write_text(f"{rx if f == 'rx_bytes' else 7}\n")
     (d / "ifindex").write_text(f"{ifindex}\n")
     (d / "operstate").write_text(oper + "\n")
@@ -157,8 +180,9 @@ async def test_link_source_filters_and_maps_media(tmp_path: Path) -> None:
     _fake_net(tmp_path, "lo", 1, 1)
     _fake_net(tmp_path, "eth0", 2, 1000)
     _fake_net(tmp_path, "xe-0", 3, 2000)
-    s = LinkSourceSettings(adapter="linux", options={"sysfs": str(tmp_path)}, exclude=["lo"],
-                           media={"xe-*": "optical"})
+    s = LinkSourceSettings(
+        adapter="linux", options={"sysfs": str(tmp_path)}, exclude=["lo"], media={"xe-*": "optical"}
+    )
     src = LinkSource(s)
     b = BatchBuilder("a", SITE, "boot")
     await src.collect(b, time.time_ns())
@@ -176,9 +200,13 @@ async def test_synthetic_optical_links_carry_dom_readings() -> None:
     batch = _batch(b)
     got = _samples(batch)
     opt = (("link", "et-0/0/0"), ("media", "optical"))
-    for m in ("link_optical_rx_power_dbm", "link_optical_tx_power_dbm",
-              "link_optical_laser_bias_amperes", "link_optical_prefec_ber",
-              "link_optical_osnr_db"):
+    for m in (
+        "link_optical_rx_power_dbm",
+        "link_optical_tx_power_dbm",
+        "link_optical_laser_bias_amperes",
+        "link_optical_prefec_ber",
+        "link_optical_osnr_db",
+    ):
         assert (m, opt) in got
     assert ("link_optical_rx_power_dbm", (("link", "et-0/0/1"), ("media", "copper"))) not in got
     assert {s.metric for s in batch.series} <= set(catalog.BY_NAME)
@@ -192,8 +220,15 @@ async def test_simulated_adapter_reads_the_simulator_links_at_the_due_tick() -> 
     from collector.simulate.model import FleetGenerator, FleetModel
 
     start = time.time() // 1 - 50  # a run that started 50 one-second ticks ago
-    opts = {"seed": 7, "country": "US", "site": 1, "links": 4, "interval_s": 1.0,
-            "start_unix_s": start, "clear_every_s": 0.0}
+    opts = {
+        "seed": 7,
+        "country": "US",
+        "site": 1,
+        "links": 4,
+        "interval_s": 1.0,
+        "start_unix_s": start,
+        "clear_every_s": 0.0,
+    }
     src = LinkSource(LinkSourceSettings(adapter="simulated", options=opts, exclude=[]))
     adapter = src.adapter
     b = BatchBuilder("a", SITE, "boot")
@@ -202,14 +237,32 @@ async def test_simulated_adapter_reads_the_simulator_links_at_the_due_tick() -> 
     assert 50 <= due <= 55
     batch = _batch(b)
     assert {s.metric for s in batch.series} <= set(catalog.BY_NAME)
-    widths = {dict((lab.name, lab.value) for lab in s.labels)["media"]: s.counter_bits
-              for s in batch.series if s.metric == "link_in_octets"}
+    widths = {
+        dict((lab.name, lab.value) for lab in s.labels)["media"]: s.counter_bits
+        for s in batch.series
+        if s.metric == "link_in_octets"
+    }
     assert widths == {"optical": 64, "copper": 32}  # copper counters wrap at 2^32
     # the same values as the simulator's own generator at that tick, optical readings too
-    m = FleetModel(SimulateSettings.model_validate(dict(
-        seed=7, countries=("US",), sites_per_country=2, links_per_site=4, cells_per_site=0,
-        hosts_per_site=0, interval_s=1.0, jitter_s=0.0, start_unix_s=start, clear_every_s=0.0,
-        reset_every_s=0.0, gap_probability=0.0, silent_after_s=0.0)))
+    m = FleetModel(
+        SimulateSettings.model_validate(
+            dict(
+                seed=7,
+                countries=("US",),
+                sites_per_country=2,
+                links_per_site=4,
+                cells_per_site=0,
+                hosts_per_site=0,
+                interval_s=1.0,
+                jitter_s=0.0,
+                start_unix_s=start,
+                clear_every_s=0.0,
+                reset_every_s=0.0,
+                gap_probability=0.0,
+                silent_after_s=0.0,
+            )
+        )
+    )
     block = FleetGenerator(m, round(start * 1e9)).block(due + 1)
     got = _samples(batch)
     site_rows = [i for i, si in enumerate(m.links["site"].tolist()) if si == 1]
@@ -249,13 +302,24 @@ class EchoAdapter(LinkAdapter):
         self.bits = bits
 
     async def read(self) -> Sequence[LinkReading]:
-        return [LinkReading(self.name, media="optical", in_octets=2**32 - 1, counter_bits=self.bits,
-                            counter_start_unix_nano=42, rx_power_dbm=float("nan"))]
+        return [
+            LinkReading(
+                self.name,
+                media="optical",
+                in_octets=2**32 - 1,
+                counter_bits=self.bits,
+                counter_start_unix_nano=42,
+                rx_power_dbm=float("nan"),
+            )
+        ]
 
 
 async def test_pluggable_adapter_by_import_path_declares_32_bit_counters() -> None:
-    src = LinkSource(LinkSourceSettings(adapter="tests.unit.test_agent_sources:EchoAdapter",
-                                        options={"name": "ge-9"}, exclude=[]))
+    src = LinkSource(
+        LinkSourceSettings(
+            adapter="tests.unit.test_agent_sources:EchoAdapter", options={"name": "ge-9"}, exclude=[]
+        )
+    )
     b = BatchBuilder("a", SITE, "boot")
     await src.collect(b, time.time_ns())
     batch = _batch(b)
@@ -318,8 +382,10 @@ async def test_a_failing_collection_is_counted_and_the_next_tick_works(tmp_path:
 
 class OddAdapter(LinkAdapter):
     async def read(self) -> Sequence[LinkReading]:
-        return [LinkReading("a", in_octets=2**32, out_octets=7, counter_bits=32),
-                LinkReading("b", in_octets=1, counter_bits=16)]
+        return [
+            LinkReading("a", in_octets=2**32, out_octets=7, counter_bits=32),
+            LinkReading("b", in_octets=1, counter_bits=16),
+        ]
 
 
 async def test_values_the_ingest_would_refuse_are_skipped_not_sent() -> None:

@@ -24,8 +24,12 @@ from collector.agent.spool import (
 )
 
 records_st = st.lists(
-    st.tuples(st.integers(1, 2**64 - 1), st.integers(0, 9), st.integers(-(2**63), 2**63 - 1),
-              st.binary(max_size=300)),
+    st.tuples(
+        st.integers(1, 2**64 - 1),
+        st.integers(0, 9),
+        st.integers(-(2**63), 2**63 - 1),
+        st.binary(max_size=300),
+    ),
     max_size=20,
 )
 
@@ -36,15 +40,22 @@ def test_records_round_trip(recs: list[tuple[int, int, int, bytes]], fmt: int) -
     data = b"".join(encode_record(s, p, c, enc(b), fmt=fmt) for s, p, c, b in recs)
     res = scan(data)
     assert (res.corrupt, res.torn) == (0, 0)
-    got = [(r.seq, r.priority, r.created_unix_nano,
-            decode_payload(r, data[r.offset + HEADER_SIZE:r.offset + HEADER_SIZE + r.length]))
-           for r in res.records]
+    got = [
+        (
+            r.seq,
+            r.priority,
+            r.created_unix_nano,
+            decode_payload(r, data[r.offset + HEADER_SIZE : r.offset + HEADER_SIZE + r.length]),
+        )
+        for r in res.records
+    ]
     assert got == recs
 
 
 @given(records_st.filter(bool), st.data())
-def test_truncated_tail_keeps_every_complete_record(recs: list[tuple[int, int, int, bytes]],
-                                                    data: st.DataObject) -> None:
+def test_truncated_tail_keeps_every_complete_record(
+    recs: list[tuple[int, int, int, bytes]], data: st.DataObject
+) -> None:
     blobs = [encode_record(*r) for r in recs]
     whole = b"".join(blobs)
     cut = data.draw(st.integers(0, len(whole)))
@@ -62,8 +73,9 @@ def test_truncated_tail_keeps_every_complete_record(recs: list[tuple[int, int, i
 
 
 @given(records_st.filter(lambda r: len(r) >= 3), st.data())
-def test_flipped_byte_loses_at_most_the_damaged_record(recs: list[tuple[int, int, int, bytes]],
-                                                       data: st.DataObject) -> None:
+def test_flipped_byte_loses_at_most_the_damaged_record(
+    recs: list[tuple[int, int, int, bytes]], data: st.DataObject
+) -> None:
     blobs = [encode_record(*r) for r in recs]
     whole = bytearray(b"".join(blobs))
     i = data.draw(st.integers(0, len(whole) - 1))
@@ -292,7 +304,8 @@ def test_fresh_spool_writes_its_seq_file_at_open(tmp_path: Path) -> None:
 
 
 def test_a_full_disk_emptying_the_spool_keeps_the_old_journal(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A write failing on a full disk retires its segment; when that was the last one, the
     # spool compacts acks.log through acks.tmp, which fails too. The batch must be dropped
     # and counted (not raise), the old journal stay in use, and nothing spooled later be lost:

@@ -14,8 +14,23 @@ from collector.aggregate.counters import Carry, counter_deltas, split_sum
 from tests.aggregate_support import TruthCounter
 
 TWO64 = 1 << 64
-NEAR = st.sampled_from([0, 1, (1 << 31) - 1, 1 << 31, (1 << 32) - 1, 1 << 32, (1 << 53) - 1,
-                        1 << 53, (1 << 53) + 1, (1 << 63) - 1, 1 << 63, TWO64 - 2, TWO64 - 1])
+NEAR = st.sampled_from(
+    [
+        0,
+        1,
+        (1 << 31) - 1,
+        1 << 31,
+        (1 << 32) - 1,
+        1 << 32,
+        (1 << 53) - 1,
+        1 << 53,
+        (1 << 53) + 1,
+        (1 << 63) - 1,
+        1 << 63,
+        TWO64 - 2,
+        TWO64 - 1,
+    ]
+)
 
 
 @st.composite
@@ -79,8 +94,14 @@ def test_deltas_equal_python_integer_truth_in_any_chunking(bits: int, data: st.D
 def test_64bit_wrap_near_2_64_is_exact_not_a_spike() -> None:
     carry = Carry.empty(1)
     v = np.array([TWO64 - 10**14, 4 * 10**14], np.uint64)  # 5e14 bytes across the wrap
-    d = counter_deltas(np.zeros(2, np.uint32), np.array([0, 10**10]), v, np.zeros(2, np.int64),
-                       np.full(2, 64, np.uint8), carry)
+    d = counter_deltas(
+        np.zeros(2, np.uint32),
+        np.array([0, 10**10]),
+        v,
+        np.zeros(2, np.int64),
+        np.full(2, 64, np.uint8),
+        carry,
+    )
     assert d.valid.tolist() == [False, True]
     assert int(d.delta[1]) == 5 * 10**14
     assert d.wrap[1]
@@ -90,8 +111,9 @@ def test_32bit_wrap_is_recognised_only_for_a_32bit_counter() -> None:
     v = np.array([(1 << 32) - 100, 50], np.uint64)
     t = np.array([0, 10**9])
     for bits, valid, delta in ((32, True, 150), (64, False, 0)):
-        d = counter_deltas(np.zeros(2, np.uint32), t, v, np.zeros(2, np.int64),
-                           np.full(2, bits, np.uint8), Carry.empty(1))
+        d = counter_deltas(
+            np.zeros(2, np.uint32), t, v, np.zeros(2, np.int64), np.full(2, bits, np.uint8), Carry.empty(1)
+        )
         assert bool(d.valid[1]) is valid
         assert int(d.delta[1]) == delta
         assert bool(d.reset[1]) is (not valid)
@@ -99,16 +121,28 @@ def test_32bit_wrap_is_recognised_only_for_a_32bit_counter() -> None:
 
 def test_counter_reset_is_not_negative_rate() -> None:
     v = np.array([10**16, 10**16 + 5, 3, 10], np.uint64)
-    d = counter_deltas(np.zeros(4, np.uint32), np.arange(4, dtype=np.int64) * 10**9, v,
-                       np.zeros(4, np.int64), np.full(4, 64, np.uint8), Carry.empty(1))
+    d = counter_deltas(
+        np.zeros(4, np.uint32),
+        np.arange(4, dtype=np.int64) * 10**9,
+        v,
+        np.zeros(4, np.int64),
+        np.full(4, 64, np.uint8),
+        Carry.empty(1),
+    )
     assert d.delta.tolist() == [0, 5, 0, 7]
     assert d.reset.tolist() == [False, False, True, False]
 
 
 def test_new_epoch_restarts_even_when_value_grows() -> None:
     v = np.array([100, 200], np.uint64)
-    d = counter_deltas(np.zeros(2, np.uint32), np.array([0, 10**9]), v, np.array([1, 2]),
-                       np.full(2, 64, np.uint8), Carry.empty(1))
+    d = counter_deltas(
+        np.zeros(2, np.uint32),
+        np.array([0, 10**9]),
+        v,
+        np.array([1, 2]),
+        np.full(2, 64, np.uint8),
+        Carry.empty(1),
+    )
     assert d.reset.tolist() == [False, True]
     assert d.delta.tolist() == [0, 0]
 
@@ -133,9 +167,15 @@ def test_polars_integer_traps_still_exist() -> None:
 
 
 def _two(v0: int, v1: int, dt_ns: int, bits: int = 64, max_rate: float | None = 1e15):
-    return counter_deltas(np.zeros(2, np.uint32), np.array([0, dt_ns], np.int64),
-                          np.array([v0, v1], np.uint64), np.zeros(2, np.int64),
-                          np.full(2, bits, np.uint8), Carry.empty(1), max_rate)
+    return counter_deltas(
+        np.zeros(2, np.uint32),
+        np.array([0, dt_ns], np.int64),
+        np.array([v0, v1], np.uint64),
+        np.zeros(2, np.int64),
+        np.full(2, bits, np.uint8),
+        Carry.empty(1),
+        max_rate,
+    )
 
 
 def test_64bit_clear_from_above_2_63_is_a_reset_under_the_rate_bound_not_a_spike() -> None:
@@ -160,10 +200,15 @@ def test_record_link_wrap_stays_exact_under_the_rate_bound() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(prev=st.integers(0, TWO64 - 1), inc=st.integers(0, TWO64 - 1),
-       dt_s=st.integers(1, 86_400), rate=st.sampled_from([1e9, 1e12, 1e15]))
+@given(
+    prev=st.integers(0, TWO64 - 1),
+    inc=st.integers(0, TWO64 - 1),
+    dt_s=st.integers(1, 86_400),
+    rate=st.sampled_from([1e9, 1e12, 1e15]),
+)
 def test_rate_bound_keeps_plausible_wraps_and_turns_the_rest_into_resets(
-        prev: int, inc: int, dt_s: int, rate: float) -> None:
+    prev: int, inc: int, dt_s: int, rate: float
+) -> None:
     cur = (prev + inc) % TWO64
     d = _two(prev, cur, dt_s * 10**9, max_rate=rate)
     if rate * dt_s > TWO64:  # the interval could hide a whole wrap: unknowable
@@ -183,10 +228,16 @@ def test_rate_bound_keeps_plausible_wraps_and_turns_the_rest_into_resets(
 
 
 @settings(max_examples=300, deadline=None)
-@given(bits=st.sampled_from([32, 64]), rate=st.sampled_from([1.5e8, 1.25e9, 5.025e13, 1e15]),
-       factor=st.floats(0.01, 100.0), prev=st.integers(0, TWO64 - 1), inc=st.integers(0, TWO64 - 1))
+@given(
+    bits=st.sampled_from([32, 64]),
+    rate=st.sampled_from([1.5e8, 1.25e9, 5.025e13, 1e15]),
+    factor=st.floats(0.01, 100.0),
+    prev=st.integers(0, TWO64 - 1),
+    inc=st.integers(0, TWO64 - 1),
+)
 def test_an_interval_that_could_hide_a_wrap_is_excluded_on_one_side_of_the_bound_only(
-        bits: int, rate: float, factor: float, prev: int, inc: int) -> None:
+    bits: int, rate: float, factor: float, prev: int, inc: int
+) -> None:
     mod = 1 << bits
     # the interval length at `factor` times the bound: length x rate = factor x range
     dt_ns = max(1, int(factor * mod / rate * 1e9))
@@ -237,7 +288,7 @@ def delta_inputs(draw: st.DrawFn) -> tuple[np.ndarray, ...]:
         tt = 1_700_000_000 * 10**9
         for _ in range(draw(st.integers(1, 12))):
             tt += draw(st.integers(1, 30 * 10**9) if grow else st.sampled_from([10**9, 40 * 86_400 * 10**9]))
-            x = (x + draw(st.integers(0, 10**15) if grow else st.integers(-10**6, 10**15))) % (1 << width)
+            x = (x + draw(st.integers(0, 10**15) if grow else st.integers(-(10**6), 10**15))) % (1 << width)
             sid.append(s)
             t.append(tt)
             v.append(x)
@@ -247,14 +298,23 @@ def delta_inputs(draw: st.DrawFn) -> tuple[np.ndarray, ...]:
     top = min(v) if grow else (1 << 64) - 1  # growing: the carried value is below every sample
     cv = np.array([draw(st.integers(0, top)) for _ in range(n_series)], np.uint64)
     ct = np.full(n_series, 1_700_000_000 * 10**9 - draw(st.sampled_from([1, 10**10, 50 * 86_400 * 10**9])))
-    return (np.array(sid, np.uint32), np.array(t, np.int64), np.array(v, np.uint64), np.array(e, np.int64),
-            np.array(bits, np.uint8), has, cv, ct)
+    return (
+        np.array(sid, np.uint32),
+        np.array(t, np.int64),
+        np.array(v, np.uint64),
+        np.array(e, np.int64),
+        np.array(bits, np.uint8),
+        has,
+        cv,
+        ct,
+    )
 
 
 @settings(max_examples=400, deadline=None)
 @given(delta_inputs(), st.sampled_from([None, 1e15, 5.025e13, 1.25e9, "per_sample"]))
 def test_fast_path_classifies_every_interval_as_the_general_path(
-        inputs: tuple[np.ndarray, ...], rate: float | str | None) -> None:
+    inputs: tuple[np.ndarray, ...], rate: float | str | None
+) -> None:
     """The few-pass case (64-bit counters that only grew, no interval near the ambiguity bound)
     gives exactly what the full classification gives, carry included; anything else falls back."""
     from unittest import mock
@@ -290,7 +350,15 @@ def test_fast_path_is_taken_for_growing_64_bit_counters() -> None:
     assert got.valid.all()
     assert int(got.delta.sum()) == 3 * 10**14
     # one decrease, or one 32-bit series: the general path
-    assert _grown_64bit(t, v[::-1].copy(), z, prev_v, prev_t, z, np.ones(4, bool), True,
-                        np.full(4, 64, np.uint8), 1e15) is None
-    assert _grown_64bit(t, v, z, prev_v, prev_t, z, np.ones(4, bool), True,
-                        np.array([64, 32, 64, 64], np.uint8), 1e15) is None
+    assert (
+        _grown_64bit(
+            t, v[::-1].copy(), z, prev_v, prev_t, z, np.ones(4, bool), True, np.full(4, 64, np.uint8), 1e15
+        )
+        is None
+    )
+    assert (
+        _grown_64bit(
+            t, v, z, prev_v, prev_t, z, np.ones(4, bool), True, np.array([64, 32, 64, 64], np.uint8), 1e15
+        )
+        is None
+    )

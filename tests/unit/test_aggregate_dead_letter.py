@@ -41,16 +41,17 @@ class ScriptedProducer:
 
 
 def _agg(producer: ScriptedProducer) -> Aggregator:
-    settings = load_settings(kafka={"topic": "t", "produce_timeout_s": 0.2},
-                             aggregate={"metrics_listen": ""})
+    settings = load_settings(kafka={"topic": "t", "produce_timeout_s": 0.2}, aggregate={"metrics_listen": ""})
     agg = Aggregator(settings, bootstrap="127.0.0.1:1", registry=CollectorRegistry())
     agg._producer = producer  # type: ignore[assignment]
     return agg
 
 
 def _dead(n: int) -> list[tuple[object, str]]:
-    return [(SimpleNamespace(value=b"bad%d" % i, key=None, headers=(), partition=0, offset=i), "columns")
-            for i in range(n)]
+    return [
+        (SimpleNamespace(value=b"bad%d" % i, key=None, headers=(), partition=0, offset=i), "columns")
+        for i in range(n)
+    ]
 
 
 def _value(agg: Aggregator, name: str) -> float:

@@ -28,8 +28,9 @@ SERIES = [
 ]
 
 
-def _batches(site: str, times: list[list[int]], *, per_batch_s: int = 10, upto_s: int,
-             from_s: int = 0, phase: int = 0) -> list[bytes]:
+def _batches(
+    site: str, times: list[list[int]], *, per_batch_s: int = 10, upto_s: int, from_s: int = 0, phase: int = 0
+) -> list[bytes]:
     """One batch per `per_batch_s` seconds; series j carries the samples at `times[j]`
     (offsets in s from T0 + phase), contiguous seqs whatever the agent failed to read."""
     out = []
@@ -42,8 +43,16 @@ def _batches(site: str, times: list[list[int]], *, per_batch_s: int = 10, upto_s
                     counters.append((j, t, 1000 + 7 * s))
                 else:
                     gauges.append((j, t, float(s)))
-        out.append(make_batch(agent=f"agent-{site}", seq=from_s // per_batch_s + b + 1, site=site,
-                              series=SERIES, counters=counters, gauges=gauges))
+        out.append(
+            make_batch(
+                agent=f"agent-{site}",
+                seq=from_s // per_batch_s + b + 1,
+                site=site,
+                series=SERIES,
+                counters=counters,
+                gauges=gauges,
+            )
+        )
     return out
 
 
@@ -158,11 +167,11 @@ def test_snapshot_restore_gives_the_same_ledger() -> None:
 def _as_v1(data: bytes) -> bytes:
     """A checkpoint as the previous format wrote it: no sample ledger columns, v=1."""
     (hl,) = struct.unpack_from("<I", data, 0)
-    header = json.loads(data[4:4 + hl])
+    header = json.loads(data[4 : 4 + hl])
     pos, frames = 4 + hl, []
     for name in header["frames"]:
         (fl,) = struct.unpack_from("<Q", data, pos)
-        f = pl.read_ipc(io.BytesIO(data[pos + 8:pos + 8 + fl]))
+        f = pl.read_ipc(io.BytesIO(data[pos + 8 : pos + 8 + fl]))
         if name == "series":
             f = f.drop("first", "step", "count")
         frames.append(f)
@@ -196,11 +205,11 @@ def test_v1_checkpoint_restores_and_starts_the_sample_ledger_at_each_last_sample
 def test_unknown_checkpoint_version_is_refused() -> None:
     data = PartitionState(0, CFG).snapshot()
     (hl,) = struct.unpack_from("<I", data, 0)
-    header = json.loads(data[4:4 + hl])
+    header = json.loads(data[4 : 4 + hl])
     header["v"] = 99
     h = json.dumps(header).encode()
     with pytest.raises(ProtocolError, match="v99"):
-        PartitionState.restore(struct.pack("<I", len(h)) + h + data[4 + hl:], CFG)
+        PartitionState.restore(struct.pack("<I", len(h)) + h + data[4 + hl :], CFG)
 
 
 @st.composite
@@ -222,19 +231,21 @@ def _grids(draw: st.DrawFn) -> tuple[list[tuple[int, int, list[int]]], list[int]
 @settings(max_examples=60, deadline=None)
 @given(_grids())
 def test_expected_is_the_grid_up_to_the_end_point_and_received_is_what_was_kept(
-        case: tuple[list[tuple[int, int, list[int]]], list[int], int]) -> None:
+    case: tuple[list[tuple[int, int, list[int]]], list[int], int],
+) -> None:
     grids, sizes, polls = case
     samples = sorted((t, j) for j, (_, _, kept) in enumerate(grids) for t in kept)
     st_ = PartitionState(0, AggregateSettings(allowed_lateness_s=LATENESS_S, stale_ttl_s=10**6))
     pos = seq = 0
     while pos < len(samples):
-        chunk = samples[pos:pos + sizes[seq % len(sizes)]]
+        chunk = samples[pos : pos + sizes[seq % len(sizes)]]
         pos += len(chunk)
         seq += 1
         counters = [(j, t, t // 1000) for t, j in chunk if SERIES[j].kind == pb.COUNTER]
         gauges = [(j, t, 1.0) for t, j in chunk if SERIES[j].kind == pb.GAUGE]
-        st_.add(seq, make_batch(agent="a", seq=seq, site="s", series=SERIES, counters=counters,
-                                gauges=gauges))
+        st_.add(
+            seq, make_batch(agent="a", seq=seq, site="s", series=SERIES, counters=counters, gauges=gauges)
+        )
         if seq % polls == 0:
             st_.advance()
     st_.advance()

@@ -54,6 +54,7 @@ class Feed:
             b.delta(REQ, end - P, end, req)
             b.delta(SUCC, end - P, end, succ)
             b.period_gauge(PRB, end - P, end, prb)
+
         return self.send(fill, agent)
 
     def live(self, t: int, v: int) -> int:
@@ -177,7 +178,8 @@ def test_period_columns_are_checked_by_the_decoder() -> None:
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 2**64 - 1)), min_size=1, max_size=20))
 def test_any_delivery_order_with_repeats_publishes_the_newest_period_exactly(
-        deliveries: list[tuple[int, int]]) -> None:
+    deliveries: list[tuple[int, int]],
+) -> None:
     """Periods k (inside the horizon; one value per k, the first delivery wins) delivered in
     any order, repeated:
     each counted once, the newest published as value / period exactly."""
@@ -190,12 +192,12 @@ def test_any_delivery_order_with_repeats_publishes_the_newest_period_exactly(
         feed.send(lambda b, k=k, end=end: b.delta(DL, end - P, end, value_of[k]))
     newest = max(value_of)
     thr = feed.family("edge_cell_throughput_bytes_per_second")
-    assert _value(thr, cell="17", window="15m") == pytest.approx(value_of[newest] * 125_000 / 900,
-                                                                 rel=1e-15)
+    assert _value(thr, cell="17", window="15m") == pytest.approx(value_of[newest] * 125_000 / 900, rel=1e-15)
     assert feed.st.sites[0].samples == len(value_of)
     assert feed.dropped("duplicate") == len(deliveries) - len(value_of)
     # the dedup memory holds each period exactly once
     hist = feed.st.periods.hist[False]
     assert sorted(hist["end"].to_list()) == sorted(T0 + (k + 1) * P for k in value_of)
     assert {int(e): int(v) for e, v in zip(hist["end"], hist["value"], strict=True)} == {
-        T0 + (k + 1) * P: v for k, v in value_of.items()}
+        T0 + (k + 1) * P: v for k, v in value_of.items()
+    }

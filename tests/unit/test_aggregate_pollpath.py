@@ -26,20 +26,38 @@ CFG = AggregateSettings(windows_s=(10, 60, 300), allowed_lateness_s=10)
 def _state_bits(st: PartitionState) -> dict[str, object]:
     """Everything published, compared bit for bit."""
     v = st.view()
-    out: dict[str, object] = {"ledger": [(s.site_id, s.batches, s.dup_batches, s.samples, s.dropped,
-                                          s.expected, s.received, s.samples_expected, s.samples_counted)
-                                         for s in v.sites],
-                              "closed": st.closed_ns, "wm": st.wm_ns, "records": st.records}
+    out: dict[str, object] = {
+        "ledger": [
+            (
+                s.site_id,
+                s.batches,
+                s.dup_batches,
+                s.samples,
+                s.dropped,
+                s.expected,
+                s.received,
+                s.samples_expected,
+                s.samples_counted,
+            )
+            for s in v.sites
+        ],
+        "closed": st.closed_ns,
+        "wm": st.wm_ns,
+        "records": st.records,
+    }
     for w in st.windows_s:
         out[f"c{w}"] = v.latest_c[w].sort("sid").rows()
         g = v.latest_g[w].sort("sid")
-        out[f"g{w}"] = [tuple(r[:2]) + tuple(np.float64(x).tobytes() if isinstance(x, float) else x
-                                             for x in r[2:]) for r in g.rows()]
+        out[f"g{w}"] = [
+            tuple(r[:2]) + tuple(np.float64(x).tobytes() if isinstance(x, float) else x for x in r[2:])
+            for r in g.rows()
+        ]
     return out
 
 
-def _feed(records: list[bytes], cuts: list[int], cfg: AggregateSettings = CFG,
-          log: bool = False) -> PartitionState:
+def _feed(
+    records: list[bytes], cuts: list[int], cfg: AggregateSettings = CFG, log: bool = False
+) -> PartitionState:
     st = PartitionState(0, cfg)
     if log:
         st.on_window = lambda *a: None
@@ -66,8 +84,10 @@ def test_poll_grouping_does_not_change_anything(cuts: list[int]) -> None:
 
 def test_bad_records_inside_a_poll_are_refused_alone() -> None:
     series = [SeriesDef("link_in_octets", {"link": "a", "media": "optical"})]
-    good = [make_batch(agent="x", seq=s, site="s", series=series, counters=[(0, T0 + s * NS, s * 10)])
-            for s in range(1, 5)]
+    good = [
+        make_batch(agent="x", seq=s, site="s", series=series, counters=[(0, T0 + s * NS, s * 10)])
+        for s in range(1, 5)
+    ]
     bad_index = make_batch(agent="x", seq=9, site="s", series=series, counters=[(3, T0, 1)])
     records = [good[0], b"\xff\xff", good[1], bad_index, good[2], b"", good[3]]
     st = PartitionState(0, CFG)
@@ -81,8 +101,9 @@ def test_bad_records_inside_a_poll_are_refused_alone() -> None:
 
 
 def _columns_equal(a: object, b: object) -> bool:
-    return all(np.array_equal(getattr(a, f), getattr(b, f))
-               for f in ("series_index", "time_unix_nano", "value"))
+    return all(
+        np.array_equal(getattr(a, f), getattr(b, f)) for f in ("series_index", "time_unix_nano", "value")
+    )
 
 
 def test_fast_path_reads_what_the_full_parse_reads() -> None:
@@ -90,12 +111,24 @@ def test_fast_path_reads_what_the_full_parse_reads() -> None:
     series.append(SeriesDef("link_speed_bytes", {"link": "e0", "media": "optical"}, kind=pb.GAUGE))
     dec = Decoder()
     for seq in range(1, 6):
-        raw = make_batch(agent="a", seq=seq, site="jp-1", series=series,
-                         counters=[(i, T0 + seq * NS, seq * 1000 + i) for i in range(3)],
-                         gauges=[(3, T0 + seq * NS, 1.5 * seq)])
+        raw = make_batch(
+            agent="a",
+            seq=seq,
+            site="jp-1",
+            series=series,
+            counters=[(i, T0 + seq * NS, seq * 1000 + i) for i in range(3)],
+            gauges=[(3, T0 + seq * NS, 1.5 * seq)],
+        )
         got, want = dec.decode(raw), decode(raw)
-        assert (got.agent_id, got.seq, got.site_id, got.country, got.region, got.boot_id, got.table_key) == \
-            (want.agent_id, want.seq, want.site_id, want.country, want.region, want.boot_id, want.table_key)
+        assert (got.agent_id, got.seq, got.site_id, got.country, got.region, got.boot_id, got.table_key) == (
+            want.agent_id,
+            want.seq,
+            want.site_id,
+            want.country,
+            want.region,
+            want.boot_id,
+            want.table_key,
+        )
         assert _columns_equal(got.counters, want.counters)
         assert _columns_equal(got.gauges, want.gauges)
         assert [s.metric for s in got.series()] == [s.metric for s in want.series()]
@@ -118,8 +151,16 @@ def test_fast_path_falls_back_or_refuses_like_the_full_parse(mutate: str) -> Non
         b = pb.Batch.FromString(raw)
         b.ClearField("counters")
         # the same sample with each column unpacked (legal protobuf, not what serializers write)
-        raw = (b.SerializeToString() + b"\x3a\x17" + b"\x0d" + (0).to_bytes(4, "little")
-               + b"\x11" + (T0 + NS).to_bytes(8, "little") + b"\x19" + (2).to_bytes(8, "little"))
+        raw = (
+            b.SerializeToString()
+            + b"\x3a\x17"
+            + b"\x0d"
+            + (0).to_bytes(4, "little")
+            + b"\x11"
+            + (T0 + NS).to_bytes(8, "little")
+            + b"\x19"
+            + (2).to_bytes(8, "little")
+        )
     elif mutate == "bad_index":
         raw = make_batch(agent="a", seq=2, site="s", series=series, counters=[(5, T0 + NS, 2)])
     try:
@@ -136,13 +177,16 @@ def test_fast_path_falls_back_or_refuses_like_the_full_parse(mutate: str) -> Non
 
 
 def test_window_log_does_not_change_published_float_bits() -> None:
-    series = [SeriesDef("link_optical_rx_power_dbm", {"link": f"e{i}", "media": "optical"}, kind=pb.GAUGE)
-              for i in range(20)]
+    series = [
+        SeriesDef("link_optical_rx_power_dbm", {"link": f"e{i}", "media": "optical"}, kind=pb.GAUGE)
+        for i in range(20)
+    ]
     rng = np.random.default_rng(7)
     records = []
     for seq in range(1, 80):
-        gauges = [(i, T0 + (seq * 3 + k) * NS, float(rng.normal(-3.0, 1e3)))
-                  for k in range(3) for i in range(20)]
+        gauges = [
+            (i, T0 + (seq * 3 + k) * NS, float(rng.normal(-3.0, 1e3))) for k in range(3) for i in range(20)
+        ]
         records.append(make_batch(agent="a", seq=seq, site="s", series=series, gauges=gauges))
     plain = _feed(records, list(range(0, 80, 7)))
     logged = _feed(records, list(range(0, 80, 7)), log=True)
@@ -165,14 +209,20 @@ def test_records_total_counts_each_record_once() -> None:
     agg = Aggregator(settings, bootstrap="127.0.0.1:1", registry=CollectorRegistry())
     agg._consumer = SimpleNamespace(highwater=lambda tp: None)  # type: ignore[assignment]
     series = [SeriesDef("link_in_octets", {"link": "a", "media": "optical"})]
-    values = [make_batch(agent="x", seq=s + 1, site="s", series=series, counters=[(0, T0 + s * NS, s)])
-              for s in range(10)]
+    values = [
+        make_batch(agent="x", seq=s + 1, site="s", series=series, counters=[(0, T0 + s * NS, s)])
+        for s in range(10)
+    ]
     st = PartitionState(0, settings.aggregate)
     for i in range(5):
         st.add(i, values[i])
     agg.states[0] = st  # restored: next offset 5
-    recs = [SimpleNamespace(offset=i, value=values[i], headers=(("schema", b"telemetry.v1.Batch"),),
-                            partition=0, key=b"s") for i in range(10)]
+    recs = [
+        SimpleNamespace(
+            offset=i, value=values[i], headers=(("schema", b"telemetry.v1.Batch"),), partition=0, key=b"s"
+        )
+        for i in range(10)
+    ]
     agg._process({TopicPartition("t", 0): recs})
     agg._process({TopicPartition("t", 0): recs[5:]})  # fetched again after the seek
     assert agg.registry.get_sample_value("collector_aggregate_records_total", {"partition": "0"}) == 5
@@ -181,8 +231,9 @@ def test_records_total_counts_each_record_once() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 40), st.integers(-5, 5)), max_size=300),
-       st.sampled_from([0, T0, 2**62]))
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(-5, 5)), max_size=300), st.sampled_from([0, T0, 2**62])
+)
 def test_series_time_order_is_lexsort(pairs: list[tuple[int, int]], base: int) -> None:
     """The close path's one-key stable sort orders exactly like lexsort((t, sid)), repeated
     timestamps included (both stable), and falls back to lexsort when the key would overflow."""
@@ -216,9 +267,25 @@ def _with_created(raw: bytes, created: int) -> bytes:
 
 
 @pytest.mark.parametrize("created", [0, T0])
-@pytest.mark.parametrize("mutate", ["none", "long_seq", "new_site", "new_boot", "created_toggled",
-                                    "new_table", "unknown_field", "repeated_header", "gauges_only",
-                                    "no_samples", "bad_index", "other_agent", "unissued", "unissued_bad"])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        "none",
+        "long_seq",
+        "new_site",
+        "new_boot",
+        "created_toggled",
+        "new_table",
+        "unknown_field",
+        "repeated_header",
+        "gauges_only",
+        "no_samples",
+        "bad_index",
+        "other_agent",
+        "unissued",
+        "unissued_bad",
+    ],
+)
 def test_known_layout_reads_what_the_full_parse_reads(created: int, mutate: str) -> None:
     """An agent's third record on is read by comparing it with the layout of its previous one;
     whatever differs goes through the other paths, with the full parse's result or refusal."""
@@ -226,9 +293,14 @@ def test_known_layout_reads_what_the_full_parse_reads(created: int, mutate: str)
     series.append(SeriesDef("link_speed_bytes", {"link": "e0", "media": "optical"}, kind=pb.GAUGE))
 
     def batch(seq: int, **kw: object) -> bytes:
-        args: dict[str, object] = {"agent": "a", "seq": seq, "site": "s", "series": series,
-                                   "counters": [(0, T0 + seq * NS, seq), (1, T0 + seq * NS, 2 * seq)],
-                                   "gauges": [(2, T0 + seq * NS, 1.25e9)]}
+        args: dict[str, object] = {
+            "agent": "a",
+            "seq": seq,
+            "site": "s",
+            "series": series,
+            "counters": [(0, T0 + seq * NS, seq), (1, T0 + seq * NS, 2 * seq)],
+            "gauges": [(2, T0 + seq * NS, 1.25e9)],
+        }
         args.update(kw)
         return _with_created(make_batch(**args), created)  # type: ignore[arg-type]
 
@@ -236,18 +308,22 @@ def test_known_layout_reads_what_the_full_parse_reads(created: int, mutate: str)
     for seq in (1, 2):
         dec.read(batch(seq))
     assert dec._layouts  # the second record left its layout
-    raw = {"none": lambda: batch(3), "long_seq": lambda: batch(300),
-           "new_site": lambda: batch(3, site="s2"), "new_boot": lambda: batch(3, boot="boot-2"),
-           "created_toggled": lambda: _with_created(batch(3), 0 if created else T0),
-           "new_table": lambda: batch(3, series=[*series, series[0]]),
-           "unknown_field": lambda: batch(3) + b"\xa0\x06\x01",
-           "repeated_header": lambda: batch(3) + b"\x10\x07",
-           "gauges_only": lambda: batch(3, counters=[]),
-           "no_samples": lambda: batch(3, counters=[], gauges=[]),
-           "bad_index": lambda: batch(3, counters=[(7, T0, 1)]),
-           "other_agent": lambda: batch(3, agent="b"),
-           "unissued": lambda: _unissued(batch(3000), 1000, 2000),
-           "unissued_bad": lambda: _unissued(batch(3), 5, 1)}[mutate]()
+    raw = {
+        "none": lambda: batch(3),
+        "long_seq": lambda: batch(300),
+        "new_site": lambda: batch(3, site="s2"),
+        "new_boot": lambda: batch(3, boot="boot-2"),
+        "created_toggled": lambda: _with_created(batch(3), 0 if created else T0),
+        "new_table": lambda: batch(3, series=[*series, series[0]]),
+        "unknown_field": lambda: batch(3) + b"\xa0\x06\x01",
+        "repeated_header": lambda: batch(3) + b"\x10\x07",
+        "gauges_only": lambda: batch(3, counters=[]),
+        "no_samples": lambda: batch(3, counters=[], gauges=[]),
+        "bad_index": lambda: batch(3, counters=[(7, T0, 1)]),
+        "other_agent": lambda: batch(3, agent="b"),
+        "unissued": lambda: _unissued(batch(3000), 1000, 2000),
+        "unissued_bad": lambda: _unissued(batch(3), 5, 1),
+    }[mutate]()
     if mutate in ("none", "long_seq", "unissued", "unissued_bad"):
         assert dec._known(raw) is not None
         full = Decoder().read(raw)  # the full parse: a decoder that has not seen the agent
@@ -261,8 +337,14 @@ def test_known_layout_reads_what_the_full_parse_reads(created: int, mutate: str)
             dec.decode(raw)
         return
     got = dec.decode(raw)
-    assert (got.agent_id, got.seq, got.site_id, got.country, got.region, got.boot_id) == \
-        (want.agent_id, want.seq, want.site_id, want.country, want.region, want.boot_id)
+    assert (got.agent_id, got.seq, got.site_id, got.country, got.region, got.boot_id) == (
+        want.agent_id,
+        want.seq,
+        want.site_id,
+        want.country,
+        want.region,
+        want.boot_id,
+    )
     assert _columns_equal(got.counters, want.counters)
     assert _columns_equal(got.gauges, want.gauges)
     assert [s.metric for s in got.series()] == [s.metric for s in want.series()]

@@ -29,10 +29,21 @@ def _label_key(text: str) -> str:
 
 def test_closed_windows_equal_simulator_truth() -> None:
     sim_settings = SimulateSettings(
-        acceleration=0, start_unix_s=1_780_000_200, sites_per_country=1, links_per_site=4,
-        cells_per_site=3, hosts_per_site=1, cpus_per_host=2, reset_every_s=900, clear_every_s=900,
-        gap_probability=0.05, duplicate_probability=0.05, late_probability=0.05, late_delay_s=15,
-        silent_after_s=1800)
+        acceleration=0,
+        start_unix_s=1_780_000_200,
+        sites_per_country=1,
+        links_per_site=4,
+        cells_per_site=3,
+        hosts_per_site=1,
+        cpus_per_host=2,
+        reset_every_s=900,
+        clear_every_s=900,
+        gap_probability=0.05,
+        duplicate_probability=0.05,
+        late_probability=0.05,
+        late_delay_s=15,
+        silent_after_s=1800,
+    )
     sim = Simulation(sim_settings, truth=True)
     batches = sim.run(ticks=360)  # one simulated hour at 10 s
     kinds = {b.kind for b in batches}
@@ -61,7 +72,8 @@ def test_closed_windows_equal_simulator_truth() -> None:
     truth = truth.with_columns(
         end=pl.col("window_start_unix_nano") + pl.col("window_s").cast(pl.Int64) * NS,
         key=pl.col("labels").map_elements(_label_key, return_dtype=pl.String),
-        window_s=pl.col("window_s").cast(pl.Int32))
+        window_s=pl.col("window_s").cast(pl.Int32),
+    )
     keys = ["site", "metric", "labels", "window_s", "end"]
 
     got_c = pl.concat(c_parts).with_columns(pl.col("window_s").cast(pl.Int32))
@@ -69,9 +81,15 @@ def test_closed_windows_equal_simulator_truth() -> None:
     got_c = got_c.filter(pl.col("end") % (pl.col("window_s").cast(pl.Int64) * NS) == 0)
     got_c = got_c.unique(subset=keys)
     want_c = truth.filter((pl.col("kind") == "counter") & (pl.col("increments") > pl.col("resets")))
-    want_c = want_c.select(site=pl.col("site_id"), metric="metric", labels="key", window_s="window_s",
-                           end="end", want_inc=(pl.col("delta") - pl.col("reset_delta")).cast(pl.Int128),
-                           want_n=(pl.col("increments") - pl.col("resets")).cast(pl.UInt32))
+    want_c = want_c.select(
+        site=pl.col("site_id"),
+        metric="metric",
+        labels="key",
+        window_s="window_s",
+        end="end",
+        want_inc=(pl.col("delta") - pl.col("reset_delta")).cast(pl.Int128),
+        want_n=(pl.col("increments") - pl.col("resets")).cast(pl.UInt32),
+    )
     got_c = got_c.filter(pl.col("n") > 0).select(*keys, "inc", "n", "wraps", "resets")
     joined = want_c.join(got_c, on=keys, how="full", coalesce=True)
     missing = joined.filter(pl.col("inc").is_null() | pl.col("want_inc").is_null())
@@ -87,12 +105,25 @@ def test_closed_windows_equal_simulator_truth() -> None:
     got_g = pl.concat(g_parts).with_columns(pl.col("window_s").cast(pl.Int32))
     got_g = got_g.filter(pl.col("end") % (pl.col("window_s").cast(pl.Int64) * NS) == 0).unique(subset=keys)
     want_g = truth.filter(pl.col("kind") == "gauge").select(
-        site=pl.col("site_id"), metric="metric", labels="key", window_s="window_s", end="end",
-        want_cnt="samples", want_sum="gauge_sum", want_min="gauge_min", want_max="gauge_max")
+        site=pl.col("site_id"),
+        metric="metric",
+        labels="key",
+        window_s="window_s",
+        end="end",
+        want_cnt="samples",
+        want_sum="gauge_sum",
+        want_min="gauge_min",
+        want_max="gauge_max",
+    )
     jg = want_g.join(got_g.select(*keys, "sum", "cnt", "min", "max"), on=keys, how="full", coalesce=True)
     assert not len(jg.filter(pl.col("cnt").is_null() | pl.col("want_cnt").is_null()))
-    bad = jg.filter((pl.col("cnt") != pl.col("want_cnt")) | (pl.col("min") != pl.col("want_min"))
-                    | (pl.col("max") != pl.col("want_max"))
-                    | ((pl.col("sum") - pl.col("want_sum")).abs()
-                       > 1e-9 * pl.max_horizontal(pl.col("want_sum").abs(), pl.lit(1.0))))
+    bad = jg.filter(
+        (pl.col("cnt") != pl.col("want_cnt"))
+        | (pl.col("min") != pl.col("want_min"))
+        | (pl.col("max") != pl.col("want_max"))
+        | (
+            (pl.col("sum") - pl.col("want_sum")).abs()
+            > 1e-9 * pl.max_horizontal(pl.col("want_sum").abs(), pl.lit(1.0))
+        )
+    )
     assert not len(bad), bad.head(10)

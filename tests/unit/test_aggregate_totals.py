@@ -17,8 +17,10 @@ def _totals(st: PartitionState) -> dict[tuple[str, str, str], int]:
     t = st.view().totals
     assert t is not None
     rows = t.join(st.series_meta(), on="sid")
-    return {(r["site"], METRICS[r["metric_i"]].name, label_key(r)): (r["hi"] << 32) + r["lo"]
-            for r in rows.iter_rows(named=True)}
+    return {
+        (r["site"], METRICS[r["metric_i"]].name, label_key(r)): (r["hi"] << 32) + r["lo"]
+        for r in rows.iter_rows(named=True)
+    }
 
 
 def _truth(fleet, upto_ns: int) -> dict[tuple[str, str, str], int]:  # type: ignore[no-untyped-def]

@@ -115,8 +115,7 @@ def test_402_tbps_link_over_30_days_is_exact() -> None:
                     wraps += 1
                 v = (v + d) % (1 << 64)
             counters.append((0, t, v))
-        st.add(batch, make_batch(agent="a", seq=batch + 1, site="jp-402", series=series,
-                                 counters=counters))
+        st.add(batch, make_batch(agent="a", seq=batch + 1, site="jp-402", series=series, counters=counters))
         st.advance(emit_all=True)
     assert wraps >= 7
     assert len(emitted) >= 30 * 24 * 12 - 12
@@ -135,8 +134,9 @@ def test_duplicate_is_dropped_and_dedup_memory_is_bounded() -> None:
     series = [SeriesDef("link_in_octets", {"link": "x", "media": "copper"})]
 
     def batch(seq: int) -> bytes:
-        return make_batch(agent="a", seq=seq, site="s", series=series,
-                          counters=[(0, T0 + seq * NS, seq * 100)])
+        return make_batch(
+            agent="a", seq=seq, site="s", series=series, counters=[(0, T0 + seq * NS, seq * 100)]
+        )
 
     for seq in range(1, 200):
         assert st.add(seq, batch(seq)) == 1
@@ -153,8 +153,7 @@ def test_cardinality_cap_drops_new_series_and_counts_them() -> None:
     cfg = AggregateSettings(max_series_per_site=3)
     st = PartitionState(0, cfg)
     series = [SeriesDef("link_in_octets", {"link": f"l{i}", "media": "copper"}) for i in range(5)]
-    st.add(0, make_batch(agent="a", seq=1, site="s", series=series,
-                         counters=[(i, T0, 1) for i in range(5)]))
+    st.add(0, make_batch(agent="a", seq=1, site="s", series=series, counters=[(i, T0, 1) for i in range(5)]))
     assert st.live_series() == 3
     assert st.sites[0].dropped["cardinality"] == 2
 
@@ -194,8 +193,9 @@ def test_poison_records_raise_protocol_error(value: bytes) -> None:
 
 def test_truncated_batch_and_bad_index_are_protocol_errors() -> None:
     series = [SeriesDef("link_in_octets", {"link": "a", "media": "copper"})]
-    good = make_batch(agent="x", seq=1, site="s", series=series,
-                      counters=[(0, T0 + i * NS, i) for i in range(50)])
+    good = make_batch(
+        agent="x", seq=1, site="s", series=series, counters=[(0, T0 + i * NS, i) for i in range(50)]
+    )
     st = PartitionState(0, AggregateSettings())
     with pytest.raises(ProtocolError):
         st.add(0, good[: len(good) - 7])
@@ -212,19 +212,21 @@ def test_wrong_schema_header_is_rejected() -> None:
 
 
 def test_kind_mismatch_and_unknown_metrics_are_counted_not_aggregated() -> None:
-    series = [SeriesDef("link_in_octets", {"link": "a", "media": "copper"}, kind=pb.GAUGE),
-              SeriesDef("vendor_magic", {}, kind=pb.GAUGE)]
+    series = [
+        SeriesDef("link_in_octets", {"link": "a", "media": "copper"}, kind=pb.GAUGE),
+        SeriesDef("vendor_magic", {}, kind=pb.GAUGE),
+    ]
     st = PartitionState(0, AggregateSettings())
-    st.add(0, make_batch(agent="x", seq=1, site="s", series=series,
-                         gauges=[(0, T0, 1.0), (1, T0, 2.0)]))
+    st.add(0, make_batch(agent="x", seq=1, site="s", series=series, gauges=[(0, T0, 1.0), (1, T0, 2.0)]))
     assert st.sites[0].dropped["rejected"] == 1
     assert st.sites[0].dropped["unknown_metric"] == 1
     assert st.live_series() == 0
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 600), st.integers(0, 1000)),
-                min_size=1, max_size=60))
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 600), st.integers(0, 1000)), min_size=1, max_size=60)
+)
 def test_gauge_windows_match_a_direct_computation(samples: list[tuple[int, int, int]]) -> None:
     """Window avg/min/max from panes equal a direct pass over the samples in the window."""
     cfg = AggregateSettings(windows_s=(10, 60), allowed_lateness_s=1000)
@@ -240,13 +242,17 @@ def test_gauge_windows_match_a_direct_computation(samples: list[tuple[int, int, 
     for r in rows:
         host = int(r["labels"].split("host=h")[1].split(",")[0])
         end = r["end_ns"]
-        vals = [float(v) for i, s, v in samples
-                if i == host and end - r["window_s"] * NS <= T0 + s * NS < end]
+        vals = [
+            float(v) for i, s, v in samples if i == host and end - r["window_s"] * NS <= T0 + s * NS < end
+        ]
         assert (r["sum"], r["count"], r["min"], r["max"]) == (sum(vals), len(vals), min(vals), max(vals))
     # every (host, pane) with samples was published in the 10 s window
     panes = {(i, (T0 + s * NS) // (10 * NS)) for i, s, _ in samples}
-    seen = {(int(r["labels"].split("host=h")[1].split(",")[0]), r["end_ns"] // (10 * NS) - 1)
-            for r in rows if r["window_s"] == 10}
+    seen = {
+        (int(r["labels"].split("host=h")[1].split(",")[0]), r["end_ns"] // (10 * NS) - 1)
+        for r in rows
+        if r["window_s"] == 10
+    }
     assert panes == seen
     assert np.isfinite([r["sum"] for r in rows]).all()
 
@@ -280,18 +286,25 @@ def test_negative_event_time_is_a_protocol_error() -> None:
 
 @pytest.mark.parametrize("scale", [-1.0, float("nan"), float("inf")])
 def test_series_with_an_impossible_scale_is_rejected(scale: float) -> None:
-    series = [SeriesDef("RRU.PrbTotDl", {"cell": "c", "gnb": "g"}, kind=pb.GAUGE, scale=scale),
-              SeriesDef("RRU.PrbTotUl", {"cell": "c", "gnb": "g"}, kind=pb.GAUGE, scale=0.01)]
+    series = [
+        SeriesDef("RRU.PrbTotDl", {"cell": "c", "gnb": "g"}, kind=pb.GAUGE, scale=scale),
+        SeriesDef("RRU.PrbTotUl", {"cell": "c", "gnb": "g"}, kind=pb.GAUGE, scale=0.01),
+    ]
     st = PartitionState(0, AggregateSettings())
-    assert st.add(0, make_batch(agent="x", seq=1, site="s", series=series,
-                                gauges=[(0, T0, 50.0), (1, T0, 50.0)])) == 1
+    assert (
+        st.add(
+            0, make_batch(agent="x", seq=1, site="s", series=series, gauges=[(0, T0, 50.0), (1, T0, 50.0)])
+        )
+        == 1
+    )
     assert st.sites[0].dropped["rejected"] == 1
     assert st.live_series() == 1
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 1000), st.integers(0, 300)),
-                min_size=1, max_size=60))
+@given(
+    st.lists(st.tuples(st.integers(0, 6), st.integers(0, 1000), st.integers(0, 300)), min_size=1, max_size=60)
+)
 def test_newest_event_index_equals_a_scan_over_sites(steps: list[tuple[int, int, int]]) -> None:
     # each step: a site's newest event time moves to `value` (if higher), the floor is the
     # running maximum minus `idle` - exactly how the partition watermark uses it

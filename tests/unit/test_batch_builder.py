@@ -16,8 +16,7 @@ def test_equal_series_share_one_index_and_build_resets() -> None:
     b = BatchBuilder("agent-1", SITE, "boot-a")
     d = counter_def("link_in_octets", {"link": "et-0/0/1", "media": "optical"}, unit="bytes")
     b.counter(d, 10, 5)
-    b.counter(counter_def("link_in_octets", {"media": "optical", "link": "et-0/0/1"},
-                          unit="bytes"), 20, 7)
+    b.counter(counter_def("link_in_octets", {"media": "optical", "link": "et-0/0/1"}, unit="bytes"), 20, 7)
     b.gauge(gauge_def("link_oper_up", {"link": "et-0/0/1"}, unit="bool"), 20, 1.0)
     batch = wire.parse_batch(b.build(seq=3, created_unix_nano=99).SerializeToString())
     assert len(batch.series) == 2
@@ -40,15 +39,21 @@ def test_vectorised_counters_match_scalar_ones(rows: list[tuple[int, int]]) -> N
         vec.series_index(d)
     for d in defs:
         scalar.series_index(d)
-    vec.counter_columns(defs, np.array([k for k, _ in rows]), np.arange(len(rows), dtype=np.int64),
-                        np.array([v for _, v in rows], dtype=np.uint64))
+    vec.counter_columns(
+        defs,
+        np.array([k for k, _ in rows]),
+        np.arange(len(rows), dtype=np.int64),
+        np.array([v for _, v in rows], dtype=np.uint64),
+    )
     a = scalar.build(1, 0)
     b = vec.build(1, 0)
 
     def resolved(batch):  # type: ignore[no-untyped-def]
         cols = wire.counter_columns(batch)
         names = [dict((lb.name, lb.value) for lb in s.labels)["i"] for s in batch.series]
-        return [(names[i], int(t), int(v)) for i, t, v in
-                zip(cols.series_index, cols.time_unix_nano, cols.value, strict=True)]
+        return [
+            (names[i], int(t), int(v))
+            for i, t, v in zip(cols.series_index, cols.time_unix_nano, cols.value, strict=True)
+        ]
 
     assert resolved(a) == resolved(b)

@@ -45,11 +45,15 @@ spec_st = st.sampled_from([RSRP, RSRQ, SINR])
 
 
 @settings(max_examples=60, deadline=None)
-@given(spec_st, st.dictionaries(st.integers(0, 140), st.integers(0, 2**40), min_size=1,
-                                max_size=12),
-       st.booleans(), st.integers(0, 3))
+@given(
+    spec_st,
+    st.dictionaries(st.integers(0, 140), st.integers(0, 2**40), min_size=1, max_size=12),
+    st.booleans(),
+    st.integers(0, 3),
+)
 def test_bins_parse_to_one_count_per_bound_with_per_ssb_sub_counters_summed(
-        spec, bins: dict[int, int], positional: bool, ssbs: int) -> None:  # type: ignore[no-untyped-def]
+    spec, bins: dict[int, int], positional: bool, ssbs: int
+) -> None:  # type: ignore[no-untyped-def]
     base = spec.metric
     cell: dict[str, float | int | str] = {}
     for x, n in bins.items():
@@ -58,41 +62,54 @@ def test_bins_parse_to_one_count_per_bound_with_per_ssb_sub_counters_summed(
                 cell[f"{base}{x}.{b}"] = n // ssbs + (n % ssbs if b == 0 else 0)
         else:
             cell[f"{base}{x}"] = n
-    pm = parse_pm_bytes(render_meas_collec(begin=T0, duration_s=900, element="g",
-                                           cells={"7": cell}, positional=positional), "f.xml")
+    pm = parse_pm_bytes(
+        render_meas_collec(begin=T0, duration_s=900, element="g", cells={"7": cell}, positional=positional),
+        "f.xml",
+    )
     n_bins = spec.bins[2]
     good = {x: n for x, n in bins.items() if x < n_bins}
     got = {v.le: v.value for v in pm.values}
     assert got == {spec.bin_le(x): n for x, n in good.items()}
-    assert all(v.spec is spec and v.labels() == {"cell": "7", "gnb": "g", "le": v.le}
-               for v in pm.values)
+    assert all(v.spec is spec and v.labels() == {"cell": "7", "gnb": "g", "le": v.le} for v in pm.values)
     bad = len(bins) - len(good)
     assert pm.rejected.get("unknown_bin", 0) == bad * max(ssbs, 1)
 
 
 def test_a_bin_total_wins_over_its_ssb_sub_counters_and_bad_values_are_rejected() -> None:
-    cell: dict[str, float | int | str] = {"L1M.SS-RSRP.Bin60": 10, "L1M.SS-RSRP.Bin60.0": 4,
-                                          "L1M.SS-RSRP.Bin60.1": 5, "L1M.SS-RSRP.Bin61": -2,
-                                          "L1M.SS-RSRP.Bin62": 1.5, "L1M.SS-RSRP.Bin": 3}
-    pm = parse_pm_bytes(render_meas_collec(begin=T0, duration_s=900, element="g",
-                                           cells={"7": cell}), "f.xml")
+    cell: dict[str, float | int | str] = {
+        "L1M.SS-RSRP.Bin60": 10,
+        "L1M.SS-RSRP.Bin60.0": 4,
+        "L1M.SS-RSRP.Bin60.1": 5,
+        "L1M.SS-RSRP.Bin61": -2,
+        "L1M.SS-RSRP.Bin62": 1.5,
+        "L1M.SS-RSRP.Bin": 3,
+    }
+    pm = parse_pm_bytes(render_meas_collec(begin=T0, duration_s=900, element="g", cells={"7": cell}), "f.xml")
     assert [(v.le, v.value) for v in pm.values] == [("-96", 10)]
     assert dict(pm.rejected) == {"negative": 1, "fractional_counter": 1}
     assert dict(pm.unknown) == {"L1M.SS-RSRP.Bin": 1}
 
 
 # --- cumulation and rendering -------------------------------------------------------------
-bucket_rows = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]),
-                                 st.sampled_from([-120.0, -100.5, -90.0, 0.0, 3.5, math.inf]),
-                                 st.integers(0, 10**6)), min_size=1, max_size=30)
+bucket_rows = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        st.sampled_from([-120.0, -100.5, -90.0, 0.0, 3.5, math.inf]),
+        st.integers(0, 10**6),
+    ),
+    min_size=1,
+    max_size=30,
+)
 
 
 @settings(max_examples=100, deadline=None)
 @given(bucket_rows)
 def test_cumulative_buckets_are_monotone_end_at_the_total_and_share_bounds(
-        rows: list[tuple[str, float, int]]) -> None:
-    frame = pl.DataFrame({"cell": [r[0] for r in rows], "le": [r[1] for r in rows],
-                          "value": [float(r[2]) for r in rows]})
+    rows: list[tuple[str, float, int]],
+) -> None:
+    frame = pl.DataFrame(
+        {"cell": [r[0] for r in rows], "le": [r[1] for r in rows], "value": [float(r[2]) for r in rows]}
+    )
     cum = cumulative(frame, ["cell"])
     bounds = sorted({r[1] for r in rows} | {math.inf})
     for cell in {r[0] for r in rows}:
@@ -108,29 +125,44 @@ def test_cumulative_buckets_are_monotone_end_at_the_total_and_share_bounds(
 @settings(max_examples=60, deadline=None)
 @given(bucket_rows)
 def test_rendered_histogram_parses_back_to_the_same_buckets_and_count(
-        rows: list[tuple[str, float, int]]) -> None:
+    rows: list[tuple[str, float, int]],
+) -> None:
     fam = FamilyText("edge_x_report_db", "histogram", "h", ("cell", "window"))
-    frame = pl.DataFrame({"cell": [r[0] for r in rows], "window": ["15m"] * len(rows),
-                          "le": [r[1] for r in rows], "value": [float(r[2]) for r in rows]})
+    frame = pl.DataFrame(
+        {
+            "cell": [r[0] for r in rows],
+            "window": ["15m"] * len(rows),
+            "le": [r[1] for r in rows],
+            "value": [float(r[2]) for r in rows],
+        }
+    )
     text = render_histogram(fam, frame)
     [parsed] = list(text_string_to_metric_families(text))
     assert parsed.type == "histogram"
     for cell in {r[0] for r in rows}:
-        buckets = [(float(s.labels["le"]), s.value) for s in parsed.samples
-                   if s.name.endswith("_bucket") and s.labels["cell"] == cell]
+        buckets = [
+            (float(s.labels["le"]), s.value)
+            for s in parsed.samples
+            if s.name.endswith("_bucket") and s.labels["cell"] == cell
+        ]
         assert [b for b, _ in buckets] == sorted({r[1] for r in rows} | {math.inf})
         total = sum(n for c, _, n in rows if c == cell)
         assert buckets[-1][1] == total
-        [count] = [s.value for s in parsed.samples
-                   if s.name.endswith("_count") and s.labels["cell"] == cell]
+        [count] = [s.value for s in parsed.samples if s.name.endswith("_count") and s.labels["cell"] == cell]
         assert count == total
     assert not any(s.name.endswith("_sum") for s in parsed.samples)  # none made up
 
 
 def test_bad_bounds_and_counts_are_left_out_and_a_sum_column_is_rendered() -> None:
     fam = FamilyText("x_db", "histogram", "h", ("cell",))
-    frame = pl.DataFrame({"cell": ["1", "1", "1", "1"], "le": [1.0, None, math.nan, 2.0],
-                          "value": [2.0, 5.0, 5.0, -1.0], "sum": [7.5] * 4})
+    frame = pl.DataFrame(
+        {
+            "cell": ["1", "1", "1", "1"],
+            "le": [1.0, None, math.nan, 2.0],
+            "value": [2.0, 5.0, 5.0, -1.0],
+            "sum": [7.5] * 4,
+        }
+    )
     text = render_histogram(fam, frame)
     assert 'x_db_bucket{cell="1",le="1.0"} 2.0' in text
     assert 'x_db_bucket{cell="1",le="+Inf"} 2.0' in text
@@ -151,8 +183,9 @@ def _state(periods: list[tuple[int, dict[int, int]]], cells: tuple[str, ...] = (
         b = BatchBuilder("a1", SITE, "boot")
         for cell in cells:
             for x, n in bins.items():
-                d = delta_def("L1M.SS-RSRP.Bin", {"cell": cell, "gnb": "g1", "le": RSRP.bin_le(x)},
-                              unit="reports")
+                d = delta_def(
+                    "L1M.SS-RSRP.Bin", {"cell": cell, "gnb": "g1", "le": RSRP.bin_le(x)}, unit="reports"
+                )
                 b.delta(d, end - P, end, n)
         st_.add(seq, b.build_bytes(seq, end))
         st_.advance()
@@ -180,8 +213,9 @@ def test_the_newest_period_of_a_cell_is_its_histogram_and_missing_bins_count_zer
     # they add nothing (the +Inf bucket is the newest period's total, 5, not 18)
     assert got == {("17", -95.0): 2.0, ("17", -86.0): 5.0, ("17", math.inf): 5.0}
     # a repeated period changes nothing; an older one neither
-    st2 = _state([(E0, {60: 5, 61: 7, 126: 1}), (E0 + P, {61: 2, 70: 3}), (E0 + P, {61: 2, 70: 3}),
-                  (E0, {60: 5})])
+    st2 = _state(
+        [(E0, {60: 5, 61: 7, 126: 1}), (E0 + P, {61: 2, 70: 3}), (E0 + P, {61: 2, 70: 3}), (E0, {60: 5})]
+    )
     assert _buckets(st2) == got
 
 
@@ -208,8 +242,9 @@ def test_promtool_accepts_the_histogram_families() -> None:
     fams = tuple(FamilyText(f.name, f.type, f.help, f.labels) for f in FAMILIES)
     text = render(fams, build_frames([st_.view()]))
     assert b"edge_cell_ss_rsrp_report_dbm_bucket{" in text
-    res = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True,
-                         timeout=60, check=False)
+    res = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, timeout=60, check=False
+    )
     assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
 
 

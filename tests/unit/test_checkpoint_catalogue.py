@@ -54,17 +54,31 @@ OLD_BUILD = textwrap.dedent("""
 
 def test_checkpoint_from_before_a_catalogue_change_restores(tmp_path: Path) -> None:
     batches = catalog_batches("jp-1", "JP", "Kanto", n_batches=8, per_batch_s=10)
-    legacy = [make_batch(agent="agent-legacy", seq=i + 1, site="jp-1",
-                         series=[SeriesDef("legacy_octets", {"link": "x", "media": "optical"})],
-                         counters=[(0, T0 + (i * 10 + k) * NS, 100 * (i * 10 + k))
-                                   for k in range(10)])
-              for i in range(8)]
+    legacy = [
+        make_batch(
+            agent="agent-legacy",
+            seq=i + 1,
+            site="jp-1",
+            series=[SeriesDef("legacy_octets", {"link": "x", "media": "optical"})],
+            counters=[(0, T0 + (i * 10 + k) * NS, 100 * (i * 10 + k)) for k in range(10)],
+        )
+        for i in range(8)
+    ]
     first = [b for pair in zip(batches[:4], legacy[:4], strict=True) for b in pair]
     second = [b for pair in zip(batches[4:], legacy[4:], strict=True) for b in pair]
     (tmp_path / "first.bin").write_bytes(b"".join(struct.pack("<I", len(b)) + b for b in first))
-    subprocess.run([sys.executable, "-c", f"ADDED_SINCE = {ADDED_SINCE!r}\n" + OLD_BUILD,
-                    str(tmp_path / "first.bin"), str(tmp_path / "ckpt.bin")],
-                   check=True, cwd=REPO, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"ADDED_SINCE = {ADDED_SINCE!r}\n" + OLD_BUILD,
+            str(tmp_path / "first.bin"),
+            str(tmp_path / "ckpt.bin"),
+        ],
+        check=True,
+        cwd=REPO,
+        timeout=120,
+    )
 
     def run(st: PartitionState, recs: list[bytes], off: int) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
@@ -117,7 +131,7 @@ def test_checkpoint_v3_of_the_last_release_restores(tmp_path: Path) -> None:
     pos = 0
     while pos < len(data):
         (n,) = struct.unpack_from("<I", data, pos)
-        recs.append(data[pos + 4:pos + 4 + n])
+        recs.append(data[pos + 4 : pos + 4 + n])
         pos += 4 + n
     off = st.next_offset
     assert off is not None
@@ -132,9 +146,15 @@ def test_checkpoint_v3_of_the_last_release_restores(tmp_path: Path) -> None:
         key = st.keys[sid]
         assert key is not None
         site, metric, labels = key
-        totals.append({"site": st.sites[site].site_id, "metric": METRICS[metric].name,
-                       "labels": list(labels), "total": str((int(hi) << 32) + int(lo)),
-                       "created": int(created)})
+        totals.append(
+            {
+                "site": st.sites[site].site_id,
+                "metric": METRICS[metric].name,
+                "labels": list(labels),
+                "total": str((int(hi) << 32) + int(lo)),
+                "created": int(created),
+            }
+        )
     st.advance(3600 * NS)
 
     def canon(rows: list[dict[str, object]]) -> list[str]:
@@ -142,8 +162,11 @@ def test_checkpoint_v3_of_the_last_release_restores(tmp_path: Path) -> None:
         # catalogue that gained a label name since shows one more empty one: not a change
         def labels(v: object) -> str:
             return ",".join(p for p in str(v).split(",") if not p.endswith("="))
-        return sorted(json.dumps({**r, **({"labels": labels(r["labels"])} if "labels" in r else {})},
-                                 sort_keys=True) for r in rows)
+
+        return sorted(
+            json.dumps({**r, **({"labels": labels(r["labels"])} if "labels" in r else {})}, sort_keys=True)
+            for r in rows
+        )
 
     assert len(expected["windows"]) > 1000
     assert len(expected["totals"]) > 50

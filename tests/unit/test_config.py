@@ -54,7 +54,8 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_kafka_request_smaller_than_an_ingest_message_names_the_key_and_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Otherwise every large batch would be answered UNAVAILABLE and retried forever.
     f = tmp_path / "c.yaml"
     f.write_text("ingest:\n  max_message_bytes: 4194304\nkafka:\n  max_request_size: 4194304\n")
@@ -90,16 +91,23 @@ agent:
 
 def _run_agent(cfg: Path, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-    return subprocess.run([sys.executable, "-m", "collector", "agent", "--config", str(cfg),
-                           "--once"], capture_output=True, text=True, timeout=120,
-                          env={**environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "collector", "agent", "--config", str(cfg), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**environ, **env},
+    )
 
 
 def test_adapter_option_error_names_the_key_and_the_file(tmp_path: Path) -> None:
     # Adapter options are checked when the agent builds its sources, after the file was
     # loaded: the error still names the file, and the key down to the target's entry.
-    cfg = _agent_config(tmp_path, '{targets: [{address: "127.0.0.1:161", community: x}, '
-                        '{address: "127.0.0.1:162", community: x, retriez: 3}]}')
+    cfg = _agent_config(
+        tmp_path,
+        '{targets: [{address: "127.0.0.1:161", community: x}, '
+        '{address: "127.0.0.1:162", community: x, retriez: 3}]}',
+    )
     out = _run_agent(cfg)
     assert out.returncode == 2, out.stderr
     assert f"in {cfg} at agent.sources.link.options.targets[1].retriez" in out.stderr
@@ -107,8 +115,9 @@ def test_adapter_option_error_names_the_key_and_the_file(tmp_path: Path) -> None
 
 
 def test_adapter_secret_error_names_the_key_and_the_file(tmp_path: Path) -> None:
-    cfg = _agent_config(tmp_path, '{targets: [{address: "127.0.0.1:161", '
-                        'community_env: NO_SUCH_VARIABLE_FOR_TEST}]}')
+    cfg = _agent_config(
+        tmp_path, '{targets: [{address: "127.0.0.1:161", community_env: NO_SUCH_VARIABLE_FOR_TEST}]}'
+    )
     out = _run_agent(cfg)
     assert out.returncode == 2, out.stderr
     assert f"in {cfg} at agent.sources.link.options.targets[0].community_env" in out.stderr
@@ -117,25 +126,39 @@ def test_adapter_secret_error_names_the_key_and_the_file(tmp_path: Path) -> None
 def test_adapter_option_error_from_the_environment_names_the_variable(tmp_path: Path) -> None:
     cfg = _agent_config(tmp_path, '{targets: [{address: "127.0.0.1:161", community: x}]}')
     env = "COLLECTOR_AGENT__SOURCES__LINK__OPTIONS"
-    out = _run_agent(cfg, **{env: '{"targets": [{"address": "127.0.0.1:161", "community": "x", '
-                             '"interval_s": "often"}]}'})
+    out = _run_agent(
+        cfg, **{env: '{"targets": [{"address": "127.0.0.1:161", "community": "x", "interval_s": "often"}]}'}
+    )
     assert out.returncode == 2, out.stderr
-    assert f"in environment variable {env} at agent.sources.link.options.targets[0].interval_s" \
-        in out.stderr
+    assert f"in environment variable {env} at agent.sources.link.options.targets[0].interval_s" in out.stderr
     assert str(cfg) not in out.stderr
 
 
 def test_collector_config_checks_device_adapter_options_and_names_the_file(tmp_path: Path) -> None:
-    cfg = _agent_config(tmp_path, '{targets: [{address: "127.0.0.1:161", community: x}, '
-                        '{address: "127.0.0.1:162", community: x, retriez: 3}]}')
+    cfg = _agent_config(
+        tmp_path,
+        '{targets: [{address: "127.0.0.1:161", community: x}, '
+        '{address: "127.0.0.1:162", community: x, retriez: 3}]}',
+    )
     environ = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-    out = subprocess.run([sys.executable, "-m", "collector", "--config", str(cfg), "config"],
-                         capture_output=True, text=True, timeout=120, env=environ)
+    out = subprocess.run(
+        [sys.executable, "-m", "collector", "--config", str(cfg), "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ,
+    )
     assert out.returncode == 2, out.stderr
     assert f"in {cfg} at agent.sources.link.options.targets[1].retriez" in out.stderr
     # secrets are the agent host's business: an unset variable is not an error here
-    good = _agent_config(tmp_path, '{targets: [{address: "127.0.0.1:161", '
-                         'community_env: NO_SUCH_VARIABLE_FOR_TEST}]}')
-    out = subprocess.run([sys.executable, "-m", "collector", "--config", str(good), "config"],
-                         capture_output=True, text=True, timeout=120, env=environ)
+    good = _agent_config(
+        tmp_path, '{targets: [{address: "127.0.0.1:161", community_env: NO_SUCH_VARIABLE_FOR_TEST}]}'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "collector", "--config", str(good), "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ,
+    )
     assert out.returncode == 0, out.stderr

@@ -47,7 +47,9 @@ def test_every_declared_dependency_is_pinned_within_its_range() -> None:
 
 
 def test_lock_pins_each_package_once() -> None:
-    names = [canonicalize_name(line.split("==", 1)[0].strip())
-             for line in (REPO / "constraints.txt").read_text().splitlines()
-             if line.split("#", 1)[0].strip()]
+    names = [
+        canonicalize_name(line.split("==", 1)[0].strip())
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if line.split("#", 1)[0].strip()
+    ]
     assert len(names) == len(set(names))

@@ -21,8 +21,12 @@ I64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
 
 def test_committed_generated_code_is_fresh() -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--check"],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
 
 

@@ -26,8 +26,13 @@ def test_every_validation_limit_is_stated_in_the_proto() -> None:
     stated = {name for name, _ in STATED.findall(PROTO.read_text())}
     limits = set(validate.Limits.__dataclass_fields__)
     assert limits <= stated, limits - stated
-    assert {"max_concurrent_streams", "max_streams_per_site", "max_inflight_per_site",
-            "stream_idle_timeout_s", "retry_after_ms"} <= stated
+    assert {
+        "max_concurrent_streams",
+        "max_streams_per_site",
+        "max_inflight_per_site",
+        "stream_idle_timeout_s",
+        "retry_after_ms",
+    } <= stated
 
 
 def test_fixed_identifier_rules_match_the_validator() -> None:

@@ -21,8 +21,22 @@ DASH = ROOT / "grafana" / "dashboards"
 GEN = ROOT / "scripts" / "gen_dashboards.py"
 FILES = sorted(DASH.glob("*.json"))
 VAR = re.compile(r"\$(?:\{)?([A-Za-z_][A-Za-z0-9_]*)")
-UNITS = {"bps", "Bps", "bytes", "percentunit", "short", "s", "dBm", "dB", "sci", "pps", "ops", "cps",
-         "bool_yes_no", "watt"}
+UNITS = {
+    "bps",
+    "Bps",
+    "bytes",
+    "percentunit",
+    "short",
+    "s",
+    "dBm",
+    "dB",
+    "sci",
+    "pps",
+    "ops",
+    "cps",
+    "bool_yes_no",
+    "watt",
+}
 
 
 def _dashboards() -> list[dict[str, Any]]:
@@ -49,22 +63,29 @@ def test_staleness_check_fails_on_an_edited_or_missing_dashboard(tmp_path: Path)
     shutil.copytree(DASH, out)
     first = sorted(out.glob("*.json"))[0]
     first.write_text(first.read_text().replace('"title"', '"tittle"', 1))
-    p = subprocess.run([sys.executable, str(GEN), "--check", "--out", str(out)],
-                       capture_output=True, text=True, check=False)
+    p = subprocess.run(
+        [sys.executable, str(GEN), "--check", "--out", str(out)], capture_output=True, text=True, check=False
+    )
     assert p.returncode == 1
     assert first.name in p.stderr
     first.unlink()
     (out / "hand-made.json").write_text("{}")
-    p = subprocess.run([sys.executable, str(GEN), "--check", "--out", str(out)],
-                       capture_output=True, text=True, check=False)
+    p = subprocess.run(
+        [sys.executable, str(GEN), "--check", "--out", str(out)], capture_output=True, text=True, check=False
+    )
     assert p.returncode == 1
     assert "hand-made.json" in p.stderr
 
 
 def test_the_dashboards_the_issue_asks_for_exist() -> None:
     titles = {d["title"] for d in _dashboards()}
-    assert titles == {"Japan vs United States", "Site detail", "Links and optics", "5G cells",
-                      "Pipeline health"}
+    assert titles == {
+        "Japan vs United States",
+        "Site detail",
+        "Links and optics",
+        "5G cells",
+        "Pipeline health",
+    }
 
 
 def test_uids_are_unique_and_panel_ids_unique_per_dashboard() -> None:
@@ -130,8 +151,11 @@ def test_traffic_is_shown_in_bits_by_converting_the_byte_series() -> None:
 def test_overview_draws_the_articles_figures_and_compares_countries() -> None:
     (d,) = [d for d in _dashboards() if d["uid"] == "edge-jp-vs-us"]
     exprs = " ".join(t["expr"] for p in _panels(d) for t in p["targets"])
-    for ref in ("country:edge_reference_user_throughput_bytes_per_second:article",
-                "country:edge_reference_cell_coverage_ratio:target", "local_hour"):
+    for ref in (
+        "country:edge_reference_user_throughput_bytes_per_second:article",
+        "country:edge_reference_cell_coverage_ratio:target",
+        "local_hour",
+    ):
         assert ref in exprs
     (site,) = [d for d in _dashboards() if d["uid"] == "edge-site-detail"]
     assert "global:edge_reference_link_throughput_bytes_per_second:record" in json.dumps(site)

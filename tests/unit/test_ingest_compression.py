@@ -16,8 +16,7 @@ from tests.ingest_support import make_batch
 
 
 @given(st.binary(max_size=4096), st.integers(1, 5000), st.sampled_from(["gzip", "deflate"]))
-def test_inflate_round_trips_or_stops_one_byte_past_the_limit(data: bytes, limit: int,
-                                                              encoding: str) -> None:
+def test_inflate_round_trips_or_stops_one_byte_past_the_limit(data: bytes, limit: int, encoding: str) -> None:
     packed = gzip.compress(data) if encoding == "gzip" else zlib.compress(data)
     out, enc = inflate(packed, limit)
     assert enc == encoding
@@ -28,11 +27,15 @@ def test_inflate_round_trips_or_stops_one_byte_past_the_limit(data: bytes, limit
 
 
 @given(st.binary(max_size=2048), st.integers(0, 4096), st.binary(min_size=1, max_size=4))
-def test_inflate_never_returns_more_than_limit_plus_one(data: bytes, limit: int,
-                                                        junk: bytes) -> None:
+def test_inflate_never_returns_more_than_limit_plus_one(data: bytes, limit: int, junk: bytes) -> None:
     # whatever the bytes, at most limit + 1 bytes come out, or a CorruptCompression
-    for candidate in (data, b"\x1f\x8b" + data, b"\x78\x9c" + data,
-                      gzip.compress(data) + junk, gzip.compress(data)[:-1]):
+    for candidate in (
+        data,
+        b"\x1f\x8b" + data,
+        b"\x78\x9c" + data,
+        gzip.compress(data) + junk,
+        gzip.compress(data)[:-1],
+    ):
         try:
             out, _enc = inflate(candidate, limit)
         except CorruptCompression:
@@ -43,8 +46,7 @@ def test_inflate_never_returns_more_than_limit_plus_one(data: bytes, limit: int,
 
 
 @given(st.binary(min_size=1, max_size=1024), st.data())
-def test_a_damaged_gzip_message_is_refused_or_decodes_to_itself(data: bytes,
-                                                                 draw: st.DataObject) -> None:
+def test_a_damaged_gzip_message_is_refused_or_decodes_to_itself(data: bytes, draw: st.DataObject) -> None:
     packed = bytearray(gzip.compress(data, mtime=0))
     i = draw.draw(st.integers(10, len(packed) - 1))  # past the fixed header
     packed[i] ^= draw.draw(st.integers(1, 255))
@@ -69,8 +71,7 @@ def test_truncated_and_trailing_data_are_corrupt() -> None:
 
 
 @given(st.integers(1, 10**6), st.integers(1, 30), st.integers(1, 10))
-def test_an_uncompressed_batch_is_never_taken_for_compressed_data(seq: int, series: int,
-                                                                 points: int) -> None:
+def test_an_uncompressed_batch_is_never_taken_for_compressed_data(seq: int, series: int, points: int) -> None:
     raw = make_batch("jp-tokyo-01", seq, series=series, points=points).SerializeToString()
     assert encoding_of(raw) is None
     out, enc = inflate(raw, len(raw))

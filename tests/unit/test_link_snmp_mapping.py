@@ -30,9 +30,20 @@ def rows(draw: Any) -> dict[str, dict[int, Any]]:
     cols: dict[str, dict[int, Any]] = {n: {} for n in COLUMNS}
     for i in draw(st.sets(st.integers(1, 2**31 - 1), min_size=1, max_size=6)):
         hc = draw(st.booleans())
-        for n in ("ifInErrors", "ifOutErrors", "ifInDiscards", "ifOutDiscards", "ifInOctets",
-                  "ifOutOctets", "ifInUcastPkts", "ifOutUcastPkts", "ifInMulticastPkts",
-                  "ifInBroadcastPkts", "ifOutMulticastPkts", "ifOutBroadcastPkts"):
+        for n in (
+            "ifInErrors",
+            "ifOutErrors",
+            "ifInDiscards",
+            "ifOutDiscards",
+            "ifInOctets",
+            "ifOutOctets",
+            "ifInUcastPkts",
+            "ifOutUcastPkts",
+            "ifInMulticastPkts",
+            "ifInBroadcastPkts",
+            "ifOutMulticastPkts",
+            "ifOutBroadcastPkts",
+        ):
             cols[n][i] = draw(U32)
         if hc:
             for n in COLUMNS:
@@ -51,8 +62,9 @@ def rows(draw: Any) -> dict[str, dict[int, Any]]:
 
 @settings(max_examples=200, deadline=None)
 @given(rows(), st.integers(0, 2**62), st.sampled_from(["name", "alias", "descr"]))
-def test_every_row_maps_to_one_reading_with_its_declared_width(cols: dict[str, dict[int, Any]],
-                                                                boot: int, label: str) -> None:
+def test_every_row_maps_to_one_reading_with_its_declared_width(
+    cols: dict[str, dict[int, Any]], boot: int, label: str
+) -> None:
     out = readings_from_table(cols, boot_ns=boot, time_ns=boot + 1, prefix="sw1:", label=label)
     idx = sorted(cols["ifOperStatus"])
     assert len(out) == len(idx)
@@ -66,16 +78,27 @@ def test_every_row_maps_to_one_reading_with_its_declared_width(cols: dict[str, d
         if i in cols["ifHCInOctets"]:
             assert r.counter_bits == 64
             assert (r.in_octets, r.out_octets) == (cols["ifHCInOctets"][i], cols["ifHCOutOctets"][i])
-            assert r.in_packets == (cols["ifHCInUcastPkts"][i] + cols["ifHCInMulticastPkts"][i]
-                                    + cols["ifHCInBroadcastPkts"][i]) % 2**64
+            assert (
+                r.in_packets
+                == (
+                    cols["ifHCInUcastPkts"][i]
+                    + cols["ifHCInMulticastPkts"][i]
+                    + cols["ifHCInBroadcastPkts"][i]
+                )
+                % 2**64
+            )
             assert dict(r.counter_bits_of) == dict.fromkeys(
-                ("in_errors", "out_errors", "in_discards", "out_discards"), 32)
+                ("in_errors", "out_errors", "in_discards", "out_discards"), 32
+            )
         else:
             assert r.counter_bits == 32
             assert r.counter_bits_of == ()
             assert (r.in_octets, r.out_octets) == (cols["ifInOctets"][i], cols["ifOutOctets"][i])
-            assert r.out_packets == (cols["ifOutUcastPkts"][i] + cols["ifOutMulticastPkts"][i]
-                                     + cols["ifOutBroadcastPkts"][i]) % 2**32
+            assert (
+                r.out_packets
+                == (cols["ifOutUcastPkts"][i] + cols["ifOutMulticastPkts"][i] + cols["ifOutBroadcastPkts"][i])
+                % 2**32
+            )
         assert r.in_errors == cols["ifInErrors"][i]
         assert r.out_discards == cols["ifOutDiscards"][i]
         assert r.oper_up == (cols["ifOperStatus"][i] == 1)
@@ -88,8 +111,9 @@ def test_every_row_maps_to_one_reading_with_its_declared_width(cols: dict[str, d
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(U32, U32), min_size=1, max_size=3), st.sampled_from([32, 64]))
-def test_a_modular_sum_of_counters_is_a_counter_of_the_same_width(parts: list[tuple[int, int]],
-                                                                  bits: int) -> None:
+def test_a_modular_sum_of_counters_is_a_counter_of_the_same_width(
+    parts: list[tuple[int, int]], bits: int
+) -> None:
     # each component counter moves from a to a + d (wrapping at its width); the summed
     # counter's modular delta is the total increase whenever that fits the width
     m = 1 << bits
@@ -148,14 +172,14 @@ class FakeAgent:
                 o, v = self.next(c)
                 cursors[j] = o
                 out.append((o, v))
-        return out[:max(2, self.cap)]
+        return out[: max(2, self.cap)]
 
 
 @settings(max_examples=100, deadline=None)
 @given(rows(), st.integers(1, 30), st.integers(2, 400), st.booleans())
-async def test_side_by_side_walk_reads_every_column_exactly(cols: dict[str, dict[int, Any]],
-                                                            reps: int, cap: int,
-                                                            hide_hc: bool) -> None:
+async def test_side_by_side_walk_reads_every_column_exactly(
+    cols: dict[str, dict[int, Any]], reps: int, cap: int, hide_hc: bool
+) -> None:
     table: dict[tuple[int, ...], int] = {(*SYS_UPTIME, 0): 4242}
     for n, values in cols.items():
         if hide_hc and n.startswith("ifHC"):

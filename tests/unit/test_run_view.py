@@ -30,39 +30,50 @@ def _site(c: str, s: str) -> str:
     return f'site="{s}",country="{c}",region="r"'
 
 
-BODY = "\n".join([
-    "# HELP edge_site_link_throughput_bytes_per_second Sum of the site's link throughputs.",
-    "# TYPE edge_site_link_throughput_bytes_per_second gauge",
-    f'edge_site_link_throughput_bytes_per_second{{{_site("JP", "a")},direction="in",window="10s"}} 100',
-    f'edge_site_link_throughput_bytes_per_second{{{_site("JP", "b")},direction="in",window="10s"}} 50',
-    f'edge_site_link_throughput_bytes_per_second{{{_site("JP", "a")},direction="out",window="10s"}} 7',
-    f'edge_site_link_throughput_bytes_per_second{{{_site("JP", "a")},direction="in",window="1m"}} 999',
-    f'edge_site_link_throughput_bytes_per_second{{{_site("US", "c")},direction="in",window="10s"}} 3',
-    f'edge_site_cell_throughput_bytes_per_second{{{_site("US", "c")},direction="dl",window="10s"}} 11',
-    f'edge_cell_user_throughput_bytes_per_second{{{_site("JP", "a")},cell="1",gnb="g",direction="dl",'
-    'window="1m",stat="avg"} 25000000',
-    f'edge_cell_user_throughput_bytes_per_second{{{_site("JP", "a")},cell="2",gnb="g",direction="dl",'
-    'window="1m",stat="avg"} 35000000',
-    f'edge_cell_user_throughput_bytes_per_second{{{_site("JP", "a")},cell="2",gnb="g",direction="dl",'
-    'window="1m",stat="max"} 99000000',
-    f'edge_cell_coverage_ratio{{{_site("JP", "a")},cell="1",gnb="g",window="1m",stat="avg"}} 0.97',
-    f'edge_cell_coverage_ratio{{{_site("JP", "a")},cell="2",gnb="g",window="1m",stat="avg"}} 0.99',
-    f'edge_cell_availability_ratio{{{_site("JP", "a")},cell="1",gnb="g",window="1m",stat="avg"}} 1',
-    f'collector_site_completeness_ratio{{{_site("JP", "a")}}} 1',
-    f'collector_site_completeness_ratio{{{_site("JP", "b")}}} 0.5',
-    f'collector_site_series{{{_site("JP", "a")}}} 10',
-    f'collector_site_series{{{_site("JP", "b")}}} 4',
-    f'collector_site_series{{{_site("US", "c")}}} 0',
-    f'collector_site_samples_dropped_total{{{_site("JP", "a")},reason="late"}} 5',
-    f'collector_site_samples_dropped_total{{{_site("JP", "b")},reason="late"}} 2',
-    f'collector_site_samples_dropped_total{{{_site("US", "c")},reason="duplicate"}} 1',
-    # SS-RSRP report histograms of two JP cells (cumulative buckets, 1m = the ratio window)
-    *(f'edge_cell_ss_rsrp_report_dbm_bucket{{{_site("JP", "a")},cell="{c}",gnb="g",window="1m",'
-      f'le="{le}"}} {n}' for c, le, n in (("1", "-100.0", 2), ("1", "-90.0", 6), ("1", "+Inf", 6),
-                                          ("2", "-100.0", 0), ("2", "-90.0", 4), ("2", "+Inf", 4))),
-    f'edge_site_link_throughput_bytes_per_second{{{_site("DE", "x")},direction="in",window="10s"}} 1',
-    "collector_aggregate_samples_total 123",
-])
+BODY = "\n".join(
+    [
+        "# HELP edge_site_link_throughput_bytes_per_second Sum of the site's link throughputs.",
+        "# TYPE edge_site_link_throughput_bytes_per_second gauge",
+        f'edge_site_link_throughput_bytes_per_second{{{_site("JP", "a")},direction="in",window="10s"}} 100',
+        f'edge_site_link_throughput_bytes_per_second{{{_site("JP", "b")},direction="in",window="10s"}} 50',
+        f'edge_site_link_throughput_bytes_per_second{{{_site("JP", "a")},direction="out",window="10s"}} 7',
+        f'edge_site_link_throughput_bytes_per_second{{{_site("JP", "a")},direction="in",window="1m"}} 999',
+        f'edge_site_link_throughput_bytes_per_second{{{_site("US", "c")},direction="in",window="10s"}} 3',
+        f'edge_site_cell_throughput_bytes_per_second{{{_site("US", "c")},direction="dl",window="10s"}} 11',
+        f'edge_cell_user_throughput_bytes_per_second{{{_site("JP", "a")},cell="1",gnb="g",direction="dl",'
+        'window="1m",stat="avg"} 25000000',
+        f'edge_cell_user_throughput_bytes_per_second{{{_site("JP", "a")},cell="2",gnb="g",direction="dl",'
+        'window="1m",stat="avg"} 35000000',
+        f'edge_cell_user_throughput_bytes_per_second{{{_site("JP", "a")},cell="2",gnb="g",direction="dl",'
+        'window="1m",stat="max"} 99000000',
+        f'edge_cell_coverage_ratio{{{_site("JP", "a")},cell="1",gnb="g",window="1m",stat="avg"}} 0.97',
+        f'edge_cell_coverage_ratio{{{_site("JP", "a")},cell="2",gnb="g",window="1m",stat="avg"}} 0.99',
+        f'edge_cell_availability_ratio{{{_site("JP", "a")},cell="1",gnb="g",window="1m",stat="avg"}} 1',
+        f"collector_site_completeness_ratio{{{_site('JP', 'a')}}} 1",
+        f"collector_site_completeness_ratio{{{_site('JP', 'b')}}} 0.5",
+        f"collector_site_series{{{_site('JP', 'a')}}} 10",
+        f"collector_site_series{{{_site('JP', 'b')}}} 4",
+        f"collector_site_series{{{_site('US', 'c')}}} 0",
+        f'collector_site_samples_dropped_total{{{_site("JP", "a")},reason="late"}} 5',
+        f'collector_site_samples_dropped_total{{{_site("JP", "b")},reason="late"}} 2',
+        f'collector_site_samples_dropped_total{{{_site("US", "c")},reason="duplicate"}} 1',
+        # SS-RSRP report histograms of two JP cells (cumulative buckets, 1m = the ratio window)
+        *(
+            f'edge_cell_ss_rsrp_report_dbm_bucket{{{_site("JP", "a")},cell="{c}",gnb="g",window="1m",'
+            f'le="{le}"}} {n}'
+            for c, le, n in (
+                ("1", "-100.0", 2),
+                ("1", "-90.0", 6),
+                ("1", "+Inf", 6),
+                ("2", "-100.0", 0),
+                ("2", "-90.0", 4),
+                ("2", "+Inf", 4),
+            )
+        ),
+        f'edge_site_link_throughput_bytes_per_second{{{_site("DE", "x")},direction="in",window="10s"}} 1',
+        "collector_aggregate_samples_total 123",
+    ]
+)
 
 
 def test_country_stats_sums_rates_and_averages_ratios_per_country() -> None:
@@ -93,8 +104,7 @@ def test_country_without_series_is_reported_empty() -> None:
 
 
 @given(st.lists(st.floats(0, 1e18, allow_nan=False), max_size=100), st.integers(1, 60))
-def test_sparkline_has_one_block_per_value_and_peaks_at_the_maximum(vals: list[float],
-                                                                    width: int) -> None:
+def test_sparkline_has_one_block_per_value_and_peaks_at_the_maximum(vals: list[float], width: int) -> None:
     s = sparkline(vals, width)
     assert len(s) == min(width, len(vals))
     assert set(s) <= set(SPARK)
@@ -119,10 +129,16 @@ def test_si_prefixes() -> None:
 def test_live_view_renders_both_countries_from_a_snapshot() -> None:
     from rich.console import Console
 
-    snap = Snapshot(t=0.0, agents_samples=10, kafka_samples=10,
-                    countries=country_stats(BODY, ("JP", "US"), "10s", "1m"))
-    info = RunInfo(countries=("JP", "US"), duration_s=None, workdir=Path("/w"),
-                   links=[("aggregate /metrics", "http://127.0.0.1:1/metrics")], fleet="f")
+    snap = Snapshot(
+        t=0.0, agents_samples=10, kafka_samples=10, countries=country_stats(BODY, ("JP", "US"), "10s", "1m")
+    )
+    info = RunInfo(
+        countries=("JP", "US"),
+        duration_s=None,
+        workdir=Path("/w"),
+        links=[("aggregate /metrics", "http://127.0.0.1:1/metrics")],
+        fleet="f",
+    )
     console = Console(width=140, record=True, force_terminal=False)
     console.print(LiveView(info, console=console).render(snap, {"agents": 5.0}))
     text = console.export_text()
@@ -190,9 +206,11 @@ def test_workdir_symlink_to_a_directory_is_refused(tmp_path: Path) -> None:
 
 
 def test_run_options_override_the_simulator(tmp_path: Path) -> None:
-    s = run.settings_for_run(load_settings(), _args(countries="jp, us,AE", seed=7,
-                                                    sites_per_country=2, acceleration=3.0),
-                             run.prepare_workdir(tmp_path / "w"))
+    s = run.settings_for_run(
+        load_settings(),
+        _args(countries="jp, us,AE", seed=7, sites_per_country=2, acceleration=3.0),
+        run.prepare_workdir(tmp_path / "w"),
+    )
     assert s.simulate.countries == ("JP", "US", "AE")
     assert (s.simulate.seed, s.simulate.sites_per_country, s.simulate.acceleration) == (7, 2, 3.0)
     assert s.simulate.interval_s == run.RUN_INTERVAL_S
@@ -200,13 +218,15 @@ def test_run_options_override_the_simulator(tmp_path: Path) -> None:
     assert s.ingest.tls_cert is not None
 
 
-@pytest.mark.parametrize(("kw", "key"), [
-    ({"countries": "JP,FR"}, "simulate.countries (--countries)"),
-    ({"sites_per_country": 0}, "simulate.sites_per_country (--sites-per-country)"),
-    ({"countries": "JP,JP"}, "--countries"),
-])
-def test_bad_run_option_names_the_key_and_flag(tmp_path: Path, kw: dict[str, object],
-                                               key: str) -> None:
+@pytest.mark.parametrize(
+    ("kw", "key"),
+    [
+        ({"countries": "JP,FR"}, "simulate.countries (--countries)"),
+        ({"sites_per_country": 0}, "simulate.sites_per_country (--sites-per-country)"),
+        ({"countries": "JP,JP"}, "--countries"),
+    ],
+)
+def test_bad_run_option_names_the_key_and_flag(tmp_path: Path, kw: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as e:
         run.settings_for_run(load_settings(), _args(**kw), tmp_path)
     assert key in str(e.value) or "countries" in str(e.value)
@@ -224,8 +244,11 @@ def test_pm_dir_must_exist(tmp_path: Path) -> None:
 
 def test_default_ports_of_all_components_differ() -> None:
     s = Settings()
-    listens = {"ingest.listen": s.ingest.listen, "ingest.metrics_listen": s.ingest.metrics_listen,
-               "agent.metrics_listen": s.agent.metrics_listen,
-               "aggregate.metrics_listen": s.aggregate.metrics_listen}
+    listens = {
+        "ingest.listen": s.ingest.listen,
+        "ingest.metrics_listen": s.ingest.metrics_listen,
+        "agent.metrics_listen": s.agent.metrics_listen,
+        "aggregate.metrics_listen": s.aggregate.metrics_listen,
+    }
     ports = [v.rsplit(":", 1)[1] for v in listens.values()]
     assert len(set(ports)) == len(ports), listens

@@ -23,8 +23,10 @@ SERIES = [SeriesDef("link_in_octets", {"link": "a", "media": "copper"})]
 
 
 def _spool(tmp: Path, **kw: object) -> Spool:
-    s = Spool(SpoolSettings(dir=tmp, compression="none", **kw),  # type: ignore[arg-type]
-              clock_ns=lambda: 10**9)
+    s = Spool(
+        SpoolSettings(dir=tmp, compression="none", **kw),  # type: ignore[arg-type]
+        clock_ns=lambda: 10**9,
+    )
     s.open()
     return s
 
@@ -61,11 +63,22 @@ def test_batch_carries_the_declaration_both_encodings() -> None:
 
 
 def _batch(seq: int, t_s: int, boot: str, gap: tuple[int, int] | None = None) -> bytes:
-    b = pb.Batch(agent_id="a1", seq=seq, boot_id=boot,
-                 site=pb.Site(site_id="jp-1", country="JP", region="Kanto", timezone="UTC"))
+    b = pb.Batch(
+        agent_id="a1",
+        seq=seq,
+        boot_id=boot,
+        site=pb.Site(site_id="jp-1", country="JP", region="Kanto", timezone="UTC"),
+    )
     s = SERIES[0]
-    b.series.append(pb.Series(metric=s.metric, kind=pb.COUNTER, unit="bytes", counter_bits=64,
-                              labels=[pb.Label(name=k, value=v) for k, v in s.labels.items()]))
+    b.series.append(
+        pb.Series(
+            metric=s.metric,
+            kind=pb.COUNTER,
+            unit="bytes",
+            counter_bits=64,
+            labels=[pb.Label(name=k, value=v) for k, v in s.labels.items()],
+        )
+    )
     b.counters.series_index.append(0)
     b.counters.time_unix_nano.append(T0 + t_s * NS)
     b.counters.value.append(1000 + t_s)
@@ -109,8 +122,10 @@ def test_a_declared_seq_that_arrives_anyway_counts_as_issued() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 200), st.integers(0, 20)), max_size=8),
-       st.sets(st.integers(1, 250), max_size=60))
+@given(
+    st.lists(st.tuples(st.integers(1, 200), st.integers(0, 20)), max_size=8),
+    st.sets(st.integers(1, 250), max_size=60),
+)
 def test_expected_matches_a_set_model(gaps: list[tuple[int, int]], seen: set[int]) -> None:
     """expected = seqs in [lo, hi] not declared, plus declared ones that arrived."""
     a: Agent | None = None
@@ -146,8 +161,11 @@ def test_poll_path_reads_the_declaration_on_the_fast_path_too() -> None:
     agent's series table, read without the protobuf runtime) see fields 14-15 exactly as the
     full parse does: a poll of the second boot's records gives the one-by-one ledger."""
     recs = [(seq, _batch(seq, seq, "b1")) for seq in range(1, 59)]
-    recs += [(seq, _batch(seq, 100 + k, "b2", (59, 1024)))
-             for k, seq in enumerate(range(1025, 1040)) if seq != 1030]
+    recs += [
+        (seq, _batch(seq, 100 + k, "b2", (59, 1024)))
+        for k, seq in enumerate(range(1025, 1040))
+        if seq != 1030
+    ]
     one = PartitionState(0, CFG)
     for off, (_, r) in enumerate(recs):
         one.add(off, r)

@@ -43,8 +43,6 @@ def powercap(tmp_path: Path) -> Path:
     return root
 
 
-
-
 async def rapl_samples(src: ServerSource, t: int) -> tuple[pb.Batch, dict[str, tuple[int, int]]]:
     b = BatchBuilder("agent-1", SITE, "boot-1")
     await src.collect(b, t)
@@ -61,8 +59,10 @@ async def rapl_samples(src: ServerSource, t: int) -> tuple[pb.Batch, dict[str, t
 
 def test_zones_found_are_packages_and_dram(powercap: Path) -> None:
     zones = find_rapl_zones(powercap)
-    assert [(z.device, z.range_uj) for z in zones] == [("package-0", RANGE),
-                                                        ("package-0-dram", 65_532_610_987)]
+    assert [(z.device, z.range_uj) for z in zones] == [
+        ("package-0", RANGE),
+        ("package-0-dram", 65_532_610_987),
+    ]
 
 
 async def test_energy_counter_is_unwrapped_exactly_at_the_range(powercap: Path) -> None:
@@ -96,8 +96,7 @@ async def test_absent_or_unreadable_rapl_sends_nothing(tmp_path: Path) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(1, 2**40), st.integers(0, 2**40),
-       st.lists(st.integers(0, 2**40), min_size=1, max_size=50))
+@given(st.integers(1, 2**40), st.integers(0, 2**40), st.lists(st.integers(0, 2**40), min_size=1, max_size=50))
 def test_unwrapped_increase_equals_the_energy_used(rng: int, start: int, used: list[int]) -> None:
     start %= rng + 1
     z = RaplZone("package-0", Path("/nonexistent"), rng)

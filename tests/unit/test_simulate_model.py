@@ -16,8 +16,7 @@ from tests.simulate_support import NS, START_S, small
 
 
 def _run(seed: int, ticks: int = 40) -> list[tuple[str, int, str, bytes]]:
-    sim = Simulation(small(seed=seed, duplicate_probability=0.2, late_probability=0.2,
-                           reset_every_s=100))
+    sim = Simulation(small(seed=seed, duplicate_probability=0.2, late_probability=0.2, reset_every_s=100))
     return [(b.site.info.site_id, b.seq, b.kind, sim.encode(b)) for b in sim.run(ticks)]
 
 
@@ -36,8 +35,18 @@ def test_values_do_not_depend_on_block_size() -> None:
     one = FleetGenerator(m, START_S * NS).block(30)
     g = FleetGenerator(m, START_S * NS)
     parts = [g.block(n) for n in (7, 7, 7, 9)]
-    for name in ("values", "increment", "gauges", "t", "present", "epoch", "counted", "start",
-                 "reset_sample", "version"):
+    for name in (
+        "values",
+        "increment",
+        "gauges",
+        "t",
+        "present",
+        "epoch",
+        "counted",
+        "start",
+        "reset_sample",
+        "version",
+    ):
         joined = np.concatenate([getattr(p, name) for p in parts], axis=1)
         np.testing.assert_array_equal(joined, getattr(one, name), err_msg=name)
     assert one.reset_sample.any()  # the restarts happened inside the compared range
@@ -48,8 +57,7 @@ def test_encoded_batch_equals_the_agent_batch_builder() -> None:
     batches = [b for b in sim.run(30) if b.kind == "normal"]
     assert any(b.epoch > 0 for b in batches)
     for b in batches[:: max(1, len(batches) // 15)]:
-        builder = BatchBuilder(b.site.agent_id, b.site.info,
-                               sim.gen.sites[b.site.index].boot_ids[b.epoch])
+        builder = BatchBuilder(b.site.agent_id, b.site.info, sim.gen.sites[b.site.index].boot_ids[b.epoch])
         sim.planner.fill_builder(b, builder)
         expected = builder.build(b.seq, b.t_max)
         for f in ("counters", "gauges"):  # the builder marks an empty column set present
@@ -61,8 +69,9 @@ def test_encoded_batch_equals_the_agent_batch_builder() -> None:
 
 
 def test_batches_hold_at_most_batch_samples_of_one_boot() -> None:
-    sim = Simulation(small(batch_samples=300, batch_ticks=3, links_per_site=20, reset_every_s=40,
-                           clear_every_s=40))
+    sim = Simulation(
+        small(batch_samples=300, batch_ticks=3, links_per_site=20, reset_every_s=40, clear_every_s=40)
+    )
     batches = sim.run(24)
     assert all(b.samples <= 300 for b in batches)
     assert max(b.samples for b in batches) >= 250
@@ -72,7 +81,7 @@ def test_batches_hold_at_most_batch_samples_of_one_boot() -> None:
         assert got.boot_id == state.boot_ids[b.epoch]
         starts = [s.start_time_unix_nano for s in got.series if s.counter_bits]
         for k in b.ticks:  # one start time per series for every tick of the batch
-            assert starts == b.block.start[b.chunk.c_lo:b.chunk.c_hi, k].tolist()
+            assert starts == b.block.start[b.chunk.c_lo : b.chunk.c_hi, k].tolist()
     assert any(b.epoch > 0 and b.chunk.c_hi > b.chunk.c_lo for b in batches)
 
 
@@ -114,7 +123,11 @@ def test_sites_are_real_cities_with_iana_timezones_and_tokens() -> None:
     assert ids[:2] == ["jp-tokyo-01", "jp-osaka-01"]
     assert "jp-tokyo-02" in ids  # names repeat with a higher number past the list
     assert {s.info.timezone for s in m.sites if s.info.country == "US"} >= {
-        "America/New_York", "America/Chicago", "America/Los_Angeles", "America/Denver"}
+        "America/New_York",
+        "America/Chicago",
+        "America/Los_Angeles",
+        "America/Denver",
+    }
     assert all(s.info.timezone == "Asia/Dubai" for s in m.sites if s.info.country == "AE")
     assert len(set(ids)) == len(ids)
     assert all(c.name for cs in CITIES.values() for c in cs)
@@ -174,8 +187,16 @@ def test_injected_faults_duplicates_late_batches_and_a_silent_site() -> None:
     """Duplicates repeat a delivered batch exactly (same agent_id, seq and bytes); a late
     batch arrives after newer batches of its site; the last site sends nothing from
     ceil(silent_after_s / interval) on, the others go on."""
-    s = small(sites_per_country=2, interval_s=10.0, jitter_s=1.0, duplicate_probability=0.2,
-              late_probability=0.2, late_delay_s=30.0, silent_after_s=200.0, gap_probability=0)
+    s = small(
+        sites_per_country=2,
+        interval_s=10.0,
+        jitter_s=1.0,
+        duplicate_probability=0.2,
+        late_probability=0.2,
+        late_delay_s=30.0,
+        silent_after_s=200.0,
+        gap_probability=0,
+    )
     sim = Simulation(s)
     batches = sim.run(60)
     decoded = [(b, wire.parse_batch(sim.encode(b))) for b in batches]
@@ -193,8 +214,11 @@ def test_injected_faults_duplicates_late_batches_and_a_silent_site() -> None:
     for i, (b, _) in enumerate(decoded):
         if b.kind == "late":
             late += 1
-            newer = [o for o, _ in decoded[:i] if o.site.index == b.site.index
-                     and o.kind == "normal" and o.seq > b.seq]
+            newer = [
+                o
+                for o, _ in decoded[:i]
+                if o.site.index == b.site.index and o.kind == "normal" and o.seq > b.seq
+            ]
             assert newer, "a late batch is delivered after newer batches of its site"
     assert dups > 0
     assert late > 0
@@ -203,11 +227,16 @@ def test_injected_faults_duplicates_late_batches_and_a_silent_site() -> None:
     assert silent == sim.model.n_sites - 1
     silent_from = START_S * NS + 20 * 10 * NS  # tick ceil(200 / 10)
     for b, pbb in decoded:
-        times = wire.counter_columns(pbb).time_unix_nano.tolist() + \
-            wire.gauge_columns(pbb).time_unix_nano.tolist()
+        times = (
+            wire.counter_columns(pbb).time_unix_nano.tolist()
+            + wire.gauge_columns(pbb).time_unix_nano.tolist()
+        )
         if b.site.index == silent:
             assert max(times) < silent_from
     assert any(b.site.index == silent for b in batches)  # it did send until then
-    others_last = max(max(wire.counter_columns(p).time_unix_nano.tolist())
-                      for b, p in decoded if b.site.index != silent and len(p.counters.value))
+    others_last = max(
+        max(wire.counter_columns(p).time_unix_nano.tolist())
+        for b, p in decoded
+        if b.site.index != silent and len(p.counters.value)
+    )
     assert others_last >= START_S * NS + 59 * 10 * NS  # the others run to the end

@@ -18,8 +18,13 @@ from tests.simulate_support import NS, START_S, small
 def test_files_hold_whole_periods_of_the_models_increments_exactly(tmp_path: Path) -> None:
     period = 60
     # the run starts 25 s into a period: that first, partial period is not written
-    sim = small(sites_per_country=1, cells_per_site=2, interval_s=5.0, jitter_s=0.0,
-                start_unix_s=(START_S // period) * period + 25)
+    sim = small(
+        sites_per_country=1,
+        cells_per_site=2,
+        interval_s=5.0,
+        jitter_s=0.0,
+        start_unix_s=(START_S // period) * period + 25,
+    )
     model = FleetModel(sim)
     gen = FleetGenerator(model, int(sim.start_unix_s * NS))  # type: ignore[operator]
     dirs = {st.index: tmp_path / st.info.site_id for st in model.sites}
@@ -46,8 +51,9 @@ def test_files_hold_whole_periods_of_the_models_increments_exactly(tmp_path: Pat
             c0 = int(model.cells["c0"][row])
             cell = dict(model.counters[c0].labels)["cell"]
             t = np.concatenate([b.t[st.index] for b in blocks])
-            inc = np.concatenate([b.raw_increment[c0 + np.arange(len(CELL_COUNTERS))] for b in blocks],
-                                 axis=1)
+            inc = np.concatenate(
+                [b.raw_increment[c0 + np.arange(len(CELL_COUNTERS))] for b in blocks], axis=1
+            )
             written = (t - 1 >= first_full) & (t - 1 < max(ends))
             truth_bytes = int(inc[0, written].sum())
             # Mbit floored per period; the rest carries on: never more than 1 Mbit behind
@@ -56,10 +62,14 @@ def test_files_hold_whole_periods_of_the_models_increments_exactly(tmp_path: Pat
 
 
 @settings(max_examples=80, deadline=None)
-@given(hst.sampled_from(["L1M.SS-RSRP.Bin", "L1M.SS-RSRQ.Bin", "L1M.SS-SINR.Bin"]),
-       hst.floats(-170.0, 60.0), hst.integers(1, 100_000))
+@given(
+    hst.sampled_from(["L1M.SS-RSRP.Bin", "L1M.SS-RSRQ.Bin", "L1M.SS-SINR.Bin"]),
+    hst.floats(-170.0, 60.0),
+    hst.integers(1, 100_000),
+)
 def test_simulated_bins_hold_every_report_once_and_frame_them_with_empty_bins(
-        dist: str, mean: float, reports: int) -> None:
+    dist: str, mean: float, reports: int
+) -> None:
     counts = bin_counts(dist, mean, reports)
     assert sum(counts.values()) == reports  # whole reports, none lost to rounding
     n = MEASUREMENTS[dist].bins[2]  # type: ignore[index]

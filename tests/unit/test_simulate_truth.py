@@ -24,18 +24,39 @@ def _truth(sim: Simulation, tmp: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 2**62), reset_every=st.sampled_from([0.0, 90.0, 600.0]),
-       clear_every=st.sampled_from([0.0, 60.0, 600.0]),
-       gap=st.sampled_from([0.0, 0.05, 0.2]), interval=st.sampled_from([1.0, 10.0, 60.0]),
-       wrap32=st.booleans(), ticks=st.integers(1, 70))
+@given(
+    seed=st.integers(0, 2**62),
+    reset_every=st.sampled_from([0.0, 90.0, 600.0]),
+    clear_every=st.sampled_from([0.0, 60.0, 600.0]),
+    gap=st.sampled_from([0.0, 0.05, 0.2]),
+    interval=st.sampled_from([1.0, 10.0, 60.0]),
+    wrap32=st.booleans(),
+    ticks=st.integers(1, 70),
+)
 def test_truth_equals_reference_decoding_of_the_sent_batches(
-        tmp_path_factory: pytest.TempPathFactory, seed: int, reset_every: float,
-        clear_every: float, gap: float, interval: float, wrap32: bool, ticks: int) -> None:
-    s = small(seed=seed, reset_every_s=reset_every, clear_every_s=clear_every,
-              gap_probability=gap, interval_s=interval,
-              jitter_s=interval / 4, wrap32=wrap32, duplicate_probability=0.2,
-              late_probability=0.2, late_delay_s=interval * 3, silent_after_s=interval * 40,
-              truth_windows_s=(10, 60))
+    tmp_path_factory: pytest.TempPathFactory,
+    seed: int,
+    reset_every: float,
+    clear_every: float,
+    gap: float,
+    interval: float,
+    wrap32: bool,
+    ticks: int,
+) -> None:
+    s = small(
+        seed=seed,
+        reset_every_s=reset_every,
+        clear_every_s=clear_every,
+        gap_probability=gap,
+        interval_s=interval,
+        jitter_s=interval / 4,
+        wrap32=wrap32,
+        duplicate_probability=0.2,
+        late_probability=0.2,
+        late_delay_s=interval * 3,
+        silent_after_s=interval * 40,
+        truth_windows_s=(10, 60),
+    )
     sim = Simulation(s, truth=True, truth_samples=True)
     batches = sim.run(ticks)
     series, dups = decode(sim.encode(b) for b in batches)
@@ -45,8 +66,9 @@ def test_truth_equals_reference_decoding_of_the_sent_batches(
     # per sample: the true increment equals what the reference decoder derives
     got = {
         (r["site_id"], r["metric"], r["labels"]): r["increment"]
-        for r in samples.filter(pl.col("kind") == "counter").group_by(
-            "site_id", "metric", "labels").agg(pl.col("increment").sort_by("time_unix_nano"))
+        for r in samples.filter(pl.col("kind") == "counter")
+        .group_by("site_id", "metric", "labels")
+        .agg(pl.col("increment").sort_by("time_unix_nano"))
         .iter_rows(named=True)
     }
     counters = {k: v for k, v in series.items() if v[0].bits}
@@ -58,20 +80,28 @@ def test_truth_equals_reference_decoding_of_the_sent_batches(
     for w in (10, 60):
         ref_series, ref_site = window_deltas(series, w)
         tw = windows.filter((pl.col("window_s") == w) & (pl.col("kind") == "counter"))
-        t_series = {((r["site_id"], r["metric"], r["labels"]), r["window_start_unix_nano"]):
-                    r["delta"] for r in tw.filter(pl.col("level") == "series").iter_rows(named=True)}
-        t_site = {(r["site_id"], r["metric"], r["window_start_unix_nano"]): r["delta"]
-                  for r in tw.filter(pl.col("level") == "site").iter_rows(named=True)}
+        t_series = {
+            ((r["site_id"], r["metric"], r["labels"]), r["window_start_unix_nano"]): r["delta"]
+            for r in tw.filter(pl.col("level") == "series").iter_rows(named=True)
+        }
+        t_site = {
+            (r["site_id"], r["metric"], r["window_start_unix_nano"]): r["delta"]
+            for r in tw.filter(pl.col("level") == "site").iter_rows(named=True)
+        }
         assert t_series == ref_series
         assert t_site == ref_site
         assert all(isinstance(v, Decimal) for v in t_site.values())
 
     # gauges: count / min / max / avg per series window (avg to float rounding)
-    gw = windows.filter((pl.col("window_s") == 60) & (pl.col("level") == "series")
-                        & (pl.col("kind") == "gauge"))
+    gw = windows.filter(
+        (pl.col("window_s") == 60) & (pl.col("level") == "series") & (pl.col("kind") == "gauge")
+    )
     for r in gw.iter_rows(named=True):
-        vals = [x.value for x in series[(r["site_id"], r["metric"], r["labels"])]
-                if x.time_unix_nano // (60 * NS) * 60 * NS == r["window_start_unix_nano"]]
+        vals = [
+            x.value
+            for x in series[(r["site_id"], r["metric"], r["labels"])]
+            if x.time_unix_nano // (60 * NS) * 60 * NS == r["window_start_unix_nano"]
+        ]
         assert r["samples"] == len(vals)
         assert r["gauge_min"] == min(vals)
         assert r["gauge_max"] == max(vals)
@@ -79,8 +109,7 @@ def test_truth_equals_reference_decoding_of_the_sent_batches(
 
 
 def test_reset_delta_and_recomputation_from_samples(tmp_path: Path) -> None:
-    sim = Simulation(small(reset_every_s=60, truth_windows_s=(60,)), truth=True,
-                     truth_samples=True)
+    sim = Simulation(small(reset_every_s=60, truth_windows_s=(60,)), truth=True, truth_samples=True)
     sim.run(120)
     windows, samples = _truth(sim, tmp_path)
     loaded = load_truth(tmp_path)
@@ -98,13 +127,22 @@ def test_reset_delta_and_recomputation_from_samples(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("countries", "ticks"), [(("JP", "US"), 90), (("JP", "US", "AE"), 45)])
-def test_fleet_speed_averages_are_the_article_figures(tmp_path: Path, countries: tuple[str, ...],
-                                                      ticks: int) -> None:
+def test_fleet_speed_averages_are_the_article_figures(
+    tmp_path: Path, countries: tuple[str, ...], ticks: int
+) -> None:
     """Every delivered tick's per-country mean of DRB.UEThpDl is the target (float rounding
     only), so any set of whole ticks averages to it: JP 217.11, US 279.93, AE 291.85 Mb/s."""
-    sim = Simulation(small(countries=countries, sites_per_country=3, cells_per_site=6,
-                           gap_probability=0.05, silent_after_s=300), truth=True,
-                     truth_samples=True)
+    sim = Simulation(
+        small(
+            countries=countries,
+            sites_per_country=3,
+            cells_per_site=6,
+            gap_probability=0.05,
+            silent_after_s=300,
+        ),
+        truth=True,
+        truth_samples=True,
+    )
     sim.run(ticks)
     _, samples = _truth(sim, tmp_path)
     series = pl.read_parquet(tmp_path / "series.parquet").select("series_id", "country")
@@ -128,8 +166,9 @@ def test_fleet_speed_averages_are_the_article_figures(tmp_path: Path, countries:
 def test_japan_5g_coverage_is_98_percent(tmp_path: Path) -> None:
     """Coverage is a per-cell constant; the mean over Japan's cells is 0.98 exactly and the
     sample mean is within 0.2 % (gaps give cells different sample counts)."""
-    sim = Simulation(small(sites_per_country=4, cells_per_site=9, gap_probability=0.05),
-                     truth=True, truth_samples=True)
+    sim = Simulation(
+        small(sites_per_country=4, cells_per_site=9, gap_probability=0.05), truth=True, truth_samples=True
+    )
     sim.run(60)
     _, samples = _truth(sim, tmp_path)
     series = pl.read_parquet(tmp_path / "series.parquet").select("series_id", "country")
@@ -144,11 +183,22 @@ def test_japan_5g_coverage_is_98_percent(tmp_path: Path) -> None:
 
 def test_record_link_402_tbps_for_30_days_passes_2_53_and_2_64_exactly(tmp_path: Path) -> None:
     days = 30
-    s = small(countries=("JP",), links_per_site=0, cells_per_site=0, hosts_per_site=0,
-              interval_s=60, reset_every_s=0, clear_every_s=0, gap_probability=0,
-              duplicate_probability=0,
-              late_probability=0, silent_after_s=0, batch_samples=1500, batch_ticks=100,
-              truth_windows_s=(300, 864_000))
+    s = small(
+        countries=("JP",),
+        links_per_site=0,
+        cells_per_site=0,
+        hosts_per_site=0,
+        interval_s=60,
+        reset_every_s=0,
+        clear_every_s=0,
+        gap_probability=0,
+        duplicate_probability=0,
+        late_probability=0,
+        silent_after_s=0,
+        batch_samples=1500,
+        batch_ticks=100,
+        truth_windows_s=(300, 864_000),
+    )
     sim = Simulation(s, truth=True)
     batches = sim.run(days * 86400 // 60)
     series, _ = decode(sim.encode(b) for b in batches)
@@ -175,8 +225,8 @@ def test_record_link_402_tbps_for_30_days_passes_2_53_and_2_64_exactly(tmp_path:
     assert meta["record_link_max_value"] == max(values)
     assert meta["record_link_wraps"] == sum(v2 < v1 for v1, v2 in itertools.pairwise(values))
     w = pl.read_parquet(tmp_path / WINDOWS_FILE).filter(
-        (pl.col("level") == "series") & (pl.col("metric") == "link_in_octets")
-        & (pl.col("labels") == key[2]))
+        (pl.col("level") == "series") & (pl.col("metric") == "link_in_octets") & (pl.col("labels") == key[2])
+    )
     assert w["delta"].dtype == pl.Decimal(38, 0)
     for win in (300, 864_000):
         ws = w.filter(pl.col("window_s") == win)
@@ -188,10 +238,12 @@ def test_record_link_402_tbps_for_30_days_passes_2_53_and_2_64_exactly(tmp_path:
     assert max(got.values()) > 2**64  # a 10-day window of one link exceeds uint64
     # the site roll-up of that window as well, exactly
     site = pl.read_parquet(tmp_path / WINDOWS_FILE).filter(
-        (pl.col("level") == "site") & (pl.col("metric") == "link_in_octets")
-        & (pl.col("window_s") == 864_000))
-    assert {("jp-tokyo-01", "link_in_octets", r[0]): r[1]
-            for r in site.select("window_start_unix_nano", "delta").iter_rows()} == ref_site
+        (pl.col("level") == "site") & (pl.col("metric") == "link_in_octets") & (pl.col("window_s") == 864_000)
+    )
+    assert {
+        ("jp-tokyo-01", "link_in_octets", r[0]): r[1]
+        for r in site.select("window_start_unix_nano", "delta").iter_rows()
+    } == ref_site
 
 
 def test_deliveries_say_how_late_each_late_batch_arrives(tmp_path: Path) -> None:
@@ -211,8 +263,7 @@ def test_deliveries_say_how_late_each_late_batch_arrives(tmp_path: Path) -> None
     assert (normal["behind_ns"] <= s.batch_ticks * s.interval_s * NS).all()
 
 
-def test_truth_does_not_depend_on_block_size_or_partial_merging(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_truth_does_not_depend_on_block_size_or_partial_merging(monkeypatch: pytest.MonkeyPatch) -> None:
     import collector.simulate.truth as truth_mod
 
     s = small(reset_every_s=60, gap_probability=0.05)
@@ -227,7 +278,8 @@ def test_truth_does_not_depend_on_block_size_or_partial_merging(
     a = one.truth.windows()
     b = many.truth.windows()
     assert a.select(pl.exclude("gauge_sum", "gauge_avg")).equals(
-        b.select(pl.exclude("gauge_sum", "gauge_avg")))
+        b.select(pl.exclude("gauge_sum", "gauge_avg"))
+    )
     rel = ((a["gauge_avg"] - b["gauge_avg"]).abs() / a["gauge_avg"].abs().clip(1e-300)).max()
     assert rel is None or rel < 1e-12  # float summation order only
     assert one.truth.deliveries().equals(many.truth.deliveries())

@@ -43,8 +43,13 @@ _wire_types = st.sampled_from([0, 1, 2, 3, 5])
 
 # field numbers above every known one (1..10) at every level; a known number with another
 # wire type is tested below
-@given(st.lists(st.tuples(st.sampled_from(LEVELS), st.integers(32, 2**29 - 1), _wire_types,
-                          st.binary(max_size=40)), min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(LEVELS), st.integers(32, 2**29 - 1), _wire_types, st.binary(max_size=40)),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_any_unknown_fields_anywhere_leave_the_columns_exact(
     extra: list[tuple[str, int, int, bytes]],
 ) -> None:

@@ -28,8 +28,10 @@ from collector.errors import CollectorError, ConfigError
 
 log = logging.getLogger(__name__)
 
-def load_adapter(source: str, spec: str, options: Mapping[str, Any],
-                 builtins: Mapping[str, Any], base: type, choices: str) -> Any:
+
+def load_adapter(
+    source: str, spec: str, options: Mapping[str, Any], builtins: Mapping[str, Any], base: type, choices: str
+) -> Any:
     """Build a source's adapter: a built-in name or 'package.module:Class', called with
     **options. Errors name `agent.sources.<source>.adapter` or `.options`."""
     key = f"agent.sources.{source}"
@@ -37,18 +39,17 @@ def load_adapter(source: str, spec: str, options: Mapping[str, Any],
     if cls is None:
         module, _, attr = spec.partition(":")
         if not attr:
-            raise ConfigError(f"unknown {source} adapter {spec!r} ({choices} or module:Class)",
-                              key=f"{key}.adapter")
+            raise ConfigError(
+                f"unknown {source} adapter {spec!r} ({choices} or module:Class)", key=f"{key}.adapter"
+            )
         try:
             cls = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"cannot load {source} adapter {spec!r}: {exc}",
-                              key=f"{key}.adapter") from exc
+            raise ConfigError(f"cannot load {source} adapter {spec!r}: {exc}", key=f"{key}.adapter") from exc
     try:
         adapter = cls(**options)
     except TypeError as exc:
-        raise ConfigError(f"bad options for {source} adapter {spec!r}: {exc}",
-                          key=f"{key}.options") from exc
+        raise ConfigError(f"bad options for {source} adapter {spec!r}: {exc}", key=f"{key}.options") from exc
     if not isinstance(adapter, base):
         raise ConfigError(f"{spec!r} is not a {base.__name__}", key=f"{key}.adapter")
     return adapter

@@ -62,8 +62,15 @@ from collector.agent.sources.pm import (
 from collector.agent.sources.pm_ledger import DEFAULT_NAME, SentLedger, fingerprint
 from collector.errors import ConfigError
 
-__all__ = ["PM_MEASUREMENTS", "CellReading", "CellSource", "PmFileError", "parse_pm_bytes",
-           "read_pm_file", "render_meas_collec"]
+__all__ = [
+    "PM_MEASUREMENTS",
+    "CellReading",
+    "CellSource",
+    "PmFileError",
+    "parse_pm_bytes",
+    "read_pm_file",
+    "render_meas_collec",
+]
 
 log = logging.getLogger(__name__)
 
@@ -119,19 +126,32 @@ class SimulatedCellAdapter(CellAdapter):
     missed since the last read, or nothing when no new tick is due.
     """
 
-    def __init__(self, seed: int = 20260401, country: str = "JP", site: int = 0,
-                 cells: int = 12, interval_s: float = 30.0,
-                 start_unix_s: float | None = None) -> None:
+    def __init__(
+        self,
+        seed: int = 20260401,
+        country: str = "JP",
+        site: int = 0,
+        cells: int = 12,
+        interval_s: float = 30.0,
+        start_unix_s: float | None = None,
+    ) -> None:
         from collector.agent.sources.simulated import SimulatedSite
         from collector.simulate.model import CELL_COUNTERS, CELL_GAUGES
 
         key = "agent.sources.cell.options"
         if isinstance(cells, bool) or not isinstance(cells, int) or cells < 1:
-            raise ConfigError(f"simulated cell adapter: cells must be an integer >= 1, got "
-                              f"{cells!r}", key=key)
-        self.sim = SimulatedSite(key, seed=seed, country=country, site=site,
-                                 interval_s=interval_s, start_unix_s=start_unix_s,
-                                 cells_per_site=cells)
+            raise ConfigError(
+                f"simulated cell adapter: cells must be an integer >= 1, got {cells!r}", key=key
+            )
+        self.sim = SimulatedSite(
+            key,
+            seed=seed,
+            country=country,
+            site=site,
+            interval_s=interval_s,
+            start_unix_s=start_unix_s,
+            cells_per_site=cells,
+        )
         m = self.sim.model
         rows = self.sim.rows(m.cells)
         self._c0 = [int(m.cells["c0"][i]) for i in rows]
@@ -149,16 +169,18 @@ class SimulatedCellAdapter(CellAdapter):
         t = int(block.t[self.sim.index, k])
         nc, ng = len(self._counters), len(self._gauges)
         out = []
-        for labels, c0, g0, bits in zip(self._labels, self._c0, self._g0, self._bits,
-                                        strict=True):
-            out.append(CellReading(
-                cell=labels["cell"], gnb=labels["gnb"],
-                counters=dict(zip(self._counters, block.values[c0:c0 + nc, k].tolist(),
-                                  strict=True)),
-                gauges=dict(zip(self._gauges, block.gauges[g0:g0 + ng, k].tolist(),
-                                strict=True)),
-                counter_bits=bits, counter_start_unix_nano=int(block.start[c0, k]),
-                time_unix_nano=t))
+        for labels, c0, g0, bits in zip(self._labels, self._c0, self._g0, self._bits, strict=True):
+            out.append(
+                CellReading(
+                    cell=labels["cell"],
+                    gnb=labels["gnb"],
+                    counters=dict(zip(self._counters, block.values[c0 : c0 + nc, k].tolist(), strict=True)),
+                    gauges=dict(zip(self._gauges, block.gauges[g0 : g0 + ng, k].tolist(), strict=True)),
+                    counter_bits=bits,
+                    counter_start_unix_nano=int(block.start[c0, k]),
+                    time_unix_nano=t,
+                )
+            )
         return out
 
 
@@ -171,15 +193,19 @@ BUILTIN_ADAPTERS: dict[str, type[CellAdapter]] = {
 def make_adapter(spec: str, options: dict[str, Any]) -> CellAdapter:
     """'simulated' or 'package.module:Class' (a CellAdapter taking **options); the PM file
     reader (`pm_xml`) is built into CellSource."""
-    return load_adapter("cell", spec, options, BUILTIN_ADAPTERS, CellAdapter,
-                        f"{PM_XML}, simulated")
+    return load_adapter("cell", spec, options, BUILTIN_ADAPTERS, CellAdapter, f"{PM_XML}, simulated")
 
 
 class CellSource(Source):
     name = "cell"
 
-    def __init__(self, settings: CellSourceSettings, adapter: CellAdapter | None = None, *,
-                 max_batch_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        settings: CellSourceSettings,
+        adapter: CellAdapter | None = None,
+        *,
+        max_batch_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         super().__init__()
         self.settings = settings
         self.interval_s = settings.interval_s
@@ -190,8 +216,10 @@ class CellSource(Source):
         if adapter is None and settings.adapter != PM_XML:
             self.adapter = make_adapter(settings.adapter, dict(settings.options))
         elif adapter is None and settings.options:
-            raise ConfigError(f"the {PM_XML} adapter takes no options (it is configured by "
-                              "pm_dir, pattern, settle_s, ...)", key="agent.sources.cell.options")
+            raise ConfigError(
+                f"the {PM_XML} adapter takes no options (it is configured by pm_dir, pattern, settle_s, ...)",
+                key="agent.sources.cell.options",
+            )
         self._reading_defs: dict[tuple[str, str, str, int, int], SeriesDef | None] = {}
         self._defs: dict[tuple[str, tuple[tuple[str, str], ...], bool], SeriesDef] = {}
         self.max_batch_bytes = max_batch_bytes
@@ -205,8 +233,9 @@ class CellSource(Source):
         # newest period end and recent period ends seen per gNB (repeated/older files)
         self._seen: dict[str, set[int]] = {}
         self.stats.pm_files = dict.fromkeys(("done", "repeated", "older", "failed"), 0)
-        self.stats.pm_values = dict.fromkeys(("accepted", "nil", "suspect", "unknown_measurement",
-                                              "repeated"), 0)
+        self.stats.pm_values = dict.fromkeys(
+            ("accepted", "nil", "suspect", "unknown_measurement", "repeated"), 0
+        )
         self.stats.pm_rejected = dict.fromkeys(REASONS, 0)
         self._warned_missing = False
 
@@ -270,16 +299,25 @@ class CellSource(Source):
         keep: list[PmValue] = []
         for v in pm.values:
             if v.end_unix_nano < oldest_ok:
-                pm.reject("too_old", f"period ending {v.end_unix_nano // 10**9} (agent.sources."
-                                     f"cell.max_age_s = {self.settings.max_age_s:.0f})")
+                pm.reject(
+                    "too_old",
+                    f"period ending {v.end_unix_nano // 10**9} (agent.sources."
+                    f"cell.max_age_s = {self.settings.max_age_s:.0f})",
+                )
             elif v.end_unix_nano > newest_ok:
-                pm.reject("in_future", "a period ends in the future (gNB clock ahead by more "
-                                       "than agent.sources.cell.max_future_s)")
+                pm.reject(
+                    "in_future",
+                    "a period ends in the future (gNB clock ahead by more "
+                    "than agent.sources.cell.max_future_s)",
+                )
             else:
                 keep.append(v)
         if not keep:
-            raise PmFileError(pm.name, "every period is older than agent.sources.cell.max_age_s "
-                                       "or ends in the future: " + pm.summary())
+            raise PmFileError(
+                pm.name,
+                "every period is older than agent.sources.cell.max_age_s "
+                "or ends in the future: " + pm.summary(),
+            )
         pm.values = keep
 
     def _oldest_ok_ns(self, now_unix_nano: int) -> int:
@@ -303,8 +341,7 @@ class CellSource(Source):
         keep: list[PmValue] = []
         dropped = 0
         for (obj, begin, end), vals in groups.items():
-            key = fingerprint(obj.gnb, obj.cell, obj.function, begin, end,
-                              (v.name for v in vals))
+            key = fingerprint(obj.gnb, obj.cell, obj.function, begin, end, (v.name for v in vals))
             if self._known(key):
                 dropped += len(vals)
                 continue
@@ -355,13 +392,18 @@ class CellSource(Source):
             st.pm_files[result] += 1
             summary = pm.summary()
             if sent_before:
-                summary = "; ".join(x for x in (
-                    f"{sent_before} values already sent before (not sent again)", summary) if x)
+                summary = "; ".join(
+                    x for x in (f"{sent_before} values already sent before (not sent again)", summary) if x
+                )
             if pm.rejected:
                 log.warning("PM file %s: %s", path, summary)
             elif summary or result != "done":
-                log.info("PM file %s: %s%s", path, f"{result} file; " if result != "done" else "",
-                         summary or f"{len(pm.values)} values")
+                log.info(
+                    "PM file %s: %s%s",
+                    path,
+                    f"{result} file; " if result != "done" else "",
+                    summary or f"{len(pm.values)} values",
+                )
             if result == "repeated":
                 self._pending.append((path, "done", keys))  # nothing to send: done/ at commit
                 continue
@@ -387,13 +429,13 @@ class CellSource(Source):
                 break
             assert self._current is not None
             path, pm, pos, keys = self._current
-            room = (budget - len(builder) * SAMPLE_BYTES - builder.series_count * SERIES_BYTES)
+            room = budget - len(builder) * SAMPLE_BYTES - builder.series_count * SERIES_BYTES
             take = max(0, room // (SAMPLE_BYTES + SERIES_BYTES))  # as if each a new series
             if take == 0 and len(builder):
                 self.backlog = True
                 break
             take = max(take, 1)
-            self.add_values(builder, pm.values[pos:pos + take])
+            self.add_values(builder, pm.values[pos : pos + take])
             pos += take
             if pos < len(pm.values):
                 self._current = (path, pm, pos, keys)
@@ -435,8 +477,9 @@ class CellSource(Source):
                     defs.clear()
                 d = defs[key] = (
                     delta_def(spec.metric, labels, unit=spec.unit, scale=spec.scale)
-                    if spec.counter else gauge_def(spec.metric, labels, unit=spec.unit,
-                                                   scale=spec.scale))
+                    if spec.counter
+                    else gauge_def(spec.metric, labels, unit=spec.unit, scale=spec.scale)
+                )
             if spec.counter:
                 builder.delta(d, v.begin_unix_nano, v.end_unix_nano, int(v.value))
             else:
@@ -444,8 +487,13 @@ class CellSource(Source):
         self.stats.pm_values["accepted"] += len(values)
 
     def _reading_def(self, r: CellReading, meas: str, counter: bool) -> SeriesDef | None:
-        key = (meas, r.gnb, r.cell, r.counter_bits if counter else 0,
-               r.counter_start_unix_nano if counter else 0)
+        key = (
+            meas,
+            r.gnb,
+            r.cell,
+            r.counter_bits if counter else 0,
+            r.counter_start_unix_nano if counter else 0,
+        )
         if key in self._reading_defs:
             return self._reading_defs[key]
         if len(self._reading_defs) > 100_000:  # cells come and go; do not grow forever
@@ -453,22 +501,38 @@ class CellSource(Source):
         spec = PM_MEASUREMENTS.get(meas)
         d: SeriesDef | None = None
         if spec is None or spec.counter != counter:
-            log.warning("cell adapter: %s %r is not a known TS 28.552 %s: skipped",
-                        "counter" if counter else "gauge", meas,
-                        "counter" if counter else "gauge")
+            log.warning(
+                "cell adapter: %s %r is not a known TS 28.552 %s: skipped",
+                "counter" if counter else "gauge",
+                meas,
+                "counter" if counter else "gauge",
+            )
         elif counter and r.counter_bits not in (32, 64):
-            log.error("cell %s: adapter declares %d-bit counters; only 32 or 64 exist on the "
-                      "wire: counters skipped", r.cell, r.counter_bits)
+            log.error(
+                "cell %s: adapter declares %d-bit counters; only 32 or 64 exist on the "
+                "wire: counters skipped",
+                r.cell,
+                r.counter_bits,
+            )
         else:
             labels = {"cell": r.cell, "gnb": r.gnb}
-            d = (counter_def(meas, labels, unit=spec.unit, bits=r.counter_bits,
-                             start_time_unix_nano=r.counter_start_unix_nano) if counter
-                 else gauge_def(meas, labels, unit=spec.unit))  # catalogue unit: scale 1
+            d = (
+                counter_def(
+                    meas,
+                    labels,
+                    unit=spec.unit,
+                    bits=r.counter_bits,
+                    start_time_unix_nano=r.counter_start_unix_nano,
+                )
+                if counter
+                else gauge_def(meas, labels, unit=spec.unit)
+            )  # catalogue unit: scale 1
         self._reading_defs[key] = d
         return d
 
-    def add_readings(self, builder: BatchBuilder, readings: Sequence[CellReading],
-                     now_unix_nano: int) -> None:
+    def add_readings(
+        self, builder: BatchBuilder, readings: Sequence[CellReading], now_unix_nano: int
+    ) -> None:
         """Turn an adapter's readings into samples."""
         counter, gauge, isfinite = builder.counter, builder.gauge, math.isfinite
         for r in readings:
@@ -482,8 +546,13 @@ class CellSource(Source):
                     counter(d, t, int(v))
                 else:  # the ingest would refuse the whole batch for it
                     self.stats.errors += 1
-                    log.warning("cell %s: %s=%r is not an integer that fits %d bits: sample "
-                                "skipped", r.cell, meas, v, r.counter_bits)
+                    log.warning(
+                        "cell %s: %s=%r is not an integer that fits %d bits: sample skipped",
+                        r.cell,
+                        meas,
+                        v,
+                        r.counter_bits,
+                    )
             for meas, g in r.gauges.items():
                 d = self._reading_def(r, meas, False)
                 if d is None:

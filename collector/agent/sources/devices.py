@@ -45,8 +45,9 @@ def validate_options(model: type[M], options: dict[str, Any]) -> M:
         raise ConfigError(err["msg"], key=KEY + loc) from None
 
 
-def secret(value: SecretStr | None, env: str, file: Path | None, key: str,
-           required: bool = True) -> str | None:
+def secret(
+    value: SecretStr | None, env: str, file: Path | None, key: str, required: bool = True
+) -> str | None:
     """A secret from `<key>_env` (environment variable name), `<key>_file` (first line) or
     the inline `<key>` (discouraged: it sits in the config file), in that order."""
     if env:
@@ -65,14 +66,14 @@ def secret(value: SecretStr | None, env: str, file: Path | None, key: str,
     if value is not None:
         return value.get_secret_value()
     if required:
-        raise ConfigError(f"set {key.rsplit('.', 1)[1]}_env or {key.rsplit('.', 1)[1]}_file",
-                          key=key)
+        raise ConfigError(f"set {key.rsplit('.', 1)[1]}_env or {key.rsplit('.', 1)[1]}_file", key=key)
     return None
 
 
 def wanted(name: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
-    return (any(fnmatch.fnmatchcase(name, p) for p in include)
-            and not any(fnmatch.fnmatchcase(name, p) for p in exclude))
+    return any(fnmatch.fnmatchcase(name, p) for p in include) and not any(
+        fnmatch.fnmatchcase(name, p) for p in exclude
+    )
 
 
 def backoff(attempt: int, initial_s: float, max_s: float) -> float:

@@ -63,12 +63,30 @@ from collector.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-COUNTER_LEAVES = frozenset((
-    "in-octets", "out-octets", "in-pkts", "out-pkts", "in-unicast-pkts", "in-multicast-pkts",
-    "in-broadcast-pkts", "out-unicast-pkts", "out-multicast-pkts", "out-broadcast-pkts",
-    "in-errors", "out-errors", "in-discards", "out-discards", "last-clear"))
-_OPTIC_LEAVES = {"input-power": "rx_power_dbm", "output-power": "tx_power_dbm",
-                 "laser-bias-current": "laser_bias_amperes"}
+COUNTER_LEAVES = frozenset(
+    (
+        "in-octets",
+        "out-octets",
+        "in-pkts",
+        "out-pkts",
+        "in-unicast-pkts",
+        "in-multicast-pkts",
+        "in-broadcast-pkts",
+        "out-unicast-pkts",
+        "out-multicast-pkts",
+        "out-broadcast-pkts",
+        "in-errors",
+        "out-errors",
+        "in-discards",
+        "out-discards",
+        "last-clear",
+    )
+)
+_OPTIC_LEAVES = {
+    "input-power": "rx_power_dbm",
+    "output-power": "tx_power_dbm",
+    "laser-bias-current": "laser_bias_amperes",
+}
 _OCH_LEAVES = {"pre-fec-ber": "prefec_ber", "osnr": "osnr_db"}
 _M64 = (1 << 64) - 1
 _SPEED = re.compile(r"SPEED_(\d+(?:\.\d+)?)(MB|GB|TB)$")
@@ -86,45 +104,62 @@ DEFAULT_PATHS = {
 
 # --- options --------------------------------------------------------------------------
 class GnmiTarget(Options):
-    name: str = Field("", description="Target name: `target` label of the agent's "
-                      "self-metrics and the default link prefix. Empty: the address.")
+    name: str = Field(
+        "",
+        description="Target name: `target` label of the agent's "
+        "self-metrics and the default link prefix. Empty: the address.",
+    )
     address: str = Field(description="HOST:PORT of the gNMI server (e.g. 'r1.example:57400').")
-    plaintext: bool = Field(False, description="No TLS. Only for loopback tests; never in "
-                            "production.")
-    ca_file: Path | None = Field(None, description="PEM CA bundle of the target's certificate "
-                                 "(empty: system trust store).")
-    client_cert: Path | None = Field(None, description="PEM client certificate (mTLS), with "
-                                     "client_key.")
+    plaintext: bool = Field(False, description="No TLS. Only for loopback tests; never in production.")
+    ca_file: Path | None = Field(
+        None, description="PEM CA bundle of the target's certificate (empty: system trust store)."
+    )
+    client_cert: Path | None = Field(None, description="PEM client certificate (mTLS), with client_key.")
     client_key: Path | None = Field(None, description="PEM key of client_cert.")
     server_name: str = Field("", description="TLS name to verify instead of the address's host.")
     username: str = Field("", description="Sent as `username` metadata with the password.")
-    password: SecretStr | None = Field(None, description="Inline password (discouraged: "
-                                       "prefer password_env/_file).")
+    password: SecretStr | None = Field(
+        None, description="Inline password (discouraged: prefer password_env/_file)."
+    )
     password_env: str = Field("", description="Environment variable holding the password.")
-    password_file: Path | None = Field(None, description="File whose first line is the "
-                                       "password.")
-    interval_s: float | None = Field(None, gt=0, description="SAMPLE interval (and POLL/ONCE "
-                                     "period) of this target; default: the adapter's.")
+    password_file: Path | None = Field(None, description="File whose first line is the password.")
+    interval_s: float | None = Field(
+        None,
+        gt=0,
+        description="SAMPLE interval (and POLL/ONCE period) of this target; default: the adapter's.",
+    )
     mode: Literal["auto", "stream", "poll", "once"] = Field(
-        "auto", description="'auto': STREAM (ON_CHANGE oper-status) -> STREAM (all SAMPLE) -> "
-        "POLL -> ONCE, the first the target accepts; or force one mode.")
+        "auto",
+        description="'auto': STREAM (ON_CHANGE oper-status) -> STREAM (all SAMPLE) -> "
+        "POLL -> ONCE, the first the target accepts; or force one mode.",
+    )
     encoding: Literal["proto", "json_ietf", "json"] = Field(
-        "proto", description="Encoding asked for (values are read in any encoding).")
+        "proto", description="Encoding asked for (values are read in any encoding)."
+    )
     timestamps: Literal["device", "agent"] = Field(
-        "device", description="Event time of samples: the notification timestamp or the "
-        "agent's receive time (for a device with a wrong clock).")
-    paths: dict[str, str] = Field({}, description="Override subscription paths by role "
-                                  f"({', '.join(DEFAULT_PATHS)}); '' drops that subscription.")
-    components: dict[str, str] = Field({}, description="Component name -> link name for "
-                                       "optics the target does not relate to an interface "
-                                       "(transponder line ports).")
-    include: list[str] = Field(["*"], description="Link names (fnmatch, before the prefix) "
-                               "reported.")
+        "device",
+        description="Event time of samples: the notification timestamp or the "
+        "agent's receive time (for a device with a wrong clock).",
+    )
+    paths: dict[str, str] = Field(
+        {},
+        description="Override subscription paths by role "
+        f"({', '.join(DEFAULT_PATHS)}); '' drops that subscription.",
+    )
+    components: dict[str, str] = Field(
+        {},
+        description="Component name -> link name for "
+        "optics the target does not relate to an interface "
+        "(transponder line ports).",
+    )
+    include: list[str] = Field(["*"], description="Link names (fnmatch, before the prefix) reported.")
     exclude: list[str] = Field([], description="Link names (fnmatch) left out.")
-    link_prefix: str | None = Field(None, description="Prepended to every link label "
-                                    "(default '<name>:'; '' for none).")
-    media: Literal["optical", "copper"] | None = Field(None, description="Media of links "
-                                                       "without optics readings.")
+    link_prefix: str | None = Field(
+        None, description="Prepended to every link label (default '<name>:'; '' for none)."
+    )
+    media: Literal["optical", "copper"] | None = Field(
+        None, description="Media of links without optics readings."
+    )
 
     @field_validator("address")
     @classmethod
@@ -150,14 +185,14 @@ class GnmiTarget(Options):
 
 
 class GnmiOptions(Options):
-    interval_s: float = Field(10.0, gt=0, description="SAMPLE interval of targets without "
-                              "their own.")
-    connect_timeout_s: float = Field(10.0, gt=0, description="Bound on connecting and on the "
-                                     "first response.")
-    stall_after_s: float = Field(0.0, ge=0, description="No update for this long reopens the "
-                                 "stream; 0: 3 intervals + 10 s.")
-    backoff_initial_s: float = Field(1.0, gt=0, description="First reconnect delay cap "
-                                     "(doubles per failure, full jitter).")
+    interval_s: float = Field(10.0, gt=0, description="SAMPLE interval of targets without their own.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Bound on connecting and on the first response.")
+    stall_after_s: float = Field(
+        0.0, ge=0, description="No update for this long reopens the stream; 0: 3 intervals + 10 s."
+    )
+    backoff_initial_s: float = Field(
+        1.0, gt=0, description="First reconnect delay cap (doubles per failure, full jitter)."
+    )
     backoff_max_s: float = Field(60.0, gt=0, description="Largest reconnect delay cap.")
     targets: list[GnmiTarget] = Field(min_length=1, description="The gNMI targets.")
 
@@ -178,8 +213,7 @@ def parse_path(text: str) -> Elems:
     out: list[tuple[str, tuple[tuple[str, str], ...]]] = []
     for part in re.findall(r"([^/\[\]]+)((?:\[[^\]]*\])*)", text):
         name, keys = part
-        kv = tuple((k.partition("=")[0], k.partition("=")[2])
-                   for k in re.findall(r"\[([^\]]*)\]", keys))
+        kv = tuple((k.partition("=")[0], k.partition("=")[2]) for k in re.findall(r"\[([^\]]*)\]", keys))
         out.append((name, kv))
     return tuple(out)
 
@@ -198,8 +232,7 @@ def elems_of(path: Any) -> Elems:
 def typed_value(v: Any) -> Any:
     """TypedValue -> int | float | str | bool | dict | list | None."""
     kind = v.WhichOneof("value")
-    if kind in ("uint_val", "int_val", "double_val", "float_val", "string_val", "bool_val",
-                "ascii_val"):
+    if kind in ("uint_val", "int_val", "double_val", "float_val", "string_val", "bool_val", "ascii_val"):
         return getattr(v, kind)
     if kind == "decimal_val":
         return v.decimal_val.digits / 10**v.decimal_val.precision
@@ -221,8 +254,7 @@ def _flatten(elems: Elems, value: Any) -> Iterable[tuple[Elems, Any]]:
     elif isinstance(value, list) and value and all(isinstance(e, dict) for e in value):
         # a keyed list in JSON: keys are the entry's scalar members named like "name"/"index"
         for entry in value:
-            keys = tuple(sorted((k, str(v)) for k, v in entry.items()
-                                if _strip(k) in ("name", "index")))
+            keys = tuple(sorted((k, str(v)) for k, v in entry.items() if _strip(k) in ("name", "index")))
             rest = {k: v for k, v in entry.items() if _strip(k) not in ("name", "index")}
             head = (*elems[:-1], (elems[-1][0], tuple((_strip(k), v) for k, v in keys)))
             yield from _flatten(head, rest)
@@ -336,8 +368,11 @@ class GnmiState:
                 lk.gauges_time = max(lk.gauges_time, t)
                 lk.dirty = True
             elif rest in (("ethernet", "state", "port-speed"), ("state", "high-speed")):
-                speed = port_speed(v) if rest[0] == "ethernet" else (
-                    c * 125_000 if (c := as_counter(v)) else None)
+                speed = (
+                    port_speed(v)
+                    if rest[0] == "ethernet"
+                    else (c * 125_000 if (c := as_counter(v)) else None)
+                )
                 if speed is None:
                     return self._reject("bad_speed")
                 lk = self.links.setdefault(link_name, _Link())
@@ -351,16 +386,25 @@ class GnmiState:
             if not comp:
                 return self._reject("no_key")
             rest = names[2:]
-            if (rest[:3] == ("transceiver", "physical-channels", "channel") and len(rest) == 6
-                    and rest[3] == "state" and rest[5] == "instant" and rest[4] in _OPTIC_LEAVES):
+            if (
+                rest[:3] == ("transceiver", "physical-channels", "channel")
+                and len(rest) == 6
+                and rest[3] == "state"
+                and rest[5] == "instant"
+                and rest[4] in _OPTIC_LEAVES
+            ):
                 f = as_float(v)
                 if f is None:
                     return self._reject("bad_optics")
                 o = self.optics.setdefault(comp, _Optics())
                 o.lanes.setdefault(_key(e[4], "index"), {})[rest[4]] = f
                 o.time, o.dirty = max(o.time, t), True
-            elif (rest[:2] == ("optical-channel", "state") and len(rest) == 4
-                  and rest[3] == "instant" and rest[2] in _OCH_LEAVES):
+            elif (
+                rest[:2] == ("optical-channel", "state")
+                and len(rest) == 4
+                and rest[3] == "instant"
+                and rest[2] in _OCH_LEAVES
+            ):
                 f = as_float(v)
                 if f is None:
                     return self._reject("bad_optics")
@@ -369,8 +413,13 @@ class GnmiState:
                 o.time, o.dirty = max(o.time, t), True
         return None
 
-    def readings(self, prefix: str = "", include: Sequence[str] = ("*",),
-                 exclude: Sequence[str] = (), media: str | None = None) -> list[LinkReading]:
+    def readings(
+        self,
+        prefix: str = "",
+        include: Sequence[str] = ("*",),
+        exclude: Sequence[str] = (),
+        media: str | None = None,
+    ) -> list[LinkReading]:
         """Per link, what changed since the previous call."""
         link_of = {lk.transceiver: name for name, lk in self.links.items() if lk.transceiver}
         link_of.update(self.components)  # configured mappings win
@@ -414,8 +463,7 @@ class GnmiState:
                 r.osnr_db = min(osnr) if osnr else None
                 times.extend(o.time for o in optics)
             # counters carry their own sample time; gauges ride along with it
-            r.time_unix_nano = (lk.counters_time if lk is not None and lk.counters_dirty
-                                else max(times))
+            r.time_unix_nano = lk.counters_time if lk is not None and lk.counters_dirty else max(times)
             out.append(r)
         for lk in self.links.values():
             lk.dirty = lk.counters_dirty = False
@@ -450,8 +498,7 @@ def to_path(text: str) -> Any:
 
 
 Attempt = tuple[str, bool]  # (mode, on_change for oper-status)
-_AUTO: tuple[Attempt, ...] = (("stream", True), ("stream", False), ("poll", False),
-                              ("once", False))
+_AUTO: tuple[Attempt, ...] = (("stream", True), ("stream", False), ("poll", False), ("once", False))
 
 
 class _Refused(Exception):
@@ -488,14 +535,22 @@ class GnmiLinkAdapter(LinkAdapter):
                 p = getattr(t, attr)
                 if p is not None and not Path(p).is_file():
                     raise ConfigError(f"no such file: {p}", key=f"{key}.{attr}")
-            password = (secret(t.password, t.password_env, t.password_file, f"{key}.password",
-                               required=False) if t.username else None)
+            password = (
+                secret(t.password, t.password_env, t.password_file, f"{key}.password", required=False)
+                if t.username
+                else None
+            )
             attempts = _AUTO if t.mode == "auto" else ((t.mode, t.mode == "stream"),)
-            tgt = _Target(name=name, address=t.address, options=t,
-                          interval_s=t.interval_s or opts.interval_s,
-                          prefix=t.link_prefix if t.link_prefix is not None else f"{name}:",
-                          password=password, state=GnmiState(components=dict(t.components)),
-                          attempts=attempts)
+            tgt = _Target(
+                name=name,
+                address=t.address,
+                options=t,
+                interval_s=t.interval_s or opts.interval_s,
+                prefix=t.link_prefix if t.link_prefix is not None else f"{name}:",
+                password=password,
+                state=GnmiState(components=dict(t.components)),
+                attempts=attempts,
+            )
             self.targets[name] = tgt.stats
             self._targets.append(tgt)
         self._tasks: list[asyncio.Task[None]] = []
@@ -506,10 +561,8 @@ class GnmiLinkAdapter(LinkAdapter):
 
     async def read(self) -> Sequence[LinkReading]:
         if not self._tasks and not self._stop.is_set():
-            self._tasks = [asyncio.create_task(self._run(t), name=f"gnmi-{t.name}")
-                           for t in self._targets]
-            await first_results((t.tried for t in self._targets),
-                                self.opts.connect_timeout_s + 1.0)
+            self._tasks = [asyncio.create_task(self._run(t), name=f"gnmi-{t.name}") for t in self._targets]
+            await first_results((t.tried for t in self._targets), self.opts.connect_timeout_s + 1.0)
         out: list[LinkReading] = []
         for t in self._targets:
             o = t.options
@@ -524,8 +577,10 @@ class GnmiLinkAdapter(LinkAdapter):
         import grpc
 
         o = t.options
-        opts: list[tuple[str, Any]] = [("grpc.keepalive_time_ms", 30_000),
-                                       ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        opts: list[tuple[str, Any]] = [
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ]
         if o.plaintext:
             return grpc.aio.insecure_channel(t.address, options=opts)
         root = Path(o.ca_file).read_bytes() if o.ca_file else None
@@ -533,8 +588,7 @@ class GnmiLinkAdapter(LinkAdapter):
         key = Path(o.client_key).read_bytes() if o.client_key else None
         if o.server_name:
             opts.append(("grpc.ssl_target_name_override", o.server_name))
-        creds = grpc.ssl_channel_credentials(root_certificates=root, private_key=key,
-                                             certificate_chain=cert)
+        creds = grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=cert)
         return grpc.aio.secure_channel(t.address, creds, options=opts)
 
     def _metadata(self, t: _Target) -> tuple[tuple[str, str], ...]:
@@ -555,15 +609,21 @@ class GnmiLinkAdapter(LinkAdapter):
                 if on_change and role in ("oper_status", "transceiver_of"):
                     subs.append(g.Subscription(path=to_path(p), mode=g.ON_CHANGE))
                 else:
-                    subs.append(g.Subscription(path=to_path(p), mode=g.SAMPLE,
-                                               sample_interval=interval_ns))
+                    subs.append(g.Subscription(path=to_path(p), mode=g.SAMPLE, sample_interval=interval_ns))
             else:
                 subs.append(g.Subscription(path=to_path(p)))
         encoding = {"proto": g.PROTO, "json_ietf": g.JSON_IETF, "json": g.JSON}
-        return g.SubscribeRequest(subscribe=g.SubscriptionList(
-            subscription=subs, encoding=encoding[t.options.encoding],
-            mode={"stream": g.SubscriptionList.STREAM, "poll": g.SubscriptionList.POLL,
-                  "once": g.SubscriptionList.ONCE}[mode]))
+        return g.SubscribeRequest(
+            subscribe=g.SubscriptionList(
+                subscription=subs,
+                encoding=encoding[t.options.encoding],
+                mode={
+                    "stream": g.SubscriptionList.STREAM,
+                    "poll": g.SubscriptionList.POLL,
+                    "once": g.SubscriptionList.ONCE,
+                }[mode],
+            )
+        )
 
     def _handle(self, t: _Target, resp: Any) -> None:
         kind = resp.WhichOneof("response")
@@ -590,12 +650,10 @@ class GnmiLinkAdapter(LinkAdapter):
             try:
                 await asyncio.wait_for(channel.channel_ready(), self.opts.connect_timeout_s)
             except TimeoutError:
-                raise _Failed("connect", f"no connection within "
-                              f"{self.opts.connect_timeout_s:g} s") from None
+                raise _Failed("connect", f"no connection within {self.opts.connect_timeout_s:g} s") from None
             if mode == "once":
                 while not self._stop.is_set():
-                    call = stub.Subscribe(_one(self._request(t, mode, on_change)),
-                                          metadata=self._metadata(t))
+                    call = stub.Subscribe(_one(self._request(t, mode, on_change)), metadata=self._metadata(t))
                     await self._consume(t, call, stall, until_sync=True)
                     if await sleep_or_stop(self._stop, t.interval_s):
                         return
@@ -605,9 +663,11 @@ class GnmiLinkAdapter(LinkAdapter):
             call = stub.Subscribe(_from_queue(queue), metadata=self._metadata(t))
             poller = None
             if mode == "poll":
+
                 async def poll() -> None:
                     while not await sleep_or_stop(self._stop, t.interval_s):
                         queue.put_nowait(g.SubscribeRequest(poll=g.Poll()))
+
                 poller = asyncio.create_task(poll())
             try:
                 await self._consume(t, call, stall)
@@ -618,8 +678,7 @@ class GnmiLinkAdapter(LinkAdapter):
                     await cancel_all([poller])
                 call.cancel()
 
-    async def _consume(self, t: _Target, call: Any, stall_s: float, until_sync: bool = False
-                       ) -> None:
+    async def _consume(self, t: _Target, call: Any, stall_s: float, until_sync: bool = False) -> None:
         import grpc
 
         it = call.__aiter__()
@@ -627,19 +686,20 @@ class GnmiLinkAdapter(LinkAdapter):
         while not self._stop.is_set():
             try:
                 resp = await asyncio.wait_for(
-                    it.__anext__(), self.opts.connect_timeout_s if first else stall_s)
+                    it.__anext__(), self.opts.connect_timeout_s if first else stall_s
+                )
             except StopAsyncIteration:
                 if until_sync:
                     return
                 raise _Failed("closed", "the target ended the stream") from None
             except TimeoutError:
-                raise _Failed("stalled" if not first else "no_response",
-                              f"no update for {stall_s if not first else self.opts.connect_timeout_s:g} s"
-                              ) from None
+                raise _Failed(
+                    "stalled" if not first else "no_response",
+                    f"no update for {stall_s if not first else self.opts.connect_timeout_s:g} s",
+                ) from None
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
-                if first and code in (grpc.StatusCode.UNIMPLEMENTED,
-                                      grpc.StatusCode.INVALID_ARGUMENT):
+                if first and code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT):
                     raise _Refused(f"{code.name}: {exc.details()}") from None
                 raise _Failed(code.name.lower(), exc.details() or code.name) from None
             if first:
@@ -659,8 +719,13 @@ class GnmiLinkAdapter(LinkAdapter):
                 await self._session(t, mode, on_change)
             except _Refused as exc:
                 if t.chosen + 1 < len(t.attempts):
-                    log.info("gnmi target %s: %s subscription refused (%s); trying %s", t.name,
-                             _label(t.attempts[t.chosen]), exc, _label(t.attempts[t.chosen + 1]))
+                    log.info(
+                        "gnmi target %s: %s subscription refused (%s); trying %s",
+                        t.name,
+                        _label(t.attempts[t.chosen]),
+                        exc,
+                        _label(t.attempts[t.chosen + 1]),
+                    )
                     t.chosen += 1
                     t.stats.error("refused")
                     continue
@@ -682,10 +747,17 @@ class GnmiLinkAdapter(LinkAdapter):
             t.stats.reconnects += 1
             failures = 0 if was_up else failures + 1
             level = logging.WARNING if was_up or failures == 1 else logging.DEBUG
-            log.log(level, "gnmi target %s (%s): stream failed (%s): %s; reconnecting", t.name,
-                    t.address, reason, msg if reason != "internal" else "see above")
-            if await sleep_or_stop(self._stop, backoff(failures, self.opts.backoff_initial_s,
-                                                       self.opts.backoff_max_s)):
+            log.log(
+                level,
+                "gnmi target %s (%s): stream failed (%s): %s; reconnecting",
+                t.name,
+                t.address,
+                reason,
+                msg if reason != "internal" else "see above",
+            )
+            if await sleep_or_stop(
+                self._stop, backoff(failures, self.opts.backoff_initial_s, self.opts.backoff_max_s)
+            ):
                 break
 
     async def close(self) -> None:
@@ -713,4 +785,3 @@ async def _one(request: Any) -> AsyncIterator[Any]:
 async def _from_queue(q: asyncio.Queue[Any]) -> AsyncIterator[Any]:
     while True:
         yield await q.get()
-

@@ -38,8 +38,16 @@ from collector.agent.sources import Source, load_adapter
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("in_octets", "out_octets", "in_packets", "out_packets", "in_errors", "out_errors",
-            "in_discards", "out_discards")
+COUNTERS = (
+    "in_octets",
+    "out_octets",
+    "in_packets",
+    "out_packets",
+    "in_errors",
+    "out_errors",
+    "in_discards",
+    "out_discards",
+)
 _UNITS = {"in_octets": "bytes", "out_octets": "bytes"}
 OPTICAL = (
     ("rx_power_dbm", "link_optical_rx_power_dbm", "dBm"),
@@ -93,9 +101,14 @@ class LinkAdapter(ABC):
 
 # --- linux ----------------------------------------------------------------------------
 _SYS_STATS = {
-    "in_octets": "rx_bytes", "out_octets": "tx_bytes", "in_packets": "rx_packets",
-    "out_packets": "tx_packets", "in_errors": "rx_errors", "out_errors": "tx_errors",
-    "in_discards": "rx_dropped", "out_discards": "tx_dropped",
+    "in_octets": "rx_bytes",
+    "out_octets": "tx_bytes",
+    "in_packets": "rx_packets",
+    "out_packets": "tx_packets",
+    "in_errors": "rx_errors",
+    "out_errors": "tx_errors",
+    "in_discards": "rx_dropped",
+    "out_discards": "tx_dropped",
 }
 
 
@@ -114,11 +127,11 @@ class LinuxLinkAdapter(LinkAdapter):
     No optical readings: reading SFP DOM needs ethtool ioctls; use a device adapter.
     """
 
-    def __init__(self, sysfs: str = "/sys/class/net", boot_time_unix_nano: int | None = None
-                 ) -> None:
+    def __init__(self, sysfs: str = "/sys/class/net", boot_time_unix_nano: int | None = None) -> None:
         self.root = Path(sysfs)
-        self.boot_ns = (boot_time_unix_nano if boot_time_unix_nano is not None
-                        else int(psutil.boot_time() * 1e9))
+        self.boot_ns = (
+            boot_time_unix_nano if boot_time_unix_nano is not None else int(psutil.boot_time() * 1e9)
+        )
         self._state: dict[str, tuple[int | None, int, tuple[int | None, ...]]] = {}
         self.bits = 64 if sys.maxsize > 2**32 else 32
 
@@ -136,8 +149,9 @@ class LinuxLinkAdapter(LinkAdapter):
             start = self.boot_ns
             if prev is not None:
                 p_ifindex, start, p_values = prev
-                went_back = any(a is not None and b is not None and a < b
-                                for a, b in zip(values, p_values, strict=True))
+                went_back = any(
+                    a is not None and b is not None and a < b for a, b in zip(values, p_values, strict=True)
+                )
                 if p_ifindex != ifindex or went_back:
                     start = now
             self._state[d.name] = (ifindex, start, values)
@@ -147,15 +161,23 @@ class LinuxLinkAdapter(LinkAdapter):
                 oper = "unknown"
             speed = _read_int(d / "speed")
             c = counters
-            out.append(LinkReading(
-                name=d.name, in_octets=c["in_octets"], out_octets=c["out_octets"],
-                in_packets=c["in_packets"], out_packets=c["out_packets"],
-                in_errors=c["in_errors"], out_errors=c["out_errors"],
-                in_discards=c["in_discards"], out_discards=c["out_discards"],
-                counter_bits=self.bits, counter_start_unix_nano=start,
-                oper_up=None if oper == "unknown" else oper == "up",
-                speed_bytes_per_second=speed * 125_000 if speed and speed > 0 else None,
-            ))
+            out.append(
+                LinkReading(
+                    name=d.name,
+                    in_octets=c["in_octets"],
+                    out_octets=c["out_octets"],
+                    in_packets=c["in_packets"],
+                    out_packets=c["out_packets"],
+                    in_errors=c["in_errors"],
+                    out_errors=c["out_errors"],
+                    in_discards=c["in_discards"],
+                    out_discards=c["out_discards"],
+                    counter_bits=self.bits,
+                    counter_start_unix_nano=start,
+                    oper_up=None if oper == "unknown" else oper == "up",
+                    speed_bytes_per_second=speed * 125_000 if speed and speed > 0 else None,
+                )
+            )
         return out
 
 
@@ -164,9 +186,16 @@ class SyntheticLinkAdapter(LinkAdapter):
     """Deterministic links: counters grow at a fixed rate per link; every
     `optical_every`-th link is optical with plausible DOM readings. For tests and benches."""
 
-    def __init__(self, links: int = 8, optical_every: int = 2, speed_gbps: int = 100,
-                 load: float = 0.3, counter_bits: int = 64, prefix: str = "et-0/0/",
-                 start_unix_nano: int = 1) -> None:
+    def __init__(
+        self,
+        links: int = 8,
+        optical_every: int = 2,
+        speed_gbps: int = 100,
+        load: float = 0.3,
+        counter_bits: int = 64,
+        prefix: str = "et-0/0/",
+        start_unix_nano: int = 1,
+    ) -> None:
         self.links = links
         self.optical_every = max(1, optical_every)
         self.speed = speed_gbps * 125_000_000
@@ -184,19 +213,29 @@ class SyntheticLinkAdapter(LinkAdapter):
             rate = self.speed * self.load * (1 + (i % 7) / 10)
             octets = int(rate * elapsed)
             optical = i % self.optical_every == 0
-            out.append(LinkReading(
-                name=f"{self.prefix}{i}", media="optical" if optical else "copper",
-                in_octets=octets & mask, out_octets=(octets // 2) & mask,
-                in_packets=(octets // 800) & mask, out_packets=(octets // 1600) & mask,
-                in_errors=0, out_errors=0, in_discards=i, out_discards=0,
-                counter_bits=self.bits, counter_start_unix_nano=self.start_ns,
-                oper_up=True, speed_bytes_per_second=self.speed,
-                rx_power_dbm=-2.5 - (i % 5) * 0.3 if optical else None,
-                tx_power_dbm=1.0 if optical else None,
-                laser_bias_amperes=0.0065 if optical else None,
-                prefec_ber=1e-9 * (1 + i % 3) if optical else None,
-                osnr_db=32.0 - (i % 4) if optical else None,
-            ))
+            out.append(
+                LinkReading(
+                    name=f"{self.prefix}{i}",
+                    media="optical" if optical else "copper",
+                    in_octets=octets & mask,
+                    out_octets=(octets // 2) & mask,
+                    in_packets=(octets // 800) & mask,
+                    out_packets=(octets // 1600) & mask,
+                    in_errors=0,
+                    out_errors=0,
+                    in_discards=i,
+                    out_discards=0,
+                    counter_bits=self.bits,
+                    counter_start_unix_nano=self.start_ns,
+                    oper_up=True,
+                    speed_bytes_per_second=self.speed,
+                    rx_power_dbm=-2.5 - (i % 5) * 0.3 if optical else None,
+                    tx_power_dbm=1.0 if optical else None,
+                    laser_bias_amperes=0.0065 if optical else None,
+                    prefec_ber=1e-9 * (1 + i % 3) if optical else None,
+                    osnr_db=32.0 - (i % 4) if optical else None,
+                )
+            )
         return out
 
 
@@ -214,16 +253,32 @@ class SimulatedLinkAdapter(LinkAdapter):
     tick is due.
     """
 
-    def __init__(self, seed: int = 20260401, country: str = "JP", site: int = 0,
-                 links: int = 8, interval_s: float = 10.0, record_link: bool = False,
-                 wrap32: bool = True, clear_every_s: float = 43_200.0,
-                 start_unix_s: float | None = None) -> None:
+    def __init__(
+        self,
+        seed: int = 20260401,
+        country: str = "JP",
+        site: int = 0,
+        links: int = 8,
+        interval_s: float = 10.0,
+        record_link: bool = False,
+        wrap32: bool = True,
+        clear_every_s: float = 43_200.0,
+        start_unix_s: float | None = None,
+    ) -> None:
         from collector.agent.sources.simulated import SimulatedSite
 
         self.sim = SimulatedSite(
-            "agent.sources.link.options", seed=seed, country=country, site=site,
-            interval_s=interval_s, start_unix_s=start_unix_s, links_per_site=links,
-            record_link=record_link, wrap32=wrap32, clear_every_s=clear_every_s)
+            "agent.sources.link.options",
+            seed=seed,
+            country=country,
+            site=site,
+            interval_s=interval_s,
+            start_unix_s=start_unix_s,
+            links_per_site=links,
+            record_link=record_link,
+            wrap32=wrap32,
+            clear_every_s=clear_every_s,
+        )
         self.model = m = self.sim.model
         self.gen = self.sim.gen
         self.site = self.sim.index
@@ -241,18 +296,24 @@ class SimulatedLinkAdapter(LinkAdapter):
         block, k = got
         t = int(block.t[self.site, k])
         out = []
-        for name, c0, g0, optical, bits in zip(self._names, self._c0, self._g0, self._optical,
-                                               self._bits, strict=True):
-            v = block.values[c0:c0 + len(COUNTERS), k].tolist()
-            g = block.gauges[g0:g0 + (7 if optical else 2), k].tolist()
-            out.append(LinkReading(
-                name=name, media="optical" if optical else "copper",
-                **dict(zip(COUNTERS, v, strict=True)),
-                counter_bits=bits, counter_start_unix_nano=int(block.start[c0, k]),
-                oper_up=g[0] > 0.5, speed_bytes_per_second=int(g[1]),
-                **(dict(zip((o[0] for o in OPTICAL), g[2:], strict=True)) if optical else {}),
-                time_unix_nano=t,
-            ))
+        for name, c0, g0, optical, bits in zip(
+            self._names, self._c0, self._g0, self._optical, self._bits, strict=True
+        ):
+            v = block.values[c0 : c0 + len(COUNTERS), k].tolist()
+            g = block.gauges[g0 : g0 + (7 if optical else 2), k].tolist()
+            out.append(
+                LinkReading(
+                    name=name,
+                    media="optical" if optical else "copper",
+                    **dict(zip(COUNTERS, v, strict=True)),
+                    counter_bits=bits,
+                    counter_start_unix_nano=int(block.start[c0, k]),
+                    oper_up=g[0] > 0.5,
+                    speed_bytes_per_second=int(g[1]),
+                    **(dict(zip((o[0] for o in OPTICAL), g[2:], strict=True)) if optical else {}),
+                    time_unix_nano=t,
+                )
+            )
         return out
 
 
@@ -297,8 +358,9 @@ def check_options(spec: str, options: dict[str, Any]) -> None:
 def make_adapter(spec: str, options: dict[str, Any]) -> LinkAdapter:
     """'linux', 'simulated', 'synthetic', 'snmp', 'gnmi' or 'package.module:Class' (a
     LinkAdapter taking **options)."""
-    return load_adapter("link", spec, options, BUILTIN_ADAPTERS, LinkAdapter,
-                        "linux, simulated, synthetic, snmp, gnmi")
+    return load_adapter(
+        "link", spec, options, BUILTIN_ADAPTERS, LinkAdapter, "linux, simulated, synthetic, snmp, gnmi"
+    )
 
 
 # --- the source -----------------------------------------------------------------------
@@ -320,15 +382,15 @@ class LinkSource(Source):
         self.priority = settings.priority
         self.adapter = adapter or make_adapter(settings.adapter, dict(settings.options))
         # Per (link, adapter media, widths, counter start): the series defs, built once.
-        self._plans: dict[tuple[str, str | None, int, tuple[tuple[str, int], ...], int],
-                          _Plan | None] = {}
+        self._plans: dict[tuple[str, str | None, int, tuple[tuple[str, int], ...], int], _Plan | None] = {}
         # Device adapters (snmp, gnmi) report per-target health: shared with the metrics.
         self.stats.targets = getattr(self.adapter, "targets", {})
 
     def _want(self, name: str) -> bool:
         s = self.settings
-        return (any(fnmatch.fnmatchcase(name, p) for p in s.include)
-                and not any(fnmatch.fnmatchcase(name, p) for p in s.exclude))
+        return any(fnmatch.fnmatchcase(name, p) for p in s.include) and not any(
+            fnmatch.fnmatchcase(name, p) for p in s.exclude
+        )
 
     def _media(self, r: LinkReading) -> str:
         for pattern, media in self.settings.media.items():
@@ -341,19 +403,30 @@ class LinkSource(Source):
             return None
         widths = {f: r.counter_bits for f in COUNTERS} | dict(r.counter_bits_of)
         if any(b not in (32, 64) for b in widths.values()):
-            log.error("link %s: adapter declares counter widths %s; only 32 or 64 exist on the "
-                      "wire: link skipped", r.name, sorted(set(widths.values())))
+            log.error(
+                "link %s: adapter declares counter widths %s; only 32 or 64 exist on the wire: link skipped",
+                r.name,
+                sorted(set(widths.values())),
+            )
             return None
         labels = {"link": r.name, "media": self._media(r)}
         return _Plan(
-            counters=tuple((f, counter_def("link_" + f, labels, unit=_UNITS.get(f, "packets"),
-                                           bits=widths[f],
-                                           start_time_unix_nano=r.counter_start_unix_nano))
-                           for f in COUNTERS),
+            counters=tuple(
+                (
+                    f,
+                    counter_def(
+                        "link_" + f,
+                        labels,
+                        unit=_UNITS.get(f, "packets"),
+                        bits=widths[f],
+                        start_time_unix_nano=r.counter_start_unix_nano,
+                    ),
+                )
+                for f in COUNTERS
+            ),
             oper=gauge_def("link_oper_up", labels, unit="bool"),
             speed=gauge_def("link_speed_bytes", labels, unit="bytes_per_second"),
-            optical=tuple((attr, gauge_def(metric, labels, unit=unit))
-                          for attr, metric, unit in OPTICAL),
+            optical=tuple((attr, gauge_def(metric, labels, unit=unit)) for attr, metric, unit in OPTICAL),
         )
 
     async def collect(self, builder: BatchBuilder, now_unix_nano: int) -> None:
@@ -377,8 +450,13 @@ class LinkSource(Source):
                         counter(d, t, v)
                     else:  # the ingest would refuse the whole batch for it
                         self.stats.errors += 1
-                        log.warning("link %s: %s=%r does not fit %d bits: sample skipped",
-                                    r.name, attr, v, d.counter_bits)
+                        log.warning(
+                            "link %s: %s=%r does not fit %d bits: sample skipped",
+                            r.name,
+                            attr,
+                            v,
+                            d.counter_bits,
+                        )
             if r.oper_up is not None:
                 gauge(plan.oper, t, 1.0 if r.oper_up else 0.0)
             if r.speed_bytes_per_second is not None:

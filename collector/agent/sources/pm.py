@@ -86,20 +86,38 @@ class PmSpec:
         return "+Inf" if x == n - 1 else f"{first + step * x:g}"
 
 
-def _c(metric: str, unit: str, scale: float, raw: str, *, subs: bool = False,
-       std: str = "TS 28.552") -> PmSpec:
+def _c(
+    metric: str, unit: str, scale: float, raw: str, *, subs: bool = False, std: str = "TS 28.552"
+) -> PmSpec:
     return PmSpec(metric, True, unit, scale, raw, 0.0, None, subs, std)
 
 
-def _g(metric: str, unit: str, scale: float, raw: str, *, lo: float | None = 0.0,
-       hi: float | None = None, std: str = "TS 28.552") -> PmSpec:
+def _g(
+    metric: str,
+    unit: str,
+    scale: float,
+    raw: str,
+    *,
+    lo: float | None = 0.0,
+    hi: float | None = None,
+    std: str = "TS 28.552",
+) -> PmSpec:
     return PmSpec(metric, False, unit, scale, raw, lo, hi, False, std)
 
 
-def _bins(metric: str, first: float, step: float, n: int, table: str,
-          std: str = "TS 28.552") -> PmSpec:
-    return PmSpec(metric, True, "reports", 0.0, f"UE reports in bin X (TS 38.133 {table})",
-                  0.0, None, True, std, (first, step, n))
+def _bins(metric: str, first: float, step: float, n: int, table: str, std: str = "TS 28.552") -> PmSpec:
+    return PmSpec(
+        metric,
+        True,
+        "reports",
+        0.0,
+        f"UE reports in bin X (TS 38.133 {table})",
+        0.0,
+        None,
+        True,
+        std,
+        (first, step, n),
+    )
 
 
 # Accepted measurements: TS 28.552 name -> catalogue series. docs/agent.md's table is
@@ -134,22 +152,41 @@ MEASUREMENTS: dict[str, PmSpec] = {
     # SS radio quality distributions (5.1.1.22.1): `<name>.Bin<X>`, bin X = TS 38.133 reported
     # value X; sent as `<name>.Bin` DELTA counts with `le` = the bin's upper bound
     "L1M.SS-RSRP.Bin": _bins("L1M.SS-RSRP.Bin", -156.0, 1.0, 127, "10.1.6.1"),
-    "L1M.SS-RSRQ.Bin": _bins("L1M.SS-RSRQ.Bin", -43.0, 0.5, 128, "10.1.11.1",
-                             std="TS 28.552 pattern (SS-RSRQ): vendor"),
-    "L1M.SS-SINR.Bin": _bins("L1M.SS-SINR.Bin", -23.0, 0.5, 128, "10.1.16.1",
-                             std="TS 28.552 pattern (SS-SINR): vendor"),
+    "L1M.SS-RSRQ.Bin": _bins(
+        "L1M.SS-RSRQ.Bin", -43.0, 0.5, 128, "10.1.11.1", std="TS 28.552 pattern (SS-RSRQ): vendor"
+    ),
+    "L1M.SS-SINR.Bin": _bins(
+        "L1M.SS-SINR.Bin", -23.0, 0.5, 128, "10.1.16.1", std="TS 28.552 pattern (SS-SINR): vendor"
+    ),
     # availability: unavailable time per period (seconds, per cause summed) -> the TS 28.554
     # availability KPI 1 - unavailable / period; the percentage some vendors report directly
-    "RRU.CellUnavailableTime": _c("RRU.CellUnavailableTime", "seconds", 0.0, "s", subs=True,
-                                  std="TS 32.405 (RRU.UTRANCellUnavailableTime) for NR: vendor"),
+    "RRU.CellUnavailableTime": _c(
+        "RRU.CellUnavailableTime",
+        "seconds",
+        0.0,
+        "s",
+        subs=True,
+        std="TS 32.405 (RRU.UTRANCellUnavailableTime) for NR: vendor",
+    ),
     "CELL.Availability": _g("CELL.Availability", "ratio", 0.01, "%", hi=100.0, std="vendor"),
     "CELL.CoverageRatio": _g("CELL.CoverageRatio", "ratio", 0.01, "%", hi=100.0, std="vendor"),
 }
 
 # Why a value was rejected (the agent's collector_agent_pm_values_rejected_total{reason}).
-REASONS = ("unknown_index", "result_count", "no_object", "not_a_number", "not_finite",
-           "negative", "counter_overflow", "fractional_counter", "out_of_range", "too_old",
-           "in_future", "unknown_bin")
+REASONS = (
+    "unknown_index",
+    "result_count",
+    "no_object",
+    "not_a_number",
+    "not_finite",
+    "negative",
+    "counter_overflow",
+    "fractional_counter",
+    "out_of_range",
+    "too_old",
+    "in_future",
+    "unknown_bin",
+)
 NIL_TEXT = frozenset({"", "NIL", "nil", "Nil", "-"})
 
 
@@ -212,20 +249,24 @@ class PmFile:
         """One line about what was not taken as is (for the file's single log line)."""
         parts = []
         if self.rejected:
-            parts.append(f"{sum(self.rejected.values())} values rejected (" + ", ".join(
-                f"{r}: {n}, first {self.examples[r]}" for r, n in sorted(self.rejected.items()))
-                + ")")
+            parts.append(
+                f"{sum(self.rejected.values())} values rejected ("
+                + ", ".join(f"{r}: {n}, first {self.examples[r]}" for r, n in sorted(self.rejected.items()))
+                + ")"
+            )
         if self.unknown:
-            parts.append(f"{sum(self.unknown.values())} values of measurements not accepted "
-                         f"({', '.join(sorted(self.unknown)[:5])}"
-                         f"{', ...' if len(self.unknown) > 5 else ''})")
+            parts.append(
+                f"{sum(self.unknown.values())} values of measurements not accepted "
+                f"({', '.join(sorted(self.unknown)[:5])}"
+                f"{', ...' if len(self.unknown) > 5 else ''})"
+            )
         if self.suspect:
             parts.append(f"{self.suspect} values flagged suspect (kept)")
         return "; ".join(parts)
 
 
 def _local(tag: Any) -> str:
-    return tag[tag.index("}") + 1:] if isinstance(tag, str) and tag[:1] == "{" else str(tag)
+    return tag[tag.index("}") + 1 :] if isinstance(tag, str) and tag[:1] == "{" else str(tag)
 
 
 def _strip_namespaces(root: Any) -> None:
@@ -349,11 +390,11 @@ def parse_pm_bytes(data: bytes, name: str) -> PmFile:
     """Parse a measCollecFile; PmFileError naming `name` when it is not one (not well-formed,
     DTD/entities, no header or period). Bad values are rejected one by one, not the file."""
     try:
-        root = SafeET.fromstring(data, forbid_dtd=True, forbid_entities=True,
-                                 forbid_external=True)
+        root = SafeET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except DefusedXmlException as exc:
-        raise PmFileError(name, f"DTDs, entities and external references are not allowed "
-                                f"({type(exc).__name__})") from None
+        raise PmFileError(
+            name, f"DTDs, entities and external references are not allowed ({type(exc).__name__})"
+        ) from None
     except SafeET.ParseError as exc:
         raise PmFileError(name, f"not well-formed XML ({exc})") from None
     except (LookupError, ValueError) as exc:  # e.g. an unknown encoding in the declaration
@@ -365,8 +406,7 @@ def parse_pm_bytes(data: bytes, name: str) -> PmFile:
     if header is None:
         raise PmFileError(name, "no <fileHeader>")
     collec = header.find("measCollec")
-    time_ns(collec.get("beginTime") if collec is not None else None,
-            "fileHeader/measCollec@beginTime", name)
+    time_ns(collec.get("beginTime") if collec is not None else None, "fileHeader/measCollec@beginTime", name)
     sender = header.find("fileSender")
     sender_dn = (sender.get("localDn") or "") if sender is not None else ""
     out = PmFile(name, "")
@@ -383,16 +423,23 @@ def parse_pm_bytes(data: bytes, name: str) -> PmFile:
     for (obj, spec, begin, end, le), (total, subs, suspect) in sums.items():
         if total is None:
             if subs >= U64:
-                out.reject("counter_overflow", f"{obj.labels()} {spec.metric}{le and ' le=' + le} "
-                                               "(sum of sub-counters)")
+                out.reject(
+                    "counter_overflow",
+                    f"{obj.labels()} {spec.metric}{le and ' le=' + le} (sum of sub-counters)",
+                )
                 continue
             total = subs
         out.values.append(PmValue(obj, spec, begin, end, total, suspect, le))
     return out
 
 
-def _meas_info(mi: Any, element_dn: str, name: str, out: PmFile,
-               sums: dict[tuple[PmObject, PmSpec, int, int, str], list[Any]]) -> None:
+def _meas_info(
+    mi: Any,
+    element_dn: str,
+    name: str,
+    out: PmFile,
+    sums: dict[tuple[PmObject, PmSpec, int, int, str], list[Any]],
+) -> None:
     info_id = mi.get("measInfoId", "?")
     gp = mi.find("granPeriod")
     if gp is None:
@@ -420,8 +467,9 @@ def _meas_info(mi: Any, element_dn: str, name: str, out: PmFile,
         mr = mv.find("measResults")
         if mr is not None:
             raw = (mr.text or "").split()
-            results.extend((str(i), r) if i <= len(positional) else (None, r)
-                           for i, r in enumerate(raw, start=1))
+            results.extend(
+                (str(i), r) if i <= len(positional) else (None, r) for i, r in enumerate(raw, start=1)
+            )
         results.extend((r.get("p"), r.text or "") for r in mv.findall("r"))
         where_obj = f"measInfo {info_id!r} object {obj_ldn!r}"
         if obj is None:
@@ -431,8 +479,7 @@ def _meas_info(mi: Any, element_dn: str, name: str, out: PmFile,
         for p, text in results:
             meas = types.get(p) if p is not None else None
             if meas is None:
-                out.reject("unknown_index" if p is not None else "result_count",
-                           f"{where_obj} p={p!r}")
+                out.reject("unknown_index" if p is not None else "result_count", f"{where_obj} p={p!r}")
                 continue
             if text.strip() in NIL_TEXT:
                 out.nil += 1
@@ -447,8 +494,12 @@ def _meas_info(mi: Any, element_dn: str, name: str, out: PmFile,
                 spec, x, is_sub = binned
                 le = spec.bin_le(x) or ""
                 if not le:
-                    out.reject("unknown_bin", f"{where_obj} {meas} (bins 0..{spec.bins[2] - 1})"
-                               if spec.bins else f"{where_obj} {meas}")
+                    out.reject(
+                        "unknown_bin",
+                        f"{where_obj} {meas} (bins 0..{spec.bins[2] - 1})"
+                        if spec.bins
+                        else f"{where_obj} {meas}",
+                    )
                     continue
             else:
                 spec, is_sub = found
@@ -492,10 +543,17 @@ def read_pm_file(path: Path) -> PmFile:
     return parse_pm_bytes(data, str(path))
 
 
-def render_meas_collec(*, begin: dt.datetime, duration_s: int, element: str,
-                       cells: dict[str, dict[str, float | int | str]], positional: bool = False,
-                       info_id: str = "NRCell", suspect: frozenset[str] = frozenset(),
-                       objects: dict[str, str] | None = None) -> bytes:
+def render_meas_collec(
+    *,
+    begin: dt.datetime,
+    duration_s: int,
+    element: str,
+    cells: dict[str, dict[str, float | int | str]],
+    positional: bool = False,
+    info_id: str = "NRCell",
+    suspect: frozenset[str] = frozenset(),
+    objects: dict[str, str] | None = None,
+) -> bytes:
     """A TS 32.435 measCollecFile with one measInfo: `cells` maps a cell id to its
     measurement values (a str value is written as is: "NIL", "abc"). What a gNB writes; for
     tests, the benchmark and the simulator. `positional` picks <measTypes>/<measResults>
@@ -505,15 +563,17 @@ def render_meas_collec(*, begin: dt.datetime, duration_s: int, element: str,
 
     end = begin + dt.timedelta(seconds=duration_s)
     types = sorted({m for vals in cells.values() for m in vals})
-    out = ['<?xml version="1.0" encoding="UTF-8"?>',
-           '<measCollecFile xmlns="http://www.3gpp.org/ftp/specs/archive/32_series/32.435#measCollec">',
-           f'<fileHeader fileFormatVersion="32.435 V10.0" vendorName="edge"><fileSender '
-           f'localDn={quoteattr("ManagedElement=" + element)}/>'
-           f'<measCollec beginTime="{begin.isoformat()}"/></fileHeader>',
-           f'<measData><managedElement localDn={quoteattr("ManagedElement=" + element)}/>',
-           f'<measInfo measInfoId={quoteattr(info_id)}><job jobId="1"/>'
-           f'<granPeriod duration="PT{duration_s}S" endTime="{end.isoformat()}"/>'
-           f'<repPeriod duration="PT{duration_s}S"/>']
+    out = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<measCollecFile xmlns="http://www.3gpp.org/ftp/specs/archive/32_series/32.435#measCollec">',
+        f'<fileHeader fileFormatVersion="32.435 V10.0" vendorName="edge"><fileSender '
+        f"localDn={quoteattr('ManagedElement=' + element)}/>"
+        f'<measCollec beginTime="{begin.isoformat()}"/></fileHeader>',
+        f"<measData><managedElement localDn={quoteattr('ManagedElement=' + element)}/>",
+        f'<measInfo measInfoId={quoteattr(info_id)}><job jobId="1"/>'
+        f'<granPeriod duration="PT{duration_s}S" endTime="{end.isoformat()}"/>'
+        f'<repPeriod duration="PT{duration_s}S"/>',
+    ]
     if positional:
         out.append(f"<measTypes>{' '.join(types)}</measTypes>")
     else:
@@ -526,12 +586,16 @@ def render_meas_collec(*, begin: dt.datetime, duration_s: int, element: str,
         ldn = (objects or {}).get(cell) or f"ManagedElement={element},GNBDUFunction=1,NRCellDU={cell}"
         out.append(f"<measValue measObjLdn={quoteattr(ldn)}>")
         if positional:
-            out.append("<measResults>" + " ".join(
-                text(vals[t]) if t in vals else "NIL" for t in types) + "</measResults>")
+            out.append(
+                "<measResults>"
+                + " ".join(text(vals[t]) if t in vals else "NIL" for t in types)
+                + "</measResults>"
+            )
         else:
-            out.extend(f'<r p="{i}">{text(vals[t])}</r>' for i, t in enumerate(types, start=1)
-                       if t in vals)
+            out.extend(f'<r p="{i}">{text(vals[t])}</r>' for i, t in enumerate(types, start=1) if t in vals)
         out.append(f"<suspect>{'true' if cell in suspect else 'false'}</suspect></measValue>")
-    out.append(f'</measInfo></measData><fileFooter><measCollec endTime="{end.isoformat()}"/>'
-               "</fileFooter></measCollecFile>")
+    out.append(
+        f'</measInfo></measData><fileFooter><measCollec endTime="{end.isoformat()}"/>'
+        "</fileFooter></measCollecFile>"
+    )
     return "\n".join(out).encode()

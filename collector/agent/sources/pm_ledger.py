@@ -42,8 +42,9 @@ RECORD = struct.Struct("<Qq")
 DEFAULT_NAME = ".collector-pm-sent"
 
 
-def fingerprint(gnb: str, cell: str, function: str, begin_ns: int, end_ns: int,
-                measurements: Iterable[str]) -> int:
+def fingerprint(
+    gnb: str, cell: str, function: str, begin_ns: int, end_ns: int, measurements: Iterable[str]
+) -> int:
     """64-bit fingerprint of one (object, period, measurement set) group of a file."""
     h = hashlib.blake2b(digest_size=8, person=b"pm-sent-v1")
     h.update("\x1f".join((gnb, cell, function, str(begin_ns), str(end_ns))).encode())
@@ -81,16 +82,19 @@ class SentLedger:
         except FileNotFoundError:
             return
         except OSError as exc:
-            log.error("PM sent-ledger %s unreadable (%s): repeated files are left to the "
-                      "aggregator's dedup", self.path, exc.strerror)
+            log.error(
+                "PM sent-ledger %s unreadable (%s): repeated files are left to the aggregator's dedup",
+                self.path,
+                exc.strerror,
+            )
             return
         if not data.startswith(MAGIC):
             log.error("PM sent-ledger %s is not a ledger file: ignored (rewritten)", self.path)
             self._records = 1 << 62  # compact (rewrite) at the next add
             return
-        body = memoryview(data)[len(MAGIC):]
+        body = memoryview(data)[len(MAGIC) :]
         n = len(body) // RECORD.size
-        for key, end in RECORD.iter_unpack(body[:n * RECORD.size]):
+        for key, end in RECORD.iter_unpack(body[: n * RECORD.size]):
             if end >= oldest_end_ns:
                 self._end[key] = max(end, self._end.get(key, end))
         self._records = n
@@ -117,8 +121,11 @@ class SentLedger:
                 self._append(new)
         except OSError as exc:
             self._broken = True
-            log.error("PM sent-ledger %s cannot be written (%s): repeated files are left to the "
-                      "aggregator's dedup", self.path, exc.strerror)
+            log.error(
+                "PM sent-ledger %s cannot be written (%s): repeated files are left to the aggregator's dedup",
+                self.path,
+                exc.strerror,
+            )
 
     def _append(self, new: dict[int, int]) -> None:
         assert self.path is not None

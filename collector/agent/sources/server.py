@@ -63,7 +63,7 @@ def read_proc_stat(path: Path = Path("/proc/stat")) -> dict[str, tuple[int, ...]
                     break  # the cpuN lines are contiguous
                 continue
             parts = line.split()
-            out[parts[0][3:]] = tuple(int(x) for x in parts[1:1 + len(CPU_MODES)])
+            out[parts[0][3:]] = tuple(int(x) for x in parts[1 : 1 + len(CPU_MODES)])
     return out
 
 
@@ -123,17 +123,23 @@ def find_rapl_zones(root: Path = Path("/sys/class/powercap")) -> list[RaplZone]:
 class ServerSource(Source):
     name = "server"
 
-    def __init__(self, settings: ServerSourceSettings, *, host: str | None = None,
-                 boot_time_unix_nano: int | None = None,
-                 proc_stat: Path = Path("/proc/stat"),
-                 powercap: Path = Path("/sys/class/powercap")) -> None:
+    def __init__(
+        self,
+        settings: ServerSourceSettings,
+        *,
+        host: str | None = None,
+        boot_time_unix_nano: int | None = None,
+        proc_stat: Path = Path("/proc/stat"),
+        powercap: Path = Path("/sys/class/powercap"),
+    ) -> None:
         super().__init__()
         self.settings = settings
         self.interval_s = settings.interval_s
         self.priority = settings.priority
         self.host = host or settings.host or socket.gethostname()
-        self.start_ns = (boot_time_unix_nano if boot_time_unix_nano is not None
-                         else int(psutil.boot_time() * 1e9))
+        self.start_ns = (
+            boot_time_unix_nano if boot_time_unix_nano is not None else int(psutil.boot_time() * 1e9)
+        )
         self.proc_stat = proc_stat
         self._defs: dict[tuple[str, str, str], SeriesDef] = {}
         self._user_hz = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
@@ -142,20 +148,36 @@ class ServerSource(Source):
             log.info("server source: RAPL energy from %s", ", ".join(z.device for z in self.rapl))
             short = min(z.range_uj for z in self.rapl) / 1e6 / settings.rapl_max_watts
             if settings.interval_s >= short:
-                log.warning("server source: interval_s %g s >= %.0f s, the shortest RAPL wrap "
-                            "time at rapl_max_watts: every energy reading will start over",
-                            settings.interval_s, short)
+                log.warning(
+                    "server source: interval_s %g s >= %.0f s, the shortest RAPL wrap "
+                    "time at rapl_max_watts: every energy reading will start over",
+                    settings.interval_s,
+                    short,
+                )
 
-    def _counter(self, metric: str, label: str, value: str, unit: str, scale: float = 0.0,
-                 extra: tuple[tuple[str, str], ...] = ()) -> SeriesDef:
+    def _counter(
+        self,
+        metric: str,
+        label: str,
+        value: str,
+        unit: str,
+        scale: float = 0.0,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> SeriesDef:
         key = (metric, value, extra[0][1] if extra else "")
         d = self._defs.get(key)
         if d is None:
             labels = {"host": self.host, **dict(extra)}
             if label:
                 labels[label] = value
-            d = self._defs[key] = counter_def(metric, labels, unit=unit, bits=KERNEL_COUNTER_BITS,
-                                              start_time_unix_nano=self.start_ns, scale=scale)
+            d = self._defs[key] = counter_def(
+                metric,
+                labels,
+                unit=unit,
+                bits=KERNEL_COUNTER_BITS,
+                start_time_unix_nano=self.start_ns,
+                scale=scale,
+            )
         return d
 
     def _gauge(self, metric: str, label: str, value: str, unit: str) -> SeriesDef:
@@ -173,10 +195,8 @@ class ServerSource(Source):
         self._cpu(builder, t)
         mem = psutil.virtual_memory()
         builder.gauge(self._gauge("node_memory_MemTotal_bytes", "", "", "bytes"), t, float(mem.total))
-        builder.gauge(self._gauge("node_memory_MemAvailable_bytes", "", "", "bytes"), t,
-                      float(mem.available))
-        for name, v in zip(("node_load1", "node_load5", "node_load15"), os.getloadavg(),
-                           strict=True):
+        builder.gauge(self._gauge("node_memory_MemAvailable_bytes", "", "", "bytes"), t, float(mem.available))
+        for name, v in zip(("node_load1", "node_load5", "node_load15"), os.getloadavg(), strict=True):
             builder.gauge(self._gauge(name, "", "", "1"), t, v)
         self._disks(builder, t)
         self._filesystems(builder, t)
@@ -192,14 +212,20 @@ class ServerSource(Source):
             v = z.update(uj, t, self.settings.rapl_max_watts)
             if v is None:
                 self.stats.errors += 1
-                log.warning("RAPL %s: energy_uj=%d beyond max_energy_range_uj=%d: skipped",
-                            z.device, uj, z.range_uj)
+                log.warning(
+                    "RAPL %s: energy_uj=%d beyond max_energy_range_uj=%d: skipped", z.device, uj, z.range_uj
+                )
                 continue
             d = self._defs.get(("node_rapl_joules_total", z.device, str(z.start_ns)))
             if d is None:
                 d = self._defs[("node_rapl_joules_total", z.device, str(z.start_ns))] = counter_def(
-                    "node_rapl_joules_total", {"host": self.host, "device": z.device},
-                    unit="joules", bits=64, start_time_unix_nano=z.start_ns, scale=1e-6)
+                    "node_rapl_joules_total",
+                    {"host": self.host, "device": z.device},
+                    unit="joules",
+                    bits=64,
+                    start_time_unix_nano=z.start_ns,
+                    scale=1e-6,
+                )
             builder.counter(d, t, v)
 
     def _cpu(self, builder: BatchBuilder, t: int) -> None:
@@ -211,17 +237,26 @@ class ServerSource(Source):
             scale = 1.0 / self._user_hz
             for cpu, values in ticks.items():
                 for mode, v in zip(CPU_MODES, values, strict=False):
-                    builder.counter(self._counter("node_cpu_seconds_total", "cpu", cpu, "seconds",
-                                                  scale, (("mode", mode),)), t, v)
+                    builder.counter(
+                        self._counter(
+                            "node_cpu_seconds_total", "cpu", cpu, "seconds", scale, (("mode", mode),)
+                        ),
+                        t,
+                        v,
+                    )
             return
         # Not Linux: psutil's float seconds as integer nanoseconds (scale 1e-9).
         for i, ct in enumerate(psutil.cpu_times(percpu=True)):
             for mode in CPU_MODES:
                 secs: float | None = getattr(ct, mode, None)
                 if secs is not None:
-                    builder.counter(self._counter("node_cpu_seconds_total", "cpu", str(i),
-                                                  "seconds", 1e-9, (("mode", mode),)),
-                                    t, round(secs * 1e9))
+                    builder.counter(
+                        self._counter(
+                            "node_cpu_seconds_total", "cpu", str(i), "seconds", 1e-9, (("mode", mode),)
+                        ),
+                        t,
+                        round(secs * 1e9),
+                    )
 
     def _excluded(self, name: str, patterns: list[str]) -> bool:
         return any(fnmatch.fnmatchcase(name, p) for p in patterns)
@@ -231,18 +266,29 @@ class ServerSource(Source):
         for dev, io in disks.items():
             if self._excluded(dev, self.settings.disk_exclude):
                 continue
-            builder.counter(self._counter("node_disk_read_bytes_total", "device", dev, "bytes"),
-                            t, io.read_bytes)
-            builder.counter(self._counter("node_disk_written_bytes_total", "device", dev, "bytes"),
-                            t, io.write_bytes)
-            builder.counter(self._counter("node_disk_reads_completed_total", "device", dev,
-                                          "operations"), t, io.read_count)
-            builder.counter(self._counter("node_disk_writes_completed_total", "device", dev,
-                                          "operations"), t, io.write_count)
+            builder.counter(
+                self._counter("node_disk_read_bytes_total", "device", dev, "bytes"), t, io.read_bytes
+            )
+            builder.counter(
+                self._counter("node_disk_written_bytes_total", "device", dev, "bytes"), t, io.write_bytes
+            )
+            builder.counter(
+                self._counter("node_disk_reads_completed_total", "device", dev, "operations"),
+                t,
+                io.read_count,
+            )
+            builder.counter(
+                self._counter("node_disk_writes_completed_total", "device", dev, "operations"),
+                t,
+                io.write_count,
+            )
             busy_ms = getattr(io, "busy_time", None)  # Linux and FreeBSD only
             if busy_ms is not None:
-                builder.counter(self._counter("node_disk_io_time_seconds_total", "device", dev,
-                                              "seconds", 1e-3), t, busy_ms)
+                builder.counter(
+                    self._counter("node_disk_io_time_seconds_total", "device", dev, "seconds", 1e-3),
+                    t,
+                    busy_ms,
+                )
 
     def _filesystems(self, builder: BatchBuilder, t: int) -> None:
         types = set(self.settings.fs_types)
@@ -256,10 +302,12 @@ class ServerSource(Source):
             except OSError:
                 continue  # unmounted between listing and stat, or no permission
             mp = part.mountpoint
-            builder.gauge(self._gauge("node_filesystem_size_bytes", "mountpoint", mp, "bytes"), t,
-                          float(u.total))
-            builder.gauge(self._gauge("node_filesystem_avail_bytes", "mountpoint", mp, "bytes"), t,
-                          float(u.free))
+            builder.gauge(
+                self._gauge("node_filesystem_size_bytes", "mountpoint", mp, "bytes"), t, float(u.total)
+            )
+            builder.gauge(
+                self._gauge("node_filesystem_avail_bytes", "mountpoint", mp, "bytes"), t, float(u.free)
+            )
 
     def _nics(self, builder: BatchBuilder, t: int) -> None:
         nics = psutil.net_io_counters(pernic=True, nowrap=False) or {}

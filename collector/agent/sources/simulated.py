@@ -30,22 +30,41 @@ class SimulatedSite:
 
     MAX_BLOCK = 4096  # ticks generated at once when catching up
 
-    def __init__(self, key: str, *, seed: int, country: str, site: int, interval_s: float,
-                 start_unix_s: float | None, **shape: Any) -> None:
+    def __init__(
+        self,
+        key: str,
+        *,
+        seed: int,
+        country: str,
+        site: int,
+        interval_s: float,
+        start_unix_s: float | None,
+        **shape: Any,
+    ) -> None:
         from collector.simulate.config import SimulateSettings
         from collector.simulate.model import FleetGenerator, FleetModel, start_ns_for
 
         if isinstance(site, bool) or not isinstance(site, int) or site < 0:
-            raise ConfigError(f"simulated adapter: site must be an integer >= 0, got {site!r}",
-                              key=key)
-        fleet = dict(links_per_site=0, cells_per_site=0, hosts_per_site=0, record_link=False,
-                     clear_every_s=0.0)
+            raise ConfigError(f"simulated adapter: site must be an integer >= 0, got {site!r}", key=key)
+        fleet = dict(
+            links_per_site=0, cells_per_site=0, hosts_per_site=0, record_link=False, clear_every_s=0.0
+        )
         fleet.update(shape)
         try:
-            settings = SimulateSettings.model_validate(dict(
-                seed=seed, countries=(country,), sites_per_country=site + 1,
-                interval_s=interval_s, jitter_s=0.0, start_unix_s=start_unix_s,
-                reset_every_s=0.0, gap_probability=0.0, silent_after_s=0.0, **fleet))
+            settings = SimulateSettings.model_validate(
+                dict(
+                    seed=seed,
+                    countries=(country,),
+                    sites_per_country=site + 1,
+                    interval_s=interval_s,
+                    jitter_s=0.0,
+                    start_unix_s=start_unix_s,
+                    reset_every_s=0.0,
+                    gap_probability=0.0,
+                    silent_after_s=0.0,
+                    **fleet,
+                )
+            )
         except ValueError as exc:
             raise ConfigError(f"simulated adapter: {exc}", key=key) from exc
         self.model: FleetModel = FleetModel(settings)

@@ -87,15 +87,37 @@ COLUMNS: dict[str, tuple[int, ...]] = {
     "ifCounterDiscontinuityTime": (*IF_X_TABLE, 19),
 }
 # Walked every poll; the 32-bit columns only when some row lacks its 64-bit counterpart.
-PRIMARY = ("ifOperStatus", "ifInDiscards", "ifInErrors", "ifOutDiscards",
-           "ifOutErrors", "ifName", "ifHCInOctets", "ifHCInUcastPkts", "ifHCInMulticastPkts",
-           "ifHCInBroadcastPkts", "ifHCOutOctets", "ifHCOutUcastPkts", "ifHCOutMulticastPkts",
-           "ifHCOutBroadcastPkts", "ifHighSpeed", "ifCounterDiscontinuityTime")
+PRIMARY = (
+    "ifOperStatus",
+    "ifInDiscards",
+    "ifInErrors",
+    "ifOutDiscards",
+    "ifOutErrors",
+    "ifName",
+    "ifHCInOctets",
+    "ifHCInUcastPkts",
+    "ifHCInMulticastPkts",
+    "ifHCInBroadcastPkts",
+    "ifHCOutOctets",
+    "ifHCOutUcastPkts",
+    "ifHCOutMulticastPkts",
+    "ifHCOutBroadcastPkts",
+    "ifHighSpeed",
+    "ifCounterDiscontinuityTime",
+)
 # Walked with them when the label needs them, or when some row has no ifName.
 LABEL_COLUMNS = {"alias": ("ifAlias",), "descr": ("ifDescr",), "name": ()}
-FALLBACK32 = ("ifSpeed", "ifInOctets", "ifInUcastPkts", "ifOutOctets", "ifOutUcastPkts",
-              "ifInMulticastPkts", "ifInBroadcastPkts", "ifOutMulticastPkts",
-              "ifOutBroadcastPkts")
+FALLBACK32 = (
+    "ifSpeed",
+    "ifInOctets",
+    "ifInUcastPkts",
+    "ifOutOctets",
+    "ifOutUcastPkts",
+    "ifInMulticastPkts",
+    "ifInBroadcastPkts",
+    "ifOutMulticastPkts",
+    "ifOutBroadcastPkts",
+)
 _HC_PACKETS = {
     "in_packets": ("ifHCInUcastPkts", "ifHCInMulticastPkts", "ifHCInBroadcastPkts"),
     "out_packets": ("ifHCOutUcastPkts", "ifHCOutMulticastPkts", "ifHCOutBroadcastPkts"),
@@ -104,8 +126,12 @@ _32_PACKETS = {
     "in_packets": ("ifInUcastPkts", "ifInMulticastPkts", "ifInBroadcastPkts"),
     "out_packets": ("ifOutUcastPkts", "ifOutMulticastPkts", "ifOutBroadcastPkts"),
 }
-_ERRORS = (("in_errors", "ifInErrors"), ("out_errors", "ifOutErrors"),
-           ("in_discards", "ifInDiscards"), ("out_discards", "ifOutDiscards"))
+_ERRORS = (
+    ("in_errors", "ifInErrors"),
+    ("out_errors", "ifOutErrors"),
+    ("in_discards", "ifInDiscards"),
+    ("out_discards", "ifOutDiscards"),
+)
 UPTIME_WRAP = 1 << 32  # sysUpTime is TimeTicks (centiseconds), wraps after ~497 days
 _M32, _M64 = (1 << 32) - 1, (1 << 64) - 1
 
@@ -118,47 +144,56 @@ PrivProtocol = Literal["DES", "AES", "AES192", "AES256"]
 
 
 class SnmpTarget(Options):
-    name: str = Field("", description="Target name: `target` label of the agent's "
-                      "self-metrics and the default link prefix. Empty: the address.")
+    name: str = Field(
+        "",
+        description="Target name: `target` label of the agent's "
+        "self-metrics and the default link prefix. Empty: the address.",
+    )
     address: str = Field(description="HOST or HOST:PORT (port 161 by default; [v6]:port).")
-    version: Literal["2c", "3"] = Field("2c", description="SNMP version: 2c (community) or 3 "
-                                        "(USM, authPriv).")
-    community: SecretStr | None = Field(None, description="v2c community inline "
-                                        "(discouraged: prefer community_env/_file).")
+    version: Literal["2c", "3"] = Field(
+        "2c", description="SNMP version: 2c (community) or 3 (USM, authPriv)."
+    )
+    community: SecretStr | None = Field(
+        None, description="v2c community inline (discouraged: prefer community_env/_file)."
+    )
     community_env: str = Field("", description="Environment variable holding the community.")
-    community_file: Path | None = Field(None, description="File whose first line is the "
-                                        "community.")
+    community_file: Path | None = Field(None, description="File whose first line is the community.")
     user: str = Field("", description="v3 USM user name.")
     auth_protocol: AuthProtocol = Field("SHA", description="v3 authentication protocol.")
-    auth_key: SecretStr | None = Field(None, description="v3 authentication passphrase inline "
-                                       "(discouraged).")
+    auth_key: SecretStr | None = Field(None, description="v3 authentication passphrase inline (discouraged).")
     auth_key_env: str = Field("", description="Environment variable holding auth_key.")
     auth_key_file: Path | None = Field(None, description="File whose first line is auth_key.")
     priv_protocol: PrivProtocol = Field("AES", description="v3 privacy (encryption) protocol.")
-    priv_key: SecretStr | None = Field(None, description="v3 privacy passphrase inline "
-                                       "(discouraged).")
+    priv_key: SecretStr | None = Field(None, description="v3 privacy passphrase inline (discouraged).")
     priv_key_env: str = Field("", description="Environment variable holding priv_key.")
     priv_key_file: Path | None = Field(None, description="File whose first line is priv_key.")
     context: str = Field("", description="v3 context name (empty: the default context).")
-    interval_s: float | None = Field(None, gt=0, description="Poll interval of this target "
-                                     "(default: the adapter's interval_s).")
-    timeout_s: float | None = Field(None, gt=0, description="Per-request timeout (default: "
-                                    "the adapter's timeout_s).")
-    retries: int | None = Field(None, ge=0, le=10, description="Retries per request (default: "
-                                "the adapter's retries).")
-    max_repetitions: int | None = Field(None, ge=1, le=200, description="GETBULK "
-                                        "max-repetitions: table rows per request.")
-    include: list[str] = Field(["*"], description="Interface names (fnmatch, before the "
-                               "prefix) polled into readings.")
+    interval_s: float | None = Field(
+        None, gt=0, description="Poll interval of this target (default: the adapter's interval_s)."
+    )
+    timeout_s: float | None = Field(
+        None, gt=0, description="Per-request timeout (default: the adapter's timeout_s)."
+    )
+    retries: int | None = Field(
+        None, ge=0, le=10, description="Retries per request (default: the adapter's retries)."
+    )
+    max_repetitions: int | None = Field(
+        None, ge=1, le=200, description="GETBULK max-repetitions: table rows per request."
+    )
+    include: list[str] = Field(
+        ["*"], description="Interface names (fnmatch, before the prefix) polled into readings."
+    )
     exclude: list[str] = Field([], description="Interface names (fnmatch) left out.")
-    label: Literal["name", "alias", "descr"] = Field("name", description="`link` label from "
-                                                     "ifName (else ifDescr), ifAlias (else "
-                                                     "ifName) or ifDescr.")
-    link_prefix: str | None = Field(None, description="Prepended to every link label "
-                                    "(default '<name>:'; '' for none).")
-    media: Literal["optical", "copper"] | None = Field(None, description="Media of this "
-                                                       "device's links (default: the link "
-                                                       "source's media patterns, else copper).")
+    label: Literal["name", "alias", "descr"] = Field(
+        "name", description="`link` label from ifName (else ifDescr), ifAlias (else ifName) or ifDescr."
+    )
+    link_prefix: str | None = Field(
+        None, description="Prepended to every link label (default '<name>:'; '' for none)."
+    )
+    media: Literal["optical", "copper"] | None = Field(
+        None,
+        description="Media of this device's links (default: the link source's media patterns, else copper).",
+    )
 
     @field_validator("address")
     @classmethod
@@ -174,8 +209,7 @@ class SnmpTarget(Options):
 
 
 class SnmpOptions(Options):
-    interval_s: float = Field(10.0, gt=0, description="Poll interval of every target without "
-                              "its own.")
+    interval_s: float = Field(10.0, gt=0, description="Poll interval of every target without its own.")
     timeout_s: float = Field(2.0, gt=0, description="Per-request timeout (seconds).")
     retries: int = Field(1, ge=0, le=10, description="Retries of a timed-out request.")
     max_repetitions: int = Field(25, ge=1, le=200, description="GETBULK max-repetitions.")
@@ -250,16 +284,24 @@ def _sum(cols: Table, names: Sequence[str], index: int, mask: int) -> int | None
     return total & mask
 
 
-def readings_from_table(cols: Table, *, boot_ns: int, time_ns: int, prefix: str = "",
-                        label: str = "name", include: Sequence[str] = ("*",),
-                        exclude: Sequence[str] = (), media: str | None = None
-                        ) -> list[LinkReading]:
+def readings_from_table(
+    cols: Table,
+    *,
+    boot_ns: int,
+    time_ns: int,
+    prefix: str = "",
+    label: str = "name",
+    include: Sequence[str] = ("*",),
+    exclude: Sequence[str] = (),
+    media: str | None = None,
+) -> list[LinkReading]:
     """One LinkReading per ifIndex seen in any column (see the module doc for the mapping)."""
     indexes: set[int] = set()
     for c in cols.values():
         indexes.update(c)
     out: list[LinkReading] = []
     for i in sorted(indexes):
+
         def get(col: str, i: int = i) -> Any:
             return cols.get(col, {}).get(i)
 
@@ -287,20 +329,23 @@ def readings_from_table(cols: Table, *, boot_ns: int, time_ns: int, prefix: str 
             speed = low // 8  # 4294967295 means "faster than that": ifHighSpeed's job
         disc = get("ifCounterDiscontinuityTime")
         start = boot_ns + (disc * 10_000_000 if isinstance(disc, int) and disc > 0 else 0)
-        out.append(LinkReading(
-            name=prefix + name, media=media,
-            in_octets=octets_in if isinstance(octets_in, int) else None,
-            out_octets=octets_out if isinstance(octets_out, int) else None,
-            in_packets=packets["in_packets"], out_packets=packets["out_packets"],
-            **errs,
-            counter_bits=bits,
-            counter_bits_of=(() if bits == 32 else
-                             tuple((f, 32) for f, _ in _ERRORS)),
-            counter_start_unix_nano=start,
-            oper_up=(oper == 1) if isinstance(oper, int) else None,
-            speed_bytes_per_second=speed,
-            time_unix_nano=time_ns,
-        ))
+        out.append(
+            LinkReading(
+                name=prefix + name,
+                media=media,
+                in_octets=octets_in if isinstance(octets_in, int) else None,
+                out_octets=octets_out if isinstance(octets_out, int) else None,
+                in_packets=packets["in_packets"],
+                out_packets=packets["out_packets"],
+                **errs,
+                counter_bits=bits,
+                counter_bits_of=(() if bits == 32 else tuple((f, 32) for f, _ in _ERRORS)),
+                counter_start_unix_nano=start,
+                oper_up=(oper == 1) if isinstance(oper, int) else None,
+                speed_bytes_per_second=speed,
+                time_unix_nano=time_ns,
+            )
+        )
     return out
 
 
@@ -320,9 +365,17 @@ class SnmpPollError(Exception):
         super().__init__(message)
 
 
-_AUTH_ERRORS = {"WrongDigest", "UnknownUserName", "UnsupportedSecurityLevel",
-                "DecryptionError", "UnknownSecurityName", "AuthenticationError",
-                "AuthenticationFailure", "NotInTimeWindow", "UnknownEngineID"}
+_AUTH_ERRORS = {
+    "WrongDigest",
+    "UnknownUserName",
+    "UnsupportedSecurityLevel",
+    "DecryptionError",
+    "UnknownSecurityName",
+    "AuthenticationError",
+    "AuthenticationFailure",
+    "NotInTimeWindow",
+    "UnknownEngineID",
+}
 
 
 def _classify(indication: Any) -> str:
@@ -373,16 +426,22 @@ async def _bulk(s: _Session, oids: Sequence[tuple[int, ...]]) -> list[tuple[tupl
     addr_name, _ = LCD.configure(s.engine, s.auth, s.transport, s.context.contextName)
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
-    def done(_engine: Any, _handle: Any, ind: Any, status: Any, index: Any, vbs: Any,
-             _ctx: Any) -> None:
+    def done(_engine: Any, _handle: Any, ind: Any, status: Any, index: Any, vbs: Any, _ctx: Any) -> None:
         if not future.done():
             future.set_result((ind, status, index, vbs))
 
     null = Null("")
     cmdgen.BulkCommandGenerator().send_varbinds(
-        s.engine, addr_name, s.context.contextEngineId, s.context.contextName, 1,
-        s.max_repetitions, [(ObjectName(SYS_UPTIME), null),
-                            *((ObjectName(o), null) for o in oids)], done, None)
+        s.engine,
+        addr_name,
+        s.context.contextEngineId,
+        s.context.contextName,
+        1,
+        s.max_repetitions,
+        [(ObjectName(SYS_UPTIME), null), *((ObjectName(o), null) for o in oids)],
+        done,
+        None,
+    )
     ind, status, index, vbs = await future
     if ind:
         raise SnmpPollError(_classify(ind), str(ind))
@@ -409,7 +468,7 @@ async def walk_columns(s: _Session, names: Sequence[str]) -> tuple[dict[str, dic
         up_oid, up_val = vbs[0]
         if uptime < 0:
             v = _pyvalue(up_val)
-            if not isinstance(v, int) or up_oid[:len(SYS_UPTIME)] != SYS_UPTIME:
+            if not isinstance(v, int) or up_oid[: len(SYS_UPTIME)] != SYS_UPTIME:
                 raise SnmpPollError("snmp_error", "no sysUpTime.0 in the response")
             uptime = v
         done: set[str] = set()
@@ -420,7 +479,7 @@ async def walk_columns(s: _Session, names: Sequence[str]) -> tuple[dict[str, dic
                 continue
             prefix = COLUMNS[n]
             v = _pyvalue(val)
-            if v is None or oid[:len(prefix)] != prefix or len(oid) != len(prefix) + 1:
+            if v is None or oid[: len(prefix)] != prefix or len(oid) != len(prefix) + 1:
                 done.add(n)  # endOfMibView (at the requested OID) or past the column
                 continue
             if oid <= cursor[n]:
@@ -434,13 +493,20 @@ async def walk_columns(s: _Session, names: Sequence[str]) -> tuple[dict[str, dic
     return cols, uptime
 
 
-_AUTH_PROTOCOLS = {"MD5": "usmHMACMD5AuthProtocol", "SHA": "usmHMACSHAAuthProtocol",
-                   "SHA224": "usmHMAC128SHA224AuthProtocol",
-                   "SHA256": "usmHMAC192SHA256AuthProtocol",
-                   "SHA384": "usmHMAC256SHA384AuthProtocol",
-                   "SHA512": "usmHMAC384SHA512AuthProtocol"}
-_PRIV_PROTOCOLS = {"DES": "usmDESPrivProtocol", "AES": "usmAesCfb128Protocol",
-                   "AES192": "usmAesCfb192Protocol", "AES256": "usmAesCfb256Protocol"}
+_AUTH_PROTOCOLS = {
+    "MD5": "usmHMACMD5AuthProtocol",
+    "SHA": "usmHMACSHAAuthProtocol",
+    "SHA224": "usmHMAC128SHA224AuthProtocol",
+    "SHA256": "usmHMAC192SHA256AuthProtocol",
+    "SHA384": "usmHMAC256SHA384AuthProtocol",
+    "SHA512": "usmHMAC384SHA512AuthProtocol",
+}
+_PRIV_PROTOCOLS = {
+    "DES": "usmDESPrivProtocol",
+    "AES": "usmAesCfb128Protocol",
+    "AES192": "usmAesCfb192Protocol",
+    "AES256": "usmAesCfb256Protocol",
+}
 
 
 @dataclass(slots=True)
@@ -480,26 +546,33 @@ class SnmpLinkAdapter(LinkAdapter):
             host, port = parse_address(t.address, 161)
             name = t.name or t.address
             tgt = _Target(
-                name=name, host=host, port=port, interval_s=t.interval_s or opts.interval_s,
+                name=name,
+                host=host,
+                port=port,
+                interval_s=t.interval_s or opts.interval_s,
                 timeout_s=t.timeout_s or opts.timeout_s,
                 retries=t.retries if t.retries is not None else opts.retries,
                 max_repetitions=t.max_repetitions or opts.max_repetitions,
-                include=tuple(t.include), exclude=tuple(t.exclude), label=t.label,
+                include=tuple(t.include),
+                exclude=tuple(t.exclude),
+                label=t.label,
                 prefix=t.link_prefix if t.link_prefix is not None else f"{name}:",
-                media=t.media, context_name=t.context)
+                media=t.media,
+                context_name=t.context,
+            )
             if t.version == "2c":
-                community = secret(t.community, t.community_env, t.community_file,
-                                   f"{key}.community")
+                community = secret(t.community, t.community_env, t.community_file, f"{key}.community")
                 tgt.auth = CommunityData(community, mpModel=1)
             else:
-                auth_key = secret(t.auth_key, t.auth_key_env, t.auth_key_file,
-                                  f"{key}.auth_key")
-                priv_key = secret(t.priv_key, t.priv_key_env, t.priv_key_file,
-                                  f"{key}.priv_key")
+                auth_key = secret(t.auth_key, t.auth_key_env, t.auth_key_file, f"{key}.auth_key")
+                priv_key = secret(t.priv_key, t.priv_key_env, t.priv_key_file, f"{key}.priv_key")
                 tgt.auth = UsmUserData(
-                    t.user, auth_key, priv_key,
+                    t.user,
+                    auth_key,
+                    priv_key,
                     authProtocol=getattr(hauth, _AUTH_PROTOCOLS[t.auth_protocol]),
-                    privProtocol=getattr(hauth, _PRIV_PROTOCOLS[t.priv_protocol]))
+                    privProtocol=getattr(hauth, _PRIV_PROTOCOLS[t.priv_protocol]),
+                )
             self.targets[name] = tgt.stats
             self._targets.append(tgt)
         self._pending: dict[str, list[LinkReading]] = {}
@@ -511,12 +584,13 @@ class SnmpLinkAdapter(LinkAdapter):
 
     async def read(self) -> Sequence[LinkReading]:
         if not self._tasks and not self._stop.is_set():
-            self._tasks = [asyncio.create_task(self._run(t), name=f"snmp-{t.name}")
-                           for t in self._targets]
+            self._tasks = [asyncio.create_task(self._run(t), name=f"snmp-{t.name}") for t in self._targets]
             # a dead target's first request gives up after timeout x (retries + 1); pysnmp
             # checks its timers every 0.5 s, hence the margin
-            await first_results((t.tried for t in self._targets),
-                                max(t.timeout_s * (t.retries + 1) for t in self._targets) + 2.0)
+            await first_results(
+                (t.tried for t in self._targets),
+                max(t.timeout_s * (t.retries + 1) for t in self._targets) + 2.0,
+            )
         out: list[LinkReading] = []
         for name in list(self._pending):
             out.extend(self._pending.pop(name))
@@ -535,9 +609,16 @@ class SnmpLinkAdapter(LinkAdapter):
             more, _ = await walk_columns(s, extra)
             cols.update(more)
         boot = t.clock.update(uptime, t0, t.interval_s)
-        return readings_from_table(cols, boot_ns=boot, time_ns=t0, prefix=t.prefix,
-                                   label=t.label, include=t.include, exclude=t.exclude,
-                                   media=t.media)
+        return readings_from_table(
+            cols,
+            boot_ns=boot,
+            time_ns=t0,
+            prefix=t.prefix,
+            label=t.label,
+            include=t.include,
+            exclude=t.exclude,
+            media=t.media,
+        )
 
     async def _session(self, t: _Target) -> _Session:
         if t.session is None:
@@ -551,14 +632,18 @@ class SnmpLinkAdapter(LinkAdapter):
 
             cls = Udp6TransportTarget if ":" in t.host else UdpTransportTarget
             try:
-                transport = await cls.create((t.host, t.port), timeout=t.timeout_s,
-                                             retries=t.retries)
+                transport = await cls.create((t.host, t.port), timeout=t.timeout_s, retries=t.retries)
             except PySnmpError as exc:
                 raise SnmpPollError("transport", str(exc)) from exc
             # One engine per target: v3 USM state (engine id, boots, keys) is per device.
-            t.session = _Session(SnmpEngine(), t.auth, transport,
-                                 ContextData(contextName=t.context_name),
-                                 t.max_repetitions, t.interval_s)
+            t.session = _Session(
+                SnmpEngine(),
+                t.auth,
+                transport,
+                ContextData(contextName=t.context_name),
+                t.max_repetitions,
+                t.interval_s,
+            )
         return t.session
 
     async def _run(self, t: _Target) -> None:
@@ -592,8 +677,9 @@ class SnmpLinkAdapter(LinkAdapter):
                 t.stats.error(reason)
                 t.stats.up = False
                 level = logging.DEBUG if failing else logging.WARNING
-                log.log(level, "snmp target %s (%s:%d): poll failed (%s): %s", t.name, t.host,
-                        t.port, reason, msg)
+                log.log(
+                    level, "snmp target %s (%s:%d): poll failed (%s): %s", t.name, t.host, t.port, reason, msg
+                )
                 failing = True
             t.tried.set()
             if await sleep_or_stop(self._stop, next_tick(time.time(), t.interval_s)):

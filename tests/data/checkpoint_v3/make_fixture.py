@@ -24,9 +24,15 @@ from tests.aggregate_support import NS, catalog_batches
 OUT = Path(sys.argv[1])
 CFG = AggregateSettings(allowed_lateness_s=10, site_idle_s=30, windows_s=(10, 60))
 assert CHECKPOINT_VERSION == 3
-recs = [b for pair in zip(catalog_batches("jp-1", "JP", "Kanto", n_batches=8, per_batch_s=10),
-                          catalog_batches("us-1", "US", "Oregon", n_batches=8, per_batch_s=10),
-                          strict=True) for b in pair]
+recs = [
+    b
+    for pair in zip(
+        catalog_batches("jp-1", "JP", "Kanto", n_batches=8, per_batch_s=10),
+        catalog_batches("us-1", "US", "Oregon", n_batches=8, per_batch_s=10),
+        strict=True,
+    )
+    for b in pair
+]
 half = len(recs) // 2
 st = PartitionState(0, CFG)
 st.add_many([(i, r, None) for i, r in enumerate(recs[:half])])
@@ -42,10 +48,17 @@ totals = []
 tf = st.totals_frame()  # before the final close, which expires every series
 for sid, hi, lo, created in zip(tf["sid"], tf["hi"], tf["lo"], tf["created"], strict=True):
     site, metric, labels = st.keys[sid]
-    totals.append({"site": st.sites[site].site_id, "metric": METRICS[metric].name,
-                   "labels": list(labels), "total": str((int(hi) << 32) + int(lo)),
-                   "created": int(created)})
+    totals.append(
+        {
+            "site": st.sites[site].site_id,
+            "metric": METRICS[metric].name,
+            "labels": list(labels),
+            "total": str((int(hi) << 32) + int(lo)),
+            "created": int(created),
+        }
+    )
 st.advance(3600 * NS)
-(OUT / "expected.json.gz").write_bytes(gzip.compress(json.dumps(
-    {"windows": wins, "totals": totals}, sort_keys=True).encode(), mtime=0))
+(OUT / "expected.json.gz").write_bytes(
+    gzip.compress(json.dumps({"windows": wins, "totals": totals}, sort_keys=True).encode(), mtime=0)
+)
 print(len(wins), "windows", len(totals), "totals")
