@@ -26,9 +26,6 @@ import asyncio
 import json
 import math
 import os
-import re
-import signal
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -42,142 +39,15 @@ from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from tests.agent_support import metric_value, scrape, write_yaml
 from tests.aggregate_support import NS, TruthCounter, label_key, window_truth
 from tests.ingest_support import SITES, TOKENS, token_for
+from tests.procs import ChildProcess as Process
 from tests.tcpproxy import TcpProxy
 
-REPO = Path(__file__).resolve().parents[2]
 FULL = os.environ.get("FAULTS_FULL", "") not in ("", "0")  # the documented long form
 
 
 def scaled(quick: float, full: float) -> float:
     """A duration of the quick form (CI) or of the full form (FAULTS_FULL=1)."""
     return full if FULL else quick
-
-
-_START_SLOTS: asyncio.Semaphore | None = None
-
-
-def _starting() -> asyncio.Semaphore:
-    """Processes starting at once (Python imports are CPU-bound): the concurrent cases would
-    otherwise start dozens together on a 2-core machine. One semaphore per event loop."""
-    global _START_SLOTS
-    if _START_SLOTS is None or _START_SLOTS._get_loop() is not asyncio.get_running_loop():  # type: ignore[attr-defined]
-        _START_SLOTS = asyncio.Semaphore(3)
-    return _START_SLOTS
-
-
-class Process:
-    """A child process started like the CLI, waiting for a ready line on stdout."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: list[str],
-        log_path: Path,
-        ready: str,
-        env: dict[str, str] | None = None,
-        prefix: list[str] | None = None,
-    ) -> None:
-        self.prefix = prefix or []  # e.g. ["fiu-run", "-x"]: exec'd in place, same pid
-        self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        self.ready = re.compile(ready)
-        self.env = env
-        self.proc: asyncio.subprocess.Process | None = None
-        self.match: re.Match[str] | None = None
-        self._drain: asyncio.Task[None] | None = None
-
-    async def start(self, within: float = 240.0, *, queue: bool = False) -> Self:
-        """`queue`: wait for a start slot (the many agents of the concurrent cases); a
-        restart after a fault does not queue (its delay would be part of the outage)."""
-        if not queue:
-            return await self._start(within)
-        async with _starting():
-            return await self._start(within)
-
-    async def _start(self, within: float) -> Self:
-        env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
-        with self.log_path.open("ab") as log:
-            log.write(f"--- start {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.prefix,
-                sys.executable,
-                *self.argv,
-                cwd=str(REPO),
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-            )
-        assert self.proc.stdout is not None
-        try:
-            async with asyncio.timeout(within):
-                while True:
-                    line = (await self.proc.stdout.readline()).decode()
-                    if not line:
-                        raise AssertionError(f"{self.name} exited before ready:\n{self.log()}")
-                    if m := self.ready.search(line):
-                        self.match = m
-                        break
-        except BaseException:
-            await self.kill()
-            raise
-        self._drain = asyncio.create_task(self._drain_stdout())
-        return self
-
-    async def _drain_stdout(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        while await self.proc.stdout.readline():
-            pass
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    def signal(self, sig: signal.Signals) -> None:
-        if self.alive():
-            os.kill(self.pid, sig)
-
-    async def kill(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.kill()  # SIGKILL by pid
-            await self.proc.wait()
-        if self._drain is not None:
-            self._drain.cancel()
-            self._drain = None
-
-    async def terminate(self, within: float = 30.0) -> tuple[int, float]:
-        """SIGTERM; (exit code, seconds it took). SIGKILL when it overstays `within`."""
-        assert self.proc is not None
-        t0 = time.monotonic()
-        if self.alive():
-            self.proc.terminate()
-            try:
-                async with asyncio.timeout(within):
-                    await self.proc.wait()
-            except TimeoutError:
-                await self.kill()
-        rc = self.proc.returncode
-        assert rc is not None
-        return rc, time.monotonic() - t0
-
-    def rss_bytes(self) -> int:
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-6000:]
-        except OSError:
-            return ""
 
 
 @dataclass
@@ -709,7 +579,7 @@ class Stack:
         out = []
         for a in self.agents:
             if a.proc is not None:
-                rc, _ = await a.proc.terminate(within)
+                rc = await a.proc.terminate(within)
                 out.append(rc)
         return out
 

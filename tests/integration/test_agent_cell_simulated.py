@@ -13,8 +13,9 @@ from collector.devcerts import DevCerts
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from collector.simulate.config import SimulateSettings
 from collector.simulate.model import CELL_COUNTERS, CELL_GAUGES, FleetGenerator, FleetModel
-from tests.agent_support import SITE, Proc, agent_tls, spooled_seqs, topic_batches, write_yaml
+from tests.agent_support import SITE, agent_tls, spooled_seqs, topic_batches, write_yaml
 from tests.ingest_support import ingest_settings, started, token_for
+from tests.procs import collector_process
 
 NS = 10**9
 CELLS = 6
@@ -59,7 +60,7 @@ async def test_agent_process_delivers_simulated_cells_through_ingest_to_the_topi
             }
         },
     )
-    agent = Proc(["agent", "--config", str(cfg), "--once"], tmp_path / "agent.log")
+    agent = collector_process(["agent", "--config", str(cfg), "--once"], tmp_path / "agent.log")
     try:
         await agent.start()
         assert agent.proc is not None

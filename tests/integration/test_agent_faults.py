@@ -26,7 +26,6 @@ from collector.broker import EmbeddedBroker, free_port
 from collector.devcerts import DevCerts
 from tests.agent_support import (
     SITE,
-    Proc,
     TopicBatch,
     agent_tls,
     eventually,
@@ -39,6 +38,7 @@ from tests.agent_support import (
     write_yaml,
 )
 from tests.ingest_support import TOKENS, ingest_settings, started, token_for
+from tests.procs import collector_process
 from tests.tcpproxy import TcpProxy
 
 WINDOW = 8
@@ -62,7 +62,7 @@ async def test_ingest_killed_and_network_cut_nothing_missing(
 ) -> None:
     ingest_port = free_port()
     cfg = ingest_config(tmp_path, certs, broker.bootstrap, topic, ingest_port, TOKENS)
-    ingest = Proc(["ingest", "--config", str(cfg)], tmp_path / "ingest.log")
+    ingest = collector_process(["ingest", "--config", str(cfg)], tmp_path / "ingest.log")
     await ingest.start()
     proxy = TcpProxy("127.0.0.1", ingest_port)
     await proxy.start()
@@ -113,7 +113,7 @@ async def test_ingest_killed_and_network_cut_nothing_missing(
             ingest_kill = asyncio.create_task(ingest.kill())  # SIGKILL while batches fly
             await produce(20, p)  # the agent keeps spooling while the ingest is away
             await ingest_kill
-            ingest = Proc(["ingest", "--config", str(cfg)], tmp_path / "ingest.log")
+            ingest = collector_process(["ingest", "--config", str(cfg)], tmp_path / "ingest.log")
             await ingest.start()
             await produce(30, p)
             assert await eventually(streaming, 20.0), p.stats
@@ -196,7 +196,7 @@ async def test_agent_killed_mid_stream_delivers_spool_and_never_reuses_seq(
     cfg = _agent_yaml(
         tmp_path, certs, f"127.0.0.1:{proxy.port}", spool, link={"interval_s": 0.05, "options": {"links": 5}}
     )
-    agent = Proc(["agent", "--config", str(cfg)], tmp_path / "agent.log")
+    agent = collector_process(["agent", "--config", str(cfg)], tmp_path / "agent.log")
     try:
         await agent.start()
         accepted = server.metrics.totals
@@ -211,7 +211,7 @@ async def test_agent_killed_mid_stream_delivers_spool_and_never_reuses_seq(
         spooled = spooled_seqs(spool)
         await proxy.reset()
         proxy.resume()
-        agent = Proc(["agent", "--config", str(cfg)], tmp_path / "agent.log")
+        agent = collector_process(["agent", "--config", str(cfg)], tmp_path / "agent.log")
         await agent.start()
         assert int(agent.field("spooled")) >= len(spooled) - 1  # (one may have been acked)
         before = accepted.batches_accepted
@@ -266,7 +266,7 @@ async def test_full_spool_and_corrupt_segment_are_counted_and_agent_keeps_runnin
         link={"interval_s": 0.05, "options": {"links": 20}},
         spool_over={"max_bytes": 65536, "segment_bytes": 8192},
     )
-    agent = Proc(["agent", "--config", str(cfg)], tmp_path / "agent.log")
+    agent = collector_process(["agent", "--config", str(cfg)], tmp_path / "agent.log")
     try:
         await agent.start()
         port = int(agent.field("port"))

@@ -30,9 +30,10 @@ from collector.broker import EmbeddedBroker
 from collector.config import load_settings
 from collector.devcerts import DevCerts
 from collector.monitoring import LocalPrometheus, find_binary, prometheus_config
-from tests.agent_support import Proc, agent_tls, write_yaml
+from tests.agent_support import agent_tls, write_yaml
 from tests.aggregate_support import http_request
 from tests.ingest_support import ingest_settings, started, token_for
+from tests.procs import collector_process
 
 REPO = Path(__file__).resolve().parents[2]
 GNB = "gNB-Tokyo-1"
@@ -307,7 +308,7 @@ async def test_example_config_publishes_pm_cell_metrics_while_live_data_flows(
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     newest_end = (now - dt.timedelta(minutes=5)).replace(second=0)
     newest_end -= dt.timedelta(minutes=newest_end.minute % 15)
-    agent = Proc(
+    agent = collector_process(
         ["agent", "--config", str(_agent_config(tmp_path, certs, server.port))], tmp_path / "agent.log"
     )
     async with Aggregator(settings, bootstrap=broker.bootstrap, registry=CollectorRegistry()) as agg:

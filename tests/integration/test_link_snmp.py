@@ -24,8 +24,9 @@ from collector.broker import EmbeddedBroker
 from collector.devcerts import DevCerts
 from collector.errors import ConfigError
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
-from tests.agent_support import SITE, Proc, agent_tls, eventually, topic_batches, write_yaml
+from tests.agent_support import SITE, agent_tls, eventually, topic_batches, write_yaml
 from tests.ingest_support import ingest_settings, started, token_for
+from tests.procs import collector_process
 from tests.snmp_support import (
     COMMUNITY,
     COMMUNITY32,
@@ -407,7 +408,7 @@ async def test_collector_agent_once_with_the_snmp_adapter_delivers_the_device_li
             }
         },
     )
-    agent = Proc(
+    agent = collector_process(
         ["--log-level", "DEBUG", "agent", "--config", str(cfg), "--once"],
         tmp_path / "agent.log",
         env={"SNMP_TEST_AUTH": V3_AUTH, "SNMP_TEST_PRIV": V3_PRIV},
