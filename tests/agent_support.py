@@ -19,6 +19,7 @@ from collector.agent.batch import SiteInfo, counter_def, gauge_def
 from collector.agent.config import AgentSettings
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from collector.proto.telemetry.v1 import telemetry_pb2_grpc as pb_grpc
+from tests.waiting import eventually  # noqa: F401 - re-exported: many tests import it from here
 
 SITE = SiteInfo("jp-tokyo-01", "JP", "Kanto", "Asia/Tokyo")
 
@@ -105,16 +106,6 @@ def fill(builder: Any, t_ns: int, n: int = 3, value: int = 1) -> Any:
         )
     builder.gauge(gauge_def("link_oper_up", {"link": "et-0", "media": "optical"}, unit="bool"), t_ns, 1.0)
     return builder
-
-
-async def eventually(pred: Callable[[], bool], within: float = 10.0, step: float = 0.02) -> bool:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within
-    while loop.time() < end:
-        if pred():
-            return True
-        await asyncio.sleep(step)
-    return pred()
 
 
 # --- integration: real processes (tests/procs.py starts them) ----------------------

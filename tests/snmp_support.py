@@ -16,6 +16,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+from tests.waiting import eventually_async
+
 COMMUNITY = "edge-ro-c0mm"
 COMMUNITY32 = "edge-old-dev1ce"
 V3_USER = "edge-agent"
@@ -88,13 +90,15 @@ class Snmpd:
             env=env,
         )
         log.close()
-        for _ in range(200):
-            if self.proc.poll() is not None:
+        proc = self.proc
+
+        async def answering() -> bool:
+            if proc.poll() is not None:
                 raise RuntimeError(f"snmpd exited: {(self.dir / 'snmpd.log').read_text()}")
-            if await self._answers():
-                return
-            await asyncio.sleep(0.05)
-        raise RuntimeError("snmpd did not answer")
+            return await self._answers()
+
+        if not await eventually_async(answering, within=10.0, step=0.05):
+            raise RuntimeError("snmpd did not answer")
 
     async def _answers(self) -> bool:
         p = await asyncio.create_subprocess_exec(

@@ -28,7 +28,6 @@ from tests.agent_support import (
     SITE,
     TopicBatch,
     agent_tls,
-    eventually,
     fill,
     ingest_config,
     metric_value,
@@ -40,6 +39,7 @@ from tests.agent_support import (
 from tests.ingest_support import TOKENS, ingest_settings, started, token_for
 from tests.procs import collector_process
 from tests.tcpproxy import TcpProxy
+from tests.waiting import eventually, eventually_async
 
 WINDOW = 8
 
@@ -119,8 +119,7 @@ async def test_ingest_killed_and_network_cut_nothing_missing(
             assert await eventually(streaming, 20.0), p.stats
             proxy.pause()  # the network hangs: bytes stop, connections stay open
             await produce(20, p)
-            await asyncio.sleep(0.5)
-            assert p.stats.in_flight > 0  # sent into the hang, not acked
+            assert await eventually(lambda: p.stats.in_flight > 0, 10.0), p.stats  # sent into the hang
             sent_before_reset = p.stats.sent
             await proxy.reset()  # ... then the connection is reset
             proxy.resume()
@@ -280,28 +279,19 @@ async def test_full_spool_and_corrupt_segment_are_counted_and_agent_keeps_runnin
                 or 0.0
             )
 
-        full = 0.0
-        for _ in range(100):  # bounded: up to ~10 s
-            full = await dropped("spool_full")
-            if full > 0:
-                break
-            await asyncio.sleep(0.1)
-        assert full > 0, agent.log()
+        assert await eventually_async(lambda: dropped("spool_full"), within=10.0, step=0.1), agent.log()
         assert await dropped("corrupt") >= 1
         assert await dropped("torn") >= 2  # the torn tail and the all-garbage segment
         text = await scrape(port)
         assert (metric_value(text, "collector_agent_spool_bytes", **lab) or 1e9) <= 65536
         assert agent.alive()
         proxy.refuse = False  # the collector is back
-        ok = False
-        for _ in range(150):
+
+        async def acked_five() -> bool:
             text = await scrape(port)
-            acked = metric_value(text, "collector_agent_batches_acked_total", **lab) or 0
-            if acked >= 5:
-                ok = True
-                break
-            await asyncio.sleep(0.1)
-        assert ok, agent.log()
+            return (metric_value(text, "collector_agent_batches_acked_total", **lab) or 0) >= 5
+
+        assert await eventually_async(acked_five, within=15.0, step=0.1), agent.log()
         assert agent.alive()
         assert await agent.terminate() == 0, agent.log()
     finally:

@@ -9,7 +9,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from collector.agent.pipeline import AgentPipeline
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
-from tests.agent_support import SITE, ScriptedIngest, agent_settings, eventually, fill
+from tests.agent_support import SITE, ScriptedIngest, agent_settings, fill
+from tests.waiting import eventually
 
 
 async def test_submitted_batches_are_acked_and_spool_empties(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from collector.monitoring import ALERTMANAGER_CONFIG, LocalAlertmanager, alertmanager_config, find_binary
-from tests.agent_support import eventually
+from tests.waiting import eventually
 
 SITE_DOWN = {"country": "JP", "severity": "critical", "site": "jp-tokyo-01", "alertname": "EdgeSiteDown"}
 

@@ -19,11 +19,9 @@ least one whole period (with its L1M distributions) is published.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +38,13 @@ from collector.monitoring import PROMETHEUS_DIR, LocalPrometheus, find_binary, p
 from collector.simulate.fleet import FleetRunner, site_tokens, write_tokens_file
 from collector.simulate.geo import city_for
 from tests.conftest import make_topic
+from tests.waiting import eventually_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 VARS = re.compile(r"\$(country|region|site)\b")
 PM_PERIOD_S = 900  # simulated PM granularity: the 15-min period of the cell panels
 SILENT_AFTER_S = 10  # wall seconds after the fleet caught up with now
-
-
-async def eventually_in_thread(pred: Callable[[], bool], within: float, step: float) -> bool:
-    """eventually() for a predicate that makes blocking HTTP calls: each try runs in a worker
-    thread, so the pipeline in this event loop keeps running meanwhile."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within
-    while loop.time() < end:
-        if await asyncio.to_thread(pred):
-            return True
-        await asyncio.sleep(step)
-    return await asyncio.to_thread(pred)
 
 
 def _panel_queries() -> list[tuple[str, str, str]]:

@@ -11,10 +11,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from collector.broker import EmbeddedBroker
 from collector.devcerts import DevCerts
-from tests.agent_support import eventually
 from tests.conftest import make_topic
 from tests.ingest_support import MiniAgent, channel, ingest_settings, started
 from tests.kafka_support import read_topic
+from tests.waiting import eventually
 
 PAUSE_S = 6.0
 SETTLE_S = 1.0  # Kafka answers already on the wire when the broker stopped may still arrive

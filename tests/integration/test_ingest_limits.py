@@ -20,7 +20,6 @@ from collector.broker import EmbeddedBroker
 from collector.devcerts import DevCerts
 from collector.ingest.server import IngestServer
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
-from tests.agent_support import eventually
 from tests.conftest import make_topic
 from tests.ingest_support import (
     channel,
@@ -31,6 +30,7 @@ from tests.ingest_support import (
     stream_call,
     token_for,
 )
+from tests.waiting import eventually
 
 A, B = "jp-tokyo-01", "us-dallas-01"
 

@@ -15,8 +15,8 @@ from collector.agent.sources.gnmi import GnmiLinkAdapter
 from collector.agent.sources.link import LinkReading
 from collector.devcerts import DevCerts
 from collector.proto.openconfig.gnmi import gnmi_pb2 as g
-from tests.agent_support import eventually
 from tests.gnmi_support import BASE, NS, Device, GnmiTarget
+from tests.waiting import eventually
 
 PASSWORD = "s3cret-gnmi-pw"
 

@@ -23,11 +23,12 @@ from collector.aggregate.service import Aggregator, window_records
 from collector.broker import EmbeddedBroker
 from collector.config import load_settings
 from collector.devcerts import DevCerts
-from tests.agent_support import SITE, agent_tls, eventually
+from tests.agent_support import SITE, agent_tls
 from tests.aggregate_support import http_request
 from tests.conftest import make_topic
 from tests.gnmi_support import NS, Device, GnmiTarget
 from tests.ingest_support import ingest_settings, started, token_for
+from tests.waiting import eventually
 
 PASSWORD = "e2e-gnmi-password"
 

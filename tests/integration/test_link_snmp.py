@@ -24,7 +24,7 @@ from collector.broker import EmbeddedBroker
 from collector.devcerts import DevCerts
 from collector.errors import ConfigError
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
-from tests.agent_support import SITE, agent_tls, eventually, topic_batches, write_yaml
+from tests.agent_support import SITE, agent_tls, topic_batches, write_yaml
 from tests.ingest_support import ingest_settings, started, token_for
 from tests.procs import collector_process
 from tests.snmp_support import (
@@ -37,6 +37,7 @@ from tests.snmp_support import (
     bulkwalk,
     v3_args,
 )
+from tests.waiting import eventually
 
 IF_TABLE = "1.3.6.1.2.1.2.2.1"
 IF_X_TABLE = "1.3.6.1.2.1.31.1.1.1"

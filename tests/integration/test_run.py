@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from collector.broker import EmbeddedBroker
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_FLEET = {"sites_per_country": 2, "links_per_site": 3, "cells_per_site": 3, "hosts_per_site": 1}
@@ -31,16 +32,6 @@ SMALL_FLEET = {"sites_per_country": 2, "links_per_site": 3, "cells_per_site": 3,
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as r:
         return str(r.read().decode())
-
-
-def wait_until(pred: Callable[[], Any], within: float, step: float = 0.5) -> Any:
-    """Poll `pred` until it returns something truthy (returned) or `within` seconds pass."""
-    deadline = time.monotonic() + within
-    while True:
-        got = pred()
-        if got or time.monotonic() >= deadline:
-            return got
-        time.sleep(step)
 
 
 def _config(tmp_path: Path, **sections: Any) -> Path:

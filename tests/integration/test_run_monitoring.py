@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from collector.monitoring import LocalMonitoring
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,19 +92,18 @@ def test_run_starts_prometheus_with_the_rules_and_stops_it(tmp_path: Path) -> No
         assert am, "".join(lines)
         # every job scraped; a country roll-up of the project's rules has JP and US (the ledger's,
         # which exists from the first batch; the 1 min window roll-ups follow a minute later)
-        up: dict[str, float] = {}
-        countries: set[str] = set()
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            up = {r["metric"]["job"]: float(r["value"][1]) for r in _query(prom, "up")}
-            countries = {
+        seen: dict[str, Any] = {}
+
+        def all_up_and_both_countries() -> bool:
+            seen["up"] = {r["metric"]["job"]: float(r["value"][1]) for r in _query(prom, "up")}
+            seen["countries"] = {
                 r["metric"]["country"] for r in _query(prom, "country:collector_site_completeness_ratio:avg")
             }
-            if up == {"edge-aggregate": 1, "edge-ingest": 1, "edge-agent": 1} and countries >= {"JP", "US"}:
-                break
-            time.sleep(1)
-        assert up == {"edge-aggregate": 1, "edge-ingest": 1, "edge-agent": 1}, up
-        assert countries >= {"JP", "US"}
+            return seen["up"] == {"edge-aggregate": 1, "edge-ingest": 1, "edge-agent": 1} and seen[
+                "countries"
+            ] >= {"JP", "US"}
+
+        assert wait_until(all_up_and_both_countries, within=90, step=1), seen
         with urllib.request.urlopen(f"{prom}/api/v1/alertmanagers", timeout=5) as r:
             active = json.loads(r.read())["data"]["activeAlertmanagers"]
         assert [a["url"] for a in active] == [f"{am}/api/v2/alerts"]

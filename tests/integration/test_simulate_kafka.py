@@ -17,10 +17,10 @@ from collector.config import Settings
 from collector.simulate.bench import measure_generation
 from collector.simulate.fleet import FleetRunner, Simulation
 from collector.simulate.truth import DELIVERIES_FILE, META_FILE, WINDOWS_FILE
-from tests.agent_support import eventually
 from tests.conftest import make_topic
 from tests.kafka_support import read_topic
 from tests.simulate_support import NS, START_S, decode, small, window_deltas
+from tests.waiting import eventually
 
 
 async def test_kafka_mode_writes_records_like_ingest_and_they_match_the_truth(

@@ -20,6 +20,7 @@ from collector.simulate.fleet import FleetRunner, site_tokens, write_tokens_file
 from tests.aggregate_support import http_request
 from tests.conftest import make_topic
 from tests.simulate_support import NS, small
+from tests.waiting import eventually_async
 
 PERIOD_S = 60
 
@@ -107,15 +108,16 @@ async def test_simulated_pm_files_reach_metrics_equal_to_the_truth_for_jp_and_us
                 for k, v in fig.items()
             }
             got: dict[tuple[str, str, str, str], float] = {}
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
+
+            async def all_published() -> bool:
+                nonlocal got
                 got = _published((await http_request(agg.metrics_port))[2].decode())
                 by_key = {(s, c, k): v for (s, c, k, _), v in got.items()}
-                if all(k in by_key and by_key[k] == by_key[k] for k in want) and all(
+                return all(k in by_key and by_key[k] == by_key[k] for k in want) and all(
                     abs(by_key[k] - v) <= 1e-12 * max(1.0, abs(v)) for k, v in want.items()
-                ):
-                    break
-                await asyncio.sleep(0.5)
+                )
+
+            await eventually_async(all_published, within=60, step=0.5)  # asserted key by key below
             by_key = {(s, c, k): v for (s, c, k, _), v in got.items()}
             missing = [k for k in want if k not in by_key]
             assert not missing, missing[:5]

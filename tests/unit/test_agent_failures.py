@@ -18,7 +18,8 @@ from collector.agent.batch import BatchBuilder
 from collector.agent.pipeline import AgentPipeline
 from collector.agent.sources import Source, collect_once, run_source
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
-from tests.agent_support import SITE, ScriptedIngest, agent_settings, eventually, fill
+from tests.agent_support import SITE, ScriptedIngest, agent_settings, fill
+from tests.waiting import eventually
 
 
 class Ticker(Source):
