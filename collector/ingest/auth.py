@@ -1,7 +1,8 @@
 """Bearer tokens: which site a stream may write for.
 
 The token file is a YAML (or JSON) mapping `token: site_id`, owned by the operator and
-re-read when it changes (checked at most once per `check_interval_s`, on stream open), so
+re-read when it changes (checked at most once per `check_interval_s`, when a stream opens or
+a batch arrives on an open one, so a revoked token stops its open streams too), so
 rotating a token needs no restart. A file that fails to parse keeps the previous tokens and
 is reported (log line + metric), never leaving the service without any token.
 Tokens are kept only as SHA-256 digests, and looked up by digest.
