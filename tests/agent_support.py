@@ -69,6 +69,16 @@ class ScriptedIngest(pb_grpc.IngestServiceServicer):
         return [b.seq for b in self.received]
 
 
+def site_section(site: SiteInfo = SITE) -> dict[str, str]:
+    """The `agent.site` settings of `site`."""
+    return {
+        "site_id": site.site_id,
+        "country": site.country,
+        "region": site.region,
+        "timezone": site.timezone,
+    }
+
+
 def agent_settings(spool_dir: Path, target: str, **over: Any) -> AgentSettings:
     """Plaintext loopback settings with fast backoff, for tests."""
     ingest = {

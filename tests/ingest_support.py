@@ -66,7 +66,16 @@ def write_tokens(path: Path, tokens: dict[str, str] | None = None) -> Path:
     return path
 
 
-def ingest_settings(tmp: Path, certs: DevCerts | None, bootstrap: str, topic: str, **ingest: Any) -> Settings:
+def ingest_settings(
+    tmp: Path,
+    certs: DevCerts | None,
+    bootstrap: str,
+    topic: str,
+    kafka: dict[str, Any] | None = None,
+    **ingest: Any,
+) -> Settings:
+    """Ingest settings for a loopback test: TLS with `certs` (plaintext without), the test
+    tokens, `ingest` keys over these and `kafka` keys over bootstrap and topic."""
     ing: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "metrics_listen": "127.0.0.1:0",
@@ -77,7 +86,7 @@ def ingest_settings(tmp: Path, certs: DevCerts | None, bootstrap: str, topic: st
     else:
         ing.update(tls_cert=str(certs.server_cert), tls_key=str(certs.server_key))
     ing.update(ingest)
-    return load_settings(kafka={"bootstrap_servers": bootstrap, "topic": topic}, ingest=ing)
+    return load_settings(kafka={"bootstrap_servers": bootstrap, "topic": topic, **(kafka or {})}, ingest=ing)
 
 
 def channel(port: int, certs: DevCerts | None, *, client_cert: bool = False) -> aio.Channel:

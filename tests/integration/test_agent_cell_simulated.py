@@ -13,7 +13,7 @@ from collector.devcerts import DevCerts
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from collector.simulate.config import SimulateSettings
 from collector.simulate.model import CELL_COUNTERS, CELL_GAUGES, FleetGenerator, FleetModel
-from tests.agent_support import SITE, agent_tls, spooled_seqs, topic_batches, write_yaml
+from tests.agent_support import SITE, agent_tls, site_section, spooled_seqs, topic_batches, write_yaml
 from tests.ingest_support import ingest_settings, started, token_for
 from tests.procs import collector_process
 
@@ -40,12 +40,7 @@ async def test_agent_process_delivers_simulated_cells_through_ingest_to_the_topi
         {
             "agent": {
                 "agent_id": "agent-sim-cells",
-                "site": {
-                    "site_id": SITE.site_id,
-                    "country": SITE.country,
-                    "region": SITE.region,
-                    "timezone": SITE.timezone,
-                },
+                "site": site_section(),
                 "ingest": agent_tls(
                     certs, f"127.0.0.1:{server.port}", token_for(SITE.site_id), server_name="localhost"
                 ),

@@ -33,6 +33,7 @@ from tests.agent_support import (
     metric_value,
     scrape,
     settled_topic,
+    site_section,
     spooled_seqs,
     write_yaml,
 )
@@ -163,12 +164,7 @@ def _agent_yaml(
         {
             "agent": {
                 "agent_id": "agent-proc",
-                "site": {
-                    "site_id": SITE.site_id,
-                    "country": SITE.country,
-                    "region": SITE.region,
-                    "timezone": SITE.timezone,
-                },
+                "site": site_section(),
                 "ingest": agent_tls(
                     certs, target, token_for(SITE.site_id), server_name="localhost", window=WINDOW
                 ),
@@ -314,13 +310,12 @@ async def test_kafka_paused_retriable_acks_are_retried_until_delivered(
     from tests.conftest import make_topic
 
     topic = await make_topic(own_broker, partitions=2)
-    settings = ingest_settings(tmp_path, certs, own_broker.bootstrap, topic)
-    settings = settings.model_copy(
-        update={
-            "kafka": settings.kafka.model_copy(
-                update={"produce_timeout_s": 1.0, "producer_rebuild_after": 2, "request_timeout_ms": 3000}
-            )
-        }
+    settings = ingest_settings(
+        tmp_path,
+        certs,
+        own_broker.bootstrap,
+        topic,
+        kafka={"produce_timeout_s": 1.0, "producer_rebuild_after": 2, "request_timeout_ms": 3000},
     )
     server = await started(settings)
     spool = tmp_path / "spool"

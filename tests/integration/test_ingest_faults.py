@@ -41,13 +41,7 @@ async def test_broker_paused_nothing_acked_is_lost_and_memory_stays_bounded(
         max_inflight_per_stream=16,
         max_inflight_total=64,
         max_inflight_bytes=MAX_INFLIGHT_BYTES,
-    )
-    settings = settings.model_copy(
-        update={
-            "kafka": settings.kafka.model_copy(
-                update={"produce_timeout_s": 2.0, "producer_rebuild_after": 2, "request_timeout_ms": 5000}
-            )
-        }
+        kafka={"produce_timeout_s": 2.0, "producer_rebuild_after": 2, "request_timeout_ms": 5000},
     )
     server = await started(settings)
     agents = [

@@ -107,10 +107,13 @@ async def test_a_site_with_a_backlog_cannot_take_the_global_in_flight_budget(
 ) -> None:
     topic = await make_topic(own_broker, partitions=1)
     settings = ingest_settings(
-        tmp_path, certs, own_broker.bootstrap, topic, max_inflight_per_site=4, max_inflight_total=64
-    )
-    settings = settings.model_copy(
-        update={"kafka": settings.kafka.model_copy(update={"produce_timeout_s": 120.0})}
+        tmp_path,
+        certs,
+        own_broker.bootstrap,
+        topic,
+        max_inflight_per_site=4,
+        max_inflight_total=64,
+        kafka={"produce_timeout_s": 120.0},
     )
     s = await started(settings)
     try:
@@ -298,10 +301,13 @@ async def test_a_stream_cancelled_while_waiting_for_budget_returns_its_site_slot
 ) -> None:
     topic = await make_topic(own_broker, partitions=1)
     settings = ingest_settings(
-        tmp_path, certs, own_broker.bootstrap, topic, max_inflight_per_site=3, max_inflight_total=2
-    )
-    settings = settings.model_copy(
-        update={"kafka": settings.kafka.model_copy(update={"produce_timeout_s": 120.0})}
+        tmp_path,
+        certs,
+        own_broker.bootstrap,
+        topic,
+        max_inflight_per_site=3,
+        max_inflight_total=2,
+        kafka={"produce_timeout_s": 120.0},
     )
     s = await started(settings)
     try:

@@ -23,7 +23,7 @@ from collector.aggregate.service import Aggregator, window_records
 from collector.broker import EmbeddedBroker
 from collector.config import load_settings
 from collector.devcerts import DevCerts
-from tests.agent_support import SITE, agent_tls
+from tests.agent_support import SITE, agent_tls, site_section
 from tests.aggregate_support import http_request
 from tests.conftest import make_topic
 from tests.gnmi_support import NS, Device, GnmiTarget
@@ -47,12 +47,7 @@ async def test_gnmi_notifications_become_exact_published_link_metrics(
     ingest = await started(ingest_settings(tmp_path, certs, broker.bootstrap, topic))
     agent = AgentSettings.model_validate(
         {
-            "site": {
-                "site_id": SITE.site_id,
-                "country": SITE.country,
-                "region": SITE.region,
-                "timezone": SITE.timezone,
-            },
+            "site": site_section(),
             "ingest": agent_tls(
                 certs, f"127.0.0.1:{ingest.port}", token_for(SITE.site_id), server_name="localhost"
             ),

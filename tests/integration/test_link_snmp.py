@@ -24,7 +24,7 @@ from collector.broker import EmbeddedBroker
 from collector.devcerts import DevCerts
 from collector.errors import ConfigError
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
-from tests.agent_support import SITE, agent_tls, topic_batches, write_yaml
+from tests.agent_support import SITE, agent_tls, site_section, topic_batches, write_yaml
 from tests.ingest_support import ingest_settings, started, token_for
 from tests.procs import collector_process
 from tests.snmp_support import (
@@ -373,12 +373,7 @@ async def test_collector_agent_once_with_the_snmp_adapter_delivers_the_device_li
         {
             "agent": {
                 "agent_id": "agent-snmp-once",
-                "site": {
-                    "site_id": SITE.site_id,
-                    "country": SITE.country,
-                    "region": SITE.region,
-                    "timezone": SITE.timezone,
-                },
+                "site": site_section(),
                 "ingest": agent_tls(
                     certs, f"127.0.0.1:{server.port}", token_for(SITE.site_id), server_name="localhost"
                 ),
