@@ -31,8 +31,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
@@ -41,6 +40,7 @@ from collector import children
 from collector.broker import free_port
 from collector.errors import CollectorError
 from collector.exposition.http import MetricsServer
+from collector.lifecycle import Component
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def alertmanager_config(workdir: Path, source: Path = ALERTMANAGER_CONFIG) -> Pa
     return out
 
 
-class _Child:
+class _Child(Component):
     """A server child process on a loopback port, ready when `ready_path` answers 200."""
 
     name = "server"
@@ -200,15 +200,6 @@ class _Child:
             self._log.close()
             self._log = None
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
 
 class LocalPrometheus(_Child):
     name = "prometheus"
@@ -271,7 +262,7 @@ def _status(url: str) -> int:
         return int(exc.code)
 
 
-class LocalMonitoring:
+class LocalMonitoring(Component):
     """Prometheus (+ Alertmanager when its binary exists) over the given targets.
 
     `targets` maps component ("aggregate", "ingest", "agents") to host:port lists. With
@@ -372,15 +363,6 @@ class LocalMonitoring:
             await am.stop()
         if agents is not None:
             await agents.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
 
 def run_monitoring(

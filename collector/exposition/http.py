@@ -17,6 +17,7 @@ from aiohttp import web
 
 from collector.exposition.render import CONTENT_TYPE
 from collector.exposition.webconfig import WebConfig
+from collector.lifecycle import Component
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,9 @@ Renderer = Callable[[], Awaitable[bytes]]
 Health = Callable[[], str | None]  # None: healthy; else why not
 
 
-class MetricsServer:
+class MetricsServer(Component):
+    """/metrics and /healthz on host:port (`async with`, or start()/stop())."""
+
     def __init__(
         self,
         host: str,

@@ -26,8 +26,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -44,6 +43,7 @@ from collector.ingest.compression import CorruptCompression, encoding_of, inflat
 from collector.ingest.metrics import IngestMetrics
 from collector.ingest.producer import Delivery, KafkaWriter
 from collector.ingest.validate import Limits, TableInfo, validate
+from collector.lifecycle import Component
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class _StreamState:
     end_reason: str = "completed"  # label of collector_ingest_streams_ended_total
 
 
-class IngestServer:
+class IngestServer(Component):
     """The ingest service as a component: `async with IngestServer(settings) as s: ...`."""
 
     def __init__(
@@ -361,15 +361,6 @@ class IngestServer:
             self._http = None
         self._draining = False
         log.info("ingest stopped")
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # ---- the RPC -----------------------------------------------------------------------
 
