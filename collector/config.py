@@ -162,7 +162,11 @@ class IngestSettings(Section):
         description="Disable bearer-token checks (e.g. behind an mTLS-authenticating proxy). Default off.",
     )
     metrics_listen: ListenAddress = Field(
-        "127.0.0.1:9464", description="Where the service's own /metrics listens; empty disables it."
+        "127.0.0.1:9464",
+        description=(
+            "HOST:PORT of the service's own /metrics and /healthz (port 0 picks a free port); "
+            "empty disables it."
+        ),
     )
     metrics_web_config: MetricsWebConfig = None
 

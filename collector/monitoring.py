@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from collector import children
 from collector.broker import free_port
@@ -316,12 +316,7 @@ class LocalMonitoring(Component):
             return
         try:
             if self.agent_registry is not None:
-                reg = self.agent_registry
-
-                async def render() -> bytes:
-                    return generate_latest(reg)
-
-                self.agents_http = MetricsServer("127.0.0.1", 0, render)
+                self.agents_http = MetricsServer("127.0.0.1", 0, self.agent_registry)
                 await self.agents_http.start()
                 self.targets["agents"] = [f"127.0.0.1:{self.agents_http.bound_port}"]
             am_addr = None

@@ -324,8 +324,8 @@ class AgentSettings(_Section):
     metrics_listen: ListenAddress = Field(
         "127.0.0.1:9466",
         description="HOST:PORT of the agent's own "
-        "/metrics; empty disables it (9466: not the aggregator's "
-        "9465, so both run on one host).",
+        "/metrics and /healthz (an empty host, ':9466', is loopback); empty disables it "
+        "(9466: not the aggregator's 9465, so both run on one host).",
     )
     metrics_web_config: MetricsWebConfig = None
     shutdown_grace_s: float = Field(
