@@ -210,16 +210,7 @@ class EmbeddedBroker(Component):
 
     async def stop(self, grace_s: float = 5.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGCONT)  # a paused broker cannot handle SIGTERM
-                proc.terminate()
-            try:
-                await asyncio.to_thread(proc.wait, grace_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
-        children.untrack(proc)
+        await children.terminate(proc, grace_s)  # resumes a paused broker first
         if self._log_file not in (None, subprocess.DEVNULL):
             self._log_file.close()  # type: ignore[attr-defined]
         self._log_file = None

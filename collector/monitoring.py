@@ -21,9 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -120,9 +118,16 @@ class _Child(Component):
     ready_path = "/-/ready"
 
     def __init__(
-        self, binary: str, workdir: Path, *, host: str = "127.0.0.1", startup_timeout_s: float = 30.0
+        self,
+        binary: str,
+        config: Path,
+        workdir: Path,
+        *,
+        host: str = "127.0.0.1",
+        startup_timeout_s: float = 30.0,
     ) -> None:
         self.binary = binary
+        self.config = config
         self.workdir = workdir
         self.host = host
         self.port = 0
@@ -187,15 +192,7 @@ class _Child(Component):
 
     async def stop(self, grace_s: float = 5.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, grace_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
-        children.untrack(proc)
+        await children.terminate(proc, grace_s)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -203,10 +200,6 @@ class _Child(Component):
 
 class LocalPrometheus(_Child):
     name = "prometheus"
-
-    def __init__(self, binary: str, config: Path, workdir: Path, **kw: Any) -> None:
-        super().__init__(binary, workdir, **kw)
-        self.config = config
 
     def args(self) -> list[str]:
         return [
@@ -238,10 +231,6 @@ class LocalPrometheus(_Child):
 
 class LocalAlertmanager(_Child):
     name = "alertmanager"
-
-    def __init__(self, binary: str, config: Path, workdir: Path, **kw: Any) -> None:
-        super().__init__(binary, workdir, **kw)
-        self.config = config
 
     def args(self) -> list[str]:
         # --cluster.listen-address= turns the HA gossip off (it would bind 0.0.0.0:9094).
