@@ -19,8 +19,6 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -28,6 +26,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from collector import children
 from collector.config import Settings
 from collector.errors import BrokerLaunchError
+from collector.lifecycle import Component
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ def _port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(Component):
     """A Tansu broker child process on a loopback port.
 
     `async with EmbeddedBroker(...) as b:` starts it, waits until it answers Kafka metadata
@@ -211,25 +210,7 @@ class EmbeddedBroker:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGCONT)  # a paused broker cannot handle SIGTERM
-                proc.terminate()
-            try:
-                await asyncio.to_thread(proc.wait, grace_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
-        children.untrack(proc)
+        await children.terminate(proc, grace_s)  # resumes a paused broker first
         if self._log_file not in (None, subprocess.DEVNULL):
             self._log_file.close()  # type: ignore[attr-defined]
         self._log_file = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

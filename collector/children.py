@@ -7,6 +7,7 @@ the components' own graceful `stop()` will not run. Graceful stops unregister.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -28,6 +29,21 @@ def untrack(proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None) -> Non
         return
     with _lock:
         _children.pop(proc.pid, None)
+
+
+async def terminate(proc: subprocess.Popen[bytes] | None, grace_s: float) -> None:
+    """Stop a child started by this process, by pid: SIGCONT (a paused child cannot handle
+    SIGTERM), SIGTERM, up to `grace_s` to exit, then SIGKILL; reaped and untracked."""
+    if proc is not None and proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+    untrack(proc)
 
 
 def tracked() -> dict[int, str]:

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from collector.agent.config import AgentSettings
 from collector.aggregate.config import AggregateSettings
 from collector.errors import ConfigError
+from collector.settings_fields import ListenAddress, MetricsWebConfig
 from collector.simulate.config import SimulateSettings
 
 ENV_PREFIX = "COLLECTOR_"
@@ -136,7 +137,7 @@ class BrokerSettings(Section):
 
 
 class IngestSettings(Section):
-    listen: str = Field(
+    listen: ListenAddress = Field(
         "127.0.0.1:4317",
         description=(
             "gRPC listen address HOST:PORT (port 0 picks a free one). Use 0.0.0.0 or [::] to serve agents."
@@ -160,18 +161,14 @@ class IngestSettings(Section):
         False,
         description="Disable bearer-token checks (e.g. behind an mTLS-authenticating proxy). Default off.",
     )
-    metrics_listen: str = Field(
-        "127.0.0.1:9464", description="Where the service's own /metrics listens; empty disables it."
-    )
-    metrics_web_config: Path | None = Field(
-        None,
+    metrics_listen: ListenAddress = Field(
+        "127.0.0.1:9464",
         description=(
-            "YAML file in the Prometheus exporter-toolkit web config format (tls_server_config: "
-            "cert_file, key_file, optional client_ca_file; basic_auth_users: user -> bcrypt hash) "
-            "to serve /metrics over HTTPS and/or with basic auth; unset: plain HTTP, no auth. "
-            "See docs/deploy.md."
+            "HOST:PORT of the service's own /metrics and /healthz (port 0 picks a free port); "
+            "empty disables it."
         ),
     )
+    metrics_web_config: MetricsWebConfig = None
 
     # --- validation limits ---------------------------------------------------------------
     max_message_bytes: int = Field(
@@ -292,13 +289,6 @@ class IngestSettings(Section):
         ge=0,
         description="On shutdown: stop accepting, then wait this long for in-flight batches to be acked.",
     )
-
-    @field_validator("listen", "metrics_listen")
-    @classmethod
-    def _host_port(cls, v: str) -> str:
-        if v and (":" not in v or not v.rsplit(":", 1)[1].isdigit()):
-            raise ValueError(f"expected HOST:PORT, got {v!r}")
-        return v
 
 
 class Settings(BaseSettings):

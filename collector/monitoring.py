@@ -21,9 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -31,16 +29,16 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import yaml
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from collector import children
 from collector.broker import free_port
 from collector.errors import CollectorError
 from collector.exposition.http import MetricsServer
+from collector.lifecycle import Component
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +111,23 @@ def alertmanager_config(workdir: Path, source: Path = ALERTMANAGER_CONFIG) -> Pa
     return out
 
 
-class _Child:
+class _Child(Component):
     """A server child process on a loopback port, ready when `ready_path` answers 200."""
 
     name = "server"
     ready_path = "/-/ready"
 
     def __init__(
-        self, binary: str, workdir: Path, *, host: str = "127.0.0.1", startup_timeout_s: float = 30.0
+        self,
+        binary: str,
+        config: Path,
+        workdir: Path,
+        *,
+        host: str = "127.0.0.1",
+        startup_timeout_s: float = 30.0,
     ) -> None:
         self.binary = binary
+        self.config = config
         self.workdir = workdir
         self.host = host
         self.port = 0
@@ -187,35 +192,14 @@ class _Child:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, grace_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
-        children.untrack(proc)
+        await children.terminate(proc, grace_s)
         if self._log is not None:
             self._log.close()
             self._log = None
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
 
 class LocalPrometheus(_Child):
     name = "prometheus"
-
-    def __init__(self, binary: str, config: Path, workdir: Path, **kw: Any) -> None:
-        super().__init__(binary, workdir, **kw)
-        self.config = config
 
     def args(self) -> list[str]:
         return [
@@ -248,10 +232,6 @@ class LocalPrometheus(_Child):
 class LocalAlertmanager(_Child):
     name = "alertmanager"
 
-    def __init__(self, binary: str, config: Path, workdir: Path, **kw: Any) -> None:
-        super().__init__(binary, workdir, **kw)
-        self.config = config
-
     def args(self) -> list[str]:
         # --cluster.listen-address= turns the HA gossip off (it would bind 0.0.0.0:9094).
         return [
@@ -271,7 +251,7 @@ def _status(url: str) -> int:
         return int(exc.code)
 
 
-class LocalMonitoring:
+class LocalMonitoring(Component):
     """Prometheus (+ Alertmanager when its binary exists) over the given targets.
 
     `targets` maps component ("aggregate", "ingest", "agents") to host:port lists. With
@@ -325,12 +305,7 @@ class LocalMonitoring:
             return
         try:
             if self.agent_registry is not None:
-                reg = self.agent_registry
-
-                async def render() -> bytes:
-                    return generate_latest(reg)
-
-                self.agents_http = MetricsServer("127.0.0.1", 0, render)
+                self.agents_http = MetricsServer("127.0.0.1", 0, self.agent_registry)
                 await self.agents_http.start()
                 self.targets["agents"] = [f"127.0.0.1:{self.agents_http.bound_port}"]
             am_addr = None
@@ -372,15 +347,6 @@ class LocalMonitoring:
             await am.stop()
         if agents is not None:
             await agents.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
 
 def run_monitoring(

@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from collector.settings_fields import ListenAddress, MetricsWebConfig
 
 
 class _Section(BaseModel):
@@ -319,21 +321,13 @@ class AgentSettings(_Section):
     )
     spool: SpoolSettings = Field(SpoolSettings(), description="The durable on-disk spool.")
     sources: SourcesSettings = Field(SourcesSettings(), description="What is collected.")
-    metrics_listen: str = Field(
+    metrics_listen: ListenAddress = Field(
         "127.0.0.1:9466",
         description="HOST:PORT of the agent's own "
-        "/metrics; empty disables it (9466: not the aggregator's "
-        "9465, so both run on one host).",
+        "/metrics and /healthz (an empty host, ':9466', is loopback); empty disables it "
+        "(9466: not the aggregator's 9465, so both run on one host).",
     )
-    metrics_web_config: Path | None = Field(
-        None,
-        description=(
-            "YAML file in the Prometheus exporter-toolkit web config format (tls_server_config: "
-            "cert_file, key_file, optional client_ca_file; basic_auth_users: user -> bcrypt hash) "
-            "to serve /metrics over HTTPS and/or with basic auth; unset: plain HTTP, no auth. "
-            "See docs/deploy.md."
-        ),
-    )
+    metrics_web_config: MetricsWebConfig = None
     shutdown_grace_s: float = Field(
         5.0,
         ge=0,
@@ -341,13 +335,6 @@ class AgentSettings(_Section):
         "sending so in-flight batches get acked. Unsent batches stay "
         "in the spool either way.",
     )
-
-    @field_validator("metrics_listen")
-    @classmethod
-    def _host_port(cls, v: str) -> str:
-        if v and (":" not in v or not v.rsplit(":", 1)[1].isdigit()):
-            raise ValueError(f"expected HOST:PORT, got {v!r}")
-        return v
 
     @model_validator(mode="after")
     def _client_pair(self) -> AgentSettings:

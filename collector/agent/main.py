@@ -24,7 +24,7 @@ from collector.agent.pipeline import AgentPipeline
 from collector.agent.sources import Source, collect_once, run_source
 from collector.catalog import COUNTRIES
 from collector.errors import ConfigError
-from collector.exposition import webconfig
+from collector.exposition.http import MetricsServer, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,6 @@ def site_of(a: AgentSettings) -> SiteInfo:
     return SiteInfo(s.site_id, s.country, s.region, s.timezone)
 
 
-def _listen(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 async def main(settings: Any, args: argparse.Namespace, stop: asyncio.Event) -> int:
     a: AgentSettings = settings.agent
     site = site_of(a)
@@ -85,18 +80,13 @@ async def main(settings: Any, args: argparse.Namespace, stop: asyncio.Event) -> 
     coll = collector_for(registry)
     for s in sources:
         coll.add_source(agent_id, s.name, s.stats)
-    http: Any = None
-    metrics_port = 0
+    http: MetricsServer | None = None
     if a.metrics_listen:
-        host, port = _listen(a.metrics_listen)
-        try:
-            web = webconfig.load(a.metrics_web_config, "agent.metrics_web_config")
-            http, _thread = webconfig.serve_wsgi(host, port, registry, web)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {a.metrics_listen}: {exc.strerror}", key="agent.metrics_listen"
-            ) from exc
-        metrics_port = http.server_port
+        listen = a.metrics_listen
+        if listen.startswith(":"):
+            listen = "127.0.0.1" + listen  # an agent without a host serves loopback only
+        http = await serve_metrics("agent", listen, a.metrics_web_config, registry)
+    metrics_port = http.bound_port if http is not None else 0
     try:
         async with pipeline:
             print(
@@ -122,6 +112,5 @@ async def main(settings: Any, args: argparse.Namespace, stop: asyncio.Event) -> 
         for s in sources:
             await s.close()
         if http is not None:
-            http.shutdown()
-            http.server_close()
+            await http.stop()
     return 0

@@ -1,21 +1,26 @@
 """The agent's self-metrics: one prometheus_client Collector per registry.
 
 Every AgentPipeline (one per agent identity; the simulator runs many in one process) adds
-itself; at scrape time `collect()` reads each pipeline's stats, so nothing is updated per
-batch. Sources add their own collection timings through `SourceStats`.
+itself; at scrape time `collect()` reads each pipeline's `AgentStats`, so nothing is updated
+per batch. Sources add their own collection timings through `SourceStats`.
+
+`collect()` runs on the event loop the pipelines run on: the metrics endpoint
+(collector/exposition/http.py) serves the registry there, so the spool's and the sender's
+state is read where it changes, never from another thread.
+
+This module knows pipelines only by the `StatsSource` protocol (agent_id, site, stats):
+agent/pipeline.py imports it, not the other way round.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime as dt
-import threading
 import time
 import weakref
 import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -23,9 +28,45 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from collector.agent.batch import SiteInfo
-    from collector.agent.pipeline import AgentPipeline
 
 PREFIX = "collector_agent_"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStats:
+    """A snapshot of one pipeline's counters (monotonic since start) and gauges."""
+
+    sent: int  # batch writes on a stream; a resend counts again
+    acked: int
+    rejected: int
+    dropped: dict[str, int] = field(default_factory=dict)  # by reason
+    spool_bytes: int = 0
+    spool_batches: int = 0
+    oldest_unacked_age_s: float = 0.0
+    in_flight: int = 0
+    connected: bool = False
+    retriable_acks: int = 0
+    stream_failures: int = 0
+    last_seq: int = 0
+    spool_writable: bool = True
+    rejects_pending: int = 0
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+
+class StatsSource(Protocol):
+    """What the collector reads of a pipeline (collector/agent/pipeline.py's AgentPipeline)."""
+
+    @property
+    def agent_id(self) -> str: ...
+
+    @property
+    def site(self) -> SiteInfo: ...
+
+    @property
+    def stats(self) -> AgentStats: ...
 
 
 @dataclass(slots=True)
@@ -57,30 +98,27 @@ class SourceStats:
 
 
 class AgentCollector(Collector):
+    """Pipelines and sources of one registry; read at scrape time, on their event loop."""
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pipelines: dict[int, AgentPipeline] = {}
+        self._pipelines: dict[int, StatsSource] = {}
         self._sources: dict[tuple[str, str], SourceStats] = {}
 
-    def add(self, p: AgentPipeline) -> None:
-        with self._lock:
-            self._pipelines[id(p)] = p
+    def add(self, p: StatsSource) -> None:
+        self._pipelines[id(p)] = p
 
-    def remove(self, p: AgentPipeline) -> None:
-        with self._lock:
-            self._pipelines.pop(id(p), None)
+    def remove(self, p: StatsSource) -> None:
+        self._pipelines.pop(id(p), None)
 
     def add_source(self, agent_id: str, source: str, stats: SourceStats) -> None:
-        with self._lock:
-            self._sources[(agent_id, source)] = stats
+        self._sources[(agent_id, source)] = stats
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            pipelines = list(self._pipelines.values())
-            sources = list(self._sources.items())
+        pipelines = list(self._pipelines.values())
+        sources = list(self._sources.items())
         a = ["agent_id"]
         spool_bytes = GaugeMetricFamily(PREFIX + "spool_bytes", "Bytes of spool segment files.", labels=a)
         spool_batches = GaugeMetricFamily(
@@ -128,7 +166,7 @@ class AgentCollector(Collector):
             labels=a,
         )
         for p in pipelines:
-            st = _stats(p)
+            st = p.stats
             lv = [p.agent_id]
             spool_bytes.add_metric(lv, st.spool_bytes)
             spool_batches.add_metric(lv, st.spool_batches)
@@ -261,44 +299,13 @@ def _utc_offset_s(timezone: str, now: float) -> float | None:
     return delta.total_seconds() if delta is not None else None
 
 
-def _stats(p: AgentPipeline) -> Any:
-    """A pipeline's stats, read on its own event loop when called from another thread (the
-    scrape thread): the spool's dicts are only consistent there. A loop that does not answer
-    within 5 s (blocked) is read directly, retrying a dict resized mid-copy; a pipeline that
-    still cannot be read fails the scrape loudly rather than vanishing from it."""
-    loop, owner = p.loop_and_thread
-    if loop is not None and owner != threading.get_ident() and loop.is_running():
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def read() -> None:
-            try:
-                fut.set_result(p.stats)
-            except BaseException as exc:  # handed to the scrape thread, raised there
-                fut.set_exception(exc)
-
-        try:
-            loop.call_soon_threadsafe(read)
-            return fut.result(timeout=5.0)
-        except (concurrent.futures.TimeoutError, RuntimeError):
-            pass  # loop blocked or closing: read directly below
-    err: RuntimeError | None = None
-    for _ in range(5):
-        try:
-            return p.stats
-        except RuntimeError as exc:
-            err = exc
-    raise RuntimeError(f"agent {p.agent_id}: stats unreadable: {err}")
-
-
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, AgentCollector] = weakref.WeakKeyDictionary()
-_collectors_lock = threading.Lock()
 
 
 def collector_for(registry: CollectorRegistry) -> AgentCollector:
     """The one AgentCollector registered in `registry` (created on first use)."""
-    with _collectors_lock:
-        c = _collectors.get(registry)
-        if c is None:
-            c = _collectors[registry] = AgentCollector()
-            registry.register(c)
-        return c
+    c = _collectors.get(registry)
+    if c is None:
+        c = _collectors[registry] = AgentCollector()
+        registry.register(c)
+    return c

@@ -20,9 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -31,35 +29,11 @@ from prometheus_client import CollectorRegistry
 
 from collector.agent.batch import BatchBuilder, SiteInfo
 from collector.agent.config import AgentSettings
-from collector.agent.metrics import collector_for
+from collector.agent.metrics import AgentStats, collector_for
 from collector.agent.sender import Sender
 from collector.agent.spool import DROP_IO_ERROR, DROP_TOO_LARGE, Spool, SpoolError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class AgentStats:
-    """A snapshot of one pipeline's counters (monotonic since start) and gauges."""
-
-    sent: int  # batch writes on a stream; a resend counts again
-    acked: int
-    rejected: int
-    dropped: dict[str, int] = field(default_factory=dict)  # by reason
-    spool_bytes: int = 0
-    spool_batches: int = 0
-    oldest_unacked_age_s: float = 0.0
-    in_flight: int = 0
-    connected: bool = False
-    retriable_acks: int = 0
-    stream_failures: int = 0
-    last_seq: int = 0
-    spool_writable: bool = True
-    rejects_pending: int = 0
-
-    @property
-    def dropped_total(self) -> int:
-        return sum(self.dropped.values())
 
 
 class AgentPipeline:
@@ -87,15 +61,12 @@ class AgentPipeline:
         self._registry = registry
         self._housekeeping: asyncio.Task[None] | None = None
         self._started = False
-        # the event loop (and its thread) the pipeline runs on: metrics read stats there
-        self.loop_and_thread: tuple[asyncio.AbstractEventLoop | None, int] = (None, 0)
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         if self._started:
             return
         self.spool.open()
-        self.loop_and_thread = (asyncio.get_running_loop(), threading.get_ident())
         await self.sender.start()
         self._housekeeping = asyncio.create_task(
             self._housekeep(), name=f"agent-housekeeping-{self.agent_id}"

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from collector.settings_fields import ListenAddress, MetricsWebConfig
+
 
 class AggregateSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -147,7 +149,7 @@ class AggregateSettings(BaseModel):
         ge=16 * 1024,
         description="Checkpoints larger than this are split into several state-topic records.",
     )
-    metrics_listen: str = Field(
+    metrics_listen: ListenAddress = Field(
         "127.0.0.1:9465",
         description=(
             "HOST:PORT of the /metrics and /healthz endpoint (port 0 picks a free port); empty "
@@ -155,16 +157,7 @@ class AggregateSettings(BaseModel):
             "aggregate /metrics 9465, agent /metrics 9466."
         ),
     )
-    metrics_web_config: Path | None = Field(
-        None,
-        description=(
-            "YAML file in the Prometheus exporter-toolkit web config format (tls_server_config: "
-            "cert_file, key_file, optional client_ca_file; basic_auth_users: user -> bcrypt hash) "
-            "to serve /metrics over HTTPS and/or with basic auth (/healthz is served over the same "
-            "TLS but without auth: liveness probes carry no password); unset: plain HTTP, no auth. "
-            "See docs/deploy.md."
-        ),
-    )
+    metrics_web_config: MetricsWebConfig = None
     window_log: Path | None = Field(
         None,
         description=(
@@ -235,13 +228,6 @@ class AggregateSettings(BaseModel):
             if b % a:
                 raise ValueError(f"window {b} s is not a multiple of the next shorter one ({a} s)")
         return w
-
-    @field_validator("metrics_listen")
-    @classmethod
-    def _host_port(cls, v: str) -> str:
-        if v and (":" not in v or not v.rsplit(":", 1)[1].isdigit()):
-            raise ValueError(f"expected HOST:PORT, got {v!r}")
-        return v
 
     @model_validator(mode="after")
     def _heartbeat(self) -> AggregateSettings:

@@ -1,9 +1,24 @@
-"""The aggregator's HTTP endpoint: GET /metrics, and /healthz for probes (aiohttp).
+"""Every role's HTTP endpoint: GET /metrics, and /healthz for probes (aiohttp, on the event loop).
 
-`render()` (a coroutine returning the whole exposition body) answers each scrape; the
-aggregator runs the Polars rendering in a worker thread so a large scrape does not stall
-the consumer loop. `/healthz` is 200 while `healthy()` is true, else 503 with the reason,
-so a Kubernetes liveness probe restarts a member whose consume loop died.
+    agent / ingest / aggregate  --MetricsServer(host:port, web config)-->  Prometheus, probes
+
+One server for all three roles, on the role's own event loop, so whatever /metrics reads
+(pipeline stats, in-flight counts, the aggregated state) is read on the loop that changes it,
+never from another thread. What /metrics serves is one of:
+
+- a prometheus-client `CollectorRegistry` (agent, ingest): collected at each scrape on the
+  loop by prometheus-client's own aiohttp handler, which negotiates the format with the
+  scraper (OpenMetrics for Prometheus, text 0.0.4 otherwise), compresses when the scraper
+  accepts gzip and honours `?name[]=` filters, as prometheus-client's own servers do;
+- a `render()` coroutine returning the whole body in the text format (aggregate: it reads its
+  state on the loop and runs the Polars rendering in a worker thread, so a large scrape does
+  not stall the consumer loop).
+
+`/healthz` (and `/`) is 200 while `health()` returns None, else 503 with the reason, so a
+Kubernetes liveness probe restarts a member whose work loop died. `web_config`
+(collector/exposition/webconfig.py) adds TLS and basic auth to every path but /healthz
+(liveness carries no secret and probes carry no password). Anything else is 404, other
+methods 405.
 """
 
 from __future__ import annotations
@@ -11,32 +26,44 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
 
-from collector.exposition.render import CONTENT_TYPE
+from collector.address import parse_host_port
+from collector.errors import ConfigError
+from collector.exposition import webconfig
 from collector.exposition.webconfig import WebConfig
+from collector.lifecycle import Component
 
 log = logging.getLogger(__name__)
 
-Renderer = Callable[[], Awaitable[bytes]]
+Renderer = Callable[[], Awaitable[bytes]]  # a whole body in the text format 0.0.4:
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Health = Callable[[], str | None]  # None: healthy; else why not
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class MetricsServer:
+class MetricsServer(Component):
+    """/metrics and /healthz on host:port (`async with`, or start()/stop())."""
+
     def __init__(
         self,
         host: str,
         port: int,
-        render: Renderer,
+        metrics: Renderer | CollectorRegistry,
         health: Health | None = None,
         web_config: WebConfig | None = None,
     ) -> None:
         self.host = host
         self.web = web_config  # TLS and basic auth (collector/exposition/webconfig.py), or None
         self.port = port
-        self._render = render
+        self._metrics: Handler = (
+            make_aiohttp_handler(metrics) if isinstance(metrics, CollectorRegistry) else _rendered(metrics)
+        )
         self._health = health or (lambda: None)
         self._runner: web.AppRunner | None = None
 
@@ -58,7 +85,7 @@ class MetricsServer:
         try:
             await web.TCPSite(
                 runner,
-                self.host,
+                self.host,  # "" or "0.0.0.0": every interface
                 self.port,
                 ssl_context=self.web.ssl_context() if self.web is not None else None,
             ).start()
@@ -88,12 +115,38 @@ class MetricsServer:
         if runner is not None:
             await runner.cleanup()
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body = await self._render()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
-
     async def _healthz(self, request: web.Request) -> web.Response:
         problem = self._health()
         if problem is None:
             return web.Response(text="ok\n")
         return web.Response(status=503, text=f"{problem}\n")
+
+
+def _rendered(render: Renderer) -> Handler:
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        body = await render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    return metrics
+
+
+async def serve_metrics(
+    section: str,
+    listen: str,
+    web_config: Path | None,
+    metrics: Renderer | CollectorRegistry,
+    health: Health | None = None,
+) -> MetricsServer:
+    """A started MetricsServer for a role's `<section>.metrics_listen` and
+    `<section>.metrics_web_config`; a bad web config file or a port that cannot be bound is a
+    ConfigError naming the key."""
+    host, port = parse_host_port(listen, listen=True)
+    web_cfg = webconfig.load(web_config, f"{section}.metrics_web_config")
+    server = MetricsServer(host, port, metrics, health, web_cfg)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve /metrics on {listen}: {exc.strerror or exc}", key=f"{section}.metrics_listen"
+        ) from exc
+    return server

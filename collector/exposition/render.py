@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 import polars as pl
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
 
 @dataclass(frozen=True, slots=True)
 class FamilyText:

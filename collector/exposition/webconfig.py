@@ -17,33 +17,25 @@ password is checked with bcrypt, a check that succeeded is remembered by its SHA
 scrape every few seconds does not pay bcrypt each time). Passwords and hashes never reach a
 log line.
 
-`serve_wsgi` serves a prometheus-client registry (the agent's and the ingest's /metrics)
-the way `prometheus_client.start_http_server` does, plus these; the aggregator's aiohttp
-endpoint uses `ssl_context()` and `check()` (collector/exposition/http.py).
+Every role's endpoint (collector/exposition/http.py) uses `ssl_context()` and `check()`.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import socket
 import ssl
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from socketserver import ThreadingMixIn
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import bcrypt
 import yaml
-from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from collector.errors import ConfigError
 
 _KEYS = {"tls_server_config", "basic_auth_users", "http_server_config"}
 _TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version"}
-_REALM = 'Basic realm="metrics", charset="UTF-8"'
 
 
 @dataclass
@@ -153,63 +145,3 @@ class WebConfig:
 
 def load(path: Path | None, key: str) -> WebConfig | None:
     return None if path is None else WebConfig.load(Path(path), key)
-
-
-# --- prometheus-client registries over WSGI (agent, ingest) --------------------------------
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    web: WebConfig | None = None
-
-    def get_request(self) -> tuple[Any, Any]:
-        sock, addr = super().get_request()
-        ctx = self.web.ssl_context() if self.web is not None and self.web.tls else None
-        if ctx is not None:
-            # the handshake runs in the request's own thread (first read), not in the accept loop
-            sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, addr
-
-
-class _Handler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # no access log (prometheus-client's handler is silent too)
-
-    def handle(self) -> None:
-        try:
-            if isinstance(self.connection, ssl.SSLSocket):
-                self.connection.settimeout(10.0)
-                self.connection.do_handshake()
-            super().handle()
-        except (ssl.SSLError, OSError):
-            pass  # plaintext to the TLS port, a bad or missing client certificate, a reset
-
-
-def _guard(app: Any, web: WebConfig | None) -> Any:
-    if web is None or not web.users:
-        return app
-
-    def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
-        if not web.check(environ.get("HTTP_AUTHORIZATION")):
-            start_response("401 Unauthorized", [("WWW-Authenticate", _REALM), ("Content-Type", "text/plain")])
-            return [b"401 Unauthorized\n"]
-        return app(environ, start_response)
-
-    return wrapped
-
-
-def serve_wsgi(
-    host: str, port: int, registry: CollectorRegistry, web: WebConfig | None
-) -> tuple[WSGIServer, threading.Thread]:
-    """/metrics of `registry` on host:port in a daemon thread (prometheus-client's app),
-    with TLS and basic auth when `web` says so. Raises OSError when the port is taken."""
-    attrs: dict[str, Any] = {"web": web}
-    if ":" in host:
-        attrs["address_family"] = socket.AF_INET6
-    server_cls: type[_Server] = type("_MetricsServer", (_Server,), attrs)
-    httpd: WSGIServer = make_server(
-        host, port, _guard(make_wsgi_app(registry), web), server_cls, handler_class=_Handler
-    )
-    t = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
-    t.start()
-    return httpd, t

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -57,11 +58,14 @@ def parse_tokens(path: Path) -> dict[bytes, str]:
 class TokenStore:
     """token -> site_id, hot-reloaded from a file."""
 
-    def __init__(self, path: Path, check_interval_s: float = 1.0) -> None:
+    def __init__(
+        self, path: Path, check_interval_s: float = 1.0, on_reload: Callable[[str], None] | None = None
+    ) -> None:
         self.path = path
         self.check_interval_s = check_interval_s
         self.reloads_ok = 0
         self.reloads_failed = 0
+        self._on_reload = on_reload or (lambda result: None)  # "ok" or "failed", once per reload
         self._stamp: tuple[int, int, int] | None = None
         self._next_check = 0.0
         self._tokens = parse_tokens(path)  # start-up: a bad file is a fatal config error
@@ -86,10 +90,12 @@ class TokenStore:
             tokens = parse_tokens(self.path)
         except ConfigError as exc:
             self.reloads_failed += 1
+            self._on_reload("failed")
             log.error("tokens file not reloaded, keeping %d previous tokens: %s", len(self._tokens), exc)
         else:
             self._tokens = tokens
             self.reloads_ok += 1
+            self._on_reload("ok")
             log.info("tokens file reloaded: %d tokens", len(tokens))
         self._stamp = stamp
 

@@ -26,8 +26,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -38,12 +37,13 @@ from prometheus_client import CollectorRegistry
 from collector import wire
 from collector.config import IngestSettings, Settings
 from collector.errors import BrokerError, ConfigError, ProtocolError, ValidationError
-from collector.exposition import webconfig
+from collector.exposition.http import MetricsServer, serve_metrics
 from collector.ingest.auth import TokenStore
 from collector.ingest.compression import CorruptCompression, encoding_of, inflate
 from collector.ingest.metrics import IngestMetrics
 from collector.ingest.producer import Delivery, KafkaWriter
 from collector.ingest.validate import Limits, TableInfo, validate
+from collector.lifecycle import Component
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class _StreamState:
     end_reason: str = "completed"  # label of collector_ingest_streams_ended_total
 
 
-class IngestServer:
+class IngestServer(Component):
     """The ingest service as a component: `async with IngestServer(settings) as s: ...`."""
 
     def __init__(
@@ -184,7 +184,7 @@ class IngestServer:
         self._writer: KafkaWriter | None = None
         self._health = health.aio.HealthServicer()
         self._health_task: asyncio.Task[None] | None = None
-        self._http: tuple[object, object] | None = None
+        self._http: MetricsServer | None = None
         self._streams: set[_StreamState] = set()
         self._site_streams: dict[str, int] = {}
         self._site_inflight: dict[str, asyncio.Semaphore] = {}
@@ -229,7 +229,8 @@ class IngestServer:
                     "ingest.tokens_file is required (or allow_unauthenticated: true)",
                     key="ingest.tokens_file",
                 )
-            self.tokens = TokenStore(Path(self.cfg.tokens_file))
+            reloads = self.metrics.token_reloads
+            self.tokens = TokenStore(Path(self.cfg.tokens_file), on_reload=lambda r: reloads.labels(r).inc())
         creds = self._credentials()
         self._writer = KafkaWriter(
             self.settings.kafka,
@@ -273,17 +274,10 @@ class IngestServer:
             await self._set_health(True)
             self._health_task = asyncio.create_task(self._health_loop(), name="ingest-health")
             if self.cfg.metrics_listen:
-                host, port = self.cfg.metrics_listen.rsplit(":", 1)
-                try:
-                    web = webconfig.load(self.cfg.metrics_web_config, "ingest.metrics_web_config")
-                    httpd, thread = webconfig.serve_wsgi(host, int(port), self.registry, web)
-                except OSError as exc:
-                    raise ConfigError(
-                        f"cannot serve /metrics on {self.cfg.metrics_listen}: {exc.strerror}",
-                        key="ingest.metrics_listen",
-                    ) from exc
-                self._http = (httpd, thread)
-                self.metrics_port = httpd.server_port
+                self._http = await serve_metrics(
+                    "ingest", self.cfg.metrics_listen, self.cfg.metrics_web_config, self.registry
+                )
+                self.metrics_port = self._http.bound_port
         except BaseException:
             if self._server is not None:
                 await self._server.stop(grace=None)
@@ -314,15 +308,6 @@ class IngestServer:
             if up != last:
                 await self._set_health(up)
                 last = up
-            if self.tokens is not None:
-                self._sync_token_metrics()
-
-    def _sync_token_metrics(self) -> None:
-        assert self.tokens is not None
-        for result, n in (("ok", self.tokens.reloads_ok), ("failed", self.tokens.reloads_failed)):
-            c = self.metrics.token_reloads.labels(result)
-            if n > c._value.get():
-                c.inc(n - c._value.get())
 
     async def stop(self) -> None:
         """Stop accepting, answer what is in flight within the grace period, then close."""
@@ -355,21 +340,10 @@ class IngestServer:
             # the whole shutdown stays within the grace period (plus a short close)
             await self._writer.stop(max(0.5, deadline - time.monotonic()))
         if self._http is not None:
-            httpd = self._http[0]
-            httpd.shutdown()  # type: ignore[attr-defined]
-            httpd.server_close()  # type: ignore[attr-defined]
+            await self._http.stop()
             self._http = None
         self._draining = False
         log.info("ingest stopped")
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # ---- the RPC -----------------------------------------------------------------------
 

@@ -1,14 +1,18 @@
-"""The aggregator's HTTP endpoint over loopback: /metrics with the exposition content type
-(GET and HEAD), /healthz following the health callback, 404/405 for anything else."""
+"""Every role's HTTP endpoint over loopback: /metrics with the exposition content type
+(GET and HEAD) from a render coroutine (aggregator) or a registry (agent, ingest), /healthz
+following the health callback, 404/405 for anything else."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from collector.exposition.http import MetricsServer
-from collector.exposition.render import CONTENT_TYPE
+from collector.errors import ConfigError
+from collector.exposition.http import CONTENT_TYPE, MetricsServer, serve_metrics
 from tests.aggregate_support import http_request
 
 
@@ -60,3 +64,65 @@ async def test_busy_port_is_an_error_and_releases_nothing_half_open() -> None:
         assert second.bound_port == 0
     finally:
         await first.stop()
+
+
+def _registry() -> CollectorRegistry:
+    reg = CollectorRegistry()
+    Counter("things", "Things seen.", ["kind"], registry=reg).labels("a").inc(3)
+    Gauge("level", "A level.", registry=reg).set(7)
+    return reg
+
+
+async def test_a_registry_is_served_as_prometheus_client_serves_it() -> None:
+    """Agent and ingest: the format the scraper asks for, gzip when it accepts it, name[]
+    filters, /healthz beside /metrics; 404 elsewhere (the old threaded server answered
+    /metrics on any path)."""
+    async with MetricsServer("127.0.0.1", 0, _registry()) as server:
+        port = server.bound_port
+        status, headers, body = await http_request(port, "GET /metrics HTTP/1.1")
+        assert status == 200
+        assert headers["content-type"].startswith("text/plain; version=0.0.4")
+        assert b'things_total{kind="a"} 3.0' in body
+        assert b"level 7.0" in body
+        # Prometheus asks for OpenMetrics first
+        status, headers, body = await http_request(
+            port,
+            "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,"
+            "text/plain;version=0.0.4;q=0.5",
+        )
+        assert status == 200
+        assert headers["content-type"].startswith("application/openmetrics-text")
+        assert body.endswith(b"# EOF\n")
+        assert b'things_total{kind="a"} 3.0' in body
+        status, headers, body = await http_request(port, "GET /metrics HTTP/1.1\r\nAccept-Encoding: gzip")
+        assert status == 200
+        assert headers["content-encoding"] == "gzip"
+        assert b"level 7.0" in gzip.decompress(body)
+        status, _, body = await http_request(port, "GET /metrics?name[]=level HTTP/1.1")
+        assert b"level 7.0" in body
+        assert b"things_total" not in body
+        assert (await http_request(port, "HEAD /metrics HTTP/1.1"))[0] == 200
+        assert (await http_request(port, "GET /healthz HTTP/1.1"))[:3:2] == (200, b"ok\n")
+        assert (await http_request(port, "GET /other HTTP/1.1"))[0] == 404
+        assert (await http_request(port, "POST /metrics HTTP/1.1"))[0] == 405
+
+
+async def test_serve_metrics_names_the_key_of_a_port_it_cannot_bind(tmp_path: Path) -> None:
+    async with MetricsServer("127.0.0.1", 0, _registry()) as first:
+        taken = f"127.0.0.1:{first.bound_port}"
+        with pytest.raises(ConfigError, match="cannot serve /metrics on") as err:
+            await serve_metrics("ingest", taken, None, _registry())
+        assert err.value.key == "ingest.metrics_listen"
+    bad = tmp_path / "web.yml"
+    bad.write_text("tls_config: {}\n")
+    with pytest.raises(ConfigError, match="unknown keys") as err:
+        await serve_metrics("agent", "127.0.0.1:0", bad, _registry())
+    assert err.value.key == "agent.metrics_web_config"
+    assert str(bad) in str(err.value)
+    # an IPv6 listen address is written in brackets and served without them
+    server = await serve_metrics("aggregate", "[::1]:0", None, _registry())
+    try:
+        assert server.host == "::1"
+        assert server.bound_port > 0
+    finally:
+        await server.stop()

@@ -1,6 +1,7 @@
 """/metrics over HTTPS with basic auth (`*.metrics_web_config`, the exporter-toolkit web
-config format): both servers the services use - the WSGI one of the agent and the ingest,
-the aiohttp one of the aggregator - over real TLS on loopback with the dev CA."""
+config format): the one endpoint every role uses, in both its modes - a prometheus-client
+registry (agent, ingest) and a render coroutine (aggregator) - over real TLS on loopback with
+the dev CA."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter
 from collector.devcerts import DevCerts, make_dev_certs
 from collector.errors import ConfigError
 from collector.exposition.http import MetricsServer
-from collector.exposition.webconfig import WebConfig, serve_wsgi
+from collector.exposition.webconfig import WebConfig
 
 PASSWORD = "s3cret-scrape-password"
 
@@ -82,20 +83,16 @@ def web_certs(tmp_path: Path) -> DevCerts:
 
 @contextlib.asynccontextmanager
 async def both_servers(web: WebConfig) -> AsyncIterator[list[int]]:
-    """Ports of a WSGI and an aiohttp /metrics server with `web`."""
-    httpd, _ = serve_wsgi("127.0.0.1", 0, _registry(), web)
+    """Ports of a registry /metrics server (agent, ingest) and a rendered one (aggregator)."""
 
     async def render() -> bytes:
         return b"web_test_things_total 3.0\n"
 
-    srv = MetricsServer("127.0.0.1", 0, render, web_config=web)
-    try:
-        await srv.start()
-        yield [httpd.server_port, srv.bound_port]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        await srv.stop()
+    async with (
+        MetricsServer("127.0.0.1", 0, _registry(), web_config=web) as registry_srv,
+        MetricsServer("127.0.0.1", 0, render, web_config=web) as rendered_srv,
+    ):
+        yield [registry_srv.bound_port, rendered_srv.bound_port]
 
 
 async def test_https_and_basic_auth_on_both_servers(tmp_path: Path, web_certs: DevCerts) -> None:
@@ -156,13 +153,14 @@ async def test_healthz_stays_open_and_the_health_probe_speaks_https(
     from collector.health_cmd import probe_http
 
     web = WebConfig.load(web_config(tmp_path, web_certs), "aggregate.metrics_web_config")
-    async with both_servers(web) as (wsgi_port, aio_port):
+    async with both_servers(web) as (registry_port, rendered_port):
         # liveness carries no secret and probes carry no password: /healthz needs none
-        status, _ = await aget(f"https://127.0.0.1:{aio_port}/healthz", ca=web_certs.ca)
-        assert status == 200
-        assert (await aget(f"https://127.0.0.1:{aio_port}/metrics", ca=web_certs.ca))[0] == 401
-        assert await asyncio.to_thread(probe_http, f"https://127.0.0.1:{aio_port}/healthz", 10) is None
+        for port in (registry_port, rendered_port):
+            status, _ = await aget(f"https://127.0.0.1:{port}/healthz", ca=web_certs.ca)
+            assert status == 200
+            assert (await aget(f"https://127.0.0.1:{port}/metrics", ca=web_certs.ca))[0] == 401
+            assert await asyncio.to_thread(probe_http, f"https://127.0.0.1:{port}/healthz", 10) is None
         # an agent's /metrics behind basic auth: a 401 answer means it is up
-        url = f"https://127.0.0.1:{wsgi_port}/metrics"
+        url = f"https://127.0.0.1:{registry_port}/metrics"
         assert await asyncio.to_thread(probe_http, url, 10, auth_answers=True) is None
         assert "401" in (await asyncio.to_thread(probe_http, url, 10) or "")

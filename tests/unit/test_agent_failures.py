@@ -9,6 +9,7 @@ import errno
 import logging
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from collector.agent.batch import BatchBuilder
 from collector.agent.pipeline import AgentPipeline
 from collector.agent.sources import Source, collect_once, run_source
+from collector.exposition.http import MetricsServer
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from tests.agent_support import SITE, ScriptedIngest, agent_settings, fill
 from tests.waiting import eventually
@@ -80,7 +82,9 @@ async def test_rejected_write_failure_keeps_the_batch_and_retries(tmp_path: Path
         await ing.stop()
 
 
-async def test_scrape_from_another_thread_reads_every_pipeline(tmp_path: Path) -> None:
+async def test_scrapes_read_every_pipeline_on_the_loop_while_spools_change(tmp_path: Path) -> None:
+    """The agent's endpoint serves the registry on the pipelines' loop: a scraper on another
+    thread (a real HTTP client) sees every pipeline in every body while the spools change."""
     reg = CollectorRegistry()
     s = agent_settings(tmp_path, "127.0.0.1:9")
     pipes = [
@@ -90,25 +94,32 @@ async def test_scrape_from_another_thread_reads_every_pipeline(tmp_path: Path) -
     for p in pipes:
         await p.start()
     try:
-        stop = threading.Event()
-        texts: list[str] = []
+        async with MetricsServer("127.0.0.1", 0, reg) as http:
+            url = f"http://127.0.0.1:{http.bound_port}/metrics"
+            stop = threading.Event()
+            texts: list[str] = []
 
-        def scrape() -> None:
-            while not stop.is_set() and len(texts) < 50:
-                texts.append(generate_latest(reg).decode())
+            def scrape() -> None:
+                while not stop.is_set() and len(texts) < 50:
+                    with urllib.request.urlopen(url, timeout=30) as r:
+                        texts.append(r.read().decode())
 
-        t = threading.Thread(target=scrape)
-        t.start()
-        for k in range(300):  # mutate the spools while the other thread scrapes
-            p = pipes[k % 5]
-            await p.submit(fill(p.new_builder(), time.time_ns()))
-            await asyncio.sleep(0)
-        stop.set()
-        await asyncio.to_thread(t.join)
+            t = threading.Thread(target=scrape)
+            t.start()
+            for k in range(3000):  # mutate the spools while the other thread scrapes
+                p = pipes[k % 5]
+                await p.submit(fill(p.new_builder(), time.time_ns()))
+                await asyncio.sleep(0)
+                if k >= 300 and len(texts) >= 5:
+                    break
+            assert await eventually(lambda: len(texts) >= 5, within=60)
+            stop.set()
+            await asyncio.to_thread(t.join)
         assert texts
         for text in texts:
             for i in range(5):
                 assert f'collector_agent_spool_batches{{agent_id="a{i}"}}' in text
+        assert generate_latest(reg)  # and a scrape on the loop itself works too
     finally:
         for p in pipes:
             await p.stop(0)

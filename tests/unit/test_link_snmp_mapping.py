@@ -6,7 +6,6 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -207,10 +206,3 @@ async def test_side_by_side_walk_reads_every_column_exactly(
     has_hc = not hide_hc and any(cols["ifHCInOctets"])
     all_hc = has_hc and set(cols["ifHCInOctets"]) == set(cols["ifOperStatus"])
     assert ("ifInOctets" in got) == (not all_hc)
-
-
-@pytest.mark.parametrize("addr", ["127.0.0.1", "127.0.0.1:1161", "[::1]:1161", "::1", "router"])
-def test_addresses(addr: str) -> None:
-    host, port = snmp.parse_address(addr, 161)
-    assert host
-    assert 0 < port < 65536

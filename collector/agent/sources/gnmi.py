@@ -45,6 +45,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from collector.address import parse_host_port
 from collector.agent.metrics import TargetStats
 from collector.agent.sources.devices import (
     KEY,
@@ -58,7 +59,6 @@ from collector.agent.sources.devices import (
     wanted,
 )
 from collector.agent.sources.link import LinkAdapter, LinkReading
-from collector.agent.sources.snmp import parse_address
 from collector.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -164,9 +164,7 @@ class GnmiTarget(Options):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        parse_address(v, 0)
-        if parse_address(v, 0)[1] == 0:
-            raise ValueError(f"expected HOST:PORT, got {v!r}")
+        parse_host_port(v)
         return v
 
     @field_validator("paths")

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from collector.address import parse_host_port
 from collector.agent.metrics import TargetStats
 from collector.agent.sources.devices import (
     KEY,
@@ -198,7 +199,7 @@ class SnmpTarget(Options):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        parse_address(v, 161)
+        parse_host_port(v, default_port=161)
         return v
 
     @model_validator(mode="after")
@@ -221,24 +222,6 @@ class SnmpOptions(Options):
         if len(set(names)) != len(names):
             raise ValueError(f"target names must be unique: {names}")
         return self
-
-
-def parse_address(addr: str, default_port: int) -> tuple[str, int]:
-    host, port = addr, default_port
-    if addr.startswith("["):
-        host, _, rest = addr[1:].partition("]")
-        if rest:
-            if not rest.startswith(":") or not rest[1:].isdigit():
-                raise ValueError(f"expected [HOST]:PORT, got {addr!r}")
-            port = int(rest[1:])
-    elif addr.count(":") == 1:
-        host, _, p = addr.partition(":")
-        if not p.isdigit():
-            raise ValueError(f"expected HOST:PORT, got {addr!r}")
-        port = int(p)
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"expected HOST or HOST:PORT, got {addr!r}")
-    return host, port
 
 
 # --- varbinds -> readings (pure) -------------------------------------------------------
@@ -543,7 +526,7 @@ class SnmpLinkAdapter(LinkAdapter):
         self._targets: list[_Target] = []
         for k, t in enumerate(opts.targets):
             key = f"{KEY}.targets[{k}]"
-            host, port = parse_address(t.address, 161)
+            host, port = parse_host_port(t.address, default_port=161)
             name = t.name or t.address
             tgt = _Target(
                 name=name,
