@@ -28,9 +28,8 @@ from google.protobuf.message import DecodeError
 from collector import wire
 from collector.aggregate.periods import decode_periods
 from collector.errors import ProtocolError
+from collector.kafka import SCHEMA_HEADER
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
-
-SCHEMA_HEADER = wire.SCHEMA.encode()
 
 
 def _key(f: wire.Field) -> int:

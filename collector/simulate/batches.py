@@ -23,13 +23,6 @@ from collector import wire
 from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, gauge_def
 from collector.simulate.model import _SITE, Block, FleetGenerator, FleetModel, SimSite
 
-SCHEMA_HEADER = wire.SCHEMA.encode()
-
-
-def record_headers(agent_id: str, seq: int) -> list[tuple[str, bytes]]:
-    """Kafka record headers exactly as the ingest service writes them."""
-    return [("schema", SCHEMA_HEADER), ("agent_id", agent_id.encode()), ("seq", str(seq).encode())]
-
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
