@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from collector import wire
 from collector.aggregate.decode import Decoder, check, poll_columns
 from collector.aggregate.heap import retain_freed_heap
 from collector.aggregate.outputs import FAMILIES, build_frames
@@ -49,21 +50,6 @@ from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 
 NS = 1_000_000_000
 T0 = 1_764_000_000 * NS
-
-
-def _packed(field: int, arr: np.ndarray) -> bytes:
-    raw = arr.tobytes()
-    out = bytearray([(field << 3) | 2])
-    n = len(raw)
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out) + raw
-
-
-def _len_field(field: int, payload: bytes) -> bytes:
-    return _packed(field, np.frombuffer(payload, np.uint8))
 
 
 def site_header(site: int, n_links: int) -> tuple[pb.Batch, int, int]:
@@ -165,8 +151,8 @@ def make_records(
         c_t = np.repeat(t0 + np.arange(steps, dtype=np.int64) * interval_s * NS, nc)
         c_v = (values[s][None, :] + inc).ravel()
         values[s] = values[s] + rate * np.uint64(steps)
-        cc = _packed(1, c_idx) + _packed(2, c_t) + _packed(3, c_v)
-        out.append((head.site.site_id.encode(), base + _len_field(7, cc)))
+        cc = wire.encode_columns(c_idx, c_t, c_v, gauge=False)
+        out.append((head.site.site_id.encode(), base + wire.BATCH.counters.len_delimited(cc)))
     return out
 
 

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from collector.broker import EmbeddedBroker, TopicSpec, free_port  # noqa: E402
 from collector.config import KafkaSettings  # noqa: E402
 from collector.devcerts import DevCerts, make_dev_certs  # noqa: E402
-from collector.ingest.producer import record_headers  # noqa: E402
+from collector.kafka import record_headers  # noqa: E402
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb  # noqa: E402
 from tests.ingest_support import (  # noqa: E402
     SITES,

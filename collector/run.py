@@ -241,23 +241,6 @@ def _pm_token(sim: SimulateSettings) -> str:
 # ------------------------------------------------------------------ Kafka
 
 
-def _admin_kwargs(settings: Settings, bootstrap: str) -> dict[str, Any]:
-    from collector.ingest.producer import producer_kwargs
-
-    kw = producer_kwargs(settings.kafka, bootstrap)
-    keep = (
-        "bootstrap_servers",
-        "client_id",
-        "request_timeout_ms",
-        "security_protocol",
-        "ssl_context",
-        "sasl_mechanism",
-        "sasl_plain_username",
-        "sasl_plain_password",
-    )
-    return {k: v for k, v in kw.items() if k in keep}
-
-
 async def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
     """Create the run's topics on an existing Kafka when missing; returns those created.
 
@@ -267,7 +250,9 @@ async def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(**_admin_kwargs(settings, bootstrap))
+    from collector.kafka import client_kwargs
+
+    admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka, bootstrap))
     try:
         await asyncio.wait_for(admin.start(), settings.broker.startup_timeout_s)
         existing = set(await admin.list_topics())

@@ -249,7 +249,7 @@ LEVELS = ("top", "site", "series", "label", "counters", "gauges", "deltas", "per
 
 def unknown_field(number: int, wire_type: int, payload: bytes = b"x") -> bytes:
     """Encoded bytes of one field `number` that telemetry.v1 does not define."""
-    from collector.wire import _varint_bytes as v
+    from collector.wire import encode_varint as v
 
     key = v(number << 3 | wire_type)
     if wire_type == 0:

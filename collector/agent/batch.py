@@ -10,7 +10,6 @@ each series' table entry is encoded once and reused by every later batch).
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -85,26 +84,13 @@ _SERIES_CACHE_MAX = 1 << 18
 
 
 def _series_field(d: SeriesDef) -> bytes:
-    """Batch field 6 (one series table entry) for `d`, encoded once."""
+    """The Batch `series` field (one series table entry) for `d`, encoded once."""
     raw = _SERIES_BYTES.get(d)
     if raw is None:
         if len(_SERIES_BYTES) >= _SERIES_CACHE_MAX:
             _SERIES_BYTES.clear()
-        raw = _SERIES_BYTES[d] = _len_field(6, d.to_pb().SerializeToString())
+        raw = _SERIES_BYTES[d] = wire.BATCH.series.len_delimited(d.to_pb().SerializeToString())
     return raw
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _len_field(number: int, data: bytes) -> bytes:
-    return _varint((number << 3) | 2) + _varint(len(data)) + data
 
 
 def _labels(labels: LabelsT) -> tuple[tuple[str, str], ...]:
@@ -229,27 +215,31 @@ class BatchBuilder:
 
     def build_bytes(self, seq: int, created_unix_nano: int) -> bytes:
         """The serialised Batch (what `build(...).SerializeToString()` means), and reset."""
+        f = wire.BATCH
         out = bytearray()
         if self.agent_id:
-            out += _len_field(1, self.agent_id.encode())
-        out += b"\x10" + _varint(seq)  # field 2, varint
-        out += _len_field(3, self._site_bytes())
+            out += f.agent_id.len_delimited(self.agent_id.encode())
+        out += f.seq.varint(seq)
+        out += f.site.len_delimited(self._site_bytes())
         if self.boot_id:
-            out += _len_field(4, self.boot_id.encode())
-        out += b"\x29" + struct.pack("<q", created_unix_nano)  # field 5, sfixed64
+            out += f.boot_id.len_delimited(self.boot_id.encode())
+        out += f.created_unix_nano.sfixed64(created_unix_nano)
         for d in self._index:
             out += _series_field(d)
-        for number, cols, raws, gauge in ((7, self._c, self._c_raw, False), (8, self._g, self._g_raw, True)):
+        for field_, cols, raws, gauge in (
+            (f.counters, self._c, self._c_raw, False),
+            (f.gauges, self._g, self._g_raw, True),
+        ):
             body = wire.encode_columns(*cols, gauge=gauge) if cols[0] else b""
             if raws:
                 body += b"".join(raws)
-            out += _len_field(number, body)  # present even when empty, as build() does
-        for number, pcols, gauge in ((9, self._d, False), (10, self._pg, True)):
+            out += field_.len_delimited(body)  # present even when empty, as build() does
+        for field_, pcols, gauge in ((f.deltas, self._d, False), (f.period_gauges, self._pg, True)):
             if pcols[0]:  # absent when empty: a batch without periods is as before
-                out += _len_field(number, wire.encode_period_columns(*pcols, gauge=gauge))
+                out += field_.len_delimited(wire.encode_period_columns(*pcols, gauge=gauge))
         if self.unissued is not None:
-            out += b"\x70" + _varint(self.unissued[0])  # field 14, varint
-            out += b"\x78" + _varint(self.unissued[1])  # field 15, varint
+            out += f.unissued_seq_first.varint(self.unissued[0])
+            out += f.unissued_seq_last.varint(self.unissued[1])
         self._reset()
         return bytes(out)
 

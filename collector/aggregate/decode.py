@@ -28,22 +28,26 @@ from google.protobuf.message import DecodeError
 from collector import wire
 from collector.aggregate.periods import decode_periods
 from collector.errors import ProtocolError
+from collector.kafka import SCHEMA_HEADER
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 
-SCHEMA_HEADER = wire.SCHEMA.encode()
-_SERIES_TAG = 0x32  # field 6, wire type 2
-_COUNTERS_TAG = 0x3A  # field 7, wire type 2
-_GAUGES_TAG = 0x42  # field 8, wire type 2
-_DELTAS_TAG = 0x4A  # field 9, wire type 2
-_PERIOD_GAUGES_TAG = 0x52  # field 10, wire type 2
-_K_GAP_FIRST, _K_GAP_LAST = 0x70, 0x78  # fields 14, 15 (unissued seqs), varint
-# The column fields after the series table, in field order (canonical serialisation).
-_TAIL = (
-    ("counters", _COUNTERS_TAG),
-    ("gauges", _GAUGES_TAG),
-    ("deltas", _DELTAS_TAG),
-    ("period_gauges", _PERIOD_GAUGES_TAG),
-)
+
+def _key(f: wire.Field) -> int:
+    """The key of a Batch field, which the fast paths compare with one byte of the record."""
+    if len(f.key_bytes) != 1:
+        raise ValueError(f"Batch.{f.name} (field {f.number}) has a key of more than one byte")
+    return f.key
+
+
+_SERIES_TAG = _key(wire.BATCH.series)
+_COUNTERS_TAG = _key(wire.BATCH.counters)
+_GAUGES_TAG = _key(wire.BATCH.gauges)
+_K_GAP_FIRST = _key(wire.BATCH.unissued_seq_first)
+_K_GAP_LAST = _key(wire.BATCH.unissued_seq_last)
+# The fields after the series table, in field order (canonical serialisation).
+_TAIL = (wire.BATCH.counters, wire.BATCH.gauges, wire.BATCH.deltas, wire.BATCH.period_gauges)
+_GAPS = (wire.BATCH.unissued_seq_first, wire.BATCH.unissued_seq_last)
+_varint = wire.read_varint  # bound once: the fast paths call it per field
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,51 +78,6 @@ class Decoded:
         return pb.Batch.FromString(self.table_key).series
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise IndexError
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise IndexError
-
-
-def _skip(buf: bytes, pos: int, wire_type: int) -> int:
-    if wire_type == 0:
-        return _varint(buf, pos)[1]
-    if wire_type == 1:
-        return pos + 8
-    if wire_type == 2:
-        length, pos = _varint(buf, pos)
-        return pos + length
-    if wire_type == 5:
-        return pos + 4
-    raise IndexError
-
-
-def _varint_size(value: int) -> int:
-    n = 1
-    while value >= 0x80:
-        value >>= 7
-        n += 1
-    return n
-
-
-def _len_field(tag: int, size: int) -> int:
-    """Bytes a length-delimited field of `size` payload bytes takes: tag, varint length, payload."""
-    n, rest = 1, size
-    while rest >= 0x80:
-        rest >>= 7
-        n += 1
-    return 1 + n + size
-
-
 def series_table_bytes(data: bytes, batch: pb.Batch) -> bytes | None:
     """Raw bytes of the series table when the batch is laid out canonically, else None.
 
@@ -132,19 +91,20 @@ def series_table_bytes(data: bytes, batch: pb.Batch) -> bytes | None:
         end = len(data)
         while pos < end:
             key, p = _varint(data, pos)
-            if key >> 3 >= 6:
+            if key >> 3 >= wire.BATCH.series.number:
                 break
-            pos = _skip(data, p, key & 7)
+            pos = wire.skip_field(data, p, key & 7, key >> 3)
         tail = 0
         first = None
-        for name, tag in _TAIL:
-            if batch.HasField(name):
-                tail += _len_field(tag, getattr(batch, name).ByteSize())
-                first = tag if first is None else first
-        for tag, value in ((_K_GAP_FIRST, batch.unissued_seq_first), (_K_GAP_LAST, batch.unissued_seq_last)):
-            if value:  # fields 14-15: after the columns; proto3 leaves a zero out
-                tail += 1 + _varint_size(value)
-                first = tag if first is None else first
+        for f in _TAIL:
+            if batch.HasField(f.name):
+                tail += f.len_delimited_size(getattr(batch, f.name).ByteSize())
+                first = f.key if first is None else first
+        for f in _GAPS:
+            value = getattr(batch, f.name)
+            if value:  # the unissued seq range: after the columns; proto3 leaves a zero out
+                tail += len(f.key_bytes) + wire.varint_size(value)
+                first = f.key if first is None else first
         stop = end - tail
         if stop < pos:
             return None
@@ -154,7 +114,7 @@ def series_table_bytes(data: bytes, batch: pb.Batch) -> bytes | None:
         if stop > pos and data[pos] != _SERIES_TAG:
             return None
         return data[pos:stop]
-    except IndexError:
+    except (IndexError, ProtocolError):
         return None
 
 
@@ -169,7 +129,7 @@ def table_is_series_only(table: bytes) -> bool:
             length, pos = _varint(table, pos)
             pos += length
         return pos == len(table)
-    except IndexError:
+    except ProtocolError:
         return False
 
 
@@ -243,10 +203,19 @@ def _decode_full(value: bytes) -> Decoded:
     )
 
 
-# Top-level keys of Batch fields 1..8 (field << 3 | wire type).
-_K_AGENT, _K_SEQ, _K_SITE, _K_BOOT, _K_CREATED = 0x0A, 0x10, 0x1A, 0x22, 0x29
-# Keys of the three packed columns inside CounterColumns / GaugeColumns.
-_K_COL = (0x0A, 0x12, 0x1A)
+# Keys of the header fields of a Batch (before the series table).
+_K_AGENT = _key(wire.BATCH.agent_id)
+_K_SEQ = _key(wire.BATCH.seq)
+_K_SITE = _key(wire.BATCH.site)
+_K_BOOT = _key(wire.BATCH.boot_id)
+_K_CREATED = _key(wire.BATCH.created_unix_nano)
+_CREATED_SIZE = 1 + 8  # its one-byte key and sfixed64 value
+if wire.BATCH.created_unix_nano.wire_type != wire.WIRE_FIXED64:
+    raise ValueError("Batch.created_unix_nano must be a 64-bit fixed-width field")
+# Keys of the three packed columns, the same in CounterColumns and GaugeColumns.
+_K_COL = wire.COUNTERS.keys
+if wire.GAUGES.keys != _K_COL or any(k >= 0x80 for k in _K_COL):
+    raise ValueError("CounterColumns and GaugeColumns must share one-byte column keys")
 _MAX_AGENTS = 65536
 _SCHEMA_OK = ("schema", SCHEMA_HEADER)
 _EMPTY = (b"", b"", b"")
@@ -427,7 +396,7 @@ class Decoder:
             r = self._known(value)
             if r is None:
                 r = self._fast(value)
-        except (IndexError, UnicodeDecodeError):
+        except (IndexError, UnicodeDecodeError, ProtocolError):
             r = None
         if r is not None:
             self.fast += 1
@@ -483,7 +452,7 @@ class Decoder:
             if key == _K_CREATED:
                 if in_order and seq_end >= 0:
                     mid_end, created = pos, True
-                pos += 9
+                pos += _CREATED_SIZE
                 continue
             if key != _K_AGENT and key != _K_SITE and key != _K_BOOT:
                 return None
@@ -582,7 +551,7 @@ class Decoder:
         if lay.created:
             if data[p] != _K_CREATED:
                 return None
-            p += 9
+            p += _CREATED_SIZE
         table, n_series = lay.known
         if not data.startswith(table, p):
             return None
@@ -636,9 +605,9 @@ class Decoder:
 def poll_columns(recs: Sequence[Rec]) -> tuple[wire.Columns, wire.Columns]:
     """Counter and gauge columns of a poll's records, concatenated in record order."""
     out = []
-    for i, fields in ((0, wire._COUNTER_FIELDS), (1, wire._GAUGE_FIELDS)):
+    for i, layout in ((0, wire.COUNTERS), (1, wire.GAUGES)):
         cols = [r.c for r in recs] if i == 0 else [r.g for r in recs]
-        arrays = [np.frombuffer(b"".join(c[k] for c in cols), dtype=fields[k + 1]) for k in range(3)]
+        arrays = [np.frombuffer(b"".join(c[k] for c in cols), dtype=layout.dtypes[k]) for k in range(3)]
         out.append(wire.Columns(arrays[0], arrays[1], arrays[2]))
     return out[0], out[1]
 

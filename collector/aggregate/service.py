@@ -39,6 +39,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from collector import kafka
 from collector.aggregate.heap import retain_freed_heap
 from collector.aggregate.outputs import FAMILIES, build_frames
 from collector.aggregate.state import NS, PartitionState, WindowSink
@@ -289,28 +290,7 @@ class Aggregator:
         return bool(self._server and self._server.web and self._server.web.tls)
 
     def _kafka_kwargs(self) -> dict[str, object]:
-        k = self.settings.kafka
-        kw: dict[str, object] = {
-            "bootstrap_servers": self.bootstrap,
-            "client_id": k.client_id,
-            "security_protocol": k.security_protocol,
-            "request_timeout_ms": k.request_timeout_ms,
-        }
-        if k.security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            kw["ssl_context"] = create_ssl_context(
-                cafile=str(k.ssl_cafile) if k.ssl_cafile else None,
-                certfile=str(k.ssl_certfile) if k.ssl_certfile else None,
-                keyfile=str(k.ssl_keyfile) if k.ssl_keyfile else None,
-            )
-        if k.sasl_mechanism:
-            kw.update(
-                sasl_mechanism=k.sasl_mechanism,
-                sasl_plain_username=k.sasl_username,
-                sasl_plain_password=k.sasl_password,
-            )
-        return kw
+        return kafka.client_kwargs(self.settings.kafka, self.bootstrap)
 
     async def start(self) -> None:
         if self._started:

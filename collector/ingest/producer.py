@@ -35,48 +35,13 @@ from aiokafka.partitioner import murmur2
 
 from collector.config import RECORD_OVERHEAD, KafkaSettings
 from collector.errors import BrokerError
-from collector.wire import SCHEMA
+from collector.kafka import producer_kwargs, record_headers
 
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL_S = 2.0
 PROBE_TIMEOUT_S = 3.0
 CLOSE_TIMEOUT_S = 5.0
-
-
-def producer_kwargs(k: KafkaSettings, bootstrap: str) -> dict[str, Any]:
-    """aiokafka producer arguments from settings (shared with the simulator's direct mode)."""
-    kwargs: dict[str, Any] = dict(
-        bootstrap_servers=bootstrap,
-        client_id=k.client_id,
-        acks="all",
-        enable_idempotence=k.enable_idempotence,
-        request_timeout_ms=k.request_timeout_ms,
-        linger_ms=k.linger_ms,
-        max_batch_size=k.max_batch_size,
-        max_request_size=k.max_request_size,
-        compression_type=k.compression_type,
-        security_protocol=k.security_protocol,
-    )
-    if k.security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        kwargs["ssl_context"] = create_ssl_context(
-            cafile=str(k.ssl_cafile) if k.ssl_cafile else None,
-            certfile=str(k.ssl_certfile) if k.ssl_certfile else None,
-            keyfile=str(k.ssl_keyfile) if k.ssl_keyfile else None,
-        )
-    if k.sasl_mechanism:
-        kwargs.update(
-            sasl_mechanism=k.sasl_mechanism,
-            sasl_plain_username=k.sasl_username,
-            sasl_plain_password=k.sasl_password,
-        )
-    return kwargs
-
-
-def record_headers(agent_id: str, seq: int) -> list[tuple[str, bytes]]:
-    return [("schema", SCHEMA.encode()), ("agent_id", agent_id.encode()), ("seq", str(seq).encode())]
 
 
 def _settle(fut: asyncio.Future[Any], exc: BaseException) -> None:

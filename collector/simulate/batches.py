@@ -23,30 +23,6 @@ from collector import wire
 from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, gauge_def
 from collector.simulate.model import _SITE, Block, FleetGenerator, FleetModel, SimSite
 
-SCHEMA_HEADER = wire.SCHEMA.encode()
-
-
-def record_headers(agent_id: str, seq: int) -> list[tuple[str, bytes]]:
-    """Kafka record headers exactly as the ingest service writes them."""
-    return [("schema", SCHEMA_HEADER), ("agent_id", agent_id.encode()), ("seq", str(seq).encode())]
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _ld(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
-
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
@@ -137,8 +113,8 @@ class Planner:
                 )
             self.chunks.append(out)
             self._held.append([])
-            self._prefix.append(_ld(1, st.agent_id.encode()))
-            self._site_field.append(_ld(3, st.info.to_pb().SerializeToString()))
+            self._prefix.append(wire.BATCH.agent_id.len_delimited(st.agent_id.encode()))
+            self._site_field.append(wire.BATCH.site.len_delimited(st.info.to_pb().SerializeToString()))
 
     @staticmethod
     def ticks_per_batch_for(model: FleetModel, paced: bool) -> int:
@@ -238,7 +214,8 @@ class Planner:
         key = (b.site.index, b.chunk.index, b.version)
         raw = self._tables.get(key)
         if raw is None:
-            raw = b"".join(_ld(6, d.to_pb().SerializeToString()) for d in self.series_defs(b))
+            series = wire.BATCH.series
+            raw = b"".join(series.len_delimited(d.to_pb().SerializeToString()) for d in self.series_defs(b))
             self._tables[key] = raw
         return raw
 
@@ -269,22 +246,21 @@ class Planner:
         if b.original is not None:
             b.value = self.encode(b.original)
             return b.value
+        f = wire.BATCH
         i = b.site.index
         (ci, ct, cv), (gi, gt, gv) = self.columns(b)
         out = [
             self._prefix[i],
-            b"\x10",
-            _varint(b.seq),
+            f.seq.varint(b.seq),
             self._site_field[i],
-            _ld(4, self.gen.sites[i].boot_ids[b.epoch].encode()),
-            b"\x29",
-            int(b.t_max).to_bytes(8, "little", signed=True),
+            f.boot_id.len_delimited(self.gen.sites[i].boot_ids[b.epoch].encode()),
+            f.created_unix_nano.sfixed64(int(b.t_max)),
             self._table(b),
         ]
         if len(cv):
-            out.append(_ld(7, wire.encode_columns(ci, ct, cv, gauge=False)))
+            out.append(f.counters.len_delimited(wire.encode_columns(ci, ct, cv, gauge=False)))
         if len(gv):
-            out.append(_ld(8, wire.encode_columns(gi, gt, gv, gauge=True)))
+            out.append(f.gauges.len_delimited(wire.encode_columns(gi, gt, gv, gauge=True)))
         b.value = b"".join(out)
         return b.value
 

@@ -33,8 +33,8 @@ from prometheus_client import CollectorRegistry
 from collector.agent.batch import BatchBuilder
 from collector.config import Settings
 from collector.errors import BrokerError, ConfigError
-from collector.ingest.producer import producer_kwargs
-from collector.simulate.batches import PlannedBatch, Planner, record_headers
+from collector.kafka import producer_kwargs, record_headers
+from collector.simulate.batches import PlannedBatch, Planner
 from collector.simulate.config import SimulateSettings
 from collector.simulate.model import (
     CELL_COUNTERS,

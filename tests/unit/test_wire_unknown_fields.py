@@ -76,7 +76,7 @@ def test_known_column_number_with_another_wire_type_is_skipped_as_unknown(wt: in
 
 def test_truncated_unknown_field_in_columns_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError):
-        wire._columns(b"\x7a\x10abc", wire._COUNTER_FIELDS)  # field 15, 16 bytes announced
+        wire.COUNTERS.decode(b"\x7a\x10abc")  # field 15, 16 bytes announced
 
 
 @given(st.integers(1, 2**64 - 1), st.binary(max_size=30))
