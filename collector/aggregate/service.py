@@ -39,9 +39,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from collector.aggregate.frames import NS
 from collector.aggregate.heap import retain_freed_heap
 from collector.aggregate.outputs import FAMILIES, build_frames
-from collector.aggregate.state import NS, PartitionState, WindowSink
+from collector.aggregate.state import PartitionState, WindowSink
 from collector.errors import BrokerError, ConfigError, ProtocolError
 from collector.exposition import webconfig
 from collector.exposition.http import MetricsServer

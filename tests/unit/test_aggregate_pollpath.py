@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from collector.aggregate.config import AggregateSettings
 from collector.aggregate.decode import Decoder, decode
+from collector.aggregate.grouping import order_by_series_time
 from collector.aggregate.heap import retain_freed_heap
-from collector.aggregate.state import PartitionState, _by_series_time
+from collector.aggregate.state import PartitionState
 from collector.errors import ProtocolError
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from tests.aggregate_support import NS, T0, SeriesDef, make_batch, make_fleet
@@ -97,7 +98,7 @@ def test_bad_records_inside_a_poll_are_refused_alone() -> None:
     assert st.next_offset == len(records)
     assert st.records == len(records)
     assert st.sites[0].batches == 4  # the refused seq 9 never reached the dedup memory
-    assert st.agents["x"].hi == 4
+    assert st.dedup.agents["x"].hi == 4
 
 
 def _columns_equal(a: object, b: object) -> bool:
@@ -239,11 +240,11 @@ def test_series_time_order_is_lexsort(pairs: list[tuple[int, int]], base: int) -
     timestamps included (both stable), and falls back to lexsort when the key would overflow."""
     sid = np.array([p[0] for p in pairs], np.uint32)
     t = np.array([base + p[1] * NS for p in pairs], np.int64)
-    assert np.array_equal(_by_series_time(sid, t), np.lexsort((t, sid)))
+    assert np.array_equal(order_by_series_time(sid, t), np.lexsort((t, sid)))
     if len(t):
         wide = t.copy()
         wide[0] = 0  # span ~ base: (max sid + 1) * span can pass 2^63
-        assert np.array_equal(_by_series_time(sid, wide), np.lexsort((wide, sid)))
+        assert np.array_equal(order_by_series_time(sid, wide), np.lexsort((wide, sid)))
 
 
 def test_heap_setting_applies_on_glibc_only_when_asked() -> None:
