@@ -722,7 +722,7 @@ def _histograms(c: pl.DataFrame, put: Put) -> None:
     # One period per histogram: its bins' newest end. A bin the newest period did not report
     # counts 0 there, never with an older period's count.
     h = h.filter(pl.col("end") == pl.col("end").max().over(keys))
-    # the decoder rejected series whose le is not a number or +Inf (state._is_bound)
+    # the decoder rejected series whose le is not a number or +Inf (registry.is_bound)
     le = (
         pl.when(pl.col("le") == "+Inf")
         .then(pl.lit(float("inf")))
