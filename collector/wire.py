@@ -65,7 +65,7 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
     shift = 0
     while True:
         if pos >= len(buf):
-            raise ProtocolError("truncated varint in columns")
+            raise ProtocolError("columns", "truncated varint in columns")
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -73,7 +73,7 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
             return result, pos
         shift += 7
         if shift > 63:
-            raise ProtocolError("varint too long in columns")
+            raise ProtocolError("columns", "varint too long in columns")
 
 
 def skip_field(buf: bytes, pos: int, wire_type: int, number: int = 0) -> int:
@@ -95,17 +95,17 @@ def skip_field(buf: bytes, pos: int, wire_type: int, number: int = 0) -> int:
     elif wire_type == 3:
         while True:
             if pos >= len(buf):
-                raise ProtocolError("unterminated group in columns")
+                raise ProtocolError("columns", "unterminated group in columns")
             key, pos = _varint(buf, pos)
             if key & 7 == 4:
                 if key >> 3 != number:
-                    raise ProtocolError("mismatched group end in columns")
+                    raise ProtocolError("columns", "mismatched group end in columns")
                 return pos
             pos = skip_field(buf, pos, key & 7, key >> 3)
     else:
-        raise ProtocolError(f"invalid wire type {wire_type} in columns")
+        raise ProtocolError("columns", f"invalid wire type {wire_type} in columns")
     if end > len(buf):
-        raise ProtocolError("truncated field in columns")
+        raise ProtocolError("columns", "truncated field in columns")
     return end
 
 
@@ -134,9 +134,9 @@ def _arrays(raw: bytes, fields: dict[int, np.dtype[Any]]) -> list[npt.NDArray[An
             continue
         length, pos = _varint(raw, pos)
         if pos + length > end:
-            raise ProtocolError("truncated packed column")
+            raise ProtocolError("columns", "truncated packed column")
         if length % dtype.itemsize:
-            raise ProtocolError(f"packed column {number} length {length} not a multiple")
+            raise ProtocolError("columns", f"packed column {number} length {length} not a multiple")
         arr = np.frombuffer(raw, dtype=dtype, count=length // dtype.itemsize, offset=pos)
         prev = got[number - 1]
         got[number - 1] = arr if prev is None else np.concatenate((prev, arr))
@@ -180,7 +180,7 @@ def parse_batch(data: bytes) -> pb.Batch:
     try:
         batch.ParseFromString(data)
     except Exception as exc:  # protobuf raises DecodeError, but upb may raise others
-        raise ProtocolError(f"not a telemetry.v1.Batch: {exc}") from exc
+        raise ProtocolError("not_a_batch", f"not a telemetry.v1.Batch: {exc}") from exc
     return batch
 
 

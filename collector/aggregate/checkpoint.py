@@ -159,7 +159,8 @@ def read(data: bytes) -> tuple[Header, dict[str, pl.DataFrame]]:
     header = json.loads(bytes(view[4 : 4 + hl]))
     if header.get("v") not in (1, 2, 3, VERSION):
         raise ProtocolError(
-            f"checkpoint format v{header.get('v')} is not readable by this aggregator (reads v1..v{VERSION})"
+            "checkpoint_version",
+            f"checkpoint format v{header.get('v')} is not readable by this aggregator (reads v1..v{VERSION})",
         )
     pos = 4 + hl
     frames: dict[str, pl.DataFrame] = {}
@@ -174,7 +175,7 @@ def read(data: bytes) -> tuple[Header, dict[str, pl.DataFrame]]:
 def load(st: PartitionState, header: Header, frames: dict[str, pl.DataFrame]) -> None:
     """Fills a fresh state (made for header["partition"]) from a checkpoint's parts."""
     if header["pane_ns"] != st.pane_ns or tuple(header["windows_s"]) != st.windows_s:
-        raise ProtocolError("checkpoint was taken with other window settings")
+        raise ProtocolError("checkpoint_settings", "checkpoint was taken with other window settings")
     reg = st.registry
     st.next_offset = header["next_offset"]
     st.max_event_ns = header["max_event_ns"]

@@ -603,8 +603,9 @@ class Aggregator:
                     st = PartitionState.restore(blob, self.cfg)
                 except (KeyError, ValueError, struct.error, pl.exceptions.PolarsError) as exc:
                     raise ProtocolError(
+                        "checkpoint_corrupt",
                         f"checkpoint of partition {partition} at "
-                        f"{self.cfg.state_topic}:{ptr} is corrupt: {exc!r}"
+                        f"{self.cfg.state_topic}:{ptr} is corrupt: {exc!r}",
                     ) from exc
                 log.info(
                     "partition %d restored from checkpoint at state offset %d (next offset %s)",
@@ -781,11 +782,8 @@ class Aggregator:
                 continue
             n_ok, errors = st.add_many([(r.offset, r.value, r.headers) for r in records])
             for i, exc in errors:
-                reason = str(exc).split(":", 1)[0] if str(exc) else "invalid"
-                if reason.startswith("not a telemetry"):
-                    reason = "not_a_batch"
-                self.metrics.decode_errors.labels(reason).inc()
-                dead.append((records[i], reason))
+                self.metrics.decode_errors.labels(exc.reason).inc()
+                dead.append((records[i], exc.reason))
             self.metrics.records.labels(str(tp.partition)).inc(len(records))
             self.metrics.samples.inc(n_ok)
             if records:

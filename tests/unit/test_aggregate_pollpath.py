@@ -5,6 +5,7 @@ floats do not depend on the window log."""
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import polars as pl
@@ -99,6 +100,21 @@ def test_bad_records_inside_a_poll_are_refused_alone() -> None:
     assert st.records == len(records)
     assert st.sites[0].batches == 4  # the refused seq 9 never reached the dedup memory
     assert st.dedup.agents["x"].hi == 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64))
+def test_every_refused_record_carries_a_short_reason_code(junk: bytes) -> None:
+    """The dead-letter header and the decode-error label come from ProtocolError.reason: a
+    short code (never a message), whatever the bytes."""
+    series = [SeriesDef("link_in_octets", {"link": "a", "media": "optical"})]
+    good = make_batch(agent="x", seq=1, site="s", series=series, counters=[(0, T0, 1)])
+    st_ = PartitionState(0, CFG)
+    _, errors = st_.add_many([(0, junk, None), (1, good[: len(good) // 2], None), (2, b"", None)])
+    reasons = {e.reason for _, e in errors}
+    assert {i for i, _ in errors} >= {1, 2}
+    assert all(re.fullmatch(r"[a-z_]+", r) for r in reasons), reasons
+    assert dict((i, e.reason) for i, e in errors)[2] == "empty"
 
 
 def _columns_equal(a: object, b: object) -> bool:
