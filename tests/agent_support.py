@@ -8,7 +8,8 @@ function); the integration tests use the real ingest service and broker instead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,14 +108,23 @@ def fill(builder: Any, t_ns: int, n: int = 3, value: int = 1) -> Any:
     return builder
 
 
-async def eventually(pred: Callable[[], bool], within: float = 10.0, step: float = 0.02) -> bool:
+async def eventually(
+    pred: Callable[[], bool] | Callable[[], Awaitable[bool]], within: float = 10.0, step: float = 0.02
+) -> bool:
+    """Whether `pred` (a function, or a coroutine function for a probe that does I/O) holds
+    within `within` seconds, asked every `step` seconds and once more at the end."""
+
+    async def holds() -> bool:
+        got = pred()
+        return bool(await got) if inspect.isawaitable(got) else bool(got)
+
     loop = asyncio.get_running_loop()
     end = loop.time() + within
     while loop.time() < end:
-        if pred():
+        if await holds():
             return True
         await asyncio.sleep(step)
-    return pred()
+    return await holds()
 
 
 # --- integration: real processes -------------------------------------------------------
