@@ -20,7 +20,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 
-from collector.aggregate.service import Aggregator, window_records
+from collector.aggregate.service import Aggregator
+from collector.aggregate.window_log import window_records
 from collector.broker import EmbeddedBroker, TopicSpec, free_port
 from collector.config import load_settings
 from collector.errors import BrokerError

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from collector.aggregate.service import Aggregator, window_records
+from collector.aggregate.service import Aggregator
+from collector.aggregate.window_log import window_records
 from collector.broker import EmbeddedBroker
 from tests.agent_support import eventually
 from tests.aggregate_support import (

@@ -368,7 +368,7 @@ def test_known_layout_reads_what_the_full_parse_reads(created: int, mutate: str)
 
 
 def test_checkpoint_rounds_take_at_most_their_share_of_the_time() -> None:
-    from collector.aggregate.service import checkpoint_every
+    from collector.aggregate.state_topic import checkpoint_every
 
     assert checkpoint_every(0.01, 5.0, 0.25) == 5.0  # small state: the configured interval
     assert checkpoint_every(2.0, 5.0, 0.25) == 8.0  # 2 s rounds: every 8 s, 25 % of the time

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collector.aggregate.config import AggregateSettings
-from collector.aggregate.service import window_records
 from collector.aggregate.state import PartitionState
+from collector.aggregate.window_log import window_records
 from collector.errors import ProtocolError
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from tests.aggregate_support import (

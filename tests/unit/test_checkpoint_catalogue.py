@@ -18,8 +18,8 @@ import textwrap
 from pathlib import Path
 
 from collector.aggregate.config import AggregateSettings
-from collector.aggregate.service import window_records
 from collector.aggregate.state import PartitionState
+from collector.aggregate.window_log import window_records
 from collector.catalog import METRICS
 from tests.aggregate_support import NS, T0, SeriesDef, catalog_batches, make_batch
 

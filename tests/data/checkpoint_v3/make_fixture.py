@@ -17,8 +17,8 @@ from pathlib import Path
 
 from collector.aggregate.checkpoint import VERSION as CHECKPOINT_VERSION
 from collector.aggregate.config import AggregateSettings
-from collector.aggregate.service import window_records
 from collector.aggregate.state import PartitionState
+from collector.aggregate.window_log import window_records
 from collector.catalog import METRICS
 from tests.aggregate_support import NS, catalog_batches
 
