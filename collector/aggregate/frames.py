@@ -85,3 +85,15 @@ def exact_increase(windows: pl.DataFrame) -> pl.DataFrame:
         resets="resets",
         wraps="wraps",
     )
+
+
+def period_increase() -> dict[str, pl.Expr]:
+    """A period row's (start, end, value) columns as a counter window's: one interval, its
+    count as the increase, no resets or wraps."""
+    return {
+        "inc": pl.col("value").cast(pl.Int128),
+        "dt": pl.col("end") - pl.col("start"),
+        "n": pl.lit(1, pl.UInt32),
+        "resets": pl.lit(0, pl.UInt32),
+        "wraps": pl.lit(0, pl.UInt32),
+    }

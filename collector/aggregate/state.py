@@ -46,6 +46,7 @@ from collector.aggregate.frames import (
     TOTALS_SCHEMA,
     empty,
     exact_increase,
+    period_increase,
 )
 from collector.aggregate.grouping import group_starts, group_sum, order_by_series_time, series_runs
 from collector.aggregate.ledger import Site, SiteLedger, site_ledgers
@@ -66,7 +67,7 @@ from collector.aggregate.registry import (
     stable_hash,
 )
 from collector.aggregate.watermark import NewestEventIndex
-from collector.aggregate.windows import Tiers, counter_tier_rows, gauge_tier_rows, roll
+from collector.aggregate.windows import Tiers, roll, tier_rows
 from collector.errors import ProtocolError
 
 _NO_STEP = np.iinfo(np.int64).max
@@ -396,15 +397,7 @@ class PartitionState:
                     self.partition, int(length), empty(COUNTER_WIN_SCHEMA), self.registry.labelled(g)
                 )
             else:
-                c = part.select(
-                    "sid",
-                    "end",
-                    inc=pl.col("value").cast(pl.Int128),
-                    dt=pl.col("end") - pl.col("start"),
-                    n=pl.lit(1, pl.UInt32),
-                    resets=pl.lit(0, pl.UInt32),
-                    wraps=pl.lit(0, pl.UInt32),
-                )
+                c = part.select("sid", "end", **period_increase())
                 self.on_window(
                     self.partition, int(length), self.registry.labelled(c), empty(GAUGE_WIN_SCHEMA)
                 )
@@ -828,12 +821,12 @@ class PartitionState:
         """Closed windows of tier k - 1 become tier k's panes."""
         size = self.tiers.pane_ns[k]
         if len(cw):
-            rows = counter_tier_rows(cw, size)
+            rows = tier_rows(cw, size, COUNTER_PANE_SCHEMA)
             self.counter_panes[k] = (
                 pl.concat([self.counter_panes[k], rows]) if len(self.counter_panes[k]) else rows
             )
         if len(gw):
-            rows = gauge_tier_rows(gw, size)
+            rows = tier_rows(gw, size, GAUGE_PANE_SCHEMA)
             self.gauge_panes[k] = pl.concat([self.gauge_panes[k], rows]) if len(self.gauge_panes[k]) else rows
 
     def _prune(self, target: int, extra: int = 0) -> None:

@@ -10,18 +10,14 @@ a series keeps 6 + 5 small rows instead of 30. The per-partition state
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from collector.aggregate.frames import (
-    COUNTER_AGG_SCHEMA,
-    COUNTER_PANE_SCHEMA,
-    GAUGE_PANE_SCHEMA,
-    GAUGE_WIN_SCHEMA,
-    empty,
-)
+from collector.aggregate.frames import COUNTER_AGG_SCHEMA, GAUGE_WIN_SCHEMA, empty
 from collector.aggregate.grouping import group_sum
 
 
@@ -128,29 +124,9 @@ def roll(
     return pl.DataFrame({k: v[out_order] for k, v in cols.items()}, schema=schema)
 
 
-def counter_tier_rows(windows: pl.DataFrame, size: int) -> pl.DataFrame:
-    """Closed counter windows as panes of the next tier (pane length `size`)."""
-    rows = windows.select(
-        "sid",
-        pane=pl.col("end") // size - 1,
-        hi=pl.col("hi"),
-        lo=pl.col("lo"),
-        dt=pl.col("dt"),
-        n=pl.col("n"),
-        resets=pl.col("resets"),
-        wraps=pl.col("wraps"),
-    )
-    return rows.cast(COUNTER_PANE_SCHEMA)  # type: ignore[arg-type]
-
-
-def gauge_tier_rows(windows: pl.DataFrame, size: int) -> pl.DataFrame:
-    """Closed gauge windows as panes of the next tier (pane length `size`)."""
-    rows = windows.select(
-        "sid",
-        pane=pl.col("end") // size - 1,
-        sum=pl.col("sum"),
-        cnt=pl.col("cnt"),
-        min=pl.col("min"),
-        max=pl.col("max"),
-    )
-    return rows.cast(GAUGE_PANE_SCHEMA)  # type: ignore[arg-type]
+def tier_rows(windows: pl.DataFrame, size: int, schema: Mapping[str, Any]) -> pl.DataFrame:
+    """Closed windows as panes of the next tier (pane length `size`, `schema` the tier's
+    pane layout: COUNTER_PANE_SCHEMA or GAUGE_PANE_SCHEMA)."""
+    rest = [c for c in schema if c not in ("sid", "pane")]
+    rows = windows.select("sid", (pl.col("end") // size - 1).alias("pane"), *rest)
+    return rows.cast(schema)  # type: ignore[arg-type]
