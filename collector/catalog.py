@@ -465,3 +465,8 @@ COUNTRIES: frozenset[str] = frozenset(
         "ZW",
     ]
 )
+
+# Positions in METRICS by name (the aggregator's metric index), and every entity label name
+# of the catalogue in one sorted tuple (the label columns of the aggregator's series table).
+METRIC_INDEX: dict[str, int] = {m.name: i for i, m in enumerate(METRICS)}
+LABEL_NAMES: tuple[str, ...] = tuple(sorted({n for m in METRICS for n in m.labels}))

@@ -1,8 +1,12 @@
 """The exception tree of the collector.
 
-Every error says whether retrying the same operation later can succeed (`retriable`).
-Catch the narrowest type; the entrypoint turns these into exit codes and log lines, the
-ingest service turns them into gRPC statuses on the Ack.
+Each type carries what its callers branch on, and nothing else: `ConfigError` the key and
+the file (the entrypoint prints them), `ProtocolError` a short `reason` code (the ingest's
+rejection label and Ack, the aggregator's dead-letter header and decode-error label),
+`RuleViolation` also the gRPC code to answer with, `BrokerError` whether Kafka timed out
+(the ingest answers DEADLINE_EXCEEDED then, else UNAVAILABLE). Catch the narrowest type;
+the entrypoint turns these into exit codes and log lines, the ingest service into gRPC
+statuses on the Ack.
 """
 
 from __future__ import annotations
@@ -10,8 +14,6 @@ from __future__ import annotations
 
 class CollectorError(Exception):
     """Base of every error the collector raises on purpose."""
-
-    retriable: bool = False
 
 
 class ConfigError(CollectorError):
@@ -36,29 +38,30 @@ class ConfigError(CollectorError):
 
 
 class ProtocolError(CollectorError):
-    """Bytes or a batch that do not satisfy the wire contract (never retriable as is)."""
+    """Bytes or a batch that do not satisfy the wire contract (sending them again cannot help).
 
+    `reason`: a short code naming what is wrong ("schema", "not_a_batch"), fit for a metric
+    label and a dead-letter header; `message` (the str()) may say more, for people.
+    """
 
-class ValidationError(ProtocolError):
-    """A well-formed batch that breaks a rule; `code` is the gRPC code name to answer with."""
-
-    def __init__(self, reason: str, *, code: str = "INVALID_ARGUMENT", rule: str = "invalid"):
+    def __init__(self, reason: str, message: str | None = None):
         self.reason = reason
+        self.message = reason if message is None else message
+        super().__init__(self.message)
+
+
+class RuleViolation(ProtocolError):
+    """A well-formed batch that breaks a rule of the contract: `reason` is the rule's short
+    name (a metric label), `message` names the offending field, `code` is the gRPC code name
+    to answer with."""
+
+    def __init__(self, rule: str, message: str, *, code: str = "INVALID_ARGUMENT"):
         self.code = code
-        self.rule = rule
-        super().__init__(reason)
-
-
-class BackpressureError(CollectorError):
-    """A bounded queue or window is full; try again later."""
-
-    retriable = True
+        super().__init__(rule, message)
 
 
 class BrokerError(CollectorError):
-    """Kafka did not take a record (timeout, broker down, producer wedged)."""
-
-    retriable = True
+    """Kafka did not take a record (timeout, broker down, producer wedged); worth retrying."""
 
     def __init__(self, message: str, *, timeout: bool = False):
         self.timeout = timeout

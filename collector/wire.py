@@ -76,9 +76,9 @@ def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
                 return result, pos
             shift += 7
             if shift > 63:
-                raise ProtocolError("varint too long")
+                raise ProtocolError("malformed", "varint too long")
     except IndexError:
-        raise ProtocolError("truncated varint") from None
+        raise ProtocolError("malformed", "truncated varint") from None
 
 
 def skip_field(buf: bytes, pos: int, wire_type: int, number: int = 0) -> int:
@@ -100,17 +100,17 @@ def skip_field(buf: bytes, pos: int, wire_type: int, number: int = 0) -> int:
     elif wire_type == WIRE_GROUP_START:
         while True:
             if pos >= len(buf):
-                raise ProtocolError("unterminated group")
+                raise ProtocolError("malformed", "unterminated group")
             key, pos = read_varint(buf, pos)
             if key & 7 == WIRE_GROUP_END:
                 if key >> 3 != number:
-                    raise ProtocolError("mismatched group end")
+                    raise ProtocolError("malformed", "mismatched group end")
                 return pos
             pos = skip_field(buf, pos, key & 7, key >> 3)
     else:
-        raise ProtocolError(f"invalid wire type {wire_type}")
+        raise ProtocolError("malformed", f"invalid wire type {wire_type}")
     if end > len(buf):
-        raise ProtocolError("truncated field")
+        raise ProtocolError("malformed", "truncated field")
     return end
 
 
@@ -254,12 +254,12 @@ class ColumnLayout:
                     continue
                 length, pos = read_varint(raw, pos)
             except ProtocolError as exc:
-                raise ProtocolError(f"{exc} in columns") from None
+                raise ProtocolError("columns", f"{exc} in columns") from None
             dtype = self.dtypes[i]
             if pos + length > end:
-                raise ProtocolError("truncated packed column")
+                raise ProtocolError("columns", "truncated packed column")
             if length % dtype.itemsize:
-                raise ProtocolError(f"packed column {number} length {length} not a multiple")
+                raise ProtocolError("columns", f"packed column {number} length {length} not a multiple")
             arr = np.frombuffer(raw, dtype=dtype, count=length // dtype.itemsize, offset=pos)
             prev = got[i]
             got[i] = arr if prev is None else np.concatenate((prev, arr))
@@ -362,7 +362,7 @@ def parse_batch(data: bytes) -> pb.Batch:
     try:
         batch.ParseFromString(data)
     except Exception as exc:  # protobuf raises DecodeError, but upb may raise others
-        raise ProtocolError(f"not a telemetry.v1.Batch: {exc}") from exc
+        raise ProtocolError("not_a_batch", f"not a telemetry.v1.Batch: {exc}") from exc
     return batch
 
 

@@ -138,7 +138,7 @@ T0 = 1_764_000_000 * NS  # pane-aligned
 
 
 def label_key(labels: dict[str, str]) -> str:
-    from collector.aggregate.state import log_labels
+    from collector.aggregate.registry import log_labels
 
     return log_labels(labels)
 

@@ -12,20 +12,27 @@ returns at the first true poll.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 
 async def eventually(pred: Callable[[], Any], within: float = 10.0, step: float = 0.02) -> Any:
-    """Poll a cheap, non-blocking `pred` on the event loop."""
+    """Poll a cheap, non-blocking `pred` on the event loop (a coroutine function too, for a
+    probe that does I/O)."""
+
+    async def value() -> Any:
+        got = pred()
+        return await got if inspect.isawaitable(got) else got
+
     loop = asyncio.get_running_loop()
     end = loop.time() + within
     while loop.time() < end:
-        if got := pred():
+        if got := await value():
             return got
         await asyncio.sleep(step)
-    return pred()
+    return await value()
 
 
 async def eventually_async(

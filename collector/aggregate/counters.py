@@ -13,7 +13,7 @@ The integer traps this module guards against (checked with NumPy 2 and Polars 2.
   otherwise read as a wrap worth up to 2^63). Anything else is a reset.
 - Polars `diff()` on UInt64 gives Int64 and null at and above 2^63, so it is not used.
 - Summing uint64 deltas overflows silently; pane sums are built from 32-bit halves
-  (`split_sum`) so they are exact up to 2^96.
+  (`split_sum_arrays`) so they are exact up to 2^96.
 
 A reset (new boot_id, changed start time or scale, a decrease without a wrap explanation,
 or a value beyond the declared width) starts the series over: the interval that crosses it
@@ -201,19 +201,6 @@ def _general(
     delta = np.where(valid, raw, U64(0))
     dt = np.where(valid, t - prev_t, 0)
     return Deltas(delta, dt, valid, reset, wrap & valid, ambiguous)
-
-
-def split_sum(values: npt.NDArray[np.uint64], starts: npt.NDArray[np.intp]) -> list[int]:
-    """Exact per-group sums of uint64 values (groups start at `starts`) as Python ints.
-
-    Summing the high and low 32-bit halves separately cannot overflow for fewer than 2^32
-    elements per group, and hi * 2^32 + lo is then exact.
-    """
-    if len(values) == 0:
-        return []
-    lo = np.add.reduceat(values & _MASK32, starts)
-    hi = np.add.reduceat(values >> np.uint64(32), starts)
-    return [(int(h) << 32) + int(low) for h, low in zip(hi.tolist(), lo.tolist(), strict=True)]
 
 
 def split_sum_arrays(

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from collector.aggregate.state import LABEL_NAMES, METRIC_INDEX, NS, PartitionView, SiteLedger
+from collector.aggregate.frames import NS
+from collector.aggregate.ledger import SiteLedger
+from collector.aggregate.state import PartitionView
+from collector.catalog import LABEL_NAMES, METRIC_INDEX
 
 SITE = ("site", "country", "region")
 Put = Callable[[str, pl.DataFrame], None]
@@ -529,7 +532,6 @@ _GAUGE_MAP = pl.DataFrame(
     },
     schema={"metric_i": pl.Int16, "family": pl.String, "direction": pl.String},
 )
-_M = METRIC_INDEX
 
 
 def _window_frames(st: PartitionView) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -685,8 +687,8 @@ def _derived_counters(c: pl.DataFrame, put: Put) -> None:
         ("edge_cell_inter_gnb_handover_success_ratio", "MM.HoExeInterReq", "MM.HoExeInterSucc"),
         ("edge_cell_rrc_setup_success_ratio", "RRC.ConnEstabAtt", "RRC.ConnEstabSucc"),
     ):
-        req = c.filter(pl.col("metric_i") == _M[att]).select(*keys, req=pl.col("inc"))
-        succ = c.filter(pl.col("metric_i") == _M[ok]).select(*keys, succ=pl.col("inc"))
+        req = c.filter(pl.col("metric_i") == METRIC_INDEX[att]).select(*keys, req=pl.col("inc"))
+        succ = c.filter(pl.col("metric_i") == METRIC_INDEX[ok]).select(*keys, succ=pl.col("inc"))
         ratio = req.join(succ, on=keys).filter(pl.col("req") > 0)
         put(
             family,
@@ -694,7 +696,7 @@ def _derived_counters(c: pl.DataFrame, put: Put) -> None:
                 value=(pl.col("succ").cast(pl.Float64) / pl.col("req").cast(pl.Float64)).clip(0.0, 1.0)
             ),
         )
-    cpu = c.filter((pl.col("metric_i") == _M["node_cpu_seconds_total"]) & (pl.col("dt") > 0))
+    cpu = c.filter((pl.col("metric_i") == METRIC_INDEX["node_cpu_seconds_total"]) & (pl.col("dt") > 0))
     if len(cpu):
         hk = ["site_i", "site", "country", "region", "host", "window"]
         secs = pl.col("inc").cast(pl.Float64) * pl.col("scale")
@@ -707,7 +709,7 @@ def _derived_counters(c: pl.DataFrame, put: Put) -> None:
         )
 
 
-_HIST_IDS = {_M[m]: fam for m, (fam, _, _) in HISTOGRAMS.items()}
+_HIST_IDS = {METRIC_INDEX[m]: fam for m, (fam, _, _) in HISTOGRAMS.items()}
 
 
 def _histograms(c: pl.DataFrame, put: Put) -> None:
@@ -720,7 +722,7 @@ def _histograms(c: pl.DataFrame, put: Put) -> None:
     # One period per histogram: its bins' newest end. A bin the newest period did not report
     # counts 0 there, never with an older period's count.
     h = h.filter(pl.col("end") == pl.col("end").max().over(keys))
-    # the decoder rejected series whose le is not a number or +Inf (state._is_bound)
+    # the decoder rejected series whose le is not a number or +Inf (registry.is_bound)
     le = (
         pl.when(pl.col("le") == "+Inf")
         .then(pl.lit(float("inf")))
@@ -733,7 +735,7 @@ def _histograms(c: pl.DataFrame, put: Put) -> None:
 
 def _power(rated: pl.DataFrame, put: Put) -> None:
     """Watts = joules per second of a host's RAPL zones, summed per host and per site."""
-    e = rated.filter(pl.col("metric_i") == _M["node_rapl_joules_total"])
+    e = rated.filter(pl.col("metric_i") == METRIC_INDEX["node_rapl_joules_total"])
     if not len(e):
         return
     hosts = e.group_by("site", "country", "region", "host", "window").agg(value=pl.col("rate").sum())
@@ -747,9 +749,9 @@ def _power(rated: pl.DataFrame, put: Put) -> None:
 def _availability(c: pl.DataFrame, g: pl.DataFrame, put: Put) -> None:
     """TS 28.554 availability = 1 - unavailable seconds / elapsed seconds of the window (a
     cell that also reports the vendor's CELL.Availability keeps that one: one series each)."""
-    un = c.filter((pl.col("metric_i") == _M["RRU.CellUnavailableTime"]) & (pl.col("dt") > 0))
+    un = c.filter((pl.col("metric_i") == METRIC_INDEX["RRU.CellUnavailableTime"]) & (pl.col("dt") > 0))
     if len(un) and len(g):
-        vendor = g.filter(pl.col("metric_i") == _M["CELL.Availability"]).select(_CELL_KEYS)
+        vendor = g.filter(pl.col("metric_i") == METRIC_INDEX["CELL.Availability"]).select(_CELL_KEYS)
         un = un.join(vendor, on=_CELL_KEYS, how="anti")
     if len(un):
         put(
@@ -771,9 +773,9 @@ def _prb_from_counts(g: pl.DataFrame, put: Put) -> None:
         ("dl", "RRU.PrbUsedDl", "RRU.PrbAvailDl", "RRU.PrbTotDl"),
         ("ul", "RRU.PrbUsedUl", "RRU.PrbAvailUl", "RRU.PrbTotUl"),
     ):
-        u = g.filter(pl.col("metric_i") == _M[used]).select(*keys, u=pl.col("avg"))
-        a = g.filter(pl.col("metric_i") == _M[avail]).select(*keys, a=pl.col("avg"))
-        t = g.filter(pl.col("metric_i") == _M[tot]).select(keys)
+        u = g.filter(pl.col("metric_i") == METRIC_INDEX[used]).select(*keys, u=pl.col("avg"))
+        a = g.filter(pl.col("metric_i") == METRIC_INDEX[avail]).select(*keys, a=pl.col("avg"))
+        t = g.filter(pl.col("metric_i") == METRIC_INDEX[tot]).select(keys)
         r = u.join(a, on=keys).filter(pl.col("a") > 0).join(t, on=keys, how="anti")
         put(
             "edge_cell_prb_utilization_ratio",
@@ -785,20 +787,24 @@ def _prb_from_counts(g: pl.DataFrame, put: Put) -> None:
 
 def _derived_gauges(g: pl.DataFrame, put: Put) -> None:
     hk = ["site_i", "site", "country", "region", "host", "window"]
-    tot = g.filter(pl.col("metric_i") == _M["node_memory_MemTotal_bytes"]).select(*hk, tot=pl.col("avg"))
-    av = g.filter(pl.col("metric_i") == _M["node_memory_MemAvailable_bytes"]).select(*hk, av=pl.col("avg"))
+    tot = g.filter(pl.col("metric_i") == METRIC_INDEX["node_memory_MemTotal_bytes"]).select(
+        *hk, tot=pl.col("avg")
+    )
+    av = g.filter(pl.col("metric_i") == METRIC_INDEX["node_memory_MemAvailable_bytes"]).select(
+        *hk, av=pl.col("avg")
+    )
     mem = tot.join(av, on=hk).filter(pl.col("tot") > 0)
     put(
         "edge_host_memory_used_ratio",
         mem.with_columns(value=(1.0 - pl.col("av") / pl.col("tot")).clip(0.0, 1.0)),
     )
-    cells = g.filter(pl.col("metric_i") == _M["RRC.ConnMean"])
+    cells = g.filter(pl.col("metric_i") == METRIC_INDEX["RRC.ConnMean"])
     put(
         "edge_site_cell_connected_users",
         cells.group_by("site", "country", "region", "window").agg(value=pl.col("avg").sum()),
     )
     _prb_from_counts(g, put)
-    avail = g.filter(pl.col("metric_i") == _M["CELL.Availability"])
+    avail = g.filter(pl.col("metric_i") == METRIC_INDEX["CELL.Availability"])
     put(
         "edge_site_cell_availability_ratio",
         avail.group_by("site", "country", "region", "window").agg(value=pl.col("avg").mean()),
@@ -807,12 +813,15 @@ def _derived_gauges(g: pl.DataFrame, put: Put) -> None:
 
 def _utilization(c: pl.DataFrame, g: pl.DataFrame, put: Put) -> None:
     keys = ["site_i", "site", "country", "region", "link", "media", "window"]
-    speed = g.filter(pl.col("metric_i") == _M["link_speed_bytes"]).select(*keys, speed=pl.col("avg"))
+    speed = g.filter(pl.col("metric_i") == METRIC_INDEX["link_speed_bytes"]).select(
+        *keys, speed=pl.col("avg")
+    )
     thr = c.filter(
-        pl.col("metric_i").is_in([_M["link_in_octets"], _M["link_out_octets"]]) & pl.col("rate").is_not_null()
+        pl.col("metric_i").is_in([METRIC_INDEX["link_in_octets"], METRIC_INDEX["link_out_octets"]])
+        & pl.col("rate").is_not_null()
     )
     thr = thr.with_columns(
-        direction=pl.when(pl.col("metric_i") == _M["link_in_octets"])
+        direction=pl.when(pl.col("metric_i") == METRIC_INDEX["link_in_octets"])
         .then(pl.lit("in"))
         .otherwise(pl.lit("out"))
     )

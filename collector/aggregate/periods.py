@@ -37,6 +37,7 @@ import numpy.typing as npt
 import polars as pl
 
 from collector import wire
+from collector.aggregate.frames import period_increase
 from collector.errors import ProtocolError
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 
@@ -215,11 +216,7 @@ class PeriodStore:
                         top.select(
                             "sid",
                             "end",
-                            inc=pl.col("value").cast(pl.Int128),
-                            dt=pl.col("end") - pl.col("start"),
-                            n=pl.lit(1, pl.UInt32),
-                            resets=pl.lit(0, pl.UInt32),
-                            wraps=pl.lit(0, pl.UInt32),
+                            **period_increase(),
                             window=window,
                             window_s=pl.col("window_s"),
                         )

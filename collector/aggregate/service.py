@@ -1,48 +1,39 @@
 """The aggregator component: Kafka consumer group -> partition states -> /metrics.
 
-Where the pieces meet. One asyncio task polls the telemetry topic in micro-batches
-(`getmany`), feeds each partition's records to its `PartitionState`, advances watermarks,
-dead-letters records that are not valid batches, and every `checkpoint_interval_s`
-checkpoints each owned partition:
-
-  1. the partition's whole state (carry values, open panes and buffer, dedup memory,
-     latest windows, ledger) is written to the state topic (partition p for source
-     partition p, split in chunks), acks=all;
-  2. the next source offset is committed in the consumer group (fenced by the group
-     generation, so a member that lost the partition cannot commit);
-  3. the state-topic offset of the checkpoint is committed under `<group_id>.checkpoints`.
-
-A new owner (restart after kill -9, or a rebalance) reads the pointer, restores the state
-and seeks to the offset recorded *inside* the checkpoint, then replays deterministically:
-closed windows come out identical and none is lost. Nothing here relies on timestamp
-lookups, high watermarks or log compaction, which the embedded broker lacks.
+Where the pieces meet: the lifecycle (`start`/`stop`, Kafka clients, the /metrics server),
+partition assignment (restore or start each assigned partition, pause one whose checkpoint
+cannot be read) and the consume loop. One asyncio task polls the telemetry topic in
+micro-batches (`getmany`), feeds each partition's records to its `PartitionState`
+(collector/aggregate/state.py), advances watermarks, hands records that are not valid
+batches to the dead-letter topic (dead_letter.py), and every `checkpoint_interval_s`
+checkpoints each owned partition through the state topic (state_topic.py), so a new owner
+replays deterministically: closed windows come out identical and none is lost. Its own
+metrics are in self_metrics.py, the window log in window_log.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import json
 import logging
-import struct
 import time
-import uuid
 from collections.abc import Iterable
-from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TextIO
+from typing import TYPE_CHECKING, Self
 
-import polars as pl
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from prometheus_client import CollectorRegistry, generate_latest
 
 from collector import kafka
+from collector.aggregate.dead_letter import DeadLetters, DeadRecord
+from collector.aggregate.frames import NS
 from collector.aggregate.heap import retain_freed_heap
 from collector.aggregate.outputs import FAMILIES, build_frames
-from collector.aggregate.state import NS, PartitionState, WindowSink
+from collector.aggregate.self_metrics import SelfMetrics
+from collector.aggregate.state import PartitionState, WindowSink
+from collector.aggregate.state_topic import StateTopic, checkpoint_every
+from collector.aggregate.window_log import WindowLog
 from collector.errors import BrokerError, ConfigError, ProtocolError
 from collector.exposition import webconfig
 from collector.exposition.http import MetricsServer
@@ -55,79 +46,7 @@ log = logging.getLogger(__name__)
 
 _FAMILY_TEXT = tuple(FamilyText(f.name, f.type, f.help, f.labels) for f in FAMILIES)
 _RESTORE_RETRY_S = 10.0
-_DLQ_ATTEMPTS = 4  # dead-letter produce attempts of one poll's records (0.5, 1, 2 s between)
 _RESTORE_RETRY_MAX_S = 300.0
-_CLOSE_BUCKETS = (0.5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120, 300, 900)
-
-
-def window_records(
-    partition: int, window_s: int, cw: pl.DataFrame, gw: pl.DataFrame
-) -> list[dict[str, object]]:
-    """Closed windows as plain records (the window log's lines); integers stay exact."""
-    out: list[dict[str, object]] = []
-    for r in cw.iter_rows(named=True):
-        out.append(
-            {
-                "partition": partition,
-                "window_s": window_s,
-                "end_ns": r["end"],
-                "kind": "counter",
-                "site": r["site"],
-                "metric": r["metric"],
-                "labels": r["labels"],
-                "increase": str(r["inc"]),
-                "dt_ns": r["dt"],
-                "n": r["n"],
-                "resets": r["resets"],
-                "wraps": r["wraps"],
-            }
-        )
-    for r in gw.iter_rows(named=True):
-        out.append(
-            {
-                "partition": partition,
-                "window_s": window_s,
-                "end_ns": r["end"],
-                "kind": "gauge",
-                "site": r["site"],
-                "metric": r["metric"],
-                "labels": r["labels"],
-                "sum": r["sum"],
-                "count": r["cnt"],
-                "min": r["min"],
-                "max": r["max"],
-            }
-        )
-    return out
-
-
-def checkpoint_every(spent_s: float, interval_s: float, max_share: float) -> float:
-    """Start-to-start time until the next checkpoint round after one that took `spent_s`:
-    at least `interval_s`, and long enough that rounds take at most `max_share` of the time
-    (a state of 200 MB that takes 2 s to write is checkpointed every 8 s at 0.25, not every
-    5 s). Deterministic replay makes a longer interval safe; it only lengthens the replay."""
-    return max(interval_s, spent_s / max_share)
-
-
-class WindowLog:
-    """Appends every closed window to a JSON-lines file (aggregate.window_log)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._file: TextIO | None = None
-
-    def __call__(self, partition: int, window_s: int, cw: pl.DataFrame, gw: pl.DataFrame) -> None:
-        rows = window_records(partition, window_s, cw, gw)
-        if rows:
-            if self._file is None:
-                self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 - see close()
-            self._file.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
-            self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 class _QuietBootstrap(logging.Filter):
@@ -136,89 +55,6 @@ class _QuietBootstrap(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Unable connect to" not in record.getMessage()
-
-
-class SelfMetrics:
-    """The aggregator's own metrics, on the injected registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        p = "collector_aggregate_"
-        self.records = Counter(p + "records", "Kafka records consumed.", ["partition"], registry=registry)
-        self.samples = Counter(p + "samples", "Samples accepted into windows.", registry=registry)
-        self.decode_errors = Counter(
-            p + "decode_errors",
-            "Records that are not a valid batch, by reason.",
-            ["reason"],
-            registry=registry,
-        )
-        self.dead_letters = Counter(
-            p + "dead_letter_records", "Records copied to the dead-letter topic.", registry=registry
-        )
-        self.dead_letter_failures = Counter(
-            p + "dead_letter_failures",
-            "Dead-letter records not written after every retry (skipped; decode errors stay counted).",
-            registry=registry,
-        )
-        self.lag = Gauge(
-            p + "consumer_lag_records",
-            "Records between the consumed position and the partition's high watermark, "
-            "when the broker reports one.",
-            ["partition"],
-            registry=registry,
-        )
-        self.event_lag = Gauge(
-            p + "event_time_lag_seconds",
-            "Wall clock minus the newest event time seen in the partition.",
-            ["partition"],
-            registry=registry,
-        )
-        self.watermark = Gauge(
-            p + "watermark_seconds",
-            "Event-time watermark of the partition (Unix seconds).",
-            ["partition"],
-            registry=registry,
-        )
-        self.close_latency = Histogram(
-            p + "window_close_latency_seconds",
-            "Wall time between a window's end and its close.",
-            buckets=_CLOSE_BUCKETS,
-            registry=registry,
-        )
-        self.close_duration = Histogram(
-            p + "window_close_duration_seconds",
-            "Processing time of one close step (all windows).",
-            registry=registry,
-        )
-        self.checkpoints = Counter(p + "checkpoints", "Partition checkpoints written.", registry=registry)
-        self.checkpoint_errors = Counter(
-            p + "checkpoint_errors", "Checkpoints that failed.", registry=registry
-        )
-        self.checkpoint_bytes = Gauge(
-            p + "checkpoint_bytes", "Size of the last checkpoint.", ["partition"], registry=registry
-        )
-        self.checkpoint_interval = Gauge(
-            p + "checkpoint_interval_seconds",
-            "Interval between checkpoint rounds in use: checkpoint_interval_s, "
-            "stretched so that rounds take at most checkpoint_max_share of "
-            "the loop's time.",
-            registry=registry,
-        )
-        self.restores = Counter(p + "restores", "Partitions restored from a checkpoint.", registry=registry)
-        self.rebalances = Counter(p + "rebalances", "Partition assignments received.", registry=registry)
-        self.partitions = Gauge(p + "partitions_assigned", "Partitions this member owns.", registry=registry)
-        self.partitions_paused = Gauge(
-            p + "partitions_paused",
-            "Assigned partitions whose checkpoint could not be restored "
-            "yet: paused (nothing consumed) and retried.",
-            registry=registry,
-        )
-        self.series = Gauge(p + "series", "Active series in state.", registry=registry)
-        self.state_bytes = Gauge(
-            p + "state_bytes", "Approximate bytes of aggregation state.", registry=registry
-        )
-        self.render_seconds = Histogram(
-            p + "render_seconds", "Time to render the aggregated /metrics.", registry=registry
-        )
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -256,7 +92,7 @@ class Aggregator:
             on_window = self._window_log
         self.on_window = on_window
         self.states: dict[int, PartitionState] = {}
-        self._ckpt_version: dict[int, tuple[int | None, int]] = {}
+        self._state_topic = StateTopic(self.cfg, self.topic, self.metrics)
         self._last_record_wall: dict[int, float] = {}
         # assigned partitions whose state could not be restored: paused, retried from the loop
         self._pending: dict[TopicPartition, tuple[float, float]] = {}  # -> (due, delay)
@@ -268,6 +104,9 @@ class Aggregator:
         self._server: MetricsServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._dead_letters = DeadLetters(
+            self.topic, self.dlq_topic, settings.kafka.produce_timeout_s, self.metrics, self._stopping
+        )
         self._started = False
         # set when the consume loop died of an unexpected error: the member is useless then,
         # and the process should exit so its supervisor restarts it from the checkpoints
@@ -277,7 +116,6 @@ class Aggregator:
         self._render_lock = asyncio.Lock()
         self.renders = 0  # bodies actually rendered (the rest of the scrapes hit the cache)
         self.render_cpu_s = 0.0  # CPU time of those renders (worker thread), for the benchmark
-        self._state_partitions = 0
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -302,7 +140,7 @@ class Aggregator:
             quiet = _QuietBootstrap()
             logging.getLogger("aiokafka").addFilter(quiet)  # our one line below names the address
             try:
-                await self._ensure_state_topic()
+                await self._state_topic.ensure(self._kafka_kwargs())
             except KafkaConnectionError as exc:
                 raise BrokerError(
                     f"Kafka is unreachable at {self.bootstrap} (kafka.bootstrap_servers): {exc}"
@@ -328,7 +166,7 @@ class Aggregator:
             )
             await self._pointer.start()
             self._pointer.assign(
-                [TopicPartition(self.cfg.state_topic, p) for p in range(self._state_partitions)]
+                [TopicPartition(self.cfg.state_topic, p) for p in range(self._state_topic.partitions)]
             )
             self._consumer = AIOKafkaConsumer(
                 group_id=self.cfg.group_id,
@@ -438,33 +276,6 @@ class Aggregator:
     ) -> None:
         await self.stop()
 
-    async def _ensure_state_topic(self) -> None:
-        admin = AIOKafkaAdminClient(**self._kafka_kwargs())
-        await admin.start()
-        try:
-            # list first: describing a missing topic makes some brokers (Tansu) create it
-            if self.topic not in await admin.list_topics():
-                raise BrokerError(f"topic {self.topic!r} does not exist")
-            topics = await admin.describe_topics([self.topic])
-            parts = len(topics[0].get("partitions", [])) if topics else 0
-            rf = self.cfg.state_replication_factor
-            if rf is None:
-                brokers = (await admin.describe_cluster()).get("brokers") or [None]
-                rf = min(3, len(brokers))
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [NewTopic(self.cfg.state_topic, num_partitions=parts, replication_factor=rf)]
-                )
-            st = await admin.describe_topics([self.cfg.state_topic])
-            self._state_partitions = len(st[0].get("partitions", [])) if st else 0
-            if self._state_partitions < parts:
-                raise BrokerError(
-                    f"state topic {self.cfg.state_topic!r} has {self._state_partitions} "
-                    f"partitions, fewer than {self.topic!r} ({parts})"
-                )
-        finally:
-            await admin.close()
-
     # ------------------------------------------------------------------ rebalance
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         parts = [tp.partition for tp in revoked if tp.topic == self.topic]
@@ -477,7 +288,7 @@ class Aggregator:
                 self._pending.pop(tp, None)
             for p in parts:
                 self.states.pop(p, None)
-                self._ckpt_version.pop(p, None)
+                self._state_topic.written.pop(p, None)
                 for g in (
                     self.metrics.lag,
                     self.metrics.event_lag,
@@ -507,7 +318,8 @@ class Aggregator:
         publish wrong windows and commit past them - and retried from the main loop."""
         assert self._consumer is not None
         try:
-            st = await self._restore(tp.partition)
+            assert self._pointer is not None
+            st = await self._state_topic.restore(self._pointer, tp.partition)
         except (BrokerError, KafkaError, ProtocolError) as exc:
             prev = self._pending.get(tp)
             delay = _RESTORE_RETRY_S if prev is None else min(prev[1] * 2, _RESTORE_RETRY_MAX_S)
@@ -538,7 +350,7 @@ class Aggregator:
             # the windows it published come out the same
             st.close_idle(st.idle_close_ns)
         self.states[tp.partition] = st
-        self._ckpt_version[tp.partition] = (st.next_offset, st.version)
+        self._state_topic.mark_current(tp.partition, st)
         self._last_record_wall[tp.partition] = time.monotonic()
 
     async def _retry_pending(self) -> None:
@@ -554,110 +366,15 @@ class Aggregator:
             self.metrics.partitions.set(len(self.states))
             self._render_cache = None
 
-    async def _restore(self, partition: int) -> PartitionState | None:
-        assert self._pointer is not None
-        stp = TopicPartition(self.cfg.state_topic, partition)
-        ptr = await self._pointer.committed(stp)
-        if ptr is None:
-            return None
-        self._pointer.seek(stp, ptr)
-        chunks: dict[int, bytes] = {}
-        want: tuple[str, int] | None = None
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            got = await self._pointer.getmany(stp, timeout_ms=1000, max_records=64)
-            for r in got.get(stp, []):
-                h = dict(r.headers or ())
-                snap = h.get("snapshot", b"").decode()
-                idx, _, total = h.get("chunk", b"0/0").decode().partition("/")
-                if want is None:
-                    if r.offset != ptr:
-                        continue
-                    want = (snap, int(total))
-                if snap == want[0] and r.value is not None:
-                    chunks[int(idx)] = r.value
-            if want is not None and len(chunks) >= want[1]:
-                try:
-                    blob = b"".join(chunks[i] for i in range(want[1]))
-                    st = PartitionState.restore(blob, self.cfg)
-                except (KeyError, ValueError, struct.error, pl.exceptions.PolarsError) as exc:
-                    raise ProtocolError(
-                        f"checkpoint of partition {partition} at "
-                        f"{self.cfg.state_topic}:{ptr} is corrupt: {exc!r}"
-                    ) from exc
-                log.info(
-                    "partition %d restored from checkpoint at state offset %d (next offset %s)",
-                    partition,
-                    ptr,
-                    st.next_offset,
-                )
-                return st
-        raise BrokerError(f"checkpoint of partition {partition} at {self.cfg.state_topic}:{ptr} unreadable")
-
     # ------------------------------------------------------------------ checkpoint
     async def _checkpoint(self, partitions: list[int]) -> set[int]:
-        """Write state of `partitions` (caller holds the lock), then commit offsets.
-
-        Returns the partitions whose checkpoint is now the restart point (written now or
-        unchanged since the last one)."""
+        """Checkpoint `partitions` (caller holds the lock): the ones whose checkpoint is now
+        the restart point (see StateTopic.write)."""
         if self._producer is None or self._consumer is None or self._pointer is None:
             return set()
-        current = {
-            p
-            for p in partitions
-            if p in self.states
-            and self._ckpt_version.get(p) == (self.states[p].next_offset, self.states[p].version)
-        }
-        offsets: dict[TopicPartition, int] = {}
-        pointers: dict[TopicPartition, int] = {}
-        for p in partitions:
-            st = self.states.get(p)
-            if st is None or st.next_offset is None:
-                continue
-            if self._ckpt_version.get(p) == (st.next_offset, st.version):
-                continue
-            blob = st.snapshot()
-            size = self.cfg.checkpoint_chunk_bytes
-            pieces = [blob[i : i + size] for i in range(0, len(blob), size)] or [b""]
-            snap = uuid.uuid4().hex
-            futs = []
-            for i, piece in enumerate(pieces):
-                futs.append(
-                    await self._producer.send(
-                        self.cfg.state_topic,
-                        piece,
-                        key=f"{self.topic}/{p}".encode(),
-                        partition=p,
-                        headers=[
-                            ("snapshot", snap.encode()),
-                            ("chunk", f"{i}/{len(pieces)}".encode()),
-                            ("next_offset", str(st.next_offset).encode()),
-                        ],
-                    )
-                )
-            mds = await asyncio.gather(*futs)
-            pointers[TopicPartition(self.cfg.state_topic, p)] = mds[0].offset
-            offsets[TopicPartition(self.topic, p)] = st.next_offset
-            self._ckpt_version[p] = (st.next_offset, st.version)
-            self.metrics.checkpoint_bytes.labels(str(p)).set(len(blob))
-            self.metrics.checkpoints.inc()
-        if not offsets:
-            return current
-        try:
-            await self._consumer.commit(offsets)
-        except KafkaError as exc:
-            # Not the owner any more (rebalance): the new owner restores the older checkpoint.
-            self.metrics.checkpoint_errors.inc()
-            for tp in offsets:
-                self._ckpt_version.pop(tp.partition, None)
-            log.warning("offset commit refused, checkpoint not published: %s", exc)
-            return current
-        await self._pointer.commit(pointers)
-        for tp in offsets:
-            st = self.states.get(tp.partition)
-            if st is not None:
-                st.publish_totals()  # committed: a restart resumes from here, never below
-        return current | {tp.partition for tp in offsets}
+        return await self._state_topic.write(
+            self._producer, self._consumer, self._pointer, self.states, partitions
+        )
 
     # ------------------------------------------------------------------ main loop
     async def _run(self) -> None:
@@ -743,11 +460,11 @@ class Aggregator:
                     self.metrics.close_latency.observe(max(0.0, (wall_ns - st.closed_ns) / NS))
         return done >= set(due)
 
-    def _process(self, batch: dict[TopicPartition, list]) -> tuple[list[tuple[object, str]], dict[int, int]]:
+    def _process(self, batch: dict[TopicPartition, list]) -> tuple[list[DeadRecord], dict[int, int]]:
         """Feed records to their states and close what the watermarks passed; returns the
         records to dead-letter and the idle closes due (partition -> pane boundary)."""
         idle_due: dict[int, int] = {}
-        dead: list[tuple[object, str]] = []
+        dead: list[DeadRecord] = []
         now = time.monotonic()
         for tp, records in batch.items():
             st = self.states.get(tp.partition)
@@ -760,11 +477,8 @@ class Aggregator:
                 continue
             n_ok, errors = st.add_many([(r.offset, r.value, r.headers) for r in records])
             for i, exc in errors:
-                reason = str(exc).split(":", 1)[0] if str(exc) else "invalid"
-                if reason.startswith("not a telemetry"):
-                    reason = "not_a_batch"
-                self.metrics.decode_errors.labels(reason).inc()
-                dead.append((records[i], reason))
+                self.metrics.decode_errors.labels(exc.reason).inc()
+                dead.append((records[i], exc.reason))
             self.metrics.records.labels(str(tp.partition)).inc(len(records))
             self.metrics.samples.inc(n_ok)
             if records:
@@ -793,87 +507,11 @@ class Aggregator:
                 self.metrics.lag.labels(str(p)).set(hw - st.next_offset)
         return dead, idle_due
 
-    async def _dead_letter(self, dead: list[tuple[object, str]]) -> None:
+    async def _dead_letter(self, dead: list[DeadRecord]) -> None:
         """Copy `dead` to the dead-letter topic before the loop moves on (so no checkpoint
-        passes a record whose copy is not written). A produce that fails or misses its
-        deadline - a broker slow under load, a leader moving - is retried, up to
-        _DLQ_ATTEMPTS attempts with backoff, never re-sending a record already written; only
-        what is still not written then is counted in dead_letter_failures and skipped (its
-        decode error stays counted by reason)."""
-        written = [False] * len(dead)
-        delay = 0.5
-        why = ""
-        attempt = 0
-        for attempt in range(1, _DLQ_ATTEMPTS + 1):
-            try:  # aiokafka sends can wait forever (aio-libs/aiokafka#1101)
-                async with asyncio.timeout(self.settings.kafka.produce_timeout_s):
-                    await self._dead_letter_send(dead, written)
-                why = "produce failed"
-            except TimeoutError:
-                why = f"not written within {self.settings.kafka.produce_timeout_s:g}s"
-            left = written.count(False)
-            if not left:
-                return
-            if attempt == _DLQ_ATTEMPTS or self._stopping.is_set():
-                break
-            log.warning(
-                "dead-letter topic: %d record(s) %s; retry %d of %d in %.1fs",
-                left,
-                why,
-                attempt,
-                _DLQ_ATTEMPTS - 1,
-                delay,
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
-            delay *= 2
-        left = written.count(False)
-        self.metrics.dead_letter_failures.inc(left)
-        log.warning(
-            "dead-letter topic did not take %d record(s) in %d attempt(s) (%s; counted, "
-            "decode errors stay counted by reason)",
-            left,
-            attempt,
-            why,
-        )
-
-    async def _dead_letter_send(self, dead: list[tuple[object, str]], written: list[bool]) -> None:
-        """Send each record of `dead` not written yet; wait for the answers. A send left
-        without an answer by the previous attempt's deadline is sent again (a copy may then
-        be written twice; it is counted once)."""
+        passes a record whose copy is not written)."""
         assert self._producer is not None
-        mine = []
-        for i, (r, reason) in enumerate(dead):
-            if written[i]:
-                continue
-            headers = list(getattr(r, "headers", None) or ())
-            headers += [
-                ("dlq_reason", reason.encode()),
-                ("dlq_source", f"{self.topic}/{r.partition}/{r.offset}".encode()),  # type: ignore[attr-defined]
-            ]
-            try:
-                fut = await self._producer.send(
-                    self.dlq_topic,
-                    r.value,  # type: ignore[attr-defined]
-                    key=r.key,  # type: ignore[attr-defined]
-                    headers=headers,
-                )
-            except KafkaError as exc:
-                log.debug("dead-letter produce failed: %s", exc)
-                continue
-            mine.append(fut)
-            fut.add_done_callback(functools.partial(self._dead_letter_done, written, i))
-        waiting = [f for f in mine if not f.done()]
-        if waiting:
-            await asyncio.wait(waiting)  # not gather: a deadline must not cancel the sends
-
-    def _dead_letter_done(self, written: list[bool], i: int, fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            log.debug("dead-letter produce failed: %s", "cancelled" if fut.cancelled() else fut.exception())
-            return
-        if not written[i]:
-            written[i] = True
-            self.metrics.dead_letters.inc()
+        await self._dead_letters.copy(self._producer, dead)
 
     # ------------------------------------------------------------------ exposition
     def _render_key(self) -> tuple[object, ...]:

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from collector import wire
 from collector.config import IngestSettings, Settings
-from collector.errors import BrokerError, ConfigError, ProtocolError, ValidationError
+from collector.errors import BrokerError, ConfigError, ProtocolError, RuleViolation
 from collector.exposition.http import MetricsServer, serve_metrics
 from collector.ingest.auth import TokenStore
 from collector.ingest.compression import CorruptCompression, encoding_of, inflate
@@ -576,14 +576,14 @@ class IngestServer(Component):
         try:
             known = st.table if st.table is not None and batch.series == st.table[0] else None
             checked, info = validate(batch, self.limits, time.time_ns(), known[1] if known else None)
-        except ValidationError as exc:
-            self.metrics.batches_rejected.labels(exc.rule).inc()
+        except RuleViolation as exc:
+            self.metrics.batches_rejected.labels(exc.reason).inc()
             return _Pending(
                 seq=seq,
                 nbytes=len(raw),
                 samples=0,
                 fresh=fresh,
-                result=(pb.Code.Value(exc.code), exc.reason, exc.rule),
+                result=(pb.Code.Value(exc.code), exc.message, exc.reason),
             )
         if known is None:
             st.table = (batch.series, info)

@@ -2,8 +2,8 @@
 
 Sits in the ingest service between parsing and producing. Pure functions of the batch,
 the limits and the clock, so every rule is unit-testable. A failure raises
-`ValidationError` carrying the gRPC code name, a short rule name (a metric label) and a
-human reason naming the offending field, e.g. ``series[3].labels[0].name: invalid characters``.
+`RuleViolation` carrying the gRPC code name, a short rule name (its `reason`, a metric
+label) and a human message naming the offending field, e.g. ``series[3].labels[0].name: invalid characters``.
 
 Column checks run on NumPy views of the packed columns (no Python object per sample);
 the series table is checked per entry, and a table identical to the one of the previous
@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from collector import wire
 from collector.catalog import COUNTRIES
-from collector.errors import ValidationError
+from collector.errors import RuleViolation
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 
 METRIC_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]*\Z")
@@ -94,8 +94,8 @@ def _iso(ns: int) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _fail(reason: str, rule: str) -> ValidationError:
-    return ValidationError(reason, code="INVALID_ARGUMENT", rule=rule)
+def _fail(message: str, rule: str) -> RuleViolation:
+    return RuleViolation(rule, message, code="INVALID_ARGUMENT")
 
 
 def _check_id(value: str, field: str, rule: str) -> None:
@@ -335,7 +335,7 @@ def _check_period_columns(
 def validate(
     batch: pb.Batch, limits: Limits, now_ns: int, table: TableInfo | None = None
 ) -> tuple[Checked, TableInfo]:
-    """Raise ValidationError for the first broken rule; return counts and the table info.
+    """Raise RuleViolation for the first broken rule; return counts and the table info.
 
     Pass the `TableInfo` of a previous batch whose series table is equal to this one's to
     skip re-checking the table (agents send the same table in every batch).

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from collector.aggregate.config import AggregateSettings
 from collector.aggregate.outputs import FAMILIES, build_frames
-from collector.aggregate.service import SelfMetrics
+from collector.aggregate.self_metrics import SelfMetrics
 from collector.aggregate.state import PartitionState
 from collector.exposition.histogram import cumulative
 from collector.exposition.render import FamilyText, render, render_family

@@ -15,6 +15,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
@@ -22,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from collector.aggregate.service import Aggregator
 from collector.broker import EmbeddedBroker, free_port
 from collector.config import load_settings
+from tests.agent_support import eventually
 from tests.aggregate_support import HEADERS, NS, SeriesDef, make_batch
 from tests.conftest import make_topic
 
@@ -59,16 +61,18 @@ def _query(port: int, q: str, at: float | None = None) -> list[dict]:
         return json.loads(r.read())["data"]["result"]  # type: ignore[no-any-return]
 
 
-async def _until(pred, limit_s: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + limit_s
-    while True:
+async def _until(pred: Callable[[], float], limit_s: float, what: str) -> float:
+    """The first true value of `pred` (a blocking Prometheus query, run in a thread)."""
+    got = 0.0
+
+    async def probe() -> bool:
+        nonlocal got
         with contextlib.suppress(OSError, KeyError, ValueError):
             got = await asyncio.to_thread(pred)
-            if got:
-                return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.5)
+        return bool(got)
+
+    assert await eventually(probe, within=limit_s, step=0.5), f"timed out waiting for {what}"
+    return got
 
 
 async def test_prometheus_rate_over_corrected_counters_equals_truth(
@@ -120,6 +124,7 @@ async def test_prometheus_rate_over_corrected_counters_equals_truth(
             t = t0 + sent * NS
             await producer.send_and_wait(topic, _batch(sent + 1, t, sent), key=b"jp-rate-01", headers=HEADERS)
             sent += 1
+            # pacing the source to the wall clock (Prometheus scrapes in real time), not a wait
             await asyncio.sleep(max(0.0, (t0 + sent * NS - time.time_ns()) / NS))
 
     try:

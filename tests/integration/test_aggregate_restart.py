@@ -14,14 +14,15 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from collector.aggregate.service import Aggregator, window_records
+from collector.aggregate.service import Aggregator
+from collector.aggregate.window_log import window_records
 from collector.broker import EmbeddedBroker
+from tests.agent_support import eventually
 from tests.aggregate_support import (
     Fleet,
     final_boundary,
@@ -76,14 +77,6 @@ def _settings(topic: str, dlq: str, **extra: object):  # type: ignore[no-untyped
     )
 
 
-async def _wait(cond, limit_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + limit_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def _run_undisturbed(broker: EmbeddedBroker, fleet: Fleet) -> dict:
     topic, dlq = await _topics(broker)
     await produce(broker.bootstrap, topic, fleet.records, PART)
@@ -94,7 +87,7 @@ async def _run_undisturbed(broker: EmbeddedBroker, fleet: Fleet) -> dict:
         registry=CollectorRegistry(),
         on_window=lambda p, w, c, g: rows.extend(window_records(p, w, c, g)),
     ):
-        await _wait(lambda: _complete(rows, final_boundary(fleet)), 60, "run 1")
+        assert await eventually(lambda: _complete(rows, final_boundary(fleet)), within=60), "run 1"
     return published(rows)
 
 
@@ -165,19 +158,20 @@ async def _run_killed(broker: EmbeddedBroker, fleet: Fleet, tmp: Path) -> dict:
             await produce(broker.bootstrap, topic, chunk, PART)
             if i < 2:
                 # let it publish and checkpoint, then kill it without warning
-                await _wait(
-                    lambda b=before: len(_read_log(log)) > b + 20,
-                    60,
-                    f"progress before kill {i + 1}: {out.read_text()[-1500:]}",
+                assert await eventually(lambda b=before: len(_read_log(log)) > b + 20, within=60), (
+                    f"progress before kill {i + 1}: {out.read_text()[-1500:]}"
                 )
-                for _ in range(300):
-                    if await _checkpoints(out) >= i + 1:
-                        break
-                    await asyncio.sleep(0.1)
-                else:
-                    raise AssertionError(f"no checkpoint before kill {i + 1}")
+
+                async def checkpointed(n: int = i + 1) -> bool:
+                    return await _checkpoints(out) >= n
+
+                assert await eventually(checkpointed, within=30, step=0.1), (
+                    f"no checkpoint before kill {i + 1}"
+                )
                 await _kill(procs[-1], signal.SIGKILL)
-        await _wait(lambda: _complete(_read_log(log), upto), 90, f"run 2: {out.read_text()[-1500:]}")
+        assert await eventually(lambda: _complete(_read_log(log), upto), within=90), (
+            f"run 2: {out.read_text()[-1500:]}"
+        )
         await _kill(procs[-1], signal.SIGTERM)
         assert procs[-1].returncode == 0, out.read_text()[-2000:]
     finally:
@@ -198,18 +192,16 @@ async def _run_rebalanced(broker: EmbeddedBroker, fleet: Fleet) -> tuple[dict, i
     s = _settings(topic, dlq)
     async with Aggregator(s, bootstrap=broker.bootstrap, registry=CollectorRegistry(), on_window=sink) as a:
         await produce(broker.bootstrap, topic, first, PART)
-        await _wait(lambda: len(rows) > 20, 60, "progress of member A")
+        assert await eventually(lambda: len(rows) > 20, within=60), "progress of member A"
         async with Aggregator(
             s, bootstrap=broker.bootstrap, registry=CollectorRegistry(), on_window=sink
         ) as b:
             await produce(broker.bootstrap, topic, second, PART)
-            await _wait(
-                lambda: len(a.states) + len(b.states) == 3 and len(b.states) > 0,
-                60,
-                "rebalance to two members",
-            )
+            assert await eventually(
+                lambda: len(a.states) + len(b.states) == 3 and len(b.states) > 0, within=60
+            ), "rebalance to two members"
             await produce(broker.bootstrap, topic, third, PART)
-            await _wait(lambda: _complete(rows, final_boundary(fleet)), 90, "run 3")
+            assert await eventually(lambda: _complete(rows, final_boundary(fleet)), within=90), "run 3"
             restores = int(a.metrics.restores._value.get() + b.metrics.restores._value.get())
     return published(rows), restores
 

@@ -19,7 +19,8 @@ from collector.agent.pipeline import AgentPipeline
 from collector.agent.sources import run_source
 from collector.agent.sources.gnmi import GnmiLinkAdapter
 from collector.agent.sources.link import LinkSource
-from collector.aggregate.service import Aggregator, window_records
+from collector.aggregate.service import Aggregator
+from collector.aggregate.window_log import window_records
 from collector.broker import EmbeddedBroker
 from collector.config import load_settings
 from collector.devcerts import DevCerts

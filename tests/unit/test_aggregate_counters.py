@@ -10,7 +10,7 @@ import polars as pl
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from collector.aggregate.counters import Carry, counter_deltas, split_sum
+from collector.aggregate.counters import Carry, counter_deltas, split_sum_arrays
 from tests.aggregate_support import TruthCounter
 
 TWO64 = 1 << 64
@@ -147,10 +147,14 @@ def test_new_epoch_restarts_even_when_value_grows() -> None:
     assert d.delta.tolist() == [0, 0]
 
 
-@given(st.lists(st.integers(0, TWO64 - 1), min_size=1, max_size=50))
-def test_split_sum_is_exact_beyond_2_64(values: list[int]) -> None:
-    arr = np.array(values, np.uint64)
-    assert split_sum(arr, np.array([0])) == [sum(values)]
+@given(st.lists(st.lists(st.integers(0, TWO64 - 1), min_size=1, max_size=20), min_size=1, max_size=5))
+def test_split_sum_is_exact_beyond_2_64(groups: list[list[int]]) -> None:
+    arr = np.array([v for g in groups for v in g], np.uint64)
+    starts = np.cumsum([0] + [len(g) for g in groups[:-1]])
+    hi, lo = split_sum_arrays(arr, starts)
+    assert [(int(h) << 32) + int(x) for h, x in zip(hi.tolist(), lo.tolist(), strict=True)] == [
+        sum(g) for g in groups
+    ]
 
 
 def test_polars_integer_traps_still_exist() -> None:

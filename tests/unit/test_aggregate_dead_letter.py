@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
-from collector.aggregate import service
+from collector.aggregate import dead_letter
 from collector.aggregate.service import Aggregator
 from collector.config import load_settings
 
@@ -59,7 +59,7 @@ def _value(agg: Aggregator, name: str) -> float:
 
 
 async def test_failed_and_timed_out_dead_letters_are_retried_once_each(monkeypatch: Any) -> None:
-    monkeypatch.setattr(service, "_DLQ_ATTEMPTS", 4)
+    monkeypatch.setattr(dead_letter, "ATTEMPTS", 4)
     # record 0 fails, 1 is written, 2 hangs past the deadline, 3 raises at send
     p = ScriptedProducer(["fail", "ok", "hang", "raise"])
     agg = _agg(p)
@@ -71,7 +71,7 @@ async def test_failed_and_timed_out_dead_letters_are_retried_once_each(monkeypat
 
 
 async def test_a_dead_letter_never_written_is_counted_after_the_last_attempt(monkeypatch: Any) -> None:
-    monkeypatch.setattr(service, "_DLQ_ATTEMPTS", 2)
+    monkeypatch.setattr(dead_letter, "ATTEMPTS", 2)
     p = ScriptedProducer(["ok", "fail", "fail", "fail"])
     agg = _agg(p)
     await agg._dead_letter(_dead(2))

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collector.aggregate.config import AggregateSettings
+from collector.aggregate.ledger import SiteLedger
 from collector.aggregate.outputs import build_frames
-from collector.aggregate.state import PartitionState, SiteLedger
+from collector.aggregate.state import PartitionState
 from collector.errors import ProtocolError
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from tests.aggregate_support import NS, T0, SeriesDef, make_batch

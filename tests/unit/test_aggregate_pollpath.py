@@ -5,6 +5,7 @@ floats do not depend on the window log."""
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import polars as pl
@@ -14,8 +15,9 @@ from hypothesis import strategies as st
 
 from collector.aggregate.config import AggregateSettings
 from collector.aggregate.decode import Decoder, decode
+from collector.aggregate.grouping import order_by_series_time
 from collector.aggregate.heap import retain_freed_heap
-from collector.aggregate.state import PartitionState, _by_series_time
+from collector.aggregate.state import PartitionState
 from collector.errors import ProtocolError
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from tests.aggregate_support import NS, T0, SeriesDef, make_batch, make_fleet
@@ -97,7 +99,22 @@ def test_bad_records_inside_a_poll_are_refused_alone() -> None:
     assert st.next_offset == len(records)
     assert st.records == len(records)
     assert st.sites[0].batches == 4  # the refused seq 9 never reached the dedup memory
-    assert st.agents["x"].hi == 4
+    assert st.dedup.agents["x"].hi == 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64))
+def test_every_refused_record_carries_a_short_reason_code(junk: bytes) -> None:
+    """The dead-letter header and the decode-error label come from ProtocolError.reason: a
+    short code (never a message), whatever the bytes."""
+    series = [SeriesDef("link_in_octets", {"link": "a", "media": "optical"})]
+    good = make_batch(agent="x", seq=1, site="s", series=series, counters=[(0, T0, 1)])
+    st_ = PartitionState(0, CFG)
+    _, errors = st_.add_many([(0, junk, None), (1, good[: len(good) // 2], None), (2, b"", None)])
+    reasons = {e.reason for _, e in errors}
+    assert {i for i, _ in errors} >= {1, 2}
+    assert all(re.fullmatch(r"[a-z_]+", r) for r in reasons), reasons
+    assert dict((i, e.reason) for i, e in errors)[2] == "empty"
 
 
 def _columns_equal(a: object, b: object) -> bool:
@@ -239,11 +256,11 @@ def test_series_time_order_is_lexsort(pairs: list[tuple[int, int]], base: int) -
     timestamps included (both stable), and falls back to lexsort when the key would overflow."""
     sid = np.array([p[0] for p in pairs], np.uint32)
     t = np.array([base + p[1] * NS for p in pairs], np.int64)
-    assert np.array_equal(_by_series_time(sid, t), np.lexsort((t, sid)))
+    assert np.array_equal(order_by_series_time(sid, t), np.lexsort((t, sid)))
     if len(t):
         wide = t.copy()
         wide[0] = 0  # span ~ base: (max sid + 1) * span can pass 2^63
-        assert np.array_equal(_by_series_time(sid, wide), np.lexsort((wide, sid)))
+        assert np.array_equal(order_by_series_time(sid, wide), np.lexsort((wide, sid)))
 
 
 def test_heap_setting_applies_on_glibc_only_when_asked() -> None:
@@ -351,7 +368,7 @@ def test_known_layout_reads_what_the_full_parse_reads(created: int, mutate: str)
 
 
 def test_checkpoint_rounds_take_at_most_their_share_of_the_time() -> None:
-    from collector.aggregate.service import checkpoint_every
+    from collector.aggregate.state_topic import checkpoint_every
 
     assert checkpoint_every(0.01, 5.0, 0.25) == 5.0  # small state: the configured interval
     assert checkpoint_every(2.0, 5.0, 0.25) == 8.0  # 2 s rounds: every 8 s, 25 % of the time

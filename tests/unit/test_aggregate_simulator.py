@@ -15,7 +15,9 @@ import re
 import polars as pl
 
 from collector.aggregate.config import AggregateSettings
-from collector.aggregate.state import NS, PartitionState, log_labels
+from collector.aggregate.frames import NS
+from collector.aggregate.registry import log_labels
+from collector.aggregate.state import PartitionState
 from collector.simulate.config import SimulateSettings
 from collector.simulate.fleet import Simulation
 

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collector.aggregate.config import AggregateSettings
-from collector.aggregate.service import window_records
 from collector.aggregate.state import PartitionState
+from collector.aggregate.window_log import window_records
 from collector.errors import ProtocolError
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from tests.aggregate_support import (
@@ -145,7 +145,7 @@ def test_duplicate_is_dropped_and_dedup_memory_is_bounded() -> None:
     site = st.sites[0]
     assert site.dropped["duplicate"] == 1
     assert site.dropped["dedup_expired"] == 1
-    agent = st.agents["a"]
+    agent = st.dedup.agents["a"]
     assert agent.mask.bit_length() <= 64
 
 
@@ -308,7 +308,7 @@ def test_series_with_an_impossible_scale_is_rejected(scale: float) -> None:
 def test_newest_event_index_equals_a_scan_over_sites(steps: list[tuple[int, int, int]]) -> None:
     # each step: a site's newest event time moves to `value` (if higher), the floor is the
     # running maximum minus `idle` - exactly how the partition watermark uses it
-    from collector.aggregate.state import NewestEventIndex
+    from collector.aggregate.watermark import NewestEventIndex
 
     index = NewestEventIndex()
     newest: dict[int, int] = {}

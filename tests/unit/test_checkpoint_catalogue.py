@@ -18,8 +18,8 @@ import textwrap
 from pathlib import Path
 
 from collector.aggregate.config import AggregateSettings
-from collector.aggregate.service import window_records
 from collector.aggregate.state import PartitionState
+from collector.aggregate.window_log import window_records
 from collector.catalog import METRICS
 from tests.aggregate_support import NS, T0, SeriesDef, catalog_batches, make_batch
 
@@ -36,6 +36,9 @@ OLD_BUILD = textwrap.dedent("""
     old.insert(3, cat.MetricSpec("legacy_octets", cat.Domain.LINK, cat.Kind.COUNTER, "bytes",
                                  ("link", "media"), "removed since"))
     cat.METRICS = tuple(old)
+    # the old build's catalogue module: its derived tables follow its METRICS
+    cat.METRIC_INDEX = {m.name: i for i, m in enumerate(cat.METRICS)}
+    cat.LABEL_NAMES = tuple(sorted({n for m in cat.METRICS for n in m.labels}))
     from collector.aggregate.config import AggregateSettings
     from collector.aggregate.state import PartitionState
     data = open(sys.argv[1], "rb").read()
@@ -143,7 +146,7 @@ def test_checkpoint_v3_of_the_last_release_restores(tmp_path: Path) -> None:
     tf = st.totals_frame()
     totals = []
     for sid, hi, lo, created in zip(tf["sid"], tf["hi"], tf["lo"], tf["created"], strict=True):
-        key = st.keys[sid]
+        key = st.registry.keys[sid]
         assert key is not None
         site, metric, labels = key
         totals.append(

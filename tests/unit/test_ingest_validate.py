@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.errors import ValidationError
+from collector.errors import RuleViolation
 from collector.ingest.validate import NS, Limits, validate
 from tests.ingest_support import make_batch
 
@@ -24,23 +24,23 @@ def test_a_year_3000_time_computed_in_int64_is_reported_as_overflow_not_as_old()
     year_3000_ns = 32_503_680_000 * NS
     wrapped = (year_3000_ns + 2**63) % 2**64 - 2**63  # what an int64 computation produces
     assert wrapped < 0
-    with pytest.raises(ValidationError) as err:
+    with pytest.raises(RuleViolation) as err:
         validate(_with_time(wrapped), LIMITS, NOW)  # type: ignore[arg-type]
-    assert "before 1970" in err.value.reason
-    assert "overflowed far-future time" in err.value.reason
-    assert "older than" not in err.value.reason
+    assert "before 1970" in err.value.message
+    assert "overflowed far-future time" in err.value.message
+    assert "older than" not in err.value.message
 
 
 def test_old_and_future_times_name_the_time_and_the_limit() -> None:
-    with pytest.raises(ValidationError) as old:
+    with pytest.raises(RuleViolation) as old:
         validate(_with_time(NOW - 8 * 86400 * NS), LIMITS, NOW)  # type: ignore[arg-type]
-    assert old.value.rule == "too_old"
-    assert "2026-11-22T00:53:20Z is older" in old.value.reason
-    assert "max_past_age (604800s" in old.value.reason
-    with pytest.raises(ValidationError) as future:
+    assert old.value.reason == "too_old"
+    assert "2026-11-22T00:53:20Z is older" in old.value.message
+    assert "max_past_age (604800s" in old.value.message
+    with pytest.raises(RuleViolation) as future:
         validate(_with_time(NOW + 301 * NS), LIMITS, NOW)  # type: ignore[arg-type]
-    assert future.value.rule == "clock_skew"
-    assert "301s ahead" in future.value.reason
+    assert future.value.reason == "clock_skew"
+    assert "301s ahead" in future.value.message
 
 
 @given(st.integers(-(2**63), 2**63 - 1))
@@ -48,6 +48,6 @@ def test_every_int64_time_is_accepted_exactly_inside_the_window(t: int) -> None:
     if NOW - 7 * 86400 * NS <= t <= NOW + 300 * NS:
         validate(_with_time(t), LIMITS, NOW)  # type: ignore[arg-type]
         return
-    with pytest.raises(ValidationError, match=r"^counters\.time_unix_nano\[0\]: ") as err:
+    with pytest.raises(RuleViolation, match=r"^counters\.time_unix_nano\[0\]: ") as err:
         validate(_with_time(t), LIMITS, NOW)  # type: ignore[arg-type]
-    assert err.value.rule in ("too_old", "clock_skew")
+    assert err.value.reason in ("too_old", "clock_skew")

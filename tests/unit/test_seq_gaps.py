@@ -13,7 +13,8 @@ from collector.agent.batch import BatchBuilder
 from collector.agent.config import SpoolSettings
 from collector.agent.spool import Spool
 from collector.aggregate.config import AggregateSettings
-from collector.aggregate.state import Agent, PartitionState
+from collector.aggregate.dedup import Agent
+from collector.aggregate.state import PartitionState
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from tests.agent_support import SITE, fill
 from tests.aggregate_support import NS, T0, SeriesDef

@@ -1,0 +1,99 @@
+"""Column layouts of the aggregation state's Polars frames (panes, windows, totals).
+
+Shared by the per-partition state (collector/aggregate/state.py), the window roll
+(windows.py), the checkpoint codec (checkpoint.py) and what the aggregator publishes
+(outputs.py). Time columns are event time in nanoseconds since the Unix epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import polars as pl
+
+NS = 1_000_000_000  # nanoseconds per second
+
+TWO32 = pl.lit(1 << 32, dtype=pl.Int128)
+
+# A counter increase is kept as the sums of its 32-bit halves (increase = hi * 2^32 + lo):
+# UInt64 group sums are several times cheaper than Int128 ones in Polars and cannot overflow
+# (each half is < 2^32, and no window has 2^32 intervals); Int128 appears only in the
+# published windows.
+COUNTER_PANE_SCHEMA = {
+    "sid": pl.UInt32,
+    "pane": pl.Int64,
+    "hi": pl.UInt64,
+    "lo": pl.UInt64,
+    "dt": pl.Int64,
+    "n": pl.UInt32,
+    "resets": pl.UInt32,
+    "wraps": pl.UInt32,
+}
+GAUGE_PANE_SCHEMA = {
+    "sid": pl.UInt32,
+    "pane": pl.Int64,
+    "sum": pl.Float64,
+    "cnt": pl.UInt32,
+    "min": pl.Float64,
+    "max": pl.Float64,
+}
+# `at`: event time (ns) the totals are complete up to (the closed pane boundary)
+TOTALS_SCHEMA = {"sid": pl.UInt32, "hi": pl.UInt64, "lo": pl.UInt64, "created": pl.Int64, "at": pl.Int64}
+COUNTER_AGG_SCHEMA = {
+    "sid": pl.UInt32,
+    "end": pl.Int64,
+    "hi": pl.UInt64,
+    "lo": pl.UInt64,
+    "dt": pl.Int64,
+    "n": pl.UInt32,
+    "resets": pl.UInt32,
+    "wraps": pl.UInt32,
+}
+COUNTER_WIN_SCHEMA = {
+    "sid": pl.UInt32,
+    "end": pl.Int64,
+    "inc": pl.Int128,
+    "dt": pl.Int64,
+    "n": pl.UInt32,
+    "resets": pl.UInt32,
+    "wraps": pl.UInt32,
+}
+GAUGE_WIN_SCHEMA = {
+    "sid": pl.UInt32,
+    "end": pl.Int64,
+    "sum": pl.Float64,
+    "cnt": pl.UInt32,
+    "min": pl.Float64,
+    "max": pl.Float64,
+}
+
+
+def empty(schema: Mapping[str, Any]) -> pl.DataFrame:
+    """A frame with no rows in this layout."""
+    return pl.DataFrame(schema=schema)
+
+
+def exact_increase(windows: pl.DataFrame) -> pl.DataFrame:
+    """Counter windows with the increase as one exact Int128 (hi * 2^32 + lo)."""
+    return windows.select(
+        "sid",
+        "end",
+        inc=pl.col("hi").cast(pl.Int128) * TWO32 + pl.col("lo").cast(pl.Int128),
+        dt="dt",
+        n="n",
+        resets="resets",
+        wraps="wraps",
+    )
+
+
+def period_increase() -> dict[str, pl.Expr]:
+    """A period row's (start, end, value) columns as a counter window's: one interval, its
+    count as the increase, no resets or wraps."""
+    return {
+        "inc": pl.col("value").cast(pl.Int128),
+        "dt": pl.col("end") - pl.col("start"),
+        "n": pl.lit(1, pl.UInt32),
+        "resets": pl.lit(0, pl.UInt32),
+        "wraps": pl.lit(0, pl.UInt32),
+    }
