@@ -435,8 +435,6 @@ class FleetRunner:
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self.drained: bool | None = None
-        self.started_wall: float | None = None
-        self.finished_wall: float | None = None
 
     @property
     def records(self) -> int:
@@ -450,7 +448,6 @@ class FleetRunner:
         if self._task is not None:
             return
         await self.sink.start()
-        self.started_wall = time.monotonic()
         self._task = asyncio.create_task(self._run(), name="simulate-fleet")
 
     async def _run(self) -> None:
@@ -484,7 +481,6 @@ class FleetRunner:
             if await self.sink.send(b):
                 sim.record(b)
         self.drained = await self.sink.flush(self.drain_timeout_s)
-        self.finished_wall = time.monotonic()
 
     async def wait(self) -> None:
         """Until the run ends by itself (duration reached) or is stopped."""
