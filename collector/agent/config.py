@@ -249,7 +249,7 @@ class CellSourceSettings(_Section):
         description="Where cells are read: 'pm_xml' (PM files in "
         "pm_dir, set by the keys below), 'simulated' (one site's cells of the "
         "simulator's model) or 'package.module:Class' implementing "
-        "collector.agent.sources.cell.CellAdapter.",
+        "collector.agent.sources.cell_adapters.CellAdapter.",
     )
     options: dict[str, Any] = Field(
         {},

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from collector.agent.batch import SiteInfo
+from collector.catalog import Domain, Kind, metric_names, unit_of
 from collector.simulate.config import SimulateSettings
 from collector.simulate.geo import City, city_for, diurnal_load
 
@@ -35,29 +36,12 @@ _STATIC_TICK = 2**40
 # Key spaces of the hash, one per kind of entity.
 _SITE, _LINK, _CELL, _HOST, _ROW = (k << 44 for k in range(1, 6))
 
-LINK_COUNTERS = (
-    "link_in_octets",
-    "link_out_octets",
-    "link_in_packets",
-    "link_out_packets",
-    "link_in_errors",
-    "link_out_errors",
-    "link_in_discards",
-    "link_out_discards",
-)
-LINK_COUNTER_UNITS = ("bytes", "bytes") + ("packets",) * 6
+# The simulated metrics: names checked against, and units taken from, the catalogue
+# (collector/catalog.py). The order of each tuple is the order of the model's rows.
+LINK_COUNTERS = metric_names(Domain.LINK, Kind.COUNTER)
 LINK_GAUGES = ("link_oper_up", "link_speed_bytes")
-LINK_GAUGE_UNITS = ("bool", "bytes_per_second")
-OPTICAL_GAUGES = (
-    "link_optical_rx_power_dbm",
-    "link_optical_tx_power_dbm",
-    "link_optical_laser_bias_amperes",
-    "link_optical_prefec_ber",
-    "link_optical_osnr_db",
-)
-OPTICAL_GAUGE_UNITS = ("dBm", "dBm", "amperes", "ratio", "dB")
+OPTICAL_GAUGES = metric_names(Domain.LINK, Kind.GAUGE, "link_optical_")
 CELL_COUNTERS = ("DRB.PdcpSduVolumeDL", "DRB.PdcpSduVolumeUL", "MM.HoExeIntraReq", "MM.HoExeIntraSucc")
-CELL_COUNTER_UNITS = ("bytes", "bytes", "attempts", "attempts")
 CELL_GAUGES = (
     "RRU.PrbTotDl",
     "RRU.PrbTotUl",
@@ -71,19 +55,7 @@ CELL_GAUGES = (
     "L1M.SS-RSRQ",
     "L1M.SS-SINR",
 )
-CELL_GAUGE_UNITS = (
-    "ratio",
-    "ratio",
-    "bytes_per_second",
-    "bytes_per_second",
-    "users",
-    "users",
-    "ratio",
-    "ratio",
-    "dBm",
-    "dB",
-    "dB",
-)
+CPU_METRIC = "node_cpu_seconds_total"
 CPU_MODES = ("user", "system", "iowait", "idle")
 HOST_COUNTERS = (
     "node_disk_read_bytes_total",
@@ -97,10 +69,9 @@ HOST_COUNTERS = (
     "node_network_receive_drop_total",
     "node_network_transmit_drop_total",
 )
-HOST_COUNTER_UNITS = ("bytes",) * 4 + ("packets",) * 6
 # Host power: a RAPL package zone as the server source sends it (microjoules, scale 1e-6 ->
-# joules, already unwrapped into a 64-bit counter by the agent).
-RAPL_COUNTER = ("node_rapl_joules_total", "joules", "package-0", 1e-6)
+# joules, already unwrapped into a 64-bit counter by the agent): (metric, device, scale).
+RAPL_COUNTER = ("node_rapl_joules_total", "package-0", 1e-6)
 HOST_GAUGES = (
     "node_memory_MemTotal_bytes",
     "node_memory_MemAvailable_bytes",
@@ -110,7 +81,6 @@ HOST_GAUGES = (
     "node_filesystem_size_bytes",
     "node_filesystem_avail_bytes",
 )
-HOST_GAUGE_UNITS = ("bytes", "bytes", "1", "1", "1", "bytes", "bytes")
 # Share of the interval a connected user is actively receiving (PDCP volume model).
 _ACTIVE_SHARE = 0.005
 RECORD_LINK_NAME = "nict-sdm-402t"
@@ -257,13 +227,13 @@ class FleetModel:
                     links["bits"].append(bits)
                     links["key"].append(key)
                     links["record"].append(record)
-                    for m, unit in zip(LINK_COUNTERS, LINK_COUNTER_UNITS, strict=True):
-                        self.counters.append(CounterSeries(si, m, unit, labels, bits))
-                    for m, unit in zip(LINK_GAUGES, LINK_GAUGE_UNITS, strict=True):
-                        self.gauges.append(GaugeSeries(si, m, unit, labels))
+                    for m in LINK_COUNTERS:
+                        self.counters.append(CounterSeries(si, m, unit_of(m), labels, bits))
+                    for m in LINK_GAUGES:
+                        self.gauges.append(GaugeSeries(si, m, unit_of(m), labels))
                     if optical:
-                        for m, unit in zip(OPTICAL_GAUGES, OPTICAL_GAUGE_UNITS, strict=True):
-                            self.gauges.append(GaugeSeries(si, m, unit, labels))
+                        for m in OPTICAL_GAUGES:
+                            self.gauges.append(GaugeSeries(si, m, unit_of(m), labels))
                 for j in range(s.cells_per_site):
                     labels = _lab(cell=f"NRCell-{j + 1:03d}", gnb=f"gNB-{j // 3 + 1:02d}")
                     cells["site"].append(si)
@@ -271,10 +241,10 @@ class FleetModel:
                     cells["g0"].append(len(self.gauges))
                     cells["key"].append(_CELL + len(cells["key"]))
                     cells["country"].append(country)
-                    for m, unit in zip(CELL_COUNTERS, CELL_COUNTER_UNITS, strict=True):
-                        self.counters.append(CounterSeries(si, m, unit, labels, 64))
-                    for m, unit in zip(CELL_GAUGES, CELL_GAUGE_UNITS, strict=True):
-                        self.gauges.append(GaugeSeries(si, m, unit, labels))
+                    for m in CELL_COUNTERS:
+                        self.counters.append(CounterSeries(si, m, unit_of(m), labels, 64))
+                    for m in CELL_GAUGES:
+                        self.gauges.append(GaugeSeries(si, m, unit_of(m), labels))
                 for h in range(s.hosts_per_site):
                     host = f"edge-{h + 1:02d}"
                     hosts["site"].append(si)
@@ -286,21 +256,25 @@ class FleetModel:
                             self.counters.append(
                                 CounterSeries(
                                     si,
-                                    "node_cpu_seconds_total",
-                                    "seconds",
+                                    CPU_METRIC,
+                                    unit_of(CPU_METRIC),
                                     _lab(host=host, cpu=str(cpu), mode=mode),
                                     64,
                                     0.01,
                                 )
                             )
-                    for m, unit in zip(HOST_COUNTERS, HOST_COUNTER_UNITS, strict=True):
+                    for m in HOST_COUNTERS:
                         dev = "nvme0n1" if "disk" in m else "eth0"
-                        self.counters.append(CounterSeries(si, m, unit, _lab(host=host, device=dev), 64))
-                    m, unit, zone, scale = RAPL_COUNTER
-                    self.counters.append(CounterSeries(si, m, unit, _lab(host=host, device=zone), 64, scale))
-                    for m, unit in zip(HOST_GAUGES, HOST_GAUGE_UNITS, strict=True):
+                        self.counters.append(
+                            CounterSeries(si, m, unit_of(m), _lab(host=host, device=dev), 64)
+                        )
+                    m, zone, scale = RAPL_COUNTER
+                    self.counters.append(
+                        CounterSeries(si, m, unit_of(m), _lab(host=host, device=zone), 64, scale)
+                    )
+                    for m in HOST_GAUGES:
                         lab = _lab(host=host, mountpoint="/") if "filesystem" in m else _lab(host=host)
-                        self.gauges.append(GaugeSeries(si, m, unit, lab))
+                        self.gauges.append(GaugeSeries(si, m, unit_of(m), lab))
                 info = SiteInfo(site_id, country, city.region, city.timezone)
                 self.sites.append(
                     SimSite(

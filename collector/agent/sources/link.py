@@ -9,7 +9,8 @@ from is an adapter:
         async def close(self) -> None: ...
 
 and `agent.sources.link.adapter: "mypkg.gnmi:MyGnmiAdapter"`. Built in: `linux`
-(/sys/class/net of this host), `simulated` (one site's links of the simulator's model) and
+(/sys/class/net of this host), `simulated` (one site's links of the simulator's model, a
+shorthand for `collector.simulate.agent_adapters:SimulatedLinkAdapter`) and
 `synthetic` (deterministic links with optical readings, for tests and benchmarks). An
 adapter fills what it knows and leaves the rest None; it reports each counter's width (e.g.
 32 for SNMP ifInOctets, 64 for ifHCInOctets) and when the counters last started (a device's
@@ -35,6 +36,7 @@ import psutil
 from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, gauge_def
 from collector.agent.config import LinkSourceSettings
 from collector.agent.sources import Source, load_adapter
+from collector.catalog import unit_of
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +50,11 @@ COUNTERS = (
     "in_discards",
     "out_discards",
 )
-_UNITS = {"in_octets": "bytes", "out_octets": "bytes"}
-OPTICAL = (
-    ("rx_power_dbm", "link_optical_rx_power_dbm", "dBm"),
-    ("tx_power_dbm", "link_optical_tx_power_dbm", "dBm"),
-    ("laser_bias_amperes", "link_optical_laser_bias_amperes", "amperes"),
-    ("prefec_ber", "link_optical_prefec_ber", "ratio"),
-    ("osnr_db", "link_optical_osnr_db", "dB"),
-)
+# LinkReading's optical fields, in catalogue order; `link_optical_<field>` is the metric.
+OPTICAL = ("rx_power_dbm", "tx_power_dbm", "laser_bias_amperes", "prefec_ber", "osnr_db")
+# Metric names and units are the catalogue's (collector/catalog.py): `link_<counter field>`.
+COUNTER_METRICS = {f: "link_" + f for f in COUNTERS}
+OPTICAL_METRICS = {f: "link_optical_" + f for f in OPTICAL}
 
 
 @dataclass(slots=True)
@@ -239,84 +238,6 @@ class SyntheticLinkAdapter(LinkAdapter):
         return out
 
 
-# --- simulated ------------------------------------------------------------------------
-class SimulatedLinkAdapter(LinkAdapter):
-    """Links of one simulated site, from `collector simulate`'s model (collector/simulate/):
-    its link generator (diurnal load in the site's local time, optical DOM readings, 32-bit
-    copper counters that wrap, counter clears with a new start time), deterministic for a
-    seed, read at wall-clock time. Lets a real `collector agent` stream simulated links.
-
-    The model is a fleet of `site + 1` sites of `country` with links only; the readings are
-    those of the last one (a real city). Agent restarts, gaps and the silent site are the
-    fleet runner's faults and stay off (a real agent's restart is real). A read returns the
-    latest tick due, generating the ticks missed since the last read, or nothing when no new
-    tick is due.
-    """
-
-    def __init__(
-        self,
-        seed: int = 20260401,
-        country: str = "JP",
-        site: int = 0,
-        links: int = 8,
-        interval_s: float = 10.0,
-        record_link: bool = False,
-        wrap32: bool = True,
-        clear_every_s: float = 43_200.0,
-        start_unix_s: float | None = None,
-    ) -> None:
-        from collector.agent.sources.simulated import SimulatedSite
-
-        self.sim = SimulatedSite(
-            "agent.sources.link.options",
-            seed=seed,
-            country=country,
-            site=site,
-            interval_s=interval_s,
-            start_unix_s=start_unix_s,
-            links_per_site=links,
-            record_link=record_link,
-            wrap32=wrap32,
-            clear_every_s=clear_every_s,
-        )
-        self.model = m = self.sim.model
-        self.gen = self.sim.gen
-        self.site = self.sim.index
-        rows = self.sim.rows(m.links)
-        self._c0 = [int(m.links["c0"][i]) for i in rows]
-        self._g0 = [int(m.links["g0"][i]) for i in rows]
-        self._names = [dict(m.counters[c].labels)["link"] for c in self._c0]
-        self._optical = [bool(m.links["optical"][i]) for i in rows]
-        self._bits = [int(m.links["bits"][i]) for i in rows]
-
-    async def read(self) -> Sequence[LinkReading]:
-        got = self.sim.due()
-        if got is None:
-            return []  # no new tick yet: never the same samples twice
-        block, k = got
-        t = int(block.t[self.site, k])
-        out = []
-        for name, c0, g0, optical, bits in zip(
-            self._names, self._c0, self._g0, self._optical, self._bits, strict=True
-        ):
-            v = block.values[c0 : c0 + len(COUNTERS), k].tolist()
-            g = block.gauges[g0 : g0 + (7 if optical else 2), k].tolist()
-            out.append(
-                LinkReading(
-                    name=name,
-                    media="optical" if optical else "copper",
-                    **dict(zip(COUNTERS, v, strict=True)),
-                    counter_bits=bits,
-                    counter_start_unix_nano=int(block.start[c0, k]),
-                    oper_up=g[0] > 0.5,
-                    speed_bytes_per_second=int(g[1]),
-                    **(dict(zip((o[0] for o in OPTICAL), g[2:], strict=True)) if optical else {}),
-                    time_unix_nano=t,
-                )
-            )
-        return out
-
-
 def _snmp(**options: Any) -> LinkAdapter:
     # Device adapters import their protocol library only when configured.
     from collector.agent.sources.snmp import SnmpLinkAdapter
@@ -330,10 +251,12 @@ def _gnmi(**options: Any) -> LinkAdapter:
     return GnmiLinkAdapter(**options)
 
 
-BUILTIN_ADAPTERS: dict[str, Callable[..., LinkAdapter]] = {
+BUILTIN_ADAPTERS: dict[str, Callable[..., LinkAdapter] | str] = {
     "linux": LinuxLinkAdapter,
     "synthetic": SyntheticLinkAdapter,
-    "simulated": SimulatedLinkAdapter,
+    # the simulator's (collector/simulate/agent_adapters.py), by name: loaded like any
+    # 'module:Class' adapter, so the edge code never imports the simulator
+    "simulated": "collector.simulate.agent_adapters:SimulatedLinkAdapter",
     "snmp": _snmp,
     "gnmi": _gnmi,
 }
@@ -415,18 +338,21 @@ class LinkSource(Source):
                 (
                     f,
                     counter_def(
-                        "link_" + f,
+                        COUNTER_METRICS[f],
                         labels,
-                        unit=_UNITS.get(f, "packets"),
+                        unit=unit_of(COUNTER_METRICS[f]),
                         bits=widths[f],
                         start_time_unix_nano=r.counter_start_unix_nano,
                     ),
                 )
                 for f in COUNTERS
             ),
-            oper=gauge_def("link_oper_up", labels, unit="bool"),
-            speed=gauge_def("link_speed_bytes", labels, unit="bytes_per_second"),
-            optical=tuple((attr, gauge_def(metric, labels, unit=unit)) for attr, metric, unit in OPTICAL),
+            oper=gauge_def("link_oper_up", labels, unit=unit_of("link_oper_up")),
+            speed=gauge_def("link_speed_bytes", labels, unit=unit_of("link_speed_bytes")),
+            optical=tuple(
+                (attr, gauge_def(metric, labels, unit=unit_of(metric)))
+                for attr, metric in OPTICAL_METRICS.items()
+            ),
         )
 
     async def collect(self, builder: BatchBuilder, now_unix_nano: int) -> None:
