@@ -23,15 +23,8 @@ from collector.agent.sources.cell_adapters import CellAdapter, CellReading
 from collector.agent.sources.link import COUNTERS, OPTICAL, LinkAdapter, LinkReading
 from collector.errors import ConfigError
 from collector.simulate.config import SimulateSettings
-from collector.simulate.model import (
-    CELL_COUNTERS,
-    CELL_GAUGES,
-    LINK_GAUGES,
-    Block,
-    FleetGenerator,
-    FleetModel,
-    start_ns_for,
-)
+from collector.simulate.generator import Block, FleetGenerator
+from collector.simulate.topology import CELL_COUNTERS, CELL_GAUGES, LINK_GAUGES, FleetModel, start_ns_for
 
 # Gauge rows of a link in the model: oper status and speed, then (optical links) OPTICAL.
 _LINK_GAUGES = len(LINK_GAUGES)

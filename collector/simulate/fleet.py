@@ -36,15 +36,9 @@ from collector.errors import BrokerError, ConfigError
 from collector.ingest.producer import producer_kwargs
 from collector.simulate.batches import PlannedBatch, Planner, record_headers
 from collector.simulate.config import SimulateSettings
-from collector.simulate.model import (
-    CELL_COUNTERS,
-    CELL_GAUGES,
-    Block,
-    FleetGenerator,
-    FleetModel,
-    start_ns_for,
-)
+from collector.simulate.generator import Block, FleetGenerator
 from collector.simulate.pm_files import PmWriter
+from collector.simulate.topology import CELL_COUNTERS, CELL_GAUGES, FleetModel, start_ns_for
 from collector.simulate.truth import TruthRecorder
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from collector.errors import ConfigError
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from collector.simulate.agent_adapters import SimulatedCellAdapter
 from collector.simulate.config import SimulateSettings
-from collector.simulate.model import CELL_COUNTERS, CELL_GAUGES, FleetGenerator, FleetModel
+from collector.simulate.generator import FleetGenerator
+from collector.simulate.topology import CELL_COUNTERS, CELL_GAUGES, FleetModel
 from tests.agent_support import SITE
 
 NS = 10**9
