@@ -217,7 +217,7 @@ class LinkSourceSettings(_Section):
         "'snmp' (IF-MIB of SNMP v2c/v3 devices), 'gnmi' (OpenConfig over gNMI "
         "Subscribe), 'simulated' (one site's links of the simulator's model), "
         "'synthetic' (deterministic test links) or 'package.module:Class' "
-        "implementing collector.agent.sources.link.LinkAdapter.",
+        "implementing collector.agent.sources.link_adapters.LinkAdapter.",
     )
     include: list[str] = Field(["*"], description="Link names (fnmatch patterns) reported.")
     exclude: list[str] = Field(["lo"], description="Link names (fnmatch patterns) not reported.")

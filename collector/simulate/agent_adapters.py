@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from collector.agent.sources.cell_adapters import CellAdapter, CellReading
-from collector.agent.sources.link import COUNTERS, OPTICAL, LinkAdapter, LinkReading
+from collector.agent.sources.link_adapters import COUNTERS, OPTICAL, LinkAdapter, LinkReading
 from collector.errors import ConfigError
 from collector.simulate.config import SimulateSettings
 from collector.simulate.generator import Block, FleetGenerator

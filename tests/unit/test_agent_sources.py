@@ -13,10 +13,10 @@ from pydantic import BaseModel
 from collector import catalog, wire
 from collector.agent.batch import BatchBuilder
 from collector.agent.config import AgentSettings, LinkSourceSettings, ServerSourceSettings
-from collector.agent.sources.link import (
+from collector.agent.sources.link import LinkSource
+from collector.agent.sources.link_adapters import (
     LinkAdapter,
     LinkReading,
-    LinkSource,
     LinuxLinkAdapter,
     SyntheticLinkAdapter,
     make_adapter,

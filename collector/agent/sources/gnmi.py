@@ -56,7 +56,7 @@ from collector.agent.sources.devices import (
     validate_options,
     wanted,
 )
-from collector.agent.sources.link import LinkAdapter, LinkReading
+from collector.agent.sources.link_adapters import LinkAdapter, LinkReading
 from collector.agent.sources.snmp import parse_address
 from collector.backoff import backoff_delay
 from collector.errors import ConfigError
