@@ -63,8 +63,9 @@ async def _sink(port: int, cert: Path, key: Path, pm_dir: Path | None) -> None:
     import grpc
     from grpc import aio
 
-    from collector.agent.sources.cell import PM_MEASUREMENTS, render_meas_collec
+    from collector.agent.sources.pm_parser import MEASUREMENTS
     from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+    from collector.simulate.pm_writer import render_meas_collec
 
     async def stream(requests, context):  # type: ignore[no-untyped-def]
         async for raw in requests:
@@ -93,7 +94,7 @@ async def _sink(port: int, cert: Path, key: Path, pm_dir: Path | None) -> None:
     if pm_dir is None:
         await asyncio.Event().wait()
     assert pm_dir is not None
-    metrics = sorted(PM_MEASUREMENTS)
+    metrics = sorted(MEASUREMENTS)
     k = 0
     while True:
         begin = dt.datetime.now(dt.UTC).replace(microsecond=0)

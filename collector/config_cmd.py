@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event) -> int:
     link = settings.agent.sources.link
     if not args.defaults and "agent" in settings.model_fields_set and link.enabled:
-        from collector.agent.sources.link import check_options
+        from collector.agent.sources.link_adapters import check_options
 
         check_options(link.adapter, dict(link.options))  # a ConfigError names key and file
     shown = Settings.model_construct() if args.defaults else settings

@@ -18,7 +18,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from collector.agent.sources.pm import MEASUREMENTS
+from collector.agent.sources.pm_parser import MEASUREMENTS
 from collector.aggregate.config import AggregateSettings
 from collector.aggregate.outputs import FAMILIES, GAUGES, HISTOGRAMS, RATES, window_label
 from collector.aggregate.self_metrics import SelfMetrics

@@ -186,7 +186,7 @@ def spooled_seqs(spool_dir: Path) -> set[int]:
     import struct
     import zlib
 
-    from collector.agent.spool import scan
+    from collector.agent.spool.records import scan
 
     done: list[tuple[int, int]] = []
     j = spool_dir / "acks.log"

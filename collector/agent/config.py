@@ -219,7 +219,7 @@ class LinkSourceSettings(_Section):
         "'snmp' (IF-MIB of SNMP v2c/v3 devices), 'gnmi' (OpenConfig over gNMI "
         "Subscribe), 'simulated' (one site's links of the simulator's model), "
         "'synthetic' (deterministic test links) or 'package.module:Class' "
-        "implementing collector.agent.sources.link.LinkAdapter.",
+        "implementing collector.agent.sources.link_adapters.LinkAdapter.",
     )
     include: list[str] = Field(["*"], description="Link names (fnmatch patterns) reported.")
     exclude: list[str] = Field(["lo"], description="Link names (fnmatch patterns) not reported.")
@@ -251,7 +251,7 @@ class CellSourceSettings(_Section):
         description="Where cells are read: 'pm_xml' (PM files in "
         "pm_dir, set by the keys below), 'simulated' (one site's cells of the "
         "simulator's model) or 'package.module:Class' implementing "
-        "collector.agent.sources.cell.CellAdapter.",
+        "collector.agent.sources.cell_adapters.CellAdapter.",
     )
     options: dict[str, Any] = Field(
         {},

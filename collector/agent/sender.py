@@ -31,6 +31,7 @@ import grpc
 
 from collector.agent.config import IngestTargetSettings
 from collector.agent.spool import Spool
+from collector.backoff import backoff_delay
 from collector.errors import ConfigError
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 
@@ -38,14 +39,6 @@ log = logging.getLogger(__name__)
 
 METHOD = "/telemetry.v1.IngestService/Stream"
 REJECT_CODES = frozenset({pb.INVALID_ARGUMENT, pb.PERMISSION_DENIED})
-
-
-def backoff_delay(
-    attempt: int, initial_s: float, max_s: float, rand: Callable[[], float] = random.random
-) -> float:
-    """Full jitter: uniform in [0, min(max_s, initial_s * 2**attempt)]."""
-    cap = min(max_s, initial_s * (2 ** min(attempt, 62)))
-    return cap * rand()
 
 
 def retry_pushback_s(exc: grpc.aio.AioRpcError) -> float:

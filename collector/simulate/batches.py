@@ -1,6 +1,6 @@
 """From generated blocks to telemetry.v1 batches, in delivery order with injected faults.
 
-Part of `collector simulate`: the model (model.py) says what every sample is; this module
+Part of `collector simulate`: the model (generator.py) says what every sample is; this module
 cuts a block into batches of about `batch_samples` samples (whole ticks of a site, or a slice
 of its series for one tick when a site has more series than that), decides which batches are
 sent twice (duplicates, same agent_id and seq) or held back (late), and encodes them.
@@ -21,7 +21,9 @@ import numpy.typing as npt
 
 from collector import wire
 from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, gauge_def
-from collector.simulate.model import _SITE, Block, FleetGenerator, FleetModel, SimSite
+from collector.simulate.generator import Block, FleetGenerator
+from collector.simulate.noise import SITE_KEY
+from collector.simulate.topology import FleetModel, SimSite
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +168,7 @@ class Planner:
         state = self.gen.sites[st.index]
         state.seq += 1
         b = PlannedBatch(st, ch, epoch, state.seq, block, ticks)
-        key = _SITE + st.index * 16
+        key = SITE_KEY + st.index * 16
         tick = int(block.ticks[ticks[0]]) * 4096 + ch.index % 4096
         u_late, u_dup = (float(x) for x in m.noise.u([key + 6, key + 7], [tick])[:, 0])
         if u_late < s.late_probability:

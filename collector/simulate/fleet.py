@@ -36,15 +36,9 @@ from collector.errors import BrokerError, ConfigError
 from collector.kafka import producer_kwargs, record_headers
 from collector.simulate.batches import PlannedBatch, Planner
 from collector.simulate.config import SimulateSettings
-from collector.simulate.model import (
-    CELL_COUNTERS,
-    CELL_GAUGES,
-    Block,
-    FleetGenerator,
-    FleetModel,
-    start_ns_for,
-)
+from collector.simulate.generator import Block, FleetGenerator
 from collector.simulate.pm_files import PmWriter
+from collector.simulate.topology import CELL_COUNTERS, CELL_GAUGES, FleetModel, start_ns_for
 from collector.simulate.truth import TruthRecorder
 
 log = logging.getLogger(__name__)
@@ -435,8 +429,6 @@ class FleetRunner:
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self.drained: bool | None = None
-        self.started_wall: float | None = None
-        self.finished_wall: float | None = None
 
     @property
     def records(self) -> int:
@@ -450,7 +442,6 @@ class FleetRunner:
         if self._task is not None:
             return
         await self.sink.start()
-        self.started_wall = time.monotonic()
         self._task = asyncio.create_task(self._run(), name="simulate-fleet")
 
     async def _run(self) -> None:
@@ -484,7 +475,6 @@ class FleetRunner:
             if await self.sink.send(b):
                 sim.record(b)
         self.drained = await self.sink.flush(self.drain_timeout_s)
-        self.finished_wall = time.monotonic()
 
     async def wait(self) -> None:
         """Until the run ends by itself (duration reached) or is stopped."""

@@ -31,8 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from collector.agent.sources.pm import MEASUREMENTS, render_meas_collec
-from collector.simulate.model import CELL_COUNTERS, CELL_GAUGES, Block, FleetModel
+from collector.agent.sources.pm_parser import MEASUREMENTS
+from collector.simulate.generator import Block
+from collector.simulate.pm_writer import render_meas_collec
+from collector.simulate.topology import CELL_COUNTERS, CELL_GAUGES, FleetModel
 
 NS = 1_000_000_000
 MBIT = 125_000  # bytes per Mbit

@@ -27,7 +27,8 @@ import numpy as np
 import polars as pl
 
 from collector.simulate.config import REFERENCE_SPEED_MBPS
-from collector.simulate.model import NS, Block, FleetGenerator, FleetModel
+from collector.simulate.generator import Block, FleetGenerator
+from collector.simulate.topology import NS, FleetModel
 
 DEC = pl.Decimal(38, 0)
 # Partial aggregates kept before they are merged (see TruthRecorder._compact).

@@ -12,7 +12,8 @@ from collector.broker import EmbeddedBroker
 from collector.devcerts import DevCerts
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from collector.simulate.config import SimulateSettings
-from collector.simulate.model import CELL_COUNTERS, CELL_GAUGES, FleetGenerator, FleetModel
+from collector.simulate.generator import FleetGenerator
+from collector.simulate.topology import CELL_COUNTERS, CELL_GAUGES, FleetModel
 from tests.agent_support import SITE, agent_tls, site_section, spooled_seqs, topic_batches, write_yaml
 from tests.ingest_support import ingest_settings, started, token_for
 from tests.procs import collector_process

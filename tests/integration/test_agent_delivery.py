@@ -20,12 +20,13 @@ from collector.agent.config import (
 )
 from collector.agent.pipeline import AgentPipeline
 from collector.agent.sources import collect_once
-from collector.agent.sources.cell import CellSource, render_meas_collec
+from collector.agent.sources.cell import CellSource
 from collector.agent.sources.link import LinkSource
 from collector.agent.sources.server import ServerSource
 from collector.broker import EmbeddedBroker
 from collector.devcerts import DevCerts
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+from collector.simulate.pm_writer import render_meas_collec
 from tests.agent_support import SITE, agent_tls, topic_batches
 from tests.ingest_support import ingest_settings, started, token_for
 

@@ -21,7 +21,8 @@ from collector.agent.config import AgentSettings, LinkSourceSettings
 from collector.agent.pipeline import AgentPipeline
 from collector.agent.sources import collect_once
 from collector.agent.sources.link import LinkSource
-from collector.agent.spool import encode_record, seq_file_body
+from collector.agent.spool.records import encode_record
+from collector.agent.spool.seq_file import seq_file_body
 from collector.broker import EmbeddedBroker, free_port
 from collector.devcerts import DevCerts
 from tests.agent_support import (

@@ -24,12 +24,12 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.agent.sources.cell import render_meas_collec
 from collector.aggregate.service import Aggregator
 from collector.broker import EmbeddedBroker
 from collector.config import load_settings
 from collector.devcerts import DevCerts
 from collector.monitoring import LocalPrometheus, find_binary, prometheus_config
+from collector.simulate.pm_writer import render_meas_collec
 from tests.agent_support import agent_tls, write_yaml
 from tests.aggregate_support import http_request
 from tests.ingest_support import ingest_settings, started, token_for

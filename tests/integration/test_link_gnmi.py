@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 from collector.agent.sources.gnmi import GnmiLinkAdapter
-from collector.agent.sources.link import LinkReading
+from collector.agent.sources.link_adapters import LinkReading
 from collector.devcerts import DevCerts
 from collector.proto.openconfig.gnmi import gnmi_pb2 as g
 from tests.gnmi_support import BASE, NS, Device, GnmiTarget

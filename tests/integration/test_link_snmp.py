@@ -18,7 +18,8 @@ import pytest_asyncio
 
 from collector.agent.batch import BatchBuilder
 from collector.agent.config import LinkSourceSettings
-from collector.agent.sources.link import LinkReading, LinkSource
+from collector.agent.sources.link import LinkSource
+from collector.agent.sources.link_adapters import LinkReading
 from collector.agent.sources.snmp import COLUMNS, SnmpLinkAdapter
 from collector.broker import EmbeddedBroker
 from collector.devcerts import DevCerts

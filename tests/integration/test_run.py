@@ -252,7 +252,7 @@ def test_run_on_an_existing_kafka_with_three_countries_and_a_pm_directory(
 ) -> None:
     import datetime as dt
 
-    from collector.agent.sources.cell import render_meas_collec
+    from collector.simulate.pm_writer import render_meas_collec
 
     u = uuid.uuid4().hex[:8]
     pm = tmp_path / "pm"

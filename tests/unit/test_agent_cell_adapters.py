@@ -11,18 +11,15 @@ from collector import catalog, wire
 from collector.agent.batch import BatchBuilder
 from collector.agent.config import AgentSettings, CellSourceSettings
 from collector.agent.main import build_sources
-from collector.agent.sources.cell import (
-    PM_MEASUREMENTS,
-    CellAdapter,
-    CellReading,
-    CellSource,
-    SimulatedCellAdapter,
-    make_adapter,
-)
+from collector.agent.sources.cell import CellSource
+from collector.agent.sources.cell_adapters import CellAdapter, CellReading, make_adapter
+from collector.agent.sources.pm_parser import MEASUREMENTS
 from collector.errors import ConfigError
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+from collector.simulate.agent_adapters import SimulatedCellAdapter
 from collector.simulate.config import SimulateSettings
-from collector.simulate.model import CELL_COUNTERS, CELL_GAUGES, FleetGenerator, FleetModel
+from collector.simulate.generator import FleetGenerator
+from collector.simulate.topology import CELL_COUNTERS, CELL_GAUGES, FleetModel
 from tests.agent_support import SITE
 
 NS = 10**9
@@ -114,7 +111,7 @@ async def test_simulated_cells_equal_the_simulator_generator_at_the_due_tick() -
             assert (s.kind, ts) == (pb.GAUGE, t)
     for s, _, _ in got.values():  # TS 28.552 names, catalogue units, no scaling needed
         spec = catalog.BY_NAME[s.metric]
-        assert s.unit == spec.unit == PM_MEASUREMENTS[s.metric].unit
+        assert s.unit == spec.unit == MEASUREMENTS[s.metric].unit
         assert s.scale == 0.0
         assert {lab.name: lab.value for lab in s.labels}["gnb"].startswith("gNB-")
 

@@ -43,7 +43,7 @@ async def test_seq_reservation_on_a_full_disk_is_counted_and_the_source_lives(
     src = Ticker()
     async with AgentPipeline(s, agent_id="a1", site=SITE, boot_id="b", spool_dir=tmp_path) as p:
         assert await collect_once(src, p) == 1
-        monkeypatch.setattr(p.spool, "_write_seq_file", _no_space)
+        monkeypatch.setattr(p.spool.seq_file, "write", _no_space)
         assert await collect_once(src, p) is None
         assert src.stats.errors == 1
         assert p.stats.dropped == {"io_error": 1}
@@ -65,15 +65,15 @@ async def test_rejected_write_failure_keeps_the_batch_and_retries(tmp_path: Path
     try:
         s = agent_settings(tmp_path / "sp", f"127.0.0.1:{ing.port}")
         async with AgentPipeline(s, agent_id="a1", site=SITE, boot_id="b", spool_dir=tmp_path / "sp") as p:
-            real = p.spool.rejected_dir
-            p.spool.rejected_dir = tmp_path / "not-a-dir" / "rejected"
+            real = p.spool.rejected.dir
+            p.spool.rejected.dir = tmp_path / "not-a-dir" / "rejected"
             (tmp_path / "not-a-dir").write_text("a file where a directory should be")
             await p.submit(fill(p.new_builder(), time.time_ns()))
             assert await eventually(lambda: p.stats.rejects_pending == 1)
             assert len(p.spool) == 1  # kept, not forgotten
             assert p.stats.rejected == 0
             assert len(ing.received) == 1  # and not sent again
-            p.spool.rejected_dir = real
+            p.spool.rejected.dir = real
             assert p.spool.retry_rejected() == 1
             assert p.stats.rejected == 1
             assert len(p.spool) == 0

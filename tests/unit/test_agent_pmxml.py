@@ -1,4 +1,4 @@
-"""The 3GPP TS 32.435 PM XML parser (collector/agent/sources/pm.py) and the cell source's
+"""The 3GPP TS 32.435 PM XML parser (collector/agent/sources/pm_parser.py) and the cell source's
 file lifecycle built on it."""
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from collector.agent.batch import BatchBuilder
 from collector.agent.config import CellSourceSettings
 from collector.agent.metrics import collector_for
 from collector.agent.sources.cell import CellSource
-from collector.agent.sources.pm import (
+from collector.agent.sources.pm_parser import (
     MEASUREMENTS,
     REASONS,
     PmFileError,
     PmSpec,
     parse_pm_bytes,
     read_pm_file,
-    render_meas_collec,
 )
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+from collector.simulate.pm_writer import render_meas_collec
 from tests.agent_support import SITE
 
 NS = 10**9

@@ -13,10 +13,10 @@ from pydantic import BaseModel
 from collector import catalog, wire
 from collector.agent.batch import BatchBuilder
 from collector.agent.config import AgentSettings, LinkSourceSettings, ServerSourceSettings
-from collector.agent.sources.link import (
+from collector.agent.sources.link import LinkSource
+from collector.agent.sources.link_adapters import (
     LinkAdapter,
     LinkReading,
-    LinkSource,
     LinuxLinkAdapter,
     SyntheticLinkAdapter,
     make_adapter,
@@ -217,7 +217,8 @@ async def test_synthetic_optical_links_carry_dom_readings() -> None:
 
 async def test_simulated_adapter_reads_the_simulator_links_at_the_due_tick() -> None:
     from collector.simulate.config import SimulateSettings
-    from collector.simulate.model import FleetGenerator, FleetModel
+    from collector.simulate.generator import FleetGenerator
+    from collector.simulate.topology import FleetModel
 
     start = time.time() // 1 - 50  # a run that started 50 one-second ticks ago
     opts = {

@@ -11,17 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector.agent.config import SpoolSettings
-from collector.agent.spool import (
-    HEADER_SIZE,
-    RAW,
-    ZLIB,
-    Spool,
-    SpoolError,
-    decode_payload,
-    encode_record,
-    scan,
-    seq_file_body,
-)
+from collector.agent.spool import Spool, SpoolError
+from collector.agent.spool.records import HEADER_SIZE, RAW, ZLIB, decode_payload, encode_record, scan
+from collector.agent.spool.seq_file import seq_file_body
 
 records_st = st.lists(
     st.tuples(
@@ -313,8 +305,6 @@ def test_a_full_disk_emptying_the_spool_keeps_the_old_journal(
     # segment, whose records the journal's appends would then overwrite.
     import errno
 
-    from collector.agent import spool as spool_mod
-
     real_write = os.write
     full = [False]
 
@@ -323,7 +313,7 @@ def test_a_full_disk_emptying_the_spool_keeps_the_old_journal(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(spool_mod.os, "write", write)
+    monkeypatch.setattr(os, "write", write)
     sp = _spool(tmp_path)
     first = sp.next_seq()
     assert sp.append(first, 0, 1_000, b"first")

@@ -1,5 +1,5 @@
 """L1M distributions (`.Bin<X>`) from PM files to Prometheus histograms: bin parsing in the
-agent (collector/agent/sources/pm.py), the aggregator's per-period histogram rows
+agent (collector/agent/sources/pm_parser.py), the aggregator's per-period histogram rows
 (collector/aggregate/outputs.py) and their cumulative rendering
 (collector/exposition/histogram.py)."""
 
@@ -17,12 +17,13 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.agent.batch import BatchBuilder, SiteInfo, delta_def
-from collector.agent.sources.pm import MEASUREMENTS, parse_pm_bytes, render_meas_collec
+from collector.agent.sources.pm_parser import MEASUREMENTS, parse_pm_bytes
 from collector.aggregate.config import AggregateSettings
 from collector.aggregate.outputs import FAMILIES, build_frames
 from collector.aggregate.state import PartitionState
 from collector.exposition.histogram import cumulative, histogram_quantile, render_histogram
 from collector.exposition.render import FamilyText, render
+from collector.simulate.pm_writer import render_meas_collec
 
 NS = 1_000_000_000
 T0 = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)

@@ -10,8 +10,9 @@ import pytest
 from collector import wire
 from collector.agent.batch import BatchBuilder
 from collector.simulate.fleet import Simulation, site_tokens, write_tokens_file
+from collector.simulate.generator import FleetGenerator
 from collector.simulate.geo import CITIES, HOURLY_LOAD, diurnal_load, utc_offsets_s
-from collector.simulate.model import FleetGenerator, FleetModel
+from collector.simulate.topology import FleetModel
 from tests.simulate_support import NS, START_S, small
 
 

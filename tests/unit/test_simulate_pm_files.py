@@ -9,9 +9,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
-from collector.agent.sources.pm import MEASUREMENTS, read_pm_file
-from collector.simulate.model import CELL_COUNTERS, FleetGenerator, FleetModel
+from collector.agent.sources.pm_parser import MEASUREMENTS, read_pm_file
+from collector.simulate.generator import FleetGenerator
 from collector.simulate.pm_files import MBIT, PmWriter, bin_counts
+from collector.simulate.topology import CELL_COUNTERS, FleetModel
 from tests.simulate_support import NS, START_S, small
 
 

@@ -33,11 +33,12 @@ def load_adapter(
     source: str, spec: str, options: Mapping[str, Any], builtins: Mapping[str, Any], base: type, choices: str
 ) -> Any:
     """Build a source's adapter: a built-in name or 'package.module:Class', called with
-    **options. Errors name `agent.sources.<source>.adapter` or `.options`."""
+    **options. A built-in may itself be a 'package.module:Class' string (imported only when
+    chosen). Errors name `agent.sources.<source>.adapter` or `.options`."""
     key = f"agent.sources.{source}"
-    cls: Any = builtins.get(spec)
-    if cls is None:
-        module, _, attr = spec.partition(":")
+    cls: Any = builtins.get(spec, spec)
+    if isinstance(cls, str):
+        module, _, attr = cls.partition(":")
         if not attr:
             raise ConfigError(
                 f"unknown {source} adapter {spec!r} ({choices} or module:Class)", key=f"{key}.adapter"

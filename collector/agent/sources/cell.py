@@ -18,18 +18,9 @@ period is not late. Values keep their raw unit and a `Series.scale` that turns t
 catalogue unit (percent -> ratio 0.01, kbit/s -> bytes/s 125, Mbit -> bytes 125000).
 
 Where cells are read from is an adapter (`agent.sources.cell.adapter`): `pm_xml` (default)
-is the PM file reader above; `simulated` reads one site's cells from `collector simulate`'s
-model; a device source (an OSS northbound API, O1/VES, a vendor REST API) is a class
-
-    class MyOssAdapter(CellAdapter):
-        def __init__(self, **options): ...          # agent.sources.cell.options
-        async def read(self) -> Sequence[CellReading]: ...
-        async def close(self) -> None: ...
-
-named `agent.sources.cell.adapter: "mypkg.oss:MyOssAdapter"`. A `CellReading` carries a
-cell's cumulative counters as integers and its gauges in the catalogue's unit (ratio,
-bytes/s, users, dBm, dB; scale 1), by TS 28.552 name, with the counters' width (32 or 64
-bit) and when they last started (0 when unknown), so a reset is never mistaken for a wrap.
+is the PM file reader above; any other adapter (collector/agent/sources/cell_adapters.py: the
+`CellAdapter` interface, `CellReading`, and how one is chosen) hands over `CellReading`s,
+which this source turns into counters and gauges (`add_readings`).
 """
 
 from __future__ import annotations
@@ -38,162 +29,31 @@ import logging
 import math
 import numbers
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, delta_def, gauge_def
 from collector.agent.config import CellSourceSettings
-from collector.agent.sources import Source, load_adapter
-from collector.agent.sources.pm import (
+from collector.agent.sources import Source
+from collector.agent.sources.cell_adapters import PM_XML, CellAdapter, CellReading, make_adapter
+from collector.agent.sources.pm_ledger import DEFAULT_NAME, SentLedger, fingerprint
+from collector.agent.sources.pm_parser import (
     MEASUREMENTS,
     REASONS,
     PmFile,
     PmFileError,
     PmObject,
-    PmSpec,
     PmValue,
-    parse_pm_bytes,
     read_pm_file,
-    render_meas_collec,
 )
-from collector.agent.sources.pm_ledger import DEFAULT_NAME, SentLedger, fingerprint
 from collector.errors import ConfigError
-
-__all__ = [
-    "PM_MEASUREMENTS",
-    "CellReading",
-    "CellSource",
-    "PmFileError",
-    "parse_pm_bytes",
-    "read_pm_file",
-    "render_meas_collec",
-]
 
 log = logging.getLogger(__name__)
 
-# TS 28.552 measurement -> catalogue series (the table lives with the parser).
-PM_MEASUREMENTS: dict[str, PmSpec] = MEASUREMENTS
 # Estimated wire bytes of one period sample and of one series table entry (for splitting a
 # backlog of files across batches under agent.ingest.max_batch_bytes).
 SAMPLE_BYTES = 36
 SERIES_BYTES = 200
-
-
-# --- adapters -------------------------------------------------------------------------
-@dataclass(slots=True)
-class CellReading:
-    """One cell at one moment, by TS 28.552 name (the names of PM_MEASUREMENTS).
-
-    `counters` are cumulative integers that fit `counter_bits`; `gauges` are in the
-    catalogue's unit (ratio 0..1, bytes/s, users, dBm, dB). A measurement the adapter does
-    not know is left out.
-    """
-
-    cell: str
-    gnb: str
-    counters: dict[str, int] = field(default_factory=dict)
-    gauges: dict[str, float] = field(default_factory=dict)
-    counter_bits: int = 64
-    # Discontinuity marker: when the counters (re)started, ns since the epoch; 0 = unknown.
-    counter_start_unix_nano: int = 0
-    time_unix_nano: int = 0  # 0: the collection time
-
-
-class CellAdapter(ABC):
-    """Reads cells from somewhere other than PM files: an OSS/O1 API, a simulator."""
-
-    @abstractmethod
-    async def read(self) -> Sequence[CellReading]:
-        """New readings of every cell (none when nothing new); raise CollectorError/OSError
-        when unreachable."""
-
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """Release sessions."""
-
-
-class SimulatedCellAdapter(CellAdapter):
-    """5G NR cells of one simulated site, from `collector simulate`'s model: its cell
-    generator (diurnal load in the site's local time, per-subscriber DL speed calibrated to
-    the country's figure, coverage, handovers), deterministic for a seed, read at wall-clock
-    time. Lets a real `collector agent` stream simulated cells.
-
-    The model is a fleet of `site + 1` sites of `country` with `cells` cells each (cells
-    only); the readings are those of the last site (a real city). The DL speed calibration
-    holds over that fleet's cells. A read returns the latest tick due, generating the ticks
-    missed since the last read, or nothing when no new tick is due.
-    """
-
-    def __init__(
-        self,
-        seed: int = 20260401,
-        country: str = "JP",
-        site: int = 0,
-        cells: int = 12,
-        interval_s: float = 30.0,
-        start_unix_s: float | None = None,
-    ) -> None:
-        from collector.agent.sources.simulated import SimulatedSite
-        from collector.simulate.model import CELL_COUNTERS, CELL_GAUGES
-
-        key = "agent.sources.cell.options"
-        if isinstance(cells, bool) or not isinstance(cells, int) or cells < 1:
-            raise ConfigError(
-                f"simulated cell adapter: cells must be an integer >= 1, got {cells!r}", key=key
-            )
-        self.sim = SimulatedSite(
-            key,
-            seed=seed,
-            country=country,
-            site=site,
-            interval_s=interval_s,
-            start_unix_s=start_unix_s,
-            cells_per_site=cells,
-        )
-        m = self.sim.model
-        rows = self.sim.rows(m.cells)
-        self._c0 = [int(m.cells["c0"][i]) for i in rows]
-        self._g0 = [int(m.cells["g0"][i]) for i in rows]
-        self._labels = [dict(m.counters[c].labels) for c in self._c0]
-        self._bits = [m.counters[c].bits for c in self._c0]
-        self._counters = CELL_COUNTERS
-        self._gauges = CELL_GAUGES
-
-    async def read(self) -> Sequence[CellReading]:
-        got = self.sim.due()
-        if got is None:
-            return []  # no new tick yet: never the same samples twice
-        block, k = got
-        t = int(block.t[self.sim.index, k])
-        nc, ng = len(self._counters), len(self._gauges)
-        out = []
-        for labels, c0, g0, bits in zip(self._labels, self._c0, self._g0, self._bits, strict=True):
-            out.append(
-                CellReading(
-                    cell=labels["cell"],
-                    gnb=labels["gnb"],
-                    counters=dict(zip(self._counters, block.values[c0 : c0 + nc, k].tolist(), strict=True)),
-                    gauges=dict(zip(self._gauges, block.gauges[g0 : g0 + ng, k].tolist(), strict=True)),
-                    counter_bits=bits,
-                    counter_start_unix_nano=int(block.start[c0, k]),
-                    time_unix_nano=t,
-                )
-            )
-        return out
-
-
-PM_XML = "pm_xml"
-BUILTIN_ADAPTERS: dict[str, type[CellAdapter]] = {
-    "simulated": SimulatedCellAdapter,
-}
-
-
-def make_adapter(spec: str, options: dict[str, Any]) -> CellAdapter:
-    """'simulated' or 'package.module:Class' (a CellAdapter taking **options); the PM file
-    reader (`pm_xml`) is built into CellSource."""
-    return load_adapter("cell", spec, options, BUILTIN_ADAPTERS, CellAdapter, f"{PM_XML}, simulated")
 
 
 class CellSource(Source):
@@ -498,7 +358,7 @@ class CellSource(Source):
             return self._reading_defs[key]
         if len(self._reading_defs) > 100_000:  # cells come and go; do not grow forever
             self._reading_defs.clear()
-        spec = PM_MEASUREMENTS.get(meas)
+        spec = MEASUREMENTS.get(meas)
         d: SeriesDef | None = None
         if spec is None or spec.counter != counter:
             log.warning(

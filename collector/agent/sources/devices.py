@@ -15,7 +15,6 @@ import contextlib
 import fnmatch
 import logging
 import os
-import random
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,11 +73,6 @@ def wanted(name: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in include) and not any(
         fnmatch.fnmatchcase(name, p) for p in exclude
     )
-
-
-def backoff(attempt: int, initial_s: float, max_s: float) -> float:
-    """Full jitter: uniform in [0, min(max, initial * 2^attempt)]."""
-    return random.uniform(0.0, min(max_s, initial_s * (2 ** min(attempt, 30))))
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:

@@ -50,7 +50,6 @@ from collector.agent.metrics import TargetStats
 from collector.agent.sources.devices import (
     KEY,
     Options,
-    backoff,
     cancel_all,
     first_results,
     secret,
@@ -58,7 +57,8 @@ from collector.agent.sources.devices import (
     validate_options,
     wanted,
 )
-from collector.agent.sources.link import LinkAdapter, LinkReading
+from collector.agent.sources.link_adapters import LinkAdapter, LinkReading
+from collector.backoff import backoff_delay
 from collector.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -754,7 +754,7 @@ class GnmiLinkAdapter(LinkAdapter):
                 msg if reason != "internal" else "see above",
             )
             if await sleep_or_stop(
-                self._stop, backoff(failures, self.opts.backoff_initial_s, self.opts.backoff_max_s)
+                self._stop, backoff_delay(failures, self.opts.backoff_initial_s, self.opts.backoff_max_s)
             ):
                 break
 

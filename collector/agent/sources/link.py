@@ -1,20 +1,8 @@
 """Link source: per-link counters, status, speed and optical readings from an adapter.
 
 The source turns `LinkReading`s into the catalogue's `link_*` series; *where* readings come
-from is an adapter:
-
-    class MyGnmiAdapter(LinkAdapter):
-        def __init__(self, **options): ...          # agent.sources.link.options
-        async def read(self) -> Sequence[LinkReading]: ...
-        async def close(self) -> None: ...
-
-and `agent.sources.link.adapter: "mypkg.gnmi:MyGnmiAdapter"`. Built in: `linux`
-(/sys/class/net of this host), `simulated` (one site's links of the simulator's model) and
-`synthetic` (deterministic links with optical readings, for tests and benchmarks). An
-adapter fills what it knows and leaves the rest None; it reports each counter's width (e.g.
-32 for SNMP ifInOctets, 64 for ifHCInOctets) and when the counters last started (a device's
-ifCounterDiscontinuityTime, or 0 when unknown), so a reset is never mistaken for a wrap
-downstream.
+from is an adapter (collector/agent/sources/link_adapters.py: the `LinkAdapter` interface,
+the built-in `linux` and `synthetic` adapters, and how one is chosen).
 """
 
 from __future__ import annotations
@@ -22,345 +10,19 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
-import sys
-import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import psutil
 
 from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, gauge_def
 from collector.agent.config import LinkSourceSettings
-from collector.agent.sources import Source, load_adapter
+from collector.agent.sources import Source
+from collector.agent.sources.link_adapters import COUNTERS, OPTICAL, LinkAdapter, LinkReading, make_adapter
+from collector.catalog import unit_of
 
 log = logging.getLogger(__name__)
 
-COUNTERS = (
-    "in_octets",
-    "out_octets",
-    "in_packets",
-    "out_packets",
-    "in_errors",
-    "out_errors",
-    "in_discards",
-    "out_discards",
-)
-_UNITS = {"in_octets": "bytes", "out_octets": "bytes"}
-OPTICAL = (
-    ("rx_power_dbm", "link_optical_rx_power_dbm", "dBm"),
-    ("tx_power_dbm", "link_optical_tx_power_dbm", "dBm"),
-    ("laser_bias_amperes", "link_optical_laser_bias_amperes", "amperes"),
-    ("prefec_ber", "link_optical_prefec_ber", "ratio"),
-    ("osnr_db", "link_optical_osnr_db", "dB"),
-)
-
-
-@dataclass(slots=True)
-class LinkReading:
-    """One link at one moment. None means: this adapter does not know it."""
-
-    name: str
-    media: str | None = None  # "optical" | "copper"; None lets the settings decide
-    in_octets: int | None = None
-    out_octets: int | None = None
-    in_packets: int | None = None
-    out_packets: int | None = None
-    in_errors: int | None = None
-    out_errors: int | None = None
-    in_discards: int | None = None
-    out_discards: int | None = None
-    counter_bits: int = 64
-    # Per-counter widths where they differ from counter_bits, e.g. SNMP's Counter32
-    # ifInErrors next to Counter64 ifHCInOctets: (("in_errors", 32), ...).
-    counter_bits_of: tuple[tuple[str, int], ...] = ()
-    # Discontinuity marker: when the counters (re)started, ns since the epoch; 0 = unknown.
-    counter_start_unix_nano: int = 0
-    oper_up: bool | None = None
-    speed_bytes_per_second: int | None = None
-    rx_power_dbm: float | None = None
-    tx_power_dbm: float | None = None
-    laser_bias_amperes: float | None = None
-    prefec_ber: float | None = None
-    osnr_db: float | None = None
-    time_unix_nano: int = 0  # 0: the collection time
-
-
-class LinkAdapter(ABC):
-    """Reads links from somewhere: this host, a device over gNMI/SNMP, a simulator."""
-
-    @abstractmethod
-    async def read(self) -> Sequence[LinkReading]:
-        """Current readings of every link; raise CollectorError/OSError when unreachable."""
-
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """Release sessions."""
-
-
-# --- linux ----------------------------------------------------------------------------
-_SYS_STATS = {
-    "in_octets": "rx_bytes",
-    "out_octets": "tx_bytes",
-    "in_packets": "rx_packets",
-    "out_packets": "tx_packets",
-    "in_errors": "rx_errors",
-    "out_errors": "tx_errors",
-    "in_discards": "rx_dropped",
-    "out_discards": "tx_dropped",
-}
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None  # e.g. speed of a down link reads EINVAL
-
-
-class LinuxLinkAdapter(LinkAdapter):
-    """This host's interfaces from /sys/class/net (64-bit kernel counters).
-
-    Discontinuity: counters start at host boot; when an interface is re-created (new
-    ifindex) or a counter goes backwards (driver reset) the start moves to that moment.
-    No optical readings: reading SFP DOM needs ethtool ioctls; use a device adapter.
-    """
-
-    def __init__(self, sysfs: str = "/sys/class/net", boot_time_unix_nano: int | None = None) -> None:
-        self.root = Path(sysfs)
-        self.boot_ns = (
-            boot_time_unix_nano if boot_time_unix_nano is not None else int(psutil.boot_time() * 1e9)
-        )
-        self._state: dict[str, tuple[int | None, int, tuple[int | None, ...]]] = {}
-        self.bits = 64 if sys.maxsize > 2**32 else 32
-
-    async def read(self) -> Sequence[LinkReading]:
-        now = time.time_ns()
-        out: list[LinkReading] = []
-        for d in sorted(self.root.iterdir()):
-            stats = d / "statistics"
-            if not stats.is_dir():
-                continue
-            counters = {k: _read_int(stats / f) for k, f in _SYS_STATS.items()}
-            ifindex = _read_int(d / "ifindex")
-            values = tuple(counters.values())
-            prev = self._state.get(d.name)
-            start = self.boot_ns
-            if prev is not None:
-                p_ifindex, start, p_values = prev
-                went_back = any(
-                    a is not None and b is not None and a < b for a, b in zip(values, p_values, strict=True)
-                )
-                if p_ifindex != ifindex or went_back:
-                    start = now
-            self._state[d.name] = (ifindex, start, values)
-            try:
-                oper = (d / "operstate").read_text().strip()
-            except OSError:
-                oper = "unknown"
-            speed = _read_int(d / "speed")
-            c = counters
-            out.append(
-                LinkReading(
-                    name=d.name,
-                    in_octets=c["in_octets"],
-                    out_octets=c["out_octets"],
-                    in_packets=c["in_packets"],
-                    out_packets=c["out_packets"],
-                    in_errors=c["in_errors"],
-                    out_errors=c["out_errors"],
-                    in_discards=c["in_discards"],
-                    out_discards=c["out_discards"],
-                    counter_bits=self.bits,
-                    counter_start_unix_nano=start,
-                    oper_up=None if oper == "unknown" else oper == "up",
-                    speed_bytes_per_second=speed * 125_000 if speed and speed > 0 else None,
-                )
-            )
-        return out
-
-
-# --- synthetic ------------------------------------------------------------------------
-class SyntheticLinkAdapter(LinkAdapter):
-    """Deterministic links: counters grow at a fixed rate per link; every
-    `optical_every`-th link is optical with plausible DOM readings. For tests and benches."""
-
-    def __init__(
-        self,
-        links: int = 8,
-        optical_every: int = 2,
-        speed_gbps: int = 100,
-        load: float = 0.3,
-        counter_bits: int = 64,
-        prefix: str = "et-0/0/",
-        start_unix_nano: int = 1,
-    ) -> None:
-        self.links = links
-        self.optical_every = max(1, optical_every)
-        self.speed = speed_gbps * 125_000_000
-        self.load = load
-        self.bits = counter_bits
-        self.prefix = prefix
-        self.start_ns = start_unix_nano
-
-    async def read(self) -> Sequence[LinkReading]:
-        now = time.time_ns()
-        elapsed = (now - self.start_ns) / 1e9
-        mask = (1 << self.bits) - 1
-        out = []
-        for i in range(self.links):
-            rate = self.speed * self.load * (1 + (i % 7) / 10)
-            octets = int(rate * elapsed)
-            optical = i % self.optical_every == 0
-            out.append(
-                LinkReading(
-                    name=f"{self.prefix}{i}",
-                    media="optical" if optical else "copper",
-                    in_octets=octets & mask,
-                    out_octets=(octets // 2) & mask,
-                    in_packets=(octets // 800) & mask,
-                    out_packets=(octets // 1600) & mask,
-                    in_errors=0,
-                    out_errors=0,
-                    in_discards=i,
-                    out_discards=0,
-                    counter_bits=self.bits,
-                    counter_start_unix_nano=self.start_ns,
-                    oper_up=True,
-                    speed_bytes_per_second=self.speed,
-                    rx_power_dbm=-2.5 - (i % 5) * 0.3 if optical else None,
-                    tx_power_dbm=1.0 if optical else None,
-                    laser_bias_amperes=0.0065 if optical else None,
-                    prefec_ber=1e-9 * (1 + i % 3) if optical else None,
-                    osnr_db=32.0 - (i % 4) if optical else None,
-                )
-            )
-        return out
-
-
-# --- simulated ------------------------------------------------------------------------
-class SimulatedLinkAdapter(LinkAdapter):
-    """Links of one simulated site, from `collector simulate`'s model (collector/simulate/):
-    its link generator (diurnal load in the site's local time, optical DOM readings, 32-bit
-    copper counters that wrap, counter clears with a new start time), deterministic for a
-    seed, read at wall-clock time. Lets a real `collector agent` stream simulated links.
-
-    The model is a fleet of `site + 1` sites of `country` with links only; the readings are
-    those of the last one (a real city). Agent restarts, gaps and the silent site are the
-    fleet runner's faults and stay off (a real agent's restart is real). A read returns the
-    latest tick due, generating the ticks missed since the last read, or nothing when no new
-    tick is due.
-    """
-
-    def __init__(
-        self,
-        seed: int = 20260401,
-        country: str = "JP",
-        site: int = 0,
-        links: int = 8,
-        interval_s: float = 10.0,
-        record_link: bool = False,
-        wrap32: bool = True,
-        clear_every_s: float = 43_200.0,
-        start_unix_s: float | None = None,
-    ) -> None:
-        from collector.agent.sources.simulated import SimulatedSite
-
-        self.sim = SimulatedSite(
-            "agent.sources.link.options",
-            seed=seed,
-            country=country,
-            site=site,
-            interval_s=interval_s,
-            start_unix_s=start_unix_s,
-            links_per_site=links,
-            record_link=record_link,
-            wrap32=wrap32,
-            clear_every_s=clear_every_s,
-        )
-        self.model = m = self.sim.model
-        self.gen = self.sim.gen
-        self.site = self.sim.index
-        rows = self.sim.rows(m.links)
-        self._c0 = [int(m.links["c0"][i]) for i in rows]
-        self._g0 = [int(m.links["g0"][i]) for i in rows]
-        self._names = [dict(m.counters[c].labels)["link"] for c in self._c0]
-        self._optical = [bool(m.links["optical"][i]) for i in rows]
-        self._bits = [int(m.links["bits"][i]) for i in rows]
-
-    async def read(self) -> Sequence[LinkReading]:
-        got = self.sim.due()
-        if got is None:
-            return []  # no new tick yet: never the same samples twice
-        block, k = got
-        t = int(block.t[self.site, k])
-        out = []
-        for name, c0, g0, optical, bits in zip(
-            self._names, self._c0, self._g0, self._optical, self._bits, strict=True
-        ):
-            v = block.values[c0 : c0 + len(COUNTERS), k].tolist()
-            g = block.gauges[g0 : g0 + (7 if optical else 2), k].tolist()
-            out.append(
-                LinkReading(
-                    name=name,
-                    media="optical" if optical else "copper",
-                    **dict(zip(COUNTERS, v, strict=True)),
-                    counter_bits=bits,
-                    counter_start_unix_nano=int(block.start[c0, k]),
-                    oper_up=g[0] > 0.5,
-                    speed_bytes_per_second=int(g[1]),
-                    **(dict(zip((o[0] for o in OPTICAL), g[2:], strict=True)) if optical else {}),
-                    time_unix_nano=t,
-                )
-            )
-        return out
-
-
-def _snmp(**options: Any) -> LinkAdapter:
-    # Device adapters import their protocol library only when configured.
-    from collector.agent.sources.snmp import SnmpLinkAdapter
-
-    return SnmpLinkAdapter(**options)
-
-
-def _gnmi(**options: Any) -> LinkAdapter:
-    from collector.agent.sources.gnmi import GnmiLinkAdapter
-
-    return GnmiLinkAdapter(**options)
-
-
-BUILTIN_ADAPTERS: dict[str, Callable[..., LinkAdapter]] = {
-    "linux": LinuxLinkAdapter,
-    "synthetic": SyntheticLinkAdapter,
-    "simulated": SimulatedLinkAdapter,
-    "snmp": _snmp,
-    "gnmi": _gnmi,
-}
-
-
-def check_options(spec: str, options: dict[str, Any]) -> None:
-    """The device adapters' options checked as the agent checks them at start, without
-    reading their secrets (those are resolved on the host that has them): what
-    `collector config` can tell about an agent file. Raises ConfigError naming the key."""
-    from collector.agent.sources.devices import validate_options
-
-    if spec == "snmp":
-        from collector.agent.sources.snmp import SnmpOptions
-
-        validate_options(SnmpOptions, options)
-    elif spec == "gnmi":
-        from collector.agent.sources.gnmi import GnmiOptions
-
-        validate_options(GnmiOptions, options)
-
-
-def make_adapter(spec: str, options: dict[str, Any]) -> LinkAdapter:
-    """'linux', 'simulated', 'synthetic', 'snmp', 'gnmi' or 'package.module:Class' (a
-    LinkAdapter taking **options)."""
-    return load_adapter(
-        "link", spec, options, BUILTIN_ADAPTERS, LinkAdapter, "linux, simulated, synthetic, snmp, gnmi"
-    )
+# Metric names and units are the catalogue's (collector/catalog.py): `link_<counter field>`.
+COUNTER_METRICS = {f: "link_" + f for f in COUNTERS}
+OPTICAL_METRICS = {f: "link_optical_" + f for f in OPTICAL}
 
 
 # --- the source -----------------------------------------------------------------------
@@ -415,18 +77,21 @@ class LinkSource(Source):
                 (
                     f,
                     counter_def(
-                        "link_" + f,
+                        COUNTER_METRICS[f],
                         labels,
-                        unit=_UNITS.get(f, "packets"),
+                        unit=unit_of(COUNTER_METRICS[f]),
                         bits=widths[f],
                         start_time_unix_nano=r.counter_start_unix_nano,
                     ),
                 )
                 for f in COUNTERS
             ),
-            oper=gauge_def("link_oper_up", labels, unit="bool"),
-            speed=gauge_def("link_speed_bytes", labels, unit="bytes_per_second"),
-            optical=tuple((attr, gauge_def(metric, labels, unit=unit)) for attr, metric, unit in OPTICAL),
+            oper=gauge_def("link_oper_up", labels, unit=unit_of("link_oper_up")),
+            speed=gauge_def("link_speed_bytes", labels, unit=unit_of("link_speed_bytes")),
+            optical=tuple(
+                (attr, gauge_def(metric, labels, unit=unit_of(metric)))
+                for attr, metric in OPTICAL_METRICS.items()
+            ),
         )
 
     async def collect(self, builder: BatchBuilder, now_unix_nano: int) -> None:

@@ -35,6 +35,7 @@ import psutil
 from collector.agent.batch import BatchBuilder, SeriesDef, counter_def, gauge_def
 from collector.agent.config import ServerSourceSettings
 from collector.agent.sources import Source
+from collector.catalog import unit_of
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,14 @@ log = logging.getLogger(__name__)
 KERNEL_COUNTER_BITS = 64 if sys.maxsize > 2**32 else 32
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 _NIC_FIELDS = (
-    ("node_network_receive_bytes_total", "bytes_recv", "bytes"),
-    ("node_network_transmit_bytes_total", "bytes_sent", "bytes"),
-    ("node_network_receive_packets_total", "packets_recv", "packets"),
-    ("node_network_transmit_packets_total", "packets_sent", "packets"),
-    ("node_network_receive_errs_total", "errin", "packets"),
-    ("node_network_transmit_errs_total", "errout", "packets"),
-    ("node_network_receive_drop_total", "dropin", "packets"),
-    ("node_network_transmit_drop_total", "dropout", "packets"),
+    ("node_network_receive_bytes_total", "bytes_recv"),
+    ("node_network_transmit_bytes_total", "bytes_sent"),
+    ("node_network_receive_packets_total", "packets_recv"),
+    ("node_network_transmit_packets_total", "packets_sent"),
+    ("node_network_receive_errs_total", "errin"),
+    ("node_network_transmit_errs_total", "errout"),
+    ("node_network_receive_drop_total", "dropin"),
+    ("node_network_transmit_drop_total", "dropout"),
 )
 
 
@@ -160,7 +161,6 @@ class ServerSource(Source):
         metric: str,
         label: str,
         value: str,
-        unit: str,
         scale: float = 0.0,
         extra: tuple[tuple[str, str], ...] = (),
     ) -> SeriesDef:
@@ -173,31 +173,31 @@ class ServerSource(Source):
             d = self._defs[key] = counter_def(
                 metric,
                 labels,
-                unit=unit,
+                unit=unit_of(metric),
                 bits=KERNEL_COUNTER_BITS,
                 start_time_unix_nano=self.start_ns,
                 scale=scale,
             )
         return d
 
-    def _gauge(self, metric: str, label: str, value: str, unit: str) -> SeriesDef:
+    def _gauge(self, metric: str, label: str, value: str) -> SeriesDef:
         key = (metric, value, "g")
         d = self._defs.get(key)
         if d is None:
             labels = {"host": self.host}
             if label:
                 labels[label] = value
-            d = self._defs[key] = gauge_def(metric, labels, unit=unit)
+            d = self._defs[key] = gauge_def(metric, labels, unit=unit_of(metric))
         return d
 
     async def collect(self, builder: BatchBuilder, now_unix_nano: int) -> None:
         t = now_unix_nano
         self._cpu(builder, t)
         mem = psutil.virtual_memory()
-        builder.gauge(self._gauge("node_memory_MemTotal_bytes", "", "", "bytes"), t, float(mem.total))
-        builder.gauge(self._gauge("node_memory_MemAvailable_bytes", "", "", "bytes"), t, float(mem.available))
+        builder.gauge(self._gauge("node_memory_MemTotal_bytes", "", ""), t, float(mem.total))
+        builder.gauge(self._gauge("node_memory_MemAvailable_bytes", "", ""), t, float(mem.available))
         for name, v in zip(("node_load1", "node_load5", "node_load15"), os.getloadavg(), strict=True):
-            builder.gauge(self._gauge(name, "", "", "1"), t, v)
+            builder.gauge(self._gauge(name, "", ""), t, v)
         self._disks(builder, t)
         self._filesystems(builder, t)
         self._nics(builder, t)
@@ -221,7 +221,7 @@ class ServerSource(Source):
                 d = self._defs[("node_rapl_joules_total", z.device, str(z.start_ns))] = counter_def(
                     "node_rapl_joules_total",
                     {"host": self.host, "device": z.device},
-                    unit="joules",
+                    unit=unit_of("node_rapl_joules_total"),
                     bits=64,
                     start_time_unix_nano=z.start_ns,
                     scale=1e-6,
@@ -238,9 +238,7 @@ class ServerSource(Source):
             for cpu, values in ticks.items():
                 for mode, v in zip(CPU_MODES, values, strict=False):
                     builder.counter(
-                        self._counter(
-                            "node_cpu_seconds_total", "cpu", cpu, "seconds", scale, (("mode", mode),)
-                        ),
+                        self._counter("node_cpu_seconds_total", "cpu", cpu, scale, (("mode", mode),)),
                         t,
                         v,
                     )
@@ -251,9 +249,7 @@ class ServerSource(Source):
                 secs: float | None = getattr(ct, mode, None)
                 if secs is not None:
                     builder.counter(
-                        self._counter(
-                            "node_cpu_seconds_total", "cpu", str(i), "seconds", 1e-9, (("mode", mode),)
-                        ),
+                        self._counter("node_cpu_seconds_total", "cpu", str(i), 1e-9, (("mode", mode),)),
                         t,
                         round(secs * 1e9),
                     )
@@ -266,26 +262,22 @@ class ServerSource(Source):
         for dev, io in disks.items():
             if self._excluded(dev, self.settings.disk_exclude):
                 continue
+            builder.counter(self._counter("node_disk_read_bytes_total", "device", dev), t, io.read_bytes)
+            builder.counter(self._counter("node_disk_written_bytes_total", "device", dev), t, io.write_bytes)
             builder.counter(
-                self._counter("node_disk_read_bytes_total", "device", dev, "bytes"), t, io.read_bytes
-            )
-            builder.counter(
-                self._counter("node_disk_written_bytes_total", "device", dev, "bytes"), t, io.write_bytes
-            )
-            builder.counter(
-                self._counter("node_disk_reads_completed_total", "device", dev, "operations"),
+                self._counter("node_disk_reads_completed_total", "device", dev),
                 t,
                 io.read_count,
             )
             builder.counter(
-                self._counter("node_disk_writes_completed_total", "device", dev, "operations"),
+                self._counter("node_disk_writes_completed_total", "device", dev),
                 t,
                 io.write_count,
             )
             busy_ms = getattr(io, "busy_time", None)  # Linux and FreeBSD only
             if busy_ms is not None:
                 builder.counter(
-                    self._counter("node_disk_io_time_seconds_total", "device", dev, "seconds", 1e-3),
+                    self._counter("node_disk_io_time_seconds_total", "device", dev, 1e-3),
                     t,
                     busy_ms,
                 )
@@ -302,12 +294,8 @@ class ServerSource(Source):
             except OSError:
                 continue  # unmounted between listing and stat, or no permission
             mp = part.mountpoint
-            builder.gauge(
-                self._gauge("node_filesystem_size_bytes", "mountpoint", mp, "bytes"), t, float(u.total)
-            )
-            builder.gauge(
-                self._gauge("node_filesystem_avail_bytes", "mountpoint", mp, "bytes"), t, float(u.free)
-            )
+            builder.gauge(self._gauge("node_filesystem_size_bytes", "mountpoint", mp), t, float(u.total))
+            builder.gauge(self._gauge("node_filesystem_avail_bytes", "mountpoint", mp), t, float(u.free))
 
     def _nics(self, builder: BatchBuilder, t: int) -> None:
         nics = psutil.net_io_counters(pernic=True, nowrap=False) or {}
@@ -315,5 +303,5 @@ class ServerSource(Source):
         for nic, io in nics.items():
             if self._excluded(nic, self.settings.nic_exclude):
                 continue
-            for metric, attr, unit in _NIC_FIELDS:
-                builder.counter(self._counter(metric, "device", nic, unit), t, get(io, attr))
+            for metric, attr in _NIC_FIELDS:
+                builder.counter(self._counter(metric, "device", nic), t, get(io, attr))

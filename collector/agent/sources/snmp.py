@@ -49,7 +49,7 @@ from collector.agent.sources.devices import (
     validate_options,
     wanted,
 )
-from collector.agent.sources.link import LinkAdapter, LinkReading
+from collector.agent.sources.link_adapters import LinkAdapter, LinkReading
 
 log = logging.getLogger(__name__)
 

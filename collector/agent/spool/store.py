@@ -1,25 +1,14 @@
 """The agent's durable spool: every batch lives on disk from `submit` until its seq is acked.
 
 Sits between the sources (which build batches) and the sender (which streams them to the
-ingest service). Layout of the spool directory:
+ingest service). `Spool` is the segment store and its index; the files it keeps in the spool
+directory each have their own module:
 
-    seq                      highest seq reserved so far (written with fsync before use)
-    acks.log                 journal of seq ranges that are done (acked, rejected, expired)
-    <prio>-<first seq>.seg   append-only segment files, one chain per priority
-    rejected/<seq>.batch     batches the ingest refused (INVALID_ARGUMENT, PERMISSION_DENIED)
-    rejected/<seq>.json      ... and why
-
-Record format (little-endian), repeated until the end of a segment:
-
-    magic "\\xa7S" | format u8 | priority u8 | length u32 | crc32 u32 | seq u64 |
-    created_unix_nano i64 | payload (length bytes)
-
-format 1: the payload is a serialised telemetry.v1.Batch; format 2: the same, zlib-compressed
-(`spool.compression: zlib`; a batch repeats its series table, so this shrinks it ~10x).
-`crc32` is zlib.crc32 over the header fields after it and the format/priority/length, then
-the stored payload. A segment is never appended to after a restart, so a torn tail can only be the
-last record of a segment; at start-up torn and corrupt records are skipped and counted, and
-scanning resynchronises on the next record whose checksum holds.
+    seq                      highest seq reserved so far (seq_file.py)
+    acks.log                 journal of seq ranges that are done (ack_journal.py)
+    <prio>-<first seq>.seg   append-only segment files, one chain per priority (segments.py),
+                             of records in the format of records.py
+    rejected/<seq>.batch     batches the ingest refused, and why (rejected.py)
 
 Deletion is by segment: a segment file is removed once none of its records is live and it is
 no longer written to (full, or at close); the segment being written is kept until then. When a
@@ -30,16 +19,11 @@ Segments are per priority so that dropping low-priority data really frees disk s
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import errno
 import fcntl
 import heapq
-import json
 import logging
 import os
-import re
-import struct
 import time
 import zlib
 from collections import Counter
@@ -48,141 +32,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from collector.agent.config import SpoolSettings
-from collector.errors import CollectorError
+from collector.agent.spool.ack_journal import AckJournal, covered, seq_ranges
+from collector.agent.spool.files import fsync_dir
+from collector.agent.spool.reasons import (
+    DROP_CORRUPT,
+    DROP_IO_ERROR,
+    DROP_MAX_AGE,
+    DROP_SPOOL_FULL,
+    DROP_TOO_LARGE,
+    DROP_TORN,
+    SpoolError,
+)
+from collector.agent.spool.records import (
+    HEADER_SIZE,
+    MAX_PAYLOAD,
+    RAW,
+    ZLIB,
+    Record,
+    decode_payload,
+    encode_record,
+    scan,
+)
+from collector.agent.spool.rejected import RejectedStore
+from collector.agent.spool.segments import Segment, parse_segment_name, segment_path
+from collector.agent.spool.seq_file import SeqFile
 
 log = logging.getLogger(__name__)
-
-MAGIC = b"\xa7S"
-RAW, ZLIB = 1, 2  # record formats
-FORMATS = (RAW, ZLIB)
-HEADER = struct.Struct("<2sBBIIQq")
-_CRC_FIELDS = struct.Struct("<BBIQq")
-HEADER_SIZE = HEADER.size
-MAX_PAYLOAD = 64 * 1024 * 1024
-_ACK = struct.Struct("<QQI")
-_SEG_NAME = re.compile(r"^(\d)-(\d{20})\.seg$")
-
-# Reasons a batch leaves the spool without an OK ack (label values of the drop counter).
-DROP_SPOOL_FULL = "spool_full"
-DROP_MAX_AGE = "max_age"
-DROP_TOO_LARGE = "too_large"
-DROP_IO_ERROR = "io_error"
-DROP_CORRUPT = "corrupt"
-DROP_TORN = "torn"
-
-
-class SpoolError(CollectorError):
-    """The spool directory cannot be used at all (permissions, not a directory)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    seq: int
-    priority: int
-    created_unix_nano: int
-    offset: int  # of the header within the segment
-    length: int  # of the stored payload
-    fmt: int = RAW
-
-    @property
-    def size(self) -> int:
-        return HEADER_SIZE + self.length
-
-
-def _crc(fmt: int, priority: int, length: int, seq: int, created: int, payload: bytes) -> int:
-    head = _CRC_FIELDS.pack(fmt, priority, length, seq, created)
-    return zlib.crc32(payload, zlib.crc32(head))
-
-
-def encode_record(
-    seq: int, priority: int, created_unix_nano: int, payload: bytes, *, fmt: int = RAW
-) -> bytes:
-    """One spool record: header plus the payload as stored (compress first for ZLIB)."""
-    n = len(payload)
-    return (
-        HEADER.pack(
-            MAGIC,
-            fmt,
-            priority,
-            n,
-            _crc(fmt, priority, n, seq, created_unix_nano, payload),
-            seq,
-            created_unix_nano,
-        )
-        + payload
-    )
-
-
-def decode_payload(rec: Record, stored: bytes) -> bytes:
-    """The batch bytes of a record (raises zlib.error if a ZLIB payload does not inflate)."""
-    return zlib.decompress(stored) if rec.fmt == ZLIB else stored
-
-
-@dataclass(slots=True)
-class ScanResult:
-    records: list[Record] = field(default_factory=list)
-    corrupt: int = 0  # regions skipped in the middle (checksum, magic or length wrong)
-    torn: int = 0  # an incomplete record at the end
-
-
-def _valid_at(data: bytes | memoryview, pos: int) -> Record | None:
-    if pos + HEADER_SIZE > len(data):
-        return None
-    magic, fmt, prio, length, crc, seq, created = HEADER.unpack_from(data, pos)
-    if magic != MAGIC or fmt not in FORMATS or length > MAX_PAYLOAD:
-        return None
-    end = pos + HEADER_SIZE + length
-    if end > len(data):
-        return None
-    payload = bytes(data[pos + HEADER_SIZE : end])
-    if _crc(fmt, prio, length, seq, created, payload) != crc:
-        return None
-    return Record(seq, prio, created, pos, length, fmt)
-
-
-def scan(data: bytes) -> ScanResult:
-    """Parse a segment's bytes; never raises. Damaged regions are skipped and counted."""
-    out = ScanResult()
-    pos = 0
-    end = len(data)
-    while pos < end:
-        rec = _valid_at(data, pos)
-        if rec is not None:
-            out.records.append(rec)
-            pos += rec.size
-            continue
-        # Damaged here: resynchronise on the next position holding a record that checks out.
-        nxt = data.find(MAGIC, pos + 1)
-        while nxt != -1 and _valid_at(data, nxt) is None:
-            nxt = data.find(MAGIC, nxt + 1)
-        if nxt == -1:
-            out.torn += 1
-            break
-        out.corrupt += 1
-        pos = nxt
-    return out
-
-
-@dataclass(slots=True)
-class _Segment:
-    path: Path
-    priority: int
-    first_seq: int
-    fd: int
-    size: int
-    records: list[Record]
-    live: set[int]
-    writable: bool
-    dirty: bool = False
-    first_live_idx: int = 0
-
-    def oldest_live(self) -> Record | None:
-        while self.first_live_idx < len(self.records):
-            r = self.records[self.first_live_idx]
-            if r.seq in self.live:
-                return r
-            self.first_live_idx += 1
-        return None
 
 
 @dataclass(slots=True)
@@ -206,19 +81,18 @@ class Spool:
     ) -> None:
         self.settings = settings
         self.dir = Path(directory or settings.dir)
-        self.rejected_dir = self.dir / "rejected"
+        self.rejected = RejectedStore(self.dir, settings.keep_rejected)
+        self.seq_file = SeqFile(self.dir)
+        self.journal = AckJournal(self.dir, fsync=settings.fsync != "never")
         self._clock_ns = clock_ns
-        self._segments: list[_Segment] = []
-        self._by_seq: dict[int, _Segment] = {}
+        self._segments: list[Segment] = []
+        self._by_seq: dict[int, Segment] = {}
         self._records: dict[int, Record] = {}
-        self._active: dict[int, _Segment] = {}
+        self._active: dict[int, Segment] = {}
         self._pending: list[int] = []  # heap of live seqs not handed to the sender
         self._taken: set[int] = set()
         self._reject_pending: dict[int, tuple[str, str]] = {}  # seq -> (code, reason)
-        self._journal_fd = -1
         self._lock_fd = -1
-        self._journal_size = 0
-        self._journal_dirty = False
         self._next_seq = 1
         self._reserved_upto = 0
         self.unissued: tuple[int, int] | None = None
@@ -237,7 +111,7 @@ class Spool:
             return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.rejected_dir.mkdir(exist_ok=True)
+            self.rejected.create()
             self._lock()
             self._recover()
         except OSError as exc:
@@ -275,9 +149,7 @@ class Spool:
         self._records.clear()
         self._pending.clear()
         self._bytes = 0
-        if self._journal_fd >= 0:
-            os.close(self._journal_fd)
-            self._journal_fd = -1
+        self.journal.close()
         self._unlock()
 
     def _unlock(self) -> None:
@@ -286,27 +158,27 @@ class Spool:
             self._lock_fd = -1
 
     def _recover(self) -> None:
-        done = self._read_journal()
+        done = self.journal.read()
         max_seen = max((hi for _, hi in done), default=0)
         for path in sorted(self.dir.iterdir()):
             if path.suffix == ".tmp":
                 path.unlink(missing_ok=True)
                 continue
-            m = _SEG_NAME.match(path.name)
-            if not m:
+            name = parse_segment_name(path.name)
+            if name is None:
                 continue
-            max_seen = max(max_seen, self._recover_segment(path, int(m[1]), int(m[2]), done))
-        reserved = self._read_seq_file()
+            max_seen = max(max_seen, self._recover_segment(path, *name, done))
+        reserved = self.seq_file.read()
         if reserved is None:
-            if max_seen or (self.dir / "acks.log").exists():
+            if max_seen or self.journal.exists():
                 # The seq file is written when a spool is first opened: a used spool without
                 # it means it was deleted, and seqs used before could be handed out again.
                 raise SpoolError(
-                    f"{self.dir / 'seq'} is missing in a spool that was used; "
+                    f"{self.seq_file.path} is missing in a spool that was used; "
                     "restore it or set a new agent_id (and move the spool aside)"
                 )
             reserved = 0
-            self._write_seq_file(0)
+            self.seq_file.write(0)
         self._reserved_upto = max(reserved, max_seen)
         self._next_seq = self._reserved_upto + 1
         # A process that died left the rest of its reserved block unused: the highest seq
@@ -326,21 +198,19 @@ class Spool:
             # Hand the unused rest of the block back: nothing above last_seq was issued, so
             # the next start continues right after it and skips nothing.
             try:
-                self._write_seq_file(self.last_seq)
+                self.seq_file.write(self.last_seq)
                 self._reserved_upto = self.last_seq
             except OSError as exc:
                 log.warning(
                     "cannot shrink %s at close (%s): the next start skips the rest of the reserved block",
-                    self.dir / "seq",
+                    self.seq_file.path,
                     exc.strerror,
                 )
         for seg in self._segments:
             os.close(seg.fd)
         self._segments.clear()
         self._active.clear()
-        if self._journal_fd >= 0:
-            os.close(self._journal_fd)
-            self._journal_fd = -1
+        self.journal.close()
         self._unlock()
         self.opened = False
 
@@ -360,12 +230,12 @@ class Spool:
             self.counters.dropped[DROP_TORN] += res.torn
         max_seq = max((r.seq for r in res.records), default=0)
         # A seq already recovered from another segment (a copy) is live only once.
-        live = {r.seq for r in res.records if not _covered(done, r.seq) and r.seq not in self._records}
+        live = {r.seq for r in res.records if not covered(done, r.seq) and r.seq not in self._records}
         if not live:
             path.unlink(missing_ok=True)
             return max_seq
         fd = os.open(path, os.O_RDONLY)
-        seg = _Segment(path, prio, first, fd, len(data), res.records, live, writable=False)
+        seg = Segment(path, prio, first, fd, len(data), res.records, live, writable=False)
         self._add_segment(seg)
         for r in res.records:
             if r.seq in live:
@@ -374,44 +244,17 @@ class Spool:
                 heapq.heappush(self._pending, r.seq)
         return max_seq
 
-    def _add_segment(self, seg: _Segment) -> None:
+    def _add_segment(self, seg: Segment) -> None:
         self._segments.append(seg)
         self._bytes += seg.size
 
     # --- seq ---------------------------------------------------------------------------
-    def _read_seq_file(self) -> int | None:
-        path = self.dir / "seq"
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise SpoolError(f"cannot read {path}: {exc.strerror}") from exc
-        m = re.fullmatch(r"(\d+) ([0-9a-f]{8})\n", text)
-        if not m or f"{zlib.crc32(m[1].encode()):08x}" != m[2]:
-            # Never guess low: a reused seq would make the aggregator drop real data.
-            raise SpoolError(f"{path} is damaged ({text[:40]!r}); set a new agent_id or restore it")
-        return int(m[1])
-
-    def _write_seq_file(self, upto: int) -> None:
-        path = self.dir / "seq"
-        tmp = path.with_suffix(".tmp")
-        body = seq_file_body(upto)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, body)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(self.dir)
-
     def next_seq(self) -> int:
         """The next seq, persisted (fsync) before it is handed out: never repeats."""
         seq = self._next_seq
         if seq > self._reserved_upto:
             upto = seq + self.settings.seq_block - 1
-            self._write_seq_file(upto)
+            self.seq_file.write(upto)
             self._reserved_upto = upto
         self._next_seq = seq + 1
         return seq
@@ -430,7 +273,7 @@ class Spool:
         rec_bytes = encode_record(seq, priority, created_unix_nano, stored, fmt=fmt)
         if len(rec_bytes) > self.settings.max_bytes or len(stored) > MAX_PAYLOAD:
             log.error("batch seq %d of %d bytes exceeds the spool size: dropped", seq, len(payload))
-            self._done_journal([seq])
+            self.journal.append([seq])
             self.counters.dropped[DROP_TOO_LARGE] += 1
             return False
         self.expire()
@@ -451,7 +294,7 @@ class Spool:
                 self._active.pop(priority, None)
                 if not seg.live:
                     self._remove_segment(seg)
-            self._done_journal([seq])
+            self.journal.append([seq])
             self.counters.dropped[DROP_IO_ERROR] += 1
             self.write_ok = False
             return False
@@ -473,17 +316,17 @@ class Spool:
 
     def discard(self, seq: int, reason: str) -> None:
         """Count a batch that is never written (e.g. too large to send) as dropped."""
-        self._done_journal([seq])
+        self.journal.append([seq])
         self.counters.dropped[reason] += 1
 
-    def _new_segment(self, priority: int, first_seq: int) -> _Segment:
-        path = self.dir / f"{priority}-{first_seq:020d}.seg"
+    def _new_segment(self, priority: int, first_seq: int) -> Segment:
+        path = segment_path(self.dir, priority, first_seq)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        seg = _Segment(path, priority, first_seq, fd, 0, [], set(), writable=True)
+        seg = Segment(path, priority, first_seq, fd, 0, [], set(), writable=True)
         self._add_segment(seg)
         self._active[priority] = seg
         if self.settings.fsync != "never":
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         return seg
 
     def _make_room(self, need: int) -> None:
@@ -497,7 +340,7 @@ class Spool:
             )
             self._drop_segment(victim, DROP_SPOOL_FULL)
 
-    def _drop_segment(self, seg: _Segment, reason: str) -> None:
+    def _drop_segment(self, seg: Segment, reason: str) -> None:
         self.counters.dropped[reason] += len(seg.live)
         for s in seg.live:
             self._records.pop(s, None)
@@ -506,7 +349,7 @@ class Spool:
         seg.live.clear()
         self._remove_segment(seg)
 
-    def _remove_segment(self, seg: _Segment) -> None:
+    def _remove_segment(self, seg: Segment) -> None:
         os.close(seg.fd)
         try:
             seg.path.unlink()
@@ -516,7 +359,7 @@ class Spool:
         if self._active.get(seg.priority) is seg:
             del self._active[seg.priority]
         self._bytes -= seg.size
-        if len(self._segments) == 0 or self._journal_size > 1024 * 1024:
+        if len(self._segments) == 0 or self.journal.oversized:
             try:
                 self._open_journal()
             except OSError as exc:  # the old journal stays in use; compaction is retried later
@@ -557,7 +400,7 @@ class Spool:
         return None
 
     @staticmethod
-    def _payload(seg: _Segment, rec: Record) -> bytes:
+    def _payload(seg: Segment, rec: Record) -> bytes:
         return decode_payload(rec, os.pread(seg.fd, rec.length, rec.offset + HEADER_SIZE))
 
     def has_waiting(self) -> bool:
@@ -597,16 +440,8 @@ class Spool:
 
     def _move_rejected(self, seq: int, rec: Record, code: str, reason: str) -> bool:
         seg = self._by_seq[seq]
-        batch = self.rejected_dir / f"{seq:020d}.batch"
         try:
-            payload = self._payload(seg, rec)
-            batch.write_bytes(payload)
-            batch.with_suffix(".json").write_text(
-                json.dumps(
-                    {"seq": seq, "code": code, "reason": reason, "rejected_unix_nano": self._clock_ns()}
-                )
-                + "\n"
-            )
+            self.rejected.write(seq, self._payload(seg, rec), code, reason, self._clock_ns())
         except zlib.error as exc:
             # The stored payload itself is damaged: no copy can ever be made.
             log.error("rejected batch %d is damaged in the spool (%s): dropped", seq, exc)
@@ -614,17 +449,15 @@ class Spool:
             self._reject_pending.pop(seq, None)
             return True
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                batch.unlink(missing_ok=True)
             log.error(
                 "cannot keep rejected batch %d in %s (%s): kept in the spool, retried",
                 seq,
-                self.rejected_dir,
+                self.rejected.dir,
                 exc.strerror or exc,
             )
             return False
         with contextlib.suppress(OSError):
-            self._trim_rejected()
+            self.rejected.trim()
         return True
 
     def retry_rejected(self) -> int:
@@ -648,13 +481,6 @@ class Spool:
         """Rejected batches kept in the spool because rejected/ could not be written."""
         return len(self._reject_pending)
 
-    def _trim_rejected(self) -> None:
-        keep = self.settings.keep_rejected
-        files = sorted(self.rejected_dir.glob("*.batch"))
-        for f in files[: max(0, len(files) - keep)]:
-            f.unlink(missing_ok=True)
-            f.with_suffix(".json").unlink(missing_ok=True)
-
     def _finish(self, seqs: Iterable[int], reason: str | None) -> int:
         gone: list[int] = []
         for s in seqs:
@@ -677,78 +503,16 @@ class Spool:
             self.counters.rejected += len(gone)
         else:
             self.counters.dropped[reason] += len(gone)
-        self._done_journal(gone)
+        self.journal.append(gone)
         return len(gone)
 
     # --- the journal of finished seqs --------------------------------------------------
-    def _read_journal(self) -> list[tuple[int, int]]:
-        path = self.dir / "acks.log"
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return []
-        out: list[tuple[int, int]] = []
-        for pos in range(0, len(data) - _ACK.size + 1, _ACK.size):
-            lo, hi, crc = _ACK.unpack_from(data, pos)
-            if zlib.crc32(data[pos : pos + 16]) == crc and lo <= hi:
-                out.append((lo, hi))
-        out.sort()
-        merged: list[tuple[int, int]] = []
-        for lo, hi in out:
-            if merged and lo <= merged[-1][1] + 1:
-                merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
-            else:
-                merged.append((lo, hi))
-        return merged
-
     def _open_journal(self) -> None:
         """(Re)write acks.log holding only ranges that still matter (inside live segments)."""
-        path = self.dir / "acks.log"
         ranges: list[tuple[int, int]] = []
         for seg in self._segments:
-            dead = [r.seq for r in seg.records if r.seq not in seg.live]
-            ranges.extend(_ranges(dead))
-        body = b"".join(_ack_entry(lo, hi) for lo, hi in ranges)
-        # The new journal replaces the old one only once it is whole: when writing it fails
-        # (a full disk), OSError leaves the old journal open and in use. It holds a superset
-        # of the ranges that matter, so nothing is lost. (Closing the old descriptor first
-        # would leave its number to the next open, e.g. a new segment, which the journal's
-        # appends would then overwrite.)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            written = os.write(fd, body)
-            if written != len(body):
-                raise OSError(errno.ENOSPC, f"short write ({written} of {len(body)} bytes)")
-            if self.settings.fsync != "never":
-                os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            os.replace(tmp, path)
-        except OSError:
-            if fd >= 0:
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        new_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        if self._journal_fd >= 0:
-            os.close(self._journal_fd)
-        self._journal_fd = new_fd
-        self._journal_size = len(body)
-
-    def _done_journal(self, seqs: list[int]) -> None:
-        if self._journal_fd < 0:
-            return
-        body = b"".join(_ack_entry(lo, hi) for lo, hi in _ranges(sorted(seqs)))
-        try:
-            os.write(self._journal_fd, body)
-        except OSError as exc:
-            # Only costs a duplicate delivery after a restart, which the aggregator drops.
-            log.warning("ack journal write failed: %s", exc.strerror)
-            return
-        self._journal_size += len(body)
-        self._journal_dirty = True
+            ranges.extend(seq_ranges(r.seq for r in seg.records if r.seq not in seg.live))
+        self.journal.rewrite(ranges)
 
     # --- durability --------------------------------------------------------------------
     def sync(self) -> None:
@@ -757,11 +521,13 @@ class Spool:
             if seg.dirty:
                 os.fsync(seg.fd)
                 seg.dirty = False
-        if self._journal_dirty and self._journal_fd >= 0:
-            os.fsync(self._journal_fd)
-            self._journal_dirty = False
+        self.journal.sync()
 
     # --- introspection -----------------------------------------------------------------
+    @property
+    def rejected_dir(self) -> Path:
+        return self.rejected.dir
+
     @property
     def bytes(self) -> int:
         return self._bytes
@@ -783,37 +549,3 @@ class Spool:
 
     def live_seqs(self) -> list[int]:
         return sorted(self._records)
-
-
-def seq_file_body(upto: int) -> bytes:
-    """Contents of the `seq` file: the highest reserved seq and its CRC32."""
-    return f"{upto} {zlib.crc32(str(upto).encode()):08x}\n".encode()
-
-
-def _covered(ranges: list[tuple[int, int]], seq: int) -> bool:
-    """`ranges` sorted and merged (non-overlapping)."""
-    i = bisect.bisect_right(ranges, (seq, 2**64)) - 1
-    return i >= 0 and ranges[i][1] >= seq
-
-
-def _ranges(sorted_seqs: list[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for s in sorted_seqs:
-        if out and out[-1][1] + 1 == s:
-            out[-1] = (out[-1][0], s)
-        else:
-            out.append((s, s))
-    return out
-
-
-def _ack_entry(lo: int, hi: int) -> bytes:
-    head = struct.pack("<QQ", lo, hi)
-    return head + struct.pack("<I", zlib.crc32(head))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

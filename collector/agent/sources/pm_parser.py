@@ -46,6 +46,7 @@ from typing import Any
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
+from collector import catalog
 from collector.errors import CollectorError
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -67,7 +68,7 @@ class PmSpec:
 
     metric: str  # catalogue name (collector/catalog.py)
     counter: bool  # a count over the period (DELTA); else a statistic (period gauge)
-    unit: str  # catalogue unit after `scale`
+    unit: str  # catalogue unit after `scale` (collector/catalog.py's)
     scale: float  # raw value * scale = value in `unit` (0 means 1)
     raw_unit: str  # the unit TS 28.552 gives the raw value
     lo: float | None = 0.0  # smallest valid raw value (None: no bound)
@@ -86,15 +87,20 @@ class PmSpec:
         return "+Inf" if x == n - 1 else f"{first + step * x:g}"
 
 
-def _c(
-    metric: str, unit: str, scale: float, raw: str, *, subs: bool = False, std: str = "TS 28.552"
-) -> PmSpec:
-    return PmSpec(metric, True, unit, scale, raw, 0.0, None, subs, std)
+def _catalogued(metric: str, counter: bool) -> str:
+    """`metric`'s catalogue unit, checked to be of the kind the table says (a bug otherwise)."""
+    spec = catalog.BY_NAME[metric]
+    if (spec.kind is catalog.Kind.COUNTER) != counter:
+        raise AssertionError(f"{metric} is a {spec.kind.name.lower()} in collector/catalog.py")
+    return spec.unit
+
+
+def _c(metric: str, scale: float, raw: str, *, subs: bool = False, std: str = "TS 28.552") -> PmSpec:
+    return PmSpec(metric, True, _catalogued(metric, True), scale, raw, 0.0, None, subs, std)
 
 
 def _g(
     metric: str,
-    unit: str,
     scale: float,
     raw: str,
     *,
@@ -102,14 +108,14 @@ def _g(
     hi: float | None = None,
     std: str = "TS 28.552",
 ) -> PmSpec:
-    return PmSpec(metric, False, unit, scale, raw, lo, hi, False, std)
+    return PmSpec(metric, False, _catalogued(metric, False), scale, raw, lo, hi, False, std)
 
 
 def _bins(metric: str, first: float, step: float, n: int, table: str, std: str = "TS 28.552") -> PmSpec:
     return PmSpec(
         metric,
         True,
-        "reports",
+        _catalogued(metric, True),
         0.0,
         f"UE reports in bin X (TS 38.133 {table})",
         0.0,
@@ -124,31 +130,31 @@ def _bins(metric: str, first: float, step: float, n: int, table: str, std: str =
 # generated from this (scripts/gen_metrics_doc.py).
 MEASUREMENTS: dict[str, PmSpec] = {
     # radio resource utilisation (5.1.1.2)
-    "RRU.PrbTotDl": _g("RRU.PrbTotDl", "ratio", 0.01, "%", hi=100.0),
-    "RRU.PrbTotUl": _g("RRU.PrbTotUl", "ratio", 0.01, "%", hi=100.0),
-    "RRU.PrbUsedDl": _g("RRU.PrbUsedDl", "prb", 0.0, "PRBs (mean)"),
-    "RRU.PrbUsedUl": _g("RRU.PrbUsedUl", "prb", 0.0, "PRBs (mean)"),
-    "RRU.PrbAvailDl": _g("RRU.PrbAvailDl", "prb", 0.0, "PRBs (mean)"),
-    "RRU.PrbAvailUl": _g("RRU.PrbAvailUl", "prb", 0.0, "PRBs (mean)"),
+    "RRU.PrbTotDl": _g("RRU.PrbTotDl", 0.01, "%", hi=100.0),
+    "RRU.PrbTotUl": _g("RRU.PrbTotUl", 0.01, "%", hi=100.0),
+    "RRU.PrbUsedDl": _g("RRU.PrbUsedDl", 0.0, "PRBs (mean)"),
+    "RRU.PrbUsedUl": _g("RRU.PrbUsedUl", 0.0, "PRBs (mean)"),
+    "RRU.PrbAvailDl": _g("RRU.PrbAvailDl", 0.0, "PRBs (mean)"),
+    "RRU.PrbAvailUl": _g("RRU.PrbAvailUl", 0.0, "PRBs (mean)"),
     # UE throughput and PDCP data volume (5.1.1.3, 5.1.2.1)
-    "DRB.UEThpDl": _g("DRB.UEThpDl", "bytes_per_second", 125.0, "kbit/s"),
-    "DRB.UEThpUl": _g("DRB.UEThpUl", "bytes_per_second", 125.0, "kbit/s"),
-    "DRB.PdcpSduVolumeDL": _c("DRB.PdcpSduVolumeDL", "bytes", 125_000.0, "Mbit", subs=True),
-    "DRB.PdcpSduVolumeUL": _c("DRB.PdcpSduVolumeUL", "bytes", 125_000.0, "Mbit", subs=True),
+    "DRB.UEThpDl": _g("DRB.UEThpDl", 125.0, "kbit/s"),
+    "DRB.UEThpUl": _g("DRB.UEThpUl", 125.0, "kbit/s"),
+    "DRB.PdcpSduVolumeDL": _c("DRB.PdcpSduVolumeDL", 125_000.0, "Mbit", subs=True),
+    "DRB.PdcpSduVolumeUL": _c("DRB.PdcpSduVolumeUL", 125_000.0, "Mbit", subs=True),
     # RRC connections (5.1.1.4, 5.1.1.15)
-    "RRC.ConnMean": _g("RRC.ConnMean", "users", 0.0, "UEs (mean)"),
-    "RRC.ConnMax": _g("RRC.ConnMax", "users", 0.0, "UEs (max)"),
-    "RRC.ConnEstabAtt": _c("RRC.ConnEstabAtt", "attempts", 0.0, "count", subs=True),
-    "RRC.ConnEstabSucc": _c("RRC.ConnEstabSucc", "attempts", 0.0, "count", subs=True),
+    "RRC.ConnMean": _g("RRC.ConnMean", 0.0, "UEs (mean)"),
+    "RRC.ConnMax": _g("RRC.ConnMax", 0.0, "UEs (max)"),
+    "RRC.ConnEstabAtt": _c("RRC.ConnEstabAtt", 0.0, "count", subs=True),
+    "RRC.ConnEstabSucc": _c("RRC.ConnEstabSucc", 0.0, "count", subs=True),
     # mobility (5.1.1.6): intra-gNB and inter-gNB handover executions
-    "MM.HoExeIntraReq": _c("MM.HoExeIntraReq", "attempts", 0.0, "count", subs=True),
-    "MM.HoExeIntraSucc": _c("MM.HoExeIntraSucc", "attempts", 0.0, "count", subs=True),
-    "MM.HoExeInterReq": _c("MM.HoExeInterReq", "attempts", 0.0, "count", subs=True),
-    "MM.HoExeInterSucc": _c("MM.HoExeInterSucc", "attempts", 0.0, "count", subs=True),
+    "MM.HoExeIntraReq": _c("MM.HoExeIntraReq", 0.0, "count", subs=True),
+    "MM.HoExeIntraSucc": _c("MM.HoExeIntraSucc", 0.0, "count", subs=True),
+    "MM.HoExeInterReq": _c("MM.HoExeInterReq", 0.0, "count", subs=True),
+    "MM.HoExeInterSucc": _c("MM.HoExeInterSucc", 0.0, "count", subs=True),
     # SS radio quality means (vendor-reported cell means of the L1M measurements)
-    "L1M.SS-RSRP": _g("L1M.SS-RSRP", "dBm", 0.0, "dBm", lo=None),
-    "L1M.SS-RSRQ": _g("L1M.SS-RSRQ", "dB", 0.0, "dB", lo=None),
-    "L1M.SS-SINR": _g("L1M.SS-SINR", "dB", 0.0, "dB", lo=None),
+    "L1M.SS-RSRP": _g("L1M.SS-RSRP", 0.0, "dBm", lo=None),
+    "L1M.SS-RSRQ": _g("L1M.SS-RSRQ", 0.0, "dB", lo=None),
+    "L1M.SS-SINR": _g("L1M.SS-SINR", 0.0, "dB", lo=None),
     # SS radio quality distributions (5.1.1.22.1): `<name>.Bin<X>`, bin X = TS 38.133 reported
     # value X; sent as `<name>.Bin` DELTA counts with `le` = the bin's upper bound
     "L1M.SS-RSRP.Bin": _bins("L1M.SS-RSRP.Bin", -156.0, 1.0, 127, "10.1.6.1"),
@@ -162,14 +168,13 @@ MEASUREMENTS: dict[str, PmSpec] = {
     # availability KPI 1 - unavailable / period; the percentage some vendors report directly
     "RRU.CellUnavailableTime": _c(
         "RRU.CellUnavailableTime",
-        "seconds",
         0.0,
         "s",
         subs=True,
         std="TS 32.405 (RRU.UTRANCellUnavailableTime) for NR: vendor",
     ),
-    "CELL.Availability": _g("CELL.Availability", "ratio", 0.01, "%", hi=100.0, std="vendor"),
-    "CELL.CoverageRatio": _g("CELL.CoverageRatio", "ratio", 0.01, "%", hi=100.0, std="vendor"),
+    "CELL.Availability": _g("CELL.Availability", 0.01, "%", hi=100.0, std="vendor"),
+    "CELL.CoverageRatio": _g("CELL.CoverageRatio", 0.01, "%", hi=100.0, std="vendor"),
 }
 
 # Why a value was rejected (the agent's collector_agent_pm_values_rejected_total{reason}).
@@ -541,61 +546,3 @@ def read_pm_file(path: Path) -> PmFile:
     if len(data) > MAX_FILE_BYTES:
         raise PmFileError(path, f"larger than {MAX_FILE_BYTES} bytes")
     return parse_pm_bytes(data, str(path))
-
-
-def render_meas_collec(
-    *,
-    begin: dt.datetime,
-    duration_s: int,
-    element: str,
-    cells: dict[str, dict[str, float | int | str]],
-    positional: bool = False,
-    info_id: str = "NRCell",
-    suspect: frozenset[str] = frozenset(),
-    objects: dict[str, str] | None = None,
-) -> bytes:
-    """A TS 32.435 measCollecFile with one measInfo: `cells` maps a cell id to its
-    measurement values (a str value is written as is: "NIL", "abc"). What a gNB writes; for
-    tests, the benchmark and the simulator. `positional` picks <measTypes>/<measResults>
-    instead of p-indexed elements; `suspect` lists cells flagged suspect; `objects` maps a
-    key of `cells` to another measObjLdn (a gNB-level function, say)."""
-    from xml.sax.saxutils import escape, quoteattr
-
-    end = begin + dt.timedelta(seconds=duration_s)
-    types = sorted({m for vals in cells.values() for m in vals})
-    out = [
-        '<?xml version="1.0" encoding="UTF-8"?>',
-        '<measCollecFile xmlns="http://www.3gpp.org/ftp/specs/archive/32_series/32.435#measCollec">',
-        f'<fileHeader fileFormatVersion="32.435 V10.0" vendorName="edge"><fileSender '
-        f"localDn={quoteattr('ManagedElement=' + element)}/>"
-        f'<measCollec beginTime="{begin.isoformat()}"/></fileHeader>',
-        f"<measData><managedElement localDn={quoteattr('ManagedElement=' + element)}/>",
-        f'<measInfo measInfoId={quoteattr(info_id)}><job jobId="1"/>'
-        f'<granPeriod duration="PT{duration_s}S" endTime="{end.isoformat()}"/>'
-        f'<repPeriod duration="PT{duration_s}S"/>',
-    ]
-    if positional:
-        out.append(f"<measTypes>{' '.join(types)}</measTypes>")
-    else:
-        out.extend(f'<measType p="{i}">{t}</measType>' for i, t in enumerate(types, start=1))
-
-    def text(v: float | int | str) -> str:
-        return escape(v) if isinstance(v, str) else repr(v)
-
-    for cell, vals in cells.items():
-        ldn = (objects or {}).get(cell) or f"ManagedElement={element},GNBDUFunction=1,NRCellDU={cell}"
-        out.append(f"<measValue measObjLdn={quoteattr(ldn)}>")
-        if positional:
-            out.append(
-                "<measResults>"
-                + " ".join(text(vals[t]) if t in vals else "NIL" for t in types)
-                + "</measResults>"
-            )
-        else:
-            out.extend(f'<r p="{i}">{text(vals[t])}</r>' for i, t in enumerate(types, start=1) if t in vals)
-        out.append(f"<suspect>{'true' if cell in suspect else 'false'}</suspect></measValue>")
-    out.append(
-        f'</measInfo></measData><fileFooter><measCollec endTime="{end.isoformat()}"/>'
-        "</fileFooter></measCollecFile>"
-    )
-    return "\n".join(out).encode()
