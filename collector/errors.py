@@ -1,10 +1,10 @@
 """The exception tree of the collector.
 
 Each type carries what its callers branch on, and nothing else: `ConfigError` the key and
-the file (the entrypoint prints them), `ProtocolError` a short `reason` code (the ingest's
-rejection label and Ack, the aggregator's dead-letter header and decode-error label),
-`RuleViolation` also the gRPC code to answer with, `BrokerError` whether Kafka timed out
-(the ingest answers DEADLINE_EXCEEDED then, else UNAVAILABLE). Catch the narrowest type;
+the file (the entrypoint prints them), `ProtocolError` a short `reason` code (the
+aggregator's dead-letter header and decode-error label), `RuleViolation` a broken rule
+(the ingest's rejection label) and the gRPC code to answer with, `BrokerError` whether
+Kafka timed out (the ingest answers DEADLINE_EXCEEDED then, else UNAVAILABLE). Catch the narrowest type;
 the entrypoint turns these into exit codes and log lines, the ingest service into gRPC
 statuses on the Ack.
 """

@@ -20,8 +20,9 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from collector.aggregate.counters import Carry
+from collector.aggregate.counters import Carry, split_sum_arrays
 from collector.aggregate.decode import Rec, table_is_series_only
+from collector.aggregate.frames import TOTALS_SCHEMA
 from collector.aggregate.ledger import Site
 from collector.catalog import LABEL_NAMES, METRIC_INDEX, METRICS, Kind
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
@@ -44,6 +45,7 @@ N_CODES = 6
 
 NO_SAMPLE = np.iinfo(np.int64).min  # last_sample of a series that has no processed sample yet
 UNRESOLVED = -2  # speed_series of a series not looked up yet
+_NO_STEP = np.iinfo(np.int64).max
 
 
 def log_labels(labels: dict[str, str]) -> str:
@@ -245,6 +247,112 @@ class SeriesRegistry:
         for site in {int(self.site_of[i]) for i in sids}:
             self.sites[site].series -= int(np.count_nonzero(self.site_of[idx] == site))
         self._meta = None
+
+    # ------------------------------------------------------------------ processed samples
+    def note_link_speeds(self, speeds: tuple[np.ndarray, ...]) -> None:
+        """Each link's last speed of this close, for counters of later closes."""
+        ssid, _, sv = speeds
+        last = np.ones(len(ssid), bool)
+        last[:-1] = ssid[:-1] != ssid[1:]
+        self.link_speed[ssid[last]] = sv[last]
+
+    def note_processed(self, sid: np.ndarray, t: np.ndarray, starts: np.ndarray) -> None:
+        """Samples sorted by (sid, t) have been processed: sample ledger and last sample time.
+
+        Vectorised over the groups of one series. Every sample processed now is newer than
+        every one processed before (older ones were late), so the gap to a series' previous
+        sample is t - last_sample, and a repeated timestamp can only occur inside this call.
+        """
+        n = len(sid)
+        gsid = sid[starts]  # `starts`: each series' first sample
+        before = self.last_sample[gsid]
+        new = before == NO_SAMPLE
+        prev = np.empty(n, np.int64)
+        prev[1:] = t[:-1]
+        prev[starts] = np.where(new, t[starts], before)
+        gap = t - prev
+        step = np.minimum.reduceat(np.where(gap > 0, gap, _NO_STEP), starts)
+        distinct = gap > 0
+        distinct[starts[new]] = True  # a series' very first sample
+        self.sample_count[gsid] += np.add.reduceat(distinct.astype(np.int64), starts)
+        old = self.step[gsid]
+        step = np.minimum(step, np.where(old > 0, old, _NO_STEP))
+        self.step[gsid] = np.where(step == _NO_STEP, 0, step)
+        self.first_sample[gsid[new]] = t[starts[new]]
+        ends = np.append(starts[1:], n) - 1
+        self.last_sample[gsid] = np.maximum(before, t[ends])
+
+    def plausible_rate(
+        self,
+        sid: np.ndarray,
+        t: np.ndarray,
+        speeds: tuple[np.ndarray, ...] | None,
+        starts: np.ndarray,
+        fallback: float,
+    ) -> np.ndarray | float:
+        """Largest plausible increase per second of each counter sample (sorted by sid, t):
+        its link's speed as of the sample's time where the link reports one, else
+        `fallback` (max_counter_rate). A function of the processed samples only (an as-of join on event
+        time, the speed carried from earlier closes), so poll grouping does not change it."""
+        u = sid[starts]  # per series (`starts`: each series' first sample)
+        link = IS_LINK_COUNTER[self.metric_of[u]]
+        if not link.any():
+            return fallback
+        self.resolve_speed_series(u[link])
+        spd_u = np.where(link, self.speed_series[u], -1)
+        if not (spd_u >= 0).any():
+            return fallback
+        spd_sample = np.repeat(spd_u, np.diff(np.append(starts, len(sid))))
+        q = np.flatnonzero(spd_sample >= 0)
+        if not len(q):
+            return fallback
+        qsid = spd_sample[q]
+        speed = self.link_speed[qsid]  # carried: the last speed before this close
+        if speeds is not None and len(speeds[0]):
+            esid, et, ev = speeds
+            all_sid = np.concatenate([esid.astype(np.int64), qsid])
+            all_t = np.concatenate([et, t[q]])
+            is_q = np.concatenate([np.zeros(len(esid), bool), np.ones(len(q), bool)])
+            order = np.lexsort((is_q, all_t, all_sid))  # an event at t applies to a query at t
+            pos = np.where(is_q[order], -1, np.arange(len(order)))
+            last = np.maximum.accumulate(pos)
+            qpos = np.flatnonzero(is_q[order])
+            j = last[qpos]
+            hit = (j >= 0) & (all_sid[order][np.maximum(j, 0)] == all_sid[order][qpos])
+            qi = order[qpos] - len(esid)  # index into q
+            speed = speed.copy()
+            speed[qi[hit]] = ev[order[j[hit]]]
+        rate = np.full(len(sid), fallback)
+        known = speed > 0
+        # the counter's raw units per second: bytes/s divided by the counter's scale
+        rate[q[known]] = speed[known] / np.maximum(self.scale[sid[q[known]]], 1e-300)
+        return rate
+
+    def add_totals(self, sid: np.ndarray, delta: np.ndarray, starts: np.ndarray) -> None:
+        """Counted deltas (samples sorted by sid; `starts`: each series' first) into each
+        series' corrected total."""
+        u = sid[starts]
+        hi, lo = split_sum_arrays(delta, starts)
+        lo = self.total_lo[u] + lo
+        self.total_hi[u] += hi + (lo >> np.uint64(32))
+        self.total_lo[u] = lo & np.uint64(0xFFFF_FFFF)
+
+    def totals_frame(self, at: int) -> pl.DataFrame:
+        """sid, hi, lo, created (ns) of every live counter series that has a sample; `at`:
+        the event time they are complete up to."""
+        reg = self
+        n = len(reg.keys)
+        sel = np.flatnonzero(reg.live[:n] & IS_COUNTER[reg.metric_of[:n]] & (reg.sample_count[:n] > 0))
+        return pl.DataFrame(
+            {
+                "sid": sel.astype(np.uint32),
+                "hi": reg.total_hi[sel],
+                "lo": reg.total_lo[sel],
+                "created": reg.first_sample[sel],
+                "at": np.full(len(sel), at, np.int64),
+            },
+            schema=TOTALS_SCHEMA,
+        )
 
     # ------------------------------------------------------------------ series tables
     def _build_table(self, site: int, series: Sequence[pb.Series]) -> Table:

@@ -9,9 +9,10 @@ partition (a partition holds whole sites, so nothing here is shared between part
 
 Its parts live beside it, one job each: dedup.py (batches by agent and seq), registry.py
 (sites, series ids, per-series arrays), watermark.py (the event-time index the watermark
-is read from), counters.py (exact deltas, wraps, resets), grouping.py and windows.py (panes
-into windows), periods.py (PM counts and statistics), ledger.py (what each site sent and
-what was counted), frames.py (frame layouts) and checkpoint.py (the state as bytes).
+is read from), counters.py (exact deltas, wraps, resets), panes.py (samples into panes),
+grouping.py and windows.py (panes into windows), periods.py (PM counts and statistics),
+ledger.py (what each site sent and what was counted), frames.py (frame layouts) and
+checkpoint.py (the state as bytes).
 
 Everything a published number depends on is a deterministic function of the partition's
 record sequence, and the whole state round-trips through `snapshot()` / `restore()`.
@@ -34,7 +35,7 @@ import polars as pl
 from collector import wire
 from collector.aggregate import checkpoint
 from collector.aggregate.config import AggregateSettings
-from collector.aggregate.counters import counter_deltas, split_sum_arrays
+from collector.aggregate.counters import counter_deltas
 from collector.aggregate.decode import Decoder, Headers, Rec, check, decode, poll_columns
 from collector.aggregate.dedup import Dedup
 from collector.aggregate.frames import (
@@ -48,13 +49,12 @@ from collector.aggregate.frames import (
     exact_increase,
     period_increase,
 )
-from collector.aggregate.grouping import group_starts, group_sum, order_by_series_time, series_runs
+from collector.aggregate.grouping import order_by_series_time, series_runs
 from collector.aggregate.ledger import Site, SiteLedger, site_ledgers
+from collector.aggregate.panes import counter_pane_rows, gauge_pane_rows
 from collector.aggregate.periods import PeriodStore
 from collector.aggregate.registry import (
     CAPPED,
-    IS_COUNTER,
-    IS_LINK_COUNTER,
     N_CODES,
     NO_SAMPLE,
     OK_COUNTER,
@@ -69,8 +69,6 @@ from collector.aggregate.registry import (
 from collector.aggregate.watermark import NewestEventIndex
 from collector.aggregate.windows import Tiers, roll, tier_rows
 from collector.errors import ProtocolError
-
-_NO_STEP = np.iinfo(np.int64).max
 
 # on_window(partition, window_s, counter_windows, gauge_windows): every closed window, one row
 # per (series, end); frames labelled with `site`, `metric` (catalogue name) and `labels`
@@ -505,7 +503,7 @@ class PartitionState:
             sid, t, v, epoch, bits = cdue
             self._counter_panes(sid, t, v, epoch, bits, speeds)
         if speeds is not None:
-            self._carry_speeds(speeds)
+            self.registry.note_link_speeds(speeds)
         self._windows(start, target, emit_all)
         self._prune(target)  # the next window of each tier ends after target
         self.closed_ns = target
@@ -544,48 +542,6 @@ class PartitionState:
         if self._totals_pending is not None:
             self._totals_pending = self._totals_pending.filter(~pl.col("sid").is_in(gone))
 
-    def _plausible_rate(
-        self, sid: np.ndarray, t: np.ndarray, speeds: tuple[np.ndarray, ...] | None, starts: np.ndarray
-    ) -> np.ndarray | float:
-        """Largest plausible increase per second of each counter sample (sorted by sid, t):
-        its link's speed as of the sample's time where the link reports one, else
-        `max_counter_rate`. A function of the processed samples only (an as-of join on event
-        time, the speed carried from earlier closes), so poll grouping does not change it."""
-        fallback = self.settings.max_counter_rate
-        u = sid[starts]  # per series (`starts`: each series' first sample)
-        link = IS_LINK_COUNTER[self.registry.metric_of[u]]
-        if not link.any():
-            return fallback
-        self.registry.resolve_speed_series(u[link])
-        spd_u = np.where(link, self.registry.speed_series[u], -1)
-        if not (spd_u >= 0).any():
-            return fallback
-        spd_sample = np.repeat(spd_u, np.diff(np.append(starts, len(sid))))
-        q = np.flatnonzero(spd_sample >= 0)
-        if not len(q):
-            return fallback
-        qsid = spd_sample[q]
-        speed = self.registry.link_speed[qsid]  # carried: the last speed before this close
-        if speeds is not None and len(speeds[0]):
-            esid, et, ev = speeds
-            all_sid = np.concatenate([esid.astype(np.int64), qsid])
-            all_t = np.concatenate([et, t[q]])
-            is_q = np.concatenate([np.zeros(len(esid), bool), np.ones(len(q), bool)])
-            order = np.lexsort((is_q, all_t, all_sid))  # an event at t applies to a query at t
-            pos = np.where(is_q[order], -1, np.arange(len(order)))
-            last = np.maximum.accumulate(pos)
-            qpos = np.flatnonzero(is_q[order])
-            j = last[qpos]
-            hit = (j >= 0) & (all_sid[order][np.maximum(j, 0)] == all_sid[order][qpos])
-            qi = order[qpos] - len(esid)  # index into q
-            speed = speed.copy()
-            speed[qi[hit]] = ev[order[j[hit]]]
-        rate = np.full(len(sid), fallback)
-        known = speed > 0
-        # the counter's raw units per second: bytes/s divided by the counter's scale
-        rate[q[known]] = speed[known] / np.maximum(self.registry.scale[sid[q[known]]], 1e-300)
-        return rate
-
     def _counter_panes(
         self,
         sid: np.ndarray,
@@ -605,98 +561,26 @@ class PartitionState:
             epoch,
             bits,
             self.registry.carry,
-            self._plausible_rate(sid, t, speeds, sstarts),
+            self.registry.plausible_rate(sid, t, speeds, sstarts, self.settings.max_counter_rate),
             first=first,
         )
         if d.ambiguous.any():
             per_site = np.bincount(self.registry.site_of[sid[d.ambiguous]], minlength=len(self.sites))
             for si in np.flatnonzero(per_site).tolist():
                 self.sites[si].excluded["ambiguous_gap"] += int(per_site[si])
-        pane = t // self.pane_ns
-        starts = group_starts(first, pane)
-        self._add_totals(sid, d.delta, sstarts)
-        # one sample per (series, pane) - sampling every pane or slower, the usual case -
-        # needs no group sums
-        one = len(starts) == len(sid)
-        hi, lo = (
-            (d.delta >> np.uint64(32), d.delta & np.uint64(0xFFFF_FFFF))
-            if one
-            else split_sum_arrays(d.delta, starts)
-        )
-
-        def per_pane(x: np.ndarray) -> np.ndarray:
-            return x.astype(np.uint32) if one else group_sum(x, starts).astype(np.uint32)
-
-        frame = pl.DataFrame(
-            {
-                "sid": sid[starts].astype(np.uint32),
-                "pane": pane[starts],
-                "hi": hi,
-                "lo": lo,
-                "dt": d.dt if one else np.add.reduceat(d.dt, starts),
-                "n": per_pane(d.valid),
-                "resets": per_pane(d.reset),
-                "wraps": per_pane(d.wrap),
-            },
-            schema=COUNTER_PANE_SCHEMA,
-        )
+        self.registry.add_totals(sid, d.delta, sstarts)
+        per_tier = self.tiers.panes_per_window[1] if self.tiers.count > 1 else None
+        frame, first_tier = counter_pane_rows(sid, t // self.pane_ns, d, first, per_tier)
         old = self.counter_panes[0]
         self.counter_panes[0] = pl.concat([old, frame]) if len(old) else frame
-        if self.tiers.count > 1:
-            # The first tier's rows (tumbling sums of panes_per_window[1] panes) need only the sums of each
-            # (series, tier pane): taken here, over the sorted samples, they spare the tier roll
-            # a sort and gathers over every new pane. Integers, so the sums are the same.
-            m = self.tiers.panes_per_window[1]
-            tg = group_starts(first, pane // m)
-            size = np.diff(np.append(tg, len(sid)))
-
-            def count(x: np.ndarray) -> np.ndarray:  # of flags; all or none set is the usual case
-                if not x.any():
-                    return np.zeros(len(tg), np.uint32)
-                return (size if x.all() else group_sum(x, tg)).astype(np.uint32)
-
-            self._first_tier_rows = pl.DataFrame(
-                {
-                    "sid": sid[tg].astype(np.uint32),
-                    "pane": pane[tg],
-                    "hi": group_sum(hi if one else d.delta >> np.uint64(32), tg),
-                    "lo": group_sum(lo if one else d.delta & np.uint64(0xFFFF_FFFF), tg),
-                    "dt": group_sum(d.dt, tg),
-                    "n": count(d.valid),
-                    "resets": count(d.reset),
-                    "wraps": count(d.wrap),
-                },
-                schema=COUNTER_PANE_SCHEMA,
-            )
-            if len(old):
-                self._first_tier_rows = pl.concat([old, self._first_tier_rows])
-        self._touch(sid, t, sstarts)
-
-    def _add_totals(self, sid: np.ndarray, delta: np.ndarray, starts: np.ndarray) -> None:
-        """Counted deltas (samples sorted by sid; `starts`: each series' first) into each
-        series' corrected total."""
-        u = sid[starts]
-        hi, lo = split_sum_arrays(delta, starts)
-        lo = self.registry.total_lo[u] + lo
-        self.registry.total_hi[u] += hi + (lo >> np.uint64(32))
-        self.registry.total_lo[u] = lo & np.uint64(0xFFFF_FFFF)
+        if first_tier is not None:
+            self._first_tier_rows = pl.concat([old, first_tier]) if len(old) else first_tier
+        self.registry.note_processed(sid, t, sstarts)
 
     def totals_frame(self) -> pl.DataFrame:
-        """sid, hi, lo, created (ns) of every live counter series that has a sample."""
-        reg = self.registry
-        n = len(reg.keys)
-        sel = np.flatnonzero(reg.live[:n] & IS_COUNTER[reg.metric_of[:n]] & (reg.sample_count[:n] > 0))
-        at = self.closed_ns if self.closed_ns is not None else 0
-        return pl.DataFrame(
-            {
-                "sid": sel.astype(np.uint32),
-                "hi": reg.total_hi[sel],
-                "lo": reg.total_lo[sel],
-                "created": reg.first_sample[sel],
-                "at": np.full(len(sel), at, np.int64),
-            },
-            schema=TOTALS_SCHEMA,
-        )
+        """sid, hi, lo, created (ns) of every live counter series that has a sample, complete
+        up to the closed boundary."""
+        return self.registry.totals_frame(self.closed_ns if self.closed_ns is not None else 0)
 
     def publish_totals(self) -> None:
         """The checkpoint taken last is committed: its totals become the published ones.
@@ -713,64 +597,17 @@ class PartitionState:
     def _gauge_panes(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...] | None:
         """Gauge panes of samples sorted by (series, time); returns the link speed samples
         among them (sid, t, bytes/s), sorted likewise, for the counters' gap rule (see
-        _carry_speeds)."""
+        SeriesRegistry.note_link_speeds)."""
         first, sstarts = series_runs(sid)
         self._renew_returning(sid, t, sstarts)
         speeds = None
         is_speed = self.registry.metric_of[sid] == SPEED_METRIC
         if is_speed.any():
             speeds = (sid[is_speed], t[is_speed], v[is_speed] * self.registry.scale[sid[is_speed]])
-        pane = t // self.pane_ns
-        starts = group_starts(first, pane)
-        counts = np.diff(np.append(starts, len(sid)))
-        one = len(starts) == len(sid)  # one sample per (series, pane): no group sums
-        frame = pl.DataFrame(
-            {
-                "sid": sid[starts].astype(np.uint32),
-                "pane": pane[starts],
-                "sum": v if one else np.add.reduceat(v, starts),
-                "cnt": counts.astype(np.uint32),
-                "min": v if one else np.minimum.reduceat(v, starts),
-                "max": v if one else np.maximum.reduceat(v, starts),
-            },
-            schema=GAUGE_PANE_SCHEMA,
-        )
+        frame = gauge_pane_rows(sid, t // self.pane_ns, v, first)
         self.gauge_panes[0] = pl.concat([self.gauge_panes[0], frame]) if len(self.gauge_panes[0]) else frame
-        self._touch(sid, t, sstarts)
+        self.registry.note_processed(sid, t, sstarts)
         return speeds
-
-    def _carry_speeds(self, speeds: tuple[np.ndarray, ...]) -> None:
-        """Each link's last speed of this close, for counters of later closes."""
-        ssid, _, sv = speeds
-        last = np.ones(len(ssid), bool)
-        last[:-1] = ssid[:-1] != ssid[1:]
-        self.registry.link_speed[ssid[last]] = sv[last]
-
-    def _touch(self, sid: np.ndarray, t: np.ndarray, starts: np.ndarray) -> None:
-        """Samples sorted by (sid, t) have been processed: sample ledger and last sample time.
-
-        Vectorised over the groups of one series. Every sample processed now is newer than
-        every one processed before (older ones were late), so the gap to a series' previous
-        sample is t - s_last, and a repeated timestamp can only occur inside this call.
-        """
-        n = len(sid)
-        gsid = sid[starts]  # `starts`: each series' first sample
-        before = self.registry.last_sample[gsid]
-        new = before == NO_SAMPLE
-        prev = np.empty(n, np.int64)
-        prev[1:] = t[:-1]
-        prev[starts] = np.where(new, t[starts], before)
-        gap = t - prev
-        step = np.minimum.reduceat(np.where(gap > 0, gap, _NO_STEP), starts)
-        distinct = gap > 0
-        distinct[starts[new]] = True  # a series' very first sample
-        self.registry.sample_count[gsid] += np.add.reduceat(distinct.astype(np.int64), starts)
-        old = self.registry.step[gsid]
-        step = np.minimum(step, np.where(old > 0, old, _NO_STEP))
-        self.registry.step[gsid] = np.where(step == _NO_STEP, 0, step)
-        self.registry.first_sample[gsid[new]] = t[starts[new]]
-        ends = np.append(starts[1:], n) - 1
-        self.registry.last_sample[gsid] = np.maximum(before, t[ends])
 
     def _windows(self, start: int, target: int, emit_all: bool) -> None:
         """Close the windows ending in (start, target].
