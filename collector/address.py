@@ -57,3 +57,8 @@ def parse_host_port(text: str, *, default_port: int | None = None, listen: bool 
     if not host and not listen:
         raise ValueError(f"expected {want}, got {text!r} (no host)")
     return host, port
+
+
+def join_host_port(host: str, port: int) -> str:
+    """`host:port` for a URL or a gRPC target: an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

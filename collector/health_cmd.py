@@ -2,7 +2,7 @@
 
     collector health ingest      # gRPC health (grpc.health.v1) of telemetry.v1.IngestService
     collector health aggregate   # GET /healthz of the aggregator (503 once its loop died)
-    collector health agent       # GET /metrics of the agent (its HTTP endpoint answers)
+    collector health agent       # GET /healthz of the agent (its HTTP endpoint answers)
     collector health             # the role of PID 1 (`collector <role>` in a container;
                                  # `run` is probed as its aggregator, simulate/broker pass)
 
@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from collector.address import join_host_port, parse_host_port
 from collector.config import Settings, load_settings
 from collector.errors import ConfigError
 from collector.exposition import webconfig
@@ -75,11 +76,10 @@ def config_of_pid1(cmdline: Path = Path("/proc/1/cmdline")) -> str | None:
 
 
 def _loopback(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
+    host, port = parse_host_port(listen, listen=True)
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
-    return host, int(port)
+    return host, port
 
 
 def _first_dns_name(cert: Path) -> str | None:
@@ -104,7 +104,7 @@ async def probe_ingest(
 
     cfg = settings.ingest
     host, port = _loopback(cfg.listen)
-    target = f"{host}:{port}"
+    target = join_host_port(host, port)
     if cfg.plaintext:
         channel = insecure_channel(target)
     else:
@@ -169,7 +169,6 @@ async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event
         if not listen:
             raise ConfigError("the HTTP endpoint is disabled: nothing to probe", key=key)
         host, port = _loopback(listen)
-        path = "/healthz" if role == "aggregate" else "/metrics"
         web_path = (
             settings.aggregate.metrics_web_config
             if role == "aggregate"
@@ -179,9 +178,8 @@ async def main(settings: Settings, args: argparse.Namespace, stop: asyncio.Event
         scheme = "https" if web is not None and web.tls else "http"
         problem = await asyncio.to_thread(
             probe_http,
-            f"{scheme}://{host}:{port}{path}",
+            f"{scheme}://{join_host_port(host, port)}/healthz",  # open even with basic auth
             args.timeout,
-            auth_answers=web is not None and bool(web.users),
         )
     if problem:
         print(f"unhealthy: {problem}", file=sys.stderr)

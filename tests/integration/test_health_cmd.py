@@ -68,6 +68,51 @@ async def test_aggregate_probe_reads_healthz_and_reports_the_reason() -> None:
     assert probe_http(url, 2) is not None  # nothing listens any more
 
 
+async def test_agent_probe_asks_healthz_even_behind_basic_auth(tmp_path: Path, certs: DevCerts) -> None:
+    """`collector health agent` against an agent endpoint with HTTPS and basic auth: /healthz
+    is open, so the probe needs no password; a stopped endpoint is unhealthy (exit 1)."""
+    import bcrypt
+    from prometheus_client import CollectorRegistry
+
+    from collector.exposition.http import serve_metrics
+
+    web = tmp_path / "web.yml"
+    h = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    web.write_text(
+        f"tls_server_config:\n  cert_file: {certs.server_cert}\n  key_file: {certs.server_key}\n"
+        f"basic_auth_users:\n  prometheus: '{h}'\n"
+    )
+    server = await serve_metrics("agent", "127.0.0.1:0", web, CollectorRegistry())
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        f"agent:\n  metrics_listen: '127.0.0.1:{server.bound_port}'\n  metrics_web_config: {web}\n"
+    )
+
+    async def health() -> tuple[int | None, bytes]:
+        p = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "collector",
+            "--config",
+            str(cfg),
+            "health",
+            "agent",
+            cwd=ROOT,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(p.communicate(), 60)
+        return p.returncode, err
+
+    try:
+        rc, err = await health()
+        assert rc == 0, err
+    finally:
+        await server.stop()
+    rc, err = await health()
+    assert rc == 1
+    assert b"unhealthy" in err
+
+
 def test_role_comes_from_pid1_cmdline(tmp_path: Path) -> None:
     f = tmp_path / "cmdline"
     f.write_bytes(b"/opt/collector/bin/python\0/opt/collector/bin/collector\0aggregate\0")

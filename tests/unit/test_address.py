@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from collector.address import parse_host_port
+from collector.address import join_host_port, parse_host_port
 from collector.agent.sources.gnmi import GnmiTarget
 from collector.agent.sources.snmp import SnmpTarget
 from collector.config import load_settings
@@ -121,3 +121,11 @@ def test_every_listen_setting_is_checked_by_the_one_parser(key: str) -> None:
     ok = load_settings(None, **{section: {field: "[::1]:0"}})
     assert getattr(getattr(ok, section), field) == "[::1]:0"
     assert getattr(getattr(load_settings(None, **{section: {field: ""}}), section), field) == ""
+
+
+@given(host=st.one_of(hostnames, ipv4, ipv6), port=st.integers(1, 65535))
+def test_join_host_port_reads_back_through_the_parser(host: str, port: int) -> None:
+    text = join_host_port(host, port)
+    assert parse_host_port(text) == (host, port)
+    assert parse_host_port(text, listen=True) == (host, port)
+    assert parse_host_port(text, default_port=161) == (host, port)
