@@ -514,6 +514,11 @@ class _Target:
     tried: asyncio.Event = field(default_factory=asyncio.Event)  # first poll done or failed
 
 
+def _poll_deadline(t: _Target) -> float:
+    """How long one poll of `t` may take before it is given up (and counted a timeout)."""
+    return 3 * max(t.interval_s, t.timeout_s * (t.retries + 1))
+
+
 class SnmpLinkAdapter(LinkAdapter):
     """IF-MIB over SNMPv2c/v3 from one or more targets (see the module doc)."""
 
@@ -568,12 +573,10 @@ class SnmpLinkAdapter(LinkAdapter):
     async def read(self) -> Sequence[LinkReading]:
         if not self._tasks and not self._stop.is_set():
             self._tasks = [asyncio.create_task(self._run(t), name=f"snmp-{t.name}") for t in self._targets]
-            # a dead target's first request gives up after timeout x (retries + 1); pysnmp
-            # checks its timers every 0.5 s, hence the margin
-            await first_results(
-                (t.tried for t in self._targets),
-                max(t.timeout_s * (t.retries + 1) for t in self._targets) + 2.0,
-            )
+            # every target's first poll ends (answered, failed, or given up at its poll
+            # deadline): a dead target fails after timeout x (retries + 1), a live one takes
+            # as long as its walk takes (pure-Python decoding: seconds on a busy host)
+            await first_results((t.tried for t in self._targets), max(map(_poll_deadline, self._targets)))
         out: list[LinkReading] = []
         for name in list(self._pending):
             out.extend(self._pending.pop(name))
@@ -634,7 +637,7 @@ class SnmpLinkAdapter(LinkAdapter):
 
         failing = False
         while not self._stop.is_set():
-            deadline = 3 * max(t.interval_s, t.timeout_s * (t.retries + 1))
+            deadline = _poll_deadline(t)
             try:
                 # A poll that overruns its interval skips the ticks it ran over (no work is
                 # thrown away on a slow device); one that takes this long is given up.
