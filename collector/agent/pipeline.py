@@ -22,8 +22,6 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from prometheus_client import CollectorRegistry
 
@@ -32,11 +30,12 @@ from collector.agent.config import AgentSettings
 from collector.agent.metrics import AgentStats, collector_for
 from collector.agent.sender import Sender
 from collector.agent.spool import DROP_IO_ERROR, DROP_TOO_LARGE, Spool, SpoolError
+from collector.lifecycle import Component
 
 log = logging.getLogger(__name__)
 
 
-class AgentPipeline:
+class AgentPipeline(Component):
     """Spool + sender for one agent identity. `start/stop` are idempotent; `async with` works."""
 
     def __init__(
@@ -93,15 +92,6 @@ class AgentPipeline:
         self.spool.close()
         if self._registry is not None:
             collector_for(self._registry).remove(self)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _housekeep(self) -> None:
         period = min(self.settings.spool.fsync_interval_s, 5.0)

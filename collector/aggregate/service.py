@@ -18,8 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
-from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -38,6 +37,7 @@ from collector.errors import BrokerError, ConfigError, ProtocolError
 from collector.exposition import webconfig
 from collector.exposition.http import MetricsServer
 from collector.exposition.render import FamilyText, render
+from collector.lifecycle import Component
 
 if TYPE_CHECKING:
     from collector.config import Settings
@@ -68,7 +68,7 @@ class _Listener(ConsumerRebalanceListener):
         await self.agg._on_assigned(list(assigned))
 
 
-class Aggregator:
+class Aggregator(Component):
     """`async with Aggregator(settings, bootstrap=...) as agg:` consumes until stopped."""
 
     def __init__(
@@ -266,15 +266,6 @@ class Aggregator:
             await self._server.stop()
             self._server = None
         self.states.clear()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # ------------------------------------------------------------------ rebalance
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:

@@ -21,8 +21,7 @@ import math
 import time
 from collections import deque
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 import numpy as np
 import yaml
@@ -34,6 +33,7 @@ from collector.agent.batch import BatchBuilder
 from collector.config import Settings
 from collector.errors import BrokerError, ConfigError
 from collector.kafka import producer_kwargs, record_headers
+from collector.lifecycle import Component
 from collector.simulate.batches import PlannedBatch, Planner
 from collector.simulate.config import SimulateSettings
 from collector.simulate.generator import Block, FleetGenerator
@@ -364,7 +364,7 @@ def _fill_without_cells(planner: Planner, b: PlannedBatch, builder: BatchBuilder
     return bool(mc.any() or mg.any())
 
 
-class FleetRunner:
+class FleetRunner(Component):
     """The simulated fleet as a long-lived component: `start()`, `stop()`, `async with`.
 
     `target` (ingest HOST:PORT) selects agent mode; otherwise `bootstrap` (or
@@ -502,12 +502,3 @@ class FleetRunner:
             await self.sink.stop()
             if self.truth_dir is not None and self.sim.truth is not None:
                 await asyncio.to_thread(self.sim.truth.write, self.truth_dir)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
