@@ -44,8 +44,8 @@ from collector.lifecycle import Component
 
 log = logging.getLogger(__name__)
 
-Renderer = Callable[[], Awaitable[bytes]]  # a whole body in the text format 0.0.4:
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+Renderer = Callable[[], Awaitable[bytes]]  # the whole /metrics body, in the text format 0.0.4
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # of a Renderer's body
 Health = Callable[[], str | None]  # None: healthy; else why not
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
