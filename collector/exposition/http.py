@@ -7,9 +7,11 @@ One server for all three roles, on the role's own event loop, so whatever /metri
 never from another thread. What /metrics serves is one of:
 
 - a prometheus-client `CollectorRegistry` (agent, ingest): collected at each scrape on the
-  loop by prometheus-client's own aiohttp handler, which negotiates the format with the
-  scraper (OpenMetrics for Prometheus, text 0.0.4 otherwise), compresses when the scraper
-  accepts gzip and honours `?name[]=` filters, as prometheus-client's own servers do;
+  loop (every collector reads its state there, into metric families that are values), then
+  encoded in a worker thread, so a registry of many pipelines does not stall the loop for
+  the text encoding (bench/scrape.py). As prometheus-client's own servers do, the format is
+  negotiated with the scraper (`choose_encoder`: OpenMetrics for Prometheus, text 0.0.4
+  otherwise), the body is gzipped when the scraper accepts it and `?name[]=` filters;
 - a `render()` coroutine returning the whole body in the text format (aggregate: it reads its
   state on the loop and runs the Polars rendering in a worker thread, so a large scrape does
   not stall the consumer loop).
@@ -25,13 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
 
 from collector.address import parse_host_port
 from collector.errors import ConfigError
@@ -41,8 +44,8 @@ from collector.lifecycle import Component
 
 log = logging.getLogger(__name__)
 
-Renderer = Callable[[], Awaitable[bytes]]  # a whole body in the text format 0.0.4:
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+Renderer = Callable[[], Awaitable[bytes]]  # the whole /metrics body, in the text format 0.0.4
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # of a Renderer's body
 Health = Callable[[], str | None]  # None: healthy; else why not
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -62,7 +65,7 @@ class MetricsServer(Component):
         self.web = web_config  # TLS and basic auth (collector/exposition/webconfig.py), or None
         self.port = port
         self._metrics: Handler = (
-            make_aiohttp_handler(metrics) if isinstance(metrics, CollectorRegistry) else _rendered(metrics)
+            _collected(metrics) if isinstance(metrics, CollectorRegistry) else _rendered(metrics)
         )
         self._health = health or (lambda: None)
         self._runner: web.AppRunner | None = None
@@ -120,6 +123,38 @@ class MetricsServer(Component):
         if problem is None:
             return web.Response(text="ok\n")
         return web.Response(status=503, text=f"{problem}\n")
+
+
+class _Collected:
+    """Metric families already collected (on the loop), as a collector to encode elsewhere."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def _collected(registry: CollectorRegistry) -> Handler:
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        encoder, content_type = choose_encoder(",".join(request.headers.getall(hdrs.ACCEPT, [])))
+        families = list(registry.collect())  # here, on the loop: state is read where it changes
+        names = request.query.getall("name[]", [])
+
+        def encode() -> bytes:
+            snapshot: Any = _Collected(families)
+            if names:
+                frozen = CollectorRegistry(auto_describe=True)  # names from the families
+                frozen.register(snapshot)
+                snapshot = frozen.restricted_registry(names)
+            return encoder(snapshot)
+
+        body = await asyncio.to_thread(encode)
+        response = web.Response(body=body, headers={"Content-Type": content_type})
+        response.enable_compression()  # when the scraper accepts it (Prometheus: gzip)
+        return response
+
+    return metrics
 
 
 def _rendered(render: Renderer) -> Handler:

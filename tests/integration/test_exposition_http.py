@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from collector.errors import ConfigError
 from collector.exposition.http import CONTENT_TYPE, MetricsServer, serve_metrics
@@ -126,3 +129,23 @@ async def test_serve_metrics_names_the_key_of_a_port_it_cannot_bind(tmp_path: Pa
         assert server.bound_port > 0
     finally:
         await server.stop()
+
+
+async def test_a_registry_is_collected_on_the_event_loop() -> None:
+    """Collectors read asyncio state (spools, in-flight counts): they run on the server's
+    loop thread, never on the thread the text is encoded in."""
+    seen: list[int] = []
+
+    class Probe:
+        def collect(self) -> Iterator[Metric]:
+            seen.append(threading.get_ident())
+            yield GaugeMetricFamily("probe_value", "A value read at scrape time.", value=len(seen))
+
+    reg = CollectorRegistry()
+    reg.register(Probe())
+    async with MetricsServer("127.0.0.1", 0, reg) as server:
+        for n in (1, 2, 3):
+            status, _, body = await http_request(server.bound_port, "GET /metrics HTTP/1.1")
+            assert status == 200
+            assert f"probe_value {n}.0".encode() in body
+    assert seen == [threading.get_ident()] * 3
