@@ -48,8 +48,8 @@ def _state_bits(st: PartitionState) -> dict[str, object]:
         "records": st.records,
     }
     for w in st.windows_s:
-        out[f"c{w}"] = v.latest_c[w].sort("sid").rows()
-        g = v.latest_g[w].sort("sid")
+        out[f"c{w}"] = v.latest_counters[w].sort("sid").rows()
+        g = v.latest_gauges[w].sort("sid")
         out[f"g{w}"] = [
             tuple(r[:2]) + tuple(np.float64(x).tobytes() if isinstance(x, float) else x for x in r[2:])
             for r in g.rows()
@@ -208,8 +208,8 @@ def test_window_log_does_not_change_published_float_bits() -> None:
     plain = _feed(records, list(range(0, 80, 7)))
     logged = _feed(records, list(range(0, 80, 7)), log=True)
     assert _state_bits(plain) == _state_bits(logged)
-    assert len(plain.latest_g[300]) == 20
-    assert plain.latest_g[300]["sum"].dtype == pl.Float64
+    assert len(plain.latest_gauges[300]) == 20
+    assert plain.latest_gauges[300]["sum"].dtype == pl.Float64
 
 
 def test_records_total_counts_each_record_once() -> None:
