@@ -69,8 +69,8 @@ def encode(st: PartitionState) -> bytes:
         frames[f"cpanes_{k}"] = st.counter_panes[k]
         frames[f"gpanes_{k}"] = st.gauge_panes[k]
     for w in st.windows_s:
-        frames[f"latest_c_{w}"] = st.latest_c[w]
-        frames[f"latest_g_{w}"] = st.latest_g[w]
+        frames[f"latest_c_{w}"] = st.latest_counters[w]
+        frames[f"latest_g_{w}"] = st.latest_gauges[w]
     cb = _concatenated(st.counter_buffer, [np.uint32, np.int64, np.uint64, np.int64, np.uint8])
     frames["cbuf"] = pl.DataFrame({"sid": cb[0], "t": cb[1], "v": cb[2], "epoch": cb[3], "bits": cb[4]})
     gb = _concatenated(st.gauge_buffer, [np.uint32, np.int64, np.float64])
@@ -260,8 +260,8 @@ def load(st: PartitionState, header: Header, frames: dict[str, pl.DataFrame]) ->
     st.counter_panes = [_halves(frames[f"cpanes_{k}"]) for k in range(st.tiers.count)]
     st.gauge_panes = [frames[f"gpanes_{k}"] for k in range(st.tiers.count)]
     for w in st.windows_s:
-        st.latest_c[w] = frames[f"latest_c_{w}"]
-        st.latest_g[w] = frames[f"latest_g_{w}"]
+        st.latest_counters[w] = frames[f"latest_c_{w}"]
+        st.latest_gauges[w] = frames[f"latest_g_{w}"]
     cb = frames["cbuf"]
     if len(cb):
         st.counter_buffer = [tuple(cb[c].to_numpy() for c in ("sid", "t", "v", "epoch", "bits"))]

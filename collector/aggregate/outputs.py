@@ -540,17 +540,17 @@ def _window_frames(st: PartitionView) -> tuple[pl.DataFrame, pl.DataFrame]:
     cs, gs = [], []
     for w in st.windows_s:
         wl = pl.lit(window_label(w))
-        c = st.latest_c[w]
+        c = st.latest_counters[w]
         if len(c):
             cs.append(c.join(meta, on="sid").with_columns(window=wl, window_s=pl.lit(w)))
-        g = st.latest_g[w]
+        g = st.latest_gauges[w]
         if len(g):
             gs.append(g.join(meta, on="sid").with_columns(window=wl, window_s=pl.lit(w)))
     # Period series (PM files): their newest period, window = the period's length.
-    if st.period_c is not None and len(st.period_c):
-        cs.append(st.period_c.join(meta, on="sid"))
-    if st.period_g is not None and len(st.period_g):
-        gs.append(st.period_g.join(meta, on="sid"))
+    if st.newest_period_counters is not None and len(st.newest_period_counters):
+        cs.append(st.newest_period_counters.join(meta, on="sid"))
+    if st.newest_period_gauges is not None and len(st.newest_period_gauges):
+        gs.append(st.newest_period_gauges.join(meta, on="sid"))
     c = pl.concat(cs, how="diagonal_relaxed") if cs else pl.DataFrame()
     g = pl.concat(gs, how="diagonal_relaxed") if gs else pl.DataFrame()
     if len(c):

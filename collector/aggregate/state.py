@@ -90,13 +90,13 @@ class PartitionView:
     partition: int
     windows_s: tuple[int, ...]
     meta: pl.DataFrame
-    latest_c: dict[int, pl.DataFrame]
-    latest_g: dict[int, pl.DataFrame]
+    latest_counters: dict[int, pl.DataFrame]
+    latest_gauges: dict[int, pl.DataFrame]
     sites: tuple[SiteLedger, ...]
     # Newest period of every period series (collector/aggregate/periods.py), shaped like
-    # latest_c / latest_g plus `window` and `window_s` columns.
-    period_c: pl.DataFrame | None = None
-    period_g: pl.DataFrame | None = None
+    # latest_counters / latest_gauges plus `window` and `window_s` columns.
+    newest_period_counters: pl.DataFrame | None = None
+    newest_period_gauges: pl.DataFrame | None = None
     # Corrected cumulative counter totals (sid, hi, lo, created ns): see publish_totals.
     totals: pl.DataFrame | None = None
 
@@ -149,8 +149,8 @@ class PartitionState:
         self._first_tier_rows: pl.DataFrame | None = None
         self.counter_panes = [empty(COUNTER_PANE_SCHEMA) for _ in range(self.tiers.count)]
         self.gauge_panes = [empty(GAUGE_PANE_SCHEMA) for _ in range(self.tiers.count)]
-        self.latest_c = {w: empty(COUNTER_WIN_SCHEMA) for w in self.windows_s}
-        self.latest_g = {w: empty(GAUGE_WIN_SCHEMA) for w in self.windows_s}
+        self.latest_counters = {w: empty(COUNTER_WIN_SCHEMA) for w in self.windows_s}
+        self.latest_gauges = {w: empty(GAUGE_WIN_SCHEMA) for w in self.windows_s}
 
     @property
     def sites(self) -> list[Site]:
@@ -534,8 +534,8 @@ class PartitionState:
         """Drop the windows, panes and totals of these series ids."""
         gone = pl.Series(ids.astype(np.uint32)).implode()
         for w in self.windows_s:
-            self.latest_c[w] = self.latest_c[w].filter(~pl.col("sid").is_in(gone))
-            self.latest_g[w] = self.latest_g[w].filter(~pl.col("sid").is_in(gone))
+            self.latest_counters[w] = self.latest_counters[w].filter(~pl.col("sid").is_in(gone))
+            self.latest_gauges[w] = self.latest_gauges[w].filter(~pl.col("sid").is_in(gone))
         self.counter_panes = [f.filter(~pl.col("sid").is_in(gone)) for f in self.counter_panes]
         self.gauge_panes = [f.filter(~pl.col("sid").is_in(gone)) for f in self.gauge_panes]
         self.totals_published = self.totals_published.filter(~pl.col("sid").is_in(gone))
@@ -644,7 +644,7 @@ class PartitionState:
                 lo = hi
             cw = exact_increase(roll(self.counter_panes[k], n, lo, hi, size, True))
             gw = roll(self.gauge_panes[k], n, lo, hi, size, False)
-            for frame, latest in ((cw, self.latest_c), (gw, self.latest_g)):
+            for frame, latest in ((cw, self.latest_counters), (gw, self.latest_gauges)):
                 if len(frame):
                     newest = (
                         frame if lo == hi else frame.filter(pl.col("end") == pl.col("end").max().over("sid"))
@@ -711,8 +711,8 @@ class PartitionState:
             self.partition,
             self.windows_s,
             self.registry.series_meta(),
-            dict(self.latest_c),
-            dict(self.latest_g),
+            dict(self.latest_counters),
+            dict(self.latest_gauges),
             sites,
             pc,
             pg,
@@ -747,7 +747,9 @@ class PartitionState:
         """Approximate resident bytes of this state (arrays, frames, registry)."""
         n = self.registry.state_bytes()
         n += sum(int(f.estimated_size()) for f in (*self.counter_panes, *self.gauge_panes))
-        n += sum(int(f.estimated_size()) for f in (*self.latest_c.values(), *self.latest_g.values()))
+        n += sum(
+            int(f.estimated_size()) for f in (*self.latest_counters.values(), *self.latest_gauges.values())
+        )
         return n + self.buffered_bytes() + self.periods.state_bytes()
 
     # ------------------------------------------------------------------ checkpoint

@@ -148,7 +148,7 @@ async def test_real_prometheus_scrapes_and_queries_by_country(broker: EmbeddedBr
     await produce(broker.bootstrap, topic, fleet.records, {"jp-tokyo-01": 0, "us-nyc-01": 1})
     async with Aggregator(_settings(topic, dlq), bootstrap=broker.bootstrap) as agg:
         assert await eventually(
-            lambda: len(agg.states) == 2 and all(len(s.latest_c[10]) for s in agg.states.values()),
+            lambda: len(agg.states) == 2 and all(len(s.latest_counters[10]) for s in agg.states.values()),
             within=60,
         ), "windows"
         port = free_port()

@@ -170,7 +170,7 @@ def test_stale_series_expire_after_ttl_of_event_time() -> None:
         st.advance()
     meta = st.series_meta()
     assert meta["link"].to_list() == ["b"]
-    assert all(len(f.filter(f["sid"] != meta["sid"][0])) == 0 for f in st.latest_c.values())
+    assert all(len(f.filter(f["sid"] != meta["sid"][0])) == 0 for f in st.latest_counters.values())
 
 
 def test_idle_partition_closes_its_windows() -> None:
@@ -180,7 +180,7 @@ def test_idle_partition_closes_its_windows() -> None:
     st.add(0, make_batch(agent="x", seq=1, site="s", series=series, counters=counters))
     assert st.advance() is None  # lateness holds the only windows open
     assert st.advance(idle_ns=5 * NS) is not None
-    assert len(st.latest_c[10]) == 1
+    assert len(st.latest_counters[10]) == 1
 
 
 @pytest.mark.parametrize("value", [b"", b"\x00\x01garbage", b"\xff" * 64])
@@ -270,11 +270,11 @@ def test_latest_windows_without_a_sink_equal_the_emitted_ones() -> None:
     lean.advance()
     assert lean.closed_ns == full.closed_ns
     for w in CFG.windows_s:
-        a = lean.latest_c[w].sort("sid")
-        b = full.latest_c[w].sort("sid")
+        a = lean.latest_counters[w].sort("sid")
+        b = full.latest_counters[w].sort("sid")
         assert len(a) > 0
         assert a.equals(b), w
-        assert lean.latest_g[w].sort("sid").equals(full.latest_g[w].sort("sid")), w
+        assert lean.latest_gauges[w].sort("sid").equals(full.latest_gauges[w].sort("sid")), w
 
 
 def test_negative_event_time_is_a_protocol_error() -> None:

@@ -15,10 +15,9 @@ import struct
 import sys
 from pathlib import Path
 
-from collector.aggregate.checkpoint import VERSION as CHECKPOINT_VERSION
 from collector.aggregate.config import AggregateSettings
-from collector.aggregate.state import PartitionState
-from collector.aggregate.window_log import window_records
+from collector.aggregate.service import window_records
+from collector.aggregate.state import CHECKPOINT_VERSION, PartitionState
 from collector.catalog import METRICS
 from tests.aggregate_support import NS, catalog_batches
 
@@ -48,7 +47,7 @@ st.advance()
 totals = []
 tf = st.totals_frame()  # before the final close, which expires every series
 for sid, hi, lo, created in zip(tf["sid"], tf["hi"], tf["lo"], tf["created"], strict=True):
-    site, metric, labels = st.registry.keys[sid]
+    site, metric, labels = st.keys[sid]
     totals.append(
         {
             "site": st.sites[site].site_id,
