@@ -44,7 +44,7 @@ from collector import wire  # noqa: E402
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb  # noqa: E402
 from collector.simulate.config import SimulateSettings  # noqa: E402
 from collector.simulate.fleet import AGENT_BACKFILL_S, Simulation, site_tokens  # noqa: E402
-from collector.simulate.model import start_ns_for  # noqa: E402
+from collector.simulate.topology import start_ns_for  # noqa: E402
 
 METHOD = "/telemetry.v1.IngestService/Stream"
 # Bound of the wait for outstanding acks after the last write.
