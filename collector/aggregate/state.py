@@ -258,6 +258,7 @@ class PartitionState:
         t_epoch = np.concatenate([t.epoch for t in tables])
         t_bits = np.concatenate([t.bits for t in tables])
         n_sites = len(self.sites)
+        all_kept = bool(keep.all())
         tmax = np.full(n, NO_SAMPLE, np.int64)
         parts = []
         for is_counter, cols, counts in ((True, cc, [r.nc for r in recs]), (False, gc, [r.ng for r in recs])):
@@ -266,7 +267,12 @@ class PartitionState:
             cnt = np.array(counts, np.int64)
             rec = np.repeat(np.arange(n), cnt)
             gi = cols.series_index.astype(np.int64) + tab_off[rec]
-            code = np.where(keep[rec], t_code[gi], -1)
+            if all_kept:
+                code = t_code[gi]
+            else:  # a dropped record (a duplicate) has no table among the kept ones
+                kept = keep[rec]
+                gi[~kept] = 0
+                code = np.where(kept, t_code[gi], -1)
             want = OK_COUNTER if is_counter else OK_GAUGE
             ok = code == want
             all_ok = bool(ok.all())

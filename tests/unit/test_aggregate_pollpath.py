@@ -392,3 +392,21 @@ def test_checkpoint_rounds_take_at_most_their_share_of_the_time() -> None:
         every = checkpoint_every(spent, 5.0, 0.25)
         assert every >= 5.0
         assert spent / every <= 0.25
+
+
+def test_a_duplicate_with_a_bigger_series_table_than_the_new_records_is_dropped_alone() -> None:
+    """A resend (after a lost ack, an agent restart) sits in a poll beside new records whose
+    tables are smaller: its series indexes point past every kept table. It is counted as a
+    duplicate; the poll's new records are aggregated (it crashed the aggregator with an
+    IndexError, found by bench/e2e.py's real-agent run)."""
+    wide = [SeriesDef("link_in_octets", {"link": f"l{i}", "media": "optical"}) for i in range(8)]
+    narrow = wide[:1]
+    first = make_batch(agent="x", seq=1, site="s", series=wide, counters=[(7, T0, 70)])
+    st = PartitionState(0, CFG)
+    assert st.add_many([(0, first, None)]) == (1, [])
+    again = make_batch(agent="x", seq=1, site="s", series=wide, counters=[(7, T0, 70)])
+    new = make_batch(agent="x", seq=2, site="s", series=narrow, counters=[(0, T0 + NS, 5)])
+    accepted, errors = st.add_many([(1, again, None), (2, new, None)])
+    assert (accepted, errors) == (1, [])
+    assert st.sites[0].dup_batches == 1
+    assert st.sites[0].batches == 2
