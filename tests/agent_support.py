@@ -19,7 +19,6 @@ from collector.agent.batch import SiteInfo, counter_def, gauge_def
 from collector.agent.config import AgentSettings
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 from collector.proto.telemetry.v1 import telemetry_pb2_grpc as pb_grpc
-from tests.waiting import eventually  # noqa: F401 - re-exported: many tests import it from here
 
 SITE = SiteInfo("jp-tokyo-01", "JP", "Kanto", "Asia/Tokyo")
 

@@ -16,7 +16,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from tests.waiting import eventually_async
+from tests.waiting import eventually
 
 COMMUNITY = "edge-ro-c0mm"
 COMMUNITY32 = "edge-old-dev1ce"
@@ -97,7 +97,7 @@ class Snmpd:
                 raise RuntimeError(f"snmpd exited: {(self.dir / 'snmpd.log').read_text()}")
             return await self._answers()
 
-        if not await eventually_async(answering, within=10.0, step=0.05):
+        if not await eventually(answering, within=10.0, step=0.05):
             raise RuntimeError("snmpd did not answer")
 
     async def _answers(self) -> bool:

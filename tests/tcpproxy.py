@@ -17,11 +17,11 @@ import asyncio
 import contextlib
 import socket
 import struct
-from types import TracebackType
-from typing import Self
+
+from collector.lifecycle import Component
 
 
-class TcpProxy:
+class TcpProxy(Component):
     def __init__(
         self, upstream_host: str, upstream_port: int, *, host: str = "127.0.0.1", port: int = 0
     ) -> None:
@@ -50,15 +50,6 @@ class TcpProxy:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     def pause(self) -> None:
         self._flowing.clear()

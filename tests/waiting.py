@@ -1,7 +1,7 @@
 """How tests wait: poll a condition until it holds or a bound passes, never a bare sleep.
 
     assert await eventually(lambda: server.acked >= 3, within=30)
-    assert await eventually_async(lambda: prometheus_has(series), within=60)
+    assert await eventually(prometheus_has_series, within=60)      # a coroutine function too
     assert wait_until(lambda: _get(url), within=20)           # from synchronous tests
 
 Each returns the condition's last value (falsy when the bound passed), so the assertion's
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 
@@ -35,23 +35,10 @@ async def eventually(pred: Callable[[], Any], within: float = 10.0, step: float 
     return await value()
 
 
-async def eventually_async(
-    pred: Callable[[], Awaitable[Any]], within: float = 10.0, step: float = 0.25
-) -> Any:
-    """Poll a coroutine predicate (an HTTP query, a scrape)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within
-    while loop.time() < end:
-        if got := await pred():
-            return got
-        await asyncio.sleep(step)
-    return await pred()
-
-
 async def eventually_in_thread(pred: Callable[[], Any], within: float = 10.0, step: float = 0.25) -> Any:
     """Poll a blocking `pred` (urllib calls) in a worker thread, so the event loop's own
     servers keep running meanwhile."""
-    return await eventually_async(lambda: asyncio.to_thread(pred), within, step)
+    return await eventually(lambda: asyncio.to_thread(pred), within, step)
 
 
 def wait_until(pred: Callable[[], Any], within: float, step: float = 0.5) -> Any:

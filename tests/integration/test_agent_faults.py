@@ -41,7 +41,7 @@ from tests.agent_support import (
 from tests.ingest_support import TOKENS, ingest_settings, started, token_for
 from tests.procs import collector_process
 from tests.tcpproxy import TcpProxy
-from tests.waiting import eventually, eventually_async
+from tests.waiting import eventually
 
 WINDOW = 8
 
@@ -276,7 +276,7 @@ async def test_full_spool_and_corrupt_segment_are_counted_and_agent_keeps_runnin
                 or 0.0
             )
 
-        assert await eventually_async(lambda: dropped("spool_full"), within=10.0, step=0.1), agent.log()
+        assert await eventually(lambda: dropped("spool_full"), within=10.0, step=0.1), agent.log()
         assert await dropped("corrupt") >= 1
         assert await dropped("torn") >= 2  # the torn tail and the all-garbage segment
         text = await scrape(port)
@@ -288,7 +288,7 @@ async def test_full_spool_and_corrupt_segment_are_counted_and_agent_keeps_runnin
             text = await scrape(port)
             return (metric_value(text, "collector_agent_batches_acked_total", **lab) or 0) >= 5
 
-        assert await eventually_async(acked_five, within=15.0, step=0.1), agent.log()
+        assert await eventually(acked_five, within=15.0, step=0.1), agent.log()
         assert agent.alive()
         assert await agent.terminate() == 0, agent.log()
     finally:

@@ -25,7 +25,6 @@ from collector.aggregate.window_log import window_records
 from collector.broker import EmbeddedBroker, TopicSpec, free_port
 from collector.config import load_settings
 from collector.errors import BrokerError
-from tests.agent_support import eventually
 from tests.aggregate_support import (
     final_boundary,
     http_request,
@@ -35,6 +34,7 @@ from tests.aggregate_support import (
     truth_windows,
 )
 from tests.conftest import make_topic
+from tests.waiting import eventually
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"

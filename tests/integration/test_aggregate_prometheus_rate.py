@@ -23,9 +23,9 @@ from aiokafka import AIOKafkaProducer
 from collector.aggregate.service import Aggregator
 from collector.broker import EmbeddedBroker, free_port
 from collector.config import load_settings
-from tests.agent_support import eventually
 from tests.aggregate_support import HEADERS, NS, SeriesDef, make_batch
 from tests.conftest import make_topic
+from tests.waiting import eventually
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 SCRAPE_S = 7  # not a multiple of the 10 s window

@@ -22,7 +22,6 @@ from prometheus_client import CollectorRegistry
 from collector.aggregate.service import Aggregator
 from collector.aggregate.window_log import window_records
 from collector.broker import EmbeddedBroker
-from tests.agent_support import eventually
 from tests.aggregate_support import (
     Fleet,
     final_boundary,
@@ -32,6 +31,7 @@ from tests.aggregate_support import (
     truth_windows,
 )
 from tests.conftest import make_topic
+from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 SITES = (

@@ -34,7 +34,7 @@ from tests.agent_support import agent_tls, write_yaml
 from tests.aggregate_support import http_request
 from tests.ingest_support import ingest_settings, started, token_for
 from tests.procs import collector_process
-from tests.waiting import eventually_async
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 GNB = "gNB-Tokyo-1"
@@ -328,7 +328,7 @@ async def test_example_config_publishes_pm_cell_metrics_while_live_data_flows(
             async def live() -> bool:
                 return "edge_host_cpu_utilization_ratio{" in await scrape()
 
-            assert await eventually_async(live, 90), text[-3000:]
+            assert await eventually(live, 90, step=0.25), text[-3000:]
             # period k=1 (older) and k=0 (newest) arrive minutes after their periods
             _write(pm, "A1.xml", 1, newest_end)
             _write(pm, "A0.xml", 0, newest_end)
@@ -338,7 +338,7 @@ async def test_example_config_publishes_pm_cell_metrics_while_live_data_flows(
                 got = _published(await scrape())
                 return all(k in got for k in want)
 
-            assert await eventually_async(cells_published, 90), text[-3000:]
+            assert await eventually(cells_published, 90, step=0.25), text[-3000:]
             got = _published(text)
             for key, value in want.items():
                 assert abs(got[key] - value) <= 1e-12 * abs(value), (key, got[key], value)
@@ -362,7 +362,7 @@ async def test_example_config_publishes_pm_cell_metrics_while_live_data_flows(
                     >= received + n_older
                 )
 
-            assert await eventually_async(settled, 90), text[-3000:]
+            assert await eventually(settled, 90, step=0.25), text[-3000:]
             # the repeat never left the agent: no duplicate at the aggregator
             assert _sample(agent_text, "collector_agent_pm_values_total", result="repeated") == n_values
             assert (
@@ -443,7 +443,7 @@ async def _check_quantiles_on_a_real_prometheus(
                 got[expr] = float(r[0]["value"][1])
             return True
 
-        assert await eventually_async(answered, 60), got
+        assert await eventually(answered, 60, step=0.25), got
     print("\nhistogram_quantile | expected | Prometheus")
     for expr, want in checks:
         print(f"{expr} | {want!r} | {got[expr]!r}")

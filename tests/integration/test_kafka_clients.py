@@ -34,8 +34,8 @@ from collector.devcerts import DevCerts
 from collector.errors import BrokerError
 from collector.ingest.producer import KafkaWriter
 from collector.run import ensure_topics
-from tests.agent_support import eventually
 from tests.aggregate_support import NS, SeriesDef, make_batch
+from tests.waiting import eventually
 
 T0 = 1_764_000_000 * NS
 

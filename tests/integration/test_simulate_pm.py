@@ -20,7 +20,7 @@ from collector.simulate.fleet import FleetRunner, site_tokens, write_tokens_file
 from tests.aggregate_support import http_request
 from tests.conftest import make_topic
 from tests.simulate_support import NS, small
-from tests.waiting import eventually_async
+from tests.waiting import eventually
 
 PERIOD_S = 60
 
@@ -117,7 +117,7 @@ async def test_simulated_pm_files_reach_metrics_equal_to_the_truth_for_jp_and_us
                     abs(by_key[k] - v) <= 1e-12 * max(1.0, abs(v)) for k, v in want.items()
                 )
 
-            await eventually_async(all_published, within=60, step=0.5)  # asserted key by key below
+            await eventually(all_published, within=60, step=0.5)  # asserted key by key below
             by_key = {(s, c, k): v for (s, c, k, _), v in got.items()}
             missing = [k for k in want if k not in by_key]
             assert not missing, missing[:5]
