@@ -9,7 +9,8 @@ import random
 import signal
 from pathlib import Path
 
-from tests.faults.harness import Stack, scaled
+from tests.faults.harness import Stack, read_window_logs, scaled
+from tests.waiting import eventually
 
 WINDOW = 32  # the agents' default in-flight window: what one lost ack can cost at most
 
@@ -87,6 +88,11 @@ async def case7_aggregator_sigkilled_and_a_member_leaving(tmp_path: Path) -> Non
         await s.start_agents()
         assert await s.wait_acked(40)
         await asyncio.sleep(scaled(6.0, 20.0))
+        # the kill must come after member 0 published closed windows (a loaded machine can
+        # take longer than the quick form's 6 s), or the replay has nothing to re-publish
+        assert await eventually(lambda: read_window_logs(s.window_logs[:1]), within=90, step=0.5), (
+            "aggregator 0 published no window"
+        )
         agg0 = s.aggregators[0]
         assert agg0 is not None
         await agg0.kill()  # ... then SIGKILL: the restart replays from the checkpoint
