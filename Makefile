@@ -104,6 +104,7 @@ bench: setup
 	$(PY) bench/ingest.py --quick
 	$(PY) bench/aggregate.py --samples 200000 --rounds 1 --series-exposed 20000
 	$(PY) bench/agent.py --quick
+	$(PY) bench/scrape.py --quick
 	$(PY) bench/simulate.py --quick
 	$(PY) bench/capacity.py --quick
 	$(PY) bench/e2e.py --quick
@@ -112,6 +113,7 @@ bench-full: setup
 	$(PY) bench/ingest.py
 	$(PY) bench/aggregate.py
 	$(PY) bench/agent.py
+	$(PY) bench/scrape.py
 	$(PY) bench/simulate.py
 	$(PY) bench/capacity.py --checkpoint-interval 60 --produce-timeout 120 --prom-scrapes 6
 	$(PY) bench/e2e.py
