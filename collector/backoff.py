@@ -1,7 +1,9 @@
 """The one retry policy: exponential backoff with full jitter and a cap.
 
 Every retry loop of the package takes its delay from here: the agent's sender (a broken
-stream, a retriable ack) and the device adapters' reconnects (collector/agent/sources/gnmi.py).
+stream, a retriable ack), the device adapters' reconnects (collector/agent/sources/gnmi.py),
+and the aggregator's consume loop after a Kafka error, its restore of an unreadable
+checkpoint (collector/aggregate/service.py) and its dead-letter copies (dead_letter.py).
 "Full jitter" (AWS Architecture Blog, "Exponential Backoff And Jitter"): the delay is uniform
 in [0, min(max_s, initial_s * 2**attempt)], so many agents retrying after one outage spread
 out instead of arriving together. Callers wait on their shutdown event, never a bare sleep.

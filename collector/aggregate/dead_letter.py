@@ -18,10 +18,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from collector.aggregate.self_metrics import SelfMetrics
+from collector.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 
-ATTEMPTS = 4  # dead-letter produce attempts of one poll's records (0.5, 1, 2 s between)
+ATTEMPTS = 4  # dead-letter produce attempts of one poll's records
+# between attempts: full-jitter backoff (collector/backoff.py) from 0.5 s, at most 5 s
+RETRY_S, RETRY_MAX_S = 0.5, 5.0
 
 # (the refused Kafka record, its reason code)
 DeadRecord = tuple[object, str]
@@ -49,7 +52,6 @@ class DeadLetters:
         written then is counted in dead_letter_failures and skipped (its decode error stays
         counted by reason)."""
         written = [False] * len(dead)
-        delay = 0.5
         why = ""
         attempt = 0
         for attempt in range(1, ATTEMPTS + 1):
@@ -64,6 +66,7 @@ class DeadLetters:
                 return
             if attempt == ATTEMPTS or self._stopping.is_set():
                 break
+            delay = backoff_delay(attempt - 1, RETRY_S, RETRY_MAX_S)
             log.warning(
                 "dead-letter topic: %d record(s) %s; retry %d of %d in %.1fs",
                 left,
@@ -74,7 +77,6 @@ class DeadLetters:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
-            delay *= 2
         left = written.count(False)
         self.metrics.dead_letter_failures.inc(left)
         log.warning(

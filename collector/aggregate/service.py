@@ -33,6 +33,7 @@ from collector.aggregate.self_metrics import SelfMetrics
 from collector.aggregate.state import PartitionState, WindowSink
 from collector.aggregate.state_topic import StateTopic, checkpoint_every
 from collector.aggregate.window_log import WindowLog
+from collector.backoff import backoff_delay
 from collector.errors import BrokerError, ConfigError, ProtocolError
 from collector.exposition import webconfig
 from collector.exposition.http import MetricsServer
@@ -45,8 +46,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _FAMILY_TEXT = tuple(FamilyText(f.name, f.type, f.help, f.labels) for f in FAMILIES)
+# Retry delays (full-jitter backoff, collector/backoff.py): an unreadable checkpoint's
+# restore, and the consume loop after a Kafka error.
 _RESTORE_RETRY_S = 10.0
 _RESTORE_RETRY_MAX_S = 300.0
+_CONSUMER_RETRY_S = 0.1
+_CONSUMER_RETRY_MAX_S = 5.0
 
 
 class _QuietBootstrap(logging.Filter):
@@ -95,7 +100,7 @@ class Aggregator(Component):
         self._state_topic = StateTopic(self.cfg, self.topic, self.metrics)
         self._last_record_wall: dict[int, float] = {}
         # assigned partitions whose state could not be restored: paused, retried from the loop
-        self._pending: dict[TopicPartition, tuple[float, float]] = {}  # -> (due, delay)
+        self._pending: dict[TopicPartition, tuple[float, int]] = {}  # -> (due, failed retries)
         self.metrics.partitions_paused.set_function(lambda: len(self._pending))
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
@@ -313,9 +318,10 @@ class Aggregator(Component):
             st = await self._state_topic.restore(self._pointer, tp.partition)
         except (BrokerError, KafkaError, ProtocolError) as exc:
             prev = self._pending.get(tp)
-            delay = _RESTORE_RETRY_S if prev is None else min(prev[1] * 2, _RESTORE_RETRY_MAX_S)
+            retries = 0 if prev is None else prev[1] + 1
+            delay = backoff_delay(retries, _RESTORE_RETRY_S, _RESTORE_RETRY_MAX_S)
             self._consumer.pause(tp)
-            self._pending[tp] = (time.monotonic() + delay, delay)
+            self._pending[tp] = (time.monotonic() + delay, retries)
             log.error(
                 "partition %d: checkpoint not restored (%s); paused, retrying in %.0fs",
                 tp.partition,
@@ -374,7 +380,7 @@ class Aggregator(Component):
         ckpt_every = self.cfg.checkpoint_interval_s
         self.metrics.checkpoint_interval.set(ckpt_every)
         idle_retry_at = 0.0
-        backoff = 0.1
+        failures = 0  # consumer errors in a row
         while not self._stopping.is_set():
             try:
                 if self._pending:
@@ -411,12 +417,13 @@ class Aggregator(Component):
                             self.cfg.checkpoint_max_share,
                         )
                         self.metrics.checkpoint_interval.set(ckpt_every)
-                backoff = 0.1
+                failures = 0
             except KafkaError as exc:
-                log.warning("consumer error, retrying in %.1fs: %s", backoff, exc)
+                delay = backoff_delay(failures, _CONSUMER_RETRY_S, _CONSUMER_RETRY_MAX_S)
+                failures += 1
+                log.warning("consumer error, retrying in %.1fs: %s", delay, exc)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), backoff)
-                backoff = min(backoff * 2, 5.0)
+                    await asyncio.wait_for(self._stopping.wait(), delay)
 
     async def _close_idle(self, due: dict[int, int]) -> bool:
         """Idle closes follow the wall clock, which a replay does not repeat: record each in a
