@@ -15,7 +15,7 @@ import contextlib
 import fnmatch
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -96,6 +96,36 @@ async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
     for t in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await t
+
+
+class TargetTasks:
+    """One task per device target, started by the adapter's first read (on the agent's event
+    loop), which waits for every target's first attempt; all stopped together at close.
+    What the snmp and gnmi adapters share. `stop` is the event their loops wait on."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def started(self) -> bool:
+        return bool(self._tasks) or self.stop.is_set()
+
+    async def start(
+        self, targets: Sequence[Any], run: Callable[[Any], Coroutine[Any, Any, None]], first_wait_s: float
+    ) -> None:
+        """Start `run(target)` for every target (each has `name` and a `tried` event), then
+        wait at most `first_wait_s` for every first attempt (see first_results)."""
+        if self.started:
+            return
+        self._tasks = [asyncio.create_task(run(t), name=f"{self.kind}-{t.name}") for t in targets]
+        await first_results((t.tried for t in targets), first_wait_s)
+
+    async def close(self) -> None:
+        self.stop.set()
+        await cancel_all(self._tasks)
+        self._tasks = []
 
 
 async def first_results(events: Iterable[asyncio.Event], timeout_s: float) -> None:

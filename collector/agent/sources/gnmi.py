@@ -50,8 +50,8 @@ from collector.agent.metrics import TargetStats
 from collector.agent.sources.devices import (
     KEY,
     Options,
+    TargetTasks,
     cancel_all,
-    first_results,
     secret,
     sleep_or_stop,
     validate_options,
@@ -551,16 +551,15 @@ class GnmiLinkAdapter(LinkAdapter):
             )
             self.targets[name] = tgt.stats
             self._targets.append(tgt)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stop = asyncio.Event()
+        self._workers = TargetTasks("gnmi")
+        self._stop = self._workers.stop
 
     def __repr__(self) -> str:  # never the password
         return f"GnmiLinkAdapter({[t.name for t in self._targets]})"
 
     async def read(self) -> Sequence[LinkReading]:
-        if not self._tasks and not self._stop.is_set():
-            self._tasks = [asyncio.create_task(self._run(t), name=f"gnmi-{t.name}") for t in self._targets]
-            await first_results((t.tried for t in self._targets), self.opts.connect_timeout_s + 1.0)
+        if not self._workers.started:
+            await self._workers.start(self._targets, self._run, self.opts.connect_timeout_s + 1.0)
         out: list[LinkReading] = []
         for t in self._targets:
             o = t.options
@@ -759,9 +758,7 @@ class GnmiLinkAdapter(LinkAdapter):
                 break
 
     async def close(self) -> None:
-        self._stop.set()
-        await cancel_all(self._tasks)
-        self._tasks = []
+        await self._workers.close()
         for t in self._targets:
             t.stats.up = False
 

@@ -41,8 +41,7 @@ from collector.agent.metrics import TargetStats
 from collector.agent.sources.devices import (
     KEY,
     Options,
-    cancel_all,
-    first_results,
+    TargetTasks,
     next_tick,
     secret,
     sleep_or_stop,
@@ -564,19 +563,18 @@ class SnmpLinkAdapter(LinkAdapter):
             self.targets[name] = tgt.stats
             self._targets.append(tgt)
         self._pending: dict[str, list[LinkReading]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stop = asyncio.Event()
+        self._workers = TargetTasks("snmp")
+        self._stop = self._workers.stop
 
     def __repr__(self) -> str:  # never the credentials
         return f"SnmpLinkAdapter({[t.name for t in self._targets]})"
 
     async def read(self) -> Sequence[LinkReading]:
-        if not self._tasks and not self._stop.is_set():
-            self._tasks = [asyncio.create_task(self._run(t), name=f"snmp-{t.name}") for t in self._targets]
+        if not self._workers.started:
             # every target's first poll ends (answered, failed, or given up at its poll
             # deadline): a dead target fails after timeout x (retries + 1), a live one takes
             # as long as its walk takes (pure-Python decoding: seconds on a busy host)
-            await first_results((t.tried for t in self._targets), max(map(_poll_deadline, self._targets)))
+            await self._workers.start(self._targets, self._run, max(map(_poll_deadline, self._targets)))
         out: list[LinkReading] = []
         for name in list(self._pending):
             out.extend(self._pending.pop(name))
@@ -672,9 +670,7 @@ class SnmpLinkAdapter(LinkAdapter):
                 break
 
     async def close(self) -> None:
-        self._stop.set()
-        await cancel_all(self._tasks)
-        self._tasks = []
+        await self._workers.close()
         for t in self._targets:
             if t.session is not None:
                 t.session.engine.close_dispatcher()
