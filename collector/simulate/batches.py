@@ -31,14 +31,14 @@ class Chunk:
     """A slice of a site's series that travels together: counter and gauge row ranges."""
 
     index: int
-    c_lo: int
-    c_hi: int
-    g_lo: int
-    g_hi: int
+    counter_lo: int
+    counter_hi: int
+    gauge_lo: int
+    gauge_hi: int
 
     @property
     def n_series(self) -> int:
-        return self.c_hi - self.c_lo + self.g_hi - self.g_lo
+        return self.counter_hi - self.counter_lo + self.gauge_hi - self.gauge_lo
 
 
 @dataclass(slots=True)
@@ -101,16 +101,16 @@ class Planner:
         for st in m.sites:
             # Split the concatenation [counters..., gauges...] into runs of `limit` series.
             out = []
-            nc = st.c_hi - st.c_lo
+            nc = st.counter_hi - st.counter_lo
             for j, lo in enumerate(range(0, st.n_series, limit)):
                 hi = min(lo + limit, st.n_series)
                 out.append(
                     Chunk(
                         j,
-                        st.c_lo + min(lo, nc),
-                        st.c_lo + min(hi, nc),
-                        st.g_lo + max(lo - nc, 0),
-                        st.g_lo + max(hi - nc, 0),
+                        st.counter_lo + min(lo, nc),
+                        st.counter_lo + min(hi, nc),
+                        st.gauge_lo + max(lo - nc, 0),
+                        st.gauge_lo + max(hi - nc, 0),
                     )
                 )
             self.chunks.append(out)
@@ -195,15 +195,16 @@ class Planner:
         defs = self._defs.get(key)
         if defs is None:
             m = self.model
-            starts = b.block.start[ch.c_lo : ch.c_hi, b.ticks[0]].tolist()
+            starts = b.block.start[ch.counter_lo : ch.counter_hi, b.ticks[0]].tolist()
             defs = [
                 counter_def(
                     c.metric, c.labels, unit=c.unit, bits=c.bits, start_time_unix_nano=st, scale=c.scale
                 )
-                for c, st in zip(m.counters[ch.c_lo : ch.c_hi], starts, strict=True)
+                for c, st in zip(m.counters[ch.counter_lo : ch.counter_hi], starts, strict=True)
             ]
             defs += [
-                gauge_def(g.metric, g.labels, unit=g.unit, scale=g.scale) for g in m.gauges[ch.g_lo : ch.g_hi]
+                gauge_def(g.metric, g.labels, unit=g.unit, scale=g.scale)
+                for g in m.gauges[ch.gauge_lo : ch.gauge_hi]
             ]
             self._defs[key] = defs
             # Definitions of older versions are no longer needed (a late batch rebuilds its own).
@@ -226,19 +227,19 @@ class Planner:
     ) -> tuple[tuple[npt.NDArray, npt.NDArray, npt.NDArray], tuple[npt.NDArray, npt.NDArray, npt.NDArray]]:
         """(series index, time, value) of the counter and gauge samples, tick-major."""
         ch = b.chunk
-        nc = ch.c_hi - ch.c_lo
-        ng = ch.g_hi - ch.g_lo
+        nc = ch.counter_hi - ch.counter_lo
+        ng = ch.gauge_hi - ch.gauge_lo
         nt = len(b.ticks)
         t = b.block.t[b.site.index, b.ticks]
         c_idx = np.tile(np.arange(nc, dtype=np.uint32), nt)
         g_idx = np.tile(np.arange(nc, nc + ng, dtype=np.uint32), nt)
         if nt == 1:
             k = int(b.ticks[0])
-            cv = b.block.values[ch.c_lo : ch.c_hi, k]
-            gv = b.block.gauges[ch.g_lo : ch.g_hi, k]
+            cv = b.block.values[ch.counter_lo : ch.counter_hi, k]
+            gv = b.block.gauges[ch.gauge_lo : ch.gauge_hi, k]
         else:
-            cv = b.block.values[ch.c_lo : ch.c_hi][:, b.ticks].T.ravel()
-            gv = b.block.gauges[ch.g_lo : ch.g_hi][:, b.ticks].T.ravel()
+            cv = b.block.values[ch.counter_lo : ch.counter_hi][:, b.ticks].T.ravel()
+            gv = b.block.gauges[ch.gauge_lo : ch.gauge_hi][:, b.ticks].T.ravel()
         return ((c_idx, np.repeat(t, nc), cv), (g_idx, np.repeat(t, ng), gv))
 
     def encode(self, b: PlannedBatch) -> bytes:

@@ -79,7 +79,7 @@ class FleetGenerator:
         self._start = (
             np.concatenate(
                 [
-                    np.full(st.c_hi - st.c_lo, self.sites[st.index].start_ns[0], dtype=np.int64)
+                    np.full(st.counter_hi - st.counter_lo, self.sites[st.index].start_ns[0], dtype=np.int64)
                     for st in m.sites
                 ]
             )
@@ -117,7 +117,7 @@ class FleetGenerator:
         for st in m.sites:
             i = st.index
             state = self.sites[i]
-            lo, hi = st.c_lo, st.c_hi
+            lo, hi = st.counter_lo, st.counter_hi
             rows = slice(lo, hi)
             # Discontinuities in tick order: (tick, first row, last row + 1, q, restart?)
             events = [(r, lo, hi, int(q[i, r]), True) for r in np.flatnonzero(reset[i]).tolist()]
@@ -157,7 +157,7 @@ class FleetGenerator:
             epoch[i] = ep
             version[i] = ver
             start[rows] = stt
-            values[rows] = v & m.c_mask[rows][:, None]
+            values[rows] = v & m.counter_mask[rows][:, None]
             # True increments of delivered samples, against the previous delivered sample of
             # the same segment (a new segment counts from 0).
             p_ticks = np.flatnonzero(present[i])

@@ -102,14 +102,14 @@ class SimSite:
     info: SiteInfo
     city: City
     agent_id: str
-    c_lo: int  # counter rows [c_lo, c_hi)
-    c_hi: int
-    g_lo: int  # gauge rows [g_lo, g_hi)
-    g_hi: int
+    counter_lo: int  # counter rows [counter_lo, counter_hi)
+    counter_hi: int
+    gauge_lo: int  # gauge rows [gauge_lo, gauge_hi)
+    gauge_hi: int
 
     @property
     def n_series(self) -> int:
-        return self.c_hi - self.c_lo + self.g_hi - self.g_lo
+        return self.counter_hi - self.counter_lo + self.gauge_hi - self.gauge_lo
 
 
 def _lab(**kv: str) -> tuple[tuple[str, str], ...]:
@@ -151,7 +151,7 @@ class FleetModel:
             for i in range(s.sites_per_country):
                 city, site_id = city_for(country, i)
                 si = len(self.sites)
-                c_lo, g_lo = len(self.counters), len(self.gauges)
+                counter_lo, gauge_lo = len(self.counters), len(self.gauges)
                 n_links = s.links_per_site
                 for j in range(n_links + (0 if record_done or country != "JP" else 1)):
                     record = j == n_links
@@ -233,15 +233,22 @@ class FleetModel:
                 info = SiteInfo(site_id, country, city.region, city.timezone)
                 self.sites.append(
                     SimSite(
-                        si, info, city, f"sim-{site_id}", c_lo, len(self.counters), g_lo, len(self.gauges)
+                        si,
+                        info,
+                        city,
+                        f"sim-{site_id}",
+                        counter_lo,
+                        len(self.counters),
+                        gauge_lo,
+                        len(self.gauges),
                     )
                 )
         self.n_sites = len(self.sites)
         self.nc = len(self.counters)
         self.ng = len(self.gauges)
-        self.c_site = np.array([c.site for c in self.counters], dtype=np.int64)
-        self.g_site = np.array([g.site for g in self.gauges], dtype=np.int64)
-        self.c_mask = np.array([MASK32 if c.bits == 32 else MASK64 for c in self.counters], dtype=U64)
+        self.counter_site = np.array([c.site for c in self.counters], dtype=np.int64)
+        self.gauge_site = np.array([g.site for g in self.gauges], dtype=np.int64)
+        self.counter_mask = np.array([MASK32 if c.bits == 32 else MASK64 for c in self.counters], dtype=U64)
         self.links = {k: np.array(v) for k, v in links.items()}
         self.cells = {k: np.array(v) for k, v in cells.items()}
         self.hosts = {k: np.array(v) for k, v in hosts.items()}
@@ -285,7 +292,7 @@ class FleetModel:
         rows = np.arange(self.nc, dtype=U64) + ROW_KEY
         b = self.noise.bits(rows, [STATIC_TICK])[:, 0]
         v = b >> 24  # < 2^40
-        is32 = self.c_mask == MASK32
+        is32 = self.counter_mask == MASK32
         if is32.any():
             small = np.array([c.metric.endswith(("errors", "discards")) for c in self.counters])
             margin = np.where(small, b & 3, b & (2**24 - 1))

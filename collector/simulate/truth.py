@@ -165,9 +165,9 @@ class TruthRecorder:
         self.ticks = block.k0 + block.n_ticks
         self._watch_record_link(block)
         # counters
-        pres = block.present[m.c_site]
+        pres = block.present[m.counter_site]
         rows, ks = np.nonzero(pres)
-        site = m.c_site[rows]
+        site = m.counter_site[rows]
         t = block.t[site, ks]
         counted = block.counted[site, ks]
         reset = block.reset_sample[rows, ks]
@@ -186,12 +186,12 @@ class TruthRecorder:
             pl.when(pl.col("counted")).then(pl.col("increment")).otherwise(None).alias("increment")
         )
         # gauges
-        gpres = block.present[m.g_site]
+        gpres = block.present[m.gauge_site]
         grows, gks = np.nonzero(gpres)
         g = pl.DataFrame(
             {
                 "series_id": (grows + m.nc).astype(np.uint32),
-                "time_unix_nano": block.t[m.g_site[grows], gks],
+                "time_unix_nano": block.t[m.gauge_site[grows], gks],
                 "gauge": block.gauges[grows, gks],
             }
         )
@@ -243,7 +243,7 @@ class TruthRecorder:
         if self._record_row is None:
             return
         r = self._record_row
-        site = int(self.model.c_site[r])
+        site = int(self.model.counter_site[r])
         p = np.flatnonzero(block.present[site])
         if not len(p):
             return

@@ -82,8 +82,8 @@ def test_batches_hold_at_most_batch_samples_of_one_boot() -> None:
         assert got.boot_id == state.boot_ids[b.epoch]
         starts = [s.start_time_unix_nano for s in got.series if s.counter_bits]
         for k in b.ticks:  # one start time per series for every tick of the batch
-            assert starts == b.block.start[b.chunk.c_lo : b.chunk.c_hi, k].tolist()
-    assert any(b.epoch > 0 and b.chunk.c_hi > b.chunk.c_lo for b in batches)
+            assert starts == b.block.start[b.chunk.counter_lo : b.chunk.counter_hi, k].tolist()
+    assert any(b.epoch > 0 and b.chunk.counter_hi > b.chunk.counter_lo for b in batches)
 
 
 def test_counter_clear_changes_start_time_of_one_link_and_keeps_the_boot_id() -> None:
@@ -91,13 +91,13 @@ def test_counter_clear_changes_start_time_of_one_link_and_keeps_the_boot_id() ->
     g = FleetGenerator(m, START_S * NS)
     blk = g.block(60)
     site = m.sites[0]
-    rows = slice(site.c_lo, site.c_hi)
+    rows = slice(site.counter_lo, site.counter_hi)
     changed = np.flatnonzero((np.diff(blk.start[rows], axis=1) != 0).any(axis=1))
     assert len(changed)
     assert len(changed) % 8 == 0
     assert (blk.epoch == 0).all()  # no restart: same boot_id
     assert g.sites[0].clears >= 1
-    r = site.c_lo + int(changed[0])
+    r = site.counter_lo + int(changed[0])
     k = int(np.flatnonzero(np.diff(blk.start[r]))[0]) + 1
     assert blk.reset_sample[r, k]
     assert blk.increment[r, k] == blk.values[r, k]  # counted from 0 at the clear
@@ -107,14 +107,14 @@ def test_counter_clear_changes_start_time_of_one_link_and_keeps_the_boot_id() ->
 def test_32_bit_counters_wrap_and_move_less_than_2_31_between_delivered_samples() -> None:
     m = FleetModel(small(interval_s=60, gap_probability=0.2, gap_ticks=3))
     blk = FleetGenerator(m, START_S * NS).block(200)
-    rows = np.flatnonzero(m.c_mask == 2**32 - 1)
+    rows = np.flatnonzero(m.counter_mask == 2**32 - 1)
     assert len(rows)
     assert (blk.values[rows] < 2**32).all()
-    delivered = blk.counted[m.c_site[rows]]
+    delivered = blk.counted[m.counter_site[rows]]
     assert (blk.increment[rows][delivered] < 2**31).all()  # below half the range
     # at least one 32-bit series wrapped: its emitted value decreased without a restart
     v = blk.values[rows].astype(object)
-    same_epoch = blk.epoch[m.c_site[rows]][:, 1:] == blk.epoch[m.c_site[rows]][:, :-1]
+    same_epoch = blk.epoch[m.counter_site[rows]][:, 1:] == blk.epoch[m.counter_site[rows]][:, :-1]
     assert ((v[:, 1:] < v[:, :-1]) & same_epoch).any()
 
 
