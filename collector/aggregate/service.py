@@ -34,9 +34,8 @@ from collector.aggregate.state import PartitionState, WindowSink
 from collector.aggregate.state_topic import StateTopic, checkpoint_every
 from collector.aggregate.window_log import WindowLog
 from collector.backoff import backoff_delay
-from collector.errors import BrokerError, ConfigError, ProtocolError
-from collector.exposition import webconfig
-from collector.exposition.http import MetricsServer
+from collector.errors import BrokerError, ProtocolError
+from collector.exposition.http import MetricsServer, serve_metrics
 from collector.exposition.render import FamilyText, render
 from collector.lifecycle import Component
 
@@ -189,21 +188,13 @@ class Aggregator(Component):
             await self._consumer.start()
             self._consumer.subscribe([self.topic], listener=_Listener(self))
             if self.cfg.metrics_listen:
-                host, port = self.cfg.metrics_listen.rsplit(":", 1)
-                self._server = MetricsServer(
-                    host,
-                    int(port),
+                self._server = await serve_metrics(
+                    "aggregate",
+                    self.cfg.metrics_listen,
+                    self.cfg.metrics_web_config,
                     self.render_metrics,
                     self._health,
-                    webconfig.load(self.cfg.metrics_web_config, "aggregate.metrics_web_config"),
                 )
-                try:
-                    await self._server.start()
-                except OSError as exc:
-                    raise ConfigError(
-                        f"cannot serve /metrics on {self.cfg.metrics_listen}: {exc.strerror}",
-                        key="aggregate.metrics_listen",
-                    ) from exc
             self._task = asyncio.create_task(self._run(), name="aggregator")
             self._task.add_done_callback(self._loop_ended)
         except BaseException:
