@@ -19,7 +19,12 @@ _LOW32 = np.uint64(0xFFFF_FFFF)
 
 
 def counter_pane_rows(
-    sid: np.ndarray, pane: np.ndarray, d: Deltas, first: np.ndarray, per_tier: int | None
+    sid: np.ndarray,
+    pane: np.ndarray,
+    d: Deltas,
+    first: np.ndarray,
+    per_tier: int | None,
+    from_pane: int | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """Counter pane rows of samples sorted by (series, time) (`pane`: each sample's pane
     index, `first`: each series' first sample), and - when there is a tier above the panes,
@@ -27,7 +32,8 @@ def counter_pane_rows(
 
     The tier's rows (tumbling sums of `per_tier` panes) need only the sums of each (series,
     tier pane): taken here, over the sorted samples, they spare the tier roll a sort and
-    gathers over every new pane. Integers, so the sums are the same.
+    gathers over every new pane. Integers, so the sums are the same. `from_pane`: pane rows
+    of earlier panes are left out (the tier's rows still cover every sample).
     """
     starts = group_starts(first, pane)
     # one sample per (series, pane) - sampling every pane or slower, the usual case - needs
@@ -38,19 +44,21 @@ def counter_pane_rows(
     def per_pane(x: np.ndarray) -> np.ndarray:
         return x.astype(np.uint32) if one else group_sum(x, starts).astype(np.uint32)
 
-    frame = pl.DataFrame(
-        {
-            "sid": sid[starts].astype(np.uint32),
-            "pane": pane[starts],
-            "hi": hi,
-            "lo": lo,
-            "dt": d.dt if one else np.add.reduceat(d.dt, starts),
-            "n": per_pane(d.valid),
-            "resets": per_pane(d.reset),
-            "wraps": per_pane(d.wrap),
-        },
-        schema=COUNTER_PANE_SCHEMA,
-    )
+    cols = {
+        "sid": sid[starts].astype(np.uint32),
+        "pane": pane[starts],
+        "hi": hi,
+        "lo": lo,
+        "dt": d.dt if one else np.add.reduceat(d.dt, starts),
+        "n": per_pane(d.valid),
+        "resets": per_pane(d.reset),
+        "wraps": per_pane(d.wrap),
+    }
+    if from_pane is not None:
+        kept = cols["pane"] >= from_pane
+        if not kept.all():
+            cols = {k: v[kept] for k, v in cols.items()}
+    frame = pl.DataFrame(cols, schema=COUNTER_PANE_SCHEMA)
     if per_tier is None:
         return frame, None
     tg = group_starts(first, pane // per_tier)

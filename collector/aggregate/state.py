@@ -507,7 +507,10 @@ class PartitionState:
         if cdue is not None and len(cdue[0]):
             n += len(cdue[0])
             sid, t, v, epoch, bits = cdue
-            self._counter_panes(sid, t, v, epoch, bits, speeds)
+            # Without the window log only the newest windows are computed: of the new pane
+            # rows, only those the newest windows read are kept (what _windows' prune keeps)
+            from_pane = None if emit_all else self._keep_from(0, target, extra=1)
+            self._counter_panes(sid, t, v, epoch, bits, speeds, from_pane)
         if speeds is not None:
             self.registry.note_link_speeds(speeds)
         self._windows(start, target, emit_all)
@@ -556,8 +559,10 @@ class PartitionState:
         epoch: np.ndarray,
         bits: np.ndarray,
         speeds: tuple[np.ndarray, ...] | None = None,
+        from_pane: int | None = None,
     ) -> None:
-        """Counter panes of samples sorted by (series, time)."""
+        """Counter panes of samples sorted by (series, time); `from_pane`: keep no rows of
+        earlier panes (the tier above is rolled from this close's own partial sums)."""
         first, sstarts = series_runs(sid)
         self._renew_returning(sid, t, sstarts)
         d = counter_deltas(
@@ -576,7 +581,7 @@ class PartitionState:
                 self.sites[si].excluded["ambiguous_gap"] += int(per_site[si])
         self.registry.add_totals(sid, d.delta, sstarts)
         per_tier = self.tiers.panes_per_window[1] if self.tiers.count > 1 else None
-        frame, first_tier = counter_pane_rows(sid, t // self.pane_ns, d, first, per_tier)
+        frame, first_tier = counter_pane_rows(sid, t // self.pane_ns, d, first, per_tier, from_pane)
         old = self.counter_panes[0]
         self.counter_panes[0] = pl.concat([old, frame]) if len(old) else frame
         if first_tier is not None:
@@ -628,6 +633,9 @@ class PartitionState:
             k = tiers.source[j]
             n, size = tiers.panes_per_window[j], tiers.pane_ns[k]
             lo, hi = start // size + 1, target // size
+            if not emit_all and j == tiers.count - 1:
+                # the top tier feeds only the newest windows: no rows the prune below drops
+                lo = max(lo, (self._keep_from(j, target, extra=1) + 1) * n)
             if hi >= lo:
                 # tier 1 from this close's partial sums when it has them (see _counter_panes)
                 rows = self._first_tier_rows if j == 1 and self._first_tier_rows is not None else None
@@ -672,11 +680,16 @@ class PartitionState:
             rows = tier_rows(gw, size, GAUGE_PANE_SCHEMA)
             self.gauge_panes[k] = pl.concat([self.gauge_panes[k], rows]) if len(self.gauge_panes[k]) else rows
 
+    def _keep_from(self, k: int, target: int, extra: int = 0) -> int:
+        """The oldest pane of tier k a window ending after `target` needs (`extra`: that
+        many more, for windows ending at `target` itself)."""
+        return (target // self.tiers.pane_ns[k]) + 1 - self.tiers.keep[k] - extra
+
     def _prune(self, target: int, extra: int = 0) -> None:
         """Drop panes no window ending after `target` needs (`extra`: also keep that many
         more, for windows ending at `target` itself)."""
         for k in range(self.tiers.count):
-            keep_from = (target // self.tiers.pane_ns[k]) + 1 - self.tiers.keep[k] - extra
+            keep_from = self._keep_from(k, target, extra)
             if len(self.counter_panes[k]) and self.counter_panes[k]["pane"].min() < keep_from:  # type: ignore[operator]
                 self.counter_panes[k] = self.counter_panes[k].filter(pl.col("pane") >= keep_from)
             if len(self.gauge_panes[k]) and self.gauge_panes[k]["pane"].min() < keep_from:  # type: ignore[operator]

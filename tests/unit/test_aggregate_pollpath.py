@@ -232,6 +232,30 @@ def test_window_log_does_not_change_published_float_bits() -> None:
     assert plain.latest_gauges[300]["sum"].dtype == pl.Float64
 
 
+@settings(max_examples=20, deadline=None)
+@given(
+    cuts=st.lists(st.integers(0, 240), max_size=8),
+    windows=st.sampled_from([(10, 60, 300), (10, 60, 300, 900), (10, 30), (10,)]),
+)
+def test_without_the_window_log_the_state_is_the_same_as_with_it(
+    cuts: list[int], windows: tuple[int, ...]
+) -> None:
+    """Without the window log a close keeps only the pane rows the newest windows read (and
+    rolls the top tier only for them); what it publishes and what it keeps for later closes
+    must be what the close that computes every window gives, whatever the tiers."""
+    cfg = AggregateSettings(windows_s=windows, allowed_lateness_s=10)
+    values = [v for _, v in make_fleet(n_batches=80).records]
+    cuts = [c % (len(values) + 1) for c in cuts]
+    plain = _feed(values, cuts, cfg)
+    logged = _feed(values, cuts, cfg, log=True)
+    assert _state_bits(plain) == _state_bits(logged)
+    assert any(len(plain.latest_counters[w]) for w in windows)
+    for a, b in zip(
+        (*plain.counter_panes, *plain.gauge_panes), (*logged.counter_panes, *logged.gauge_panes), strict=True
+    ):
+        assert a.sort("sid", "pane").equals(b.sort("sid", "pane"))
+
+
 def test_records_total_counts_each_record_once() -> None:
     """Records fetched before the seek to a restored offset are skipped, and not counted."""
     from types import SimpleNamespace
