@@ -46,6 +46,7 @@ from collector.aggregate.state import PartitionState
 from collector.broker import EmbeddedBroker, TopicSpec
 from collector.config import load_settings
 from collector.exposition.render import FamilyText, render
+from collector.kafka import producer_kwargs, record_headers
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
 
 NS = 1_000_000_000
@@ -128,8 +129,9 @@ LINKS_PER_SITE = 50  # 100 counter series per site: one tick of a site = one 100
 
 def make_records(
     n_batches: int, n_sites: int, samples_per_batch: int, interval_s: int = 10
-) -> list[tuple[bytes, bytes]]:
-    """(key, value) records, round-robin over sites; each batch holds samples_per_batch / 100
+) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
+    """(key, value, headers) records, round-robin over sites (headers as the ingest writes
+    them); each batch holds samples_per_batch / 100
     consecutive ticks of its site's 100 counters (402 Tb/s links, exact uint64)."""
     nc = 2 * LINKS_PER_SITE
     steps = samples_per_batch // nc
@@ -152,23 +154,24 @@ def make_records(
         c_v = (values[s][None, :] + inc).ravel()
         values[s] = values[s] + rate * np.uint64(steps)
         cc = wire.encode_columns(c_idx, c_t, c_v, gauge=False)
-        out.append((head.site.site_id.encode(), base + wire.BATCH.counters.len_delimited(cc)))
+        value = base + wire.BATCH.counters.len_delimited(cc)
+        out.append((head.site.site_id.encode(), value, record_headers(head.agent_id, seq)))
     return out
 
 
-async def load(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    p = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        linger_ms=20,
-        max_batch_size=4 * 1024 * 1024,
-        max_request_size=16 * 1024 * 1024,
-    )
+async def load(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]], compression: str
+) -> None:
+    """Write the records as the ingest writes them: its producer settings (compression,
+    linger, batch size; `compression` overrides the setting, "none" for none) and its
+    record headers (schema, agent_id, seq)."""
+    kafka = load_settings(kafka={"compression_type": None if compression == "none" else compression}).kafka
+    p = AIOKafkaProducer(**producer_kwargs(kafka, bootstrap))
     await p.start()
     try:
-        futs = [
-            await p.send(topic, v, key=k, headers=[("schema", b"telemetry.v1.Batch")]) for k, v in records
-        ]
+        futs = []
+        for k, v, h in records:
+            futs.append(await p.send(topic, v, key=k, headers=h))
         await asyncio.gather(*futs)
     finally:
         await p.stop()
@@ -419,6 +422,12 @@ async def main() -> int:
         help="batch sizes to measure, each a multiple of 100 (one site tick)",
     )
     ap.add_argument("--sites", type=int, default=20)
+    ap.add_argument(
+        "--compression",
+        choices=("zstd", "lz4", "snappy", "gzip", "none"),
+        default=load_settings().kafka.compression_type or "none",
+        help="record batch compression of the loaded topic (default: the ingest's kafka.compression_type)",
+    )
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument(
         "--interval-s",
@@ -454,11 +463,13 @@ async def main() -> int:
             print(
                 f"fleet: {n_batches:,} batches x {spb} samples, {args.sites} sites x "
                 f"{2 * LINKS_PER_SITE} counters sampled every {args.interval_s}s, "
-                f"{sum(len(v) for _, v in records) / 1e6:.1f} MB (built in {time.perf_counter() - t:.1f}s)",
+                f"{sum(len(v) for _, v, _ in records) / 1e6:.1f} MB "
+                f"(built in {time.perf_counter() - t:.1f}s), written as the ingest writes them "
+                f"({args.compression} record batches)",
                 flush=True,
             )
             t = time.perf_counter()
-            await load(broker.bootstrap, topics[spb], records)
+            await load(broker.bootstrap, topics[spb], records, args.compression)
             print(f"loaded into the broker in {time.perf_counter() - t:.1f}s", flush=True)
             del records
             results[spb] = await measure(broker.bootstrap, topics[spb], spb, n_batches, args.rounds)
