@@ -325,17 +325,41 @@ def _col_bytes(data: bytes, pos: int, end: int) -> tuple[bytes, bytes, bytes] | 
     return out[0], out[1], out[2]
 
 
-@dataclass(frozen=True, slots=True)
 class _Layout:
     """An agent's header as its last fast-path record had it: the bytes of the site and boot
-    fields between seq and created (or the table), whether created was there, its table."""
+    fields between seq and created (or the table), whether created was there, its table;
+    and, once `_known` has read one of its records, how that record's counter columns were
+    laid out (see `_known`)."""
 
-    agent: str
-    mid: bytes
-    boot: str
-    names: tuple[str, str, str]
-    created: bool
-    known: tuple[bytes, int]
+    __slots__ = ("agent", "boot", "columns", "created", "known", "mid", "names")
+
+    def __init__(
+        self,
+        agent: str,
+        mid: bytes,
+        boot: str,
+        names: tuple[str, str, str],
+        created: bool,
+        known: tuple[bytes, int],
+    ) -> None:
+        self.agent = agent
+        self.mid = mid
+        self.boot = boot
+        self.names = names
+        self.created = created
+        self.known = known
+        # (bytes from the counters field's key to the series index data, then the sizes and
+        # keys of the three packed columns): a record whose counters start with these bytes
+        # and end the record has its columns at the same offsets
+        self.columns: _ColumnLayout | None = None
+
+
+class _ColumnLayout:
+    __slots__ = ("head", "key1", "key2", "n0", "n1", "n2", "span")
+
+    def __init__(self, head: bytes, n0: int, key1: bytes, n1: int, key2: bytes, n2: int) -> None:
+        self.head, self.n0, self.key1, self.n1, self.key2, self.n2 = head, n0, key1, n1, key2, n2
+        self.span = len(head) + n0 + len(key1) + n1 + len(key2) + n2
 
 
 def _three_columns(data: bytes, pos: int, end: int) -> tuple[bytes, bytes, bytes] | None:
@@ -364,6 +388,29 @@ def _three_columns(data: bytes, pos: int, end: int) -> tuple[bytes, bytes, bytes
     return a, b, c
 
 
+def _column_layout(data: bytes, at: int, cols: tuple[bytes, bytes, bytes]) -> _ColumnLayout | None:
+    """How the counters field at data[at:] (which ends the record) lays out its three columns,
+    read back from the slices `_three_columns`/`_col_bytes` took; None when a column is empty."""
+    a, b, c = cols
+    if not (a and b and c):
+        return None
+    end = len(data)
+    q2 = end - len(c)
+    key2 = data[q2 - 1 - wire.varint_size(len(c)) : q2]
+    r1 = q2 - len(key2)
+    q1 = r1 - len(b)
+    key1 = data[q1 - 1 - wire.varint_size(len(b)) : q1]
+    r0 = q1 - len(key1)
+    q0 = r0 - len(a)
+    head = data[at:q0]
+    # the slices must be exactly where this reading puts them (else no layout is kept)
+    if data[q0:r0] != a or data[q1:r1] != b or key1[0] != _K_COL[1] or key2[0] != _K_COL[2]:
+        return None
+    if wire.encode_varint(len(b)) != key1[1:] or wire.encode_varint(len(c)) != key2[1:]:
+        return None
+    return _ColumnLayout(head, len(a), key1, len(b), key2, len(c))
+
+
 class Decoder:
     """Reads records for the aggregator, remembering each agent's last series table.
 
@@ -385,9 +432,15 @@ class Decoder:
     def read(self, value: bytes | None, headers: Headers | None = None) -> Rec:
         """One record; raises ProtocolError(reason) for a record the full parse refuses.
         A record read by the fast path still needs `check` (done per poll)."""
-        # (the schema header alone, as the ingest writes it, needs no look)
+        # (the headers as the ingest writes them - the schema, then agent_id and seq - or the
+        # schema alone, need no look)
         if headers and not (
-            isinstance(headers, tuple | list) and len(headers) == 1 and headers[0] == _SCHEMA_OK
+            isinstance(headers, tuple | list)
+            and headers[0] == _SCHEMA_OK
+            and (
+                len(headers) == 1
+                or (len(headers) == 3 and headers[1][0] == "agent_id" and headers[2][0] == "seq")
+            )
         ):
             _check_headers(headers)
         if not value:
@@ -557,6 +610,30 @@ class Decoder:
             return None
         p += len(table)
         end = len(data)
+        lc = lay.columns
+        if lc is not None and p + lc.span == end and data.startswith(lc.head, p):
+            # counters only, laid out like this agent's previous record: the three columns
+            # at the same offsets (their keys and sizes checked, so the same checks hold)
+            q = p + len(lc.head)
+            r0 = q + lc.n0
+            if data.startswith(lc.key1, r0):
+                q1 = r0 + len(lc.key1)
+                r1 = q1 + lc.n1
+                if data.startswith(lc.key2, r1):
+                    q2 = r1 + len(lc.key2)
+                    return Rec(
+                        data,
+                        lay.agent,
+                        seq,
+                        lay.names,
+                        lay.boot,
+                        table,
+                        n_series,
+                        (data[q:r0], data[q1:r1], data[q2:end]),
+                        _EMPTY,
+                        None,
+                    )
+        cols_at = p
         cols = [_EMPTY, _EMPTY]
         for i, tag in ((0, _COUNTERS_TAG), (1, _GAUGES_TAG)):
             if p < end and data[p] == tag:
@@ -575,6 +652,8 @@ class Decoder:
             gap_last, p = _varint(data, p + 1)
         if p != end:
             return None
+        if not (gap_first or gap_last) and cols[1] is _EMPTY and cols[0] is not _EMPTY:
+            lay.columns = _column_layout(data, cols_at, cols[0])
         r = Rec(data, lay.agent, seq, lay.names, lay.boot, table, n_series, cols[0], cols[1], None)
         if gap_first or gap_last:
             r.unissued = unissued_range(gap_first, gap_last, seq)

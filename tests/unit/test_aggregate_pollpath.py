@@ -411,6 +411,45 @@ def test_known_layout_reads_what_the_full_parse_reads(created: int, mutate: str)
     assert [s.metric for s in got.series()] == [s.metric for s in want.series()]
 
 
+_RECORD_SHAPES = st.sampled_from(["same", "more", "fewer", "one", "gauges", "trailing", "unissued", "empty"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes=st.lists(_RECORD_SHAPES, min_size=1, max_size=12), n0=st.integers(1, 40))
+def test_column_layout_shortcut_reads_what_the_full_parse_reads(shapes: list[str], n0: int) -> None:
+    """An agent's counters-only record laid out like its previous one is read at the same
+    column offsets; any record shaped otherwise (more or fewer samples, gauges, a field after
+    the columns, unissued seqs) must still read exactly as the full parse reads it."""
+    series = [SeriesDef("link_in_octets", {"link": f"e{i}", "media": "optical"}) for i in range(40)]
+    series.append(SeriesDef("link_speed_bytes", {"link": "e0", "media": "optical"}, kind=pb.GAUGE))
+    dec = Decoder()
+
+    def batch(seq: int, shape: str) -> bytes:
+        n = {"more": n0 + 7, "fewer": max(1, n0 - 1), "one": 1, "empty": 0}.get(shape, n0)
+        counters = [(i % 40, T0 + seq * NS + i, seq * 1000 + i) for i in range(n)]
+        gauges = [(40, T0 + seq * NS, 1.25e9)] if shape == "gauges" else []
+        raw = make_batch(agent="a", seq=seq, site="s", series=series, counters=counters, gauges=gauges)
+        if shape == "trailing":
+            raw += b"\xa0\x06\x01"  # an unknown field after the columns
+        if shape == "unissued":
+            raw = _unissued(raw, 1, seq - 1) if seq > 2 else raw
+        return raw
+
+    for seq, shape in enumerate(["same", "same", *shapes], start=1):
+        raw = batch(seq, shape)
+        want = decode(raw)
+        got = dec.decode(raw)
+        assert (got.agent_id, got.seq, got.site_id, got.boot_id) == (
+            want.agent_id,
+            want.seq,
+            want.site_id,
+            want.boot_id,
+        )
+        assert _columns_equal(got.counters, want.counters), (seq, shape)
+        assert _columns_equal(got.gauges, want.gauges), (seq, shape)
+        assert dec.read(raw).unissued == Decoder().read(raw).unissued
+
+
 def test_checkpoint_rounds_take_at_most_their_share_of_the_time() -> None:
     from collector.aggregate.state_topic import checkpoint_every
 
