@@ -122,6 +122,16 @@ class AggregateSettings(BaseModel):
         ge=1,
         description="Records fetched and processed together (one micro-batch) per poll.",
     )
+    max_close_samples: int = Field(
+        250_000,
+        ge=1,
+        description=(
+            "Samples one close works on at most: a poll holding more (e.g. 2000 records of 1000 "
+            "samples after a backlog) is added and closed in steps of about this many, so a "
+            "close's arrays stay in the CPU caches (docs/aggregator.md, Performance). Results do "
+            "not depend on it."
+        ),
+    )
     poll_timeout_ms: int = Field(200, ge=1, description="Longest wait of one poll for new records.")
     checkpoint_interval_s: float = Field(
         5.0,

@@ -459,31 +459,36 @@ class Aggregator(Component):
             st = self.states.get(tp.partition)
             if st is None or tp.topic != self.topic:
                 continue
-            if st.next_offset is not None:
+            if st.next_offset is not None and records and records[0].offset < st.next_offset:
                 # fetched before the seek to a restored offset: already in the state
                 records = [r for r in records if r.offset >= st.next_offset]
             if not records:
                 continue
-            n_ok, errors = st.add_many([(r.offset, r.value, r.headers) for r in records])
-            for i, exc in errors:
-                self.metrics.decode_errors.labels(exc.reason).inc()
-                dead.append((records[i], exc.reason))
+            rows = [(r.offset, r.value, r.headers) for r in records]
+            pos = n_ok = 0
+            while True:
+                # a close at most every max_close_samples samples (the last one below)
+                accepted, errors, taken = st.add_prefix(
+                    rows[pos:] if pos else rows, self.cfg.max_close_samples
+                )
+                n_ok += accepted
+                for i, exc in errors:
+                    self.metrics.decode_errors.labels(exc.reason).inc()
+                    dead.append((records[pos + i], exc.reason))
+                pos += taken
+                if pos >= len(rows):
+                    break
+                self._advance(st, time.time_ns())
             self.metrics.records.labels(str(tp.partition)).inc(len(records))
             self.metrics.samples.inc(n_ok)
-            if records:
-                self._last_record_wall[tp.partition] = now
+            self._last_record_wall[tp.partition] = now
         wall_ns = time.time_ns()
         for p, st in self.states.items():
             idle = now - self._last_record_wall.get(p, now) - self.cfg.idle_timeout_s
             target = st.idle_target(int(idle * NS)) if idle > 0 else None
             if target is not None:
                 idle_due[p] = target
-            t0 = time.perf_counter()
-            stats = st.advance(0)
-            if stats is not None:
-                self.metrics.close_duration.observe(time.perf_counter() - t0)
-                if st.closed_ns is not None:
-                    self.metrics.close_latency.observe(max(0.0, (wall_ns - st.closed_ns) / NS))
+            self._advance(st, wall_ns)
             if st.max_event_ns is not None:
                 self.metrics.event_lag.labels(str(p)).set((wall_ns - st.max_event_ns) / NS)
                 wm = st.watermark_ns()
@@ -495,6 +500,14 @@ class Aggregator(Component):
             if hw is not None and st.next_offset is not None and hw >= st.next_offset:
                 self.metrics.lag.labels(str(p)).set(hw - st.next_offset)
         return dead, idle_due
+
+    def _advance(self, st: PartitionState, wall_ns: int) -> None:
+        """Close what the partition's watermark passed, timing the close."""
+        t0 = time.perf_counter()
+        if st.advance(0) is not None:
+            self.metrics.close_duration.observe(time.perf_counter() - t0)
+            if st.closed_ns is not None:
+                self.metrics.close_latency.observe(max(0.0, (wall_ns - st.closed_ns) / NS))
 
     async def _dead_letter(self, dead: list[DeadRecord]) -> None:
         """Copy `dead` to the dead-letter topic before the loop moves on (so no checkpoint

@@ -85,6 +85,39 @@ def test_poll_grouping_does_not_change_anything(cuts: list[int]) -> None:
     assert _state_bits(grouped) == _state_bits(one_by_one)
 
 
+@settings(max_examples=20, deadline=None)
+@given(max_samples=st.integers(1, 400), bad_at=st.sets(st.integers(0, 119), max_size=4))
+def test_a_poll_closed_in_sample_bounded_steps_gives_what_one_close_gives(
+    max_samples: int, bad_at: set[int]
+) -> None:
+    """The service adds a big poll in prefixes of about max_close_samples samples and closes
+    after each (add_prefix): the same state as one add_many and one close, every record
+    taken exactly once, each refusal at its own record."""
+    values = [v for _, v in make_fleet().records][:120]
+    for i in bad_at:
+        values[i] = b"\xff" + values[i][:5]
+    rows = [(i, v, None) for i, v in enumerate(values)]
+    whole = PartitionState(0, CFG)
+    _, want_errors = whole.add_many(rows)
+    whole.advance()
+    steps = PartitionState(0, CFG)
+    pos, got_errors, prefixes = 0, [], 0
+    while pos < len(rows):
+        _, errors, taken = steps.add_prefix(rows[pos:], max_samples)
+        assert taken >= 1
+        got_errors += [(pos + i, exc.reason) for i, exc in errors]
+        pos += taken
+        prefixes += 1
+        steps.advance()
+    assert pos == len(rows)
+    assert steps.records == whole.records == len(rows)
+    assert steps.next_offset == whole.next_offset == len(rows)
+    assert got_errors == [(i, exc.reason) for i, exc in want_errors]
+    assert _state_bits(steps) == _state_bits(whole)
+    if max_samples < 50:
+        assert prefixes > 1
+
+
 def test_bad_records_inside_a_poll_are_refused_alone() -> None:
     series = [SeriesDef("link_in_octets", {"link": "a", "media": "optical"})]
     good = [
@@ -289,6 +322,44 @@ def test_records_total_counts_each_record_once() -> None:
     assert agg.registry.get_sample_value("collector_aggregate_records_total", {"partition": "0"}) == 5
     assert st.records == 10
     assert st.sites[0].dup_batches == 0
+
+
+def test_the_service_closes_a_big_poll_in_steps_and_dead_letters_the_right_records() -> None:
+    """With max_close_samples below the poll's samples the service adds and closes the poll in
+    steps: each bad record is dead-lettered once, as itself, each record counted once, and
+    the state is the one a single close gives."""
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+    from prometheus_client import CollectorRegistry
+
+    from collector.aggregate.service import Aggregator
+    from collector.config import load_settings
+
+    settings = load_settings(kafka={"topic": "t"}, aggregate={"metrics_listen": "", "max_close_samples": 40})
+    agg = Aggregator(settings, bootstrap="127.0.0.1:1", registry=CollectorRegistry())
+    agg._consumer = SimpleNamespace(highwater=lambda tp: None)  # type: ignore[assignment]
+    closes: list[int] = []
+    values = [v for _, v in make_fleet().records][:100]
+    for i in (3, 41, 42, 99):
+        values[i] = b"\x0a\xff"  # truncated: refused
+    recs = [
+        SimpleNamespace(offset=i, value=v, headers=None, partition=0, key=b"s") for i, v in enumerate(values)
+    ]
+    st_ = agg.states[0] = PartitionState(0, settings.aggregate)
+    advance = st_.advance
+    st_.advance = lambda *a, **k: closes.append(st_.records) or advance(*a, **k)  # type: ignore[method-assign]
+    dead, _ = agg._process({TopicPartition("t", 0): recs})
+    assert [r.offset for r, _ in dead] == [3, 41, 42, 99]
+    assert agg.registry.get_sample_value("collector_aggregate_records_total", {"partition": "0"}) == 100
+    assert st_.records == 100
+    assert st_.next_offset == 100
+    assert len(closes) > 2  # stepped
+    assert closes[-1] == 100  # the last close after every record
+    whole = PartitionState(0, settings.aggregate)
+    whole.add_many([(r.offset, r.value, None) for r in recs])
+    whole.advance()
+    assert _state_bits(st_) == _state_bits(whole)
 
 
 @settings(max_examples=200, deadline=None)
