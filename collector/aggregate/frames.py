@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 NS = 1_000_000_000  # nanoseconds per second
@@ -72,6 +73,44 @@ GAUGE_WIN_SCHEMA = {
 def empty(schema: Mapping[str, Any]) -> pl.DataFrame:
     """A frame with no rows in this layout."""
     return pl.DataFrame(schema=schema)
+
+
+def frame(cols: Mapping[str, np.ndarray], schema: Mapping[str, Any]) -> pl.DataFrame:
+    """`pl.DataFrame(cols, schema=schema)` of NumPy columns - the same columns, dtypes and
+    values - built one Series per column: several times cheaper than the dict constructor
+    with a schema on the small frames a close builds many of. A column whose NumPy dtype is
+    not the layout's is cast (strictly, as the constructor does)."""
+    out = []
+    for name, dtype in schema.items():
+        s = pl.Series(name, cols[name])
+        out.append(s if s.dtype == dtype else s.cast(dtype))
+    return pl.DataFrame(out)
+
+
+_SHIFT32 = np.uint64(32)
+
+
+def counter_windows(cols: Mapping[str, np.ndarray]) -> pl.DataFrame:
+    """Rolled counter windows (NumPy columns in COUNTER_AGG_SCHEMA's layout) as
+    COUNTER_WIN_SCHEMA's frame: `exact_increase` of them. When every increase fits in 64
+    bits - hi < 2^32 and hi * 2^32 + lo without a carry, the usual case by far - it is
+    formed in NumPy and cast once (UInt64 to Int128 is exact); otherwise through Int128."""
+    hi, lo = cols["hi"], cols["lo"]
+    if len(hi):
+        w = (hi << _SHIFT32) + lo  # modular: used only when it is exact
+        if int(hi.max()) >= 1 << 32 or not bool((w >= lo).all()):
+            return exact_increase(frame(cols, COUNTER_AGG_SCHEMA))
+    else:
+        w = np.zeros(0, np.uint64)
+    inc = pl.Series("inc", w.astype(np.uint64, copy=False)).cast(pl.Int128)
+    out = []
+    for name, dtype in COUNTER_WIN_SCHEMA.items():
+        if name == "inc":
+            out.append(inc)
+            continue
+        s = pl.Series(name, cols[name])
+        out.append(s if s.dtype == dtype else s.cast(dtype))
+    return pl.DataFrame(out)
 
 
 def exact_increase(windows: pl.DataFrame) -> pl.DataFrame:

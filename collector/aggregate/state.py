@@ -45,8 +45,9 @@ from collector.aggregate.frames import (
     GAUGE_WIN_SCHEMA,
     NS,
     TOTALS_SCHEMA,
+    counter_windows,
     empty,
-    exact_increase,
+    frame,
     period_increase,
 )
 from collector.aggregate.grouping import order_by_series_time, series_runs
@@ -67,7 +68,7 @@ from collector.aggregate.registry import (
     stable_hash,
 )
 from collector.aggregate.watermark import NewestEventIndex
-from collector.aggregate.windows import Tiers, roll, tier_rows
+from collector.aggregate.windows import Tiers, roll_columns, tier_columns
 from collector.errors import ProtocolError
 
 # on_window(partition, window_s, counter_windows, gauge_windows): every closed window, one row
@@ -83,6 +84,23 @@ def _refusal(value: bytes) -> ProtocolError:
     except ProtocolError as exc:
         return exc
     return ProtocolError("columns")  # not reached: the full parse applies the same checks
+
+
+def _replace_series(old: pl.DataFrame, newest: pl.DataFrame) -> pl.DataFrame:
+    """`old` without the series `newest` has rows for, then `newest`:
+    `pl.concat([old.filter(~pl.col("sid").is_in(newest["sid"].implode())), newest])`. Series
+    ids are small dense integers, so membership is one NumPy mask; when `newest` covers
+    every series of `old` (the usual case: every series reported) the result is `newest`."""
+    if not len(old):
+        return newest
+    new_sid = newest["sid"].to_numpy()
+    old_sid = old["sid"].to_numpy()
+    mark = np.zeros(int(max(int(new_sid.max()), int(old_sid.max()))) + 1, bool)
+    mark[new_sid] = True
+    keep = ~mark[old_sid]
+    if not keep.any():
+        return newest
+    return pl.concat([old.filter(pl.Series(keep)), newest])
 
 
 @dataclass(frozen=True, slots=True)
@@ -645,7 +663,7 @@ class PartitionState:
         Each window length slides by its source tier's pane. Tier panes (tumbling windows
         of the tier below) are always computed the same way, before anything is pruned;
         then every closed window end (`emit_all`, for the window log) or just the newest.
-        The published numbers are the same bits either way (see windows.roll).
+        The published numbers are the same bits either way (see windows.roll_columns).
         """
         tiers = self.tiers
         for j in range(1, tiers.count):
@@ -658,11 +676,11 @@ class PartitionState:
             if hi >= lo:
                 # tier 1 from this close's partial sums when it has them (see _counter_panes)
                 rows = self._first_tier_rows if j == 1 and self._first_tier_rows is not None else None
-                cw = roll(
+                ct = roll_columns(
                     self.counter_panes[k] if rows is None else rows, n, lo, hi, size, True, tumbling=True
                 )
-                gw = roll(self.gauge_panes[k], n, lo, hi, size, False, tumbling=True)
-                self._add_tier(j, cw, gw)
+                gt = roll_columns(self.gauge_panes[k], n, lo, hi, size, False, tumbling=True)
+                self._add_tier(j, ct, gt)
         if not emit_all:
             # drop what the newest windows do not need, so they are computed from a few rows
             self._prune(target, extra=1)
@@ -675,28 +693,31 @@ class PartitionState:
                 continue
             if not emit_all:
                 lo = hi
-            cw = exact_increase(roll(self.counter_panes[k], n, lo, hi, size, True))
-            gw = roll(self.gauge_panes[k], n, lo, hi, size, False)
-            for frame, latest in ((cw, self.latest_counters), (gw, self.latest_gauges)):
-                if len(frame):
+            ccols = roll_columns(self.counter_panes[k], n, lo, hi, size, True)
+            gcols = roll_columns(self.gauge_panes[k], n, lo, hi, size, False)
+            cw = empty(COUNTER_WIN_SCHEMA) if ccols is None else counter_windows(ccols)
+            gw = empty(GAUGE_WIN_SCHEMA) if gcols is None else frame(gcols, GAUGE_WIN_SCHEMA)
+            for frame_, latest in ((cw, self.latest_counters), (gw, self.latest_gauges)):
+                if len(frame_):
                     newest = (
-                        frame if lo == hi else frame.filter(pl.col("end") == pl.col("end").max().over("sid"))
+                        frame_
+                        if lo == hi
+                        else frame_.filter(pl.col("end") == pl.col("end").max().over("sid"))
                     )
-                    old = latest[w]
-                    latest[w] = pl.concat([old.filter(~pl.col("sid").is_in(newest["sid"].implode())), newest])
+                    latest[w] = _replace_series(latest[w], newest)
             if self.on_window is not None and (len(cw) or len(gw)):
                 self.on_window(self.partition, w, self.registry.labelled(cw), self.registry.labelled(gw))
 
-    def _add_tier(self, k: int, cw: pl.DataFrame, gw: pl.DataFrame) -> None:
-        """Closed windows of tier k - 1 become tier k's panes."""
+    def _add_tier(self, k: int, cw: dict[str, np.ndarray] | None, gw: dict[str, np.ndarray] | None) -> None:
+        """Closed windows of tier k - 1 (roll_columns) become tier k's panes."""
         size = self.tiers.pane_ns[k]
-        if len(cw):
-            rows = tier_rows(cw, size, COUNTER_PANE_SCHEMA)
+        if cw is not None:
+            rows = frame(tier_columns(cw, size), COUNTER_PANE_SCHEMA)
             self.counter_panes[k] = (
                 pl.concat([self.counter_panes[k], rows]) if len(self.counter_panes[k]) else rows
             )
-        if len(gw):
-            rows = tier_rows(gw, size, GAUGE_PANE_SCHEMA)
+        if gw is not None:
+            rows = frame(tier_columns(gw, size), GAUGE_PANE_SCHEMA)
             self.gauge_panes[k] = pl.concat([self.gauge_panes[k], rows]) if len(self.gauge_panes[k]) else rows
 
     def _keep_from(self, k: int, target: int, extra: int = 0) -> int:

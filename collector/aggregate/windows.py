@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from collector.aggregate.frames import COUNTER_AGG_SCHEMA, GAUGE_WIN_SCHEMA, empty
+from collector.aggregate.frames import COUNTER_AGG_SCHEMA, GAUGE_WIN_SCHEMA, empty, frame
 from collector.aggregate.grouping import group_sum
 
 
@@ -52,6 +52,21 @@ def roll(
     counter: bool,
     tumbling: bool = False,
 ) -> pl.DataFrame:
+    """`roll_columns` as a frame (COUNTER_AGG_SCHEMA or GAUGE_WIN_SCHEMA)."""
+    schema = COUNTER_AGG_SCHEMA if counter else GAUGE_WIN_SCHEMA
+    cols = roll_columns(panes, n, first_end, last_end, size, counter, tumbling)
+    return empty(schema) if cols is None else frame(cols, schema)
+
+
+def roll_columns(
+    panes: pl.DataFrame,
+    n: int,
+    first_end: int,
+    last_end: int,
+    size: int,
+    counter: bool,
+    tumbling: bool = False,
+) -> dict[str, np.ndarray] | None:
     """Windows of n consecutive tier panes ending at pane indices e in [first_end, last_end]
     (window e covers panes e-n .. e-1 and ends at e * size); `tumbling`: only ends that are
     multiples of n. One row per (series, end) with data, ordered by (end, series) (by
@@ -60,17 +75,18 @@ def roll(
     NumPy on rows sorted by (series, end, pane): every window is a sequential sum over its
     own panes in pane order, so its float bits do not depend on which other ends are
     computed (the window log computes every end, /metrics alone only the newest).
+    NumPy columns in the frame layout (COUNTER_AGG_SCHEMA or GAUGE_WIN_SCHEMA) with their
+    dtypes; None when no window has data.
     """
-    schema = COUNTER_AGG_SCHEMA if counter else GAUGE_WIN_SCHEMA
     if tumbling:
         first_end = -(-first_end // n) * n
         last_end = (last_end // n) * n
     if not len(panes) or first_end > last_end:
-        return empty(schema)
+        return None
     pane = panes["pane"].to_numpy()
     rows = np.flatnonzero((pane >= first_end - n) & (pane < last_end))
     if not len(rows):
-        return empty(schema)
+        return None
     p = pane[rows]
     if tumbling:
         first = (p // n + 1) * n
@@ -119,9 +135,17 @@ def roll(
     if first_end == last_end or tumbling:
         # one end: (series, end) order is (end, series) order; tier rows (tumbling) are
         # kept in (series, end) order, which the next roll's stable sort merges cheaply
-        return pl.DataFrame(cols, schema=schema)
+        return cols
     out_order = np.lexsort((cols["sid"], cols["end"]))
-    return pl.DataFrame({k: v[out_order] for k, v in cols.items()}, schema=schema)
+    return {k: v[out_order] for k, v in cols.items()}
+
+
+def tier_columns(windows: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """`tier_rows` of rolled windows' NumPy columns (roll_columns; their dtypes are the
+    tier's pane layout's): the same rows as NumPy columns."""
+    out = {"sid": windows["sid"], "pane": windows["end"] // size - 1}
+    out.update((c, x) for c, x in windows.items() if c not in ("sid", "end"))
+    return out
 
 
 def tier_rows(windows: pl.DataFrame, size: int, schema: Mapping[str, Any]) -> pl.DataFrame:
