@@ -331,8 +331,12 @@ class SeriesRegistry:
     def add_totals(self, sid: np.ndarray, delta: np.ndarray, starts: np.ndarray) -> None:
         """Counted deltas (samples sorted by sid; `starts`: each series' first) into each
         series' corrected total."""
-        u = sid[starts]
         hi, lo = split_sum_arrays(delta, starts)
+        self.add_total_halves(sid[starts], hi, lo)
+
+    def add_total_halves(self, u: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> None:
+        """Series `u`'s counted deltas, as (hi, lo) 32-bit half sums, into their corrected
+        totals (what add_totals adds, when the close has the half sums already)."""
         lo = self.total_lo[u] + lo
         self.total_hi[u] += hi + (lo >> np.uint64(32))
         self.total_lo[u] = lo & np.uint64(0xFFFF_FFFF)

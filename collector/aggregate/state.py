@@ -50,7 +50,7 @@ from collector.aggregate.frames import (
     frame,
     period_increase,
 )
-from collector.aggregate.grouping import order_by_series_time, series_runs
+from collector.aggregate.grouping import series_runs, sorted_by_series_time
 from collector.aggregate.ledger import Site, SiteLedger, site_ledgers
 from collector.aggregate.panes import counter_pane_rows, gauge_pane_rows
 from collector.aggregate.periods import PeriodStore
@@ -519,15 +519,11 @@ class PartitionState:
         if not bufs:
             return bufs, None
         cols = [np.concatenate(c) if len(bufs) > 1 else c[0] for c in zip(*bufs, strict=True)]
-        t = cols[1]
-        due = t < upto
+        due = cols[1] < upto
         if due.all():
-            order = order_by_series_time(cols[0], t)
-            return [], tuple(c[order] for c in cols)
+            return [], sorted_by_series_time(cols)
         keep = tuple(c[~due] for c in cols)
-        idx = np.flatnonzero(due)
-        idx = idx[order_by_series_time(cols[0][idx], t[idx])]
-        return ([keep] if len(keep[0]) else []), tuple(c[idx] for c in cols)
+        return ([keep] if len(keep[0]) else []), sorted_by_series_time(cols, np.flatnonzero(due))
 
     def _close(self, target: int, emit_all: bool) -> CloseStats:
         assert self.closed_ns is not None
@@ -616,11 +612,14 @@ class PartitionState:
             per_site = np.bincount(self.registry.site_of[sid[d.ambiguous]], minlength=len(self.sites))
             for si in np.flatnonzero(per_site).tolist():
                 self.sites[si].excluded["ambiguous_gap"] += int(per_site[si])
-        self.registry.add_totals(sid, d.delta, sstarts)
         per_tier = self.tiers.panes_per_window[1] if self.tiers.count > 1 else None
-        frame, first_tier = counter_pane_rows(sid, t // self.pane_ns, d, first, per_tier, from_pane)
+        rows, first_tier, totals = counter_pane_rows(
+            sid, t // self.pane_ns, d, first, per_tier, from_pane, series_starts=sstarts
+        )
+        assert totals is not None
+        self.registry.add_total_halves(sid[sstarts], *totals)  # = add_totals(sid, d.delta, sstarts)
         old = self.counter_panes[0]
-        self.counter_panes[0] = pl.concat([old, frame]) if len(old) else frame
+        self.counter_panes[0] = pl.concat([old, rows]) if len(old) else rows
         if first_tier is not None:
             self._first_tier_rows = pl.concat([old, first_tier]) if len(old) else first_tier
         self.registry.note_processed(sid, t, sstarts)

@@ -111,3 +111,154 @@ def test_tier_columns_are_tier_rows(rows: list[tuple[int, int, int, int, int]], 
     got = frame(tier_columns(cols, size), COUNTER_PANE_SCHEMA)
     assert got.schema == want.schema
     assert got.equals(want)
+
+
+def _grouped(keys: list[tuple[int, int]], cols: dict[str, list[int]]) -> list[tuple[int, ...]]:
+    """Rows (sid, first pane, sum of each column) of consecutive runs of equal keys."""
+    out: list[tuple[int, ...]] = []
+    for i, k in enumerate(keys):
+        if i and keys[i - 1] == k:
+            row = out[-1]
+            out[-1] = row[:2] + tuple(a + cols[c][i] for a, c in zip(row[2:], cols, strict=True))
+        else:
+            out.append((k[0], cols["pane"][i], *(cols[c][i] for c in cols)))
+    return [r[:2] + r[3:] for r in out]  # the pane column's own sum dropped
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    samples=st.lists(
+        st.tuples(
+            st.integers(0, 5),  # series
+            st.integers(0, 3),  # pane step from the previous sample of the series
+            st.one_of(st.just(10**15), U64),  # delta
+            st.integers(0, 2**40),  # dt
+            st.booleans(),
+            st.booleans(),
+            st.booleans(),
+        ),
+        max_size=60,
+    ),
+    per_tier=st.sampled_from([None, 1, 3, 6]),
+    from_pane=st.sampled_from([None, 0, 2, 5, 9]),
+    all_set=st.booleans(),
+)
+def test_counter_pane_rows_are_the_group_sums(
+    samples: list[tuple[int, int, int, int, bool, bool, bool]],
+    per_tier: int | None,
+    from_pane: int | None,
+    all_set: bool,
+) -> None:
+    """Pane rows, tier rows and series sums from one running sum per column equal plain
+    per-group sums of the 32-bit halves, with or without one sample per pane."""
+    from collector.aggregate.counters import Deltas
+    from collector.aggregate.frames import COUNTER_PANE_SCHEMA
+    from collector.aggregate.grouping import series_runs
+    from collector.aggregate.panes import counter_pane_rows
+
+    samples = sorted(samples, key=lambda s: s[0])  # stable: by series
+    panes, last = [], {}
+    for s in samples:
+        last[s[0]] = last.get(s[0], 0) + s[1]
+        panes.append(last[s[0]])
+    sid = np.array([s[0] for s in samples], np.uint32)
+    pane = np.array(panes, np.int64)
+    delta = np.array([s[2] for s in samples], np.uint64)
+    flags = [np.array([bool(s[j]) or all_set for s in samples], bool) for j in (4, 5, 6)]
+    d = Deltas(delta, np.array([s[3] for s in samples], np.int64), *flags, np.zeros(len(sid), bool))
+    first, sstarts = series_runs(sid)
+    rows, tier, totals = counter_pane_rows(sid, pane, d, first, per_tier, from_pane, series_starts=sstarts)
+
+    cols = {
+        "pane": panes,
+        "hi": [int(x) >> 32 for x in delta],
+        "lo": [int(x) & 0xFFFF_FFFF for x in delta],
+        "dt": [s[3] for s in samples],
+        "n": [int(x) for x in flags[0]],
+        "resets": [int(x) for x in flags[1]],
+        "wraps": [int(x) for x in flags[2]],
+    }
+    sids = [int(x) for x in sid]
+    want = [
+        r
+        for r in _grouped(list(zip(sids, panes, strict=True)), cols)
+        if from_pane is None or r[1] >= from_pane
+    ]
+    assert rows.schema == pl.Schema(COUNTER_PANE_SCHEMA)
+    assert rows.rows() == want
+    if per_tier is None:
+        assert tier is None
+    else:
+        assert tier is not None
+        assert tier.schema == pl.Schema(COUNTER_PANE_SCHEMA)
+        assert tier.rows() == _grouped([(s, p // per_tier) for s, p in zip(sids, panes, strict=True)], cols)
+    assert totals is not None
+    per_series = _grouped([(s, 0) for s in sids], cols)
+    assert totals[0].tolist() == [r[2] for r in per_series]
+    assert totals[1].tolist() == [r[3] for r in per_series]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    samples=st.lists(
+        st.tuples(st.integers(0, 4), st.integers(0, 2), st.floats(allow_nan=False, width=64)), max_size=40
+    )
+)
+def test_gauge_pane_rows_are_the_sequential_group_sums(samples: list[tuple[int, int, float]]) -> None:
+    from collector.aggregate.frames import GAUGE_PANE_SCHEMA
+    from collector.aggregate.grouping import group_starts, series_runs
+    from collector.aggregate.panes import gauge_pane_rows
+
+    samples = sorted(samples, key=lambda s: s[0])
+    panes, last = [], {}
+    for s in samples:
+        last[s[0]] = last.get(s[0], 0) + s[1]
+        panes.append(last[s[0]])
+    sid = np.array([s[0] for s in samples], np.uint32)
+    pane = np.array(panes, np.int64)
+    v = np.array([s[2] for s in samples], np.float64)
+    first, _ = series_runs(sid)
+    got = gauge_pane_rows(sid, pane, v, first)
+    starts = group_starts(first, pane)
+    want = pl.DataFrame(
+        {
+            "sid": sid[starts],
+            "pane": pane[starts],
+            "sum": np.add.reduceat(v, starts) if len(v) else v,
+            "cnt": np.diff(np.append(starts, len(sid))).astype(np.uint32),
+            "min": np.minimum.reduceat(v, starts) if len(v) else v,
+            "max": np.maximum.reduceat(v, starts) if len(v) else v,
+        },
+        schema=GAUGE_PANE_SCHEMA,
+    )
+    assert got.schema == want.schema
+    assert got.equals(want)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(st.integers(0, 6), st.integers(-3, 3)), max_size=200),
+    wide=st.sampled_from([0, 1 << 16, (1 << 16) - 3, (1 << 32) - 7]),
+    ordered=st.booleans(),
+    subset=st.booleans(),
+)
+def test_series_sort_is_the_general_series_time_sort(
+    pairs: list[tuple[int, int]], wide: int, ordered: bool, subset: bool
+) -> None:
+    """The series-only radix sort, with its check and fallback, orders exactly like
+    lexsort((t, sid)) (stable, repeated timestamps included), for ids past 2^16 too, on
+    a subset of rows as well, whether or not times ascend within each series."""
+    from collector.aggregate.grouping import sorted_by_series_time
+
+    sid = np.array([wide + p[0] for p in pairs], np.uint32)
+    t = np.array([p[1] for p in pairs], np.int64) * 10**9
+    if ordered:  # times ascending within each series in buffer order: the usual case
+        t = np.sort(t)
+    tag = np.arange(len(sid), dtype=np.int64)  # which row went where
+    idx = np.arange(0, len(sid), 2) if subset else None
+    got = sorted_by_series_time((sid, t, tag), idx)
+    rows = np.arange(len(sid)) if idx is None else idx
+    want = rows[np.lexsort((t[rows], sid[rows]))]
+    assert np.array_equal(got[2], want)
+    assert np.array_equal(got[0], sid[want])
+    assert np.array_equal(got[1], t[want])
