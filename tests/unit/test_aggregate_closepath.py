@@ -262,3 +262,38 @@ def test_series_sort_is_the_general_series_time_sort(
     assert np.array_equal(got[2], want)
     assert np.array_equal(got[0], sid[want])
     assert np.array_equal(got[1], t[want])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    chunks=st.lists(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 12)), max_size=8), max_size=4),
+    keep_from=st.integers(-1, 14),
+)
+def test_pruned_and_appended_panes_are_filter_and_concat(
+    chunks: list[list[tuple[int, int]]], keep_from: int
+) -> None:
+    from collector.aggregate.frames import GAUGE_PANE_SCHEMA, empty
+    from collector.aggregate.state import _appended, _panes_from
+
+    def rows(pairs: list[tuple[int, int]]) -> pl.DataFrame:
+        n = len(pairs)
+        return pl.DataFrame(
+            {
+                "sid": [p[0] for p in pairs],
+                "pane": [p[1] for p in pairs],
+                "sum": [p[0] / 3 for p in pairs],
+                "cnt": [1] * n,
+                "min": [-p[1] * 0.1 for p in pairs],
+                "max": [p[1] * 0.7 for p in pairs],
+            },
+            schema=GAUGE_PANE_SCHEMA,
+        )
+
+    got, want = empty(GAUGE_PANE_SCHEMA), empty(GAUGE_PANE_SCHEMA)
+    for c in chunks:
+        got = _appended(got, rows(c))
+        want = pl.concat([want, rows(c)]) if len(want) else rows(c)
+        assert got.equals(want)
+    pruned = _panes_from(got, keep_from)
+    assert pruned.schema == want.schema
+    assert pruned.equals(want.filter(pl.col("pane") >= keep_from))
