@@ -70,9 +70,19 @@ GAUGE_WIN_SCHEMA = {
 }
 
 
+_EMPTY: dict[tuple[tuple[str, Any], ...], pl.DataFrame] = {}
+
+
 def empty(schema: Mapping[str, Any]) -> pl.DataFrame:
-    """A frame with no rows in this layout."""
-    return pl.DataFrame(schema=schema)
+    """A frame with no rows in this layout (one per layout, shared: frames are immutable)."""
+    key = tuple(schema.items())
+    try:
+        out = _EMPTY.get(key)
+    except TypeError:  # a dtype that does not hash
+        return pl.DataFrame(schema=schema)
+    if out is None:
+        out = _EMPTY[key] = pl.DataFrame(schema=schema)
+    return out
 
 
 def frame(cols: Mapping[str, np.ndarray], schema: Mapping[str, Any]) -> pl.DataFrame:

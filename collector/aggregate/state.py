@@ -111,13 +111,13 @@ def _appended(old: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
 
 def _panes_from(panes: pl.DataFrame, keep_from: int) -> pl.DataFrame:
     """`panes.filter(pl.col("pane") >= keep_from)` (rows in the same order), by one NumPy
-    mask: cheaper than a Polars filter on the few thousand rows a tier holds."""
+    mask (no filter when every row stays)."""
     if not len(panes):
         return panes
     keep = panes["pane"].to_numpy() >= keep_from
     if keep.all():
         return panes
-    return frame({c: panes[c].to_numpy()[keep] for c in panes.columns}, panes.schema)
+    return panes.filter(pl.Series(keep))
 
 
 @dataclass(frozen=True, slots=True)
