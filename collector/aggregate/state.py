@@ -114,10 +114,12 @@ def _panes_from(panes: pl.DataFrame, keep_from: int) -> pl.DataFrame:
     mask (no filter when every row stays)."""
     if not len(panes):
         return panes
-    keep = panes["pane"].to_numpy() >= keep_from
-    if keep.all():
+    pane = panes["pane"].to_numpy()
+    if int(pane.min()) >= keep_from:
         return panes
-    return panes.filter(pl.Series(keep))
+    if int(pane.max()) < keep_from:
+        return panes.clear()
+    return panes.filter(pl.Series(pane >= keep_from))
 
 
 @dataclass(frozen=True, slots=True)
@@ -697,9 +699,8 @@ class PartitionState:
                 )
                 gt = roll_columns(self.gauge_panes[k], n, lo, hi, size, False, tumbling=True)
                 self._add_tier(j, ct, gt)
-        if not emit_all:
-            # drop what the newest windows do not need, so they are computed from a few rows
-            self._prune(target, extra=1)
+        # (the rolls below read only the panes of the windows they compute, so nothing needs
+        # pruning before them: _close prunes once, after)
         for j, w in enumerate(self.windows_s):
             k = self.tiers.source[j]
             size = self.tiers.pane_ns[k]
