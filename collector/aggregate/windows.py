@@ -94,6 +94,10 @@ def roll_columns(
     else:
         first = np.maximum(p + 1, first_end)
         cnt = np.maximum(np.minimum(p + n, last_end) - first + 1, 0)
+    if counter and len(rows) == int(cnt.sum()):  # every row in one window: no repeats
+        dense = _dense_counter_windows(panes, rows, first, size)
+        if dense is not None:
+            return dense
     sid_all = panes["sid"].to_numpy()
     # rows in (series, pane) order: one int64 key, unique per row (a pane closes once)
     key = (sid_all[rows].astype(np.int64) << 32) | (p - p.min())
@@ -138,6 +142,47 @@ def roll_columns(
         return cols
     out_order = np.lexsort((cols["sid"], cols["end"]))
     return {k: v[out_order] for k, v in cols.items()}
+
+
+_EXACT_F64 = 1 << 53  # integers below this add exactly in float64
+
+
+def _dense_counter_windows(
+    panes: pl.DataFrame, rows: np.ndarray, end: np.ndarray, size: int
+) -> dict[str, np.ndarray] | None:
+    """Counter windows when each selected pane row (`rows`) belongs to one window (its end
+    index in `end`): roll_columns' result - the same rows, order and dtypes - without a
+    sort. Integer sums do not depend on the order they are taken in, so each column is
+    summed per (series, end) by one bincount on a dense (series, end) grid, in float64;
+    that is exact only while every partial sum stays below 2^53 (and a 32-bit count's
+    below 2^32, where roll_columns' sum wraps), which is checked from each column's largest
+    magnitude and the most rows of one window: None when it cannot be shown (or when the
+    grid would be much larger than the rows), and the caller sorts and sums as usual."""
+    sid = panes["sid"].to_numpy()[rows]
+    if sid.dtype.kind not in "ui":
+        return None
+    e_lo = int(end.min())
+    n_end = int(end.max()) - e_lo + 1
+    n_sid = int(sid.max()) + 1
+    grid = n_sid * n_end
+    if grid > max(4 * len(rows), 1 << 16):
+        return None
+    # (series, end) order: the order roll_columns gives (one end: series order)
+    key = sid.astype(np.int64) * n_end + (end - e_lo)
+    counts = np.bincount(key, minlength=grid)
+    most = int(counts.max())
+    present = np.flatnonzero(counts)
+    out: dict[str, np.ndarray] = {
+        "sid": (present // n_end).astype(sid.dtype),
+        "end": (present % n_end + e_lo) * size,
+    }
+    for c in ("hi", "lo", "dt", "n", "resets", "wraps"):
+        x = panes[c].to_numpy()[rows]
+        top = max(abs(int(x.max())), abs(int(x.min())))
+        if top * most >= (_EXACT_F64 if x.dtype.itemsize == 8 else 1 << (8 * x.dtype.itemsize)):
+            return None
+        out[c] = np.bincount(key, weights=x, minlength=grid)[present].astype(x.dtype)
+    return out
 
 
 def tier_columns(windows: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
