@@ -144,20 +144,15 @@ def roll_columns(
     return {k: v[out_order] for k, v in cols.items()}
 
 
-_EXACT_F64 = 1 << 53  # integers below this add exactly in float64
-
-
 def _dense_counter_windows(
     panes: pl.DataFrame, rows: np.ndarray, end: np.ndarray, size: int
 ) -> dict[str, np.ndarray] | None:
     """Counter windows when each selected pane row (`rows`) belongs to one window (its end
-    index in `end`): roll_columns' result - the same rows, order and dtypes - without a
-    sort. Integer sums do not depend on the order they are taken in, so each column is
-    summed per (series, end) by one bincount on a dense (series, end) grid, in float64;
-    that is exact only while every partial sum stays below 2^53 (and a 32-bit count's
-    below 2^32, where roll_columns' sum wraps), which is checked from each column's largest
-    magnitude and the most rows of one window: None when it cannot be shown (or when the
-    grid would be much larger than the rows), and the caller sorts and sums as usual."""
+    index in `end`): roll_columns' result - the same rows, order, dtypes and bits - without
+    a sort. Each column is summed per (series, end) into a dense (series, end) grid with
+    `np.add.at`, in 64-bit modular integer arithmetic like roll_columns' running sums (and
+    cast back to the column's type as they are), so the sums are the same whatever order
+    the rows come in. None when the grid would be much larger than the rows."""
     sid = panes["sid"].to_numpy()[rows]
     if sid.dtype.kind not in "ui":
         return None
@@ -169,19 +164,17 @@ def _dense_counter_windows(
         return None
     # (series, end) order: the order roll_columns gives (one end: series order)
     key = sid.astype(np.int64) * n_end + (end - e_lo)
-    counts = np.bincount(key, minlength=grid)
-    most = int(counts.max())
-    present = np.flatnonzero(counts)
+    present = np.flatnonzero(np.bincount(key, minlength=grid))
     out: dict[str, np.ndarray] = {
         "sid": (present // n_end).astype(sid.dtype),
         "end": (present % n_end + e_lo) * size,
     }
     for c in ("hi", "lo", "dt", "n", "resets", "wraps"):
         x = panes[c].to_numpy()[rows]
-        top = max(abs(int(x.max())), abs(int(x.min())))
-        if top * most >= (_EXACT_F64 if x.dtype.itemsize == 8 else 1 << (8 * x.dtype.itemsize)):
-            return None
-        out[c] = np.bincount(key, weights=x, minlength=grid)[present].astype(x.dtype)
+        wide = np.uint64 if x.dtype.kind in "ub" else np.int64
+        acc = np.zeros(grid, wide)
+        np.add.at(acc, key, x.astype(wide, copy=False))  # one dtype: add.at's fast loop
+        out[c] = acc[present].astype(x.dtype, copy=False)
     return out
 
 

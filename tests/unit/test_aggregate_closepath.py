@@ -305,7 +305,7 @@ def test_pruned_and_appended_panes_are_filter_and_concat(
         st.tuples(
             st.integers(0, 30),  # series
             st.integers(0, 20),  # pane
-            st.one_of(st.integers(0, 2**32 - 1), U64),  # hi: sometimes past the float64 bound
+            st.one_of(st.integers(0, 2**32 - 1), U64),  # hi: sums past 2^53 and 2^64 too
             st.integers(0, 2**32 - 1),
             st.integers(0, 10**15),
             st.integers(0, 2**32 - 1),  # a count: near 2^32 its sums wrap in roll_columns
@@ -320,8 +320,9 @@ def test_pruned_and_appended_panes_are_filter_and_concat(
 def test_dense_counter_windows_are_the_sorted_roll(
     rows: list[tuple[int, int, int, int, int, int]], n: int, end: int, tumbling: bool
 ) -> None:
-    """The sort-free counter roll (one bincount per column, exact below 2^53) gives what the
-    sorted roll gives - rows, order, dtypes - or stands aside where it cannot be exact."""
+    """The sort-free counter roll (modular sums per (series, end) with np.add.at) gives what
+    the sorted roll gives - rows, order, dtypes, bits - also where a sum passes 2^53 or a
+    32-bit count's sum wraps."""
     from unittest import mock
 
     from collector.aggregate import windows
