@@ -36,6 +36,18 @@ def _sums(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+def _pane_order(rows: np.ndarray, pane: np.ndarray) -> np.ndarray:
+    """`rows` (ascending) reordered stably by pane[rows]: the rows of a tier are kept in
+    pane order where it is cheap, so pruning them drops a prefix (see state._panes_from)."""
+    p = pane[rows]
+    if len(p) < 2 or bool((p[1:] >= p[:-1]).all()):
+        return rows
+    lo = int(p.min())
+    if int(p.max()) - lo >= 1 << 16:
+        return rows  # any order is right; this one is merely dearer to prune
+    return rows[np.argsort((p - lo).astype(np.uint16), kind="stable")]
+
+
 def _ends(starts: np.ndarray, n: int) -> np.ndarray:
     """Where each run starting at `starts` ends (exclusive), of n rows."""
     return np.append(starts[1:], n) if len(starts) else starts
@@ -70,7 +82,9 @@ def counter_pane_rows(
     the same as group by group. The tier's rows (tumbling sums of `per_tier` panes) need only
     the sums of each (series, tier pane): taken here, over the sorted samples, they spare
     the tier roll a sort and gathers over every new pane. `from_pane`: pane rows of earlier
-    panes are left out (the tier's rows and the series' sums still cover every sample).
+    panes are left out (the tier's rows and the series' sums still cover every sample), and
+    the pane rows come in pane order (stable: by series within a pane), so that pruning
+    them drops a prefix; without it they come in (series, pane) order.
     """
     n = len(sid)
     change = first.copy()
@@ -83,8 +97,8 @@ def counter_pane_rows(
     lo_s = d.delta & _LOW32
     c_hi, c_lo, c_dt = _running(hi_s, np.uint64), _running(lo_s, np.uint64), _running(d.dt, np.int64)
     if one:
-        rows = None if from_pane is None else np.flatnonzero(pane >= from_pane)
-        if rows is not None and len(rows) == n:
+        rows = None if from_pane is None else _pane_order(np.flatnonzero(pane >= from_pane), pane)
+        if rows is not None and len(rows) == n and bool((rows[1:] > rows[:-1]).all()):
             rows = None
 
         def take(x: np.ndarray) -> np.ndarray:
@@ -102,12 +116,11 @@ def counter_pane_rows(
         }
     else:
         a = starts
-        if from_pane is not None:
-            a = a[pane[a] >= from_pane]  # a group is kept or left out whole
         # a group ends where the next one (kept or not) starts
         b = _ends(starts, n)
-        if len(a) != len(starts):
-            b = b[pane[starts] >= from_pane]
+        if from_pane is not None:
+            kept = _pane_order(np.flatnonzero(pane[starts] >= from_pane), pane[starts])
+            a, b = a[kept], b[kept]  # a group is kept or left out whole
         cols = {
             "sid": sid[a],
             "pane": pane[a],
