@@ -82,9 +82,9 @@ def counter_pane_rows(
     the same as group by group. The tier's rows (tumbling sums of `per_tier` panes) need only
     the sums of each (series, tier pane): taken here, over the sorted samples, they spare
     the tier roll a sort and gathers over every new pane. `from_pane`: pane rows of earlier
-    panes are left out (the tier's rows and the series' sums still cover every sample), and
-    the pane rows come in pane order (stable: by series within a pane), so that pruning
-    them drops a prefix; without it they come in (series, pane) order.
+    panes are left out but each series' newest (the tier's rows and the series' sums still
+    cover every sample), and the pane rows come in pane order (stable: by series within a
+    pane), so that pruning them drops a prefix; without it, in (series, pane) order.
     """
     n = len(sid)
     change = first.copy()
@@ -96,8 +96,14 @@ def counter_pane_rows(
     hi_s = d.delta >> _SHIFT32
     lo_s = d.delta & _LOW32
     c_hi, c_lo, c_dt = _running(hi_s, np.uint64), _running(lo_s, np.uint64), _running(d.dt, np.int64)
+    if from_pane is not None:
+        # a series' newest row stays too: a series that stopped before from_pane still has
+        # its own newest windows (see windows.roll_columns' `newest`)
+        last = np.empty(n, bool)
+        last[:-1] = first[1:]
+        last[-1:] = True
     if one:
-        rows = None if from_pane is None else _pane_order(np.flatnonzero(pane >= from_pane), pane)
+        rows = None if from_pane is None else _pane_order(np.flatnonzero((pane >= from_pane) | last), pane)
         if rows is not None and len(rows) == n and bool((rows[1:] > rows[:-1]).all()):
             rows = None
 
@@ -119,7 +125,7 @@ def counter_pane_rows(
         # a group ends where the next one (kept or not) starts
         b = _ends(starts, n)
         if from_pane is not None:
-            kept = _pane_order(np.flatnonzero(pane[starts] >= from_pane), pane[starts])
+            kept = _pane_order(np.flatnonzero((pane[starts] >= from_pane) | last[b - 1]), pane[starts])
             a, b = a[kept], b[kept]  # a group is kept or left out whole
         cols = {
             "sid": sid[a],

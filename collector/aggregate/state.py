@@ -691,9 +691,6 @@ class PartitionState:
             k = tiers.source[j]
             n, size = tiers.panes_per_window[j], tiers.pane_ns[k]
             lo, hi = start // size + 1, target // size
-            if not emit_all and j == tiers.count - 1:
-                # the top tier feeds only the newest windows: no rows the prune below drops
-                lo = max(lo, (self._keep_from(j, target, extra=1) + 1) * n)
             if hi >= lo:
                 # tier 1 from this close's partial sums when it has them (see _counter_panes)
                 rows = self._first_tier_rows if j == 1 and self._first_tier_rows is not None else None
@@ -711,17 +708,17 @@ class PartitionState:
             lo, hi = start // size + 1, target // size  # end indices in tier-k panes
             if hi < lo:
                 continue
-            if not emit_all:
-                lo = hi
-            ccols = roll_columns(self.counter_panes[k], n, lo, hi, size, True)
-            gcols = roll_columns(self.gauge_panes[k], n, lo, hi, size, False)
+            # without the window log: each series' newest window only (the one the log's
+            # newest-per-series filter below keeps)
+            ccols = roll_columns(self.counter_panes[k], n, lo, hi, size, True, newest=not emit_all)
+            gcols = roll_columns(self.gauge_panes[k], n, lo, hi, size, False, newest=not emit_all)
             cw = empty(COUNTER_WIN_SCHEMA) if ccols is None else counter_windows(ccols)
             gw = empty(GAUGE_WIN_SCHEMA) if gcols is None else frame(gcols, GAUGE_WIN_SCHEMA)
             for frame_, latest in ((cw, self.latest_counters), (gw, self.latest_gauges)):
                 if len(frame_):
                     newest = (
                         frame_
-                        if lo == hi
+                        if lo == hi or not emit_all
                         else frame_.filter(pl.col("end") == pl.col("end").max().over("sid"))
                     )
                     latest[w] = _replace_series(latest[w], newest)

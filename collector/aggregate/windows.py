@@ -66,11 +66,15 @@ def roll_columns(
     size: int,
     counter: bool,
     tumbling: bool = False,
+    newest: bool = False,
 ) -> dict[str, np.ndarray] | None:
     """Windows of n consecutive tier panes ending at pane indices e in [first_end, last_end]
     (window e covers panes e-n .. e-1 and ends at e * size); `tumbling`: only ends that are
-    multiples of n. One row per (series, end) with data, ordered by (end, series) (by
-    (series, end) when tumbling: tier rows, whose order nothing depends on).
+    multiples of n; `newest`: only each series' newest window with data among those ends
+    (ending at min(last_end, its newest pane + n): a series that stopped sending before
+    the newest end still gets its own last window). One row per (series, end) with data,
+    ordered by (end, series) (by (series, end) when tumbling: tier rows, whose order
+    nothing depends on).
 
     NumPy on rows sorted by (series, end, pane): every window is a sequential sum over its
     own panes in pane order, so its float bits do not depend on which other ends are
@@ -88,7 +92,15 @@ def roll_columns(
     if not len(rows):
         return None
     p = pane[rows]
-    if tumbling:
+    if newest:
+        s_rows = panes["sid"].to_numpy()[rows].astype(np.int64)
+        top = np.full(int(s_rows.max()) + 1, np.iinfo(np.int64).min, np.int64)
+        np.maximum.at(top, s_rows, p)  # each series' newest pane
+        end_of = np.minimum(top[s_rows] + n, last_end)  # >= first_end: p >= first_end - n
+        mine = p >= end_of - n  # the panes of the series' newest window
+        rows, p, first = rows[mine], p[mine], end_of[mine]
+        cnt = np.ones(len(p), np.int64)
+    elif tumbling:
         first = (p // n + 1) * n
         cnt = np.ones(len(p), np.int64)
     else:
@@ -97,7 +109,7 @@ def roll_columns(
     if counter and len(rows) == int(cnt.sum()):  # every row in one window: no repeats
         dense = _dense_counter_windows(panes, rows, first, size)
         if dense is not None:
-            return dense
+            return dense if tumbling else _end_major(dense)
     sid_all = panes["sid"].to_numpy()
     # rows in (series, pane) order: one int64 key, unique per row (a pane closes once)
     key = (sid_all[rows].astype(np.int64) << 32) | (p - p.min())
@@ -140,7 +152,15 @@ def roll_columns(
         # one end: (series, end) order is (end, series) order; tier rows (tumbling) are
         # kept in (series, end) order, which the next roll's stable sort merges cheaply
         return cols
-    out_order = np.lexsort((cols["sid"], cols["end"]))
+    return _end_major(cols)
+
+
+def _end_major(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Windows in (series, end) order reordered by (end, series)."""
+    end = cols["end"]
+    if len(end) < 2 or bool((end[1:] == end[0]).all()):  # one end: the same order
+        return cols
+    out_order = np.lexsort((cols["sid"], end))
     return {k: v[out_order] for k, v in cols.items()}
 
 

@@ -8,6 +8,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from collector.aggregate.config import AggregateSettings
 from collector.aggregate.frames import (
     COUNTER_AGG_SCHEMA,
     COUNTER_WIN_SCHEMA,
@@ -17,6 +18,8 @@ from collector.aggregate.frames import (
     frame,
 )
 from collector.aggregate.state import _replace_series
+from tests.aggregate_support import make_fleet
+from tests.unit.test_aggregate_pollpath import _feed, _state_bits
 
 U64 = st.integers(0, 2**64 - 1)
 
@@ -179,11 +182,9 @@ def test_counter_pane_rows_are_the_group_sums(
         "wraps": [int(x) for x in flags[2]],
     }
     sids = [int(x) for x in sid]
-    want = [
-        r
-        for r in _grouped(list(zip(sids, panes, strict=True)), cols)
-        if from_pane is None or r[1] >= from_pane
-    ]
+    grouped = _grouped(list(zip(sids, panes, strict=True)), cols)
+    newest = {r[0]: r for r in grouped}  # each series' newest row: kept whatever from_pane
+    want = [r for r in grouped if from_pane is None or r[1] >= from_pane or newest[r[0]] is r]
     if from_pane is not None:  # then in pane order (stable: by series within a pane)
         want.sort(key=lambda r: r[1])
     assert rows.schema == pl.Schema(COUNTER_PANE_SCHEMA)
@@ -321,9 +322,15 @@ def test_pruned_and_appended_panes_are_filter_and_concat(
     end=st.integers(0, 24),
     tumbling=st.booleans(),
     pane_major=st.booleans(),
+    span=st.sampled_from([0, 0, 1, 4]),
 )
 def test_dense_counter_windows_are_the_sorted_roll(
-    rows: list[tuple[int, int, int, int, int, int]], n: int, end: int, tumbling: bool, pane_major: bool
+    rows: list[tuple[int, int, int, int, int, int]],
+    n: int,
+    end: int,
+    tumbling: bool,
+    pane_major: bool,
+    span: int,
 ) -> None:
     """The sort-free counter roll (modular sums per (series, end) with np.add.at) gives what
     the sorted roll gives - rows, order, dtypes, bits - also where a sum passes 2^53 or a
@@ -348,7 +355,8 @@ def test_dense_counter_windows_are_the_sorted_roll(
     )
     if pane_major:  # as a close without the window log keeps them: runs of rows, one per window
         panes = panes.sort("pane", "sid")
-    lo, hi = (end - 12, end) if tumbling else (end, end)  # the ends a close without the log rolls
+    # tier rows, or the ends a close rolls (one: the newest only; several: for the window log)
+    lo, hi = (end - 12, end) if tumbling else (end - span, end)
     got = windows.roll_columns(panes, n, lo, hi, 10, True, tumbling=tumbling)
     with mock.patch.object(windows, "_dense_counter_windows", return_value=None):
         want = windows.roll_columns(panes, n, lo, hi, 10, True, tumbling=tumbling)
@@ -360,3 +368,86 @@ def test_dense_counter_windows_are_the_sorted_roll(
     for c in want:
         assert got[c].dtype == want[c].dtype, c
         assert np.array_equal(got[c], want[c]), c
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(0, 12), st.integers(0, 20), st.integers(0, 2**40), st.floats(-1e6, 1e6)),
+        max_size=50,
+        unique_by=lambda r: (r[0], r[1]),
+    ),
+    n=st.sampled_from([1, 2, 5, 6]),
+    lo=st.integers(0, 24),
+    span=st.integers(0, 8),
+)
+def test_newest_windows_are_the_newest_of_every_window(
+    rows: list[tuple[int, int, int, float]], n: int, lo: int, span: int
+) -> None:
+    """`newest` gives, per series, exactly the row the window log's newest-per-series filter
+    keeps out of every window ending in [lo, hi] - counters and gauges, bits included -
+    also for a series whose data stops before hi."""
+    from collector.aggregate import windows
+    from collector.aggregate.frames import COUNTER_PANE_SCHEMA, GAUGE_PANE_SCHEMA
+
+    hi = lo + span
+    k = len(rows)
+    cp = pl.DataFrame(
+        {
+            "sid": [r[0] for r in rows],
+            "pane": [r[1] for r in rows],
+            "hi": [r[2] >> 32 for r in rows],
+            "lo": [r[2] & 0xFFFF_FFFF for r in rows],
+            "dt": [r[1] * 7 for r in rows],
+            "n": [1] * k,
+            "resets": [0] * k,
+            "wraps": [r[0] % 2 for r in rows],
+        },
+        schema=COUNTER_PANE_SCHEMA,
+    )
+    gp = pl.DataFrame(
+        {
+            "sid": [r[0] for r in rows],
+            "pane": [r[1] for r in rows],
+            "sum": [r[3] for r in rows],
+            "cnt": [1] * k,
+            "min": [r[3] for r in rows],
+            "max": [r[3] for r in rows],
+        },
+        schema=GAUGE_PANE_SCHEMA,
+    )
+    for panes, counter, schema in ((cp, True, COUNTER_AGG_SCHEMA), (gp, False, GAUGE_WIN_SCHEMA)):
+        every = windows.roll(panes, n, lo, hi, 10, counter)
+        want = every.filter(pl.col("end") == pl.col("end").max().over("sid"))
+        cols = windows.roll_columns(panes, n, lo, hi, 10, counter, newest=True)
+        got = pl.DataFrame(schema=schema) if cols is None else frame(cols, schema)
+        assert got.schema == want.schema
+        assert got.equals(want), (counter, got, want)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    stop_at=st.integers(20, 119),
+    cuts=st.lists(st.integers(0, 120), max_size=5),
+    windows_s=st.sampled_from([(10, 60, 300), (10, 60, 300, 900), (10, 30)]),
+)
+def test_a_site_that_stops_mid_close_gets_the_same_windows_with_or_without_the_log(
+    stop_at: int, cuts: list[int], windows_s: tuple[int, ...]
+) -> None:
+    """A site whose records stop inside a close (silent, it no longer holds the watermark):
+    its series' newest windows end before the close's newest end. Without the window log
+    they are the same windows, and the same state, as the close that computes every window
+    gives, whatever the poll grouping."""
+    # a silent site stops holding the watermark after 30 s: the close goes on past its data
+    cfg = AggregateSettings(windows_s=windows_s, allowed_lateness_s=10, site_idle_s=30)
+    records = [v for _, v in make_fleet().records][:120]
+    assert sum(b"jp-tokyo-01" in v for v in records) < len(records)  # two sites
+    kept = [v for i, v in enumerate(records) if i < stop_at or b"jp-tokyo-01" not in v]
+    cuts = [c % (len(kept) + 1) for c in cuts]
+    plain = _feed(kept, cuts, cfg)
+    logged = _feed(kept, cuts, cfg, log=True)
+    assert _state_bits(plain) == _state_bits(logged)
+    for a, b in zip(
+        (*plain.counter_panes, *plain.gauge_panes), (*logged.counter_panes, *logged.gauge_panes), strict=True
+    ):
+        assert a.sort("sid", "pane").equals(b.sort("sid", "pane"))
