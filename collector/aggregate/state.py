@@ -691,13 +691,27 @@ class PartitionState:
             k = tiers.source[j]
             n, size = tiers.panes_per_window[j], tiers.pane_ns[k]
             lo, hi = start // size + 1, target // size
+            # the top tier feeds only the newest windows: without the log, no ends the prune
+            # after the close drops, but each series' newest (its newest window reads it)
+            since = (
+                (self._keep_from(j, target, extra=1) + 1) * n
+                if not emit_all and j == tiers.count - 1
+                else None
+            )
             if hi >= lo:
                 # tier 1 from this close's partial sums when it has them (see _counter_panes)
                 rows = self._first_tier_rows if j == 1 and self._first_tier_rows is not None else None
                 ct = roll_columns(
-                    self.counter_panes[k] if rows is None else rows, n, lo, hi, size, True, tumbling=True
+                    self.counter_panes[k] if rows is None else rows,
+                    n,
+                    lo,
+                    hi,
+                    size,
+                    True,
+                    tumbling=True,
+                    since=since,
                 )
-                gt = roll_columns(self.gauge_panes[k], n, lo, hi, size, False, tumbling=True)
+                gt = roll_columns(self.gauge_panes[k], n, lo, hi, size, False, tumbling=True, since=since)
                 self._add_tier(j, ct, gt)
         # (the rolls below read only the panes of the windows they compute, so nothing needs
         # pruning before them: _close prunes once, after)

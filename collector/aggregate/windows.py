@@ -67,14 +67,15 @@ def roll_columns(
     counter: bool,
     tumbling: bool = False,
     newest: bool = False,
+    since: int | None = None,
 ) -> dict[str, np.ndarray] | None:
     """Windows of n consecutive tier panes ending at pane indices e in [first_end, last_end]
     (window e covers panes e-n .. e-1 and ends at e * size); `tumbling`: only ends that are
     multiples of n; `newest`: only each series' newest window with data among those ends
     (ending at min(last_end, its newest pane + n): a series that stopped sending before
-    the newest end still gets its own last window). One row per (series, end) with data,
-    ordered by (end, series) (by (series, end) when tumbling: tier rows, whose order
-    nothing depends on).
+    the newest end still gets its own last window); `since` (tumbling): no ends before it
+    but each series' newest. One row per (series, end) with data, ordered by (end, series)
+    (by (series, end) when tumbling: tier rows, whose order nothing depends on).
 
     NumPy on rows sorted by (series, end, pane): every window is a sequential sum over its
     own panes in pane order, so its float bits do not depend on which other ends are
@@ -102,12 +103,18 @@ def roll_columns(
         cnt = np.ones(len(p), np.int64)
     elif tumbling:
         first = (p // n + 1) * n
+        if since is not None and int(first.min()) < since:
+            s_rows = panes["sid"].to_numpy()[rows].astype(np.int64)
+            top = np.full(int(s_rows.max()) + 1, np.iinfo(np.int64).min, np.int64)
+            np.maximum.at(top, s_rows, first)  # each series' newest end
+            mine = (first >= since) | (first == top[s_rows])
+            rows, p, first = rows[mine], p[mine], first[mine]
         cnt = np.ones(len(p), np.int64)
     else:
         first = np.maximum(p + 1, first_end)
         cnt = np.maximum(np.minimum(p + n, last_end) - first + 1, 0)
     if counter and len(rows) == int(cnt.sum()):  # every row in one window: no repeats
-        dense = _dense_counter_windows(panes, rows, first, size)
+        dense = _dense_counter_windows(panes, rows, first, size, n if tumbling else 1)
         if dense is not None:
             return dense if tumbling else _end_major(dense)
     sid_all = panes["sid"].to_numpy()
@@ -165,14 +172,15 @@ def _end_major(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _dense_counter_windows(
-    panes: pl.DataFrame, rows: np.ndarray, end: np.ndarray, size: int
+    panes: pl.DataFrame, rows: np.ndarray, end: np.ndarray, size: int, step: int = 1
 ) -> dict[str, np.ndarray] | None:
     """Counter windows when each selected pane row (`rows`) belongs to one window (its end
     index in `end`): roll_columns' result - the same rows, order, dtypes and bits - without
     a sort. Each column is summed per (series, end) into a dense (series, end) grid with
     `np.add.at`, in 64-bit modular integer arithmetic like roll_columns' running sums (and
     cast back to the column's type as they are), so the sums are the same whatever order
-    the rows come in. None when the grid would be much larger than the rows."""
+    the rows come in. `step`: the ends are multiples of it (tumbling: n). None when the
+    grid would be much larger than the rows."""
     if rows[-1] - rows[0] + 1 == len(rows):  # a run of rows: read them without a gather
         panes = panes.slice(int(rows[0]), len(rows))
 
@@ -187,13 +195,14 @@ def _dense_counter_windows(
     if sid.dtype.kind not in "ui":
         return None
     e_lo = int(end.min())
-    n_end = int(end.max()) - e_lo + 1
+    e_idx = (end - e_lo) // step if step > 1 else end - e_lo
+    n_end = int(e_idx.max()) + 1
     n_sid = int(sid.max()) + 1
     grid = n_sid * n_end
     if grid > max(4 * len(rows), 1 << 16):
         return None
     # (series, end) order: the order roll_columns gives (one end: series order)
-    key = sid.astype(np.int64) * n_end + (end - e_lo)
+    key = sid.astype(np.int64) * n_end + e_idx
     if bool((key[1:] > key[:-1]).all()):  # one row per window, in order: nothing to sum
         return {"sid": sid, "end": end * size} | {
             c: take(c) for c in ("hi", "lo", "dt", "n", "resets", "wraps")
@@ -201,7 +210,7 @@ def _dense_counter_windows(
     present = np.flatnonzero(np.bincount(key, minlength=grid))
     out: dict[str, np.ndarray] = {
         "sid": (present // n_end).astype(sid.dtype),
-        "end": (present % n_end + e_lo) * size,
+        "end": ((present % n_end) * step + e_lo) * size,
     }
     for c in ("hi", "lo", "dt", "n", "resets", "wraps"):
         x = take(c)

@@ -451,3 +451,57 @@ def test_a_site_that_stops_mid_close_gets_the_same_windows_with_or_without_the_l
         (*plain.counter_panes, *plain.gauge_panes), (*logged.counter_panes, *logged.gauge_panes), strict=True
     ):
         assert a.sort("sid", "pane").equals(b.sort("sid", "pane"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(0, 12), st.integers(0, 40), st.integers(0, 2**40), st.floats(-1e6, 1e6)),
+        max_size=50,
+        unique_by=lambda r: (r[0], r[1]),
+    ),
+    n=st.sampled_from([1, 5, 6]),
+    since=st.integers(0, 48),
+)
+def test_tier_rows_since_keep_each_series_newest(
+    rows: list[tuple[int, int, int, float]], n: int, since: int
+) -> None:
+    """`since`: the tier rows of ends from it on, and each series' newest: those of every
+    end, filtered so (counters and gauges)."""
+    from collector.aggregate import windows
+    from collector.aggregate.frames import COUNTER_PANE_SCHEMA, GAUGE_PANE_SCHEMA
+
+    k = len(rows)
+    cp = pl.DataFrame(
+        {
+            "sid": [r[0] for r in rows],
+            "pane": [r[1] for r in rows],
+            "hi": [r[2] >> 32 for r in rows],
+            "lo": [r[2] & 0xFFFF_FFFF for r in rows],
+            "dt": [r[1] for r in rows],
+            "n": [1] * k,
+            "resets": [0] * k,
+            "wraps": [0] * k,
+        },
+        schema=COUNTER_PANE_SCHEMA,
+    )
+    gp = pl.DataFrame(
+        {
+            "sid": [r[0] for r in rows],
+            "pane": [r[1] for r in rows],
+            "sum": [r[3] for r in rows],
+            "cnt": [1] * k,
+            "min": [r[3] for r in rows],
+            "max": [r[3] for r in rows],
+        },
+        schema=GAUGE_PANE_SCHEMA,
+    )
+    for panes, counter, schema in ((cp, True, COUNTER_AGG_SCHEMA), (gp, False, GAUGE_WIN_SCHEMA)):
+        every = windows.roll(panes, n, 0, 48, 10, counter, tumbling=True)
+        want = every.filter(
+            (pl.col("end") >= since * 10) | (pl.col("end") == pl.col("end").max().over("sid"))
+        )
+        cols = windows.roll_columns(panes, n, 0, 48, 10, counter, tumbling=True, since=since)
+        got = pl.DataFrame(schema=schema) if cols is None else frame(cols, schema)
+        assert got.schema == want.schema
+        assert got.equals(want)
