@@ -267,14 +267,17 @@ class SeriesRegistry:
         gsid = sid[starts]  # `starts`: each series' first sample
         before = self.last_sample[gsid]
         new = before == NO_SAMPLE
-        prev = np.empty(n, np.int64)
-        prev[1:] = t[:-1]
-        prev[starts] = np.where(new, t[starts], before)
-        gap = t - prev
-        step = np.minimum.reduceat(np.where(gap > 0, gap, _NO_STEP), starts)
+        gap = np.empty(n, np.int64)  # to the series' previous sample (0 for its very first)
+        np.subtract(t[1:], t[:-1], out=gap[1:])
+        gap[starts] = t[starts] - np.where(new, t[starts], before)
         distinct = gap > 0
-        distinct[starts[new]] = True  # a series' very first sample
-        self.sample_count[gsid] += np.add.reduceat(distinct.astype(np.int64), starts)
+        if distinct.all():  # the usual case: every sample a new timestamp, no new series
+            step = np.minimum.reduceat(gap, starts)
+            self.sample_count[gsid] += np.diff(np.append(starts, n))
+        else:
+            step = np.minimum.reduceat(np.where(distinct, gap, _NO_STEP), starts)
+            distinct[starts[new]] = True  # a series' very first sample
+            self.sample_count[gsid] += np.add.reduceat(distinct.astype(np.int64), starts)
         old = self.step[gsid]
         step = np.minimum(step, np.where(old > 0, old, _NO_STEP))
         self.step[gsid] = np.where(step == _NO_STEP, 0, step)

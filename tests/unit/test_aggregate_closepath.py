@@ -505,3 +505,51 @@ def test_tier_rows_since_keep_each_series_newest(
         got = pl.DataFrame(schema=schema) if cols is None else frame(cols, schema)
         assert got.schema == want.schema
         assert got.equals(want)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    samples=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 4)), max_size=40),
+    seen=st.lists(st.integers(0, 5), unique=True),
+    calls=st.integers(1, 3),
+)
+def test_sample_ledger_notes_are_those_of_the_general_count(
+    samples: list[tuple[int, int]], seen: list[int], calls: int
+) -> None:
+    """note_processed's shortcut (every sample a new timestamp) counts samples, steps and
+    first and last times as the per-sample count does: against a plain reimplementation."""
+    from collector.aggregate.grouping import series_runs
+    from collector.aggregate.registry import NO_SAMPLE, SeriesRegistry
+
+    reg = SeriesRegistry(1000)
+    n_ser = 6
+    reg.grow(n_ser)
+    last = {s: (10 * s if s in seen else None) for s in range(n_ser)}
+    for s in range(n_ser):
+        reg.last_sample[s] = NO_SAMPLE if last[s] is None else last[s]
+    want_count = {s: int(reg.sample_count[s]) for s in range(n_ser)}
+    want_first = {s: int(reg.first_sample[s]) for s in range(n_ser)}
+    want_step = {s: int(reg.step[s]) for s in range(n_ser)}
+    base = 100
+    for c in range(calls):
+        batch = sorted((s, base + c * 100 + d) for s, d in samples)
+        if not batch:
+            continue
+        sid = np.array([b[0] for b in batch], np.uint32)
+        t = np.array([b[1] for b in batch], np.int64)
+        _, starts = series_runs(sid)
+        reg.note_processed(sid, t, starts)
+        for s, tt in batch:
+            prev = last[s]
+            if prev is None:
+                want_count[s] += 1
+                want_first[s] = tt
+            elif tt > prev:
+                want_count[s] += 1
+                want_step[s] = tt - prev if want_step[s] == 0 else min(want_step[s], tt - prev)
+            last[s] = tt if prev is None else max(prev, tt)
+    for s in range(n_ser):
+        assert int(reg.sample_count[s]) == want_count[s], s
+        assert int(reg.step[s]) == want_step[s], s
+        assert int(reg.first_sample[s]) == want_first[s], s
+        assert int(reg.last_sample[s]) == (NO_SAMPLE if last[s] is None else last[s]), s
