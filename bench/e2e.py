@@ -325,6 +325,8 @@ def ceiling_consume_decode(quick: bool) -> tuple[float, float]:
             "1000",
             "--rounds",
             "1",
+            "--compression",
+            "none",
         ],
         cwd=ROOT,
         text=True,
