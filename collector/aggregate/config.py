@@ -132,6 +132,17 @@ class AggregateSettings(BaseModel):
             "not depend on it."
         ),
     )
+    close_interval_s: float = Field(
+        0.25,
+        ge=0,
+        description=(
+            "A partition that is behind (its high watermark past its next offset: a backlog, "
+            "e.g. after a restart) closes its passed panes once per max_close_samples samples "
+            "or once per close_interval_s of wall time, whichever comes first, instead of after "
+            "every poll: a close's per-series work is shared by more samples. Caught up, it "
+            "closes after every poll. Results do not depend on it."
+        ),
+    )
     poll_timeout_ms: int = Field(200, ge=1, description="Longest wait of one poll for new records.")
     checkpoint_interval_s: float = Field(
         5.0,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -98,6 +99,10 @@ class Aggregator(Component):
         self.states: dict[int, PartitionState] = {}
         self._state_topic = StateTopic(self.cfg, self.topic, self.metrics)
         self._last_record_wall: dict[int, float] = {}
+        # per partition: samples added since its last close, and when that close was (see
+        # _process: closes are batched up to max_close_samples / close_interval_s)
+        self._unclosed: dict[int, int] = {}
+        self._closed_at: dict[int, float] = {}
         # assigned partitions whose state could not be restored: paused, retried from the loop
         self._pending: dict[TopicPartition, tuple[float, int]] = {}  # -> (due, failed retries)
         self.metrics.partitions_paused.set_function(lambda: len(self._pending))
@@ -275,6 +280,8 @@ class Aggregator(Component):
                 self._pending.pop(tp, None)
             for p in parts:
                 self.states.pop(p, None)
+                self._unclosed.pop(p, None)
+                self._closed_at.pop(p, None)
                 self._state_topic.written.pop(p, None)
                 for g in (
                     self.metrics.lag,
@@ -465,20 +472,22 @@ class Aggregator(Component):
             if not records:
                 continue
             rows = [(r.offset, r.value, r.headers) for r in records]
+            p = tp.partition
             pos = n_ok = 0
             while True:
-                # a close at most every max_close_samples samples (the last one below)
-                accepted, errors, taken = st.add_prefix(
-                    rows[pos:] if pos else rows, self.cfg.max_close_samples
-                )
+                # a close once about max_close_samples samples came in since the last one
+                room = max(1, self.cfg.max_close_samples - self._unclosed.get(p, 0))
+                accepted, errors, taken = st.add_prefix(rows[pos:] if pos else rows, room)
                 n_ok += accepted
+                self._unclosed[p] = self._unclosed.get(p, 0) + accepted
                 for i, exc in errors:
                     self.metrics.decode_errors.labels(exc.reason).inc()
                     dead.append((records[pos + i], exc.reason))
                 pos += taken
+                if self._unclosed[p] >= self.cfg.max_close_samples:
+                    self._advance(p, st, time.time_ns(), now)
                 if pos >= len(rows):
                     break
-                self._advance(st, time.time_ns())
             self.metrics.records.labels(str(tp.partition)).inc(len(records))
             self.metrics.samples.inc(n_ok)
             self._last_record_wall[tp.partition] = now
@@ -488,21 +497,27 @@ class Aggregator(Component):
             target = st.idle_target(int(idle * NS)) if idle > 0 else None
             if target is not None:
                 idle_due[p] = target
-            self._advance(st, wall_ns)
+            assert self._consumer is not None
+            tp = TopicPartition(self.topic, p)
+            hw = self._consumer.highwater(tp)
+            behind = hw is not None and st.next_offset is not None and hw > st.next_offset
+            # Caught up, a partition closes after every poll; behind (a backlog), its closes
+            # are batched: one per max_close_samples samples, or close_interval_s of wall time.
+            if not behind or now - self._closed_at.get(p, -math.inf) >= self.cfg.close_interval_s:
+                self._advance(p, st, wall_ns, now)
             if st.max_event_ns is not None:
                 self.metrics.event_lag.labels(str(p)).set((wall_ns - st.max_event_ns) / NS)
                 wm = st.watermark_ns()
                 if wm is not None:
                     self.metrics.watermark.labels(str(p)).set(wm / NS)
-            assert self._consumer is not None
-            tp = TopicPartition(self.topic, p)
-            hw = self._consumer.highwater(tp)
             if hw is not None and st.next_offset is not None and hw >= st.next_offset:
                 self.metrics.lag.labels(str(p)).set(hw - st.next_offset)
         return dead, idle_due
 
-    def _advance(self, st: PartitionState, wall_ns: int) -> None:
+    def _advance(self, p: int, st: PartitionState, wall_ns: int, now: float) -> None:
         """Close what the partition's watermark passed, timing the close."""
+        self._unclosed[p] = 0
+        self._closed_at[p] = now
         t0 = time.perf_counter()
         if st.advance(0) is not None:
             self.metrics.close_duration.observe(time.perf_counter() - t0)
