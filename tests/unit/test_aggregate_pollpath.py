@@ -362,6 +362,46 @@ def test_the_service_closes_a_big_poll_in_steps_and_dead_letters_the_right_recor
     assert _state_bits(st_) == _state_bits(whole)
 
 
+def test_a_partition_behind_batches_its_closes_and_one_caught_up_closes_every_poll() -> None:
+    """Behind (high watermark past the next offset) a partition closes once per
+    close_interval_s or max_close_samples, caught up after every poll; either way the
+    published state is the one of a close after every poll."""
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+    from prometheus_client import CollectorRegistry
+
+    from collector.aggregate.service import Aggregator
+    from collector.config import load_settings
+
+    settings = load_settings(
+        kafka={"topic": "t"},
+        aggregate={"metrics_listen": "", "close_interval_s": 3600, "max_close_samples": 10**9},
+    )
+    agg = Aggregator(settings, bootstrap="127.0.0.1:1", registry=CollectorRegistry())
+    end = {"hw": 10**6}
+    agg._consumer = SimpleNamespace(highwater=lambda tp: end["hw"])  # type: ignore[assignment]
+    values = [v for _, v in make_fleet().records]
+    recs = [
+        SimpleNamespace(offset=i, value=v, headers=None, partition=0, key=b"s") for i, v in enumerate(values)
+    ]
+    st_ = agg.states[0] = PartitionState(0, settings.aggregate)
+    closes: list[int] = []
+    advance = st_.advance
+    st_.advance = lambda *a, **k: closes.append(st_.records) or advance(*a, **k)  # type: ignore[method-assign]
+    every = PartitionState(0, settings.aggregate)
+    polls = [recs[i : i + 10] for i in range(0, len(recs), 10)]
+    for i, poll in enumerate(polls):
+        if i == len(polls) - 1:
+            end["hw"] = poll[-1].offset + 1  # the last poll catches up
+        agg._process({TopicPartition("t", 0): poll})
+        every.add_many([(r.offset, r.value, None) for r in poll])
+        every.advance()
+    # behind: the first poll's close only (the interval is an hour); caught up: a close
+    assert closes == [10, len(recs)]
+    assert _state_bits(st_) == _state_bits(every)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.tuples(st.integers(0, 40), st.integers(-5, 5)), max_size=300), st.sampled_from([0, T0, 2**62])
