@@ -92,10 +92,13 @@ def test_a_poll_closed_in_sample_bounded_steps_gives_what_one_close_gives(
 ) -> None:
     """The service adds a big poll in prefixes of about max_close_samples samples and closes
     after each (add_prefix): the same state as one add_many and one close, every record
-    taken exactly once, each refusal at its own record."""
+    taken exactly once, each refusal at its own record. (The bad records come between the
+    fleet's batches, not instead of them: a missing batch leaves a series without samples in
+    the newest window, whose latest window then depends on when closes ran - see
+    docs/aggregator.md, Exposition.)"""
     values = [v for _, v in make_fleet().records][:120]
-    for i in bad_at:
-        values[i] = b"\xff" + values[i][:5]
+    for i in sorted(bad_at):  # ascending: each lands at its own index
+        values.insert(i, b"\xff" + values[i][:5])
     rows = [(i, v, None) for i, v in enumerate(values)]
     whole = PartitionState(0, CFG)
     _, want_errors = whole.add_many(rows)
@@ -113,6 +116,7 @@ def test_a_poll_closed_in_sample_bounded_steps_gives_what_one_close_gives(
     assert steps.records == whole.records == len(rows)
     assert steps.next_offset == whole.next_offset == len(rows)
     assert got_errors == [(i, exc.reason) for i, exc in want_errors]
+    assert [i for i, _ in got_errors] == sorted(bad_at)
     assert _state_bits(steps) == _state_bits(whole)
     if max_samples < 50:
         assert prefixes > 1
@@ -340,9 +344,9 @@ def test_the_service_closes_a_big_poll_in_steps_and_dead_letters_the_right_recor
     agg = Aggregator(settings, bootstrap="127.0.0.1:1", registry=CollectorRegistry())
     agg._consumer = SimpleNamespace(highwater=lambda tp: None)  # type: ignore[assignment]
     closes: list[int] = []
-    values = [v for _, v in make_fleet().records][:100]
-    for i in (3, 41, 42, 99):
-        values[i] = b"\x0a\xff"  # truncated: refused
+    values = [v for _, v in make_fleet().records][:96]
+    for i in (3, 41, 42, 99):  # between the fleet's batches (see the test above)
+        values.insert(i, b"\x0a\xff")  # truncated: refused
     recs = [
         SimpleNamespace(offset=i, value=v, headers=None, partition=0, key=b"s") for i, v in enumerate(values)
     ]
