@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from collector.aggregate.config import AggregateSettings
@@ -86,19 +86,26 @@ def test_poll_grouping_does_not_change_anything(cuts: list[int]) -> None:
 
 
 @settings(max_examples=20, deadline=None)
-@given(max_samples=st.integers(1, 400), bad_at=st.sets(st.integers(0, 119), max_size=4))
+@given(
+    max_samples=st.integers(1, 400),
+    bad_at=st.sets(st.integers(0, 119), max_size=4),
+    instead=st.booleans(),
+)
+@example(max_samples=1, bad_at={0, 106, 108}, instead=True)  # lost batches: found the bug 1ed2f4e fixed
 def test_a_poll_closed_in_sample_bounded_steps_gives_what_one_close_gives(
-    max_samples: int, bad_at: set[int]
+    max_samples: int, bad_at: set[int], instead: bool
 ) -> None:
     """The service adds a big poll in prefixes of about max_close_samples samples and closes
     after each (add_prefix): the same state as one add_many and one close, every record
-    taken exactly once, each refusal at its own record. (The bad records come between the
-    fleet's batches, not instead of them: a missing batch leaves a series without samples in
-    the newest window, whose latest window then depends on when closes ran - see
-    docs/aggregator.md, Exposition.)"""
+    taken exactly once, each refusal at its own record. Bad records come between the fleet's
+    batches or `instead` of some (a lost batch: a series without samples in the close's newest
+    window still gets its own newest window, as with the window log)."""
     values = [v for _, v in make_fleet().records][:120]
     for i in sorted(bad_at):  # ascending: each lands at its own index
-        values.insert(i, b"\xff" + values[i][:5])
+        if instead:
+            values[i] = b"\xff" + values[i][:5]
+        else:
+            values.insert(i, b"\xff" + values[i][:5])
     rows = [(i, v, None) for i, v in enumerate(values)]
     whole = PartitionState(0, CFG)
     _, want_errors = whole.add_many(rows)
