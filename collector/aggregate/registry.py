@@ -157,31 +157,45 @@ class SeriesRegistry:
         self.carry.grow(new)
 
     def _alloc(self, key: SeriesKey) -> int:
+        sid = self._reserve(key)
+        self._init_new([sid])
+        return sid
+
+    def _reserve(self, key: SeriesKey) -> int:
+        """A series id for a new key (a freed one first); its arrays are set by _init_new."""
         if self.free:
             sid = self.free.pop()
             self.keys[sid] = key
         else:
             sid = len(self.keys)
             self.keys.append(key)
-            self.grow(sid + 1)
         self.series_key[key] = sid
-        self.site_of[sid] = key[0]
-        self.metric_of[sid] = key[1]
-        self.last_sample[sid] = NO_SAMPLE
-        self.live[sid] = True
-        self.first_sample[sid] = 0
-        self.step[sid] = 0
-        self.sample_count[sid] = 0
-        self.link_speed[sid] = 0.0
-        self.speed_series[sid] = UNRESOLVED
-        if key[1] == SPEED_METRIC:  # a new speed series: its link's counters look again
-            self._unresolve_link(key)
-        self.total_hi[sid] = 0
-        self.total_lo[sid] = 0
-        self.carry.has[sid] = False
         self.sites[key[0]].series += 1
-        self._meta = None
         return sid
+
+    def _init_new(self, sids: list[int]) -> None:
+        """The per-series arrays of newly reserved ids, set at once."""
+        if not sids:
+            return
+        self.grow(len(self.keys))
+        at = np.array(sids, np.int64)
+        keys = [self.keys[x] for x in sids]
+        self.site_of[at] = [k[0] for k in keys if k is not None]
+        self.metric_of[at] = [k[1] for k in keys if k is not None]
+        self.last_sample[at] = NO_SAMPLE
+        self.live[at] = True
+        self.first_sample[at] = 0
+        self.step[at] = 0
+        self.sample_count[at] = 0
+        self.link_speed[at] = 0.0
+        self.speed_series[at] = UNRESOLVED
+        self.total_hi[at] = 0
+        self.total_lo[at] = 0
+        self.carry.has[at] = False
+        for k in keys:
+            if k is not None and k[1] == SPEED_METRIC:  # a new speed series: its link's counters look again
+                self._unresolve_link(k)
+        self._meta = None
 
     def _unresolve_link(self, speed_key: SeriesKey) -> None:
         """The link counters sharing a speed series' site and labels look it up again."""
@@ -369,6 +383,9 @@ class SeriesRegistry:
         epoch = np.zeros(n, np.int64)
         bits = np.full(n, 64, np.uint8)
         cap = self.max_series_per_site
+        new: list[int] = []  # ids reserved by this table, initialised together below
+        scaled: list[int] = []  # positions with a series id, and their scales
+        scales: list[float] = []
         for i, s in enumerate(series):
             m = METRIC_INDEX.get(s.metric)
             if m is None:
@@ -394,15 +411,20 @@ class SeriesRegistry:
                 if self.sites[site].series >= cap:
                     code[i] = CAPPED
                     continue
-                sid = self._alloc(key)
+                sid = self._reserve(key)
+                new.append(sid)
             sids[i] = sid
-            self.scale[sid] = s.scale or 1.0
+            scaled.append(i)
+            scales.append(s.scale or 1.0)
             code[i] = OK_DELTA if delta else OK_COUNTER if want == pb.COUNTER else OK_GAUGE
             if want == pb.COUNTER and not delta:
                 bits[i] = 32 if s.counter_bits == 32 else 64
                 epoch[i] = _epoch_hash(
                     int(s.start_time_unix_nano), float(s.scale or 1.0), int(s.counter_bits)
                 )
+        self._init_new(new)
+        if scaled:
+            self.scale[sids[scaled]] = scales
         return Table(code, sids, epoch, bits)
 
     def table(self, site: int, d: Rec) -> Table:

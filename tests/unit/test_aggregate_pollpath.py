@@ -599,3 +599,48 @@ def test_a_duplicate_with_a_bigger_series_table_than_the_new_records_is_dropped_
     assert (accepted, errors) == (1, [])
     assert st.sites[0].dup_batches == 1
     assert st.sites[0].batches == 2
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n_links=st.integers(1, 12),
+    cap=st.integers(1, 40),
+    freed=st.lists(st.integers(0, 30), max_size=6, unique=True),
+)
+def test_a_series_table_registers_its_new_series_at_once_as_one_by_one(
+    n_links: int, cap: int, freed: list[int]
+) -> None:
+    """_build_table reserves a table's new series ids and sets their arrays together; the
+    registry must end as if each series had been registered alone (freed ids reused first,
+    the per-site cap, speed series unresolving their link's counters)."""
+    from collector.aggregate.registry import SeriesRegistry
+
+    series = []
+    for i in range(n_links):
+        labels = [pb.Label(name="link", value=f"e{i}"), pb.Label(name="media", value="optical")]
+        for m, kind in (
+            ("link_in_octets", pb.COUNTER),
+            ("link_speed_bytes", pb.GAUGE),
+            ("link_out_octets", pb.COUNTER),
+        ):
+            series.append(pb.Series(metric=m, kind=kind, counter_bits=64, labels=labels, scale=1.0 + i))
+
+    def registry() -> SeriesRegistry:
+        reg = SeriesRegistry(cap)
+        other = reg.site("old", "JP", "Kanto")
+        reg._build_table(other, series[:30])  # ids to free, then reuse
+        reg.release(np.array([x for x in freed if x < len(reg.keys)], np.int64))
+        reg.site("s", "US", "us-east")
+        return reg
+
+    together, alone = registry(), registry()
+    t = together._build_table(1, series)
+    one = [alone._build_table(1, [s]) for s in series]
+    assert t.sid.tolist() == [o.sid[0] for o in one]
+    assert t.code.tolist() == [o.code[0] for o in one]
+    n = len(together.keys)
+    assert together.keys == alone.keys
+    assert together.series_key == alone.series_key
+    assert together.sites[1].series == alone.sites[1].series <= cap
+    for name in ("site_of", "metric_of", "last_sample", "live", "scale", "speed_series"):
+        assert np.array_equal(getattr(together, name)[:n], getattr(alone, name)[:n]), name
