@@ -140,7 +140,7 @@ class SeriesRegistry:
         cap = len(self.site_of)
         if n <= cap:
             return
-        new = max(n, cap * 2, 64)
+        new = max(1 << (n - 1).bit_length(), cap * 2, 64)  # powers of two, however many come at once
         extra = new - cap
         self.site_of = np.concatenate([self.site_of, np.zeros(extra, np.int32)])
         self.metric_of = np.concatenate([self.metric_of, np.zeros(extra, np.int16)])
