@@ -156,11 +156,6 @@ class SeriesRegistry:
         self.total_lo = np.concatenate([self.total_lo, np.zeros(extra, np.uint64)])
         self.carry.grow(new)
 
-    def _alloc(self, key: SeriesKey) -> int:
-        sid = self._reserve(key)
-        self._init_new([sid])
-        return sid
-
     def _reserve(self, key: SeriesKey) -> int:
         """A series id for a new key (a freed one first); its arrays are set by _init_new."""
         if self.free:
