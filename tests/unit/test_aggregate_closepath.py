@@ -3,6 +3,8 @@ give: the same frames (columns, dtypes, values, row order), the same bits."""
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 import numpy as np
 import polars as pl
 from hypothesis import given, settings
@@ -22,6 +24,8 @@ from tests.aggregate_support import make_fleet
 from tests.unit.test_aggregate_pollpath import _feed, _state_bits
 
 U64 = st.integers(0, 2**64 - 1)
+
+_T = TypeVar("_T", bound=tuple[Any, ...])
 
 
 def _counter_cols(rows: list[tuple[int, int, int, int, int]]) -> dict[str, np.ndarray]:
@@ -128,6 +132,17 @@ def _grouped(keys: list[tuple[int, int]], cols: dict[str, list[int]]) -> list[tu
     return [r[:2] + r[3:] for r in out]  # the pane column's own sum dropped
 
 
+def _by_series(samples: list[_T]) -> tuple[list[_T], np.ndarray, np.ndarray]:
+    """Samples (series, pane step, ...) sorted stably by series, with their series ids and
+    pane indexes (each series' steps summed from 0)."""
+    samples = sorted(samples, key=lambda s: s[0])  # stable: by series
+    panes, last = [], {}
+    for s in samples:
+        last[s[0]] = last.get(s[0], 0) + s[1]
+        panes.append(last[s[0]])
+    return samples, np.array([s[0] for s in samples], np.uint32), np.array(panes, np.int64)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     samples=st.lists(
@@ -159,13 +174,8 @@ def test_counter_pane_rows_are_the_group_sums(
     from collector.aggregate.grouping import series_runs
     from collector.aggregate.panes import counter_pane_rows
 
-    samples = sorted(samples, key=lambda s: s[0])  # stable: by series
-    panes, last = [], {}
-    for s in samples:
-        last[s[0]] = last.get(s[0], 0) + s[1]
-        panes.append(last[s[0]])
-    sid = np.array([s[0] for s in samples], np.uint32)
-    pane = np.array(panes, np.int64)
+    samples, sid, pane = _by_series(samples)
+    panes = pane.tolist()
     delta = np.array([s[2] for s in samples], np.uint64)
     flags = [np.array([bool(s[j]) or all_set for s in samples], bool) for j in (4, 5, 6)]
     d = Deltas(delta, np.array([s[3] for s in samples], np.int64), *flags, np.zeros(len(sid), bool))
@@ -212,13 +222,7 @@ def test_gauge_pane_rows_are_the_group_reductions(samples: list[tuple[int, int, 
     from collector.aggregate.grouping import group_starts, series_runs
     from collector.aggregate.panes import gauge_pane_rows
 
-    samples = sorted(samples, key=lambda s: s[0])
-    panes, last = [], {}
-    for s in samples:
-        last[s[0]] = last.get(s[0], 0) + s[1]
-        panes.append(last[s[0]])
-    sid = np.array([s[0] for s in samples], np.uint32)
-    pane = np.array(panes, np.int64)
+    samples, sid, pane = _by_series(samples)
     v = np.array([s[2] for s in samples], np.float64)
     first, _ = series_runs(sid)
     got = gauge_pane_rows(sid, pane, v, first)
@@ -370,6 +374,41 @@ def test_dense_counter_windows_are_the_sorted_roll(
         assert np.array_equal(got[c], want[c]), c
 
 
+def _pane_frames(
+    rows: list[tuple[int, int, int, float]], dt_per_pane: int, wraps: bool
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Counter and gauge pane frames of (sid, pane, increase, gauge value) rows, one sample
+    per pane: dt = pane * dt_per_pane, a wrap on every odd series when `wraps`."""
+    from collector.aggregate.frames import COUNTER_PANE_SCHEMA, GAUGE_PANE_SCHEMA
+
+    k = len(rows)
+    cp = pl.DataFrame(
+        {
+            "sid": [r[0] for r in rows],
+            "pane": [r[1] for r in rows],
+            "hi": [r[2] >> 32 for r in rows],
+            "lo": [r[2] & 0xFFFF_FFFF for r in rows],
+            "dt": [r[1] * dt_per_pane for r in rows],
+            "n": [1] * k,
+            "resets": [0] * k,
+            "wraps": [r[0] % 2 if wraps else 0 for r in rows],
+        },
+        schema=COUNTER_PANE_SCHEMA,
+    )
+    gp = pl.DataFrame(
+        {
+            "sid": [r[0] for r in rows],
+            "pane": [r[1] for r in rows],
+            "sum": [r[3] for r in rows],
+            "cnt": [1] * k,
+            "min": [r[3] for r in rows],
+            "max": [r[3] for r in rows],
+        },
+        schema=GAUGE_PANE_SCHEMA,
+    )
+    return cp, gp
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     rows=st.lists(
@@ -388,34 +427,9 @@ def test_newest_windows_are_the_newest_of_every_window(
     keeps out of every window ending in [lo, hi] - counters and gauges, bits included -
     also for a series whose data stops before hi."""
     from collector.aggregate import windows
-    from collector.aggregate.frames import COUNTER_PANE_SCHEMA, GAUGE_PANE_SCHEMA
 
     hi = lo + span
-    k = len(rows)
-    cp = pl.DataFrame(
-        {
-            "sid": [r[0] for r in rows],
-            "pane": [r[1] for r in rows],
-            "hi": [r[2] >> 32 for r in rows],
-            "lo": [r[2] & 0xFFFF_FFFF for r in rows],
-            "dt": [r[1] * 7 for r in rows],
-            "n": [1] * k,
-            "resets": [0] * k,
-            "wraps": [r[0] % 2 for r in rows],
-        },
-        schema=COUNTER_PANE_SCHEMA,
-    )
-    gp = pl.DataFrame(
-        {
-            "sid": [r[0] for r in rows],
-            "pane": [r[1] for r in rows],
-            "sum": [r[3] for r in rows],
-            "cnt": [1] * k,
-            "min": [r[3] for r in rows],
-            "max": [r[3] for r in rows],
-        },
-        schema=GAUGE_PANE_SCHEMA,
-    )
+    cp, gp = _pane_frames(rows, dt_per_pane=7, wraps=True)
     for panes, counter, schema in ((cp, True, COUNTER_AGG_SCHEMA), (gp, False, GAUGE_WIN_SCHEMA)):
         every = windows.roll(panes, n, lo, hi, 10, counter)
         want = every.filter(pl.col("end") == pl.col("end").max().over("sid"))
@@ -469,33 +483,8 @@ def test_tier_rows_since_keep_each_series_newest(
     """`since`: the tier rows of ends from it on, and each series' newest: those of every
     end, filtered so (counters and gauges)."""
     from collector.aggregate import windows
-    from collector.aggregate.frames import COUNTER_PANE_SCHEMA, GAUGE_PANE_SCHEMA
 
-    k = len(rows)
-    cp = pl.DataFrame(
-        {
-            "sid": [r[0] for r in rows],
-            "pane": [r[1] for r in rows],
-            "hi": [r[2] >> 32 for r in rows],
-            "lo": [r[2] & 0xFFFF_FFFF for r in rows],
-            "dt": [r[1] for r in rows],
-            "n": [1] * k,
-            "resets": [0] * k,
-            "wraps": [0] * k,
-        },
-        schema=COUNTER_PANE_SCHEMA,
-    )
-    gp = pl.DataFrame(
-        {
-            "sid": [r[0] for r in rows],
-            "pane": [r[1] for r in rows],
-            "sum": [r[3] for r in rows],
-            "cnt": [1] * k,
-            "min": [r[3] for r in rows],
-            "max": [r[3] for r in rows],
-        },
-        schema=GAUGE_PANE_SCHEMA,
-    )
+    cp, gp = _pane_frames(rows, dt_per_pane=1, wraps=False)
     for panes, counter, schema in ((cp, True, COUNTER_AGG_SCHEMA), (gp, False, GAUGE_WIN_SCHEMA)):
         every = windows.roll(panes, n, 0, 48, 10, counter, tumbling=True)
         want = every.filter(
