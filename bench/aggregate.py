@@ -43,7 +43,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from collector import wire
+from collector import kafka_crc, wire
 from collector.aggregate.decode import Decoder, check, poll_columns
 from collector.aggregate.heap import retain_freed_heap
 from collector.aggregate.outputs import FAMILIES, build_frames
@@ -467,6 +467,11 @@ async def main() -> int:
     # the aggregator's own heap setting (Aggregator.start applies it too), for every stage alike
     heap = retain_freed_heap(load_settings().aggregate.heap_retain_mb)
     print("heap: freed memory kept for reuse (aggregate.heap_retain_mb):", "yes" if heap else "no")
+    # and its record batch CRC checks (in hardware; Aggregator.start installs them too)
+    print(
+        "record batch CRCs checked in hardware (collector/kafka_crc.py):",
+        "yes" if kafka_crc.install() else "no",
+    )
     sizes = sorted(set(args.samples_per_batch))
     compressions = list(dict.fromkeys(args.compression))
     topics = {(c, spb): f"bench.telemetry.{c}.{spb}" for c in compressions for spb in sizes}

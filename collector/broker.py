@@ -99,9 +99,13 @@ class EmbeddedBroker(Component):
         topics: tuple[TopicSpec, ...] = (),
         startup_timeout_s: float = 20.0,
         log_path: Path | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
+        # the port clients are told to use, when something listens in front of the broker (a
+        # fault test's proxy); the broker's own port otherwise
+        self.advertised_port = advertised_port or self.port
         self.binary = binary
         self.topics = topics
         self.startup_timeout_s = startup_timeout_s
@@ -128,7 +132,7 @@ class EmbeddedBroker(Component):
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.host}:{self.advertised_port}",
             "--storage-engine",
             "memory://tansu/",
         ]

@@ -7,6 +7,7 @@
         await proxy.reset()    # abort every open connection with a TCP RST
         proxy.refuse = True    # new connections are closed at once
         proxy.delay_s = 0.2    # every byte arrives 200 ms later, each direction (latency)
+        proxy.corrupt = f      # every chunk from the upstream reaches the client as f(chunk)
 
 Only for tests: it listens on 127.0.0.1 and forwards to one upstream address.
 """
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Callable
 
 from collector.lifecycle import Component
 
@@ -30,6 +32,7 @@ class TcpProxy(Component):
         self.port = port
         self.refuse = False
         self.delay_s = 0.0
+        self.corrupt: Callable[[bytes], bytes] | None = None
         self.connections = 0  # accepted so far
         self.resets = 0
         self._flowing = asyncio.Event()
@@ -79,7 +82,7 @@ class TcpProxy(Component):
         pair = (writer, up_writer)
         self._conns.add(pair)
         t1 = asyncio.create_task(self._pump(reader, up_writer))
-        t2 = asyncio.create_task(self._pump(up_reader, writer))
+        t2 = asyncio.create_task(self._pump(up_reader, writer, downstream=True))
         self._tasks |= {t1, t2}
         try:
             await asyncio.wait({t1, t2}, return_when=asyncio.FIRST_COMPLETED)
@@ -92,7 +95,9 @@ class TcpProxy(Component):
             for w in pair:
                 w.close()
 
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, downstream: bool = False
+    ) -> None:
         # Reading and writing are decoupled by a queue so that `delay_s` is latency (each
         # chunk leaves delay_s after it arrived), not a throughput limit.
         loop = asyncio.get_running_loop()
@@ -114,6 +119,8 @@ class TcpProxy(Component):
         try:
             with contextlib.suppress(OSError, asyncio.IncompleteReadError):
                 while data := await src.read(65536):
+                    if downstream and self.corrupt is not None:
+                        data = self.corrupt(data)
                     await queue.put((loop.time(), data))
                     if writer.done():
                         break

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from prometheus_client import CollectorRegistry, generate_latest
 
-from collector import kafka
+from collector import kafka, kafka_crc
 from collector.aggregate.dead_letter import DeadLetters, DeadRecord
 from collector.aggregate.frames import NS
 from collector.aggregate.heap import retain_freed_heap
@@ -156,6 +156,7 @@ class Aggregator(Component):
         self._started = True
         self._stopping.clear()
         retain_freed_heap(self.cfg.heap_retain_mb)
+        kafka_crc.install()  # fetched batches' CRCs checked in hardware (collector/kafka_crc.py)
         try:
             quiet = _QuietBootstrap()
             logging.getLogger("aiokafka").addFilter(quiet)  # our one line below names the address

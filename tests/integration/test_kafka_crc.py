@@ -1,0 +1,106 @@
+"""Record batch CRCs checked in hardware (collector/kafka_crc.py), against the real broker: a
+fetch whose bytes were flipped on the way is refused as aiokafka refuses it, nothing of it
+reaches the caller, and the next fetch after the damage stops brings the records intact."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CorruptRecordException
+
+from collector import kafka_crc
+from collector.broker import EmbeddedBroker, TopicSpec, free_port
+from tests.conftest import make_topic
+from tests.tcpproxy import TcpProxy
+from tests.waiting import eventually
+
+MARK = b"counter-values:" + bytes(range(256)) * 8
+
+
+@pytest.fixture
+def hardware_crc():  # type: ignore[no-untyped-def]
+    was = kafka_crc._original is not None
+    assert kafka_crc.install()
+    yield
+    if not was:
+        kafka_crc.uninstall()
+
+
+async def test_a_flipped_bit_on_the_wire_is_refused_and_the_refetch_is_intact(hardware_crc: None) -> None:
+    port = free_port("127.0.0.1")
+    async with TcpProxy("127.0.0.1", port) as proxy, EmbeddedBroker(
+        port=port, advertised_port=proxy.port, topics=(TopicSpec("crc", 1, 3_600_000),)
+    ):
+        bootstrap = f"127.0.0.1:{proxy.port}"
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for i in range(5):
+                await producer.send_and_wait("crc", MARK + bytes([i]), key=b"site")
+        finally:
+            await producer.stop()
+        flipped = 0
+
+        def flip_one_value_byte(chunk: bytes) -> bytes:
+            nonlocal flipped
+            at = chunk.find(MARK[:32])
+            if at < 0 or at + 100 >= len(chunk):
+                return chunk
+            flipped += 1
+            out = bytearray(chunk)
+            out[at + 100] ^= 0x10  # inside a record value: only the batch CRC can tell
+            return bytes(out)
+
+        proxy.corrupt = flip_one_value_byte
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            tp = TopicPartition("crc", 0)
+            consumer.assign([tp])
+            got: list[bytes] = []
+            refused = 0
+            for _ in range(20):  # bounded: a few fetches, each refused
+                try:
+                    batch = await consumer.getmany(tp, timeout_ms=500)
+                except CorruptRecordException:
+                    refused += 1
+                    if refused >= 2:
+                        break
+                    continue
+                got.extend(r.value for r in batch.get(tp, []))
+            assert refused >= 2
+            assert flipped >= 2
+            assert got == []  # nothing of a refused fetch came through
+            proxy.corrupt = None
+
+            async def intact() -> bool:
+                batch = await consumer.getmany(tp, timeout_ms=200)
+                got.extend(r.value for r in batch.get(tp, []))
+                return len(got) >= 5
+
+            assert await eventually(intact, within=20)
+            assert got == [MARK + bytes([i]) for i in range(5)]
+        finally:
+            await consumer.stop()
+
+
+async def test_the_aggregator_checks_crcs_in_hardware_once_started(broker: EmbeddedBroker) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from collector.aggregate.service import Aggregator
+    from collector.config import load_settings
+
+    topic = await make_topic(broker, 1)
+    was = kafka_crc._original is not None
+    kafka_crc.uninstall()
+    try:
+        settings = load_settings(
+            kafka={"topic": topic, "dead_letter_topic": topic + ".dlq"},
+            aggregate={"metrics_listen": "", "group_id": f"g-{topic}", "state_topic": f"{topic}.state"},
+        )
+        async with Aggregator(settings, bootstrap=broker.bootstrap, registry=CollectorRegistry()) as agg:
+            assert kafka_crc._original is not None
+            assert await eventually(lambda: 0 in agg.states, within=30)
+    finally:
+        if not was:
+            kafka_crc.uninstall()
