@@ -28,8 +28,9 @@ def hardware_crc():  # type: ignore[no-untyped-def]
 
 async def test_a_flipped_bit_on_the_wire_is_refused_and_the_refetch_is_intact(hardware_crc: None) -> None:
     port = free_port("127.0.0.1")
-    async with TcpProxy("127.0.0.1", port) as proxy, EmbeddedBroker(
-        port=port, advertised_port=proxy.port, topics=(TopicSpec("crc", 1, 3_600_000),)
+    async with (
+        TcpProxy("127.0.0.1", port) as proxy,
+        EmbeddedBroker(port=port, advertised_port=proxy.port, topics=(TopicSpec("crc", 1, 3_600_000),)),
     ):
         bootstrap = f"127.0.0.1:{proxy.port}"
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
