@@ -404,3 +404,23 @@ async def http_request(
     status_line, *header_lines = head.decode().split("\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
     return int(status_line.split()[1]), headers, body
+
+
+def aggregator_settings(topic: str, dlq: str, **agg: object):  # type: ignore[no-untyped-def]
+    """Settings of an aggregator under test: its own group and state topic, /metrics on a free
+    loopback port, a short session and checkpoint interval, no idle closes."""
+    from collector.config import load_settings
+
+    return load_settings(
+        kafka={"topic": topic, "dead_letter_topic": dlq},
+        aggregate={
+            "metrics_listen": "127.0.0.1:0",
+            "group_id": f"g-{topic}",
+            "state_topic": f"{topic}.state",
+            "idle_timeout_s": 3600.0,
+            "checkpoint_interval_s": 0.5,
+            "session_timeout_ms": 3000,
+            "heartbeat_interval_ms": 500,
+            **agg,
+        },
+    )

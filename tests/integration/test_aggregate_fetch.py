@@ -10,8 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from collector.aggregate.service import Aggregator
 from collector.broker import EmbeddedBroker
-from collector.config import load_settings
-from tests.aggregate_support import make_fleet, produce
+from tests.aggregate_support import aggregator_settings, make_fleet, produce
 from tests.conftest import make_topic
 from tests.waiting import eventually
 
@@ -21,15 +20,7 @@ async def test_the_next_fetch_is_asked_for_before_a_poll_is_processed(broker: Em
     dlq = await make_topic(broker, 1, prefix="dlq")
     fleet = make_fleet(n_batches=40)
     sites = dict.fromkeys({site for site, _ in fleet.records}, 0)
-    settings = load_settings(
-        kafka={"topic": topic, "dead_letter_topic": dlq},
-        aggregate={
-            "metrics_listen": "",
-            "group_id": f"g-{topic}",
-            "state_topic": f"{topic}.state",
-            "idle_timeout_s": 3600.0,
-        },
-    )
+    settings = aggregator_settings(topic, dlq, metrics_listen="")
     events: list[tuple[str, int, int]] = []  # ("fetch", offset, 0) / ("process", first, last)
     agg = Aggregator(settings, bootstrap=broker.bootstrap, registry=CollectorRegistry())
     process = agg._process

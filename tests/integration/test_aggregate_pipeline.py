@@ -23,8 +23,10 @@ from prometheus_client import CollectorRegistry
 from collector.aggregate.service import Aggregator
 from collector.aggregate.window_log import window_records
 from collector.broker import EmbeddedBroker, TopicSpec, free_port
-from collector.config import load_settings
 from collector.errors import BrokerError
+from tests.aggregate_support import (
+    aggregator_settings as _settings,
+)
 from tests.aggregate_support import (
     final_boundary,
     http_request,
@@ -39,22 +41,6 @@ from tests.waiting import eventually
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 SITES = (("jp-tokyo-01", "JP", "Kanto"), ("us-nyc-01", "US", "us-east"))
-
-
-def _settings(topic: str, dlq: str, **agg: object):  # type: ignore[no-untyped-def]
-    return load_settings(
-        kafka={"topic": topic, "dead_letter_topic": dlq},
-        aggregate={
-            "metrics_listen": "127.0.0.1:0",
-            "group_id": f"g-{topic}",
-            "state_topic": f"{topic}.state",
-            "idle_timeout_s": 3600.0,
-            "checkpoint_interval_s": 0.5,
-            "session_timeout_ms": 3000,
-            "heartbeat_interval_ms": 500,
-            **agg,
-        },
-    )
 
 
 async def test_windows_equal_truth_poison_to_dlq_and_promtool_passes(broker: EmbeddedBroker) -> None:

@@ -10,6 +10,7 @@ from aiokafka.errors import CorruptRecordException
 
 from collector import kafka_crc
 from collector.broker import EmbeddedBroker, TopicSpec, free_port
+from tests.aggregate_support import aggregator_settings
 from tests.conftest import make_topic
 from tests.tcpproxy import TcpProxy
 from tests.waiting import eventually
@@ -89,16 +90,12 @@ async def test_the_aggregator_checks_crcs_in_hardware_once_started(broker: Embed
     from prometheus_client import CollectorRegistry
 
     from collector.aggregate.service import Aggregator
-    from collector.config import load_settings
 
     topic = await make_topic(broker, 1)
     was = kafka_crc._original is not None
     kafka_crc.uninstall()
     try:
-        settings = load_settings(
-            kafka={"topic": topic, "dead_letter_topic": topic + ".dlq"},
-            aggregate={"metrics_listen": "", "group_id": f"g-{topic}", "state_topic": f"{topic}.state"},
-        )
+        settings = aggregator_settings(topic, topic + ".dlq", metrics_listen="")
         async with Aggregator(settings, bootstrap=broker.bootstrap, registry=CollectorRegistry()) as agg:
             assert kafka_crc._original is not None
             assert await eventually(lambda: 0 in agg.states, within=30)
