@@ -61,9 +61,8 @@ def encode(st: PartitionState) -> bytes:
             "speed": reg.link_speed[:n],
             "tot_hi": reg.total_hi[:n],
             "tot_lo": reg.total_lo[:n],
-            "labels": [list(k[2]) if k is not None else None for k in reg.keys],
+            "labels": reg.labels_column(),
         },
-        schema_overrides={"labels": pl.List(pl.String)},
     )
     for k in range(st.tiers.count):
         frames[f"cpanes_{k}"] = st.counter_panes[k]

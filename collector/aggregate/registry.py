@@ -116,6 +116,7 @@ class SeriesRegistry:
         self.total_lo = np.zeros(0, np.uint64)
         self.carry = Carry.empty(0)  # each counter series' previous sample
         self._meta: pl.DataFrame | None = None
+        self._labels: pl.Series | None = None  # labels_column(), until a series comes or goes
         self._tables: dict[tuple[int, str, bytes], Table] = {}
 
     # ------------------------------------------------------------------ sites
@@ -190,7 +191,7 @@ class SeriesRegistry:
         for k in keys:
             if k is not None and k[1] == SPEED_METRIC:  # a new speed series: its link's counters look again
                 self._unresolve_link(k)
-        self._meta = None
+        self._meta = self._labels = None
 
     def _unresolve_link(self, speed_key: SeriesKey) -> None:
         """The link counters sharing a speed series' site and labels look it up again."""
@@ -242,7 +243,7 @@ class SeriesRegistry:
         self.sample_count[ids] = 0
         self.carry.has[ids] = False
         self._tables.clear()  # cached tables may map to freed ids
-        self._meta = None
+        self._meta = self._labels = None
 
     def drop_restored(self, sids: list[int]) -> None:
         """Restored series whose metric left the catalogue (restore only; already not live
@@ -255,7 +256,7 @@ class SeriesRegistry:
         self.total_lo[idx] = 0
         for site in {int(self.site_of[i]) for i in sids}:
             self.sites[site].series -= int(np.count_nonzero(self.site_of[idx] == site))
-        self._meta = None
+        self._meta = self._labels = None
 
     # ------------------------------------------------------------------ processed samples
     def note_link_speeds(self, speeds: tuple[np.ndarray, ...]) -> None:
@@ -438,6 +439,38 @@ class SeriesRegistry:
         return t
 
     # ------------------------------------------------------------------ labels
+    def labels_column(self) -> pl.Series:
+        """Each series id's entity label values as a List(String) column (null for a free id),
+        for the checkpoint. Built from one flat string column and a group-by - a Python list
+        per series made Polars infer each element: 0.73 s for 71,620 series against 0.08 s -
+        and kept until a series is added or released."""
+        keys = self.keys
+        if self._labels is not None and len(self._labels) == len(keys):
+            return self._labels
+        n = len(keys)
+        lens = np.fromiter((len(k[2]) if k is not None else 0 for k in keys), np.int64, n)
+        flat = pl.Series("labels", [v for k in keys if k is not None for v in k[2]], dtype=pl.String)
+        grouped = (
+            pl.DataFrame({"i": np.repeat(np.arange(n), lens), "labels": flat})
+            .group_by("i", maintain_order=True)
+            .agg("labels")
+        )
+        col = (
+            pl.DataFrame({"i": np.arange(n)})
+            .join(grouped, on="i", how="left", maintain_order="left")
+            .get_column("labels")
+        )
+        no_labels = np.fromiter((k is not None and not k[2] for k in keys), bool, n)
+        if no_labels.any():  # a series of a metric without entity labels: [] (not a free id)
+            empty = pl.lit([], dtype=pl.List(pl.String))
+            col = (
+                pl.DataFrame({"labels": col, "none": no_labels})
+                .select(pl.when(pl.col("none")).then(empty).otherwise(pl.col("labels")).alias("labels"))
+                .get_column("labels")
+            )
+        self._labels = col.cast(pl.List(pl.String))
+        return self._labels
+
     def series_meta(self) -> pl.DataFrame:
         """sid -> site index, metric index and entity label values (live series only)."""
         if self._meta is None:
