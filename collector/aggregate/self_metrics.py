@@ -25,6 +25,16 @@ class SelfMetrics:
             ["reason"],
             registry=registry,
         )
+        self.consumer_errors = Counter(
+            p + "consumer_errors",
+            "Kafka errors of the consume loop, each retried after a backoff, by reason: "
+            "corrupt_batch (a fetched record batch failed its CRC32C; it is fetched again and "
+            "nothing of it is processed), connection, other.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("corrupt_batch", "connection", "other"):  # 0 from the start
+            self.consumer_errors.labels(reason)
         self.dead_letters = Counter(
             p + "dead_letter_records", "Records copied to the dead-letter topic.", registry=registry
         )

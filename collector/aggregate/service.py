@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import CorruptRecordException, KafkaConnectionError, KafkaError
 from prometheus_client import CollectorRegistry, generate_latest
 
 from collector import kafka, kafka_crc
@@ -433,7 +433,15 @@ class Aggregator(Component):
             except KafkaError as exc:
                 delay = backoff_delay(failures, _CONSUMER_RETRY_S, _CONSUMER_RETRY_MAX_S)
                 failures += 1
-                log.warning("consumer error, retrying in %.1fs: %s", delay, exc)
+                reason = (
+                    "corrupt_batch"
+                    if isinstance(exc, CorruptRecordException)
+                    else "connection"
+                    if isinstance(exc, KafkaConnectionError)
+                    else "other"
+                )
+                self.metrics.consumer_errors.labels(reason).inc()
+                log.warning("consumer error (%s), retrying in %.1fs: %r", reason, delay, exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
 

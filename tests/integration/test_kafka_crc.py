@@ -102,3 +102,56 @@ async def test_the_aggregator_checks_crcs_in_hardware_once_started(broker: Embed
     finally:
         if not was:
             kafka_crc.uninstall()
+
+
+async def test_the_aggregator_counts_a_corrupt_fetch_processes_nothing_of_it_and_goes_on() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from collector.aggregate.service import Aggregator
+    from tests.aggregate_support import make_fleet, produce
+
+    fleet = make_fleet(n_batches=20)
+    sites = dict.fromkeys({site for site, _ in fleet.records}, 0)
+    port = free_port("127.0.0.1")
+    async with TcpProxy("127.0.0.1", port) as proxy:
+        topics = tuple(TopicSpec(t, 1, 3_600_000) for t in ("agg", "agg.dlq"))
+        async with EmbeddedBroker(port=port, advertised_port=proxy.port, topics=topics):
+            bootstrap = f"127.0.0.1:{proxy.port}"
+            end = (await produce(bootstrap, "agg", fleet.records, sites))[0]
+            site = next(iter(sites)).encode()
+
+            def flip_in_a_record(chunk: bytes) -> bytes:
+                at = chunk.find(site)  # a record key or value: inside a batch's CRC
+                if at < 0:
+                    return chunk
+                out = bytearray(chunk)
+                out[at] ^= 0x01
+                return bytes(out)
+
+            proxy.corrupt = flip_in_a_record
+            registry = CollectorRegistry()
+            settings = aggregator_settings("agg", "agg.dlq", metrics_listen="")
+            async with Aggregator(settings, bootstrap=bootstrap, registry=registry) as agg:
+
+                def corrupt_batches() -> float:
+                    v = registry.get_sample_value(
+                        "collector_aggregate_consumer_errors_total", {"reason": "corrupt_batch"}
+                    )
+                    return v or 0.0
+
+                assert await eventually(lambda: corrupt_batches() >= 2, within=30)
+                assert agg.states[0].records == 0  # nothing of a refused fetch was processed
+                proxy.corrupt = None
+                assert await eventually(lambda: agg.states[0].next_offset == end, within=30)
+                assert agg.states[0].records == end
+                refused = [
+                    s.value
+                    for m in registry.collect()
+                    if m.name == "collector_aggregate_decode_errors"
+                    for s in m.samples
+                    if s.name.endswith("_total")
+                ]
+                assert sum(refused) == 0  # no damaged record reached the decoder
+                assert sum(s.samples for s in agg.states[0].sites) == sum(
+                    len(v) for v in fleet.counted.values()
+                )
