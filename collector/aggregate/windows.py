@@ -94,20 +94,15 @@ def roll_columns(
         return None
     p = pane[rows]
     if newest:
-        s_rows = panes["sid"].to_numpy()[rows].astype(np.int64)
-        top = np.full(int(s_rows.max()) + 1, np.iinfo(np.int64).min, np.int64)
-        np.maximum.at(top, s_rows, p)  # each series' newest pane
-        end_of = np.minimum(top[s_rows] + n, last_end)  # >= first_end: p >= first_end - n
+        # each series' newest pane, + n: its newest end
+        end_of = np.minimum(_series_max(panes, rows, p) + n, last_end)  # >= first_end: p >= first_end - n
         mine = p >= end_of - n  # the panes of the series' newest window
         rows, p, first = rows[mine], p[mine], end_of[mine]
         cnt = np.ones(len(p), np.int64)
     elif tumbling:
         first = (p // n + 1) * n
         if since is not None and int(first.min()) < since:
-            s_rows = panes["sid"].to_numpy()[rows].astype(np.int64)
-            top = np.full(int(s_rows.max()) + 1, np.iinfo(np.int64).min, np.int64)
-            np.maximum.at(top, s_rows, first)  # each series' newest end
-            mine = (first >= since) | (first == top[s_rows])
+            mine = (first >= since) | (first == _series_max(panes, rows, first))  # or the series' newest end
             rows, p, first = rows[mine], p[mine], first[mine]
         cnt = np.ones(len(p), np.int64)
     else:
@@ -160,6 +155,15 @@ def roll_columns(
         # kept in (series, end) order, which the next roll's stable sort merges cheaply
         return cols
     return _end_major(cols)
+
+
+def _series_max(panes: pl.DataFrame, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """For each of `rows` (pane rows), the largest `x` (int64, one per row) among the rows of
+    its series."""
+    sid = panes["sid"].to_numpy()[rows].astype(np.int64)
+    top = np.full(int(sid.max()) + 1, np.iinfo(np.int64).min, np.int64)
+    np.maximum.at(top, sid, x)
+    return top[sid]
 
 
 def _end_major(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
