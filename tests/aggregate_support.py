@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
+
+if TYPE_CHECKING:
+    from collector.config import Settings
 
 NS = 1_000_000_000
 
@@ -406,13 +410,21 @@ async def http_request(
     return int(status_line.split()[1]), headers, body
 
 
-def aggregator_settings(topic: str, dlq: str, **agg: object):  # type: ignore[no-untyped-def]
+def aggregator_settings(
+    topic: str,
+    dlq: str,
+    kafka: dict[str, object] | None = None,
+    broker: dict[str, object] | None = None,
+    **agg: object,
+) -> Settings:
     """Settings of an aggregator under test: its own group and state topic, /metrics on a free
-    loopback port, a short session and checkpoint interval, no idle closes."""
+    loopback port, a short session and checkpoint interval, no idle closes. `kafka` and
+    `broker`: more keys of those sections."""
     from collector.config import load_settings
 
+    sections: dict[str, Any] = {} if broker is None else {"broker": broker}
     return load_settings(
-        kafka={"topic": topic, "dead_letter_topic": dlq},
+        kafka={"topic": topic, "dead_letter_topic": dlq, **(kafka or {})},
         aggregate={
             "metrics_listen": "127.0.0.1:0",
             "group_id": f"g-{topic}",
@@ -423,4 +435,5 @@ def aggregator_settings(topic: str, dlq: str, **agg: object):  # type: ignore[no
             "heartbeat_interval_ms": 500,
             **agg,
         },
+        **sections,
     )

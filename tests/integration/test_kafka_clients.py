@@ -29,12 +29,12 @@ from prometheus_client import CollectorRegistry
 from collector import kafka
 from collector.aggregate.service import Aggregator
 from collector.broker import find_tansu, free_port
-from collector.config import Settings, load_settings
+from collector.config import Settings
 from collector.devcerts import DevCerts
 from collector.errors import BrokerError
 from collector.ingest.producer import KafkaWriter
 from collector.run import ensure_topics
-from tests.aggregate_support import NS, SeriesDef, make_batch
+from tests.aggregate_support import NS, SeriesDef, aggregator_settings, make_batch
 from tests.waiting import eventually
 
 T0 = 1_764_000_000 * NS
@@ -112,24 +112,16 @@ def _settings(certs: DevCerts, topic: str, **tls: object) -> Settings:
         "ssl_keyfile": str(certs.client_key),
         **tls,
     }
-    return load_settings(
+    return aggregator_settings(
+        topic,
+        f"{topic}.dlq",
         kafka={
-            "topic": topic,
-            "dead_letter_topic": f"{topic}.dlq",
             "request_timeout_ms": 15_000,
             "produce_timeout_s": 30,  # roomy: the gate runs on a loaded machine
             **kafka_tls,
         },
         broker={"partitions": 2},
-        aggregate={
-            "metrics_listen": "",
-            "group_id": f"g-{topic}",
-            "state_topic": f"{topic}.state",
-            "idle_timeout_s": 3600.0,
-            "checkpoint_interval_s": 0.5,
-            "session_timeout_ms": 3000,
-            "heartbeat_interval_ms": 500,
-        },
+        metrics_listen="",
     )
 
 

@@ -409,13 +409,18 @@ def _pane_frames(
     return cp, gp
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    rows=st.lists(
-        st.tuples(st.integers(0, 12), st.integers(0, 20), st.integers(0, 2**40), st.floats(-1e6, 1e6)),
+def _pane_rows(max_pane: int) -> st.SearchStrategy[list[tuple[int, int, int, float]]]:
+    """(sid, pane, increase, gauge value) rows for _pane_frames, one per (sid, pane)."""
+    return st.lists(
+        st.tuples(st.integers(0, 12), st.integers(0, max_pane), st.integers(0, 2**40), st.floats(-1e6, 1e6)),
         max_size=50,
         unique_by=lambda r: (r[0], r[1]),
-    ),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=_pane_rows(max_pane=20),
     n=st.sampled_from([1, 2, 5, 6]),
     lo=st.integers(0, 24),
     span=st.integers(0, 8),
@@ -469,11 +474,7 @@ def test_a_site_that_stops_mid_close_gets_the_same_windows_with_or_without_the_l
 
 @settings(max_examples=200, deadline=None)
 @given(
-    rows=st.lists(
-        st.tuples(st.integers(0, 12), st.integers(0, 40), st.integers(0, 2**40), st.floats(-1e6, 1e6)),
-        max_size=50,
-        unique_by=lambda r: (r[0], r[1]),
-    ),
+    rows=_pane_rows(max_pane=40),
     n=st.sampled_from([1, 5, 6]),
     since=st.integers(0, 48),
 )
