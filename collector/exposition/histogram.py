@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from collector.exposition.render import FamilyText, escape_help, escape_label, format_value
+from collector.exposition.render import FamilyText, escape_help, format_value, label_text
 
 _ORDER = "__order"
 
@@ -90,7 +90,7 @@ def render_histogram(fam: FamilyText, frame: pl.DataFrame) -> str:
         for i, lb in enumerate(keys):
             parts += [
                 pl.lit(("{" if i == 0 else ",") + lb + '="'),
-                escape_label(pl.col(lb).fill_null("")),
+                label_text(frame, lb),  # (frame: every label value the lines below carry)
                 pl.lit('"'),
             ]
         if extra is not None:
