@@ -136,9 +136,14 @@ async def send_all(
     rtask = asyncio.create_task(reader())
     try:
         async with asyncio.timeout(timeout_s):
-            for p in payloads:
-                await call.write(p)
-            await call.done_writing()
+            # The ingest sends its initial metadata once it admits the stream: a refused one
+            # is over by then, and its status is read rather than raced by a write (which
+            # fails in the client as INTERNAL "Failed execute_batch", the status lost).
+            await call.initial_metadata()
+            if not call.done():
+                for p in payloads:
+                    await call.write(p)
+                await call.done_writing()
             await rtask
     finally:
         if not rtask.done():

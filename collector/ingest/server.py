@@ -416,6 +416,10 @@ class IngestServer(Component):
     ) -> AsyncIterator[pb.Ack]:
         site, token = await self._authenticate(context)
         await self._admit_stream(site, context)
+        # Admitted: say so now rather than with the first ack. A client that waits for the
+        # initial metadata before writing reads a refusal's own status and trailers (above);
+        # one that writes at once may see its write fail with gRPC's INTERNAL instead.
+        await context.send_initial_metadata(())
         st = _StreamState(site=site, peer=context.peer(), token=token)
         if site is not None:
             self._site_streams[site] = self._site_streams.get(site, 0) + 1

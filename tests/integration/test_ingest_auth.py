@@ -31,6 +31,36 @@ from tests.ingest_support import (
 )
 
 
+async def test_a_stream_learns_admission_before_its_first_write(
+    broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path
+) -> None:
+    """The ingest sends its initial metadata once it takes a stream: a client that waits for it
+    before writing reads each refusal's own status and trailers, never a write error."""
+    s = await started(
+        ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker), max_streams_per_site=1)
+    )
+    try:
+        async with channel(s.port, certs) as ch:
+            taken = stream_call(ch, token_for("jp-tokyo-01"))
+            await asyncio.wait_for(taken.initial_metadata(), 30)  # nothing written yet
+            assert not taken.done()
+            for token, code in (
+                (None, grpc.StatusCode.UNAUTHENTICATED),
+                ("not-a-token-0123456789", grpc.StatusCode.UNAUTHENTICATED),
+                (token_for("jp-tokyo-01"), grpc.StatusCode.RESOURCE_EXHAUSTED),  # its one slot
+            ):
+                call = stream_call(ch, token)
+                await asyncio.wait_for(call.initial_metadata(), 30)
+                assert call.done()
+                assert await call.code() == code
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    assert dict(await call.trailing_metadata() or ()).get("retry-after-ms")
+            await taken.done_writing()
+            assert await taken.code() == grpc.StatusCode.OK
+    finally:
+        await s.stop()
+
+
 async def test_token_file_is_hot_reloaded(broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path) -> None:
     s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker)))
     assert s.tokens is not None
