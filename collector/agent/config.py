@@ -74,6 +74,15 @@ class IngestTargetSettings(_Section):
     connect_timeout_s: float = Field(
         10.0, gt=0, description="How long one connection attempt may take before it counts as failed."
     )
+    admission_wait_s: float = Field(
+        2.0,
+        ge=0,
+        description="How long a new stream waits for the ingest "
+        "to say it took the stream (its initial metadata) before the first batch is "
+        "written. A refused stream then ends with its own status and retry hint, not with "
+        "a failed write; an ingest that says nothing before its first ack (releases before "
+        "this setting) is written to once the wait is over. 0: write at once.",
+    )
     ack_timeout_s: float = Field(
         60.0,
         gt=0,

@@ -332,6 +332,17 @@ class Sender:
     async def _write_loop(self, call: Any) -> None:
         loop = asyncio.get_running_loop()
         window = self.settings.window
+        if self.settings.admission_wait_s > 0:
+            # The ingest sends its initial metadata once it takes the stream. A refused
+            # stream is over by then: write nothing, and the reader gets the refusal's own
+            # status and retry hint rather than the INTERNAL of a write racing it.
+            admitted = asyncio.ensure_future(call.initial_metadata())
+            try:
+                await asyncio.wait({admitted}, timeout=self.settings.admission_wait_s)
+            finally:
+                admitted.cancel()
+            if call.done():
+                return
         while True:
             now = loop.time()
             if self._retry_at > now:

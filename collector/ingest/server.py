@@ -390,6 +390,13 @@ class IngestServer(Component):
             md = (("retry-after-ms", str(retry_after_ms)), ("grpc-retry-pushback-ms", str(retry_after_ms)))
         await context.abort(code, details, trailing_metadata=md)
 
+    async def _admitted(self, context: aio.ServicerContext) -> None:
+        """Say that the stream is taken now rather than with its first ack: a client that
+        waits for the initial metadata before writing reads a refusal's own status and
+        trailers (`_refuse`); one that writes at once may see its write fail with gRPC's
+        INTERNAL instead."""
+        await context.send_initial_metadata(())
+
     async def _admit_stream(self, site: str | None, context: aio.ServicerContext) -> None:
         """The global and the per-site stream limits; refuse with RESOURCE_EXHAUSTED."""
         hint = self.cfg.retry_after_ms
@@ -416,10 +423,7 @@ class IngestServer(Component):
     ) -> AsyncIterator[pb.Ack]:
         site, token = await self._authenticate(context)
         await self._admit_stream(site, context)
-        # Admitted: say so now rather than with the first ack. A client that waits for the
-        # initial metadata before writing reads a refusal's own status and trailers (above);
-        # one that writes at once may see its write fail with gRPC's INTERNAL instead.
-        await context.send_initial_metadata(())
+        await self._admitted(context)
         st = _StreamState(site=site, peer=context.peer(), token=token)
         if site is not None:
             self._site_streams[site] = self._site_streams.get(site, 0) + 1

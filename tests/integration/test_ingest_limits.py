@@ -294,6 +294,87 @@ async def test_the_agent_waits_out_a_refused_stream_and_delivers_when_a_slot_fre
         await s.stop()
 
 
+async def test_the_agent_writes_nothing_on_a_refused_stream_and_reads_its_status(
+    broker: EmbeddedBroker,
+    certs: DevCerts,
+    tmp_path: Path,
+) -> None:
+    from collector.agent.config import AgentSettings, LinkSourceSettings
+    from collector.agent.pipeline import AgentPipeline
+    from collector.agent.sources import collect_once
+    from collector.agent.sources.link import LinkSource
+    from tests.agent_support import SITE, agent_tls
+
+    s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker)))
+    spool = tmp_path / "spool"
+    agent = AgentSettings.model_validate(
+        {
+            "ingest": agent_tls(
+                certs, f"127.0.0.1:{s.port}", "not-a-token-0123456789", server_name="localhost"
+            ),
+            "spool": {"dir": str(spool)},
+        }
+    )
+    link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 2}))
+    try:
+        async with AgentPipeline(
+            agent, agent_id="agent-bad-token", site=SITE, boot_id="b", spool_dir=spool
+        ) as p:
+            await collect_once(link, p)
+            assert await eventually(lambda: p.stats.stream_failures >= 3, within=30), p.stats
+            # the agent waited for the ingest to take each stream: nothing was written on
+            # the refused ones, and the refusal's own status (not a write error) is what it read
+            assert p.stats.sent == 0, p.stats
+            assert (p.sender.last_error or "").startswith("UNAUTHENTICATED"), p.sender.last_error
+            assert len(p.spool) == 1
+    finally:
+        await s.stop()
+
+
+async def test_the_agent_delivers_to_an_ingest_that_says_nothing_before_its_first_ack(
+    broker: EmbeddedBroker,
+    certs: DevCerts,
+    tmp_path: Path,
+) -> None:
+    """An ingest of a release before admission metadata: the agent writes once
+    agent.ingest.admission_wait_s is over."""
+    from collector.agent.config import AgentSettings, LinkSourceSettings
+    from collector.agent.pipeline import AgentPipeline
+    from collector.agent.sources import collect_once
+    from collector.agent.sources.link import LinkSource
+    from tests.agent_support import SITE, agent_tls
+
+    class SilentIngest(IngestServer):
+        async def _admitted(self, context: grpc.aio.ServicerContext) -> None:
+            pass
+
+    s = SilentIngest(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker)))
+    await s.start()
+    spool = tmp_path / "spool"
+    agent = AgentSettings.model_validate(
+        {
+            "ingest": agent_tls(
+                certs,
+                f"127.0.0.1:{s.port}",
+                token_for(SITE.site_id),
+                server_name="localhost",
+                admission_wait_s=0.2,
+            ),
+            "spool": {"dir": str(spool)},
+        }
+    )
+    link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 2}))
+    try:
+        async with AgentPipeline(
+            agent, agent_id="agent-old-ingest", site=SITE, boot_id="b", spool_dir=spool
+        ) as p:
+            await collect_once(link, p)
+            assert await p.wait_drained(30.0), p.stats
+            assert (p.stats.acked, p.stats.stream_failures) == (1, 0), p.stats
+    finally:
+        await s.stop()
+
+
 async def test_a_stream_cancelled_while_waiting_for_budget_returns_its_site_slot(
     own_broker: EmbeddedBroker,
     certs: DevCerts,
