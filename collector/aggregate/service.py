@@ -485,7 +485,8 @@ class Aggregator(Component):
         dead: list[DeadRecord] = []
         now = time.monotonic()
         for tp, records in batch.items():
-            st = self.states.get(tp.partition)
+            p = tp.partition
+            st = self.states.get(p)
             if st is None or tp.topic != self.topic:
                 continue
             if st.next_offset is not None and records and records[0].offset < st.next_offset:
@@ -494,7 +495,6 @@ class Aggregator(Component):
             if not records:
                 continue
             rows = [(r.offset, r.value, r.headers) for r in records]
-            p = tp.partition
             pos = n_ok = 0
             while True:
                 # a close once about max_close_samples samples came in since the last one
@@ -510,9 +510,9 @@ class Aggregator(Component):
                     self._advance(p, st, time.time_ns(), now)
                 if pos >= len(rows):
                     break
-            self.metrics.records.labels(str(tp.partition)).inc(len(records))
+            self.metrics.records.labels(str(p)).inc(len(records))
             self.metrics.samples.inc(n_ok)
-            self._last_record_wall[tp.partition] = now
+            self._last_record_wall[p] = now
         wall_ns = time.time_ns()
         for p, st in self.states.items():
             idle = now - self._last_record_wall.get(p, now) - self.cfg.idle_timeout_s
