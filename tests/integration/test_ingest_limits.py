@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -41,6 +42,36 @@ def _value(s: IngestServer, name: str, **labels: str) -> float:
 
 def _trailer(err: grpc.aio.AioRpcError, key: str) -> str | None:
     return dict(err.trailing_metadata() or ()).get(key)  # type: ignore[arg-type]
+
+
+def _agent(
+    s: IngestServer, certs: DevCerts, tmp_path: Path, agent_id: str, token: str | None = None, **ingest: Any
+) -> Any:
+    """An AgentPipeline of tests.agent_support.SITE sending to `s` with the site's token (or
+    `token`), spooling under tmp_path; `ingest`: more agent.ingest settings."""
+    from collector.agent.config import AgentSettings
+    from collector.agent.pipeline import AgentPipeline
+    from tests.agent_support import SITE, agent_tls
+
+    spool = tmp_path / "spool"
+    target = f"127.0.0.1:{s.port}"
+    agent = AgentSettings.model_validate(
+        {
+            "ingest": agent_tls(
+                certs, target, token or token_for(SITE.site_id), server_name="localhost", **ingest
+            ),
+            "spool": {"dir": str(spool)},
+        }
+    )
+    return AgentPipeline(agent, agent_id=agent_id, site=SITE, boot_id="b", spool_dir=spool)
+
+
+def _links(n: int) -> Any:
+    """A synthetic link source of n links."""
+    from collector.agent.config import LinkSourceSettings
+    from collector.agent.sources.link import LinkSource
+
+    return LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": n}))
 
 
 async def _open(ch: aio.Channel, site: str, seq: int) -> aio.StreamStreamCall:
@@ -248,11 +279,8 @@ async def test_the_agent_waits_out_a_refused_stream_and_delivers_when_a_slot_fre
     certs: DevCerts,
     tmp_path: Path,
 ) -> None:
-    from collector.agent.config import AgentSettings, LinkSourceSettings
-    from collector.agent.pipeline import AgentPipeline
     from collector.agent.sources import collect_once
-    from collector.agent.sources.link import LinkSource
-    from tests.agent_support import SITE, agent_tls
+    from tests.agent_support import SITE
 
     s = await started(
         ingest_settings(
@@ -264,22 +292,11 @@ async def test_the_agent_waits_out_a_refused_stream_and_delivers_when_a_slot_fre
             retry_after_ms=200,
         )
     )
-    spool = tmp_path / "spool"
-    agent = AgentSettings.model_validate(
-        {
-            "ingest": agent_tls(
-                certs, f"127.0.0.1:{s.port}", token_for(SITE.site_id), server_name="localhost"
-            ),
-            "spool": {"dir": str(spool)},
-        }
-    )
-    link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 3}))
+    link = _links(3)
     try:
         async with channel(s.port, certs) as ch:
             holder = await _open(ch, SITE.site_id, 10**6)  # another client holds the one slot
-            async with AgentPipeline(
-                agent, agent_id="agent-refused", site=SITE, boot_id="b", spool_dir=spool
-            ) as p:
+            async with _agent(s, certs, tmp_path, "agent-refused") as p:
                 await collect_once(link, p)
                 assert await eventually(
                     lambda: "max_streams_per_site" in (p.sender.last_error or ""), within=30
@@ -299,27 +316,12 @@ async def test_the_agent_writes_nothing_on_a_refused_stream_and_reads_its_status
     certs: DevCerts,
     tmp_path: Path,
 ) -> None:
-    from collector.agent.config import AgentSettings, LinkSourceSettings
-    from collector.agent.pipeline import AgentPipeline
     from collector.agent.sources import collect_once
-    from collector.agent.sources.link import LinkSource
-    from tests.agent_support import SITE, agent_tls
 
     s = await started(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker)))
-    spool = tmp_path / "spool"
-    agent = AgentSettings.model_validate(
-        {
-            "ingest": agent_tls(
-                certs, f"127.0.0.1:{s.port}", "not-a-token-0123456789", server_name="localhost"
-            ),
-            "spool": {"dir": str(spool)},
-        }
-    )
-    link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 2}))
+    link = _links(2)
     try:
-        async with AgentPipeline(
-            agent, agent_id="agent-bad-token", site=SITE, boot_id="b", spool_dir=spool
-        ) as p:
+        async with _agent(s, certs, tmp_path, "agent-bad-token", token="not-a-token-0123456789") as p:
             await collect_once(link, p)
             assert await eventually(lambda: p.stats.stream_failures >= 3, within=30), p.stats
             # the agent waited for the ingest to take each stream: nothing was written on
@@ -338,11 +340,7 @@ async def test_the_agent_delivers_to_an_ingest_that_says_nothing_before_its_firs
 ) -> None:
     """An ingest of a release before admission metadata: the agent writes once
     agent.ingest.admission_wait_s is over."""
-    from collector.agent.config import AgentSettings, LinkSourceSettings
-    from collector.agent.pipeline import AgentPipeline
     from collector.agent.sources import collect_once
-    from collector.agent.sources.link import LinkSource
-    from tests.agent_support import SITE, agent_tls
 
     class SilentIngest(IngestServer):
         async def _admitted(self, context: grpc.aio.ServicerContext) -> None:
@@ -350,24 +348,9 @@ async def test_the_agent_delivers_to_an_ingest_that_says_nothing_before_its_firs
 
     s = SilentIngest(ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker)))
     await s.start()
-    spool = tmp_path / "spool"
-    agent = AgentSettings.model_validate(
-        {
-            "ingest": agent_tls(
-                certs,
-                f"127.0.0.1:{s.port}",
-                token_for(SITE.site_id),
-                server_name="localhost",
-                admission_wait_s=0.2,
-            ),
-            "spool": {"dir": str(spool)},
-        }
-    )
-    link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 2}))
+    link = _links(2)
     try:
-        async with AgentPipeline(
-            agent, agent_id="agent-old-ingest", site=SITE, boot_id="b", spool_dir=spool
-        ) as p:
+        async with _agent(s, certs, tmp_path, "agent-old-ingest", admission_wait_s=0.2) as p:
             await collect_once(link, p)
             assert await p.wait_drained(30.0), p.stats
             assert (p.stats.acked, p.stats.stream_failures) == (1, 0), p.stats
@@ -420,11 +403,7 @@ async def test_the_agent_reopens_an_idle_stream_quietly_and_keeps_delivering(
     certs: DevCerts,
     tmp_path: Path,
 ) -> None:
-    from collector.agent.config import AgentSettings, LinkSourceSettings
-    from collector.agent.pipeline import AgentPipeline
     from collector.agent.sources import collect_once
-    from collector.agent.sources.link import LinkSource
-    from tests.agent_support import SITE, agent_tls
 
     # The second batch is written just after the agent reopened its stream, a whole idle
     # timeout before the ingest would end that one: a batch written while the ingest is
@@ -435,18 +414,9 @@ async def test_the_agent_reopens_an_idle_stream_quietly_and_keeps_delivering(
             tmp_path, certs, broker.bootstrap, await make_topic(broker), stream_idle_timeout_s=1.0
         )
     )
-    spool = tmp_path / "spool"
-    agent = AgentSettings.model_validate(
-        {
-            "ingest": agent_tls(
-                certs, f"127.0.0.1:{s.port}", token_for(SITE.site_id), server_name="localhost"
-            ),
-            "spool": {"dir": str(spool)},
-        }
-    )
-    link = LinkSource(LinkSourceSettings(adapter="synthetic", options={"links": 2}))
+    link = _links(2)
     try:
-        async with AgentPipeline(agent, agent_id="agent-idle", site=SITE, boot_id="b", spool_dir=spool) as p:
+        async with _agent(s, certs, tmp_path, "agent-idle") as p:
             await collect_once(link, p)
             assert await p.wait_drained(30.0), p.stats
             # silence: the ingest ends the idle stream, the agent opens a new one
