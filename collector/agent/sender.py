@@ -340,7 +340,8 @@ class Sender:
             try:
                 await asyncio.wait({admitted}, timeout=self.settings.admission_wait_s)
             finally:
-                admitted.cancel()
+                if not admitted.cancel() and not admitted.cancelled():
+                    admitted.exception()  # seen here; the reader reports what ended the call
             if call.done():
                 return
         while True:
