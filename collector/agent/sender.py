@@ -340,8 +340,8 @@ class Sender:
             try:
                 await asyncio.wait({admitted}, timeout=self.settings.admission_wait_s)
             finally:
-                if not admitted.cancel() and not admitted.cancelled():
-                    admitted.exception()  # seen here; the reader reports what ended the call
+                admitted.cancel()  # never left pending; the reader reports what ended the call
+                await asyncio.gather(admitted, return_exceptions=True)
             if call.done():
                 return
         while True:
