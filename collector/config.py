@@ -245,7 +245,9 @@ class IngestSettings(Section):
         gt=0,
         description=(
             "A stream that sent no batch for this long and has nothing in flight is ended with "
-            "UNAVAILABLE, so a silent client does not hold a stream slot forever (agents reconnect)."
+            "UNAVAILABLE, so a silent client does not hold a stream slot forever (agents reconnect). "
+            "Stated to clients in each stream's initial metadata (stream-idle-timeout-ms): the "
+            "reference agent ends an idle stream itself shortly before it."
         ),
     )
     connection_idle_timeout_s: float = Field(

@@ -11,9 +11,13 @@ window of in-flight batches, lowest seq first. Acks (in the order the batches ar
 
 A broken stream (disconnect, server restart, no ack within ack_timeout_s) puts every in-flight
 batch back and reconnects after an exponential backoff with full jitter and a cap, at least
-the server's `retry-after-ms` when it refused the stream (site stream limit). A stream the
-ingest closed for being idle (trailer `stream-end-reason: idle_timeout`) is reopened at once
-and is not a failure. Every wait ends at once when shutdown begins.
+the server's `retry-after-ms` when it refused the stream (site stream limit). A stream with
+nothing to send is ended by the agent itself (half-close) shortly before the ingest's idle
+timeout, which the ingest states in its initial metadata (`stream-idle-timeout-ms`), and is
+reopened at once: a batch written while the ingest ends the stream would fail with gRPC's
+INTERNAL. A stream the ingest closed for being idle (trailer `stream-end-reason:
+idle_timeout`; an ingest that does not state its timeout) is reopened at once too. Neither is
+a failure. Every wait ends at once when shutdown begins.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -61,6 +66,23 @@ def stream_end_reason(exc: grpc.aio.AioRpcError) -> str:
     return ""
 
 
+def idle_close_after(metadata: Any) -> float | None:
+    """How long a stream with nothing in flight stays open before the agent ends it: a margin
+    (a tenth of the ingest's idle timeout, at least 1 s, at most half of it) before the
+    timeout the ingest states in its initial metadata (`stream-idle-timeout-ms`, see
+    docs/contract.md). None when it states none (older ingests): the ingest ends the stream."""
+    for key, value in metadata or ():
+        if key == "stream-idle-timeout-ms":
+            try:
+                timeout = int(value) / 1000.0
+            except (TypeError, ValueError):
+                return None
+            if timeout <= 0:
+                return None
+            return max(timeout / 2, timeout - max(1.0, timeout / 10))
+    return None
+
+
 def read_token(settings: IngestTargetSettings) -> str:
     if settings.token_file is not None:
         try:
@@ -97,8 +119,19 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
+def _outcome(fut: asyncio.Future[Any]) -> Any:
+    """A finished future's result; None when it was cancelled or raised."""
+    if fut.cancelled() or fut.exception() is not None:
+        return None
+    return fut.result()
+
+
 class _StreamBroken(Exception):
     pass
+
+
+class _IdleClosed(Exception):
+    """The agent ended a stream that had nothing to send (see idle_close_after)."""
 
 
 @dataclass(slots=True)
@@ -131,6 +164,7 @@ class Sender:
         self._task: asyncio.Task[None] | None = None
         self._inflight: dict[int, float] = {}
         self._retry_at = 0.0
+        self._active_at = 0.0  # loop time of the stream's last write or ack (idle close)
         self._ack_failures = 0
         self._streak_stream = 0  # stream failures in the current failure streak
         self._streak_acks = 0  # retriable acks in it
@@ -186,6 +220,13 @@ class Sender:
             pushback = 0.0
             try:
                 await self._session()
+            except _IdleClosed:
+                log.debug("stream idle: ended it before the ingest's idle timeout; reopening")
+                attempt = 0
+                # a retriable ack's pause outlives its stream: the next one starts after it
+                self.connected = False
+                await self._sleep(self._retry_at - asyncio.get_running_loop().time())
+                continue
             except _StreamBroken as exc:
                 self._note_failure(str(exc))
             except grpc.aio.AioRpcError as exc:
@@ -303,16 +344,21 @@ class Sender:
             call = stream(metadata=metadata)
             self.connected = True
             self._retry_at = 0.0
+            self._active_at = asyncio.get_running_loop().time()
             reader = asyncio.create_task(self._read_loop(call))
             writer = asyncio.create_task(self._write_loop(call))
             watchdog = asyncio.create_task(self._watchdog(call))
+            idle = False
             try:
                 # Whichever ends first ends the session: the reader on a status or EOF, the
-                # writer when a write fails, the watchdog when acks stop coming.
+                # writer when a write fails or it ended an idle stream, the watchdog when acks
+                # stop coming.
                 done, _ = await asyncio.wait({reader, writer, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+                idle = writer in done and _outcome(writer) is True
                 if writer in done and not reader.done():
                     # A write on a call the ingest already ended (e.g. an idle close racing
-                    # the next batch): the status the reader is about to get says why.
+                    # the next batch): the status the reader is about to get says why. After
+                    # our own half-close of an idle stream, the ingest's OK (an EOF here).
                     await asyncio.wait({reader}, timeout=2.0)
             finally:
                 call.cancel()
@@ -322,32 +368,47 @@ class Sender:
                 self.spool.requeue(list(self._inflight))
                 self._inflight.clear()
             # The reader's status says most about what happened; then the writer's error.
+            # (The EOF that follows our own idle half-close is what was asked for.)
             for r in results:
-                if isinstance(r, Exception):
+                if isinstance(r, Exception) and not (idle and isinstance(r, _StreamBroken)):
                     raise r
+            if idle:
+                raise _IdleClosed()
             raise _StreamBroken("stream ended")
         finally:
             await channel.close()
 
-    async def _write_loop(self, call: Any) -> None:
+    async def _write_loop(self, call: Any) -> bool:
+        """Write spooled batches until the call ends; True when it ended an idle stream."""
+        admitted = asyncio.ensure_future(call.initial_metadata())
+        try:
+            return await self._write_batches(call, admitted)
+        finally:
+            admitted.cancel()  # never left pending; the reader reports what ended the call
+            await asyncio.gather(admitted, return_exceptions=True)
+
+    async def _write_batches(self, call: Any, admitted: asyncio.Future[Any]) -> bool:
         loop = asyncio.get_running_loop()
         window = self.settings.window
         if self.settings.admission_wait_s > 0:
             # The ingest sends its initial metadata once it takes the stream. A refused
             # stream is over by then: write nothing, and the reader gets the refusal's own
             # status and retry hint rather than the INTERNAL of a write racing it.
-            admitted = asyncio.ensure_future(call.initial_metadata())
-            try:
-                await asyncio.wait({admitted}, timeout=self.settings.admission_wait_s)
-            finally:
-                admitted.cancel()  # never left pending; the reader reports what ended the call
-                await asyncio.gather(admitted, return_exceptions=True)
+            await asyncio.wait({admitted}, timeout=self.settings.admission_wait_s)
             if call.done():
-                return
+                return False
+        idle_after: float | None = None  # from the initial metadata, once it has come
         while True:
+            if idle_after is None and admitted.done():
+                idle_after = idle_close_after(_outcome(admitted))
             now = loop.time()
+            # nothing in flight: the ingest ends the stream idle_timeout after its last ack
+            idle_at = self._active_at + idle_after if idle_after is not None and not self._inflight else None
+            if idle_at is not None and idle_at <= now:
+                await call.done_writing()  # nothing is written after this: no write races its end
+                return True
             if self._retry_at > now:
-                await self._sleep(self._retry_at - now)
+                await self._sleep(min(self._retry_at, math.inf if idle_at is None else idle_at) - now)
                 continue
             if len(self._inflight) < window:
                 item = self.spool.take_next()
@@ -355,12 +416,15 @@ class Sender:
                     seq, payload = item
                     self._inflight[seq] = time.monotonic()
                     await call.write(payload)
+                    self._active_at = loop.time()
                     self.counters.sent += 1
                     continue
             self._wake.clear()
             if len(self._inflight) < window and self.spool.has_waiting():
                 continue
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if idle_at is None else idle_at - now):
+                    await self._wake.wait()
 
     async def _watchdog(self, call: Any) -> None:
         timeout = self.settings.ack_timeout_s
@@ -376,6 +440,7 @@ class Sender:
             ack = await call.read()
             if ack is grpc.aio.EOF:
                 raise _StreamBroken("server closed the stream")
+            self._active_at = asyncio.get_running_loop().time()
             self._apply(ack)
             self._progress.set()
 

@@ -104,8 +104,10 @@ class IngestMetrics:
         )
         self.streams_ended = Counter(
             PREFIX + "streams_ended",
-            "Served streams that ended, by reason: completed (client half-closed, all answered), "
-            "cancelled (client cancelled or connection lost), idle_timeout, shutdown, internal, "
+            "Served streams that ended, by reason: completed (client half-closed, all answered; "
+            "the reference agent half-closes its idle streams before the idle timeout), "
+            "cancelled (client cancelled or connection lost), idle_timeout (ended by the ingest), "
+            "shutdown, internal, "
             "token_revoked (the stream's token left ingest.tokens_file). A message over twice "
             "ingest.max_message_bytes on the wire is refused by gRPC itself before the service "
             "reads it; the stream then ends as completed, or as cancelled when gRPC cancels the "

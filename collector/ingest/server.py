@@ -394,8 +394,11 @@ class IngestServer(Component):
         """Say that the stream is taken now rather than with its first ack: a client that
         waits for the initial metadata before writing reads a refusal's own status and
         trailers (`_refuse`); one that writes at once may see its write fail with gRPC's
-        INTERNAL instead."""
-        await context.send_initial_metadata(())
+        INTERNAL instead. The metadata states the idle timeout (`stream-idle-timeout-ms`),
+        so a client can end an idle stream itself before this server does: a batch written
+        while the server ends the stream would meet the same INTERNAL."""
+        idle_ms = max(1, round(self.cfg.stream_idle_timeout_s * 1000))
+        await context.send_initial_metadata((("stream-idle-timeout-ms", str(idle_ms)),))
 
     async def _admit_stream(self, site: str | None, context: aio.ServicerContext) -> None:
         """The global and the per-site stream limits; refuse with RESOURCE_EXHAUSTED."""

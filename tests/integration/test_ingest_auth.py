@@ -35,15 +35,24 @@ async def test_a_stream_learns_admission_before_its_first_write(
     broker: EmbeddedBroker, certs: DevCerts, tmp_path: Path
 ) -> None:
     """The ingest sends its initial metadata once it takes a stream: a client that waits for it
-    before writing reads each refusal's own status and trailers, never a write error."""
+    before writing reads each refusal's own status and trailers, never a write error. The
+    metadata states the stream's idle timeout."""
     s = await started(
-        ingest_settings(tmp_path, certs, broker.bootstrap, await make_topic(broker), max_streams_per_site=1)
+        ingest_settings(
+            tmp_path,
+            certs,
+            broker.bootstrap,
+            await make_topic(broker),
+            max_streams_per_site=1,
+            stream_idle_timeout_s=42.5,
+        )
     )
     try:
         async with channel(s.port, certs) as ch:
             taken = stream_call(ch, token_for("jp-tokyo-01"))
-            await asyncio.wait_for(taken.initial_metadata(), 30)  # nothing written yet
+            md = await asyncio.wait_for(taken.initial_metadata(), 30)  # nothing written yet
             assert not taken.done()
+            assert dict(md or ()).get("stream-idle-timeout-ms") == "42500"
             for token, code in (
                 (None, grpc.StatusCode.UNAUTHENTICATED),
                 ("not-a-token-0123456789", grpc.StatusCode.UNAUTHENTICATED),

@@ -11,12 +11,16 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from collector.agent.batch import BatchBuilder
 from collector.agent.pipeline import AgentPipeline
+from collector.agent.sender import idle_close_after
 from collector.agent.sources import Source, collect_once, run_source
 from collector.exposition.http import MetricsServer
 from collector.proto.telemetry.v1 import telemetry_pb2 as pb
@@ -158,3 +162,23 @@ async def test_each_failure_streak_and_recovery_is_logged_once_with_counts(
         assert all("retriable ack(s)" in m and "UNAVAILABLE" in m for m in recovered)
     finally:
         await ing.stop()
+
+
+@given(st.integers(min_value=1, max_value=10**9))
+def test_the_agent_ends_an_idle_stream_a_margin_before_the_ingests_stated_timeout(ms: int) -> None:
+    """Read from the ingest's initial metadata (`stream-idle-timeout-ms`): the agent's own idle
+    close comes before the ingest's, by a tenth of it but at least 1 s, and never earlier than
+    half of it."""
+    timeout = ms / 1000
+    after = idle_close_after((("other", "x"), ("stream-idle-timeout-ms", str(ms))))
+    assert after is not None
+    assert timeout / 2 <= after < timeout
+    assert timeout - after >= min(1.0, timeout / 2) * (1 - 1e-12)
+    assert timeout - after <= max(1.0, timeout / 10) * (1 + 1e-12)
+
+
+@pytest.mark.parametrize(
+    "metadata", [None, (), (("stream-idle-timeout-ms", "soon"),), (("stream-idle-timeout-ms", "0"),)]
+)
+def test_an_ingest_that_states_no_usable_idle_timeout_ends_idle_streams_itself(metadata: Any) -> None:
+    assert idle_close_after(metadata) is None
