@@ -174,12 +174,13 @@ class IngestSettings(Section):
     max_message_bytes: int = Field(
         4 * 1024 * 1024,
         ge=1024,
+        le=1024 * 1024 * 1024,
         description=(
             "Largest batch in bytes, after decompression (the service inflates compressed "
             "messages itself, never past this). A bigger one is answered INVALID_ARGUMENT "
             "(reason oversize) and the stream goes on; a message over twice this on the wire "
             "(its compressed size, if compressed) is refused by gRPC itself, which ends the "
-            "stream with RESOURCE_EXHAUSTED."
+            "stream with RESOURCE_EXHAUSTED. At most 1 GiB (gRPC's message limits are 32-bit)."
         ),
     )
     max_series: int = Field(20_000, ge=1, description="Largest series table in one batch.")

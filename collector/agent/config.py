@@ -100,11 +100,12 @@ class IngestTargetSettings(_Section):
     max_batch_bytes: int = Field(
         4 * 1024 * 1024,
         ge=64 * 1024,
+        le=1024 * 1024 * 1024,
         description="Largest batch "
         "sent; keep it at or below the ingest's max_message_bytes. A "
         "bigger batch (too many series in one collection) is dropped "
         "and counted (reason too_large) instead of being retried "
-        "forever.",
+        "forever. At most 1 GiB (gRPC's message limits are 32-bit).",
     )
     compression: Literal["none", "gzip"] = Field(
         "none",

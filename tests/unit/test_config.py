@@ -162,3 +162,27 @@ def test_collector_config_checks_device_adapter_options_and_names_the_file(tmp_p
         env=environ,
     )
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("yaml", "key"),
+    [
+        (
+            "ingest:\n  max_message_bytes: {n}\nkafka:\n  max_request_size: 2147483647\n",
+            "ingest.max_message_bytes",
+        ),
+        ("agent:\n  ingest:\n    max_batch_bytes: {n}\n", "agent.ingest.max_batch_bytes"),
+    ],
+)
+def test_a_message_limit_past_what_grpc_can_carry_names_the_key_and_file(
+    tmp_path: Path, yaml: str, key: str
+) -> None:
+    # gRPC's message limits are 32-bit: a bigger agent limit failed every stream attempt with
+    # an OverflowError deep in grpcio, retried forever.
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.format(n=2**31))
+    with pytest.raises(ConfigError) as err:
+        load_settings(f)
+    assert f"{f} at {key}" in str(err.value)
+    f.write_text(yaml.format(n=2**30))
+    load_settings(f)
