@@ -286,6 +286,12 @@ class Columns:
     def __len__(self) -> int:
         return len(self.series_index)
 
+    def head(self, n: int) -> Columns:
+        """The first n samples (views), or these columns when they have no more."""
+        if n >= len(self.series_index):
+            return self
+        return Columns(self.series_index[:n], self.time_unix_nano[:n], self.value[:n])
+
 
 @dataclass(frozen=True, slots=True)
 class PeriodColumns:

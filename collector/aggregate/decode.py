@@ -134,6 +134,20 @@ def table_is_series_only(table: bytes) -> bool:
 
 
 Headers = Mapping[str, bytes] | Sequence[tuple[str, bytes]]
+RawRecord = tuple[int, bytes | None, Headers | None]  # (offset, value, headers) of a Kafka record
+
+
+def _plain_headers(headers: Headers) -> bool:
+    """Headers as the ingest writes them (the schema, then agent_id and seq) or the schema
+    alone: nothing in them to look at."""
+    return (
+        isinstance(headers, tuple | list)
+        and headers[0] == _SCHEMA_OK
+        and (
+            len(headers) == 1
+            or (len(headers) == 3 and headers[1][0] == "agent_id" and headers[2][0] == "seq")
+        )
+    )
 
 
 def _check_headers(headers: Headers | None) -> None:
@@ -362,6 +376,25 @@ class _ColumnLayout:
         self.span = len(head) + n0 + len(key1) + n1 + len(key2) + n2
 
 
+@dataclass(frozen=True, slots=True)
+class KnownPoll:
+    """Records read by `Decoder.read_known`: per record its agent's layout, its seq and its
+    counter and gauge sample counts; the records' columns, concatenated in record order."""
+
+    layouts: list[_Layout]
+    seqs: list[int]
+    nc: list[int]
+    ng: list[int]
+    counters: wire.Columns
+    gauges: wire.Columns
+
+    def first_bad(self) -> int:
+        """The position of the first record that fails `check`, or -1."""
+        n_series = np.fromiter((lay.known[1] for lay in self.layouts), np.int64, len(self.layouts))
+        bad = _bad_records(n_series, self.counters, self.nc, self.gauges, self.ng)
+        return int(np.argmax(bad)) if bad.any() else -1
+
+
 def _three_columns(data: bytes, pos: int, end: int) -> tuple[bytes, bytes, bytes] | None:
     """`_col_bytes` for the usual case - all three columns present, lengths below 2^14 -
     with the length varints read inline; None otherwise (then `_col_bytes` decides)."""
@@ -434,14 +467,7 @@ class Decoder:
         A record read by the fast path still needs `check` (done per poll)."""
         # (the headers as the ingest writes them - the schema, then agent_id and seq - or the
         # schema alone, need no look)
-        if headers and not (
-            isinstance(headers, tuple | list)
-            and headers[0] == _SCHEMA_OK
-            and (
-                len(headers) == 1
-                or (len(headers) == 3 and headers[1][0] == "agent_id" and headers[2][0] == "seq")
-            )
-        ):
+        if headers and not _plain_headers(headers):
             _check_headers(headers)
         if not value:
             raise ProtocolError("empty")
@@ -586,6 +612,24 @@ class Decoder:
         and boot fields, created, the same series table, then the columns): read with a few
         comparisons instead of walking the header. A subset of what `_fast` reads, with the
         same result; None for anything else."""
+        h = self._header(data)
+        if h is None:
+            return None
+        lay, seq, p = h
+        got = self._columns(lay, data, p)
+        if got is None:
+            return None
+        c, g, gap_first, gap_last = got
+        table, n_series = lay.known
+        r = Rec(data, lay.agent, seq, lay.names, lay.boot, table, n_series, c, g, None)
+        if gap_first or gap_last:
+            r.unissued = unissued_range(gap_first, gap_last, seq)
+        return r
+
+    def _header(self, data: bytes) -> tuple[_Layout, int, int] | None:
+        """Of a record whose header is laid out exactly like its agent's previous one (agent,
+        seq, the same site and boot fields, created, the same series table): that layout, the
+        seq and where the fields after the table start; None otherwise."""
         if data[0] != _K_AGENT or data[1] >= 0x80:
             return None
         p = 2 + data[1]
@@ -605,10 +649,17 @@ class Decoder:
             if data[p] != _K_CREATED:
                 return None
             p += _CREATED_SIZE
-        table, n_series = lay.known
+        table = lay.known[0]
         if not data.startswith(table, p):
             return None
-        p += len(table)
+        return lay, seq, p + len(table)
+
+    def _columns(
+        self, lay: _Layout, data: bytes, p: int
+    ) -> tuple[tuple[bytes, bytes, bytes], tuple[bytes, bytes, bytes], int, int] | None:
+        """The counter and gauge columns and the unissued seq fields (14-15, 0 when absent)
+        that end a record at data[p:] (`_header`'s position), or None when anything else is
+        there."""
         end = len(data)
         lc = lay.columns
         if lc is not None and p + lc.span == end and data.startswith(lc.head, p):
@@ -620,19 +671,7 @@ class Decoder:
                 q1 = r0 + len(lc.key1)
                 r1 = q1 + lc.n1
                 if data.startswith(lc.key2, r1):
-                    q2 = r1 + len(lc.key2)
-                    return Rec(
-                        data,
-                        lay.agent,
-                        seq,
-                        lay.names,
-                        lay.boot,
-                        table,
-                        n_series,
-                        (data[q:r0], data[q1:r1], data[q2:end]),
-                        _EMPTY,
-                        None,
-                    )
+                    return (data[q:r0], data[q1:r1], data[r1 + len(lc.key2) : end]), _EMPTY, 0, 0
         cols_at = p
         cols = [_EMPTY, _EMPTY]
         for i, tag in ((0, _COUNTERS_TAG), (1, _GAUGES_TAG)):
@@ -654,10 +693,46 @@ class Decoder:
             return None
         if not (gap_first or gap_last) and cols[1] is _EMPTY and cols[0] is not _EMPTY:
             lay.columns = _column_layout(data, cols_at, cols[0])
-        r = Rec(data, lay.agent, seq, lay.names, lay.boot, table, n_series, cols[0], cols[1], None)
-        if gap_first or gap_last:
-            r.unissued = unissued_range(gap_first, gap_last, seq)
-        return r
+        return cols[0], cols[1], gap_first, gap_last
+
+    def read_known(self, records: Sequence[RawRecord], max_samples: int | None = None) -> KnownPoll | None:
+        """The longest prefix of `records` that `_known` reads without a Rec: records whose
+        headers need no look, laid out like their agent's previous one, without unissued seq
+        fields (and, given `max_samples`, the shortest such prefix holding that many samples);
+        None when the first record is not one. Its per-sample checks are not done
+        (`KnownPoll.first_bad`): what `read` and `check` give for the same records. Not
+        counted in `fast`: the caller counts the records it keeps."""
+        lays: list[_Layout] = []
+        seqs: list[int] = []
+        cs: list[tuple[bytes, bytes, bytes]] = []
+        gs: list[tuple[bytes, bytes, bytes]] = []
+        budget = max_samples if max_samples is not None else -1
+        header, columns = self._header, self._columns
+        for _, value, headers in records:
+            if (headers and not _plain_headers(headers)) or not value:
+                break
+            try:
+                h = header(value)
+                if h is None:
+                    break
+                got = columns(h[0], value, h[2])
+            except (IndexError, ProtocolError):
+                break
+            if got is None or got[2] or got[3]:
+                break
+            lays.append(h[0])
+            seqs.append(h[1])
+            cs.append(got[0])
+            gs.append(got[1])
+            if budget > 0:
+                budget -= (len(got[0][0]) + len(got[1][0])) >> 2
+                if budget <= 0:
+                    break
+        if not lays:
+            return None
+        nc = [len(c[0]) >> 2 for c in cs]
+        ng = [len(g[0]) >> 2 for g in gs]
+        return KnownPoll(lays, seqs, nc, ng, _joined(cs, wire.COUNTERS), _joined(gs, wire.GAUGES))
 
     def decode(self, value: bytes | None, headers: Headers | None = None) -> Decoded:
         """One record fully checked, as `decode()` (the fast path when it applies)."""
@@ -681,28 +756,37 @@ class Decoder:
         )
 
 
+def _joined(cols: Sequence[tuple[bytes, bytes, bytes]], layout: wire.ColumnLayout) -> wire.Columns:
+    """Records' packed columns (raw bytes each), concatenated in record order."""
+    a, b, c = (np.frombuffer(b"".join(x[k] for x in cols), dtype=layout.dtypes[k]) for k in range(3))
+    return wire.Columns(a, b, c)
+
+
 def poll_columns(recs: Sequence[Rec]) -> tuple[wire.Columns, wire.Columns]:
     """Counter and gauge columns of a poll's records, concatenated in record order."""
-    out = []
-    for i, layout in ((0, wire.COUNTERS), (1, wire.GAUGES)):
-        cols = [r.c for r in recs] if i == 0 else [r.g for r in recs]
-        arrays = [np.frombuffer(b"".join(c[k] for c in cols), dtype=layout.dtypes[k]) for k in range(3)]
-        out.append(wire.Columns(arrays[0], arrays[1], arrays[2]))
-    return out[0], out[1]
+    return _joined([r.c for r in recs], wire.COUNTERS), _joined([r.g for r in recs], wire.GAUGES)
 
 
 def check(recs: Sequence[Rec], cc: wire.Columns, gc: wire.Columns) -> list[int]:
     """Positions of records whose samples fail the per-sample checks of the full parse (series
     index out of range, event time before 1970, a non-finite gauge), for a whole poll."""
-    bad = np.zeros(len(recs), bool)
     n_series = np.fromiter((r.n_series for r in recs), np.int64, len(recs))
-    for cols, counts in ((cc, [r.nc for r in recs]), (gc, [r.ng for r in recs])):
+    bad = _bad_records(n_series, cc, [r.nc for r in recs], gc, [r.ng for r in recs])
+    return np.flatnonzero(bad).tolist()
+
+
+def _bad_records(
+    n_series: np.ndarray, cc: wire.Columns, nc: Sequence[int], gc: wire.Columns, ng: Sequence[int]
+) -> np.ndarray:
+    """`check`'s mask of records (n_series, nc, ng: per record)."""
+    bad = np.zeros(len(n_series), bool)
+    for cols, counts in ((cc, nc), (gc, ng)):
         if not len(cols):
             continue
-        rec = np.repeat(np.arange(len(recs)), counts)
+        rec = np.repeat(np.arange(len(n_series)), counts)
         wrong = (cols.series_index >= n_series[rec]) | (cols.time_unix_nano < 0)
         if cols is gc:
             wrong |= ~np.isfinite(cols.value)
         if wrong.any():
             bad[rec[wrong]] = True
-    return np.flatnonzero(bad).tolist()
+    return bad

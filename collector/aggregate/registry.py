@@ -117,7 +117,8 @@ class SeriesRegistry:
         self.carry = Carry.empty(0)  # each counter series' previous sample
         self._meta: pl.DataFrame | None = None
         self._labels: pl.Series | None = None  # labels_column(), until a series comes or goes
-        self._tables: dict[tuple[int, str, bytes], Table] = {}
+        # (site, boot_id, table bytes) -> that table resolved (see table())
+        self.table_cache: dict[tuple[int, str, bytes], Table] = {}
 
     # ------------------------------------------------------------------ sites
     def site(self, site_id: str, country: str, region: str) -> int:
@@ -242,7 +243,7 @@ class SeriesRegistry:
         self.step[ids] = 0
         self.sample_count[ids] = 0
         self.carry.has[ids] = False
-        self._tables.clear()  # cached tables may map to freed ids
+        self.table_cache.clear()  # cached tables may map to freed ids
         self._meta = self._labels = None
 
     def drop_restored(self, sids: list[int]) -> None:
@@ -428,14 +429,14 @@ class SeriesRegistry:
         key = d.table_key
         if key is not None:
             ck = (site, d.boot_id, key)
-            t = self._tables.get(ck)
+            t = self.table_cache.get(ck)
             if t is not None:
                 return t
         t = self._build_table(site, d.series())
         if key is not None and table_is_series_only(key):
-            if len(self._tables) > 4096:
-                self._tables.clear()
-            self._tables[(site, d.boot_id, key)] = t
+            if len(self.table_cache) > 4096:
+                self.table_cache.clear()
+            self.table_cache[(site, d.boot_id, key)] = t
         return t
 
     # ------------------------------------------------------------------ labels

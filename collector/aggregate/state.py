@@ -36,7 +36,7 @@ from collector import wire
 from collector.aggregate import checkpoint
 from collector.aggregate.config import AggregateSettings
 from collector.aggregate.counters import counter_deltas
-from collector.aggregate.decode import Decoder, Headers, Rec, check, decode, poll_columns
+from collector.aggregate.decode import Decoder, Headers, RawRecord, Rec, check, decode, poll_columns
 from collector.aggregate.dedup import Dedup
 from collector.aggregate.frames import (
     COUNTER_PANE_SCHEMA,
@@ -70,6 +70,9 @@ from collector.aggregate.registry import (
 from collector.aggregate.watermark import NewestEventIndex
 from collector.aggregate.windows import Tiers, roll_columns, tier_columns
 from collector.errors import ProtocolError
+
+# records add_prefix reads the general way (Decoder.read) before it tries the known path again
+GENERAL_RUN = 64
 
 # on_window(partition, window_s, counter_windows, gauge_windows): every closed window, one row
 # per (series, end); frames labelled with `site`, `metric` (catalogue name) and `labels`
@@ -229,19 +232,105 @@ class PartitionState:
         how many records that prefix has. The service closes between prefixes, so that one
         close never works on more samples than fit the CPU caches: poll grouping changes no
         result."""
-        if not records:
-            return 0, [], 0
+        accepted = read = taken = 0
+        errors: list[tuple[int, ProtocolError]] = []
+        while taken < len(records) and (max_samples is None or read < max_samples):
+            rest = records[taken:] if taken else records
+            budget = None if max_samples is None else max_samples - read
+            k, acc, got = self._add_known(rest, budget)
+            if not k:
+                # records the known path does not take (a layout or table seen first, a
+                # refusal, ...): a run of them the general way, then the known path again
+                acc, errs, k, got = self._add_read(rest[:GENERAL_RUN], budget)
+                errors += [(taken + i, e) for i, e in errs] if taken else errs
+            taken += k
+            accepted += acc
+            read += got
+        return accepted, errors, taken
+
+    def _add_known(self, records: Sequence[RawRecord], max_samples: int | None) -> tuple[int, int, int]:
+        """add_prefix's usual case without a `Rec` per record: the longest prefix of `records`
+        that `Decoder.read_known` reads (each laid out like its agent's previous record) whose
+        samples pass `check`, whose sites are registered under the same names, whose boots
+        are hashed and whose series tables are resolved already (the registry's table_cache).
+        The same result as `_add_read` of that prefix; returns (records taken, samples
+        accepted, samples read), (0, 0, 0) when the first record is not such a one."""
+        got = self._decoder.read_known(records, max_samples)
+        if got is None:
+            return 0, 0, 0
+        n = len(got.layouts)
+        bad = got.first_bad()
+        if bad >= 0:
+            n = bad  # _add_read refuses it, with the full parse's reason
+        site_index, sites, boot_hash = self.registry.site_index, self.sites, self.boot_hash
+        cache = self.registry.table_cache
+        verdict = self.dedup.verdict
+        site_l: list[int] = []
+        keep_l: list[bool] = []
+        off_l: list[int] = []
+        boot_l: list[int] = []
+        tables: list[Table] = []
+        offsets: dict[int, int] = {}
+        size = 0
+        for j in range(n):
+            lay = got.layouts[j]
+            site_id, country, region = lay.names
+            site_i = site_index.get(site_id)
+            if site_i is None:
+                n = j
+                break
+            site = sites[site_i]
+            table = cache.get((site_i, lay.boot, lay.known[0]))
+            boot = boot_hash.get(lay.boot)
+            renamed = country and (site.country != country or site.region != region)
+            if renamed or table is None or boot is None:
+                n = j  # (a site's new names, a table or boot seen first: _add_read's work)
+                break
+            site_l.append(site_i)
+            boot_l.append(boot)
+            v = verdict(lay.agent, got.seqs[j], site_i, None)
+            if v != "new":
+                site.dropped[v] += got.nc[j] + got.ng[j]
+                site.dup_batches += 1
+                keep_l.append(False)
+                off_l.append(0)
+                continue
+            site.batches += 1
+            keep_l.append(True)
+            off = offsets.get(id(table))
+            if off is None:
+                off = offsets[id(table)] = size
+                tables.append(table)
+                size += len(table.code)
+            off_l.append(off)
+        if n == 0:
+            return 0, 0, 0
+        self.next_offset = records[n - 1][0] + 1
+        self.records += n
+        self._decoder.fast += n
+        nc, ng = got.nc[:n], got.ng[:n]
+        cc, gc = got.counters.head(sum(nc)), got.gauges.head(sum(ng))
+        accepted = self._buffer_samples(site_l, keep_l, off_l, boot_l, tables, nc, ng, cc, gc, {})
+        return n, accepted, sum(nc) + sum(ng)
+
+    def _add_read(
+        self, records: Sequence[RawRecord], max_samples: int | None
+    ) -> tuple[int, list[tuple[int, ProtocolError]], int, int]:
+        """add_prefix by way of `Decoder.read`, which reads every record whatever it holds;
+        returns also the samples read."""
         errors: list[tuple[int, ProtocolError]] = []
         recs: list[Rec] = []
         where: list[int] = []
         read = self._decoder.read
         taken = len(records)
         budget = max_samples if max_samples is not None else -1
+        samples = 0
         for i, (_, value, headers) in enumerate(records):
             try:
                 r = read(value, headers)
                 recs.append(r)
                 where.append(i)
+                samples += r.nc + r.ng
                 if budget > 0:
                     budget -= r.nc + r.ng
                     if budget <= 0:
@@ -252,7 +341,7 @@ class PartitionState:
         self.next_offset = records[taken - 1][0] + 1
         self.records += taken
         if not recs:
-            return 0, errors, taken
+            return 0, errors, taken, samples
         cc, gc = poll_columns(recs)
         bad = check(recs, cc, gc)
         if bad:
@@ -262,9 +351,9 @@ class PartitionState:
             gone = set(bad)
             recs = [r for j, r in enumerate(recs) if j not in gone]
             if not recs:
-                return 0, errors, taken
+                return 0, errors, taken, samples
             cc, gc = poll_columns(recs)
-        return self._ingest(recs, cc, gc), errors, taken
+        return self._ingest(recs, cc, gc), errors, taken, samples
 
     def _ingest(self, recs: list[Rec], cc: wire.Columns, gc: wire.Columns) -> int:
         n = len(recs)
@@ -306,6 +395,36 @@ class PartitionState:
                     boot_hash.clear()
                 boot = boot_hash[r.boot_id] = stable_hash("boot", r.boot_id)
             boot_l[j] = boot
+        periodic = {
+            j: (r, rt)
+            for j, (r, rt) in enumerate(zip(recs, rec_table, strict=True))
+            if rt is not None
+            and (r.deltas is not wire.EMPTY_DELTAS or r.period_gauges is not wire.EMPTY_PERIOD_GAUGES)
+            and (len(r.deltas) or len(r.period_gauges))
+        }
+        nc, ng = [r.nc for r in recs], [r.ng for r in recs]
+        return self._buffer_samples(site_l, keep_l, off_l, boot_l, tables, nc, ng, cc, gc, periodic)
+
+    def _buffer_samples(
+        self,
+        site_l: list[int],
+        keep_l: list[bool],
+        off_l: list[int],
+        boot_l: list[int],
+        tables: list[Table],
+        nc: list[int],
+        ng: list[int],
+        cc: wire.Columns,
+        gc: wire.Columns,
+        periodic: dict[int, tuple[Rec, Table]],
+    ) -> int:
+        """The per-poll part of _ingest, once each record's site, dedup verdict (`keep_l`) and
+        table (`tables`, `off_l`: where each record's table starts in their concatenation) are
+        known: kinds and table lookups, the watermark record by record (and the period
+        samples of the records in `periodic`, in their place), the late filter, the buffers
+        and the ledger counts. Returns the samples accepted."""
+        n = len(site_l)
+        sites = self.sites
         site_of = np.array(site_l, np.int64)
         keep = np.array(keep_l, bool)
         tab_off = np.array(off_l, np.int64)
@@ -320,7 +439,7 @@ class PartitionState:
         all_kept = bool(keep.all())
         tmax = np.full(n, NO_SAMPLE, np.int64)
         parts = []
-        for is_counter, cols, counts in ((True, cc, [r.nc for r in recs]), (False, gc, [r.ng for r in recs])):
+        for is_counter, cols, counts in ((True, cc, nc), (False, gc, ng)):
             if not len(cols):
                 continue
             cnt = np.array(counts, np.int64)
@@ -365,7 +484,6 @@ class PartitionState:
         pane = self.pane_ns
         tm = tmax.tolist()
         accepted = np.zeros(n_sites, np.int64)
-        no_deltas, no_pgauges = wire.EMPTY_DELTAS, wire.EMPTY_PERIOD_GAUGES
         for j in np.flatnonzero(keep).tolist():
             closed = closed0
             if self.wm_ns is not None:
@@ -373,13 +491,8 @@ class PartitionState:
                 closed = wm_cut if closed is None or wm_cut > closed else closed
             if closed is not None:
                 cut_l[j] = closed
-            r = recs[j]
-            if (r.deltas is not no_deltas or r.period_gauges is not no_pgauges) and (
-                len(r.deltas) or len(r.period_gauges)
-            ):
-                rt = rec_table[j]
-                assert rt is not None
-                accepted[site_l[j]] += self._add_periods(r, rt, sites[site_l[j]])
+            if periodic and j in periodic:
+                accepted[site_l[j]] += self._add_periods(*periodic[j], sites[site_l[j]])
             hi = tm[j]
             if hi != NO_SAMPLE:
                 site_i = site_l[j]
