@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from collector.aggregate.frames import NS
@@ -534,23 +536,65 @@ _GAUGE_MAP = pl.DataFrame(
 )
 
 
-def _window_frames(st: PartitionView) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Latest closed windows of every series, joined with its labels, all window lengths."""
-    meta = st.meta
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """The rows of a frame keyed by a small dense non-negative integer (a series id, a
+    catalogue index), found by position: `pos[k]` is the row whose key is k, -1 for none;
+    the last entry, -1, stands for every key outside them. `join` is the inner join on that
+    key done as a gather: hash joins of a 40-site body's window rows with the series labels
+    and with the family maps were about half of build_frames' CPU (docs/aggregator.md,
+    Exposition)."""
+
+    key: str
+    pos: npt.NDArray[np.int64]
+    rest: pl.DataFrame  # the frame without its key column, in `pos`'s row numbers
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame, key: str) -> _Lookup:
+        keys = frame.get_column(key).to_numpy()
+        assert not len(keys) or int(keys.min()) >= 0, f"negative {key}"
+        pos = np.full((int(keys.max()) + 1 if len(keys) else 0) + 1, -1, np.int64)
+        pos[keys] = np.arange(len(keys))
+        assert np.count_nonzero(pos >= 0) == len(keys), f"{key} is not unique"
+        return cls(key, pos, frame.drop(key))
+
+    def join(self, left: pl.DataFrame) -> pl.DataFrame:
+        """`left.join(frame, on=key)` (inner, the same columns) in `left`'s row order: a
+        row whose key has no row in the frame is dropped. A column name on both sides other
+        than the key raises (the join would have suffixed it)."""
+        k = left.get_column(self.key)
+        if k.null_count():  # a null key matches nothing
+            k = k.cast(pl.Int64).fill_null(-1)
+        idx = k.to_numpy().astype(np.int64, copy=False)
+        none = len(self.pos) - 1
+        rows = self.pos[np.where((idx >= 0) & (idx < none), idx, none)]
+        if len(rows) and int(rows.min()) < 0:
+            keep = rows >= 0
+            left, rows = left.filter(pl.Series(keep)), rows[keep]
+        return left.hstack(self.rest.gather(rows))
+
+
+_RATE_OF = _Lookup.of(_RATE_MAP, "metric_i")
+_GAUGE_OF = _Lookup.of(_GAUGE_MAP, "metric_i")
+
+
+def _window_frames(st: PartitionView, meta: _Lookup) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Latest closed windows of every series with its labels (`meta`: st.meta by sid), all
+    window lengths."""
     cs, gs = [], []
     for w in st.windows_s:
         wl = pl.lit(window_label(w))
         c = st.latest_counters[w]
         if len(c):
-            cs.append(c.join(meta, on="sid").with_columns(window=wl, window_s=pl.lit(w)))
+            cs.append(meta.join(c).with_columns(window=wl, window_s=pl.lit(w)))
         g = st.latest_gauges[w]
         if len(g):
-            gs.append(g.join(meta, on="sid").with_columns(window=wl, window_s=pl.lit(w)))
+            gs.append(meta.join(g).with_columns(window=wl, window_s=pl.lit(w)))
     # Period series (PM files): their newest period, window = the period's length.
     if st.newest_period_counters is not None and len(st.newest_period_counters):
-        cs.append(st.newest_period_counters.join(meta, on="sid"))
+        cs.append(meta.join(st.newest_period_counters))
     if st.newest_period_gauges is not None and len(st.newest_period_gauges):
-        gs.append(st.newest_period_gauges.join(meta, on="sid"))
+        gs.append(meta.join(st.newest_period_gauges))
     c = pl.concat(cs, how="diagonal_relaxed") if cs else pl.DataFrame()
     g = pl.concat(gs, how="diagonal_relaxed") if gs else pl.DataFrame()
     if len(c):
@@ -583,14 +627,15 @@ def build_frames(
     totals get the event time they are complete up to (aggregate.total_timestamps)."""
     cs, gs, ledgers, totals = [], [], [], []
     for st in states:
-        c, g = _window_frames(st)
+        meta = _Lookup.of(st.meta, "sid")
+        c, g = _window_frames(st, meta)
         if len(c):
             cs.append(c)
         if len(g):
             gs.append(g)
         ledgers.append(_ledger(st))
         if st.totals is not None and len(st.totals):
-            totals.append(st.totals.join(st.meta, on="sid"))
+            totals.append(meta.join(st.totals))
     out: dict[str, list[pl.DataFrame]] = {}
 
     def put(name: str, frame: pl.DataFrame) -> None:
@@ -606,7 +651,7 @@ def build_frames(
             out.setdefault(name, []).append(frame.select(cols))
 
     if totals:
-        t = pl.concat(totals).join(_RATE_MAP, on="metric_i")
+        t = _RATE_OF.join(pl.concat(totals))
         exact = pl.col("hi").cast(pl.Float64) * 4294967296.0 + pl.col("lo").cast(pl.Float64)
         t = t.with_columns(value=exact * pl.col("scale"))
         for (fam,), part in t.partition_by("family", as_dict=True).items():
@@ -622,7 +667,7 @@ def build_frames(
     if cs:
         c = pl.concat(cs, how="diagonal_relaxed")
         rated = c.filter(pl.col("rate").is_not_null())
-        r = rated.join(_RATE_MAP, on="metric_i")
+        r = _RATE_OF.join(rated)
         for (fam,), part in r.partition_by("family", as_dict=True).items():
             put(str(fam), part.rename({"rate": "value"}))
         _site_sums(r, put)
@@ -631,7 +676,7 @@ def build_frames(
         _histograms(c, put)
     if gs:
         g = pl.concat(gs, how="diagonal_relaxed")
-        gm = g.join(_GAUGE_MAP, on="metric_i")
+        gm = _GAUGE_OF.join(g)
         stats = pl.concat(
             [
                 gm.with_columns(stat=pl.lit(s), value=pl.col(col))
