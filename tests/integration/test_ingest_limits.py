@@ -398,37 +398,40 @@ async def test_a_stream_cancelled_while_waiting_for_budget_returns_its_site_slot
         await s.stop()
 
 
+async def _delivers_across_idle_closes(s: IngestServer, certs: DevCerts, tmp_path: Path, ended: str) -> None:
+    """An agent sends a batch, stays silent while its stream is ended and reopened twice (the
+    ingest counts the ends as `ended`), sends another: both delivered, no stream failure."""
+    from collector.agent.sources import collect_once
+
+    link = _links(2)
+    async with _agent(s, certs, tmp_path, f"agent-idle-{ended}") as p:
+        await collect_once(link, p)
+        assert await p.wait_drained(30.0), p.stats
+        assert await eventually(
+            lambda: _value(s, "collector_ingest_streams_ended_total", reason=ended) >= 2, within=30
+        )
+        await collect_once(link, p)
+        assert await p.wait_drained(30.0), p.stats
+        assert p.stats.stream_failures == 0  # an idle close is not a failure
+        assert p.stats.acked == 2
+
+
 async def test_the_agent_ends_an_idle_stream_before_the_ingest_does_and_keeps_delivering(
     broker: EmbeddedBroker,
     certs: DevCerts,
     tmp_path: Path,
 ) -> None:
     """The ingest states its idle timeout in the initial metadata; the agent half-closes an idle
-    stream before it (the stream ends OK, "completed"), so the ingest never ends one itself
-    and no batch can be written while it does."""
-    from collector.agent.sources import collect_once
-
+    stream before it (0.5 s after the last ack here; the stream ends OK, "completed"), so the
+    ingest never ends one itself and no batch can be written while it does."""
     s = await started(
         ingest_settings(
             tmp_path, certs, broker.bootstrap, await make_topic(broker), stream_idle_timeout_s=1.0
         )
     )
-    link = _links(2)
     try:
-        async with _agent(s, certs, tmp_path, "agent-idle") as p:
-            await collect_once(link, p)
-            assert await p.wait_drained(30.0), p.stats
-            # silence: the agent ends its idle stream (0.5 s after the last ack) and opens a
-            # new one, twice at least
-            assert await eventually(
-                lambda: _value(s, "collector_ingest_streams_ended_total", reason="completed") >= 2,
-                within=30,
-            )
-            await collect_once(link, p)
-            assert await p.wait_drained(30.0), p.stats
-            assert p.stats.stream_failures == 0  # an idle close is not a failure
-            assert p.stats.acked == 2
-            assert _value(s, "collector_ingest_streams_ended_total", reason="idle_timeout") == 0
+        await _delivers_across_idle_closes(s, certs, tmp_path, "completed")
+        assert _value(s, "collector_ingest_streams_ended_total", reason="idle_timeout") == 0
     finally:
         await s.stop()
 
@@ -444,7 +447,6 @@ async def test_the_agent_reopens_a_stream_an_older_ingest_closed_for_idleness_qu
     The second batch is written just after the agent reopened its stream, a whole idle
     timeout before the ingest would end that one (a batch written while such an ingest ends
     a stream can meet gRPC's INTERNAL, which is what stating the timeout avoids)."""
-    from collector.agent.sources import collect_once
 
     class UnstatedTimeoutIngest(IngestServer):
         async def _admitted(self, context: grpc.aio.ServicerContext) -> None:
@@ -456,19 +458,7 @@ async def test_the_agent_reopens_a_stream_an_older_ingest_closed_for_idleness_qu
         )
     )
     await s.start()
-    link = _links(2)
     try:
-        async with _agent(s, certs, tmp_path, "agent-idle-old") as p:
-            await collect_once(link, p)
-            assert await p.wait_drained(30.0), p.stats
-            # silence: the ingest ends the idle stream, the agent opens a new one
-            assert await eventually(
-                lambda: _value(s, "collector_ingest_streams_ended_total", reason="idle_timeout") >= 2,
-                within=30,
-            )
-            await collect_once(link, p)
-            assert await p.wait_drained(30.0), p.stats
-            assert p.stats.stream_failures == 0  # an idle close is not a failure
-            assert p.stats.acked == 2
+        await _delivers_across_idle_closes(s, certs, tmp_path, "idle_timeout")
     finally:
         await s.stop()
