@@ -661,7 +661,11 @@ def build_frames(
                 put(base + "_created", part.with_columns(value=pl.col("created") / 1e9).drop("at"))
     ends = [f.select(*SITE, "window", "end") for f in (*cs, *gs) if "end" in f.columns]
     if ends:
-        e = pl.concat(ends).group_by(*SITE, "window").agg(value=pl.col("end").max() / 1e9)
+        e = (
+            pl.concat(ends)
+            .group_by(*SITE, "window", maintain_order=True)
+            .agg(value=pl.col("end").max() / 1e9)
+        )
         put("collector_site_window_end_timestamp_seconds", e)
 
     if cs:
@@ -715,9 +719,9 @@ def _site_sums(r: pl.DataFrame, put: Put) -> None:
         return
     # Roll-ups are sums of rates (float64): a sum of byte counts over many 402 Tb/s links
     # would pass 2^64, rates of even 10^6 such links stay far inside float64's range.
-    agg = part.group_by("family", "site", "country", "region", "direction", "window").agg(
-        pl.col("rate").sum().alias("value")
-    )
+    agg = part.group_by(
+        "family", "site", "country", "region", "direction", "window", maintain_order=True
+    ).agg(pl.col("rate").sum().alias("value"))
     for (fam,), p in agg.partition_by("family", as_dict=True).items():
         put(sums[str(fam)], p)
 
@@ -734,7 +738,7 @@ def _derived_counters(c: pl.DataFrame, put: Put) -> None:
     ):
         req = c.filter(pl.col("metric_i") == METRIC_INDEX[att]).select(*keys, req=pl.col("inc"))
         succ = c.filter(pl.col("metric_i") == METRIC_INDEX[ok]).select(*keys, succ=pl.col("inc"))
-        ratio = req.join(succ, on=keys).filter(pl.col("req") > 0)
+        ratio = req.join(succ, on=keys, maintain_order="left").filter(pl.col("req") > 0)
         put(
             family,
             ratio.with_columns(
@@ -745,7 +749,9 @@ def _derived_counters(c: pl.DataFrame, put: Put) -> None:
     if len(cpu):
         hk = ["site_i", "site", "country", "region", "host", "window"]
         secs = pl.col("inc").cast(pl.Float64) * pl.col("scale")
-        agg = cpu.group_by(hk).agg(total=secs.sum(), idle=secs.filter(pl.col("mode") == "idle").sum())
+        agg = cpu.group_by(hk, maintain_order=True).agg(
+            total=secs.sum(), idle=secs.filter(pl.col("mode") == "idle").sum()
+        )
         put(
             "edge_host_cpu_utilization_ratio",
             agg.filter(pl.col("total") > 0).with_columns(
@@ -783,11 +789,15 @@ def _power(rated: pl.DataFrame, put: Put) -> None:
     e = rated.filter(pl.col("metric_i") == METRIC_INDEX["node_rapl_joules_total"])
     if not len(e):
         return
-    hosts = e.group_by("site", "country", "region", "host", "window").agg(value=pl.col("rate").sum())
+    hosts = e.group_by("site", "country", "region", "host", "window", maintain_order=True).agg(
+        value=pl.col("rate").sum()
+    )
     put("edge_host_power_watts", hosts)
     put(
         "edge_site_power_watts",
-        hosts.group_by("site", "country", "region", "window").agg(value=pl.col("value").sum()),
+        hosts.group_by("site", "country", "region", "window", maintain_order=True).agg(
+            value=pl.col("value").sum()
+        ),
     )
 
 
@@ -797,7 +807,7 @@ def _availability(c: pl.DataFrame, g: pl.DataFrame, put: Put) -> None:
     un = c.filter((pl.col("metric_i") == METRIC_INDEX["RRU.CellUnavailableTime"]) & (pl.col("dt") > 0))
     if len(un) and len(g):
         vendor = g.filter(pl.col("metric_i") == METRIC_INDEX["CELL.Availability"]).select(_CELL_KEYS)
-        un = un.join(vendor, on=_CELL_KEYS, how="anti")
+        un = un.join(vendor, on=_CELL_KEYS, how="anti", maintain_order="left")
     if len(un):
         put(
             "edge_cell_availability_ratio",
@@ -821,7 +831,11 @@ def _prb_from_counts(g: pl.DataFrame, put: Put) -> None:
         u = g.filter(pl.col("metric_i") == METRIC_INDEX[used]).select(*keys, u=pl.col("avg"))
         a = g.filter(pl.col("metric_i") == METRIC_INDEX[avail]).select(*keys, a=pl.col("avg"))
         t = g.filter(pl.col("metric_i") == METRIC_INDEX[tot]).select(keys)
-        r = u.join(a, on=keys).filter(pl.col("a") > 0).join(t, on=keys, how="anti")
+        r = (
+            u.join(a, on=keys, maintain_order="left")
+            .filter(pl.col("a") > 0)
+            .join(t, on=keys, how="anti", maintain_order="left")
+        )
         put(
             "edge_cell_prb_utilization_ratio",
             r.with_columns(
@@ -838,7 +852,7 @@ def _derived_gauges(g: pl.DataFrame, put: Put) -> None:
     av = g.filter(pl.col("metric_i") == METRIC_INDEX["node_memory_MemAvailable_bytes"]).select(
         *hk, av=pl.col("avg")
     )
-    mem = tot.join(av, on=hk).filter(pl.col("tot") > 0)
+    mem = tot.join(av, on=hk, maintain_order="left").filter(pl.col("tot") > 0)
     put(
         "edge_host_memory_used_ratio",
         mem.with_columns(value=(1.0 - pl.col("av") / pl.col("tot")).clip(0.0, 1.0)),
@@ -846,13 +860,17 @@ def _derived_gauges(g: pl.DataFrame, put: Put) -> None:
     cells = g.filter(pl.col("metric_i") == METRIC_INDEX["RRC.ConnMean"])
     put(
         "edge_site_cell_connected_users",
-        cells.group_by("site", "country", "region", "window").agg(value=pl.col("avg").sum()),
+        cells.group_by("site", "country", "region", "window", maintain_order=True).agg(
+            value=pl.col("avg").sum()
+        ),
     )
     _prb_from_counts(g, put)
     avail = g.filter(pl.col("metric_i") == METRIC_INDEX["CELL.Availability"])
     put(
         "edge_site_cell_availability_ratio",
-        avail.group_by("site", "country", "region", "window").agg(value=pl.col("avg").mean()),
+        avail.group_by("site", "country", "region", "window", maintain_order=True).agg(
+            value=pl.col("avg").mean()
+        ),
     )
 
 
@@ -870,7 +888,7 @@ def _utilization(c: pl.DataFrame, g: pl.DataFrame, put: Put) -> None:
         .then(pl.lit("in"))
         .otherwise(pl.lit("out"))
     )
-    u = thr.join(speed, on=keys).filter(pl.col("speed") > 0)
+    u = thr.join(speed, on=keys, maintain_order="left").filter(pl.col("speed") > 0)
     put("edge_link_utilization_ratio", u.with_columns(value=pl.col("rate") / pl.col("speed")))
 
 
