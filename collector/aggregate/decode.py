@@ -706,6 +706,8 @@ class Decoder:
         seqs: list[int] = []
         cs: list[tuple[bytes, bytes, bytes]] = []
         gs: list[tuple[bytes, bytes, bytes]] = []
+        nc: list[int] = []
+        ng: list[int] = []
         budget = max_samples if max_samples is not None else -1
         header, columns = self._header, self._columns
         for _, value, headers in records:
@@ -724,14 +726,14 @@ class Decoder:
             seqs.append(h[1])
             cs.append(got[0])
             gs.append(got[1])
+            nc.append(len(got[0][0]) >> 2)
+            ng.append(len(got[1][0]) >> 2)
             if budget > 0:
-                budget -= (len(got[0][0]) + len(got[1][0])) >> 2
+                budget -= nc[-1] + ng[-1]
                 if budget <= 0:
                     break
         if not lays:
             return None
-        nc = [len(c[0]) >> 2 for c in cs]
-        ng = [len(g[0]) >> 2 for g in gs]
         return KnownPoll(lays, seqs, nc, ng, _joined(cs, wire.COUNTERS), _joined(gs, wire.GAUGES))
 
     def decode(self, value: bytes | None, headers: Headers | None = None) -> Decoded:

@@ -309,9 +309,10 @@ class PartitionState:
         self.records += n
         self._decoder.fast += n
         nc, ng = got.nc[:n], got.ng[:n]
-        cc, gc = got.counters.head(sum(nc)), got.gauges.head(sum(ng))
+        n_c, n_g = sum(nc), sum(ng)
+        cc, gc = got.counters.head(n_c), got.gauges.head(n_g)
         accepted = self._buffer_samples(site_l, keep_l, off_l, boot_l, tables, nc, ng, cc, gc, {})
-        return n, accepted, sum(nc) + sum(ng)
+        return n, accepted, n_c + n_g
 
     def _add_read(
         self, records: Sequence[RawRecord], max_samples: int | None
