@@ -785,10 +785,9 @@ def _bad_records(
     for cols, counts in ((cc, nc), (gc, ng)):
         if not len(cols):
             continue
-        rec = np.repeat(np.arange(len(n_series)), counts)
-        wrong = (cols.series_index >= n_series[rec]) | (cols.time_unix_nano < 0)
+        wrong = (cols.series_index >= np.repeat(n_series, counts)) | (cols.time_unix_nano < 0)
         if cols is gc:
             wrong |= ~np.isfinite(cols.value)
         if wrong.any():
-            bad[rec[wrong]] = True
+            bad[np.repeat(np.arange(len(n_series)), counts)[wrong]] = True
     return bad

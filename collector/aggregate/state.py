@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -36,7 +37,7 @@ from collector import wire
 from collector.aggregate import checkpoint
 from collector.aggregate.config import AggregateSettings
 from collector.aggregate.counters import counter_deltas
-from collector.aggregate.decode import Decoder, Headers, RawRecord, Rec, check, decode, poll_columns
+from collector.aggregate.decode import Decoder, Headers, RawRecord, Rec, _Layout, check, decode, poll_columns
 from collector.aggregate.dedup import Dedup
 from collector.aggregate.frames import (
     COUNTER_PANE_SCHEMA,
@@ -265,6 +266,7 @@ class PartitionState:
         site_index, sites, boot_hash = self.registry.site_index, self.sites, self.boot_hash
         cache = self.registry.table_cache
         verdict = self.dedup.verdict
+        layouts, seqs = got.layouts, got.seqs
         site_l: list[int] = []
         keep_l: list[bool] = []
         off_l: list[int] = []
@@ -272,36 +274,48 @@ class PartitionState:
         tables: list[Table] = []
         offsets: dict[int, int] = {}
         size = 0
+        # Per layout (an agent's records of a poll share one): [site index, site, boot hash,
+        # table, the table's offset among `tables` or -1 before a record of it is kept]. The
+        # registry does not change in this loop, so one look per layout holds for each record.
+        resolved: dict[_Layout, list[Any]] = {}
         for j in range(n):
-            lay = got.layouts[j]
-            site_id, country, region = lay.names
-            site_i = site_index.get(site_id)
-            if site_i is None:
-                n = j
-                break
-            site = sites[site_i]
-            table = cache.get((site_i, lay.boot, lay.known[0]))
-            boot = boot_hash.get(lay.boot)
-            renamed = country and (site.country != country or site.region != region)
-            if renamed or table is None or boot is None:
-                n = j  # (a site's new names, a table or boot seen first: _add_read's work)
-                break
-            site_l.append(site_i)
-            boot_l.append(boot)
-            v = verdict(lay.agent, got.seqs[j], site_i, None)
+            lay = layouts[j]
+            r = resolved.get(lay)
+            if r is None:
+                site_id, country, region = lay.names
+                site_i = site_index.get(site_id)
+                if site_i is None:
+                    n = j
+                    break
+                site = sites[site_i]
+                table = cache.get((site_i, lay.boot, lay.known[0]))
+                boot = boot_hash.get(lay.boot)
+                renamed = country and (site.country != country or site.region != region)
+                if renamed or table is None or boot is None:
+                    n = j  # (a site's new names, a table or boot seen first: _add_read's work)
+                    break
+                r = resolved[lay] = [site_i, site, boot, table, -1]
+            site_l.append(r[0])
+            boot_l.append(r[2])
+            v = verdict(lay.agent, seqs[j], r[0], None)
             if v != "new":
+                site = r[1]
                 site.dropped[v] += got.nc[j] + got.ng[j]
                 site.dup_batches += 1
                 keep_l.append(False)
                 off_l.append(0)
                 continue
-            site.batches += 1
+            r[1].batches += 1
             keep_l.append(True)
-            off = offsets.get(id(table))
-            if off is None:
-                off = offsets[id(table)] = size
-                tables.append(table)
-                size += len(table.code)
+            off = r[4]
+            if off < 0:
+                table = r[3]
+                off = offsets.get(id(table), -1)
+                if off < 0:
+                    off = offsets[id(table)] = size
+                    tables.append(table)
+                    size += len(table.code)
+                r[4] = off
             off_l.append(off)
         if n == 0:
             return 0, 0, 0
@@ -444,12 +458,13 @@ class PartitionState:
             if not len(cols):
                 continue
             cnt = np.array(counts, np.int64)
-            rec = np.repeat(np.arange(n), cnt)
-            gi = cols.series_index.astype(np.int64) + tab_off[rec]
+            # (a record's values are repeated for its samples rather than gathered by each
+            # sample's record: np.repeat is several times cheaper than the gather)
+            gi = cols.series_index.astype(np.int64) + np.repeat(tab_off, cnt)
             if all_kept:
                 code = t_code[gi]
             else:  # a dropped record (a duplicate) has no table among the kept ones
-                kept = keep[rec]
+                kept = np.repeat(keep, cnt)
                 gi[~kept] = 0
                 code = np.where(kept, t_code[gi], -1)
             want = OK_COUNTER if is_counter else OK_GAUGE
@@ -459,6 +474,7 @@ class PartitionState:
                 wrong = code >= 0
                 wrong &= ~ok
                 if wrong.any():
+                    rec = np.repeat(np.arange(n), cnt)
                     counts_ = np.bincount(
                         site_of[rec[wrong]] * N_CODES + code[wrong], minlength=n_sites * N_CODES
                     ).reshape(n_sites, N_CODES)
@@ -476,7 +492,7 @@ class PartitionState:
             runs = (np.cumsum(cnt) - cnt)[has]
             newest = np.maximum.reduceat(t if all_ok else np.where(ok, t, NO_SAMPLE), runs)
             tmax[has] = np.maximum(tmax[has], newest)
-            parts.append((is_counter, cols, rec, gi, ok, cnt))
+            parts.append((is_counter, cols, gi, ok, cnt))
         # Late means: behind the pane boundary the watermark had reached *before* the record
         # (or behind what is already closed). A function of the record sequence only, so it
         # does not depend on how records were grouped into polls or when panes were closed.
@@ -510,20 +526,23 @@ class PartitionState:
                     self._update_watermark()
         cut = np.array(cut_l, np.int64)
         late = np.zeros(n_sites, np.int64)
-        for is_counter, cols, rec, gi, ok, cnt in parts:
+        for is_counter, cols, gi, ok, cnt in parts:
             t = cols.time_unix_nano
-            fresh = ok & (t >= cut[rec])
+            fresh = ok & (t >= np.repeat(cut, cnt))
             if fresh.all():  # the usual case: every sample kept, no selection to copy
                 accepted += np.bincount(site_of, weights=cnt, minlength=n_sites).astype(np.int64)
-                g, tf, vf, rf = gi, t, cols.value, rec
+                g, tf, vf = gi, t, cols.value
+                boot = np.repeat(boots, cnt) if is_counter else boots
             else:
+                rec = np.repeat(np.arange(n), cnt)
                 late += np.bincount(site_of[rec[ok & ~fresh]], minlength=n_sites)
                 accepted += np.bincount(site_of[rec[fresh]], minlength=n_sites)
-                g, tf, vf, rf = gi[fresh], t[fresh], cols.value[fresh], rec[fresh]
+                g, tf, vf = gi[fresh], t[fresh], cols.value[fresh]
+                boot = boots[rec[fresh]]
             if not len(g):
                 continue
             if is_counter:
-                self.counter_buffer.append((t_sid[g], tf, vf, t_epoch[g] ^ boots[rf], t_bits[g]))
+                self.counter_buffer.append((t_sid[g], tf, vf, t_epoch[g] ^ boot, t_bits[g]))
             else:
                 self.gauge_buffer.append((t_sid[g], tf, vf))
         for si in np.flatnonzero(accepted | late).tolist():
