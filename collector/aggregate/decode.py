@@ -141,7 +141,7 @@ def _plain_headers(headers: Headers) -> bool:
     """Headers as the ingest writes them (the schema, then agent_id and seq) or the schema
     alone: nothing in them to look at."""
     return (
-        isinstance(headers, tuple | list)
+        isinstance(headers, (tuple, list))  # (a tuple of types: no union built per call)
         and headers[0] == _SCHEMA_OK
         and (
             len(headers) == 1
@@ -369,10 +369,11 @@ class _Layout:
 
 
 class _ColumnLayout:
-    __slots__ = ("head", "key1", "key2", "n0", "n1", "n2", "span")
+    __slots__ = ("head", "key1", "key2", "n0", "n1", "n2", "nh", "nk1", "nk2", "span")
 
     def __init__(self, head: bytes, n0: int, key1: bytes, n1: int, key2: bytes, n2: int) -> None:
         self.head, self.n0, self.key1, self.n1, self.key2, self.n2 = head, n0, key1, n1, key2, n2
+        self.nh, self.nk1, self.nk2 = len(head), len(key1), len(key2)  # (read per record)
         self.span = len(head) + n0 + len(key1) + n1 + len(key2) + n2
 
 
@@ -639,6 +640,12 @@ class Decoder:
         seq = data[p + 1]
         if seq < 0x80:
             p += 2
+        elif data[p + 2] < 0x80:  # (seqs below 2^14 and 2^21 inline: no call per record)
+            seq = (seq & 0x7F) | data[p + 2] << 7
+            p += 3
+        elif data[p + 3] < 0x80:
+            seq = (seq & 0x7F) | (data[p + 2] & 0x7F) << 7 | data[p + 3] << 14
+            p += 4
         else:
             seq, p = _varint(data, p + 1)
         mid = lay.mid
@@ -665,13 +672,13 @@ class Decoder:
         if lc is not None and p + lc.span == end and data.startswith(lc.head, p):
             # counters only, laid out like this agent's previous record: the three columns
             # at the same offsets (their keys and sizes checked, so the same checks hold)
-            q = p + len(lc.head)
+            q = p + lc.nh
             r0 = q + lc.n0
             if data.startswith(lc.key1, r0):
-                q1 = r0 + len(lc.key1)
+                q1 = r0 + lc.nk1
                 r1 = q1 + lc.n1
                 if data.startswith(lc.key2, r1):
-                    return (data[q:r0], data[q1:r1], data[r1 + len(lc.key2) : end]), _EMPTY, 0, 0
+                    return (data[q:r0], data[q1:r1], data[r1 + lc.nk2 : end]), _EMPTY, 0, 0
         cols_at = p
         cols = [_EMPTY, _EMPTY]
         for i, tag in ((0, _COUNTERS_TAG), (1, _GAUGES_TAG)):

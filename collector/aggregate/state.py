@@ -501,13 +501,17 @@ class PartitionState:
         pane = self.pane_ns
         tm = tmax.tolist()
         accepted = np.zeros(n_sites, np.int64)
-        for j in np.flatnonzero(keep).tolist():
+
+        def late_cut() -> int:  # from the watermark as it is now
             closed = closed0
             if self.wm_ns is not None:
                 wm_cut = (self.wm_ns // pane) * pane
                 closed = wm_cut if closed is None or wm_cut > closed else closed
-            if closed is not None:
-                cut_l[j] = closed
+            return NO_SAMPLE if closed is None else closed
+
+        cut_now = late_cut()  # computed again only when the watermark moves
+        for j in np.flatnonzero(keep).tolist():
+            cut_l[j] = cut_now
             if periodic and j in periodic:
                 accepted[site_l[j]] += self._add_periods(*periodic[j], sites[site_l[j]])
             hi = tm[j]
@@ -522,8 +526,8 @@ class PartitionState:
                 if self.max_event_ns is None or hi > self.max_event_ns:
                     self.max_event_ns = hi
                     moved = True
-                if moved:
-                    self._update_watermark()
+                if moved and self._update_watermark():
+                    cut_now = late_cut()
         cut = np.array(cut_l, np.int64)
         late = np.zeros(n_sites, np.int64)
         for is_counter, cols, gi, ok, cnt in parts:
@@ -599,8 +603,9 @@ class PartitionState:
                 )
 
     # ------------------------------------------------------------------ event time
-    def _update_watermark(self) -> None:
-        """Watermark = oldest newest-event-time among the partition's active sites - lateness.
+    def _update_watermark(self) -> bool:
+        """Watermark = oldest newest-event-time among the partition's active sites - lateness
+        (True when it moved).
 
         Sites batch and deliver at their own pace (a batch may span 100 s of samples), so the
         partition only moves as fast as its slowest site - unless that site is more than
@@ -614,6 +619,8 @@ class PartitionState:
         wm = oldest - self.lateness_ns
         if self.wm_ns is None or wm > self.wm_ns:
             self.wm_ns = wm
+            return True
+        return False
 
     def watermark_ns(self) -> int | None:
         return self.wm_ns
