@@ -39,11 +39,12 @@ def sorted_by_series_time(
     result; where they do not, the result is sorted again by the general key (stable, so
     from the series order it gives exactly the general order)."""
     sid = cols[0] if idx is None else cols[0][idx]
-    if len(sid) < 2 or sid.dtype.kind != "u" or int(sid.max()) >= 1 << 32:
+    top = int(sid.max()) if len(sid) else 0
+    if len(sid) < 2 or sid.dtype.kind != "u" or top >= 1 << 32:
         t = cols[1] if idx is None else cols[1][idx]
         order = order_by_series_time(sid, t)
     else:
-        if int(sid.max()) < 1 << 16:
+        if top < 1 << 16:
             order = np.argsort(sid.astype(np.uint16), kind="stable")
         else:
             order = np.argsort((sid & 0xFFFF).astype(np.uint16), kind="stable")
