@@ -533,6 +533,35 @@ def test_known_layout_reads_what_the_full_parse_reads(created: int, mutate: str)
     assert [s.metric for s in got.series()] == [s.metric for s in want.series()]
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    seq=st.one_of(
+        st.integers(3, 127),
+        st.integers(128, 2**14 - 1),
+        st.integers(2**14, 2**21 - 1),
+        st.integers(2**21, 2**35),
+    )
+)
+def test_the_known_layout_reads_seqs_of_every_size_as_the_full_parse(seq: int) -> None:
+    """Seqs of one to five varint bytes (two and three read inline, longer ones by the varint
+    reader) read by the known layout, record by record and as a poll, as the full parse."""
+    series = [SeriesDef("link_in_octets", {"link": "e0", "media": "optical"})]
+
+    def batch(s: int) -> bytes:
+        return make_batch(agent="a", seq=s, site="s", series=series, counters=[(0, T0 + s, s)])
+
+    dec = Decoder()
+    for s in (1, 2):
+        dec.read(batch(s))
+    raw = batch(seq)
+    one = dec._known(raw)
+    assert one is not None
+    assert one.seq == seq == Decoder().read(raw).seq
+    poll = dec.read_known([(0, raw, None), (1, batch(seq + 1), None)])
+    assert poll is not None
+    assert poll.seqs == [seq, seq + 1]
+
+
 _RECORD_SHAPES = st.sampled_from(["same", "more", "fewer", "one", "gauges", "trailing", "unissued", "empty"])
 
 
