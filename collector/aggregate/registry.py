@@ -14,7 +14,7 @@ import hashlib
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -84,6 +84,27 @@ class Table:
     sid: npt.NDArray[np.uint32]
     epoch: npt.NDArray[np.int64]
     bits: npt.NDArray[np.uint8]
+    # per entry sid | bits << 32 | code << 40 (`unpacked`): one gather per sample instead of
+    # three, where a poll looks its samples up
+    packed: npt.NDArray[np.uint64] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.packed = (
+            self.sid.astype(np.uint64)
+            | self.bits.astype(np.uint64) << np.uint64(32)
+            | self.code.astype(np.uint64) << np.uint64(40)
+        )
+
+
+def unpacked(
+    packed: npt.NDArray[np.uint64],
+) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint8], npt.NDArray[np.int8]]:
+    """(sid, bits, code) of `Table.packed` entries."""
+    return (
+        (packed & np.uint64(0xFFFF_FFFF)).astype(np.uint32),
+        (packed >> np.uint64(32)).astype(np.uint8),
+        (packed >> np.uint64(40)).astype(np.int8),
+    )
 
 
 class SeriesRegistry:

@@ -67,6 +67,7 @@ from collector.aggregate.registry import (
     SeriesRegistry,
     Table,
     stable_hash,
+    unpacked,
 )
 from collector.aggregate.watermark import NewestEventIndex
 from collector.aggregate.windows import Tiers, roll_columns, tier_columns
@@ -446,10 +447,8 @@ class PartitionState:
         boots = np.array(boot_l, np.int64)
         if not tables:
             return 0
-        t_code = np.concatenate([t.code for t in tables])
-        t_sid = np.concatenate([t.sid for t in tables])
+        t_packed = np.concatenate([t.packed for t in tables])  # sid, bits and code per entry
         t_epoch = np.concatenate([t.epoch for t in tables])
-        t_bits = np.concatenate([t.bits for t in tables])
         n_sites = len(self.sites)
         all_kept = bool(keep.all())
         tmax = np.full(n, NO_SAMPLE, np.int64)
@@ -461,12 +460,13 @@ class PartitionState:
             # (a record's values are repeated for its samples rather than gathered by each
             # sample's record: np.repeat is several times cheaper than the gather)
             gi = cols.series_index.astype(np.int64) + np.repeat(tab_off, cnt)
-            if all_kept:
-                code = t_code[gi]
-            else:  # a dropped record (a duplicate) has no table among the kept ones
+            if not all_kept:  # a dropped record (a duplicate) has no table among the kept ones
                 kept = np.repeat(keep, cnt)
                 gi[~kept] = 0
-                code = np.where(kept, t_code[gi], -1)
+            # each sample's series id, counter width and lookup code: one gather
+            sid, bits, code = unpacked(t_packed[gi])
+            if not all_kept:
+                code = np.where(kept, code, -1)
             want = OK_COUNTER if is_counter else OK_GAUGE
             ok = code == want
             all_ok = bool(ok.all())
@@ -492,7 +492,7 @@ class PartitionState:
             runs = (np.cumsum(cnt) - cnt)[has]
             newest = np.maximum.reduceat(t if all_ok else np.where(ok, t, NO_SAMPLE), runs)
             tmax[has] = np.maximum(tmax[has], newest)
-            parts.append((is_counter, cols, gi, ok, cnt))
+            parts.append((is_counter, cols, gi, sid, bits, ok, cnt))
         # Late means: behind the pane boundary the watermark had reached *before* the record
         # (or behind what is already closed). A function of the record sequence only, so it
         # does not depend on how records were grouped into polls or when panes were closed.
@@ -530,7 +530,7 @@ class PartitionState:
                     cut_now = late_cut()
         cut = np.array(cut_l, np.int64)
         late = np.zeros(n_sites, np.int64)
-        for is_counter, cols, gi, ok, cnt in parts:
+        for is_counter, cols, gi, sid, bits, ok, cnt in parts:
             t = cols.time_unix_nano
             fresh = ok & (t >= np.repeat(cut, cnt))
             if fresh.all():  # the usual case: every sample kept, no selection to copy
@@ -542,13 +542,14 @@ class PartitionState:
                 late += np.bincount(site_of[rec[ok & ~fresh]], minlength=n_sites)
                 accepted += np.bincount(site_of[rec[fresh]], minlength=n_sites)
                 g, tf, vf = gi[fresh], t[fresh], cols.value[fresh]
+                sid, bits = sid[fresh], bits[fresh]
                 boot = boots[rec[fresh]]
             if not len(g):
                 continue
             if is_counter:
-                self.counter_buffer.append((t_sid[g], tf, vf, t_epoch[g] ^ boot, t_bits[g]))
+                self.counter_buffer.append((sid, tf, vf, t_epoch[g] ^ boot, bits))
             else:
-                self.gauge_buffer.append((t_sid[g], tf, vf))
+                self.gauge_buffer.append((sid, tf, vf))
         for si in np.flatnonzero(accepted | late).tolist():
             self.sites[si].samples += int(accepted[si])
             self.sites[si].dropped["late"] += int(late[si])
