@@ -374,7 +374,7 @@ class _ColumnLayout:
     def __init__(self, head: bytes, n0: int, key1: bytes, n1: int, key2: bytes, n2: int) -> None:
         self.head, self.n0, self.key1, self.n1, self.key2, self.n2 = head, n0, key1, n1, key2, n2
         self.nh, self.nk1, self.nk2 = len(head), len(key1), len(key2)  # (read per record)
-        self.span = len(head) + n0 + len(key1) + n1 + len(key2) + n2
+        self.span = self.nh + n0 + self.nk1 + n1 + self.nk2 + n2
 
 
 @dataclass(frozen=True, slots=True)

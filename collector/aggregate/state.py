@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -37,7 +36,7 @@ from collector import wire
 from collector.aggregate import checkpoint
 from collector.aggregate.config import AggregateSettings
 from collector.aggregate.counters import counter_deltas
-from collector.aggregate.decode import Decoder, Headers, RawRecord, Rec, _Layout, check, decode, poll_columns
+from collector.aggregate.decode import Decoder, Headers, RawRecord, Rec, check, decode, poll_columns
 from collector.aggregate.dedup import Dedup
 from collector.aggregate.frames import (
     COUNTER_PANE_SCHEMA,
@@ -275,13 +274,13 @@ class PartitionState:
         tables: list[Table] = []
         offsets: dict[int, int] = {}
         size = 0
-        # Per layout (an agent's records of a poll share one): [site index, site, boot hash,
-        # table, the table's offset among `tables` or -1 before a record of it is kept]. The
-        # registry does not change in this loop, so one look per layout holds for each record.
-        resolved: dict[_Layout, list[Any]] = {}
+        # Per layout (an agent's records of a poll share one, by id: the layouts stay alive
+        # in `got`): its site index, boot hash and table. The registry does not change in
+        # this loop, so one look per layout holds for each of its records.
+        resolved: dict[int, tuple[int, int, Table]] = {}
         for j in range(n):
             lay = layouts[j]
-            r = resolved.get(lay)
+            r = resolved.get(id(lay))
             if r is None:
                 site_id, country, region = lay.names
                 site_i = site_index.get(site_id)
@@ -295,28 +294,25 @@ class PartitionState:
                 if renamed or table is None or boot is None:
                     n = j  # (a site's new names, a table or boot seen first: _add_read's work)
                     break
-                r = resolved[lay] = [site_i, site, boot, table, -1]
-            site_l.append(r[0])
-            boot_l.append(r[2])
-            v = verdict(lay.agent, seqs[j], r[0], None)
+                r = resolved[id(lay)] = (site_i, boot, table)
+            site_i, boot, table = r
+            site = sites[site_i]
+            site_l.append(site_i)
+            boot_l.append(boot)
+            v = verdict(lay.agent, seqs[j], site_i, None)
             if v != "new":
-                site = r[1]
                 site.dropped[v] += got.nc[j] + got.ng[j]
                 site.dup_batches += 1
                 keep_l.append(False)
                 off_l.append(0)
                 continue
-            r[1].batches += 1
+            site.batches += 1
             keep_l.append(True)
-            off = r[4]
-            if off < 0:
-                table = r[3]
-                off = offsets.get(id(table), -1)
-                if off < 0:
-                    off = offsets[id(table)] = size
-                    tables.append(table)
-                    size += len(table.code)
-                r[4] = off
+            off = offsets.get(id(table))
+            if off is None:
+                off = offsets[id(table)] = size
+                tables.append(table)
+                size += len(table.code)
             off_l.append(off)
         if n == 0:
             return 0, 0, 0
