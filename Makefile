@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DEBS   := prometheus prometheus-alertmanager socat snmpd snmp tmux kubernetes-client fiu-utils
+# Each command the tests run, with the Debian package that provides it (command:package).
+DEB_CMDS := prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
+  amtool:prometheus-alertmanager socat:socat snmpd:snmpd snmpbulkwalk:snmp tmux:tmux \
+  kubectl:kubernetes-client fiu-run:fiu-utils fiu-ctrl:fiu-utils
 APT_STAMP := $(VENV)/.apt-ok
 # The suite (all but the fault suite, which runs beside it) runs in parallel worker processes
 # (pytest-xdist; a file's tests share a worker): most tests wait on real servers (Tansu, gRPC,
@@ -27,15 +30,19 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 # Debian packages the tests use (a real Prometheus, promtool, Alertmanager, socat, net-snmp's
 # snmpd and snmpget/snmpbulkwalk, tmux for the live view of `collector run` read from a real
 # terminal, kubectl for `kubectl kustomize` of deploy/k8s, libfiu's fiu-run/fiu-ctrl for the
-# fault suite's failing disk); `apt-get update` once, only when something is missing.
+# fault suite's failing disk); `apt-get update` once, only when something is missing, and
+# only the packages of the missing commands: a command already on the machine from another
+# package (e.g. a kubectl from Google's repository) is used as it is - installing Debian's over
+# it would conflict.
 $(APT_STAMP): | $(PY)
-	@missing=""; for b in prometheus promtool prometheus-alertmanager amtool socat snmpd snmpbulkwalk tmux kubectl fiu-run fiu-ctrl; do \
-	  command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	@missing=""; pkgs=""; for cp in $(DEB_CMDS); do b=$${cp%%:*}; p=$${cp#*:}; \
+	  command -v $$b >/dev/null 2>&1 && continue; missing="$$missing $$b"; \
+	  case " $$pkgs " in *" $$p "*) ;; *) pkgs="$$pkgs $$p";; esac; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages ($$missing missing): $(DEBS)"; \
+	  echo "installing Debian packages ($$missing missing):$$pkgs"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBS) >/dev/null; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; \
 	fi
 	touch $@
 
