@@ -149,7 +149,8 @@ class AggregateSettings(BaseModel):
         gt=0,
         description=(
             "How often partition state is checkpointed to the state topic and offsets committed. "
-            "A restart replays at most this much (deterministically)."
+            "A restart replays at most this much (deterministically). The first round comes this "
+            "long after the member first owns partitions (not right after a group join)."
         ),
     )
     checkpoint_max_share: float = Field(

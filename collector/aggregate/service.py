@@ -32,7 +32,7 @@ from collector.aggregate.heap import retain_freed_heap
 from collector.aggregate.outputs import FAMILIES, build_frames
 from collector.aggregate.self_metrics import SelfMetrics
 from collector.aggregate.state import PartitionState, WindowSink
-from collector.aggregate.state_topic import StateTopic, checkpoint_every
+from collector.aggregate.state_topic import StateTopic, checkpoint_due, checkpoint_every
 from collector.aggregate.window_log import WindowLog
 from collector.backoff import backoff_delay
 from collector.errors import BrokerError, ProtocolError
@@ -114,6 +114,9 @@ class Aggregator(Component):
         # _process: closes are batched up to max_close_samples / close_interval_s)
         self._unclosed: dict[int, int] = {}
         self._closed_at: dict[int, float] = {}
+        # since when the member owns partitions (None while it owns none): the periodic
+        # checkpoint interval counts from then (state_topic.checkpoint_due)
+        self._owned_since: float | None = None
         # assigned partitions whose state could not be restored: paused, retried from the loop
         self._pending: dict[TopicPartition, tuple[float, int]] = {}  # -> (due, failed retries)
         self.metrics.partitions_paused.set_function(lambda: len(self._pending))
@@ -279,6 +282,7 @@ class Aggregator(Component):
             await self._server.stop()
             self._server = None
         self.states.clear()
+        self._owned_since = None
 
     # ------------------------------------------------------------------ rebalance
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
@@ -304,6 +308,8 @@ class Aggregator(Component):
                 ):
                     with contextlib.suppress(KeyError):
                         g.remove(str(p))
+            if not self.states:
+                self._owned_since = None
             self.metrics.partitions.set(len(self.states))
             self._render_cache = None
 
@@ -357,6 +363,8 @@ class Aggregator(Component):
             # the windows it published come out the same
             st.close_idle(st.idle_close_ns)
         self.states[tp.partition] = st
+        if self._owned_since is None:
+            self._owned_since = time.monotonic()
         self._state_topic.mark_current(tp.partition, st)
         self._last_record_wall[tp.partition] = time.monotonic()
 
@@ -410,7 +418,7 @@ class Aggregator(Component):
                         and not await self._close_idle(idle_due)
                     ):
                         idle_retry_at = time.monotonic() + ckpt_every
-                    if time.monotonic() - last_ckpt >= ckpt_every:
+                    if checkpoint_due(time.monotonic(), last_ckpt, self._owned_since, ckpt_every):
                         last_ckpt = time.monotonic()
                         try:  # aiokafka sends can wait forever (aio-libs/aiokafka#1101)
                             async with asyncio.timeout(self.settings.kafka.produce_timeout_s):

@@ -45,6 +45,15 @@ def checkpoint_every(spent_s: float, interval_s: float, max_share: float) -> flo
     return max(interval_s, spent_s / max_share)
 
 
+def checkpoint_due(now: float, last_s: float, owned_since: float | None, every_s: float) -> bool:
+    """Whether the periodic checkpoint round is due at `now`: `every_s` after the last round
+    (`last_s`) and after the member came to own partitions (`owned_since`, None while it owns
+    none). A member that just joined has only just restored (or started) its states: the
+    interval counts from then, not from the start of its loop, so a group join as long as
+    the interval is not followed at once by a checkpoint of what was just restored."""
+    return owned_since is not None and now - max(last_s, owned_since) >= every_s
+
+
 class StateTopic:
     """Checkpoints of one consumer group's partitions in `cfg.state_topic`."""
 

@@ -612,6 +612,18 @@ def test_checkpoint_rounds_take_at_most_their_share_of_the_time() -> None:
         assert spent / every <= 0.25
 
 
+def test_the_checkpoint_interval_counts_from_when_the_member_owns_partitions() -> None:
+    from collector.aggregate.state_topic import checkpoint_due
+
+    # the loop started at 0; a group join took 5 s: no checkpoint right after the assignment
+    assert not checkpoint_due(5.02, 0.0, 5.0, 5.0)
+    assert checkpoint_due(10.0, 0.0, 5.0, 5.0)  # one interval after it
+    # owning partitions for long: every interval after the last round, as before
+    assert not checkpoint_due(14.9, 10.0, 5.0, 5.0)
+    assert checkpoint_due(15.0, 10.0, 5.0, 5.0)
+    assert not checkpoint_due(100.0, 0.0, None, 5.0)  # owning none: nothing to checkpoint
+
+
 def test_a_duplicate_with_a_bigger_series_table_than_the_new_records_is_dropped_alone() -> None:
     """A resend (after a lost ack, an agent restart) sits in a poll beside new records whose
     tables are smaller: its series indexes point past every kept table. It is counted as a
