@@ -395,25 +395,32 @@ class SeriesRegistry:
 
     # ------------------------------------------------------------------ series tables
     def _build_table(self, site: int, series: Sequence[pb.Series]) -> Table:
+        """Each entry of a series table resolved to a lookup code, series id, counter life
+        hash and counter width. Per entry only Python values (each protobuf field read
+        once, the arrays made at the end): a fleet's tables are all built again after a
+        restart, one per agent, on its first record."""
         n = len(series)
-        code = np.empty(n, np.int8)
-        sids = np.zeros(n, np.uint32)
-        epoch = np.zeros(n, np.int64)
-        bits = np.full(n, 64, np.uint8)
+        code = [UNKNOWN] * n
+        sids = [0] * n
+        epoch = [0] * n
+        bits = [64] * n
         cap = self.max_series_per_site
+        series_key = self.series_key
+        intern = sys.intern
         new: list[int] = []  # ids reserved by this table, initialised together below
-        scaled: list[int] = []  # positions with a series id, and their scales
+        scaled: list[int] = []  # series ids of positions that have one, and their scales
         scales: list[float] = []
         for i, s in enumerate(series):
             m = METRIC_INDEX.get(s.metric)
             if m is None:
-                code[i] = UNKNOWN
-                continue
+                continue  # UNKNOWN
             spec = METRICS[m]
             want = pb.COUNTER if spec.kind is Kind.COUNTER else pb.GAUGE
+            kind = s.kind
+            scale = s.scale
             # A catalogue counter may come as a cumulative COUNTER or as per-period DELTA counts.
-            delta = s.kind == pb.DELTA and want == pb.COUNTER
-            if (s.kind != want and not delta) or not math.isfinite(s.scale) or s.scale < 0:
+            delta = kind == pb.DELTA and want == pb.COUNTER
+            if (kind != want and not delta) or not math.isfinite(scale) or scale < 0:
                 # wrong kind, or a scale no unit conversion has (the ingest refuses both;
                 # records may come from elsewhere): the series' samples count as rejected
                 code[i] = MISMATCH
@@ -423,8 +430,8 @@ class SeriesRegistry:
                 code[i] = MISMATCH  # a distribution bin without a numeric bound: rejected
                 continue
             # interned: a label value shared by many series ("optical", a host name) is stored once
-            key = (site, m, tuple(sys.intern(labels.get(n, "")) for n in spec.labels))
-            sid = self.series_key.get(key)
+            key = (site, m, tuple(intern(labels.get(n, "")) for n in spec.labels))
+            sid = series_key.get(key)
             if sid is None:
                 if self.sites[site].series >= cap:
                     code[i] = CAPPED
@@ -432,18 +439,22 @@ class SeriesRegistry:
                 sid = self._reserve(key)
                 new.append(sid)
             sids[i] = sid
-            scaled.append(i)
-            scales.append(s.scale or 1.0)
+            scaled.append(sid)
+            scales.append(scale or 1.0)
             code[i] = OK_DELTA if delta else OK_COUNTER if want == pb.COUNTER else OK_GAUGE
             if want == pb.COUNTER and not delta:
-                bits[i] = 32 if s.counter_bits == 32 else 64
-                epoch[i] = _epoch_hash(
-                    int(s.start_time_unix_nano), float(s.scale or 1.0), int(s.counter_bits)
-                )
+                cb = s.counter_bits
+                bits[i] = 32 if cb == 32 else 64
+                epoch[i] = _epoch_hash(int(s.start_time_unix_nano), float(scale or 1.0), int(cb))
         self._init_new(new)
         if scaled:
-            self.scale[sids[scaled]] = scales
-        return Table(code, sids, epoch, bits)
+            self.scale[scaled] = scales
+        return Table(
+            np.array(code, np.int8),
+            np.array(sids, np.uint32),
+            np.array(epoch, np.int64),
+            np.array(bits, np.uint8),
+        )
 
     def table(self, site: int, d: Rec) -> Table:
         """The record's series table resolved to series ids (cached per distinct table)."""
